@@ -1,0 +1,44 @@
+/* consts.h: numbers the datapath shares with user space (src/bpf/layout.ts mirrors them). */
+#pragma once
+
+/* Map capacities. */
+#define MB_MAX_PODS          4096   /* pods on one node (kubelet's default maximum is 110) */
+#define MB_MAX_CONNS        65535   /* concurrently tracked local connections */
+#define MB_MAX_PROCESSES     4096   /* sidecar processes remembered in process_ip */
+
+/* Per-pod rule lists; the CLI refuses (with a warning) annotations with more entries. */
+#define MB_MAX_PORTS   16
+#define MB_MAX_CIDRS    8
+
+/* struct mb_pod_config.flags */
+#define MB_POD_OUT_ALL_CIDRS  (1u << 0)  /* includeOutboundIPRanges is '*' */
+#define MB_POD_IN_ALL_PORTS   (1u << 1)  /* includeInboundPorts is '*' */
+
+/* struct mb_settings.flags */
+#define MB_SETTINGS_DRAINING  (1u << 0)  /* disable in progress: stop rewriting and redirecting */
+
+/* struct mb_origin.flags: why a connection was rewritten */
+#define MB_ORIGIN_OUTBOUND    (1u << 0)  /* app -> its sidecar's outbound port */
+#define MB_ORIGIN_INBOUND     (1u << 1)  /* sidecar -> another local pod's inbound port */
+#define MB_ORIGIN_UNREGISTERED (1u << 2) /* pod not registered yet; a sidecar was found listening */
+
+/* Indexes of the per-CPU counters array. */
+enum mb_counter {
+	MB_CNT_CONN_OUTBOUND = 0,     /* connects sent to the local sidecar's outbound port */
+	MB_CNT_CONN_INBOUND,          /* sidecar connects sent to a local pod's inbound port */
+	MB_CNT_CONN_UNREGISTERED,     /* of the outbound ones, from pods not registered yet */
+	MB_CNT_MSG_REDIRECTED,        /* sendmsg calls moved socket to socket */
+	MB_CNT_BYTES_REDIRECTED,      /* bytes of those */
+	MB_CNT_REDIRECT_MISS,         /* sendmsg on a tracked socket whose peer is not tracked */
+	MB_CNT_GETSOCKOPT_ANSWERED,   /* SO_ORIGINAL_DST answered from pair_original_dst */
+	MB_CNT_SOCKHASH_FULL,         /* sockets left on TCP because sock_pair_map refused them */
+	MB_CNT_ORIGIN_LOST,           /* rewrites whose original destination could not be stored */
+	MB_CNT__COUNT,
+};
+
+/* Kernel numbers not worth pulling libc headers into a BPF build for. */
+#define MB_AF_INET          2
+#define MB_IPPROTO_TCP      6
+#define MB_SOL_IP           0
+#define MB_SO_ORIGINAL_DST 80
+#define MB_TCP_CLOSE        7

@@ -1,0 +1,130 @@
+/* helpers.h: small inline helpers shared by the programs. */
+#pragma once
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "maps.h"
+
+static __always_inline void count(enum mb_counter which, __u64 n)
+{
+	__u32 key = which;
+	__u64 *v = bpf_map_lookup_elem(&counters, &key);
+
+	if (v)
+		*v += n; /* per-CPU slot: no atomics needed */
+}
+
+/* The settings, or NULL while the CLI has not configured the datapath or is draining it. */
+static __always_inline struct mb_settings *active_settings(void)
+{
+	__u32 key = 0;
+	struct mb_settings *s = bpf_map_lookup_elem(&settings, &key);
+
+	if (!s || !s->outbound_port || (s->flags & MB_SETTINGS_DRAINING))
+		return NULL;
+	return s;
+}
+
+static __always_inline void ip_from_v4(union mb_ip *ip, __be32 v4)
+{
+	ip->u32[0] = 0;
+	ip->u32[1] = 0;
+	ip->u32[2] = bpf_htonl(0x0000ffff);
+	ip->u32[3] = v4;
+}
+
+static __always_inline int ip_equal(const union mb_ip *a, const union mb_ip *b)
+{
+	return a->u32[0] == b->u32[0] && a->u32[1] == b->u32[1] &&
+	       a->u32[2] == b->u32[2] && a->u32[3] == b->u32[3];
+}
+
+static __always_inline int is_loopback4(__be32 v4)
+{
+	return (bpf_ntohl(v4) >> 24) == 127;
+}
+
+static __always_inline int cidr_contains(const struct mb_cidr *c, const union mb_ip *ip)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		int bits = (int)c->prefix - 32 * i;
+		__u32 mask;
+
+		if (bits <= 0)
+			break;
+		mask = bits >= 32 ? 0xffffffff : bpf_htonl(~0u << (32 - bits));
+		if ((ip->u32[i] ^ c->ip.u32[i]) & mask)
+			return 0;
+	}
+	return 1;
+}
+
+static __always_inline int port_listed(const __u16 *ports, __u8 n, __u16 port)
+{
+	int i;
+
+	for (i = 0; i < MB_MAX_PORTS; i++) {
+		if (i >= n)
+			break;
+		if (ports[i] == port)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int cidr_listed(const struct mb_cidr *cidrs, __u8 n, const union mb_ip *ip)
+{
+	int i;
+
+	for (i = 0; i < MB_MAX_CIDRS; i++) {
+		if (i >= n)
+			break;
+		if (cidr_contains(&cidrs[i], ip))
+			return 1;
+	}
+	return 0;
+}
+
+/* Istio's outbound order: excluded ports, included ports, excluded CIDRs, included CIDRs. */
+static __always_inline int outbound_captured(const struct mb_pod_config *pod,
+					     const union mb_ip *dst, __u16 port)
+{
+	if (port_listed(pod->out_exclude_ports, pod->n_out_exclude_ports, port))
+		return 0;
+	if (port_listed(pod->out_include_ports, pod->n_out_include_ports, port))
+		return 1;
+	if (cidr_listed(pod->out_exclude_cidrs, pod->n_out_exclude_cidrs, dst))
+		return 0;
+	if (pod->flags & MB_POD_OUT_ALL_CIDRS)
+		return 1;
+	return cidr_listed(pod->out_include_cidrs, pod->n_out_include_cidrs, dst);
+}
+
+static __always_inline int inbound_captured(const struct mb_pod_config *pod, __u16 port)
+{
+	if (port_listed(pod->in_exclude_ports, pod->n_in_exclude_ports, port))
+		return 0;
+	if (pod->flags & MB_POD_IN_ALL_PORTS)
+		return 1;
+	return port_listed(pod->in_include_ports, pod->n_in_include_ports, port);
+}
+
+/* Fill the netns part of a pair key: only loopback legs need it to stay unique on the node. */
+static __always_inline void pair_set_netns(struct mb_pair *p, __be32 local4, __be32 remote4, void *ctx)
+{
+	p->netns = (is_loopback4(local4) || is_loopback4(remote4)) ? bpf_get_netns_cookie(ctx) : 0;
+}
+
+static __always_inline void pair_from_v4(struct mb_pair *p, __be32 local4, __be16 lport,
+					 __be32 remote4, __be16 rport, void *ctx)
+{
+	pair_set_netns(p, local4, remote4, ctx);
+	ip_from_v4(&p->local_ip, local4);
+	ip_from_v4(&p->remote_ip, remote4);
+	p->local_port = lport;
+	p->remote_port = rport;
+	p->pad = 0;
+}

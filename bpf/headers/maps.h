@@ -1,0 +1,71 @@
+/* maps.h: every map of the datapath, pinned by user space under <bpffs>/maps/<name>. */
+#pragma once
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "types.h"
+
+/* Meshed pods on this node: pod IP -> its rules. Filled by the CLI from the pods list. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, union mb_ip);
+	__type(value, struct mb_pod_config);
+	__uint(max_entries, MB_MAX_PODS);
+} local_pod_ips SEC(".maps");
+
+/* Pod identity: netns cookie -> pod IP, registered by the CLI for each meshed pod it finds on
+ * the node, so connect-time programs know the calling pod without learning from traffic. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, union mb_ip);
+	__uint(max_entries, MB_MAX_PODS);
+} netns_pod_ips SEC(".maps");
+
+/* Original destination of a rewritten connect(), kept with the socket until it is established:
+ * socket storage dies with the socket, so a connect that never completes leaks nothing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct mb_origin);
+} origin_store SEC(".maps");
+
+/* Established rewritten connections (connecting end's view) -> original destination, read by
+ * getsockopt(SO_ORIGINAL_DST). A plain hash, deleted on close: never evicted under churn. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mb_pair);
+	__type(value, struct mb_origin);
+	__uint(max_entries, MB_MAX_CONNS);
+} pair_original_dst SEC(".maps");
+
+/* Sockets whose peer is on this node, by their own view; sk_msg redirects to the swapped key.
+ * 8-byte values so user space can read socket cookies back. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, struct mb_pair);
+	__type(value, __u64);
+	__uint(max_entries, MB_MAX_CONNS);
+} sock_pair_map SEC(".maps");
+
+/* Sidecar process (tgid) -> the pod it serves; for people to inspect. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u32);
+	__type(value, struct mb_process);
+	__uint(max_entries, MB_MAX_PROCESSES);
+} process_ip SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mb_settings);
+	__uint(max_entries, 1);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, MB_CNT__COUNT);
+} counters SEC(".maps");

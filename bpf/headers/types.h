@@ -1,0 +1,79 @@
+/* types.h: every struct that crosses the kernel/user boundary. An ABI: src/bpf/layout.ts mirrors
+ * each one field by field and test/unit/layout.test.ts checks both against this object's BTF.
+ * Never reorder fields; add new ones at the end. */
+#pragma once
+#include <linux/types.h>
+#include "consts.h"
+
+/* An address in a 16-byte slot: IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d), network order. */
+union mb_ip {
+	__u8 u8[16];
+	__u32 u32[4];
+};
+
+/* One end's view of a TCP connection: key of sock_pair_map and pair_original_dst. */
+struct mb_pair {
+	__u64 netns;          /* netns cookie when either address is loopback, else 0: loopback
+	                       * tuples repeat across pods, pod IPs do not */
+	union mb_ip local_ip;
+	union mb_ip remote_ip;
+	__be16 local_port;
+	__be16 remote_port;
+	__u32 pad;
+};
+
+/* Where a rewritten connect() was going. */
+struct mb_origin {
+	union mb_ip ip;
+	__be16 port;
+	__u16 flags;          /* MB_ORIGIN_* */
+	__u32 pid;            /* thread group id that called connect() */
+};
+
+struct mb_cidr {
+	union mb_ip ip;
+	__u8 prefix;          /* over the 128-bit slot: an IPv4 /24 is stored as /120 */
+	__u8 pad[3];
+};
+
+/* A meshed pod on this node and its interception rules (value of local_pod_ips). Ports host order. */
+struct mb_pod_config {
+	__u32 flags;          /* MB_POD_* */
+	__u8 n_out_include_ports;
+	__u8 n_out_exclude_ports;
+	__u8 n_in_include_ports;
+	__u8 n_in_exclude_ports;
+	__u8 n_out_include_cidrs;
+	__u8 n_out_exclude_cidrs;
+	__u16 pad;
+	__u16 out_include_ports[MB_MAX_PORTS];
+	__u16 out_exclude_ports[MB_MAX_PORTS];
+	__u16 in_include_ports[MB_MAX_PORTS];
+	__u16 in_exclude_ports[MB_MAX_PORTS];
+	struct mb_cidr out_include_cidrs[MB_MAX_CIDRS];
+	struct mb_cidr out_exclude_cidrs[MB_MAX_CIDRS];
+};
+
+/* A sidecar process seen connecting, and the pod it serves (value of process_ip). */
+struct mb_process {
+	union mb_ip pod_ip;
+	__u64 netns;
+};
+
+/* The mesh profile and switches, written by the CLI (the single entry of settings). */
+struct mb_settings {
+	__u32 sidecar_uid;
+	__u32 sidecar_gid;
+	__u16 outbound_port;  /* host order; 0 means not configured: every program stays out of the way */
+	__u16 inbound_port;
+	__u32 flags;          /* MB_SETTINGS_* */
+	__u64 host_netns;     /* the node's own netns cookie: never treated as a pod */
+};
+
+/* sockaddr_in as SO_ORIGINAL_DST returns it. */
+struct mb_sockaddr_in {
+	__u16 family;
+	__be16 port;
+	__be32 addr;
+	__u8 zero[8];
+};

@@ -1,0 +1,29 @@
+import {run} from '../node/exec.js'
+
+export async function clangVersion(): Promise<string> {
+  const {stdout} = await run('clang', ['--version'])
+  return /version (\d+\.\d+\.\d+)/.exec(stdout)?.[1] ?? stdout.split('\n')[0] ?? ''
+}
+
+/** Whether this clang was built with the BPF backend (`llc --version` lists it; clang prints targets too). */
+export async function clangTargetsBpf(): Promise<boolean> {
+  const r = await run('clang', ['-print-targets'], {allowFailure: true})
+  return r.exitCode === 0 && /\bbpf\b/.test(r.stdout)
+}
+
+/** Debian/Ubuntu keep asm/ headers in a per-architecture folder that BPF builds must be told about. */
+export function multiarchInclude(arch = process.arch): string {
+  const triple: Record<string, string> = {x64: 'x86_64-linux-gnu', arm64: 'aarch64-linux-gnu', s390x: 's390x-linux-gnu', ppc64: 'powerpc64le-linux-gnu'}
+  return `/usr/include/${triple[arch] ?? `${arch}-linux-gnu`}`
+}
+
+export const BPF_CFLAGS = ['-O2', '-g', '-target', 'bpf', '-Wall', '-Werror'] as const
+export const HOST_CFLAGS = ['-O2', '-Wall', '-Werror'] as const
+
+export async function compileBpf(source: string, output: string): Promise<void> {
+  await run('clang', [...BPF_CFLAGS, `-I${multiarchInclude()}`, '-c', source, '-o', output], {timeoutMs: 120_000})
+}
+
+export async function compileHost(source: string, output: string): Promise<void> {
+  await run('clang', [...HOST_CFLAGS, source, '-o', output], {timeoutMs: 120_000})
+}

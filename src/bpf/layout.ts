@@ -1,0 +1,275 @@
+/**
+ * Mirrors of the structs in bpf/headers/types.h and constants in bpf/headers/consts.h, with
+ * codecs. test/kernel/layout.test.ts checks every offset here against the object's BTF and
+ * round-trips values through the kernel.
+ */
+import {Cidr, ipToSlot, isMappedV4, slotToIp} from './ip.js'
+
+export const MAX_PORTS = 16
+export const MAX_CIDRS = 8
+
+export const POD_OUT_ALL_CIDRS = 1 << 0
+export const POD_IN_ALL_PORTS = 1 << 1
+export const SETTINGS_DRAINING = 1 << 0
+export const ORIGIN_OUTBOUND = 1 << 0
+export const ORIGIN_INBOUND = 1 << 1
+export const ORIGIN_UNREGISTERED = 1 << 2
+
+/** enum mb_counter, in order. */
+export const COUNTERS = [
+  'connOutbound',
+  'connInbound',
+  'connUnregistered',
+  'msgRedirected',
+  'bytesRedirected',
+  'redirectMiss',
+  'getsockoptAnswered',
+  'sockhashFull',
+  'originLost',
+] as const
+export type CounterName = (typeof COUNTERS)[number]
+
+/** Byte offsets of each field, and each struct's size, exactly as clang lays them out. */
+export const LAYOUT = {
+  mb_pair: {size: 48, fields: {netns: 0, local_ip: 8, remote_ip: 24, local_port: 40, remote_port: 42, pad: 44}},
+  mb_origin: {size: 24, fields: {ip: 0, port: 16, flags: 18, pid: 20}},
+  mb_cidr: {size: 20, fields: {ip: 0, prefix: 16, pad: 17}},
+  mb_pod_config: {
+    size: 460,
+    fields: {
+      flags: 0,
+      n_out_include_ports: 4,
+      n_out_exclude_ports: 5,
+      n_in_include_ports: 6,
+      n_in_exclude_ports: 7,
+      n_out_include_cidrs: 8,
+      n_out_exclude_cidrs: 9,
+      pad: 10,
+      out_include_ports: 12,
+      out_exclude_ports: 44,
+      in_include_ports: 76,
+      in_exclude_ports: 108,
+      out_include_cidrs: 140,
+      out_exclude_cidrs: 300,
+    },
+  },
+  mb_process: {size: 24, fields: {pod_ip: 0, netns: 16}},
+  mb_settings: {size: 24, fields: {sidecar_uid: 0, sidecar_gid: 4, outbound_port: 8, inbound_port: 10, flags: 12, host_netns: 16}},
+} as const
+
+const F = {
+  pair: LAYOUT.mb_pair.fields,
+  origin: LAYOUT.mb_origin.fields,
+  cidr: LAYOUT.mb_cidr.fields,
+  pod: LAYOUT.mb_pod_config.fields,
+  proc: LAYOUT.mb_process.fields,
+  settings: LAYOUT.mb_settings.fields,
+}
+
+function ipAt(buf: Buffer, offset: number): string {
+  return slotToIp(buf.subarray(offset, offset + 16))
+}
+
+// ---- struct mb_pair: one end's view of a connection -------------------------------------------
+export interface Pair {
+  /** netns cookie, or 0n when neither address is loopback */
+  netns: bigint
+  localIp: string
+  localPort: number
+  remoteIp: string
+  remotePort: number
+}
+
+export function encodePair(p: Pair): Buffer {
+  const b = Buffer.alloc(LAYOUT.mb_pair.size)
+  b.writeBigUInt64LE(p.netns, F.pair.netns)
+  ipToSlot(p.localIp).copy(b, F.pair.local_ip)
+  ipToSlot(p.remoteIp).copy(b, F.pair.remote_ip)
+  b.writeUInt16BE(p.localPort, F.pair.local_port) // network order
+  b.writeUInt16BE(p.remotePort, F.pair.remote_port)
+  return b
+}
+
+export function decodePair(b: Buffer): Pair {
+  return {
+    netns: b.readBigUInt64LE(F.pair.netns),
+    localIp: ipAt(b, F.pair.local_ip),
+    localPort: b.readUInt16BE(F.pair.local_port),
+    remoteIp: ipAt(b, F.pair.remote_ip),
+    remotePort: b.readUInt16BE(F.pair.remote_port),
+  }
+}
+
+// ---- struct mb_origin -------------------------------------------------------------------------
+export interface Origin {
+  ip: string
+  port: number
+  flags: number
+  pid: number
+}
+
+export function encodeOrigin(o: Origin): Buffer {
+  const b = Buffer.alloc(LAYOUT.mb_origin.size)
+  ipToSlot(o.ip).copy(b, F.origin.ip)
+  b.writeUInt16BE(o.port, F.origin.port)
+  b.writeUInt16LE(o.flags, F.origin.flags)
+  b.writeUInt32LE(o.pid, F.origin.pid)
+  return b
+}
+
+export function decodeOrigin(b: Buffer): Origin {
+  return {ip: ipAt(b, F.origin.ip), port: b.readUInt16BE(F.origin.port), flags: b.readUInt16LE(F.origin.flags), pid: b.readUInt32LE(F.origin.pid)}
+}
+
+export function originFlagNames(flags: number): string[] {
+  const names: string[] = []
+  if (flags & ORIGIN_OUTBOUND) names.push('outbound')
+  if (flags & ORIGIN_INBOUND) names.push('inbound')
+  if (flags & ORIGIN_UNREGISTERED) names.push('unregistered')
+  return names
+}
+
+// ---- struct mb_pod_config ---------------------------------------------------------------------
+export interface PodRules {
+  /** includeOutboundIPRanges is '*' */
+  outAllCidrs: boolean
+  /** includeInboundPorts is '*' */
+  inAllPorts: boolean
+  outIncludePorts: number[]
+  outExcludePorts: number[]
+  inIncludePorts: number[]
+  inExcludePorts: number[]
+  outIncludeCidrs: Cidr[]
+  outExcludeCidrs: Cidr[]
+}
+
+export const CAPTURE_ALL: PodRules = {
+  outAllCidrs: true,
+  inAllPorts: true,
+  outIncludePorts: [],
+  outExcludePorts: [],
+  inIncludePorts: [],
+  inExcludePorts: [],
+  outIncludeCidrs: [],
+  outExcludeCidrs: [],
+}
+
+function writePorts(b: Buffer, offset: number, countOffset: number, ports: number[]): void {
+  if (ports.length > MAX_PORTS) throw new RangeError(`at most ${MAX_PORTS} ports fit a rule, got ${ports.length}`)
+  b.writeUInt8(ports.length, countOffset)
+  ports.forEach((p, i) => b.writeUInt16LE(p, offset + 2 * i))
+}
+
+function readPorts(b: Buffer, offset: number, countOffset: number): number[] {
+  const n = Math.min(b.readUInt8(countOffset), MAX_PORTS)
+  return Array.from({length: n}, (_, i) => b.readUInt16LE(offset + 2 * i))
+}
+
+function writeCidrs(b: Buffer, offset: number, countOffset: number, cidrs: Cidr[]): void {
+  if (cidrs.length > MAX_CIDRS) throw new RangeError(`at most ${MAX_CIDRS} CIDRs fit a rule, got ${cidrs.length}`)
+  b.writeUInt8(cidrs.length, countOffset)
+  cidrs.forEach((c, i) => {
+    const at = offset + LAYOUT.mb_cidr.size * i
+    const slot = ipToSlot(c.ip)
+    slot.copy(b, at + F.cidr.ip)
+    b.writeUInt8(isMappedV4(slot) ? 96 + c.prefix : c.prefix, at + F.cidr.prefix)
+  })
+}
+
+function readCidrs(b: Buffer, offset: number, countOffset: number): Cidr[] {
+  const n = Math.min(b.readUInt8(countOffset), MAX_CIDRS)
+  return Array.from({length: n}, (_, i) => {
+    const at = offset + LAYOUT.mb_cidr.size * i
+    const slot = b.subarray(at + F.cidr.ip, at + F.cidr.ip + 16)
+    const prefix = b.readUInt8(at + F.cidr.prefix)
+    return {ip: slotToIp(slot), prefix: isMappedV4(slot) ? prefix - 96 : prefix}
+  })
+}
+
+export function encodePodRules(r: PodRules): Buffer {
+  const b = Buffer.alloc(LAYOUT.mb_pod_config.size)
+  b.writeUInt32LE((r.outAllCidrs ? POD_OUT_ALL_CIDRS : 0) | (r.inAllPorts ? POD_IN_ALL_PORTS : 0), F.pod.flags)
+  writePorts(b, F.pod.out_include_ports, F.pod.n_out_include_ports, r.outIncludePorts)
+  writePorts(b, F.pod.out_exclude_ports, F.pod.n_out_exclude_ports, r.outExcludePorts)
+  writePorts(b, F.pod.in_include_ports, F.pod.n_in_include_ports, r.inIncludePorts)
+  writePorts(b, F.pod.in_exclude_ports, F.pod.n_in_exclude_ports, r.inExcludePorts)
+  writeCidrs(b, F.pod.out_include_cidrs, F.pod.n_out_include_cidrs, r.outIncludeCidrs)
+  writeCidrs(b, F.pod.out_exclude_cidrs, F.pod.n_out_exclude_cidrs, r.outExcludeCidrs)
+  return b
+}
+
+export function decodePodRules(b: Buffer): PodRules {
+  const flags = b.readUInt32LE(F.pod.flags)
+  return {
+    outAllCidrs: (flags & POD_OUT_ALL_CIDRS) !== 0,
+    inAllPorts: (flags & POD_IN_ALL_PORTS) !== 0,
+    outIncludePorts: readPorts(b, F.pod.out_include_ports, F.pod.n_out_include_ports),
+    outExcludePorts: readPorts(b, F.pod.out_exclude_ports, F.pod.n_out_exclude_ports),
+    inIncludePorts: readPorts(b, F.pod.in_include_ports, F.pod.n_in_include_ports),
+    inExcludePorts: readPorts(b, F.pod.in_exclude_ports, F.pod.n_in_exclude_ports),
+    outIncludeCidrs: readCidrs(b, F.pod.out_include_cidrs, F.pod.n_out_include_cidrs),
+    outExcludeCidrs: readCidrs(b, F.pod.out_exclude_cidrs, F.pod.n_out_exclude_cidrs),
+  }
+}
+
+// ---- struct mb_process ------------------------------------------------------------------------
+export interface ProcessEntry {
+  podIp: string
+  netns: bigint
+}
+
+export function encodeProcess(p: ProcessEntry): Buffer {
+  const b = Buffer.alloc(LAYOUT.mb_process.size)
+  ipToSlot(p.podIp).copy(b, F.proc.pod_ip)
+  b.writeBigUInt64LE(p.netns, F.proc.netns)
+  return b
+}
+
+export function decodeProcess(b: Buffer): ProcessEntry {
+  return {podIp: ipAt(b, F.proc.pod_ip), netns: b.readBigUInt64LE(F.proc.netns)}
+}
+
+// ---- struct mb_settings -----------------------------------------------------------------------
+export interface Settings {
+  sidecarUid: number
+  sidecarGid: number
+  outboundPort: number
+  inboundPort: number
+  draining: boolean
+  hostNetns: bigint
+}
+
+export function encodeSettings(s: Settings): Buffer {
+  const b = Buffer.alloc(LAYOUT.mb_settings.size)
+  b.writeUInt32LE(s.sidecarUid, F.settings.sidecar_uid)
+  b.writeUInt32LE(s.sidecarGid, F.settings.sidecar_gid)
+  b.writeUInt16LE(s.outboundPort, F.settings.outbound_port)
+  b.writeUInt16LE(s.inboundPort, F.settings.inbound_port)
+  b.writeUInt32LE(s.draining ? SETTINGS_DRAINING : 0, F.settings.flags)
+  b.writeBigUInt64LE(s.hostNetns, F.settings.host_netns)
+  return b
+}
+
+export function decodeSettings(b: Buffer): Settings {
+  return {
+    sidecarUid: b.readUInt32LE(F.settings.sidecar_uid),
+    sidecarGid: b.readUInt32LE(F.settings.sidecar_gid),
+    outboundPort: b.readUInt16LE(F.settings.outbound_port),
+    inboundPort: b.readUInt16LE(F.settings.inbound_port),
+    draining: (b.readUInt32LE(F.settings.flags) & SETTINGS_DRAINING) !== 0,
+    hostNetns: b.readBigUInt64LE(F.settings.host_netns),
+  }
+}
+
+// ---- scalar keys ------------------------------------------------------------------------------
+export function encodeU32(n: number): Buffer {
+  const b = Buffer.alloc(4)
+  b.writeUInt32LE(n)
+  return b
+}
+
+export function encodeU64(n: bigint): Buffer {
+  const b = Buffer.alloc(8)
+  b.writeBigUInt64LE(n)
+  return b
+}

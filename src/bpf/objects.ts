@@ -1,0 +1,62 @@
+import {createHash} from 'node:crypto'
+import {existsSync} from 'node:fs'
+import {mkdir, readdir, readFile, rename, rm} from 'node:fs/promises'
+import {join} from 'node:path'
+import {BPF_SOURCE_DIR, cacheDir} from '../paths.js'
+import {BPF_CFLAGS, clangVersion, compileBpf, compileHost, HOST_CFLAGS, multiarchInclude} from './clang.js'
+
+export interface BuiltObjects {
+  /** Hash of sources, flags and compiler: names the cache entry and tells status if objects are stale. */
+  hash: string
+  dir: string
+  datapath: string
+  netnsCookie: string
+  compiled: boolean
+}
+
+async function sourceFiles(): Promise<string[]> {
+  const files: string[] = []
+  for (const sub of ['', 'headers', 'tools']) {
+    const dir = join(BPF_SOURCE_DIR, sub)
+    if (!existsSync(dir)) continue
+    for (const name of (await readdir(dir)).sort()) if (/\.(c|h)$/.test(name)) files.push(join(dir, name))
+  }
+  return files
+}
+
+/** A hash of everything that goes into the objects. */
+export async function sourceHash(compiler?: string): Promise<string> {
+  const h = createHash('sha256')
+  h.update(compiler ?? (await clangVersion()))
+  h.update(JSON.stringify([BPF_CFLAGS, HOST_CFLAGS, multiarchInclude()]))
+  for (const file of await sourceFiles()) {
+    h.update(file.slice(BPF_SOURCE_DIR.length))
+    h.update(await readFile(file))
+  }
+  return h.digest('hex').slice(0, 16)
+}
+
+/**
+ * Compile the datapath and its helper unless the cache already holds this exact build.
+ * Writes to a temporary folder and renames it, so a killed build never leaves a half cache entry.
+ */
+export async function buildObjects(opts: {rebuild?: boolean} = {}): Promise<BuiltObjects> {
+  const hash = await sourceHash()
+  const dir = join(cacheDir(), hash)
+  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, 'netns-cookie')}
+  if (!opts.rebuild && existsSync(result.datapath) && existsSync(result.netnsCookie)) return {...result, compiled: false}
+
+  const tmp = `${dir}.tmp-${process.pid}`
+  await rm(tmp, {recursive: true, force: true})
+  await mkdir(tmp, {recursive: true})
+  try {
+    await compileBpf(join(BPF_SOURCE_DIR, 'merbridge.bpf.c'), join(tmp, 'merbridge.bpf.o'))
+    await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, 'netns-cookie'))
+    await rm(dir, {recursive: true, force: true})
+    await rename(tmp, dir)
+  } catch (error) {
+    await rm(tmp, {recursive: true, force: true})
+    throw error
+  }
+  return {...result, compiled: true}
+}

@@ -1,0 +1,122 @@
+import {existsSync} from 'node:fs'
+import {mkdir, readFile, readdir, rename, rm, writeFile} from 'node:fs/promises'
+import {join, resolve} from 'node:path'
+import {DEFAULT_BPFFS_DIR, runDir} from '../paths.js'
+
+/** How each program is attached: to the cgroup, or (sk_msg) to the sockhash. */
+export interface ProgramSpec {
+  name: string
+  /** bpftool's attach type argument */
+  attachType: string
+  /** the kernel's name for that attach type, as `bpftool cgroup show` prints it */
+  kernelAttachType: string
+  target: 'cgroup' | 'sock_pair_map'
+}
+
+/** In attach order: the listeners of events first, connect4 (which starts rewriting) last. */
+export const PROGRAMS: ProgramSpec[] = [
+  {name: 'mb_msg_redirect', attachType: 'msg_verdict', kernelAttachType: 'sk_msg_verdict', target: 'sock_pair_map'},
+  {name: 'mb_getsockopt', attachType: 'getsockopt', kernelAttachType: 'cgroup_getsockopt', target: 'cgroup'},
+  {name: 'mb_sockops', attachType: 'sock_ops', kernelAttachType: 'cgroup_sock_ops', target: 'cgroup'},
+  {name: 'mb_connect4', attachType: 'connect4', kernelAttachType: 'cgroup_inet4_connect', target: 'cgroup'},
+]
+
+export const MAP_NAMES = [
+  'local_pod_ips',
+  'netns_pod_ips',
+  'pair_original_dst',
+  'sock_pair_map',
+  'process_ip',
+  'settings',
+  'counters',
+  'origin_store',
+] as const
+export type MapName = (typeof MAP_NAMES)[number]
+
+/** The pins of one installation, all below one bpffs folder. */
+export class Installation {
+  readonly dir: string
+
+  constructor(dir = process.env.MERBRIDGE_BPFFS ?? DEFAULT_BPFFS_DIR) {
+    this.dir = resolve(dir)
+  }
+
+  get progDir(): string {
+    return join(this.dir, 'progs')
+  }
+
+  get mapDir(): string {
+    return join(this.dir, 'maps')
+  }
+
+  prog(name: string): string {
+    return join(this.progDir, name)
+  }
+
+  map(name: MapName): string {
+    return join(this.mapDir, name)
+  }
+
+  /** One state file per installation folder, so test installations never meet the real one. */
+  get stateFile(): string {
+    return join(runDir(), `${this.dir.replace(/^\/+/, '').replace(/[^A-Za-z0-9_.-]+/g, '_')}.json`)
+  }
+
+  exists(): boolean {
+    return existsSync(this.dir)
+  }
+
+  /** Names pinned now, e.g. to tell a complete installation from a half one. */
+  async pinned(): Promise<{progs: string[]; maps: string[]}> {
+    const list = async (d: string) => (existsSync(d) ? (await readdir(d)).sort() : [])
+    return {progs: await list(this.progDir), maps: await list(this.mapDir)}
+  }
+
+  async readState(): Promise<InstallState | undefined> {
+    try {
+      return JSON.parse(await readFile(this.stateFile, 'utf8')) as InstallState
+    } catch {
+      return undefined
+    }
+  }
+
+  async writeState(state: InstallState): Promise<void> {
+    await mkdir(runDir(), {recursive: true})
+    const tmp = `${this.stateFile}.tmp`
+    await writeFile(tmp, JSON.stringify(state, null, 2) + '\n')
+    await rename(tmp, this.stateFile)
+  }
+
+  async removeState(): Promise<void> {
+    await rm(this.stateFile, {force: true})
+  }
+}
+
+export interface PodRecord {
+  namespace: string
+  name: string
+  ip: string
+  /** netns cookie as a decimal string, when the pod's namespace was found on this node */
+  netns?: string
+}
+
+export interface SkippedPod {
+  namespace: string
+  name: string
+  reason: string
+}
+
+/** What enable recorded, for status and disable. */
+export interface InstallState {
+  version: 1
+  bpffs: string
+  cgroup: string
+  mesh: string
+  node: string
+  objectHash: string
+  enabledAt: string
+  /** whether enable mounted bpffs itself (disable then unmounts it when empty) */
+  mountedBpffs: boolean
+  hostNetns: string
+  pods: {source: string; syncedAt: string; meshed: PodRecord[]; unregistered: PodRecord[]; skipped: SkippedPod[]; warnings: string[]}
+}

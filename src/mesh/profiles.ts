@@ -1,0 +1,35 @@
+/** What merbridge needs to know about a mesh's sidecar: who it runs as, where it listens, how pods show it. */
+export interface MeshProfile {
+  name: string
+  sidecarUid: number
+  sidecarGid: number
+  outboundPort: number
+  inboundPort: number
+  /** the injected proxy container */
+  sidecarContainer: string
+  /** present on pods whose sidecar was injected */
+  injectedAnnotation: string
+  /** the mesh's own inbound ports, never captured (Istio: HBONE, telemetry, health, agent) */
+  reservedInboundPorts: number[]
+}
+
+export const PROFILES: Record<string, MeshProfile> = {
+  istio: {
+    name: 'istio',
+    sidecarUid: 1337,
+    sidecarGid: 1337,
+    outboundPort: 15001,
+    inboundPort: 15006,
+    sidecarContainer: 'istio-proxy',
+    injectedAnnotation: 'sidecar.istio.io/status',
+    reservedInboundPorts: [15008, 15090, 15021, 15020],
+  },
+}
+
+export const MESH_NAMES = Object.keys(PROFILES)
+
+export function meshProfile(name: string): MeshProfile {
+  const p = PROFILES[name]
+  if (!p) throw new Error(`unknown mesh '${name}' (known: ${MESH_NAMES.join(', ')})`)
+  return p
+}

@@ -1,0 +1,70 @@
+import {execa, ExecaError, type Options} from 'execa'
+import {ToolFailedError, ToolNotFoundError} from '../errors.js'
+
+/** How to install each external tool, for the error a user sees when it is missing. */
+export const INSTALL_HINTS: Record<string, string> = {
+  bpftool: 'install bpftool: apt-get install bpftool',
+  clang: 'install clang: apt-get install clang llvm libbpf-dev',
+  ip: 'install iproute2: apt-get install iproute2',
+  nsenter: 'install util-linux: apt-get install util-linux',
+  kubectl: 'install kubectl, or pass --pods-file with the output of `kubectl get pods -A -o json`',
+  haproxy: 'install haproxy: apt-get install haproxy',
+  iptables: 'install iptables: apt-get install iptables',
+  wrk: 'install wrk: apt-get install wrk',
+}
+
+/** Environment overrides for tool paths (MERBRIDGE_BPFTOOL, MERBRIDGE_CLANG). */
+export function toolPath(tool: string): string {
+  return process.env[`MERBRIDGE_${tool.toUpperCase()}`] ?? tool
+}
+
+export interface RunResult {
+  stdout: string
+  stderr: string
+  exitCode: number
+}
+
+/**
+ * The one place the CLI runs another program: no shell, a timeout, and failures turned into
+ * errors that say what to do. With `allowFailure` a non-zero exit is returned, not thrown.
+ */
+export async function run(
+  tool: string,
+  args: readonly string[],
+  opts: {input?: string; timeoutMs?: number; allowFailure?: boolean; env?: Record<string, string>} = {},
+): Promise<RunResult> {
+  const options: Options = {
+    input: opts.input,
+    timeout: opts.timeoutMs ?? 60_000,
+    reject: false,
+    stripFinalNewline: true,
+    env: opts.env,
+    stdin: opts.input === undefined ? 'ignore' : undefined,
+  }
+  const result = await execa(toolPath(tool), args, options)
+  const stdout = String(result.stdout ?? '')
+  const stderr = String(result.stderr ?? '')
+  if (result.failed && result.exitCode === undefined) {
+    const cause = result instanceof ExecaError ? result : undefined
+    if ((cause?.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || /ENOENT/.test(String(result.message)))
+      throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
+    throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message), stderr)
+  }
+  const exitCode = result.exitCode ?? 1
+  if (exitCode !== 0 && !opts.allowFailure) {
+    const detail = lastLine(stderr) || lastLine(stdout) || `exit code ${exitCode}`
+    throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, detail, stderr, permissionHint(stderr))
+  }
+  return {stdout, stderr, exitCode}
+}
+
+function lastLine(text: string): string {
+  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean)
+  return lines.at(-1) ?? ''
+}
+
+function permissionHint(stderr: string): string | undefined {
+  if (/Operation not permitted|Permission denied|EPERM|EACCES/i.test(stderr))
+    return 'run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)'
+  return undefined
+}

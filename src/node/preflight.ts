@@ -1,0 +1,201 @@
+import {existsSync, statSync} from 'node:fs'
+import {resolve} from 'node:path'
+import {bpftool} from '../bpf/bpftool.js'
+import {clangTargetsBpf, clangVersion} from '../bpf/clang.js'
+import {missingFeatures} from '../bpf/features.js'
+import {Installation, PROGRAMS} from '../datapath/installation.js'
+import {describeError} from '../errors.js'
+import {BPFFS_MOUNT} from '../paths.js'
+import {currentPrivileges, type CapName} from './caps.js'
+import {hasBtf, kernelAtLeast, type KernelVersion, runningKernel} from './kernel.js'
+import {findCgroup2, isBpffs, type Mount, mountOf, readMounts} from './mounts.js'
+
+export type CheckStatus = 'pass' | 'warn' | 'fail'
+
+export interface Check {
+  id: string
+  title: string
+  status: CheckStatus
+  detail: string
+  /** what to do, when status is not pass */
+  remedy?: string
+  /** a failed required check stops enable */
+  required: boolean
+}
+
+const pass = (id: string, title: string, detail: string, required = true): Check => ({id, title, status: 'pass', detail, required})
+
+// ---- decisions, pure so that tests can feed them any machine ------------------------------------
+
+export function checkPrivileges(uid: number, missing: CapName[]): Check {
+  const title = 'privileges'
+  if (uid === 0 && missing.length === 0) return pass('privileges', title, 'running as root')
+  if (missing.length === 0) return pass('privileges', title, `uid ${uid} with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN`)
+  return {
+    id: 'privileges',
+    title,
+    status: 'fail',
+    required: true,
+    detail: `uid ${uid} lacks ${missing.join(', ')}`,
+    remedy: 'run as root: sudo merbridge ...',
+  }
+}
+
+export function checkKernel(v: KernelVersion | undefined): Check {
+  const title = 'kernel version'
+  if (!v) return {id: 'kernel', title, status: 'fail', required: true, detail: 'could not read the kernel release', remedy: 'check `uname -r`'}
+  if (!kernelAtLeast(v, 5, 7))
+    return {id: 'kernel', title, status: 'fail', required: true, detail: `${v.raw} is older than 5.7`, remedy: 'upgrade the node to Linux 5.10 or newer'}
+  if (!kernelAtLeast(v, 5, 10))
+    return {id: 'kernel', title, status: 'warn', required: true, detail: `${v.raw}: works from 5.7, 5.10 or newer is recommended`, remedy: 'upgrade the node to Linux 5.10 or newer'}
+  return pass('kernel', title, v.raw)
+}
+
+export function checkBtf(present: boolean): Check {
+  if (present) return pass('btf', 'kernel BTF', '/sys/kernel/btf/vmlinux present', false)
+  return {
+    id: 'btf',
+    title: 'kernel BTF',
+    status: 'warn',
+    required: false,
+    detail: '/sys/kernel/btf/vmlinux is missing',
+    remedy: 'use a kernel built with CONFIG_DEBUG_INFO_BTF=y (the datapath runs without it; bpftool shows less)',
+  }
+}
+
+/** Find the cgroup v2 root, or check the one given with --cgroup. */
+export function checkCgroup(mounts: Mount[], given?: string): Check & {path?: string} {
+  const title = 'cgroup v2'
+  const found = findCgroup2(mounts)
+  if (given) {
+    const path = resolve(given)
+    const mount = mountOf(mounts, path)
+    if (!existsSync(path) || !statSync(path).isDirectory())
+      return {id: 'cgroup', title, status: 'fail', required: true, detail: `${path} does not exist`, remedy: found.path ? `use --cgroup ${found.path}, this host's cgroup v2 mount` : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup'}
+    if (mount?.fstype !== 'cgroup2')
+      return {id: 'cgroup', title, status: 'fail', required: true, detail: `${path} is not on a cgroup v2 mount (it is ${mount?.fstype ?? 'unknown'})`, remedy: found.path ? `use --cgroup ${found.path}, this host's cgroup v2 mount` : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup'}
+    return {...pass('cgroup', title, `${path} (given; ${found.layout} host)`), path}
+  }
+  if (found.path) return {...pass('cgroup', title, `${found.path} (${found.layout} host)`), path: found.path}
+  const detail = found.layout === 'legacy' ? 'only cgroup v1 is mounted (a v1-only host)' : 'no cgroup filesystem is mounted'
+  return {id: 'cgroup', title, status: 'fail', required: true, detail, remedy: 'mount cgroup v2 (mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified), or boot with systemd.unified_cgroup_hierarchy=1'}
+}
+
+export function checkBpffs(mounts: Mount[], dir: string): Check {
+  const title = 'bpf filesystem'
+  if (isBpffs(mounts, dir)) return pass('bpffs', title, `${mountOf(mounts, dir)?.target} is mounted`)
+  if (dir.startsWith(BPFFS_MOUNT + '/') || dir === BPFFS_MOUNT)
+    return {id: 'bpffs', title, status: 'warn', required: true, detail: `${BPFFS_MOUNT} is not mounted; enable will mount it`, remedy: `mount -t bpf bpf ${BPFFS_MOUNT}`}
+  return {id: 'bpffs', title, status: 'fail', required: true, detail: `${dir} is not on a bpf filesystem`, remedy: `choose a folder below ${BPFFS_MOUNT} (--bpffs), or mount -t bpf bpf ${BPFFS_MOUNT}`}
+}
+
+export function checkFeatures(probe: unknown): Check {
+  const {missing, checked} = missingFeatures(probe)
+  if (missing.length === 0) return pass('features', 'kernel BPF features', `${checked} program types, map types and helpers available`)
+  return {id: 'features', title: 'kernel BPF features', status: 'fail', required: true, detail: `missing: ${missing.join(', ')}`, remedy: 'upgrade the node to Linux 5.15 or newer with CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF and CONFIG_BPF_STREAM_PARSER'}
+}
+
+export function checkForeignPrograms(cgroup: string, attached: {id: number; name: string; attach_type: string}[], ours: Set<number>): Check {
+  const foreign = attached.filter((a) => !ours.has(a.id))
+  if (foreign.length === 0) return pass('foreign-programs', 'other programs on the cgroup', `none on ${cgroup}`, false)
+  return {
+    id: 'foreign-programs',
+    title: 'other programs on the cgroup',
+    status: 'warn',
+    required: false,
+    detail: foreign.map((a) => `${a.id} ${a.name || '(no name)'} (${a.attach_type})`).join(', '),
+    remedy: 'another mesh accelerator or a CNI socket load balancer may conflict with merbridge; check what owns them with `bpftool prog show id ID`',
+  }
+}
+
+// ---- probes of this machine ---------------------------------------------------------------------
+
+async function toolCheck(id: string, title: string, probe: () => Promise<string>): Promise<Check> {
+  try {
+    return pass(id, title, await probe())
+  } catch (error) {
+    const {message, suggestion} = describeError(error)
+    return {id, title, status: 'fail', required: true, detail: message, remedy: suggestion}
+  }
+}
+
+export interface PreflightOptions {
+  cgroup?: string
+  bpffs?: string
+}
+
+export interface PreflightResult {
+  checks: Check[]
+  ok: boolean
+  cgroup?: string
+  enabled: boolean
+}
+
+/** Every check, run for real on this node. */
+export async function runPreflight(opts: PreflightOptions = {}): Promise<PreflightResult> {
+  const installation = new Installation(opts.bpffs)
+  const mounts = readMounts()
+  const privileges = currentPrivileges()
+  const cgroup = checkCgroup(mounts, opts.cgroup)
+  const checks: Check[] = [
+    checkPrivileges(privileges.uid, privileges.missing),
+    checkKernel(runningKernel()),
+    checkBtf(hasBtf()),
+    cgroup,
+    checkBpffs(mounts, installation.dir),
+  ]
+  checks.push(
+    await toolCheck('clang', 'clang', async () => {
+      const version = await clangVersion()
+      if (!(await clangTargetsBpf())) throw new Error(`clang ${version} cannot target bpf (install the llvm build with the BPF backend)`)
+      return `clang ${version}, targets bpf`
+    }),
+  )
+  const bpftoolCheck = await toolCheck('bpftool', 'bpftool', async () => `bpftool ${await bpftool.version()}`)
+  checks.push(bpftoolCheck)
+  if (bpftoolCheck.status === 'pass' && privileges.missing.length === 0) {
+    checks.push(await featureCheck())
+    if (cgroup.path) checks.push(await foreignCheck(cgroup.path, installation))
+  } else {
+    checks.push({id: 'features', title: 'kernel BPF features', status: 'fail', required: true, detail: 'not probed: needs bpftool and root', remedy: 'fix the checks above, then run merbridge doctor again'})
+  }
+  const enabled = await enabledCheck(installation)
+  checks.push(enabled.check)
+  return {checks, ok: checks.every((c) => !c.required || c.status !== 'fail'), cgroup: cgroup.path, enabled: enabled.enabled}
+}
+
+async function featureCheck(): Promise<Check> {
+  try {
+    return checkFeatures(await bpftool.featureProbe())
+  } catch (error) {
+    return {id: 'features', title: 'kernel BPF features', status: 'fail', required: true, detail: describeError(error).message, remedy: 'run `bpftool feature probe kernel` to see why'}
+  }
+}
+
+async function ourProgramIds(installation: Installation): Promise<Set<number>> {
+  const ids = new Set<number>()
+  for (const p of PROGRAMS) {
+    const info = await bpftool.progShowPinned(installation.prog(p.name)).catch(() => undefined)
+    if (info) ids.add(info.id)
+  }
+  return ids
+}
+
+async function foreignCheck(cgroup: string, installation: Installation): Promise<Check> {
+  try {
+    return checkForeignPrograms(cgroup, await bpftool.cgroupShow(cgroup), await ourProgramIds(installation))
+  } catch (error) {
+    return {id: 'foreign-programs', title: 'other programs on the cgroup', status: 'warn', required: false, detail: describeError(error).message}
+  }
+}
+
+async function enabledCheck(installation: Installation): Promise<{check: Check; enabled: boolean}> {
+  const state = await installation.readState()
+  const pins = installation.exists() ? await installation.pinned() : {progs: [], maps: []}
+  const title = 'merbridge on this node'
+  if (state && pins.progs.length === PROGRAMS.length)
+    return {enabled: true, check: pass('enabled', title, `enabled since ${state.enabledAt} on ${state.cgroup} (${installation.dir})`, false)}
+  if (pins.progs.length + pins.maps.length > 0 || state)
+    return {enabled: false, check: {id: 'enabled', title, status: 'warn', required: false, detail: `a partial installation is left in ${installation.dir}`, remedy: 'run merbridge disable to clean it'}}
+  return {enabled: false, check: pass('enabled', title, 'not enabled', false)}
+}

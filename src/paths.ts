@@ -1,0 +1,22 @@
+import {homedir} from 'node:os'
+import {dirname, join, resolve} from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+/** The package root (works from dist/ and, under bin/dev.js, from src/). */
+export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+export const BPF_SOURCE_DIR = join(PACKAGE_ROOT, 'bpf')
+
+export const DEFAULT_BPFFS_DIR = '/sys/fs/bpf/merbridge'
+export const BPFFS_MOUNT = '/sys/fs/bpf'
+
+/** Compiled objects, keyed by a hash of their inputs. */
+export function cacheDir(): string {
+  if (process.env.MERBRIDGE_CACHE_DIR) return process.env.MERBRIDGE_CACHE_DIR
+  const base = process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache')
+  return join(base, 'merbridge')
+}
+
+/** Where enable records what it did (tmpfs, cleared at boot like the bpffs pins it describes). */
+export function runDir(): string {
+  return process.env.MERBRIDGE_RUN_DIR ?? '/run/merbridge'
+}
