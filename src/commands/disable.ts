@@ -1,0 +1,30 @@
+import {Flags} from '@oclif/core'
+import {type DisableResult, disable} from '../datapath/disable.js'
+import {Installation} from '../datapath/installation.js'
+import {BaseCommand} from '../ui/base-command.js'
+import {c} from '../ui/theme.js'
+
+export default class Disable extends BaseCommand {
+  static override summary = 'Detach and remove everything merbridge put on this node'
+  static override description = `Stops rewriting connections (established ones continue over TCP), detaches every program of
+the installation wherever it is attached, unpins programs and maps, and verifies that nothing
+is left. Safe to run again, and cleans a half-enabled node too.`
+
+  static override examples = [{command: '<%= config.bin %> disable', description: 'Remove merbridge from this node'}]
+
+  static override flags = {
+    bpffs: Flags.string({description: 'bpffs folder of the installation', env: 'MERBRIDGE_BPFFS', default: '/sys/fs/bpf/merbridge'}),
+  }
+
+  async run(): Promise<DisableResult> {
+    const {flags} = await this.parse(Disable)
+    const result = await disable(new Installation(flags.bpffs))
+    if (!result.wasEnabled) this.log(`merbridge was not enabled with ${result.bpffs}; nothing to do`)
+    else
+      this.log(
+        c.green('✔ merbridge is disabled') +
+          `: ${result.detached.length} attachment(s) removed, ${result.unpinned.length} pin(s) removed from ${result.bpffs}`,
+      )
+    return result
+  }
+}

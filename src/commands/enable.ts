@@ -1,0 +1,96 @@
+import {Flags} from '@oclif/core'
+import {type EnableContext, type EnableStep, ENABLE_STEPS, enableFailure, newEnableContext, rollback} from '../datapath/enable.js'
+import {MESH_NAMES} from '../mesh/profiles.js'
+import {BaseCommand} from '../ui/base-command.js'
+import {runWithProgress} from '../ui/steps.js'
+import {c} from '../ui/theme.js'
+
+export interface EnableResult {
+  enabled: true
+  mode: EnableContext['mode']
+  bpffs: string
+  cgroup: string
+  mesh: string
+  node: string
+  objectHash: string
+  compiled: boolean
+  pods: {
+    source: string
+    meshed: {namespace: string; name: string; ip: string; netns?: string}[]
+    unregistered: {namespace: string; name: string; ip: string}[]
+    skipped: {namespace: string; name: string; reason: string}[]
+    warnings: string[]
+  }
+}
+
+export default class Enable extends BaseCommand {
+  static override summary = 'Load the eBPF datapath, attach it to the cgroup v2 root and load this node\'s pods'
+  static override description = `Checks the node, compiles the programs in bpf/ (cached by a hash of sources and flags),
+loads and pins them under one bpffs folder, attaches them to the cgroup v2 root, and fills the
+maps with the meshed pods of this node. If any step fails, everything done so far is undone.
+Enabling an enabled node reloads its pods, or replaces the programs when their sources changed.`
+
+  static override examples = [
+    {command: 'kubectl get pods -A -o json | <%= config.bin %> enable --pods-file -', description: 'Enable with the pods kubectl reports'},
+    {command: '<%= config.bin %> enable --cgroup /sys/fs/cgroup/unified --pods-file pods.json --json', description: 'Choose the cgroup; print the result as data'},
+  ]
+
+  static override flags = {
+    mesh: Flags.string({description: 'service mesh whose sidecars to accelerate', options: MESH_NAMES, default: 'istio'}),
+    cgroup: Flags.string({description: 'cgroup v2 folder to attach to (default: the cgroup v2 root)', env: 'MERBRIDGE_CGROUP'}),
+    bpffs: Flags.string({description: 'bpffs folder for the pins', env: 'MERBRIDGE_BPFFS', default: '/sys/fs/bpf/merbridge'}),
+    'pods-file': Flags.string({description: 'PodList JSON as `kubectl get pods -A -o json` prints it; - for standard input (default: ask kubectl)'}),
+    node: Flags.string({description: 'this node\'s Kubernetes name (default: the hostname)'}),
+    rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),
+  }
+
+  async run(): Promise<EnableResult> {
+    const {flags} = await this.parse(Enable)
+    const ctx = newEnableContext({mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild})
+    const started: EnableStep[] = []
+    try {
+      await runWithProgress(ENABLE_STEPS, ctx, {silent: this.jsonEnabled(), onStart: (s) => started.push(s)})
+    } catch (error) {
+      const step = started.at(-1) ?? ENABLE_STEPS[0]!
+      throw enableFailure(step, error, await rollback(started, ctx))
+    }
+    const result = toResult(ctx)
+    this.log('')
+    this.log(summary(result))
+    return result
+  }
+}
+
+function toResult(ctx: EnableContext): EnableResult {
+  return {
+    enabled: true,
+    mode: ctx.mode,
+    bpffs: ctx.inst.dir,
+    cgroup: ctx.cgroup!,
+    mesh: ctx.mesh.name,
+    node: ctx.node,
+    objectHash: ctx.objects!.hash,
+    compiled: ctx.objects!.compiled,
+    pods: {
+      source: ctx.podsSource!,
+      meshed: ctx.sync!.meshed,
+      unregistered: ctx.sync!.unregistered,
+      skipped: ctx.selection!.skipped,
+      warnings: ctx.selection!.meshed.flatMap((p) => p.warnings),
+    },
+  }
+}
+
+function summary(r: EnableResult): string {
+  const head = {fresh: 'merbridge is enabled', resync: 'merbridge was already enabled; pods reloaded', replace: 'merbridge is enabled (programs replaced)'}[r.mode]
+  const lines = [
+    c.green(`✔ ${head}`) + ` on node ${c.bold(r.node)}`,
+    `  cgroup   ${r.cgroup}`,
+    `  pins     ${r.bpffs}`,
+    `  mesh     ${r.mesh}`,
+    `  pods     ${r.pods.meshed.length} meshed and registered, ${r.pods.unregistered.length} meshed but not found on this node, ${r.pods.skipped.length} skipped (from ${r.pods.source})`,
+  ]
+  for (const p of r.pods.unregistered) lines.push(c.yellow(`  ! ${p.namespace}/${p.name} (${p.ip}): no network namespace with this IP on the node; its sidecar is used once it listens`))
+  for (const w of r.pods.warnings) lines.push(c.yellow(`  ! ${w}`))
+  return lines.join('\n')
+}

@@ -1,0 +1,94 @@
+import {existsSync} from 'node:fs'
+import {readdir, rm} from 'node:fs/promises'
+import {setTimeout as sleep} from 'node:timers/promises'
+import {bpftool} from '../bpf/bpftool.js'
+import {readMaps} from '../bpf/maps.js'
+import {MerbridgeError} from '../errors.js'
+import {run} from '../node/exec.js'
+import {BPFFS_MOUNT} from '../paths.js'
+import {Installation, PROGRAMS} from './installation.js'
+import {writeSettings} from './settings.js'
+
+/** Time for payload already moved socket to socket to be read before the sockets leave the map. */
+const DRAIN_MS = 200
+
+export interface DisableResult {
+  bpffs: string
+  wasEnabled: boolean
+  detached: {cgroup: string; program: string; id: number}[]
+  unpinned: string[]
+}
+
+/** Where each of our programs (by id) is attached, found from the kernel rather than from records. */
+async function findAttachments(progIds: Map<number, string>): Promise<{cgroup: string; attachType: string; id: number; name: string}[]> {
+  const out: {cgroup: string; attachType: string; id: number; name: string}[] = []
+  if (progIds.size === 0) return out
+  for (const cg of await bpftool.cgroupTree()) {
+    for (const p of cg.programs) {
+      const name = progIds.get(p.id)
+      if (name) out.push({cgroup: cg.cgroup, attachType: p.attach_type, id: p.id, name})
+    }
+  }
+  return out
+}
+
+/** bpftool's attach-type argument for the kernel's name of it. */
+function attachArg(kernelAttachType: string, progName: string): string {
+  return PROGRAMS.find((p) => p.kernelAttachType === kernelAttachType || p.name === progName)?.attachType ?? kernelAttachType
+}
+
+/**
+ * Remove everything of one installation, also a half one: stop rewriting first (so established
+ * connections continue over TCP), detach every attachment of our programs wherever it is,
+ * unpin, and verify nothing is left. Idempotent.
+ */
+export async function disable(inst: Installation, opts: {drainMs?: number} = {}): Promise<DisableResult> {
+  const state = await inst.readState()
+  const result: DisableResult = {bpffs: inst.dir, wasEnabled: false, detached: [], unpinned: []}
+  const progIds = new Map<number, string>()
+  for (const p of PROGRAMS) {
+    const info = await bpftool.progShowPinned(inst.prog(p.name))
+    if (info) progIds.set(info.id, p.name)
+  }
+  result.wasEnabled = progIds.size > 0 || state !== undefined || inst.exists()
+
+  // 1. Stop rewriting new connects and moving payload; what was moved is read before anything goes.
+  if (existsSync(inst.map('settings'))) {
+    const s = await readMaps.settings(inst).catch(() => undefined)
+    if (s && s.outboundPort && !s.draining) {
+      await writeSettings(inst, {...s, draining: true})
+      await sleep(opts.drainMs ?? DRAIN_MS)
+    }
+  }
+
+  // 2. Detach, connect4 first so no connection is rewritten without getsockopt to answer it.
+  const attachments = await findAttachments(progIds)
+  const order = (name: string) => -PROGRAMS.findIndex((p) => p.name === name)
+  attachments.sort((a, b) => order(a.name) - order(b.name))
+  for (const a of attachments) {
+    await bpftool.cgroupDetach(a.cgroup, attachArg(a.attachType, a.name), a.id)
+    result.detached.push({cgroup: a.cgroup, program: a.name, id: a.id})
+  }
+  const msg = PROGRAMS.find((p) => p.target === 'sock_pair_map')
+  if (msg && existsSync(inst.prog(msg.name)) && existsSync(inst.map('sock_pair_map')))
+    await bpftool.progDetachFromMap(inst.prog(msg.name), msg.attachType, inst.map('sock_pair_map'))
+
+  // 3. Unpin: removing the pins frees programs and maps once nothing else holds them.
+  if (inst.exists()) {
+    const pins = await inst.pinned()
+    result.unpinned = [...pins.progs.map((p) => `progs/${p}`), ...pins.maps.map((m) => `maps/${m}`)]
+    await rm(inst.dir, {recursive: true, force: true})
+  }
+  await inst.removeState()
+  if (state?.mountedBpffs && existsSync(BPFFS_MOUNT) && (await readdir(BPFFS_MOUNT)).length === 0)
+    await run('umount', [BPFFS_MOUNT], {allowFailure: true})
+
+  // 4. Verify.
+  const left = await findAttachments(progIds)
+  if (left.length > 0 || inst.exists())
+    throw new MerbridgeError(`disable left ${left.length} attachment(s)${inst.exists() ? ` and pins in ${inst.dir}` : ''} behind`, {
+      code: 'DISABLE_INCOMPLETE',
+      suggestion: 'run merbridge disable again; `bpftool cgroup tree` shows what is attached',
+    })
+  return result
+}

@@ -1,0 +1,238 @@
+import {mkdir} from 'node:fs/promises'
+import {hostname} from 'node:os'
+import {bpftool} from '../bpf/bpftool.js'
+import {buildObjects, type BuiltObjects, sourceHash} from '../bpf/objects.js'
+import {MerbridgeError} from '../errors.js'
+import {type PodSelection, parsePodList, selectMeshedPods} from '../kube/pods.js'
+import {readPodsText} from '../kube/source.js'
+import {type MeshProfile, meshProfile} from '../mesh/profiles.js'
+import {run} from '../node/exec.js'
+import {isBpffs, readMounts} from '../node/mounts.js'
+import {netnsCookies} from '../node/netns.js'
+import {runPreflight, type PreflightResult} from '../node/preflight.js'
+import {BPFFS_MOUNT} from '../paths.js'
+import {disable} from './disable.js'
+import {type InstallState, Installation, PROGRAMS} from './installation.js'
+import {writeSettings} from './settings.js'
+import {type SyncResult, syncPods} from './sync.js'
+
+export interface EnableOptions {
+  mesh?: string
+  cgroup?: string
+  bpffs?: string
+  podsFile?: string
+  node?: string
+  rebuild?: boolean
+}
+
+export interface EnableContext {
+  opts: EnableOptions
+  inst: Installation
+  mesh: MeshProfile
+  node: string
+  cgroup?: string
+  preflight?: PreflightResult
+  /** 'fresh' loads everything; 'resync' only reloads the pods of an up-to-date installation */
+  mode: 'fresh' | 'resync' | 'replace'
+  objects?: BuiltObjects
+  mountedBpffs: boolean
+  hostNetns?: bigint
+  podsSource?: string
+  selection?: PodSelection
+  sync?: SyncResult
+  attached: string[]
+}
+
+/** One step of enable: what it does and how to take it back. */
+export interface EnableStep {
+  id: string
+  title: string
+  skip?: (ctx: EnableContext) => string | false
+  run: (ctx: EnableContext) => Promise<void>
+  undo?: (ctx: EnableContext) => Promise<void>
+}
+
+export function newEnableContext(opts: EnableOptions): EnableContext {
+  return {
+    opts,
+    inst: new Installation(opts.bpffs),
+    mesh: meshProfile(opts.mesh ?? 'istio'),
+    node: opts.node ?? hostname(),
+    mode: 'fresh',
+    mountedBpffs: false,
+    attached: [],
+  }
+}
+
+export const ENABLE_STEPS: EnableStep[] = [
+  {
+    id: 'preflight',
+    title: 'Check the node',
+    async run(ctx) {
+      ctx.preflight = await runPreflight({cgroup: ctx.opts.cgroup, bpffs: ctx.opts.bpffs})
+      const failed = ctx.preflight.checks.filter((c) => c.required && c.status === 'fail')
+      if (failed.length > 0) {
+        const first = failed[0]!
+        throw new MerbridgeError(`${first.title}: ${first.detail}`, {code: 'PREFLIGHT_FAILED', suggestion: first.remedy ?? 'run merbridge doctor for details'})
+      }
+      ctx.cgroup = ctx.preflight.cgroup
+      const state = await ctx.inst.readState()
+      if (ctx.preflight.enabled && state) {
+        if (state.cgroup !== ctx.cgroup)
+          throw new MerbridgeError(`merbridge is already enabled on ${state.cgroup} with ${ctx.inst.dir}`, {
+            code: 'ALREADY_ENABLED',
+            suggestion: 'run merbridge disable first, or give another --bpffs',
+          })
+        ctx.mode = state.objectHash === (await sourceHash()) && !ctx.opts.rebuild ? 'resync' : 'replace'
+      } else if (ctx.inst.exists()) {
+        ctx.mode = 'replace' // a half installation (enable killed midway): cleaned before loading anew
+      }
+    },
+  },
+  {
+    id: 'build',
+    title: 'Build the datapath',
+    async run(ctx) {
+      ctx.objects = await buildObjects({rebuild: ctx.opts.rebuild})
+    },
+  },
+  {
+    id: 'replace',
+    title: 'Remove the previous installation',
+    skip: (ctx) => (ctx.mode !== 'replace' ? 'nothing to replace' : false),
+    async run(ctx) {
+      await disable(ctx.inst)
+    },
+  },
+  {
+    id: 'load',
+    title: 'Load and pin programs and maps',
+    skip: (ctx) => (ctx.mode === 'resync' ? 'already loaded, objects unchanged' : false),
+    async run(ctx) {
+      if (!isBpffs(readMounts(), BPFFS_MOUNT) && ctx.inst.dir.startsWith(BPFFS_MOUNT + '/')) {
+        await run('mount', ['-t', 'bpf', 'bpf', BPFFS_MOUNT])
+        ctx.mountedBpffs = true
+      }
+      await mkdir(ctx.inst.dir, {recursive: true})
+      await bpftool.loadAll(ctx.objects!.datapath, ctx.inst.progDir, ctx.inst.mapDir)
+    },
+    async undo(ctx) {
+      await disable(ctx.inst, {drainMs: 0})
+      if (ctx.mountedBpffs) await run('umount', [BPFFS_MOUNT], {allowFailure: true})
+    },
+  },
+  {
+    id: 'configure',
+    title: 'Configure the mesh profile',
+    skip: (ctx) => (ctx.mode === 'resync' ? 'already configured' : false),
+    async run(ctx) {
+      const cookies = await netnsCookies(ctx.objects!.netnsCookie, ['/proc/self/ns/net'])
+      ctx.hostNetns = cookies.get('/proc/self/ns/net')
+      if (ctx.hostNetns === undefined)
+        throw new MerbridgeError('cannot read the network namespace cookie of this node', {code: 'NETNS_COOKIE', suggestion: 'needs Linux 5.14 or newer (SO_NETNS_COOKIE)'})
+      const m = ctx.mesh
+      await writeSettings(ctx.inst, {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, hostNetns: ctx.hostNetns})
+    },
+  },
+  {
+    id: 'pods',
+    title: 'Load the pods of this node',
+    async run(ctx) {
+      const {text, source} = await readPodsText(ctx.opts.podsFile, ctx.node)
+      ctx.podsSource = source
+      ctx.selection = selectMeshedPods(parsePodList(text, source), ctx.node, ctx.mesh)
+      ctx.sync = await syncPods(ctx.inst, ctx.objects!.netnsCookie, ctx.selection)
+    },
+  },
+  {
+    id: 'attach',
+    title: 'Attach to the cgroup',
+    skip: (ctx) => (ctx.mode === 'resync' ? 'already attached' : false),
+    async run(ctx) {
+      for (const p of PROGRAMS) {
+        if (p.target === 'cgroup') await bpftool.cgroupAttach(ctx.cgroup!, p.attachType, ctx.inst.prog(p.name))
+        else await bpftool.progAttachToMap(ctx.inst.prog(p.name), p.attachType, ctx.inst.map('sock_pair_map'))
+        ctx.attached.push(p.name)
+      }
+    },
+    async undo(ctx) {
+      await disable(ctx.inst, {drainMs: 0})
+    },
+  },
+  {
+    id: 'record',
+    title: 'Record the installation',
+    async run(ctx) {
+      const previous = await ctx.inst.readState()
+      const warnings = ctx.selection!.meshed.flatMap((p) => p.warnings)
+      const state: InstallState = {
+        version: 1,
+        bpffs: ctx.inst.dir,
+        cgroup: ctx.cgroup!,
+        mesh: ctx.mesh.name,
+        node: ctx.node,
+        objectHash: ctx.objects!.hash,
+        enabledAt: ctx.mode === 'resync' && previous ? previous.enabledAt : new Date().toISOString(),
+        mountedBpffs: ctx.mountedBpffs || (ctx.mode === 'resync' && previous?.mountedBpffs === true),
+        hostNetns: (ctx.hostNetns ?? BigInt(previous?.hostNetns ?? 0)).toString(),
+        pods: {
+          source: ctx.podsSource!,
+          syncedAt: new Date().toISOString(),
+          meshed: ctx.sync!.meshed,
+          unregistered: ctx.sync!.unregistered,
+          skipped: ctx.selection!.skipped,
+          warnings,
+        },
+      }
+      await ctx.inst.writeState(state)
+    },
+    async undo(ctx) {
+      if (ctx.mode !== 'resync') await ctx.inst.removeState()
+    },
+  },
+]
+
+/** Take back the steps that ran, last first. Returns the problems met on the way (never throws). */
+export async function rollback(done: EnableStep[], ctx: EnableContext): Promise<string[]> {
+  if (ctx.mode === 'resync') return [] // nothing of an up-to-date installation was replaced
+  const problems: string[] = []
+  for (const step of [...done].reverse()) {
+    if (!step.undo) continue
+    try {
+      await step.undo(ctx)
+    } catch (error) {
+      problems.push(`${step.title}: ${(error as Error).message}`)
+    }
+  }
+  return problems
+}
+
+/** Run every step in order, rolling back on failure. For callers without a progress display. */
+export async function enable(opts: EnableOptions, onStep?: (step: EnableStep, status: 'start' | 'done' | 'skip') => void): Promise<EnableContext> {
+  const ctx = newEnableContext(opts)
+  const done: EnableStep[] = []
+  for (const step of ENABLE_STEPS) {
+    const skipped = step.skip?.(ctx)
+    if (skipped) {
+      onStep?.(step, 'skip')
+      continue
+    }
+    onStep?.(step, 'start')
+    done.push(step)
+    try {
+      await step.run(ctx)
+    } catch (error) {
+      const problems = await rollback(done, ctx)
+      throw enableFailure(step, error, problems)
+    }
+    onStep?.(step, 'done')
+  }
+  return ctx
+}
+
+export function enableFailure(step: EnableStep, error: unknown, problems: string[]): MerbridgeError {
+  const inner = error instanceof MerbridgeError ? error : undefined
+  const message = `enable failed at "${step.title}": ${(error as Error).message}`
+  const suggestion = problems.length > 0 ? `rollback was incomplete (${problems.join('; ')}); run merbridge disable` : inner?.suggestion
+  return new MerbridgeError(message, {code: inner?.code ?? 'ENABLE_FAILED', exitCode: 1, suggestion})
+}

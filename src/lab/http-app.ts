@@ -1,0 +1,88 @@
+/**
+ * The lab's application: `serve PORT` answers
+ *   /whoami            the caller's address as the app sees it (127.0.0.6 means: via the inbound sidecar)
+ *   /bytes?n=N         N bytes of a fixed pattern
+ *   /stream?n=N&ms=T   N bytes of the pattern spread over about T milliseconds
+ * and `get URL` fetches one URL and prints {status, bytes, sha256, body?} as JSON.
+ */
+import {createHash} from 'node:crypto'
+import {createServer, get} from 'node:http'
+
+const CHUNK = 64 * 1024
+
+/** Byte i of the pattern: cheap to generate and to verify, and shifts at every chunk. */
+export function patternChunk(offset: number, length: number): Buffer {
+  const b = Buffer.alloc(length)
+  for (let i = 0; i < length; i++) b[i] = (offset + i) % 251
+  return b
+}
+
+export function patternSha256(total: number): string {
+  const h = createHash('sha256')
+  for (let off = 0; off < total; off += CHUNK) h.update(patternChunk(off, Math.min(CHUNK, total - off)))
+  return h.digest('hex')
+}
+
+function serve(port: number): void {
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://app')
+    if (url.pathname === '/whoami') {
+      res.setHeader('content-type', 'application/json')
+      res.end(JSON.stringify({remoteAddress: req.socket.remoteAddress?.replace(/^::ffff:/, ''), remotePort: req.socket.remotePort, localAddress: req.socket.localAddress?.replace(/^::ffff:/, ''), localPort: req.socket.localPort}))
+      return
+    }
+    const n = Number(url.searchParams.get('n') ?? 0)
+    if (url.pathname === '/bytes' || url.pathname === '/stream') {
+      const ms = url.pathname === '/stream' ? Number(url.searchParams.get('ms') ?? 1000) : 0
+      res.setHeader('content-length', String(n))
+      const started = Date.now()
+      let off = 0
+      const pump = () => {
+        while (off < n) {
+          const len = Math.min(CHUNK, n - off)
+          const due = ms > 0 ? started + (ms * off) / n : 0
+          if (due > Date.now()) return void setTimeout(pump, Math.min(20, due - Date.now()))
+          const ok = res.write(patternChunk(off, len))
+          off += len
+          if (!ok) return void res.once('drain', pump)
+        }
+        res.end()
+      }
+      pump()
+      return
+    }
+    res.statusCode = 404
+    res.end('not found\n')
+  })
+  server.listen(port, '0.0.0.0', () => console.log(`listening on ${port}`))
+  process.on('SIGTERM', () => process.exit(0))
+}
+
+function fetchOnce(url: string): void {
+  const req = get(url, {headers: {connection: 'close'}}, (res) => {
+    const h = createHash('sha256')
+    let bytes = 0
+    const keep: Buffer[] = []
+    res.on('data', (d: Buffer) => {
+      h.update(d)
+      bytes += d.length
+      if (bytes <= 4096) keep.push(d)
+    })
+    res.on('end', () => {
+      const body = bytes <= 4096 ? Buffer.concat(keep).toString('utf8') : undefined
+      console.log(JSON.stringify({status: res.statusCode, bytes, sha256: h.digest('hex'), body}))
+    })
+    res.on('error', (e) => fail(e))
+  })
+  req.on('error', (e) => fail(e))
+  req.setTimeout(60_000, () => req.destroy(new Error('timed out')))
+}
+
+function fail(e: Error & {code?: string}): void {
+  console.log(JSON.stringify({error: e.code ?? e.message}))
+  process.exitCode = 1
+}
+
+const [mode, arg] = process.argv.slice(2)
+if (mode === 'serve') serve(Number(arg ?? 8080))
+else if (mode === 'get' && arg) fetchOnce(arg)

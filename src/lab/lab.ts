@@ -1,0 +1,213 @@
+/**
+ * A node in miniature: pods as network namespaces on a bridge that lives in a namespace of its
+ * own (the host's namespace and iptables are never touched), each pod with its own cgroup under
+ * one parent cgroup that merbridge attaches to. Everything is named with one random id and
+ * removed by destroy(), which is safe to call at any point.
+ */
+import {randomBytes} from 'node:crypto'
+import {existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
+import {hostname, tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
+import type {MeshProfile} from '../mesh/profiles.js'
+import {run} from '../node/exec.js'
+import {findCgroup2, readMounts} from '../node/mounts.js'
+import {PACKAGE_ROOT} from '../paths.js'
+import {LabProcess} from './process.js'
+import {haproxyConfig} from './sidecar.js'
+import {istioNatRules} from './istio-iptables.js'
+
+export interface LabPodSpec {
+  name: string
+  /** listed in the pods file with an injected sidecar */
+  meshed: boolean
+}
+
+export interface LabPod {
+  name: string
+  netns: string
+  ip: string
+  cgroup: string
+  meshed: boolean
+}
+
+const SUBNET = '10.77.0'
+export const APP_PORT = 8080
+
+export class Lab {
+  readonly id = `mb${randomBytes(3).toString('hex')}`
+  readonly pods = new Map<string, LabPod>()
+  readonly processes: LabProcess[] = []
+  readonly tmp: string
+  readonly cgroup: string
+  readonly bridgeNs: string
+  private created = false
+
+  constructor(readonly mesh: MeshProfile) {
+    const cg = findCgroup2(readMounts())
+    if (!cg.path) throw new Error('no cgroup v2 mount on this machine')
+    this.cgroup = join(cg.path, `merbridge-lab-${this.id}`)
+    this.tmp = join(tmpdir(), `merbridge-lab-${this.id}`)
+    this.bridgeNs = `${this.id}-br`
+  }
+
+  /** Build the bridge and the pods. */
+  async create(specs: LabPodSpec[]): Promise<void> {
+    this.created = true
+    mkdirSync(this.tmp, {recursive: true})
+    mkdirSync(this.cgroup)
+    await run('ip', ['netns', 'add', this.bridgeNs])
+    await run('ip', ['-n', this.bridgeNs, 'link', 'add', 'br0', 'type', 'bridge'])
+    await run('ip', ['-n', this.bridgeNs, 'link', 'set', 'br0', 'up'])
+    let n = 2
+    for (const spec of specs) {
+      const pod: LabPod = {name: spec.name, netns: `${this.id}-${spec.name}`, ip: `${SUBNET}.${n++}`, cgroup: join(this.cgroup, spec.name), meshed: spec.meshed}
+      this.pods.set(spec.name, pod)
+      mkdirSync(pod.cgroup)
+      await run('ip', ['netns', 'add', pod.netns])
+      const veth = `v${spec.name}`
+      await run('ip', ['link', 'add', veth, 'netns', this.bridgeNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod.netns])
+      await run('ip', ['-n', this.bridgeNs, 'link', 'set', veth, 'master', 'br0', 'up'])
+      await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0'])
+      await run('ip', ['-n', pod.netns, 'link', 'set', 'eth0', 'up'])
+      await run('ip', ['-n', pod.netns, 'link', 'set', 'lo', 'up'])
+    }
+    mkdirSync(join(this.cgroup, 'outside'))
+  }
+
+  pod(name: string): LabPod {
+    const p = this.pods.get(name)
+    if (!p) throw new Error(`no lab pod ${name}`)
+    return p
+  }
+
+  /**
+   * Start a process inside a pod: in its cgroup first (while /sys is still the host's), then in
+   * its network namespace. `cgroupName` lets a process sit in the pod's namespace but another cgroup.
+   */
+  spawn(podName: string, label: string, command: string, args: string[], cgroupName = podName): LabProcess {
+    const pod = this.pod(podName)
+    const procs = join(this.cgroup, cgroupName, 'cgroup.procs')
+    // a fixed script; the arguments are passed as positional parameters, never interpolated
+    const p = new LabProcess(label, 'sh', ['-c', 'echo $$ > "$0" && exec "$@"', procs, 'ip', 'netns', 'exec', pod.netns, command, ...args])
+    this.processes.push(p)
+    return p
+  }
+
+  /** Run a command to completion inside a pod (in its cgroup and namespace); returns its output. */
+  async exec(podName: string, command: string, args: string[], opts: {cgroupName?: string; timeoutMs?: number} = {}): Promise<{code: number | null; stdout: string; stderr: string}> {
+    const p = this.spawn(podName, `${command} in ${podName}`, command, args, opts.cgroupName)
+    const timer = setTimeout(() => void p.stop(), opts.timeoutMs ?? 60_000)
+    const code = await p.exited
+    clearTimeout(timer)
+    this.processes.splice(this.processes.indexOf(p), 1)
+    return {code, stdout: p.stdout, stderr: p.stderr}
+  }
+
+  appScript(): string {
+    return join(PACKAGE_ROOT, 'dist', 'lab', 'http-app.js')
+  }
+
+  async startApp(podName: string): Promise<LabProcess> {
+    const p = this.spawn(podName, `app in ${podName}`, process.execPath, [this.appScript(), 'serve', String(APP_PORT)])
+    await p.waitFor(/listening on/)
+    return p
+  }
+
+  /** GET a URL from a pod's app container (its cgroup, unless told otherwise). */
+  async get(podName: string, url: string, cgroupName?: string): Promise<{status?: number; bytes?: number; sha256?: string; body?: string; error?: string}> {
+    const r = await this.exec(podName, process.execPath, [this.appScript(), 'get', url], {cgroupName})
+    const line = r.stdout.trim().split('\n').at(-1) ?? ''
+    try {
+      return JSON.parse(line)
+    } catch {
+      return {error: `no answer: ${r.stderr.trim() || line}`}
+    }
+  }
+
+  async startSidecar(podName: string): Promise<LabProcess> {
+    const cfg = join(this.tmp, `haproxy-${podName}.cfg`)
+    writeFileSync(cfg, haproxyConfig(this.mesh))
+    const p = this.spawn(podName, `sidecar in ${podName}`, 'haproxy', ['-db', '-f', cfg])
+    await this.waitListening(podName, this.mesh.outboundPort)
+    await this.waitListening(podName, this.mesh.inboundPort)
+    return p
+  }
+
+  async waitListening(podName: string, port: number, timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const r = await run('ip', ['netns', 'exec', this.pod(podName).netns, 'ss', '-Htln', `sport = :${port}`], {allowFailure: true})
+      if (r.stdout.trim()) return
+      if (Date.now() > deadline) throw new Error(`nothing listens on ${podName}:${port}`)
+      await sleep(25)
+    }
+  }
+
+  /** The pods as `kubectl get pods -A -o json` would list them for this node. */
+  podList(node = hostname()): string {
+    const items = [...this.pods.values()].map((p) => ({
+      kind: 'Pod',
+      metadata: {name: p.name, namespace: 'lab', annotations: p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}},
+      spec: {nodeName: node, containers: [{name: 'app'}, ...(p.meshed ? [{name: this.mesh.sidecarContainer}] : [])]},
+      status: {phase: 'Running', podIP: p.ip, podIPs: [{ip: p.ip}]},
+    }))
+    return JSON.stringify({apiVersion: 'v1', kind: 'List', items})
+  }
+
+  writePodList(node?: string): string {
+    const file = join(this.tmp, 'pods.json')
+    writeFileSync(file, this.podList(node))
+    return file
+  }
+
+  async installIstioIptables(podName: string): Promise<void> {
+    await run('ip', ['netns', 'exec', this.pod(podName).netns, 'iptables-restore', '--noflush'], {input: istioNatRules(this.mesh)})
+  }
+
+  async removeIstioIptables(podName: string): Promise<void> {
+    const ns = this.pod(podName).netns
+    await run('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-F'], {allowFailure: true})
+    await run('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-X'], {allowFailure: true})
+    // with the nft backend, -F/-X leave the nat base chains registered
+    await run('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'ip', 'nat'], {allowFailure: true})
+  }
+
+  async iptablesSave(podName: string): Promise<string> {
+    return (await run('ip', ['netns', 'exec', this.pod(podName).netns, 'iptables-save', '-c', '-t', 'nat'])).stdout
+  }
+
+  /** Packets through a pod's eth0 so far (received + sent). */
+  async packets(podName: string): Promise<number> {
+    const ns = this.pod(podName).netns
+    const r = await run('ip', ['-n', ns, '-j', '-s', 'link', 'show', 'eth0'])
+    const [link] = JSON.parse(r.stdout) as {stats64?: {rx: {packets: number}; tx: {packets: number}}}[]
+    return (link?.stats64?.rx.packets ?? 0) + (link?.stats64?.tx.packets ?? 0)
+  }
+
+  /** Remove everything the lab made; safe to call twice and after a partial create. */
+  async destroy(): Promise<void> {
+    for (const p of [...this.processes].reverse()) await p.stop()
+    this.processes.length = 0
+    if (!this.created) return
+    for (const pod of this.pods.values()) await run('ip', ['netns', 'del', pod.netns], {allowFailure: true})
+    await run('ip', ['netns', 'del', this.bridgeNs], {allowFailure: true})
+    for (const name of [...this.pods.keys(), 'outside']) await removeCgroup(join(this.cgroup, name))
+    await removeCgroup(this.cgroup)
+    rmSync(this.tmp, {recursive: true, force: true})
+  }
+}
+
+/** rmdir a cgroup once its processes are gone (they may take a moment to leave). */
+async function removeCgroup(path: string): Promise<void> {
+  for (let i = 0; i < 50 && existsSync(path); i++) {
+    try {
+      rmdirSync(path)
+      return
+    } catch {
+      const procs = existsSync(join(path, 'cgroup.procs')) ? readFileSync(join(path, 'cgroup.procs'), 'utf8').trim() : ''
+      if (procs === '' && i > 20) throw new Error(`cannot remove cgroup ${path}`)
+      await sleep(20)
+    }
+  }
+}
