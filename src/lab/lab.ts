@@ -33,6 +33,9 @@ export interface LabPod {
 
 const SUBNET = '10.77.0'
 export const APP_PORT = 8080
+/** The lab's stand-in for the node itself: the bridge namespace, with an address on the pods' subnet. */
+export const NODE = 'node'
+export const NODE_IP = `${SUBNET}.1`
 
 export class Lab {
   readonly id = `mb${randomBytes(3).toString('hex')}`
@@ -58,7 +61,9 @@ export class Lab {
     mkdirSync(this.cgroup)
     await run('ip', ['netns', 'add', this.bridgeNs])
     await run('ip', ['-n', this.bridgeNs, 'link', 'add', 'br0', 'type', 'bridge'])
+    await run('ip', ['-n', this.bridgeNs, 'addr', 'add', `${NODE_IP}/24`, 'dev', 'br0'])
     await run('ip', ['-n', this.bridgeNs, 'link', 'set', 'br0', 'up'])
+    await run('ip', ['-n', this.bridgeNs, 'link', 'set', 'lo', 'up'])
     let n = 2
     for (const spec of specs) {
       const pod: LabPod = {name: spec.name, netns: `${this.id}-${spec.name}`, ip: `${SUBNET}.${n++}`, cgroup: join(this.cgroup, spec.name), meshed: spec.meshed}
@@ -85,11 +90,11 @@ export class Lab {
    * Start a process inside a pod: in its cgroup first (while /sys is still the host's), then in
    * its network namespace. `cgroupName` lets a process sit in the pod's namespace but another cgroup.
    */
-  spawn(podName: string, label: string, command: string, args: string[], cgroupName = podName): LabProcess {
-    const pod = this.pod(podName)
+  spawn(podName: string, label: string, command: string, args: string[], cgroupName = podName === NODE ? 'outside' : podName): LabProcess {
+    const netns = podName === NODE ? this.bridgeNs : this.pod(podName).netns
     const procs = join(this.cgroup, cgroupName, 'cgroup.procs')
     // a fixed script; the arguments are passed as positional parameters, never interpolated
-    const p = new LabProcess(label, 'sh', ['-c', 'echo $$ > "$0" && exec "$@"', procs, 'ip', 'netns', 'exec', pod.netns, command, ...args])
+    const p = new LabProcess(label, 'sh', ['-c', 'echo $$ > "$0" && exec "$@"', procs, 'ip', 'netns', 'exec', netns, command, ...args])
     this.processes.push(p)
     return p
   }

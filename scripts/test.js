@@ -1,0 +1,12 @@
+// `npm test`: unit tests always; kernel tests too (they skip themselves with one line when this
+// machine cannot run them). One file at a time: the kernel tests share the machine's kernel.
+import {spawnSync} from 'node:child_process'
+import {readdirSync} from 'node:fs'
+
+const files = ['test/unit', 'test/kernel'].flatMap((dir) =>
+  readdirSync(dir).filter((f) => f.endsWith('.test.ts')).sort().map((f) => `${dir}/${f}`),
+)
+const only = process.argv.slice(2)
+const selected = only.length > 0 ? files.filter((f) => only.some((o) => f.includes(o))) : files
+const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-concurrency=1', ...selected], {stdio: 'inherit'})
+process.exit(r.status ?? 1)

@@ -1,0 +1,211 @@
+// The datapath on the real kernel, end to end: a lab of pods (network namespaces on a bridge,
+// each in its own cgroup below a test parent cgroup), haproxy sidecars as uid 1337 that forward
+// to the original destination, an HTTP app, and `merbridge enable` attached to the test cgroup.
+import assert from 'node:assert/strict'
+import {existsSync} from 'node:fs'
+import {join} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
+import {after, before, describe, it} from 'node:test'
+import {execa} from 'execa'
+import {readMaps} from '../../src/bpf/maps.js'
+import {Installation} from '../../src/datapath/installation.js'
+import {patternSha256} from '../../src/lab/http-app.js'
+import {redirectCounters} from '../../src/lab/istio-iptables.js'
+import {APP_PORT, Lab, NODE, NODE_IP} from '../../src/lab/lab.js'
+import type {LabProcess} from '../../src/lab/process.js'
+import {parseSidecarLog} from '../../src/lab/sidecar.js'
+import {PROFILES} from '../../src/mesh/profiles.js'
+import {cli, kernelSkipReason, parseJson, ROOT, uniqueInstall} from '../helpers.js'
+
+const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])
+
+describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
+  const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
+  const install = uniqueInstall()
+  const inst = new Installation(install.bpffs)
+  const sidecars = new Map<string, LabProcess>()
+  const url = (pod: string, path = '/whoami') => `http://${lab.pod(pod).ip}:${APP_PORT}${path}`
+  const whoami = async (from: string, to: string, cgroup?: string) => {
+    const r = await lab.get(from, url(to), cgroup)
+    assert.equal(r.status, 200, `request ${from} -> ${to}: ${r.error ?? ''}`)
+    return JSON.parse(r.body!) as {remoteAddress: string}
+  }
+  /** Log lines a sidecar printed since `mark` characters (haproxy logs a connection when it closes). */
+  const logSince = async (pod: string, mark: number, want = 1) => {
+    const p = sidecars.get(pod)!
+    for (let i = 0; i < 100 && parseSidecarLog(p.stdout.slice(mark)).length < want; i++) await sleep(20)
+    return parseSidecarLog(p.stdout.slice(mark))
+  }
+  const mark = (pod: string) => sidecars.get(pod)!.stdout.length
+
+  before(async () => {
+    // a, b: meshed with sidecars; c: no sidecar; d: a pod merbridge was not told about
+    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'c', meshed: false}, {name: 'd', meshed: false}])
+    for (const p of ['a', 'b']) sidecars.set(p, await lab.startSidecar(p))
+    for (const p of ['b', 'c']) await lab.startApp(p)
+  })
+
+  after(async () => {
+    await cli(['disable', '--bpffs', install.bpffs], install.env)
+    await lab.destroy()
+    install.cleanup()
+  })
+
+  it('goes direct before merbridge is enabled (the lab has no iptables rules)', async () => {
+    assert.equal((await whoami('a', 'b')).remoteAddress, lab.pod('a').ip)
+  })
+
+  it('enables on the test cgroup and registers both meshed pods', async () => {
+    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.equal(r.code, 0, r.stderr + r.stdout)
+    const out = parseJson(r.stdout)
+    assert.equal(out.cgroup, lab.cgroup)
+    assert.deepEqual(out.pods.meshed.map((p: {name: string}) => p.name).sort(), ['a', 'b'])
+    assert.deepEqual(out.pods.skipped.map((p: {name: string}) => p.name).sort(), ['c', 'd'])
+    assert.equal((await readMaps.netnsPods(inst)).length, 2)
+  })
+
+  it('sends the first request through both sidecars with the right original destination', async () => {
+    const [ma, mb] = [mark('a'), mark('b')]
+    assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6', 'the app sees its inbound sidecar')
+    const outbound = await logSince('a', ma)
+    assert.equal(outbound[0]?.backend, 'outbound_passthrough')
+    assert.equal(outbound[0]?.originalDst, `${lab.pod('b').ip}:${APP_PORT}`)
+    const inbound = await logSince('b', mb)
+    assert.equal(inbound[0]?.backend, 'inbound_passthrough')
+    assert.equal(inbound[0]?.originalDst, `${lab.pod('b').ip}:${APP_PORT}`)
+    assert.equal(inbound[0]?.client.split(':')[0], lab.pod('a').ip)
+  })
+
+  it('is safe to enable again: reports it and reloads the pods', async () => {
+    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(parseJson(r.stdout).mode, 'resync')
+    assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
+  })
+
+  it('moves a 10 MiB body socket to socket, intact, without crossing TCP', async () => {
+    const n = 10 * 1024 * 1024
+    const before = await lab.packets('b')
+    const r = await lab.get('a', url('b', `/bytes?n=${n}`))
+    const packets = (await lab.packets('b')) - before
+    assert.equal(r.bytes, n)
+    assert.equal(r.sha256, patternSha256(n))
+    // over TCP 10 MiB is thousands of segments; redirected, only handshakes and FINs remain
+    assert.ok(packets < 100, `${packets} packets crossed pod b's interface`)
+  })
+
+  it('holds the connection sockets in sock_pair_map during traffic', async () => {
+    const stream = lab.spawn('a', 'stream client', process.execPath, [lab.appScript(), 'get', url('b', '/stream?n=4000000&ms=1500')])
+    try {
+      let sockets: Awaited<ReturnType<typeof readMaps.sockets>> = []
+      for (let i = 0; i < 50 && sockets.length < 4; i++) {
+        await sleep(50)
+        sockets = await readMaps.sockets(inst)
+      }
+      const has = (local: string, remote: string) => sockets.some((s) => `${s.pair.localIp}:${s.pair.localPort}` === local && s.pair.remoteIp === remote.split(':')[0] && (remote.includes(':') ? String(s.pair.remotePort) === remote.split(':')[1] : true))
+      assert.ok(has(`127.0.0.1:${15001}`, '127.0.0.1'), 'the outbound sidecar end of the app connection')
+      assert.ok(has(`${lab.pod('b').ip}:15006`, lab.pod('a').ip), "pod b's inbound sidecar end")
+      assert.ok(sockets.some((s) => s.pair.localIp === lab.pod('a').ip && s.pair.remotePort === 15006), "pod a's sidecar end")
+      const originals = await readMaps.originals(inst)
+      assert.ok(originals.some((o) => o.origin.ip === lab.pod('b').ip && o.origin.port === APP_PORT))
+    } finally {
+      await stream.exited
+    }
+    assert.match(stream.stdout, /"bytes":4000000/)
+  })
+
+  it('leaves a pod without a sidecar and processes outside the pods alone', async () => {
+    // a -> c: through a's outbound sidecar, but c has no inbound sidecar to send it to
+    const mc = mark('a')
+    assert.equal((await whoami('a', 'c')).remoteAddress, lab.pod('a').ip)
+    assert.equal((await logSince('a', mc))[0]?.originalDst, `${lab.pod('c').ip}:${APP_PORT}`)
+    // c's own process, and a node process, reach b's app directly
+    assert.equal((await whoami('c', 'b')).remoteAddress, lab.pod('c').ip)
+    assert.equal((await whoami(NODE, 'b')).remoteAddress, NODE_IP)
+  })
+
+  it('intercepts an app that connected before its sidecar listened, once the sidecar is up', async () => {
+    // d is not registered: before its sidecar listens its connections go direct...
+    assert.equal((await whoami('d', 'b')).remoteAddress, lab.pod('d').ip)
+    sidecars.set('d', await lab.startSidecar('d'))
+    // ...and the same app's next connection goes to the sidecar, with no "not in mesh" remembered
+    const r = await lab.get('d', url('b'))
+    assert.equal(r.status, 200)
+    assert.equal((await logSince('d', 0))[0]?.originalDst, `${lab.pod('b').ip}:${APP_PORT}`)
+  })
+
+  it("refuses a registered pod's app while its sidecar is down, like iptables, and recovers", async () => {
+    await sidecars.get('a')!.stop()
+    const refused = await lab.get('a', url('b'))
+    assert.equal(refused.error, 'ECONNREFUSED')
+    sidecars.set('a', await lab.startSidecar('a'))
+    assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
+  })
+
+  it('leaves other socket options and large getsockopt results untouched', async () => {
+    const script = join(ROOT, 'test', 'fixtures', 'getsockopt.py')
+    const inPod = await lab.exec('a', 'python3', [script, lab.pod('b').ip, String(APP_PORT)])
+    assert.equal(inPod.code, 0, inPod.stderr)
+    const opts = JSON.parse(inPod.stdout)
+    assert.equal(opts.so_type, 1)
+    assert.ok(opts.tcp_info_len > 200, `TCP_INFO came back with ${opts.tcp_info_len} bytes`)
+    assert.equal(opts.original_dst, 2, "the kernel's ENOENT for a socket merbridge did not rewrite")
+
+    // iptables-legacy reads its table with getsockopt: a result far larger than a page
+    const ns = lab.pod('a').netns
+    const rules = Array.from({length: 150}, (_, i) => `-A INPUT -p tcp --dport ${20000 + i} -m comment --comment "merbridge-large-getsockopt-check-${i}" -j ACCEPT`)
+    await execa('ip', ['netns', 'exec', ns, 'iptables-legacy-restore'], {input: `*filter\n${rules.join('\n')}\nCOMMIT\n`})
+    try {
+      const inside = await lab.exec('a', 'iptables-legacy-save', ['-t', 'filter'])
+      const outside = await execa('ip', ['netns', 'exec', ns, 'iptables-legacy-save', '-t', 'filter'])
+      const strip = (s: string) => s.trim().split('\n').filter((l) => !l.startsWith('#')).join('\n')
+      assert.equal((inside.stdout.match(/merbridge-large-getsockopt-check/g) ?? []).length, 150)
+      assert.equal(strip(inside.stdout), strip(outside.stdout))
+    } finally {
+      await execa('ip', ['netns', 'exec', ns, 'iptables-legacy', '-F', 'INPUT'], {reject: false})
+    }
+  })
+
+  it("takes over the local hops from Istio's iptables rules, and every request still passes both sidecars", async () => {
+    for (const p of ['a', 'b']) await lab.installIstioIptables(p)
+    try {
+      const [ma, mb] = [mark('a'), mark('b')]
+      for (let i = 0; i < 3; i++) assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
+      assert.equal((await logSince('a', ma, 3)).length, 3)
+      assert.ok((await logSince('b', mb, 3)).every((l) => l.originalDst === `${lab.pod('b').ip}:${APP_PORT}`))
+      for (const p of ['a', 'b']) assert.equal(redirectCounters(await lab.iptablesSave(p)).ISTIO_REDIRECT ?? 0, 0, `outbound REDIRECT in ${p}`)
+    } finally {
+      for (const p of ['a', 'b']) await lab.removeIstioIptables(p)
+    }
+  })
+
+  it('counts what it did', async () => {
+    const c = await readMaps.counters(inst)
+    assert.ok(c.connOutbound > 0 && c.connInbound > 0 && c.connUnregistered > 0, JSON.stringify(c))
+    assert.ok(c.msgRedirected > 0 && c.bytesRedirected > 10 * 1024 * 1024, JSON.stringify(c))
+    assert.ok(c.getsockoptAnswered >= c.connInbound, JSON.stringify(c))
+  })
+
+  it('keeps a long stream whole across disable, then restores the direct path and leaves nothing', async () => {
+    const n = 24 * 1024 * 1024
+    const stream = lab.spawn('a', 'stream client', process.execPath, [lab.appScript(), 'get', url('b', `/stream?n=${n}&ms=3000`)])
+    await sleep(1200)
+    const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
+    assert.equal(d.code, 0, d.stderr)
+    assert.equal(await stream.exited, 0, stream.stdout + stream.stderr)
+    const got = JSON.parse(stream.stdout.trim())
+    assert.equal(got.bytes, n)
+    assert.equal(got.sha256, patternSha256(n))
+
+    assert.equal((await whoami('a', 'b')).remoteAddress, lab.pod('a').ip, 'direct again')
+    assert.ok(!existsSync(install.bpffs), 'no pins')
+    assert.ok(!existsSync(inst.stateFile), 'no state file')
+    const tree = JSON.parse((await execa('bpftool', ['cgroup', 'tree', '-j'])).stdout) as {cgroup: string}[]
+    assert.ok(!tree.some((t) => t.cgroup.startsWith(lab.cgroup)), 'no attachment')
+
+    const again = await cli(['disable', '--bpffs', install.bpffs], install.env)
+    assert.equal(again.code, 0)
+    assert.match(again.stdout, /nothing to do/)
+  })
+})

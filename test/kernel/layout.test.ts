@@ -1,0 +1,92 @@
+// The C structs and their TypeScript mirrors agree: offsets against the object's BTF, values
+// written through bpftool into real kernel maps and read back through the codecs.
+import assert from 'node:assert/strict'
+import {mkdirSync, rmSync} from 'node:fs'
+import {after, before, describe, it} from 'node:test'
+import {execa} from 'execa'
+import {bpftool} from '../../src/bpf/bpftool.js'
+import {ipToSlot} from '../../src/bpf/ip.js'
+import {encodeOrigin, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT} from '../../src/bpf/layout.js'
+import {readMaps} from '../../src/bpf/maps.js'
+import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
+import {Installation} from '../../src/datapath/installation.js'
+import {ensureBpffs, kernelSkipReason, uniqueInstall} from '../helpers.js'
+
+const skip = kernelSkipReason()
+
+describe('struct layouts', {skip}, () => {
+  let objects: BuiltObjects
+  let inst: Installation
+  let unmount: () => Promise<void> = async () => {}
+  const {bpffs, cleanup} = uniqueInstall()
+
+  before(async () => {
+    objects = await buildObjects()
+    unmount = await ensureBpffs()
+    inst = new Installation(bpffs)
+    mkdirSync(inst.dir)
+    await bpftool.loadAll(objects.datapath, inst.progDir, inst.mapDir)
+  })
+
+  after(async () => {
+    rmSync(bpffs, {recursive: true, force: true})
+    await unmount()
+    cleanup()
+  })
+
+  it('match the BTF of the compiled object, field by field', async () => {
+    const {stdout} = await execa('bpftool', ['btf', 'dump', 'file', objects.datapath, '-j'])
+    const types = (JSON.parse(stdout) as {types: {kind: string; name?: string; size?: number; members?: {name: string; bits_offset: number}[]}[]}).types
+    for (const [name, layout] of Object.entries(LAYOUT)) {
+      const t = types.find((x) => x.kind === 'STRUCT' && x.name === name)
+      assert.ok(t, `struct ${name} is in the object's BTF`)
+      assert.equal(t.size, layout.size, `sizeof(struct ${name})`)
+      const btf = Object.fromEntries((t.members ?? []).map((m) => [m.name, m.bits_offset / 8]))
+      assert.deepEqual(btf, layout.fields, `offsets of struct ${name}`)
+    }
+  })
+
+  it('round-trip through the kernel for every map user space writes', async () => {
+    const pair = {netns: 77n, localIp: '127.0.0.1', localPort: 15001, remoteIp: '127.0.0.1', remotePort: 41000}
+    const origin = {ip: '10.77.0.3', port: 8080, flags: 1, pid: 1234}
+    const rules = {
+      outAllCidrs: false,
+      inAllPorts: false,
+      outIncludePorts: [443],
+      outExcludePorts: [22],
+      inIncludePorts: [8080, 9090],
+      inExcludePorts: [15008, 15090, 15021, 15020],
+      outIncludeCidrs: [{ip: '10.0.0.0', prefix: 8}],
+      outExcludeCidrs: [{ip: '10.96.0.0', prefix: 12}, {ip: 'fd00::', prefix: 8}],
+    }
+    const settings = {sidecarUid: 1337, sidecarGid: 1338, outboundPort: 15001, inboundPort: 15006, draining: false, hostNetns: 3n}
+    await bpftool.batch([
+      bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot('10.77.0.2'), encodePodRules(rules)),
+      bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(4101n), ipToSlot('10.77.0.2')),
+      bpftool.mapUpdateLine(inst.map('pair_original_dst'), encodePair(pair), encodeOrigin(origin)),
+      bpftool.mapUpdateLine(inst.map('process_ip'), encodeU32(4242), encodeProcess({podIp: '10.77.0.2', netns: 4101n})),
+      bpftool.mapUpdateLine(inst.map('settings'), encodeU32(0), encodeSettings(settings)),
+    ])
+    assert.deepEqual(await readMaps.localPods(inst), [{ip: '10.77.0.2', rules}])
+    assert.deepEqual(await readMaps.netnsPods(inst), [{netns: 4101n, ip: '10.77.0.2'}])
+    assert.deepEqual(await readMaps.originals(inst), [{pair, origin}])
+    assert.deepEqual(await readMaps.processes(inst), [{pid: 4242, entry: {podIp: '10.77.0.2', netns: 4101n}}])
+    assert.deepEqual(await readMaps.settings(inst), settings)
+
+    // the kernel's own BTF rendering of the same entry agrees with the codec
+    const [raw] = await bpftool.mapDump(inst.map('pair_original_dst'))
+    const f = raw?.formatted as {key: {netns: number; local_port: number}; value: {pid: number; flags: number; port: number}}
+    assert.equal(BigInt(f.key.netns), pair.netns)
+    assert.equal(f.value.pid, origin.pid)
+    assert.equal(f.value.flags, origin.flags)
+    assert.equal(f.value.port, ((origin.port & 0xff) << 8) | (origin.port >> 8), 'port is stored in network order')
+    const [settingsRaw] = await bpftool.mapDump(inst.map('settings'))
+    assert.equal((settingsRaw?.formatted as {value: {sidecar_gid: number}}).value.sidecar_gid, 1338)
+  })
+
+  it('reads zeroed per-CPU counters by name', async () => {
+    const counters = await readMaps.counters(inst)
+    assert.equal(counters.connOutbound, 0)
+    assert.equal(Object.keys(counters).length, 9)
+  })
+})

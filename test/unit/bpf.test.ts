@@ -1,0 +1,106 @@
+import assert from 'node:assert/strict'
+import {readFileSync} from 'node:fs'
+import {join} from 'node:path'
+import {describe, it} from 'node:test'
+import {missingFeatures} from '../../src/bpf/features.js'
+import {ipToSlot, parseCidr, slotToIp} from '../../src/bpf/ip.js'
+import {
+  CAPTURE_ALL,
+  decodeOrigin,
+  decodePair,
+  decodePodRules,
+  decodeProcess,
+  decodeSettings,
+  encodeOrigin,
+  encodePair,
+  encodePodRules,
+  encodeProcess,
+  encodeSettings,
+  LAYOUT,
+} from '../../src/bpf/layout.js'
+import {checkFeatures} from '../../src/node/preflight.js'
+import {ROOT} from '../helpers.js'
+
+const probe = JSON.parse(readFileSync(join(ROOT, 'test', 'fixtures', 'bpftool-probe-6.18.json'), 'utf8'))
+
+describe('feature probe', () => {
+  it('finds everything the datapath needs in a 6.18 probe', () => {
+    assert.deepEqual(missingFeatures(probe).missing, [])
+    assert.equal(checkFeatures(probe).status, 'pass')
+  })
+
+  it('names a missing helper, program type and map type', () => {
+    const p = structuredClone(probe)
+    p.helpers.sk_msg_available_helpers = p.helpers.sk_msg_available_helpers.filter((h: string) => h !== 'bpf_msg_redirect_hash')
+    p.program_types.have_cgroup_sockopt_prog_type = false
+    delete p.map_types.have_sockhash_map_type
+    const c = checkFeatures(p)
+    assert.equal(c.status, 'fail')
+    assert.match(c.detail, /helper bpf_msg_redirect_hash in sk_msg/)
+    assert.match(c.detail, /program type cgroup_sockopt/)
+    assert.match(c.detail, /map type sockhash/)
+  })
+
+  it('treats a probe that is not an object as missing everything', () => {
+    assert.ok(missingFeatures(null).missing.length > 10)
+  })
+})
+
+describe('addresses', () => {
+  it('stores IPv4 as IPv4-mapped IPv6 in network order', () => {
+    assert.equal(ipToSlot('10.77.0.3').toString('hex'), '00000000000000000000ffff0a4d0003')
+    assert.equal(slotToIp(ipToSlot('10.77.0.3')), '10.77.0.3')
+  })
+
+  it('round-trips IPv6 with compression', () => {
+    for (const ip of ['::1', 'fd00::1:2', '2001:db8::', 'fe80::1:0:0:5']) assert.equal(slotToIp(ipToSlot(ip)), ip)
+    assert.equal(slotToIp(ipToSlot('2001:0db8:0000:0000:0000:0000:0000:0001')), '2001:db8::1')
+  })
+
+  it('parses CIDRs and refuses bad ones', () => {
+    assert.deepEqual(parseCidr('10.0.0.0/8'), {ip: '10.0.0.0', prefix: 8})
+    assert.deepEqual(parseCidr('10.1.2.3'), {ip: '10.1.2.3', prefix: 32})
+    assert.deepEqual(parseCidr('fd00::/64'), {ip: 'fd00::', prefix: 64})
+    for (const bad of ['10.0.0.0/33', '10.0.0/8', 'x/8', '10.0.0.0/8/1', '10.0.0.0/-1', '10.0.0.0/ 8', '']) assert.equal(parseCidr(bad), undefined, bad)
+  })
+})
+
+describe('codecs', () => {
+  it('encode to the sizes of the C structs', () => {
+    assert.equal(encodePair({netns: 0n, localIp: '1.2.3.4', localPort: 1, remoteIp: '5.6.7.8', remotePort: 2}).length, LAYOUT.mb_pair.size)
+    assert.equal(encodePodRules(CAPTURE_ALL).length, LAYOUT.mb_pod_config.size)
+    assert.equal(encodeOrigin({ip: '1.2.3.4', port: 80, flags: 1, pid: 7}).length, LAYOUT.mb_origin.size)
+  })
+
+  it('round-trip every struct', () => {
+    const pair = {netns: 4101n, localIp: '127.0.0.1', localPort: 15001, remoteIp: '127.0.0.1', remotePort: 40000}
+    assert.deepEqual(decodePair(encodePair(pair)), pair)
+    const origin = {ip: '10.77.0.3', port: 8080, flags: 3, pid: 4242}
+    assert.deepEqual(decodeOrigin(encodeOrigin(origin)), origin)
+    const rules = {
+      outAllCidrs: false,
+      inAllPorts: true,
+      outIncludePorts: [443],
+      outExcludePorts: [22, 3306],
+      inIncludePorts: [],
+      inExcludePorts: [15008, 15090, 15021, 15020],
+      outIncludeCidrs: [{ip: '10.0.0.0', prefix: 8}, {ip: 'fd00::', prefix: 64}],
+      outExcludeCidrs: [{ip: '10.96.0.1', prefix: 32}],
+    }
+    assert.deepEqual(decodePodRules(encodePodRules(rules)), rules)
+    assert.deepEqual(decodeProcess(encodeProcess({podIp: '10.77.0.2', netns: 9n})), {podIp: '10.77.0.2', netns: 9n})
+    const settings = {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: true, hostNetns: 1n}
+    assert.deepEqual(decodeSettings(encodeSettings(settings)), settings)
+  })
+
+  it('writes ports in network order in pairs and IPv4 prefixes over the 128-bit slot', () => {
+    const b = encodePair({netns: 0n, localIp: '1.2.3.4', localPort: 0x1f90, remoteIp: '5.6.7.8', remotePort: 1})
+    assert.equal(b.readUInt16BE(LAYOUT.mb_pair.fields.local_port), 0x1f90)
+    const rules = encodePodRules({...CAPTURE_ALL, outIncludeCidrs: [{ip: '10.0.0.0', prefix: 8}]})
+    assert.equal(rules.readUInt8(LAYOUT.mb_pod_config.fields.out_include_cidrs + LAYOUT.mb_cidr.fields.prefix), 104)
+  })
+
+  it('refuses more entries than the datapath holds', () => {
+    assert.throws(() => encodePodRules({...CAPTURE_ALL, outExcludePorts: Array.from({length: 17}, (_, i) => i + 1)}), /at most 16/)
+  })
+})

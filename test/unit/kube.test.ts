@@ -1,0 +1,87 @@
+import assert from 'node:assert/strict'
+import {describe, it} from 'node:test'
+import {ANNOTATIONS, rulesFromAnnotations} from '../../src/kube/annotations.js'
+import {parsePodList, selectMeshedPods} from '../../src/kube/pods.js'
+import {PROFILES} from '../../src/mesh/profiles.js'
+
+const istio = PROFILES.istio!
+const RESERVED = [15008, 15090, 15021, 15020]
+
+describe('istio annotations', () => {
+  const cases: {name: string; annotations: Record<string, string>; expect: Record<string, unknown>; warnings?: RegExp[]}[] = [
+    {name: 'no annotations capture everything', annotations: {}, expect: {outAllCidrs: true, inAllPorts: true, outIncludeCidrs: [], inExcludePorts: RESERVED}},
+    {name: "'*' ranges capture everything", annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '*'}, expect: {outAllCidrs: true}},
+    {name: 'empty include ranges capture nothing', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: ''}, expect: {outAllCidrs: false, outIncludeCidrs: []}},
+    {name: 'include ranges are listed', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '10.0.0.0/8, 172.16.0.0/12'}, expect: {outAllCidrs: false, outIncludeCidrs: [{ip: '10.0.0.0', prefix: 8}, {ip: '172.16.0.0', prefix: 12}]}},
+    {name: 'a bad include range narrows, never widens', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: 'nonsense'}, expect: {outAllCidrs: false, outIncludeCidrs: []}, warnings: [/includeOutboundIPRanges: 'nonsense' is not a CIDR/]},
+    {name: 'exclude ranges', annotations: {[ANNOTATIONS.excludeOutboundIPRanges]: '10.96.0.1/32,bad/99'}, expect: {outExcludeCidrs: [{ip: '10.96.0.1', prefix: 32}]}, warnings: [/'bad\/99' is not a CIDR/]},
+    {name: 'outbound ports', annotations: {[ANNOTATIONS.includeOutboundPorts]: '443', [ANNOTATIONS.excludeOutboundPorts]: '22,3306,0,70000,abc'}, expect: {outIncludePorts: [443], outExcludePorts: [22, 3306]}, warnings: [/'0' is not a port/, /'70000' is not a port/, /'abc' is not a port/]},
+    {name: 'empty include inbound ports capture no inbound', annotations: {[ANNOTATIONS.includeInboundPorts]: ''}, expect: {inAllPorts: false, inIncludePorts: []}},
+    {name: 'listed inbound ports', annotations: {[ANNOTATIONS.includeInboundPorts]: '8080, 9090'}, expect: {inAllPorts: false, inIncludePorts: [8080, 9090]}},
+    {name: 'excluded inbound ports join the reserved ones', annotations: {[ANNOTATIONS.excludeInboundPorts]: '9000,15020'}, expect: {inExcludePorts: [...RESERVED, 9000]}},
+    {name: 'the status port is excluded inbound', annotations: {[ANNOTATIONS.statusPort]: '15999'}, expect: {inExcludePorts: [...RESERVED, 15999]}},
+    {name: 'a bad status port is ignored', annotations: {[ANNOTATIONS.statusPort]: 'x'}, expect: {inExcludePorts: RESERVED}, warnings: [/status.sidecar.istio.io\/port: 'x' is not a port/]},
+    {name: 'too many ports are cut', annotations: {[ANNOTATIONS.excludeOutboundPorts]: Array.from({length: 20}, (_, i) => 1000 + i).join(',')}, expect: {outExcludePorts: Array.from({length: 16}, (_, i) => 1000 + i)}, warnings: [/20 ports, the datapath holds 16/]},
+    {name: 'too many ranges are cut', annotations: {[ANNOTATIONS.excludeOutboundIPRanges]: Array.from({length: 9}, (_, i) => `10.${i}.0.0/16`).join(',')}, expect: {outExcludeCidrs: Array.from({length: 8}, (_, i) => ({ip: `10.${i}.0.0`, prefix: 16}))}, warnings: [/9 ranges, the datapath holds 8/]},
+  ]
+  for (const c of cases) {
+    it(c.name, () => {
+      const {rules, warnings} = rulesFromAnnotations(c.annotations, istio)
+      for (const [k, v] of Object.entries(c.expect)) assert.deepEqual((rules as unknown as Record<string, unknown>)[k], v, k)
+      assert.equal(warnings.length, c.warnings?.length ?? 0, warnings.join('; '))
+      c.warnings?.forEach((re, i) => assert.match(warnings[i]!, re))
+    })
+  }
+})
+
+function pod(name: string, over: Record<string, any> = {}) {
+  return {
+    kind: 'Pod',
+    metadata: {name, namespace: 'ns', annotations: {'sidecar.istio.io/status': '{}'}, ...over.metadata},
+    spec: {nodeName: 'node1', containers: [{name: 'app'}, {name: 'istio-proxy'}], ...over.spec},
+    status: {phase: 'Running', podIP: '10.0.0.1', ...over.status},
+  }
+}
+
+describe('pod selection', () => {
+  it('keeps meshed pods of this node and says why the others were skipped', () => {
+    const pods = [
+      pod('meshed'),
+      pod('native', {spec: {containers: [{name: 'app'}], initContainers: [{name: 'istio-proxy', restartPolicy: 'Always'}]}}),
+      pod('plain-init', {spec: {containers: [{name: 'app'}], initContainers: [{name: 'istio-proxy'}]}}),
+      pod('no-annotation', {metadata: {annotations: {}}}),
+      pod('hostnet', {spec: {hostNetwork: true, containers: [{name: 'istio-proxy'}]}}),
+      pod('done', {status: {phase: 'Succeeded'}}),
+      pod('pending', {status: {podIP: undefined}}),
+      pod('v6only', {status: {podIP: 'fd00::1', podIPs: [{ip: 'fd00::1'}]}}),
+      pod('elsewhere', {spec: {nodeName: 'node2', containers: [{name: 'istio-proxy'}]}}),
+    ]
+    const s = selectMeshedPods(pods, 'node1', istio)
+    assert.deepEqual(s.meshed.map((p) => p.name), ['meshed', 'native'])
+    assert.equal(s.otherNodes, 1)
+    const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
+    assert.match(reasons['plain-init']!, /no injected istio-proxy/)
+    assert.match(reasons['no-annotation']!, /no injected istio-proxy/)
+    assert.match(reasons.hostnet!, /host network/)
+    assert.match(reasons.done!, /finished/)
+    assert.match(reasons.pending!, /no IPv4/)
+    assert.match(reasons.v6only!, /no IPv4/)
+  })
+
+  it('prefixes annotation warnings with the pod', () => {
+    const s = selectMeshedPods([pod('p', {metadata: {annotations: {'sidecar.istio.io/status': '{}', [ANNOTATIONS.excludeOutboundPorts]: 'x'}}})], 'node1', istio)
+    assert.match(s.meshed[0]!.warnings[0]!, /^ns\/p: traffic.sidecar.istio.io\/excludeOutboundPorts: 'x'/)
+  })
+
+  it('accepts a PodList or a single Pod and rejects anything else in one line', () => {
+    assert.equal(parsePodList(JSON.stringify({kind: 'PodList', items: [pod('a')]}), 'f').length, 1)
+    assert.equal(parsePodList(JSON.stringify(pod('a')), 'f').length, 1)
+    assert.throws(() => parsePodList('{"items":', 'pods.json'), /pods.json is not valid JSON/)
+    assert.throws(() => parsePodList('{"kind":"Service"}', 'pods.json'), /not a Kubernetes PodList/)
+  })
+
+  it('survives malformed items', () => {
+    const s = selectMeshedPods([null, 5, {spec: null}, pod('ok')] as any, 'node1', istio)
+    assert.deepEqual(s.meshed.map((p) => p.name), ['ok'])
+  })
+})
