@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core'
 import {type DisableResult, disable} from '../datapath/disable.js'
 import {Installation} from '../datapath/installation.js'
+import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {c} from '../ui/theme.js'
 
@@ -18,6 +19,7 @@ is left. Safe to run again, and cleans a half-enabled node too.`
 
   async run(): Promise<DisableResult> {
     const {flags} = await this.parse(Disable)
+    requirePrivileges('disable')
     const result = await disable(new Installation(flags.bpffs))
     if (!result.wasEnabled) this.log(`merbridge was not enabled with ${result.bpffs}; nothing to do`)
     else

@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core'
 import {type EnableContext, type EnableStep, ENABLE_STEPS, enableFailure, newEnableContext, rollback} from '../datapath/enable.js'
 import {MESH_NAMES} from '../mesh/profiles.js'
+import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {runWithProgress} from '../ui/steps.js'
 import {c} from '../ui/theme.js'
@@ -46,6 +47,7 @@ Enabling an enabled node reloads its pods, or replaces the programs when their s
 
   async run(): Promise<EnableResult> {
     const {flags} = await this.parse(Enable)
+    requirePrivileges('enable')
     const ctx = newEnableContext({mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild})
     const started: EnableStep[] = []
     try {

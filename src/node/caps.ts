@@ -1,4 +1,5 @@
 import {readFileSync} from 'node:fs'
+import {MerbridgeError} from '../errors.js'
 
 /** Capability bits (linux/capability.h) the datapath needs. */
 export const CAPS = {CAP_NET_ADMIN: 12, CAP_SYS_ADMIN: 21, CAP_BPF: 39} as const
@@ -18,4 +19,14 @@ export function currentPrivileges(): {uid: number; missing: CapName[]} {
   const uid = process.getuid?.() ?? -1
   const capEff = parseCapEff(readFileSync('/proc/self/status', 'utf8')) ?? 0n
   return {uid, missing: missingCaps(capEff)}
+}
+
+/** Fail early, before any progress is drawn, when the command cannot work without privileges. */
+export function requirePrivileges(command: string): void {
+  const {uid, missing} = currentPrivileges()
+  if (missing.length > 0)
+    throw new MerbridgeError(`merbridge ${command} needs root: uid ${uid} lacks ${missing.join(', ')}`, {
+      code: 'NOT_ROOT',
+      suggestion: `run as root: sudo merbridge ${command}`,
+    })
 }

@@ -1,0 +1,140 @@
+// enable is transactional: a failure at any step leaves the node as it was, a killed enable is
+// cleaned by disable, and a user without privileges gets one clear line.
+import assert from 'node:assert/strict'
+import {chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {after, before, describe, it} from 'node:test'
+import {execa} from 'execa'
+import {Installation} from '../../src/datapath/installation.js'
+import {Lab} from '../../src/lab/lab.js'
+import {PROFILES} from '../../src/mesh/profiles.js'
+import {BIN, cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
+
+const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'setpriv'])
+
+/**
+ * A stand-in for a tool that runs the real one but fails the Nth call whose arguments contain
+ * MB_FAIL_MATCH (after running it when MB_FAIL_AFTER=1), or kills its caller with MB_FAIL_KILL=1.
+ */
+function faultyTool(dir: string, real: string): string {
+  const path = join(dir, `faulty-${real}`)
+  writeFileSync(
+    path,
+    `#!/bin/sh
+case "$*" in
+  *"$MB_FAIL_MATCH"*)
+    n=$(cat "$MB_FAIL_COUNTER" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$MB_FAIL_COUNTER"
+    if [ "$n" = "\${MB_FAIL_NTH:-1}" ]; then
+      [ "$MB_FAIL_AFTER" = 1 ] && ${real} "$@" >/dev/null 2>&1
+      [ "$MB_FAIL_KILL" = 1 ] && kill -9 $PPID
+      echo "injected failure of ${real} $*" >&2
+      exit 1
+    fi;;
+esac
+exec ${real} "$@"
+`,
+  )
+  chmodSync(path, 0o755)
+  return path
+}
+
+describe('enable failures', {skip, timeout: 180_000}, () => {
+  const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
+  const tmp = mkdtempSync(join(tmpdir(), 'mb-faults-'))
+  let podsFile = ''
+
+  before(async () => {
+    await lab.create([{name: 'a', meshed: true}])
+    podsFile = lab.writePodList()
+  })
+
+  after(async () => {
+    await lab.destroy()
+    rmSync(tmp, {recursive: true, force: true})
+  })
+
+  async function assertNothingLeft(inst: Installation): Promise<void> {
+    assert.ok(!existsSync(inst.dir), `pins left in ${inst.dir}`)
+    assert.ok(!existsSync(inst.stateFile), 'state file left')
+    const tree = JSON.parse((await execa('bpftool', ['cgroup', 'tree', '-j'])).stdout) as {cgroup: string}[]
+    assert.deepEqual(tree.filter((t) => t.cgroup.startsWith(lab.cgroup)), [], 'programs left attached')
+  }
+
+  const failures: {step: string; title: string; env?: (dir: string) => Record<string, string>; flags?: Record<string, string>}[] = [
+    {step: 'preflight', title: 'Check the node', flags: {'--cgroup': '/proc'}},
+    {step: 'build', title: 'Build the datapath', env: (d) => ({MERBRIDGE_CLANG: faultyTool(d, 'clang'), MERBRIDGE_CACHE_DIR: join(d, 'cache'), MB_FAIL_MATCH: '-target bpf'})},
+    {step: 'load', title: 'Load and pin programs and maps', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'prog loadall', MB_FAIL_AFTER: '1'})},
+    {step: 'configure', title: 'Configure the mesh profile', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file'})},
+    {step: 'pods (bad file)', title: 'Load the pods of this node', flags: {'--pods-file': join(tmp, 'bad-pods.json')}},
+    {step: 'pods (map writes)', title: 'Load the pods of this node', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_NTH: '2'})},
+    {step: 'attach', title: 'Attach to the cgroup', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'connect4 pinned', MB_FAIL_AFTER: '1'})},
+    {step: 'record', title: 'Record the installation', env: () => ({MERBRIDGE_RUN_DIR: '/dev/null/merbridge'})},
+  ]
+
+  for (const f of failures) {
+    it(`leaves nothing behind when "${f.title}" fails (${f.step})`, async () => {
+      writeFileSync(join(tmp, 'bad-pods.json'), '{"items": [')
+      const install = uniqueInstall()
+      const dir = mkdtempSync(join(tmp, 'step-'))
+      const env = {...install.env, MB_FAIL_COUNTER: join(dir, 'count'), ...f.env?.(dir)}
+      try {
+        const flags = {'--cgroup': lab.cgroup, '--bpffs': install.bpffs, '--pods-file': podsFile, ...f.flags}
+        const r = await cli(['enable', ...Object.entries(flags).flat()], env)
+        assert.equal(r.code, 1, r.stdout + r.stderr)
+        const errorLines = r.stderr.split('\n').filter((l) => l.startsWith('Error:'))
+        assert.equal(errorLines.length, 1, r.stderr)
+        assert.match(errorLines[0]!, new RegExp(`enable failed at "${f.title}"`))
+        await assertNothingLeft(new Installation(install.bpffs))
+      } finally {
+        await cli(['disable', '--bpffs', install.bpffs], install.env)
+        install.cleanup()
+      }
+    })
+  }
+
+  it('says so in one line and changes nothing when run without privileges', async () => {
+    const install = uniqueInstall()
+    try {
+      const r = await execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', '--inh-caps=-all', process.execPath, BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
+        reject: false,
+        env: {...install.env, HOME: '/nonexistent', NO_COLOR: '1'},
+      })
+      assert.equal(r.exitCode, 1, String(r.stdout) + String(r.stderr))
+      const lines = String(r.stderr).split('\n').filter(Boolean)
+      assert.match(lines[0]!, /^Error: merbridge enable needs root: uid 65534 lacks CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF$/)
+      assert.match(lines[1] ?? '', /run as root/)
+      assert.equal(lines.length, 2, 'the error and what to do, nothing else')
+      await assertNothingLeft(new Installation(install.bpffs))
+    } finally {
+      install.cleanup()
+    }
+  })
+
+  it('cleans a half-enabled node, left by an enable killed while attaching', async () => {
+    const install = uniqueInstall()
+    const dir = mkdtempSync(join(tmp, 'kill-'))
+    const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: 'sock_ops pinned', MB_FAIL_KILL: '1', MB_FAIL_COUNTER: join(dir, 'count')}
+    try {
+      const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], env)
+      assert.notEqual(r.code, 0)
+      const inst = new Installation(install.bpffs)
+      assert.ok(existsSync(inst.dir), 'the killed enable left pins (the case under test)')
+      const tree = JSON.parse((await execa('bpftool', ['cgroup', 'tree', '-j'])).stdout) as {cgroup: string; programs: unknown[]}[]
+      assert.ok(tree.some((t) => t.cgroup === lab.cgroup && t.programs.length > 0), 'and attachments')
+
+      const doctor = await cli(['doctor', '--bpffs', install.bpffs, '--cgroup', lab.cgroup, '--json'], install.env)
+      const enabled = JSON.parse(doctor.stdout).checks.find((c: {id: string}) => c.id === 'enabled')
+      assert.equal(enabled.status, 'warn')
+      assert.match(enabled.remedy, /merbridge disable/)
+
+      const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
+      assert.equal(d.code, 0, d.stderr)
+      assert.ok(JSON.parse(d.stdout).detached.length >= 1)
+      await assertNothingLeft(inst)
+    } finally {
+      await cli(['disable', '--bpffs', install.bpffs], install.env)
+      install.cleanup()
+    }
+  })
+})
