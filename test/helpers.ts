@@ -13,6 +13,11 @@ function which(tool: string): boolean {
   return (process.env.PATH ?? '').split(':').some((d) => existsSync(join(d, tool)))
 }
 
+/** Why tests that run the built CLI cannot run; undefined when they can. */
+export function buildSkipReason(): string | undefined {
+  return existsSync(join(ROOT, 'dist', 'commands')) ? undefined : 'CLI tests need the build: run npm run build'
+}
+
 /** Why the kernel tests cannot run here, in one line; undefined when they can. */
 export function kernelSkipReason(tools: string[] = ['bpftool', 'clang', 'ip']): string | undefined {
   if (process.platform !== 'linux') return `kernel tests need Linux (this is ${process.platform})`

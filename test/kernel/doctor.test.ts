@@ -1,0 +1,58 @@
+// `merbridge doctor` run for real on this machine, as a new user would.
+import assert from 'node:assert/strict'
+import {describe, it} from 'node:test'
+import {release} from 'node:os'
+import {findCgroup2, readMounts} from '../../src/node/mounts.js'
+import {buildSkipReason, cli, kernelSkipReason, parseJson} from '../helpers.js'
+
+const skip = kernelSkipReason()
+
+describe('merbridge --help', {skip: buildSkipReason()}, () => {
+  it('lists the commands', async () => {
+    const r = await cli(['--help'])
+    assert.equal(r.code, 0)
+    for (const c of ['doctor', 'enable', 'disable']) assert.match(r.stdout, new RegExp(`^  ${c} `, 'm'))
+  })
+
+  it('rejects an unknown flag in one line with a non-zero exit', async () => {
+    const r = await cli(['doctor', '--frobnicate'])
+    assert.notEqual(r.code, 0)
+    assert.match(r.stderr, /Nonexistent flag: --frobnicate/)
+  })
+})
+
+describe('merbridge doctor', {skip}, () => {
+  it('reports this machine truthfully', async () => {
+    const r = await cli(['doctor', '--json'])
+    assert.equal(r.code, 0, r.stdout)
+    const out = parseJson(r.stdout)
+    const byId = Object.fromEntries(out.checks.map((c: {id: string}) => [c.id, c]))
+    assert.equal(byId.privileges.status, 'pass')
+    assert.equal(byId.kernel.detail, release())
+    assert.equal(byId.cgroup.status, 'pass')
+    assert.equal(out.cgroup, findCgroup2(readMounts()).path)
+    assert.match(byId.clang.detail, /^clang \d+\.\d+\.\d+, targets bpf$/)
+    assert.match(byId.bpftool.detail, /^bpftool v?\d+\.\d+/)
+    assert.equal(byId.features.status, 'pass', byId.features.detail)
+    assert.equal(out.ok, true)
+  })
+
+  it('fails a wrong --cgroup with the remedy, in text and JSON', async () => {
+    const text = await cli(['doctor', '--cgroup', '/proc'])
+    assert.equal(text.code, 1)
+    assert.match(text.stdout, /✖ cgroup v2 +\/proc is not on a cgroup v2 mount \(it is proc\)/)
+    assert.match(text.stdout, /→ use --cgroup \//)
+    assert.match(text.stdout, /This node cannot run merbridge: 1 required check failed\./)
+
+    const json = await cli(['doctor', '--cgroup', '/no/such/dir', '--json'])
+    assert.equal(json.code, 1)
+    const out = parseJson(json.stdout)
+    assert.equal(out.ok, false)
+    assert.equal(out.checks.find((c: {id: string}) => c.id === 'cgroup').status, 'fail')
+  })
+
+  it('honours MERBRIDGE_CGROUP', async () => {
+    const r = await cli(['doctor', '--json'], {MERBRIDGE_CGROUP: '/proc'})
+    assert.equal(r.code, 1)
+  })
+})
