@@ -7,9 +7,7 @@ import {c} from '../ui/theme.js'
 
 export default class Disable extends BaseCommand {
   static override summary = 'Detach and remove everything merbridge put on this node'
-  static override description = `Stops rewriting connections (established ones continue over TCP), detaches every program of
-the installation wherever it is attached, unpins programs and maps, and verifies that nothing
-is left. Safe to run again, and cleans a half-enabled node too.`
+  static override description = `Stops rewriting connections (established ones continue over TCP), detaches every program of the installation wherever it is attached, unpins programs and maps, and verifies that nothing is left. Safe to run again, and cleans a half-enabled node too.`
 
   static override examples = [{command: '<%= config.bin %> disable', description: 'Remove merbridge from this node'}]
 

@@ -5,10 +5,7 @@ import {checksVerdict, renderChecks} from '../ui/checks.js'
 
 export default class Doctor extends BaseCommand {
   static override summary = 'Check whether this node can run merbridge, and what to fix if not'
-  static override description = `Runs every preflight check for real on this node: privileges, kernel version and BTF,
-the cgroup v2 mount, the bpf filesystem, clang and bpftool, the kernel's BPF program types,
-map types and helpers, programs other tools attached to the cgroup, and whether merbridge
-is already enabled. Exit code 0 when every required check passes, 1 otherwise.`
+  static override description = `Runs every preflight check for real on this node: privileges, kernel version and BTF, the cgroup v2 mount, the bpf filesystem, clang and bpftool, the kernel's BPF program types, map types and helpers, programs other tools attached to the cgroup, and whether merbridge is already enabled. Exit code 0 when every required check passes, 1 otherwise.`
 
   static override examples = [
     {

@@ -26,10 +26,7 @@ export interface EnableResult {
 
 export default class Enable extends BaseCommand {
   static override summary = 'Load the eBPF datapath, attach it to the cgroup v2 root and load this node\'s pods'
-  static override description = `Checks the node, compiles the programs in bpf/ (cached by a hash of sources and flags),
-loads and pins them under one bpffs folder, attaches them to the cgroup v2 root, and fills the
-maps with the meshed pods of this node. If any step fails, everything done so far is undone.
-Enabling an enabled node reloads its pods, or replaces the programs when their sources changed.`
+  static override description = `Checks the node, compiles the programs in bpf/ (cached by a hash of sources and flags), loads and pins them under one bpffs folder, attaches them to the cgroup v2 root, and fills the maps with the meshed pods of this node. If any step fails, everything done so far is undone. Enabling an enabled node reloads its pods, or replaces the programs when their sources changed.`
 
   static override examples = [
     {command: 'kubectl get pods -A -o json | <%= config.bin %> enable --pods-file -', description: 'Enable with the pods kubectl reports'},
