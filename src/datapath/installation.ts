@@ -104,6 +104,7 @@ export interface SkippedPod {
   namespace: string
   name: string
   reason: string
+  ip?: string
 }
 
 /** What enable recorded, for status and disable. */

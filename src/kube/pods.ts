@@ -26,7 +26,7 @@ export interface MeshedPod {
 
 export interface PodSelection {
   meshed: MeshedPod[]
-  skipped: {namespace: string; name: string; reason: string}[]
+  skipped: {namespace: string; name: string; reason: string; ip?: string}[]
   /** pods of other nodes are not counted as skipped */
   otherNodes: number
 }
@@ -75,7 +75,7 @@ export function selectMeshedPods(pods: PodJson[], node: string, mesh: MeshProfil
     }
     const namespace = pod.metadata?.namespace ?? 'default'
     const name = pod.metadata?.name ?? '(unnamed)'
-    const skip = (reason: string) => out.skipped.push({namespace, name, reason})
+    const skip = (reason: string) => out.skipped.push({namespace, name, reason, ...(podIPv4(pod) ? {ip: podIPv4(pod)} : {})})
     if (!hasSidecar(pod, mesh)) {
       skip(`no injected ${mesh.sidecarContainer} sidecar`)
       continue

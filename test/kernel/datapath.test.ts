@@ -124,6 +124,62 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.match(stream.stdout, /"bytes":4000000/)
   })
 
+  it('dump-maps shows the live connections with their addresses, original destinations and pods', async () => {
+    const stream = lab.spawn('a', 'stream client', process.execPath, [lab.appScript(), 'get', url('b', '/stream?n=4000000&ms=1500')])
+    try {
+      const [a, b] = [lab.pod('a').ip, lab.pod('b').ip]
+      let dump: any
+      for (let i = 0; i < 40; i++) {
+        await sleep(50)
+        const r = await cli(['dump-maps', '--bpffs', install.bpffs, '--json'], install.env)
+        assert.equal(r.code, 0, r.stderr)
+        dump = Object.fromEntries(parseJson(r.stdout).maps.map((m: any) => [m.map, m]))
+        if (dump.sock_pair_map.rows.some((x: any) => x.local.port === 15006)) break
+      }
+      const inbound = dump.sock_pair_map.rows.find((x: any) => x.local.ip === b && x.local.port === 15006)
+      assert.ok(inbound, JSON.stringify(dump.sock_pair_map.rows))
+      assert.equal(inbound.local.pod, 'lab/b')
+      assert.equal(inbound.remote.pod, 'lab/a')
+      assert.equal(inbound.netns, '0')
+      const loop = dump.sock_pair_map.rows.find((x: any) => x.local.ip === '127.0.0.1' && x.local.port === 15001)
+      assert.notEqual(loop?.netns, '0', 'loopback legs carry the netns cookie')
+      const orig = dump.pair_original_dst.rows.filter((x: any) => x.originalDst.ip === b && x.originalDst.port === APP_PORT)
+      assert.ok(orig.some((x: any) => x.flags.includes('outbound') && x.process === 'node'), JSON.stringify(orig))
+      assert.ok(orig.some((x: any) => x.flags.includes('inbound') && x.process === 'haproxy' && x.connection.local.pod === 'lab/a' && x.originalDst.pod === 'lab/b'))
+      assert.ok(dump.process_ip.rows.some((x: any) => x.process === 'haproxy' && x.pod === 'lab/a' && x.podIp === a))
+      assert.deepEqual(dump.local_pod_ips.rows.map((x: any) => x.pod).sort(), ['lab/a', 'lab/b'])
+      assert.equal(dump.local_pod_ips.rows[0].rules.outboundCidrs, '*')
+      assert.deepEqual(dump.netns_pod_ips.rows.map((x: any) => x.pod).sort(), ['lab/a', 'lab/b'])
+      assert.equal(dump.settings.rows[0].outboundPort, 15001)
+
+      const only = parseJson((await cli(['dump-maps', 'pair_original_dst', 'sock_pair_map', '--pod', 'a', '--limit', '1', '--json', '--bpffs', install.bpffs], install.env)).stdout).maps
+      assert.deepEqual(only.map((m: any) => m.map), ['pair_original_dst', 'sock_pair_map'])
+      assert.ok(only.every((m: any) => m.rows.length <= 1))
+      const text = await cli(['dump-maps', 'pair_original_dst', '--bpffs', install.bpffs], install.env)
+      assert.match(text.stdout, new RegExp(`${b.replaceAll('.', '\\.')}:${APP_PORT} lab/b`))
+    } finally {
+      await stream.exited
+    }
+  })
+
+  it('status is healthy and its counters rise with traffic', async () => {
+    const before = await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)
+    assert.equal(before.code, 0, before.stdout)
+    const b0 = parseJson(before.stdout)
+    assert.equal(b0.verdict, 'healthy')
+    assert.ok(b0.programs.every((p: any) => p.id > 0))
+    assert.deepEqual(b0.programs.filter((p: any) => p.attached === false), [])
+    assert.equal(b0.maps.find((m: any) => m.name === 'local_pod_ips').entries, 2)
+    for (let i = 0; i < 3; i++) await whoami('a', 'b')
+    const b1 = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
+    assert.ok(b1.counters.connOutbound >= b0.counters.connOutbound + 3)
+    assert.ok(b1.counters.connInbound >= b0.counters.connInbound + 3)
+    assert.ok(b1.counters.msgRedirected > b0.counters.msgRedirected)
+    const text = await cli(['status', '--bpffs', install.bpffs], install.env)
+    assert.match(text.stdout, /✔ merbridge is enabled and healthy/)
+    assert.match(text.stdout, /lab\/a 10\.77\.0\.2/)
+  })
+
   it('leaves a pod without a sidecar and processes outside the pods alone', async () => {
     // a -> c: through a's outbound sidecar, but c has no inbound sidecar to send it to
     const mc = mark('a')
@@ -196,6 +252,19 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.ok(c.getsockoptAnswered >= c.connInbound, JSON.stringify(c))
   })
 
+  it('status says which program is not attached, with a distinct exit code', async () => {
+    const id = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.find((p: any) => p.name === 'mb_connect4').id
+    await execa('bpftool', ['cgroup', 'detach', lab.cgroup, 'connect4', 'id', String(id)])
+    try {
+      const r = await cli(['status', '--bpffs', install.bpffs], install.env)
+      assert.equal(r.code, 4)
+      assert.match(r.stdout, /program mb_connect4 is pinned but not attached/)
+    } finally {
+      await execa('bpftool', ['cgroup', 'attach', lab.cgroup, 'connect4', 'pinned', `${install.bpffs}/progs/mb_connect4`, 'multi'])
+    }
+    assert.equal((await cli(['status', '--bpffs', install.bpffs], install.env)).code, 0)
+  })
+
   it('keeps a long stream whole across disable, then restores the direct path and leaves nothing', async () => {
     const n = 24 * 1024 * 1024
     const stream = lab.spawn('a', 'stream client', process.execPath, [lab.appScript(), 'get', url('b', `/stream?n=${n}&ms=3000`)])
@@ -216,5 +285,8 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     const again = await cli(['disable', '--bpffs', install.bpffs], install.env)
     assert.equal(again.code, 0)
     assert.match(again.stdout, /nothing to do/)
+    const status = await cli(['status', '--bpffs', install.bpffs], install.env)
+    assert.equal(status.code, 3)
+    assert.match(status.stdout, /not enabled/)
   })
 })

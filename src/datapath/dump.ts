@@ -1,0 +1,119 @@
+import {readFileSync} from 'node:fs'
+import {formatCidr} from '../bpf/ip.js'
+import {COUNTERS, originFlagNames, type Pair, type PodRules} from '../bpf/layout.js'
+import {readMaps} from '../bpf/maps.js'
+import {MerbridgeError} from '../errors.js'
+import type {InstallState, Installation} from './installation.js'
+
+/** The maps dump-maps decodes, in the order it shows them. */
+export const DUMPABLE = ['sock_pair_map', 'pair_original_dst', 'process_ip', 'local_pod_ips', 'netns_pod_ips', 'settings', 'counters'] as const
+export type DumpableMap = (typeof DUMPABLE)[number]
+
+export interface Endpoint {
+  ip: string
+  port?: number
+  /** namespace/name of the pod with this IP, when merbridge knows it */
+  pod?: string
+}
+
+export interface Filter {
+  pod?: string
+  ip?: string
+  port?: number
+}
+
+export type Row = Record<string, unknown>
+
+export interface MapDump {
+  map: DumpableMap
+  /** entries in the map, before filters and limit */
+  total: number
+  rows: Row[]
+}
+
+/** IP -> namespace/name for every pod of the last sync. */
+export function podNames(state: InstallState | undefined): Map<string, string> {
+  const out = new Map<string, string>()
+  for (const p of [...(state?.pods.meshed ?? []), ...(state?.pods.unregistered ?? []), ...(state?.pods.skipped ?? [])])
+    if (p.ip) out.set(p.ip, `${p.namespace}/${p.name}`)
+  return out
+}
+
+function processName(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
+  } catch {
+    return undefined
+  }
+}
+
+function rulesView(r: PodRules): Row {
+  return {
+    outboundCidrs: r.outAllCidrs ? '*' : r.outIncludeCidrs.map(formatCidr),
+    excludedOutboundCidrs: r.outExcludeCidrs.map(formatCidr),
+    outboundPorts: r.outIncludePorts,
+    excludedOutboundPorts: r.outExcludePorts,
+    inboundPorts: r.inAllPorts ? '*' : r.inIncludePorts,
+    excludedInboundPorts: r.inExcludePorts,
+  }
+}
+
+/** Every map of the installation, or the named ones, decoded into rows with stable field names. */
+export async function dumpMaps(inst: Installation, names: readonly string[], filter: Filter, limit?: number): Promise<MapDump[]> {
+  const unknown = names.filter((n) => !(DUMPABLE as readonly string[]).includes(n))
+  if (unknown.length > 0)
+    throw new MerbridgeError(`unknown map ${unknown.join(', ')}`, {code: 'UNKNOWN_MAP', suggestion: `valid maps: ${DUMPABLE.join(', ')}`})
+  const state = await inst.readState()
+  if (!inst.exists())
+    throw new MerbridgeError(`merbridge is not enabled on this node (no installation in ${inst.dir})`, {code: 'NOT_ENABLED', exitCode: 3, suggestion: 'merbridge enable'})
+  const pods = podNames(state)
+  const ep = (ip: string, port?: number): Endpoint => ({ip, ...(port === undefined ? {} : {port}), ...(pods.has(ip) ? {pod: pods.get(ip)} : {})})
+  const conn = (p: Pair) => ({local: ep(p.localIp, p.localPort), remote: ep(p.remoteIp, p.remotePort), netns: p.netns.toString()})
+  const matches = (...eps: Endpoint[]) =>
+    (!filter.ip || eps.some((e) => e.ip === filter.ip)) &&
+    (filter.port === undefined || eps.some((e) => e.port === filter.port)) &&
+    (!filter.pod || eps.some((e) => e.pod === filter.pod || e.pod?.split('/')[1] === filter.pod))
+
+  const readers: Record<DumpableMap, () => Promise<{rows: Row[]; eps: Endpoint[][]}>> = {
+    async sock_pair_map() {
+      const entries = await readMaps.sockets(inst)
+      return {rows: entries.map((e) => ({...conn(e.pair), cookie: e.cookie?.toString()})), eps: entries.map((e) => [ep(e.pair.localIp, e.pair.localPort), ep(e.pair.remoteIp, e.pair.remotePort)])}
+    },
+    async pair_original_dst() {
+      const entries = await readMaps.originals(inst)
+      return {
+        rows: entries.map((e) => ({connection: conn(e.pair), originalDst: ep(e.origin.ip, e.origin.port), pid: e.origin.pid, process: processName(e.origin.pid), flags: originFlagNames(e.origin.flags)})),
+        eps: entries.map((e) => [ep(e.pair.localIp, e.pair.localPort), ep(e.pair.remoteIp, e.pair.remotePort), ep(e.origin.ip, e.origin.port)]),
+      }
+    },
+    async process_ip() {
+      const entries = await readMaps.processes(inst)
+      return {rows: entries.map((e) => ({pid: e.pid, process: processName(e.pid), podIp: e.entry.podIp, pod: pods.get(e.entry.podIp), netns: e.entry.netns.toString()})), eps: entries.map((e) => [ep(e.entry.podIp)])}
+    },
+    async local_pod_ips() {
+      const entries = await readMaps.localPods(inst)
+      return {rows: entries.map((e) => ({ip: e.ip, pod: pods.get(e.ip), rules: rulesView(e.rules)})), eps: entries.map((e) => [ep(e.ip)])}
+    },
+    async netns_pod_ips() {
+      const entries = await readMaps.netnsPods(inst)
+      return {rows: entries.map((e) => ({netns: e.netns.toString(), ip: e.ip, pod: pods.get(e.ip)})), eps: entries.map((e) => [ep(e.ip)])}
+    },
+    async settings() {
+      const s = await readMaps.settings(inst)
+      return {rows: s ? [{...s, hostNetns: s.hostNetns.toString()}] : [], eps: [[]]}
+    },
+    async counters() {
+      const c = await readMaps.counters(inst)
+      return {rows: COUNTERS.map((name) => ({counter: name, value: c[name]})), eps: COUNTERS.map(() => [])}
+    },
+  }
+  const filtering = filter.ip !== undefined || filter.port !== undefined || filter.pod !== undefined
+  const out: MapDump[] = []
+  for (const map of names.length > 0 ? (names as DumpableMap[]) : DUMPABLE) {
+    const {rows, eps} = await readers[map]()
+    // settings and counters are not about connections: filters do not apply to them
+    const kept = filtering && map !== 'settings' && map !== 'counters' ? rows.filter((_, i) => matches(...(eps[i] ?? []))) : rows
+    out.push({map, total: rows.length, rows: limit === undefined ? kept : kept.slice(0, limit)})
+  }
+  return out
+}
