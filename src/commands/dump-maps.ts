@@ -1,11 +1,10 @@
 import {Args, Flags} from '@oclif/core'
 import {isIP} from 'node:net'
-import {DUMPABLE, dumpMaps, type Endpoint, type MapDump, type Row} from '../datapath/dump.js'
+import {DUMPABLE, dumpMaps, type MapDump} from '../datapath/dump.js'
 import {Installation} from '../datapath/installation.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
-import {renderTable} from '../ui/table.js'
-import {c} from '../ui/theme.js'
+import {renderMapDump} from '../ui/dump-view.js'
 
 export default class DumpMaps extends BaseCommand {
   static override summary = "Decode merbridge's maps into readable rows"
@@ -35,31 +34,7 @@ export default class DumpMaps extends BaseCommand {
     if (flags.ip && !isIP(flags.ip)) this.error(`--ip ${flags.ip} is not an IP address`, {exit: 2})
     requirePrivileges('dump-maps')
     const maps = await dumpMaps(new Installation(flags.bpffs), argv as string[], {pod: flags.pod, ip: flags.ip, port: flags.port}, flags.limit)
-    for (const m of maps) this.log(render(m) + '\n')
+    for (const m of maps) this.log(renderMapDump(m) + '\n')
     return {maps}
   }
-}
-
-const endpoint = (e?: Endpoint) => (e ? `${e.ip}${e.port === undefined ? '' : `:${e.port}`}${e.pod ? c.cyan(` ${e.pod}`) : ''}` : '-')
-const list = (v: unknown) => (Array.isArray(v) ? (v.length ? v.join(',') : '-') : String(v))
-
-function render(m: MapDump): string {
-  const head = `${c.bold(m.map)} ${c.dim(`(${m.rows.length} shown of ${m.total})`)}`
-  if (m.rows.length === 0) return `${head}\n  ${c.dim('empty')}`
-  const r = m.rows as Row[]
-  const tables: Record<string, () => string> = {
-    sock_pair_map: () => renderTable(['local end', 'remote end', 'netns', 'socket cookie'], r.map((x: any) => [endpoint(x.local), endpoint(x.remote), x.netns, x.cookie ?? '-'])),
-    pair_original_dst: () =>
-      renderTable(['connection (connecting end)', 'original destination', 'pid', 'flags'], r.map((x: any) => [`${endpoint(x.connection.local)} → ${endpoint(x.connection.remote)}`, endpoint(x.originalDst), `${x.pid}${x.process ? ` ${x.process}` : ''}`, list(x.flags)])),
-    process_ip: () => renderTable(['pid', 'process', 'pod IP', 'pod', 'netns'], r.map((x: any) => [x.pid, x.process ?? c.dim('(exited)'), x.podIp, x.pod ?? '-', x.netns])),
-    local_pod_ips: () =>
-      renderTable(
-        ['pod IP', 'pod', 'outbound CIDRs', 'excluded CIDRs', 'out ports', 'excluded out ports', 'inbound ports', 'excluded in ports'],
-        r.map((x: any) => [x.ip, x.pod ?? '-', list(x.rules.outboundCidrs), list(x.rules.excludedOutboundCidrs), list(x.rules.outboundPorts), list(x.rules.excludedOutboundPorts), list(x.rules.inboundPorts), list(x.rules.excludedInboundPorts)]),
-      ),
-    netns_pod_ips: () => renderTable(['netns cookie', 'pod IP', 'pod'], r.map((x: any) => [x.netns, x.ip, x.pod ?? '-'])),
-    settings: () => renderTable(['field', 'value'], Object.entries(r[0] ?? {}).map(([k, v]) => [k, String(v)])),
-    counters: () => renderTable(['counter', 'value'], r.map((x: any) => [x.counter, x.value])),
-  }
-  return `${head}\n${tables[m.map]!()}`
 }

@@ -97,7 +97,7 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
   }
   for (const name of MAP_NAMES) {
     const info: MapInfo | undefined = await bpftool.mapShowPinned(inst.map(name))
-    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries}
+    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries || undefined}
     if (info && !UNCOUNTABLE.has(name) && info.type !== 'array' && info.type !== 'percpu_array') {
       m.entries = (await bpftool.mapDump(inst.map(name))).length
       if (m.capacity && m.entries >= m.capacity * NEAR_FULL) report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)

@@ -1,0 +1,64 @@
+import type {StatusReport} from '../datapath/inspect.js'
+import {renderTable} from './table.js'
+import {c, mark} from './theme.js'
+
+const COUNTER_LABELS: Record<string, string> = {
+  connOutbound: 'connections sent to the outbound sidecar',
+  connInbound: 'sidecar connections sent to a local inbound sidecar',
+  connUnregistered: '  of the outbound ones, from unregistered pods',
+  msgRedirected: 'messages moved socket to socket',
+  bytesRedirected: 'bytes moved socket to socket',
+  redirectMiss: 'messages left on TCP (peer not tracked)',
+  getsockoptAnswered: 'SO_ORIGINAL_DST answers',
+  sockhashFull: 'sockets left on TCP (sock_pair_map full)',
+  originLost: 'original destinations that could not be stored',
+}
+
+export function renderStatus(r: StatusReport): string {
+  if (r.verdict === 'not-enabled') return `merbridge is not enabled on this node (no installation in ${r.bpffs})\n  ${c.dim('→ merbridge enable')}`
+  const out: string[] = []
+  out.push(`${c.bold('installation')}  ${r.bpffs}`)
+  out.push(`${c.bold('cgroup')}        ${r.cgroup ?? '?'}`)
+  out.push(`${c.bold('mesh')}          ${r.mesh ?? '?'}   ${c.bold('node')} ${r.node ?? '?'}   ${c.bold('enabled')} ${r.enabledAt ?? '?'}`)
+  out.push('')
+  out.push(
+    renderTable(
+      ['program', 'id', 'type', 'attached to', 'state', 'loaded', 'runs', 'avg ns'],
+      r.programs.map((p) => [
+        p.name,
+        p.id ?? '-',
+        p.type ?? '-',
+        p.attachPoint,
+        p.id === undefined ? c.red('not pinned') : p.attached === undefined ? 'attached by enable' : p.attached ? c.green('attached') : c.red('not attached'),
+        p.loadedAt?.replace('T', ' ').replace(/\.\d+Z$/, 'Z') ?? '-',
+        r.statsEnabled ? (p.runCount ?? 0) : 'off',
+        r.statsEnabled && p.runCount ? Math.round((p.runTimeNs ?? 0) / p.runCount) : '-',
+      ]),
+    ),
+  )
+  out.push(
+    renderTable(
+      ['map', 'id', 'type', 'entries', 'capacity'],
+      r.maps.map((m) => [m.name, m.id ?? '-', m.type ?? c.red('not pinned'), m.entries ?? '-', m.capacity ?? '-']),
+    ),
+  )
+  if (r.pods) {
+    out.push(`${c.bold('pods')} (last sync ${r.pods.syncedAt} from ${r.pods.source}): ${r.pods.meshed.length} meshed and registered, ${r.pods.unregistered.length} meshed but not found on the node, ${r.pods.skipped.length} skipped`)
+    for (const p of r.pods.meshed) out.push(`  ${mark.pass} ${p.namespace}/${p.name} ${p.ip}`)
+    for (const p of r.pods.unregistered) out.push(`  ${mark.warn} ${p.namespace}/${p.name} ${p.ip}: network namespace not found on this node`)
+    for (const p of r.pods.skipped) out.push(`  ${c.dim(`- ${p.namespace}/${p.name}: ${p.reason}`)}`)
+    for (const w of r.pods.warnings) out.push(`  ${mark.warn} ${w}`)
+  }
+  if (r.counters) {
+    out.push(c.bold('datapath counters'))
+    for (const [k, v] of Object.entries(r.counters)) out.push(`  ${String(v).padStart(14)}  ${COUNTER_LABELS[k] ?? k}`)
+  }
+  out.push('')
+  if (r.verdict === 'healthy') out.push(c.green(`${mark.pass} merbridge is enabled and healthy`))
+  else {
+    out.push(c.red(`${mark.fail} merbridge is enabled but unhealthy:`))
+    for (const p of r.problems) out.push(`  - ${p}`)
+  }
+  for (const h of r.hints) out.push(c.dim(`  → ${h}`))
+  return out.join('\n')
+}
