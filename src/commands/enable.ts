@@ -4,6 +4,7 @@ import {MESH_NAMES} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {runWithProgress} from '../ui/steps.js'
+import {podSourceFlags, watchInForeground} from '../ui/kube-flags.js'
 import {c} from '../ui/theme.js'
 
 export interface EnableResult {
@@ -29,6 +30,8 @@ export default class Enable extends BaseCommand {
   static override description = `Checks the node, compiles the programs in bpf/ (cached by a hash of sources and flags), loads and pins them under one bpffs folder, attaches them to the cgroup v2 root, and fills the maps with the meshed pods of this node. If any step fails, everything done so far is undone. Enabling an enabled node reloads its pods, or replaces the programs when their sources changed.`
 
   static override examples = [
+    {command: '<%= config.bin %> enable', description: 'Enable with the pods the Kubernetes API reports for this node'},
+    {command: '<%= config.bin %> enable --watch', description: 'Enable, then keep the pods in sync until stopped'},
     {command: 'kubectl get pods -A -o json | <%= config.bin %> enable --pods-file -', description: 'Enable with the pods kubectl reports'},
     {command: '<%= config.bin %> enable --cgroup /sys/fs/cgroup/unified --pods-file pods.json --json', description: 'Choose the cgroup; print the result as data'},
   ]
@@ -37,15 +40,17 @@ export default class Enable extends BaseCommand {
     mesh: Flags.string({description: 'service mesh whose sidecars to accelerate', options: MESH_NAMES, default: 'istio'}),
     cgroup: Flags.string({description: 'cgroup v2 folder to attach to (default: the cgroup v2 root)', env: 'MERBRIDGE_CGROUP'}),
     bpffs: Flags.string({description: 'bpffs folder for the pins', env: 'MERBRIDGE_BPFFS', default: '/sys/fs/bpf/merbridge'}),
-    'pods-file': Flags.string({description: 'PodList JSON as `kubectl get pods -A -o json` prints it; - for standard input (default: ask kubectl)'}),
-    node: Flags.string({description: 'this node\'s Kubernetes name (default: the hostname)'}),
+    ...podSourceFlags,
+    watch: Flags.boolean({description: 'after enabling, keep the maps matching the pods until stopped (what a node service runs)'}),
     rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),
   }
 
   async run(): Promise<EnableResult> {
     const {flags} = await this.parse(Enable)
+    if (flags.watch && flags['pods-file']) this.error('--watch follows the Kubernetes API; it cannot watch --pods-file', {exit: 2})
     requirePrivileges('enable')
-    const ctx = newEnableContext({mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild})
+    const kube = {kubeconfig: flags.kubeconfig, context: flags.context}
+    const ctx = newEnableContext({mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, kube})
     const started: EnableStep[] = []
     try {
       await runWithProgress(ENABLE_STEPS, ctx, {silent: this.jsonEnabled(), onStart: (s) => started.push(s)})
@@ -56,6 +61,11 @@ export default class Enable extends BaseCommand {
     const result = toResult(ctx)
     this.log('')
     this.log(summary(result))
+    if (flags.watch) {
+      if (this.jsonEnabled()) process.stdout.write(JSON.stringify(result) + '\n')
+      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh})
+      return undefined as unknown as EnableResult
+    }
     return result
   }
 }

@@ -3,8 +3,9 @@ import {hostname} from 'node:os'
 import {bpftool} from '../bpf/bpftool.js'
 import {buildObjects, type BuiltObjects, sourceHash} from '../bpf/objects.js'
 import {MerbridgeError} from '../errors.js'
-import {type PodSelection, parsePodList, selectMeshedPods} from '../kube/pods.js'
-import {readPodsText} from '../kube/source.js'
+import type {KubeOptions} from '../kube/client.js'
+import {type PodSelection, selectMeshedPods} from '../kube/pods.js'
+import {type LoadedPods, loadPods} from '../kube/source.js'
 import {type MeshProfile, meshProfile} from '../mesh/profiles.js'
 import {run} from '../node/exec.js'
 import {isBpffs, readMounts} from '../node/mounts.js'
@@ -23,6 +24,7 @@ export interface EnableOptions {
   podsFile?: string
   node?: string
   rebuild?: boolean
+  kube?: KubeOptions
 }
 
 export interface EnableContext {
@@ -38,6 +40,7 @@ export interface EnableContext {
   mountedBpffs: boolean
   hostNetns?: bigint
   podsSource?: string
+  loaded?: LoadedPods
   selection?: PodSelection
   sync?: SyncResult
   attached: string[]
@@ -138,9 +141,9 @@ export const ENABLE_STEPS: EnableStep[] = [
     id: 'pods',
     title: 'Load the pods of this node',
     async run(ctx) {
-      const {text, source} = await readPodsText(ctx.opts.podsFile, ctx.node)
-      ctx.podsSource = source
-      ctx.selection = selectMeshedPods(parsePodList(text, source), ctx.node, ctx.mesh)
+      ctx.loaded = await loadPods(ctx.opts.podsFile, ctx.node, ctx.opts.kube)
+      ctx.podsSource = ctx.loaded.source
+      ctx.selection = selectMeshedPods(ctx.loaded.pods, ctx.node, ctx.mesh)
       ctx.sync = await syncPods(ctx.inst, ctx.objects!.netnsCookie, ctx.selection)
     },
   },

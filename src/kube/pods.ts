@@ -5,7 +5,7 @@ import type {MeshProfile} from '../mesh/profiles.js'
 import {rulesFromAnnotations} from './annotations.js'
 
 /** The parts of a Kubernetes Pod that merbridge reads. */
-interface PodJson {
+export interface PodJson {
   metadata?: {name?: string; namespace?: string; annotations?: Record<string, string>}
   spec?: {
     nodeName?: string

@@ -1,6 +1,7 @@
 import {readFile} from 'node:fs/promises'
 import {MerbridgeError} from '../errors.js'
-import {run} from '../node/exec.js'
+import {type KubeOptions, type KubeTarget, listNodePods, loadKube} from './client.js'
+import {parsePodList, type PodJson} from './pods.js'
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = []
@@ -8,27 +9,30 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8')
 }
 
-/**
- * The pods list as text, and where it came from: a file, standard input ('-'), or, with neither,
- * `kubectl get pods` for this node.
- */
-export async function readPodsText(podsFile: string | undefined, node: string): Promise<{text: string; source: string}> {
-  if (podsFile === '-') return {text: await readStdin(), source: 'standard input'}
+export interface LoadedPods {
+  pods: PodJson[]
+  source: string
+  /** with the API: the target and the list's resourceVersion, to watch from */
+  target?: KubeTarget
+  resourceVersion?: string
+}
+
+/** The pods of this node from a file, standard input ('-'), or the Kubernetes API. */
+export async function loadPods(podsFile: string | undefined, node: string, kube: KubeOptions = {}): Promise<LoadedPods> {
   if (podsFile) {
+    let text: string
+    const source = podsFile === '-' ? 'standard input' : podsFile
     try {
-      return {text: await readFile(podsFile, 'utf8'), source: podsFile}
+      text = podsFile === '-' ? await readStdin() : await readFile(podsFile, 'utf8')
     } catch (error) {
       throw new MerbridgeError(`cannot read the pods file ${podsFile}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {
         code: 'BAD_PODS',
         suggestion: 'give a file written by `kubectl get pods -A -o json`, or - for standard input',
       })
     }
+    return {pods: parsePodList(text, source), source}
   }
-  const r = await run('kubectl', ['get', 'pods', '--all-namespaces', '--field-selector', `spec.nodeName=${node}`, '-o', 'json'], {allowFailure: true, timeoutMs: 30_000})
-  if (r.exitCode !== 0)
-    throw new MerbridgeError(`kubectl could not list the pods of node ${node}: ${r.stderr.split('\n').find(Boolean) ?? `exit ${r.exitCode}`}`, {
-      code: 'KUBE_UNREACHABLE',
-      suggestion: 'check kubectl access to the cluster, or pass --pods-file with the output of `kubectl get pods -A -o json`',
-    })
-  return {text: r.stdout, source: `kubectl (node ${node})`}
+  const target = await loadKube(kube)
+  const list = await listNodePods(target, node)
+  return {pods: list.pods, source: `the Kubernetes API at ${target.server} (node ${node})`, target, resourceVersion: list.resourceVersion}
 }

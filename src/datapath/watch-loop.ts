@@ -1,0 +1,77 @@
+/**
+ * `sync --watch` and `enable --watch`: keep the maps matching this node's pods until stopped.
+ * Changes are applied one at a time; pods whose network namespace is not found yet are retried
+ * every second.
+ */
+import {buildObjects} from '../bpf/objects.js'
+import {describeError, MerbridgeError} from '../errors.js'
+import type {KubeOptions} from '../kube/client.js'
+import type {PodJson} from '../kube/pods.js'
+import {loadPods} from '../kube/source.js'
+import {type PodEvent, watchNodePods} from '../kube/watch.js'
+import type {MeshProfile} from '../mesh/profiles.js'
+import type {Installation} from './installation.js'
+import {type AppliedPods, applyPods, describePod} from './pods-sync.js'
+
+export interface WatchOptions {
+  kube: KubeOptions
+  node: string
+  mesh: MeshProfile
+  signal: AbortSignal
+  log: (line: string, event?: Record<string, unknown>) => void
+  retryMs?: number
+}
+
+export async function runWatch(inst: Installation, opts: WatchOptions): Promise<void> {
+  if (!(await inst.readState())) throw new MerbridgeError(`merbridge is not enabled with ${inst.dir}`, {code: 'NOT_ENABLED', exitCode: 3, suggestion: 'merbridge enable first'})
+  const helper = (await buildObjects()).netnsCookie
+  // the first list fails the command (nothing changed); later failures are retried with backoff
+  const first = await loadPods(undefined, opts.node, opts.kube)
+  const source = first.source
+  let latest: PodJson[] = first.pods
+  let applied: AppliedPods | undefined
+  let queue = Promise.resolve()
+
+  const apply = (pods: PodJson[], event: PodEvent | {type: 'RETRY'}) =>
+    (queue = queue.then(async () => {
+      latest = pods
+      const started = performance.now()
+      try {
+        const before = applied
+        applied = await applyPods(inst, helper, pods, {node: opts.node, mesh: opts.mesh, source})
+        const ms = Math.round(performance.now() - started)
+        if (event.type === 'RELISTED')
+          opts.log(`listed ${event.count} pod(s): ${applied.sync.meshed.length} meshed and registered, ${applied.sync.unregistered.length} not found yet, ${applied.selection.skipped.length} skipped (${ms} ms)`, {event: 'listed', pods: event.count, ms})
+        else if (event.type === 'RETRY') {
+          const now = new Set(applied.sync.meshed.map((p) => `${p.namespace}/${p.name}`))
+          for (const p of before?.sync.unregistered ?? []) if (now.has(`${p.namespace}/${p.name}`)) opts.log(describePod(p.namespace, p.name, applied, false), {event: 'registered', pod: `${p.namespace}/${p.name}`, ms})
+        } else {
+          const ns = event.pod.metadata?.namespace ?? 'default'
+          const name = event.pod.metadata?.name ?? ''
+          opts.log(`${event.type.toLowerCase()} ${describePod(ns, name, applied, event.type === 'DELETED')} (${ms} ms)`, {event: event.type.toLowerCase(), pod: `${ns}/${name}`, ms})
+        }
+      } catch (error) {
+        opts.log(`could not apply the pods: ${describeError(error).message}`, {event: 'error', message: describeError(error).message})
+      }
+    }))
+
+  await apply(first.pods, {type: 'RELISTED', count: first.pods.length})
+  const retry = setInterval(() => {
+    if (applied && applied.sync.unregistered.length > 0) void apply(latest, {type: 'RETRY'})
+  }, opts.retryMs ?? 1000)
+  try {
+    await watchNodePods(
+      first.target!,
+      opts.node,
+      {
+        onPods: (pods, event) => apply(pods, event),
+        onError: (message, retryInMs) => opts.log(`watch: ${message}${retryInMs ? `; retrying in ${retryInMs} ms` : ''}`, {event: 'watch-error', message}),
+      },
+      opts.signal,
+      {pods: first.pods, resourceVersion: first.resourceVersion ?? ''},
+    )
+  } finally {
+    clearInterval(retry)
+    await queue
+  }
+}

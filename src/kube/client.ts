@@ -1,0 +1,96 @@
+/**
+ * The Kubernetes API, for the pods of one node. Credentials are resolved the way kubectl does:
+ * --kubeconfig, then KUBECONFIG, then ~/.kube/config, then the in-cluster service account. The
+ * client library is imported lazily: it takes about a second to load.
+ */
+import {existsSync} from 'node:fs'
+import {homedir} from 'node:os'
+import {join} from 'node:path'
+import type {KubeConfig} from '@kubernetes/client-node'
+import {MerbridgeError} from '../errors.js'
+import type {PodJson} from './pods.js'
+
+export interface KubeOptions {
+  kubeconfig?: string
+  context?: string
+}
+
+export interface KubeTarget {
+  kc: KubeConfig
+  /** where the credentials came from, for messages */
+  source: string
+  server: string
+}
+
+const SA_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token'
+
+function kubeError(message: string, suggestion: string, code = 'KUBE_CONFIG'): MerbridgeError {
+  return new MerbridgeError(message, {code, suggestion})
+}
+
+export async function loadKube(opts: KubeOptions, env = process.env): Promise<KubeTarget> {
+  const {KubeConfig} = await import('@kubernetes/client-node')
+  const kc = new KubeConfig()
+  let source: string
+  const fromFile = (file: string, origin: string) => {
+    if (!existsSync(file)) throw kubeError(`kubeconfig ${file} (${origin}) does not exist`, 'give an existing file with --kubeconfig')
+    try {
+      kc.loadFromFile(file)
+    } catch (error) {
+      throw kubeError(`kubeconfig ${file} does not parse: ${(error as Error).message.split('\n')[0]}`, 'check the file with `kubectl config view --kubeconfig FILE`')
+    }
+    return `${file} (${origin})`
+  }
+  if (opts.kubeconfig) source = fromFile(opts.kubeconfig, '--kubeconfig')
+  else if (env.KUBECONFIG) source = fromFile(env.KUBECONFIG.split(':').find((f) => f && existsSync(f)) ?? env.KUBECONFIG.split(':')[0]!, 'KUBECONFIG')
+  else if (existsSync(join(env.HOME ?? homedir(), '.kube', 'config'))) source = fromFile(join(env.HOME ?? homedir(), '.kube', 'config'), '~/.kube/config')
+  else if (env.KUBERNETES_SERVICE_HOST && existsSync(SA_TOKEN)) {
+    kc.loadFromCluster()
+    source = 'the in-cluster service account'
+  } else
+    throw kubeError('no Kubernetes credentials: no --kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster service account', 'give --kubeconfig FILE, or --pods-file with the output of `kubectl get pods -A -o json`')
+
+  if (opts.context) {
+    const names = kc.getContexts().map((c) => c.name)
+    if (!names.includes(opts.context)) throw kubeError(`context ${opts.context} is not in ${source}`, `known contexts: ${names.join(', ') || 'none'}`)
+    kc.setCurrentContext(opts.context)
+  }
+  const cluster = kc.getCurrentCluster()
+  if (!cluster) throw kubeError(`${source} has no current cluster`, 'set a current context, or give --context')
+  return {kc, source, server: cluster.server}
+}
+
+/** One line for any failure to talk to the API: unreachable, TLS, refused credentials, bad answers. */
+export function apiError(error: unknown, target: KubeTarget): MerbridgeError {
+  if (error instanceof MerbridgeError) return error
+  const e = error as {code?: string | number; statusCode?: number; message?: string; cause?: {code?: string}; errno?: string}
+  const status = typeof e.code === 'number' ? e.code : e.statusCode
+  const code = String(e.cause?.code ?? (typeof e.code === 'string' ? e.code : '') ?? '')
+  const where = `the Kubernetes API at ${target.server}`
+  if (status === 401)
+    return kubeError(`${where} refused the credentials of ${target.source} (401 Unauthorized)`, 'refresh the token or certificate in the kubeconfig', 'KUBE_UNAUTHORIZED')
+  if (status === 403)
+    return kubeError(`${where} does not allow listing pods to ${target.source} (403 Forbidden)`, 'grant get/list/watch on pods (a ClusterRole) to this identity', 'KUBE_FORBIDDEN')
+  if (status) return kubeError(`${where} answered ${status}: ${(e.message ?? '').split('\n')[0]}`, 'check the API server', 'KUBE_API')
+  if (/CERT|SSL|TLS|certificate|self.signed|altname/i.test(`${code} ${e.message}`))
+    return kubeError(`TLS failure talking to ${where}: ${(e.message ?? code).split('\n')[0]}`, 'check certificate-authority-data in the kubeconfig', 'KUBE_TLS')
+  if (/ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|ECONNRESET|EAI_AGAIN|socket hang up|network/i.test(`${code} ${e.message}`))
+    return kubeError(`cannot reach ${where}: ${(e.message ?? code).split('\n')[0]}`, 'check the server address in the kubeconfig and the network', 'KUBE_UNREACHABLE')
+  return kubeError(`talking to ${where} failed: ${(e.message ?? String(error)).split('\n')[0]}`, 'check the API server', 'KUBE_API')
+}
+
+export function nodeSelector(node: string): string {
+  return `spec.nodeName=${node}`
+}
+
+/** This node's pods and the list's resourceVersion (to watch from). */
+export async function listNodePods(target: KubeTarget, node: string): Promise<{pods: PodJson[]; resourceVersion: string}> {
+  const {CoreV1Api} = await import('@kubernetes/client-node')
+  try {
+    const api = target.kc.makeApiClient(CoreV1Api)
+    const list = await api.listPodForAllNamespaces({fieldSelector: nodeSelector(node)})
+    return {pods: list.items as unknown as PodJson[], resourceVersion: list.metadata?.resourceVersion ?? ''}
+  } catch (error) {
+    throw apiError(error, target)
+  }
+}

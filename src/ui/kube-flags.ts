@@ -1,0 +1,37 @@
+import {Flags} from '@oclif/core'
+import type {Installation} from '../datapath/installation.js'
+import {runWatch, type WatchOptions} from '../datapath/watch-loop.js'
+import {c} from './theme.js'
+
+/** Flags of every command that reads this node's pods. */
+export const podSourceFlags = {
+  'pods-file': Flags.string({description: 'PodList JSON as `kubectl get pods -A -o json` prints it; - for standard input (default: the Kubernetes API)'}),
+  kubeconfig: Flags.string({description: 'kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the in-cluster service account)'}),
+  context: Flags.string({description: 'kubeconfig context to use'}),
+  node: Flags.string({description: "this node's Kubernetes name (default: the hostname)"}),
+}
+
+/** Stop a long-running command cleanly on Ctrl-C and on the service manager's SIGTERM. */
+export function abortOnSignals(): {signal: AbortSignal; dispose: () => void} {
+  const controller = new AbortController()
+  const stop = () => controller.abort()
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
+  return {signal: controller.signal, dispose: () => (process.off('SIGINT', stop), process.off('SIGTERM', stop))}
+}
+
+/** Run the watch loop in the foreground: a line per change for people, a JSON object per line with --json. */
+export async function watchInForeground(
+  out: {log: (line: string) => void; json: boolean},
+  inst: Installation,
+  opts: Omit<WatchOptions, 'signal' | 'log'>,
+): Promise<void> {
+  const {signal, dispose} = abortOnSignals()
+  const log = (line: string, event?: Record<string, unknown>) =>
+    out.json ? process.stdout.write(JSON.stringify({time: new Date().toISOString(), ...event}) + '\n') : out.log(`${c.dim(new Date().toISOString())} ${line}`)
+  try {
+    await runWatch(inst, {...opts, signal, log})
+  } finally {
+    dispose()
+  }
+}
