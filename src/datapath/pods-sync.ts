@@ -2,16 +2,16 @@
 import {type PodJson, type PodSelection, selectMeshedPods} from '../kube/pods.js'
 import type {MeshProfile} from '../mesh/profiles.js'
 import type {Installation} from './installation.js'
-import {type SyncResult, syncPods} from './sync.js'
+import {type PodMapsView, type SyncResult, syncPods} from './sync.js'
 
 export interface AppliedPods {
   selection: PodSelection
   sync: SyncResult
 }
 
-export async function applyPods(inst: Installation, netnsHelper: string, pods: PodJson[], opts: {node: string; mesh: MeshProfile; source: string}): Promise<AppliedPods> {
+export async function applyPods(inst: Installation, netnsHelper: string, pods: PodJson[], opts: {node: string; mesh: MeshProfile; source: string; known?: PodMapsView}): Promise<AppliedPods> {
   const selection = selectMeshedPods(pods, opts.node, opts.mesh)
-  const sync = await syncPods(inst, netnsHelper, selection)
+  const sync = await syncPods(inst, netnsHelper, selection, opts.known)
   const state = await inst.readState()
   if (state) {
     state.pods = {

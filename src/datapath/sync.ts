@@ -6,6 +6,12 @@ import type {PodSelection} from '../kube/pods.js'
 import {listNetnsCandidates, namespacesByIp, netnsCookies} from '../node/netns.js'
 import type {Installation, PodRecord} from './installation.js'
 
+/** What the two pod maps hold: pod IP -> encoded rules (hex), netns cookie -> pod IP. */
+export interface PodMapsView {
+  rules: Map<string, string>
+  netns: Map<bigint, string>
+}
+
 export interface SyncResult {
   /** meshed pods whose network namespace was found and registered */
   meshed: PodRecord[]
@@ -13,41 +19,52 @@ export interface SyncResult {
   unregistered: PodRecord[]
   written: number
   deleted: number
+  /** the maps as this sync left them, for the next sync of a long-running process */
+  view: PodMapsView
+}
+
+async function readView(inst: Installation): Promise<PodMapsView> {
+  const rules = new Map<string, string>()
+  for (const p of await readMaps.localPods(inst)) rules.set(p.ip, encodePodRules(p.rules).toString('hex'))
+  const netns = new Map<bigint, string>()
+  for (const n of await readMaps.netnsPods(inst)) netns.set(n.netns, n.ip)
+  return {rules, netns}
 }
 
 /**
- * Make local_pod_ips and netns_pod_ips match the selected pods: one bpftool process for all
- * updates and deletes. Pod identity is registered by finding each pod's network namespace on the
- * node (the one holding its IP) and reading that namespace's cookie.
+ * Make local_pod_ips and netns_pod_ips match the selected pods, writing only what changed, in
+ * one bpftool process. Pod identity is registered by finding each pod's network namespace on the
+ * node (the one holding its IP) and reading that namespace's cookie. `known` (what the previous
+ * sync of this process left) saves reading the maps back.
  */
-export async function syncPods(inst: Installation, netnsHelper: string, selection: PodSelection): Promise<SyncResult> {
+export async function syncPods(inst: Installation, netnsHelper: string, selection: PodSelection, known?: PodMapsView): Promise<SyncResult> {
   const byIp = namespacesByIp(await listNetnsCandidates())
   const found = selection.meshed.map((pod) => ({pod, ns: byIp.get(pod.ip)}))
   const cookies = await netnsCookies(netnsHelper, found.flatMap((f) => (f.ns ? [f.ns.path] : [])))
+  const current = known ?? (await readView(inst))
 
-  const result: SyncResult = {meshed: [], unregistered: [], written: 0, deleted: 0}
-  const lines: string[] = []
-  const wantIps = new Set<string>()
-  const wantNetns = new Set<bigint>()
+  const view: PodMapsView = {rules: new Map(), netns: new Map()}
+  const result: SyncResult = {meshed: [], unregistered: [], written: 0, deleted: 0, view}
+  const updates: string[] = []
   for (const {pod, ns} of found) {
-    wantIps.add(pod.ip)
-    lines.push(bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(pod.ip), encodePodRules(pod.rules)))
+    const rules = encodePodRules(pod.rules)
+    view.rules.set(pod.ip, rules.toString('hex'))
+    if (current.rules.get(pod.ip) !== view.rules.get(pod.ip)) updates.push(bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(pod.ip), rules))
     const cookie = ns ? cookies.get(ns.path) : undefined
     const record: PodRecord = {namespace: pod.namespace, name: pod.name, ip: pod.ip}
     if (cookie === undefined) {
       result.unregistered.push(record)
       continue
     }
-    wantNetns.add(cookie)
-    lines.push(bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), ipToSlot(pod.ip)))
+    view.netns.set(cookie, pod.ip)
+    if (current.netns.get(cookie) !== pod.ip) updates.push(bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), ipToSlot(pod.ip)))
     result.meshed.push({...record, netns: cookie.toString()})
   }
-  result.written = lines.length
-  for (const {ip} of await readMaps.localPods(inst))
-    if (!wantIps.has(ip)) lines.push(bpftool.mapDeleteLine(inst.map('local_pod_ips'), ipToSlot(ip)))
-  for (const {netns} of await readMaps.netnsPods(inst))
-    if (!wantNetns.has(netns)) lines.push(bpftool.mapDeleteLine(inst.map('netns_pod_ips'), encodeU64(netns)))
-  result.deleted = lines.length - result.written
-  await bpftool.batch(lines)
+  const deletes: string[] = []
+  for (const ip of current.rules.keys()) if (!view.rules.has(ip)) deletes.push(bpftool.mapDeleteLine(inst.map('local_pod_ips'), ipToSlot(ip)))
+  for (const cookie of current.netns.keys()) if (!view.netns.has(cookie)) deletes.push(bpftool.mapDeleteLine(inst.map('netns_pod_ips'), encodeU64(cookie)))
+  result.written = updates.length
+  result.deleted = deletes.length
+  await bpftool.batch([...updates, ...deletes])
   return result
 }

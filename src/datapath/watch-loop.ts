@@ -38,7 +38,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
       const started = performance.now()
       try {
         const before = applied
-        applied = await applyPods(inst, helper, pods, {node: opts.node, mesh: opts.mesh, source})
+        applied = await applyPods(inst, helper, pods, {node: opts.node, mesh: opts.mesh, source, known: applied?.sync.view})
         const ms = Math.round(performance.now() - started)
         if (event.type === 'RELISTED')
           opts.log(`listed ${event.count} pod(s): ${applied.sync.meshed.length} meshed and registered, ${applied.sync.unregistered.length} not found yet, ${applied.selection.skipped.length} skipped (${ms} ms)`, {event: 'listed', pods: event.count, ms})
@@ -51,6 +51,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
           opts.log(`${event.type.toLowerCase()} ${describePod(ns, name, applied, event.type === 'DELETED')} (${ms} ms)`, {event: event.type.toLowerCase(), pod: `${ns}/${name}`, ms})
         }
       } catch (error) {
+        applied = undefined // the maps may be half written: read them back next time
         opts.log(`could not apply the pods: ${describeError(error).message}`, {event: 'error', message: describeError(error).message})
       }
     }))

@@ -1,0 +1,141 @@
+// Pods from a real HTTPS API server kept in sync with the datapath on the kernel lab.
+import assert from 'node:assert/strict'
+import {type ChildProcess, spawn} from 'node:child_process'
+import {once} from 'node:events'
+import {join} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
+import {after, before, describe, it} from 'node:test'
+import {readMaps} from '../../src/bpf/maps.js'
+import {Installation} from '../../src/datapath/installation.js'
+import {APP_PORT, Lab} from '../../src/lab/lab.js'
+import {PROFILES} from '../../src/mesh/profiles.js'
+import {BIN, cli, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
+import {FakeApiServer, makePod} from '../support/fake-apiserver.js'
+
+const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'openssl'])
+const NODE = 'lab-node'
+const EXCLUDE_OUT = 'traffic.sidecar.istio.io/excludeOutboundPorts'
+
+describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, () => {
+  const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
+  const install = uniqueInstall()
+  const inst = new Installation(install.bpffs)
+  const api = skip ? (undefined as unknown as FakeApiServer) : new FakeApiServer()
+  let kubeconfig = ''
+  let watcher: ChildProcess | undefined
+  let watchLog = ''
+  const flags = () => ['--kubeconfig', kubeconfig, '--node', NODE, '--bpffs', install.bpffs]
+  const remote = async (from: string, to: string, port = APP_PORT) => {
+    const r = await lab.get(from, `http://${lab.pod(to).ip}:${port}/whoami`)
+    assert.equal(r.status, 200, r.error)
+    return (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress
+  }
+  /** Poll until the condition holds; returns how long it took. */
+  const within = async (ms: number, what: string, cond: () => Promise<boolean>) => {
+    const t0 = Date.now()
+    while (!(await cond())) {
+      assert.ok(Date.now() - t0 < ms, `${what} within ${ms} ms; watch log:\n${watchLog}`)
+      await sleep(20)
+    }
+    return Date.now() - t0
+  }
+  const registered = async () => new Set((await readMaps.netnsPods(inst)).map((p) => p.ip))
+  const local = async () => new Set((await readMaps.localPods(inst)).map((p) => p.ip))
+
+  before(async () => {
+    await api.start()
+    kubeconfig = api.writeKubeconfig(join(api.dir, 'kubeconfig'))
+    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'd', meshed: true}])
+    for (const p of ['a', 'b', 'd']) {
+      await lab.startSidecar(p)
+      if (p !== 'a') await lab.startApp(p)
+    }
+    // b also serves on a second port, for the annotation that excludes it
+    const second = lab.spawn('b', 'app 8081', process.execPath, [lab.appScript(), 'serve', '8081'])
+    await second.waitFor(/listening/)
+    api.add(makePod('a', lab.pod('a').ip, NODE))
+    api.add(makePod('b', lab.pod('b').ip, NODE))
+    api.add(makePod('elsewhere', '10.99.0.9', 'another-node'))
+  })
+
+  after(async () => {
+    watcher?.kill('SIGKILL')
+    await cli(['disable', '--bpffs', install.bpffs], install.env)
+    await lab.destroy()
+    await api.stop()
+    install.cleanup()
+  })
+
+  it('enables with the pods the API lists for this node', async () => {
+    const r = await cli(['enable', '--cgroup', lab.cgroup, ...flags(), '--json'], install.env)
+    assert.equal(r.code, 0, r.stderr + r.stdout)
+    const out = parseJson(r.stdout)
+    assert.match(out.pods.source, /the Kubernetes API at https:\/\/127\.0\.0\.1:\d+ \(node lab-node\)/)
+    assert.deepEqual(out.pods.meshed.map((p: {name: string}) => p.name).sort(), ['a', 'b'])
+    assert.equal(await remote('a', 'b'), '127.0.0.6')
+  })
+
+  it('fails in one line and leaves the maps as they were when the API cannot be used', async () => {
+    const before = JSON.stringify(await readMaps.localPods(inst))
+    const cases: [string, RegExp][] = [
+      [api.writeKubeconfig(join(api.dir, 'down'), {server: 'https://127.0.0.1:1'}), /cannot reach the Kubernetes API at https:\/\/127\.0\.0\.1:1/],
+      [api.writeKubeconfig(join(api.dir, 'token'), {token: 'expired'}), /refused the credentials .*\(401 Unauthorized\)/],
+      [api.writeKubeconfig(join(api.dir, 'forbidden'), {token: 'forbidden-token'}), /\(403 Forbidden\)/],
+    ]
+    for (const [file, message] of cases) {
+      const r = await cli(['sync', '--kubeconfig', file, '--node', NODE, '--bpffs', install.bpffs], install.env)
+      assert.equal(r.code, 1, r.stdout)
+      const lines = r.stderr.split('\n').filter((l) => l.startsWith('Error:'))
+      assert.equal(lines.length, 1, r.stderr)
+      assert.match(lines[0]!, message)
+    }
+    const bad = await cli(['sync', '--pods-file', '-', '--bpffs', install.bpffs], install.env, '{"items": [')
+    assert.equal(bad.code, 1)
+    assert.match(bad.stderr, /standard input is not valid JSON/)
+    assert.equal(JSON.stringify(await readMaps.localPods(inst)), before)
+  })
+
+  it('watches: a pod added to the API is intercepted within a second', async (t) => {
+    watcher = spawn(process.execPath, [BIN, 'sync', '--watch', '--json', ...flags()], {env: {...process.env, ...install.env}, stdio: ['ignore', 'pipe', 'pipe']})
+    watcher.stdout!.on('data', (d: Buffer) => (watchLog += d.toString()))
+    watcher.stderr!.on('data', (d: Buffer) => (watchLog += d.toString()))
+    await within(10_000, 'the first list', async () => /"event":"listed"/.test(watchLog))
+
+    assert.notEqual(await remote('a', 'd'), '127.0.0.6', 'd is not meshed yet')
+    api.add(makePod('d', lab.pod('d').ip, NODE))
+    const ms = await within(1000, 'd registered', async () => (await registered()).has(lab.pod('d').ip))
+    assert.equal(await remote('a', 'd'), '127.0.0.6', "through d's inbound sidecar")
+    assert.match(watchLog, /"event":"added","pod":"lab\/d"/)
+    t.diagnostic(`pod added -> registered in ${ms} ms`)
+  })
+
+  it('watches: a deleted pod is released', async () => {
+    api.delete('lab', 'd')
+    await within(1000, 'd released', async () => !(await local()).has(lab.pod('d').ip) && !(await registered()).has(lab.pod('d').ip))
+    assert.equal(await remote('a', 'd'), lab.pod('a').ip, "a's sidecar now goes to d directly")
+  })
+
+  it('watches: an annotation excluding a port bypasses the sidecar for that port only', async () => {
+    api.modify(makePod('a', lab.pod('a').ip, NODE, true, {[EXCLUDE_OUT]: '8081'}))
+    await within(1000, "a's rules updated", async () => (await readMaps.localPods(inst)).some((p) => p.ip === lab.pod('a').ip && p.rules.outExcludePorts.includes(8081)))
+    assert.equal(await remote('a', 'b', 8081), lab.pod('a').ip, 'port 8081 goes direct')
+    assert.equal(await remote('a', 'b'), '127.0.0.6', 'port 8080 still passes both sidecars')
+  })
+
+  it('watches: survives a dropped connection and a 410 Gone', async () => {
+    api.dropWatches()
+    api.add(makePod('d', lab.pod('d').ip, NODE))
+    await within(5000, 'd registered after reconnecting', async () => (await registered()).has(lab.pod('d').ip))
+    api.compact()
+    api.delete('lab', 'd')
+    await within(5000, 'd released after listing again', async () => !(await registered()).has(lab.pod('d').ip))
+    assert.match(watchLog, /410 Gone/)
+  })
+
+  it('stops cleanly on SIGTERM', async () => {
+    watcher!.kill('SIGTERM')
+    const [code] = await once(watcher!, 'exit')
+    assert.equal(code, 0, watchLog)
+    watcher = undefined
+  })
+})
