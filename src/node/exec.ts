@@ -7,7 +7,6 @@ export const INSTALL_HINTS: Record<string, string> = {
   clang: 'install clang: apt-get install clang llvm libbpf-dev',
   ip: 'install iproute2: apt-get install iproute2',
   nsenter: 'install util-linux: apt-get install util-linux',
-  kubectl: 'install kubectl, or pass --pods-file with the output of `kubectl get pods -A -o json`',
   haproxy: 'install haproxy: apt-get install haproxy',
   iptables: 'install iptables: apt-get install iptables',
   wrk: 'install wrk: apt-get install wrk',
