@@ -1,8 +1,8 @@
-import {Flags} from '@oclif/core'
 import {type DisableResult, disable} from '../datapath/disable.js'
 import {Installation} from '../datapath/installation.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
+import {bpffsFlag} from '../ui/flags.js'
 import {c} from '../ui/theme.js'
 
 export default class Disable extends BaseCommand {
@@ -12,7 +12,7 @@ export default class Disable extends BaseCommand {
   static override examples = [{command: '<%= config.bin %> disable', description: 'Remove merbridge from this node'}]
 
   static override flags = {
-    bpffs: Flags.string({description: 'bpffs folder of the installation', env: 'MERBRIDGE_BPFFS', default: '/sys/fs/bpf/merbridge'}),
+    bpffs: bpffsFlag,
   }
 
   async run(): Promise<DisableResult> {

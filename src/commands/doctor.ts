@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core'
 import {runPreflight, type PreflightResult} from '../node/preflight.js'
 import {BaseCommand} from '../ui/base-command.js'
+import {bpffsFlag} from '../ui/flags.js'
 import {checksVerdict, renderChecks} from '../ui/checks.js'
 
 export default class Doctor extends BaseCommand {
@@ -20,7 +21,7 @@ export default class Doctor extends BaseCommand {
 
   static override flags = {
     cgroup: Flags.string({description: 'cgroup v2 folder to attach to (default: found automatically)', env: 'MERBRIDGE_CGROUP'}),
-    bpffs: Flags.string({description: 'bpffs folder of the installation', env: 'MERBRIDGE_BPFFS'}),
+    bpffs: bpffsFlag,
   }
 
   async run(): Promise<PreflightResult> {

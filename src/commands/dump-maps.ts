@@ -4,6 +4,7 @@ import {DUMPABLE, dumpMaps, type MapDump} from '../datapath/dump.js'
 import {Installation} from '../datapath/installation.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
+import {bpffsFlag} from '../ui/flags.js'
 import {renderMapDump} from '../ui/dump-view.js'
 
 export default class DumpMaps extends BaseCommand {
@@ -22,7 +23,7 @@ export default class DumpMaps extends BaseCommand {
   ]
 
   static override flags = {
-    bpffs: Flags.string({description: 'bpffs folder of the installation', env: 'MERBRIDGE_BPFFS', default: '/sys/fs/bpf/merbridge'}),
+    bpffs: bpffsFlag,
     limit: Flags.integer({description: 'at most this many rows per map', min: 1}),
     pod: Flags.string({description: 'only rows about this pod (name or namespace/name)'}),
     ip: Flags.string({description: 'only rows with this IP'}),

@@ -4,7 +4,7 @@ import {MESH_NAMES} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {runWithProgress} from '../ui/steps.js'
-import {podSourceFlags, watchInForeground} from '../ui/kube-flags.js'
+import {bpffsFlag, podSourceFlags, watchInForeground} from '../ui/flags.js'
 import {c} from '../ui/theme.js'
 
 export interface EnableResult {
@@ -39,7 +39,7 @@ export default class Enable extends BaseCommand {
   static override flags = {
     mesh: Flags.string({description: 'service mesh whose sidecars to accelerate', options: MESH_NAMES, default: 'istio'}),
     cgroup: Flags.string({description: 'cgroup v2 folder to attach to (default: the cgroup v2 root)', env: 'MERBRIDGE_CGROUP'}),
-    bpffs: Flags.string({description: 'bpffs folder for the pins', env: 'MERBRIDGE_BPFFS', default: '/sys/fs/bpf/merbridge'}),
+    bpffs: bpffsFlag,
     ...podSourceFlags,
     watch: Flags.boolean({description: 'after enabling, keep the maps matching the pods until stopped (what a node service runs)'}),
     rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),

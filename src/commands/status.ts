@@ -1,8 +1,8 @@
-import {Flags} from '@oclif/core'
 import {inspect, type StatusReport} from '../datapath/inspect.js'
 import {Installation} from '../datapath/installation.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
+import {bpffsFlag} from '../ui/flags.js'
 import {renderStatus} from '../ui/status-view.js'
 
 export const STATUS_EXIT = {healthy: 0, 'not-enabled': 3, unhealthy: 4} as const
@@ -17,7 +17,7 @@ export default class Status extends BaseCommand {
   ]
 
   static override flags = {
-    bpffs: Flags.string({description: 'bpffs folder of the installation', env: 'MERBRIDGE_BPFFS', default: '/sys/fs/bpf/merbridge'}),
+    bpffs: bpffsFlag,
   }
 
   async run(): Promise<StatusReport> {

@@ -8,7 +8,7 @@ import {loadPods} from '../kube/source.js'
 import {meshProfile} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
-import {podSourceFlags, watchInForeground} from '../ui/kube-flags.js'
+import {bpffsFlag, podSourceFlags, watchInForeground} from '../ui/flags.js'
 import {c} from '../ui/theme.js'
 
 export interface SyncCommandResult {
@@ -34,7 +34,7 @@ export default class Sync extends BaseCommand {
   static override flags = {
     ...podSourceFlags,
     watch: Flags.boolean({description: 'keep the maps matching the pods until stopped'}),
-    bpffs: Flags.string({description: 'bpffs folder of the installation', env: 'MERBRIDGE_BPFFS', default: '/sys/fs/bpf/merbridge'}),
+    bpffs: bpffsFlag,
   }
 
   async run(): Promise<SyncCommandResult | undefined> {

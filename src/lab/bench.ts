@@ -16,7 +16,6 @@ import {meshProfile} from '../mesh/profiles.js'
 import {run} from '../node/exec.js'
 import {redirectCounters} from './istio-iptables.js'
 import {APP_PORT, Lab} from './lab.js'
-import type {LabProcess} from './process.js'
 import {median, parseWrk, type WrkResult} from './wrk.js'
 
 export const MODES = ['direct', 'iptables', 'ebpf'] as const
@@ -83,7 +82,6 @@ export class Bench {
   readonly lab = new Lab(meshProfile('istio'))
   readonly inst = new Installation(`/sys/fs/bpf/merbridge-bench-${randomBytes(3).toString('hex')}`)
   private podsFile = ''
-  private nginx?: LabProcess
 
   async setup(): Promise<void> {
     for (const tool of ['haproxy', 'nginx', 'wrk', 'iptables-restore']) {
@@ -99,7 +97,7 @@ export class Bench {
     }
     const cfg = join(this.lab.tmp, 'nginx.conf')
     writeFileSync(cfg, nginxConfig(this.lab.tmp))
-    this.nginx = this.lab.spawn('server', 'nginx', 'nginx', ['-c', cfg, '-e', join(this.lab.tmp, 'nginx-error.log')])
+    this.lab.spawn('server', 'nginx', 'nginx', ['-c', cfg, '-e', join(this.lab.tmp, 'nginx-error.log')])
     await this.lab.waitListening('server', SERVER_PORT)
     // the whoami app answers the mode checks on another port
     this.podsFile = this.lab.writePodList()

@@ -1,7 +1,11 @@
 import {Flags} from '@oclif/core'
 import type {Installation} from '../datapath/installation.js'
 import {runWatch, type WatchOptions} from '../datapath/watch-loop.js'
+import {DEFAULT_BPFFS_DIR} from '../paths.js'
 import {c} from './theme.js'
+
+/** The installation's pin folder, on every command that works on one. */
+export const bpffsFlag = Flags.string({description: 'bpffs folder of the installation', env: 'MERBRIDGE_BPFFS', default: DEFAULT_BPFFS_DIR})
 
 /** Flags of every command that reads this node's pods. */
 export const podSourceFlags = {
