@@ -1,4 +1,4 @@
-import {run} from '../node/exec.js'
+import {run, runStreaming} from '../node/exec.js'
 import {ToolFailedError} from '../errors.js'
 
 /** One program attached to a cgroup, as `bpftool cgroup show|tree -j` lists it. */
@@ -48,6 +48,51 @@ function isMissingPin(stderr: string): boolean {
   return /No such file or directory/.test(stderr)
 }
 
+const hexList = (list: string) => Buffer.from(list.replace(/"0x|",?/g, ''), 'hex')
+
+const ENTRY = '{"key":['
+const ENTRY_BYTES = /^("0x[^\]]*)\](?:,"value":\[("0x[^\]]*)\])?/
+
+/**
+ * Reads the raw key and value byte arrays out of `bpftool map dump -j` output as it streams,
+ * keeping only the unfinished entry in memory.
+ */
+export class DumpScanner {
+  private carry = ''
+  private readonly out: {key: Buffer; value?: Buffer}[] = []
+
+  push(chunk: string): void {
+    this.carry += chunk
+    let start = this.carry.indexOf(ENTRY)
+    while (start >= 0) {
+      const next = this.carry.indexOf(ENTRY, start + ENTRY.length)
+      if (next < 0) break
+      this.take(this.carry.slice(start + ENTRY.length, next))
+      start = next
+    }
+    // keep the unfinished entry, or the tail that may be the start of the next entry's token
+    this.carry = start >= 0 ? this.carry.slice(start) : this.carry.slice(-(ENTRY.length - 1))
+  }
+
+  end(): {key: Buffer; value?: Buffer}[] {
+    if (this.carry.startsWith(ENTRY)) this.take(this.carry.slice(ENTRY.length))
+    this.carry = ''
+    return this.out
+  }
+
+  private take(entry: string): void {
+    const m = ENTRY_BYTES.exec(entry)
+    if (m) this.out.push({key: hexList(m[1]!), value: m[2] === undefined ? undefined : hexList(m[2])})
+  }
+}
+
+/** The raw key and value byte arrays of `bpftool map dump -j` output, in order. */
+export function scanDumpBytes(json: string): {key: Buffer; value?: Buffer}[] {
+  const s = new DumpScanner()
+  s.push(json)
+  return s.end()
+}
+
 export function hexBytes(buf: Uint8Array): string[] {
   return Array.from(buf, (b) => b.toString(16).padStart(2, '0'))
 }
@@ -95,6 +140,21 @@ export const bpftool = {
     return parseJson<RawMapEntry[]>(stdout || '[]', 'map dump')
   },
 
+  async mapCount(pin: string): Promise<number> {
+    return (await this.mapDumpBytes(pin)).length
+  },
+
+  /**
+   * Keys and values of a (not per-CPU) map as bytes. Scans bpftool's JSON for the raw hex arrays
+   * instead of parsing it whole: a full map dump is tens of megabytes of "0x.." strings plus a BTF
+   * rendering that would cost hundreds of megabytes as objects.
+   */
+  async mapDumpBytes(pin: string): Promise<{key: Buffer; value?: Buffer}[]> {
+    const scanner = new DumpScanner()
+    await runStreaming('bpftool', ['map', 'dump', 'pinned', pin, '-j'], (chunk) => scanner.push(chunk))
+    return scanner.end()
+  },
+
   /** Every cgroup with programs attached, below the cgroup v2 mount. */
   async cgroupTree(root?: string): Promise<{cgroup: string; programs: CgroupAttachment[]}[]> {
     const {stdout} = await run('bpftool', ['cgroup', 'tree', ...(root ? [root] : []), '-j'])
@@ -122,6 +182,15 @@ export const bpftool = {
   async progDetachFromMap(progPin: string, attachType: string, mapPin: string): Promise<boolean> {
     const r = await run('bpftool', ['prog', 'detach', 'pinned', progPin, attachType, 'pinned', mapPin], {allowFailure: true})
     return r.exitCode === 0
+  },
+
+  /**
+   * Many read-only commands in one bpftool process, with their JSON outputs in order. bpftool
+   * stops at the first failing command, so this throws and the caller asks one by one.
+   */
+  async batchJson(commands: string[][]): Promise<unknown[]> {
+    const {stdout} = await run('bpftool', ['-j', 'batch', 'file', '-'], {input: commands.map((c) => c.join(' ')).join('\n') + '\n'})
+    return parseJson<{output: unknown}[]>(stdout, 'batch').map((r) => r.output)
   },
 
   /** Run many bpftool commands in one process (`bpftool batch file -`). */

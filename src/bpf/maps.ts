@@ -20,39 +20,35 @@ export function rawKey(e: RawMapEntry): Buffer {
   return bytesFromHex(e.key)
 }
 
-export function rawValue(e: RawMapEntry): Buffer {
-  return bytesFromHex(e.value ?? [])
-}
+const dump = (inst: Installation, name: Parameters<Installation['map']>[0]) => bpftool.mapDumpBytes(inst.map(name))
+const EMPTY = Buffer.alloc(0)
 
 /** Readers of each map, decoded through the codecs of layout.ts. */
 export const readMaps = {
   async localPods(inst: Installation): Promise<{ip: string; rules: PodRules}[]> {
-    return (await bpftool.mapDump(inst.map('local_pod_ips'))).map((e) => ({ip: slotToIp(rawKey(e)), rules: decodePodRules(rawValue(e))}))
+    return (await dump(inst, 'local_pod_ips')).map((e) => ({ip: slotToIp(e.key), rules: decodePodRules(e.value ?? EMPTY)}))
   },
 
   async netnsPods(inst: Installation): Promise<{netns: bigint; ip: string}[]> {
-    return (await bpftool.mapDump(inst.map('netns_pod_ips'))).map((e) => ({netns: rawKey(e).readBigUInt64LE(0), ip: slotToIp(rawValue(e))}))
+    return (await dump(inst, 'netns_pod_ips')).map((e) => ({netns: e.key.readBigUInt64LE(0), ip: slotToIp(e.value ?? EMPTY)}))
   },
 
   async originals(inst: Installation): Promise<{pair: Pair; origin: Origin}[]> {
-    return (await bpftool.mapDump(inst.map('pair_original_dst'))).map((e) => ({pair: decodePair(rawKey(e)), origin: decodeOrigin(rawValue(e))}))
+    return (await dump(inst, 'pair_original_dst')).map((e) => ({pair: decodePair(e.key), origin: decodeOrigin(e.value ?? EMPTY)}))
   },
 
   /** Sockets: their own view of the connection, and the socket cookie user space reads back. */
   async sockets(inst: Installation): Promise<{pair: Pair; cookie?: bigint}[]> {
-    return (await bpftool.mapDump(inst.map('sock_pair_map'))).map((e) => {
-      const v = e.value && e.value.length === 8 ? rawValue(e).readBigUInt64LE(0) : undefined
-      return {pair: decodePair(rawKey(e)), cookie: v}
-    })
+    return (await dump(inst, 'sock_pair_map')).map((e) => ({pair: decodePair(e.key), cookie: e.value?.length === 8 ? e.value.readBigUInt64LE(0) : undefined}))
   },
 
   async processes(inst: Installation): Promise<{pid: number; entry: ProcessEntry}[]> {
-    return (await bpftool.mapDump(inst.map('process_ip'))).map((e) => ({pid: rawKey(e).readUInt32LE(0), entry: decodeProcess(rawValue(e))}))
+    return (await dump(inst, 'process_ip')).map((e) => ({pid: e.key.readUInt32LE(0), entry: decodeProcess(e.value ?? EMPTY)}))
   },
 
   async settings(inst: Installation): Promise<Settings | undefined> {
-    const [e] = await bpftool.mapDump(inst.map('settings'))
-    return e ? decodeSettings(rawValue(e)) : undefined
+    const [e] = await dump(inst, 'settings')
+    return e?.value ? decodeSettings(e.value) : undefined
   },
 
   /** Per-CPU counters summed over CPUs. */

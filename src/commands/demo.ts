@@ -1,7 +1,8 @@
-import {cleanupDemo, DEMO_STEPS, type DemoFacts, newDemo} from '../lab/demo.js'
+import {cleanupDemo, DEMO_STEPS, type DemoFacts, newDemo, shortBench} from '../lab/demo.js'
 import {APP_PORT} from '../lab/lab.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
+import {renderBenchSummary} from '../ui/bench-view.js'
 import {renderMapDump} from '../ui/dump-view.js'
 import {renderStatus} from '../ui/status-view.js'
 import {runWithProgress} from '../ui/steps.js'
@@ -23,7 +24,15 @@ export default class Demo extends BaseCommand {
     process.once('SIGINT', onSignal)
     process.once('SIGTERM', onSignal)
     try {
-      await runWithProgress([...DEMO_STEPS, {title: 'Disable merbridge and remove the lab', run: cleanupDemo}], ctx, {silent: this.jsonEnabled(), onStart: () => {}})
+      await runWithProgress(
+        [
+          ...DEMO_STEPS,
+          {title: 'Disable merbridge and remove the lab', run: cleanupDemo},
+          {title: 'Run a short bench: keep-alive, 3 s per mode (direct, iptables, ebpf) in a lab of its own', run: shortBench},
+        ],
+        ctx,
+        {silent: this.jsonEnabled(), onStart: () => {}},
+      )
     } finally {
       if (!ctx.facts.cleanedUp) await cleanupDemo(ctx)
       process.off('SIGINT', onSignal)
@@ -34,6 +43,7 @@ export default class Demo extends BaseCommand {
     if (facts.status) this.log(renderStatus(facts.status))
     this.log('')
     for (const m of facts.maps ?? []) this.log(renderMapDump(m) + '\n')
+    if (facts.bench) this.log(renderBenchSummary(facts.bench) + '\n')
     this.log(proved(facts, ctx.lab.pod('server').ip))
     return facts
   }
@@ -50,5 +60,8 @@ function proved(f: DemoFacts, server: string): string {
     ok(a.inboundSidecarSaw === `${server}:${APP_PORT}`, `the server's inbound sidecar was asked for ${a.inboundSidecarSaw ?? 'nothing'}`),
     ok(a.bodyIntact && a.packets * 10 < f.direct.packets, `a 10 MiB body arrived intact with ${a.packets} packets on the server's interface, against ${f.direct.packets} without merbridge: the payload moved socket to socket`),
     ok(f.cleanedUp, 'merbridge was disabled and the lab removed'),
+    ...(f.bench
+      ? [ok(f.bench.ratios.requestsPerSec > 1, `with keep-alive connections merbridge served x${f.bench.ratios.requestsPerSec.toFixed(2)} the requests per second of Istio's iptables rules, at x${f.bench.ratios.p99.toFixed(2)} their p99 latency (one short round: run merbridge bench for figures)`)]
+      : []),
   ].join('\n')
 }

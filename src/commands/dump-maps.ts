@@ -35,7 +35,24 @@ export default class DumpMaps extends BaseCommand {
     if (flags.ip && !isIP(flags.ip)) this.error(`--ip ${flags.ip} is not an IP address`, {exit: 2})
     requirePrivileges('dump-maps')
     const maps = await dumpMaps(new Installation(flags.bpffs), argv as string[], {pod: flags.pod, ip: flags.ip, port: flags.port}, flags.limit)
+    if (this.jsonEnabled()) {
+      // row by row: one string of a full 65,535-entry map would be tens of megabytes
+      await writeJson(maps)
+      return undefined as unknown as {maps: MapDump[]}
+    }
     for (const m of maps) this.log(renderMapDump(m) + '\n')
     return {maps}
   }
+}
+
+async function writeJson(maps: MapDump[]): Promise<void> {
+  const out = process.stdout
+  const write = (text: string) => (out.write(text) ? Promise.resolve() : new Promise<void>((resolve) => out.once('drain', () => resolve())))
+  await write('{"maps": [')
+  for (const [i, m] of maps.entries()) {
+    await write(`${i ? ',' : ''}\n  {"map": ${JSON.stringify(m.map)}, "total": ${m.total}, "rows": [`)
+    for (let r = 0; r < m.rows.length; r++) await write(`${r ? ',' : ''}\n    ${JSON.stringify(m.rows[r])}`)
+    await write(m.rows.length ? '\n  ]}' : ']}')
+  }
+  await write('\n]}\n')
 }

@@ -39,12 +39,18 @@ export function podNames(state: InstallState | undefined): Map<string, string> {
   return out
 }
 
+const names = new Map<number, string | undefined>()
+
+/** The process name of a pid, read once per pid however many rows name it. */
 function processName(pid: number): string | undefined {
-  try {
-    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
-  } catch {
-    return undefined
+  if (!names.has(pid)) {
+    try {
+      names.set(pid, readFileSync(`/proc/${pid}/comm`, 'utf8').trim())
+    } catch {
+      names.set(pid, undefined)
+    }
   }
+  return names.get(pid)
 }
 
 function rulesView(r: PodRules): Row {

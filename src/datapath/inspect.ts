@@ -1,5 +1,5 @@
 import {existsSync, readFileSync} from 'node:fs'
-import {bpftool, type MapInfo, type ProgInfo} from '../bpf/bpftool.js'
+import {bpftool, type CgroupAttachment, type MapInfo, type ProgInfo} from '../bpf/bpftool.js'
 import type {CounterName} from '../bpf/layout.js'
 import {readMaps} from '../bpf/maps.js'
 import {sourceHash} from '../bpf/objects.js'
@@ -56,6 +56,43 @@ function statsEnabled(): boolean {
   }
 }
 
+interface Snapshot {
+  progs: Map<string, ProgInfo>
+  maps: Map<MapName, MapInfo>
+  attachments: CgroupAttachment[]
+}
+
+/** Programs, maps and the cgroup's attachments: one bpftool process when all is in place. */
+async function snapshot(inst: Installation, cgroup: string | undefined): Promise<Snapshot> {
+  const withCgroup = cgroup !== undefined && existsSync(cgroup)
+  const commands = [
+    ...PROGRAMS.map((p) => ['prog', 'show', 'pinned', inst.prog(p.name)]),
+    ...MAP_NAMES.map((m) => ['map', 'show', 'pinned', inst.map(m)]),
+    ...(withCgroup ? [['cgroup', 'show', cgroup]] : []),
+  ]
+  try {
+    const out = await bpftool.batchJson(commands)
+    return {
+      progs: new Map(PROGRAMS.map((p, i) => [p.name, out[i] as ProgInfo])),
+      maps: new Map(MAP_NAMES.map((m, i) => [m, out[PROGRAMS.length + i] as MapInfo])),
+      attachments: withCgroup ? ((out[PROGRAMS.length + MAP_NAMES.length] as CgroupAttachment[]) ?? []) : [],
+    }
+  } catch {
+    // something is missing: ask one by one, so that each absence is reported
+    const progs = new Map<string, ProgInfo>()
+    for (const p of PROGRAMS) {
+      const info = await bpftool.progShowPinned(inst.prog(p.name))
+      if (info) progs.set(p.name, info)
+    }
+    const maps = new Map<MapName, MapInfo>()
+    for (const m of MAP_NAMES) {
+      const info = await bpftool.mapShowPinned(inst.map(m))
+      if (info) maps.set(m, info)
+    }
+    return {progs, maps, attachments: withCgroup ? await bpftool.cgroupShow(cgroup) : []}
+  }
+}
+
 /** Everything status shows, read from the kernel and the installation's record. */
 export async function inspect(inst: Installation): Promise<StatusReport> {
   const state = await inst.readState()
@@ -76,12 +113,13 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
   const pins = inst.exists() ? await inst.pinned() : {progs: [], maps: []}
   if (!state && pins.progs.length === 0 && pins.maps.length === 0) return report
 
-  const attached = new Map<number, string>()
-  if (state?.cgroup && existsSync(state.cgroup)) {
-    for (const a of await bpftool.cgroupShow(state.cgroup)) attached.set(a.id, a.attach_type)
-  }
+  // independent reads, each its own process: started together
+  const currentHash = state ? sourceHash().catch((error: unknown) => error as Error) : undefined
+  const counters = pins.maps.includes('counters') ? readMaps.counters(inst).catch(() => undefined) : undefined
+  const snap = await snapshot(inst, state?.cgroup)
+  const attached = new Set(snap.attachments.map((a) => a.id))
   for (const spec of PROGRAMS) {
-    const info: ProgInfo | undefined = await bpftool.progShowPinned(inst.prog(spec.name))
+    const info = snap.progs.get(spec.name)
     const p: ProgramStatus = {name: spec.name, attachPoint: spec.target === 'cgroup' ? `${state?.cgroup ?? '?'} (${spec.attachType})` : 'sock_pair_map (msg_verdict)'}
     if (info) {
       p.id = info.id
@@ -95,29 +133,30 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
     if (!info) report.problems.push(`program ${spec.name} is not pinned`)
     else if (p.attached === false) report.problems.push(`program ${spec.name} is pinned but not attached to ${state?.cgroup ?? 'the cgroup'}`)
   }
-  for (const name of MAP_NAMES) {
-    const info: MapInfo | undefined = await bpftool.mapShowPinned(inst.map(name))
-    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries || undefined}
-    if (info && !UNCOUNTABLE.has(name) && info.type !== 'array' && info.type !== 'percpu_array') {
-      m.entries = (await bpftool.mapDump(inst.map(name))).length
-      if (m.capacity && m.entries >= m.capacity * NEAR_FULL) report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
-    }
+  // entries are counted by dumping: in parallel, since each is its own bpftool process
+  const counted = await Promise.all(
+    MAP_NAMES.map(async (name) => {
+      const info = snap.maps.get(name)
+      const countable = info && !UNCOUNTABLE.has(name) && info.type !== 'array' && info.type !== 'percpu_array'
+      return countable ? bpftool.mapCount(inst.map(name)) : undefined
+    }),
+  )
+  MAP_NAMES.forEach((name, i) => {
+    const info = snap.maps.get(name)
+    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries || undefined, entries: counted[i]}
+    if (m.entries !== undefined && m.capacity && m.entries >= m.capacity * NEAR_FULL) report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
     if (!info) report.problems.push(`map ${name} is not pinned`)
     report.maps.push(m)
-  }
-  if (pins.maps.includes('counters')) report.counters = await readMaps.counters(inst).catch(() => undefined)
+  })
+  report.counters = await counters
 
   if (!state) report.problems.push(`pins in ${inst.dir} but no record of an enable (an enable was interrupted)`)
   if (state && pins.progs.length === 0) report.problems.push(`recorded as enabled on ${state.cgroup}, but nothing is pinned in ${inst.dir} (stale record)`)
-  const foreign = state?.cgroup && existsSync(state.cgroup) ? (await bpftool.cgroupShow(state.cgroup)).filter((a) => !report.programs.some((p) => p.id === a.id)) : []
+  const foreign = snap.attachments.filter((a) => !report.programs.some((p) => p.id === a.id))
   if (foreign.length > 0) report.hints.push(`other programs are attached to ${state!.cgroup}: ${foreign.map((f) => `${f.id} ${f.name} (${f.attach_type})`).join(', ')}; they may conflict`)
-  if (state) {
-    try {
-      if ((await sourceHash()) !== state.objectHash) report.hints.push('the programs were built from older sources: run merbridge enable to replace them')
-    } catch (error) {
-      report.hints.push(`cannot tell whether the programs are current: ${describeError(error).message}`)
-    }
-  }
+  const hash = await currentHash
+  if (hash instanceof Error) report.hints.push(`cannot tell whether the programs are current: ${describeError(hash).message}`)
+  else if (state && hash !== state.objectHash) report.hints.push('the programs were built from older sources: run merbridge enable to replace them')
   if (!report.statsEnabled) report.hints.push('run counts and times are off: sysctl -w kernel.bpf_stats_enabled=1 turns them on')
   if ((state?.pods.unregistered.length ?? 0) > 0) report.hints.push(`${state!.pods.unregistered.length} meshed pod(s) were not found on this node at the last sync`)
 

@@ -15,9 +15,11 @@ import {meshProfile} from '../mesh/profiles.js'
 import {run} from '../node/exec.js'
 import {patternSha256} from './http-app.js'
 import {APP_PORT, Lab} from './lab.js'
+import {Bench, MODES, type Sample, type ScenarioSummary, summarize} from './bench.js'
 import {parseSidecarLog} from './sidecar.js'
 
 export interface DemoFacts {
+  bench?: ScenarioSummary
   direct: {remoteAddress: string; packets: number}
   accelerated: {remoteAddress: string; packets: number; outboundSidecarSaw?: string; inboundSidecarSaw?: string; bodyIntact: boolean}
   status?: StatusReport
@@ -110,6 +112,23 @@ export const DEMO_STEPS = [
     },
   },
 ]
+
+/** A short bench in a lab of its own: keep-alive, one round of a few seconds per mode. */
+export async function shortBench(ctx: DemoContext, seconds = 3): Promise<void> {
+  const bench = new Bench()
+  try {
+    await bench.setup()
+    const samples: Sample[] = []
+    for (const mode of MODES) {
+      await bench.setMode(mode)
+      await bench.verifyMode(mode)
+      samples.push(await bench.measure(1, mode, 'keepalive', seconds))
+    }
+    ctx.facts.bench = summarize(samples, ['keepalive'])[0]
+  } finally {
+    await bench.teardown()
+  }
+}
 
 /** Always runs: disable and tear the lab down, whatever happened before. */
 export async function cleanupDemo(ctx: DemoContext): Promise<void> {

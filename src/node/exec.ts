@@ -67,3 +67,21 @@ function permissionHint(stderr: string): string | undefined {
     return 'run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)'
   return undefined
 }
+
+/**
+ * Like run(), for output too large to hold: stdout is handed over chunk by chunk as it arrives.
+ * Throws as run() does on a missing tool or a non-zero exit.
+ */
+export async function runStreaming(tool: string, args: readonly string[], onStdout: (chunk: string) => void, opts: {timeoutMs?: number} = {}): Promise<void> {
+  const child = execa(toolPath(tool), args, {timeout: opts.timeoutMs ?? 120_000, reject: false, buffer: {stdout: false, stderr: true}, stdin: 'ignore'})
+  child.stdout?.setEncoding('utf8')
+  child.stdout?.on('data', (chunk: string) => onStdout(chunk))
+  const result = await child
+  const stderr = String(result.stderr ?? '')
+  if (result.failed && result.exitCode === undefined) {
+    if (/ENOENT/.test(String(result.message))) throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
+    throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message), stderr)
+  }
+  if (result.exitCode !== 0)
+    throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, lastLine(stderr) || `exit code ${result.exitCode}`, stderr, permissionHint(stderr))
+}

@@ -9,6 +9,11 @@ import {c} from './theme.js'
 export abstract class BaseCommand extends Command {
   static override enableJsonFlag = true
 
+  /** Plain JSON: oclif's colorizer takes minutes on a dump of tens of thousands of rows. */
+  protected override logJson(json: unknown): void {
+    process.stdout.write(JSON.stringify(json, null, 2) + '\n')
+  }
+
   protected override async catch(err: Error & {exitCode?: number}): Promise<unknown> {
     if (err instanceof MerbridgeError) {
       process.exitCode = err.exitCode

@@ -20,9 +20,13 @@ function ratioLine(s: ScenarioSummary): string {
   return `ebpf/iptables (median of per-round ratios): requests/s ${x2(s.ratios.requestsPerSec)}, p50 ${x2(s.ratios.p50)}, p99 ${x2(s.ratios.p99)}, CPU added over direct ${x2(s.ratios.addedCpu)}`
 }
 
+export function renderBenchSummary(s: ScenarioSummary): string {
+  return [c.bold(s.title), renderTable(HEAD, rows(s)), ratioLine(s)].join('\n')
+}
+
 export function renderBench(r: BenchReport): string {
   const out = [c.bold(`merbridge bench: ${r.rounds} round(s) of ${r.durationSec} s per mode and scenario, Linux ${r.machine.kernel}, ${r.machine.cpus} CPUs`)]
-  for (const s of r.summary) out.push('', c.bold(s.title), renderTable(HEAD, rows(s)), ratioLine(s))
+  for (const s of r.summary) out.push('', renderBenchSummary(s))
   return out.join('\n')
 }
 

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import {readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, it} from 'node:test'
+import {bytesFromHex, DumpScanner, scanDumpBytes} from '../../src/bpf/bpftool.js'
 import {missingFeatures} from '../../src/bpf/features.js'
 import {ipToSlot, parseCidr, slotToIp} from '../../src/bpf/ip.js'
 import {
@@ -102,5 +103,30 @@ describe('codecs', () => {
 
   it('refuses more entries than the datapath holds', () => {
     assert.throws(() => encodePodRules({...CAPTURE_ALL, outExcludePorts: Array.from({length: 17}, (_, i) => i + 1)}), /at most 16/)
+  })
+})
+
+describe('bpftool dump scanning', () => {
+  const dump = JSON.stringify([
+    {key: ['0x01', '0x00'], value: ['0x0a', '0xff'], formatted: {key: [1, 0], value: {u8: [10, 255]}}},
+    {key: ['0x02', '0x00'], value: ['0x0b', '0x00'], formatted: {key: {netns: 2}, value: 11}},
+    {key: ['0x03', '0x00']},
+  ])
+
+  it('reads raw keys and values, however the output is cut into chunks', () => {
+    for (const size of [1, 7, 64, dump.length]) {
+      const s = new DumpScanner()
+      for (let i = 0; i < dump.length; i += size) s.push(dump.slice(i, i + size))
+      const out = s.end()
+      assert.deepEqual(
+        out.map((e) => [e.key.toString('hex'), e.value?.toString('hex')]),
+        [['0100', '0aff'], ['0200', '0b00'], ['0300', undefined]],
+        `chunks of ${size}`,
+      )
+    }
+  })
+
+  it('agrees with parsing the whole JSON', () => {
+    assert.deepEqual(scanDumpBytes(dump).map((e) => e.key), JSON.parse(dump).map((e: {key: string[]}) => bytesFromHex(e.key)))
   })
 })

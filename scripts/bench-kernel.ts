@@ -1,9 +1,12 @@
-// Sync benchmarks (root): list + apply of 110 and 1,000 pods from an HTTPS API server, and the
-// time from a watch event to the maps being updated. Figures only; nothing here is a test.
+// Kernel benchmarks (root): list + apply of 110 and 1,000 pods from an HTTPS API server, the time
+// from a watch event to the maps being updated, `status` wall time, and `dump-maps` of a map
+// holding 65,535 entries (time and peak resident memory). Figures only; nothing here is a test.
+import {spawnSync} from 'node:child_process'
 import {mkdirSync, mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {bpftool} from '../src/bpf/bpftool.js'
+import {encodeOrigin, encodePair} from '../src/bpf/layout.js'
 import {buildObjects} from '../src/bpf/objects.js'
 import {Installation} from '../src/datapath/installation.js'
 import {applyPods} from '../src/datapath/pods-sync.js'
@@ -81,6 +84,27 @@ try {
   latencies.sort((a, b) => a - b)
   const p = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!.toFixed(0)
   console.log(`watch event -> maps updated with ${added} pods on the node, 50 events: p50 ${p(0.5)} ms, p99 ${p(0.99)} ms (target p99 <= 200)`)
+
+  // inspection: status, and dump-maps of a full pair_original_dst
+  const cli = (args: string[]) => {
+    const t = performance.now()
+    const r = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, 'bin/run.js', ...args, '--bpffs', inst.dir], {encoding: 'utf8', env: {...process.env, MERBRIDGE_RUN_DIR: runDir}, maxBuffer: 1 << 30})
+    const ms = performance.now() - t
+    if (r.status !== 0 && !args.includes('status')) throw new Error(`${args.join(' ')}: ${r.stderr}`)
+    return {ms, rssMb: Number(r.stderr.trim().split('\n').at(-1)) / 1024, bytes: r.stdout.length}
+  }
+  const statusTimes = Array.from({length: 5}, () => cli(['status', '--json']).ms)
+  console.log(`status --json wall time, median of 5: ${median(statusTimes).toFixed(0)} ms (target <= 300)`)
+  const lines: string[] = []
+  for (let i = 0; i < 65_535; i++) {
+    const pair = {netns: 0n, localIp: ip(i % 1000), localPort: 10_000 + (i % 50_000), remoteIp: ip(1000 + Math.floor(i / 1000)), remotePort: 15006}
+    lines.push(bpftool.mapUpdateLine(inst.map('pair_original_dst'), encodePair(pair), encodeOrigin({ip: ip(i % 1000), port: 8080, flags: 2, pid: 1})))
+  }
+  await bpftool.batch(lines)
+  for (const mode of [['--json'], []]) {
+    const r = cli(['dump-maps', 'pair_original_dst', ...mode])
+    console.log(`dump-maps pair_original_dst ${mode.join(' ') || '(tables)'} with 65,535 entries: ${r.ms.toFixed(0)} ms, peak RSS ${r.rssMb.toFixed(0)} MB, ${(r.bytes / 1e6).toFixed(1)} MB printed (targets <= 1,500 ms, <= 200 MB)`)
+  }
 } finally {
   await api.stop().catch(() => undefined)
   rmSync(inst.dir, {recursive: true, force: true})
