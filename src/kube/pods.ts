@@ -31,24 +31,29 @@ export interface PodSelection {
   otherNodes: number
 }
 
-/** Parse `kubectl get pods -o json` output (a PodList, or a single Pod). */
-export function parsePodList(text: string, source: string): PodJson[] {
+const BAD_PODS = {code: 'BAD_PODS', suggestion: 'give the output of `kubectl get pods -A -o json` (or -o yaml)'}
+
+/** Parse `kubectl get pods -o json` (or `-o yaml`) output: a PodList, or a single Pod. */
+export async function parsePodList(text: string, source: string): Promise<PodJson[]> {
   let doc: unknown
-  try {
-    doc = JSON.parse(text)
-  } catch (error) {
-    throw new MerbridgeError(`${source} is not valid JSON: ${(error as Error).message}`, {
-      code: 'BAD_PODS',
-      suggestion: 'give the output of `kubectl get pods -A -o json`',
-    })
+  const trimmed = text.trimStart()
+  if (trimmed.startsWith('{') || trimmed.startsWith('[') || trimmed === '') {
+    try {
+      doc = JSON.parse(text)
+    } catch (error) {
+      throw new MerbridgeError(`${source} is not valid JSON: ${(error as Error).message}`, BAD_PODS)
+    }
+  } else {
+    const yaml = await import('js-yaml') // only for YAML input
+    try {
+      doc = yaml.load(text)
+    } catch (error) {
+      throw new MerbridgeError(`${source} is not valid JSON or YAML: ${(error as Error).message.split('\n')[0]}`, BAD_PODS)
+    }
   }
   const obj = doc as {kind?: string; items?: unknown}
   if (obj && obj.kind === 'Pod') return [obj as PodJson]
-  if (!obj || typeof obj !== 'object' || !Array.isArray(obj.items))
-    throw new MerbridgeError(`${source} is not a Kubernetes PodList (no "items" array)`, {
-      code: 'BAD_PODS',
-      suggestion: 'give the output of `kubectl get pods -A -o json`',
-    })
+  if (!obj || typeof obj !== 'object' || !Array.isArray(obj.items)) throw new MerbridgeError(`${source} is not a Kubernetes PodList (no "items" array)`, BAD_PODS)
   return obj.items as PodJson[]
 }
 
@@ -93,8 +98,11 @@ export function selectMeshedPods(pods: PodJson[], node: string, mesh: MeshProfil
       skip('has no IPv4 address yet')
       continue
     }
+    // YAML input may carry numbers (a port) where the API always has strings
     const annotations = Object.fromEntries(
-      Object.entries(pod.metadata?.annotations ?? {}).filter((e): e is [string, string] => typeof e[1] === 'string'),
+      Object.entries(pod.metadata?.annotations ?? {})
+        .filter(([, v]) => typeof v === 'string' || typeof v === 'number')
+        .map(([k, v]) => [k, String(v)]),
     )
     const {rules, warnings} = rulesFromAnnotations(annotations, mesh)
     out.meshed.push({namespace, name, ip, rules, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)})

@@ -30,7 +30,7 @@ export async function loadPods(podsFile: string | undefined, node: string, kube:
         suggestion: 'give a file written by `kubectl get pods -A -o json`, or - for standard input',
       })
     }
-    return {pods: parsePodList(text, source), source}
+    return {pods: await parsePodList(text, source), source}
   }
   const target = await loadKube(kube)
   const list = await listNodePods(target, node)

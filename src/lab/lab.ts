@@ -64,20 +64,28 @@ export class Lab {
     await run('ip', ['-n', this.bridgeNs, 'addr', 'add', `${NODE_IP}/24`, 'dev', 'br0'])
     await run('ip', ['-n', this.bridgeNs, 'link', 'set', 'br0', 'up'])
     await run('ip', ['-n', this.bridgeNs, 'link', 'set', 'lo', 'up'])
-    let n = 2
-    for (const spec of specs) {
-      const pod: LabPod = {name: spec.name, netns: `${this.id}-${spec.name}`, ip: `${SUBNET}.${n++}`, cgroup: join(this.cgroup, spec.name), meshed: spec.meshed}
-      this.pods.set(spec.name, pod)
-      mkdirSync(pod.cgroup)
-      await run('ip', ['netns', 'add', pod.netns])
-      const veth = `v${spec.name}`
-      await run('ip', ['link', 'add', veth, 'netns', this.bridgeNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod.netns])
-      await run('ip', ['-n', this.bridgeNs, 'link', 'set', veth, 'master', 'br0', 'up'])
-      await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0'])
-      await run('ip', ['-n', pod.netns, 'link', 'set', 'eth0', 'up'])
-      await run('ip', ['-n', pod.netns, 'link', 'set', 'lo', 'up'])
-    }
+    for (const spec of specs) await this.addPod(spec)
     mkdirSync(join(this.cgroup, 'outside'))
+  }
+
+  /** The address the next pod will get. */
+  nextIp(): string {
+    return `${SUBNET}.${this.pods.size + 2}`
+  }
+
+  /** A pod joins the bridge: its namespace, veth pair, address and cgroup. */
+  async addPod(spec: LabPodSpec): Promise<LabPod> {
+    const pod: LabPod = {name: spec.name, netns: `${this.id}-${spec.name}`, ip: this.nextIp(), cgroup: join(this.cgroup, spec.name), meshed: spec.meshed}
+    this.pods.set(spec.name, pod)
+    mkdirSync(pod.cgroup)
+    await run('ip', ['netns', 'add', pod.netns])
+    const veth = `v${spec.name}`
+    await run('ip', ['link', 'add', veth, 'netns', this.bridgeNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod.netns])
+    await run('ip', ['-n', this.bridgeNs, 'link', 'set', veth, 'master', 'br0', 'up'])
+    await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0'])
+    await run('ip', ['-n', pod.netns, 'link', 'set', 'eth0', 'up'])
+    await run('ip', ['-n', pod.netns, 'link', 'set', 'lo', 'up'])
+    return pod
   }
 
   pod(name: string): LabPod {

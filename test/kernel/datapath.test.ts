@@ -252,6 +252,24 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.ok(c.getsockoptAnswered >= c.connInbound, JSON.stringify(c))
   })
 
+  it('replaces changed programs without breaking an established stream', async () => {
+    const before = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p: any) => p.id)
+    const n = 16 * 1024 * 1024
+    const stream = lab.spawn('a', 'stream client', process.execPath, [lab.appScript(), 'get', url('b', `/stream?n=${n}&ms=2500`)])
+    await sleep(800)
+    // --rebuild stands in for changed sources: the installation is replaced, not resynced
+    const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(parseJson(r.stdout).mode, 'replace')
+    assert.equal(await stream.exited, 0, stream.stdout + stream.stderr)
+    const got = JSON.parse(stream.stdout.trim())
+    assert.equal(got.bytes, n)
+    assert.equal(got.sha256, patternSha256(n))
+    const after = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p: any) => p.id)
+    assert.ok(after.every((id: number) => !before.includes(id)), 'new programs')
+    assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
+  })
+
   it('status says which program is not attached, with a distinct exit code', async () => {
     const id = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.find((p: any) => p.name === 'mb_connect4').id
     await execa('bpftool', ['cgroup', 'detach', lab.cgroup, 'connect4', 'id', String(id)])

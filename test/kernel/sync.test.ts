@@ -132,6 +132,17 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
     assert.match(watchLog, /410 Gone/)
   })
 
+  it('watches: a pod whose namespace is not there yet is reported, then registered when it appears', async () => {
+    const ip = lab.nextIp()
+    api.add(makePod('late', ip, NODE))
+    await within(2000, 'reported as not found', async () => /lab\/late: meshed [\d.]+, network namespace not found yet/.test(watchLog) || /"pod":"lab\/late"/.test(watchLog))
+    assert.ok(!(await registered()).has(ip))
+    assert.ok((await local()).has(ip), 'its IP is known to the other sidecars already')
+    await lab.addPod({name: 'late', meshed: true})
+    await within(3000, 'registered by the retry', async () => (await registered()).has(ip))
+    assert.match(watchLog, /"event":"registered","pod":"lab\/late"/)
+  })
+
   it('stops cleanly on SIGTERM', async () => {
     watcher!.kill('SIGTERM')
     const [code] = await once(watcher!, 'exit')

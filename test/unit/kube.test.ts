@@ -73,11 +73,23 @@ describe('pod selection', () => {
     assert.match(s.meshed[0]!.warnings[0]!, /^ns\/p: traffic.sidecar.istio.io\/excludeOutboundPorts: 'x'/)
   })
 
-  it('accepts a PodList or a single Pod and rejects anything else in one line', () => {
-    assert.equal(parsePodList(JSON.stringify({kind: 'PodList', items: [pod('a')]}), 'f').length, 1)
-    assert.equal(parsePodList(JSON.stringify(pod('a')), 'f').length, 1)
-    assert.throws(() => parsePodList('{"items":', 'pods.json'), /pods.json is not valid JSON/)
-    assert.throws(() => parsePodList('{"kind":"Service"}', 'pods.json'), /not a Kubernetes PodList/)
+  it('accepts a PodList or a single Pod, as JSON or YAML, and rejects anything else in one line', async () => {
+    assert.equal((await parsePodList(JSON.stringify({kind: 'PodList', items: [pod('a')]}), 'f')).length, 1)
+    assert.equal((await parsePodList(JSON.stringify(pod('a')), 'f')).length, 1)
+    const yaml = `apiVersion: v1
+kind: List
+items:
+- kind: Pod
+  metadata: {name: y, namespace: ns, annotations: {sidecar.istio.io/status: "{}"}}
+  spec: {nodeName: node1, containers: [{name: app}, {name: istio-proxy}]}
+  status: {phase: Running, podIP: 10.0.0.9}
+`
+    const fromYaml = await parsePodList(yaml, 'pods.yaml')
+    assert.deepEqual(selectMeshedPods(fromYaml, 'node1', istio).meshed.map((p) => p.ip), ['10.0.0.9'])
+    await assert.rejects(parsePodList('{"items":', 'pods.json'), /pods.json is not valid JSON/)
+    await assert.rejects(parsePodList('items: [unclosed', 'pods.yaml'), /pods.yaml is not valid JSON or YAML/)
+    await assert.rejects(parsePodList('{"kind":"Service"}', 'pods.json'), /not a Kubernetes PodList/)
+    await assert.rejects(parsePodList('just text', 'pods.txt'), /not a Kubernetes PodList/)
   })
 
   it('survives malformed items', () => {
