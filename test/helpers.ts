@@ -4,14 +4,11 @@ import {existsSync, mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
+import {onPath} from '../src/node/exec.js'
 import {findCgroup2, isBpffs, readMounts} from '../src/node/mounts.js'
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '..', '..')
 export const BIN = join(ROOT, 'bin', 'run.js')
-
-function which(tool: string): boolean {
-  return (process.env.PATH ?? '').split(':').some((d) => existsSync(join(d, tool)))
-}
 
 /** Why tests that run the built CLI cannot run; undefined when they can. */
 export function buildSkipReason(): string | undefined {
@@ -23,7 +20,7 @@ export function kernelSkipReason(tools: string[] = ['bpftool', 'clang', 'ip']): 
   if (process.platform !== 'linux') return `kernel tests need Linux (this is ${process.platform})`
   if (process.getuid?.() !== 0) return `kernel tests need root (running as uid ${process.getuid?.()})`
   if (!findCgroup2(readMounts()).path) return 'kernel tests need a cgroup v2 mount'
-  const missing = tools.filter((t) => !which(t))
+  const missing = tools.filter((t) => !onPath(t))
   if (missing.length > 0) return `kernel tests need ${missing.join(', ')} (apt-get install ${missing.join(' ')})`
   if (!existsSync(join(ROOT, 'dist', 'commands'))) return 'kernel tests need the build: run npm run build'
   return undefined

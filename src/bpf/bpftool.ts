@@ -86,12 +86,6 @@ export class DumpScanner {
   }
 }
 
-/** The raw key and value byte arrays of `bpftool map dump -j` output, in order. */
-export function scanDumpBytes(json: string): {key: Buffer; value?: Buffer}[] {
-  const s = new DumpScanner()
-  s.push(json)
-  return s.end()
-}
 
 export function hexBytes(buf: Uint8Array): string[] {
   return Array.from(buf, (b) => b.toString(16).padStart(2, '0'))

@@ -1,5 +1,7 @@
 import {Flags} from '@oclif/core'
 import {type EnableContext, type EnableStep, ENABLE_STEPS, enableFailure, newEnableContext, rollback} from '../datapath/enable.js'
+import type {InstallState} from '../datapath/installation.js'
+import {podsRecord} from '../datapath/pods-sync.js'
 import {MESH_NAMES} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
@@ -16,13 +18,7 @@ export interface EnableResult {
   node: string
   objectHash: string
   compiled: boolean
-  pods: {
-    source: string
-    meshed: {namespace: string; name: string; ip: string; netns?: string}[]
-    unregistered: {namespace: string; name: string; ip: string}[]
-    skipped: {namespace: string; name: string; reason: string}[]
-    warnings: string[]
-  }
+  pods: InstallState['pods']
 }
 
 export default class Enable extends BaseCommand {
@@ -80,13 +76,7 @@ function toResult(ctx: EnableContext): EnableResult {
     node: ctx.node,
     objectHash: ctx.objects!.hash,
     compiled: ctx.objects!.compiled,
-    pods: {
-      source: ctx.podsSource!,
-      meshed: ctx.sync!.meshed,
-      unregistered: ctx.sync!.unregistered,
-      skipped: ctx.selection!.skipped,
-      warnings: ctx.selection!.meshed.flatMap((p) => p.warnings),
-    },
+    pods: podsRecord(ctx.podsSource!, ctx.applied!),
   }
 }
 

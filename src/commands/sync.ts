@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 import {hostname} from 'node:os'
 import {buildObjects} from '../bpf/objects.js'
 import {Installation} from '../datapath/installation.js'
-import {applyPods} from '../datapath/pods-sync.js'
+import {applyPods, podsRecord, savePodsRecord} from '../datapath/pods-sync.js'
 import {MerbridgeError} from '../errors.js'
 import {loadPods} from '../kube/source.js'
 import {meshProfile} from '../mesh/profiles.js'
@@ -54,16 +54,10 @@ export default class Sync extends BaseCommand {
     }
 
     const loaded = await loadPods(flags['pods-file'], node, kube)
-    const {selection, sync} = await applyPods(inst, (await buildObjects()).netnsCookie, loaded.pods, {node, mesh, source: loaded.source})
-    const result: SyncCommandResult = {
-      source: loaded.source,
-      meshed: sync.meshed,
-      unregistered: sync.unregistered,
-      skipped: selection.skipped,
-      warnings: selection.meshed.flatMap((p) => p.warnings),
-      written: sync.written,
-      deleted: sync.deleted,
-    }
+    const applied = await applyPods(inst, (await buildObjects()).netnsCookie, loaded.pods, {node, mesh})
+    const record = podsRecord(loaded.source, applied)
+    await savePodsRecord(inst, record)
+    const result: SyncCommandResult = {...record, written: applied.sync.written, deleted: applied.sync.deleted}
     this.log(`${c.green('✔')} synced from ${result.source}: ${result.meshed.length} meshed and registered, ${result.unregistered.length} meshed but not found on this node, ${result.skipped.length} skipped; ${result.written} map entries written, ${result.deleted} removed`)
     for (const p of result.unregistered) this.log(c.yellow(`  ! ${p.namespace}/${p.name} (${p.ip}): no network namespace with this IP on the node yet`))
     for (const w of result.warnings) this.log(c.yellow(`  ! ${w}`))

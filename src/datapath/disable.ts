@@ -15,6 +15,7 @@ const DRAIN_MS = 200
 export interface DisableResult {
   bpffs: string
   wasEnabled: boolean
+  /** where each program was detached from: a cgroup path, or sock_pair_map for the sk_msg program */
   detached: {cgroup: string; program: string; id: number}[]
   unpinned: string[]
 }
@@ -70,8 +71,11 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
     result.detached.push({cgroup: a.cgroup, program: a.name, id: a.id})
   }
   const msg = PROGRAMS.find((p) => p.target === 'sock_pair_map')
-  if (msg && existsSync(inst.prog(msg.name)) && existsSync(inst.map('sock_pair_map')))
-    await bpftool.progDetachFromMap(inst.prog(msg.name), msg.attachType, inst.map('sock_pair_map'))
+  if (msg && existsSync(inst.prog(msg.name)) && existsSync(inst.map('sock_pair_map'))) {
+    const id = [...progIds].find(([, name]) => name === msg.name)?.[0]
+    if (id !== undefined && (await bpftool.progDetachFromMap(inst.prog(msg.name), msg.attachType, inst.map('sock_pair_map'))))
+      result.detached.push({cgroup: 'sock_pair_map', program: msg.name, id})
+  }
 
   // 3. Unpin: removing the pins frees programs and maps once nothing else holds them.
   if (inst.exists()) {

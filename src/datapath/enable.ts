@@ -4,7 +4,6 @@ import {bpftool} from '../bpf/bpftool.js'
 import {buildObjects, type BuiltObjects, sourceHash} from '../bpf/objects.js'
 import {MerbridgeError} from '../errors.js'
 import type {KubeOptions} from '../kube/client.js'
-import {type PodSelection, selectMeshedPods} from '../kube/pods.js'
 import {type LoadedPods, loadPods} from '../kube/source.js'
 import {type MeshProfile, meshProfile} from '../mesh/profiles.js'
 import {run} from '../node/exec.js'
@@ -15,7 +14,7 @@ import {BPFFS_MOUNT} from '../paths.js'
 import {disable} from './disable.js'
 import {type InstallState, Installation, PROGRAMS} from './installation.js'
 import {writeSettings} from './settings.js'
-import {type SyncResult, syncPods} from './sync.js'
+import {type AppliedPods, applyPods, podsRecord} from './pods-sync.js'
 
 export interface EnableOptions {
   mesh?: string
@@ -41,8 +40,7 @@ export interface EnableContext {
   hostNetns?: bigint
   podsSource?: string
   loaded?: LoadedPods
-  selection?: PodSelection
-  sync?: SyncResult
+  applied?: AppliedPods
   attached: string[]
 }
 
@@ -143,8 +141,7 @@ export const ENABLE_STEPS: EnableStep[] = [
     async run(ctx) {
       ctx.loaded = await loadPods(ctx.opts.podsFile, ctx.node, ctx.opts.kube)
       ctx.podsSource = ctx.loaded.source
-      ctx.selection = selectMeshedPods(ctx.loaded.pods, ctx.node, ctx.mesh)
-      ctx.sync = await syncPods(ctx.inst, ctx.objects!.netnsCookie, ctx.selection)
+      ctx.applied = await applyPods(ctx.inst, ctx.objects!.netnsCookie, ctx.loaded.pods, {node: ctx.node, mesh: ctx.mesh})
     },
   },
   {
@@ -167,7 +164,6 @@ export const ENABLE_STEPS: EnableStep[] = [
     title: 'Record the installation',
     async run(ctx) {
       const previous = await ctx.inst.readState()
-      const warnings = ctx.selection!.meshed.flatMap((p) => p.warnings)
       const state: InstallState = {
         version: 1,
         bpffs: ctx.inst.dir,
@@ -178,14 +174,7 @@ export const ENABLE_STEPS: EnableStep[] = [
         enabledAt: ctx.mode === 'resync' && previous ? previous.enabledAt : new Date().toISOString(),
         mountedBpffs: ctx.mountedBpffs || (ctx.mode === 'resync' && previous?.mountedBpffs === true),
         hostNetns: (ctx.hostNetns ?? BigInt(previous?.hostNetns ?? 0)).toString(),
-        pods: {
-          source: ctx.podsSource!,
-          syncedAt: new Date().toISOString(),
-          meshed: ctx.sync!.meshed,
-          unregistered: ctx.sync!.unregistered,
-          skipped: ctx.selection!.skipped,
-          warnings,
-        },
+        pods: podsRecord(ctx.podsSource!, ctx.applied!),
       }
       await ctx.inst.writeState(state)
     },

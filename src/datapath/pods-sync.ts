@@ -1,7 +1,7 @@
 /** Pods -> maps and record, shared by enable, sync and the watch loop. */
 import {type PodJson, type PodSelection, selectMeshedPods} from '../kube/pods.js'
 import type {MeshProfile} from '../mesh/profiles.js'
-import type {Installation} from './installation.js'
+import type {InstallState, Installation} from './installation.js'
 import {type PodMapsView, type SyncResult, syncPods} from './sync.js'
 
 export interface AppliedPods {
@@ -9,22 +9,28 @@ export interface AppliedPods {
   sync: SyncResult
 }
 
-export async function applyPods(inst: Installation, netnsHelper: string, pods: PodJson[], opts: {node: string; mesh: MeshProfile; source: string; known?: PodMapsView}): Promise<AppliedPods> {
+/** Select this node's meshed pods and make the maps match them. */
+export async function applyPods(inst: Installation, netnsHelper: string, pods: PodJson[], opts: {node: string; mesh: MeshProfile; known?: PodMapsView}): Promise<AppliedPods> {
   const selection = selectMeshedPods(pods, opts.node, opts.mesh)
-  const sync = await syncPods(inst, netnsHelper, selection, opts.known)
-  const state = await inst.readState()
-  if (state) {
-    state.pods = {
-      source: opts.source,
-      syncedAt: new Date().toISOString(),
-      meshed: sync.meshed,
-      unregistered: sync.unregistered,
-      skipped: selection.skipped,
-      warnings: selection.meshed.flatMap((p) => p.warnings),
-    }
-    await inst.writeState(state)
+  return {selection, sync: await syncPods(inst, netnsHelper, selection, opts.known)}
+}
+
+/** What the installation's record says about the pods of a sync. */
+export function podsRecord(source: string, applied: AppliedPods): InstallState['pods'] {
+  return {
+    source,
+    syncedAt: new Date().toISOString(),
+    meshed: applied.sync.meshed,
+    unregistered: applied.sync.unregistered,
+    skipped: applied.selection.skipped,
+    warnings: applied.selection.meshed.flatMap((p) => p.warnings),
   }
-  return {selection, sync}
+}
+
+/** Update the pods part of an existing record (sync and the watch loop; enable writes it whole). */
+export async function savePodsRecord(inst: Installation, pods: InstallState['pods']): Promise<void> {
+  const state = await inst.readState()
+  if (state) await inst.writeState({...state, pods})
 }
 
 /** One line saying what a pod's change did, for the watch log. */

@@ -11,7 +11,7 @@ import {loadPods} from '../kube/source.js'
 import {type PodEvent, watchNodePods} from '../kube/watch.js'
 import type {MeshProfile} from '../mesh/profiles.js'
 import type {Installation} from './installation.js'
-import {type AppliedPods, applyPods, describePod} from './pods-sync.js'
+import {type AppliedPods, applyPods, describePod, podsRecord, savePodsRecord} from './pods-sync.js'
 
 export interface WatchOptions {
   kube: KubeOptions
@@ -38,7 +38,8 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
       const started = performance.now()
       try {
         const before = applied
-        applied = await applyPods(inst, helper, pods, {node: opts.node, mesh: opts.mesh, source, known: applied?.sync.view})
+        applied = await applyPods(inst, helper, pods, {node: opts.node, mesh: opts.mesh, known: applied?.sync.view})
+        await savePodsRecord(inst, podsRecord(source, applied))
         const ms = Math.round(performance.now() - started)
         if (event.type === 'RELISTED')
           opts.log(`listed ${event.count} pod(s): ${applied.sync.meshed.length} meshed and registered, ${applied.sync.unregistered.length} not found yet, ${applied.selection.skipped.length} skipped (${ms} ms)`, {event: 'listed', pods: event.count, ms})

@@ -13,7 +13,7 @@ import {Installation} from '../datapath/installation.js'
 import {readMaps} from '../bpf/maps.js'
 import {MerbridgeError} from '../errors.js'
 import {meshProfile} from '../mesh/profiles.js'
-import {run} from '../node/exec.js'
+import {requireTools, run} from '../node/exec.js'
 import {redirectCounters} from './istio-iptables.js'
 import {APP_PORT, Lab} from './lab.js'
 import {median, parseWrk, type WrkResult} from './wrk.js'
@@ -84,10 +84,7 @@ export class Bench {
   private podsFile = ''
 
   async setup(): Promise<void> {
-    for (const tool of ['haproxy', 'nginx', 'wrk', 'iptables-restore']) {
-      const r = await run('sh', ['-c', 'command -v "$0"', tool], {allowFailure: true})
-      if (r.exitCode !== 0) throw new MerbridgeError(`${tool} is needed for the bench`, {code: 'TOOL_NOT_FOUND', suggestion: 'apt-get install haproxy nginx-light wrk iptables'})
-    }
+    requireTools(['haproxy', 'nginx', 'wrk', 'iptables-restore', 'ip', 'ss'], 'the bench', 'apt-get install haproxy nginx-light wrk iptables iproute2')
     await this.lab.create([{name: 'client', meshed: true}, {name: 'server', meshed: true}])
     for (const p of ['client', 'server']) {
       // without reuse, a connection per request measures TIME_WAIT port search, not the datapath

@@ -12,7 +12,7 @@ import {inspect, type StatusReport} from '../datapath/inspect.js'
 import {Installation} from '../datapath/installation.js'
 import {MerbridgeError} from '../errors.js'
 import {meshProfile} from '../mesh/profiles.js'
-import {run} from '../node/exec.js'
+import {requireTools} from '../node/exec.js'
 import {patternSha256} from './http-app.js'
 import {APP_PORT, Lab} from './lab.js'
 import {Bench, MODES, type Sample, type ScenarioSummary, summarize} from './bench.js'
@@ -35,14 +35,6 @@ export interface DemoContext {
 
 const BODY = 10 * 1024 * 1024
 
-/** Tools the lab needs beyond merbridge's own, checked before anything is built. */
-export async function checkLabTools(): Promise<void> {
-  for (const tool of ['haproxy', 'ip', 'ss']) {
-    const r = await run(tool, ['-v'], {allowFailure: true}).catch((e: unknown) => e)
-    if (r instanceof Error) throw r
-  }
-}
-
 export function newDemo(): DemoContext {
   const lab = new Lab(meshProfile('istio'))
   return {lab, inst: new Installation(`/sys/fs/bpf/merbridge-demo-${randomBytes(3).toString('hex')}`), facts: {}}
@@ -64,7 +56,7 @@ export const DEMO_STEPS = [
   {
     title: 'Build a lab: two pods with sidecars (haproxy as uid 1337) and an HTTP app',
     async run(ctx: DemoContext) {
-      await checkLabTools()
+      requireTools(['haproxy', 'ip', 'ss'], 'the demo', 'apt-get install haproxy iproute2')
       await ctx.lab.create([{name: 'client', meshed: true}, {name: 'server', meshed: true}])
       for (const p of ['client', 'server']) await ctx.lab.startSidecar(p)
       await ctx.lab.startApp('server')

@@ -1,4 +1,6 @@
 import {execa, ExecaError, type Options} from 'execa'
+import {existsSync} from 'node:fs'
+import {join} from 'node:path'
 import {ToolFailedError, ToolNotFoundError} from '../errors.js'
 
 /** How to install each external tool, for the error a user sees when it is missing. */
@@ -10,6 +12,17 @@ export const INSTALL_HINTS: Record<string, string> = {
   haproxy: 'install haproxy: apt-get install haproxy',
   iptables: 'install iptables: apt-get install iptables',
   wrk: 'install wrk: apt-get install wrk',
+}
+
+/** Whether a program is on PATH (no shell, no spawn). */
+export function onPath(tool: string): boolean {
+  return (process.env.PATH ?? '').split(':').some((dir) => dir && existsSync(join(dir, tool)))
+}
+
+/** Fail, before anything is built, naming every missing program and how to install them. */
+export function requireTools(tools: string[], purpose: string, install: string): void {
+  const missing = tools.filter((t) => !onPath(toolPath(t)) && !existsSync(toolPath(t)))
+  if (missing.length > 0) throw new ToolNotFoundError(`${missing.join(', ')} (needed for ${purpose})`, install)
 }
 
 /** Environment overrides for tool paths (MERBRIDGE_BPFTOOL, MERBRIDGE_CLANG). */

@@ -289,6 +289,7 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     await sleep(1200)
     const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
     assert.equal(d.code, 0, d.stderr)
+    assert.deepEqual(parseJson(d.stdout).detached.map((x: {program: string}) => x.program).sort(), ['mb_connect4', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops'])
     assert.equal(await stream.exited, 0, stream.stdout + stream.stderr)
     const got = JSON.parse(stream.stdout.trim())
     assert.equal(got.bytes, n)

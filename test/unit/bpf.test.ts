@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import {readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, it} from 'node:test'
-import {bytesFromHex, DumpScanner, scanDumpBytes} from '../../src/bpf/bpftool.js'
+import {bytesFromHex, DumpScanner} from '../../src/bpf/bpftool.js'
 import {missingFeatures} from '../../src/bpf/features.js'
 import {ipToSlot, parseCidr, slotToIp} from '../../src/bpf/ip.js'
 import {
@@ -127,6 +127,8 @@ describe('bpftool dump scanning', () => {
   })
 
   it('agrees with parsing the whole JSON', () => {
-    assert.deepEqual(scanDumpBytes(dump).map((e) => e.key), JSON.parse(dump).map((e: {key: string[]}) => bytesFromHex(e.key)))
+    const whole = new DumpScanner()
+    whole.push(dump)
+    assert.deepEqual(whole.end().map((e) => e.key), JSON.parse(dump).map((e: {key: string[]}) => bytesFromHex(e.key)))
   })
 })
