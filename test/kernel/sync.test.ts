@@ -105,7 +105,7 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
     api.add(makePod('d', lab.pod('d').ip, NODE))
     const ms = await within(1000, 'd registered', async () => (await registered()).has(lab.pod('d').ip))
     assert.equal(await remote('a', 'd'), '127.0.0.6', "through d's inbound sidecar")
-    assert.match(watchLog, /"event":"added","pod":"lab\/d"/)
+    await within(1000, 'the addition logged', async () => /"event":"added","pod":"lab\/d"/.test(watchLog))
     t.diagnostic(`pod added -> registered in ${ms} ms`)
   })
 
@@ -140,7 +140,8 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
     assert.ok((await local()).has(ip), 'its IP is known to the other sidecars already')
     await lab.addPod({name: 'late', meshed: true})
     await within(3000, 'registered by the retry', async () => (await registered()).has(ip))
-    assert.match(watchLog, /"event":"registered","pod":"lab\/late"/)
+    // the log line follows the map write
+    await within(1000, 'the retry logged', async () => /"event":"registered","pod":"lab\/late"/.test(watchLog))
   })
 
   it('stops cleanly on SIGTERM', async () => {
