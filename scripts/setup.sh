@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
-# Installs what merbridge needs on a Debian/Ubuntu node (as root), then builds it.
+# Installs what merbridge, its demo, its bench and its tests need on a Debian/Ubuntu node (as root),
+# then builds it. Safe to run again: apt and npm ci skip what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
-  clang llvm libbpf-dev linux-libc-dev libc6-dev bpftool iproute2 iptables nftables haproxy util-linux python3 >/dev/null
+
+packages=(
+  # build and load the datapath
+  clang llvm libbpf-dev linux-libc-dev libc6-dev bpftool
+  # node plumbing: ip/ss, nsenter/setpriv/mount, iptables baseline (nft and legacy), sysctl
+  iproute2 iptables nftables util-linux mount procps
+  # the lab: haproxy sidecars, nginx server, wrk client (demo, bench), python3 (getsockopt probe), openssl (test API server)
+  haproxy nginx wrk python3 openssl ca-certificates
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  # Services are not started by the lab's packages: the lab runs its own nginx and haproxy in pods.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 npm ci --no-audit --no-fund
 npm run build

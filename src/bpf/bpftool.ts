@@ -45,7 +45,7 @@ function parseJson<T>(text: string, what: string): T {
 }
 
 function isMissingPin(stderr: string): boolean {
-  return /No such file or directory/.test(stderr)
+  return stderr.includes('No such file or directory')
 }
 
 const hexList = (list: string) => Buffer.from(list.replace(/"0x|",?/g, ''), 'hex')

@@ -14,7 +14,7 @@ export interface FeatureReport {
   checked: number
 }
 
-type Probe = {
+interface Probe {
   program_types?: Record<string, boolean>
   map_types?: Record<string, boolean>
   helpers?: Record<string, string[]>

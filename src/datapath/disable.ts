@@ -56,7 +56,7 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   // 1. Stop rewriting new connects and moving payload; what was moved is read before anything goes.
   if (existsSync(inst.map('settings'))) {
     const s = await readMaps.settings(inst).catch(() => undefined)
-    if (s && s.outboundPort && !s.draining) {
+    if (s?.outboundPort && !s.draining) {
       await writeSettings(inst, {...s, draining: true})
       await sleep(opts.drainMs ?? DRAIN_MS)
     }

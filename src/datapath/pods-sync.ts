@@ -34,14 +34,18 @@ export async function savePodsRecord(inst: Installation, pods: InstallState['pod
 }
 
 /** One line saying what a pod's change did, for the watch log. */
-export function describePod(namespace: string, name: string, applied: AppliedPods, deleted: boolean): string {
+export type PodState = 'released' | 'registered' | 'not-found' | 'skipped' | 'elsewhere'
+
+/** Where a pod stands after a sync: a state for scripts and a line for people. */
+export function describePod(namespace: string, name: string, applied: AppliedPods, deleted: boolean): {state: PodState; text: string} {
   const id = `${namespace}/${name}`
-  if (deleted) return `${id}: released`
-  const meshed = applied.sync.meshed.find((p) => p.namespace === namespace && p.name === name)
-  if (meshed) return `${id}: meshed ${meshed.ip}, registered (netns ${meshed.netns})`
-  const unregistered = applied.sync.unregistered.find((p) => p.namespace === namespace && p.name === name)
-  if (unregistered) return `${id}: meshed ${unregistered.ip}, network namespace not found yet (retrying)`
-  const skipped = applied.selection.skipped.find((p) => p.namespace === namespace && p.name === name)
-  if (skipped) return `${id}: not meshed (${skipped.reason})`
-  return `${id}: not on this node`
+  const same = (p: {namespace: string; name: string}) => p.namespace === namespace && p.name === name
+  if (deleted) return {state: 'released', text: `${id}: released`}
+  const meshed = applied.sync.meshed.find(same)
+  if (meshed) return {state: 'registered', text: `${id}: meshed ${meshed.ip}, registered (netns ${meshed.netns})`}
+  const unregistered = applied.sync.unregistered.find(same)
+  if (unregistered) return {state: 'not-found', text: `${id}: meshed ${unregistered.ip}, network namespace not found yet (retrying)`}
+  const skipped = applied.selection.skipped.find(same)
+  if (skipped) return {state: 'skipped', text: `${id}: not meshed (${skipped.reason})`}
+  return {state: 'elsewhere', text: `${id}: not on this node`}
 }

@@ -45,11 +45,12 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
           opts.log(`listed ${event.count} pod(s): ${applied.sync.meshed.length} meshed and registered, ${applied.sync.unregistered.length} not found yet, ${applied.selection.skipped.length} skipped (${ms} ms)`, {event: 'listed', pods: event.count, ms})
         else if (event.type === 'RETRY') {
           const now = new Set(applied.sync.meshed.map((p) => `${p.namespace}/${p.name}`))
-          for (const p of before?.sync.unregistered ?? []) if (now.has(`${p.namespace}/${p.name}`)) opts.log(describePod(p.namespace, p.name, applied, false), {event: 'registered', pod: `${p.namespace}/${p.name}`, ms})
+          for (const p of before?.sync.unregistered ?? []) if (now.has(`${p.namespace}/${p.name}`)) opts.log(describePod(p.namespace, p.name, applied, false).text, {event: 'registered', pod: `${p.namespace}/${p.name}`, ms})
         } else {
           const ns = event.pod.metadata?.namespace ?? 'default'
           const name = event.pod.metadata?.name ?? ''
-          opts.log(`${event.type.toLowerCase()} ${describePod(ns, name, applied, event.type === 'DELETED')} (${ms} ms)`, {event: event.type.toLowerCase(), pod: `${ns}/${name}`, ms})
+          const pod = describePod(ns, name, applied, event.type === 'DELETED')
+          opts.log(`${event.type.toLowerCase()} ${pod.text} (${ms} ms)`, {event: event.type.toLowerCase(), pod: `${ns}/${name}`, state: pod.state, ms})
         }
       } catch (error) {
         applied = undefined // the maps may be half written: read them back next time

@@ -85,7 +85,7 @@ export async function watchNodePods(
               else if (type === 'ADDED' || type === 'MODIFIED') pods.set(key(obj), obj)
               else return
               // apply events one after another, in order
-              chain = chain.then(() => hooks.onPods([...pods.values()], {type, pod: obj} as PodEvent))
+              chain = chain.then(() => hooks.onPods([...pods.values()], {type, pod: obj}))
             },
             (err: unknown) => finish(err ?? undefined),
           )

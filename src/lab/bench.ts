@@ -84,7 +84,7 @@ export class Bench {
   private podsFile = ''
 
   async setup(): Promise<void> {
-    requireTools(['haproxy', 'nginx', 'wrk', 'iptables-restore', 'ip', 'ss'], 'the bench', 'apt-get install haproxy nginx-light wrk iptables iproute2')
+    requireTools(['haproxy', 'nginx', 'wrk', 'iptables-restore', 'ip', 'ss'], 'the bench', 'bash scripts/setup.sh installs them (apt-get install haproxy nginx wrk iptables iproute2)')
     await this.lab.create([{name: 'client', meshed: true}, {name: 'server', meshed: true}])
     for (const p of ['client', 'server']) {
       // without reuse, a connection per request measures TIME_WAIT port search, not the datapath
@@ -123,7 +123,7 @@ export class Bench {
     const r = await this.lab.exec('client', 'wrk', ['-t1', '-c1', '-d1s', '-H', 'Connection: close', this.url])
     const res = parseWrk(r.stdout)
     await new Promise((resolve) => setTimeout(resolve, 100))
-    const passedSidecar = /via=inbound_passthrough/.test(sidecar.stdout.slice(before))
+    const passedSidecar = sidecar.stdout.slice(before).includes('via=inbound_passthrough')
     if (res.requests === 0 || res.errors > 0) throw new MerbridgeError(`mode ${mode}: requests failed (${res.errors} errors of ${res.requests})`)
     if (mode === 'direct' && passedSidecar) throw new MerbridgeError('mode direct: requests went through the sidecar; refusing to report numbers')
     if (mode !== 'direct' && !passedSidecar) throw new MerbridgeError(`mode ${mode}: requests did not pass the server's sidecar; refusing to report numbers`)
@@ -163,7 +163,7 @@ export class Bench {
 export function summarize(samples: Sample[], scenarios: Scenario[]): ScenarioSummary[] {
   return scenarios.map((scenario) => {
     const of = (mode: Mode) => samples.filter((s) => s.scenario === scenario && s.mode === mode)
-    const med = (mode: Mode, k: keyof WrkResult | 'cpuPerRequestUs') => median(of(mode).map((s) => s[k] as number))
+    const med = (mode: Mode, k: keyof WrkResult | 'cpuPerRequestUs') => median(of(mode).map((s) => s[k]))
     const modes = Object.fromEntries(
       MODES.map((m) => [m, {requestsPerSec: med(m, 'requestsPerSec'), p50: med(m, 'p50'), p90: med(m, 'p90'), p99: med(m, 'p99'), cpuPerRequestUs: med(m, 'cpuPerRequestUs'), errors: of(m).reduce((a, s) => a + s.errors, 0)}]),
     ) as ScenarioSummary['modes']

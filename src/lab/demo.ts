@@ -4,7 +4,6 @@
  * passing both sidecars with payload moved socket to socket, and cleans everything up.
  */
 import {randomBytes} from 'node:crypto'
-import {setTimeout as sleep} from 'node:timers/promises'
 import {disable} from '../datapath/disable.js'
 import {dumpMaps, type MapDump} from '../datapath/dump.js'
 import {enable} from '../datapath/enable.js'
@@ -16,28 +15,42 @@ import {requireTools} from '../node/exec.js'
 import {patternSha256} from './http-app.js'
 import {APP_PORT, Lab} from './lab.js'
 import {Bench, MODES, type Sample, type ScenarioSummary, summarize} from './bench.js'
+import type {LabProcess} from './process.js'
 import {parseSidecarLog} from './sidecar.js'
 
 export interface DemoFacts {
-  bench?: ScenarioSummary
-  direct: {remoteAddress: string; packets: number}
-  accelerated: {remoteAddress: string; packets: number; outboundSidecarSaw?: string; inboundSidecarSaw?: string; bodyIntact: boolean}
+  direct?: {remoteAddress: string; packets: number}
+  accelerated?: {remoteAddress: string; packets: number; outboundSidecarSaw?: string; inboundSidecarSaw?: string; bodyIntact: boolean}
   status?: StatusReport
   maps?: MapDump[]
+  /** sockets in sock_pair_map while a stream was held open */
+  liveSockets?: number
   cleanedUp: boolean
+  /** the step that failed, if one did: the claims after it were not shown */
+  failure?: {step: string; message: string}
+  bench?: ScenarioSummary
+  /** why the short bench did not run (it proves nothing the claims need) */
+  benchSkipped?: string
+  claims: Claim[]
+}
+
+/** One thing the demo set out to show, and whether it did. */
+export interface Claim {
+  shown: boolean
+  text: string
 }
 
 export interface DemoContext {
   lab: Lab
   inst: Installation
-  facts: Partial<DemoFacts>
+  facts: DemoFacts
 }
 
 const BODY = 10 * 1024 * 1024
 
 export function newDemo(): DemoContext {
   const lab = new Lab(meshProfile('istio'))
-  return {lab, inst: new Installation(`/sys/fs/bpf/merbridge-demo-${randomBytes(3).toString('hex')}`), facts: {}}
+  return {lab, inst: new Installation(`/sys/fs/bpf/merbridge-demo-${randomBytes(3).toString('hex')}`), facts: {cleanedUp: false, claims: []}}
 }
 
 async function whoami(lab: Lab): Promise<string> {
@@ -80,30 +93,61 @@ export const DEMO_STEPS = [
     async run(ctx: DemoContext) {
       const lab = ctx.lab
       const [client, server] = lab.processes.filter((p) => p.label.startsWith('sidecar'))
-      const marks = [client!.stdout.length, server!.stdout.length]
+      if (!client || !server) throw new MerbridgeError('the lab has no sidecars')
+      const marks = [client.stdout.length, server.stdout.length] as const
       const remoteAddress = await whoami(lab)
-      await sleep(100) // haproxy logs a connection when it closes
-      const {packets, intact} = await bodyPackets(lab)
-      ctx.facts.accelerated = {
-        remoteAddress,
-        packets,
-        bodyIntact: intact,
-        outboundSidecarSaw: parseSidecarLog(client!.stdout.slice(marks[0])).at(0)?.originalDst,
-        inboundSidecarSaw: parseSidecarLog(server!.stdout.slice(marks[1])).at(0)?.originalDst,
+      // haproxy logs a connection when it closes, a moment after the response
+      const logged = async (p: LabProcess, mark: number, what: string) => {
+        await p.waitFor(() => parseSidecarLog(p.stdout.slice(mark)).length > 0, what).catch(() => undefined)
+        return parseSidecarLog(p.stdout.slice(mark)).at(0)?.originalDst
       }
+      const outboundSidecarSaw = await logged(client, marks[0], "the client sidecar's log line")
+      const inboundSidecarSaw = await logged(server, marks[1], "the server sidecar's log line")
+      const {packets, intact} = await bodyPackets(lab)
+      ctx.facts.accelerated = {remoteAddress, packets, bodyIntact: intact, outboundSidecarSaw, inboundSidecarSaw}
     },
   },
   {
     title: 'Read the status and the maps during a stream',
     async run(ctx: DemoContext) {
-      const stream = ctx.lab.spawn('client', 'stream', process.execPath, [ctx.lab.appScript(), 'get', `http://${ctx.lab.pod('server').ip}:${APP_PORT}/stream?n=2000000&ms=1000`])
-      await sleep(400)
-      ctx.facts.maps = await dumpMaps(ctx.inst, ['sock_pair_map', 'pair_original_dst', 'local_pod_ips'], {}, 8)
-      ctx.facts.status = await inspect(ctx.inst)
-      await stream.exited
+      const stream = ctx.lab.openStream('client', `http://${ctx.lab.pod('server').ip}:${APP_PORT}`)
+      try {
+        await stream.flowingPast(0, 'before reading the maps')
+        ctx.facts.maps = await dumpMaps(ctx.inst, ['sock_pair_map', 'pair_original_dst', 'local_pod_ips'], {}, 8)
+        ctx.facts.liveSockets = ctx.facts.maps.find((m) => m.map === 'sock_pair_map')?.total
+        ctx.facts.status = await inspect(ctx.inst)
+      } finally {
+        await stream.release()
+      }
     },
   },
 ]
+
+/** What the demo showed, claim by claim; a claim whose facts are missing was not shown. */
+export function demoClaims(f: DemoFacts, server: string): Claim[] {
+  const target = `${server}:${APP_PORT}`
+  const d = f.direct
+  const a = f.accelerated
+  const missing = (what: string) => `${what}: not shown${f.failure ? ` (${f.failure.step} failed)` : ''}`
+  return [
+    d ? {shown: d.remoteAddress !== '127.0.0.6', text: `without merbridge the server app saw the client's own address (${d.remoteAddress}): no sidecar was involved`} : {shown: false, text: missing('the direct path')},
+    ...(a
+      ? [
+          {shown: a.remoteAddress === '127.0.0.6', text: `with merbridge the server app saw ${a.remoteAddress}: the request came through the server's inbound sidecar`},
+          {shown: a.outboundSidecarSaw === target, text: `the client's outbound sidecar was asked for ${a.outboundSidecarSaw ?? 'nothing'} (getsockopt SO_ORIGINAL_DST answered by eBPF)`},
+          {shown: a.inboundSidecarSaw === target, text: `the server's inbound sidecar was asked for ${a.inboundSidecarSaw ?? 'nothing'}`},
+          {
+            shown: a.bodyIntact && d !== undefined && a.packets * 10 < d.packets,
+            text: `a 10 MiB body arrived ${a.bodyIntact ? 'intact' : 'damaged'} with ${a.packets} packets on the server's interface, against ${d?.packets ?? '?'} without merbridge: the payload moved socket to socket`,
+          },
+        ]
+      : [{shown: false, text: missing('requests through both sidecars with merbridge')}]),
+    f.status && f.liveSockets !== undefined
+      ? {shown: f.status.verdict === 'healthy' && f.liveSockets >= 4, text: `during a stream, status said ${f.status.verdict} and sock_pair_map held ${f.liveSockets} sockets (the stream's four legs at least)`}
+      : {shown: false, text: missing('status and maps during a stream')},
+    {shown: f.cleanedUp, text: f.cleanedUp ? 'merbridge was disabled and the lab removed' : 'the lab could not be removed completely'},
+  ]
+}
 
 /** A short bench in a lab of its own: keep-alive, one round of a few seconds per mode. */
 export async function shortBench(ctx: DemoContext, seconds = 3): Promise<void> {
@@ -130,4 +174,9 @@ export async function cleanupDemo(ctx: DemoContext): Promise<void> {
     await ctx.lab.destroy()
   }
   ctx.facts.cleanedUp = true
+}
+
+/** The server pod's address, for the claims (known once the lab exists). */
+export function demoServerIp(ctx: DemoContext): string {
+  return ctx.lab.pods.get('server')?.ip ?? '?'
 }

@@ -2,13 +2,20 @@
  * The lab's application: `serve PORT` answers
  *   /whoami            the caller's address as the app sees it (127.0.0.6 means: via the inbound sidecar)
  *   /bytes?n=N         N bytes of a fixed pattern
- *   /stream?n=N&ms=T   N bytes of the pattern spread over about T milliseconds
- * and `get URL` fetches one URL and prints {status, bytes, sha256, body?} as JSON.
+ *   /stream?gate=NAME  the pattern, a chunk every STREAM_TICK_MS, until the file NAME appears in the
+ *                      gate folder given to `serve`: a connection that stays open, and keeps
+ *                      flowing, for exactly as long as a test needs it, however slow the machine
+ * and `get URL` fetches one URL and prints {status, bytes, sha256, body?} as JSON, after a
+ * {"progress": bytes} line for every PROGRESS_STEP bytes received.
  */
 import {createHash} from 'node:crypto'
+import {existsSync} from 'node:fs'
 import {createServer, get} from 'node:http'
+import {join} from 'node:path'
 
 const CHUNK = 64 * 1024
+const STREAM_TICK_MS = 10
+export const PROGRESS_STEP = 256 * 1024
 
 /** Byte i of the pattern: cheap to generate and to verify, and shifts at every chunk. */
 export function patternChunk(offset: number, length: number): Buffer {
@@ -23,7 +30,7 @@ export function patternSha256(total: number): string {
   return h.digest('hex')
 }
 
-function serve(port: number): void {
+function serve(port: number, gateDir: string | undefined): void {
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://app')
     if (url.pathname === '/whoami') {
@@ -31,17 +38,13 @@ function serve(port: number): void {
       res.end(JSON.stringify({remoteAddress: req.socket.remoteAddress?.replace(/^::ffff:/, ''), remotePort: req.socket.remotePort, localAddress: req.socket.localAddress?.replace(/^::ffff:/, ''), localPort: req.socket.localPort}))
       return
     }
-    const n = Number(url.searchParams.get('n') ?? 0)
-    if (url.pathname === '/bytes' || url.pathname === '/stream') {
-      const ms = url.pathname === '/stream' ? Number(url.searchParams.get('ms') ?? 1000) : 0
+    if (url.pathname === '/bytes') {
+      const n = Number(url.searchParams.get('n') ?? 0)
       res.setHeader('content-length', String(n))
-      const started = Date.now()
       let off = 0
       const pump = () => {
         while (off < n) {
           const len = Math.min(CHUNK, n - off)
-          const due = ms > 0 ? started + (ms * off) / n : 0
-          if (due > Date.now()) return void setTimeout(pump, Math.min(20, due - Date.now()))
           const ok = res.write(patternChunk(off, len))
           off += len
           if (!ok) return void res.once('drain', pump)
@@ -49,6 +52,20 @@ function serve(port: number): void {
         res.end()
       }
       pump()
+      return
+    }
+    const gate = url.searchParams.get('gate') ?? ''
+    if (url.pathname === '/stream' && gateDir && /^[\w-]+$/.test(gate)) {
+      // chunked: the length is whatever flowed until the gate opened
+      let off = 0
+      const tick = () => {
+        if (existsSync(join(gateDir, gate))) return void res.end()
+        const ok = res.write(patternChunk(off, CHUNK))
+        off += CHUNK
+        if (ok) setTimeout(tick, STREAM_TICK_MS)
+        else res.once('drain', () => setTimeout(tick, STREAM_TICK_MS))
+      }
+      tick()
       return
     }
     res.statusCode = 404
@@ -65,8 +82,10 @@ function fetchOnce(url: string): void {
     const keep: Buffer[] = []
     res.on('data', (d: Buffer) => {
       h.update(d)
+      const before = bytes
       bytes += d.length
       if (bytes <= 4096) keep.push(d)
+      if (Math.floor(bytes / PROGRESS_STEP) > Math.floor(before / PROGRESS_STEP)) console.log(JSON.stringify({progress: bytes}))
     })
     res.on('end', () => {
       const body = bytes <= 4096 ? Buffer.concat(keep).toString('utf8') : undefined
@@ -83,6 +102,6 @@ function fail(e: Error & {code?: string}): void {
   process.exitCode = 1
 }
 
-const [mode, arg] = process.argv.slice(2)
-if (mode === 'serve') serve(Number(arg ?? 8080))
+const [mode, arg, gateDir] = process.argv.slice(2)
+if (mode === 'serve') serve(Number(arg ?? 8080), gateDir)
 else if (mode === 'get' && arg) fetchOnce(arg)

@@ -13,7 +13,7 @@ import type {MeshProfile} from '../mesh/profiles.js'
 import {run} from '../node/exec.js'
 import {findCgroup2, readMounts} from '../node/mounts.js'
 import {PACKAGE_ROOT} from '../paths.js'
-import {LabProcess} from './process.js'
+import {LabProcess, POLL_DEADLINE_MS} from './process.js'
 import {haproxyConfig} from './sidecar.js'
 import {istioNatRules} from './istio-iptables.js'
 
@@ -121,10 +121,20 @@ export class Lab {
     return join(PACKAGE_ROOT, 'dist', 'lab', 'http-app.js')
   }
 
-  async startApp(podName: string): Promise<LabProcess> {
-    const p = this.spawn(podName, `app in ${podName}`, process.execPath, [this.appScript(), 'serve', String(APP_PORT)])
+  async startApp(podName: string, port = APP_PORT): Promise<LabProcess> {
+    const p = this.spawn(podName, `app ${port} in ${podName}`, process.execPath, [this.appScript(), 'serve', String(port), this.tmp])
     await p.waitFor(/listening on/)
     return p
+  }
+
+  /**
+   * A GET of the app's held stream from one pod's app to another pod: it flows until release(),
+   * so what a test inspects stays open for as long as the test takes.
+   */
+  openStream(from: string, url: string): HeldStream {
+    const gate = `gate-${randomBytes(4).toString('hex')}`
+    const p = this.spawn(from, `stream ${from} -> ${url}`, process.execPath, [this.appScript(), 'get', `${url}/stream?gate=${gate}`])
+    return new HeldStream(p, join(this.tmp, gate))
   }
 
   /** GET a URL from a pod's app container (its cgroup, unless told otherwise). */
@@ -147,7 +157,7 @@ export class Lab {
     return p
   }
 
-  async waitListening(podName: string, port: number, timeoutMs = 5000): Promise<void> {
+  async waitListening(podName: string, port: number, timeoutMs = POLL_DEADLINE_MS): Promise<void> {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       const r = await run('ip', ['netns', 'exec', this.pod(podName).netns, 'ss', '-Htln', `sport = :${port}`], {allowFailure: true})
@@ -211,16 +221,53 @@ export class Lab {
   }
 }
 
-/** rmdir a cgroup once its processes are gone (they may take a moment to leave). */
+/** rmdir a cgroup once its processes are gone (they may take a moment to leave, on a busy machine longer). */
 async function removeCgroup(path: string): Promise<void> {
-  for (let i = 0; i < 50 && existsSync(path); i++) {
+  const deadline = Date.now() + POLL_DEADLINE_MS
+  while (existsSync(path)) {
     try {
       rmdirSync(path)
       return
-    } catch {
-      const procs = existsSync(join(path, 'cgroup.procs')) ? readFileSync(join(path, 'cgroup.procs'), 'utf8').trim() : ''
-      if (procs === '' && i > 20) throw new Error(`cannot remove cgroup ${path}`)
+    } catch (err) {
+      if (Date.now() > deadline) {
+        const procs = existsSync(join(path, 'cgroup.procs')) ? readFileSync(join(path, 'cgroup.procs'), 'utf8').trim().split('\n').join(', ') : ''
+        throw new Error(`cannot remove cgroup ${path} (${(err as Error).message}; processes: ${procs || 'none'})`)
+      }
       await sleep(20)
     }
   }
 }
+
+/** A stream from the lab app that flows until released; see openStream. */
+export class HeldStream {
+  constructor(readonly process: LabProcess, private readonly gateFile: string) {}
+
+  /** Bytes received so far, from the client's progress lines. */
+  get bytes(): number {
+    let last = 0
+    for (const line of this.process.stdout.split('\n')) {
+      const m = /^\{"progress":(\d+)\}$/.exec(line)
+      if (m) last = Number(m[1])
+    }
+    return last
+  }
+
+  /** Wait until more than `n` bytes have arrived (the stream is flowing), or fail saying so. */
+  async flowingPast(n: number, what: string): Promise<number> {
+    await this.process.waitFor(() => this.bytes > n, `more than ${n} bytes of the held stream (${what})`)
+    return this.bytes
+  }
+
+  /** Let the server finish the response, then the client's result: bytes and digest. */
+  async release(): Promise<{code: number | null; bytes?: number; sha256?: string; error?: string}> {
+    writeFileSync(this.gateFile, '')
+    const code = await this.process.exited
+    const last = this.process.stdout.trim().split('\n').at(-1) ?? ''
+    try {
+      return {code, ...(JSON.parse(last) as {bytes?: number; sha256?: string; error?: string})}
+    } catch {
+      return {code, error: `no result: ${this.process.stderr.trim() || last}`}
+    }
+  }
+}
+

@@ -1,6 +1,13 @@
 import {type ChildProcess, spawn} from 'node:child_process'
 import {once} from 'node:events'
 
+/**
+ * How long the lab waits for something that should happen "soon" (a listener, a log line, a map
+ * entry) before it gives up and says what it waited for: generous, so that a slow or loaded
+ * machine only makes a run slower, never red. Nothing waits this long when things work.
+ */
+export const POLL_DEADLINE_MS = 60_000
+
 /** A process the lab started, with its output kept for inspection. */
 export class LabProcess {
   readonly child: ChildProcess
@@ -32,12 +39,13 @@ export class LabProcess {
     clearTimeout(timer)
   }
 
-  /** Wait until its output matches, or fail after the timeout with what it printed. */
-  async waitFor(pattern: RegExp, timeoutMs = 5000): Promise<void> {
+  /** Wait until its output matches (or the condition holds), or fail with what it printed. */
+  async waitFor(until: RegExp | (() => boolean), what = String(until), timeoutMs = POLL_DEADLINE_MS): Promise<void> {
     const deadline = Date.now() + timeoutMs
-    while (!pattern.test(this.stdout + this.stderr)) {
-      if (!this.running) throw new Error(`${this.label} exited: ${this.stderr.trim() || this.stdout.trim()}`)
-      if (Date.now() > deadline) throw new Error(`${this.label} did not print ${pattern}: ${(this.stdout + this.stderr).trim().slice(-500)}`)
+    const done = typeof until === 'function' ? until : () => until.test(this.stdout + this.stderr)
+    while (!done()) {
+      if (!this.running) throw new Error(`${this.label} exited before ${what}: ${this.stderr.trim() || this.stdout.trim().slice(-500)}`)
+      if (Date.now() > deadline) throw new Error(`${this.label}: no ${what} within ${timeoutMs / 1000} s; it printed: ${(this.stdout + this.stderr).trim().slice(-500)}`)
       await new Promise((r) => setTimeout(r, 20))
     }
   }

@@ -58,7 +58,7 @@ export async function run(
   const stderr = String(result.stderr ?? '')
   if (result.failed && result.exitCode === undefined) {
     const cause = result instanceof ExecaError ? result : undefined
-    if ((cause?.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || /ENOENT/.test(String(result.message)))
+    if ((cause?.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || String(result.message).includes('ENOENT'))
       throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
     throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message), stderr)
   }
@@ -92,7 +92,7 @@ export async function runStreaming(tool: string, args: readonly string[], onStdo
   const result = await child
   const stderr = String(result.stderr ?? '')
   if (result.failed && result.exitCode === undefined) {
-    if (/ENOENT/.test(String(result.message))) throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
+    if (String(result.message).includes('ENOENT')) throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
     throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message), stderr)
   }
   if (result.exitCode !== 0)

@@ -12,7 +12,7 @@ export function parseFibTrieLocal(text: string): string[] {
       last = leaf[1]
       continue
     }
-    if (last && /\/32 host LOCAL/.test(line)) out.add(last)
+    if (last && line.includes('/32 host LOCAL')) out.add(last)
   }
   return [...out]
 }
@@ -64,7 +64,7 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
       const inode = netnsInode(path)
       if (!inode || inode === own || byInode.has(inode)) continue
       const r = await run('ip', ['-netns', name, '-4', '-o', 'addr', 'show'], {allowFailure: true})
-      const addresses = [...r.stdout.matchAll(/inet (\d+\.\d+\.\d+\.\d+)\//g)].map((m) => m[1] as string)
+      const addresses = [...r.stdout.matchAll(/inet (\d+\.\d+\.\d+\.\d+)\//g)].map((m) => m[1]!)
       byInode.set(inode, {inode, path, addresses})
     }
   }

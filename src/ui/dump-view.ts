@@ -8,7 +8,7 @@ const list = (v: unknown) => (Array.isArray(v) ? (v.length ? v.join(',') : '-') 
 export function renderMapDump(m: MapDump): string {
   const head = `${c.bold(m.map)} ${c.dim(`(${m.rows.length} shown of ${m.total})`)}`
   if (m.rows.length === 0) return `${head}\n  ${c.dim('empty')}`
-  const r = m.rows as Row[]
+  const r = m.rows
   const tables: Record<string, () => string> = {
     sock_pair_map: () => renderTable(['local end', 'remote end', 'netns', 'socket cookie'], r.map((x: any) => [endpoint(x.local), endpoint(x.remote), x.netns, x.cookie ?? '-'])),
     pair_original_dst: () =>

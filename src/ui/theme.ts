@@ -2,7 +2,7 @@ import {Chalk} from 'chalk'
 
 /** Colors only for a terminal, and never with NO_COLOR set. */
 export function makeChalk(stream: NodeJS.WriteStream = process.stdout): InstanceType<typeof Chalk> {
-  const enabled = stream.isTTY === true && !('NO_COLOR' in process.env) && process.env.TERM !== 'dumb'
+  const enabled = stream.isTTY && !('NO_COLOR' in process.env) && process.env.TERM !== 'dumb'
   return new Chalk({level: enabled ? 1 : 0})
 }
 
@@ -12,4 +12,6 @@ export const mark = {
   pass: c.green('✔'),
   warn: c.yellow('!'),
   fail: c.red('✖'),
+  info: c.cyan('ℹ'),
+  skip: c.dim('–'),
 }

@@ -30,10 +30,10 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.equal(r.status, 200, `request ${from} -> ${to}: ${r.error ?? ''}`)
     return JSON.parse(r.body!) as {remoteAddress: string}
   }
-  /** Log lines a sidecar printed since `mark` characters (haproxy logs a connection when it closes). */
+  /** Log lines a sidecar printed since `mark` characters, once there are `want` (haproxy logs a connection when it closes). */
   const logSince = async (pod: string, mark: number, want = 1) => {
     const p = sidecars.get(pod)!
-    for (let i = 0; i < 100 && parseSidecarLog(p.stdout.slice(mark)).length < want; i++) await sleep(20)
+    await p.waitFor(() => parseSidecarLog(p.stdout.slice(mark)).length >= want, `${want} connection log line(s) from ${pod}'s sidecar`)
     return parseSidecarLog(p.stdout.slice(mark))
   }
   const mark = (pod: string) => sidecars.get(pod)!.stdout.length
@@ -105,44 +105,39 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   })
 
   it('holds the connection sockets in sock_pair_map during traffic', async () => {
-    const stream = lab.spawn('a', 'stream client', process.execPath, [lab.appScript(), 'get', url('b', '/stream?n=4000000&ms=1500')])
+    const stream = lab.openStream('a', url('b', ''))
     try {
-      let sockets: Awaited<ReturnType<typeof readMaps.sockets>> = []
-      for (let i = 0; i < 50 && sockets.length < 4; i++) {
-        await sleep(50)
-        sockets = await readMaps.sockets(inst)
-      }
+      await stream.flowingPast(0, 'before reading the maps')
+      // the stream is held open: every socket of its four legs is in the map now
+      const sockets = await readMaps.sockets(inst)
       const has = (local: string, remote: string) => sockets.some((s) => `${s.pair.localIp}:${s.pair.localPort}` === local && s.pair.remoteIp === remote.split(':')[0] && (remote.includes(':') ? String(s.pair.remotePort) === remote.split(':')[1] : true))
-      assert.ok(has(`127.0.0.1:${15001}`, '127.0.0.1'), 'the outbound sidecar end of the app connection')
+      assert.ok(has(`127.0.0.1:15001`, '127.0.0.1'), 'the outbound sidecar end of the app connection')
       assert.ok(has(`${lab.pod('b').ip}:15006`, lab.pod('a').ip), "pod b's inbound sidecar end")
       assert.ok(sockets.some((s) => s.pair.localIp === lab.pod('a').ip && s.pair.remotePort === 15006), "pod a's sidecar end")
       const originals = await readMaps.originals(inst)
       assert.ok(originals.some((o) => o.origin.ip === lab.pod('b').ip && o.origin.port === APP_PORT))
     } finally {
-      await stream.exited
+      const got = await stream.release()
+      assert.equal(got.sha256, patternSha256(got.bytes ?? -1), JSON.stringify(got))
     }
-    assert.match(stream.stdout, /"bytes":4000000/)
   })
 
   it('dump-maps shows the live connections with their addresses, original destinations and pods', async () => {
-    const stream = lab.spawn('a', 'stream client', process.execPath, [lab.appScript(), 'get', url('b', '/stream?n=4000000&ms=1500')])
+    const stream = lab.openStream('a', url('b', ''))
     try {
       const [a, b] = [lab.pod('a').ip, lab.pod('b').ip]
-      let dump: any
-      for (let i = 0; i < 40; i++) {
-        await sleep(50)
-        const r = await cli(['dump-maps', '--bpffs', install.bpffs, '--json'], install.env)
-        assert.equal(r.code, 0, r.stderr)
-        dump = Object.fromEntries(parseJson(r.stdout).maps.map((m: any) => [m.map, m]))
-        if (dump.sock_pair_map.rows.some((x: any) => x.local.port === 15006)) break
-      }
+      await stream.flowingPast(0, 'before dumping the maps')
+      const r = await cli(['dump-maps', '--bpffs', install.bpffs, '--json'], install.env)
+      assert.equal(r.code, 0, r.stderr)
+      const dump = Object.fromEntries(parseJson(r.stdout).maps.map((m: any) => [m.map, m]))
       const inbound = dump.sock_pair_map.rows.find((x: any) => x.local.ip === b && x.local.port === 15006)
       assert.ok(inbound, JSON.stringify(dump.sock_pair_map.rows))
       assert.equal(inbound.local.pod, 'lab/b')
       assert.equal(inbound.remote.pod, 'lab/a')
       assert.equal(inbound.netns, '0')
       const loop = dump.sock_pair_map.rows.find((x: any) => x.local.ip === '127.0.0.1' && x.local.port === 15001)
-      assert.notEqual(loop?.netns, '0', 'loopback legs carry the netns cookie')
+      assert.ok(loop, `no loopback leg to 15001 in ${JSON.stringify(dump.sock_pair_map.rows)}`)
+      assert.match(loop.netns, /^[1-9]\d*$/, 'loopback legs carry the netns cookie')
       const orig = dump.pair_original_dst.rows.filter((x: any) => x.originalDst.ip === b && x.originalDst.port === APP_PORT)
       assert.ok(orig.some((x: any) => x.flags.includes('outbound') && x.process === 'node'), JSON.stringify(orig))
       assert.ok(orig.some((x: any) => x.flags.includes('inbound') && x.process === 'haproxy' && x.connection.local.pod === 'lab/a' && x.originalDst.pod === 'lab/b'))
@@ -154,11 +149,18 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
 
       const only = parseJson((await cli(['dump-maps', 'pair_original_dst', 'sock_pair_map', '--pod', 'a', '--limit', '1', '--json', '--bpffs', install.bpffs], install.env)).stdout).maps
       assert.deepEqual(only.map((m: any) => m.map), ['pair_original_dst', 'sock_pair_map'])
-      assert.ok(only.every((m: any) => m.rows.length <= 1))
+      // pod a has several rows in each map; the limit keeps exactly one, and it is a's
+      for (const m of only) {
+        assert.equal(m.rows.length, 1, `${m.map}: ${JSON.stringify(m.rows)}`)
+        const ofA = dump[m.map].rows.filter((x: any) => JSON.stringify(x).includes('"lab/a"')).length
+        assert.ok(ofA > 1, `${m.map} has ${ofA} row(s) of pod a without --limit: the limit would prove nothing`)
+        assert.match(JSON.stringify(m.rows[0]), /"lab\/a"/)
+      }
       const text = await cli(['dump-maps', 'pair_original_dst', '--bpffs', install.bpffs], install.env)
       assert.match(text.stdout, new RegExp(`${b.replaceAll('.', '\\.')}:${APP_PORT} lab/b`))
     } finally {
-      await stream.exited
+      const got = await stream.release()
+      assert.equal(got.sha256, patternSha256(got.bytes ?? -1), JSON.stringify(got))
     }
   })
 
@@ -167,8 +169,11 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.equal(before.code, 0, before.stdout)
     const b0 = parseJson(before.stdout)
     assert.equal(b0.verdict, 'healthy')
-    assert.ok(b0.programs.every((p: any) => p.id > 0))
-    assert.deepEqual(b0.programs.filter((p: any) => p.attached === false), [])
+    assert.deepEqual(b0.programs.map((p: any) => p.name).sort(), ['mb_connect4', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops'])
+    for (const p of b0.programs) {
+      assert.ok(p.id > 0, JSON.stringify(p))
+      assert.equal(p.attached, true, JSON.stringify(p))
+    }
     assert.equal(b0.maps.find((m: any) => m.name === 'local_pod_ips').entries, 2)
     for (let i = 0; i < 3; i++) await whoami('a', 'b')
     const b1 = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
@@ -254,17 +259,21 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
 
   it('replaces changed programs without breaking an established stream', async () => {
     const before = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p: any) => p.id)
-    const n = 16 * 1024 * 1024
-    const stream = lab.spawn('a', 'stream client', process.execPath, [lab.appScript(), 'get', url('b', `/stream?n=${n}&ms=2500`)])
-    await sleep(800)
+    const stream = lab.openStream('a', url('b', ''))
+    const atStart = await stream.flowingPast(0, 'before the replacement')
     // --rebuild stands in for changed sources: the installation is replaced, not resynced
     const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
     assert.equal(r.code, 0, r.stderr)
     assert.equal(parseJson(r.stdout).mode, 'replace')
-    assert.equal(await stream.exited, 0, stream.stdout + stream.stderr)
-    const got = JSON.parse(stream.stdout.trim())
-    assert.equal(got.bytes, n)
-    assert.equal(got.sha256, patternSha256(n))
+    // the same connection was open through the whole replacement (it cannot end before release)
+    // and still carries bytes after it
+    assert.ok(stream.process.running, `the stream ended during the replacement: ${stream.process.stdout.slice(-300)}`)
+    const atEnd = stream.bytes
+    await stream.flowingPast(atEnd + 1024 * 1024, 'after the replacement')
+    const got = await stream.release()
+    assert.equal(got.code, 0, JSON.stringify(got))
+    assert.ok(got.bytes! > atEnd && atEnd >= atStart, JSON.stringify({got, atStart, atEnd}))
+    assert.equal(got.sha256, patternSha256(got.bytes!))
     const after = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p: any) => p.id)
     assert.ok(after.every((id: number) => !before.includes(id)), 'new programs')
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
@@ -284,16 +293,19 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   })
 
   it('keeps a long stream whole across disable, then restores the direct path and leaves nothing', async () => {
-    const n = 24 * 1024 * 1024
-    const stream = lab.spawn('a', 'stream client', process.execPath, [lab.appScript(), 'get', url('b', `/stream?n=${n}&ms=3000`)])
-    await sleep(1200)
+    const stream = lab.openStream('a', url('b', ''))
+    const atStart = await stream.flowingPast(0, 'before disable')
     const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
     assert.equal(d.code, 0, d.stderr)
     assert.deepEqual(parseJson(d.stdout).detached.map((x: {program: string}) => x.program).sort(), ['mb_connect4', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops'])
-    assert.equal(await stream.exited, 0, stream.stdout + stream.stderr)
-    const got = JSON.parse(stream.stdout.trim())
-    assert.equal(got.bytes, n)
-    assert.equal(got.sha256, patternSha256(n))
+    // open through the whole of disable, and still flowing (over TCP now) after it
+    assert.ok(stream.process.running, `the stream ended during disable: ${stream.process.stdout.slice(-300)}`)
+    const atEnd = stream.bytes
+    await stream.flowingPast(atEnd + 1024 * 1024, 'after disable')
+    const got = await stream.release()
+    assert.equal(got.code, 0, JSON.stringify(got))
+    assert.ok(got.bytes! > atEnd && atEnd >= atStart, JSON.stringify({got, atStart, atEnd}))
+    assert.equal(got.sha256, patternSha256(got.bytes!))
 
     assert.equal((await whoami('a', 'b')).remoteAddress, lab.pod('a').ip, 'direct again')
     assert.ok(!existsSync(install.bpffs), 'no pins')

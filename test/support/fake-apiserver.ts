@@ -131,9 +131,9 @@ export class FakeApiServer {
       res.writeHead(code, {'content-type': 'application/json'})
       res.end(JSON.stringify({kind: 'Status', apiVersion: 'v1', status: 'Failure', reason, code, message: reason}))
     }
-    if (auth === 'Bearer forbidden-token') return status(403, 'Forbidden')
-    if (auth !== `Bearer ${this.token}`) return status(401, 'Unauthorized')
-    if (url.pathname !== '/api/v1/pods') return status(404, 'NotFound')
+    if (auth === 'Bearer forbidden-token') { status(403, 'Forbidden'); return; }
+    if (auth !== `Bearer ${this.token}`) { status(401, 'Unauthorized'); return; }
+    if (url.pathname !== '/api/v1/pods') { status(404, 'NotFound'); return; }
     const node = /^spec\.nodeName=(.*)$/.exec(query.fieldSelector ?? '')?.[1]
     const mine = (p: FakePod) => !node || p.spec.nodeName === node
     if (query.watch === 'true') {
