@@ -33,3 +33,9 @@ export function describeError(err: unknown): {message: string; suggestion?: stri
   if (err instanceof Error) return {message: err.message}
   return {message: String(err)}
 }
+
+/** A value an earlier step must have produced: a bug in merbridge, said plainly, if it did not. */
+export function required<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new MerbridgeError(`internal error: ${what} is missing`, {code: 'INTERNAL', suggestion: 'please report this with the command you ran'})
+  return value
+}

@@ -4,6 +4,7 @@ import {existsSync, mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
+import type {DumpableMap, MapDump, RowsOf} from '../src/datapath/dump.js'
 import {POLL_DEADLINE_MS} from '../src/lab/process.js'
 import {onPath} from '../src/node/exec.js'
 import {findCgroup2, isBpffs, readMounts} from '../src/node/mounts.js'
@@ -54,10 +55,12 @@ export function uniqueInstall(): {bpffs: string; env: Record<string, string>; cl
 
 export async function cli(args: string[], env: Record<string, string> = {}, input?: string) {
   const r = await execa(process.execPath, [BIN, ...args], {env: {...env, NO_COLOR: '1'}, reject: false, input, stdin: input === undefined ? 'ignore' : undefined})
-  return {code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr)}
+  return {code: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr}
 }
 
-export function parseJson<T = any>(text: string): T {
+/** The CLI's --json answer, as the type the command returns (the test then asserts its contents). */
+// eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- T names the command's declared result type at each call
+export function parseJson<T>(text: string): T {
   try {
     return JSON.parse(text) as T
   } catch {
@@ -67,7 +70,7 @@ export function parseJson<T = any>(text: string): T {
 
 /** bpffs must be mounted for tests that pin directly; mounts it if needed and says whether it did. */
 export async function ensureBpffs(): Promise<() => Promise<void>> {
-  if (isBpffs(readMounts(), '/sys/fs/bpf')) return async () => {}
+  if (isBpffs(readMounts(), '/sys/fs/bpf')) return () => Promise.resolve()
   await execa('mount', ['-t', 'bpf', 'bpf', '/sys/fs/bpf'])
   return async () => {
     await execa('umount', ['/sys/fs/bpf'], {reject: false})
@@ -86,4 +89,11 @@ export async function eventually(what: string, cond: () => boolean | Promise<boo
     await new Promise((r) => setTimeout(r, 20))
   }
   return Date.now() - t0
+}
+
+/** The rows of one map in a `dump-maps --json` answer; fails when the map is not in it. */
+export function rowsOf<K extends DumpableMap>(maps: MapDump[], name: K): RowsOf[K][] {
+  const m = maps.find((x) => x.map === name)
+  if (!m) throw new Error(`no ${name} in the dump: ${maps.map((x) => x.map).join(', ')}`)
+  return m.rows as RowsOf[K][]
 }

@@ -14,7 +14,7 @@ export interface FeatureReport {
   checked: number
 }
 
-interface Probe {
+export interface FeatureProbe {
   program_types?: Record<string, boolean>
   map_types?: Record<string, boolean>
   helpers?: Record<string, string[]>
@@ -22,7 +22,7 @@ interface Probe {
 
 /** Which required program types, map types and helpers the probe did not find. */
 export function missingFeatures(probe: unknown): FeatureReport {
-  const p = (probe ?? {}) as Probe
+  const p = (probe ?? {}) as FeatureProbe
   const missing: string[] = []
   let checked = 0
   for (const t of REQUIRED_PROG_TYPES) {

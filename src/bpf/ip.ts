@@ -21,7 +21,7 @@ export function ipToSlot(ip: string): Buffer {
     list.flatMap((w) => (isIPv4(w) ? [(Number(w.split('.')[0]) << 8) | Number(w.split('.')[1]), (Number(w.split('.')[2]) << 8) | Number(w.split('.')[3])].map((n) => n.toString(16)) : [w]))
   h = expand(h)
   t = expand(t)
-  const all = [...h, ...Array(8 - h.length - t.length).fill('0'), ...t]
+  const all = [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t]
   all.forEach((w, i) => out.writeUInt16BE(Number.parseInt(w, 16), i * 2))
   return out
 }

@@ -39,7 +39,7 @@ export default class Demo extends BaseCommand {
     if (facts.failure) facts.benchSkipped = 'the demo did not complete'
     else {
       try {
-        await runWithProgress([{title: 'Run a short bench: keep-alive, 3 s per mode (direct, iptables, ebpf) in a lab of its own', run: shortBench}], ctx, {silent, onStart: () => {}})
+        await runWithProgress([{title: 'Run a short bench: keep-alive, 3 s per mode (direct, iptables, ebpf) in a lab of its own', run: shortBench}], ctx, {silent})
       } catch (error) {
         const {message, suggestion} = describeError(error)
         facts.benchSkipped = suggestion ? `${message} (${suggestion})` : message

@@ -1,3 +1,4 @@
+import {required} from '../errors.js'
 import {Flags} from '@oclif/core'
 import {type EnableContext, type EnableStep, ENABLE_STEPS, enableFailure, newEnableContext, rollback} from '../datapath/enable.js'
 import type {InstallState} from '../datapath/installation.js'
@@ -51,7 +52,7 @@ export default class Enable extends BaseCommand {
     try {
       await runWithProgress(ENABLE_STEPS, ctx, {silent: this.jsonEnabled(), onStart: (s) => started.push(s)})
     } catch (error) {
-      const step = started.at(-1) ?? ENABLE_STEPS[0]!
+      const step = started.at(-1) ?? required(ENABLE_STEPS[0], 'the first step')
       throw enableFailure(step, error, await rollback(started, ctx))
     }
     const result = toResult(ctx)
@@ -71,12 +72,12 @@ function toResult(ctx: EnableContext): EnableResult {
     enabled: true,
     mode: ctx.mode,
     bpffs: ctx.inst.dir,
-    cgroup: ctx.cgroup!,
+    cgroup: required(ctx.cgroup, 'the cgroup'),
     mesh: ctx.mesh.name,
     node: ctx.node,
-    objectHash: ctx.objects!.hash,
-    compiled: ctx.objects!.compiled,
-    pods: podsRecord(ctx.podsSource!, ctx.applied!),
+    objectHash: required(ctx.objects, 'the built objects').hash,
+    compiled: required(ctx.objects, 'the built objects').compiled,
+    pods: podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')),
   }
 }
 

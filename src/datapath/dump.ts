@@ -1,6 +1,6 @@
 import {readFileSync} from 'node:fs'
 import {formatCidr} from '../bpf/ip.js'
-import {COUNTERS, originFlagNames, type Pair, type PodRules} from '../bpf/layout.js'
+import {COUNTERS, originFlagNames, type Pair, type PodRules, type Settings} from '../bpf/layout.js'
 import {readMaps} from '../bpf/maps.js'
 import {MerbridgeError} from '../errors.js'
 import type {InstallState, Installation} from './installation.js'
@@ -22,14 +22,41 @@ export interface Filter {
   port?: number
 }
 
-export type Row = Record<string, unknown>
-
-export interface MapDump {
-  map: DumpableMap
-  /** entries in the map, before filters and limit */
-  total: number
-  rows: Row[]
+/** Where a connection goes from and to; netns is the cookie of loopback legs, 0 otherwise. */
+export interface ConnectionView {
+  local: Endpoint
+  remote: Endpoint
+  netns: string
 }
+
+export interface RulesView {
+  outboundCidrs: '*' | string[]
+  excludedOutboundCidrs: string[]
+  outboundPorts: number[]
+  excludedOutboundPorts: number[]
+  inboundPorts: '*' | number[]
+  excludedInboundPorts: number[]
+}
+
+/** The rows of each map, with the field names `--json` documents (docs/dump-maps.md). */
+export interface RowsOf {
+  sock_pair_map: ConnectionView & {cookie?: string}
+  pair_original_dst: {connection: ConnectionView; originalDst: Endpoint; pid: number; process?: string; flags: string[]}
+  process_ip: {pid: number; process?: string; podIp: string; pod?: string; netns: string}
+  local_pod_ips: {ip: string; pod?: string; rules: RulesView}
+  netns_pod_ips: {netns: string; ip: string; pod?: string}
+  settings: Omit<Settings, 'hostNetns'> & {hostNetns: string}
+  counters: {counter: string; value: number}
+}
+
+export type MapDump = {
+  [K in DumpableMap]: {
+    map: K
+    /** entries in the map, before filters and limit */
+    total: number
+    rows: RowsOf[K][]
+  }
+}[DumpableMap]
 
 /** IP -> namespace/name for every pod of the last sync. */
 export function podNames(state: InstallState | undefined): Map<string, string> {
@@ -53,7 +80,7 @@ function processName(pid: number): string | undefined {
   return names.get(pid)
 }
 
-function rulesView(r: PodRules): Row {
+function rulesView(r: PodRules): RulesView {
   return {
     outboundCidrs: r.outAllCidrs ? '*' : r.outIncludeCidrs.map(formatCidr),
     excludedOutboundCidrs: r.outExcludeCidrs.map(formatCidr),
@@ -80,7 +107,7 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
     (filter.port === undefined || eps.some((e) => e.port === filter.port)) &&
     (!filter.pod || eps.some((e) => e.pod === filter.pod || e.pod?.split('/')[1] === filter.pod))
 
-  const readers: Record<DumpableMap, () => Promise<{rows: Row[]; eps: Endpoint[][]}>> = {
+  const readers: {[K in DumpableMap]: () => Promise<{rows: RowsOf[K][]; eps: Endpoint[][]}>} = {
     async sock_pair_map() {
       const entries = await readMaps.sockets(inst)
       return {rows: entries.map((e) => ({...conn(e.pair), cookie: e.cookie?.toString()})), eps: entries.map((e) => [ep(e.pair.localIp, e.pair.localPort), ep(e.pair.remoteIp, e.pair.remotePort)])}
@@ -119,7 +146,8 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
     const {rows, eps} = await readers[map]()
     // settings and counters are not about connections: filters do not apply to them
     const kept = filtering && map !== 'settings' && map !== 'counters' ? rows.filter((_, i) => matches(...(eps[i] ?? []))) : rows
-    out.push({map, total: rows.length, rows: limit === undefined ? kept : kept.slice(0, limit)})
+    // the reader of `map` produced rows of `map`: TypeScript cannot follow that through the loop
+    out.push({map, total: rows.length, rows: limit === undefined ? kept : kept.slice(0, limit)} as MapDump)
   }
   return out
 }

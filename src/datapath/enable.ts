@@ -2,7 +2,7 @@ import {mkdir} from 'node:fs/promises'
 import {hostname} from 'node:os'
 import {bpftool} from '../bpf/bpftool.js'
 import {buildObjects, type BuiltObjects, sourceHash} from '../bpf/objects.js'
-import {MerbridgeError} from '../errors.js'
+import {MerbridgeError, required} from '../errors.js'
 import type {KubeOptions} from '../kube/client.js'
 import {type LoadedPods, loadPods} from '../kube/source.js'
 import {type MeshProfile, meshProfile} from '../mesh/profiles.js'
@@ -71,11 +71,8 @@ export const ENABLE_STEPS: EnableStep[] = [
     title: 'Check the node',
     async run(ctx) {
       ctx.preflight = await runPreflight({cgroup: ctx.opts.cgroup, bpffs: ctx.opts.bpffs})
-      const failed = ctx.preflight.checks.filter((c) => c.required && c.status === 'fail')
-      if (failed.length > 0) {
-        const first = failed[0]!
-        throw new MerbridgeError(`${first.title}: ${first.detail}`, {code: 'PREFLIGHT_FAILED', suggestion: first.remedy ?? 'run merbridge doctor for details'})
-      }
+      const first = ctx.preflight.checks.find((c) => c.required && c.status === 'fail')
+      if (first) throw new MerbridgeError(`${first.title}: ${first.detail}`, {code: 'PREFLIGHT_FAILED', suggestion: first.remedy ?? 'run merbridge doctor for details'})
       ctx.cgroup = ctx.preflight.cgroup
       const state = await ctx.inst.readState()
       if (ctx.preflight.enabled && state) {
@@ -115,7 +112,7 @@ export const ENABLE_STEPS: EnableStep[] = [
         ctx.mountedBpffs = true
       }
       await mkdir(ctx.inst.dir, {recursive: true})
-      await bpftool.loadAll(ctx.objects!.datapath, ctx.inst.progDir, ctx.inst.mapDir)
+      await bpftool.loadAll(required(ctx.objects, 'the built objects').datapath, ctx.inst.progDir, ctx.inst.mapDir)
     },
     async undo(ctx) {
       await disable(ctx.inst, {drainMs: 0})
@@ -127,7 +124,7 @@ export const ENABLE_STEPS: EnableStep[] = [
     title: 'Configure the mesh profile',
     skip: (ctx) => (ctx.mode === 'resync' ? 'already configured' : false),
     async run(ctx) {
-      const cookies = await netnsCookies(ctx.objects!.netnsCookie, ['/proc/self/ns/net'])
+      const cookies = await netnsCookies(required(ctx.objects, 'the built objects').netnsCookie, ['/proc/self/ns/net'])
       ctx.hostNetns = cookies.get('/proc/self/ns/net')
       if (ctx.hostNetns === undefined)
         throw new MerbridgeError('cannot read the network namespace cookie of this node', {code: 'NETNS_COOKIE', suggestion: 'needs Linux 5.14 or newer (SO_NETNS_COOKIE)'})
@@ -141,7 +138,7 @@ export const ENABLE_STEPS: EnableStep[] = [
     async run(ctx) {
       ctx.loaded = await loadPods(ctx.opts.podsFile, ctx.node, ctx.opts.kube)
       ctx.podsSource = ctx.loaded.source
-      ctx.applied = await applyPods(ctx.inst, ctx.objects!.netnsCookie, ctx.loaded.pods, {node: ctx.node, mesh: ctx.mesh})
+      ctx.applied = await applyPods(ctx.inst, required(ctx.objects, 'the built objects').netnsCookie, ctx.loaded.pods, {node: ctx.node, mesh: ctx.mesh})
     },
   },
   {
@@ -150,7 +147,7 @@ export const ENABLE_STEPS: EnableStep[] = [
     skip: (ctx) => (ctx.mode === 'resync' ? 'already attached' : false),
     async run(ctx) {
       for (const p of PROGRAMS) {
-        if (p.target === 'cgroup') await bpftool.cgroupAttach(ctx.cgroup!, p.attachType, ctx.inst.prog(p.name))
+        if (p.target === 'cgroup') await bpftool.cgroupAttach(required(ctx.cgroup, 'the cgroup'), p.attachType, ctx.inst.prog(p.name))
         else await bpftool.progAttachToMap(ctx.inst.prog(p.name), p.attachType, ctx.inst.map('sock_pair_map'))
         ctx.attached.push(p.name)
       }
@@ -167,14 +164,14 @@ export const ENABLE_STEPS: EnableStep[] = [
       const state: InstallState = {
         version: 1,
         bpffs: ctx.inst.dir,
-        cgroup: ctx.cgroup!,
+        cgroup: required(ctx.cgroup, 'the cgroup'),
         mesh: ctx.mesh.name,
         node: ctx.node,
-        objectHash: ctx.objects!.hash,
+        objectHash: required(ctx.objects, 'the built objects').hash,
         enabledAt: ctx.mode === 'resync' && previous ? previous.enabledAt : new Date().toISOString(),
         mountedBpffs: ctx.mountedBpffs || (ctx.mode === 'resync' && previous?.mountedBpffs === true),
         hostNetns: (ctx.hostNetns ?? BigInt(previous?.hostNetns ?? 0)).toString(),
-        pods: podsRecord(ctx.podsSource!, ctx.applied!),
+        pods: podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')),
       }
       await ctx.inst.writeState(state)
     },

@@ -75,7 +75,7 @@ async function snapshot(inst: Installation, cgroup: string | undefined): Promise
     return {
       progs: new Map(PROGRAMS.map((p, i) => [p.name, out[i] as ProgInfo])),
       maps: new Map(MAP_NAMES.map((m, i) => [m, out[PROGRAMS.length + i] as MapInfo])),
-      attachments: withCgroup ? ((out[PROGRAMS.length + MAP_NAMES.length] as CgroupAttachment[]) ?? []) : [],
+      attachments: withCgroup ? ((out[PROGRAMS.length + MAP_NAMES.length] as CgroupAttachment[] | undefined) ?? []) : [],
     }
   } catch {
     // something is missing: ask one by one, so that each absence is reported
@@ -143,7 +143,7 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
   )
   MAP_NAMES.forEach((name, i) => {
     const info = snap.maps.get(name)
-    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries || undefined, entries: counted[i]}
+    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries === 0 ? undefined : info?.max_entries, entries: counted[i]}
     if (m.entries !== undefined && m.capacity && m.entries >= m.capacity * NEAR_FULL) report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
     if (!info) report.problems.push(`map ${name} is not pinned`)
     report.maps.push(m)
@@ -153,12 +153,13 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
   if (!state) report.problems.push(`pins in ${inst.dir} but no record of an enable (an enable was interrupted)`)
   if (state && pins.progs.length === 0) report.problems.push(`recorded as enabled on ${state.cgroup}, but nothing is pinned in ${inst.dir} (stale record)`)
   const foreign = snap.attachments.filter((a) => !report.programs.some((p) => p.id === a.id))
-  if (foreign.length > 0) report.hints.push(`other programs are attached to ${state!.cgroup}: ${foreign.map((f) => `${f.id} ${f.name} (${f.attach_type})`).join(', ')}; they may conflict`)
+  if (foreign.length > 0) report.hints.push(`other programs are attached to ${state?.cgroup ?? 'the cgroup'}: ${foreign.map((f) => `${f.id} ${f.name} (${f.attach_type})`).join(', ')}; they may conflict`)
   const hash = await currentHash
   if (hash instanceof Error) report.hints.push(`cannot tell whether the programs are current: ${describeError(hash).message}`)
   else if (state && hash !== state.objectHash) report.hints.push('the programs were built from older sources: run merbridge enable to replace them')
   if (!report.statsEnabled) report.hints.push('run counts and times are off: sysctl -w kernel.bpf_stats_enabled=1 turns them on')
-  if ((state?.pods.unregistered.length ?? 0) > 0) report.hints.push(`${state!.pods.unregistered.length} meshed pod(s) were not found on this node at the last sync`)
+  const unregistered = state?.pods.unregistered.length ?? 0
+  if (unregistered > 0) report.hints.push(`${unregistered} meshed pod(s) were not found on this node at the last sync`)
 
   report.verdict = report.problems.length > 0 ? 'unhealthy' : 'healthy'
   if (report.problems.length > 0) report.hints.unshift('merbridge disable, then merbridge enable, rebuilds the installation')

@@ -4,7 +4,7 @@
  * every second.
  */
 import {buildObjects} from '../bpf/objects.js'
-import {describeError, MerbridgeError} from '../errors.js'
+import {describeError, MerbridgeError, required} from '../errors.js'
 import type {KubeOptions} from '../kube/client.js'
 import type {PodJson} from '../kube/pods.js'
 import {loadPods} from '../kube/source.js'
@@ -64,7 +64,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   }, opts.retryMs ?? 1000)
   try {
     await watchNodePods(
-      first.target!,
+      required(first.target, 'the Kubernetes API target'),
       opts.node,
       {
         onPods: (pods, event) => apply(pods, event),

@@ -42,7 +42,7 @@ export async function loadKube(opts: KubeOptions, env = process.env): Promise<Ku
     return `${file} (${origin})`
   }
   if (opts.kubeconfig) source = fromFile(opts.kubeconfig, '--kubeconfig')
-  else if (env.KUBECONFIG) source = fromFile(env.KUBECONFIG.split(':').find((f) => f && existsSync(f)) ?? env.KUBECONFIG.split(':')[0]!, 'KUBECONFIG')
+  else if (env.KUBECONFIG) source = fromFile(env.KUBECONFIG.split(':').find((f) => f && existsSync(f)) ?? env.KUBECONFIG, 'KUBECONFIG')
   else if (existsSync(join(env.HOME ?? homedir(), '.kube', 'config'))) source = fromFile(join(env.HOME ?? homedir(), '.kube', 'config'), '~/.kube/config')
   else if (env.KUBERNETES_SERVICE_HOST && existsSync(SA_TOKEN)) {
     kc.loadFromCluster()
@@ -65,7 +65,7 @@ export function apiError(error: unknown, target: KubeTarget): MerbridgeError {
   if (error instanceof MerbridgeError) return error
   const e = error as {code?: string | number; statusCode?: number; message?: string; cause?: {code?: string}; errno?: string}
   const status = typeof e.code === 'number' ? e.code : e.statusCode
-  const code = String(e.cause?.code ?? (typeof e.code === 'string' ? e.code : '') ?? '')
+  const code = e.cause?.code ?? (typeof e.code === 'string' ? e.code : '')
   const where = `the Kubernetes API at ${target.server}`
   if (status === 401)
     return kubeError(`${where} refused the credentials of ${target.source} (401 Unauthorized)`, 'refresh the token or certificate in the kubeconfig', 'KUBE_UNAUTHORIZED')

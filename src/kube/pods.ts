@@ -6,14 +6,15 @@ import {rulesFromAnnotations} from './annotations.js'
 
 /** The parts of a Kubernetes Pod that merbridge reads. */
 export interface PodJson {
-  metadata?: {name?: string; namespace?: string; annotations?: Record<string, string>}
+  // as found in a pods file: entries may be null and YAML may give numbers where the API has strings
+  metadata?: {name?: string; namespace?: string; annotations?: Record<string, unknown>}
   spec?: {
     nodeName?: string
     hostNetwork?: boolean
-    containers?: {name?: string}[]
-    initContainers?: {name?: string; restartPolicy?: string}[]
+    containers?: ({name?: string} | null)[]
+    initContainers?: ({name?: string; restartPolicy?: string} | null)[]
   }
-  status?: {phase?: string; podIP?: string; podIPs?: {ip?: string}[]}
+  status?: {phase?: string; podIP?: string; podIPs?: ({ip?: string} | null)[]}
 }
 
 export interface MeshedPod {
@@ -51,9 +52,9 @@ export async function parsePodList(text: string, source: string): Promise<PodJso
       throw new MerbridgeError(`${source} is not valid JSON or YAML: ${(error as Error).message.split('\n')[0]}`, BAD_PODS)
     }
   }
-  const obj = doc as {kind?: string; items?: unknown}
-  if (obj && obj.kind === 'Pod') return [obj as PodJson]
-  if (!obj || typeof obj !== 'object' || !Array.isArray(obj.items)) throw new MerbridgeError(`${source} is not a Kubernetes PodList (no "items" array)`, BAD_PODS)
+  const obj = (doc !== null && typeof doc === 'object' ? doc : {}) as {kind?: string; items?: unknown}
+  if (obj.kind === 'Pod') return [obj as PodJson]
+  if (!Array.isArray(obj.items)) throw new MerbridgeError(`${source} is not a Kubernetes PodList (no "items" array)`, BAD_PODS)
   return obj.items as PodJson[]
 }
 
@@ -70,10 +71,11 @@ function podIPv4(pod: PodJson): string | undefined {
 }
 
 /** This node's pods, split into the meshed ones (with their rules) and the rest (with why). */
-export function selectMeshedPods(pods: PodJson[], node: string, mesh: MeshProfile): PodSelection {
+export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: MeshProfile): PodSelection {
   const out: PodSelection = {meshed: [], skipped: [], otherNodes: 0}
-  for (const pod of pods) {
-    if (!pod || typeof pod !== 'object') continue
+  for (const item of pods) {
+    if (!item || typeof item !== 'object') continue
+    const pod = item as PodJson
     if (pod.spec?.nodeName !== node) {
       out.otherNodes++
       continue
@@ -85,7 +87,7 @@ export function selectMeshedPods(pods: PodJson[], node: string, mesh: MeshProfil
       skip(`no injected ${mesh.sidecarContainer} sidecar`)
       continue
     }
-    if (pod.spec?.hostNetwork) {
+    if (pod.spec.hostNetwork) {
       skip('uses the host network')
       continue
     }

@@ -43,7 +43,7 @@ export async function watchNodePods(
     for (const p of initial.pods) pods.set(key(p), p)
     resourceVersion = initial.resourceVersion
   }
-  let started = Date.now()
+  let started: number
   while (!signal.aborted) {
     try {
       if (needList) {
@@ -58,14 +58,23 @@ export async function watchNodePods(
         let failure: Error | undefined
         let finished = false
         // stopping also ends a watch whose response has not started yet (no controller to abort)
-        const stop = () => (controller?.abort(), finish())
+        const stop = () => {
+          controller?.abort()
+          finish()
+        }
         signal.addEventListener('abort', stop, {once: true})
         function finish(err?: unknown) {
           if (finished) return
           finished = true
           signal.removeEventListener('abort', stop)
           // the stream's close can overtake its last line (an ERROR event): let pending lines run first
-          setImmediate(() => chain.then(() => (failure ?? err ? reject(failure ?? err) : resolve()), reject))
+          setImmediate(() => {
+            chain.then(() => {
+              const why = failure ?? err
+              if (why === undefined || why === null) resolve()
+              else reject(why instanceof Error ? why : new Error(JSON.stringify(why)))
+            }, reject)
+          })
         }
         new Watch(target.kc)
           .watch(
@@ -73,13 +82,13 @@ export async function watchNodePods(
             {fieldSelector: nodeSelector(node), resourceVersion, allowWatchBookmarks: true},
             (type: string, obj: PodJson & {code?: number; metadata?: {resourceVersion?: string}}) => {
               if (type === 'ERROR') {
-                failure = obj?.code === 410 ? new Gone() : new Error(`watch error: ${JSON.stringify(obj)}`)
+                failure = obj.code === 410 ? new Gone() : new Error(`watch error: ${JSON.stringify(obj)}`)
                 controller?.abort()
                 finish()
                 return
               }
               if (finished) return
-              if (obj?.metadata?.resourceVersion) resourceVersion = obj.metadata.resourceVersion
+              if (obj.metadata?.resourceVersion) resourceVersion = obj.metadata.resourceVersion
               if (type === 'BOOKMARK') return
               if (type === 'DELETED') pods.delete(key(obj))
               else if (type === 'ADDED' || type === 'MODIFIED') pods.set(key(obj), obj)
@@ -95,7 +104,8 @@ export async function watchNodePods(
           }, finish)
       })
     } catch (error) {
-      if (signal.aborted) break
+      // the signal may have fired while the stream was open
+      if (isAborted(signal)) break
       if (error instanceof Gone || (error as {statusCode?: number}).statusCode === 410) {
         needList = true
         hooks.onError('the watch fell behind (410 Gone); listing again', 0)
@@ -113,4 +123,9 @@ export async function watchNodePods(
       delay = Math.min(delay * 2, backoff.maxMs)
     } else delay = backoff.initialMs
   }
+}
+
+/** Read afresh: TypeScript narrows `signal.aborted` as if it could not change across an await. */
+function isAborted(signal: AbortSignal): boolean {
+  return signal.aborted
 }

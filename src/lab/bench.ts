@@ -53,6 +53,7 @@ export interface BenchReport {
 }
 
 const SERVER_PORT = APP_PORT
+const WHOAMI_PORT = APP_PORT + 1
 
 function nginxConfig(dir: string): string {
   return `daemon off;
@@ -97,6 +98,7 @@ export class Bench {
     this.lab.spawn('server', 'nginx', 'nginx', ['-c', cfg, '-e', join(this.lab.tmp, 'nginx-error.log')])
     await this.lab.waitListening('server', SERVER_PORT)
     // the whoami app answers the mode checks on another port
+    await this.lab.startApp('server', WHOAMI_PORT)
     this.podsFile = this.lab.writePodList()
   }
 
@@ -117,13 +119,13 @@ export class Bench {
    */
   async verifyMode(mode: Mode): Promise<void> {
     if (mode === 'ebpf' && !this.inst.exists()) throw new MerbridgeError('mode ebpf: merbridge is not enabled on the lab; refusing to report numbers')
-    const sidecar = this.lab.processes.find((p) => p.label === 'sidecar in server')!
-    const before = sidecar.stdout.length
     const beforeCounters = mode === 'ebpf' ? await readMaps.counters(this.inst) : undefined
     const r = await this.lab.exec('client', 'wrk', ['-t1', '-c1', '-d1s', '-H', 'Connection: close', this.url])
     const res = parseWrk(r.stdout)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-    const passedSidecar = sidecar.stdout.slice(before).includes('via=inbound_passthrough')
+    // the server app sees 127.0.0.6 exactly when a request came through its inbound sidecar
+    const seen = await this.lab.get('client', `http://${this.lab.pod('server').ip}:${WHOAMI_PORT}/whoami`)
+    if (seen.status !== 200 || !seen.body) throw new MerbridgeError(`mode ${mode}: the check request failed (${seen.error ?? String(seen.status)})`)
+    const passedSidecar = (JSON.parse(seen.body) as {remoteAddress?: string}).remoteAddress === '127.0.0.6'
     if (res.requests === 0 || res.errors > 0) throw new MerbridgeError(`mode ${mode}: requests failed (${res.errors} errors of ${res.requests})`)
     if (mode === 'direct' && passedSidecar) throw new MerbridgeError('mode direct: requests went through the sidecar; refusing to report numbers')
     if (mode !== 'direct' && !passedSidecar) throw new MerbridgeError(`mode ${mode}: requests did not pass the server's sidecar; refusing to report numbers`)
@@ -133,7 +135,7 @@ export class Bench {
     }
     if (mode === 'ebpf') {
       const after = await readMaps.counters(this.inst)
-      if (after.connOutbound <= beforeCounters!.connOutbound || after.msgRedirected <= beforeCounters!.msgRedirected)
+      if (!beforeCounters || after.connOutbound <= beforeCounters.connOutbound || after.msgRedirected <= beforeCounters.msgRedirected)
         throw new MerbridgeError('mode ebpf: merbridge did not redirect the connections; refusing to report numbers')
     }
   }

@@ -55,8 +55,8 @@ export function newDemo(): DemoContext {
 
 async function whoami(lab: Lab): Promise<string> {
   const r = await lab.get('client', `http://${lab.pod('server').ip}:${APP_PORT}/whoami`)
-  if (r.status !== 200) throw new MerbridgeError(`the demo request failed: ${r.error ?? r.status}`)
-  return (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress
+  if (r.status !== 200 || r.body === undefined) throw new MerbridgeError(`the demo request failed: ${r.error ?? String(r.status)}`)
+  return (JSON.parse(r.body) as {remoteAddress: string}).remoteAddress
 }
 
 async function bodyPackets(lab: Lab): Promise<{packets: number; intact: boolean}> {

@@ -36,6 +36,6 @@ export function istioNatRules(mesh: MeshProfile): string {
 /** Packet counts of each chain's REDIRECT rules, from `iptables-save -c -t nat` text. */
 export function redirectCounters(saveText: string): Record<string, number> {
   const out: Record<string, number> = {}
-  for (const m of saveText.matchAll(/^\[(\d+):\d+\] -A (\S+) .*-j REDIRECT/gm)) out[m[2]!] = (out[m[2]!] ?? 0) + Number(m[1])
+  for (const [, packets, chain = ''] of saveText.matchAll(/^\[(\d+):\d+\] -A (\S+) .*-j REDIRECT/gm)) out[chain] = (out[chain] ?? 0) + Number(packets)
   return out
 }

@@ -142,7 +142,7 @@ export class Lab {
     const r = await this.exec(podName, process.execPath, [this.appScript(), 'get', url], {cgroupName})
     const line = r.stdout.trim().split('\n').at(-1) ?? ''
     try {
-      return JSON.parse(line)
+      return JSON.parse(line) as {status?: number; bytes?: number; sha256?: string; body?: string; error?: string}
     } catch {
       return {error: `no answer: ${r.stderr.trim() || line}`}
     }
@@ -231,7 +231,7 @@ async function removeCgroup(path: string): Promise<void> {
     } catch (err) {
       if (Date.now() > deadline) {
         const procs = existsSync(join(path, 'cgroup.procs')) ? readFileSync(join(path, 'cgroup.procs'), 'utf8').trim().split('\n').join(', ') : ''
-        throw new Error(`cannot remove cgroup ${path} (${(err as Error).message}; processes: ${procs || 'none'})`)
+        throw new Error(`cannot remove cgroup ${path} (${(err as Error).message}; processes: ${procs || 'none'})`, {cause: err})
       }
       await sleep(20)
     }

@@ -42,7 +42,7 @@ export interface SidecarLogLine {
 
 export function parseSidecarLog(text: string): SidecarLogLine[] {
   const out: SidecarLogLine[] = []
-  for (const m of text.matchAll(/conn (\S+) dst=(\S+) via=(\S+) server=(\S+)/g))
-    out.push({client: m[1]!, originalDst: m[2]!, backend: m[3]!, server: m[4]!})
+  for (const [, client = '', originalDst = '', backend = '', server = ''] of text.matchAll(/conn (\S+) dst=(\S+) via=(\S+) server=(\S+)/g))
+    out.push({client, originalDst, backend, server})
   return out
 }

@@ -17,7 +17,7 @@ function toMicros(value: string, unit: string): number {
 export function parseWrk(text: string): WrkResult {
   const pct = (p: number) => {
     const m = new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, 'm').exec(text)
-    return m ? toMicros(m[1]!, m[2]!) : Number.NaN
+    return m ? toMicros(m[1] ?? '', m[2] ?? '') : Number.NaN
   }
   const requests = Number(/(\d+) requests in/.exec(text)?.[1] ?? Number.NaN)
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1] ?? Number.NaN)
@@ -32,5 +32,6 @@ export function median(values: number[]): number {
   const v = values.filter(Number.isFinite).sort((a, b) => a - b)
   if (v.length === 0) return Number.NaN
   const mid = Math.floor(v.length / 2)
-  return v.length % 2 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2
+  const at = (i: number) => v[i] ?? Number.NaN
+  return v.length % 2 ? at(mid) : (at(mid - 1) + at(mid)) / 2
 }

@@ -87,10 +87,10 @@ function permissionHint(stderr: string): string | undefined {
  */
 export async function runStreaming(tool: string, args: readonly string[], onStdout: (chunk: string) => void, opts: {timeoutMs?: number} = {}): Promise<void> {
   const child = execa(toolPath(tool), args, {timeout: opts.timeoutMs ?? 120_000, reject: false, buffer: {stdout: false, stderr: true}, stdin: 'ignore'})
-  child.stdout?.setEncoding('utf8')
-  child.stdout?.on('data', (chunk: string) => onStdout(chunk))
+  child.stdout.setEncoding('utf8')
+  child.stdout.on('data', (chunk: string) => onStdout(chunk))
   const result = await child
-  const stderr = String(result.stderr ?? '')
+  const stderr = result.stderr
   if (result.failed && result.exitCode === undefined) {
     if (String(result.message).includes('ENOENT')) throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
     throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message), stderr)

@@ -64,7 +64,7 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
       const inode = netnsInode(path)
       if (!inode || inode === own || byInode.has(inode)) continue
       const r = await run('ip', ['-netns', name, '-4', '-o', 'addr', 'show'], {allowFailure: true})
-      const addresses = [...r.stdout.matchAll(/inet (\d+\.\d+\.\d+\.\d+)\//g)].map((m) => m[1]!)
+      const addresses = [...r.stdout.matchAll(/inet (\d+\.\d+\.\d+\.\d+)\//g)].map(([, ip = '']) => ip)
       byInode.set(inode, {inode, path, addresses})
     }
   }

@@ -5,14 +5,14 @@ export interface ProgressStep<C> {
   run: (ctx: C) => Promise<void>
 }
 
-export async function runWithProgress<C, S extends ProgressStep<C>>(steps: S[], ctx: C, opts: {silent: boolean; onStart: (step: S) => void}): Promise<void> {
+export async function runWithProgress<C, S extends ProgressStep<C>>(steps: S[], ctx: C, opts: {silent: boolean; onStart?: (step: S) => void}): Promise<void> {
   const {Listr} = await import('listr2')
   const list = new Listr(
     steps.map((step) => ({
       title: step.title,
-      skip: () => step.skip?.(ctx) || false,
+      skip: () => step.skip?.(ctx) ?? false,
       task: async () => {
-        opts.onStart(step)
+        opts.onStart?.(step)
         await step.run(ctx)
       },
     })),

@@ -9,7 +9,7 @@ const visible = (s: string) => s.replace(/\u001b\[[0-9;]*m/g, '').length
 
 function renderColumns(head: string[], rows: string[][]): string {
   const widths = head.map((h, i) => Math.max(visible(h), ...rows.map((r) => visible(r[i] ?? ''))))
-  const line = (cells: string[]) => cells.map((cell, i) => cell + ' '.repeat(widths[i]! - visible(cell))).join('  ').trimEnd()
+  const line = (cells: string[]) => cells.map((cell, i) => cell + ' '.repeat((widths[i] ?? 0) - visible(cell))).join('  ').trimEnd()
   return [line(head.map((h) => c.bold(h))), ...rows.map(line)].join('\n')
 }
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import {readdirSync} from 'node:fs'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
-import {Bench, SCENARIOS} from '../../src/lab/bench.js'
+import {Bench, type BenchReport, MODES, SCENARIOS} from '../../src/lab/bench.js'
 import {cli, kernelSkipReason, parseJson} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'nginx', 'wrk'])
@@ -13,10 +13,10 @@ describe('merbridge bench', {skip, timeout: 180_000}, () => {
     const netns = (await execa('ip', ['netns', 'list'])).stdout
     const r = await cli(['bench', '--rounds', '1', '--duration', '1', '--json'])
     assert.equal(r.code, 0, r.stderr.slice(-2000))
-    const report = parseJson(r.stdout)
+    const report = parseJson<BenchReport>(r.stdout)
     assert.equal(report.summary.length, Object.keys(SCENARIOS).length)
     for (const s of report.summary) {
-      for (const m of ['direct', 'iptables', 'ebpf']) {
+      for (const m of MODES) {
         assert.ok(s.modes[m].requestsPerSec > 0, `${s.scenario} ${m}`)
         assert.ok(s.modes[m].p99 > 0)
         assert.ok(s.modes[m].cpuPerRequestUs > 0)

@@ -4,7 +4,6 @@
 import assert from 'node:assert/strict'
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
-import {setTimeout as sleep} from 'node:timers/promises'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {readMaps} from '../../src/bpf/maps.js'
@@ -15,7 +14,11 @@ import {APP_PORT, Lab, NODE, NODE_IP} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, kernelSkipReason, parseJson, ROOT, uniqueInstall} from '../helpers.js'
+import type {EnableResult} from '../../src/commands/enable.js'
+import type {DisableResult} from '../../src/datapath/disable.js'
+import type {MapDump} from '../../src/datapath/dump.js'
+import type {StatusReport} from '../../src/datapath/inspect.js'
+import {cli, kernelSkipReason, parseJson, ROOT, rowsOf, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])
 
@@ -71,7 +74,7 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   it('enables on the test cgroup and registers both meshed pods', async () => {
     const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
     assert.equal(r.code, 0, r.stderr + r.stdout)
-    const out = parseJson(r.stdout)
+    const out = parseJson<EnableResult>(r.stdout)
     assert.equal(out.cgroup, lab.cgroup)
     assert.deepEqual(out.pods.meshed.map((p: {name: string}) => p.name).sort(), ['a', 'b'])
     assert.deepEqual(out.pods.skipped.map((p: {name: string}) => p.name).sort(), ['c', 'd'])
@@ -82,18 +85,18 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     const [ma, mb] = [mark('a'), mark('b')]
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6', 'the app sees its inbound sidecar')
     const outbound = await logSince('a', ma)
-    assert.equal(outbound[0]?.backend, 'outbound_passthrough')
-    assert.equal(outbound[0]?.originalDst, `${lab.pod('b').ip}:${APP_PORT}`)
+    assert.equal(outbound[0]!.backend, 'outbound_passthrough')
+    assert.equal(outbound[0]!.originalDst, `${lab.pod('b').ip}:${APP_PORT}`)
     const inbound = await logSince('b', mb)
-    assert.equal(inbound[0]?.backend, 'inbound_passthrough')
-    assert.equal(inbound[0]?.originalDst, `${lab.pod('b').ip}:${APP_PORT}`)
-    assert.equal(inbound[0]?.client.split(':')[0], lab.pod('a').ip)
+    assert.equal(inbound[0]!.backend, 'inbound_passthrough')
+    assert.equal(inbound[0]!.originalDst, `${lab.pod('b').ip}:${APP_PORT}`)
+    assert.equal(inbound[0]!.client.split(':')[0], lab.pod('a').ip)
   })
 
   it('is safe to enable again: reports it and reloads the pods', async () => {
     const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
     assert.equal(r.code, 0, r.stderr)
-    assert.equal(parseJson(r.stdout).mode, 'resync')
+    assert.equal(parseJson<EnableResult>(r.stdout).mode, 'resync')
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
   })
 
@@ -129,30 +132,32 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
       await stream.flowingPast(0, 'before dumping the maps')
       const r = await cli(['dump-maps', '--bpffs', install.bpffs, '--json'], install.env)
       assert.equal(r.code, 0, r.stderr)
-      const dump = Object.fromEntries(parseJson(r.stdout).maps.map((m: any) => [m.map, m]))
-      const inbound = dump.sock_pair_map.rows.find((x: any) => x.local.ip === b && x.local.port === 15006)
-      assert.ok(inbound, JSON.stringify(dump.sock_pair_map.rows))
+      const maps = parseJson<{maps: MapDump[]}>(r.stdout).maps
+      const sockets = rowsOf(maps, 'sock_pair_map')
+      const inbound = sockets.find((x) => x.local.ip === b && x.local.port === 15006)
+      assert.ok(inbound, JSON.stringify(sockets))
       assert.equal(inbound.local.pod, 'lab/b')
       assert.equal(inbound.remote.pod, 'lab/a')
       assert.equal(inbound.netns, '0')
-      const loop = dump.sock_pair_map.rows.find((x: any) => x.local.ip === '127.0.0.1' && x.local.port === 15001)
-      assert.ok(loop, `no loopback leg to 15001 in ${JSON.stringify(dump.sock_pair_map.rows)}`)
+      const loop = sockets.find((x) => x.local.ip === '127.0.0.1' && x.local.port === 15001)
+      assert.ok(loop, `no loopback leg to 15001 in ${JSON.stringify(sockets)}`)
       assert.match(loop.netns, /^[1-9]\d*$/, 'loopback legs carry the netns cookie')
-      const orig = dump.pair_original_dst.rows.filter((x: any) => x.originalDst.ip === b && x.originalDst.port === APP_PORT)
-      assert.ok(orig.some((x: any) => x.flags.includes('outbound') && x.process === 'node'), JSON.stringify(orig))
-      assert.ok(orig.some((x: any) => x.flags.includes('inbound') && x.process === 'haproxy' && x.connection.local.pod === 'lab/a' && x.originalDst.pod === 'lab/b'))
-      assert.ok(dump.process_ip.rows.some((x: any) => x.process === 'haproxy' && x.pod === 'lab/a' && x.podIp === a))
-      assert.deepEqual(dump.local_pod_ips.rows.map((x: any) => x.pod).sort(), ['lab/a', 'lab/b'])
-      assert.equal(dump.local_pod_ips.rows[0].rules.outboundCidrs, '*')
-      assert.deepEqual(dump.netns_pod_ips.rows.map((x: any) => x.pod).sort(), ['lab/a', 'lab/b'])
-      assert.equal(dump.settings.rows[0].outboundPort, 15001)
+      const orig = rowsOf(maps, 'pair_original_dst').filter((x) => x.originalDst.ip === b && x.originalDst.port === APP_PORT)
+      assert.ok(orig.some((x) => x.flags.includes('outbound') && x.process === 'node'), JSON.stringify(orig))
+      assert.ok(orig.some((x) => x.flags.includes('inbound') && x.process === 'haproxy' && x.connection.local.pod === 'lab/a' && x.originalDst.pod === 'lab/b'))
+      assert.ok(rowsOf(maps, 'process_ip').some((x) => x.process === 'haproxy' && x.pod === 'lab/a' && x.podIp === a))
+      const localPods = rowsOf(maps, 'local_pod_ips')
+      assert.deepEqual(localPods.map((x) => x.pod).sort(), ['lab/a', 'lab/b'])
+      assert.equal(localPods[0]!.rules.outboundCidrs, '*')
+      assert.deepEqual(rowsOf(maps, 'netns_pod_ips').map((x) => x.pod).sort(), ['lab/a', 'lab/b'])
+      assert.equal(rowsOf(maps, 'settings')[0]!.outboundPort, 15001)
 
-      const only = parseJson((await cli(['dump-maps', 'pair_original_dst', 'sock_pair_map', '--pod', 'a', '--limit', '1', '--json', '--bpffs', install.bpffs], install.env)).stdout).maps
-      assert.deepEqual(only.map((m: any) => m.map), ['pair_original_dst', 'sock_pair_map'])
+      const only = parseJson<{maps: MapDump[]}>((await cli(['dump-maps', 'pair_original_dst', 'sock_pair_map', '--pod', 'a', '--limit', '1', '--json', '--bpffs', install.bpffs], install.env)).stdout).maps
+      assert.deepEqual(only.map((m) => m.map), ['pair_original_dst', 'sock_pair_map'])
       // pod a has several rows in each map; the limit keeps exactly one, and it is a's
       for (const m of only) {
         assert.equal(m.rows.length, 1, `${m.map}: ${JSON.stringify(m.rows)}`)
-        const ofA = dump[m.map].rows.filter((x: any) => JSON.stringify(x).includes('"lab/a"')).length
+        const ofA = rowsOf(maps, m.map).filter((x) => JSON.stringify(x).includes('"lab/a"')).length
         assert.ok(ofA > 1, `${m.map} has ${ofA} row(s) of pod a without --limit: the limit would prove nothing`)
         assert.match(JSON.stringify(m.rows[0]), /"lab\/a"/)
       }
@@ -167,19 +172,21 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   it('status is healthy and its counters rise with traffic', async () => {
     const before = await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)
     assert.equal(before.code, 0, before.stdout)
-    const b0 = parseJson(before.stdout)
+    const b0 = parseJson<StatusReport>(before.stdout)
     assert.equal(b0.verdict, 'healthy')
-    assert.deepEqual(b0.programs.map((p: any) => p.name).sort(), ['mb_connect4', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops'])
+    assert.deepEqual(b0.programs.map((p) => p.name).sort(), ['mb_connect4', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops'])
     for (const p of b0.programs) {
-      assert.ok(p.id > 0, JSON.stringify(p))
+      assert.ok(p.id !== undefined && p.id > 0, JSON.stringify(p))
       assert.equal(p.attached, true, JSON.stringify(p))
     }
-    assert.equal(b0.maps.find((m: any) => m.name === 'local_pod_ips').entries, 2)
+    assert.equal(b0.maps.find((m) => m.name === 'local_pod_ips')?.entries, 2)
     for (let i = 0; i < 3; i++) await whoami('a', 'b')
-    const b1 = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
-    assert.ok(b1.counters.connOutbound >= b0.counters.connOutbound + 3)
-    assert.ok(b1.counters.connInbound >= b0.counters.connInbound + 3)
-    assert.ok(b1.counters.msgRedirected > b0.counters.msgRedirected)
+    const b1 = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
+    const [c0, c1] = [b0.counters, b1.counters]
+    assert.ok(c0 && c1, 'status reports the counters')
+    assert.ok(c1.connOutbound >= c0.connOutbound + 3)
+    assert.ok(c1.connInbound >= c0.connInbound + 3)
+    assert.ok(c1.msgRedirected > c0.msgRedirected)
     const text = await cli(['status', '--bpffs', install.bpffs], install.env)
     assert.match(text.stdout, /✔ merbridge is enabled and healthy/)
     assert.match(text.stdout, /lab\/a 10\.77\.0\.2/)
@@ -217,7 +224,7 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     const script = join(ROOT, 'test', 'fixtures', 'getsockopt.py')
     const inPod = await lab.exec('a', 'python3', [script, lab.pod('b').ip, String(APP_PORT)])
     assert.equal(inPod.code, 0, inPod.stderr)
-    const opts = JSON.parse(inPod.stdout)
+    const opts = parseJson<{so_type: number; tcp_info_len: number; original_dst: number}>(inPod.stdout)
     assert.equal(opts.so_type, 1)
     assert.ok(opts.tcp_info_len > 200, `TCP_INFO came back with ${opts.tcp_info_len} bytes`)
     assert.equal(opts.original_dst, 2, "the kernel's ENOENT for a socket merbridge did not rewrite")
@@ -258,13 +265,13 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   })
 
   it('replaces changed programs without breaking an established stream', async () => {
-    const before = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p: any) => p.id)
+    const before = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
     const stream = lab.openStream('a', url('b', ''))
     const atStart = await stream.flowingPast(0, 'before the replacement')
     // --rebuild stands in for changed sources: the installation is replaced, not resynced
     const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
     assert.equal(r.code, 0, r.stderr)
-    assert.equal(parseJson(r.stdout).mode, 'replace')
+    assert.equal(parseJson<EnableResult>(r.stdout).mode, 'replace')
     // the same connection was open through the whole replacement (it cannot end before release)
     // and still carries bytes after it
     assert.ok(stream.process.running, `the stream ended during the replacement: ${stream.process.stdout.slice(-300)}`)
@@ -274,13 +281,15 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.equal(got.code, 0, JSON.stringify(got))
     assert.ok(got.bytes! > atEnd && atEnd >= atStart, JSON.stringify({got, atStart, atEnd}))
     assert.equal(got.sha256, patternSha256(got.bytes!))
-    const after = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p: any) => p.id)
-    assert.ok(after.every((id: number) => !before.includes(id)), 'new programs')
+    const after = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
+    assert.equal(after.length, 4)
+    for (const id of after) assert.ok(id !== undefined && !before.includes(id), `program ${id} is new (before: ${before.join(', ')})`)
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
   })
 
   it('status says which program is not attached, with a distinct exit code', async () => {
-    const id = parseJson((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.find((p: any) => p.name === 'mb_connect4').id
+    const id = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.find((p) => p.name === 'mb_connect4')?.id
+    assert.ok(id, 'mb_connect4 has an id')
     await execa('bpftool', ['cgroup', 'detach', lab.cgroup, 'connect4', 'id', String(id)])
     try {
       const r = await cli(['status', '--bpffs', install.bpffs], install.env)
@@ -297,7 +306,7 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     const atStart = await stream.flowingPast(0, 'before disable')
     const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
     assert.equal(d.code, 0, d.stderr)
-    assert.deepEqual(parseJson(d.stdout).detached.map((x: {program: string}) => x.program).sort(), ['mb_connect4', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops'])
+    assert.deepEqual(parseJson<DisableResult>(d.stdout).detached.map((x) => x.program).sort(), ['mb_connect4', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops'])
     // open through the whole of disable, and still flowing (over TCP now) after it
     assert.ok(stream.process.running, `the stream ended during disable: ${stream.process.stdout.slice(-300)}`)
     const atEnd = stream.bytes

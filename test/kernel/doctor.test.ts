@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
 import {release} from 'node:os'
 import {findCgroup2, readMounts} from '../../src/node/mounts.js'
+import type {PreflightResult} from '../../src/node/preflight.js'
 import {buildSkipReason, cli, kernelSkipReason, parseJson} from '../helpers.js'
 
 const skip = kernelSkipReason()
@@ -25,15 +26,19 @@ describe('merbridge doctor', {skip}, () => {
   it('reports this machine truthfully', async () => {
     const r = await cli(['doctor', '--json'])
     assert.equal(r.code, 0, r.stdout)
-    const out = parseJson(r.stdout)
-    const byId = Object.fromEntries(out.checks.map((c: {id: string}) => [c.id, c]))
-    assert.equal(byId.privileges.status, 'pass')
-    assert.equal(byId.kernel.detail, release())
-    assert.equal(byId.cgroup.status, 'pass')
+    const out = parseJson<PreflightResult>(r.stdout)
+    const check = (id: string) => {
+      const c = out.checks.find((x) => x.id === id)
+      assert.ok(c, `doctor has a ${id} check`)
+      return c
+    }
+    assert.equal(check('privileges').status, 'pass')
+    assert.equal(check('kernel').detail, release())
+    assert.equal(check('cgroup').status, 'pass')
     assert.equal(out.cgroup, findCgroup2(readMounts()).path)
-    assert.match(byId.clang.detail, /^clang \d+\.\d+\.\d+, targets bpf$/)
-    assert.match(byId.bpftool.detail, /^bpftool v?\d+\.\d+/)
-    assert.equal(byId.features.status, 'pass', byId.features.detail)
+    assert.match(check('clang').detail, /^clang \d+\.\d+\.\d+, targets bpf$/)
+    assert.match(check('bpftool').detail, /^bpftool v?\d+\.\d+/)
+    assert.equal(check('features').status, 'pass', check('features').detail)
     assert.equal(out.ok, true)
   })
 
@@ -46,9 +51,9 @@ describe('merbridge doctor', {skip}, () => {
 
     const json = await cli(['doctor', '--cgroup', '/no/such/dir', '--json'])
     assert.equal(json.code, 1)
-    const out = parseJson(json.stdout)
+    const out = parseJson<PreflightResult>(json.stdout)
     assert.equal(out.ok, false)
-    assert.equal(out.checks.find((c: {id: string}) => c.id === 'cgroup').status, 'fail')
+    assert.equal(out.checks.find((c) => c.id === 'cgroup')?.status, 'fail')
   })
 
   it('honours MERBRIDGE_CGROUP', async () => {

@@ -9,7 +9,9 @@ import {execa} from 'execa'
 import {Installation} from '../../src/datapath/installation.js'
 import {Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {BIN, cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
+import type {DisableResult} from '../../src/datapath/disable.js'
+import type {PreflightResult} from '../../src/node/preflight.js'
+import {BIN, cli, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'setpriv'])
 
@@ -100,8 +102,8 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
         reject: false,
         env: {...install.env, HOME: '/nonexistent', NO_COLOR: '1'},
       })
-      assert.equal(r.exitCode, 1, String(r.stdout) + String(r.stderr))
-      const lines = String(r.stderr).split('\n').filter(Boolean)
+      assert.equal(r.exitCode, 1, r.stdout + r.stderr)
+      const lines = r.stderr.split('\n').filter(Boolean)
       assert.match(lines[0]!, /^Error: merbridge enable needs root: uid 65534 lacks CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF$/)
       assert.match(lines[1] ?? '', /run as root/)
       assert.equal(lines.length, 2, 'the error and what to do, nothing else')
@@ -124,13 +126,13 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
       assert.ok(tree.some((t) => t.cgroup === lab.cgroup && t.programs.length > 0), 'and attachments')
 
       const doctor = await cli(['doctor', '--bpffs', install.bpffs, '--cgroup', lab.cgroup, '--json'], install.env)
-      const enabled = JSON.parse(doctor.stdout).checks.find((c: {id: string}) => c.id === 'enabled')
-      assert.equal(enabled.status, 'warn')
-      assert.match(enabled.remedy, /merbridge disable/)
+      const enabled = parseJson<PreflightResult>(doctor.stdout).checks.find((c) => c.id === 'enabled')
+      assert.equal(enabled?.status, 'warn')
+      assert.match(enabled.remedy ?? '', /merbridge disable/)
 
       const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
       assert.equal(d.code, 0, d.stderr)
-      assert.ok(JSON.parse(d.stdout).detached.length >= 1)
+      assert.ok(parseJson<DisableResult>(d.stdout).detached.length >= 1)
       await assertNothingLeft(inst)
     } finally {
       await cli(['disable', '--bpffs', install.bpffs], install.env)

@@ -17,7 +17,7 @@ const skip = kernelSkipReason()
 describe('struct layouts', {skip}, () => {
   let objects: BuiltObjects
   let inst: Installation
-  let unmount: () => Promise<void> = async () => {}
+  let unmount: () => Promise<void> = () => Promise.resolve()
   const {bpffs, cleanup} = uniqueInstall()
 
   before(async () => {

@@ -3,12 +3,12 @@ import assert from 'node:assert/strict'
 import {type ChildProcess, spawn} from 'node:child_process'
 import {once} from 'node:events'
 import {join} from 'node:path'
-import {setTimeout as sleep} from 'node:timers/promises'
 import {after, before, describe, it} from 'node:test'
 import {readMaps} from '../../src/bpf/maps.js'
 import {Installation} from '../../src/datapath/installation.js'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
+import type {EnableResult} from '../../src/commands/enable.js'
 import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
 import {FakeApiServer, makePod} from '../support/fake-apiserver.js'
 
@@ -31,7 +31,7 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
     return (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress
   }
   /** Poll until the condition holds; returns how long it took (a diagnostic, not an assertion). */
-  const until = async (what: string, cond: () => Promise<boolean>) => eventually(what, cond, () => `watch log:\n${watchLog}`)
+  const until = async (what: string, cond: () => boolean | Promise<boolean>) => eventually(what, cond, () => `watch log:\n${watchLog}`)
   const registered = async () => new Set((await readMaps.netnsPods(inst)).map((p) => p.ip))
   const local = async () => new Set((await readMaps.localPods(inst)).map((p) => p.ip))
 
@@ -61,9 +61,9 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
   it('enables with the pods the API lists for this node', async () => {
     const r = await cli(['enable', '--cgroup', lab.cgroup, ...flags(), '--json'], install.env)
     assert.equal(r.code, 0, r.stderr + r.stdout)
-    const out = parseJson(r.stdout)
+    const out = parseJson<EnableResult>(r.stdout)
     assert.match(out.pods.source, /the Kubernetes API at https:\/\/127\.0\.0\.1:\d+ \(node lab-node\)/)
-    assert.deepEqual(out.pods.meshed.map((p: {name: string}) => p.name).sort(), ['a', 'b'])
+    assert.deepEqual(out.pods.meshed.map((p) => p.name).sort(), ['a', 'b'])
     assert.equal(await remote('a', 'b'), '127.0.0.6')
   })
 
@@ -91,13 +91,13 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
     watcher = spawn(process.execPath, [BIN, 'sync', '--watch', '--json', ...flags()], {env: {...process.env, ...install.env}, stdio: ['ignore', 'pipe', 'pipe']})
     watcher.stdout!.on('data', (d: Buffer) => (watchLog += d.toString()))
     watcher.stderr!.on('data', (d: Buffer) => (watchLog += d.toString()))
-    await within(10_000, 'the first list', async () => watchLog.includes('"event":"listed"'))
+    await until('the first list', () => watchLog.includes('"event":"listed"'))
 
     assert.notEqual(await remote('a', 'd'), '127.0.0.6', 'd is not meshed yet')
     api.add(makePod('d', lab.pod('d').ip, NODE))
     const ms = await until('d registered', async () => (await registered()).has(lab.pod('d').ip))
     assert.equal(await remote('a', 'd'), '127.0.0.6', "through d's inbound sidecar")
-    await until('the addition logged', async () => watchLog.includes('"event":"added","pod":"lab/d"'))
+    await until('the addition logged', () => watchLog.includes('"event":"added","pod":"lab/d"'))
     t.diagnostic(`pod added -> registered in ${ms} ms`)
   })
 
@@ -127,18 +127,18 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
   it('watches: a pod whose namespace is not there yet is reported, then registered when it appears', async () => {
     const ip = lab.nextIp()
     api.add(makePod('late', ip, NODE))
-    await until('reported as not found', async () => watchLog.includes('"event":"added","pod":"lab/late","state":"not-found"'))
+    await until('reported as not found', () => watchLog.includes('"event":"added","pod":"lab/late","state":"not-found"'))
     assert.ok(!(await registered()).has(ip))
     assert.ok((await local()).has(ip), 'its IP is known to the other sidecars already')
     await lab.addPod({name: 'late', meshed: true})
     await until('registered by the retry', async () => (await registered()).has(ip))
     // the log line follows the map write
-    await until('the retry logged', async () => watchLog.includes('"event":"registered","pod":"lab/late"'))
+    await until('the retry logged', () => watchLog.includes('"event":"registered","pod":"lab/late"'))
   })
 
   it('stops cleanly on SIGTERM', async () => {
     watcher!.kill('SIGTERM')
-    const [code] = await once(watcher!, 'exit')
+    const [code] = (await once(watcher!, 'exit')) as [number | null]
     assert.equal(code, 0, watchLog)
     watcher = undefined
   })

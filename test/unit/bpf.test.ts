@@ -3,7 +3,7 @@ import {readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, it} from 'node:test'
 import {bytesFromHex, DumpScanner} from '../../src/bpf/bpftool.js'
-import {missingFeatures} from '../../src/bpf/features.js'
+import {type FeatureProbe, missingFeatures} from '../../src/bpf/features.js'
 import {ipToSlot, parseCidr, slotToIp} from '../../src/bpf/ip.js'
 import {
   CAPTURE_ALL,
@@ -22,7 +22,7 @@ import {
 import {checkFeatures} from '../../src/node/preflight.js'
 import {ROOT} from '../helpers.js'
 
-const probe = JSON.parse(readFileSync(join(ROOT, 'test', 'fixtures', 'bpftool-probe-6.18.json'), 'utf8'))
+const probe = JSON.parse(readFileSync(join(ROOT, 'test', 'fixtures', 'bpftool-probe-6.18.json'), 'utf8')) as Required<FeatureProbe>
 
 describe('feature probe', () => {
   it('finds everything the datapath needs in a 6.18 probe', () => {
@@ -32,7 +32,7 @@ describe('feature probe', () => {
 
   it('names a missing helper, program type and map type', () => {
     const p = structuredClone(probe)
-    p.helpers.sk_msg_available_helpers = p.helpers.sk_msg_available_helpers.filter((h: string) => h !== 'bpf_msg_redirect_hash')
+    p.helpers.sk_msg_available_helpers = (p.helpers.sk_msg_available_helpers ?? []).filter((h) => h !== 'bpf_msg_redirect_hash')
     p.program_types.have_cgroup_sockopt_prog_type = false
     delete p.map_types.have_sockhash_map_type
     const c = checkFeatures(p)
@@ -129,6 +129,6 @@ describe('bpftool dump scanning', () => {
   it('agrees with parsing the whole JSON', () => {
     const whole = new DumpScanner()
     whole.push(dump)
-    assert.deepEqual(whole.end().map((e) => e.key), JSON.parse(dump).map((e: {key: string[]}) => bytesFromHex(e.key)))
+    assert.deepEqual(whole.end().map((e) => e.key), (JSON.parse(dump) as {key: string[]}[]).map((e) => bytesFromHex(e.key)))
   })
 })

@@ -90,7 +90,7 @@ describe('listing and watching pods', {skip, timeout: 60_000}, () => {
     const controller = new AbortController()
     const waitFor = async (pred: () => boolean, what: string) => eventually(what, pred, () => JSON.stringify({seen, errors}))
     const names = (pods: PodJson[]) => pods.map((p) => p.metadata!.name!).sort()
-    const done = watchNodePods(target, 'node1', {onPods: async (pods, event) => void seen.push({event, names: names(pods)}), onError: (m) => errors.push(m)}, controller.signal, undefined, {initialMs: 20, maxMs: 100})
+    const done = watchNodePods(target, 'node1', {onPods: (pods, event) => Promise.resolve(void seen.push({event, names: names(pods)})), onError: (m) => errors.push(m)}, controller.signal, undefined, {initialMs: 20, maxMs: 100})
 
     await waitFor(() => seen.length === 1 && api.openWatches === 1, 'listed and watching')
     assert.deepEqual(seen[0], {event: {type: 'RELISTED', count: 1}, names: ['a']})

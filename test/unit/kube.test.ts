@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
 import {ANNOTATIONS, rulesFromAnnotations} from '../../src/kube/annotations.js'
-import {parsePodList, selectMeshedPods} from '../../src/kube/pods.js'
+import {type PodJson, parsePodList, selectMeshedPods} from '../../src/kube/pods.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 
 const istio = PROFILES.istio!
@@ -34,7 +34,7 @@ describe('istio annotations', () => {
   }
 })
 
-function pod(name: string, over: Record<string, any> = {}) {
+function pod(name: string, over: {metadata?: PodJson['metadata']; spec?: PodJson['spec']; status?: PodJson['status']} = {}): PodJson & {kind: string} {
   return {
     kind: 'Pod',
     metadata: {name, namespace: 'ns', annotations: {'sidecar.istio.io/status': '{}'}, ...over.metadata},
@@ -93,7 +93,8 @@ items:
   })
 
   it('survives malformed items', () => {
-    const s = selectMeshedPods([null, 5, {spec: null}, pod('ok')] as any, 'node1', istio)
+    // malformed on purpose: what a broken pods file can hold
+    const s = selectMeshedPods([null, 5, {spec: null}, pod('ok')], 'node1', istio)
     assert.deepEqual(s.meshed.map((p) => p.name), ['ok'])
   })
 })
