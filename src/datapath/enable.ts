@@ -3,6 +3,7 @@ import {hostname} from 'node:os'
 import {bpftool} from '../bpf/bpftool.js'
 import {buildObjects, type BuiltObjects, sourceHash} from '../bpf/objects.js'
 import {MerbridgeError, required} from '../errors.js'
+import {MIN_KERNEL} from '../node/kernel.js'
 import type {KubeOptions} from '../kube/client.js'
 import {type LoadedPods, loadPods} from '../kube/source.js'
 import {type MeshProfile, meshProfile} from '../mesh/profiles.js'
@@ -127,7 +128,7 @@ export const ENABLE_STEPS: EnableStep[] = [
       const cookies = await netnsCookies(required(ctx.objects, 'the built objects').netnsCookie, ['/proc/self/ns/net'])
       ctx.hostNetns = cookies.get('/proc/self/ns/net')
       if (ctx.hostNetns === undefined)
-        throw new MerbridgeError('cannot read the network namespace cookie of this node', {code: 'NETNS_COOKIE', suggestion: 'needs Linux 5.14 or newer (SO_NETNS_COOKIE)'})
+        throw new MerbridgeError('cannot read the network namespace cookie of this node', {code: 'NETNS_COOKIE', suggestion: `needs Linux ${MIN_KERNEL.text} or newer: ${MIN_KERNEL.why}`})
       const m = ctx.mesh
       await writeSettings(ctx.inst, {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, hostNetns: ctx.hostNetns})
     },

@@ -15,6 +15,18 @@ export function parseKernelRelease(raw: string): KernelVersion | undefined {
   return {major: Number(m[1]), minor: Number(m[2]), patch: Number(m[3] ?? 0), raw: raw.trim()}
 }
 
+/**
+ * The oldest kernel the datapath loads on, and why: 5.15 lets sockops, sk_msg and cgroup/getsockopt
+ * programs call bpf_get_netns_cookie (the pair keys of loopback legs carry the netns), and
+ * SO_NETNS_COOKIE (5.14) lets the CLI read a pod namespace's cookie. Everything else it uses is older.
+ */
+export const MIN_KERNEL = {
+  major: 5,
+  minor: 15,
+  text: '5.15',
+  why: 'the datapath calls bpf_get_netns_cookie from sockops, sk_msg and getsockopt programs (5.15) and reads SO_NETNS_COOKIE (5.14)',
+} as const
+
 export function kernelAtLeast(v: KernelVersion, major: number, minor: number): boolean {
   return v.major > major || (v.major === major && v.minor >= minor)
 }

@@ -7,7 +7,7 @@ import {Installation, PROGRAMS} from '../datapath/installation.js'
 import {describeError} from '../errors.js'
 import {BPFFS_MOUNT} from '../paths.js'
 import {currentPrivileges, type CapName} from './caps.js'
-import {hasBtf, kernelAtLeast, type KernelVersion, runningKernel} from './kernel.js'
+import {hasBtf, kernelAtLeast, type KernelVersion, MIN_KERNEL, runningKernel} from './kernel.js'
 import {findCgroup2, isBpffs, type Mount, mountOf, readMounts} from './mounts.js'
 
 export type CheckStatus = 'pass' | 'warn' | 'fail'
@@ -44,10 +44,8 @@ export function checkPrivileges(uid: number, missing: CapName[]): Check {
 export function checkKernel(v: KernelVersion | undefined): Check {
   const title = 'kernel version'
   if (!v) return {id: 'kernel', title, status: 'fail', required: true, detail: 'could not read the kernel release', remedy: 'check `uname -r`'}
-  if (!kernelAtLeast(v, 5, 7))
-    return {id: 'kernel', title, status: 'fail', required: true, detail: `${v.raw} is older than 5.7`, remedy: 'upgrade the node to Linux 5.10 or newer'}
-  if (!kernelAtLeast(v, 5, 10))
-    return {id: 'kernel', title, status: 'warn', required: true, detail: `${v.raw}: works from 5.7, 5.10 or newer is recommended`, remedy: 'upgrade the node to Linux 5.10 or newer'}
+  if (!kernelAtLeast(v, MIN_KERNEL.major, MIN_KERNEL.minor))
+    return {id: 'kernel', title, status: 'fail', required: true, detail: `${v.raw} is older than ${MIN_KERNEL.text}: ${MIN_KERNEL.why}`, remedy: `upgrade the node to Linux ${MIN_KERNEL.text} or newer`}
   return pass('kernel', title, v.raw)
 }
 

@@ -24,11 +24,14 @@ describe('kernel release', () => {
     assert.equal(parseKernelRelease('linux'), undefined)
   })
 
-  it('fails below 5.7, warns below 5.10, passes from 5.10', () => {
+  it('fails below 5.15 saying why, passes from 5.15', () => {
     assert.equal(checkKernel(parseKernelRelease('4.19.0')).status, 'fail')
-    assert.equal(checkKernel(parseKernelRelease('5.6.19')).status, 'fail')
-    assert.equal(checkKernel(parseKernelRelease('5.7.0')).status, 'warn')
-    assert.equal(checkKernel(parseKernelRelease('5.10.0')).status, 'pass')
+    const old = checkKernel(parseKernelRelease('5.14.21'))
+    assert.equal(old.status, 'fail')
+    assert.equal(old.detail, '5.14.21 is older than 5.15: the datapath calls bpf_get_netns_cookie from sockops, sk_msg and getsockopt programs (5.15) and reads SO_NETNS_COOKIE (5.14)')
+    assert.equal(old.remedy, 'upgrade the node to Linux 5.15 or newer')
+    assert.equal(checkKernel(parseKernelRelease('5.15.0')).status, 'pass')
+    assert.equal(checkKernel(parseKernelRelease('6.18.44')).status, 'pass')
     assert.equal(checkKernel(undefined).status, 'fail')
     assert.ok(kernelAtLeast({major: 6, minor: 0, patch: 0, raw: ''}, 5, 15))
     assert.ok(!kernelAtLeast({major: 5, minor: 9, patch: 9, raw: ''}, 5, 10))
