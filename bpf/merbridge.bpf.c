@@ -6,5 +6,6 @@
 #include "headers/sockops.h"
 #include "headers/msg.h"
 #include "headers/sockopt.h"
+#include "headers/inbound.h"
 
 char LICENSE[] SEC("license") = "GPL";

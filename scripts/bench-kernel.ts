@@ -46,7 +46,7 @@ try {
     for (let i = 0; i < 5; i++) {
       const s = performance.now()
       const loaded = await loadPods(undefined, node, {kubeconfig})
-      await applyPods(inst, objects.netnsCookie, loaded.pods, {node, mesh})
+      await applyPods(inst, objects, loaded.pods, {node, mesh, attachInbound: true})
       times.push(performance.now() - s)
     }
     console.log(`  ${String(n).padStart(5)} pods: ${median(times).toFixed(0)} ms (target ${n <= 110 ? '<= 300' : '<= 1,500'})`)

@@ -1,4 +1,6 @@
-/* connect.h: cgroup/connect4, where interception is decided (the iptables OUTPUT chain's job). */
+/* connect.h: cgroup/connect4 and connect6, where interception is decided at connect() time: the
+ * job of Istio's nat OUTPUT chain, rule for rule (docs/datapath.md lists them), plus sending a
+ * sidecar's connection to another local pod straight to that pod's inbound listener. */
 #pragma once
 #include "helpers.h"
 
@@ -37,85 +39,178 @@ static __always_inline int remember_origin(struct bpf_sock_addr *ctx, __be32 dst
 	return 1;
 }
 
-/* An app's connect: to its sidecar's outbound listener, unless the pod's rules exempt it. */
-static __always_inline int app_connect(struct bpf_sock_addr *ctx, const struct mb_settings *cfg,
-				       const union mb_ip *self, __u64 netns, __be32 dst4, __be16 dport)
+/* What to do with a connect(). */
+enum mb_action {
+	MB_LEAVE = 0,
+	MB_TO_OUTBOUND,      /* 127.0.0.1:outbound port: the pod's own sidecar, outbound */
+	MB_TO_OWN_INBOUND,   /* 127.0.0.1:inbound port: the pod's own sidecar, inbound */
+	MB_TO_PEER_INBOUND,  /* same address, inbound port: another local pod's sidecar */
+};
+
+/* Who is connecting: gathered once per connect() from the netns and the current task. */
+struct mb_caller {
+	const union mb_ip *self;      /* the calling pod's IP; NULL while its netns is not registered */
+	struct mb_pod_config *pod;    /* its rules (NULL with self, or when the pod list lost it) */
+	__u64 netns;
+	int proxy_uid;                /* runs as the pod's proxy user (--uid-owner) */
+	int proxy;                    /* ... or its group (--gid-owner) */
+};
+
+static __always_inline void identify(void *ctx, const struct mb_settings *cfg, struct mb_caller *c)
 {
-	union mb_ip dst;
-	__u16 flags = MB_ORIGIN_OUTBOUND;
+	__u64 ugid = bpf_get_current_uid_gid();
+	__u32 uid = ugid, gid = ugid >> 32;
+	__u32 puid = cfg->sidecar_uid, pgid = cfg->sidecar_gid;
 
-	ip_from_v4(&dst, dst4);
-	if (self) {
-		struct mb_pod_config *pod = bpf_map_lookup_elem(&local_pod_ips, self);
-
-		if (!pod || !outbound_captured(pod, &dst, bpf_ntohs(dport)))
-			return 1;
-	} else {
-		/* Not registered (yet): act only where a sidecar is listening, never in the node's
-		 * own netns, and with the default rules (capture all). */
-		if (netns == cfg->host_netns || !sidecar_listening(ctx, cfg))
-			return 1;
-		flags |= MB_ORIGIN_UNREGISTERED;
+	c->netns = bpf_get_netns_cookie(ctx);
+	c->self = bpf_map_lookup_elem(&netns_pod_ips, &c->netns);
+	c->pod = c->self ? bpf_map_lookup_elem(&local_pod_ips, (void *)c->self) : NULL;
+	if (c->pod) {
+		puid = c->pod->proxy_uid;
+		pgid = c->pod->proxy_gid;
 	}
-	if (!remember_origin(ctx, dst4, dport, flags))
-		return 1; /* without the original destination the sidecar could not forward: leave it */
-	ctx->user_ip4 = bpf_htonl(0x7f000001);
-	ctx->user_port = bpf_htons(cfg->outbound_port);
-	count(MB_CNT_CONN_OUTBOUND, 1);
-	if (flags & MB_ORIGIN_UNREGISTERED)
-		count(MB_CNT_CONN_UNREGISTERED, 1);
-	return 1;
+	c->proxy_uid = uid == puid;
+	c->proxy = c->proxy_uid || gid == pgid;
 }
 
-/* A sidecar's connect: to another meshed pod on this node goes to that pod's inbound listener
- * (PREROUTING's job under iptables); calls to its own pod and off the node are left alone. */
-static __always_inline int sidecar_connect(struct bpf_sock_addr *ctx, const struct mb_settings *cfg,
-					   const union mb_ip *self, __u64 netns, __be32 dst4, __be16 dport)
+/*
+ * Istio's OUTPUT chain for a TCP connect to dst:dport from a process in a pod (src4 is the
+ * address the socket is bound to, 0 if none). "Over lo" is any destination inside the pod:
+ * 127/8 or its own IP.
+ *   -o lo -s 127.0.0.6                                  RETURN (the inbound sidecar's upstream)
+ *   -o lo ! -d 127.0.0.1 ! --dport 15008 --uid-owner P   to the inbound listener
+ *   -o lo ! --uid-owner P                               RETURN
+ *   --uid-owner P / --gid-owner P                       RETURN
+ *   -d 127.0.0.1                                        RETURN
+ *   the pod's include/exclude ports and ranges          to the outbound listener
+ * A proxy's connect to another meshed pod on this node goes to that pod's inbound listener,
+ * which that pod's PREROUTING would have done on arrival.
+ */
+static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const struct mb_settings *cfg,
+					     const struct mb_caller *c, __be32 dst4, __u16 dport, __be32 src4)
 {
 	struct mb_pod_config *peer;
-	struct mb_process proc = {};
 	union mb_ip dst;
-	__u32 tgid;
-
-	/* Unregistered: its own IP is unknown, so any local pod might be its own: do nothing. */
-	if (!self)
-		return 1;
-	tgid = bpf_get_current_pid_tgid() >> 32;
-	proc.pod_ip = *self;
-	proc.netns = netns;
-	bpf_map_update_elem(&process_ip, &tgid, &proc, BPF_ANY);
 
 	ip_from_v4(&dst, dst4);
-	if (ip_equal(self, &dst) || bpf_ntohs(dport) == cfg->inbound_port)
-		return 1;
-	peer = bpf_map_lookup_elem(&local_pod_ips, &dst);
-	if (!peer || !inbound_captured(peer, bpf_ntohs(dport)))
-		return 1;
-	if (!remember_origin(ctx, dst4, dport, MB_ORIGIN_INBOUND))
-		return 1;
-	ctx->user_port = bpf_htons(cfg->inbound_port);
-	count(MB_CNT_CONN_INBOUND, 1);
+	if (is_loopback4(dst4) || (c->self && ip_equal(c->self, &dst))) {
+		if (src4 == bpf_htonl(MB_INBOUND_SOURCE))
+			return MB_LEAVE;
+		/* c->self: only a registered pod's proxy (an unmeshed process may share the uid) */
+		if (c->proxy_uid && c->self && dst4 != bpf_htonl(0x7f000001) && dport != MB_HBONE_PORT)
+			return MB_TO_OWN_INBOUND;
+		return MB_LEAVE;
+	}
+	if (c->proxy) {
+		if (!c->self || dport == cfg->inbound_port)
+			return MB_LEAVE;
+		peer = bpf_map_lookup_elem(&local_pod_ips, &dst);
+		return peer && inbound_captured(peer, dport) ? MB_TO_PEER_INBOUND : MB_LEAVE;
+	}
+	if (c->pod)
+		return outbound_captured(c->pod, &dst, dport) ? MB_TO_OUTBOUND : MB_LEAVE;
+	/* Registered but without rules (the pod list lost it): capture, as the default rules would.
+	 * Not registered (yet): only where a sidecar listens, never in the node's own netns. */
+	if (c->self)
+		return MB_TO_OUTBOUND;
+	if (c->netns == cfg->host_netns || !sidecar_listening(ctx, cfg))
+		return MB_LEAVE;
+	return MB_TO_OUTBOUND;
+}
+
+/* Store the original destination, then say where the connect goes instead: the new IPv4
+ * address (0 = keep it) and port, both network order. Returns 0 to leave the connect alone. */
+static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_settings *cfg, const struct mb_caller *c,
+				 enum mb_action action, __be32 dst4, __be16 dport, __be32 *ip, __be16 *port)
+{
+	__u16 flags;
+
+	switch (action) {
+	case MB_TO_OUTBOUND:
+		flags = MB_ORIGIN_OUTBOUND | (c->self ? 0 : MB_ORIGIN_UNREGISTERED);
+		*ip = bpf_htonl(0x7f000001);
+		*port = bpf_htons(cfg->outbound_port);
+		break;
+	case MB_TO_OWN_INBOUND:
+		flags = MB_ORIGIN_INBOUND | MB_ORIGIN_OWN_POD;
+		*ip = bpf_htonl(0x7f000001);
+		*port = bpf_htons(cfg->inbound_port);
+		break;
+	case MB_TO_PEER_INBOUND:
+		flags = MB_ORIGIN_INBOUND;
+		*ip = 0;
+		*port = bpf_htons(cfg->inbound_port);
+		break;
+	default:
+		return 0;
+	}
+	/* without the original destination the sidecar could not forward: leave it */
+	if (!remember_origin(ctx, dst4, dport, flags))
+		return 0;
+	if (c->proxy && c->self) {
+		struct mb_process proc = {.pod_ip = *c->self, .netns = c->netns};
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+		bpf_map_update_elem(&process_ip, &tgid, &proc, BPF_ANY);
+	}
+	count(action == MB_TO_OUTBOUND ? MB_CNT_CONN_OUTBOUND : action == MB_TO_OWN_INBOUND ? MB_CNT_CONN_OWN_INBOUND : MB_CNT_CONN_INBOUND, 1);
+	if (flags & MB_ORIGIN_UNREGISTERED)
+		count(MB_CNT_CONN_UNREGISTERED, 1);
 	return 1;
 }
 
 SEC("cgroup/connect4")
 int mb_connect4(struct bpf_sock_addr *ctx)
 {
-	struct mb_settings *cfg;
-	union mb_ip *self;
-	__be32 dst4 = ctx->user_ip4;
-	__be16 dport = (__be16)ctx->user_port;
-	__u64 ugid, netns;
+	const struct mb_settings *cfg;
+	struct mb_caller c;
+	__be32 dst4 = ctx->user_ip4, ip;
+	__be16 dport = (__be16)ctx->user_port, port;
+	enum mb_action action;
 
-	if (ctx->protocol != MB_IPPROTO_TCP || is_loopback4(dst4))
+	if (ctx->protocol != MB_IPPROTO_TCP)
 		return 1;
 	cfg = active_settings();
 	if (!cfg)
 		return 1;
-	netns = bpf_get_netns_cookie(ctx);
-	self = bpf_map_lookup_elem(&netns_pod_ips, &netns);
-	ugid = bpf_get_current_uid_gid();
-	if ((__u32)ugid == cfg->sidecar_uid || (__u32)(ugid >> 32) == cfg->sidecar_gid)
-		return sidecar_connect(ctx, cfg, self, netns, dst4, dport);
-	return app_connect(ctx, cfg, self, netns, dst4, dport);
+	identify(ctx, cfg, &c);
+	action = decide(ctx, cfg, &c, dst4, bpf_ntohs(dport), ctx->sk ? ctx->sk->src_ip4 : 0);
+	if (!apply(ctx, cfg, &c, action, dst4, dport, &ip, &port))
+		return 1;
+	if (ip)
+		ctx->user_ip4 = ip;
+	ctx->user_port = port;
+	return 1;
+}
+
+/* An AF_INET6 socket connecting to ::ffff:a.b.c.d talks IPv4 on the wire (Java and .NET do this
+ * by default) and runs only this hook: it is decided exactly as connect4 would. Native IPv6
+ * destinations are not intercepted yet (docs/datapath.md). */
+SEC("cgroup/connect6")
+int mb_connect6(struct bpf_sock_addr *ctx)
+{
+	const struct mb_settings *cfg;
+	struct mb_caller c;
+	__be32 dst4, src4 = 0, ip;
+	__be16 dport = (__be16)ctx->user_port, port;
+	enum mb_action action;
+
+	if (ctx->protocol != MB_IPPROTO_TCP)
+		return 1;
+	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 || ctx->user_ip6[2] != bpf_htonl(0x0000ffff))
+		return 1;
+	cfg = active_settings();
+	if (!cfg)
+		return 1;
+	dst4 = ctx->user_ip6[3];
+	if (ctx->sk && ctx->sk->src_ip6[2] == bpf_htonl(0x0000ffff))
+		src4 = ctx->sk->src_ip6[3];
+	identify(ctx, cfg, &c);
+	action = decide(ctx, cfg, &c, dst4, bpf_ntohs(dport), src4);
+	if (!apply(ctx, cfg, &c, action, dst4, dport, &ip, &port))
+		return 1;
+	if (ip)
+		ctx->user_ip6[3] = ip;
+	ctx->user_port = port;
+	return 1;
 }

@@ -21,6 +21,7 @@
 #define MB_ORIGIN_OUTBOUND    (1u << 0)  /* app -> its sidecar's outbound port */
 #define MB_ORIGIN_INBOUND     (1u << 1)  /* sidecar -> another local pod's inbound port */
 #define MB_ORIGIN_UNREGISTERED (1u << 2) /* pod not registered yet; a sidecar was found listening */
+#define MB_ORIGIN_OWN_POD     (1u << 3)  /* sidecar -> its own pod, sent to its own inbound port */
 
 /* Indexes of the per-CPU counters array. */
 enum mb_counter {
@@ -33,12 +34,21 @@ enum mb_counter {
 	MB_CNT_GETSOCKOPT_ANSWERED,   /* SO_ORIGINAL_DST answered from pair_original_dst */
 	MB_CNT_SOCKHASH_FULL,         /* sockets left on TCP because sock_pair_map refused them */
 	MB_CNT_ORIGIN_LOST,           /* rewrites whose original destination could not be stored */
+	MB_CNT_CONN_OWN_INBOUND,      /* sidecar connects to its own pod sent to its inbound port */
+	MB_CNT_INBOUND_ASSIGNED,      /* packets from elsewhere handed to the pod's inbound listener */
+	MB_CNT_INBOUND_NO_LISTENER,   /* packets to a captured port dropped: no inbound listener (fail closed) */
 	MB_CNT__COUNT,
 };
 
 /* Kernel numbers not worth pulling libc headers into a BPF build for. */
 #define MB_AF_INET          2
+#define MB_AF_INET6        10
 #define MB_IPPROTO_TCP      6
+#define MB_ETH_P_IP    0x0800
+#define MB_TC_ACT_OK        0
+#define MB_TC_ACT_SHOT      2
+#define MB_HBONE_PORT   15008  /* Istio's tunnel port: never sent back to the inbound listener */
+#define MB_INBOUND_SOURCE 0x7f000006  /* 127.0.0.6: the inbound sidecar's upstream source */
 #define MB_SOL_IP           0
 #define MB_SO_ORIGINAL_DST 80
 #define MB_TCP_CLOSE        7

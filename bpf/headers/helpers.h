@@ -44,10 +44,19 @@ static __always_inline int is_loopback4(__be32 v4)
 	return (bpf_ntohl(v4) >> 24) == 127;
 }
 
+static __always_inline int ip_is_v4(const union mb_ip *ip)
+{
+	return ip->u32[0] == 0 && ip->u32[1] == 0 && ip->u32[2] == bpf_htonl(0x0000ffff);
+}
+
 static __always_inline int cidr_contains(const struct mb_cidr *c, const union mb_ip *ip)
 {
 	int i;
 
+	/* ip6tables rules never see IPv4 traffic: an IPv6 range such as ::/0 must not match the
+	 * v4-mapped form IPv4 addresses take in the slot, nor an IPv4 range an IPv6 address */
+	if (ip_is_v4(&c->ip) != ip_is_v4(ip))
+		return 0;
 #pragma unroll
 	for (i = 0; i < 4; i++) {
 		int bits = (int)c->prefix - 32 * i;
@@ -110,6 +119,13 @@ static __always_inline int inbound_captured(const struct mb_pod_config *pod, __u
 	if (pod->flags & MB_POD_IN_ALL_PORTS)
 		return 1;
 	return port_listed(pod->in_include_ports, pod->n_in_include_ports, port);
+}
+
+/* An AF_INET socket, or an AF_INET6 one whose peer is v4-mapped (IPv4 on the wire). */
+static __always_inline int talks_ipv4(__u32 family, const __u32 *remote_ip6)
+{
+	return family == MB_AF_INET ||
+	       (family == MB_AF_INET6 && remote_ip6[0] == 0 && remote_ip6[1] == 0 && remote_ip6[2] == bpf_htonl(0x0000ffff));
 }
 
 /* Fill the netns part of a pair key: only loopback legs need it to stay unique on the node. */

@@ -8,8 +8,12 @@ int mb_msg_redirect(struct sk_msg_md *msg)
 	struct mb_pair peer;
 	long verdict;
 
+	__u32 remote6[3] = {msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2]};
+
 	if (!active_settings())
 		return SK_PASS; /* draining: new data goes over TCP, after what was already moved */
+	if (!talks_ipv4(msg->family, remote6))
+		return SK_PASS;
 	/* the peer's own view: our remote is its local. local_port is host order, remote_port
 	 * network order in the upper 16 bits */
 	pair_from_v4(&peer, msg->remote_ip4, (__be16)(msg->remote_port >> 16),

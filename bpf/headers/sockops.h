@@ -43,7 +43,10 @@ int mb_sockops(struct bpf_sock_ops *skops)
 {
 	struct mb_pair key;
 
-	if (skops->family != MB_AF_INET)
+	__u32 remote6[3] = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2]};
+
+	/* the IPv4 fields hold the addresses of v4-mapped AF_INET6 sockets too */
+	if (!talks_ipv4(skops->family, remote6))
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:

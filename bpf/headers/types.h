@@ -52,6 +52,8 @@ struct mb_pod_config {
 	__u16 in_exclude_ports[MB_MAX_PORTS];
 	struct mb_cidr out_include_cidrs[MB_MAX_CIDRS];
 	struct mb_cidr out_exclude_cidrs[MB_MAX_CIDRS];
+	__u32 proxy_uid;      /* the pod's proxy runs as this user and group (its spec, default */
+	__u32 proxy_gid;      /* the mesh's 1337): Istio's --uid-owner / --gid-owner */
 };
 
 /* A sidecar process seen connecting, and the pod it serves (value of process_ip). */

@@ -24,6 +24,6 @@ export async function compileBpf(source: string, output: string): Promise<void> 
   await run('clang', [...BPF_CFLAGS, `-I${multiarchInclude()}`, '-c', source, '-o', output], {timeoutMs: 120_000})
 }
 
-export async function compileHost(source: string, output: string): Promise<void> {
-  await run('clang', [...HOST_CFLAGS, source, '-o', output], {timeoutMs: 120_000})
+export async function compileHost(source: string, output: string, libs: readonly string[] = []): Promise<void> {
+  await run('clang', [...HOST_CFLAGS, source, '-o', output, ...libs.map((l) => `-l${l}`)], {timeoutMs: 120_000})
 }

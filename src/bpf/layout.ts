@@ -14,6 +14,7 @@ export const SETTINGS_DRAINING = 1 << 0
 export const ORIGIN_OUTBOUND = 1 << 0
 export const ORIGIN_INBOUND = 1 << 1
 export const ORIGIN_UNREGISTERED = 1 << 2
+export const ORIGIN_OWN_POD = 1 << 3
 
 /** enum mb_counter, in order. */
 export const COUNTERS = [
@@ -26,6 +27,9 @@ export const COUNTERS = [
   'getsockoptAnswered',
   'sockhashFull',
   'originLost',
+  'connOwnInbound',
+  'inboundAssigned',
+  'inboundNoListener',
 ] as const
 export type CounterName = (typeof COUNTERS)[number]
 
@@ -35,7 +39,7 @@ export const LAYOUT = {
   mb_origin: {size: 24, fields: {ip: 0, port: 16, flags: 18, pid: 20}},
   mb_cidr: {size: 20, fields: {ip: 0, prefix: 16, pad: 17}},
   mb_pod_config: {
-    size: 460,
+    size: 468,
     fields: {
       flags: 0,
       n_out_include_ports: 4,
@@ -51,6 +55,8 @@ export const LAYOUT = {
       in_exclude_ports: 108,
       out_include_cidrs: 140,
       out_exclude_cidrs: 300,
+      proxy_uid: 460,
+      proxy_gid: 464,
     },
   },
   mb_process: {size: 24, fields: {pod_ip: 0, netns: 16}},
@@ -126,6 +132,7 @@ export function originFlagNames(flags: number): string[] {
   if (flags & ORIGIN_OUTBOUND) names.push('outbound')
   if (flags & ORIGIN_INBOUND) names.push('inbound')
   if (flags & ORIGIN_UNREGISTERED) names.push('unregistered')
+  if (flags & ORIGIN_OWN_POD) names.push('own-pod')
   return names
 }
 
@@ -141,6 +148,9 @@ export interface PodRules {
   inExcludePorts: number[]
   outIncludeCidrs: Cidr[]
   outExcludeCidrs: Cidr[]
+  /** the pod's proxy user and group (its spec; the mesh's default otherwise) */
+  proxyUid: number
+  proxyGid: number
 }
 
 export const CAPTURE_ALL: PodRules = {
@@ -152,6 +162,8 @@ export const CAPTURE_ALL: PodRules = {
   inExcludePorts: [],
   outIncludeCidrs: [],
   outExcludeCidrs: [],
+  proxyUid: 1337,
+  proxyGid: 1337,
 }
 
 function writePorts(b: Buffer, offset: number, countOffset: number, ports: number[]): void {
@@ -195,6 +207,8 @@ export function encodePodRules(r: PodRules): Buffer {
   writePorts(b, F.pod.in_exclude_ports, F.pod.n_in_exclude_ports, r.inExcludePorts)
   writeCidrs(b, F.pod.out_include_cidrs, F.pod.n_out_include_cidrs, r.outIncludeCidrs)
   writeCidrs(b, F.pod.out_exclude_cidrs, F.pod.n_out_exclude_cidrs, r.outExcludeCidrs)
+  b.writeUInt32LE(r.proxyUid, F.pod.proxy_uid)
+  b.writeUInt32LE(r.proxyGid, F.pod.proxy_gid)
   return b
 }
 
@@ -209,6 +223,8 @@ export function decodePodRules(b: Buffer): PodRules {
     inExcludePorts: readPorts(b, F.pod.in_exclude_ports, F.pod.n_in_exclude_ports),
     outIncludeCidrs: readCidrs(b, F.pod.out_include_cidrs, F.pod.n_out_include_cidrs),
     outExcludeCidrs: readCidrs(b, F.pod.out_exclude_cidrs, F.pod.n_out_exclude_cidrs),
+    proxyUid: b.readUInt32LE(F.pod.proxy_uid),
+    proxyGid: b.readUInt32LE(F.pod.proxy_gid),
   }
 }
 

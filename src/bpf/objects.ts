@@ -11,6 +11,8 @@ export interface BuiltObjects {
   dir: string
   datapath: string
   netnsCookie: string
+  /** attaches and detaches mb_tc_inbound in pod network namespaces */
+  tcInbound: string
   compiled: boolean
 }
 
@@ -43,8 +45,8 @@ export async function sourceHash(compiler?: string): Promise<string> {
 export async function buildObjects(opts: {rebuild?: boolean} = {}): Promise<BuiltObjects> {
   const hash = await sourceHash()
   const dir = join(cacheDir(), hash)
-  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, 'netns-cookie')}
-  if (!opts.rebuild && existsSync(result.datapath) && existsSync(result.netnsCookie)) return {...result, compiled: false}
+  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, 'netns-cookie'), tcInbound: join(dir, 'tc-inbound')}
+  if (!opts.rebuild && existsSync(result.datapath) && existsSync(result.netnsCookie) && existsSync(result.tcInbound)) return {...result, compiled: false}
 
   const tmp = `${dir}.tmp-${process.pid}`
   await rm(tmp, {recursive: true, force: true})
@@ -52,6 +54,7 @@ export async function buildObjects(opts: {rebuild?: boolean} = {}): Promise<Buil
   try {
     await compileBpf(join(BPF_SOURCE_DIR, 'merbridge.bpf.c'), join(tmp, 'merbridge.bpf.o'))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, 'netns-cookie'))
+    await compileHost(join(BPF_SOURCE_DIR, 'tools', 'tc-inbound.c'), join(tmp, 'tc-inbound'), ['bpf'])
     await rm(dir, {recursive: true, force: true})
     await rename(tmp, dir)
   } catch (error) {

@@ -54,7 +54,7 @@ export default class Sync extends BaseCommand {
     }
 
     const loaded = await loadPods(flags['pods-file'], node, kube)
-    const applied = await applyPods(inst, (await buildObjects()).netnsCookie, loaded.pods, {node, mesh})
+    const applied = await applyPods(inst, await buildObjects(), loaded.pods, {node, mesh, attachInbound: true})
     const record = podsRecord(loaded.source, applied)
     await savePodsRecord(inst, record)
     const result: SyncCommandResult = {...record, written: applied.sync.written, deleted: applied.sync.deleted}

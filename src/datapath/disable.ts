@@ -1,11 +1,15 @@
 import {existsSync} from 'node:fs'
 import {readdir, rm} from 'node:fs/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
+import {join} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
+import {buildObjects} from '../bpf/objects.js'
 import {readMaps} from '../bpf/maps.js'
 import {MerbridgeError} from '../errors.js'
 import {run} from '../node/exec.js'
-import {BPFFS_MOUNT} from '../paths.js'
+import {listNetnsCandidates} from '../node/netns.js'
+import {detachInbound} from '../node/tc-inbound.js'
+import {BPFFS_MOUNT, cacheDir} from '../paths.js'
 import {Installation, PROGRAMS} from './installation.js'
 import {writeSettings} from './settings.js'
 
@@ -15,7 +19,7 @@ const DRAIN_MS = 200
 export interface DisableResult {
   bpffs: string
   wasEnabled: boolean
-  /** where each program was detached from: a cgroup path, or sock_pair_map for the sk_msg program */
+  /** where each program was detached from: a cgroup path, sock_pair_map for the sk_msg program, or a pod interface ("netns PATH dev IF") for mb_tc_inbound */
   detached: {cgroup: string; program: string; id: number}[]
   unpinned: string[]
 }
@@ -31,6 +35,12 @@ async function findAttachments(progIds: Map<number, string>): Promise<{cgroup: s
     }
   }
   return out
+}
+
+/** The tc-inbound helper of the build that was enabled (no compiler needed), else a fresh build. */
+async function tcHelper(objectHash: string | undefined): Promise<string> {
+  const recorded = objectHash ? join(cacheDir(), objectHash, 'tc-inbound') : undefined
+  return recorded && existsSync(recorded) ? recorded : (await buildObjects()).tcInbound
 }
 
 /** bpftool's attach-type argument for the kernel's name of it. */
@@ -62,7 +72,15 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
     }
   }
 
-  // 2. Detach, connect4 first so no connection is rewritten without getsockopt to answer it.
+  // 2. Inbound capture off in every pod namespace (draining already made it let everything pass).
+  const tcId = [...progIds].find(([, name]) => name === 'mb_tc_inbound')?.[0]
+  if (tcId !== undefined) {
+    const paths = (await listNetnsCandidates()).map((c) => c.path)
+    const tc = await detachInbound(await tcHelper(state?.objectHash), tcId, paths)
+    for (const [path, ifaces] of tc.done) for (const dev of ifaces) result.detached.push({cgroup: `netns ${path} dev ${dev}`, program: 'mb_tc_inbound', id: tcId})
+  }
+
+  // 3. Detach, connect4 first so no connection is rewritten without getsockopt to answer it.
   const attachments = await findAttachments(progIds)
   const order = (name: string) => -PROGRAMS.findIndex((p) => p.name === name)
   attachments.sort((a, b) => order(a.name) - order(b.name))
@@ -77,7 +95,7 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
       result.detached.push({cgroup: 'sock_pair_map', program: msg.name, id})
   }
 
-  // 3. Unpin: removing the pins frees programs and maps once nothing else holds them.
+  // 4. Unpin: removing the pins frees programs and maps once nothing else holds them.
   if (inst.exists()) {
     const pins = await inst.pinned()
     result.unpinned = [...pins.progs.map((p) => `progs/${p}`), ...pins.maps.map((m) => `maps/${m}`)]
@@ -87,7 +105,7 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   if (state?.mountedBpffs && existsSync(BPFFS_MOUNT) && (await readdir(BPFFS_MOUNT)).length === 0)
     await run('umount', [BPFFS_MOUNT], {allowFailure: true})
 
-  // 4. Verify.
+  // 5. Verify.
   const left = await findAttachments(progIds)
   if (left.length > 0 || inst.exists())
     throw new MerbridgeError(`disable left ${left.length} attachment(s)${inst.exists() ? ` and pins in ${inst.dir}` : ''} behind`, {

@@ -15,6 +15,7 @@ import {BPFFS_MOUNT} from '../paths.js'
 import {disable} from './disable.js'
 import {type InstallState, Installation, PROGRAMS} from './installation.js'
 import {writeSettings} from './settings.js'
+import {attachInbound} from '../node/tc-inbound.js'
 import {type AppliedPods, applyPods, podsRecord} from './pods-sync.js'
 
 export interface EnableOptions {
@@ -139,7 +140,8 @@ export const ENABLE_STEPS: EnableStep[] = [
     async run(ctx) {
       ctx.loaded = await loadPods(ctx.opts.podsFile, ctx.node, ctx.opts.kube)
       ctx.podsSource = ctx.loaded.source
-      ctx.applied = await applyPods(ctx.inst, required(ctx.objects, 'the built objects').netnsCookie, ctx.loaded.pods, {node: ctx.node, mesh: ctx.mesh})
+      // a fresh or replaced datapath gets inbound capture in the attach step, after getsockopt
+      ctx.applied = await applyPods(ctx.inst, required(ctx.objects, 'the built objects'), ctx.loaded.pods, {node: ctx.node, mesh: ctx.mesh, attachInbound: ctx.mode === 'resync'})
     },
   },
   {
@@ -149,7 +151,12 @@ export const ENABLE_STEPS: EnableStep[] = [
     async run(ctx) {
       for (const p of PROGRAMS) {
         if (p.target === 'cgroup') await bpftool.cgroupAttach(required(ctx.cgroup, 'the cgroup'), p.attachType, ctx.inst.prog(p.name))
-        else await bpftool.progAttachToMap(ctx.inst.prog(p.name), p.attachType, ctx.inst.map('sock_pair_map'))
+        else if (p.target === 'sock_pair_map') await bpftool.progAttachToMap(ctx.inst.prog(p.name), p.attachType, ctx.inst.map('sock_pair_map'))
+        else {
+          const applied = required(ctx.applied, 'the applied pods')
+          const tc = await attachInbound(required(ctx.objects, 'the built objects').tcInbound, ctx.inst.prog(p.name), applied.sync.registeredPaths)
+          if (tc.failed.size > 0) throw new MerbridgeError(`cannot attach inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`, {code: 'TC_ATTACH'})
+        }
         ctx.attached.push(p.name)
       }
     },

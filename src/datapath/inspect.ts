@@ -120,7 +120,8 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
   const attached = new Set(snap.attachments.map((a) => a.id))
   for (const spec of PROGRAMS) {
     const info = snap.progs.get(spec.name)
-    const p: ProgramStatus = {name: spec.name, attachPoint: spec.target === 'cgroup' ? `${state?.cgroup ?? '?'} (${spec.attachType})` : 'sock_pair_map (msg_verdict)'}
+    const attachPoint = {cgroup: `${state?.cgroup ?? '?'} (${spec.attachType})`, sock_pair_map: 'sock_pair_map (msg_verdict)', pods: `tc ingress of the ${state?.pods.meshed.length ?? 0} registered pod(s)`}[spec.target]
+    const p: ProgramStatus = {name: spec.name, attachPoint}
     if (info) {
       p.id = info.id
       p.type = info.type

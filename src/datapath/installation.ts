@@ -3,21 +3,26 @@ import {mkdir, readFile, readdir, rename, rm, writeFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 import {DEFAULT_BPFFS_DIR, runDir} from '../paths.js'
 
-/** How each program is attached: to the cgroup, or (sk_msg) to the sockhash. */
+/**
+ * How each program is attached: to the cgroup, (sk_msg) to the sockhash, or (tc) to the ingress
+ * of each registered pod's interfaces, by the sync that registers the pod.
+ */
 export interface ProgramSpec {
   name: string
   /** bpftool's attach type argument */
   attachType: string
   /** the kernel's name for that attach type, as `bpftool cgroup show` prints it */
   kernelAttachType: string
-  target: 'cgroup' | 'sock_pair_map'
+  target: 'cgroup' | 'sock_pair_map' | 'pods'
 }
 
-/** In attach order: the listeners of events first, connect4 (which starts rewriting) last. */
+/** In attach order: the listeners of events first, the connect hooks (which start rewriting) last. */
 export const PROGRAMS: ProgramSpec[] = [
   {name: 'mb_msg_redirect', attachType: 'msg_verdict', kernelAttachType: 'sk_msg_verdict', target: 'sock_pair_map'},
   {name: 'mb_getsockopt', attachType: 'getsockopt', kernelAttachType: 'cgroup_getsockopt', target: 'cgroup'},
   {name: 'mb_sockops', attachType: 'sock_ops', kernelAttachType: 'cgroup_sock_ops', target: 'cgroup'},
+  {name: 'mb_tc_inbound', attachType: 'tc_ingress', kernelAttachType: 'tc_ingress', target: 'pods'},
+  {name: 'mb_connect6', attachType: 'connect6', kernelAttachType: 'cgroup_inet6_connect', target: 'cgroup'},
   {name: 'mb_connect4', attachType: 'connect4', kernelAttachType: 'cgroup_inet4_connect', target: 'cgroup'},
 ]
 

@@ -1,5 +1,6 @@
 /** Pods -> maps and record, shared by enable, sync and the watch loop. */
 import {type PodJson, type PodSelection, selectMeshedPods} from '../kube/pods.js'
+import type {BuiltObjects} from '../bpf/objects.js'
 import type {MeshProfile} from '../mesh/profiles.js'
 import type {InstallState, Installation} from './installation.js'
 import {type PodMapsView, type SyncResult, syncPods} from './sync.js'
@@ -9,10 +10,13 @@ export interface AppliedPods {
   sync: SyncResult
 }
 
-/** Select this node's meshed pods and make the maps match them. */
-export async function applyPods(inst: Installation, netnsHelper: string, pods: PodJson[], opts: {node: string; mesh: MeshProfile; known?: PodMapsView}): Promise<AppliedPods> {
+/**
+ * Select this node's meshed pods and make the maps match them; with `attachInbound` (the
+ * datapath is attached already), newly registered pods get inbound capture too.
+ */
+export async function applyPods(inst: Installation, objects: BuiltObjects, pods: PodJson[], opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean}): Promise<AppliedPods> {
   const selection = selectMeshedPods(pods, opts.node, opts.mesh)
-  return {selection, sync: await syncPods(inst, netnsHelper, selection, opts.known)}
+  return {selection, sync: await syncPods(inst, objects, selection, opts)}
 }
 
 /** What the installation's record says about the pods of a sync. */
@@ -23,7 +27,7 @@ export function podsRecord(source: string, applied: AppliedPods): InstallState['
     meshed: applied.sync.meshed,
     unregistered: applied.sync.unregistered,
     skipped: applied.selection.skipped,
-    warnings: applied.selection.meshed.flatMap((p) => p.warnings),
+    warnings: [...applied.selection.meshed.flatMap((p) => p.warnings), ...applied.sync.inboundFailed],
   }
 }
 

@@ -3,7 +3,9 @@ import {ipToSlot} from '../bpf/ip.js'
 import {encodePodRules, encodeU64} from '../bpf/layout.js'
 import {readMaps} from '../bpf/maps.js'
 import type {PodSelection} from '../kube/pods.js'
+import type {BuiltObjects} from '../bpf/objects.js'
 import {listNetnsCandidates, namespacesByIp, netnsCookies} from '../node/netns.js'
+import {attachInbound} from '../node/tc-inbound.js'
 import type {Installation, PodRecord} from './installation.js'
 
 /** What the two pod maps hold: pod IP -> encoded rules (hex), netns cookie -> pod IP. */
@@ -19,6 +21,10 @@ export interface SyncResult {
   unregistered: PodRecord[]
   written: number
   deleted: number
+  /** network namespaces of the registered pods (for attaching inbound capture) */
+  registeredPaths: string[]
+  /** pods whose inbound capture could not be attached, with why */
+  inboundFailed: string[]
   /** the maps as this sync left them, for the next sync of a long-running process */
   view: PodMapsView
 }
@@ -37,14 +43,16 @@ async function readView(inst: Installation): Promise<PodMapsView> {
  * node (the one holding its IP) and reading that namespace's cookie. `known` (what the previous
  * sync of this process left) saves reading the maps back.
  */
-export async function syncPods(inst: Installation, netnsHelper: string, selection: PodSelection, known?: PodMapsView): Promise<SyncResult> {
+export async function syncPods(inst: Installation, objects: BuiltObjects, selection: PodSelection, opts: {known?: PodMapsView; attachInbound: boolean}): Promise<SyncResult> {
   const byIp = namespacesByIp(await listNetnsCandidates())
   const found = selection.meshed.map((pod) => ({pod, ns: byIp.get(pod.ip)}))
-  const cookies = await netnsCookies(netnsHelper, found.flatMap((f) => (f.ns ? [f.ns.path] : [])))
-  const current = known ?? (await readView(inst))
+  const cookies = await netnsCookies(objects.netnsCookie, found.flatMap((f) => (f.ns ? [f.ns.path] : [])))
+  const current = opts.known ?? (await readView(inst))
 
   const view: PodMapsView = {rules: new Map(), netns: new Map()}
-  const result: SyncResult = {meshed: [], unregistered: [], written: 0, deleted: 0, view}
+  const result: SyncResult = {meshed: [], unregistered: [], written: 0, deleted: 0, view, registeredPaths: [], inboundFailed: []}
+  // pods registered by this sync get inbound capture; without a view of the last sync, all do
+  const attach: {path: string; id: string}[] = []
   const updates: string[] = []
   for (const {pod, ns} of found) {
     const rules = encodePodRules(pod.rules)
@@ -59,6 +67,10 @@ export async function syncPods(inst: Installation, netnsHelper: string, selectio
     view.netns.set(cookie, pod.ip)
     if (current.netns.get(cookie) !== pod.ip) updates.push(bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), ipToSlot(pod.ip)))
     result.meshed.push({...record, netns: cookie.toString()})
+    if (ns) {
+      result.registeredPaths.push(ns.path)
+      if (!opts.known || current.netns.get(cookie) !== pod.ip) attach.push({path: ns.path, id: `${pod.namespace}/${pod.name}`})
+    }
   }
   const deletes: string[] = []
   for (const ip of current.rules.keys()) if (!view.rules.has(ip)) deletes.push(bpftool.mapDeleteLine(inst.map('local_pod_ips'), ipToSlot(ip)))
@@ -66,5 +78,13 @@ export async function syncPods(inst: Installation, netnsHelper: string, selectio
   result.written = updates.length
   result.deleted = deletes.length
   await bpftool.batch([...updates, ...deletes])
+  // after the maps: the program acts on the pods it finds in local_pod_ips
+  if (opts.attachInbound && attach.length > 0) {
+    const tc = await attachInbound(objects.tcInbound, inst.prog('mb_tc_inbound'), attach.map((a) => a.path))
+    for (const a of attach) {
+      const why = tc.failed.get(a.path)
+      if (why !== undefined) result.inboundFailed.push(`${a.id}: inbound capture not attached: ${why}`)
+    }
+  }
   return result
 }

@@ -24,7 +24,7 @@ export interface WatchOptions {
 
 export async function runWatch(inst: Installation, opts: WatchOptions): Promise<void> {
   if (!(await inst.readState())) throw new MerbridgeError(`merbridge is not enabled with ${inst.dir}`, {code: 'NOT_ENABLED', exitCode: 3, suggestion: 'merbridge enable first'})
-  const helper = (await buildObjects()).netnsCookie
+  const objects = await buildObjects()
   // the first list fails the command (nothing changed); later failures are retried with backoff
   const first = await loadPods(undefined, opts.node, opts.kube)
   const source = first.source
@@ -38,7 +38,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
       const started = performance.now()
       try {
         const before = applied
-        applied = await applyPods(inst, helper, pods, {node: opts.node, mesh: opts.mesh, known: applied?.sync.view})
+        applied = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known: applied?.sync.view, attachInbound: true})
         await savePodsRecord(inst, podsRecord(source, applied))
         const ms = Math.round(performance.now() - started)
         if (event.type === 'RELISTED')

@@ -1,4 +1,4 @@
-import {type Cidr, parseCidr} from '../bpf/ip.js'
+import {parseCidr} from '../bpf/ip.js'
 import {MAX_CIDRS, MAX_PORTS, type PodRules} from '../bpf/layout.js'
 import type {MeshProfile} from '../mesh/profiles.js'
 
@@ -22,55 +22,56 @@ function parsePort(text: string): number | undefined {
   return n >= 1 && n <= 65535 ? n : undefined
 }
 
+/** The rules annotations decide; the proxy's ids come from the pod spec. */
+export type TrafficRules = Omit<PodRules, 'proxyUid' | 'proxyGid'>
+
 /**
- * Istio's traffic annotations as datapath rules. A bad entry is dropped with a warning; a list
- * longer than the datapath holds is cut with a warning. Where dropping could widen capture (an
- * include list left empty by bad entries), the rule captures nothing rather than everything.
+ * Istio's traffic annotations as datapath rules, failing closed: the datapath never captures less
+ * than Istio's rules would. A bad entry or a list longer than the datapath holds is one warning;
+ * dropping from an exclude list captures more, and an include list that cannot be honoured
+ * whole (istio-init would refuse the pod) becomes "capture all".
  */
-export function rulesFromAnnotations(annotations: Record<string, string>, mesh: MeshProfile): {rules: PodRules; warnings: string[]} {
+export function rulesFromAnnotations(annotations: Record<string, string>, mesh: MeshProfile): {rules: TrafficRules; warnings: string[]} {
   const warnings: string[] = []
   const warn = (key: string, msg: string) => warnings.push(`${key}: ${msg}`)
 
-  const ports = (key: string, limit: number): number[] | undefined => {
+  /** A list as far as it can be honoured: `whole` is false when an entry was bad or did not fit. */
+  const list = <T>(key: string, parse: (e: string) => T | undefined, what: string, limit: number, include: boolean): {items: T[]; whole: boolean} | undefined => {
     const raw = annotations[key]
     if (raw === undefined) return undefined
-    const out: number[] = []
+    const items: T[] = []
+    const bad: string[] = []
     for (const e of entries(raw)) {
-      const p = parsePort(e)
-      if (p === undefined) warn(key, `'${e}' is not a port (1-65535); ignored`)
-      else if (!out.includes(p)) out.push(p)
+      const v = parse(e)
+      if (v === undefined) bad.push(e)
+      else if (!items.some((x) => JSON.stringify(x) === JSON.stringify(v))) items.push(v)
     }
-    if (out.length > limit) {
-      warn(key, `${out.length} ports, the datapath holds ${limit}; the rest are ignored`)
-      out.length = limit
+    const consequence = include ? 'capturing all of it instead (fail closed)' : 'ignored, so more is captured'
+    if (bad.length > 0) warn(key, `${bad.length} entr${bad.length === 1 ? 'y is' : 'ies are'} not ${what} (${bad.slice(0, 3).map((b) => `'${b.slice(0, 40)}'`).join(', ')}${bad.length > 3 ? ', ...' : ''}); ${consequence}`)
+    const fits = items.length <= limit
+    if (!fits) {
+      warn(key, `${items.length} entries, the datapath holds ${limit}; ${include ? consequence : 'the rest are ignored, so more is captured'}`)
+      items.length = limit
     }
-    return out
+    return {items, whole: bad.length === 0 && fits}
   }
+  const ports = (key: string, limit: number, include = false) => list(key, parsePort, 'a port (1-65535)', limit, include)
+  const cidrs = (key: string, include = false) => list(key, parseCidr, 'a CIDR', MAX_CIDRS, include)
 
-  const cidrs = (key: string): Cidr[] | undefined => {
-    const raw = annotations[key]
-    if (raw === undefined) return undefined
-    const out: Cidr[] = []
-    for (const e of entries(raw)) {
-      const c = parseCidr(e)
-      if (!c) warn(key, `'${e}' is not a CIDR; ignored`)
-      else out.push(c)
-    }
-    if (out.length > MAX_CIDRS) {
-      warn(key, `${out.length} ranges, the datapath holds ${MAX_CIDRS}; the rest are ignored`)
-      out.length = MAX_CIDRS
-    }
-    return out
-  }
-
-  // includeOutboundIPRanges: absent or '*' = all; '' = none.
+  // includeOutboundIPRanges: absent or '*' = all; '' = none; one that cannot be honoured whole = all.
   const includeRanges = annotations[ANNOTATIONS.includeOutboundIPRanges]
-  const outAllCidrs = includeRanges === undefined || entries(includeRanges).includes('*')
-  const outIncludeCidrs = outAllCidrs ? [] : cidrs(ANNOTATIONS.includeOutboundIPRanges) ?? []
+  const starRanges = includeRanges === undefined || entries(includeRanges).includes('*')
+  const includedRanges = starRanges ? undefined : cidrs(ANNOTATIONS.includeOutboundIPRanges, true)
+  // an included port is captured whatever its address: one left out could escape
+  const includedOutPorts = ports(ANNOTATIONS.includeOutboundPorts, MAX_PORTS, true)
+  const outAllCidrs = starRanges || includedRanges?.whole === false || includedOutPorts?.whole === false
+  const outIncludeCidrs = outAllCidrs ? [] : includedRanges?.items ?? []
 
   const includeIn = annotations[ANNOTATIONS.includeInboundPorts]
-  const inAllPorts = includeIn === undefined || entries(includeIn).includes('*')
-  const inIncludePorts = inAllPorts ? [] : ports(ANNOTATIONS.includeInboundPorts, MAX_PORTS) ?? []
+  const starIn = includeIn === undefined || entries(includeIn).includes('*')
+  const includedIn = starIn ? undefined : ports(ANNOTATIONS.includeInboundPorts, MAX_PORTS, true)
+  const inAllPorts = starIn || includedIn?.whole === false
+  const inIncludePorts = inAllPorts ? [] : includedIn?.items ?? []
 
   // The mesh's own ports and the status port are never captured inbound.
   const reserved = [...mesh.reservedInboundPorts]
@@ -80,7 +81,7 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
     if (p === undefined) warn(ANNOTATIONS.statusPort, `'${status}' is not a port; ignored`)
     else if (!reserved.includes(p)) reserved.push(p)
   }
-  const userInExclude = ports(ANNOTATIONS.excludeInboundPorts, MAX_PORTS - reserved.length) ?? []
+  const userInExclude = ports(ANNOTATIONS.excludeInboundPorts, MAX_PORTS - reserved.length)?.items ?? []
   const inExcludePorts = [...reserved, ...userInExclude.filter((p) => !reserved.includes(p))]
 
   return {
@@ -88,9 +89,9 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
       outAllCidrs,
       inAllPorts,
       outIncludeCidrs,
-      outExcludeCidrs: cidrs(ANNOTATIONS.excludeOutboundIPRanges) ?? [],
-      outIncludePorts: ports(ANNOTATIONS.includeOutboundPorts, MAX_PORTS) ?? [],
-      outExcludePorts: ports(ANNOTATIONS.excludeOutboundPorts, MAX_PORTS) ?? [],
+      outExcludeCidrs: cidrs(ANNOTATIONS.excludeOutboundIPRanges)?.items ?? [],
+      outIncludePorts: includedOutPorts?.items ?? [],
+      outExcludePorts: ports(ANNOTATIONS.excludeOutboundPorts, MAX_PORTS)?.items ?? [],
       inIncludePorts,
       inExcludePorts,
     },

@@ -11,10 +11,19 @@ export interface PodJson {
   spec?: {
     nodeName?: string
     hostNetwork?: boolean
-    containers?: ({name?: string} | null)[]
-    initContainers?: ({name?: string; restartPolicy?: string} | null)[]
+    containers?: (ContainerJson | null)[]
+    initContainers?: (ContainerJson | null)[]
+    securityContext?: {runAsUser?: unknown; runAsGroup?: unknown}
   }
   status?: {phase?: string; podIP?: string; podIPs?: ({ip?: string} | null)[]}
+}
+
+interface ContainerJson {
+  name?: string
+  restartPolicy?: string
+  args?: unknown
+  env?: unknown
+  securityContext?: {runAsUser?: unknown; runAsGroup?: unknown}
 }
 
 export interface MeshedPod {
@@ -58,11 +67,30 @@ export async function parsePodList(text: string, source: string): Promise<PodJso
   return obj.items as PodJson[]
 }
 
-function hasSidecar(pod: PodJson, mesh: MeshProfile): boolean {
-  const inContainers = (pod.spec?.containers ?? []).some((c) => c?.name === mesh.sidecarContainer)
-  // Kubernetes native sidecars: init containers that keep running
-  const native = (pod.spec?.initContainers ?? []).some((c) => c?.name === mesh.sidecarContainer && c.restartPolicy === 'Always')
-  return (inContainers || native) && pod.metadata?.annotations?.[mesh.injectedAnnotation] !== undefined
+/** The injected proxy container, if the pod has one (Kubernetes native sidecars are init containers that keep running). */
+function proxyContainer(pod: PodJson, mesh: MeshProfile): ContainerJson | undefined {
+  if (pod.metadata?.annotations?.[mesh.injectedAnnotation] === undefined) return undefined
+  return (
+    (pod.spec?.containers ?? []).find((c) => c?.name === mesh.sidecarContainer) ??
+    (pod.spec?.initContainers ?? []).find((c) => c?.name === mesh.sidecarContainer && c.restartPolicy === 'Always') ??
+    undefined
+  )
+}
+
+/** Why a pod with a proxy is still not a sidecar pod for the datapath, if it is not. */
+function notASidecar(pod: PodJson, proxy: ContainerJson, mesh: MeshProfile): string | undefined {
+  // a gateway runs the proxy as a router: no interception, whatever its annotations
+  if (Array.isArray(proxy.args) && proxy.args.includes('router')) return 'a gateway (the proxy runs as a router): no interception'
+  const mode = pod.metadata?.annotations?.[mesh.interceptionModeAnnotation]
+  if (mode === undefined || mode === 'REDIRECT') return undefined
+  if (mode === 'NONE') return 'interceptionMode NONE: the proxy intercepts nothing'
+  if (mode === 'TPROXY') return 'interceptionMode TPROXY is not supported by merbridge: left to istio-init'
+  return `interceptionMode ${JSON.stringify(mode).slice(0, 40)} is unknown: left alone`
+}
+
+/** A user or group id as the pod spec gives it, or undefined. */
+function specId(v: unknown): number | undefined {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < 2 ** 32 ? v : undefined
 }
 
 function podIPv4(pod: PodJson): string | undefined {
@@ -83,8 +111,14 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const namespace = pod.metadata?.namespace ?? 'default'
     const name = pod.metadata?.name ?? '(unnamed)'
     const skip = (reason: string) => out.skipped.push({namespace, name, reason, ...(podIPv4(pod) ? {ip: podIPv4(pod)} : {})})
-    if (!hasSidecar(pod, mesh)) {
+    const proxy = proxyContainer(pod, mesh)
+    if (!proxy) {
       skip(`no injected ${mesh.sidecarContainer} sidecar`)
+      continue
+    }
+    const why = notASidecar(pod, proxy, mesh)
+    if (why) {
+      skip(why)
       continue
     }
     if (pod.spec.hostNetwork) {
@@ -107,7 +141,10 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
         .map(([k, v]) => [k, String(v)]),
     )
     const {rules, warnings} = rulesFromAnnotations(annotations, mesh)
-    out.meshed.push({namespace, name, ip, rules, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)})
+    // the proxy's user and group: its container's, else the pod's, else the mesh's default
+    const proxyUid = specId(proxy.securityContext?.runAsUser) ?? specId(pod.spec.securityContext?.runAsUser) ?? mesh.sidecarUid
+    const proxyGid = specId(proxy.securityContext?.runAsGroup) ?? specId(pod.spec.securityContext?.runAsGroup) ?? mesh.sidecarGid
+    out.meshed.push({namespace, name, ip, rules: {...rules, proxyUid, proxyGid}, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)})
   }
   return out
 }

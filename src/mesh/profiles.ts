@@ -9,6 +9,8 @@ export interface MeshProfile {
   sidecarContainer: string
   /** present on pods whose sidecar was injected */
   injectedAnnotation: string
+  /** how the pod asks for its traffic to be intercepted (REDIRECT, TPROXY, NONE) */
+  interceptionModeAnnotation: string
   /** the mesh's own inbound ports, never captured (Istio: HBONE, telemetry, health, agent) */
   reservedInboundPorts: number[]
 }
@@ -22,6 +24,7 @@ export const PROFILES: Record<string, MeshProfile> = {
     inboundPort: 15006,
     sidecarContainer: 'istio-proxy',
     injectedAnnotation: 'sidecar.istio.io/status',
+    interceptionModeAnnotation: 'sidecar.istio.io/interceptionMode',
     reservedInboundPorts: [15008, 15090, 15021, 15020],
   },
 }

@@ -1,8 +1,9 @@
+import {COUNTERS, type CounterName} from '../bpf/layout.js'
 import type {StatusReport} from '../datapath/inspect.js'
 import {renderTable} from './table.js'
 import {c, mark} from './theme.js'
 
-const COUNTER_LABELS: Record<string, string> = {
+const COUNTER_LABELS: Record<CounterName, string> = {
   connOutbound: 'connections sent to the outbound sidecar',
   connInbound: 'sidecar connections sent to a local inbound sidecar',
   connUnregistered: '  of the outbound ones, from unregistered pods',
@@ -12,6 +13,9 @@ const COUNTER_LABELS: Record<string, string> = {
   getsockoptAnswered: 'SO_ORIGINAL_DST answers',
   sockhashFull: 'sockets left on TCP (sock_pair_map full)',
   originLost: 'original destinations that could not be stored',
+  connOwnInbound: "sidecar connections to their own pod sent to its inbound sidecar",
+  inboundAssigned: 'packets from elsewhere handed to an inbound sidecar',
+  inboundNoListener: 'packets dropped: no inbound sidecar listening (fail closed)',
 }
 
 export function renderStatus(r: StatusReport): string {
@@ -51,7 +55,7 @@ export function renderStatus(r: StatusReport): string {
   }
   if (r.counters) {
     out.push(c.bold('datapath counters'))
-    for (const [k, v] of Object.entries(r.counters)) out.push(`  ${String(v).padStart(14)}  ${COUNTER_LABELS[k] ?? k}`)
+    for (const k of COUNTERS) out.push(`  ${String(r.counters[k]).padStart(14)}  ${COUNTER_LABELS[k]}`)
   }
   out.push('')
   if (r.verdict === 'healthy') out.push(c.green(`${mark.pass} merbridge is enabled and healthy`))

@@ -174,11 +174,11 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.equal(before.code, 0, before.stdout)
     const b0 = parseJson<StatusReport>(before.stdout)
     assert.equal(b0.verdict, 'healthy')
-    assert.deepEqual(b0.programs.map((p) => p.name).sort(), ['mb_connect4', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops'])
+    assert.deepEqual(b0.programs.map((p) => p.name).sort(), ['mb_connect4', 'mb_connect6', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops', 'mb_tc_inbound'])
     for (const p of b0.programs) {
       assert.ok(p.id !== undefined && p.id > 0, JSON.stringify(p))
-      // the kernel cannot be asked about an sk_msg program on a sockhash; the cgroup ones must be attached
-      assert.equal(p.attached, p.type === 'sk_msg' ? undefined : true, JSON.stringify(p))
+      // the cgroup programs must be attached; sk_msg (on a sockhash) and tc (per pod) have no one place to ask
+      assert.equal(p.attached, p.type === 'sk_msg' || p.type === 'sched_cls' ? undefined : true, JSON.stringify(p))
     }
     assert.equal(b0.maps.find((m) => m.name === 'local_pod_ips')?.entries, 2)
     for (let i = 0; i < 3; i++) await whoami('a', 'b')
@@ -193,19 +193,27 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.match(text.stdout, /lab\/a 10\.77\.0\.2/)
   })
 
-  it('leaves a pod without a sidecar and processes outside the pods alone', async () => {
+  it("leaves a pod without a sidecar alone, and sends traffic from outside the mesh through the destination's inbound sidecar, as Istio does", async () => {
     // a -> c: through a's outbound sidecar, but c has no inbound sidecar to send it to
     const mc = mark('a')
     assert.equal((await whoami('a', 'c')).remoteAddress, lab.pod('a').ip)
     assert.equal((await logSince('a', mc))[0]?.originalDst, `${lab.pod('c').ip}:${APP_PORT}`)
-    // c's own process, and a node process, reach b's app directly
-    assert.equal((await whoami('c', 'b')).remoteAddress, lab.pod('c').ip)
-    assert.equal((await whoami(NODE, 'b')).remoteAddress, NODE_IP)
+    // c's own process and a node process: b's PREROUTING would send them to its sidecar; so does merbridge
+    for (const [from, source] of [['c', lab.pod('c').ip], [NODE, NODE_IP]] as const) {
+      const mb = mark('b')
+      assert.equal((await whoami(from, 'b')).remoteAddress, '127.0.0.6', `${from} -> b passes b's inbound sidecar`)
+      const inbound = (await logSince('b', mb))[0]!
+      assert.equal(inbound.client.split(':')[0], source)
+      assert.equal(inbound.originalDst, `${lab.pod('b').ip}:${APP_PORT}`, "b's sidecar was told the original destination")
+    }
   })
 
   it('intercepts an app that connected before its sidecar listened, once the sidecar is up', async () => {
-    // d is not registered: before its sidecar listens its connections go direct...
-    assert.equal((await whoami('d', 'b')).remoteAddress, lab.pod('d').ip)
+    // d is not registered: before its sidecar listens its connections leave it directly (b's
+    // inbound sidecar takes them, as b's PREROUTING would)...
+    const mb = mark('b')
+    assert.equal((await whoami('d', 'b')).remoteAddress, '127.0.0.6')
+    assert.equal((await logSince('b', mb))[0]?.client.split(':')[0], lab.pod('d').ip, "straight from d's app, no sidecar of d on the way")
     sidecars.set('d', await lab.startSidecar('d'))
     // ...and the same app's next connection goes to the sidecar, with no "not in mesh" remembered
     const r = await lab.get('d', url('b'))
@@ -261,7 +269,8 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
 
   it('counts what it did', async () => {
     const c = await readMaps.counters(inst)
-    assert.ok(c.connOutbound > 0 && c.connInbound > 0 && c.connUnregistered > 0, JSON.stringify(c))
+    assert.ok(c.connOutbound > 0 && c.connInbound > 0 && c.connUnregistered > 0 && c.inboundAssigned > 0, JSON.stringify(c))
+    assert.equal(c.inboundNoListener, 0, JSON.stringify(c))
     assert.ok(c.msgRedirected > 0 && c.bytesRedirected > 10 * 1024 * 1024, JSON.stringify(c))
     assert.ok(c.getsockoptAnswered >= c.connInbound, JSON.stringify(c))
   })
@@ -284,7 +293,7 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.ok(got.bytes! > atEnd && atEnd >= atStart, JSON.stringify({got, atStart, atEnd}))
     assert.equal(got.sha256, patternSha256(got.bytes!))
     const after = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
-    assert.equal(after.length, 4)
+    assert.equal(after.length, 6)
     for (const id of after) assert.ok(id !== undefined && !before.includes(id), `program ${id} is new (before: ${before.join(', ')})`)
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
   })
@@ -308,7 +317,10 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     const atStart = await stream.flowingPast(0, 'before disable')
     const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
     assert.equal(d.code, 0, d.stderr)
-    assert.deepEqual(parseJson<DisableResult>(d.stdout).detached.map((x) => x.program).sort(), ['mb_connect4', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops'])
+    const detached = parseJson<DisableResult>(d.stdout).detached
+    assert.deepEqual([...new Set(detached.map((x) => x.program))].sort(), ['mb_connect4', 'mb_connect6', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops', 'mb_tc_inbound'])
+    // inbound capture came off both registered pods' interfaces
+    assert.deepEqual(detached.filter((x) => x.program === 'mb_tc_inbound').map((x) => x.cgroup.endsWith(' dev eth0')), [true, true])
     // open through the whole of disable, and still flowing (over TCP now) after it
     assert.ok(stream.process.running, `the stream ended during disable: ${stream.process.stdout.slice(-300)}`)
     const atEnd = stream.bytes

@@ -87,6 +87,8 @@ describe('codecs', () => {
       inExcludePorts: [15008, 15090, 15021, 15020],
       outIncludeCidrs: [{ip: '10.0.0.0', prefix: 8}, {ip: 'fd00::', prefix: 64}],
       outExcludeCidrs: [{ip: '10.96.0.1', prefix: 32}],
+      proxyUid: 1337,
+      proxyGid: 2000,
     }
     assert.deepEqual(decodePodRules(encodePodRules(rules)), rules)
     assert.deepEqual(decodeProcess(encodeProcess({podIp: '10.77.0.2', netns: 9n})), {podIp: '10.77.0.2', netns: 9n})

@@ -13,16 +13,19 @@ describe('istio annotations', () => {
     {name: "'*' ranges capture everything", annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '*'}, expect: {outAllCidrs: true}},
     {name: 'empty include ranges capture nothing', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: ''}, expect: {outAllCidrs: false, outIncludeCidrs: []}},
     {name: 'include ranges are listed', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '10.0.0.0/8, 172.16.0.0/12'}, expect: {outAllCidrs: false, outIncludeCidrs: [{ip: '10.0.0.0', prefix: 8}, {ip: '172.16.0.0', prefix: 12}]}},
-    {name: 'a bad include range narrows, never widens', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: 'nonsense'}, expect: {outAllCidrs: false, outIncludeCidrs: []}, warnings: [/includeOutboundIPRanges: 'nonsense' is not a CIDR/]},
-    {name: 'exclude ranges', annotations: {[ANNOTATIONS.excludeOutboundIPRanges]: '10.96.0.1/32,bad/99'}, expect: {outExcludeCidrs: [{ip: '10.96.0.1', prefix: 32}]}, warnings: [/'bad\/99' is not a CIDR/]},
-    {name: 'outbound ports', annotations: {[ANNOTATIONS.includeOutboundPorts]: '443', [ANNOTATIONS.excludeOutboundPorts]: '22,3306,0,70000,abc'}, expect: {outIncludePorts: [443], outExcludePorts: [22, 3306]}, warnings: [/'0' is not a port/, /'70000' is not a port/, /'abc' is not a port/]},
+    {name: 'a bad include range captures everything (fail closed)', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '10.0.0.0/8,nonsense'}, expect: {outAllCidrs: true, outIncludeCidrs: []}, warnings: [/includeOutboundIPRanges: 1 entry is not a CIDR \('nonsense'\); capturing all of it instead \(fail closed\)/]},
+    {name: 'more include ranges than fit capture everything', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: Array.from({length: 9}, (_, i) => `10.${i}.0.0/16`).join(',')}, expect: {outAllCidrs: true, outIncludeCidrs: []}, warnings: [/9 entries, the datapath holds 8; capturing all/]},
+    {name: 'more include ports than fit capture every address', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '10.0.0.0/8', [ANNOTATIONS.includeOutboundPorts]: Array.from({length: 17}, (_, i) => 2000 + i).join(',')}, expect: {outAllCidrs: true}, warnings: [/17 entries, the datapath holds 16; capturing all/]},
+    {name: 'a bad include inbound port captures every inbound port', annotations: {[ANNOTATIONS.includeInboundPorts]: '8080,http'}, expect: {inAllPorts: true, inIncludePorts: []}, warnings: [/includeInboundPorts: 1 entry is not a port .*fail closed/]},
+    {name: 'exclude ranges', annotations: {[ANNOTATIONS.excludeOutboundIPRanges]: '10.96.0.1/32,bad/99'}, expect: {outExcludeCidrs: [{ip: '10.96.0.1', prefix: 32}]}, warnings: [/1 entry is not a CIDR \('bad\/99'\); ignored, so more is captured/]},
+    {name: 'outbound ports', annotations: {[ANNOTATIONS.includeOutboundPorts]: '443', [ANNOTATIONS.excludeOutboundPorts]: '22,3306,0,70000,abc'}, expect: {outIncludePorts: [443], outExcludePorts: [22, 3306]}, warnings: [/excludeOutboundPorts: 3 entries are not a port \(1-65535\) \('0', '70000', 'abc'\)/]},
     {name: 'empty include inbound ports capture no inbound', annotations: {[ANNOTATIONS.includeInboundPorts]: ''}, expect: {inAllPorts: false, inIncludePorts: []}},
     {name: 'listed inbound ports', annotations: {[ANNOTATIONS.includeInboundPorts]: '8080, 9090'}, expect: {inAllPorts: false, inIncludePorts: [8080, 9090]}},
     {name: 'excluded inbound ports join the reserved ones', annotations: {[ANNOTATIONS.excludeInboundPorts]: '9000,15020'}, expect: {inExcludePorts: [...RESERVED, 9000]}},
     {name: 'the status port is excluded inbound', annotations: {[ANNOTATIONS.statusPort]: '15999'}, expect: {inExcludePorts: [...RESERVED, 15999]}},
     {name: 'a bad status port is ignored', annotations: {[ANNOTATIONS.statusPort]: 'x'}, expect: {inExcludePorts: RESERVED}, warnings: [/status.sidecar.istio.io\/port: 'x' is not a port/]},
-    {name: 'too many ports are cut', annotations: {[ANNOTATIONS.excludeOutboundPorts]: Array.from({length: 20}, (_, i) => 1000 + i).join(',')}, expect: {outExcludePorts: Array.from({length: 16}, (_, i) => 1000 + i)}, warnings: [/20 ports, the datapath holds 16/]},
-    {name: 'too many ranges are cut', annotations: {[ANNOTATIONS.excludeOutboundIPRanges]: Array.from({length: 9}, (_, i) => `10.${i}.0.0/16`).join(',')}, expect: {outExcludeCidrs: Array.from({length: 8}, (_, i) => ({ip: `10.${i}.0.0`, prefix: 16}))}, warnings: [/9 ranges, the datapath holds 8/]},
+    {name: 'too many ports are cut', annotations: {[ANNOTATIONS.excludeOutboundPorts]: Array.from({length: 20}, (_, i) => 1000 + i).join(',')}, expect: {outExcludePorts: Array.from({length: 16}, (_, i) => 1000 + i)}, warnings: [/20 entries, the datapath holds 16; the rest are ignored, so more is captured/]},
+    {name: 'too many ranges are cut', annotations: {[ANNOTATIONS.excludeOutboundIPRanges]: Array.from({length: 9}, (_, i) => `10.${i}.0.0/16`).join(',')}, expect: {outExcludeCidrs: Array.from({length: 8}, (_, i) => ({ip: `10.${i}.0.0`, prefix: 16}))}, warnings: [/9 entries, the datapath holds 8; the rest are ignored/]},
   ]
   for (const c of cases) {
     it(c.name, () => {
@@ -70,7 +73,31 @@ describe('pod selection', () => {
 
   it('prefixes annotation warnings with the pod', () => {
     const s = selectMeshedPods([pod('p', {metadata: {annotations: {'sidecar.istio.io/status': '{}', [ANNOTATIONS.excludeOutboundPorts]: 'x'}}})], 'node1', istio)
-    assert.match(s.meshed[0]!.warnings[0]!, /^ns\/p: traffic.sidecar.istio.io\/excludeOutboundPorts: 'x'/)
+    assert.match(s.meshed[0]!.warnings[0]!, /^ns\/p: traffic.sidecar.istio.io\/excludeOutboundPorts: 1 entry is not a port \(1-65535\) \('x'\)/)
+  })
+
+  it('skips gateways and pods that intercept nothing or by TPROXY, saying why', () => {
+    const mode = (m: string) => pod(`mode-${m}`, {metadata: {annotations: {'sidecar.istio.io/status': '{}', 'sidecar.istio.io/interceptionMode': m}}})
+    const gateway = pod('gateway', {spec: {nodeName: 'node1', containers: [{name: 'istio-proxy', args: ['proxy', 'router', '--domain', 'x']}]}})
+    const s = selectMeshedPods([gateway, mode('NONE'), mode('TPROXY'), mode('REDIRECT'), mode('bogus')], 'node1', istio)
+    assert.deepEqual(s.meshed.map((p) => p.name), ['mode-REDIRECT'])
+    const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
+    assert.match(reasons.gateway!, /a gateway \(the proxy runs as a router\)/)
+    assert.match(reasons['mode-NONE']!, /interceptionMode NONE/)
+    assert.match(reasons['mode-TPROXY']!, /TPROXY is not supported/)
+    assert.match(reasons['mode-bogus']!, /interceptionMode "bogus" is unknown/)
+  })
+
+  it("takes the proxy's user and group from its container, then the pod, then the mesh", () => {
+    const withIds = (name: string, container: object, podCtx: object = {}) =>
+      pod(name, {spec: {nodeName: 'node1', securityContext: podCtx, containers: [{name: 'app'}, {name: 'istio-proxy', ...container}]}})
+    const s = selectMeshedPods(
+      [withIds('spec', {securityContext: {runAsUser: 1500, runAsGroup: 1501}}), withIds('pod-level', {}, {runAsUser: 2000, runAsGroup: 2001}), withIds('default', {}), withIds('bad', {securityContext: {runAsUser: -1, runAsGroup: '7'}})],
+      'node1',
+      istio,
+    )
+    const ids = Object.fromEntries(s.meshed.map((p) => [p.name, [p.rules.proxyUid, p.rules.proxyGid]]))
+    assert.deepEqual(ids, {spec: [1500, 1501], 'pod-level': [2000, 2001], default: [1337, 1337], bad: [1337, 1337]})
   })
 
   it('accepts a PodList or a single Pod, as JSON or YAML, and rejects anything else in one line', async () => {

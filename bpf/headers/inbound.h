@@ -1,0 +1,77 @@
+/* inbound.h: tc ingress on a meshed pod's interfaces: the job of Istio's PREROUTING chain. Every
+ * TCP connection that reaches the pod from elsewhere (another node, an unmeshed pod, the host) on
+ * a port the pod captures inbound is handed to its sidecar's inbound listener. Nothing is
+ * rewritten: bpf_sk_assign delivers the SYN to the listener as TPROXY would, so the accepted
+ * socket keeps the original destination as its own address (sockopt.h answers SO_ORIGINAL_DST
+ * from it) and replies leave from the address the client called. */
+#pragma once
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/pkt_cls.h>
+#include "helpers.h"
+
+SEC("tc")
+int mb_tc_inbound(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	const struct mb_settings *cfg;
+	struct mb_pod_config *pod;
+	struct bpf_sock_tuple t = {};
+	struct ethhdr *eth = data;
+	struct bpf_sock *sk;
+	struct tcphdr *tcp;
+	struct iphdr *ip;
+	union mb_ip dst;
+	__u16 dport;
+	long err;
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(MB_ETH_P_IP))
+		return TC_ACT_OK;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->protocol != MB_IPPROTO_TCP || ip->ihl < 5)
+		return TC_ACT_OK;
+	tcp = (void *)ip + ip->ihl * 4;
+	if ((void *)(tcp + 1) > end)
+		return TC_ACT_OK;
+	cfg = active_settings();
+	if (!cfg)
+		return TC_ACT_OK;
+	dport = bpf_ntohs(tcp->dest);
+	if (dport == cfg->inbound_port)
+		return TC_ACT_OK; /* already on its way to the sidecar (a local sidecar's rewrite) */
+	ip_from_v4(&dst, ip->daddr);
+	pod = bpf_map_lookup_elem(&local_pod_ips, &dst);
+	if (!pod || !inbound_captured(pod, dport))
+		return TC_ACT_OK;
+
+	/* a connection (or handshake) already under way keeps its socket */
+	t.ipv4.saddr = ip->saddr;
+	t.ipv4.daddr = ip->daddr;
+	t.ipv4.sport = tcp->source;
+	t.ipv4.dport = tcp->dest;
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		int listening = sk->state == BPF_TCP_LISTEN;
+
+		bpf_sk_release(sk);
+		if (!listening)
+			return TC_ACT_OK;
+	}
+	/* a new connection: to the inbound listener, or nowhere (fail closed, as a REDIRECT to a
+	 * port nothing listens on would be: the client retries until the sidecar is up) */
+	t.ipv4.dport = bpf_htons(cfg->inbound_port);
+	sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk) {
+		count(MB_CNT_INBOUND_NO_LISTENER, 1);
+		return TC_ACT_SHOT;
+	}
+	err = sk->state == BPF_TCP_LISTEN ? bpf_sk_assign(skb, sk, 0) : -1;
+	bpf_sk_release(sk);
+	if (err) {
+		count(MB_CNT_INBOUND_NO_LISTENER, 1);
+		return TC_ACT_SHOT;
+	}
+	count(MB_CNT_INBOUND_ASSIGNED, 1);
+	return TC_ACT_OK;
+}

@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: Apache-2.0
+/* tc-inbound: attach or detach the pinned mb_tc_inbound program on the ingress of every
+ * interface but lo in each network namespace named on the command line, one line per namespace:
+ *
+ *   tc-inbound attach PROG_PIN NS...   ok IF[+] ...   ("+": the clsact qdisc was created here)
+ *   tc-inbound detach PROG_ID NS...    ok IF ...      (the interfaces it was detached from)
+ *   or "error: why" for a namespace it could not do. An emptied qdisc is left to the caller.
+ *
+ * The filter has a fixed handle and priority, so only ours is ever replaced or removed, and a
+ * detach removes it only when the program in that slot is the installation's (by id). Node.js cannot enter
+ * another network namespace, and bpftool of this generation cannot attach tc programs. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#define MB_TC_HANDLE 0x4d42 /* "MB" */
+#define MB_TC_PRIORITY 0xc0de
+
+static int enter(const char *path)
+{
+	int ns = open(path, O_RDONLY | O_CLOEXEC);
+	int rc = ns < 0 ? -1 : setns(ns, CLONE_NEWNET);
+
+	if (ns >= 0)
+		close(ns);
+	return rc;
+}
+
+/* Is the program in our slot of this hook the installation's? */
+static int ours(struct bpf_tc_hook *hook, __u32 prog_id)
+{
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
+
+	return bpf_tc_query(hook, &opts) == 0 && opts.prog_id == prog_id;
+}
+
+static void attach(int prog, const char *path)
+{
+	struct if_nameindex *ifs;
+	char out[4096] = "ok";
+
+	if (enter(path) != 0 || !(ifs = if_nameindex())) {
+		printf("error: %s\n", strerror(errno));
+		return;
+	}
+	for (struct if_nameindex *i = ifs; i->if_index; i++) {
+		LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = i->if_index, .attach_point = BPF_TC_INGRESS);
+		LIBBPF_OPTS(bpf_tc_opts, opts, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY, .prog_fd = prog, .flags = BPF_TC_F_REPLACE);
+		int created, err;
+
+		if (strcmp(i->if_name, "lo") == 0)
+			continue;
+		err = bpf_tc_hook_create(&hook);
+		created = err == 0;
+		if (err && err != -EEXIST) {
+			printf("error: %s: clsact: %s\n", i->if_name, strerror(-err));
+			if_freenameindex(ifs);
+			return;
+		}
+		err = bpf_tc_attach(&hook, &opts);
+		if (err) {
+			printf("error: %s: attach: %s\n", i->if_name, strerror(-err));
+			if_freenameindex(ifs);
+			return;
+		}
+		snprintf(out + strlen(out), sizeof(out) - strlen(out), " %s%s", i->if_name, created ? "+" : "");
+	}
+	if_freenameindex(ifs);
+	printf("%s\n", out);
+}
+
+static void detach(__u32 prog_id, const char *path)
+{
+	struct if_nameindex *ifs;
+	char out[4096] = "ok";
+
+	if (enter(path) != 0 || !(ifs = if_nameindex())) {
+		printf("error: %s\n", strerror(errno));
+		return;
+	}
+	for (struct if_nameindex *i = ifs; i->if_index; i++) {
+		LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = i->if_index, .attach_point = BPF_TC_INGRESS);
+		LIBBPF_OPTS(bpf_tc_opts, opts, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
+
+		if (strcmp(i->if_name, "lo") == 0 || !ours(&hook, prog_id))
+			continue;
+		if (bpf_tc_detach(&hook, &opts) != 0)
+			continue;
+		snprintf(out + strlen(out), sizeof(out) - strlen(out), " %s", i->if_name);
+	}
+	if_freenameindex(ifs);
+	printf("%s\n", out);
+}
+
+int main(int argc, char **argv)
+{
+	int home = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+
+	libbpf_set_print(NULL);
+	if (argc >= 3 && strcmp(argv[1], "attach") == 0) {
+		int prog = bpf_obj_get(argv[2]);
+
+		if (prog < 0) {
+			fprintf(stderr, "tc-inbound: %s: %s\n", argv[2], strerror(errno));
+			return 2;
+		}
+		for (int i = 3; i < argc; i++) {
+			attach(prog, argv[i]);
+			setns(home, CLONE_NEWNET);
+		}
+		return 0;
+	}
+	if (argc >= 3 && strcmp(argv[1], "detach") == 0) {
+		__u32 id = strtoul(argv[2], NULL, 10);
+
+		for (int i = 3; i < argc; i++) {
+			detach(id, argv[i]);
+			setns(home, CLONE_NEWNET);
+		}
+		return 0;
+	}
+	fprintf(stderr, "usage: tc-inbound attach PROG_PIN NS... | detach PROG_ID NS...\n");
+	return 2;
+}
