@@ -77,6 +77,7 @@ static __always_inline void identify(void *ctx, const struct mb_settings *cfg, s
  * Istio's OUTPUT chain for a TCP connect to dst:dport from a process in a pod (src4 is the
  * address the socket is bound to, 0 if none). "Over lo" is any destination inside the pod:
  * 127/8 or its own IP.
+ *   -p tcp --dports <excludeOutboundPorts>              RETURN
  *   -o lo -s 127.0.0.6                                  RETURN (the inbound sidecar's upstream)
  *   -o lo ! -d 127.0.0.1 ! --dport 15008 --uid-owner P   to the inbound listener
  *   -o lo ! --uid-owner P                               RETURN
@@ -93,6 +94,9 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
 	union mb_ip dst;
 
 	ip_from_v4(&dst, dst4);
+	/* -p tcp --dports <excludeOutboundPorts> RETURN comes first in Istio's chain, for everyone */
+	if (c->pod && port_listed(c->pod->out_exclude_ports, c->pod->n_out_exclude_ports, dport))
+		return MB_LEAVE;
 	if (is_loopback4(dst4) || (c->self && ip_equal(c->self, &dst))) {
 		if (src4 == bpf_htonl(MB_INBOUND_SOURCE))
 			return MB_LEAVE;

@@ -45,17 +45,24 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	if (!pod || !inbound_captured(pod, dport))
 		return TC_ACT_OK;
 
-	/* a connection (or handshake) already under way keeps its socket */
+	/* Only a new connection is handed over. Every later packet finds its socket by the normal
+	 * lookup: the accepted socket under the original tuple, or (where Istio's PREROUTING REDIRECT
+	 * is installed too and rewrites the port) under the NATed one. */
+	if (!tcp->syn || tcp->ack)
+		return TC_ACT_OK;
 	t.ipv4.saddr = ip->saddr;
 	t.ipv4.daddr = ip->daddr;
 	t.ipv4.sport = tcp->source;
 	t.ipv4.dport = tcp->dest;
 	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
-		int listening = sk->state == BPF_TCP_LISTEN;
+		/* a retransmitted SYN of a handshake under way keeps its request socket; a SYN that
+		 * would reopen a TIME_WAIT tuple is a new connection (the kernel would give it to the
+		 * app's own listener) */
+		int handshaking = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT;
 
 		bpf_sk_release(sk);
-		if (!listening)
+		if (handshaking)
 			return TC_ACT_OK;
 	}
 	/* a new connection: to the inbound listener, or nowhere (fail closed, as a REDIRECT to a

@@ -1,33 +1,77 @@
 /**
  * The nat rules istio-init installs in a sidecar-injected pod (the baseline merbridge replaces),
- * as an iptables-restore input. Only ever applied inside the lab's own network namespaces.
+ * as an iptables-restore input, in the order Istio's istio-iptables writes them for the options
+ * the lab uses (REDIRECT mode, IPv4). Only ever applied inside the lab's own network namespaces.
  */
 import type {MeshProfile} from '../mesh/profiles.js'
 
-export function istioNatRules(mesh: MeshProfile): string {
-  const {outboundPort, inboundPort, sidecarUid: uid, sidecarGid: gid} = mesh
-  const inboundReturns = mesh.reservedInboundPorts.map((p) => `-A ISTIO_INBOUND -p tcp --dport ${p} -j RETURN`)
+/** The istio-iptables options a pod's annotations and spec give (the injector's translation). */
+export interface IstioCaptureOptions {
+  proxyUid: number
+  proxyGid: number
+  /** -b: '*' or a list of ports */
+  inboundPorts: '*' | number[]
+  /** -d: the mesh's own ports, the status port and the pod's excludeInboundPorts */
+  excludeInboundPorts: number[]
+  /** -i: '*' or a list of CIDRs */
+  outboundCidrs: '*' | string[]
+  /** -x */
+  excludeOutboundCidrs: string[]
+  /** -o */
+  excludeOutboundPorts: number[]
+}
+
+export function defaultCaptureOptions(mesh: MeshProfile): IstioCaptureOptions {
+  return {
+    proxyUid: mesh.sidecarUid,
+    proxyGid: mesh.sidecarGid,
+    inboundPorts: '*',
+    excludeInboundPorts: mesh.reservedInboundPorts.filter((p) => p !== 15008),
+    outboundCidrs: '*',
+    excludeOutboundCidrs: [],
+    excludeOutboundPorts: [],
+  }
+}
+
+export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaultCaptureOptions(mesh)): string {
+  const {outboundPort, inboundPort} = mesh
+  const inbound =
+    o.inboundPorts === '*'
+      ? [
+          '-A PREROUTING -p tcp -j ISTIO_INBOUND',
+          ...o.excludeInboundPorts.map((p) => `-A ISTIO_INBOUND -p tcp --dport ${p} -j RETURN`),
+          '-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT',
+        ]
+      : o.inboundPorts.length > 0
+        ? ['-A PREROUTING -p tcp -j ISTIO_INBOUND', ...o.inboundPorts.map((p) => `-A ISTIO_INBOUND -p tcp --dport ${p} -j ISTIO_IN_REDIRECT`)]
+        : []
+  const owner = (kind: 'uid' | 'gid', id: number) => [
+    `-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --${kind}-owner ${id} -j ISTIO_IN_REDIRECT`,
+    `-A ISTIO_OUTPUT -o lo -m owner ! --${kind}-owner ${id} -j RETURN`,
+    `-A ISTIO_OUTPUT -m owner --${kind}-owner ${id} -j RETURN`,
+  ]
+  const excludedPorts = o.excludeOutboundPorts.length > 0 ? [`-A ISTIO_OUTPUT -p tcp -m multiport --dports ${o.excludeOutboundPorts.join(',')} -j RETURN`] : []
+  const ranges =
+    o.outboundCidrs === '*'
+      ? [...o.excludeOutboundCidrs.map((c) => `-A ISTIO_OUTPUT -d ${c} -j RETURN`), '-A ISTIO_OUTPUT -j ISTIO_REDIRECT']
+      : [...o.excludeOutboundCidrs.map((c) => `-A ISTIO_OUTPUT -d ${c} -j RETURN`), ...o.outboundCidrs.map((c) => `-A ISTIO_OUTPUT -d ${c} -j ISTIO_REDIRECT`)]
   return [
     '*nat',
     ':ISTIO_INBOUND - [0:0]',
+    ':ISTIO_REDIRECT - [0:0]',
     ':ISTIO_IN_REDIRECT - [0:0]',
     ':ISTIO_OUTPUT - [0:0]',
-    ':ISTIO_REDIRECT - [0:0]',
-    '-A PREROUTING -p tcp -j ISTIO_INBOUND',
-    '-A OUTPUT -p tcp -j ISTIO_OUTPUT',
-    ...inboundReturns,
-    '-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT',
-    `-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports ${inboundPort}`,
-    '-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN',
-    `-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp ! --dport 15008 -m owner --uid-owner ${uid} -j ISTIO_IN_REDIRECT`,
-    `-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner ${uid} -j RETURN`,
-    `-A ISTIO_OUTPUT -m owner --uid-owner ${uid} -j RETURN`,
-    `-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp ! --dport 15008 -m owner --gid-owner ${gid} -j ISTIO_IN_REDIRECT`,
-    `-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner ${gid} -j RETURN`,
-    `-A ISTIO_OUTPUT -m owner --gid-owner ${gid} -j RETURN`,
-    '-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN',
-    '-A ISTIO_OUTPUT -j ISTIO_REDIRECT',
+    '-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN',
     `-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports ${outboundPort}`,
+    `-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports ${inboundPort}`,
+    ...inbound,
+    '-A OUTPUT -p tcp -j ISTIO_OUTPUT',
+    ...excludedPorts,
+    '-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN',
+    ...owner('uid', o.proxyUid),
+    ...owner('gid', o.proxyGid),
+    '-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN',
+    ...ranges,
     'COMMIT',
     '',
   ].join('\n')

@@ -14,28 +14,36 @@ import {run} from '../node/exec.js'
 import {findCgroup2, readMounts} from '../node/mounts.js'
 import {PACKAGE_ROOT} from '../paths.js'
 import {LabProcess, POLL_DEADLINE_MS} from './process.js'
-import {haproxyConfig} from './sidecar.js'
-import {istioNatRules} from './istio-iptables.js'
+import {connect} from 'node:net'
+import {haproxyConfig, parseSessionTotals} from './sidecar.js'
+import {defaultCaptureOptions, type IstioCaptureOptions, istioNatRules} from './istio-iptables.js'
 
 export interface LabPodSpec {
   name: string
   /** listed in the pods file with an injected sidecar */
   meshed: boolean
+  /** the pod's own annotations (Istio's traffic.sidecar.istio.io/* and the like) */
+  annotations?: Record<string, string>
+  /** the proxy container's runAsUser/runAsGroup, when not the mesh's default */
+  proxy?: {uid: number; gid: number}
+  /** a gateway: the proxy container runs as a router */
+  gateway?: boolean
 }
 
-export interface LabPod {
-  name: string
+export interface LabPod extends LabPodSpec {
   netns: string
   ip: string
   cgroup: string
-  meshed: boolean
 }
 
-const SUBNET = '10.77.0'
+export const SUBNET = '10.77.0'
 export const APP_PORT = 8080
 /** The lab's stand-in for the node itself: the bridge namespace, with an address on the pods' subnet. */
 export const NODE = 'node'
 export const NODE_IP = `${SUBNET}.1`
+/** Another node: a namespace routed through the lab's node, with its processes outside the lab's cgroup. */
+export const REMOTE = 'remote'
+export const REMOTE_IP = '10.78.0.2'
 
 export class Lab {
   readonly id = `mb${randomBytes(3).toString('hex')}`
@@ -45,6 +53,7 @@ export class Lab {
   readonly cgroup: string
   readonly bridgeNs: string
   private created = false
+  private remoteCgroup: string | undefined
 
   constructor(readonly mesh: MeshProfile) {
     const cg = findCgroup2(readMounts())
@@ -64,6 +73,8 @@ export class Lab {
     await run('ip', ['-n', this.bridgeNs, 'addr', 'add', `${NODE_IP}/24`, 'dev', 'br0'])
     await run('ip', ['-n', this.bridgeNs, 'link', 'set', 'br0', 'up'])
     await run('ip', ['-n', this.bridgeNs, 'link', 'set', 'lo', 'up'])
+    // the node routes between its pods and other nodes
+    await run('ip', ['netns', 'exec', this.bridgeNs, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1'])
     for (const spec of specs) await this.addPod(spec)
     mkdirSync(join(this.cgroup, 'outside'))
   }
@@ -75,7 +86,7 @@ export class Lab {
 
   /** A pod joins the bridge: its namespace, veth pair, address and cgroup. */
   async addPod(spec: LabPodSpec): Promise<LabPod> {
-    const pod: LabPod = {name: spec.name, netns: `${this.id}-${spec.name}`, ip: this.nextIp(), cgroup: join(this.cgroup, spec.name), meshed: spec.meshed}
+    const pod: LabPod = {...spec, netns: `${this.id}-${spec.name}`, ip: this.nextIp(), cgroup: join(this.cgroup, spec.name)}
     this.pods.set(spec.name, pod)
     mkdirSync(pod.cgroup)
     await run('ip', ['netns', 'add', pod.netns])
@@ -85,7 +96,28 @@ export class Lab {
     await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0'])
     await run('ip', ['-n', pod.netns, 'link', 'set', 'eth0', 'up'])
     await run('ip', ['-n', pod.netns, 'link', 'set', 'lo', 'up'])
+    await run('ip', ['-n', pod.netns, 'route', 'add', 'default', 'via', NODE_IP])
     return pod
+  }
+
+  /**
+   * Another node: a namespace on a routed link to the lab's node (10.78.0.0/24), whose processes
+   * run in a cgroup outside the one merbridge is attached to, as another node's would.
+   */
+  async addRemote(): Promise<void> {
+    const cg = findCgroup2(readMounts()).path
+    if (!cg) throw new Error('no cgroup v2 mount on this machine')
+    this.remoteCgroup = join(cg, `merbridge-lab-${this.id}-remote`)
+    mkdirSync(this.remoteCgroup)
+    const ns = `${this.id}-${REMOTE}`
+    await run('ip', ['netns', 'add', ns])
+    await run('ip', ['link', 'add', 'vremote', 'netns', this.bridgeNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns])
+    await run('ip', ['-n', this.bridgeNs, 'addr', 'add', '10.78.0.1/24', 'dev', 'vremote'])
+    await run('ip', ['-n', this.bridgeNs, 'link', 'set', 'vremote', 'up'])
+    await run('ip', ['-n', ns, 'addr', 'add', `${REMOTE_IP}/24`, 'dev', 'eth0'])
+    await run('ip', ['-n', ns, 'link', 'set', 'eth0', 'up'])
+    await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
+    await run('ip', ['-n', ns, 'route', 'add', 'default', 'via', '10.78.0.1'])
   }
 
   pod(name: string): LabPod {
@@ -99,8 +131,10 @@ export class Lab {
    * its network namespace. `cgroupName` lets a process sit in the pod's namespace but another cgroup.
    */
   spawn(podName: string, label: string, command: string, args: string[], cgroupName = podName === NODE ? 'outside' : podName): LabProcess {
-    const netns = podName === NODE ? this.bridgeNs : this.pod(podName).netns
-    const procs = join(this.cgroup, cgroupName, 'cgroup.procs')
+    const netns = podName === NODE ? this.bridgeNs : podName === REMOTE ? `${this.id}-${REMOTE}` : this.pod(podName).netns
+    const cgroup = podName === REMOTE ? this.remoteCgroup : join(this.cgroup, cgroupName)
+    if (!cgroup) throw new Error('the lab has no remote node: addRemote() first')
+    const procs = join(cgroup, 'cgroup.procs')
     // a fixed script; the arguments are passed as positional parameters, never interpolated
     const p = new LabProcess(label, 'sh', ['-c', 'echo $$ > "$0" && exec "$@"', procs, 'ip', 'netns', 'exec', netns, command, ...args])
     this.processes.push(p)
@@ -138,8 +172,12 @@ export class Lab {
   }
 
   /** GET a URL from a pod's app container (its cgroup, unless told otherwise). */
-  async get(podName: string, url: string, cgroupName?: string): Promise<{status?: number; bytes?: number; sha256?: string; body?: string; error?: string}> {
-    const r = await this.exec(podName, process.execPath, [this.appScript(), 'get', url], {cgroupName})
+  async get(podName: string, url: string, cgroupName?: string, as?: {uid: number; gid: number}): Promise<{status?: number; bytes?: number; sha256?: string; body?: string; error?: string}> {
+    // `as`: the client runs with that user and group (a sidecar's identity, say)
+    const [command, args] = as
+      ? ['setpriv', ['--reuid', String(as.uid), '--regid', String(as.gid), '--clear-groups', process.execPath, this.appScript(), 'get', url]]
+      : [process.execPath, [this.appScript(), 'get', url]]
+    const r = await this.exec(podName, command, args, {cgroupName})
     const line = r.stdout.trim().split('\n').at(-1) ?? ''
     try {
       return JSON.parse(line) as {status?: number; bytes?: number; sha256?: string; body?: string; error?: string}
@@ -150,11 +188,31 @@ export class Lab {
 
   async startSidecar(podName: string): Promise<LabProcess> {
     const cfg = join(this.tmp, `haproxy-${podName}.cfg`)
-    writeFileSync(cfg, haproxyConfig(this.mesh))
+    const proxy = this.pod(podName).proxy
+    writeFileSync(cfg, haproxyConfig(this.mesh, {uid: proxy?.uid, gid: proxy?.gid, statsSocket: this.statsSocket(podName)}))
     const p = this.spawn(podName, `sidecar in ${podName}`, 'haproxy', ['-db', '-f', cfg])
     await this.waitListening(podName, this.mesh.outboundPort)
     await this.waitListening(podName, this.mesh.inboundPort)
     return p
+  }
+
+  private statsSocket(podName: string): string {
+    return join(this.tmp, `haproxy-${podName}.sock`)
+  }
+
+  /** Sessions a pod's sidecar has accepted so far on its outbound and inbound listeners. */
+  async sidecarSessions(podName: string): Promise<{outbound: number; inbound: number}> {
+    const csv = await new Promise<string>((resolve, reject) => {
+      let text = ''
+      const sock = connect(this.statsSocket(podName), () => sock.end('show stat\n'))
+      sock.setEncoding('utf8')
+      sock.on('data', (d: string) => (text += d))
+      sock.on('end', () => resolve(text))
+      sock.on('error', reject)
+    })
+    const totals = parseSessionTotals(csv)
+    if (!Number.isFinite(totals.outbound) || !Number.isFinite(totals.inbound)) throw new Error(`no session totals from ${podName}'s sidecar: ${csv.slice(0, 200)}`)
+    return totals
   }
 
   async waitListening(podName: string, port: number, timeoutMs = POLL_DEADLINE_MS): Promise<void> {
@@ -169,12 +227,19 @@ export class Lab {
 
   /** The pods as `kubectl get pods -A -o json` would list them for this node. */
   podList(node = hostname()): string {
-    const items = [...this.pods.values()].map((p) => ({
-      kind: 'Pod',
-      metadata: {name: p.name, namespace: 'lab', annotations: p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}},
-      spec: {nodeName: node, containers: [{name: 'app'}, ...(p.meshed ? [{name: this.mesh.sidecarContainer}] : [])]},
-      status: {phase: 'Running', podIP: p.ip, podIPs: [{ip: p.ip}]},
-    }))
+    const items = [...this.pods.values()].map((p) => {
+      const proxy = {
+        name: this.mesh.sidecarContainer,
+        ...(p.gateway ? {args: ['proxy', 'router']} : {}),
+        ...(p.proxy ? {securityContext: {runAsUser: p.proxy.uid, runAsGroup: p.proxy.gid}} : {}),
+      }
+      return {
+        kind: 'Pod',
+        metadata: {name: p.name, namespace: 'lab', annotations: {...(p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}), ...p.annotations}},
+        spec: {nodeName: node, containers: [{name: 'app'}, ...(p.meshed ? [proxy] : [])]},
+        status: {phase: 'Running', podIP: p.ip, podIPs: [{ip: p.ip}]},
+      }
+    })
     return JSON.stringify({apiVersion: 'v1', kind: 'List', items})
   }
 
@@ -184,8 +249,10 @@ export class Lab {
     return file
   }
 
+  /** istio-init's rules for the pod, from the same annotations and spec merbridge reads. */
   async installIstioIptables(podName: string): Promise<void> {
-    await run('ip', ['netns', 'exec', this.pod(podName).netns, 'iptables-restore', '--noflush'], {input: istioNatRules(this.mesh)})
+    const pod = this.pod(podName)
+    await run('ip', ['netns', 'exec', pod.netns, 'iptables-restore', '--noflush'], {input: istioNatRules(this.mesh, captureOptions(this.mesh, pod))})
   }
 
   async removeIstioIptables(podName: string): Promise<void> {
@@ -214,9 +281,11 @@ export class Lab {
     this.processes.length = 0
     if (!this.created) return
     for (const pod of this.pods.values()) await run('ip', ['netns', 'del', pod.netns], {allowFailure: true})
+    if (this.remoteCgroup) await run('ip', ['netns', 'del', `${this.id}-${REMOTE}`], {allowFailure: true})
     await run('ip', ['netns', 'del', this.bridgeNs], {allowFailure: true})
     for (const name of [...this.pods.keys(), 'outside']) await removeCgroup(join(this.cgroup, name))
     await removeCgroup(this.cgroup)
+    if (this.remoteCgroup) await removeCgroup(this.remoteCgroup)
     rmSync(this.tmp, {recursive: true, force: true})
   }
 }
@@ -271,3 +340,21 @@ export class HeldStream {
   }
 }
 
+
+/** What istio-init would be told for this pod: the injector's reading of its annotations and spec. */
+export function captureOptions(mesh: MeshProfile, pod: LabPodSpec): IstioCaptureOptions {
+  const a = pod.annotations ?? {}
+  const list = (key: string) => (a[key] ?? '').split(',').map((s) => s.trim()).filter(Boolean)
+  const ports = (key: string) => list(key).map(Number)
+  const base = defaultCaptureOptions(mesh)
+  const included = a['traffic.sidecar.istio.io/includeOutboundIPRanges']
+  return {
+    proxyUid: pod.proxy?.uid ?? base.proxyUid,
+    proxyGid: pod.proxy?.gid ?? base.proxyGid,
+    inboundPorts: '*',
+    excludeInboundPorts: [...base.excludeInboundPorts, ...ports('traffic.sidecar.istio.io/excludeInboundPorts')],
+    outboundCidrs: included === undefined || included.includes('*') ? '*' : list('traffic.sidecar.istio.io/includeOutboundIPRanges'),
+    excludeOutboundCidrs: list('traffic.sidecar.istio.io/excludeOutboundIPRanges'),
+    excludeOutboundPorts: ports('traffic.sidecar.istio.io/excludeOutboundPorts'),
+  }
+}

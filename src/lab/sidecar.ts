@@ -6,11 +6,13 @@
  */
 import type {MeshProfile} from '../mesh/profiles.js'
 
-export function haproxyConfig(mesh: MeshProfile): string {
+export function haproxyConfig(mesh: MeshProfile, opts: {uid?: number; gid?: number; statsSocket?: string} = {}): string {
+  // the stats socket counts sessions as they are accepted: proof that a connection passed, with no wait for a log line
   return `global
-  uid ${mesh.sidecarUid}
-  gid ${mesh.sidecarGid}
-  maxconn 4096
+  uid ${opts.uid ?? mesh.sidecarUid}
+  gid ${opts.gid ?? mesh.sidecarGid}
+  maxconn 4096${opts.statsSocket ? `
+  stats socket ${opts.statsSocket} mode 600 level user` : ''}
   log stdout format raw local0
 defaults
   mode tcp
@@ -44,5 +46,20 @@ export function parseSidecarLog(text: string): SidecarLogLine[] {
   const out: SidecarLogLine[] = []
   for (const [, client = '', originalDst = '', backend = '', server = ''] of text.matchAll(/conn (\S+) dst=(\S+) via=(\S+) server=(\S+)/g))
     out.push({client, originalDst, backend, server})
+  return out
+}
+
+/** Sessions each frontend has accepted so far, from haproxy's `show stat` CSV. */
+export function parseSessionTotals(csv: string): {outbound: number; inbound: number} {
+  const lines = csv.split('\n')
+  const head = (lines[0] ?? '').replace(/^# /, '').split(',')
+  const [name, type, stot] = ['pxname', 'svname', 'stot'].map((f) => head.indexOf(f))
+  const out = {outbound: Number.NaN, inbound: Number.NaN}
+  for (const line of lines.slice(1)) {
+    const cols = line.split(',')
+    if (cols[type ?? -1] !== 'FRONTEND') continue
+    if (cols[name ?? -1] === 'outbound') out.outbound = Number(cols[stot ?? -1])
+    if (cols[name ?? -1] === 'inbound') out.inbound = Number(cols[stot ?? -1])
+  }
   return out
 }

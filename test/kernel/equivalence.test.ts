@@ -1,0 +1,191 @@
+// Interception equivalence: every case of the matrix is run under Istio's own iptables rules
+// (istio-init's, generated from the same annotations and spec merbridge reads), under merbridge
+// with no iptables rules in the pods, and under both. For each connection the matrix records which
+// sidecars it passed (by the sessions each haproxy listener accepted), what SO_ORIGINAL_DST they
+// were told, and whose address the destination app saw. The three columns must be identical.
+import assert from 'node:assert/strict'
+import {after, before, describe, it} from 'node:test'
+import {APP_PORT, Lab, type LabPodSpec, NODE, NODE_IP, REMOTE, REMOTE_IP, SUBNET} from '../../src/lab/lab.js'
+import type {LabProcess} from '../../src/lab/process.js'
+import {parseSidecarLog} from '../../src/lab/sidecar.js'
+import {PROFILES} from '../../src/mesh/profiles.js'
+import {cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
+
+const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'setpriv'])
+
+const ip = (i: number) => `${SUBNET}.${i + 2}`
+// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8
+const PODS: LabPodSpec[] = [
+  {name: 'a', meshed: true, annotations: {'traffic.sidecar.istio.io/excludeOutboundPorts': '8081', 'traffic.sidecar.istio.io/excludeOutboundIPRanges': `${ip(2)}/32`}},
+  {name: 'b', meshed: true, annotations: {'traffic.sidecar.istio.io/excludeInboundPorts': '8082'}},
+  {name: 'c', meshed: false},
+  {name: 'e', meshed: true, proxy: {uid: 1500, gid: 1500}},
+  {name: 'i', meshed: true, annotations: {'traffic.sidecar.istio.io/includeOutboundIPRanges': `${ip(1)}/32`}},
+  {name: 'g', meshed: true, gateway: true},
+  {name: 'n', meshed: true, annotations: {'sidecar.istio.io/interceptionMode': 'NONE'}},
+]
+const SIDECARS = ['a', 'b', 'e', 'i']
+const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['e', 8080]]
+const PROXY = {uid: 1337, gid: 1337}
+const E_PROXY = {uid: 1500, gid: 1500}
+
+interface Case {
+  name: string
+  from: string
+  to: string
+  port?: number
+  as?: {uid: number; gid: number}
+  /** connect from an AF_INET6 socket to the v4-mapped address */
+  mapped?: boolean
+}
+
+const CASES: Case[] = [
+  {name: 'app -> other meshed pod', from: 'a', to: 'b'},
+  {name: 'app -> other meshed pod, port excluded outbound by the source', from: 'a', to: 'b', port: 8081},
+  {name: 'app -> other meshed pod, port excluded inbound by the destination', from: 'a', to: 'b', port: 8082},
+  {name: 'app -> unmeshed pod', from: 'b', to: 'c'},
+  {name: 'app -> unmeshed pod in a range excluded outbound', from: 'a', to: 'c'},
+  {name: 'app -> own pod IP', from: 'a', to: 'a'},
+  {name: 'app -> 127.0.0.1', from: 'a', to: '127.0.0.1'},
+  {name: 'app, AF_INET6 -> ::ffff:other meshed pod', from: 'a', to: 'b', mapped: true},
+  {name: 'app, AF_INET6 -> ::ffff:own pod IP', from: 'a', to: 'a', mapped: true},
+  {name: 'sidecar -> other meshed pod', from: 'a', to: 'b', as: PROXY},
+  {name: 'sidecar -> other meshed pod, port excluded inbound by the destination', from: 'a', to: 'b', port: 8082, as: PROXY},
+  {name: 'sidecar -> own pod IP', from: 'a', to: 'a', as: PROXY},
+  {name: 'sidecar -> own pod IP, port excluded outbound', from: 'a', to: 'a', port: 8081, as: PROXY},
+  {name: 'sidecar -> 127.0.0.1', from: 'a', to: '127.0.0.1', as: PROXY},
+  {name: 'sidecar, AF_INET6 -> ::ffff:other meshed pod', from: 'a', to: 'b', as: PROXY, mapped: true},
+  {name: 'process in the proxy group only -> other meshed pod', from: 'a', to: 'b', as: {uid: 0, gid: 1337}},
+  {name: 'process in the proxy group only -> own pod IP', from: 'a', to: 'a', as: {uid: 0, gid: 1337}},
+  {name: 'unmeshed pod -> meshed pod', from: 'c', to: 'b'},
+  {name: 'unmeshed pod -> meshed pod, port excluded inbound', from: 'c', to: 'b', port: 8082},
+  {name: 'node process -> meshed pod', from: NODE, to: 'b'},
+  {name: 'remote node -> meshed pod', from: REMOTE, to: 'b'},
+  {name: 'remote node -> meshed pod, port excluded inbound', from: REMOTE, to: 'b', port: 8082},
+  {name: 'remote node -> unmeshed pod', from: REMOTE, to: 'c'},
+  {name: 'meshed pod -> meshed pod, the other way', from: 'b', to: 'a'},
+  {name: 'proxy uid 1500 pod: app -> other meshed pod', from: 'e', to: 'b'},
+  {name: 'proxy uid 1500 pod: its sidecar -> other meshed pod', from: 'e', to: 'b', as: E_PROXY},
+  {name: 'proxy uid 1500 pod: a uid 1337 process -> other meshed pod', from: 'e', to: 'b', as: PROXY},
+  {name: 'proxy uid 1500 pod: its sidecar -> own pod IP', from: 'e', to: 'e', as: E_PROXY},
+  {name: 'remote node -> proxy uid 1500 pod', from: REMOTE, to: 'e'},
+  {name: 'include-ranges pod: app -> pod in its ranges', from: 'i', to: 'b'},
+  {name: 'include-ranges pod: app -> meshed pod outside its ranges', from: 'i', to: 'a'},
+  {name: 'gateway: its process -> meshed pod', from: 'g', to: 'b'},
+  {name: 'interceptionMode NONE: app -> meshed pod', from: 'n', to: 'b'},
+]
+
+const CONFIGS = ['iptables', 'merbridge', 'both'] as const
+type Config = (typeof CONFIGS)[number]
+
+describe('interception equivalence with Istio iptables', {skip, timeout: 600_000}, () => {
+  const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
+  const install = uniqueInstall()
+  const sidecars = new Map<string, LabProcess>()
+  const matrix = new Map<string, Partial<Record<Config, string>>>()
+
+  /** A name for an address: the pod, node or remote node that has it. */
+  const who = (addr: string) => {
+    if (addr === '127.0.0.6') return '127.0.0.6 (inbound sidecar)'
+    if (addr === NODE_IP) return 'node'
+    if (addr === REMOTE_IP) return 'remote'
+    return [...lab.pods.values()].find((p) => p.ip === addr)?.name ?? addr
+  }
+  const named = (hostPort: string) => {
+    const [host = '', port = ''] = hostPort.split(':')
+    return `${who(host)}:${port}`
+  }
+
+  /** One connection of a case, as the sidecars and the app saw it. */
+  const observe = async (c: Case): Promise<string> => {
+    const port = c.port ?? APP_PORT
+    const host = c.to === '127.0.0.1' ? '127.0.0.1' : lab.pod(c.to).ip
+    const url = `http://${c.mapped ? `[::ffff:${host}]` : host}:${port}/whoami`
+    const marks = new Map(SIDECARS.map((p) => [p, sidecars.get(p)!.stdout.length]))
+    const before = new Map(await Promise.all(SIDECARS.map(async (p) => [p, await lab.sidecarSessions(p)] as const)))
+    const r = await lab.get(c.from, url, undefined, c.as)
+    const passed: string[] = []
+    for (const p of SIDECARS) {
+      const now = await lab.sidecarSessions(p)
+      const was = before.get(p)!
+      for (const dir of ['outbound', 'inbound'] as const) {
+        const n = now[dir] - was[dir]
+        if (n === 0) continue
+        // the session was accepted before the response came back; its log line follows its close
+        const proc = sidecars.get(p)!
+        const lines = () => parseSidecarLog(proc.stdout.slice(marks.get(p))).filter((l) => l.backend === `${dir}_passthrough`)
+        await proc.waitFor(() => lines().length >= n, `${n} ${dir} log line(s) from ${p}'s sidecar`)
+        passed.push(`${p} ${dir} (told ${lines().map((l) => named(l.originalDst)).join(', ')})`)
+      }
+    }
+    const seen = r.status === 200 && r.body ? who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress) : `failed: ${r.error ?? String(r.status)}`
+    return `${passed.join(' + ') || 'no sidecar'}; app saw ${seen}`
+  }
+
+  const fill = async (config: Config) => {
+    for (const c of CASES) {
+      const row = matrix.get(c.name) ?? {}
+      row[config] = await observe(c)
+      matrix.set(c.name, row)
+    }
+  }
+  const meshedWithRules = PODS.filter((p) => p.meshed && !p.gateway && p.annotations?.['sidecar.istio.io/interceptionMode'] !== 'NONE').map((p) => p.name)
+  const iptables = async (on: boolean) => {
+    for (const p of meshedWithRules) {
+      await lab.removeIstioIptables(p)
+      if (on) await lab.installIstioIptables(p)
+    }
+  }
+
+  before(async () => {
+    await lab.create(PODS)
+    await lab.addRemote()
+    for (const p of SIDECARS) sidecars.set(p, await lab.startSidecar(p))
+    for (const [p, port] of APPS) await lab.startApp(p, port)
+  })
+
+  after(async () => {
+    await cli(['disable', '--bpffs', install.bpffs], install.env)
+    await lab.destroy()
+    install.cleanup()
+  })
+
+  it("fills the matrix under Istio's iptables rules", async () => {
+    await iptables(true)
+    await fill('iptables')
+    // the lab itself works: without these, three identical columns would prove nothing
+    const cell = (name: string) => matrix.get(name)?.iptables ?? ''
+    assert.equal(cell('app -> other meshed pod'), 'a outbound (told b:8080) + b inbound (told b:8080); app saw 127.0.0.6 (inbound sidecar)')
+    assert.equal(cell('remote node -> meshed pod'), 'b inbound (told b:8080); app saw 127.0.0.6 (inbound sidecar)')
+    assert.equal(cell('app -> other meshed pod, port excluded inbound by the destination'), 'a outbound (told b:8082); app saw a')
+  })
+
+  it('fills it under merbridge alone, with no iptables rules in the pods', async () => {
+    await iptables(false)
+    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.equal(r.code, 0, r.stderr + r.stdout)
+    await fill('merbridge')
+  })
+
+  it("fills it under merbridge with Istio's rules also in place", async () => {
+    await iptables(true)
+    await fill('both')
+    await iptables(false)
+  })
+
+  it('finds the three identical, cell for cell', (t) => {
+    const width = Math.max(...CASES.map((c) => c.name.length))
+    const lines = ['case'.padEnd(width) + ' | Istio iptables | merbridge | both']
+    const differences: string[] = []
+    for (const c of CASES) {
+      const row = matrix.get(c.name) ?? {}
+      const same = row.merbridge === row.iptables && row.both === row.iptables
+      lines.push(`${c.name.padEnd(width)} | ${row.iptables ?? '?'} | ${same ? 'same' : (row.merbridge ?? '?')} | ${same ? 'same' : (row.both ?? '?')}`)
+      if (!same) differences.push(`${c.name}:\n  iptables:  ${row.iptables}\n  merbridge: ${row.merbridge}\n  both:      ${row.both}`)
+    }
+    for (const l of lines) t.diagnostic(l)
+    t.diagnostic(`${CASES.length} cases x ${CONFIGS.length} configurations = ${CASES.length * CONFIGS.length} cells`)
+    assert.equal(matrix.size, CASES.length)
+    assert.deepEqual(differences, [], `cells that differ from Istio's:\n${differences.join('\n')}`)
+  })
+})
