@@ -14,6 +14,7 @@ export interface PodJson {
     containers?: (ContainerJson | null)[]
     initContainers?: (ContainerJson | null)[]
     securityContext?: {runAsUser?: unknown; runAsGroup?: unknown}
+    hostUsers?: unknown
   }
   status?: {phase?: string; podIP?: string; podIPs?: ({ip?: string} | null)[]}
 }
@@ -119,6 +120,12 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const why = notASidecar(pod, proxy, mesh)
     if (why) {
       skip(why)
+      continue
+    }
+    // the datapath compares the caller's uid as the node sees it: in a user namespace the proxy's
+    // 1337 is another id, so its own connects would be sent back to itself
+    if (pod.spec.hostUsers === false) {
+      skip('runs in a user namespace (hostUsers: false): merbridge cannot recognise its proxy by uid yet; left to istio-init')
       continue
     }
     if (pod.spec.hostNetwork) {

@@ -79,13 +79,15 @@ describe('pod selection', () => {
   it('skips gateways and pods that intercept nothing or by TPROXY, saying why', () => {
     const mode = (m: string) => pod(`mode-${m}`, {metadata: {annotations: {'sidecar.istio.io/status': '{}', 'sidecar.istio.io/interceptionMode': m}}})
     const gateway = pod('gateway', {spec: {nodeName: 'node1', containers: [{name: 'istio-proxy', args: ['proxy', 'router', '--domain', 'x']}]}})
-    const s = selectMeshedPods([gateway, mode('NONE'), mode('TPROXY'), mode('REDIRECT'), mode('bogus')], 'node1', istio)
+    const userns = pod('userns', {spec: {nodeName: 'node1', hostUsers: false, containers: [{name: 'istio-proxy'}]}})
+    const s = selectMeshedPods([gateway, mode('NONE'), mode('TPROXY'), mode('REDIRECT'), mode('bogus'), userns], 'node1', istio)
     assert.deepEqual(s.meshed.map((p) => p.name), ['mode-REDIRECT'])
     const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
     assert.match(reasons.gateway!, /a gateway \(the proxy runs as a router\)/)
     assert.match(reasons['mode-NONE']!, /interceptionMode NONE/)
     assert.match(reasons['mode-TPROXY']!, /TPROXY is not supported/)
     assert.match(reasons['mode-bogus']!, /interceptionMode "bogus" is unknown/)
+    assert.match(reasons.userns!, /user namespace \(hostUsers: false\)/)
   })
 
   it("takes the proxy's user and group from its container, then the pod, then the mesh", () => {
