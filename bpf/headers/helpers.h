@@ -97,16 +97,16 @@ static __always_inline int cidr_listed(const struct mb_cidr *cidrs, __u8 n, cons
 	return 0;
 }
 
-/* Istio's outbound order: excluded ports, included ports, excluded CIDRs, included CIDRs. */
+/* Istio's outbound order: excluded ports, excluded CIDRs, included ports, included CIDRs. */
 static __always_inline int outbound_captured(const struct mb_pod_config *pod,
 					     const union mb_ip *dst, __u16 port)
 {
 	if (port_listed(pod->out_exclude_ports, pod->n_out_exclude_ports, port))
 		return 0;
-	if (port_listed(pod->out_include_ports, pod->n_out_include_ports, port))
-		return 1;
 	if (cidr_listed(pod->out_exclude_cidrs, pod->n_out_exclude_cidrs, dst))
 		return 0;
+	if (port_listed(pod->out_include_ports, pod->n_out_include_ports, port))
+		return 1;
 	if (pod->flags & MB_POD_OUT_ALL_CIDRS)
 		return 1;
 	return cidr_listed(pod->out_include_cidrs, pod->n_out_include_cidrs, dst);

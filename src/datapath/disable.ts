@@ -1,5 +1,5 @@
 import {existsSync} from 'node:fs'
-import {readdir, rm} from 'node:fs/promises'
+import {readdir} from 'node:fs/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {join} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
@@ -54,6 +54,8 @@ function attachArg(kernelAttachType: string, progName: string): string {
  * unpin, and verify nothing is left. Idempotent.
  */
 export async function disable(inst: Installation, opts: {drainMs?: number} = {}): Promise<DisableResult> {
+  // before anything changes: a folder that is not an installation of ours is refused whole
+  await inst.checkOurs()
   const state = await inst.readState()
   const result: DisableResult = {bpffs: inst.dir, wasEnabled: false, detached: [], unpinned: []}
   const progIds = new Map<number, string>()
@@ -96,11 +98,7 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   }
 
   // 4. Unpin: removing the pins frees programs and maps once nothing else holds them.
-  if (inst.exists()) {
-    const pins = await inst.pinned()
-    result.unpinned = [...pins.progs.map((p) => `progs/${p}`), ...pins.maps.map((m) => `maps/${m}`)]
-    await rm(inst.dir, {recursive: true, force: true})
-  }
+  result.unpinned = await inst.removePins()
   await inst.removeState()
   if (state?.mountedBpffs && existsSync(BPFFS_MOUNT) && (await readdir(BPFFS_MOUNT)).length === 0)
     await run('umount', [BPFFS_MOUNT], {allowFailure: true})

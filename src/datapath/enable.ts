@@ -75,6 +75,8 @@ export const ENABLE_STEPS: EnableStep[] = [
       ctx.preflight = await runPreflight({cgroup: ctx.opts.cgroup, bpffs: ctx.opts.bpffs})
       const first = ctx.preflight.checks.find((c) => c.required && c.status === 'fail')
       if (first) throw new MerbridgeError(`${first.title}: ${first.detail}`, {code: 'PREFLIGHT_FAILED', suggestion: first.remedy ?? 'run merbridge doctor for details'})
+      // another tool's pins in that folder would be overwritten, then removed by a rollback
+      await ctx.inst.checkOurs()
       ctx.cgroup = ctx.preflight.cgroup
       const state = await ctx.inst.readState()
       if (ctx.preflight.enabled && state) {

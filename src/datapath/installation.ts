@@ -1,6 +1,8 @@
 import {existsSync} from 'node:fs'
-import {mkdir, readFile, readdir, rename, rm, writeFile} from 'node:fs/promises'
+import {mkdir, readFile, readdir, rename, rm, rmdir, unlink, writeFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
+import {MerbridgeError} from '../errors.js'
+import {isBpffs, readMounts} from '../node/mounts.js'
 import {DEFAULT_BPFFS_DIR, runDir} from '../paths.js'
 
 /**
@@ -43,6 +45,8 @@ export class Installation {
   readonly dir: string
 
   constructor(dir = process.env.MERBRIDGE_BPFFS ?? DEFAULT_BPFFS_DIR) {
+    // an empty value would resolve to the working directory
+    if (dir.trim() === '') throw new MerbridgeError('the bpffs folder is empty (--bpffs or MERBRIDGE_BPFFS)', {code: 'BAD_BPFFS', exitCode: 2, suggestion: `give a folder on a bpf filesystem, e.g. ${DEFAULT_BPFFS_DIR}, or unset MERBRIDGE_BPFFS`})
     this.dir = resolve(dir)
   }
 
@@ -75,6 +79,48 @@ export class Installation {
   async pinned(): Promise<{progs: string[]; maps: string[]}> {
     const list = async (d: string) => (existsSync(d) ? (await readdir(d)).sort() : [])
     return {progs: await list(this.progDir), maps: await list(this.mapDir)}
+  }
+
+  /**
+   * Refuse, with one line, a folder merbridge must not remove or write into: one that is not on a
+   * bpf filesystem, or that holds anything but the pins an installation makes (progs/<program>,
+   * maps/<map>). Nothing is changed.
+   */
+  async checkOurs(): Promise<void> {
+    if (!this.exists()) return
+    if (!isBpffs(readMounts(), this.dir))
+      throw new MerbridgeError(`${this.dir} is not on a bpf filesystem: it is not a merbridge installation, and merbridge leaves it alone`, {code: 'NOT_OURS', exitCode: 2, suggestion: 'give --bpffs the folder merbridge enable used (default /sys/fs/bpf/merbridge)'})
+    const known: Record<string, readonly string[]> = {progs: PROGRAMS.map((p) => p.name), maps: MAP_NAMES}
+    const foreign: string[] = []
+    for (const entry of await readdir(this.dir)) {
+      const names = known[entry]
+      if (!names) foreign.push(entry)
+      else for (const pin of await readdir(join(this.dir, entry))) if (!names.includes(pin)) foreign.push(`${entry}/${pin}`)
+    }
+    if (foreign.length > 0)
+      throw new MerbridgeError(`${this.dir} holds ${foreign.length} pin(s) merbridge did not make (${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', ...' : ''}): nothing was changed`, {
+        code: 'NOT_OURS',
+        exitCode: 2,
+        suggestion: 'give merbridge a folder of its own (--bpffs)',
+      })
+  }
+
+  /** Remove the installation's pins one by one, then its folders: never anything else (checkOurs first). */
+  async removePins(): Promise<string[]> {
+    await this.checkOurs()
+    const removed: string[] = []
+    if (!this.exists()) return removed
+    for (const sub of ['progs', 'maps']) {
+      const dir = join(this.dir, sub)
+      if (!existsSync(dir)) continue
+      for (const pin of await readdir(dir)) {
+        await unlink(join(dir, pin))
+        removed.push(`${sub}/${pin}`)
+      }
+      await rmdir(dir)
+    }
+    await rmdir(this.dir)
+    return removed
   }
 
   async readState(): Promise<InstallState | undefined> {

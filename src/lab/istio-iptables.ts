@@ -19,6 +19,8 @@ export interface IstioCaptureOptions {
   excludeOutboundCidrs: string[]
   /** -o */
   excludeOutboundPorts: number[]
+  /** -q */
+  includeOutboundPorts: number[]
 }
 
 export function defaultCaptureOptions(mesh: MeshProfile): IstioCaptureOptions {
@@ -30,6 +32,7 @@ export function defaultCaptureOptions(mesh: MeshProfile): IstioCaptureOptions {
     outboundCidrs: '*',
     excludeOutboundCidrs: [],
     excludeOutboundPorts: [],
+    includeOutboundPorts: [],
   }
 }
 
@@ -51,10 +54,12 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
     `-A ISTIO_OUTPUT -m owner --${kind}-owner ${id} -j RETURN`,
   ]
   const excludedPorts = o.excludeOutboundPorts.length > 0 ? [`-A ISTIO_OUTPUT -p tcp -m multiport --dports ${o.excludeOutboundPorts.join(',')} -j RETURN`] : []
-  const ranges =
-    o.outboundCidrs === '*'
-      ? [...o.excludeOutboundCidrs.map((c) => `-A ISTIO_OUTPUT -d ${c} -j RETURN`), '-A ISTIO_OUTPUT -j ISTIO_REDIRECT']
-      : [...o.excludeOutboundCidrs.map((c) => `-A ISTIO_OUTPUT -d ${c} -j RETURN`), ...o.outboundCidrs.map((c) => `-A ISTIO_OUTPUT -d ${c} -j ISTIO_REDIRECT`)]
+  // excluded ranges, then included ports, then included ranges
+  const ranges = [
+    ...o.excludeOutboundCidrs.map((c) => `-A ISTIO_OUTPUT -d ${c} -j RETURN`),
+    ...o.includeOutboundPorts.map((p) => `-A ISTIO_OUTPUT -p tcp --dport ${p} -j ISTIO_REDIRECT`),
+    ...(o.outboundCidrs === '*' ? ['-A ISTIO_OUTPUT -j ISTIO_REDIRECT'] : o.outboundCidrs.map((c) => `-A ISTIO_OUTPUT -d ${c} -j ISTIO_REDIRECT`)),
+  ]
   return [
     '*nat',
     ':ISTIO_INBOUND - [0:0]',

@@ -356,5 +356,6 @@ export function captureOptions(mesh: MeshProfile, pod: LabPodSpec): IstioCapture
     outboundCidrs: included === undefined || included.includes('*') ? '*' : list('traffic.sidecar.istio.io/includeOutboundIPRanges'),
     excludeOutboundCidrs: list('traffic.sidecar.istio.io/excludeOutboundIPRanges'),
     excludeOutboundPorts: ports('traffic.sidecar.istio.io/excludeOutboundPorts'),
+    includeOutboundPorts: ports('traffic.sidecar.istio.io/includeOutboundPorts'),
   }
 }

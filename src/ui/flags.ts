@@ -5,7 +5,12 @@ import {DEFAULT_BPFFS_DIR} from '../paths.js'
 import {c} from './theme.js'
 
 /** The installation's pin folder, on every command that works on one. */
-export const bpffsFlag = Flags.string({description: 'bpffs folder of the installation', env: 'MERBRIDGE_BPFFS', default: DEFAULT_BPFFS_DIR})
+export const bpffsFlag = Flags.string({
+  description: "bpffs folder of the installation (or MERBRIDGE_BPFFS; an empty one is refused)",
+  // read here rather than with oclif's env option, which takes an empty value for no value: an
+  // empty MERBRIDGE_BPFFS is an error (Installation says so), never the default
+  default: () => Promise.resolve(process.env.MERBRIDGE_BPFFS ?? DEFAULT_BPFFS_DIR),
+})
 
 /** Flags of every command that reads this node's pods. */
 export const podSourceFlags = {

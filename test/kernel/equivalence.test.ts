@@ -15,17 +15,27 @@ const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-re
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
 // pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8
+// a excludes outbound port 8081 and c's address; b excludes inbound port 8082; i sends to its
+// sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
   {name: 'a', meshed: true, annotations: {'traffic.sidecar.istio.io/excludeOutboundPorts': '8081', 'traffic.sidecar.istio.io/excludeOutboundIPRanges': `${ip(2)}/32`}},
   {name: 'b', meshed: true, annotations: {'traffic.sidecar.istio.io/excludeInboundPorts': '8082'}},
   {name: 'c', meshed: false},
   {name: 'e', meshed: true, proxy: {uid: 1500, gid: 1500}},
-  {name: 'i', meshed: true, annotations: {'traffic.sidecar.istio.io/includeOutboundIPRanges': `${ip(1)}/32`}},
+  {
+    name: 'i',
+    meshed: true,
+    annotations: {
+      'traffic.sidecar.istio.io/includeOutboundIPRanges': `${ip(1)}/32`,
+      'traffic.sidecar.istio.io/includeOutboundPorts': '8081',
+      'traffic.sidecar.istio.io/excludeOutboundIPRanges': `${ip(2)}/32`,
+    },
+  },
   {name: 'g', meshed: true, gateway: true},
   {name: 'n', meshed: true, annotations: {'sidecar.istio.io/interceptionMode': 'NONE'}},
 ]
 const SIDECARS = ['a', 'b', 'e', 'i']
-const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['e', 8080]]
+const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080]]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
 
@@ -71,6 +81,8 @@ const CASES: Case[] = [
   {name: 'remote node -> proxy uid 1500 pod', from: REMOTE, to: 'e'},
   {name: 'include-ranges pod: app -> pod in its ranges', from: 'i', to: 'b'},
   {name: 'include-ranges pod: app -> meshed pod outside its ranges', from: 'i', to: 'a'},
+  {name: 'include-ranges pod: app -> included port outside its ranges', from: 'i', to: 'a', port: 8081},
+  {name: 'include-ranges pod: app -> included port in a range it excludes', from: 'i', to: 'c', port: 8081},
   {name: 'gateway: its process -> meshed pod', from: 'g', to: 'b'},
   {name: 'interceptionMode NONE: app -> meshed pod', from: 'n', to: 'b'},
 ]

@@ -37,6 +37,11 @@ describe('istio iptables baseline', () => {
     assert.deepEqual(chain(rules, 'ISTIO_OUTPUT').slice(0, 2), ['-A ISTIO_OUTPUT -p tcp -m multiport --dports 22,80,443 -j RETURN', OWNER_1337[0]])
   })
 
+  it('puts included outbound ports after excluded ranges and before included ranges, as istio-iptables does', () => {
+    const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), outboundCidrs: ['10.0.0.0/8'], excludeOutboundCidrs: ['10.96.0.0/12'], includeOutboundPorts: [8081]})
+    assert.deepEqual(chain(rules, 'ISTIO_OUTPUT').slice(OWNER_1337.length), ['-A ISTIO_OUTPUT -d 10.96.0.0/12 -j RETURN', '-A ISTIO_OUTPUT -p tcp --dport 8081 -j ISTIO_REDIRECT', '-A ISTIO_OUTPUT -d 10.0.0.0/8 -j ISTIO_REDIRECT'])
+  })
+
   it("writes istio-iptables' inbound rules for every port", () => {
     const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), excludeInboundPorts: []})
     assert.deepEqual(chain(rules, 'ISTIO_INBOUND'), ['-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN', '-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT'])
