@@ -21,7 +21,7 @@ static __always_inline int sidecar_listening(struct bpf_sock_addr *ctx, const st
 	return 1;
 }
 
-static __always_inline int remember_origin(struct bpf_sock_addr *ctx, __be32 dst4, __be16 dport, __u16 flags)
+static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const union mb_ip *dst, __be16 dport, __u16 flags)
 {
 	struct mb_origin *o;
 
@@ -32,7 +32,7 @@ static __always_inline int remember_origin(struct bpf_sock_addr *ctx, __be32 dst
 		count(MB_CNT_ORIGIN_LOST, 1);
 		return 0;
 	}
-	ip_from_v4(&o->ip, dst4);
+	o->ip = *dst;
 	o->port = dport;
 	o->flags = flags;
 	o->pid = bpf_get_current_pid_tgid() >> 32;
@@ -49,7 +49,7 @@ enum mb_action {
 
 /* Who is connecting: gathered once per connect() from the netns and the current task. */
 struct mb_caller {
-	const union mb_ip *self;      /* the calling pod's IP; NULL while its netns is not registered */
+	const struct mb_pod_id *self; /* the calling pod's IPs; NULL while its netns is not registered */
 	struct mb_pod_config *pod;    /* its rules (NULL with self, or when the pod list lost it) */
 	__u64 netns;
 	int proxy_uid;                /* runs as the pod's proxy user (--uid-owner) */
@@ -64,7 +64,7 @@ static __always_inline void identify(void *ctx, const struct mb_settings *cfg, s
 
 	c->netns = bpf_get_netns_cookie(ctx);
 	c->self = bpf_map_lookup_elem(&netns_pod_ips, &c->netns);
-	c->pod = c->self ? bpf_map_lookup_elem(&local_pod_ips, (void *)c->self) : NULL;
+	c->pod = c->self ? bpf_map_lookup_elem(&local_pod_ips, (void *)&c->self->ip) : NULL;
 	if (c->pod) {
 		puid = c->pod->proxy_uid;
 		pgid = c->pod->proxy_gid;
@@ -87,32 +87,46 @@ static __always_inline void identify(void *ctx, const struct mb_settings *cfg, s
  * A proxy's connect to another meshed pod on this node goes to that pod's inbound listener,
  * which that pod's PREROUTING would have done on arrival.
  */
+static __always_inline int own_ip(const struct mb_caller *c, const union mb_ip *dst)
+{
+	return c->self && (ip_equal(&c->self->ip, dst) || (!ip_is_zero(&c->self->ip6) && ip_equal(&c->self->ip6, dst)));
+}
+
+/* 127.0.0.6 or ::6: the address Istio's inbound passthrough binds its upstream to */
+static __always_inline int inbound_source(const union mb_ip *src)
+{
+	if (ip_is_v4(src))
+		return src->u32[3] == bpf_htonl(MB_INBOUND_SOURCE);
+	return src->u32[0] == 0 && src->u32[1] == 0 && src->u32[2] == 0 && src->u32[3] == bpf_htonl(6);
+}
+
 static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const struct mb_settings *cfg,
-					     const struct mb_caller *c, __be32 dst4, __u16 dport, __be32 src4)
+					     const struct mb_caller *c, const union mb_ip *dst, __u16 dport,
+					     const union mb_ip *src)
 {
 	struct mb_pod_config *peer;
-	union mb_ip dst;
+	union mb_ip localhost;
 
-	ip_from_v4(&dst, dst4);
 	/* -p tcp --dports <excludeOutboundPorts> RETURN comes first in Istio's chain, for everyone */
 	if (c->pod && port_listed(c->pod->out_exclude_ports, c->pod->n_out_exclude_ports, dport))
 		return MB_LEAVE;
-	if (is_loopback4(dst4) || (c->self && ip_equal(c->self, &dst))) {
-		if (src4 == bpf_htonl(MB_INBOUND_SOURCE))
+	if (ip_is_loopback(dst) || own_ip(c, dst)) {
+		if (inbound_source(src))
 			return MB_LEAVE;
+		ip_localhost(&localhost, dst);
 		/* c->self: only a registered pod's proxy (an unmeshed process may share the uid) */
-		if (c->proxy_uid && c->self && dst4 != bpf_htonl(0x7f000001) && dport != MB_HBONE_PORT)
+		if (c->proxy_uid && c->self && !ip_equal(dst, &localhost) && dport != MB_HBONE_PORT)
 			return MB_TO_OWN_INBOUND;
 		return MB_LEAVE;
 	}
 	if (c->proxy) {
 		if (!c->self || dport == cfg->inbound_port)
 			return MB_LEAVE;
-		peer = bpf_map_lookup_elem(&local_pod_ips, &dst);
+		peer = bpf_map_lookup_elem(&local_pod_ips, (void *)dst);
 		return peer && inbound_captured(peer, dport) ? MB_TO_PEER_INBOUND : MB_LEAVE;
 	}
 	if (c->pod)
-		return outbound_captured(c->pod, &dst, dport) ? MB_TO_OUTBOUND : MB_LEAVE;
+		return outbound_captured(c->pod, dst, dport) ? MB_TO_OUTBOUND : MB_LEAVE;
 	/* Registered but without rules (the pod list lost it): capture, as the default rules would.
 	 * Not registered (yet): only where a sidecar listens, never in the node's own netns. */
 	if (c->self)
@@ -122,37 +136,37 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
 	return MB_TO_OUTBOUND;
 }
 
-/* Store the original destination, then say where the connect goes instead: the new IPv4
- * address (0 = keep it) and port, both network order. Returns 0 to leave the connect alone. */
+/* Store the original destination, then set where the connect goes instead (`to`, the port in
+ * network order). Returns 0 to leave the connect alone. */
 static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_settings *cfg, const struct mb_caller *c,
-				 enum mb_action action, __be32 dst4, __be16 dport, __be32 *ip, __be16 *port)
+				 enum mb_action action, const union mb_ip *dst, __be16 dport, union mb_ip *to, __be16 *port)
 {
 	__u16 flags;
 
 	switch (action) {
 	case MB_TO_OUTBOUND:
 		flags = MB_ORIGIN_OUTBOUND | (c->self ? 0 : MB_ORIGIN_UNREGISTERED);
-		*ip = bpf_htonl(0x7f000001);
+		ip_localhost(to, dst);
 		*port = bpf_htons(cfg->outbound_port);
 		break;
 	case MB_TO_OWN_INBOUND:
 		flags = MB_ORIGIN_INBOUND | MB_ORIGIN_OWN_POD;
-		*ip = bpf_htonl(0x7f000001);
+		ip_localhost(to, dst);
 		*port = bpf_htons(cfg->inbound_port);
 		break;
 	case MB_TO_PEER_INBOUND:
 		flags = MB_ORIGIN_INBOUND;
-		*ip = 0;
+		*to = *dst;
 		*port = bpf_htons(cfg->inbound_port);
 		break;
 	default:
 		return 0;
 	}
 	/* without the original destination the sidecar could not forward: leave it */
-	if (!remember_origin(ctx, dst4, dport, flags))
+	if (!remember_origin(ctx, dst, dport, flags))
 		return 0;
 	if (c->proxy && c->self) {
-		struct mb_process proc = {.pod_ip = *c->self, .netns = c->netns};
+		struct mb_process proc = {.pod_ip = c->self->ip, .netns = c->netns};
 		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
 		bpf_map_update_elem(&process_ip, &tgid, &proc, BPF_ANY);
@@ -168,53 +182,54 @@ int mb_connect4(struct bpf_sock_addr *ctx)
 {
 	const struct mb_settings *cfg;
 	struct mb_caller c;
-	__be32 dst4 = ctx->user_ip4, ip;
+	union mb_ip dst, src, to;
 	__be16 dport = (__be16)ctx->user_port, port;
-	enum mb_action action;
 
 	if (ctx->protocol != MB_IPPROTO_TCP)
 		return 1;
 	cfg = active_settings();
 	if (!cfg)
 		return 1;
+	ip_from_v4(&dst, ctx->user_ip4);
+	ip_from_v4(&src, ctx->sk ? ctx->sk->src_ip4 : 0);
 	identify(ctx, cfg, &c);
-	action = decide(ctx, cfg, &c, dst4, bpf_ntohs(dport), ctx->sk ? ctx->sk->src_ip4 : 0);
-	if (!apply(ctx, cfg, &c, action, dst4, dport, &ip, &port))
+	if (!apply(ctx, cfg, &c, decide(ctx, cfg, &c, &dst, bpf_ntohs(dport), &src), &dst, dport, &to, &port))
 		return 1;
-	if (ip)
-		ctx->user_ip4 = ip;
+	ctx->user_ip4 = to.u32[3];
 	ctx->user_port = port;
 	return 1;
 }
 
-/* An AF_INET6 socket connecting to ::ffff:a.b.c.d talks IPv4 on the wire (Java and .NET do this
- * by default) and runs only this hook: it is decided exactly as connect4 would. Native IPv6
- * destinations are not intercepted yet (docs/datapath.md). */
+/* AF_INET6 sockets: native IPv6 destinations, decided as ip6tables' copy of the rules would,
+ * and v4-mapped ones (::ffff:a.b.c.d, Java's and .NET's default), which are IPv4 on the wire and
+ * run only this hook, decided exactly as connect4 decides. */
 SEC("cgroup/connect6")
 int mb_connect6(struct bpf_sock_addr *ctx)
 {
 	const struct mb_settings *cfg;
 	struct mb_caller c;
-	__be32 dst4, src4 = 0, ip;
+	union mb_ip dst, src, to;
 	__be16 dport = (__be16)ctx->user_port, port;
-	enum mb_action action;
+	struct bpf_sock *sk;
 
 	if (ctx->protocol != MB_IPPROTO_TCP)
-		return 1;
-	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 || ctx->user_ip6[2] != bpf_htonl(0x0000ffff))
 		return 1;
 	cfg = active_settings();
 	if (!cfg)
 		return 1;
-	dst4 = ctx->user_ip6[3];
-	if (ctx->sk && ctx->sk->src_ip6[2] == bpf_htonl(0x0000ffff))
-		src4 = ctx->sk->src_ip6[3];
+	ip_from_v6(&dst, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
+	sk = ctx->sk;
+	if (sk)
+		ip_from_v6(&src, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
+	else
+		ip_from_v6(&src, 0, 0, 0, 0);
 	identify(ctx, cfg, &c);
-	action = decide(ctx, cfg, &c, dst4, bpf_ntohs(dport), src4);
-	if (!apply(ctx, cfg, &c, action, dst4, dport, &ip, &port))
+	if (!apply(ctx, cfg, &c, decide(ctx, cfg, &c, &dst, bpf_ntohs(dport), &src), &dst, dport, &to, &port))
 		return 1;
-	if (ip)
-		ctx->user_ip6[3] = ip;
+	ctx->user_ip6[0] = to.u32[0];
+	ctx->user_ip6[1] = to.u32[1];
+	ctx->user_ip6[2] = to.u32[2];
+	ctx->user_ip6[3] = to.u32[3];
 	ctx->user_port = port;
 	return 1;
 }

@@ -45,10 +45,11 @@ enum mb_counter {
 #define MB_AF_INET6        10
 #define MB_IPPROTO_TCP      6
 #define MB_ETH_P_IP    0x0800
-#define MB_TC_ACT_OK        0
-#define MB_TC_ACT_SHOT      2
 #define MB_HBONE_PORT   15008  /* Istio's tunnel port: never sent back to the inbound listener */
-#define MB_INBOUND_SOURCE 0x7f000006  /* 127.0.0.6: the inbound sidecar's upstream source */
+#define MB_INBOUND_SOURCE 0x7f000006  /* 127.0.0.6: the inbound sidecar's upstream source (::6 in IPv6) */
+#define MB_ETH_P_IPV6  0x86DD
+#define MB_SOL_IPV6        41
+#define MB_IP6T_SO_ORIGINAL_DST 80
 #define MB_SOL_IP           0
 #define MB_SO_ORIGINAL_DST 80
 #define MB_TCP_CLOSE        7

@@ -128,19 +128,54 @@ static __always_inline int talks_ipv4(__u32 family, const __u32 *remote_ip6)
 	       (family == MB_AF_INET6 && remote_ip6[0] == 0 && remote_ip6[1] == 0 && remote_ip6[2] == bpf_htonl(0x0000ffff));
 }
 
-/* Fill the netns part of a pair key: only loopback legs need it to stay unique on the node. */
-static __always_inline void pair_set_netns(struct mb_pair *p, __be32 local4, __be32 remote4, void *ctx)
+static __always_inline void ip_from_v6(union mb_ip *ip, __u32 w0, __u32 w1, __u32 w2, __u32 w3)
 {
-	p->netns = (is_loopback4(local4) || is_loopback4(remote4)) ? bpf_get_netns_cookie(ctx) : 0;
+	ip->u32[0] = w0;
+	ip->u32[1] = w1;
+	ip->u32[2] = w2;
+	ip->u32[3] = w3;
+}
+
+static __always_inline int ip_is_zero(const union mb_ip *ip)
+{
+	return !(ip->u32[0] | ip->u32[1] | ip->u32[2] | ip->u32[3]);
+}
+
+/* 127/8 or ::1: where iptables and ip6tables see a packet leave on lo (with the pod's own IPs) */
+static __always_inline int ip_is_loopback(const union mb_ip *ip)
+{
+	if (ip_is_v4(ip))
+		return is_loopback4(ip->u32[3]);
+	return ip->u32[0] == 0 && ip->u32[1] == 0 && ip->u32[2] == 0 && ip->u32[3] == bpf_htonl(1);
+}
+
+/* 127.0.0.1 or ::1, in the family of `like` */
+static __always_inline void ip_localhost(union mb_ip *ip, const union mb_ip *like)
+{
+	if (ip_is_v4(like))
+		ip_from_v4(ip, bpf_htonl(0x7f000001));
+	else
+		ip_from_v6(ip, 0, 0, 0, bpf_htonl(1));
+}
+
+/* Build a pair key: only loopback legs carry the netns, to stay unique on the node. */
+static __always_inline void pair_from_ips(struct mb_pair *p, const union mb_ip *local, __be16 lport,
+					  const union mb_ip *remote, __be16 rport, void *ctx)
+{
+	p->netns = (ip_is_loopback(local) || ip_is_loopback(remote)) ? bpf_get_netns_cookie(ctx) : 0;
+	p->local_ip = *local;
+	p->remote_ip = *remote;
+	p->local_port = lport;
+	p->remote_port = rport;
+	p->pad = 0;
 }
 
 static __always_inline void pair_from_v4(struct mb_pair *p, __be32 local4, __be16 lport,
 					 __be32 remote4, __be16 rport, void *ctx)
 {
-	pair_set_netns(p, local4, remote4, ctx);
-	ip_from_v4(&p->local_ip, local4);
-	ip_from_v4(&p->remote_ip, remote4);
-	p->local_port = lport;
-	p->remote_port = rport;
-	p->pad = 0;
+	union mb_ip l, r;
+
+	ip_from_v4(&l, local4);
+	ip_from_v4(&r, remote4);
+	pair_from_ips(p, &l, lport, &r, rport, ctx);
 }

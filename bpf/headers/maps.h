@@ -12,12 +12,12 @@ struct {
 	__uint(max_entries, MB_MAX_PODS);
 } local_pod_ips SEC(".maps");
 
-/* Pod identity: netns cookie -> pod IP, registered by the CLI for each meshed pod it finds on
+/* Pod identity: netns cookie -> pod IPs, registered by the CLI for each meshed pod it finds on
  * the node, so connect-time programs know the calling pod without learning from traffic. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u64);
-	__type(value, union mb_ip);
+	__type(value, struct mb_pod_id);
 	__uint(max_entries, MB_MAX_PODS);
 } netns_pod_ips SEC(".maps");
 

@@ -4,9 +4,22 @@
 
 static __always_inline void pair_from_sockops(struct mb_pair *p, struct bpf_sock_ops *skops)
 {
+	/* every field read up front: the verifier refuses a context pointer chosen by a branch */
+	__u32 l4 = skops->local_ip4, r4 = skops->remote_ip4;
+	__u32 l6[4] = {skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3]};
+	__u32 r6[4] = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3]};
+	union mb_ip l, r;
+
+	/* the IPv4 fields hold the addresses of v4-mapped AF_INET6 sockets too */
+	if (talks_ipv4(skops->family, r6)) {
+		ip_from_v4(&l, l4);
+		ip_from_v4(&r, r4);
+	} else {
+		ip_from_v6(&l, l6[0], l6[1], l6[2], l6[3]);
+		ip_from_v6(&r, r6[0], r6[1], r6[2], r6[3]);
+	}
 	/* local_port is host order; remote_port is network order in the upper 16 bits */
-	pair_from_v4(p, skops->local_ip4, bpf_htons((__u16)skops->local_port),
-		     skops->remote_ip4, (__be16)(skops->remote_port >> 16), skops);
+	pair_from_ips(p, &l, bpf_htons((__u16)skops->local_port), &r, (__be16)(skops->remote_port >> 16), skops);
 }
 
 /* Both ends on this node and in the mesh: a loopback leg inside a registered pod, or two pods. */
@@ -43,10 +56,7 @@ int mb_sockops(struct bpf_sock_ops *skops)
 {
 	struct mb_pair key;
 
-	__u32 remote6[3] = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2]};
-
-	/* the IPv4 fields hold the addresses of v4-mapped AF_INET6 sockets too */
-	if (!talks_ipv4(skops->family, remote6))
+	if (skops->family != MB_AF_INET && skops->family != MB_AF_INET6)
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:

@@ -56,6 +56,12 @@ struct mb_pod_config {
 	__u32 proxy_gid;      /* the mesh's 1337): Istio's --uid-owner / --gid-owner */
 };
 
+/* A registered pod's addresses (value of netns_pod_ips): ip6 is all zeros for a single-stack pod. */
+struct mb_pod_id {
+	union mb_ip ip;
+	union mb_ip ip6;
+};
+
 /* A sidecar process seen connecting, and the pod it serves (value of process_ip). */
 struct mb_process {
 	union mb_ip pod_ip;
@@ -70,6 +76,15 @@ struct mb_settings {
 	__u16 inbound_port;
 	__u32 flags;          /* MB_SETTINGS_* */
 	__u64 host_netns;     /* the node's own netns cookie: never treated as a pod */
+};
+
+/* sockaddr_in6 as IP6T_SO_ORIGINAL_DST returns it. */
+struct mb_sockaddr_in6 {
+	__u16 family;
+	__be16 port;
+	__be32 flowinfo;
+	__u32 addr[4];
+	__u32 scope_id;
 };
 
 /* sockaddr_in as SO_ORIGINAL_DST returns it. */

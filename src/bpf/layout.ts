@@ -60,6 +60,7 @@ export const LAYOUT = {
     },
   },
   mb_process: {size: 24, fields: {pod_ip: 0, netns: 16}},
+  mb_pod_id: {size: 32, fields: {ip: 0, ip6: 16}},
   mb_settings: {size: 24, fields: {sidecar_uid: 0, sidecar_gid: 4, outbound_port: 8, inbound_port: 10, flags: 12, host_netns: 16}},
 } as const
 
@@ -226,6 +227,22 @@ export function decodePodRules(b: Buffer): PodRules {
     proxyUid: b.readUInt32LE(F.pod.proxy_uid),
     proxyGid: b.readUInt32LE(F.pod.proxy_gid),
   }
+}
+
+// ---- struct mb_pod_id -------------------------------------------------------------------------
+/** A registered pod's addresses: its IPv4 address, and its IPv6 one on a dual-stack pod. */
+export interface PodId {
+  ip: string
+  ip6?: string
+}
+
+export function encodePodId(id: PodId): Buffer {
+  return Buffer.concat([ipToSlot(id.ip), id.ip6 ? ipToSlot(id.ip6) : Buffer.alloc(16)])
+}
+
+export function decodePodId(b: Buffer): PodId {
+  const ip6 = b.subarray(LAYOUT.mb_pod_id.fields.ip6, LAYOUT.mb_pod_id.fields.ip6 + 16)
+  return {ip: ipAt(b, LAYOUT.mb_pod_id.fields.ip), ...(ip6.some((x) => x !== 0) ? {ip6: slotToIp(ip6)} : {})}
 }
 
 // ---- struct mb_process ------------------------------------------------------------------------

@@ -3,12 +3,14 @@ import {
   COUNTERS,
   type CounterName,
   decodeOrigin,
+  decodePodId,
   decodePair,
   decodePodRules,
   decodeProcess,
   decodeSettings,
   type Origin,
   type Pair,
+  type PodId,
   type PodRules,
   type ProcessEntry,
   type Settings,
@@ -29,8 +31,8 @@ export const readMaps = {
     return (await dump(inst, 'local_pod_ips')).map((e) => ({ip: slotToIp(e.key), rules: decodePodRules(e.value ?? EMPTY)}))
   },
 
-  async netnsPods(inst: Installation): Promise<{netns: bigint; ip: string}[]> {
-    return (await dump(inst, 'netns_pod_ips')).map((e) => ({netns: e.key.readBigUInt64LE(0), ip: slotToIp(e.value ?? EMPTY)}))
+  async netnsPods(inst: Installation): Promise<({netns: bigint} & PodId)[]> {
+    return (await dump(inst, 'netns_pod_ips')).map((e) => ({netns: e.key.readBigUInt64LE(0), ...decodePodId(e.value ?? EMPTY)}))
   },
 
   async originals(inst: Installation): Promise<{pair: Pair; origin: Origin}[]> {

@@ -44,7 +44,7 @@ export interface RowsOf {
   pair_original_dst: {connection: ConnectionView; originalDst: Endpoint; pid: number; process?: string; flags: string[]}
   process_ip: {pid: number; process?: string; podIp: string; pod?: string; netns: string}
   local_pod_ips: {ip: string; pod?: string; rules: RulesView}
-  netns_pod_ips: {netns: string; ip: string; pod?: string}
+  netns_pod_ips: {netns: string; ip: string; ip6?: string; pod?: string}
   settings: Omit<Settings, 'hostNetns'> & {hostNetns: string}
   counters: {counter: string; value: number}
 }
@@ -61,8 +61,10 @@ export type MapDump = {
 /** IP -> namespace/name for every pod of the last sync. */
 export function podNames(state: InstallState | undefined): Map<string, string> {
   const out = new Map<string, string>()
-  for (const p of [...(state?.pods.meshed ?? []), ...(state?.pods.unregistered ?? []), ...(state?.pods.skipped ?? [])])
+  for (const p of [...(state?.pods.meshed ?? []), ...(state?.pods.unregistered ?? []), ...(state?.pods.skipped ?? [])]) {
     if (p.ip) out.set(p.ip, `${p.namespace}/${p.name}`)
+    if ('ip6' in p && p.ip6) out.set(p.ip6, `${p.namespace}/${p.name}`)
+  }
   return out
 }
 
@@ -129,7 +131,7 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
     },
     async netns_pod_ips() {
       const entries = await readMaps.netnsPods(inst)
-      return {rows: entries.map((e) => ({netns: e.netns.toString(), ip: e.ip, pod: pods.get(e.ip)})), eps: entries.map((e) => [ep(e.ip)])}
+      return {rows: entries.map((e) => ({netns: e.netns.toString(), ip: e.ip, ...(e.ip6 ? {ip6: e.ip6} : {}), pod: pods.get(e.ip)})), eps: entries.map((e) => [ep(e.ip)])}
     },
     async settings() {
       const s = await readMaps.settings(inst)

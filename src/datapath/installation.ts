@@ -147,6 +147,8 @@ export interface PodRecord {
   namespace: string
   name: string
   ip: string
+  /** a dual-stack pod's IPv6 address */
+  ip6?: string
   /** netns cookie as a decimal string, when the pod's namespace was found on this node */
   netns?: string
 }

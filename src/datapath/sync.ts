@@ -1,6 +1,6 @@
 import {bpftool} from '../bpf/bpftool.js'
 import {ipToSlot} from '../bpf/ip.js'
-import {encodePodRules, encodeU64} from '../bpf/layout.js'
+import {encodePodId, encodePodRules, encodeU64} from '../bpf/layout.js'
 import {readMaps} from '../bpf/maps.js'
 import type {PodSelection} from '../kube/pods.js'
 import type {BuiltObjects} from '../bpf/objects.js'
@@ -8,7 +8,7 @@ import {listNetnsCandidates, namespacesByIp, netnsCookies} from '../node/netns.j
 import {attachInbound} from '../node/tc-inbound.js'
 import type {Installation, PodRecord} from './installation.js'
 
-/** What the two pod maps hold: pod IP -> encoded rules (hex), netns cookie -> pod IP. */
+/** What the two pod maps hold: pod IP -> encoded rules (hex), netns cookie -> encoded pod IPs (hex). */
 export interface PodMapsView {
   rules: Map<string, string>
   netns: Map<bigint, string>
@@ -33,7 +33,7 @@ async function readView(inst: Installation): Promise<PodMapsView> {
   const rules = new Map<string, string>()
   for (const p of await readMaps.localPods(inst)) rules.set(p.ip, encodePodRules(p.rules).toString('hex'))
   const netns = new Map<bigint, string>()
-  for (const n of await readMaps.netnsPods(inst)) netns.set(n.netns, n.ip)
+  for (const n of await readMaps.netnsPods(inst)) netns.set(n.netns, encodePodId(n).toString('hex'))
   return {rules, netns}
 }
 
@@ -56,20 +56,25 @@ export async function syncPods(inst: Installation, objects: BuiltObjects, select
   const updates: string[] = []
   for (const {pod, ns} of found) {
     const rules = encodePodRules(pod.rules)
-    view.rules.set(pod.ip, rules.toString('hex'))
-    if (current.rules.get(pod.ip) !== view.rules.get(pod.ip)) updates.push(bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(pod.ip), rules))
+    // a dual-stack pod's two addresses share its rules
+    for (const ip of [pod.ip, ...(pod.ip6 ? [pod.ip6] : [])]) {
+      view.rules.set(ip, rules.toString('hex'))
+      if (current.rules.get(ip) !== view.rules.get(ip)) updates.push(bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(ip), rules))
+    }
     const cookie = ns ? cookies.get(ns.path) : undefined
-    const record: PodRecord = {namespace: pod.namespace, name: pod.name, ip: pod.ip}
+    const record: PodRecord = {namespace: pod.namespace, name: pod.name, ip: pod.ip, ...(pod.ip6 ? {ip6: pod.ip6} : {})}
     if (cookie === undefined) {
       result.unregistered.push(record)
       continue
     }
-    view.netns.set(cookie, pod.ip)
-    if (current.netns.get(cookie) !== pod.ip) updates.push(bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), ipToSlot(pod.ip)))
+    const id = encodePodId({ip: pod.ip, ip6: pod.ip6})
+    view.netns.set(cookie, id.toString('hex'))
+    const changed = current.netns.get(cookie) !== view.netns.get(cookie)
+    if (changed) updates.push(bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), id))
     result.meshed.push({...record, netns: cookie.toString()})
     if (ns) {
       result.registeredPaths.push(ns.path)
-      if (!opts.known || current.netns.get(cookie) !== pod.ip) attach.push({path: ns.path, id: `${pod.namespace}/${pod.name}`})
+      if (!opts.known || changed) attach.push({path: ns.path, id: `${pod.namespace}/${pod.name}`})
     }
   }
   const deletes: string[] = []

@@ -1,4 +1,4 @@
-import {isIPv4} from 'node:net'
+import {isIPv4, isIPv6} from 'node:net'
 import type {PodRules} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import type {MeshProfile} from '../mesh/profiles.js'
@@ -31,6 +31,8 @@ export interface MeshedPod {
   namespace: string
   name: string
   ip: string
+  /** the IPv6 address of a dual-stack pod */
+  ip6?: string
   rules: PodRules
   warnings: string[]
 }
@@ -99,6 +101,11 @@ function podIPv4(pod: PodJson): string | undefined {
   return ips.find((ip): ip is string => typeof ip === 'string' && isIPv4(ip))
 }
 
+function podIPv6(pod: PodJson): string | undefined {
+  const ips = [pod.status?.podIP, ...(pod.status?.podIPs ?? []).map((p) => p?.ip)]
+  return ips.find((ip): ip is string => typeof ip === 'string' && isIPv6(ip))
+}
+
 /** This node's pods, split into the meshed ones (with their rules) and the rest (with why). */
 export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: MeshProfile): PodSelection {
   const out: PodSelection = {meshed: [], skipped: [], otherNodes: 0}
@@ -151,7 +158,8 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     // the proxy's user and group: its container's, else the pod's, else the mesh's default
     const proxyUid = specId(proxy.securityContext?.runAsUser) ?? specId(pod.spec.securityContext?.runAsUser) ?? mesh.sidecarUid
     const proxyGid = specId(proxy.securityContext?.runAsGroup) ?? specId(pod.spec.securityContext?.runAsGroup) ?? mesh.sidecarGid
-    out.meshed.push({namespace, name, ip, rules: {...rules, proxyUid, proxyGid}, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)})
+    const ip6 = podIPv6(pod)
+    out.meshed.push({namespace, name, ip, ...(ip6 ? {ip6} : {}), rules: {...rules, proxyUid, proxyGid}, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)})
   }
   return out
 }

@@ -28,7 +28,7 @@ function table(m: MapDump): string {
         m.rows.map((x) => [x.ip, x.pod ?? '-', list(x.rules.outboundCidrs), list(x.rules.excludedOutboundCidrs), list(x.rules.outboundPorts), list(x.rules.excludedOutboundPorts), list(x.rules.inboundPorts), list(x.rules.excludedInboundPorts)]),
       )
     case 'netns_pod_ips':
-      return renderTable(['netns cookie', 'pod IP', 'pod'], m.rows.map((x) => [x.netns, x.ip, x.pod ?? '-']))
+      return renderTable(['netns cookie', 'pod IPs', 'pod'], m.rows.map((x) => [x.netns, x.ip6 ? `${x.ip} ${x.ip6}` : x.ip, x.pod ?? '-']))
     case 'settings':
       return renderTable(['field', 'value'], Object.entries(m.rows[0] ?? {}).map(([k, v]) => [k, String(v)]))
     case 'counters':

@@ -6,7 +6,7 @@ import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {ipToSlot} from '../../src/bpf/ip.js'
-import {COUNTERS, encodeOrigin, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT} from '../../src/bpf/layout.js'
+import {COUNTERS, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
 import {Installation} from '../../src/datapath/installation.js'
@@ -64,13 +64,13 @@ describe('struct layouts', {skip}, () => {
     const settings = {sidecarUid: 1337, sidecarGid: 1338, outboundPort: 15001, inboundPort: 15006, draining: false, hostNetns: 3n}
     await bpftool.batch([
       bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot('10.77.0.2'), encodePodRules(rules)),
-      bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(4101n), ipToSlot('10.77.0.2')),
+      bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(4101n), encodePodId({ip: '10.77.0.2', ip6: 'fd77::2'})),
       bpftool.mapUpdateLine(inst.map('pair_original_dst'), encodePair(pair), encodeOrigin(origin)),
       bpftool.mapUpdateLine(inst.map('process_ip'), encodeU32(4242), encodeProcess({podIp: '10.77.0.2', netns: 4101n})),
       bpftool.mapUpdateLine(inst.map('settings'), encodeU32(0), encodeSettings(settings)),
     ])
     assert.deepEqual(await readMaps.localPods(inst), [{ip: '10.77.0.2', rules}])
-    assert.deepEqual(await readMaps.netnsPods(inst), [{netns: 4101n, ip: '10.77.0.2'}])
+    assert.deepEqual(await readMaps.netnsPods(inst), [{netns: 4101n, ip: '10.77.0.2', ip6: 'fd77::2'}])
     assert.deepEqual(await readMaps.originals(inst), [{pair, origin}])
     assert.deepEqual(await readMaps.processes(inst), [{pid: 4242, entry: {podIp: '10.77.0.2', netns: 4101n}}])
     assert.deepEqual(await readMaps.settings(inst), settings)
