@@ -28,16 +28,16 @@ export function buildSkipReason(): string | undefined {
 }
 
 /** Why the kernel tests cannot run here, in one line; undefined when they can. */
-export function kernelSkipReason(tools: string[] = ['bpftool', 'clang', 'ip']): string | undefined {
-  return skipOrFail(kernelGap(tools))
+export function kernelSkipReason(tools: string[] = ['bpftool', 'clang', 'ip'], files: string[] = []): string | undefined {
+  return skipOrFail(kernelGap(tools, files))
 }
 
-function kernelGap(tools: string[]): string | undefined {
+function kernelGap(tools: string[], files: string[]): string | undefined {
   if (process.platform !== 'linux') return `kernel tests need Linux (this is ${process.platform})`
   if (process.getuid?.() !== 0) return `kernel tests need root (running as uid ${process.getuid?.()})`
   if (!findCgroup2(readMounts()).path) return 'kernel tests need a cgroup v2 mount'
-  const missing = tools.filter((t) => !onPath(t))
-  if (missing.length > 0) return `kernel tests need ${missing.join(', ')} (bash scripts/setup.sh installs them)`
+  const absent = [...tools.filter((t) => !onPath(t)), ...files.filter((f) => !existsSync(f))]
+  if (absent.length > 0) return `kernel tests need ${absent.join(', ')} (bash scripts/setup.sh installs them)`
   if (!existsSync(join(ROOT, 'dist', 'commands'))) return 'kernel tests need the build: run npm run build'
   return undefined
 }

@@ -71,7 +71,8 @@ function serve(port: number, gateDir: string | undefined): void {
     res.statusCode = 404
     res.end('not found\n')
   })
-  server.listen(port, '0.0.0.0', () => console.log(`listening on ${port}`))
+  // '::' takes IPv4 too (as ::ffff:a.b.c.d, which /whoami strips), and IPv6 in dual-stack pods
+  server.listen(port, '::', () => console.log(`listening on ${port}`))
   process.on('SIGTERM', () => process.exit(0))
 }
 

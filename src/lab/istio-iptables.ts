@@ -36,8 +36,11 @@ export function defaultCaptureOptions(mesh: MeshProfile): IstioCaptureOptions {
   }
 }
 
-export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaultCaptureOptions(mesh)): string {
+/** iptables-restore input for IPv4 (4) or ip6tables-restore input for IPv6 (6): ip6tables mirror the rules with ::1 and ::6. */
+export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaultCaptureOptions(mesh), family: 4 | 6 = 4): string {
   const {outboundPort, inboundPort} = mesh
+  const [localhost, passthrough] = family === 4 ? ['127.0.0.1/32', '127.0.0.6/32'] : ['::1/128', '::6/128']
+  const ofFamily = (cidrs: string[]) => cidrs.filter((c) => c.includes(':') === (family === 6))
   const inbound =
     o.inboundPorts === '*'
       ? [
@@ -49,16 +52,16 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
         ? ['-A PREROUTING -p tcp -j ISTIO_INBOUND', ...o.inboundPorts.map((p) => `-A ISTIO_INBOUND -p tcp --dport ${p} -j ISTIO_IN_REDIRECT`)]
         : []
   const owner = (kind: 'uid' | 'gid', id: number) => [
-    `-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --${kind}-owner ${id} -j ISTIO_IN_REDIRECT`,
+    `-A ISTIO_OUTPUT -o lo ! -d ${localhost} -p tcp ! --dport 15008 -m owner --${kind}-owner ${id} -j ISTIO_IN_REDIRECT`,
     `-A ISTIO_OUTPUT -o lo -m owner ! --${kind}-owner ${id} -j RETURN`,
     `-A ISTIO_OUTPUT -m owner --${kind}-owner ${id} -j RETURN`,
   ]
   const excludedPorts = o.excludeOutboundPorts.length > 0 ? [`-A ISTIO_OUTPUT -p tcp -m multiport --dports ${o.excludeOutboundPorts.join(',')} -j RETURN`] : []
   // excluded ranges, then included ports, then included ranges
   const ranges = [
-    ...o.excludeOutboundCidrs.map((c) => `-A ISTIO_OUTPUT -d ${c} -j RETURN`),
+    ...ofFamily(o.excludeOutboundCidrs).map((c) => `-A ISTIO_OUTPUT -d ${c} -j RETURN`),
     ...o.includeOutboundPorts.map((p) => `-A ISTIO_OUTPUT -p tcp --dport ${p} -j ISTIO_REDIRECT`),
-    ...(o.outboundCidrs === '*' ? ['-A ISTIO_OUTPUT -j ISTIO_REDIRECT'] : o.outboundCidrs.map((c) => `-A ISTIO_OUTPUT -d ${c} -j ISTIO_REDIRECT`)),
+    ...(o.outboundCidrs === '*' ? ['-A ISTIO_OUTPUT -j ISTIO_REDIRECT'] : ofFamily(o.outboundCidrs).map((c) => `-A ISTIO_OUTPUT -d ${c} -j ISTIO_REDIRECT`)),
   ]
   return [
     '*nat',
@@ -72,10 +75,10 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
     ...inbound,
     '-A OUTPUT -p tcp -j ISTIO_OUTPUT',
     ...excludedPorts,
-    '-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN',
+    `-A ISTIO_OUTPUT -o lo -s ${passthrough} -j RETURN`,
     ...owner('uid', o.proxyUid),
     ...owner('gid', o.proxyGid),
-    '-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN',
+    `-A ISTIO_OUTPUT -d ${localhost} -j RETURN`,
     ...ranges,
     'COMMIT',
     '',

@@ -5,7 +5,7 @@
  * removed by destroy(), which is safe to call at any point.
  */
 import {randomBytes} from 'node:crypto'
-import {existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
@@ -16,6 +16,7 @@ import {PACKAGE_ROOT} from '../paths.js'
 import {LabProcess, POLL_DEADLINE_MS} from './process.js'
 import {connect} from 'node:net'
 import {haproxyConfig, parseSessionTotals} from './sidecar.js'
+import {parseSidecar6Log, SIDECAR6_PY, type Sidecar6Line, sidecar6Args, SYSTEM_PYTHON} from './sidecar6.js'
 import {defaultCaptureOptions, type IstioCaptureOptions, istioNatRules} from './istio-iptables.js'
 
 export interface LabPodSpec {
@@ -33,6 +34,8 @@ export interface LabPodSpec {
 export interface LabPod extends LabPodSpec {
   netns: string
   ip: string
+  /** in a dual-stack lab */
+  ip6?: string
   cgroup: string
 }
 
@@ -44,6 +47,10 @@ export const NODE_IP = `${SUBNET}.1`
 /** Another node: a namespace routed through the lab's node, with its processes outside the lab's cgroup. */
 export const REMOTE = 'remote'
 export const REMOTE_IP = '10.78.0.2'
+/** Dual-stack labs: the pods' IPv6 prefix, the node's and the remote node's IPv6 addresses. */
+export const SUBNET6 = 'fd77::'
+export const NODE_IP6 = 'fd77::1'
+export const REMOTE_IP6 = 'fd78::2'
 
 export class Lab {
   readonly id = `mb${randomBytes(3).toString('hex')}`
@@ -54,14 +61,21 @@ export class Lab {
   readonly bridgeNs: string
   private created = false
   private remoteCgroup: string | undefined
+  /** pod -> the log file of its IPv6 sidecar */
+  private readonly sidecar6Logs = new Map<string, string>()
 
-  constructor(readonly mesh: MeshProfile) {
+  /** `dualStack`: every pod, the node and the remote node get an IPv6 address too, and sidecars an IPv6 half. */
+  constructor(
+    readonly mesh: MeshProfile,
+    readonly dualStack = false,
+  ) {
     const cg = findCgroup2(readMounts())
     if (!cg.path) throw new Error('no cgroup v2 mount on this machine')
     this.cgroup = join(cg.path, `merbridge-lab-${this.id}`)
     this.tmp = join(tmpdir(), `merbridge-lab-${this.id}`)
     this.bridgeNs = `${this.id}-br`
   }
+
 
   /** Build the bridge and the pods. */
   async create(specs: LabPodSpec[]): Promise<void> {
@@ -75,6 +89,10 @@ export class Lab {
     await run('ip', ['-n', this.bridgeNs, 'link', 'set', 'lo', 'up'])
     // the node routes between its pods and other nodes
     await run('ip', ['netns', 'exec', this.bridgeNs, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1'])
+    if (this.dualStack) {
+      await run('ip', ['netns', 'exec', this.bridgeNs, 'sysctl', '-q', '-w', 'net.ipv6.conf.all.forwarding=1'])
+      await run('ip', ['-n', this.bridgeNs, 'addr', 'add', `${NODE_IP6}/64`, 'dev', 'br0', 'nodad'])
+    }
     for (const spec of specs) await this.addPod(spec)
     mkdirSync(join(this.cgroup, 'outside'))
   }
@@ -86,7 +104,8 @@ export class Lab {
 
   /** A pod joins the bridge: its namespace, veth pair, address and cgroup. */
   async addPod(spec: LabPodSpec): Promise<LabPod> {
-    const pod: LabPod = {...spec, netns: `${this.id}-${spec.name}`, ip: this.nextIp(), cgroup: join(this.cgroup, spec.name)}
+    const n = this.pods.size + 2
+    const pod: LabPod = {...spec, netns: `${this.id}-${spec.name}`, ip: this.nextIp(), ...(this.dualStack ? {ip6: `${SUBNET6}${n}`} : {}), cgroup: join(this.cgroup, spec.name)}
     this.pods.set(spec.name, pod)
     mkdirSync(pod.cgroup)
     await run('ip', ['netns', 'add', pod.netns])
@@ -97,6 +116,12 @@ export class Lab {
     await run('ip', ['-n', pod.netns, 'link', 'set', 'eth0', 'up'])
     await run('ip', ['-n', pod.netns, 'link', 'set', 'lo', 'up'])
     await run('ip', ['-n', pod.netns, 'route', 'add', 'default', 'via', NODE_IP])
+    if (pod.ip6) {
+      await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip6}/64`, 'dev', 'eth0', 'nodad'])
+      await run('ip', ['-n', pod.netns, '-6', 'route', 'add', 'default', 'via', NODE_IP6])
+      // the inbound sidecar's IPv6 upstream source, as Istio adds it
+      await run('ip', ['-n', pod.netns, 'addr', 'add', '::6/128', 'dev', 'lo'])
+    }
     return pod
   }
 
@@ -118,6 +143,11 @@ export class Lab {
     await run('ip', ['-n', ns, 'link', 'set', 'eth0', 'up'])
     await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
     await run('ip', ['-n', ns, 'route', 'add', 'default', 'via', '10.78.0.1'])
+    if (this.dualStack) {
+      await run('ip', ['-n', this.bridgeNs, 'addr', 'add', 'fd78::1/64', 'dev', 'vremote', 'nodad'])
+      await run('ip', ['-n', ns, 'addr', 'add', `${REMOTE_IP6}/64`, 'dev', 'eth0', 'nodad'])
+      await run('ip', ['-n', ns, '-6', 'route', 'add', 'default', 'via', 'fd78::1'])
+    }
   }
 
   pod(name: string): LabPod {
@@ -193,7 +223,24 @@ export class Lab {
     const p = this.spawn(podName, `sidecar in ${podName}`, 'haproxy', ['-db', '-f', cfg])
     await this.waitListening(podName, this.mesh.outboundPort)
     await this.waitListening(podName, this.mesh.inboundPort)
+    if (this.dualStack) {
+      const script = join(this.tmp, 'sidecar6.py')
+      writeFileSync(script, SIDECAR6_PY)
+      const log = join(this.tmp, `sidecar6-${podName}.log`)
+      writeFileSync(log, '')
+      chmodSync(log, 0o666) // written by the proxy's user
+      this.sidecar6Logs.set(podName, log)
+      const id = {uid: proxy?.uid ?? this.mesh.sidecarUid, gid: proxy?.gid ?? this.mesh.sidecarGid}
+      const p6 = this.spawn(podName, `IPv6 sidecar in ${podName}`, 'setpriv', ['--reuid', String(id.uid), '--regid', String(id.gid), '--clear-groups', SYSTEM_PYTHON, ...sidecar6Args(this.mesh, script, log)])
+      await p6.waitFor(/listening/)
+    }
     return p
+  }
+
+  /** What a pod's IPv6 sidecar accepted so far (empty outside a dual-stack lab). */
+  sidecar6Lines(podName: string): Sidecar6Line[] {
+    const log = this.sidecar6Logs.get(podName)
+    return log ? parseSidecar6Log(readFileSync(log, 'utf8')) : []
   }
 
   private statsSocket(podName: string): string {
@@ -212,6 +259,8 @@ export class Lab {
     })
     const totals = parseSessionTotals(csv)
     if (!Number.isFinite(totals.outbound) || !Number.isFinite(totals.inbound)) throw new Error(`no session totals from ${podName}'s sidecar: ${csv.slice(0, 200)}`)
+    // the IPv6 half logs each connection as it accepts it
+    for (const l of this.sidecar6Lines(podName)) totals[l.direction]++
     return totals
   }
 
@@ -237,7 +286,7 @@ export class Lab {
         kind: 'Pod',
         metadata: {name: p.name, namespace: 'lab', annotations: {...(p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}), ...p.annotations}},
         spec: {nodeName: node, containers: [{name: 'app'}, ...(p.meshed ? [proxy] : [])]},
-        status: {phase: 'Running', podIP: p.ip, podIPs: [{ip: p.ip}]},
+        status: {phase: 'Running', podIP: p.ip, podIPs: [{ip: p.ip}, ...(p.ip6 ? [{ip: p.ip6}] : [])]},
       }
     })
     return JSON.stringify({apiVersion: 'v1', kind: 'List', items})
@@ -253,6 +302,7 @@ export class Lab {
   async installIstioIptables(podName: string): Promise<void> {
     const pod = this.pod(podName)
     await run('ip', ['netns', 'exec', pod.netns, 'iptables-restore', '--noflush'], {input: istioNatRules(this.mesh, captureOptions(this.mesh, pod))})
+    if (this.dualStack) await run('ip', ['netns', 'exec', pod.netns, 'ip6tables-restore', '--noflush'], {input: istioNatRules(this.mesh, captureOptions(this.mesh, pod), 6)})
   }
 
   async removeIstioIptables(podName: string): Promise<void> {
@@ -261,6 +311,11 @@ export class Lab {
     await run('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-X'], {allowFailure: true})
     // with the nft backend, -F/-X leave the nat base chains registered
     await run('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'ip', 'nat'], {allowFailure: true})
+    if (this.dualStack) {
+      await run('ip', ['netns', 'exec', ns, 'ip6tables', '-t', 'nat', '-F'], {allowFailure: true})
+      await run('ip', ['netns', 'exec', ns, 'ip6tables', '-t', 'nat', '-X'], {allowFailure: true})
+      await run('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'ip6', 'nat'], {allowFailure: true})
+    }
   }
 
   async iptablesSave(podName: string): Promise<string> {

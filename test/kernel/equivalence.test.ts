@@ -5,13 +5,14 @@
 // were told, and whose address the destination app saw. The three columns must be identical.
 import assert from 'node:assert/strict'
 import {after, before, describe, it} from 'node:test'
-import {APP_PORT, Lab, type LabPodSpec, NODE, NODE_IP, REMOTE, REMOTE_IP, SUBNET} from '../../src/lab/lab.js'
+import {APP_PORT, Lab, type LabPodSpec, NODE, NODE_IP, NODE_IP6, REMOTE, REMOTE_IP, REMOTE_IP6, SUBNET} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
+import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import {cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
 
-const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'setpriv'])
+const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'ip6tables-restore', 'setpriv'], [SYSTEM_PYTHON])
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
 // pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8
@@ -47,6 +48,8 @@ interface Case {
   as?: {uid: number; gid: number}
   /** connect from an AF_INET6 socket to the v4-mapped address */
   mapped?: boolean
+  /** to the destination pod's IPv6 address (`to` '::1' for IPv6 loopback) */
+  v6?: boolean
 }
 
 const CASES: Case[] = [
@@ -85,35 +88,51 @@ const CASES: Case[] = [
   {name: 'include-ranges pod: app -> included port in a range it excludes', from: 'i', to: 'c', port: 8081},
   {name: 'gateway: its process -> meshed pod', from: 'g', to: 'b'},
   {name: 'interceptionMode NONE: app -> meshed pod', from: 'n', to: 'b'},
+  {name: 'IPv6: app -> other meshed pod', from: 'a', to: 'b', v6: true},
+  {name: 'IPv6: app -> other meshed pod, port excluded outbound by the source', from: 'a', to: 'b', port: 8081, v6: true},
+  {name: 'IPv6: app -> own pod IP', from: 'a', to: 'a', v6: true},
+  {name: 'IPv6: app -> ::1', from: 'a', to: '::1', v6: true},
+  {name: 'IPv6: app -> unmeshed pod (its IPv4 range excluded, not its IPv6)', from: 'a', to: 'c', v6: true},
+  {name: 'IPv6: sidecar -> other meshed pod', from: 'a', to: 'b', as: PROXY, v6: true},
+  {name: 'IPv6: sidecar -> own pod IP', from: 'a', to: 'a', as: PROXY, v6: true},
+  {name: 'IPv6: sidecar -> ::1', from: 'a', to: '::1', as: PROXY, v6: true},
+  {name: 'IPv6: unmeshed pod -> meshed pod', from: 'c', to: 'b', v6: true},
+  {name: 'IPv6: node process -> meshed pod', from: NODE, to: 'b', v6: true},
+  {name: 'IPv6: remote node -> meshed pod', from: REMOTE, to: 'b', v6: true},
+  {name: 'IPv6: remote node -> meshed pod, port excluded inbound', from: REMOTE, to: 'b', port: 8082, v6: true},
+  {name: 'IPv6: proxy uid 1500 pod: its sidecar -> own pod IP', from: 'e', to: 'e', as: E_PROXY, v6: true},
+  {name: 'IPv6: include-ranges pod (IPv4 ranges only): app -> meshed pod', from: 'i', to: 'b', v6: true},
 ]
 
 const CONFIGS = ['iptables', 'merbridge', 'both'] as const
 type Config = (typeof CONFIGS)[number]
 
 describe('interception equivalence with Istio iptables', {skip, timeout: 600_000}, () => {
-  const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
+  const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!, true)
   const install = uniqueInstall()
   const sidecars = new Map<string, LabProcess>()
   const matrix = new Map<string, Partial<Record<Config, string>>>()
 
   /** A name for an address: the pod, node or remote node that has it. */
   const who = (addr: string) => {
-    if (addr === '127.0.0.6') return '127.0.0.6 (inbound sidecar)'
-    if (addr === NODE_IP) return 'node'
-    if (addr === REMOTE_IP) return 'remote'
-    return [...lab.pods.values()].find((p) => p.ip === addr)?.name ?? addr
+    if (addr === '127.0.0.6' || addr === '::6') return `${addr} (inbound sidecar)`
+    if (addr === NODE_IP || addr === NODE_IP6) return 'node'
+    if (addr === REMOTE_IP || addr === REMOTE_IP6) return 'remote'
+    const pod = [...lab.pods.values()].find((p) => p.ip === addr || p.ip6 === addr)
+    return pod ? `${pod.name}${pod.ip6 === addr ? ' (IPv6)' : ''}` : addr
   }
   const named = (hostPort: string) => {
-    const [host = '', port = ''] = hostPort.split(':')
-    return `${who(host)}:${port}`
+    const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(hostPort)
+    return m ? `${who(m[1] ?? '')}:${m[2] ?? ''}` : hostPort
   }
 
   /** One connection of a case, as the sidecars and the app saw it. */
   const observe = async (c: Case): Promise<string> => {
     const port = c.port ?? APP_PORT
-    const host = c.to === '127.0.0.1' ? '127.0.0.1' : lab.pod(c.to).ip
-    const url = `http://${c.mapped ? `[::ffff:${host}]` : host}:${port}/whoami`
+    const host = c.to === '127.0.0.1' || c.to === '::1' ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
+    const url = `http://${c.mapped ? `[::ffff:${host}]` : c.v6 ? `[${host}]` : host}:${port}/whoami`
     const marks = new Map(SIDECARS.map((p) => [p, sidecars.get(p)!.stdout.length]))
+    const marks6 = new Map(SIDECARS.map((p) => [p, lab.sidecar6Lines(p).length]))
     const before = new Map(await Promise.all(SIDECARS.map(async (p) => [p, await lab.sidecarSessions(p)] as const)))
     const r = await lab.get(c.from, url, undefined, c.as)
     const passed: string[] = []
@@ -125,9 +144,12 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
         if (n === 0) continue
         // the session was accepted before the response came back; its log line follows its close
         const proc = sidecars.get(p)!
-        const lines = () => parseSidecarLog(proc.stdout.slice(marks.get(p))).filter((l) => l.backend === `${dir}_passthrough`)
+        const lines = () => [
+          ...parseSidecarLog(proc.stdout.slice(marks.get(p))).filter((l) => l.backend === `${dir}_passthrough`).map((l) => l.originalDst),
+          ...lab.sidecar6Lines(p).slice(marks6.get(p)).filter((l) => l.direction === dir).map((l) => l.originalDst ?? `nothing (${l.error ?? ''})`),
+        ]
         await proc.waitFor(() => lines().length >= n, `${n} ${dir} log line(s) from ${p}'s sidecar`)
-        passed.push(`${p} ${dir} (told ${lines().map((l) => named(l.originalDst)).join(', ')})`)
+        passed.push(`${p} ${dir} (told ${lines().map(named).join(', ')})`)
       }
     }
     const seen = r.status === 200 && r.body ? who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress) : `failed: ${r.error ?? String(r.status)}`
