@@ -145,7 +145,7 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     }
     const ip = podIPv4(pod)
     if (!ip) {
-      skip('has no IPv4 address yet')
+      skip(podIPv6(pod) ? 'has no IPv4 address (IPv6-only pods are not supported yet)' : 'has no IPv4 address yet')
       continue
     }
     // YAML input may carry numbers (a port) where the API always has strings

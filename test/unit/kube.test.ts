@@ -68,7 +68,7 @@ describe('pod selection', () => {
     assert.match(reasons.hostnet!, /host network/)
     assert.match(reasons.done!, /finished/)
     assert.match(reasons.pending!, /no IPv4/)
-    assert.match(reasons.v6only!, /no IPv4/)
+    assert.match(reasons.v6only!, /IPv6-only pods are not supported yet/)
   })
 
   it('prefixes annotation warnings with the pod', () => {
