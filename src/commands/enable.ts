@@ -1,4 +1,4 @@
-import {required} from '../errors.js'
+import {required, MerbridgeError} from '../errors.js'
 import {Flags} from '@oclif/core'
 import {type EnableContext, type EnableStep, ENABLE_STEPS, enableFailure, newEnableContext, rollback} from '../datapath/enable.js'
 import type {InstallState} from '../datapath/installation.js'
@@ -49,11 +49,25 @@ export default class Enable extends BaseCommand {
     const kube = {kubeconfig: flags.kubeconfig, context: flags.context}
     const ctx = newEnableContext({mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, kube})
     const started: EnableStep[] = []
+    // Ctrl-C or a service manager's SIGTERM: finish the step under way, undo everything, say so
+    const interrupt = new AbortController()
+    let signalName: NodeJS.Signals | undefined
+    const onSignal = (name: NodeJS.Signals) => {
+      signalName ??= name
+      interrupt.abort()
+    }
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
     try {
-      await runWithProgress(ENABLE_STEPS, ctx, {silent: this.jsonEnabled(), onStart: (s) => started.push(s)})
+      await runWithProgress(ENABLE_STEPS, ctx, {silent: this.jsonEnabled(), onStart: (s) => started.push(s), signal: interrupt.signal})
     } catch (error) {
       const step = started.at(-1) ?? required(ENABLE_STEPS[0], 'the first step')
-      throw enableFailure(step, error, await rollback(started, ctx))
+      const problems = await rollback(started, ctx)
+      if (signalName) throw interrupted(signalName, step, problems)
+      throw enableFailure(step, error, problems)
+    } finally {
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
     }
     const result = toResult(ctx)
     this.log('')
@@ -65,6 +79,14 @@ export default class Enable extends BaseCommand {
     }
     return result
   }
+}
+
+function interrupted(signal: NodeJS.Signals, step: EnableStep, problems: string[]): MerbridgeError {
+  return new MerbridgeError(`enable was interrupted by ${signal} during "${step.title}"; everything it had done was undone${problems.length > 0 ? ' except what follows' : ''}`, {
+    code: 'INTERRUPTED',
+    exitCode: signal === 'SIGINT' ? 130 : 143,
+    suggestion: problems.length > 0 ? `rollback was incomplete (${problems.join('; ')}); run merbridge disable` : undefined,
+  })
 }
 
 function toResult(ctx: EnableContext): EnableResult {

@@ -5,13 +5,21 @@ export interface ProgressStep<C> {
   run: (ctx: C) => Promise<void>
 }
 
-export async function runWithProgress<C, S extends ProgressStep<C>>(steps: S[], ctx: C, opts: {silent: boolean; onStart?: (step: S) => void}): Promise<void> {
+/** Thrown at the first step boundary after `signal` fired: the step under way finished first. */
+export class StepsInterrupted extends Error {
+  constructor() {
+    super('interrupted')
+  }
+}
+
+export async function runWithProgress<C, S extends ProgressStep<C>>(steps: S[], ctx: C, opts: {silent: boolean; onStart?: (step: S) => void; signal?: AbortSignal}): Promise<void> {
   const {Listr} = await import('listr2')
   const list = new Listr(
     steps.map((step) => ({
       title: step.title,
       skip: () => step.skip?.(ctx) ?? false,
       task: async () => {
+        if (opts.signal?.aborted) throw new StepsInterrupted()
         opts.onStart?.(step)
         await step.run(ctx)
       },
@@ -19,10 +27,13 @@ export async function runWithProgress<C, S extends ProgressStep<C>>(steps: S[], 
     {
       concurrent: false,
       exitOnError: true,
+      // listr2's own handler would exit(127) on Ctrl-C with nothing undone: the caller decides
+      registerSignalListeners: false,
       silentRendererCondition: opts.silent,
       fallbackRendererCondition: !process.stdout.isTTY,
       rendererOptions: {collapseErrors: false},
     },
   )
   await list.run()
+  if (opts.signal?.aborted) throw new StepsInterrupted()
 }

@@ -11,7 +11,7 @@ import {Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
 import type {PreflightResult} from '../../src/node/preflight.js'
-import {BIN, cli, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
+import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'setpriv'])
 
@@ -112,6 +112,36 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
       install.cleanup()
     }
   })
+
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    it(`undoes everything and says so when ${signal} arrives during enable`, async () => {
+      const install = uniqueInstall()
+      const dir = mkdtempSync(join(tmp, 'signal-'))
+      const mark = join(dir, 'attaching')
+      // a bpftool that says when enable reached the attach step, and holds it there until released
+      const tool = join(dir, 'held-bpftool')
+      writeFileSync(tool, `#!/bin/sh\ncase "$*" in *"cgroup attach"*) touch "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`)
+      chmodSync(tool, 0o755)
+      const child = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
+        reject: false,
+        env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'},
+      })
+      try {
+        await eventually('enable to reach the attach step', () => existsSync(mark))
+        child.kill(signal)
+        writeFileSync(`${mark}.go`, '')
+        const r = await child
+        assert.equal(r.exitCode, signal === 'SIGINT' ? 130 : 143, r.stdout + r.stderr)
+        const lines = r.stderr.split('\n').filter((l) => l.startsWith('Error:'))
+        assert.deepEqual(lines, [`Error: enable was interrupted by ${signal} during "Attach to the cgroup"; everything it had done was undone`])
+        await assertNothingLeft(new Installation(install.bpffs))
+      } finally {
+        writeFileSync(`${mark}.go`, '')
+        await child
+        install.cleanup()
+      }
+    })
+  }
 
   it('cleans a half-enabled node, left by an enable killed while attaching', async () => {
     const install = uniqueInstall()
