@@ -1,5 +1,6 @@
 import {type DisableResult, disable} from '../datapath/disable.js'
 import {Installation} from '../datapath/installation.js'
+import {withInstallationLock} from '../datapath/lock.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {bpffsFlag} from '../ui/flags.js'
@@ -18,7 +19,8 @@ export default class Disable extends BaseCommand {
   async run(): Promise<DisableResult> {
     const {flags} = await this.parse(Disable)
     requirePrivileges('disable')
-    const result = await disable(new Installation(flags.bpffs))
+    const inst = new Installation(flags.bpffs)
+    const result = await withInstallationLock(inst, 'disable', () => disable(inst))
     if (!result.wasEnabled) this.log(`merbridge was not enabled with ${result.bpffs}; nothing to do`)
     else
       this.log(

@@ -1,8 +1,9 @@
-import {required, MerbridgeError} from '../errors.js'
 import {Flags} from '@oclif/core'
 import {type EnableContext, type EnableStep, ENABLE_STEPS, enableFailure, newEnableContext, rollback} from '../datapath/enable.js'
 import type {InstallState} from '../datapath/installation.js'
+import {withInstallationLock} from '../datapath/lock.js'
 import {podsRecord} from '../datapath/pods-sync.js'
+import {MerbridgeError, required} from '../errors.js'
 import {MESH_NAMES} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
@@ -59,12 +60,17 @@ export default class Enable extends BaseCommand {
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
     try {
-      await runWithProgress(ENABLE_STEPS, ctx, {silent: this.jsonEnabled(), onStart: (s) => started.push(s), signal: interrupt.signal})
-    } catch (error) {
-      const step = started.at(-1) ?? required(ENABLE_STEPS[0], 'the first step')
-      const problems = await rollback(started, ctx)
-      if (signalName) throw interrupted(signalName, step, problems)
-      throw enableFailure(step, error, problems)
+      // held through the rollback: a second enable must not start while this one undoes
+      await withInstallationLock(ctx.inst, 'enable', async () => {
+        try {
+          await runWithProgress(ENABLE_STEPS, ctx, {silent: this.jsonEnabled(), onStart: (s) => started.push(s), signal: interrupt.signal})
+        } catch (error) {
+          const step = started.at(-1) ?? required(ENABLE_STEPS[0], 'the first step')
+          const problems = await rollback(started, ctx)
+          if (signalName) throw interrupted(signalName, step, problems)
+          throw enableFailure(step, error, problems)
+        }
+      })
     } finally {
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)

@@ -2,6 +2,7 @@ import {Flags} from '@oclif/core'
 import {hostname} from 'node:os'
 import {buildObjects} from '../bpf/objects.js'
 import {Installation} from '../datapath/installation.js'
+import {withInstallationLock} from '../datapath/lock.js'
 import {applyPods, podsRecord, savePodsRecord} from '../datapath/pods-sync.js'
 import {MerbridgeError} from '../errors.js'
 import {loadPods} from '../kube/source.js'
@@ -54,10 +55,13 @@ export default class Sync extends BaseCommand {
     }
 
     const loaded = await loadPods(flags['pods-file'], node, kube)
-    const applied = await applyPods(inst, await buildObjects(), loaded.pods, {node, mesh, attachInbound: true})
-    const record = podsRecord(loaded.source, applied)
-    await savePodsRecord(inst, record)
-    const result: SyncCommandResult = {...record, written: applied.sync.written, deleted: applied.sync.deleted}
+    const record = await withInstallationLock(inst, 'sync', async () => {
+      const applied = await applyPods(inst, await buildObjects(), loaded.pods, {node, mesh, attachInbound: true})
+      const pods = podsRecord(loaded.source, applied)
+      await savePodsRecord(inst, pods)
+      return {...pods, written: applied.sync.written, deleted: applied.sync.deleted}
+    })
+    const result: SyncCommandResult = record
     this.log(`${c.green('✔')} synced from ${result.source}: ${result.meshed.length} meshed and registered, ${result.unregistered.length} meshed but not found on this node, ${result.skipped.length} skipped; ${result.written} map entries written, ${result.deleted} removed`)
     for (const p of result.unregistered) this.log(c.yellow(`  ! ${p.namespace}/${p.name} (${p.ip}): no network namespace with this IP on the node yet`))
     for (const w of result.warnings) this.log(c.yellow(`  ! ${w}`))

@@ -133,7 +133,7 @@ export class Installation {
 
   async writeState(state: InstallState): Promise<void> {
     await mkdir(runDir(), {recursive: true})
-    const tmp = `${this.stateFile}.tmp`
+    const tmp = `${this.stateFile}.${process.pid}.tmp`
     await writeFile(tmp, JSON.stringify(state, null, 2) + '\n')
     await rename(tmp, this.stateFile)
   }

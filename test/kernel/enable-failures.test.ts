@@ -1,7 +1,7 @@
 // enable is transactional: a failure at any step leaves the node as it was, a killed enable is
 // cleaned by disable, and a user without privileges gets one clear line.
 import assert from 'node:assert/strict'
-import {chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
@@ -63,7 +63,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
     assert.deepEqual(tree.filter((t) => t.cgroup.startsWith(lab.cgroup)), [], 'programs left attached')
   }
 
-  const failures: {step: string; title: string; env?: (dir: string) => Record<string, string>; flags?: Record<string, string>}[] = [
+  const failures: {step: string; title: string; env?: (dir: string) => Record<string, string>; flags?: Record<string, string>; prepare?: (inst: Installation) => void}[] = [
     {step: 'preflight', title: 'Check the node', flags: {'--cgroup': '/proc'}},
     {step: 'build', title: 'Build the datapath', env: (d) => ({MERBRIDGE_CLANG: faultyTool(d, 'clang'), MERBRIDGE_CACHE_DIR: join(d, 'cache'), MB_FAIL_MATCH: '-target bpf'})},
     {step: 'load', title: 'Load and pin programs and maps', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'prog loadall', MB_FAIL_AFTER: '1'})},
@@ -71,7 +71,8 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
     {step: 'pods (bad file)', title: 'Load the pods of this node', flags: {'--pods-file': join(tmp, 'bad-pods.json')}},
     {step: 'pods (map writes)', title: 'Load the pods of this node', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_NTH: '2'})},
     {step: 'attach', title: 'Attach to the cgroup', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'connect4 pinned', MB_FAIL_AFTER: '1'})},
-    {step: 'record', title: 'Record the installation', env: () => ({MERBRIDGE_RUN_DIR: '/dev/null/merbridge'})},
+    // the record's place is taken by a folder: everything before it succeeds, the record cannot be written
+    {step: 'record', title: 'Record the installation', prepare: (inst) => mkdirSync(inst.stateFile, {recursive: true})},
   ]
 
   for (const f of failures) {
@@ -80,6 +81,12 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
       const install = uniqueInstall()
       const dir = mkdtempSync(join(tmp, 'step-'))
       const env = {...install.env, MB_FAIL_COUNTER: join(dir, 'count'), ...f.env?.(dir)}
+      // the installation as the CLI will see it (its records in the run folder of this test)
+      const previous = process.env.MERBRIDGE_RUN_DIR
+      process.env.MERBRIDGE_RUN_DIR = install.env.MERBRIDGE_RUN_DIR
+      f.prepare?.(new Installation(install.bpffs))
+      if (previous === undefined) delete process.env.MERBRIDGE_RUN_DIR
+      else process.env.MERBRIDGE_RUN_DIR = previous
       try {
         const flags = {'--cgroup': lab.cgroup, '--bpffs': install.bpffs, '--pods-file': podsFile, ...f.flags}
         const r = await cli(['enable', ...Object.entries(flags).flat()], env)
@@ -142,6 +149,36 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
       }
     })
   }
+
+  it('lets one command change an installation at a time: a second enable waits, then names the first', async () => {
+    const install = uniqueInstall()
+    const dir = mkdtempSync(join(tmp, 'lock-'))
+    const mark = join(dir, 'attaching')
+    const tool = join(dir, 'held-bpftool')
+    writeFileSync(tool, `#!/bin/sh\ncase "$*" in *"cgroup attach"*) touch "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`)
+    chmodSync(tool, 0o755)
+    const first = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {reject: false, env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'}})
+    try {
+      await eventually('the first enable to reach the attach step', () => existsSync(mark))
+      // the first holds the installation: the second waits its 300 ms, then fails without touching anything
+      const second = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {...install.env, MERBRIDGE_LOCK_WAIT_MS: '300'})
+      assert.equal(second.code, 1, second.stdout + second.stderr)
+      assert.deepEqual(second.stderr.split('\n').filter((l) => l.startsWith('Error:')), [`Error: another merbridge command (pid ${first.pid}) is changing ${install.bpffs}; enable did not start`])
+      const disable = await cli(['disable', '--bpffs', install.bpffs], {...install.env, MERBRIDGE_LOCK_WAIT_MS: '300'})
+      assert.equal(disable.code, 1, 'disable waits its turn too')
+      writeFileSync(`${mark}.go`, '')
+      const r = await first
+      assert.equal(r.exitCode, 0, r.stdout + r.stderr)
+      // released: the next command runs
+      assert.equal((await cli(['disable', '--bpffs', install.bpffs], install.env)).code, 0)
+      await assertNothingLeft(new Installation(install.bpffs))
+    } finally {
+      writeFileSync(`${mark}.go`, '')
+      await first
+      await cli(['disable', '--bpffs', install.bpffs], install.env)
+      install.cleanup()
+    }
+  })
 
   it('cleans a half-enabled node, left by an enable killed while attaching', async () => {
     const install = uniqueInstall()
