@@ -177,23 +177,33 @@ static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_sett
 	return 1;
 }
 
-SEC("cgroup/connect4")
-int mb_connect4(struct bpf_sock_addr *ctx)
+/* The whole decision for a connect to dst from a socket bound to src (zeros when unbound): 1 when
+ * it is to go to `to`:`port` instead. */
+static __always_inline int intercept(struct bpf_sock_addr *ctx, const union mb_ip *dst, const union mb_ip *src,
+				     union mb_ip *to, __be16 *port)
 {
 	const struct mb_settings *cfg;
 	struct mb_caller c;
-	union mb_ip dst, src, to;
-	__be16 dport = (__be16)ctx->user_port, port;
+	__be16 dport = (__be16)ctx->user_port;
 
 	if (ctx->protocol != MB_IPPROTO_TCP)
-		return 1;
+		return 0;
 	cfg = active_settings();
 	if (!cfg)
-		return 1;
+		return 0;
+	identify(ctx, cfg, &c);
+	return apply(ctx, cfg, &c, decide(ctx, cfg, &c, dst, bpf_ntohs(dport), src), dst, dport, to, port);
+}
+
+SEC("cgroup/connect4")
+int mb_connect4(struct bpf_sock_addr *ctx)
+{
+	union mb_ip dst, src, to;
+	__be16 port;
+
 	ip_from_v4(&dst, ctx->user_ip4);
 	ip_from_v4(&src, ctx->sk ? ctx->sk->src_ip4 : 0);
-	identify(ctx, cfg, &c);
-	if (!apply(ctx, cfg, &c, decide(ctx, cfg, &c, &dst, bpf_ntohs(dport), &src), &dst, dport, &to, &port))
+	if (!intercept(ctx, &dst, &src, &to, &port))
 		return 1;
 	ctx->user_ip4 = to.u32[3];
 	ctx->user_port = port;
@@ -206,25 +216,16 @@ int mb_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int mb_connect6(struct bpf_sock_addr *ctx)
 {
-	const struct mb_settings *cfg;
-	struct mb_caller c;
 	union mb_ip dst, src, to;
-	__be16 dport = (__be16)ctx->user_port, port;
-	struct bpf_sock *sk;
+	struct bpf_sock *sk = ctx->sk;
+	__be16 port;
 
-	if (ctx->protocol != MB_IPPROTO_TCP)
-		return 1;
-	cfg = active_settings();
-	if (!cfg)
-		return 1;
 	ip_from_v6(&dst, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
-	sk = ctx->sk;
 	if (sk)
 		ip_from_v6(&src, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
 	else
 		ip_from_v6(&src, 0, 0, 0, 0);
-	identify(ctx, cfg, &c);
-	if (!apply(ctx, cfg, &c, decide(ctx, cfg, &c, &dst, bpf_ntohs(dport), &src), &dst, dport, &to, &port))
+	if (!intercept(ctx, &dst, &src, &to, &port))
 		return 1;
 	ctx->user_ip6[0] = to.u32[0];
 	ctx->user_ip6[1] = to.u32[1];

@@ -158,6 +158,25 @@ static __always_inline void ip_localhost(union mb_ip *ip, const union mb_ip *lik
 		ip_from_v6(ip, 0, 0, 0, bpf_htonl(1));
 }
 
+/*
+ * A socket's two addresses from a sockops or sk_msg context (the same field names): IPv4 fields for
+ * AF_INET and v4-mapped AF_INET6 sockets (they hold the mapped addresses), IPv6 ones otherwise.
+ * Every field is read up front: the verifier refuses a context pointer chosen by a branch.
+ */
+#define MB_CTX_ADDRESSES(ctx, local, remote)                                                        \
+	do {                                                                                        \
+		__u32 l4_ = (ctx)->local_ip4, r4_ = (ctx)->remote_ip4;                               \
+		__u32 l6_[4] = {(ctx)->local_ip6[0], (ctx)->local_ip6[1], (ctx)->local_ip6[2], (ctx)->local_ip6[3]}; \
+		__u32 r6_[4] = {(ctx)->remote_ip6[0], (ctx)->remote_ip6[1], (ctx)->remote_ip6[2], (ctx)->remote_ip6[3]}; \
+		if (talks_ipv4((ctx)->family, r6_)) {                                               \
+			ip_from_v4(local, l4_);                                                     \
+			ip_from_v4(remote, r4_);                                                    \
+		} else {                                                                            \
+			ip_from_v6(local, l6_[0], l6_[1], l6_[2], l6_[3]);                          \
+			ip_from_v6(remote, r6_[0], r6_[1], r6_[2], r6_[3]);                         \
+		}                                                                                   \
+	} while (0)
+
 /* Build a pair key: only loopback legs carry the netns, to stay unique on the node. */
 static __always_inline void pair_from_ips(struct mb_pair *p, const union mb_ip *local, __be16 lport,
 					  const union mb_ip *remote, __be16 rport, void *ctx)

@@ -4,20 +4,9 @@
 
 static __always_inline void pair_from_sockops(struct mb_pair *p, struct bpf_sock_ops *skops)
 {
-	/* every field read up front: the verifier refuses a context pointer chosen by a branch */
-	__u32 l4 = skops->local_ip4, r4 = skops->remote_ip4;
-	__u32 l6[4] = {skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3]};
-	__u32 r6[4] = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3]};
 	union mb_ip l, r;
 
-	/* the IPv4 fields hold the addresses of v4-mapped AF_INET6 sockets too */
-	if (talks_ipv4(skops->family, r6)) {
-		ip_from_v4(&l, l4);
-		ip_from_v4(&r, r4);
-	} else {
-		ip_from_v6(&l, l6[0], l6[1], l6[2], l6[3]);
-		ip_from_v6(&r, r6[0], r6[1], r6[2], r6[3]);
-	}
+	MB_CTX_ADDRESSES(skops, &l, &r);
 	/* local_port is host order; remote_port is network order in the upper 16 bits */
 	pair_from_ips(p, &l, bpf_htons((__u16)skops->local_port), &r, (__be16)(skops->remote_port >> 16), skops);
 }

@@ -42,7 +42,10 @@ static int ours(struct bpf_tc_hook *hook, __u32 prog_id)
 	return bpf_tc_query(hook, &opts) == 0 && opts.prog_id == prog_id;
 }
 
-static void attach(int prog, const char *path)
+/* Call fn on the ingress hook of every interface but lo in the namespace at path; print "ok" and
+ * the interfaces fn did something on, or the first error. */
+static void each_interface(const char *path, int (*fn)(struct bpf_tc_hook *hook, const char *name, void *arg, char *note),
+			   void *arg)
 {
 	struct if_nameindex *ifs;
 	char out[4096] = "ok";
@@ -53,51 +56,49 @@ static void attach(int prog, const char *path)
 	}
 	for (struct if_nameindex *i = ifs; i->if_index; i++) {
 		LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = i->if_index, .attach_point = BPF_TC_INGRESS);
-		LIBBPF_OPTS(bpf_tc_opts, opts, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY, .prog_fd = prog, .flags = BPF_TC_F_REPLACE);
-		int created, err;
+		char note[8] = "";
+		int rc;
 
 		if (strcmp(i->if_name, "lo") == 0)
 			continue;
-		err = bpf_tc_hook_create(&hook);
-		created = err == 0;
-		if (err && err != -EEXIST) {
-			printf("error: %s: clsact: %s\n", i->if_name, strerror(-err));
+		rc = fn(&hook, i->if_name, arg, note);
+		if (rc < 0) {
+			printf("error: %s: %s\n", i->if_name, strerror(-rc));
 			if_freenameindex(ifs);
 			return;
 		}
-		err = bpf_tc_attach(&hook, &opts);
-		if (err) {
-			printf("error: %s: attach: %s\n", i->if_name, strerror(-err));
-			if_freenameindex(ifs);
-			return;
-		}
-		snprintf(out + strlen(out), sizeof(out) - strlen(out), " %s%s", i->if_name, created ? "+" : "");
+		if (rc > 0)
+			snprintf(out + strlen(out), sizeof(out) - strlen(out), " %s%s", i->if_name, note);
 	}
 	if_freenameindex(ifs);
 	printf("%s\n", out);
 }
 
-static void detach(__u32 prog_id, const char *path)
+/* Our filter on this hook (the clsact qdisc too, if missing: then "+" in the note). */
+static int attach_one(struct bpf_tc_hook *hook, const char *name, void *arg, char *note)
 {
-	struct if_nameindex *ifs;
-	char out[4096] = "ok";
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY, .prog_fd = *(int *)arg, .flags = BPF_TC_F_REPLACE);
+	int err = bpf_tc_hook_create(hook);
 
-	if (enter(path) != 0 || !(ifs = if_nameindex())) {
-		printf("error: %s\n", strerror(errno));
-		return;
-	}
-	for (struct if_nameindex *i = ifs; i->if_index; i++) {
-		LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = i->if_index, .attach_point = BPF_TC_INGRESS);
-		LIBBPF_OPTS(bpf_tc_opts, opts, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
+	(void)name;
+	if (err && err != -EEXIST)
+		return err;
+	if (!err)
+		strcpy(note, "+");
+	err = bpf_tc_attach(hook, &opts);
+	return err ? err : 1;
+}
 
-		if (strcmp(i->if_name, "lo") == 0 || !ours(&hook, prog_id))
-			continue;
-		if (bpf_tc_detach(&hook, &opts) != 0)
-			continue;
-		snprintf(out + strlen(out), sizeof(out) - strlen(out), " %s", i->if_name);
-	}
-	if_freenameindex(ifs);
-	printf("%s\n", out);
+/* Our filter off this hook, when the program in our slot is the installation's. */
+static int detach_one(struct bpf_tc_hook *hook, const char *name, void *arg, char *note)
+{
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
+
+	(void)name;
+	(void)note;
+	if (!ours(hook, *(__u32 *)arg))
+		return 0;
+	return bpf_tc_detach(hook, &opts) == 0 ? 1 : 0;
 }
 
 int main(int argc, char **argv)
@@ -113,7 +114,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		for (int i = 3; i < argc; i++) {
-			attach(prog, argv[i]);
+			each_interface(argv[i], attach_one, &prog);
 			setns(home, CLONE_NEWNET);
 		}
 		return 0;
@@ -122,7 +123,7 @@ int main(int argc, char **argv)
 		__u32 id = strtoul(argv[2], NULL, 10);
 
 		for (int i = 3; i < argc; i++) {
-			detach(id, argv[i]);
+			each_interface(argv[i], detach_one, &id);
 			setns(home, CLONE_NEWNET);
 		}
 		return 0;

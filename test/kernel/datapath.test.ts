@@ -40,6 +40,20 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     return parseSidecarLog(p.stdout.slice(mark))
   }
   const mark = (pod: string) => sidecars.get(pod)!.stdout.length
+  /** A stream from a to b held open through `op`: still open when it ends, still flowing after, intact. */
+  const streamThrough = async (what: string, op: () => Promise<void>) => {
+    const stream = lab.openStream('a', url('b', ''))
+    const atStart = await stream.flowingPast(0, `before ${what}`)
+    await op()
+    // the connection cannot end before release: running means it was open through the whole operation
+    assert.ok(stream.process.running, `the stream ended during ${what}: ${stream.process.stdout.slice(-300)}`)
+    const atEnd = stream.bytes
+    await stream.flowingPast(atEnd + 1024 * 1024, `after ${what}`)
+    const got = await stream.release()
+    assert.equal(got.code, 0, JSON.stringify(got))
+    assert.ok(got.bytes! > atEnd && atEnd >= atStart, JSON.stringify({got, atStart, atEnd}))
+    assert.equal(got.sha256, patternSha256(got.bytes!))
+  }
 
   before(async () => {
     // a, b: meshed with sidecars; c: no sidecar; d: a pod merbridge was not told about
@@ -277,21 +291,12 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
 
   it('replaces changed programs without breaking an established stream', async () => {
     const before = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
-    const stream = lab.openStream('a', url('b', ''))
-    const atStart = await stream.flowingPast(0, 'before the replacement')
-    // --rebuild stands in for changed sources: the installation is replaced, not resynced
-    const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
-    assert.equal(r.code, 0, r.stderr)
-    assert.equal(parseJson<EnableResult>(r.stdout).mode, 'replace')
-    // the same connection was open through the whole replacement (it cannot end before release)
-    // and still carries bytes after it
-    assert.ok(stream.process.running, `the stream ended during the replacement: ${stream.process.stdout.slice(-300)}`)
-    const atEnd = stream.bytes
-    await stream.flowingPast(atEnd + 1024 * 1024, 'after the replacement')
-    const got = await stream.release()
-    assert.equal(got.code, 0, JSON.stringify(got))
-    assert.ok(got.bytes! > atEnd && atEnd >= atStart, JSON.stringify({got, atStart, atEnd}))
-    assert.equal(got.sha256, patternSha256(got.bytes!))
+    await streamThrough('the replacement', async () => {
+      // --rebuild stands in for changed sources: the installation is replaced, not resynced
+      const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(parseJson<EnableResult>(r.stdout).mode, 'replace')
+    })
     const after = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
     assert.equal(after.length, 6)
     for (const id of after) assert.ok(id !== undefined && !before.includes(id), `program ${id} is new (before: ${before.join(', ')})`)
@@ -313,22 +318,14 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   })
 
   it('keeps a long stream whole across disable, then restores the direct path and leaves nothing', async () => {
-    const stream = lab.openStream('a', url('b', ''))
-    const atStart = await stream.flowingPast(0, 'before disable')
-    const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
-    assert.equal(d.code, 0, d.stderr)
-    const detached = parseJson<DisableResult>(d.stdout).detached
-    assert.deepEqual([...new Set(detached.map((x) => x.program))].sort(), ['mb_connect4', 'mb_connect6', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops', 'mb_tc_inbound'])
-    // inbound capture came off both registered pods' interfaces
-    assert.deepEqual(detached.filter((x) => x.program === 'mb_tc_inbound').map((x) => x.cgroup.endsWith(' dev eth0')), [true, true])
-    // open through the whole of disable, and still flowing (over TCP now) after it
-    assert.ok(stream.process.running, `the stream ended during disable: ${stream.process.stdout.slice(-300)}`)
-    const atEnd = stream.bytes
-    await stream.flowingPast(atEnd + 1024 * 1024, 'after disable')
-    const got = await stream.release()
-    assert.equal(got.code, 0, JSON.stringify(got))
-    assert.ok(got.bytes! > atEnd && atEnd >= atStart, JSON.stringify({got, atStart, atEnd}))
-    assert.equal(got.sha256, patternSha256(got.bytes!))
+    await streamThrough('disable', async () => {
+      const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
+      assert.equal(d.code, 0, d.stderr)
+      const detached = parseJson<DisableResult>(d.stdout).detached
+      assert.deepEqual([...new Set(detached.map((x) => x.program))].sort(), ['mb_connect4', 'mb_connect6', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops', 'mb_tc_inbound'])
+      // inbound capture came off both registered pods' interfaces
+      assert.deepEqual(detached.filter((x) => x.program === 'mb_tc_inbound').map((x) => x.cgroup.endsWith(' dev eth0')), [true, true])
+    })
 
     assert.equal((await whoami('a', 'b')).remoteAddress, lab.pod('a').ip, 'direct again')
     assert.ok(!existsSync(install.bpffs), 'no pins')

@@ -41,6 +41,18 @@ exec ${real} "$@"
   return path
 }
 
+/**
+ * A bpftool that says when enable reached the attach step (the file `mark` appears) and holds it
+ * there until `${mark}.go` exists: an enable caught in the middle, for as long as a test needs.
+ */
+function heldTool(dir: string): {tool: string; mark: string} {
+  const mark = join(dir, 'attaching')
+  const tool = join(dir, 'held-bpftool')
+  writeFileSync(tool, `#!/bin/sh\ncase "$*" in *"cgroup attach"*) touch "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`)
+  chmodSync(tool, 0o755)
+  return {tool, mark}
+}
+
 describe('enable failures', {skip, timeout: 180_000}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const tmp = mkdtempSync(join(tmpdir(), 'mb-faults-'))
@@ -124,11 +136,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
     it(`undoes everything and says so when ${signal} arrives during enable`, async () => {
       const install = uniqueInstall()
       const dir = mkdtempSync(join(tmp, 'signal-'))
-      const mark = join(dir, 'attaching')
-      // a bpftool that says when enable reached the attach step, and holds it there until released
-      const tool = join(dir, 'held-bpftool')
-      writeFileSync(tool, `#!/bin/sh\ncase "$*" in *"cgroup attach"*) touch "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`)
-      chmodSync(tool, 0o755)
+      const {tool, mark} = heldTool(dir)
       const child = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
         reject: false,
         env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'},
@@ -153,10 +161,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
   it('lets one command change an installation at a time: a second enable waits, then names the first', async () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'lock-'))
-    const mark = join(dir, 'attaching')
-    const tool = join(dir, 'held-bpftool')
-    writeFileSync(tool, `#!/bin/sh\ncase "$*" in *"cgroup attach"*) touch "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`)
-    chmodSync(tool, 0o755)
+    const {tool, mark} = heldTool(dir)
     const first = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {reject: false, env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'}})
     try {
       await eventually('the first enable to reach the attach step', () => existsSync(mark))
