@@ -21,6 +21,8 @@ export interface EnableResult {
   objectHash: string
   compiled: boolean
   pods: InstallState['pods']
+  /** what was wrong with an up-to-date installation that this enable replaced */
+  repaired?: string
 }
 
 export default class Enable extends BaseCommand {
@@ -106,6 +108,7 @@ function toResult(ctx: EnableContext): EnableResult {
     objectHash: required(ctx.objects, 'the built objects').hash,
     compiled: required(ctx.objects, 'the built objects').compiled,
     pods: podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')),
+    ...(ctx.repaired ? {repaired: ctx.repaired} : {}),
   }
 }
 
@@ -116,6 +119,7 @@ function summary(r: EnableResult): string {
     `  cgroup   ${r.cgroup}`,
     `  pins     ${r.bpffs}`,
     `  mesh     ${r.mesh}`,
+    ...(r.repaired ? [`  repaired ${r.repaired}`] : []),
     `  pods     ${r.pods.meshed.length} meshed and registered, ${r.pods.unregistered.length} meshed but not found on this node, ${r.pods.skipped.length} skipped (from ${r.pods.source})`,
   ]
   for (const p of r.pods.unregistered) lines.push(c.yellow(`  ! ${p.namespace}/${p.name} (${p.ip}): no network namespace with this IP on the node; its sidecar is used once it listens`))

@@ -14,6 +14,7 @@ import {runPreflight, type PreflightResult} from '../node/preflight.js'
 import {BPFFS_MOUNT} from '../paths.js'
 import {disable} from './disable.js'
 import {type InstallState, Installation, PROGRAMS} from './installation.js'
+import {inspect} from './inspect.js'
 import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
 import {type AppliedPods, applyPods, podsRecord} from './pods-sync.js'
@@ -37,6 +38,8 @@ export interface EnableContext {
   preflight?: PreflightResult
   /** 'fresh' loads everything; 'resync' only reloads the pods of an up-to-date installation */
   mode: 'fresh' | 'resync' | 'replace'
+  /** what a replace repaired, when the installation was up to date but not intercepting */
+  repaired?: string
   objects?: BuiltObjects
   mountedBpffs: boolean
   hostNetns?: bigint
@@ -86,6 +89,15 @@ export const ENABLE_STEPS: EnableStep[] = [
             suggestion: 'run merbridge disable first, or give another --bpffs',
           })
         ctx.mode = state.objectHash === (await sourceHash()) && !ctx.opts.rebuild ? 'resync' : 'replace'
+        // an up-to-date installation that is not intercepting (a disable or enable interrupted,
+        // something detached or unpinned) is replaced whole, not just resynced
+        if (ctx.mode === 'resync') {
+          const broken = (await inspect(ctx.inst)).broken
+          if (broken) {
+            ctx.mode = 'replace'
+            ctx.repaired = broken
+          }
+        }
       } else if (ctx.inst.exists()) {
         ctx.mode = 'replace' // a half installation (enable killed midway): cleaned before loading anew
       }

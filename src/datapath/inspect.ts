@@ -42,6 +42,12 @@ export interface StatusReport {
   counters?: Record<CounterName, number>
   problems: string[]
   hints: string[]
+  /**
+   * Why the datapath is not intercepting as enabled, when it is not: a program or map missing or
+   * detached, or settings unconfigured or left draining (an interrupted enable or disable).
+   * `enable` repairs such a node by replacing the installation.
+   */
+  broken?: string
 }
 
 /** Maps whose entries a dump cannot count (socket storage has no keys to walk). */
@@ -116,6 +122,7 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
   // independent reads, each its own process: started together
   const currentHash = state ? sourceHash().catch((error: unknown) => error as Error) : undefined
   const counters = pins.maps.includes('counters') ? readMaps.counters(inst).catch(() => undefined) : undefined
+  const settings = pins.maps.includes('settings') ? readMaps.settings(inst).catch(() => undefined) : undefined
   const snap = await snapshot(inst, state?.cgroup)
   const attached = new Set(snap.attachments.map((a) => a.id))
   for (const spec of PROGRAMS) {
@@ -150,6 +157,13 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
     report.maps.push(m)
   })
   report.counters = await counters
+  const active = await settings
+  if (pins.maps.includes('settings')) {
+    if (!active?.outboundPort) report.problems.push('settings are not configured: nothing is intercepted (an enable was interrupted)')
+    else if (active.draining) report.problems.push('the datapath is draining: nothing is intercepted (a disable was interrupted)')
+  }
+  // what enable must repair (a full map is a problem, but not a broken datapath)
+  report.broken = report.problems.find((p) => !p.includes('% full ('))
 
   if (!state) report.problems.push(`pins in ${inst.dir} but no record of an enable (an enable was interrupted)`)
   if (state && pins.progs.length === 0) report.problems.push(`recorded as enabled on ${state.cgroup}, but nothing is pinned in ${inst.dir} (stale record)`)

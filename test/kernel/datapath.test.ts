@@ -8,6 +8,7 @@ import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {readMaps} from '../../src/bpf/maps.js'
 import {Installation} from '../../src/datapath/installation.js'
+import {writeSettings} from '../../src/datapath/settings.js'
 import {patternSha256} from '../../src/lab/http-app.js'
 import {redirectCounters} from '../../src/lab/istio-iptables.js'
 import {APP_PORT, Lab, NODE, NODE_IP} from '../../src/lab/lab.js'
@@ -315,6 +316,34 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
       await execa('bpftool', ['cgroup', 'attach', lab.cgroup, 'connect4', 'pinned', `${install.bpffs}/progs/mb_connect4`, 'multi'])
     }
     assert.equal((await cli(['status', '--bpffs', install.bpffs], install.env)).code, 0)
+  })
+
+  it('repairs, on the next enable, a node left draining by a killed disable or with a program detached', async () => {
+    const enable = async () => {
+      const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+      assert.equal(r.code, 0, r.stderr)
+      return parseJson<EnableResult>(r.stdout)
+    }
+    // what a disable killed after its first step leaves: everything in place, draining
+    const settings = await readMaps.settings(inst)
+    assert.ok(settings)
+    await writeSettings(inst, {...settings, draining: true})
+    const status = await cli(['status', '--bpffs', install.bpffs], install.env)
+    assert.equal(status.code, 4, status.stdout)
+    assert.match(status.stdout, /the datapath is draining: nothing is intercepted \(a disable was interrupted\)/)
+    assert.equal((await whoami('a', 'b')).remoteAddress, lab.pod('a').ip, 'nothing intercepted while draining')
+    const drained = await enable()
+    assert.equal(drained.mode, 'replace')
+    assert.match(drained.repaired ?? '', /draining/)
+    assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
+
+    const id = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.find((p) => p.name === 'mb_connect4')?.id
+    await execa('bpftool', ['cgroup', 'detach', lab.cgroup, 'connect4', 'id', String(id)])
+    const detached = await enable()
+    assert.equal(detached.mode, 'replace')
+    assert.match(detached.repaired ?? '', /mb_connect4 is pinned but not attached/)
+    assert.equal((await cli(['status', '--bpffs', install.bpffs], install.env)).code, 0)
+    assert.equal(parseJson<EnableResult>((await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)).stdout).mode, 'resync', 'a healthy node is only resynced')
   })
 
   it('keeps a long stream whole across disable, then restores the direct path and leaves nothing', async () => {
