@@ -73,20 +73,6 @@ static __always_inline void identify(void *ctx, const struct mb_settings *cfg, s
 	c->proxy = c->proxy_uid || gid == pgid;
 }
 
-/*
- * Istio's OUTPUT chain for a TCP connect to dst:dport from a process in a pod (src4 is the
- * address the socket is bound to, 0 if none). "Over lo" is any destination inside the pod:
- * 127/8 or its own IP.
- *   -p tcp --dports <excludeOutboundPorts>              RETURN
- *   -o lo -s 127.0.0.6                                  RETURN (the inbound sidecar's upstream)
- *   -o lo ! -d 127.0.0.1 ! --dport 15008 --uid-owner P   to the inbound listener
- *   -o lo ! --uid-owner P                               RETURN
- *   --uid-owner P / --gid-owner P                       RETURN
- *   -d 127.0.0.1                                        RETURN
- *   the pod's include/exclude ports and ranges          to the outbound listener
- * A proxy's connect to another meshed pod on this node goes to that pod's inbound listener,
- * which that pod's PREROUTING would have done on arrival.
- */
 static __always_inline int own_ip(const struct mb_caller *c, const union mb_ip *dst)
 {
 	return c->self && (ip_equal(&c->self->ip, dst) || (!ip_is_zero(&c->self->ip6) && ip_equal(&c->self->ip6, dst)));
@@ -100,6 +86,20 @@ static __always_inline int inbound_source(const union mb_ip *src)
 	return src->u32[0] == 0 && src->u32[1] == 0 && src->u32[2] == 0 && src->u32[3] == bpf_htonl(6);
 }
 
+/*
+ * Istio's OUTPUT chain for a TCP connect to dst:dport from a process in a pod (src is the
+ * address the socket is bound to, zeros if none). "Over lo" is any destination inside the pod:
+ * 127/8 or its own IP.
+ *   -p tcp --dports <excludeOutboundPorts>              RETURN
+ *   -o lo -s 127.0.0.6                                  RETURN (the inbound sidecar's upstream)
+ *   -o lo ! -d 127.0.0.1 ! --dport 15008 --uid-owner P   to the inbound listener
+ *   -o lo ! --uid-owner P                               RETURN
+ *   --uid-owner P / --gid-owner P                       RETURN
+ *   -d 127.0.0.1                                        RETURN
+ *   the pod's include/exclude ports and ranges          to the outbound listener
+ * A proxy's connect to another meshed pod on this node goes to that pod's inbound listener,
+ * which that pod's PREROUTING would have done on arrival.
+ */
 static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const struct mb_settings *cfg,
 					     const struct mb_caller *c, const union mb_ip *dst, __u16 dport,
 					     const union mb_ip *src)

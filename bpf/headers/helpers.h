@@ -188,13 +188,3 @@ static __always_inline void pair_from_ips(struct mb_pair *p, const union mb_ip *
 	p->remote_port = rport;
 	p->pad = 0;
 }
-
-static __always_inline void pair_from_v4(struct mb_pair *p, __be32 local4, __be16 lport,
-					 __be32 remote4, __be16 rport, void *ctx)
-{
-	union mb_ip l, r;
-
-	ip_from_v4(&l, local4);
-	ip_from_v4(&r, remote4);
-	pair_from_ips(p, &l, lport, &r, rport, ctx);
-}
