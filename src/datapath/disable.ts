@@ -13,8 +13,12 @@ import {BPFFS_MOUNT, cacheDir} from '../paths.js'
 import {Installation, PROGRAMS} from './installation.js'
 import {writeSettings} from './settings.js'
 
-/** Time for payload already moved socket to socket to be read before the sockets leave the map. */
-const DRAIN_MS = 200
+/**
+ * Time for payload already moved socket to socket to be read before the sockets leave the map:
+ * a socket dropped from a sockhash with data still on its ingress queue can lose or stall that
+ * stream (kernel behaviour). A replace that reuses the maps would not need it (issue 11).
+ */
+const DRAIN_MS = 1000
 
 export interface DisableResult {
   bpffs: string
