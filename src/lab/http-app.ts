@@ -15,7 +15,7 @@ import {join} from 'node:path'
 
 const CHUNK = 64 * 1024
 const STREAM_TICK_MS = 10
-export const PROGRESS_STEP = 256 * 1024
+const PROGRESS_STEP = 256 * 1024
 
 /** Byte i of the pattern: cheap to generate and to verify, and shifts at every chunk. */
 export function patternChunk(offset: number, length: number): Buffer {

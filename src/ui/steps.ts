@@ -6,7 +6,7 @@ export interface ProgressStep<C> {
 }
 
 /** Thrown at the first step boundary after `signal` fired: the step under way finished first. */
-export class StepsInterrupted extends Error {
+class StepsInterrupted extends Error {
   constructor() {
     super('interrupted')
   }
