@@ -1,6 +1,8 @@
-/* connect.h: cgroup/connect4 and connect6, where interception is decided at connect() time: the
- * job of Istio's nat OUTPUT chain, rule for rule (docs/datapath.md lists them), plus sending a
- * sidecar's connection to another local pod straight to that pod's inbound listener. */
+/* connect.h: cgroup/connect4|6 and sendmsg4|6, where interception is decided at connect() (or
+ * sendto()) time: the job of Istio's nat OUTPUT chain, rule for rule (docs/datapath.md lists
+ * them), plus sending a sidecar's connection to another local pod straight to that pod's inbound
+ * listener; recvmsg4|6 and getpeername4|6 undo the rewrite where the app looks, as conntrack's
+ * reverse NAT would. */
 #pragma once
 #include "helpers.h"
 
@@ -39,12 +41,13 @@ static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const unio
 	return 1;
 }
 
-/* What to do with a connect(). */
+/* What to do with a connect() or a datagram. */
 enum mb_action {
 	MB_LEAVE = 0,
 	MB_TO_OUTBOUND,      /* 127.0.0.1:outbound port: the pod's own sidecar, outbound */
 	MB_TO_OWN_INBOUND,   /* 127.0.0.1:inbound port: the pod's own sidecar, inbound */
 	MB_TO_PEER_INBOUND,  /* same address, inbound port: another local pod's sidecar */
+	MB_TO_DNS,           /* 127.0.0.1:DNS port: the pod's proxy answers DNS */
 };
 
 /* Who is connecting: gathered once per connect() from the netns and the current task. */
@@ -86,49 +89,87 @@ static __always_inline int inbound_source(const union mb_ip *src)
 	return src->u32[0] == 0 && src->u32[1] == 0 && src->u32[2] == 0 && src->u32[3] == bpf_htonl(6);
 }
 
+/* Istio's ISTIO_OUTPUT_DNS: port 53 to one of the pod's resolvers (any address when they are unknown) */
+static __always_inline int dns_captured(const struct mb_settings *cfg, const struct mb_pod_config *pod,
+					const union mb_ip *dst, __u16 dport)
+{
+	int i;
+
+	if (!cfg->dns_port || !(pod->flags & MB_POD_DNS_CAPTURE) || dport != MB_DNS_SERVER_PORT)
+		return 0;
+	if (pod->flags & MB_POD_DNS_ALL)
+		return 1;
+	for (i = 0; i < MB_MAX_DNS; i++) {
+		if (i >= pod->n_dns)
+			break;
+		if (ip_equal(&pod->dns[i], dst))
+			return 1;
+	}
+	return 0;
+}
+
 /*
- * Istio's OUTPUT chain for a TCP connect to dst:dport from a process in a pod (src is the
- * address the socket is bound to, zeros if none). "Over lo" is any destination inside the pod:
- * 127/8 or its own IP.
- *   -p tcp --dports <excludeOutboundPorts>              RETURN
- *   -o lo -s 127.0.0.6                                  RETURN (the inbound sidecar's upstream)
- *   -o lo ! -d 127.0.0.1 ! --dport 15008 --uid-owner P   to the inbound listener
- *   -o lo ! --uid-owner P                               RETURN
- *   --uid-owner P / --gid-owner P                       RETURN
- *   -d 127.0.0.1                                        RETURN
- *   the pod's include/exclude ports and ranges          to the outbound listener
- * A proxy's connect to another meshed pod on this node goes to that pod's inbound listener,
+ * Istio's OUTPUT chain for a connect (TCP or UDP) or a datagram (UDP) to dst:dport from a
+ * process in a pod (src is the address the socket is bound to, zeros if none). "Over lo" is any
+ * destination inside the pod: 127/8, ::1 or its own IPs. D marks what only a pod whose proxy
+ * captures DNS has.
+ *   --dport <excludeOutboundPorts> (tcp and udp)                  RETURN
+ *   -o lo -s 127.0.0.6                                            RETURN (the inbound sidecar's upstream)
+ *   -o lo ! -d 127.0.0.1 -p tcp ! --dports 15008[,53 D] --uid-owner P  to the inbound listener
+ *   -o lo [-p tcp ! --dport 53 D] ! --uid-owner P                 RETURN (not if the include
+ *                                                                 ranges name a loopback range)
+ *   --uid-owner P                                                 RETURN
+ *   the same three for --gid-owner G (the first never exempts 53)
+ *   D: -p tcp|udp --dport 53 -d <resolv.conf servers>            to the DNS port
+ *   -d 127.0.0.1                                                  RETURN
+ *   the pod's exclude ranges, include ports and ranges (tcp)      to the outbound listener
+ * A proxy's TCP connect to another meshed pod on this node goes to that pod's inbound listener,
  * which that pod's PREROUTING would have done on arrival.
  */
 static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const struct mb_settings *cfg,
 					     const struct mb_caller *c, const union mb_ip *dst, __u16 dport,
-					     const union mb_ip *src)
+					     const union mb_ip *src, int udp)
 {
 	struct mb_pod_config *peer;
 	union mb_ip localhost;
+	int localhost_dst, dns53, on_lo;
 
-	/* -p tcp --dports <excludeOutboundPorts> RETURN comes first in Istio's chain, for everyone */
 	if (c->pod && port_listed(c->pod->out_exclude_ports, c->pod->n_out_exclude_ports, dport))
 		return MB_LEAVE;
-	if (ip_is_loopback(dst) || own_ip(c, dst)) {
-		if (inbound_source(src))
-			return MB_LEAVE;
-		ip_localhost(&localhost, dst);
-		/* c->self: only a registered pod's proxy (an unmeshed process may share the uid) */
-		if (c->proxy_uid && c->self && !ip_equal(dst, &localhost) && dport != MB_HBONE_PORT)
-			return MB_TO_OWN_INBOUND;
+	ip_localhost(&localhost, dst);
+	localhost_dst = ip_equal(dst, &localhost);
+	on_lo = ip_is_loopback(dst) || own_ip(c, dst);
+	if (on_lo && inbound_source(src))
 		return MB_LEAVE;
-	}
-	if (c->proxy) {
+	if (udp) /* only ever sent to the DNS port, and never the proxy's own queries */
+		return c->pod && !c->proxy && dns_captured(cfg, c->pod, dst, dport) ? MB_TO_DNS : MB_LEAVE;
+	if (on_lo) {
+		dns53 = c->pod && (c->pod->flags & MB_POD_DNS_CAPTURE) && dport == MB_DNS_SERVER_PORT;
+		/* c->self: only a registered pod's proxy (an unmeshed process may share the uid) */
+		if (c->proxy_uid)
+			return c->self && !localhost_dst && dport != MB_HBONE_PORT && !dns53 ? MB_TO_OWN_INBOUND : MB_LEAVE;
+		if (!dns53 && !(c->pod && (c->pod->flags & MB_POD_OUT_LOOPBACK)))
+			return MB_LEAVE;
+		if (c->proxy)
+			return c->self && !localhost_dst && dport != MB_HBONE_PORT ? MB_TO_OWN_INBOUND : MB_LEAVE;
+		/* an app: on down the chain, as any other destination */
+	} else if (c->proxy) {
 		if (!c->self || dport == cfg->inbound_port)
 			return MB_LEAVE;
 		peer = bpf_map_lookup_elem(&local_pod_ips, (void *)dst);
 		return peer && inbound_captured(peer, dport) ? MB_TO_PEER_INBOUND : MB_LEAVE;
 	}
-	if (c->pod)
+	if (c->pod) {
+		if (dns_captured(cfg, c->pod, dst, dport))
+			return MB_TO_DNS;
+		if (localhost_dst)
+			return MB_LEAVE;
 		return outbound_captured(c->pod, dst, dport) ? MB_TO_OUTBOUND : MB_LEAVE;
+	}
 	/* Registered but without rules (the pod list lost it): capture, as the default rules would.
 	 * Not registered (yet): only where a sidecar listens, never in the node's own netns. */
+	if (on_lo)
+		return MB_LEAVE;
 	if (c->self)
 		return MB_TO_OUTBOUND;
 	if (c->netns == cfg->host_netns || !sidecar_listening(ctx, cfg))
@@ -159,6 +200,11 @@ static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_sett
 		*to = *dst;
 		*port = bpf_htons(cfg->inbound_port);
 		break;
+	case MB_TO_DNS:
+		flags = MB_ORIGIN_DNS;
+		ip_localhost(to, dst);
+		*port = bpf_htons(cfg->dns_port);
+		break;
 	default:
 		return 0;
 	}
@@ -171,50 +217,56 @@ static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_sett
 
 		bpf_map_update_elem(&process_ip, &tgid, &proc, BPF_ANY);
 	}
-	count(action == MB_TO_OUTBOUND ? MB_CNT_CONN_OUTBOUND : action == MB_TO_OWN_INBOUND ? MB_CNT_CONN_OWN_INBOUND : MB_CNT_CONN_INBOUND, 1);
+	count(action == MB_TO_OUTBOUND	   ? MB_CNT_CONN_OUTBOUND
+	      : action == MB_TO_OWN_INBOUND ? MB_CNT_CONN_OWN_INBOUND
+	      : action == MB_TO_DNS	   ? MB_CNT_DNS_REDIRECTED
+					   : MB_CNT_CONN_INBOUND,
+	      1);
 	if (flags & MB_ORIGIN_UNREGISTERED)
 		count(MB_CNT_CONN_UNREGISTERED, 1);
 	return 1;
 }
 
-/* The whole decision for a connect to dst from a socket bound to src (zeros when unbound): 1 when
- * it is to go to `to`:`port` instead. */
+/* The whole decision for a connect (or, `datagram`, a sendmsg) to dst from a socket bound to src
+ * (zeros when unbound): 1 when it is to go to `to`:`port` instead. */
 static __always_inline int intercept(struct bpf_sock_addr *ctx, const union mb_ip *dst, const union mb_ip *src,
-				     union mb_ip *to, __be16 *port)
+				     union mb_ip *to, __be16 *port, int datagram)
 {
 	const struct mb_settings *cfg;
 	struct mb_caller c;
 	__be16 dport = (__be16)ctx->user_port;
+	int udp = ctx->protocol == MB_IPPROTO_UDP;
 
-	if (ctx->protocol != MB_IPPROTO_TCP)
+	if (ctx->protocol != MB_IPPROTO_TCP && !udp)
 		return 0;
+	/* a UDP socket connected again elsewhere must not keep answering for its last resolver */
+	if (udp && !datagram && ctx->sk)
+		bpf_sk_storage_delete(&origin_store, ctx->sk);
 	cfg = active_settings();
 	if (!cfg)
 		return 0;
 	identify(ctx, cfg, &c);
-	return apply(ctx, cfg, &c, decide(ctx, cfg, &c, dst, bpf_ntohs(dport), src), dst, dport, to, port);
+	return apply(ctx, cfg, &c, decide(ctx, cfg, &c, dst, bpf_ntohs(dport), src, udp), dst, dport, to, port);
 }
 
-SEC("cgroup/connect4")
-int mb_connect4(struct bpf_sock_addr *ctx)
+static __always_inline int intercept4(struct bpf_sock_addr *ctx, int datagram)
 {
 	union mb_ip dst, src, to;
 	__be16 port;
 
 	ip_from_v4(&dst, ctx->user_ip4);
 	ip_from_v4(&src, ctx->sk ? ctx->sk->src_ip4 : 0);
-	if (!intercept(ctx, &dst, &src, &to, &port))
-		return 1;
-	ctx->user_ip4 = to.u32[3];
-	ctx->user_port = port;
+	if (intercept(ctx, &dst, &src, &to, &port, datagram)) {
+		ctx->user_ip4 = to.u32[3];
+		ctx->user_port = port;
+	}
 	return 1;
 }
 
 /* AF_INET6 sockets: native IPv6 destinations, decided as ip6tables' copy of the rules would,
  * and v4-mapped ones (::ffff:a.b.c.d, Java's and .NET's default), which are IPv4 on the wire and
- * run only this hook, decided exactly as connect4 decides. */
-SEC("cgroup/connect6")
-int mb_connect6(struct bpf_sock_addr *ctx)
+ * run only the IPv6 hooks, decided exactly as IPv4 is. */
+static __always_inline int intercept6(struct bpf_sock_addr *ctx, int datagram)
 {
 	union mb_ip dst, src, to;
 	struct bpf_sock *sk = ctx->sk;
@@ -225,12 +277,127 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 		ip_from_v6(&src, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
 	else
 		ip_from_v6(&src, 0, 0, 0, 0);
-	if (!intercept(ctx, &dst, &src, &to, &port))
-		return 1;
-	ctx->user_ip6[0] = to.u32[0];
-	ctx->user_ip6[1] = to.u32[1];
-	ctx->user_ip6[2] = to.u32[2];
-	ctx->user_ip6[3] = to.u32[3];
-	ctx->user_port = port;
+	if (intercept(ctx, &dst, &src, &to, &port, datagram)) {
+		ctx->user_ip6[0] = to.u32[0];
+		ctx->user_ip6[1] = to.u32[1];
+		ctx->user_ip6[2] = to.u32[2];
+		ctx->user_ip6[3] = to.u32[3];
+		ctx->user_port = port;
+	}
 	return 1;
+}
+
+SEC("cgroup/connect4")
+int mb_connect4(struct bpf_sock_addr *ctx)
+{
+	return intercept4(ctx, 0);
+}
+
+SEC("cgroup/connect6")
+int mb_connect6(struct bpf_sock_addr *ctx)
+{
+	return intercept6(ctx, 0);
+}
+
+/* sendto() on an unconnected UDP socket: glibc's resolver and most stub resolvers use connect(),
+ * others (dig, Go's resolver in some modes) send each query with an address. */
+SEC("cgroup/sendmsg4")
+int mb_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return intercept4(ctx, 1);
+}
+
+SEC("cgroup/sendmsg6")
+int mb_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return intercept6(ctx, 1);
+}
+
+/*
+ * Where netfilter's reverse NAT would make a socket's peer look like the original destination:
+ * a reply from the proxy's DNS port (recvmsg) and getpeername() of a rewritten socket. `from` is
+ * the address the kernel reports; on success `orig`/`oport` replace it. Settings are read even
+ * while draining: sockets rewritten before keep their story until they close.
+ */
+static __always_inline int original_peer(struct bpf_sock_addr *ctx, const union mb_ip *from, int reply,
+					 union mb_ip *orig, __be16 *oport)
+{
+	struct mb_settings *cfg;
+	struct mb_origin *o;
+	union mb_ip localhost;
+	__u32 key = 0;
+	__u16 port = bpf_ntohs((__be16)ctx->user_port), to_port;
+
+	if (!ctx->sk)
+		return 0;
+	cfg = bpf_map_lookup_elem(&settings, &key);
+	o = bpf_sk_storage_get(&origin_store, ctx->sk, 0, 0);
+	if (!cfg || !o)
+		return 0;
+	if (reply && !(o->flags & MB_ORIGIN_DNS))
+		return 0;
+	/* only the address merbridge put there: a UDP socket also talks to others */
+	to_port = o->flags & MB_ORIGIN_DNS ? cfg->dns_port : o->flags & MB_ORIGIN_OUTBOUND ? cfg->outbound_port : cfg->inbound_port;
+	ip_localhost(&localhost, from);
+	if (port != to_port || !(ip_equal(from, &localhost) || ip_equal(from, &o->ip)))
+		return 0;
+	*orig = o->ip;
+	*oport = o->port;
+	if (reply)
+		count(MB_CNT_DNS_REPLY_RESTORED, 1);
+	return 1;
+}
+
+static __always_inline int restore4(struct bpf_sock_addr *ctx, int reply)
+{
+	union mb_ip from, orig;
+	__be16 oport;
+
+	ip_from_v4(&from, ctx->user_ip4);
+	if (original_peer(ctx, &from, reply, &orig, &oport) && ip_is_v4(&orig)) {
+		ctx->user_ip4 = orig.u32[3];
+		ctx->user_port = oport;
+	}
+	return 1;
+}
+
+static __always_inline int restore6(struct bpf_sock_addr *ctx, int reply)
+{
+	union mb_ip from, orig;
+	__be16 oport;
+
+	ip_from_v6(&from, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
+	if (original_peer(ctx, &from, reply, &orig, &oport)) {
+		ctx->user_ip6[0] = orig.u32[0];
+		ctx->user_ip6[1] = orig.u32[1];
+		ctx->user_ip6[2] = orig.u32[2];
+		ctx->user_ip6[3] = orig.u32[3];
+		ctx->user_port = oport;
+	}
+	return 1;
+}
+
+/* glibc drops a DNS reply whose source is not the server it asked: show the resolver's address */
+SEC("cgroup/recvmsg4")
+int mb_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return restore4(ctx, 1);
+}
+
+SEC("cgroup/recvmsg6")
+int mb_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return restore6(ctx, 1);
+}
+
+SEC("cgroup/getpeername4")
+int mb_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return restore4(ctx, 0);
+}
+
+SEC("cgroup/getpeername6")
+int mb_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return restore6(ctx, 0);
 }

@@ -9,10 +9,15 @@
 /* Per-pod rule lists; the CLI refuses (with a warning) annotations with more entries. */
 #define MB_MAX_PORTS   16
 #define MB_MAX_CIDRS    8
+#define MB_MAX_DNS      4   /* resolv.conf nameservers (glibc reads 3) */
 
 /* struct mb_pod_config.flags */
 #define MB_POD_OUT_ALL_CIDRS  (1u << 0)  /* includeOutboundIPRanges is '*' */
 #define MB_POD_IN_ALL_PORTS   (1u << 1)  /* includeInboundPorts is '*' */
+#define MB_POD_DNS_CAPTURE    (1u << 2)  /* the proxy captures DNS (ISTIO_META_DNS_CAPTURE) */
+#define MB_POD_DNS_ALL        (1u << 3)  /* ... to any address: the pod's resolvers are unknown (fail closed) */
+#define MB_POD_OUT_LOOPBACK   (1u << 4)  /* includeOutboundIPRanges names a loopback range: Istio then
+                                          * drops its "app over lo goes direct" rules */
 
 /* struct mb_settings.flags */
 #define MB_SETTINGS_DRAINING  (1u << 0)  /* disable in progress: stop rewriting and redirecting */
@@ -22,6 +27,7 @@
 #define MB_ORIGIN_INBOUND     (1u << 1)  /* sidecar -> another local pod's inbound port */
 #define MB_ORIGIN_UNREGISTERED (1u << 2) /* pod not registered yet; a sidecar was found listening */
 #define MB_ORIGIN_OWN_POD     (1u << 3)  /* sidecar -> its own pod, sent to its own inbound port */
+#define MB_ORIGIN_DNS         (1u << 4)  /* app -> a resolver, sent to its proxy's DNS port */
 
 /* Indexes of the per-CPU counters array. */
 enum mb_counter {
@@ -37,6 +43,8 @@ enum mb_counter {
 	MB_CNT_CONN_OWN_INBOUND,      /* sidecar connects to its own pod sent to its inbound port */
 	MB_CNT_INBOUND_ASSIGNED,      /* packets from elsewhere handed to the pod's inbound listener */
 	MB_CNT_INBOUND_NO_LISTENER,   /* packets to a captured port dropped: no inbound listener (fail closed) */
+	MB_CNT_DNS_REDIRECTED,        /* DNS connects and datagrams sent to the proxy's DNS port */
+	MB_CNT_DNS_REPLY_RESTORED,    /* replies from the DNS port shown as coming from the resolver */
 	MB_CNT__COUNT,
 };
 
@@ -44,6 +52,8 @@ enum mb_counter {
 #define MB_AF_INET          2
 #define MB_AF_INET6        10
 #define MB_IPPROTO_TCP      6
+#define MB_IPPROTO_UDP     17
+#define MB_DNS_SERVER_PORT 53
 #define MB_ETH_P_IP    0x0800
 #define MB_HBONE_PORT   15008  /* Istio's tunnel port: never sent back to the inbound listener */
 #define MB_INBOUND_SOURCE 0x7f000006  /* 127.0.0.6: the inbound sidecar's upstream source (::6 in IPv6) */

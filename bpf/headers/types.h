@@ -54,6 +54,9 @@ struct mb_pod_config {
 	struct mb_cidr out_exclude_cidrs[MB_MAX_CIDRS];
 	__u32 proxy_uid;      /* the pod's proxy runs as this user and group (its spec, default */
 	__u32 proxy_gid;      /* the mesh's 1337): Istio's --uid-owner / --gid-owner */
+	__u8 n_dns;
+	__u8 pad2[3];
+	union mb_ip dns[MB_MAX_DNS]; /* the pod's resolv.conf nameservers, when MB_POD_DNS_CAPTURE */
 };
 
 /* A registered pod's addresses (value of netns_pod_ips): ip6 is all zeros for a single-stack pod. */
@@ -76,6 +79,9 @@ struct mb_settings {
 	__u16 inbound_port;
 	__u32 flags;          /* MB_SETTINGS_* */
 	__u64 host_netns;     /* the node's own netns cookie: never treated as a pod */
+	__u16 dns_port;       /* host order; the proxy's DNS listener (Istio's agent: 15053), 0 for none */
+	__u16 pad;
+	__u32 pad2;
 };
 
 /* sockaddr_in6 as IP6T_SO_ORIGINAL_DST returns it. */

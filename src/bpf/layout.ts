@@ -7,14 +7,19 @@ import {Cidr, ipToSlot, isMappedV4, slotToIp} from './ip.js'
 
 export const MAX_PORTS = 16
 export const MAX_CIDRS = 8
+export const MAX_DNS = 4
 
 export const POD_OUT_ALL_CIDRS = 1 << 0
 export const POD_IN_ALL_PORTS = 1 << 1
+export const POD_DNS_CAPTURE = 1 << 2
+export const POD_DNS_ALL = 1 << 3
+export const POD_OUT_LOOPBACK = 1 << 4
 export const SETTINGS_DRAINING = 1 << 0
 export const ORIGIN_OUTBOUND = 1 << 0
 export const ORIGIN_INBOUND = 1 << 1
 export const ORIGIN_UNREGISTERED = 1 << 2
 export const ORIGIN_OWN_POD = 1 << 3
+export const ORIGIN_DNS = 1 << 4
 
 /** enum mb_counter, in order. */
 export const COUNTERS = [
@@ -30,6 +35,8 @@ export const COUNTERS = [
   'connOwnInbound',
   'inboundAssigned',
   'inboundNoListener',
+  'dnsRedirected',
+  'dnsReplyRestored',
 ] as const
 export type CounterName = (typeof COUNTERS)[number]
 
@@ -39,7 +46,7 @@ export const LAYOUT = {
   mb_origin: {size: 24, fields: {ip: 0, port: 16, flags: 18, pid: 20}},
   mb_cidr: {size: 20, fields: {ip: 0, prefix: 16, pad: 17}},
   mb_pod_config: {
-    size: 468,
+    size: 536,
     fields: {
       flags: 0,
       n_out_include_ports: 4,
@@ -57,11 +64,14 @@ export const LAYOUT = {
       out_exclude_cidrs: 300,
       proxy_uid: 460,
       proxy_gid: 464,
+      n_dns: 468,
+      pad2: 469,
+      dns: 472,
     },
   },
   mb_process: {size: 24, fields: {pod_ip: 0, netns: 16}},
   mb_pod_id: {size: 32, fields: {ip: 0, ip6: 16}},
-  mb_settings: {size: 24, fields: {sidecar_uid: 0, sidecar_gid: 4, outbound_port: 8, inbound_port: 10, flags: 12, host_netns: 16}},
+  mb_settings: {size: 32, fields: {sidecar_uid: 0, sidecar_gid: 4, outbound_port: 8, inbound_port: 10, flags: 12, host_netns: 16, dns_port: 24, pad: 26, pad2: 28}},
 } as const
 
 const F = {
@@ -134,6 +144,7 @@ export function originFlagNames(flags: number): string[] {
   if (flags & ORIGIN_INBOUND) names.push('inbound')
   if (flags & ORIGIN_UNREGISTERED) names.push('unregistered')
   if (flags & ORIGIN_OWN_POD) names.push('own-pod')
+  if (flags & ORIGIN_DNS) names.push('dns')
   return names
 }
 
@@ -152,6 +163,16 @@ export interface PodRules {
   /** the pod's proxy user and group (its spec; the mesh's default otherwise) */
   proxyUid: number
   proxyGid: number
+  /**
+   * The proxy captures DNS: port 53 to these resolvers (the pod's resolv.conf) goes to its DNS
+   * port; `all` when they are unknown (fail closed: port 53 to any address). Absent: no capture.
+   */
+  dns?: {all: boolean; servers: string[]}
+}
+
+/** Istio drops its "an app's traffic over lo goes direct" rules when an include range is loopback. */
+export function includesLoopback(cidrs: Cidr[]): boolean {
+  return cidrs.some((c) => c.ip.startsWith('127.') || c.ip === '::1')
 }
 
 export const CAPTURE_ALL: PodRules = {
@@ -201,7 +222,13 @@ function readCidrs(b: Buffer, offset: number, countOffset: number): Cidr[] {
 
 export function encodePodRules(r: PodRules): Buffer {
   const b = Buffer.alloc(LAYOUT.mb_pod_config.size)
-  b.writeUInt32LE((r.outAllCidrs ? POD_OUT_ALL_CIDRS : 0) | (r.inAllPorts ? POD_IN_ALL_PORTS : 0), F.pod.flags)
+  const flags =
+    (r.outAllCidrs ? POD_OUT_ALL_CIDRS : 0) |
+    (r.inAllPorts ? POD_IN_ALL_PORTS : 0) |
+    (r.dns ? POD_DNS_CAPTURE : 0) |
+    (r.dns?.all ? POD_DNS_ALL : 0) |
+    (includesLoopback(r.outIncludeCidrs) ? POD_OUT_LOOPBACK : 0)
+  b.writeUInt32LE(flags, F.pod.flags)
   writePorts(b, F.pod.out_include_ports, F.pod.n_out_include_ports, r.outIncludePorts)
   writePorts(b, F.pod.out_exclude_ports, F.pod.n_out_exclude_ports, r.outExcludePorts)
   writePorts(b, F.pod.in_include_ports, F.pod.n_in_include_ports, r.inIncludePorts)
@@ -210,6 +237,10 @@ export function encodePodRules(r: PodRules): Buffer {
   writeCidrs(b, F.pod.out_exclude_cidrs, F.pod.n_out_exclude_cidrs, r.outExcludeCidrs)
   b.writeUInt32LE(r.proxyUid, F.pod.proxy_uid)
   b.writeUInt32LE(r.proxyGid, F.pod.proxy_gid)
+  const servers = r.dns?.servers ?? []
+  if (servers.length > MAX_DNS) throw new RangeError(`at most ${MAX_DNS} resolvers fit a pod, got ${servers.length}`)
+  b.writeUInt8(servers.length, F.pod.n_dns)
+  servers.forEach((ip, i) => ipToSlot(ip).copy(b, F.pod.dns + 16 * i))
   return b
 }
 
@@ -226,6 +257,9 @@ export function decodePodRules(b: Buffer): PodRules {
     outExcludeCidrs: readCidrs(b, F.pod.out_exclude_cidrs, F.pod.n_out_exclude_cidrs),
     proxyUid: b.readUInt32LE(F.pod.proxy_uid),
     proxyGid: b.readUInt32LE(F.pod.proxy_gid),
+    ...(flags & POD_DNS_CAPTURE
+      ? {dns: {all: (flags & POD_DNS_ALL) !== 0, servers: Array.from({length: Math.min(b.readUInt8(F.pod.n_dns), MAX_DNS)}, (_, i) => ipAt(b, F.pod.dns + 16 * i))}}
+      : {}),
   }
 }
 
@@ -270,6 +304,8 @@ export interface Settings {
   inboundPort: number
   draining: boolean
   hostNetns: bigint
+  /** the proxy's DNS listener, 0 for none */
+  dnsPort: number
 }
 
 export function encodeSettings(s: Settings): Buffer {
@@ -280,6 +316,7 @@ export function encodeSettings(s: Settings): Buffer {
   b.writeUInt16LE(s.inboundPort, F.settings.inbound_port)
   b.writeUInt32LE(s.draining ? SETTINGS_DRAINING : 0, F.settings.flags)
   b.writeBigUInt64LE(s.hostNetns, F.settings.host_netns)
+  b.writeUInt16LE(s.dnsPort, F.settings.dns_port)
   return b
 }
 
@@ -291,6 +328,7 @@ export function decodeSettings(b: Buffer): Settings {
     inboundPort: b.readUInt16LE(F.settings.inbound_port),
     draining: (b.readUInt32LE(F.settings.flags) & SETTINGS_DRAINING) !== 0,
     hostNetns: b.readBigUInt64LE(F.settings.host_netns),
+    dnsPort: b.readUInt16LE(F.settings.dns_port),
   }
 }
 

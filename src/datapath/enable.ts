@@ -145,7 +145,7 @@ export const ENABLE_STEPS: EnableStep[] = [
       if (ctx.hostNetns === undefined)
         throw new MerbridgeError('cannot read the network namespace cookie of this node', {code: 'NETNS_COOKIE', suggestion: `needs Linux ${MIN_KERNEL.text} or newer: ${MIN_KERNEL.why}`})
       const m = ctx.mesh
-      await writeSettings(ctx.inst, {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, hostNetns: ctx.hostNetns})
+      await writeSettings(ctx.inst, {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, hostNetns: ctx.hostNetns, dnsPort: m.dnsPort})
     },
   },
   {

@@ -24,6 +24,12 @@ export const PROGRAMS: ProgramSpec[] = [
   {name: 'mb_getsockopt', attachType: 'getsockopt', kernelAttachType: 'cgroup_getsockopt', target: 'cgroup'},
   {name: 'mb_sockops', attachType: 'sock_ops', kernelAttachType: 'cgroup_sock_ops', target: 'cgroup'},
   {name: 'mb_tc_inbound', attachType: 'tc_ingress', kernelAttachType: 'tc_ingress', target: 'pods'},
+  {name: 'mb_recvmsg6', attachType: 'recvmsg6', kernelAttachType: 'cgroup_udp6_recvmsg', target: 'cgroup'},
+  {name: 'mb_recvmsg4', attachType: 'recvmsg4', kernelAttachType: 'cgroup_udp4_recvmsg', target: 'cgroup'},
+  {name: 'mb_getpeername6', attachType: 'getpeername6', kernelAttachType: 'cgroup_inet6_getpeername', target: 'cgroup'},
+  {name: 'mb_getpeername4', attachType: 'getpeername4', kernelAttachType: 'cgroup_inet4_getpeername', target: 'cgroup'},
+  {name: 'mb_sendmsg6', attachType: 'sendmsg6', kernelAttachType: 'cgroup_udp6_sendmsg', target: 'cgroup'},
+  {name: 'mb_sendmsg4', attachType: 'sendmsg4', kernelAttachType: 'cgroup_udp4_sendmsg', target: 'cgroup'},
   {name: 'mb_connect6', attachType: 'connect6', kernelAttachType: 'cgroup_inet6_connect', target: 'cgroup'},
   {name: 'mb_connect4', attachType: 'connect4', kernelAttachType: 'cgroup_inet4_connect', target: 'cgroup'},
 ]

@@ -27,7 +27,7 @@ export function podsRecord(source: string, applied: AppliedPods): InstallState['
     meshed: applied.sync.meshed,
     unregistered: applied.sync.unregistered,
     skipped: applied.selection.skipped,
-    warnings: [...applied.selection.meshed.flatMap((p) => p.warnings), ...applied.sync.inboundFailed],
+    warnings: [...applied.selection.meshed.flatMap((p) => p.warnings), ...applied.sync.nodeWarnings],
   }
 }
 

@@ -1,10 +1,10 @@
 import {bpftool} from '../bpf/bpftool.js'
 import {ipToSlot} from '../bpf/ip.js'
-import {encodePodId, encodePodRules, encodeU64} from '../bpf/layout.js'
+import {encodePodId, encodePodRules, encodeU64, MAX_DNS, type PodRules} from '../bpf/layout.js'
 import {readMaps} from '../bpf/maps.js'
-import type {PodSelection} from '../kube/pods.js'
+import type {MeshedPod, PodSelection} from '../kube/pods.js'
 import type {BuiltObjects} from '../bpf/objects.js'
-import {listNetnsCandidates, namespacesByIp, netnsCookies} from '../node/netns.js'
+import {listNetnsCandidates, namespaceResolvers, namespacesByIp, type NetnsCandidate, netnsCookies} from '../node/netns.js'
 import {attachInbound} from '../node/tc-inbound.js'
 import type {Installation, PodRecord} from './installation.js'
 
@@ -23,10 +23,28 @@ export interface SyncResult {
   deleted: number
   /** network namespaces of the registered pods (for attaching inbound capture) */
   registeredPaths: string[]
-  /** pods whose inbound capture could not be attached, with why */
-  inboundFailed: string[]
+  /** what the node itself changed about pods: inbound capture not attached, DNS capture widened */
+  nodeWarnings: string[]
   /** the maps as this sync left them, for the next sync of a long-running process */
   view: PodMapsView
+}
+
+/**
+ * A pod's rules with its DNS capture: to the resolvers of its resolv.conf, as istio-init reads
+ * them. When they cannot be read (or do not fit), port 53 to any address is captured instead:
+ * never less than Istio would.
+ */
+function withDns(pod: MeshedPod, ns: NetnsCandidate | undefined): {rules: PodRules; warning?: string} {
+  if (!pod.dnsCapture) return {rules: pod.rules}
+  const id = `${pod.namespace}/${pod.name}`
+  // not on the node yet: its rules serve only as a destination's, where DNS plays no part
+  if (!ns) return {rules: {...pod.rules, dns: {all: true, servers: []}}}
+  const found = namespaceResolvers(ns)
+  if (!found) return {rules: {...pod.rules, dns: {all: true, servers: []}}, warning: `${id}: DNS capture: its resolv.conf cannot be read; capturing port 53 to any address (fail closed)`}
+  // istio-init turns DNS capture off when resolv.conf names no server
+  if (found.servers.length === 0) return {rules: pod.rules, warning: `${id}: DNS capture: ${found.from} names no nameserver, so Istio captures no DNS either`}
+  if (found.servers.length > MAX_DNS) return {rules: {...pod.rules, dns: {all: true, servers: []}}, warning: `${id}: DNS capture: ${found.servers.length} nameservers, the datapath holds ${MAX_DNS}; capturing port 53 to any address (fail closed)`}
+  return {rules: {...pod.rules, dns: {all: false, servers: found.servers}}}
 }
 
 async function readView(inst: Installation): Promise<PodMapsView> {
@@ -50,12 +68,14 @@ export async function syncPods(inst: Installation, objects: BuiltObjects, select
   const current = opts.known ?? (await readView(inst))
 
   const view: PodMapsView = {rules: new Map(), netns: new Map()}
-  const result: SyncResult = {meshed: [], unregistered: [], written: 0, deleted: 0, view, registeredPaths: [], inboundFailed: []}
+  const result: SyncResult = {meshed: [], unregistered: [], written: 0, deleted: 0, view, registeredPaths: [], nodeWarnings: []}
   // pods registered by this sync get inbound capture; without a view of the last sync, all do
   const attach: {path: string; id: string}[] = []
   const updates: string[] = []
   for (const {pod, ns} of found) {
-    const rules = encodePodRules(pod.rules)
+    const {rules: podRules, warning} = withDns(pod, ns)
+    if (warning) result.nodeWarnings.push(warning)
+    const rules = encodePodRules(podRules)
     // a dual-stack pod's two addresses share its rules
     for (const ip of [pod.ip, ...(pod.ip6 ? [pod.ip6] : [])]) {
       view.rules.set(ip, rules.toString('hex'))
@@ -88,7 +108,7 @@ export async function syncPods(inst: Installation, objects: BuiltObjects, select
     const tc = await attachInbound(objects.tcInbound, inst.prog('mb_tc_inbound'), attach.map((a) => a.path))
     for (const a of attach) {
       const why = tc.failed.get(a.path)
-      if (why !== undefined) result.inboundFailed.push(`${a.id}: inbound capture not attached: ${why}`)
+      if (why !== undefined) result.nodeWarnings.push(`${a.id}: inbound capture not attached: ${why}`)
     }
   }
   return result

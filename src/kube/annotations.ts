@@ -23,7 +23,7 @@ function parsePort(text: string): number | undefined {
 }
 
 /** The rules annotations decide; the proxy's ids come from the pod spec. */
-export type TrafficRules = Omit<PodRules, 'proxyUid' | 'proxyGid'>
+export type TrafficRules = Omit<PodRules, 'proxyUid' | 'proxyGid' | 'dns'>
 
 /**
  * Istio's traffic annotations as datapath rules, failing closed: the datapath never captures less

@@ -1,4 +1,5 @@
 import {isIPv4, isIPv6} from 'node:net'
+import {load as loadYaml} from 'js-yaml'
 import type {PodRules} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import type {MeshProfile} from '../mesh/profiles.js'
@@ -33,7 +34,9 @@ export interface MeshedPod {
   ip: string
   /** the IPv6 address of a dual-stack pod */
   ip6?: string
-  rules: PodRules
+  /** its proxy captures DNS: the resolvers come from the pod's resolv.conf, read on the node */
+  dnsCapture: boolean
+  rules: Omit<PodRules, 'dns'>
   warnings: string[]
 }
 
@@ -89,6 +92,39 @@ function notASidecar(pod: PodJson, proxy: ContainerJson, mesh: MeshProfile): str
   if (mode === 'NONE') return 'interceptionMode NONE: the proxy intercepts nothing'
   if (mode === 'TPROXY') return 'interceptionMode TPROXY is not supported by merbridge: left to istio-init'
   return `interceptionMode ${JSON.stringify(mode).slice(0, 40)} is unknown: left alone`
+}
+
+const DNS_CAPTURE_KEY = 'ISTIO_META_DNS_CAPTURE'
+const PROXY_CONFIG_ANNOTATION = 'proxy.istio.io/config'
+
+/** Go's strconv.ParseBool, which Istio reads the setting with; undefined for anything else. */
+function goBool(v: unknown): boolean | undefined {
+  const s = typeof v === 'boolean' ? String(v) : v
+  if (typeof s !== 'string') return undefined
+  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(s)) return true
+  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(s)) return false
+  return undefined
+}
+
+/**
+ * Whether the pod's proxy captures DNS (istio-init's --redirect-dns): the proxy container's
+ * ISTIO_META_DNS_CAPTURE, or the same key in the pod's proxy.istio.io/config proxyMetadata (which
+ * the injector copies into that env; a pods file may carry only the annotation).
+ */
+function dnsCapture(pod: PodJson, proxy: ContainerJson): {on: boolean; warning?: string} {
+  const env = Array.isArray(proxy.env) ? (proxy.env as unknown[]) : []
+  const fromEnv = env.find((e): e is {name: string; value?: unknown} => !!e && typeof e === 'object' && (e as {name?: unknown}).name === DNS_CAPTURE_KEY)
+  const raw = pod.metadata?.annotations?.[PROXY_CONFIG_ANNOTATION]
+  if (typeof raw === 'string' && raw.includes(DNS_CAPTURE_KEY)) {
+    try {
+      const doc = loadYaml(raw.slice(0, 64 * 1024)) as {proxyMetadata?: Record<string, unknown>} | null
+      const v = goBool(doc?.proxyMetadata?.[DNS_CAPTURE_KEY])
+      if (v !== undefined) return {on: v}
+    } catch {
+      return {on: goBool(fromEnv?.value) ?? false, warning: `${PROXY_CONFIG_ANNOTATION} is not valid YAML; DNS capture taken from the proxy's ${DNS_CAPTURE_KEY} alone`}
+    }
+  }
+  return {on: goBool(fromEnv?.value) ?? false}
 }
 
 /** A user or group id as the pod spec gives it, or undefined. */
@@ -159,7 +195,9 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const proxyUid = specId(proxy.securityContext?.runAsUser) ?? specId(pod.spec.securityContext?.runAsUser) ?? mesh.sidecarUid
     const proxyGid = specId(proxy.securityContext?.runAsGroup) ?? specId(pod.spec.securityContext?.runAsGroup) ?? mesh.sidecarGid
     const ip6 = podIPv6(pod)
-    out.meshed.push({namespace, name, ip, ...(ip6 ? {ip6} : {}), rules: {...rules, proxyUid, proxyGid}, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)})
+    const dns = dnsCapture(pod, proxy)
+    if (dns.warning) warnings.push(dns.warning)
+    out.meshed.push({namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dns.on, rules: {...rules, proxyUid, proxyGid}, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)})
   }
   return out
 }

@@ -1,14 +1,16 @@
 /**
- * The nat rules istio-init installs in a sidecar-injected pod (the baseline merbridge replaces),
- * as an iptables-restore input, in the order Istio's istio-iptables writes them for the options
- * the lab uses (REDIRECT mode, IPv4). Only ever applied inside the lab's own network namespaces.
+ * The rules istio-init installs in a sidecar-injected pod (the baseline merbridge replaces), as
+ * iptables-restore input, in the order Istio's istio-iptables writes them for the options the
+ * lab uses (REDIRECT mode, IPv4 and IPv6, DNS capture). Only ever applied inside the lab's own
+ * network namespaces.
  */
 import type {MeshProfile} from '../mesh/profiles.js'
 
 /** The istio-iptables options a pod's annotations and spec give (the injector's translation). */
 export interface IstioCaptureOptions {
-  proxyUid: number
-  proxyGid: number
+  /** --proxy-uid / --proxy-gid: lists, as istio-iptables takes them */
+  proxyUids: number[]
+  proxyGids: number[]
   /** -b: '*' or a list of ports */
   inboundPorts: '*' | number[]
   /** -d: the mesh's own ports, the status port and the pod's excludeInboundPorts */
@@ -21,12 +23,14 @@ export interface IstioCaptureOptions {
   excludeOutboundPorts: number[]
   /** -q */
   includeOutboundPorts: number[]
+  /** --redirect-dns (ISTIO_META_DNS_CAPTURE) with the resolv.conf servers istio-init read */
+  dnsServers?: string[]
 }
 
 export function defaultCaptureOptions(mesh: MeshProfile): IstioCaptureOptions {
   return {
-    proxyUid: mesh.sidecarUid,
-    proxyGid: mesh.sidecarGid,
+    proxyUids: [mesh.sidecarUid],
+    proxyGids: [mesh.sidecarGid],
     inboundPorts: '*',
     excludeInboundPorts: mesh.reservedInboundPorts.filter((p) => p !== 15008),
     outboundCidrs: '*',
@@ -36,11 +40,24 @@ export function defaultCaptureOptions(mesh: MeshProfile): IstioCaptureOptions {
   }
 }
 
-/** iptables-restore input for IPv4 (4) or ip6tables-restore input for IPv6 (6): ip6tables mirror the rules with ::1 and ::6. */
+const isV6 = (addr: string) => addr.includes(':')
+const isLoopbackRange = (cidr: string) => cidr.startsWith('127.') || /^::1(\/|$)/.test(cidr)
+
+/**
+ * iptables-restore input (nat, and raw when DNS is captured) for IPv4 (4), or ip6tables-restore
+ * input for IPv6 (6), rule for rule as istio-iptables writes them (test/unit/lab.test.ts holds
+ * its testdata's rules for the option sets the lab uses).
+ */
 export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaultCaptureOptions(mesh), family: 4 | 6 = 4): string {
-  const {outboundPort, inboundPort} = mesh
+  const {outboundPort, inboundPort, dnsPort} = mesh
   const [localhost, passthrough] = family === 4 ? ['127.0.0.1/32', '127.0.0.6/32'] : ['::1/128', '::6/128']
-  const ofFamily = (cidrs: string[]) => cidrs.filter((c) => c.includes(':') === (family === 6))
+  const ofFamily = (cidrs: string[]) => cidrs.filter((c) => isV6(c) === (family === 6))
+  const hostMask = family === 4 ? '/32' : '/128'
+  // with no server in resolv.conf istio-iptables turns DNS capture off
+  const redirectDns = (o.dnsServers?.length ?? 0) > 0
+  const servers = ofFamily(o.dnsServers ?? [])
+  const included = o.outboundCidrs === '*' ? [] : o.outboundCidrs
+  const keepLoopback = included.some(isLoopbackRange)
   const inbound =
     o.inboundPorts === '*'
       ? [
@@ -52,37 +69,68 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
         ? ['-A PREROUTING -p tcp -j ISTIO_INBOUND', ...o.inboundPorts.map((p) => `-A ISTIO_INBOUND -p tcp --dport ${p} -j ISTIO_IN_REDIRECT`)]
         : []
   const owner = (kind: 'uid' | 'gid', id: number) => [
-    `-A ISTIO_OUTPUT -o lo ! -d ${localhost} -p tcp ! --dport 15008 -m owner --${kind}-owner ${id} -j ISTIO_IN_REDIRECT`,
-    `-A ISTIO_OUTPUT -o lo -m owner ! --${kind}-owner ${id} -j RETURN`,
+    // the uid rule spares port 53 when DNS is captured; Istio's gid rule does not
+    redirectDns && kind === 'uid'
+      ? `-A ISTIO_OUTPUT -o lo ! -d ${localhost} -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner ${id} -j ISTIO_IN_REDIRECT`
+      : `-A ISTIO_OUTPUT -o lo ! -d ${localhost} -p tcp ! --dport 15008 -m owner --${kind}-owner ${id} -j ISTIO_IN_REDIRECT`,
+    ...(keepLoopback ? [] : [redirectDns ? `-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --${kind}-owner ${id} -j RETURN` : `-A ISTIO_OUTPUT -o lo -m owner ! --${kind}-owner ${id} -j RETURN`]),
     `-A ISTIO_OUTPUT -m owner --${kind}-owner ${id} -j RETURN`,
   ]
-  const excludedPorts = o.excludeOutboundPorts.length > 0 ? [`-A ISTIO_OUTPUT -p tcp -m multiport --dports ${o.excludeOutboundPorts.join(',')} -j RETURN`] : []
+  const excludedPorts = o.excludeOutboundPorts.flatMap((p) => [`-A ISTIO_OUTPUT -p tcp --dport ${p} -j RETURN`, `-A ISTIO_OUTPUT -p udp --dport ${p} -j RETURN`])
+  const dns =
+    servers.length > 0
+      ? [
+          '-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS',
+          ...servers.map((s) => `-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -d ${s}${hostMask} -j REDIRECT --to-ports ${dnsPort}`),
+          ...servers.map((s) => `-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d ${s}${hostMask} -j REDIRECT --to-port ${dnsPort}`),
+        ]
+      : []
   // excluded ranges, then included ports, then included ranges
   const ranges = [
     ...ofFamily(o.excludeOutboundCidrs).map((c) => `-A ISTIO_OUTPUT -d ${c} -j RETURN`),
     ...o.includeOutboundPorts.map((p) => `-A ISTIO_OUTPUT -p tcp --dport ${p} -j ISTIO_REDIRECT`),
-    ...(o.outboundCidrs === '*' ? ['-A ISTIO_OUTPUT -j ISTIO_REDIRECT'] : ofFamily(o.outboundCidrs).map((c) => `-A ISTIO_OUTPUT -d ${c} -j ISTIO_REDIRECT`)),
+    ...(o.outboundCidrs === '*' ? ['-A ISTIO_OUTPUT -j ISTIO_REDIRECT'] : ofFamily(included).map((c) => `-A ISTIO_OUTPUT -d ${c} -j ISTIO_REDIRECT`)),
   ]
-  return [
+  const nat = [
     '*nat',
     ':ISTIO_INBOUND - [0:0]',
     ':ISTIO_REDIRECT - [0:0]',
     ':ISTIO_IN_REDIRECT - [0:0]',
     ':ISTIO_OUTPUT - [0:0]',
+    ...(redirectDns ? [':ISTIO_OUTPUT_DNS - [0:0]'] : []),
     '-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN',
     `-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports ${outboundPort}`,
     `-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports ${inboundPort}`,
     ...inbound,
-    '-A OUTPUT -p tcp -j ISTIO_OUTPUT',
+    '-A OUTPUT -j ISTIO_OUTPUT',
     ...excludedPorts,
     `-A ISTIO_OUTPUT -o lo -s ${passthrough} -j RETURN`,
-    ...owner('uid', o.proxyUid),
-    ...owner('gid', o.proxyGid),
+    ...o.proxyUids.flatMap((id) => owner('uid', id)),
+    ...o.proxyGids.flatMap((id) => owner('gid', id)),
+    ...dns,
     `-A ISTIO_OUTPUT -d ${localhost} -j RETURN`,
     ...ranges,
     'COMMIT',
-    '',
-  ].join('\n')
+  ]
+  // conntrack zones keep the app's and the proxy's DNS flows apart (a UDP race in conntrack)
+  const zones = (kind: 'uid' | 'gid', id: number) => [
+    `-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --${kind}-owner ${id} -j CT --zone 1`,
+    `-A ISTIO_OUTPUT_DNS -p udp --sport ${dnsPort} -m owner --${kind}-owner ${id} -j CT --zone 2`,
+  ]
+  const raw = redirectDns
+    ? [
+        '*raw',
+        ':ISTIO_OUTPUT_DNS - [0:0]',
+        ':ISTIO_INBOUND - [0:0]',
+        '-A OUTPUT -j ISTIO_OUTPUT_DNS',
+        ...o.proxyUids.flatMap((id) => zones('uid', id)),
+        ...o.proxyGids.flatMap((id) => zones('gid', id)),
+        ...(servers.length > 0 ? ['-A PREROUTING -j ISTIO_INBOUND'] : []),
+        ...servers.flatMap((s) => [`-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d ${s}${hostMask} -j CT --zone 2`, `-A ISTIO_INBOUND -p udp --sport 53 -s ${s}${hostMask} -j CT --zone 1`]),
+        'COMMIT',
+      ]
+    : []
+  return [...nat, ...raw, ''].join('\n')
 }
 
 /** Packet counts of each chain's REDIRECT rules, from `iptables-save -c -t nat` text. */

@@ -18,6 +18,7 @@ import {connect} from 'node:net'
 import {haproxyConfig, parseSessionTotals} from './sidecar.js'
 import {parseSidecar6Log, SIDECAR6_PY, type Sidecar6Line, sidecar6Args, SYSTEM_PYTHON} from './sidecar6.js'
 import {defaultCaptureOptions, type IstioCaptureOptions, istioNatRules} from './istio-iptables.js'
+import {DNS_PY, type DnsFamily, type DnsMode, type DnsResult} from './dns.js'
 
 export interface LabPodSpec {
   name: string
@@ -29,6 +30,8 @@ export interface LabPodSpec {
   proxy?: {uid: number; gid: number}
   /** a gateway: the proxy container runs as a router */
   gateway?: boolean
+  /** its proxy captures DNS (ISTIO_META_DNS_CAPTURE=true in the proxy container's env) */
+  dnsCapture?: boolean
 }
 
 export interface LabPod extends LabPodSpec {
@@ -51,6 +54,15 @@ export const REMOTE_IP = '10.78.0.2'
 export const SUBNET6 = 'fd77::'
 export const NODE_IP6 = 'fd77::1'
 export const REMOTE_IP6 = 'fd78::2'
+/** The remote node's second address: a DNS server the pods' resolv.conf does not name. */
+export const REMOTE_IP_OTHER = '10.78.0.3'
+/** What the lab's DNS servers answer: who answered, in the A record. */
+export const DNS_ANSWERS = {
+  resolver: '203.0.113.53',
+  other: '203.0.113.54',
+  proxy: (podName: string) => `198.51.100.${podName.charCodeAt(0)}`,
+  app: (podName: string) => `192.0.2.${podName.charCodeAt(0)}`,
+}
 
 export class Lab {
   readonly id = `mb${randomBytes(3).toString('hex')}`
@@ -63,6 +75,10 @@ export class Lab {
   private remoteCgroup: string | undefined
   /** pod -> the log file of its IPv6 sidecar */
   private readonly sidecar6Logs = new Map<string, string>()
+  /** the nameservers every pod's resolv.conf names (set before create) */
+  private resolvers: string[] = []
+  /** /etc/netns, if the lab made it (ip netns exec binds /etc/netns/NAME/resolv.conf) */
+  private madeEtcNetns = false
 
   /** `dualStack`: every pod, the node and the remote node get an IPv6 address too, and sidecars an IPv6 half. */
   constructor(
@@ -97,6 +113,24 @@ export class Lab {
     mkdirSync(join(this.cgroup, 'outside'))
   }
 
+  /**
+   * Give every pod created after this a resolv.conf naming the remote node's resolver (IPv4, and
+   * IPv6 in a dual-stack lab), as the kubelet gives a pod the cluster DNS.
+   */
+  useRemoteResolver(): void {
+    this.resolvers = [REMOTE_IP, ...(this.dualStack ? [REMOTE_IP6] : [])]
+  }
+
+  private writeResolvConf(netns: string): void {
+    if (this.resolvers.length === 0) return
+    if (!existsSync('/etc/netns')) {
+      mkdirSync('/etc/netns')
+      this.madeEtcNetns = true
+    }
+    mkdirSync(join('/etc/netns', netns))
+    writeFileSync(join('/etc/netns', netns, 'resolv.conf'), this.resolvers.map((r) => `nameserver ${r}\n`).join(''))
+  }
+
   /** The address the next pod will get. */
   nextIp(): string {
     return `${SUBNET}.${this.pods.size + 2}`
@@ -109,6 +143,7 @@ export class Lab {
     this.pods.set(spec.name, pod)
     mkdirSync(pod.cgroup)
     await run('ip', ['netns', 'add', pod.netns])
+    this.writeResolvConf(pod.netns)
     const veth = `v${spec.name}`
     await run('ip', ['link', 'add', veth, 'netns', this.bridgeNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod.netns])
     await run('ip', ['-n', this.bridgeNs, 'link', 'set', veth, 'master', 'br0', 'up'])
@@ -140,6 +175,7 @@ export class Lab {
     await run('ip', ['-n', this.bridgeNs, 'addr', 'add', '10.78.0.1/24', 'dev', 'vremote'])
     await run('ip', ['-n', this.bridgeNs, 'link', 'set', 'vremote', 'up'])
     await run('ip', ['-n', ns, 'addr', 'add', `${REMOTE_IP}/24`, 'dev', 'eth0'])
+    await run('ip', ['-n', ns, 'addr', 'add', `${REMOTE_IP_OTHER}/24`, 'dev', 'eth0'])
     await run('ip', ['-n', ns, 'link', 'set', 'eth0', 'up'])
     await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
     await run('ip', ['-n', ns, 'route', 'add', 'default', 'via', '10.78.0.1'])
@@ -247,6 +283,47 @@ export class Lab {
     return join(this.tmp, `haproxy-${podName}.sock`)
   }
 
+  private dnsScript(): string {
+    const script = join(this.tmp, 'dns.py')
+    if (!existsSync(script)) writeFileSync(script, DNS_PY)
+    return script
+  }
+
+  /** The cluster's DNS on the remote node (the pods' resolver), and another DNS server beside it. */
+  async startRemoteDns(): Promise<void> {
+    const resolver = this.spawn(REMOTE, 'resolver on the remote node', SYSTEM_PYTHON, [this.dnsScript(), 'serve', DNS_ANSWERS.resolver, `${REMOTE_IP}:53`, ...(this.dualStack ? [`[${REMOTE_IP6}]:53`] : [])])
+    await resolver.waitFor(/listening/)
+    const other = this.spawn(REMOTE, 'other DNS server on the remote node', SYSTEM_PYTHON, [this.dnsScript(), 'serve', DNS_ANSWERS.other, `${REMOTE_IP_OTHER}:53`])
+    await other.waitFor(/listening/)
+  }
+
+  /** A pod's DNS proxy (Istio's agent) on localhost's DNS port, run as the pod's proxy user. */
+  async startDnsProxy(podName: string): Promise<void> {
+    const proxy = this.pod(podName).proxy ?? {uid: this.mesh.sidecarUid, gid: this.mesh.sidecarGid}
+    const listen = [`127.0.0.1:${this.mesh.dnsPort}`, ...(this.dualStack ? [`[::1]:${this.mesh.dnsPort}`] : [])]
+    const p = this.spawn(podName, `DNS proxy in ${podName}`, 'setpriv', ['--reuid', String(proxy.uid), '--regid', String(proxy.gid), '--clear-groups', SYSTEM_PYTHON, this.dnsScript(), 'serve', DNS_ANSWERS.proxy(podName), ...listen])
+    await p.waitFor(/listening/)
+  }
+
+  /** A DNS server run by a pod's app (as root, in its cgroup) on the pod's IPv4 address. */
+  async startAppDns(podName: string): Promise<void> {
+    const p = this.spawn(podName, `DNS server app in ${podName}`, SYSTEM_PYTHON, [this.dnsScript(), 'serve', DNS_ANSWERS.app(podName), `${this.pod(podName).ip}:53`])
+    await p.waitFor(/listening/)
+  }
+
+  /** One DNS query from a pod (its cgroup), as `as` if given: what came back and from where. */
+  async dnsQuery(podName: string, mode: DnsMode, family: DnsFamily, server: string, as?: {uid: number; gid: number}): Promise<DnsResult> {
+    const query = [SYSTEM_PYTHON, this.dnsScript(), 'query', mode, family, server, '53']
+    const [command, ...args] = as ? ['setpriv', '--reuid', String(as.uid), '--regid', String(as.gid), '--clear-groups', ...query] : query
+    const r = await this.exec(podName, command ?? SYSTEM_PYTHON, args)
+    const line = r.stdout.trim().split('\n').at(-1) ?? ''
+    try {
+      return JSON.parse(line) as DnsResult
+    } catch {
+      return {error: `no answer: ${r.stderr.trim() || line}`}
+    }
+  }
+
   /** Sessions a pod's sidecar has accepted so far on its outbound and inbound listeners. */
   async sidecarSessions(podName: string): Promise<{outbound: number; inbound: number}> {
     const csv = await new Promise<string>((resolve, reject) => {
@@ -281,6 +358,7 @@ export class Lab {
         name: this.mesh.sidecarContainer,
         ...(p.gateway ? {args: ['proxy', 'router']} : {}),
         ...(p.proxy ? {securityContext: {runAsUser: p.proxy.uid, runAsGroup: p.proxy.gid}} : {}),
+        ...(p.dnsCapture ? {env: [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}]} : {}),
       }
       return {
         kind: 'Pod',
@@ -301,20 +379,20 @@ export class Lab {
   /** istio-init's rules for the pod, from the same annotations and spec merbridge reads. */
   async installIstioIptables(podName: string): Promise<void> {
     const pod = this.pod(podName)
-    await run('ip', ['netns', 'exec', pod.netns, 'iptables-restore', '--noflush'], {input: istioNatRules(this.mesh, captureOptions(this.mesh, pod))})
-    if (this.dualStack) await run('ip', ['netns', 'exec', pod.netns, 'ip6tables-restore', '--noflush'], {input: istioNatRules(this.mesh, captureOptions(this.mesh, pod), 6)})
+    const options = captureOptions(this.mesh, pod, this.resolvers)
+    await run('ip', ['netns', 'exec', pod.netns, 'iptables-restore', '--noflush'], {input: istioNatRules(this.mesh, options)})
+    if (this.dualStack) await run('ip', ['netns', 'exec', pod.netns, 'ip6tables-restore', '--noflush'], {input: istioNatRules(this.mesh, options, 6)})
   }
 
   async removeIstioIptables(podName: string): Promise<void> {
     const ns = this.pod(podName).netns
-    await run('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-F'], {allowFailure: true})
-    await run('ip', ['netns', 'exec', ns, 'iptables', '-t', 'nat', '-X'], {allowFailure: true})
-    // with the nft backend, -F/-X leave the nat base chains registered
-    await run('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'ip', 'nat'], {allowFailure: true})
-    if (this.dualStack) {
-      await run('ip', ['netns', 'exec', ns, 'ip6tables', '-t', 'nat', '-F'], {allowFailure: true})
-      await run('ip', ['netns', 'exec', ns, 'ip6tables', '-t', 'nat', '-X'], {allowFailure: true})
-      await run('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'ip6', 'nat'], {allowFailure: true})
+    for (const [tool, family] of [['iptables', 'ip'], ...(this.dualStack ? [['ip6tables', 'ip6']] : [])] as const) {
+      for (const table of ['nat', 'raw']) {
+        await run('ip', ['netns', 'exec', ns, tool, '-t', table, '-F'], {allowFailure: true})
+        await run('ip', ['netns', 'exec', ns, tool, '-t', table, '-X'], {allowFailure: true})
+        // with the nft backend, -F/-X leave the base chains registered
+        await run('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', family, table], {allowFailure: true})
+      }
     }
   }
 
@@ -335,7 +413,17 @@ export class Lab {
     for (const p of [...this.processes].reverse()) await p.stop()
     this.processes.length = 0
     if (!this.created) return
-    for (const pod of this.pods.values()) await run('ip', ['netns', 'del', pod.netns], {allowFailure: true})
+    for (const pod of this.pods.values()) {
+      await run('ip', ['netns', 'del', pod.netns], {allowFailure: true})
+      if (this.resolvers.length > 0) rmSync(join('/etc/netns', pod.netns), {recursive: true, force: true})
+    }
+    if (this.madeEtcNetns) {
+      try {
+        rmdirSync('/etc/netns') // only while empty: another lab may be using it
+      } catch {
+        // still in use
+      }
+    }
     if (this.remoteCgroup) await run('ip', ['netns', 'del', `${this.id}-${REMOTE}`], {allowFailure: true})
     await run('ip', ['netns', 'del', this.bridgeNs], {allowFailure: true})
     for (const name of [...this.pods.keys(), 'outside']) await removeCgroup(join(this.cgroup, name))
@@ -397,20 +485,21 @@ export class HeldStream {
 
 
 /** What istio-init would be told for this pod: the injector's reading of its annotations and spec. */
-export function captureOptions(mesh: MeshProfile, pod: LabPodSpec): IstioCaptureOptions {
+export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: string[] = []): IstioCaptureOptions {
   const a = pod.annotations ?? {}
   const list = (key: string) => (a[key] ?? '').split(',').map((s) => s.trim()).filter(Boolean)
   const ports = (key: string) => list(key).map(Number)
   const base = defaultCaptureOptions(mesh)
   const included = a['traffic.sidecar.istio.io/includeOutboundIPRanges']
   return {
-    proxyUid: pod.proxy?.uid ?? base.proxyUid,
-    proxyGid: pod.proxy?.gid ?? base.proxyGid,
+    proxyUids: pod.proxy ? [pod.proxy.uid] : base.proxyUids,
+    proxyGids: pod.proxy ? [pod.proxy.gid] : base.proxyGids,
     inboundPorts: '*',
     excludeInboundPorts: [...base.excludeInboundPorts, ...ports('traffic.sidecar.istio.io/excludeInboundPorts')],
     outboundCidrs: included === undefined || included.includes('*') ? '*' : list('traffic.sidecar.istio.io/includeOutboundIPRanges'),
     excludeOutboundCidrs: list('traffic.sidecar.istio.io/excludeOutboundIPRanges'),
     excludeOutboundPorts: ports('traffic.sidecar.istio.io/excludeOutboundPorts'),
     includeOutboundPorts: ports('traffic.sidecar.istio.io/includeOutboundPorts'),
+    ...(pod.dnsCapture ? {dnsServers: resolvers} : {}),
   }
 }

@@ -5,6 +5,8 @@ export interface MeshProfile {
   sidecarGid: number
   outboundPort: number
   inboundPort: number
+  /** the proxy's DNS listener for pods that capture DNS (Istio's agent), 0 when the mesh has none */
+  dnsPort: number
   /** the injected proxy container */
   sidecarContainer: string
   /** present on pods whose sidecar was injected */
@@ -22,6 +24,7 @@ export const PROFILES: Record<string, MeshProfile> = {
     sidecarGid: 1337,
     outboundPort: 15001,
     inboundPort: 15006,
+    dnsPort: 15053,
     sidecarContainer: 'istio-proxy',
     injectedAnnotation: 'sidecar.istio.io/status',
     interceptionModeAnnotation: 'sidecar.istio.io/interceptionMode',

@@ -1,4 +1,5 @@
 import {existsSync, readdirSync, readFileSync, readlinkSync, statSync} from 'node:fs'
+import {isIP} from 'node:net'
 import {join} from 'node:path'
 import {run} from './exec.js'
 
@@ -23,7 +24,14 @@ export interface NetnsCandidate {
   /** a path that opens it: /proc/PID/ns/net or /run/netns/NAME */
   path: string
   addresses: string[]
+  /** processes in it (a few), to read the pod's files through their root */
+  pids: number[]
+  /** its name under /run/netns, if it has one */
+  name?: string
 }
+
+/** Processes looked at per namespace for its resolv.conf: the sandbox's pause has none, its containers do. */
+const PIDS_KEPT = 8
 
 function netnsInode(path: string): number | undefined {
   try {
@@ -49,10 +57,15 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
       continue // gone, or not ours to read
     }
     const inode = Number(/\[(\d+)\]/.exec(link)?.[1])
-    if (!inode || inode === own || byInode.has(inode)) continue
+    if (!inode || inode === own) continue
+    const known = byInode.get(inode)
+    if (known) {
+      if (known.pids.length < PIDS_KEPT) known.pids.push(Number(entry))
+      continue
+    }
     try {
       const addresses = parseFibTrieLocal(readFileSync(`/proc/${entry}/net/fib_trie`, 'utf8'))
-      byInode.set(inode, {inode, path: `/proc/${entry}/ns/net`, addresses})
+      byInode.set(inode, {inode, path: `/proc/${entry}/ns/net`, addresses, pids: [Number(entry)]})
     } catch {
       continue
     }
@@ -62,10 +75,15 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
     for (const name of readdirSync(dir)) {
       const path = join(dir, name)
       const inode = netnsInode(path)
-      if (!inode || inode === own || byInode.has(inode)) continue
+      if (!inode || inode === own) continue
+      const known = byInode.get(inode)
+      if (known) {
+        known.name ??= name
+        continue
+      }
       const r = await run('ip', ['-netns', name, '-4', '-o', 'addr', 'show'], {allowFailure: true})
       const addresses = [...r.stdout.matchAll(/inet (\d+\.\d+\.\d+\.\d+)\//g)].map(([, ip = '']) => ip)
-      byInode.set(inode, {inode, path, addresses})
+      byInode.set(inode, {inode, path, addresses, pids: [], name})
     }
   }
   return [...byInode.values()]
@@ -89,4 +107,34 @@ export function namespacesByIp(candidates: NetnsCandidate[]): Map<string, NetnsC
   const out = new Map<string, NetnsCandidate>()
   for (const c of candidates) for (const ip of c.addresses) if (!ip.startsWith('127.')) out.set(ip, c)
   return out
+}
+
+/** The nameserver addresses of a resolv.conf text, as a resolver reads them (a zone index dropped). */
+export function parseResolvConf(text: string): string[] {
+  const out: string[] = []
+  for (const line of text.split('\n')) {
+    const m = /^\s*nameserver\s+(\S+)/.exec(line)
+    const ip = m?.[1]?.replace(/%.*$/, '')
+    if (ip && isIP(ip) && !out.includes(ip)) out.push(ip)
+  }
+  return out
+}
+
+/**
+ * The resolvers a namespace's processes use, as istio-init would read them from its own
+ * /etc/resolv.conf: through the root of a process in it (a container's view), else the file
+ * `ip netns exec` would bind for a named one. Undefined when none can be read.
+ */
+export function namespaceResolvers(c: NetnsCandidate): {servers: string[]; from: string} | undefined {
+  const files = [...c.pids.map((pid) => `/proc/${pid}/root/etc/resolv.conf`), ...(c.name ? [join('/etc/netns', c.name, 'resolv.conf')] : [])]
+  for (const file of files) {
+    let text: string
+    try {
+      text = readFileSync(file, 'utf8')
+    } catch {
+      continue // gone, or that container has no resolv.conf (a sandbox's pause)
+    }
+    return {servers: parseResolvConf(text.slice(0, 64 * 1024)), from: file}
+  }
+  return undefined
 }

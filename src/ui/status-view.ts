@@ -16,6 +16,8 @@ const COUNTER_LABELS: Record<CounterName, string> = {
   connOwnInbound: "sidecar connections to their own pod sent to its inbound sidecar",
   inboundAssigned: 'packets from elsewhere handed to an inbound sidecar',
   inboundNoListener: 'packets dropped: no inbound sidecar listening (fail closed)',
+  dnsRedirected: 'DNS connections and queries sent to the proxy',
+  dnsReplyRestored: "DNS replies shown as the resolver's",
 }
 
 export function renderStatus(r: StatusReport): string {

@@ -22,6 +22,8 @@ import type {StatusReport} from '../../src/datapath/inspect.js'
 import {cli, kernelSkipReason, parseJson, ROOT, rowsOf, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])
+// written out, not taken from PROGRAMS: a program that is not loaded or attached must fail these
+const ALL_PROGRAMS = ['mb_connect4', 'mb_connect6', 'mb_getpeername4', 'mb_getpeername6', 'mb_getsockopt', 'mb_msg_redirect', 'mb_recvmsg4', 'mb_recvmsg6', 'mb_sendmsg4', 'mb_sendmsg6', 'mb_sockops', 'mb_tc_inbound']
 
 describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
@@ -189,7 +191,7 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.equal(before.code, 0, before.stdout)
     const b0 = parseJson<StatusReport>(before.stdout)
     assert.equal(b0.verdict, 'healthy')
-    assert.deepEqual(b0.programs.map((p) => p.name).sort(), ['mb_connect4', 'mb_connect6', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops', 'mb_tc_inbound'])
+    assert.deepEqual(b0.programs.map((p) => p.name).sort(), ALL_PROGRAMS)
     for (const p of b0.programs) {
       assert.ok(p.id !== undefined && p.id > 0, JSON.stringify(p))
       // the cgroup programs must be attached; sk_msg (on a sockhash) and tc (per pod) have no one place to ask
@@ -299,7 +301,7 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
       assert.equal(parseJson<EnableResult>(r.stdout).mode, 'replace')
     })
     const after = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
-    assert.equal(after.length, 6)
+    assert.equal(after.length, ALL_PROGRAMS.length)
     for (const id of after) assert.ok(id !== undefined && !before.includes(id), `program ${id} is new (before: ${before.join(', ')})`)
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
   })
@@ -351,7 +353,7 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
       const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
       assert.equal(d.code, 0, d.stderr)
       const detached = parseJson<DisableResult>(d.stdout).detached
-      assert.deepEqual([...new Set(detached.map((x) => x.program))].sort(), ['mb_connect4', 'mb_connect6', 'mb_getsockopt', 'mb_msg_redirect', 'mb_sockops', 'mb_tc_inbound'])
+      assert.deepEqual([...new Set(detached.map((x) => x.program))].sort(), ALL_PROGRAMS)
       // inbound capture came off both registered pods' interfaces
       assert.deepEqual(detached.filter((x) => x.program === 'mb_tc_inbound').map((x) => x.cgroup.endsWith(' dev eth0')), [true, true])
     })

@@ -5,7 +5,8 @@
 // were told, and whose address the destination app saw. The three columns must be identical.
 import assert from 'node:assert/strict'
 import {after, before, describe, it} from 'node:test'
-import {APP_PORT, Lab, type LabPodSpec, NODE, NODE_IP, NODE_IP6, REMOTE, REMOTE_IP, REMOTE_IP6, SUBNET} from '../../src/lab/lab.js'
+import type {DnsFamily, DnsMode} from '../../src/lab/dns.js'
+import {APP_PORT, DNS_ANSWERS, Lab, type LabPodSpec, NODE, NODE_IP, NODE_IP6, REMOTE, REMOTE_IP, REMOTE_IP6, REMOTE_IP_OTHER, SUBNET} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
@@ -15,11 +16,11 @@ import {cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'ip6tables-restore', 'setpriv'], [SYSTEM_PYTHON])
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
-// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8
-// a excludes outbound port 8081 and c's address; b excludes inbound port 8082; i sends to its
-// sidecar only b's address and port 8081, and never c's address
+// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9
+// a excludes outbound port 8081 and c's address, and its proxy captures DNS; b excludes inbound
+// port 8082; i sends to its sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
-  {name: 'a', meshed: true, annotations: {'traffic.sidecar.istio.io/excludeOutboundPorts': '8081', 'traffic.sidecar.istio.io/excludeOutboundIPRanges': `${ip(2)}/32`}},
+  {name: 'a', meshed: true, dnsCapture: true, annotations: {'traffic.sidecar.istio.io/excludeOutboundPorts': '8081', 'traffic.sidecar.istio.io/excludeOutboundIPRanges': `${ip(2)}/32`}},
   {name: 'b', meshed: true, annotations: {'traffic.sidecar.istio.io/excludeInboundPorts': '8082'}},
   {name: 'c', meshed: false},
   {name: 'e', meshed: true, proxy: {uid: 1500, gid: 1500}},
@@ -34,9 +35,11 @@ const PODS: LabPodSpec[] = [
   },
   {name: 'g', meshed: true, gateway: true},
   {name: 'n', meshed: true, annotations: {'sidecar.istio.io/interceptionMode': 'NONE'}},
+  // a loopback include range: Istio then drops its "an app's traffic over lo goes direct" rules
+  {name: 'l', meshed: true, annotations: {'traffic.sidecar.istio.io/includeOutboundIPRanges': '127.1.2.3/32'}},
 ]
-const SIDECARS = ['a', 'b', 'e', 'i']
-const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080]]
+const SIDECARS = ['a', 'b', 'e', 'i', 'l']
+const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080]]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
 
@@ -50,7 +53,10 @@ interface Case {
   mapped?: boolean
   /** to the destination pod's IPv6 address (`to` '::1' for IPv6 loopback) */
   v6?: boolean
+  /** a DNS query to the address `to` instead of an HTTP request */
+  dns?: {mode: DnsMode; family: DnsFamily}
 }
+const DNS_PROXY_PODS = ['a', 'b']
 
 const CASES: Case[] = [
   {name: 'app -> other meshed pod', from: 'a', to: 'b'},
@@ -102,6 +108,28 @@ const CASES: Case[] = [
   {name: 'IPv6: remote node -> meshed pod, port excluded inbound', from: REMOTE, to: 'b', port: 8082, v6: true},
   {name: 'IPv6: proxy uid 1500 pod: its sidecar -> own pod IP', from: 'e', to: 'e', as: E_PROXY, v6: true},
   {name: 'IPv6: include-ranges pod (IPv4 ranges only): app -> meshed pod', from: 'i', to: 'b', v6: true},
+  {name: 'DNS capture on: app -> resolver, UDP connected (glibc)', from: 'a', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
+  {name: 'DNS capture on: app -> resolver, UDP sendto', from: 'a', to: REMOTE_IP, dns: {mode: 'udp-sendto', family: '4'}},
+  {name: 'DNS capture on: app -> resolver, TCP', from: 'a', to: REMOTE_IP, dns: {mode: 'tcp', family: '4'}},
+  {name: 'DNS capture on: app, AF_INET6 -> ::ffff:resolver, UDP', from: 'a', to: REMOTE_IP, dns: {mode: 'udp-connect', family: 'mapped'}},
+  {name: 'DNS capture on: app -> IPv6 resolver, UDP sendto', from: 'a', to: REMOTE_IP6, dns: {mode: 'udp-sendto', family: '6'}},
+  {name: 'DNS capture on: app -> IPv6 resolver, TCP', from: 'a', to: REMOTE_IP6, dns: {mode: 'tcp', family: '6'}},
+  {name: 'DNS capture on: app -> DNS server not in resolv.conf, UDP', from: 'a', to: REMOTE_IP_OTHER, dns: {mode: 'udp-connect', family: '4'}},
+  {name: 'DNS capture on: app -> DNS server not in resolv.conf, TCP', from: 'a', to: REMOTE_IP_OTHER, dns: {mode: 'tcp', family: '4'}},
+  {name: 'DNS capture on: sidecar -> resolver, UDP', from: 'a', to: REMOTE_IP, as: PROXY, dns: {mode: 'udp-connect', family: '4'}},
+  {name: 'DNS capture on: sidecar -> resolver, TCP', from: 'a', to: REMOTE_IP, as: PROXY, dns: {mode: 'tcp', family: '4'}},
+  {name: 'DNS capture on: process in the proxy group only -> resolver, UDP', from: 'a', to: REMOTE_IP, as: {uid: 0, gid: 1337}, dns: {mode: 'udp-sendto', family: '4'}},
+  {name: 'DNS capture off: app -> resolver, UDP', from: 'b', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
+  {name: 'DNS capture off: app -> resolver, TCP', from: 'b', to: REMOTE_IP, dns: {mode: 'tcp', family: '4'}},
+  {name: 'DNS capture on: app -> own pod IP, UDP', from: 'a', to: ip(0), dns: {mode: 'udp-connect', family: '4'}},
+  {name: 'DNS capture on: app -> own pod IP, TCP', from: 'a', to: ip(0), dns: {mode: 'tcp', family: '4'}},
+  {name: 'DNS capture on: sidecar -> own pod IP, TCP', from: 'a', to: ip(0), as: PROXY, dns: {mode: 'tcp', family: '4'}},
+  {name: 'DNS capture on: process in the proxy group only -> own pod IP, TCP', from: 'a', to: ip(0), as: {uid: 0, gid: 1337}, dns: {mode: 'tcp', family: '4'}},
+  {name: 'DNS capture off: sidecar -> own pod IP, TCP', from: 'b', to: ip(1), as: PROXY, dns: {mode: 'tcp', family: '4'}},
+  {name: 'loopback include range: app -> 127.1.2.3 (in its ranges)', from: 'l', to: '127.1.2.3'},
+  {name: 'loopback include range: app -> 127.0.0.1', from: 'l', to: '127.0.0.1'},
+  {name: 'loopback include range: app -> own pod IP', from: 'l', to: 'l'},
+  {name: 'loopback include range: process in the proxy group only -> own pod IP', from: 'l', to: 'l', as: {uid: 0, gid: 1337}},
 ]
 
 const CONFIGS = ['iptables', 'merbridge', 'both'] as const
@@ -118,6 +146,8 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
     if (addr === '127.0.0.6' || addr === '::6') return `${addr} (inbound sidecar)`
     if (addr === NODE_IP || addr === NODE_IP6) return 'node'
     if (addr === REMOTE_IP || addr === REMOTE_IP6) return 'remote'
+    if (addr === `::ffff:${REMOTE_IP}`) return 'remote (v4-mapped)'
+    if (addr === REMOTE_IP_OTHER) return 'remote (its other address)'
     const pod = [...lab.pods.values()].find((p) => p.ip === addr || p.ip6 === addr)
     return pod ? `${pod.name}${pod.ip6 === addr ? ' (IPv6)' : ''}` : addr
   }
@@ -126,15 +156,36 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
     return m ? `${who(m[1] ?? '')}:${m[2] ?? ''}` : hostPort
   }
 
-  /** One connection of a case, as the sidecars and the app saw it. */
-  const observe = async (c: Case): Promise<string> => {
+  /** Who answered a DNS query, by the address in its answer. */
+  const answeredBy = (answer: string | undefined) => {
+    if (answer === DNS_ANSWERS.resolver) return 'the resolver'
+    if (answer === DNS_ANSWERS.other) return 'the other DNS server'
+    const proxy = DNS_PROXY_PODS.find((p) => DNS_ANSWERS.proxy(p) === answer)
+    if (proxy) return `${proxy}'s DNS proxy`
+    const app = DNS_PROXY_PODS.find((p) => DNS_ANSWERS.app(p) === answer)
+    return app ? `${app}'s own DNS server` : `? (${answer ?? 'nothing'})`
+  }
+
+  /** What the client of a case got: the app's view of an HTTP request, or of a DNS reply. */
+  const ask = async (c: Case): Promise<string> => {
+    if (c.dns) {
+      const r = await lab.dnsQuery(c.from, c.dns.mode, c.dns.family, c.to, c.as)
+      if (r.error) return `query failed: ${r.error}`
+      return [`answered by ${answeredBy(r.answer)}`, ...(r.from ? [`reply from ${named(r.from)}`] : []), ...(r.peer ? [`peer name ${who(r.peer)}`] : [])].join(', ')
+    }
     const port = c.port ?? APP_PORT
-    const host = c.to === '127.0.0.1' || c.to === '::1' ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
+    const host = c.to.startsWith('127.') || c.to === '::1' ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
     const url = `http://${c.mapped ? `[::ffff:${host}]` : c.v6 ? `[${host}]` : host}:${port}/whoami`
+    const r = await lab.get(c.from, url, undefined, c.as)
+    return r.status === 200 && r.body ? `app saw ${who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress)}` : `failed: ${r.error ?? String(r.status)}`
+  }
+
+  /** One connection of a case, as the sidecars and the client saw it. */
+  const observe = async (c: Case): Promise<string> => {
     const marks = new Map(SIDECARS.map((p) => [p, sidecars.get(p)!.stdout.length]))
     const marks6 = new Map(SIDECARS.map((p) => [p, lab.sidecar6Lines(p).length]))
     const before = new Map(await Promise.all(SIDECARS.map(async (p) => [p, await lab.sidecarSessions(p)] as const)))
-    const r = await lab.get(c.from, url, undefined, c.as)
+    const seen = await ask(c)
     const passed: string[] = []
     for (const p of SIDECARS) {
       const now = await lab.sidecarSessions(p)
@@ -152,8 +203,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
         passed.push(`${p} ${dir} (told ${lines().map(named).join(', ')})`)
       }
     }
-    const seen = r.status === 200 && r.body ? who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress) : `failed: ${r.error ?? String(r.status)}`
-    return `${passed.join(' + ') || 'no sidecar'}; app saw ${seen}`
+    return `${passed.join(' + ') || 'no sidecar'}; ${seen}`
   }
 
   const fill = async (config: Config) => {
@@ -172,9 +222,16 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
   }
 
   before(async () => {
+    lab.useRemoteResolver()
     await lab.create(PODS)
     await lab.addRemote()
+    await lab.startRemoteDns()
     for (const p of SIDECARS) sidecars.set(p, await lab.startSidecar(p))
+    // b's proxy listens too, though its pod does not capture DNS: a query it answers is a wrong capture
+    for (const p of DNS_PROXY_PODS) {
+      await lab.startDnsProxy(p)
+      await lab.startAppDns(p)
+    }
     for (const [p, port] of APPS) await lab.startApp(p, port)
   })
 
@@ -192,6 +249,8 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
     assert.equal(cell('app -> other meshed pod'), 'a outbound (told b:8080) + b inbound (told b:8080); app saw 127.0.0.6 (inbound sidecar)')
     assert.equal(cell('remote node -> meshed pod'), 'b inbound (told b:8080); app saw 127.0.0.6 (inbound sidecar)')
     assert.equal(cell('app -> other meshed pod, port excluded inbound by the destination'), 'a outbound (told b:8082); app saw a')
+    assert.equal(cell('DNS capture on: app -> resolver, UDP connected (glibc)'), "no sidecar; answered by a's DNS proxy, reply from remote:53, peer name remote")
+    assert.equal(cell('DNS capture off: app -> resolver, UDP'), 'no sidecar; answered by the resolver, reply from remote:53, peer name remote')
   })
 
   it('fills it under merbridge alone, with no iptables rules in the pods', async () => {

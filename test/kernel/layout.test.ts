@@ -6,7 +6,7 @@ import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {ipToSlot} from '../../src/bpf/ip.js'
-import {COUNTERS, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT} from '../../src/bpf/layout.js'
+import {COUNTERS, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT, POD_DNS_CAPTURE} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
 import {Installation} from '../../src/datapath/installation.js'
@@ -60,8 +60,9 @@ describe('struct layouts', {skip}, () => {
       outExcludeCidrs: [{ip: '10.96.0.0', prefix: 12}, {ip: 'fd00::', prefix: 8}],
       proxyUid: 1500,
       proxyGid: 1501,
+      dns: {all: false, servers: ['10.96.0.10', 'fd00::a']},
     }
-    const settings = {sidecarUid: 1337, sidecarGid: 1338, outboundPort: 15001, inboundPort: 15006, draining: false, hostNetns: 3n}
+    const settings = {sidecarUid: 1337, sidecarGid: 1338, outboundPort: 15001, inboundPort: 15006, draining: false, hostNetns: 3n, dnsPort: 15053}
     await bpftool.batch([
       bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot('10.77.0.2'), encodePodRules(rules)),
       bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(4101n), encodePodId({ip: '10.77.0.2', ip6: 'fd77::2'})),
@@ -84,6 +85,11 @@ describe('struct layouts', {skip}, () => {
     assert.equal(f.value.port, ((origin.port & 0xff) << 8) | (origin.port >> 8), 'port is stored in network order')
     const [settingsRaw] = await bpftool.mapDump(inst.map('settings'))
     assert.equal((settingsRaw?.formatted as {value: {sidecar_gid: number}}).value.sidecar_gid, 1338)
+    assert.equal((settingsRaw?.formatted as {value: {dns_port: number}}).value.dns_port, 15053)
+    const [podRaw] = await bpftool.mapDump(inst.map('local_pod_ips'))
+    const pod = (podRaw?.formatted as {value: {flags: number; n_dns: number}}).value
+    assert.equal(pod.n_dns, 2)
+    assert.equal(pod.flags, POD_DNS_CAPTURE, 'DNS capture to the listed resolvers only')
   })
 
   it('reads zeroed per-CPU counters by name', async () => {

@@ -18,6 +18,7 @@ import {
   encodeProcess,
   encodeSettings,
   LAYOUT,
+  POD_OUT_LOOPBACK,
 } from '../../src/bpf/layout.js'
 import {checkFeatures} from '../../src/node/preflight.js'
 import {ROOT} from '../helpers.js'
@@ -91,8 +92,13 @@ describe('codecs', () => {
       proxyGid: 2000,
     }
     assert.deepEqual(decodePodRules(encodePodRules(rules)), rules)
+    const dns = {...rules, dns: {all: true, servers: []}}
+    assert.deepEqual(decodePodRules(encodePodRules(dns)), dns)
+    const loopback = encodePodRules({...rules, outIncludeCidrs: [{ip: '127.1.2.3', prefix: 32}]})
+    assert.equal(loopback.readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_OUT_LOOPBACK, POD_OUT_LOOPBACK, 'a loopback include range is flagged')
+    assert.throws(() => encodePodRules({...rules, dns: {all: false, servers: ['1.1.1.1', '1.1.1.2', '1.1.1.3', '1.1.1.4', '1.1.1.5']}}), /at most 4 resolvers/)
     assert.deepEqual(decodeProcess(encodeProcess({podIp: '10.77.0.2', netns: 9n})), {podIp: '10.77.0.2', netns: 9n})
-    const settings = {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: true, hostNetns: 1n}
+    const settings = {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: true, hostNetns: 1n, dnsPort: 15053}
     assert.deepEqual(decodeSettings(encodeSettings(settings)), settings)
   })
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
-import {defaultCaptureOptions, istioNatRules, redirectCounters} from '../../src/lab/istio-iptables.js'
+import {defaultCaptureOptions, type IstioCaptureOptions, istioNatRules, redirectCounters} from '../../src/lab/istio-iptables.js'
 import {parseSessionTotals, parseSidecarLog} from '../../src/lab/sidecar.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 
@@ -13,39 +13,131 @@ describe('istio iptables baseline', () => {
     for (const p of [15008, 15090, 15021, 15020]) assert.match(rules, new RegExp(`--dport ${p} -j RETURN`))
   })
 
-  // The rule sequences Istio's istio-iptables writes for these option sets (its capture testdata:
-  // ipnets, outbound-ports-exclude, inbound-ports-wildcard), as the lab must reproduce them.
-  const chain = (rules: string, name: string) => rules.split('\n').filter((l) => l.startsWith(`-A ${name} `))
-  const OWNER_1337 = [
-    '-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN',
-    '-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT',
-    '-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN',
-    '-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN',
-    '-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT',
-    '-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN',
-    '-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN',
-    '-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN',
+  /** Each chain's rules in order, per table, from iptables-restore input or iptables-save text. */
+  const chains = (text: string) => {
+    const out = new Map<string, string[]>()
+    let table = ''
+    for (const line of text.split('\n')) {
+      const t = /^\*\s*(\w+)$/.exec(line)
+      if (t) table = t[1] ?? ''
+      const chain = /^-A (\S+) /.exec(line)?.[1]
+      if (chain) out.set(`${table} ${chain}`, [...(out.get(`${table} ${chain}`) ?? []), line])
+    }
+    return out
+  }
+  const options = (o: Partial<IstioCaptureOptions>): IstioCaptureOptions => ({...defaultCaptureOptions(PROFILES.istio!), inboundPorts: [], excludeInboundPorts: [], ...o})
+
+  // Istio's own testdata (tools/istio-iptables/pkg/capture/testdata/*.golden at istio/istio
+  // 86c9f01, 2026-08): the rules its istio-iptables writes for an option set, transcribed for the
+  // option sets the lab's matrix uses. The lab's baseline must write the same rules, chain by chain.
+  const OWNER_DEFAULT = (lo: string) => `-A ISTIO_OUTPUT -o lo -s ${lo === '127.0.0.1' ? '127.0.0.6/32' : '::6/128'} -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d ${lo}/${lo === '127.0.0.1' ? 32 : 128} -p tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d ${lo}/${lo === '127.0.0.1' ? 32 : 128} -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -d ${lo}/${lo === '127.0.0.1' ? 32 : 128} -j RETURN`
+  const HEAD = `* nat
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006`
+  const OWNER_3_4_1_2_DNS = (lo: string, six: string) => `-A ISTIO_OUTPUT -o lo -s ${six}/${lo.includes(':') ? 128 : 32} -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d ${lo} -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 3 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --uid-owner 3 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 3 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d ${lo} -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 4 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --uid-owner 4 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 4 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d ${lo} -p tcp ! --dport 15008 -m owner --gid-owner 1 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --gid-owner 1 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d ${lo} -p tcp ! --dport 15008 -m owner --gid-owner 2 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --gid-owner 2 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 2 -j RETURN`
+  const RAW_3_4_1_2 = (server: string) => `* raw
+-A OUTPUT -j ISTIO_OUTPUT_DNS
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --uid-owner 3 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --uid-owner 3 -j CT --zone 2
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --uid-owner 4 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --uid-owner 4 -j CT --zone 2
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --gid-owner 1 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --gid-owner 1 -j CT --zone 2
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --gid-owner 2 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --gid-owner 2 -j CT --zone 2
+-A PREROUTING -j ISTIO_INBOUND
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d ${server} -j CT --zone 2
+-A ISTIO_INBOUND -p udp --sport 53 -s ${server} -j CT --zone 1`
+  const DNS_JUMP = (server: string) => `-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS
+-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -d ${server} -j REDIRECT --to-ports 15053
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d ${server} -j REDIRECT --to-port 15053`
+  const ids = {proxyUids: [3, 4], proxyGids: [1, 2]}
+
+  const GOLDEN: {name: string; options: IstioCaptureOptions; v4: string; v6?: string}[] = [
+    {
+      name: 'inbound-ports-wildcard',
+      options: options({inboundPorts: '*', outboundCidrs: []}),
+      v4: `${HEAD}\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}`,
+    },
+    {
+      name: 'ipv6-outbound-ports',
+      options: options({outboundCidrs: [], includeOutboundPorts: [32000, 31000]}),
+      v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}\n-A ISTIO_OUTPUT -p tcp --dport 32000 -j ISTIO_REDIRECT\n-A ISTIO_OUTPUT -p tcp --dport 31000 -j ISTIO_REDIRECT`,
+      v6: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('::1')}\n-A ISTIO_OUTPUT -p tcp --dport 32000 -j ISTIO_REDIRECT\n-A ISTIO_OUTPUT -p tcp --dport 31000 -j ISTIO_REDIRECT`,
+    },
+    {
+      name: 'ipnets',
+      options: options({outboundCidrs: ['10.0.0.0/8']}),
+      v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}\n-A ISTIO_OUTPUT -d 10.0.0.0/8 -j ISTIO_REDIRECT`,
+    },
+    {
+      name: 'ip-range',
+      options: options({...ids, excludeOutboundCidrs: ['1.1.0.0/16'], outboundCidrs: ['9.9.0.0/16'], dnsServers: ['127.0.0.53']}),
+      v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_3_4_1_2_DNS('127.0.0.1/32', '127.0.0.6')}\n${DNS_JUMP('127.0.0.53/32')}\n-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n-A ISTIO_OUTPUT -d 1.1.0.0/16 -j RETURN\n-A ISTIO_OUTPUT -d 9.9.0.0/16 -j ISTIO_REDIRECT\n${RAW_3_4_1_2('127.0.0.53/32')}`,
+    },
+    {
+      name: 'dns-uid-gid',
+      options: options({...ids, outboundCidrs: [], dnsServers: ['127.0.0.53', '::127.0.0.53']}),
+      v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_3_4_1_2_DNS('127.0.0.1/32', '127.0.0.6')}\n${DNS_JUMP('127.0.0.53/32')}\n-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n${RAW_3_4_1_2('127.0.0.53/32')}`,
+      v6: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_3_4_1_2_DNS('::1/128', '::6')}\n${DNS_JUMP('::127.0.0.53/128')}\n-A ISTIO_OUTPUT -d ::1/128 -j RETURN\n${RAW_3_4_1_2('::127.0.0.53/128')}`,
+    },
+    {
+      // a loopback include range drops the "-o lo ! --uid-owner ... RETURN" rules
+      name: 'loopback-outbound-iprange',
+      options: options({...ids, outboundCidrs: ['127.1.2.3/32'], dnsServers: ['127.0.0.53']}),
+      v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_3_4_1_2_DNS('127.0.0.1/32', '127.0.0.6')
+        .split('\n')
+        .filter((l) => !l.includes('! --uid-owner') && !l.includes('! --gid-owner'))
+        .join('\n')}\n${DNS_JUMP('127.0.0.53/32')}\n-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n-A ISTIO_OUTPUT -d 127.1.2.3/32 -j ISTIO_REDIRECT\n${RAW_3_4_1_2('127.0.0.53/32')}`,
+    },
   ]
 
-  it("writes istio-iptables' OUTPUT rules for an include range", () => {
-    const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), outboundCidrs: ['10.0.0.0/8']})
-    assert.deepEqual(chain(rules, 'ISTIO_OUTPUT'), [...OWNER_1337, '-A ISTIO_OUTPUT -d 10.0.0.0/8 -j ISTIO_REDIRECT'])
+  for (const g of GOLDEN) {
+    it(`writes the rules of Istio's ${g.name} testdata`, () => {
+      assert.deepEqual(chains(istioNatRules(PROFILES.istio!, g.options, 4)), chains(g.v4))
+      if (g.v6) assert.deepEqual(chains(istioNatRules(PROFILES.istio!, g.options, 6)), chains(g.v6))
+    })
+  }
+
+  it('excludes outbound ports for TCP and UDP first in the chain, one rule each, as istio-iptables does', () => {
+    const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), excludeOutboundPorts: [22, 53]})
+    assert.deepEqual(chains(rules).get('nat ISTIO_OUTPUT')?.slice(0, 5), [
+      '-A ISTIO_OUTPUT -p tcp --dport 22 -j RETURN',
+      '-A ISTIO_OUTPUT -p udp --dport 22 -j RETURN',
+      '-A ISTIO_OUTPUT -p tcp --dport 53 -j RETURN',
+      '-A ISTIO_OUTPUT -p udp --dport 53 -j RETURN',
+      '-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN',
+    ])
   })
 
-  it("writes istio-iptables' OUTPUT rules for excluded outbound ports, first in the chain", () => {
-    const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), excludeOutboundPorts: [22, 80, 443]})
-    assert.deepEqual(chain(rules, 'ISTIO_OUTPUT').slice(0, 2), ['-A ISTIO_OUTPUT -p tcp -m multiport --dports 22,80,443 -j RETURN', OWNER_1337[0]])
+  it("writes istio-iptables' inbound rules for every port but the excluded ones", () => {
+    const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), excludeInboundPorts: [15090]})
+    assert.deepEqual(chains(rules).get('nat ISTIO_INBOUND'), ['-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN', '-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN', '-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT'])
   })
 
-  it('puts included outbound ports after excluded ranges and before included ranges, as istio-iptables does', () => {
-    const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), outboundCidrs: ['10.0.0.0/8'], excludeOutboundCidrs: ['10.96.0.0/12'], includeOutboundPorts: [8081]})
-    assert.deepEqual(chain(rules, 'ISTIO_OUTPUT').slice(OWNER_1337.length), ['-A ISTIO_OUTPUT -d 10.96.0.0/12 -j RETURN', '-A ISTIO_OUTPUT -p tcp --dport 8081 -j ISTIO_REDIRECT', '-A ISTIO_OUTPUT -d 10.0.0.0/8 -j ISTIO_REDIRECT'])
-  })
-
-  it("writes istio-iptables' inbound rules for every port", () => {
-    const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), excludeInboundPorts: []})
-    assert.deepEqual(chain(rules, 'ISTIO_INBOUND'), ['-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN', '-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT'])
-    assert.deepEqual(chain(rules, 'PREROUTING'), ['-A PREROUTING -p tcp -j ISTIO_INBOUND'])
+  it('turns DNS capture off when resolv.conf names no server, as istio-iptables does', () => {
+    const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), dnsServers: []})
+    assert.doesNotMatch(rules, /15053|ISTIO_OUTPUT_DNS|\*raw/)
   })
 
   it('reads REDIRECT packet counters from iptables-save -c', () => {
