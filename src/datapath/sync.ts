@@ -34,12 +34,12 @@ export interface SyncResult {
  * them. When they cannot be read (or do not fit), port 53 to any address is captured instead:
  * never less than Istio would.
  */
-function withDns(pod: MeshedPod, ns: NetnsCandidate | undefined): {rules: PodRules; warning?: string} {
+export function podRulesWithDns(pod: MeshedPod, ns: NetnsCandidate | undefined, resolvers = namespaceResolvers): {rules: PodRules; warning?: string} {
   if (!pod.dnsCapture) return {rules: pod.rules}
   const id = `${pod.namespace}/${pod.name}`
   // not on the node yet: its rules serve only as a destination's, where DNS plays no part
   if (!ns) return {rules: {...pod.rules, dns: {all: true, servers: []}}}
-  const found = namespaceResolvers(ns)
+  const found = resolvers(ns)
   if (!found) return {rules: {...pod.rules, dns: {all: true, servers: []}}, warning: `${id}: DNS capture: its resolv.conf cannot be read; capturing port 53 to any address (fail closed)`}
   // istio-init turns DNS capture off when resolv.conf names no server
   if (found.servers.length === 0) return {rules: pod.rules, warning: `${id}: DNS capture: ${found.from} names no nameserver, so Istio captures no DNS either`}
@@ -73,7 +73,7 @@ export async function syncPods(inst: Installation, objects: BuiltObjects, select
   const attach: {path: string; id: string}[] = []
   const updates: string[] = []
   for (const {pod, ns} of found) {
-    const {rules: podRules, warning} = withDns(pod, ns)
+    const {rules: podRules, warning} = podRulesWithDns(pod, ns)
     if (warning) result.nodeWarnings.push(warning)
     const rules = encodePodRules(podRules)
     // a dual-stack pod's two addresses share its rules

@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict'
+import {readFileSync} from 'node:fs'
 import {describe, it} from 'node:test'
+import {CAPTURE_ALL} from '../../src/bpf/layout.js'
+import {podRulesWithDns} from '../../src/datapath/sync.js'
 import {ANNOTATIONS, rulesFromAnnotations} from '../../src/kube/annotations.js'
-import {type PodJson, parsePodList, selectMeshedPods} from '../../src/kube/pods.js'
+import {type MeshedPod, type PodJson, parsePodList, selectMeshedPods} from '../../src/kube/pods.js'
+import {namespaceResolvers, parseResolvConf} from '../../src/node/netns.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 
 const istio = PROFILES.istio!
@@ -102,6 +106,35 @@ describe('pod selection', () => {
     assert.deepEqual(ids, {spec: [1500, 1501], 'pod-level': [2000, 2001], default: [1337, 1337], bad: [1337, 1337]})
   })
 
+  it("reads DNS capture from the proxy's ISTIO_META_DNS_CAPTURE or the pod's proxy config, as Istio parses booleans", () => {
+    const env = (name: string, value: string) => pod(name, {spec: {nodeName: 'node1', containers: [{name: 'app', env: [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}]}, {name: 'istio-proxy', env: [{name: 'ISTIO_META_DNS_CAPTURE', value}]}]}})
+    const config = (name: string, text: string, value = 'false') => {
+      const p = env(name, value)
+      p.metadata!.annotations!['proxy.istio.io/config'] = text
+      return p
+    }
+    const s = selectMeshedPods(
+      [
+        env('on', 'true'),
+        env('on-go-style', 'T'),
+        env('off', 'false'),
+        env('nonsense', 'yes please'),
+        pod('none'),
+        config('annotation', 'proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: "true"\n'),
+        config('annotation-off', '{"proxyMetadata": {"ISTIO_META_DNS_CAPTURE": "false"}}', 'true'),
+        config('broken', 'proxyMetadata: [ISTIO_META_DNS_CAPTURE', 'true'),
+      ],
+      'node1',
+      istio,
+    )
+    const on = Object.fromEntries(s.meshed.map((p) => [p.name, p.dnsCapture]))
+    // the app container's env is not the proxy's
+    assert.deepEqual(on, {on: true, 'on-go-style': true, off: false, nonsense: false, none: false, annotation: true, 'annotation-off': false, broken: true})
+    const broken = s.meshed.find((p) => p.name === 'broken')!
+    assert.equal(broken.warnings.length, 1)
+    assert.match(broken.warnings[0]!, /^ns\/broken: proxy.istio.io\/config is not valid YAML; DNS capture taken from the proxy's ISTIO_META_DNS_CAPTURE alone/)
+  })
+
   it('accepts a PodList or a single Pod, as JSON or YAML, and rejects anything else in one line', async () => {
     assert.equal((await parsePodList(JSON.stringify({kind: 'PodList', items: [pod('a')]}), 'f')).length, 1)
     assert.equal((await parsePodList(JSON.stringify(pod('a')), 'f')).length, 1)
@@ -125,5 +158,39 @@ items:
     // malformed on purpose: what a broken pods file can hold
     const s = selectMeshedPods([null, 5, {spec: null}, pod('ok')], 'node1', istio)
     assert.deepEqual(s.meshed.map((p) => p.name), ['ok'])
+  })
+})
+
+describe("a pod's resolvers", () => {
+  const meshed = (dnsCapture: boolean): MeshedPod => ({namespace: 'ns', name: 'p', ip: '10.0.0.1', dnsCapture, rules: {...CAPTURE_ALL}, warnings: []})
+
+  it('reads nameservers as a resolver does: addresses only, a zone index dropped, each once', () => {
+    assert.deepEqual(parseResolvConf('# comment\nsearch ns.svc.cluster.local\nnameserver 10.96.0.10\nnameserver  fe80::1%eth0\nnameserver bogus\nnameserver 10.96.0.10\noptions ndots:5\n'), ['10.96.0.10', 'fe80::1'])
+  })
+
+  it("captures DNS to the resolvers of the pod's resolv.conf", () => {
+    const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], pids: [1]}
+    assert.deepEqual(podRulesWithDns(meshed(true), ns, () => ({servers: ['10.96.0.10', 'fd00::a'], from: '/proc/1/root/etc/resolv.conf'})), {rules: {...CAPTURE_ALL, dns: {all: false, servers: ['10.96.0.10', 'fd00::a']}}})
+  })
+
+  it('fails closed when the resolvers are unknown or too many, and follows Istio when there are none', () => {
+    const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], pids: []}
+    const unreadable = podRulesWithDns(meshed(true), ns, () => undefined)
+    assert.deepEqual(unreadable.rules.dns, {all: true, servers: []})
+    assert.match(unreadable.warning ?? '', /^ns\/p: DNS capture: its resolv.conf cannot be read; capturing port 53 to any address \(fail closed\)/)
+    const many = podRulesWithDns(meshed(true), ns, () => ({servers: ['1.1.1.1', '1.1.1.2', '1.1.1.3', '1.1.1.4', '1.1.1.5'], from: 'f'}))
+    assert.deepEqual(many.rules.dns, {all: true, servers: []})
+    assert.match(many.warning ?? '', /5 nameservers, the datapath holds 4/)
+    const none = podRulesWithDns(meshed(true), ns, () => ({servers: [], from: 'f'}))
+    assert.equal(none.rules.dns, undefined)
+    assert.match(none.warning ?? '', /names no nameserver, so Istio captures no DNS either/)
+    assert.deepEqual(podRulesWithDns(meshed(false), ns, () => undefined), {rules: CAPTURE_ALL})
+  })
+
+  it("reads resolv.conf through the root of one of the namespace's processes", () => {
+    const own = namespaceResolvers({inode: 1, path: '/proc/self/ns/net', addresses: [], pids: [process.pid]})
+    assert.equal(own?.from, `/proc/${process.pid}/root/etc/resolv.conf`)
+    assert.deepEqual(own.servers, parseResolvConf(readFileSync('/etc/resolv.conf', 'utf8')))
+    assert.equal(namespaceResolvers({inode: 1, path: '/x', addresses: [], pids: [2 ** 30]}), undefined)
   })
 })
