@@ -36,6 +36,10 @@ export interface RulesView {
   excludedOutboundPorts: number[]
   inboundPorts: '*' | number[]
   excludedInboundPorts: number[]
+  /** DNS capture: the resolvers, '*' for any address, null when the pod does not capture DNS */
+  dns: '*' | string[] | null
+  proxyUid: number
+  proxyGid: number
 }
 
 /** The rows of each map, with the field names `--json` documents (docs/dump-maps.md). */
@@ -90,6 +94,9 @@ function rulesView(r: PodRules): RulesView {
     excludedOutboundPorts: r.outExcludePorts,
     inboundPorts: r.inAllPorts ? '*' : r.inIncludePorts,
     excludedInboundPorts: r.inExcludePorts,
+    dns: r.dns ? (r.dns.all ? '*' : r.dns.servers) : null,
+    proxyUid: r.proxyUid,
+    proxyGid: r.proxyGid,
   }
 }
 

@@ -24,8 +24,19 @@ function table(m: MapDump): string {
       return renderTable(['pid', 'process', 'pod IP', 'pod', 'netns'], m.rows.map((x) => [x.pid, x.process ?? c.dim('(exited)'), x.podIp, x.pod ?? '-', x.netns]))
     case 'local_pod_ips':
       return renderTable(
-        ['pod IP', 'pod', 'outbound CIDRs', 'excluded CIDRs', 'out ports', 'excluded out ports', 'inbound ports', 'excluded in ports'],
-        m.rows.map((x) => [x.ip, x.pod ?? '-', list(x.rules.outboundCidrs), list(x.rules.excludedOutboundCidrs), list(x.rules.outboundPorts), list(x.rules.excludedOutboundPorts), list(x.rules.inboundPorts), list(x.rules.excludedInboundPorts)]),
+        ['pod IP', 'pod', 'outbound CIDRs', 'excluded CIDRs', 'out ports', 'excluded out ports', 'inbound ports', 'excluded in ports', 'DNS capture', 'proxy uid/gid'],
+        m.rows.map((x) => [
+          x.ip,
+          x.pod ?? '-',
+          list(x.rules.outboundCidrs),
+          list(x.rules.excludedOutboundCidrs),
+          list(x.rules.outboundPorts),
+          list(x.rules.excludedOutboundPorts),
+          list(x.rules.inboundPorts),
+          list(x.rules.excludedInboundPorts),
+          x.rules.dns === null ? 'off' : list(x.rules.dns),
+          `${x.rules.proxyUid}/${x.rules.proxyGid}`,
+        ]),
       )
     case 'netns_pod_ips':
       return renderTable(['netns cookie', 'pod IPs', 'pod'], m.rows.map((x) => [x.netns, x.ip6 ? `${x.ip} ${x.ip6}` : x.ip, x.pod ?? '-']))
