@@ -177,14 +177,29 @@ static __always_inline void ip_localhost(union mb_ip *ip, const union mb_ip *lik
 		}                                                                                   \
 	} while (0)
 
-/* Build a pair key: only loopback legs carry the netns, to stay unique on the node. */
-static __always_inline void pair_from_ips(struct mb_pair *p, const union mb_ip *local, __be16 lport,
-					  const union mb_ip *remote, __be16 rport, void *ctx)
+static __always_inline void pair_from_ips(struct mb_pair *p, __u64 netns, const union mb_ip *local, __be16 lport,
+					  const union mb_ip *remote, __be16 rport)
 {
-	p->netns = (ip_is_loopback(local) || ip_is_loopback(remote)) ? bpf_get_netns_cookie(ctx) : 0;
+	p->netns = netns;
 	p->local_ip = *local;
 	p->remote_ip = *remote;
 	p->local_port = lport;
 	p->remote_port = rport;
 	p->pad = 0;
+}
+
+/*
+ * The namespace whose sockets may hold `ip` as their local address in a key: the caller's own for
+ * loopback, else the registered pod that has the address; 0 (matching no key) for anyone else.
+ * A socket in another namespace that puts a pod's address on its own interface never meets that
+ * pod's connections in the maps.
+ */
+static __always_inline __u64 owner_netns(const union mb_ip *ip, void *ctx)
+{
+	struct mb_pod_config *pod;
+
+	if (ip_is_loopback(ip))
+		return bpf_get_netns_cookie(ctx);
+	pod = bpf_map_lookup_elem(&local_pod_ips, (void *)ip);
+	return pod ? pod->netns : 0;
 }

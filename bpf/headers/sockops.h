@@ -2,22 +2,24 @@
 #pragma once
 #include "helpers.h"
 
+/* The socket's own key: its namespace and its view of the 4-tuple. */
 static __always_inline void pair_from_sockops(struct mb_pair *p, struct bpf_sock_ops *skops)
 {
 	union mb_ip l, r;
 
 	MB_CTX_ADDRESSES(skops, &l, &r);
 	/* local_port is host order; remote_port is network order in the upper 16 bits */
-	pair_from_ips(p, &l, bpf_htons((__u16)skops->local_port), &r, (__be16)(skops->remote_port >> 16), skops);
+	pair_from_ips(p, bpf_get_netns_cookie(skops), &l, bpf_htons((__u16)skops->local_port), &r,
+		      (__be16)(skops->remote_port >> 16));
 }
 
-/* Both ends on this node and in the mesh: a loopback leg inside a registered pod, or two pods. */
-static __always_inline int peer_is_local(const struct mb_pair *p)
+/* Both ends on this node and in the mesh: a loopback leg inside a registered pod, or two pods,
+ * this socket in the namespace of the pod whose address it uses. */
+static __always_inline int peer_is_local(const struct mb_pair *p, struct bpf_sock_ops *skops)
 {
-	if (p->netns)
+	if (ip_is_loopback(&p->local_ip) || ip_is_loopback(&p->remote_ip))
 		return bpf_map_lookup_elem(&netns_pod_ips, (void *)&p->netns) != NULL;
-	return bpf_map_lookup_elem(&local_pod_ips, (void *)&p->local_ip) &&
-	       bpf_map_lookup_elem(&local_pod_ips, (void *)&p->remote_ip);
+	return owner_netns(&p->local_ip, skops) == p->netns && owner_netns(&p->remote_ip, skops) != 0;
 }
 
 static __always_inline void on_established(struct bpf_sock_ops *skops, int active)
@@ -34,7 +36,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, int activ
 		else if (o)
 			count(MB_CNT_ORIGIN_LOST, 1);
 	}
-	if (!active_settings() || !peer_is_local(&key))
+	if (!active_settings() || !peer_is_local(&key, skops))
 		return;
 	if (bpf_sock_hash_update(skops, &sock_pair_map, &key, BPF_NOEXIST) != 0)
 		count(MB_CNT_SOCKHASH_FULL, 1); /* that socket just stays on TCP */

@@ -36,7 +36,8 @@ static __always_inline struct mb_origin *origin_of(struct bpf_sockopt *ctx, cons
 	struct mb_origin *o;
 	struct mb_pair key;
 
-	pair_from_ips(&key, remote, rport, local, bpf_htons(lport), ctx);
+	/* the connecting end's key: its namespace, its view */
+	pair_from_ips(&key, owner_netns(remote, ctx), remote, rport, local, bpf_htons(lport));
 	o = bpf_map_lookup_elem(&pair_original_dst, &key);
 	return o ? o : handed_over(ctx, local, lport, scratch);
 }

@@ -13,8 +13,9 @@ union mb_ip {
 
 /* One end's view of a TCP connection: key of sock_pair_map and pair_original_dst. */
 struct mb_pair {
-	__u64 netns;          /* netns cookie when either address is loopback, else 0: loopback
-	                       * tuples repeat across pods, pod IPs do not */
+	__u64 netns;          /* netns cookie of the socket whose view this is: a 4-tuple may repeat
+	                       * across namespaces (loopback, NAT, a pod with NET_ADMIN), a
+	                       * (netns, 4-tuple) cannot */
 	union mb_ip local_ip;
 	union mb_ip remote_ip;
 	__be16 local_port;
@@ -57,6 +58,8 @@ struct mb_pod_config {
 	__u8 n_dns;
 	__u8 pad2[3];
 	union mb_ip dns[MB_MAX_DNS]; /* the pod's resolv.conf nameservers, when MB_POD_DNS_CAPTURE */
+	__u64 netns;          /* the pod's netns cookie once registered, else 0: whose sockets may
+	                       * use its addresses in pair keys */
 };
 
 /* A registered pod's addresses (value of netns_pod_ips): ip6 is all zeros for a single-stack pod. */

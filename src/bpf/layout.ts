@@ -46,7 +46,7 @@ export const LAYOUT = {
   mb_origin: {size: 24, fields: {ip: 0, port: 16, flags: 18, pid: 20}},
   mb_cidr: {size: 20, fields: {ip: 0, prefix: 16, pad: 17}},
   mb_pod_config: {
-    size: 536,
+    size: 544,
     fields: {
       flags: 0,
       n_out_include_ports: 4,
@@ -67,6 +67,7 @@ export const LAYOUT = {
       n_dns: 468,
       pad2: 469,
       dns: 472,
+      netns: 536,
     },
   },
   mb_process: {size: 24, fields: {pod_ip: 0, netns: 16}},
@@ -89,7 +90,7 @@ function ipAt(buf: Buffer, offset: number): string {
 
 // ---- struct mb_pair: one end's view of a connection -------------------------------------------
 export interface Pair {
-  /** netns cookie, or 0n when neither address is loopback */
+  /** the netns cookie of the socket whose view this is */
   netns: bigint
   localIp: string
   localPort: number
@@ -168,6 +169,8 @@ export interface PodRules {
    * port; `all` when they are unknown (fail closed: port 53 to any address). Absent: no capture.
    */
   dns?: {all: boolean; servers: string[]}
+  /** the pod's network namespace cookie, once registered: only its sockets may key on its addresses */
+  netns?: bigint
 }
 
 /** Istio drops its "an app's traffic over lo goes direct" rules when an include range is loopback. */
@@ -241,6 +244,7 @@ export function encodePodRules(r: PodRules): Buffer {
   if (servers.length > MAX_DNS) throw new RangeError(`at most ${MAX_DNS} resolvers fit a pod, got ${servers.length}`)
   b.writeUInt8(servers.length, F.pod.n_dns)
   servers.forEach((ip, i) => ipToSlot(ip).copy(b, F.pod.dns + 16 * i))
+  b.writeBigUInt64LE(r.netns ?? 0n, F.pod.netns)
   return b
 }
 
@@ -260,6 +264,7 @@ export function decodePodRules(b: Buffer): PodRules {
     ...(flags & POD_DNS_CAPTURE
       ? {dns: {all: (flags & POD_DNS_ALL) !== 0, servers: Array.from({length: Math.min(b.readUInt8(F.pod.n_dns), MAX_DNS)}, (_, i) => ipAt(b, F.pod.dns + 16 * i))}}
       : {}),
+    ...(b.readBigUInt64LE(F.pod.netns) !== 0n ? {netns: b.readBigUInt64LE(F.pod.netns)} : {}),
   }
 }
 

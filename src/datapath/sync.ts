@@ -75,13 +75,14 @@ export async function syncPods(inst: Installation, objects: BuiltObjects, select
   for (const {pod, ns} of found) {
     const {rules: podRules, warning} = podRulesWithDns(pod, ns)
     if (warning) result.nodeWarnings.push(warning)
-    const rules = encodePodRules(podRules)
+    const cookie = ns ? cookies.get(ns.path) : undefined
+    // with its namespace: only that namespace's sockets may key connections on the pod's addresses
+    const rules = encodePodRules({...podRules, ...(cookie === undefined ? {} : {netns: cookie})})
     // a dual-stack pod's two addresses share its rules
     for (const ip of [pod.ip, ...(pod.ip6 ? [pod.ip6] : [])]) {
       view.rules.set(ip, rules.toString('hex'))
       if (current.rules.get(ip) !== view.rules.get(ip)) updates.push(bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(ip), rules))
     }
-    const cookie = ns ? cookies.get(ns.path) : undefined
     const record: PodRecord = {namespace: pod.namespace, name: pod.name, ip: pod.ip, ...(pod.ip6 ? {ip6: pod.ip6} : {})}
     if (cookie === undefined) {
       result.unregistered.push(record)

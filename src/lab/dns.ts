@@ -36,7 +36,10 @@ def serve_udp(s, answer_ip):
 def serve_tcp(s, answer_ip):
     s.listen(64)
     while True:
-        c, _ = s.accept()
+        try:
+            c, _ = s.accept()
+        except OSError:
+            continue
         try:
             n = struct.unpack('!H', recv_all(c, 2))[0]
             r = answer_for(recv_all(c, n), answer_ip)

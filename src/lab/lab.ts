@@ -194,11 +194,12 @@ export class Lab {
 
   /**
    * Start a process inside a pod: in its cgroup first (while /sys is still the host's), then in
-   * its network namespace. `cgroupName` lets a process sit in the pod's namespace but another cgroup.
+   * its network namespace. `cgroupName` lets a process sit in the pod's namespace but another cgroup
+   * of the lab's, or (REMOTE) in the remote node's, outside the one merbridge is attached to.
    */
   spawn(podName: string, label: string, command: string, args: string[], cgroupName = podName === NODE ? 'outside' : podName): LabProcess {
     const netns = podName === NODE ? this.bridgeNs : podName === REMOTE ? `${this.id}-${REMOTE}` : this.pod(podName).netns
-    const cgroup = podName === REMOTE ? this.remoteCgroup : join(this.cgroup, cgroupName)
+    const cgroup = podName === REMOTE || cgroupName === REMOTE ? this.remoteCgroup : join(this.cgroup, cgroupName)
     if (!cgroup) throw new Error('the lab has no remote node: addRemote() first')
     const procs = join(cgroup, 'cgroup.procs')
     // a fixed script; the arguments are passed as positional parameters, never interpolated
@@ -271,6 +272,11 @@ export class Lab {
       await p6.waitFor(/listening/)
     }
     return p
+  }
+
+  /** What the lab's long-running processes wrote to stderr (the end of it), to explain a failure. */
+  stderrTails(): string[] {
+    return this.processes.filter((p) => p.stderr.trim() !== '').map((p) => `${p.label}${p.running ? '' : ' (exited)'}: ${p.stderr.trim().slice(-400)}`)
   }
 
   /** What a pod's IPv6 sidecar accepted so far (empty outside a dual-stack lab). */

@@ -70,7 +70,10 @@ def serve(port, direction):
     s.bind(('::', port))
     s.listen(128)
     while True:
-        conn, _ = s.accept()
+        try:
+            conn, _ = s.accept()
+        except OSError:
+            continue  # a connection reset before it was accepted: keep serving, as a proxy does
         threading.Thread(target=handle, args=(conn, direction), daemon=True).start()
 
 for port, direction in ((outbound, 'outbound'), (inbound, 'inbound')):

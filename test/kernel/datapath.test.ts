@@ -155,7 +155,8 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
       assert.ok(inbound, JSON.stringify(sockets))
       assert.equal(inbound.local.pod, 'lab/b')
       assert.equal(inbound.remote.pod, 'lab/a')
-      assert.equal(inbound.netns, '0')
+      // each end is keyed in its own namespace: b's, as registered
+      assert.equal(inbound.netns, rowsOf(maps, 'netns_pod_ips').find((x) => x.ip === b)?.netns)
       const loop = sockets.find((x) => x.local.ip === '127.0.0.1' && x.local.port === 15001)
       assert.ok(loop, `no loopback leg to 15001 in ${JSON.stringify(sockets)}`)
       assert.match(loop.netns, /^[1-9]\d*$/, 'loopback legs carry the netns cookie')

@@ -278,6 +278,8 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
     }
     for (const l of lines) t.diagnostic(l)
     t.diagnostic(`${CASES.length} cases x ${CONFIGS.length} configurations = ${CASES.length * CONFIGS.length} cells`)
+    // what the lab's own processes complained about, should a difference be the lab's doing
+    if (differences.length > 0) for (const l of lab.stderrTails()) t.diagnostic(l)
     assert.equal(matrix.size, CASES.length)
     assert.deepEqual(differences, [], `cells that differ from Istio's:\n${differences.join('\n')}`)
   })
