@@ -15,6 +15,8 @@ export abstract class BaseCommand extends Command {
   }
 
   protected override async catch(err: Error & {exitCode?: number}): Promise<unknown> {
+    const usage = usageError(err, this.id ?? '')
+    if (usage) return this.catch(usage)
     if (err instanceof MerbridgeError) {
       process.exitCode = err.exitCode
       if (this.jsonEnabled()) {
@@ -27,4 +29,22 @@ export abstract class BaseCommand extends Command {
     }
     return super.catch(err)
   }
+}
+
+/**
+ * oclif's flag and argument errors (unknown flag, bad value, missing value) as merbridge's usage
+ * error: one line, exit 2, and under --json the same {error} shape as every other error, never
+ * the parser's internals.
+ */
+export function usageError(err: unknown, command: string): MerbridgeError | undefined {
+  if (err instanceof MerbridgeError || !(err instanceof Errors.CLIError)) return undefined
+  const parse = (err as {parse?: unknown}).parse
+  if (parse === undefined && (err as {oclif?: {exit?: number}}).oclif?.exit !== 2) return undefined
+  const message = err.message
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !/^See more help with --help$/i.test(l))
+    .join(': ')
+    .replace(/^Parsing (--[\w-]+):? ?/, '$1: ')
+  return new MerbridgeError(message, {code: 'USAGE', exitCode: 2, suggestion: `see \`merbridge ${command}${command ? ' ' : ''}--help\``})
 }

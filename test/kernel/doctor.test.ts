@@ -15,10 +15,22 @@ describe('merbridge --help', {skip: buildSkipReason()}, () => {
     for (const c of ['doctor', 'enable', 'disable']) assert.match(r.stdout, new RegExp(`^  ${c} `, 'm'))
   })
 
-  it('rejects an unknown flag in one line with a non-zero exit', async () => {
+  it('rejects an unknown flag in one line with exit 2 and a next step', async () => {
     const r = await cli(['doctor', '--frobnicate'])
-    assert.notEqual(r.code, 0)
-    assert.match(r.stderr, /Nonexistent flag: --frobnicate/)
+    assert.equal(r.code, 2)
+    assert.deepEqual(r.stderr.trim().split('\n'), ['Error: Nonexistent flag: --frobnicate', '  → see `merbridge doctor --help`'])
+  })
+
+  it('answers usage errors under --json with the error shape every command uses, nothing of the parser', async () => {
+    for (const [args, message] of [
+      [['status', '--bogus', '--json'], 'Nonexistent flag: --bogus'],
+      [['dump-maps', '--limit', 'abc', '--json'], '--limit: Expected an integer but received: abc'],
+      [['enable', '--mesh', 'nope', '--json'], 'Expected --mesh=nope to be one of: istio'],
+    ] as const) {
+      const r = await cli([...args])
+      assert.equal(r.code, 2, r.stdout + r.stderr)
+      assert.deepEqual(parseJson<unknown>(r.stdout), {error: {code: 'USAGE', message, suggestion: `see \`merbridge ${args[0]} --help\``}})
+    }
   })
 })
 
