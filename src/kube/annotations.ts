@@ -1,6 +1,7 @@
 import {parseCidr} from '../bpf/ip.js'
 import {MAX_CIDRS, MAX_PORTS, type PodRules} from '../bpf/layout.js'
 import type {MeshProfile} from '../mesh/profiles.js'
+import {printable} from '../text.js'
 
 export const ANNOTATIONS = {
   includeOutboundIPRanges: 'traffic.sidecar.istio.io/includeOutboundIPRanges',
@@ -40,20 +41,29 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
     const raw = annotations[key]
     if (raw === undefined) return undefined
     const items: T[] = []
+    const seen = new Set<string>() // linear in the entries, however many a hostile pod lists
     const bad: string[] = []
+    let badCount = 0
     for (const e of entries(raw)) {
       const v = parse(e)
-      if (v === undefined) bad.push(e)
-      else if (!items.some((x) => JSON.stringify(x) === JSON.stringify(v))) items.push(v)
+      if (v === undefined) {
+        badCount++
+        if (bad.length < 3) bad.push(e)
+        continue
+      }
+      const key = JSON.stringify(v)
+      if (seen.has(key)) continue
+      seen.add(key)
+      items.push(v)
     }
     const consequence = include ? 'capturing all of it instead (fail closed)' : 'ignored, so more is captured'
-    if (bad.length > 0) warn(key, `${bad.length} entr${bad.length === 1 ? 'y is' : 'ies are'} not ${what} (${bad.slice(0, 3).map((b) => `'${b.slice(0, 40)}'`).join(', ')}${bad.length > 3 ? ', ...' : ''}); ${consequence}`)
+    if (badCount > 0) warn(key, `${badCount} entr${badCount === 1 ? 'y is' : 'ies are'} not ${what} (${bad.map((b) => `'${printable(b)}'`).join(', ')}${badCount > 3 ? ', ...' : ''}); ${consequence}`)
     const fits = items.length <= limit
     if (!fits) {
       warn(key, `${items.length} entries, the datapath holds ${limit}; ${include ? consequence : 'the rest are ignored, so more is captured'}`)
       items.length = limit
     }
-    return {items, whole: bad.length === 0 && fits}
+    return {items, whole: badCount === 0 && fits}
   }
   const ports = (key: string, limit: number, include = false) => list(key, parsePort, 'a port (1-65535)', limit, include)
   const cidrs = (key: string, include = false) => list(key, parseCidr, 'a CIDR', MAX_CIDRS, include)
@@ -78,7 +88,7 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
   const status = annotations[ANNOTATIONS.statusPort]
   if (status !== undefined) {
     const p = parsePort(status.trim())
-    if (p === undefined) warn(ANNOTATIONS.statusPort, `'${status}' is not a port; ignored`)
+    if (p === undefined) warn(ANNOTATIONS.statusPort, `'${printable(status)}' is not a port; ignored`)
     else if (!reserved.includes(p)) reserved.push(p)
   }
   const userInExclude = ports(ANNOTATIONS.excludeInboundPorts, MAX_PORTS - reserved.length)?.items ?? []

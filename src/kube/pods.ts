@@ -3,6 +3,7 @@ import {load as loadYaml} from 'js-yaml'
 import type {PodRules} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import type {MeshProfile} from '../mesh/profiles.js'
+import {printable} from '../text.js'
 import {rulesFromAnnotations} from './annotations.js'
 
 /** The parts of a Kubernetes Pod that merbridge reads. */
@@ -152,8 +153,9 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
       out.otherNodes++
       continue
     }
-    const namespace = pod.metadata?.namespace ?? 'default'
-    const name = pod.metadata?.name ?? '(unnamed)'
+    // names are printed and recorded: a pods file may hold anything where the API has DNS names
+    const namespace = typeof pod.metadata?.namespace === 'string' ? printable(pod.metadata.namespace, 253) : 'default'
+    const name = typeof pod.metadata?.name === 'string' ? printable(pod.metadata.name, 253) : '(unnamed)'
     const skip = (reason: string) => out.skipped.push({namespace, name, reason, ...(podIPv4(pod) ? {ip: podIPv4(pod)} : {})})
     const proxy = proxyContainer(pod, mesh)
     if (!proxy) {

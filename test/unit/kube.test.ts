@@ -6,6 +6,7 @@ import {podRulesWithDns} from '../../src/datapath/sync.js'
 import {ANNOTATIONS, rulesFromAnnotations} from '../../src/kube/annotations.js'
 import {type MeshedPod, type PodJson, parsePodList, selectMeshedPods} from '../../src/kube/pods.js'
 import {namespaceResolvers, parseResolvConf} from '../../src/node/netns.js'
+import {printable} from '../../src/text.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 
 const istio = PROFILES.istio!
@@ -192,5 +193,36 @@ describe("a pod's resolvers", () => {
     assert.equal(own?.from, `/proc/${process.pid}/root/etc/resolv.conf`)
     assert.deepEqual(own.servers, parseResolvConf(readFileSync('/etc/resolv.conf', 'utf8')))
     assert.equal(namespaceResolvers({inode: 1, path: '/x', addresses: [], pids: [2 ** 30]}), undefined)
+  })
+})
+
+describe('hostile input', () => {
+  it('costs one bounded warning for 10,000 ports and a 256 KiB annotation, whatever they hold', () => {
+    const many = Array.from({length: 10_000}, (_, i) => String(1 + (i % 60_000))).join(',')
+    const huge = `\u001b[2J\u001b[31m${'x'.repeat(256 * 1024)}`
+    const {rules, warnings} = rulesFromAnnotations({[ANNOTATIONS.excludeOutboundPorts]: many, [ANNOTATIONS.statusPort]: huge, [ANNOTATIONS.excludeInboundPorts]: `${huge},${huge}`}, istio)
+    assert.equal(rules.outExcludePorts.length, 16)
+    assert.equal(warnings.length, 3, warnings.join('\n'))
+    for (const w of warnings) {
+      assert.ok(w.length < 400, `a warning of ${w.length} characters`)
+      assert.ok(!w.includes('\u001b'), 'no terminal escape sequence is echoed')
+    }
+    assert.match(warnings.join('\n'), /\\x1b\[2J\\x1b\[31mx+\.\.\. \(262152 characters\)/)
+    assert.match(warnings.join('\n'), /excludeInboundPorts: 2 entries are not a port/)
+  })
+
+  it('prints pod names from a pods file safely', () => {
+    const s = selectMeshedPods([pod('evil\u001b]0;owned\u0007', {metadata: {namespace: 'x'.repeat(1000)}})], 'node1', istio)
+    const p = s.meshed[0]!
+    assert.equal(p.name, 'evil\\x1b]0;owned\\x07')
+    assert.ok(p.namespace.length < 300)
+  })
+})
+
+describe('printable', () => {
+  it('escapes control characters and cuts long text, saying how long it was', () => {
+    assert.equal(printable('a\tb\u001b[0m\u009b'), 'a\\x09b\\x1b[0m\\x9b')
+    assert.equal(printable('x'.repeat(50), 10), 'xxxxxxxxxx... (50 characters)')
+    assert.equal(printable('fine'), 'fine')
   })
 })
