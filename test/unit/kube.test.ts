@@ -207,7 +207,7 @@ describe('hostile input', () => {
       assert.ok(w.length < 400, `a warning of ${w.length} characters`)
       assert.ok(!w.includes('\u001b'), 'no terminal escape sequence is echoed')
     }
-    assert.match(warnings.join('\n'), /\\x1b\[2J\\x1b\[31mx+\.\.\. \(262152 characters\)/)
+    assert.match(warnings.join('\n'), /\\x1b\[2J\\x1b\[31mx+\.\.\. \(262153 characters\)/)
     assert.match(warnings.join('\n'), /excludeInboundPorts: 2 entries are not a port/)
   })
 
