@@ -45,6 +45,7 @@ enum mb_counter {
 	MB_CNT_INBOUND_NO_LISTENER,   /* packets to a captured port dropped: no inbound listener (fail closed) */
 	MB_CNT_DNS_REDIRECTED,        /* DNS connects and datagrams sent to the proxy's DNS port */
 	MB_CNT_DNS_REPLY_RESTORED,    /* replies from the DNS port shown as coming from the resolver */
+	MB_CNT_INBOUND_UNPARSED,      /* TCP to a meshed pod dropped: a fragment, or its header not found (fail closed) */
 	MB_CNT__COUNT,
 };
 
@@ -58,6 +59,11 @@ enum mb_counter {
 #define MB_HBONE_PORT   15008  /* Istio's tunnel port: never sent back to the inbound listener */
 #define MB_INBOUND_SOURCE 0x7f000006  /* 127.0.0.6: the inbound sidecar's upstream source (::6 in IPv6) */
 #define MB_ETH_P_IPV6  0x86DD
+#define MB_IPV6_HOPOPTS     0  /* IPv6 extension headers walked on the way to TCP */
+#define MB_IPV6_ROUTING    43
+#define MB_IPV6_FRAGMENT   44
+#define MB_IPV6_AUTH       51
+#define MB_IPV6_DSTOPTS    60
 #define MB_SOL_IPV6        41
 #define MB_IP6T_SO_ORIGINAL_DST 80
 #define MB_SOL_IP           0

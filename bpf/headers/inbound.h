@@ -10,70 +10,126 @@
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/pkt_cls.h>
+#include <stddef.h>
 #include "helpers.h"
+
+/* IPv6 extension headers walked to find TCP; more than this fails closed */
+#define MB_MAX_EXT_HDRS 6
+
+/* Where a packet's TCP header is, or why it cannot be told. */
+enum mb_l4 {
+	MB_L4_TCP = 0,
+	MB_L4_OTHER,     /* not TCP, or not IP: none of inbound capture's business */
+	MB_L4_UNKNOWN,   /* TCP as far as can be told, but no header to read: a fragment, or a chain
+	                  * of extension headers longer than walked */
+};
+
+/*
+ * Find the TCP header as netfilter's `-p tcp` would: after IPv6 extension headers too, so a SYN
+ * carrying hop-by-hop or destination options cannot slip past the sidecar. Fragments never reach
+ * netfilter's nat table unassembled; here they cannot be judged, so they are UNKNOWN.
+ */
+static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 *tuple_size,
+					   union mb_ip *dst, struct tcphdr *tcp)
+{
+	__u32 off = sizeof(struct ethhdr);
+	__u16 proto = 0;
+	__u8 nh;
+	int i;
+
+	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, sizeof(proto)))
+		return MB_L4_OTHER;
+	if (proto == bpf_htons(MB_ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) || ip.protocol != MB_IPPROTO_TCP)
+			return MB_L4_OTHER;
+		ip_from_v4(dst, ip.daddr);
+		/* more fragments, or an offset: no whole TCP header to judge */
+		if (ip.frag_off & bpf_htons(0x3fff) || ip.ihl < 5)
+			return MB_L4_UNKNOWN;
+		off += ip.ihl * 4;
+		t->ipv4.saddr = ip.saddr;
+		t->ipv4.daddr = ip.daddr;
+		*tuple_size = sizeof(t->ipv4);
+	} else if (proto == bpf_htons(MB_ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+			return MB_L4_OTHER;
+		__builtin_memcpy(dst, &ip6.daddr, 16);
+		__builtin_memcpy(t->ipv6.saddr, &ip6.saddr, 16);
+		__builtin_memcpy(t->ipv6.daddr, &ip6.daddr, 16);
+		*tuple_size = sizeof(t->ipv6);
+		off += sizeof(ip6);
+		nh = ip6.nexthdr;
+#pragma unroll
+		for (i = 0; i < MB_MAX_EXT_HDRS; i++) {
+			__u8 ext[2];
+
+			if (nh == MB_IPPROTO_TCP)
+				break;
+			if (nh == MB_IPV6_FRAGMENT)
+				return MB_L4_UNKNOWN;
+			if (nh != MB_IPV6_HOPOPTS && nh != MB_IPV6_ROUTING && nh != MB_IPV6_DSTOPTS && nh != MB_IPV6_AUTH)
+				return MB_L4_OTHER;
+			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+				return MB_L4_UNKNOWN;
+			off += nh == MB_IPV6_AUTH ? (ext[1] + 2) * 4 : (ext[1] + 1) * 8;
+			nh = ext[0];
+		}
+		if (nh != MB_IPPROTO_TCP)
+			return MB_L4_UNKNOWN;
+	} else {
+		return MB_L4_OTHER;
+	}
+	if (bpf_skb_load_bytes(skb, off, tcp, sizeof(*tcp)))
+		return MB_L4_UNKNOWN;
+	if (*tuple_size == sizeof(t->ipv4)) {
+		t->ipv4.sport = tcp->source;
+		t->ipv4.dport = tcp->dest;
+	} else {
+		t->ipv6.sport = tcp->source;
+		t->ipv6.dport = tcp->dest;
+	}
+	return MB_L4_TCP;
+}
 
 SEC("tc")
 int mb_tc_inbound(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	const struct mb_settings *cfg;
 	struct mb_pod_config *pod;
 	struct bpf_sock_tuple t = {};
-	struct ethhdr *eth = data;
 	struct bpf_sock *sk;
-	struct tcphdr *tcp;
-	union mb_ip dst;
-	__u32 tuple_size;
+	struct tcphdr tcp;
+	union mb_ip dst = {};
+	__u32 tuple_size = 0;
+	enum mb_l4 l4;
 	__u16 dport;
 	long err;
 
-	if ((void *)(eth + 1) > end)
+	l4 = find_tcp(skb, &t, &tuple_size, &dst, &tcp);
+	if (l4 == MB_L4_OTHER)
 		return TC_ACT_OK;
-	if (eth->h_proto == bpf_htons(MB_ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-
-		if ((void *)(ip + 1) > end || ip->protocol != MB_IPPROTO_TCP || ip->ihl < 5)
-			return TC_ACT_OK;
-		tcp = (void *)ip + ip->ihl * 4;
-		if ((void *)(tcp + 1) > end)
-			return TC_ACT_OK;
-		t.ipv4.saddr = ip->saddr;
-		t.ipv4.daddr = ip->daddr;
-		t.ipv4.sport = tcp->source;
-		t.ipv4.dport = tcp->dest;
-		tuple_size = sizeof(t.ipv4);
-		ip_from_v4(&dst, ip->daddr);
-	} else if (eth->h_proto == bpf_htons(MB_ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-
-		/* TCP right after the fixed header; extension headers are left alone */
-		if ((void *)(ip6 + 1) > end || ip6->nexthdr != MB_IPPROTO_TCP)
-			return TC_ACT_OK;
-		tcp = (void *)(ip6 + 1);
-		if ((void *)(tcp + 1) > end)
-			return TC_ACT_OK;
-		__builtin_memcpy(t.ipv6.saddr, &ip6->saddr, 16);
-		__builtin_memcpy(t.ipv6.daddr, &ip6->daddr, 16);
-		t.ipv6.sport = tcp->source;
-		t.ipv6.dport = tcp->dest;
-		tuple_size = sizeof(t.ipv6);
-		__builtin_memcpy(&dst, &ip6->daddr, 16);
-	} else {
-		return TC_ACT_OK;
-	}
 	cfg = active_settings();
 	if (!cfg)
 		return TC_ACT_OK;
-	dport = bpf_ntohs(tcp->dest);
-	if (dport == cfg->inbound_port)
-		return TC_ACT_OK; /* already on its way to the sidecar (a local sidecar's rewrite) */
 	pod = bpf_map_lookup_elem(&local_pod_ips, &dst);
-	if (!pod || !inbound_captured(pod, dport))
+	if (!pod)
 		return TC_ACT_OK;
+	if (l4 == MB_L4_UNKNOWN) {
+		/* TCP to a meshed pod whose port cannot be read: it could be a captured one (fail closed) */
+		count(MB_CNT_INBOUND_UNPARSED, 1);
+		return TC_ACT_SHOT;
+	}
+	dport = bpf_ntohs(tcp.dest);
+	if (dport == cfg->inbound_port || !inbound_captured(pod, dport))
+		return TC_ACT_OK; /* the inbound port itself: already on its way to the sidecar */
 	/* Only a new connection is handed over. Every later packet finds its socket by the normal
 	 * lookup: the accepted socket under the original tuple, or (where Istio's PREROUTING REDIRECT
 	 * is installed too and rewrites the port) under the NATed one. */
-	if (!tcp->syn || tcp->ack)
+	if (!tcp.syn || tcp.ack)
 		return TC_ACT_OK;
 	sk = bpf_skc_lookup_tcp(skb, &t, tuple_size, BPF_F_CURRENT_NETNS, 0);
 	if (sk) {

@@ -37,6 +37,7 @@ export const COUNTERS = [
   'inboundNoListener',
   'dnsRedirected',
   'dnsReplyRestored',
+  'inboundUnparsed',
 ] as const
 export type CounterName = (typeof COUNTERS)[number]
 

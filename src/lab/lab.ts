@@ -317,6 +317,22 @@ export class Lab {
     await p.waitFor(/listening/)
   }
 
+  /**
+   * A GET from a pod (or the remote node) whose packets carry an IPv6 destination options header
+   * before TCP (IPV6_DSTOPTS on the socket): what ip6tables' `-p tcp` still matches.
+   */
+  async getWithDstOpts(podName: string, host: string, port: number, path: string): Promise<{status?: number; body?: string; error?: string}> {
+    const script = join(this.tmp, 'dstopts.py')
+    if (!existsSync(script)) writeFileSync(script, DSTOPTS_PY)
+    const r = await this.exec(podName, SYSTEM_PYTHON, [script, host, String(port), path])
+    const line = r.stdout.trim().split('\n').at(-1) ?? ''
+    try {
+      return JSON.parse(line) as {status?: number; body?: string; error?: string}
+    } catch {
+      return {error: `no answer: ${r.stderr.trim() || line}`}
+    }
+  }
+
   /** One DNS query from a pod (its cgroup), as `as` if given: what came back and from where. */
   async dnsQuery(podName: string, mode: DnsMode, family: DnsFamily, server: string, as?: {uid: number; gid: number}): Promise<DnsResult> {
     const query = [SYSTEM_PYTHON, this.dnsScript(), 'query', mode, family, server, '53']
@@ -455,6 +471,27 @@ async function removeCgroup(path: string): Promise<void> {
     }
   }
 }
+
+/** python3 HOST PORT PATH: an HTTP/1.0 GET over IPv6 with a destination options header (PadN) on every packet. */
+const DSTOPTS_PY = `
+import json, socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.settimeout(10)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    s.sendall(('GET %s HTTP/1.0\\r\\nHost: lab\\r\\n\\r\\n' % sys.argv[3]).encode())
+    data = b''
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    head, _, body = data.partition(b'\\r\\n\\r\\n')
+    print(json.dumps({'status': int(head.split(b' ')[1]), 'body': body.decode()}))
+except OSError as e:
+    print(json.dumps({'error': e.strerror or str(e)}))
+`
 
 /** A stream from the lab app that flows until released; see openStream. */
 export class HeldStream {

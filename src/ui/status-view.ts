@@ -18,6 +18,7 @@ const COUNTER_LABELS: Record<CounterName, string> = {
   inboundNoListener: 'packets dropped: no inbound sidecar listening (fail closed)',
   dnsRedirected: 'DNS connections and queries sent to the proxy',
   dnsReplyRestored: "DNS replies shown as the resolver's",
+  inboundUnparsed: 'TCP packets to a meshed pod dropped: fragments or no TCP header found (fail closed)',
 }
 
 export function renderStatus(r: StatusReport): string {

@@ -55,6 +55,8 @@ interface Case {
   v6?: boolean
   /** a DNS query to the address `to` instead of an HTTP request */
   dns?: {mode: DnsMode; family: DnsFamily}
+  /** IPv6 packets with a destination options header before TCP */
+  dstopts?: boolean
 }
 const DNS_PROXY_PODS = ['a', 'b']
 
@@ -108,6 +110,8 @@ const CASES: Case[] = [
   {name: 'IPv6: remote node -> meshed pod, port excluded inbound', from: REMOTE, to: 'b', port: 8082, v6: true},
   {name: 'IPv6: proxy uid 1500 pod: its sidecar -> own pod IP', from: 'e', to: 'e', as: E_PROXY, v6: true},
   {name: 'IPv6: include-ranges pod (IPv4 ranges only): app -> meshed pod', from: 'i', to: 'b', v6: true},
+  {name: 'IPv6 with a destination options header: remote node -> meshed pod', from: REMOTE, to: 'b', v6: true, dstopts: true},
+  {name: 'IPv6 with a destination options header: unmeshed pod -> meshed pod', from: 'c', to: 'b', v6: true, dstopts: true},
   {name: 'DNS capture on: app -> resolver, UDP connected (glibc)', from: 'a', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
   {name: 'DNS capture on: app -> resolver, UDP sendto', from: 'a', to: REMOTE_IP, dns: {mode: 'udp-sendto', family: '4'}},
   {name: 'DNS capture on: app -> resolver, TCP', from: 'a', to: REMOTE_IP, dns: {mode: 'tcp', family: '4'}},
@@ -176,7 +180,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
     const port = c.port ?? APP_PORT
     const host = c.to.startsWith('127.') || c.to === '::1' ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
     const url = `http://${c.mapped ? `[::ffff:${host}]` : c.v6 ? `[${host}]` : host}:${port}/whoami`
-    const r = await lab.get(c.from, url, undefined, c.as)
+    const r = c.dstopts ? await lab.getWithDstOpts(c.from, host, port, '/whoami') : await lab.get(c.from, url, undefined, c.as)
     return r.status === 200 && r.body ? `app saw ${who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress)}` : `failed: ${r.error ?? String(r.status)}`
   }
 

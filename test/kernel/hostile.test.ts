@@ -1,4 +1,4 @@
-// Pair keys stay unique on the node when two sockets share a 4-tuple: a pod with NET_ADMIN puts
+// Hostile packets and sockets. Pair keys stay unique on the node when two sockets share a 4-tuple: a pod with NET_ADMIN puts
 // two other pods' addresses on its own loopback and holds a connection between them, on the very
 // ports a real connection between those pods then uses. The real connection must still reach the
 // destination's sidecar, and the impostor must never receive its bytes.
@@ -8,10 +8,10 @@ import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {readMaps} from '../../src/bpf/maps.js'
 import {Installation} from '../../src/datapath/installation.js'
-import {APP_PORT, Lab, REMOTE} from '../../src/lab/lab.js'
+import {APP_PORT, Lab, NODE, NODE_IP, REMOTE} from '../../src/lab/lab.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
+import {cli, eventually, kernelSkipReason, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'], [SYSTEM_PYTHON])
 
@@ -58,7 +58,18 @@ else:
         print('error: %s' % (e.strerror or e), flush=True)
 `
 
-describe('pair keys unique on the node', {skip, timeout: 240_000}, () => {
+// a first fragment of a TCP SYN to DST:PORT (only the ports and sequence number fit), from SRC
+const FRAGMENT_PY = `
+import socket, struct, sys
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tcp8 = struct.pack('!HHI', 40000, port, 1)
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp8), 0x4d42, 0x2000, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.sendto(ip + tcp8, (dst, 0))
+print('sent', flush=True)
+`
+
+describe('hostile packets and sockets', {skip, timeout: 240_000}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const inst = new Installation(install.bpffs)
@@ -72,6 +83,7 @@ describe('pair keys unique on the node', {skip, timeout: 240_000}, () => {
     await lab.startApp('b')
     writeFileSync(join(lab.tmp, 'server.py'), SERVER_PY)
     writeFileSync(join(lab.tmp, 'client.py'), CLIENT_PY)
+    writeFileSync(join(lab.tmp, 'fragment.py'), FRAGMENT_PY)
     const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
     assert.equal(r.code, 0, r.stderr + r.stdout)
   })
@@ -80,6 +92,14 @@ describe('pair keys unique on the node', {skip, timeout: 240_000}, () => {
     await cli(['disable', '--bpffs', install.bpffs], install.env)
     await lab.destroy()
     install.cleanup()
+  })
+
+  // first: the impostor below answers ARP for the addresses it takes
+  it('drops TCP fragments to a meshed pod, whose ports it cannot judge, and counts them (fail closed)', async () => {
+    const before = (await readMaps.counters(inst)).inboundUnparsed
+    const r = await lab.exec(NODE, SYSTEM_PYTHON, [join(lab.tmp, 'fragment.py'), NODE_IP, lab.pod('b').ip, String(APP_PORT)])
+    assert.equal(r.code, 0, r.stderr)
+    await eventually('the fragment counted', async () => (await readMaps.counters(inst)).inboundUnparsed > before)
   })
 
   it("never hands a connection's bytes to a socket in another namespace with the same 4-tuple", async () => {
@@ -107,4 +127,5 @@ describe('pair keys unique on the node', {skip, timeout: 240_000}, () => {
     // and went socket to socket: the impostor did not cost the real connection its acceleration
     assert.ok((await readMaps.counters(inst)).msgRedirected > before, 'messages of the real connection were redirected')
   })
+
 })
