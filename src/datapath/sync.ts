@@ -4,7 +4,7 @@ import {encodePodId, encodePodRules, encodeU64, MAX_DNS, type PodRules} from '..
 import {readMaps} from '../bpf/maps.js'
 import type {MeshedPod, PodSelection} from '../kube/pods.js'
 import type {BuiltObjects} from '../bpf/objects.js'
-import {listNetnsCandidates, namespaceResolvers, namespacesByIp, type NetnsCandidate, netnsCookies} from '../node/netns.js'
+import {listNetnsCandidates, namespaceResolvers, namespacesByIp, type NetnsCandidate, netnsCookies, normalIp} from '../node/netns.js'
 import {attachInbound} from '../node/tc-inbound.js'
 import type {Installation, PodRecord} from './installation.js'
 
@@ -63,7 +63,7 @@ async function readView(inst: Installation): Promise<PodMapsView> {
  */
 export async function syncPods(inst: Installation, objects: BuiltObjects, selection: PodSelection, opts: {known?: PodMapsView; attachInbound: boolean}): Promise<SyncResult> {
   const byIp = namespacesByIp(await listNetnsCandidates())
-  const found = selection.meshed.map((pod) => ({pod, ns: byIp.get(pod.ip)}))
+  const found = selection.meshed.map((pod) => ({pod, ns: byIp.get(normalIp(pod.ip))}))
   const cookies = await netnsCookies(objects.netnsCookie, found.flatMap((f) => (f.ns ? [f.ns.path] : [])))
   const current = opts.known ?? (await readView(inst))
 

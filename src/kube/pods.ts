@@ -156,7 +156,8 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     // names are printed and recorded: a pods file may hold anything where the API has DNS names
     const namespace = typeof pod.metadata?.namespace === 'string' ? printable(pod.metadata.namespace, 253) : 'default'
     const name = typeof pod.metadata?.name === 'string' ? printable(pod.metadata.name, 253) : '(unnamed)'
-    const skip = (reason: string) => out.skipped.push({namespace, name, reason, ...(podIPv4(pod) ? {ip: podIPv4(pod)} : {})})
+    const anyIp = podIPv4(pod) ?? podIPv6(pod)
+    const skip = (reason: string) => out.skipped.push({namespace, name, reason, ...(anyIp ? {ip: anyIp} : {})})
     const proxy = proxyContainer(pod, mesh)
     if (!proxy) {
       skip(`no injected ${mesh.sidecarContainer} sidecar`)
@@ -181,9 +182,10 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
       skip(`finished (${pod.status.phase})`)
       continue
     }
-    const ip = podIPv4(pod)
+    // an IPv6-only pod is known by its IPv6 address, as a dual-stack one by its IPv4 address
+    const ip = podIPv4(pod) ?? podIPv6(pod)
     if (!ip) {
-      skip(podIPv6(pod) ? 'has no IPv4 address (IPv6-only pods are not supported yet)' : 'has no IPv4 address yet')
+      skip('has no IP address yet')
       continue
     }
     // YAML input may carry numbers (a port) where the API always has strings
@@ -196,7 +198,7 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     // the proxy's user and group: its container's, else the pod's, else the mesh's default
     const proxyUid = specId(proxy.securityContext?.runAsUser) ?? specId(pod.spec.securityContext?.runAsUser) ?? mesh.sidecarUid
     const proxyGid = specId(proxy.securityContext?.runAsGroup) ?? specId(pod.spec.securityContext?.runAsGroup) ?? mesh.sidecarGid
-    const ip6 = podIPv6(pod)
+    const ip6 = ip === podIPv4(pod) ? podIPv6(pod) : undefined
     const dns = dnsCapture(pod, proxy)
     if (dns.warning) warnings.push(dns.warning)
     out.meshed.push({namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dns.on, rules: {...rules, proxyUid, proxyGid}, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)})

@@ -32,6 +32,8 @@ export interface LabPodSpec {
   gateway?: boolean
   /** its proxy captures DNS (ISTIO_META_DNS_CAPTURE=true in the proxy container's env) */
   dnsCapture?: boolean
+  /** in a dual-stack lab: only an IPv6 address (`ip` and `ip6` are both that address) */
+  ipv6Only?: boolean
 }
 
 export interface LabPod extends LabPodSpec {
@@ -139,7 +141,9 @@ export class Lab {
   /** A pod joins the bridge: its namespace, veth pair, address and cgroup. */
   async addPod(spec: LabPodSpec): Promise<LabPod> {
     const n = this.pods.size + 2
-    const pod: LabPod = {...spec, netns: `${this.id}-${spec.name}`, ip: this.nextIp(), ...(this.dualStack ? {ip6: `${SUBNET6}${n}`} : {}), cgroup: join(this.cgroup, spec.name)}
+    if (spec.ipv6Only && !this.dualStack) throw new Error('an IPv6-only pod needs a dual-stack lab')
+    const ip6 = this.dualStack ? `${SUBNET6}${n}` : undefined
+    const pod: LabPod = {...spec, netns: `${this.id}-${spec.name}`, ip: spec.ipv6Only && ip6 ? ip6 : this.nextIp(), ...(ip6 ? {ip6} : {}), cgroup: join(this.cgroup, spec.name)}
     this.pods.set(spec.name, pod)
     mkdirSync(pod.cgroup)
     await run('ip', ['netns', 'add', pod.netns])
@@ -147,10 +151,10 @@ export class Lab {
     const veth = `v${spec.name}`
     await run('ip', ['link', 'add', veth, 'netns', this.bridgeNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod.netns])
     await run('ip', ['-n', this.bridgeNs, 'link', 'set', veth, 'master', 'br0', 'up'])
-    await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0'])
+    if (!spec.ipv6Only) await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0'])
     await run('ip', ['-n', pod.netns, 'link', 'set', 'eth0', 'up'])
     await run('ip', ['-n', pod.netns, 'link', 'set', 'lo', 'up'])
-    await run('ip', ['-n', pod.netns, 'route', 'add', 'default', 'via', NODE_IP])
+    if (!spec.ipv6Only) await run('ip', ['-n', pod.netns, 'route', 'add', 'default', 'via', NODE_IP])
     if (pod.ip6) {
       await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip6}/64`, 'dev', 'eth0', 'nodad'])
       await run('ip', ['-n', pod.netns, '-6', 'route', 'add', 'default', 'via', NODE_IP6])
@@ -386,7 +390,7 @@ export class Lab {
         kind: 'Pod',
         metadata: {name: p.name, namespace: 'lab', annotations: {...(p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}), ...p.annotations}},
         spec: {nodeName: node, containers: [{name: 'app'}, ...(p.meshed ? [proxy] : [])]},
-        status: {phase: 'Running', podIP: p.ip, podIPs: [{ip: p.ip}, ...(p.ip6 ? [{ip: p.ip6}] : [])]},
+        status: {phase: 'Running', podIP: p.ip, podIPs: [{ip: p.ip}, ...(p.ip6 && p.ip6 !== p.ip ? [{ip: p.ip6}] : [])]},
       }
     })
     return JSON.stringify({apiVersion: 'v1', kind: 'List', items})

@@ -1,7 +1,18 @@
 import {existsSync, readdirSync, readFileSync, readlinkSync, statSync} from 'node:fs'
 import {isIP} from 'node:net'
 import {join} from 'node:path'
+import {ipToSlot, slotToIp} from '../bpf/ip.js'
 import {run} from './exec.js'
+
+/** Global IPv6 addresses in a /proc/PID/net/if_inet6 text (32 hex digits, then index, prefix, scope). */
+export function parseIfInet6(text: string): string[] {
+  const out: string[] = []
+  for (const [, hex = '', scope = ''] of text.matchAll(/^([0-9a-f]{32}) \S+ \S+ ([0-9a-f]{2}) /gm)) {
+    if (scope !== '00') continue // link-local, host (::1) and site scopes are never a pod's address
+    out.push(slotToIp(Buffer.from(hex, 'hex')))
+  }
+  return out
+}
 
 /** Local IPv4 addresses in a /proc/PID/net/fib_trie text: the lines before each "/32 host LOCAL". */
 export function parseFibTrieLocal(text: string): string[] {
@@ -42,7 +53,7 @@ function netnsInode(path: string): number | undefined {
 }
 
 /**
- * Every network namespace on the node other than our own, with its local IPv4 addresses: one
+ * Every network namespace on the node other than our own, with its local addresses: one
  * process per namespace (from /proc), and the named ones under /run/netns that no process holds.
  */
 export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
@@ -64,7 +75,7 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
       continue
     }
     try {
-      const addresses = parseFibTrieLocal(readFileSync(`/proc/${entry}/net/fib_trie`, 'utf8'))
+      const addresses = [...parseFibTrieLocal(readFileSync(`/proc/${entry}/net/fib_trie`, 'utf8')), ...ipv6Of(entry)]
       byInode.set(inode, {inode, path: `/proc/${entry}/ns/net`, addresses, pids: [Number(entry)]})
     } catch {
       continue
@@ -81,8 +92,11 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
         known.name ??= name
         continue
       }
-      const r = await run('ip', ['-netns', name, '-4', '-o', 'addr', 'show'], {allowFailure: true})
-      const addresses = [...r.stdout.matchAll(/inet (\d+\.\d+\.\d+\.\d+)\//g)].map(([, ip = '']) => ip)
+      const r = await run('ip', ['-netns', name, '-o', 'addr', 'show'], {allowFailure: true})
+      const addresses = [
+        ...[...r.stdout.matchAll(/inet (\d+\.\d+\.\d+\.\d+)\//g)].map(([, ip = '']) => ip),
+        ...[...r.stdout.matchAll(/inet6 ([0-9a-f:]+)\/\d+ scope global/g)].map(([, ip = '']) => slotToIp(ipToSlot(ip))),
+      ]
       byInode.set(inode, {inode, path, addresses, pids: [], name})
     }
   }
@@ -102,11 +116,24 @@ export async function netnsCookies(helper: string, paths: string[]): Promise<Map
   return out
 }
 
-/** For each IP, the namespace that has it as a local address (pod IPs are unique on a node). */
+/** For each IP (in canonical form: normalIp), the namespace that has it as a local address (pod IPs are unique on a node). */
 export function namespacesByIp(candidates: NetnsCandidate[]): Map<string, NetnsCandidate> {
   const out = new Map<string, NetnsCandidate>()
-  for (const c of candidates) for (const ip of c.addresses) if (!ip.startsWith('127.')) out.set(ip, c)
+  for (const c of candidates) for (const ip of c.addresses) if (!ip.startsWith('127.')) out.set(normalIp(ip), c)
   return out
+}
+
+/** One spelling per address (IPv6 is written many ways), as keys of namespacesByIp. */
+export function normalIp(ip: string): string {
+  return slotToIp(ipToSlot(ip))
+}
+
+function ipv6Of(pid: string): string[] {
+  try {
+    return parseIfInet6(readFileSync(`/proc/${pid}/net/if_inet6`, 'utf8'))
+  } catch {
+    return [] // IPv6 disabled in that namespace
+  }
 }
 
 /** The nameserver addresses of a resolv.conf text, as a resolver reads them (a zone index dropped). */

@@ -16,7 +16,7 @@ import {cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'ip6tables-restore', 'setpriv'], [SYSTEM_PYTHON])
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
-// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9
+// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only)
 // a excludes outbound port 8081 and c's address, and its proxy captures DNS; b excludes inbound
 // port 8082; i sends to its sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
@@ -37,9 +37,11 @@ const PODS: LabPodSpec[] = [
   {name: 'n', meshed: true, annotations: {'sidecar.istio.io/interceptionMode': 'NONE'}},
   // a loopback include range: Istio then drops its "an app's traffic over lo goes direct" rules
   {name: 'l', meshed: true, annotations: {'traffic.sidecar.istio.io/includeOutboundIPRanges': '127.1.2.3/32'}},
+  // s has an IPv6 address only
+  {name: 's', meshed: true, ipv6Only: true},
 ]
-const SIDECARS = ['a', 'b', 'e', 'i', 'l']
-const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080]]
+const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's']
+const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080]]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
 
@@ -110,6 +112,11 @@ const CASES: Case[] = [
   {name: 'IPv6: remote node -> meshed pod, port excluded inbound', from: REMOTE, to: 'b', port: 8082, v6: true},
   {name: 'IPv6: proxy uid 1500 pod: its sidecar -> own pod IP', from: 'e', to: 'e', as: E_PROXY, v6: true},
   {name: 'IPv6: include-ranges pod (IPv4 ranges only): app -> meshed pod', from: 'i', to: 'b', v6: true},
+  {name: 'IPv6-only pod: app -> other meshed pod', from: 's', to: 'b', v6: true},
+  {name: 'IPv6-only pod: app -> own pod IP', from: 's', to: 's', v6: true},
+  {name: 'IPv6-only pod: its sidecar -> own pod IP', from: 's', to: 's', as: PROXY, v6: true},
+  {name: 'IPv6-only pod: remote node -> it', from: REMOTE, to: 's', v6: true},
+  {name: 'IPv6-only pod: meshed pod -> it', from: 'a', to: 's', v6: true},
   {name: 'IPv6 with a destination options header: remote node -> meshed pod', from: REMOTE, to: 'b', v6: true, dstopts: true},
   {name: 'IPv6 with a destination options header: unmeshed pod -> meshed pod', from: 'c', to: 'b', v6: true, dstopts: true},
   {name: 'DNS capture on: app -> resolver, UDP connected (glibc)', from: 'a', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},

@@ -5,7 +5,7 @@ import {CAPTURE_ALL} from '../../src/bpf/layout.js'
 import {podRulesWithDns} from '../../src/datapath/sync.js'
 import {ANNOTATIONS, rulesFromAnnotations} from '../../src/kube/annotations.js'
 import {type MeshedPod, type PodJson, parsePodList, selectMeshedPods} from '../../src/kube/pods.js'
-import {namespaceResolvers, parseResolvConf} from '../../src/node/netns.js'
+import {namespaceResolvers, normalIp, parseIfInet6, parseResolvConf} from '../../src/node/netns.js'
 import {printable} from '../../src/text.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 
@@ -65,15 +65,16 @@ describe('pod selection', () => {
       pod('elsewhere', {spec: {nodeName: 'node2', containers: [{name: 'istio-proxy'}]}}),
     ]
     const s = selectMeshedPods(pods, 'node1', istio)
-    assert.deepEqual(s.meshed.map((p) => p.name), ['meshed', 'native'])
+    assert.deepEqual(s.meshed.map((p) => p.name), ['meshed', 'native', 'v6only'])
+    // an IPv6-only pod is known by its IPv6 address
+    assert.deepEqual(s.meshed.map((p) => [p.ip, p.ip6]), [['10.0.0.1', undefined], ['10.0.0.1', undefined], ['fd00::1', undefined]])
     assert.equal(s.otherNodes, 1)
     const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
     assert.match(reasons['plain-init']!, /no injected istio-proxy/)
     assert.match(reasons['no-annotation']!, /no injected istio-proxy/)
     assert.match(reasons.hostnet!, /host network/)
     assert.match(reasons.done!, /finished/)
-    assert.match(reasons.pending!, /no IPv4/)
-    assert.match(reasons.v6only!, /IPv6-only pods are not supported yet/)
+    assert.match(reasons.pending!, /no IP address yet/)
   })
 
   it('prefixes annotation warnings with the pod', () => {
@@ -224,5 +225,14 @@ describe('printable', () => {
     assert.equal(printable('a\tb\u001b[0m\u009b'), 'a\\x09b\\x1b[0m\\x9b')
     assert.equal(printable('x'.repeat(50), 10), 'xxxxxxxxxx... (50 characters)')
     assert.equal(printable('fine'), 'fine')
+  })
+})
+
+describe('namespace addresses', () => {
+  it('reads global IPv6 addresses from if_inet6, leaving out loopback and link-local ones', () => {
+    const text = 'fd770000000000000000000000000009 02 40 00 80     eth0\nfe80000000000000b4d2fffffe0c0d0e 02 40 20 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n'
+    assert.deepEqual(parseIfInet6(text), ['fd77::9'])
+    assert.equal(normalIp('fd77:0:0::0009'), 'fd77::9')
+    assert.equal(normalIp('10.0.0.1'), '10.0.0.1')
   })
 })
