@@ -96,7 +96,7 @@ export const DEMO_STEPS = [
       if (!client || !server) throw new MerbridgeError('the lab has no sidecars')
       const marks = [client.stdout.length, server.stdout.length] as const
       const remoteAddress = await whoami(lab)
-      // haproxy logs a connection when it closes, a moment after the response
+      // haproxy logs a connection once its upstream is connected: the log line may trail the response
       const logged = async (p: LabProcess, mark: number, what: string) => {
         await p.waitFor(() => parseSidecarLog(p.stdout.slice(mark)).length > 0, what).catch(() => undefined)
         return parseSidecarLog(p.stdout.slice(mark)).at(0)?.originalDst

@@ -2,7 +2,9 @@
  * A sidecar for the lab that behaves like Envoy's ORIGINAL_DST listeners: Debian's haproxy in
  * TCP mode, running as the mesh's uid/gid, outbound on 15001 and inbound on 15006, forwarding to
  * the destination getsockopt(SO_ORIGINAL_DST) reports; inbound upstreams leave from 127.0.0.6.
- * Each connection is logged on stdout as: client frontend(original destination) backend server.
+ * Each connection is logged on stdout as: client frontend(original destination) backend server,
+ * as soon as its upstream is connected (logasap): what a test reads is there while the
+ * connection is still open, whenever it closes.
  */
 import type {MeshProfile} from '../mesh/profiles.js'
 
@@ -17,7 +19,8 @@ export function haproxyConfig(mesh: MeshProfile, opts: {uid?: number; gid?: numb
 defaults
   mode tcp
   log global
-  log-format "conn %ci:%cp dst=%fi:%fp via=%b server=%si:%sp bytes=%B"
+  option logasap
+  log-format "conn %ci:%cp dst=%fi:%fp via=%b server=%si:%sp"
   timeout connect 5s
   timeout client 120s
   timeout server 120s

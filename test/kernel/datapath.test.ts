@@ -36,7 +36,7 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.equal(r.status, 200, `request ${from} -> ${to}: ${r.error ?? ''}`)
     return JSON.parse(r.body!) as {remoteAddress: string}
   }
-  /** Log lines a sidecar printed since `mark` characters, once there are `want` (haproxy logs a connection when it closes). */
+  /** Log lines a sidecar printed since `mark` characters, once there are `want` (haproxy logs a connection once its upstream is connected). */
   const logSince = async (pod: string, mark: number, want = 1) => {
     const p = sidecars.get(pod)!
     await p.waitFor(() => parseSidecarLog(p.stdout.slice(mark)).length >= want, `${want} connection log line(s) from ${pod}'s sidecar`)

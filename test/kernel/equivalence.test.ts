@@ -204,7 +204,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
       for (const dir of ['outbound', 'inbound'] as const) {
         const n = now[dir] - was[dir]
         if (n === 0) continue
-        // the session was accepted before the response came back; its log line follows its close
+        // the session was accepted before the response came back; haproxy logs it once its upstream is connected
         const proc = sidecars.get(p)!
         const lines = () => [
           ...parseSidecarLog(proc.stdout.slice(marks.get(p))).filter((l) => l.backend === `${dir}_passthrough`).map((l) => l.originalDst),
