@@ -5,6 +5,8 @@
  */
 import {Cidr, ipToSlot, isMappedV4, slotToIp} from './ip.js'
 
+/** Map capacities (consts.h) */
+export const MAX_PODS = 4096
 export const MAX_PORTS = 16
 export const MAX_CIDRS = 8
 export const MAX_DNS = 4

@@ -18,6 +18,8 @@ import {inspect} from './inspect.js'
 import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
 import {type AppliedPods, applyPods, podsRecord} from './pods-sync.js'
+import {checkCapacity} from './sync.js'
+import {selectMeshedPods} from '../kube/pods.js'
 
 export interface EnableOptions {
   mesh?: string
@@ -104,6 +106,17 @@ export const ENABLE_STEPS: EnableStep[] = [
     },
   },
   {
+    // before anything is loaded or replaced: a bad pods file or an API that cannot be used fails
+    // here, with the node as it was
+    id: 'read-pods',
+    title: 'Read the pods of this node',
+    async run(ctx) {
+      ctx.loaded = await loadPods(ctx.opts.podsFile, ctx.node, ctx.opts.kube)
+      ctx.podsSource = ctx.loaded.source
+      checkCapacity(selectMeshedPods(ctx.loaded.pods, ctx.node, ctx.mesh))
+    },
+  },
+  {
     id: 'build',
     title: 'Build the datapath',
     async run(ctx) {
@@ -150,10 +163,9 @@ export const ENABLE_STEPS: EnableStep[] = [
   },
   {
     id: 'pods',
-    title: 'Load the pods of this node',
+    title: 'Register the pods of this node',
     async run(ctx) {
-      ctx.loaded = await loadPods(ctx.opts.podsFile, ctx.node, ctx.opts.kube)
-      ctx.podsSource = ctx.loaded.source
+      ctx.loaded = required(ctx.loaded, 'the pods read')
       // a fresh or replaced datapath gets inbound capture in the attach step, after getsockopt
       ctx.applied = await applyPods(ctx.inst, required(ctx.objects, 'the built objects'), ctx.loaded.pods, {node: ctx.node, mesh: ctx.mesh, attachInbound: ctx.mode === 'resync'})
     },

@@ -1,6 +1,7 @@
 import {bpftool} from '../bpf/bpftool.js'
 import {ipToSlot} from '../bpf/ip.js'
-import {encodePodId, encodePodRules, encodeU64, MAX_DNS, type PodRules} from '../bpf/layout.js'
+import {encodePodId, encodePodRules, encodeU64, MAX_DNS, MAX_PODS, type PodRules} from '../bpf/layout.js'
+import {MerbridgeError} from '../errors.js'
 import {readMaps} from '../bpf/maps.js'
 import type {MeshedPod, PodSelection} from '../kube/pods.js'
 import type {BuiltObjects} from '../bpf/objects.js'
@@ -47,6 +48,19 @@ export function podRulesWithDns(pod: MeshedPod, ns: NetnsCandidate | undefined, 
   return {rules: {...pod.rules, dns: {all: false, servers: found.servers}}}
 }
 
+/**
+ * Refuse, before anything is written, pods that do not fit the maps: a batch that fails halfway
+ * would leave the maps and the record disagreeing.
+ */
+export function checkCapacity(selection: PodSelection): void {
+  const addresses = selection.meshed.reduce((n, p) => n + (p.ip6 ? 2 : 1), 0)
+  if (addresses > MAX_PODS)
+    throw new MerbridgeError(`${selection.meshed.length} meshed pods on this node (${addresses} addresses); the datapath holds ${MAX_PODS} addresses`, {
+      code: 'TOO_MANY_PODS',
+      suggestion: "check the node's pod limit and the pods list (--node, --pods-file); nothing was changed",
+    })
+}
+
 async function readView(inst: Installation): Promise<PodMapsView> {
   const rules = new Map<string, string>()
   for (const p of await readMaps.localPods(inst)) rules.set(p.ip, encodePodRules(p.rules).toString('hex'))
@@ -62,6 +76,7 @@ async function readView(inst: Installation): Promise<PodMapsView> {
  * sync of this process left) saves reading the maps back.
  */
 export async function syncPods(inst: Installation, objects: BuiltObjects, selection: PodSelection, opts: {known?: PodMapsView; attachInbound: boolean}): Promise<SyncResult> {
+  checkCapacity(selection)
   const byIp = namespacesByIp(await listNetnsCandidates())
   const found = selection.meshed.map((pod) => ({pod, ns: byIp.get(normalIp(pod.ip))}))
   const cookies = await netnsCookies(objects.netnsCookie, found.flatMap((f) => (f.ns ? [f.ns.path] : [])))

@@ -95,6 +95,18 @@ export function checkFeatures(probe: unknown): Check {
 
 export function checkForeignPrograms(cgroup: string, attached: {id: number; name: string; attach_type: string}[], ours: Set<number>): Check {
   const foreign = attached.filter((a) => !ours.has(a.id))
+  // merbridge's programs that are not this installation's: two datapaths on one cgroup would both
+  // rewrite every connect, and each one's disable would leave the other's half working
+  const twin = foreign.filter((a) => a.name.startsWith('mb_'))
+  if (twin.length > 0)
+    return {
+      id: 'foreign-programs',
+      title: 'other programs on the cgroup',
+      status: 'fail',
+      required: true,
+      detail: `another merbridge installation is attached to ${cgroup} (${twin.map((a) => `${a.name} id ${a.id}`).slice(0, 3).join(', ')}${twin.length > 3 ? ', ...' : ''})`,
+      remedy: 'use the --bpffs of that installation, or remove it first with merbridge disable --bpffs <its folder>',
+    }
   if (foreign.length === 0) return pass('foreign-programs', 'other programs on the cgroup', `none on ${cgroup}`, false)
   return {
     id: 'foreign-programs',

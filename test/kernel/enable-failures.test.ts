@@ -2,7 +2,7 @@
 // cleaned by disable, and a user without privileges gets one clear line.
 import assert from 'node:assert/strict'
 import {chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
-import {tmpdir} from 'node:os'
+import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
@@ -11,6 +11,7 @@ import {Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
 import type {PreflightResult} from '../../src/node/preflight.js'
+import type {StatusReport} from '../../src/datapath/inspect.js'
 import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'setpriv'])
@@ -19,6 +20,17 @@ const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'setpriv'])
  * A stand-in for a tool that runs the real one but fails the Nth call whose arguments contain
  * MB_FAIL_MATCH (after running it when MB_FAIL_AFTER=1), or kills its caller with MB_FAIL_KILL=1.
  */
+/** A pods list of `n` meshed pods on this node: more than the maps hold when n > 4096. */
+function manyPods(n: number): string {
+  const items = Array.from({length: n}, (_, i) => ({
+    kind: 'Pod',
+    metadata: {name: `p${i}`, namespace: 'many', annotations: {'sidecar.istio.io/status': '{}'}},
+    spec: {nodeName: hostname(), containers: [{name: 'istio-proxy'}]},
+    status: {phase: 'Running', podIP: `10.200.${i >> 8}.${i & 255}`},
+  }))
+  return JSON.stringify({kind: 'List', items})
+}
+
 function faultyTool(dir: string, real: string): string {
   const path = join(dir, `faulty-${real}`)
   writeFileSync(
@@ -80,8 +92,9 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
     {step: 'build', title: 'Build the datapath', env: (d) => ({MERBRIDGE_CLANG: faultyTool(d, 'clang'), MERBRIDGE_CACHE_DIR: join(d, 'cache'), MB_FAIL_MATCH: '-target bpf'})},
     {step: 'load', title: 'Load and pin programs and maps', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'prog loadall', MB_FAIL_AFTER: '1'})},
     {step: 'configure', title: 'Configure the mesh profile', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file'})},
-    {step: 'pods (bad file)', title: 'Load the pods of this node', flags: {'--pods-file': join(tmp, 'bad-pods.json')}},
-    {step: 'pods (map writes)', title: 'Load the pods of this node', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_NTH: '2'})},
+    {step: 'read-pods (bad file)', title: 'Read the pods of this node', flags: {'--pods-file': join(tmp, 'bad-pods.json')}},
+    {step: 'read-pods (more pods than the maps hold)', title: 'Read the pods of this node', flags: {'--pods-file': join(tmp, 'many-pods.json')}},
+    {step: 'pods (map writes)', title: 'Register the pods of this node', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_NTH: '2'})},
     {step: 'attach', title: 'Attach to the cgroup', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'connect4 pinned', MB_FAIL_AFTER: '1'})},
     // the record's place is taken by a folder: everything before it succeeds, the record cannot be written
     {step: 'record', title: 'Record the installation', prepare: (inst) => mkdirSync(inst.stateFile, {recursive: true})},
@@ -90,6 +103,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
   for (const f of failures) {
     it(`leaves nothing behind when "${f.title}" fails (${f.step})`, async () => {
       writeFileSync(join(tmp, 'bad-pods.json'), '{"items": [')
+      writeFileSync(join(tmp, 'many-pods.json'), manyPods(4097))
       const install = uniqueInstall()
       const dir = mkdtempSync(join(tmp, 'step-'))
       const env = {...install.env, MB_FAIL_COUNTER: join(dir, 'count'), ...f.env?.(dir)}
@@ -182,6 +196,49 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
       await first
       await cli(['disable', '--bpffs', install.bpffs], install.env)
       install.cleanup()
+    }
+  })
+
+  it('keeps the running datapath when a replacement cannot read its pods, and says why in one line', async () => {
+    const install = uniqueInstall()
+    try {
+      const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
+      assert.equal(first.code, 0, first.stderr)
+      const ids = async () => parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => `${p.name} ${p.id ?? '?'} ${String(p.attached)}`)
+      const before = await ids()
+      writeFileSync(join(tmp, 'bad-pods.json'), '{"items": [')
+      // --rebuild asks for a replacement: nothing of the old datapath may go before the new one can be made
+      const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', join(tmp, 'bad-pods.json')], install.env)
+      assert.equal(r.code, 1, r.stdout + r.stderr)
+      assert.deepEqual(r.stderr.split('\n').filter((l) => l.startsWith('Error:')).length, 1, r.stderr)
+      assert.match(r.stderr, /enable failed at "Read the pods of this node"/)
+      assert.deepEqual(await ids(), before, 'the same programs, still attached')
+      const status = await cli(['status', '--bpffs', install.bpffs], install.env)
+      assert.equal(status.code, 0, status.stdout)
+    } finally {
+      await cli(['disable', '--bpffs', install.bpffs], install.env)
+      install.cleanup()
+    }
+  })
+
+  it('refuses a second installation on a cgroup that has one, before loading anything', async () => {
+    const first = uniqueInstall()
+    const second = uniqueInstall()
+    try {
+      const r1 = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', first.bpffs, '--pods-file', podsFile], first.env)
+      assert.equal(r1.code, 0, r1.stderr)
+      const attached = async () => (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout) as unknown[]).length
+      const before = await attached()
+      const r2 = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', second.bpffs, '--pods-file', podsFile], second.env)
+      assert.equal(r2.code, 1, r2.stdout + r2.stderr)
+      assert.match(r2.stderr, /another merbridge installation is attached to /)
+      assert.equal(await attached(), before, 'no program added to the cgroup')
+      assert.ok(!existsSync(second.bpffs), 'nothing pinned for the second')
+    } finally {
+      for (const i of [second, first]) {
+        await cli(['disable', '--bpffs', i.bpffs], i.env)
+        i.cleanup()
+      }
     }
   })
 

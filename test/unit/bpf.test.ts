@@ -17,10 +17,24 @@ import {
   encodePodRules,
   encodeProcess,
   encodeSettings,
+  COUNTERS,
   LAYOUT,
+  MAX_CIDRS,
+  MAX_DNS,
+  MAX_PODS,
+  MAX_PORTS,
+  ORIGIN_DNS,
+  ORIGIN_INBOUND,
+  ORIGIN_OUTBOUND,
+  ORIGIN_OWN_POD,
+  ORIGIN_UNREGISTERED,
+  POD_DNS_ALL,
+  POD_DNS_CAPTURE,
+  POD_IN_ALL_PORTS,
+  POD_OUT_ALL_CIDRS,
   POD_OUT_LOOPBACK,
 } from '../../src/bpf/layout.js'
-import {checkFeatures} from '../../src/node/preflight.js'
+import {checkFeatures, checkForeignPrograms} from '../../src/node/preflight.js'
 import {ROOT} from '../helpers.js'
 
 const probe = JSON.parse(readFileSync(join(ROOT, 'test', 'fixtures', 'bpftool-probe-6.18.json'), 'utf8')) as Required<FeatureProbe>
@@ -138,5 +152,50 @@ describe('bpftool dump scanning', () => {
     const whole = new DumpScanner()
     whole.push(dump)
     assert.deepEqual(whole.end().map((e) => e.key), (JSON.parse(dump) as {key: string[]}[]).map((e) => bytesFromHex(e.key)))
+  })
+})
+
+describe('constants', () => {
+  it('mirror consts.h: capacities, pod flags and origin flags', () => {
+    const text = readFileSync(join(ROOT, 'bpf/headers/consts.h'), 'utf8')
+    const define = (name: string) => {
+      const m = new RegExp(`^#define ${name}\\s+\\(?(\\d+)u?(?: << (\\d+))?\\)?`, 'm').exec(text)
+      assert.ok(m, `${name} in consts.h`)
+      return Number(m[1]) << Number(m[2] ?? 0)
+    }
+    const expected: Record<string, number> = {
+      MB_MAX_PODS: MAX_PODS,
+      MB_MAX_PORTS: MAX_PORTS,
+      MB_MAX_CIDRS: MAX_CIDRS,
+      MB_MAX_DNS: MAX_DNS,
+      MB_POD_OUT_ALL_CIDRS: POD_OUT_ALL_CIDRS,
+      MB_POD_IN_ALL_PORTS: POD_IN_ALL_PORTS,
+      MB_POD_DNS_CAPTURE: POD_DNS_CAPTURE,
+      MB_POD_DNS_ALL: POD_DNS_ALL,
+      MB_POD_OUT_LOOPBACK: POD_OUT_LOOPBACK,
+      MB_ORIGIN_OUTBOUND: ORIGIN_OUTBOUND,
+      MB_ORIGIN_INBOUND: ORIGIN_INBOUND,
+      MB_ORIGIN_UNREGISTERED: ORIGIN_UNREGISTERED,
+      MB_ORIGIN_OWN_POD: ORIGIN_OWN_POD,
+      MB_ORIGIN_DNS: ORIGIN_DNS,
+    }
+    for (const [name, value] of Object.entries(expected)) assert.equal(define(name), value, name)
+    // the counters enum, in order
+    const counters = [...text.matchAll(/^\s+MB_CNT_(\w+)(?: = 0)?,/gm)].map(([, n = '']) => n).filter((n) => n !== '_COUNT')
+    assert.equal(counters.length, COUNTERS.length, counters.join(', '))
+  })
+})
+
+describe('programs on the cgroup', () => {
+  it("fails on another merbridge installation's programs and only warns about other tools'", () => {
+    const ours = new Set([10])
+    const twin = checkForeignPrograms('/cg', [{id: 10, name: 'mb_connect4', attach_type: 'cgroup_inet4_connect'}, {id: 20, name: 'mb_connect4', attach_type: 'cgroup_inet4_connect'}], ours)
+    assert.equal(twin.status, 'fail')
+    assert.equal(twin.required, true)
+    assert.match(twin.detail, /another merbridge installation is attached to \/cg \(mb_connect4 id 20\)/)
+    const other = checkForeignPrograms('/cg', [{id: 30, name: 'cil_sock4_connect', attach_type: 'cgroup_inet4_connect'}], ours)
+    assert.equal(other.status, 'warn')
+    assert.equal(other.required, false)
+    assert.equal(checkForeignPrograms('/cg', [{id: 10, name: 'mb_connect4', attach_type: 'cgroup_inet4_connect'}], ours).status, 'pass')
   })
 })
