@@ -8,7 +8,7 @@ import {MESH_NAMES} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {runWithProgress} from '../ui/steps.js'
-import {bpffsFlag, podSourceFlags, watchInForeground} from '../ui/flags.js'
+import {bpffsFlag, podSourceFlags, recheckFlag, watchInForeground} from '../ui/flags.js'
 import {c} from '../ui/theme.js'
 
 export interface EnableResult {
@@ -42,6 +42,7 @@ export default class Enable extends BaseCommand {
     bpffs: bpffsFlag,
     ...podSourceFlags,
     watch: Flags.boolean({description: 'after enabling, keep the maps matching the pods until stopped (what a node service runs)'}),
+    recheck: recheckFlag,
     rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),
   }
 
@@ -82,7 +83,7 @@ export default class Enable extends BaseCommand {
     this.log(summary(result))
     if (flags.watch) {
       if (this.jsonEnabled()) process.stdout.write(JSON.stringify(result) + '\n')
-      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh})
+      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh, recheckMs: flags.recheck * 1000})
       return undefined as unknown as EnableResult
     }
     return result

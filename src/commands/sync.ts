@@ -9,7 +9,7 @@ import {loadPods} from '../kube/source.js'
 import {meshProfile} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
-import {bpffsFlag, podSourceFlags, watchInForeground} from '../ui/flags.js'
+import {bpffsFlag, podSourceFlags, recheckFlag, watchInForeground} from '../ui/flags.js'
 import {c} from '../ui/theme.js'
 
 export interface SyncCommandResult {
@@ -35,6 +35,7 @@ export default class Sync extends BaseCommand {
   static override flags = {
     ...podSourceFlags,
     watch: Flags.boolean({description: 'keep the maps matching the pods until stopped'}),
+    recheck: recheckFlag,
     bpffs: bpffsFlag,
   }
 
@@ -50,7 +51,7 @@ export default class Sync extends BaseCommand {
     const kube = {kubeconfig: flags.kubeconfig, context: flags.context}
 
     if (flags.watch) {
-      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, inst, {kube, node, mesh})
+      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, inst, {kube, node, mesh, recheckMs: flags.recheck * 1000})
       return undefined
     }
 

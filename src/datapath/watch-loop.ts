@@ -1,7 +1,7 @@
 /**
  * `sync --watch` and `enable --watch`: keep the maps matching this node's pods until stopped.
  * Changes are applied one at a time; pods whose network namespace is not found yet are retried
- * every second.
+ * every second, and every `recheckMs` the maps are read back and whatever drifted is rewritten.
  */
 import {buildObjects} from '../bpf/objects.js'
 import {describeError, MerbridgeError, required} from '../errors.js'
@@ -20,6 +20,8 @@ export interface WatchOptions {
   signal: AbortSignal
   log: (line: string, event?: Record<string, unknown>) => void
   retryMs?: number
+  /** read the maps back and repair what differs from the pods this often (default 30 s) */
+  recheckMs?: number
 }
 
 export async function runWatch(inst: Installation, opts: WatchOptions): Promise<void> {
@@ -32,18 +34,23 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   let applied: AppliedPods | undefined
   let queue = Promise.resolve()
 
-  const apply = (pods: PodJson[], event: PodEvent | {type: 'RETRY'}) =>
+  const apply = (pods: PodJson[], event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'}) =>
     (queue = queue.then(async () => {
       latest = pods
       const started = performance.now()
       try {
         const before = applied
-        applied = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known: applied?.sync.view, attachInbound: true})
+        // a re-check forgets what the last sync left, so the maps are read back and compared
+        const known = event.type === 'RECHECK' ? undefined : applied?.sync.view
+        applied = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true})
         await savePodsRecord(inst, podsRecord(source, applied))
         const ms = Math.round(performance.now() - started)
         if (event.type === 'RELISTED')
           opts.log(`listed ${event.count} pod(s): ${applied.sync.meshed.length} meshed and registered, ${applied.sync.unregistered.length} not found yet, ${applied.selection.skipped.length} skipped (${ms} ms)`, {event: 'listed', pods: event.count, ms})
-        else if (event.type === 'RETRY') {
+        else if (event.type === 'RECHECK') {
+          const {written, deleted} = applied.sync
+          if (written + deleted > 0) opts.log(`re-check: the maps had drifted from the pods; rewrote ${written} entr${written === 1 ? 'y' : 'ies'} and removed ${deleted} (${ms} ms)`, {event: 'repaired', written, deleted, ms})
+        } else if (event.type === 'RETRY') {
           const now = new Set(applied.sync.meshed.map((p) => `${p.namespace}/${p.name}`))
           for (const p of before?.sync.unregistered ?? []) if (now.has(`${p.namespace}/${p.name}`)) opts.log(describePod(p.namespace, p.name, applied, false).text, {event: 'registered', pod: `${p.namespace}/${p.name}`, ms})
         } else {
@@ -62,6 +69,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   const retry = setInterval(() => {
     if (applied && applied.sync.unregistered.length > 0) void apply(latest, {type: 'RETRY'})
   }, opts.retryMs ?? 1000)
+  const recheck = setInterval(() => void apply(latest, {type: 'RECHECK'}), opts.recheckMs ?? 30_000)
   try {
     await watchNodePods(
       required(first.target, 'the Kubernetes API target'),
@@ -75,6 +83,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
     )
   } finally {
     clearInterval(retry)
+    clearInterval(recheck)
     await queue
   }
 }

@@ -20,12 +20,21 @@ export const podSourceFlags = {
   node: Flags.string({description: "this node's Kubernetes name (default: the hostname)"}),
 }
 
+/** How often a watch reads the maps back and repairs what drifted (anything else may write them). */
+export const recheckFlag = Flags.integer({
+  description: 'with --watch: seconds between re-reading the maps and repairing entries that no longer match the pods',
+  default: 30,
+  min: 1,
+})
+
 /** Stop a long-running command cleanly on Ctrl-C and on the service manager's SIGTERM. */
 export function abortOnSignals(): {signal: AbortSignal; dispose: () => void} {
   const controller = new AbortController()
   const stop = () => controller.abort()
-  process.once('SIGINT', stop)
-  process.once('SIGTERM', stop)
+  // `on`, not `once`: a listener still present when execa's signal-exit handler runs (a bpftool
+  // child may be running) keeps that handler from re-raising the signal and killing the process
+  process.on('SIGINT', stop)
+  process.on('SIGTERM', stop)
   return {signal: controller.signal, dispose: () => (process.off('SIGINT', stop), process.off('SIGTERM', stop))}
 }
 

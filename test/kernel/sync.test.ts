@@ -4,6 +4,9 @@ import {type ChildProcess, spawn} from 'node:child_process'
 import {once} from 'node:events'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
+import {bpftool} from '../../src/bpf/bpftool.js'
+import {ipToSlot} from '../../src/bpf/ip.js'
+import {CAPTURE_ALL, encodePodRules} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {Installation} from '../../src/datapath/installation.js'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
@@ -88,7 +91,7 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
   })
 
   it('watches: a pod added to the API is intercepted', async (t) => {
-    watcher = spawn(process.execPath, [BIN, 'sync', '--watch', '--json', ...flags()], {env: {...process.env, ...install.env}, stdio: ['ignore', 'pipe', 'pipe']})
+    watcher = spawn(process.execPath, [BIN, 'sync', '--watch', '--json', '--recheck', '1', ...flags()], {env: {...process.env, ...install.env}, stdio: ['ignore', 'pipe', 'pipe']})
     watcher.stdout!.on('data', (d: Buffer) => (watchLog += d.toString()))
     watcher.stderr!.on('data', (d: Buffer) => (watchLog += d.toString()))
     await until('the first list', () => watchLog.includes('"event":"listed"'))
@@ -105,6 +108,23 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
     api.delete('lab', 'd')
     await until('d released', async () => !(await local()).has(lab.pod('d').ip) && !(await registered()).has(lab.pod('d').ip))
     assert.equal(await remote('a', 'd'), lab.pod('a').ip, "a's sidecar now goes to d directly")
+  })
+
+  it('watches: repairs map entries something else changed, at the next re-check', async () => {
+    const b = lab.pod('b').ip
+    const [entry] = (await readMaps.localPods(inst)).filter((p) => p.ip === b)
+    assert.ok(entry, "b's rules are in the map")
+    await bpftool.batch([
+      bpftool.mapDeleteLine(inst.map('local_pod_ips'), ipToSlot(b)),
+      bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot('10.99.9.9'), encodePodRules(CAPTURE_ALL)),
+    ])
+    await until('the maps repaired', async () => {
+      const now = await readMaps.localPods(inst)
+      return now.some((p) => p.ip === b) && !now.some((p) => p.ip === '10.99.9.9')
+    })
+    assert.deepEqual((await readMaps.localPods(inst)).find((p) => p.ip === b), entry)
+    await until('the repair logged', () => watchLog.includes('"event":"repaired","written":1,"deleted":1'))
+    assert.equal(await remote('a', 'b'), '127.0.0.6', "through b's inbound sidecar again")
   })
 
   it("watches: an annotation excluding an outbound port bypasses the pod's own sidecar for that port only", async () => {
