@@ -33,9 +33,16 @@ export default class BenchCommand extends BaseCommand {
 
     const bench = new Bench()
     const samples: Sample[] = []
-    const onSignal = () => void bench.teardown().finally(() => process.exit(130))
-    process.once('SIGINT', onSignal)
-    process.once('SIGTERM', onSignal)
+    let stopping = false
+    const onSignal = () => {
+      if (stopping) return // a second Ctrl-C while tearing down
+      stopping = true
+      void bench.teardown().finally(() => process.exit(130))
+    }
+    // `on`, not `once`: still registered when execa's signal-exit handler runs, so it does not
+    // re-raise the signal and end the process before the clean-up
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
     const steps: {title: string; run: () => Promise<void>}[] = [{title: 'Build the lab (client: wrk, server: nginx, haproxy sidecars)', run: () => bench.setup()}]
     for (let round = 1; round <= flags.rounds; round++) {
       // rotate the order of modes so that drift on a shared machine does not favour one

@@ -18,11 +18,16 @@ export default class Demo extends BaseCommand {
     await this.parse(Demo)
     requirePrivileges('demo')
     const ctx = newDemo()
+    let stopping = false
     const onSignal = () => {
+      if (stopping) return // a second Ctrl-C while cleaning up
+      stopping = true
       void cleanupDemo(ctx).finally(() => process.exit(130))
     }
-    process.once('SIGINT', onSignal)
-    process.once('SIGTERM', onSignal)
+    // `on`, not `once`: still registered when execa's signal-exit handler runs, so it does not
+    // re-raise the signal and end the process before the clean-up
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
     const silent = this.jsonEnabled()
     const facts = ctx.facts
     let current = ''
