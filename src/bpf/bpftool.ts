@@ -113,6 +113,19 @@ export const bpftool = {
     await run('bpftool', ['prog', 'loadall', object, progDir, 'pinmaps', mapDir], {timeoutMs: 120_000})
   },
 
+  /**
+   * Load an object whose programs use maps that already exist (name -> pin): the kernel checks
+   * that each definition matches, so a layout that changed fails here, before anything runs.
+   */
+  async loadAllReusing(object: string, progDir: string, mapDir: string, reuse: [name: string, pin: string][]): Promise<void> {
+    await run('bpftool', ['prog', 'loadall', object, progDir, ...reuse.flatMap(([name, pin]) => ['map', 'name', name, 'pinned', pin]), 'pinmaps', mapDir], {timeoutMs: 120_000})
+  },
+
+  /** Pin a pinned program at a second path. */
+  async progPin(fromPin: string, toPin: string): Promise<void> {
+    await run('bpftool', ['prog', 'pin', 'pinned', fromPin, toPin])
+  },
+
   async progShowPinned(pin: string): Promise<ProgInfo | undefined> {
     const r = await run('bpftool', ['prog', 'show', 'pinned', pin, '-j'], {allowFailure: true})
     if (r.exitCode !== 0) {

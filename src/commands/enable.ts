@@ -23,6 +23,12 @@ export interface EnableResult {
   pods: InstallState['pods']
   /** what was wrong with an up-to-date installation that this enable replaced */
   repaired?: string
+  /**
+   * how a replace went: 'in place' (the new programs took the old ones' places on the same maps,
+   * never nothing attached) or 'anew' (removed, then loaded: a broken installation, or maps whose
+   * layout changed, with why)
+   */
+  replaced?: {how: 'in place' | 'anew'; why?: string}
 }
 
 export default class Enable extends BaseCommand {
@@ -110,6 +116,7 @@ function toResult(ctx: EnableContext): EnableResult {
     compiled: required(ctx.objects, 'the built objects').compiled,
     pods: podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')),
     ...(ctx.repaired ? {repaired: ctx.repaired} : {}),
+    ...(ctx.mode === 'replace' ? {replaced: ctx.swap ? {how: 'in place' as const} : {how: 'anew' as const, why: ctx.repaired ?? ctx.swapFallback ?? 'the previous installation was incomplete'}} : {}),
   }
 }
 
@@ -121,6 +128,7 @@ function summary(r: EnableResult): string {
     `  pins     ${r.bpffs}`,
     `  mesh     ${r.mesh}`,
     ...(r.repaired ? [`  repaired ${r.repaired}`] : []),
+    ...(r.replaced ? [`  replaced ${r.replaced.how === 'in place' ? 'in place, on the same maps (nothing was detached before its successor ran)' : `anew (${r.replaced.why ?? ''}): connections made meanwhile went direct`}`] : []),
     `  pods     ${r.pods.meshed.length} meshed and registered, ${r.pods.unregistered.length} meshed but not found on this node, ${r.pods.skipped.length} skipped (from ${r.pods.source})`,
   ]
   for (const p of r.pods.unregistered) lines.push(c.yellow(`  ! ${p.namespace}/${p.name} (${p.ip}): no network namespace with this IP on the node; its sidecar is used once it listens`))

@@ -63,9 +63,12 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   const state = await inst.readState()
   const result: DisableResult = {bpffs: inst.dir, wasEnabled: false, detached: [], unpinned: []}
   const progIds = new Map<number, string>()
+  // the running programs, and a replacement's (a swap interrupted midway may have attached some)
   for (const p of PROGRAMS) {
-    const info = await bpftool.progShowPinned(inst.prog(p.name))
-    if (info) progIds.set(info.id, p.name)
+    for (const pin of [inst.prog(p.name), inst.stagedProg(p.name)]) {
+      const info = await bpftool.progShowPinned(pin)
+      if (info) progIds.set(info.id, p.name)
+    }
   }
   result.wasEnabled = progIds.size > 0 || state !== undefined || inst.exists()
 
@@ -79,11 +82,13 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   }
 
   // 2. Inbound capture off in every pod namespace (draining already made it let everything pass).
-  const tcId = [...progIds].find(([, name]) => name === 'mb_tc_inbound')?.[0]
-  if (tcId !== undefined) {
+  const tcIds = [...progIds].filter(([, name]) => name === 'mb_tc_inbound').map(([id]) => id)
+  if (tcIds.length > 0) {
     const paths = (await listNetnsCandidates()).map((c) => c.path)
-    const tc = await detachInbound(await tcHelper(state?.objectHash), tcId, paths)
-    for (const [path, ifaces] of tc.done) for (const dev of ifaces) result.detached.push({cgroup: `netns ${path} dev ${dev}`, program: 'mb_tc_inbound', id: tcId})
+    for (const tcId of tcIds) {
+      const tc = await detachInbound(await tcHelper(state?.objectHash), tcId, paths)
+      for (const [path, ifaces] of tc.done) for (const dev of ifaces) result.detached.push({cgroup: `netns ${path} dev ${dev}`, program: 'mb_tc_inbound', id: tcId})
+    }
   }
 
   // 3. Detach, connect4 first so no connection is rewritten without getsockopt to answer it.
@@ -95,9 +100,10 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
     result.detached.push({cgroup: a.cgroup, program: a.name, id: a.id})
   }
   const msg = PROGRAMS.find((p) => p.target === 'sock_pair_map')
-  if (msg && existsSync(inst.prog(msg.name)) && existsSync(inst.map('sock_pair_map'))) {
-    const id = [...progIds].find(([, name]) => name === msg.name)?.[0]
-    if (id !== undefined && (await bpftool.progDetachFromMap(inst.prog(msg.name), msg.attachType, inst.map('sock_pair_map'))))
+  for (const pin of msg ? [inst.prog(msg.name), inst.stagedProg(msg.name)] : []) {
+    if (!msg || !existsSync(pin) || !existsSync(inst.map('sock_pair_map'))) continue
+    const id = (await bpftool.progShowPinned(pin))?.id
+    if (id !== undefined && (await bpftool.progDetachFromMap(pin, msg.attachType, inst.map('sock_pair_map'))))
       result.detached.push({cgroup: 'sock_pair_map', program: msg.name, id})
   }
 

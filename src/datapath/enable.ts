@@ -19,6 +19,7 @@ import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
 import {type AppliedPods, applyPods, podsRecord} from './pods-sync.js'
 import {checkCapacity} from './sync.js'
+import {stageReplacement, swapPrograms} from './swap.js'
 import {selectMeshedPods} from '../kube/pods.js'
 
 export interface EnableOptions {
@@ -49,6 +50,10 @@ export interface EnableContext {
   loaded?: LoadedPods
   applied?: AppliedPods
   attached: string[]
+  /** a replacement staged beside the running datapath, sharing its maps, to swap in at attach */
+  swap?: boolean
+  /** why a replacement could not be staged (the maps' layout changed): then disable and load anew */
+  swapFallback?: string
 }
 
 /** One step of enable: what it does and how to take it back. */
@@ -125,16 +130,25 @@ export const ENABLE_STEPS: EnableStep[] = [
   },
   {
     id: 'replace',
-    title: 'Remove the previous installation',
+    title: 'Prepare the replacement',
     skip: (ctx) => (ctx.mode !== 'replace' ? 'nothing to replace' : false),
     async run(ctx) {
-      await disable(ctx.inst)
+      // a working installation is replaced in place; a broken or half one is removed first
+      if (!ctx.repaired && (await ctx.inst.readState())) {
+        const staged = await stageReplacement(ctx.inst, required(ctx.objects, 'the built objects').datapath)
+        ctx.swap = staged.staged
+        if (!staged.staged) ctx.swapFallback = staged.why
+      }
+      if (!ctx.swap) await disable(ctx.inst)
+    },
+    async undo(ctx) {
+      if (ctx.swap) await ctx.inst.removeStaging()
     },
   },
   {
     id: 'load',
     title: 'Load and pin programs and maps',
-    skip: (ctx) => (ctx.mode === 'resync' ? 'already loaded, objects unchanged' : false),
+    skip: (ctx) => (ctx.mode === 'resync' ? 'already loaded, objects unchanged' : ctx.swap ? 'loaded beside the running datapath, on its maps' : false),
     async run(ctx) {
       if (!isBpffs(readMounts(), BPFFS_MOUNT) && ctx.inst.dir.startsWith(BPFFS_MOUNT + '/')) {
         await run('mount', ['-t', 'bpf', 'bpf', BPFFS_MOUNT])
@@ -175,19 +189,27 @@ export const ENABLE_STEPS: EnableStep[] = [
     title: 'Attach to the cgroup',
     skip: (ctx) => (ctx.mode === 'resync' ? 'already attached' : false),
     async run(ctx) {
+      const objects = required(ctx.objects, 'the built objects')
+      if (ctx.swap) {
+        await swapPrograms(ctx.inst, required(ctx.cgroup, 'the cgroup'), objects.tcInbound, required(ctx.applied, 'the applied pods').sync.registeredPaths)
+        ctx.attached.push(...PROGRAMS.map((p) => p.name))
+        return
+      }
       for (const p of PROGRAMS) {
         if (p.target === 'cgroup') await bpftool.cgroupAttach(required(ctx.cgroup, 'the cgroup'), p.attachType, ctx.inst.prog(p.name))
         else if (p.target === 'sock_pair_map') await bpftool.progAttachToMap(ctx.inst.prog(p.name), p.attachType, ctx.inst.map('sock_pair_map'))
         else {
           const applied = required(ctx.applied, 'the applied pods')
-          const tc = await attachInbound(required(ctx.objects, 'the built objects').tcInbound, ctx.inst.prog(p.name), applied.sync.registeredPaths)
+          const tc = await attachInbound(objects.tcInbound, ctx.inst.prog(p.name), applied.sync.registeredPaths)
           if (tc.failed.size > 0) throw new MerbridgeError(`cannot attach inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`, {code: 'TC_ATTACH'})
         }
         ctx.attached.push(p.name)
       }
     },
     async undo(ctx) {
-      await disable(ctx.inst, {drainMs: 0})
+      // a swap that failed put the old programs back itself; one that succeeded is not undone
+      // (the old programs are gone), and the installation stays whole and recorded
+      if (!ctx.swap) await disable(ctx.inst, {drainMs: 0})
     },
   },
   {
@@ -210,7 +232,7 @@ export const ENABLE_STEPS: EnableStep[] = [
       await ctx.inst.writeState(state)
     },
     async undo(ctx) {
-      if (ctx.mode !== 'resync') await ctx.inst.removeState()
+      if (ctx.mode !== 'resync' && !ctx.swap) await ctx.inst.removeState()
     },
   },
 ]

@@ -68,6 +68,15 @@ export class Installation {
     return join(this.progDir, name)
   }
 
+  /** A replacement loaded beside the running programs, sharing their maps, until it takes their place. */
+  get stagingDir(): string {
+    return join(this.dir, 'next')
+  }
+
+  stagedProg(name: string): string {
+    return join(this.stagingDir, 'progs', name)
+  }
+
   map(name: MapName): string {
     return join(this.mapDir, name)
   }
@@ -98,11 +107,15 @@ export class Installation {
       throw new MerbridgeError(`${this.dir} is not on a bpf filesystem: it is not a merbridge installation, and merbridge leaves it alone`, {code: 'NOT_OURS', exitCode: 2, suggestion: 'give --bpffs the folder merbridge enable used (default /sys/fs/bpf/merbridge)'})
     const known: Record<string, readonly string[]> = {progs: PROGRAMS.map((p) => p.name), maps: MAP_NAMES}
     const foreign: string[] = []
-    for (const entry of await readdir(this.dir)) {
-      const names = known[entry]
-      if (!names) foreign.push(entry)
-      else for (const pin of await readdir(join(this.dir, entry))) if (!names.includes(pin)) foreign.push(`${entry}/${pin}`)
+    const look = async (dir: string, prefix: string) => {
+      for (const entry of await readdir(dir)) {
+        const names = known[entry]
+        if (entry === 'next' && prefix === '') await look(join(dir, entry), 'next/')
+        else if (!names) foreign.push(`${prefix}${entry}`)
+        else for (const pin of await readdir(join(dir, entry))) if (!names.includes(pin)) foreign.push(`${prefix}${entry}/${pin}`)
+      }
     }
+    await look(this.dir, '')
     if (foreign.length > 0)
       throw new MerbridgeError(`${this.dir} holds ${foreign.length} pin(s) merbridge did not make (${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', ...' : ''}): nothing was changed`, {
         code: 'NOT_OURS',
@@ -116,6 +129,7 @@ export class Installation {
     await this.checkOurs()
     const removed: string[] = []
     if (!this.exists()) return removed
+    removed.push(...(await this.removeStaging()))
     for (const sub of ['progs', 'maps']) {
       const dir = join(this.dir, sub)
       if (!existsSync(dir)) continue
@@ -126,6 +140,23 @@ export class Installation {
       await rmdir(dir)
     }
     await rmdir(this.dir)
+    return removed
+  }
+
+  /** Remove a staged replacement's pins (the maps it shares stay pinned where they were). */
+  async removeStaging(): Promise<string[]> {
+    const removed: string[] = []
+    if (!existsSync(this.stagingDir)) return removed
+    for (const sub of ['progs', 'maps']) {
+      const dir = join(this.stagingDir, sub)
+      if (!existsSync(dir)) continue
+      for (const pin of await readdir(dir)) {
+        await unlink(join(dir, pin))
+        removed.push(`next/${sub}/${pin}`)
+      }
+      await rmdir(dir)
+    }
+    await rmdir(this.stagingDir)
     return removed
   }
 

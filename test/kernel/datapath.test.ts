@@ -6,6 +6,7 @@ import {existsSync} from 'node:fs'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
+import {bpftool} from '../../src/bpf/bpftool.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {Installation} from '../../src/datapath/installation.js'
 import {writeSettings} from '../../src/datapath/settings.js'
@@ -293,14 +294,35 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     assert.ok(c.getsockoptAnswered >= c.connInbound, JSON.stringify(c))
   })
 
-  it('replaces changed programs without breaking an established stream', async () => {
+  it('replaces changed programs in place, under load: no request fails or skips a sidecar, a stream keeps its bytes', async () => {
     const before = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
+    const mapId = async () => (await bpftool.mapShowPinned(inst.map('sock_pair_map')))?.id
+    const sockhash = await mapId()
+    const seen: string[] = []
     await streamThrough('the replacement', async () => {
-      // --rebuild stands in for changed sources: the installation is replaced, not resynced
-      const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
-      assert.equal(r.code, 0, r.stderr)
-      assert.equal(parseJson<EnableResult>(r.stdout).mode, 'replace')
+      // requests through both sidecars for as long as the replacement runs
+      const run = {replacing: true}
+      const load = (async () => {
+        while (run.replacing || seen.length < 3) {
+          const r = await lab.get('a', url('b'))
+          seen.push(r.status === 200 && r.body ? (JSON.parse(r.body) as {remoteAddress: string}).remoteAddress : `failed: ${r.error ?? String(r.status)}`)
+        }
+      })()
+      try {
+        // --rebuild stands in for changed sources: the installation is replaced, not resynced
+        const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+        assert.equal(r.code, 0, r.stderr)
+        assert.equal(parseJson<EnableResult>(r.stdout).mode, 'replace')
+        assert.deepEqual(parseJson<EnableResult>(r.stdout).replaced, {how: 'in place'})
+      } finally {
+        run.replacing = false
+        await load
+      }
     })
+    // every request passed b's inbound sidecar (its upstream comes from 127.0.0.6); none failed
+    assert.deepEqual([...new Set(seen)], ['127.0.0.6'], seen.join(', '))
+    assert.equal(await mapId(), sockhash, 'the maps were kept: the new programs took the old ones\' places on them')
+    assert.ok(!existsSync(join(install.bpffs, 'next')), 'no staged pins left')
     const after = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
     assert.equal(after.length, ALL_PROGRAMS.length)
     for (const id of after) assert.ok(id !== undefined && !before.includes(id), `program ${id} is new (before: ${before.join(', ')})`)

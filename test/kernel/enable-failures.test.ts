@@ -12,14 +12,11 @@ import {PROFILES} from '../../src/mesh/profiles.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
 import type {PreflightResult} from '../../src/node/preflight.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
+import type {EnableResult} from '../../src/commands/enable.js'
 import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'setpriv'])
 
-/**
- * A stand-in for a tool that runs the real one but fails the Nth call whose arguments contain
- * MB_FAIL_MATCH (after running it when MB_FAIL_AFTER=1), or kills its caller with MB_FAIL_KILL=1.
- */
 /** A pods list of `n` meshed pods on this node: more than the maps hold when n > 4096. */
 function manyPods(n: number): string {
   const items = Array.from({length: n}, (_, i) => ({
@@ -31,6 +28,10 @@ function manyPods(n: number): string {
   return JSON.stringify({kind: 'List', items})
 }
 
+/**
+ * A stand-in for a tool that runs the real one but fails the Nth call whose arguments contain
+ * MB_FAIL_MATCH (after running it when MB_FAIL_AFTER=1), or kills its caller with MB_FAIL_KILL=1.
+ */
 function faultyTool(dir: string, real: string): string {
   const path = join(dir, `faulty-${real}`)
   writeFileSync(
@@ -213,6 +214,50 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
       assert.deepEqual(r.stderr.split('\n').filter((l) => l.startsWith('Error:')).length, 1, r.stderr)
       assert.match(r.stderr, /enable failed at "Read the pods of this node"/)
       assert.deepEqual(await ids(), before, 'the same programs, still attached')
+      const status = await cli(['status', '--bpffs', install.bpffs], install.env)
+      assert.equal(status.code, 0, status.stdout)
+    } finally {
+      await cli(['disable', '--bpffs', install.bpffs], install.env)
+      install.cleanup()
+    }
+  })
+
+  it('puts the old programs back when a replacement fails midway, and keeps the installation', async () => {
+    const install = uniqueInstall()
+    const dir = mkdtempSync(join(tmp, 'swap-'))
+    try {
+      const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
+      assert.equal(first.code, 0, first.stderr)
+      const ids = async () => parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => `${p.name} ${p.id ?? '?'} ${String(p.attached)}`)
+      const before = await ids()
+      // the staged connect6 cannot be attached: connect4..recvmsg6 were swapped already, and go back
+      const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: 'next/progs/mb_connect6', MB_FAIL_COUNTER: join(dir, 'count')}
+      const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], env)
+      assert.equal(r.code, 1, r.stdout + r.stderr)
+      assert.match(r.stderr, /enable failed at "Attach to the cgroup"/)
+      assert.deepEqual(await ids(), before, 'the same programs, attached')
+      assert.ok(!existsSync(join(install.bpffs, 'next')), 'the staged programs are gone')
+      const status = await cli(['status', '--bpffs', install.bpffs], install.env)
+      assert.equal(status.code, 0, status.stdout)
+    } finally {
+      await cli(['disable', '--bpffs', install.bpffs], install.env)
+      install.cleanup()
+    }
+  })
+
+  it('replaces anew, and says why, when the maps cannot be shared', async () => {
+    const install = uniqueInstall()
+    const dir = mkdtempSync(join(tmp, 'anew-'))
+    try {
+      const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
+      assert.equal(first.code, 0, first.stderr)
+      // loading on the old maps fails, as it does when a new version changed their layout
+      const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: 'map name local_pod_ips pinned', MB_FAIL_COUNTER: join(dir, 'count')}
+      const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile, '--json'], env)
+      assert.equal(r.code, 0, r.stderr)
+      const out = parseJson<EnableResult>(r.stdout)
+      assert.equal(out.replaced?.how, 'anew')
+      assert.match(out.replaced.why ?? '', /injected failure of bpftool prog loadall/)
       const status = await cli(['status', '--bpffs', install.bpffs], install.env)
       assert.equal(status.code, 0, status.stdout)
     } finally {
