@@ -1,4 +1,27 @@
-import {run} from '../node/exec.js'
+import {realpathSync, statSync} from 'node:fs'
+import {delimiter, isAbsolute, join} from 'node:path'
+import {ToolNotFoundError} from '../errors.js'
+import {INSTALL_HINTS, run, toolPath} from '../node/exec.js'
+
+/**
+ * Which compiler would build the objects, without running it (status asks on every call, and a
+ * clang process costs more than the rest of status): the resolved binary, its size and mtime. An
+ * upgrade changes them, so the cache and `status` still notice a new compiler.
+ */
+export function clangIdentity(): string {
+  const tool = toolPath('clang')
+  const candidates = isAbsolute(tool) ? [tool] : (process.env.PATH ?? '').split(delimiter).filter(Boolean).map((d) => join(d, tool))
+  for (const c of candidates) {
+    try {
+      const real = realpathSync(c)
+      const st = statSync(real)
+      if (st.isFile()) return `${real} ${st.size} ${st.mtimeMs}`
+    } catch {
+      // not in this folder
+    }
+  }
+  throw new ToolNotFoundError('clang', INSTALL_HINTS.clang ?? 'install clang')
+}
 
 export async function clangVersion(): Promise<string> {
   const {stdout} = await run('clang', ['--version'])

@@ -3,7 +3,7 @@ import {existsSync} from 'node:fs'
 import {mkdir, readdir, readFile, rename, rm} from 'node:fs/promises'
 import {join} from 'node:path'
 import {BPF_SOURCE_DIR, cacheDir} from '../paths.js'
-import {BPF_CFLAGS, clangVersion, compileBpf, compileHost, HOST_CFLAGS, multiarchInclude} from './clang.js'
+import {BPF_CFLAGS, clangIdentity, compileBpf, compileHost, HOST_CFLAGS, multiarchInclude} from './clang.js'
 
 export interface BuiltObjects {
   /** Hash of sources, flags and compiler: names the cache entry and tells status if objects are stale. */
@@ -29,7 +29,7 @@ async function sourceFiles(): Promise<string[]> {
 /** A hash of everything that goes into the objects. */
 export async function sourceHash(compiler?: string): Promise<string> {
   const h = createHash('sha256')
-  h.update(compiler ?? (await clangVersion()))
+  h.update(compiler ?? clangIdentity())
   h.update(JSON.stringify([BPF_CFLAGS, HOST_CFLAGS, multiarchInclude()]))
   for (const file of await sourceFiles()) {
     h.update(file.slice(BPF_SOURCE_DIR.length))
