@@ -177,6 +177,45 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
 	return MB_TO_OUTBOUND;
 }
 
+/*
+ * Keep the source address Istio's REDIRECT would leave: REDIRECT changes only the destination, after
+ * routing chose the source for the original one (the pod's IP for anything outside the pod or its
+ * own IP). The connect still goes to localhost, as REDIRECT sends it; an unbound socket is bound
+ * to the pod's address first (port 0: the port is picked at connect, as usual). Sockets already
+ * bound, loopback destinations and unregistered pods keep what the kernel picks.
+ */
+static __always_inline void keep_source(struct bpf_sock_addr *ctx, const struct mb_caller *c, const union mb_ip *dst,
+					const union mb_ip *src)
+{
+	if (!c->self || !(ip_is_zero(src) || (ip_is_v4(src) && !src->u32[3])) || ip_is_loopback(dst))
+		return;
+	/* fields set one by one: an initialised struct would become a .rodata map */
+	if (ctx->user_family == MB_AF_INET) {
+		struct mb_sockaddr_in sa;
+
+		if (!ip_is_v4(&c->self->ip))
+			return;
+		__builtin_memset(&sa, 0, sizeof(sa));
+		sa.family = MB_AF_INET;
+		sa.addr = c->self->ip.u32[3];
+		bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
+	} else {
+		struct mb_sockaddr_in6 sa6;
+		const union mb_ip *own = ip_is_v4(dst) ? &c->self->ip : !ip_is_zero(&c->self->ip6) ? &c->self->ip6 : &c->self->ip;
+
+		/* a v4-mapped destination binds the v4-mapped pod address; native IPv6 the IPv6 one */
+		if (ip_is_v4(dst) != ip_is_v4(own))
+			return;
+		__builtin_memset(&sa6, 0, sizeof(sa6));
+		sa6.family = MB_AF_INET6;
+		sa6.addr[0] = own->u32[0];
+		sa6.addr[1] = own->u32[1];
+		sa6.addr[2] = own->u32[2];
+		sa6.addr[3] = own->u32[3];
+		bpf_bind(ctx, (struct sockaddr *)&sa6, sizeof(sa6));
+	}
+}
+
 /* Store the original destination, then set where the connect goes instead (`to`, the port in
  * network order). Returns 0 to leave the connect alone. */
 static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_settings *cfg, const struct mb_caller *c,
@@ -236,6 +275,7 @@ static __always_inline int intercept(struct bpf_sock_addr *ctx, const union mb_i
 	struct mb_caller c;
 	__be16 dport = (__be16)ctx->user_port;
 	int udp = ctx->protocol == MB_IPPROTO_UDP;
+	enum mb_action action;
 
 	if (ctx->protocol != MB_IPPROTO_TCP && !udp)
 		return 0;
@@ -246,7 +286,13 @@ static __always_inline int intercept(struct bpf_sock_addr *ctx, const union mb_i
 	if (!cfg)
 		return 0;
 	identify(ctx, cfg, &c);
-	return apply(ctx, cfg, &c, decide(ctx, cfg, &c, dst, bpf_ntohs(dport), src, udp), dst, dport, to, port);
+	action = decide(ctx, cfg, &c, dst, bpf_ntohs(dport), src, udp);
+	if (!apply(ctx, cfg, &c, action, dst, dport, to, port))
+		return 0;
+	/* bpf_bind exists in connect hooks only: `datagram` is a constant in each program */
+	if (!datagram && (action == MB_TO_OUTBOUND || action == MB_TO_OWN_INBOUND))
+		keep_source(ctx, &c, dst, src);
+	return 1;
 }
 
 static __always_inline int intercept4(struct bpf_sock_addr *ctx, int datagram)
@@ -339,7 +385,10 @@ static __always_inline int original_peer(struct bpf_sock_addr *ctx, const union 
 	/* only the address merbridge put there: a UDP socket also talks to others */
 	to_port = o->flags & MB_ORIGIN_DNS ? cfg->dns_port : o->flags & MB_ORIGIN_OUTBOUND ? cfg->outbound_port : cfg->inbound_port;
 	ip_localhost(&localhost, from);
-	if (port != to_port || !(ip_equal(from, &localhost) || ip_equal(from, &o->ip)))
+	if (port != to_port)
+		return 0;
+	/* a UDP socket (DNS) may be connected again or send elsewhere: only the agent's address counts */
+	if ((o->flags & MB_ORIGIN_DNS) && !ip_equal(from, &localhost))
 		return 0;
 	*orig = o->ip;
 	*oport = o->port;

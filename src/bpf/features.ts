@@ -3,7 +3,7 @@ export const REQUIRED_PROG_TYPES = ['sock_ops', 'sk_msg', 'cgroup_sock_addr', 'c
 export const REQUIRED_MAP_TYPES = ['sockhash', 'sk_storage', 'lru_hash', 'percpu_array'] as const
 /** program type -> helpers its program calls */
 export const REQUIRED_HELPERS: Record<string, string[]> = {
-  cgroup_sock_addr: ['bpf_get_netns_cookie', 'bpf_sk_lookup_tcp', 'bpf_sk_release', 'bpf_sk_storage_get', 'bpf_sk_storage_delete', 'bpf_get_current_uid_gid'],
+  cgroup_sock_addr: ['bpf_get_netns_cookie', 'bpf_sk_lookup_tcp', 'bpf_sk_release', 'bpf_sk_storage_get', 'bpf_sk_storage_delete', 'bpf_get_current_uid_gid', 'bpf_bind'],
   sock_ops: ['bpf_sock_hash_update', 'bpf_get_netns_cookie', 'bpf_sk_storage_get', 'bpf_sock_ops_cb_flags_set'],
   sk_msg: ['bpf_msg_redirect_hash', 'bpf_get_netns_cookie'],
   cgroup_sockopt: ['bpf_get_netns_cookie', 'bpf_get_current_uid_gid'],

@@ -278,6 +278,12 @@ export class Lab {
     return p
   }
 
+  /** A pod's TCP sockets as `ss -tanpe` lists them, to explain a connection that did not go as expected. */
+  async sockets(podName: string): Promise<string> {
+    const r = await run('ip', ['netns', 'exec', this.pod(podName).netns, 'ss', '-tanpe'], {allowFailure: true})
+    return r.stdout.trim()
+  }
+
   /** What the lab's long-running processes wrote to stderr (the end of it), to explain a failure. */
   stderrTails(): string[] {
     return this.processes.filter((p) => p.stderr.trim() !== '').map((p) => `${p.label}${p.running ? '' : ' (exited)'}: ${p.stderr.trim().slice(-400)}`)

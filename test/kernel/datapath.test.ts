@@ -132,7 +132,8 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
       // the stream is held open: every socket of its four legs is in the map now
       const sockets = await readMaps.sockets(inst)
       const has = (local: string, remote: string) => sockets.some((s) => `${s.pair.localIp}:${s.pair.localPort}` === local && s.pair.remoteIp === remote.split(':')[0] && (remote.includes(':') ? String(s.pair.remotePort) === remote.split(':')[1] : true))
-      assert.ok(has(`127.0.0.1:15001`, '127.0.0.1'), 'the outbound sidecar end of the app connection')
+      // the app's connection keeps the pod's address as its source, as REDIRECT would leave it
+      assert.ok(has(`127.0.0.1:15001`, lab.pod('a').ip), 'the outbound sidecar end of the app connection')
       assert.ok(has(`${lab.pod('b').ip}:15006`, lab.pod('a').ip), "pod b's inbound sidecar end")
       assert.ok(sockets.some((s) => s.pair.localIp === lab.pod('a').ip && s.pair.remotePort === 15006), "pod a's sidecar end")
       const originals = await readMaps.originals(inst)

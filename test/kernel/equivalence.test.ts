@@ -162,6 +162,8 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
     const pod = [...lab.pods.values()].find((p) => p.ip === addr || p.ip6 === addr)
     return pod ? `${pod.name}${pod.ip6 === addr ? ' (IPv6)' : ''}` : addr
   }
+  /** The address of an ip:port, named (the port of a client is whatever the kernel picked). */
+  const host = (hostPort: string) => who(/^\[?([^\]]*?)\]?:\d+$/.exec(hostPort)?.[1] ?? hostPort)
   const named = (hostPort: string) => {
     const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(hostPort)
     return m ? `${who(m[1] ?? '')}:${m[2] ?? ''}` : hostPort
@@ -206,12 +208,16 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
         if (n === 0) continue
         // the session was accepted before the response came back; haproxy logs it once its upstream is connected
         const proc = sidecars.get(p)!
+        // whom the sidecar saw as its client (the source address REDIRECT leaves), and what it was told
         const lines = () => [
-          ...parseSidecarLog(proc.stdout.slice(marks.get(p))).filter((l) => l.backend === `${dir}_passthrough`).map((l) => l.originalDst),
-          ...lab.sidecar6Lines(p).slice(marks6.get(p)).filter((l) => l.direction === dir).map((l) => l.originalDst ?? `nothing (${l.error ?? ''})`),
+          ...parseSidecarLog(proc.stdout.slice(marks.get(p))).filter((l) => l.backend === `${dir}_passthrough`).map((l) => `from ${host(l.client)}, told ${named(l.originalDst)}`),
+          ...lab.sidecar6Lines(p).slice(marks6.get(p)).filter((l) => l.direction === dir).map((l) => `from ${host(l.client)}, told ${l.originalDst ? named(l.originalDst) : `nothing (${l.error ?? ''})`}`),
         ]
-        await proc.waitFor(() => lines().length >= n, `${n} ${dir} log line(s) from ${p}'s sidecar`)
-        passed.push(`${p} ${dir} (told ${lines().map(named).join(', ')})`)
+        await proc.waitFor(() => lines().length >= n, `${n} ${dir} log line(s) from ${p}'s sidecar`).catch(async (error: unknown) => {
+          // the sidecar accepted a session it never took further: show its sockets with the error
+          throw new Error(`${String(error)}\nsockets in ${p}:\n${await lab.sockets(p)}`, {cause: error})
+        })
+        passed.push(`${p} ${dir} (${lines().join('; ')})`)
       }
     }
     return `${passed.join(' + ') || 'no sidecar'}; ${seen}`
@@ -257,9 +263,9 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
     await fill('iptables')
     // the lab itself works: without these, three identical columns would prove nothing
     const cell = (name: string) => matrix.get(name)?.iptables ?? ''
-    assert.equal(cell('app -> other meshed pod'), 'a outbound (told b:8080) + b inbound (told b:8080); app saw 127.0.0.6 (inbound sidecar)')
-    assert.equal(cell('remote node -> meshed pod'), 'b inbound (told b:8080); app saw 127.0.0.6 (inbound sidecar)')
-    assert.equal(cell('app -> other meshed pod, port excluded inbound by the destination'), 'a outbound (told b:8082); app saw a')
+    assert.equal(cell('app -> other meshed pod'), 'a outbound (from a, told b:8080) + b inbound (from a, told b:8080); app saw 127.0.0.6 (inbound sidecar)')
+    assert.equal(cell('remote node -> meshed pod'), 'b inbound (from remote, told b:8080); app saw 127.0.0.6 (inbound sidecar)')
+    assert.equal(cell('app -> other meshed pod, port excluded inbound by the destination'), 'a outbound (from a, told b:8082); app saw a')
     assert.equal(cell('DNS capture on: app -> resolver, UDP connected (glibc)'), "no sidecar; answered by a's DNS proxy, reply from remote:53, peer name remote")
     assert.equal(cell('DNS capture off: app -> resolver, UDP'), 'no sidecar; answered by the resolver, reply from remote:53, peer name remote')
   })

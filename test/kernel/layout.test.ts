@@ -9,7 +9,7 @@ import {ipToSlot} from '../../src/bpf/ip.js'
 import {COUNTERS, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT, POD_DNS_CAPTURE} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
-import {Installation} from '../../src/datapath/installation.js'
+import {Installation, MAP_NAMES, PROGRAMS} from '../../src/datapath/installation.js'
 import {ensureBpffs, kernelSkipReason, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason()
@@ -32,6 +32,13 @@ describe('struct layouts', {skip}, () => {
     rmSync(bpffs, {recursive: true, force: true})
     await unmount()
     cleanup()
+  })
+
+  it('pin exactly the programs and maps an installation names (no .rodata or .data maps)', async () => {
+    // an unnamed map would make every installation look like another tool's folder to checkOurs
+    const pins = await inst.pinned()
+    assert.deepEqual(pins.maps, [...MAP_NAMES].sort())
+    assert.deepEqual(pins.progs, PROGRAMS.map((p) => p.name).sort())
   })
 
   it('match the BTF of the compiled object, field by field', async () => {
