@@ -295,6 +295,16 @@ static __always_inline int intercept(struct bpf_sock_addr *ctx, const union mb_i
 	return 1;
 }
 
+/* Write an address into an IPv6 context: the verifier allows only 4-byte stores into user_ip6. */
+static __always_inline void set_user_ip6(struct bpf_sock_addr *ctx, const union mb_ip *ip, __be16 port)
+{
+	ctx->user_ip6[0] = ip->u32[0];
+	ctx->user_ip6[1] = ip->u32[1];
+	ctx->user_ip6[2] = ip->u32[2];
+	ctx->user_ip6[3] = ip->u32[3];
+	ctx->user_port = port;
+}
+
 static __always_inline int intercept4(struct bpf_sock_addr *ctx, int datagram)
 {
 	union mb_ip dst, src, to;
@@ -323,13 +333,8 @@ static __always_inline int intercept6(struct bpf_sock_addr *ctx, int datagram)
 		ip_from_v6(&src, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
 	else
 		ip_from_v6(&src, 0, 0, 0, 0);
-	if (intercept(ctx, &dst, &src, &to, &port, datagram)) {
-		ctx->user_ip6[0] = to.u32[0];
-		ctx->user_ip6[1] = to.u32[1];
-		ctx->user_ip6[2] = to.u32[2];
-		ctx->user_ip6[3] = to.u32[3];
-		ctx->user_port = port;
-	}
+	if (intercept(ctx, &dst, &src, &to, &port, datagram))
+		set_user_ip6(ctx, &to, port);
 	return 1;
 }
 
@@ -416,13 +421,8 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx, int reply)
 	__be16 oport;
 
 	ip_from_v6(&from, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
-	if (original_peer(ctx, &from, reply, &orig, &oport)) {
-		ctx->user_ip6[0] = orig.u32[0];
-		ctx->user_ip6[1] = orig.u32[1];
-		ctx->user_ip6[2] = orig.u32[2];
-		ctx->user_ip6[3] = orig.u32[3];
-		ctx->user_port = oport;
-	}
+	if (original_peer(ctx, &from, reply, &orig, &oport))
+		set_user_ip6(ctx, &orig, oport);
 	return 1;
 }
 
