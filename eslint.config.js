@@ -30,4 +30,9 @@ export default tseslint.config(
     extends: [tseslint.configs.disableTypeChecked],
     languageOptions: {globals: {process: 'readonly', console: 'readonly'}},
   },
+  {
+    files: ['**/*.cjs'],
+    extends: [tseslint.configs.disableTypeChecked],
+    languageOptions: {sourceType: 'commonjs', globals: {module: 'writable'}},
+  },
 )

@@ -6,7 +6,7 @@ import {join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import type {DumpableMap, MapDump, RowsOf} from '../src/datapath/dump.js'
 import {POLL_DEADLINE_MS} from '../src/lab/process.js'
-import {onPath} from '../src/node/exec.js'
+import {onPath} from '../src/exec.js'
 import {findCgroup2, isBpffs, readMounts} from '../src/node/mounts.js'
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '..', '..')

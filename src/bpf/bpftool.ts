@@ -1,4 +1,4 @@
-import {run, runStreaming} from '../node/exec.js'
+import {run, runStreaming} from '../exec.js'
 import {ToolFailedError} from '../errors.js'
 
 /** One program attached to a cgroup, as `bpftool cgroup show|tree -j` lists it. */
@@ -36,14 +36,94 @@ export interface RawMapEntry {
   formatted?: unknown
 }
 
-// bpftool's --json output is taken in its documented shape; T names that shape at each call
-// eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- see above
-function parseJson<T>(text: string, what: string): T {
+/** bpftool's output is not what this wrapper knows: fail loudly rather than act on a misreading. */
+function drift(what: string, detail: string, text = ''): ToolFailedError {
+  return new ToolFailedError(`bpftool ${what}`, `printed ${detail}: this bpftool's output is not what merbridge understands`, text.slice(0, 200))
+}
+
+function parseJson(text: string, what: string): unknown {
   try {
-    return JSON.parse(text) as T
+    return JSON.parse(text) as unknown
   } catch {
-    throw new ToolFailedError(`bpftool ${what}`, 'printed output that is not JSON', text.slice(0, 200))
+    throw drift(what, 'output that is not JSON', text)
   }
+}
+
+type Json = Record<string, unknown>
+
+function record(v: unknown, what: string): Json {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw drift(what, `${Array.isArray(v) ? 'a list' : typeof v} where an object was expected`, JSON.stringify(v))
+  return v as Json
+}
+
+function list(v: unknown, what: string): unknown[] {
+  if (!Array.isArray(v)) throw drift(what, `${typeof v} where a list was expected`, JSON.stringify(v))
+  return v
+}
+
+function field<T extends 'number' | 'string'>(o: Json, key: string, type: T, what: string): T extends 'number' ? number : string {
+  const v = o[key]
+  if (typeof v !== type) throw drift(what, `an object whose "${key}" is ${v === undefined ? 'missing' : typeof v}, not a ${type}`, JSON.stringify(o))
+  return v as T extends 'number' ? number : string
+}
+
+function optional(o: Json, key: string, type: 'number', what: string): number | undefined {
+  return o[key] === undefined ? undefined : field(o, key, type, what)
+}
+
+/** Check one `prog show -j` object. */
+export function parseProgInfo(v: unknown, what = 'prog show'): ProgInfo {
+  const o = record(v, what)
+  const ids = o.map_ids === undefined ? undefined : list(o.map_ids, what).map((id) => (typeof id === 'number' ? id : Number.NaN))
+  if (ids?.some(Number.isNaN)) throw drift(what, 'map_ids that are not numbers', JSON.stringify(o))
+  return {
+    id: field(o, 'id', 'number', what),
+    type: field(o, 'type', 'string', what),
+    name: typeof o.name === 'string' ? o.name : '',
+    loaded_at: optional(o, 'loaded_at', 'number', what),
+    run_cnt: optional(o, 'run_cnt', 'number', what),
+    run_time_ns: optional(o, 'run_time_ns', 'number', what),
+    map_ids: ids,
+  }
+}
+
+/** Check one `map show -j` object. */
+export function parseMapInfo(v: unknown, what = 'map show'): MapInfo {
+  const o = record(v, what)
+  return {
+    id: field(o, 'id', 'number', what),
+    type: field(o, 'type', 'string', what),
+    name: typeof o.name === 'string' ? o.name : '',
+    bytes_key: field(o, 'bytes_key', 'number', what),
+    bytes_value: field(o, 'bytes_value', 'number', what),
+    max_entries: field(o, 'max_entries', 'number', what),
+  }
+}
+
+/** Check a `cgroup show -j` list. */
+export function parseAttachments(v: unknown, what = 'cgroup show'): CgroupAttachment[] {
+  return list(v, what).map((item) => {
+    const o = record(item, what)
+    return {id: field(o, 'id', 'number', what), attach_type: field(o, 'attach_type', 'string', what), attach_flags: typeof o.attach_flags === 'string' ? o.attach_flags : '', name: typeof o.name === 'string' ? o.name : ''}
+  })
+}
+
+function hexArray(v: unknown, what: string): string[] {
+  const a = list(v, what)
+  if (!a.every((h) => typeof h === 'string' && /^0x[0-9a-f]{2}$/i.test(h))) throw drift(what, 'bytes that are not "0x.." strings', JSON.stringify(v))
+  return a as string[]
+}
+
+/** Check a `map dump -j` list: hex keys, and a value or per-CPU values. */
+export function parseDump(v: unknown, what = 'map dump'): RawMapEntry[] {
+  return list(v, what).map((item) => {
+    const o = record(item, what)
+    const values = o.values === undefined ? undefined : list(o.values, what).map((x) => {
+      const cpu = record(x, what)
+      return {cpu: field(cpu, 'cpu', 'number', what), value: hexArray(cpu.value, what)}
+    })
+    return {key: hexArray(o.key, what), value: o.value === undefined ? undefined : hexArray(o.value, what), values, formatted: o.formatted}
+  })
 }
 
 function isMissingPin(stderr: string): boolean {
@@ -57,34 +137,54 @@ const ENTRY_BYTES = /^("0x[^\]]*)\](?:,"value":\[("0x[^\]]*)\])?/
 
 /**
  * Reads the raw key and value byte arrays out of `bpftool map dump -j` output as it streams,
- * keeping only the unfinished entry in memory.
+ * keeping only the unfinished entry in memory. Anything it cannot read fails the dump: a sync that
+ * misread the map as empty would stop removing stale entries.
  */
 export class DumpScanner {
   private carry = ''
+  private started = false
   private readonly out: {key: Buffer; value?: Buffer}[] = []
 
   push(chunk: string): void {
+    if (!this.started) {
+      const text = chunk.trimStart()
+      if (text === '') return
+      if (!text.startsWith('[')) throw drift('map dump', 'output that is not a JSON list', text)
+      this.started = true
+    }
     this.carry += chunk
-    let start = this.carry.indexOf(ENTRY)
+    let start = this.entryAt(0)
     while (start >= 0) {
-      const next = this.carry.indexOf(ENTRY, start + ENTRY.length)
+      const next = this.entryAt(start + ENTRY.length)
       if (next < 0) break
       this.take(this.carry.slice(start + ENTRY.length, next))
       start = next
     }
-    // keep the unfinished entry, or the tail that may be the start of the next entry's token
-    this.carry = start >= 0 ? this.carry.slice(start) : this.carry.slice(-(ENTRY.length - 1))
+    // keep the unfinished entry, or the tail that may be the start of the next entry's token (and
+    // the character before it)
+    this.carry = start >= 0 ? this.carry.slice(start) : this.carry.slice(-ENTRY.length)
+  }
+
+  /** The next entry of the list from `from`: not a BTF-formatted `"formatted":{"key":[` inside one. */
+  private entryAt(from: number): number {
+    let i = this.carry.indexOf(ENTRY, from)
+    while (i > 0 && this.carry[i - 1] === ':') i = this.carry.indexOf(ENTRY, i + 1)
+    return i
   }
 
   end(): {key: Buffer; value?: Buffer}[] {
+    const tail = this.carry.trimEnd()
     if (this.carry.startsWith(ENTRY)) this.take(this.carry.slice(ENTRY.length))
+    // an empty output is an empty map (bpftool prints nothing for some map types); else the list must close
+    if (this.started && !tail.endsWith(']')) throw drift('map dump', 'output that ends before its list does', tail.slice(-200))
     this.carry = ''
     return this.out
   }
 
   private take(entry: string): void {
     const m = ENTRY_BYTES.exec(entry)
-    if (m) this.out.push({key: hexList(m[1] ?? ''), value: m[2] === undefined ? undefined : hexList(m[2])})
+    if (!m) throw drift('map dump', 'an entry without hex key bytes', entry)
+    this.out.push({key: hexList(m[1] ?? ''), value: m[2] === undefined ? undefined : hexList(m[2])})
   }
 }
 
@@ -97,61 +197,79 @@ export function bytesFromHex(hex: readonly string[]): Buffer {
   return Buffer.from(hex.map((h) => Number.parseInt(h, 16)))
 }
 
-/** bpftool, one method per subcommand the CLI uses. Silent: it returns data or throws. */
-export const bpftool = {
-  async version(): Promise<string> {
-    const {stdout} = await run('bpftool', ['version'])
-    return /v?(\d+\.\d+(?:\.\d+)?)/.exec(stdout)?.[1] ?? stdout.split('\n')[0] ?? ''
-  },
+/** How the wrapper runs bpftool: src/exec.ts, or recorded output in unit tests. */
+export interface BpftoolRunner {
+  run: typeof run
+  runStreaming: typeof runStreaming
+}
 
+/**
+ * bpftool, one method per subcommand the CLI uses. Silent: it returns data whose shape it has
+ * checked, or throws. Unit tests give it a runner that plays recorded output.
+ */
+export class Bpftool {
+  constructor(private readonly runner: BpftoolRunner = {run, runStreaming}) {}
+
+  private run(args: readonly string[], opts?: Parameters<typeof run>[2]) {
+    return this.runner.run('bpftool', args, opts)
+  }
+
+  async version(): Promise<string> {
+    const {stdout} = await this.run(['version'])
+    return /v?(\d+\.\d+(?:\.\d+)?)/.exec(stdout)?.[1] ?? stdout.split('\n')[0] ?? ''
+  }
+
+  /** The kernel probe as bpftool prints it; features.ts reads what it needs and treats the rest as missing. */
   async featureProbe(): Promise<unknown> {
-    const {stdout} = await run('bpftool', ['feature', 'probe', 'kernel', '-j'])
+    const {stdout} = await this.run(['feature', 'probe', 'kernel', '-j'])
     return parseJson(stdout, 'feature probe')
-  },
+  }
 
   async loadAll(object: string, progDir: string, mapDir: string): Promise<void> {
-    await run('bpftool', ['prog', 'loadall', object, progDir, 'pinmaps', mapDir], {timeoutMs: 120_000})
-  },
+    await this.run(['prog', 'loadall', object, progDir, 'pinmaps', mapDir], {timeoutMs: 120_000})
+  }
 
   /**
    * Load an object whose programs use maps that already exist (name -> pin): the kernel checks
    * that each definition matches, so a layout that changed fails here, before anything runs.
    */
   async loadAllReusing(object: string, progDir: string, mapDir: string, reuse: [name: string, pin: string][]): Promise<void> {
-    await run('bpftool', ['prog', 'loadall', object, progDir, ...reuse.flatMap(([name, pin]) => ['map', 'name', name, 'pinned', pin]), 'pinmaps', mapDir], {timeoutMs: 120_000})
-  },
+    await this.run(['prog', 'loadall', object, progDir, ...reuse.flatMap(([name, pin]) => ['map', 'name', name, 'pinned', pin]), 'pinmaps', mapDir], {timeoutMs: 120_000})
+  }
 
   /** Pin a pinned program at a second path. */
   async progPin(fromPin: string, toPin: string): Promise<void> {
-    await run('bpftool', ['prog', 'pin', 'pinned', fromPin, toPin])
-  },
+    await this.run(['prog', 'pin', 'pinned', fromPin, toPin])
+  }
 
+  /** A pinned program, or undefined when nothing is pinned there. */
   async progShowPinned(pin: string): Promise<ProgInfo | undefined> {
-    const r = await run('bpftool', ['prog', 'show', 'pinned', pin, '-j'], {allowFailure: true})
-    if (r.exitCode !== 0) {
-      if (isMissingPin(r.stdout + r.stderr)) return undefined
-      throw new ToolFailedError('bpftool prog show', r.stdout || r.stderr, r.stderr)
-    }
-    return parseJson<ProgInfo>(r.stdout, 'prog show')
-  },
+    const stdout = await this.showPinned('prog', pin)
+    return stdout === undefined ? undefined : parseProgInfo(parseJson(stdout, 'prog show'))
+  }
 
+  /** A pinned map, or undefined when nothing is pinned there. */
   async mapShowPinned(pin: string): Promise<MapInfo | undefined> {
-    const r = await run('bpftool', ['map', 'show', 'pinned', pin, '-j'], {allowFailure: true})
-    if (r.exitCode !== 0) {
-      if (isMissingPin(r.stdout + r.stderr)) return undefined
-      throw new ToolFailedError('bpftool map show', r.stdout || r.stderr, r.stderr)
-    }
-    return parseJson<MapInfo>(r.stdout, 'map show')
-  },
+    const stdout = await this.showPinned('map', pin)
+    return stdout === undefined ? undefined : parseMapInfo(parseJson(stdout, 'map show'))
+  }
 
+  private async showPinned(kind: 'prog' | 'map', pin: string): Promise<string | undefined> {
+    const r = await this.run([kind, 'show', 'pinned', pin, '-j'], {allowFailure: true})
+    if (r.exitCode === 0) return r.stdout
+    if (isMissingPin(r.stdout + r.stderr)) return undefined
+    throw new ToolFailedError(`bpftool ${kind} show`, r.stdout || r.stderr, r.stderr)
+  }
+
+  /** A small map whole, per-CPU values included (counters, settings). */
   async mapDump(pin: string): Promise<RawMapEntry[]> {
-    const {stdout} = await run('bpftool', ['map', 'dump', 'pinned', pin, '-j'], {timeoutMs: 120_000})
-    return parseJson<RawMapEntry[]>(stdout || '[]', 'map dump')
-  },
+    const {stdout} = await this.run(['map', 'dump', 'pinned', pin, '-j'], {timeoutMs: 120_000})
+    return parseDump(parseJson(stdout || '[]', 'map dump'))
+  }
 
   async mapCount(pin: string): Promise<number> {
     return (await this.mapDumpBytes(pin)).length
-  },
+  }
 
   /**
    * Keys and values of a (not per-CPU) map as bytes. Scans bpftool's JSON for the raw hex arrays
@@ -160,59 +278,67 @@ export const bpftool = {
    */
   async mapDumpBytes(pin: string): Promise<{key: Buffer; value?: Buffer}[]> {
     const scanner = new DumpScanner()
-    await runStreaming('bpftool', ['map', 'dump', 'pinned', pin, '-j'], (chunk) => scanner.push(chunk))
+    await this.runner.runStreaming('bpftool', ['map', 'dump', 'pinned', pin, '-j'], (chunk) => scanner.push(chunk))
     return scanner.end()
-  },
+  }
 
   /** Every cgroup with programs attached, below the cgroup v2 mount. */
   async cgroupTree(root?: string): Promise<{cgroup: string; programs: CgroupAttachment[]}[]> {
-    const {stdout} = await run('bpftool', ['cgroup', 'tree', ...(root ? [root] : []), '-j'])
-    return parseJson(stdout || '[]', 'cgroup tree')
-  },
+    const {stdout} = await this.run(['cgroup', 'tree', ...(root ? [root] : []), '-j'])
+    return list(parseJson(stdout || '[]', 'cgroup tree'), 'cgroup tree').map((item) => {
+      const o = record(item, 'cgroup tree')
+      return {cgroup: field(o, 'cgroup', 'string', 'cgroup tree'), programs: parseAttachments(o.programs, 'cgroup tree')}
+    })
+  }
 
   async cgroupShow(cgroup: string): Promise<CgroupAttachment[]> {
-    const {stdout} = await run('bpftool', ['cgroup', 'show', cgroup, '-j'])
-    return parseJson(stdout || '[]', 'cgroup show')
-  },
+    const {stdout} = await this.run(['cgroup', 'show', cgroup, '-j'])
+    return parseAttachments(parseJson(stdout || '[]', 'cgroup show'))
+  }
 
   /** `multi`, so programs of other tools on the same cgroup keep running beside ours. */
   async cgroupAttach(cgroup: string, attachType: string, progPin: string): Promise<void> {
-    await run('bpftool', ['cgroup', 'attach', cgroup, attachType, 'pinned', progPin, 'multi'])
-  },
+    await this.run(['cgroup', 'attach', cgroup, attachType, 'pinned', progPin, 'multi'])
+  }
 
   async cgroupDetach(cgroup: string, attachType: string, progId: number): Promise<void> {
-    await run('bpftool', ['cgroup', 'detach', cgroup, attachType, 'id', String(progId)])
-  },
+    await this.run(['cgroup', 'detach', cgroup, attachType, 'id', String(progId)])
+  }
 
   async progAttachToMap(progPin: string, attachType: string, mapPin: string): Promise<void> {
-    await run('bpftool', ['prog', 'attach', 'pinned', progPin, attachType, 'pinned', mapPin])
-  },
+    await this.run(['prog', 'attach', 'pinned', progPin, attachType, 'pinned', mapPin])
+  }
 
   async progDetachFromMap(progPin: string, attachType: string, mapPin: string): Promise<boolean> {
-    const r = await run('bpftool', ['prog', 'detach', 'pinned', progPin, attachType, 'pinned', mapPin], {allowFailure: true})
+    const r = await this.run(['prog', 'detach', 'pinned', progPin, attachType, 'pinned', mapPin], {allowFailure: true})
     return r.exitCode === 0
-  },
+  }
 
   /**
-   * Many read-only commands in one bpftool process, with their JSON outputs in order. bpftool
-   * stops at the first failing command, so this throws and the caller asks one by one.
+   * Many read-only commands in one bpftool process, with their JSON outputs in order (each checked
+   * by the caller's parser). bpftool stops at the first failing command, so this throws and the
+   * caller asks one by one.
    */
   async batchJson(commands: string[][]): Promise<unknown[]> {
-    const {stdout} = await run('bpftool', ['-j', 'batch', 'file', '-'], {input: commands.map((c) => c.join(' ')).join('\n') + '\n'})
-    return parseJson<{output: unknown}[]>(stdout, 'batch').map((r) => r.output)
-  },
+    const {stdout} = await this.run(['-j', 'batch', 'file', '-'], {input: commands.map((c) => c.join(' ')).join('\n') + '\n'})
+    const out = list(parseJson(stdout, 'batch'), 'batch').map((r) => record(r, 'batch').output)
+    if (out.length !== commands.length) throw drift('batch', `${out.length} answers to ${commands.length} commands`)
+    return out
+  }
 
   /** Run many bpftool commands in one process (`bpftool batch file -`). */
   async batch(lines: readonly string[]): Promise<void> {
     if (lines.length === 0) return
-    await run('bpftool', ['batch', 'file', '-'], {input: lines.join('\n') + '\n', timeoutMs: 120_000})
-  },
+    await this.run(['batch', 'file', '-'], {input: lines.join('\n') + '\n', timeoutMs: 120_000})
+  }
 
   mapUpdateLine(pin: string, key: Uint8Array, value: Uint8Array): string {
     return `map update pinned ${pin} key hex ${hexBytes(key).join(' ')} value hex ${hexBytes(value).join(' ')}`
-  },
+  }
 
   mapDeleteLine(pin: string, key: Uint8Array): string {
     return `map delete pinned ${pin} key hex ${hexBytes(key).join(' ')}`
-  },
+  }
 }
+
+export const bpftool = new Bpftool()

@@ -1,7 +1,7 @@
 import {realpathSync, statSync} from 'node:fs'
 import {delimiter, isAbsolute, join} from 'node:path'
 import {ToolNotFoundError} from '../errors.js'
-import {INSTALL_HINTS, run, toolPath} from '../node/exec.js'
+import {INSTALL_HINTS, run, toolPath} from '../exec.js'
 
 /**
  * Which compiler would build the objects, without running it (status asks on every call, and a

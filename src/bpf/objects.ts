@@ -5,14 +5,20 @@ import {join} from 'node:path'
 import {BPF_SOURCE_DIR, cacheDir} from '../paths.js'
 import {BPF_CFLAGS, clangIdentity, compileBpf, compileHost, HOST_CFLAGS, multiarchInclude} from './clang.js'
 
-export interface BuiltObjects {
+/** The host programs sync needs beside the datapath: enable keeps a copy with the installation. */
+export interface Helpers {
+  netnsCookie: string
+  /** attaches and detaches mb_tc_inbound in pod network namespaces */
+  tcInbound: string
+}
+
+export const HELPER_FILES = {netnsCookie: 'netns-cookie', tcInbound: 'tc-inbound'} as const
+
+export interface BuiltObjects extends Helpers {
   /** Hash of sources, flags and compiler: names the cache entry and tells status if objects are stale. */
   hash: string
   dir: string
   datapath: string
-  netnsCookie: string
-  /** attaches and detaches mb_tc_inbound in pod network namespaces */
-  tcInbound: string
   compiled: boolean
 }
 
@@ -45,7 +51,7 @@ export async function sourceHash(compiler?: string): Promise<string> {
 export async function buildObjects(opts: {rebuild?: boolean} = {}): Promise<BuiltObjects> {
   const hash = await sourceHash()
   const dir = join(cacheDir(), hash)
-  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, 'netns-cookie'), tcInbound: join(dir, 'tc-inbound')}
+  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound)}
   if (!opts.rebuild && existsSync(result.datapath) && existsSync(result.netnsCookie) && existsSync(result.tcInbound)) return {...result, compiled: false}
 
   const tmp = `${dir}.tmp-${process.pid}`
@@ -53,8 +59,8 @@ export async function buildObjects(opts: {rebuild?: boolean} = {}): Promise<Buil
   await mkdir(tmp, {recursive: true})
   try {
     await compileBpf(join(BPF_SOURCE_DIR, 'merbridge.bpf.c'), join(tmp, 'merbridge.bpf.o'))
-    await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, 'netns-cookie'))
-    await compileHost(join(BPF_SOURCE_DIR, 'tools', 'tc-inbound.c'), join(tmp, 'tc-inbound'), ['bpf'])
+    await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, HELPER_FILES.netnsCookie))
+    await compileHost(join(BPF_SOURCE_DIR, 'tools', 'tc-inbound.c'), join(tmp, HELPER_FILES.tcInbound), ['bpf'])
     await rm(dir, {recursive: true, force: true})
     await rename(tmp, dir)
   } catch (error) {

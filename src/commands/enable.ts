@@ -8,7 +8,8 @@ import {MESH_NAMES} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {runWithProgress} from '../ui/steps.js'
-import {bpffsFlag, podSourceFlags, recheckFlag, watchInForeground} from '../ui/flags.js'
+import {bpffsFlag, podSourceFlags, recheckFlag} from '../ui/flags.js'
+import {watchInForeground} from '../ui/foreground.js'
 import {c} from '../ui/theme.js'
 
 export interface EnableResult {

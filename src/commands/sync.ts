@@ -1,26 +1,13 @@
 import {Flags} from '@oclif/core'
 import {hostname} from 'node:os'
-import {buildObjects} from '../bpf/objects.js'
 import {Installation} from '../datapath/installation.js'
-import {withInstallationLock} from '../datapath/lock.js'
-import {applyPods, podsRecord, savePodsRecord} from '../datapath/pods-sync.js'
-import {MerbridgeError} from '../errors.js'
-import {loadPods} from '../kube/source.js'
+import {type SyncOnceResult, syncOnce} from '../datapath/pods-sync.js'
 import {meshProfile} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
-import {bpffsFlag, podSourceFlags, recheckFlag, watchInForeground} from '../ui/flags.js'
+import {bpffsFlag, podSourceFlags, recheckFlag} from '../ui/flags.js'
+import {watchInForeground} from '../ui/foreground.js'
 import {c} from '../ui/theme.js'
-
-export interface SyncCommandResult {
-  source: string
-  meshed: {namespace: string; name: string; ip: string; netns?: string}[]
-  unregistered: {namespace: string; name: string; ip: string}[]
-  skipped: {namespace: string; name: string; reason: string}[]
-  warnings: string[]
-  written: number
-  deleted: number
-}
 
 export default class Sync extends BaseCommand {
   static override summary = "Make merbridge's maps match this node's pods, once or continuously"
@@ -39,30 +26,21 @@ export default class Sync extends BaseCommand {
     bpffs: bpffsFlag,
   }
 
-  async run(): Promise<SyncCommandResult | undefined> {
+  async run(): Promise<SyncOnceResult | undefined> {
     const {flags} = await this.parse(Sync)
     if (flags.watch && flags['pods-file']) this.error('--watch follows the Kubernetes API; it cannot watch --pods-file', {exit: 2})
     requirePrivileges('sync')
     const inst = new Installation(flags.bpffs)
-    const state = await inst.readState()
-    if (!state) throw new MerbridgeError(`merbridge is not enabled with ${inst.dir}`, {code: 'NOT_ENABLED', exitCode: 3, suggestion: 'merbridge enable first'})
     const node = flags.node ?? hostname()
-    const mesh = meshProfile(state.mesh)
     const kube = {kubeconfig: flags.kubeconfig, context: flags.context}
 
     if (flags.watch) {
-      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, inst, {kube, node, mesh, recheckMs: flags.recheck * 1000})
+      const state = await inst.requireState()
+      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, inst, {kube, node, mesh: meshProfile(state.mesh), recheckMs: flags.recheck * 1000})
       return undefined
     }
 
-    const loaded = await loadPods(flags['pods-file'], node, kube)
-    const record = await withInstallationLock(inst, 'sync', async () => {
-      const applied = await applyPods(inst, await buildObjects(), loaded.pods, {node, mesh, attachInbound: true})
-      const pods = podsRecord(loaded.source, applied)
-      await savePodsRecord(inst, pods)
-      return {...pods, written: applied.sync.written, deleted: applied.sync.deleted}
-    })
-    const result: SyncCommandResult = record
+    const result = await syncOnce(inst, {podsFile: flags['pods-file'], kube, node})
     this.log(`${c.green('✔')} synced from ${result.source}: ${result.meshed.length} meshed and registered, ${result.unregistered.length} meshed but not found on this node, ${result.skipped.length} skipped; ${result.written} map entries written, ${result.deleted} removed`)
     for (const p of result.unregistered) this.log(c.yellow(`  ! ${p.namespace}/${p.name} (${p.ip}): no network namespace with this IP on the node yet`))
     for (const w of result.warnings) this.log(c.yellow(`  ! ${w}`))

@@ -3,14 +3,15 @@ import {readdir} from 'node:fs/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {join} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
-import {buildObjects} from '../bpf/objects.js'
+import {buildObjects, HELPER_FILES} from '../bpf/objects.js'
 import {readMaps} from '../bpf/maps.js'
 import {MerbridgeError} from '../errors.js'
-import {run} from '../node/exec.js'
+import {run} from '../exec.js'
 import {listNetnsCandidates} from '../node/netns.js'
 import {detachInbound} from '../node/tc-inbound.js'
 import {BPFFS_MOUNT, cacheDir} from '../paths.js'
-import {Installation, PROGRAMS} from './installation.js'
+import {Installation} from './installation.js'
+import {PROGRAMS} from '../bpf/programs.js'
 import {writeSettings} from './settings.js'
 
 /**
@@ -41,10 +42,10 @@ async function findAttachments(progIds: Map<number, string>): Promise<{cgroup: s
   return out
 }
 
-/** The tc-inbound helper of the build that was enabled (no compiler needed), else a fresh build. */
-async function tcHelper(objectHash: string | undefined): Promise<string> {
-  const recorded = objectHash ? join(cacheDir(), objectHash, 'tc-inbound') : undefined
-  return recorded && existsSync(recorded) ? recorded : (await buildObjects()).tcInbound
+/** The tc-inbound helper enable kept (no compiler needed), else the cached build, else a fresh build. */
+async function tcHelper(inst: Installation, objectHash: string | undefined): Promise<string> {
+  const cached = objectHash ? join(cacheDir(), objectHash, HELPER_FILES.tcInbound) : undefined
+  return inst.keptHelpers()?.tcInbound ?? (cached && existsSync(cached) ? cached : (await buildObjects()).tcInbound)
 }
 
 /** bpftool's attach-type argument for the kernel's name of it. */
@@ -86,7 +87,7 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   if (tcIds.length > 0) {
     const paths = (await listNetnsCandidates()).map((c) => c.path)
     for (const tcId of tcIds) {
-      const tc = await detachInbound(await tcHelper(state?.objectHash), tcId, paths)
+      const tc = await detachInbound(await tcHelper(inst, state?.objectHash), tcId, paths)
       for (const [path, ifaces] of tc.done) for (const dev of ifaces) result.detached.push({cgroup: `netns ${path} dev ${dev}`, program: 'mb_tc_inbound', id: tcId})
     }
   }

@@ -3,7 +3,7 @@ import {formatCidr} from '../bpf/ip.js'
 import {COUNTERS, originFlagNames, type Pair, type PodRules, type Settings} from '../bpf/layout.js'
 import {readMaps} from '../bpf/maps.js'
 import {MerbridgeError} from '../errors.js'
-import type {InstallState, Installation} from './installation.js'
+import {type InstallState, type Installation, notEnabled} from './installation.js'
 
 /** The maps dump-maps decodes, in the order it shows them. */
 export const DUMPABLE = ['sock_pair_map', 'pair_original_dst', 'process_ip', 'local_pod_ips', 'netns_pod_ips', 'settings', 'counters'] as const
@@ -107,7 +107,7 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
     throw new MerbridgeError(`unknown map ${unknown.join(', ')}`, {code: 'UNKNOWN_MAP', suggestion: `valid maps: ${DUMPABLE.join(', ')}`})
   const state = await inst.readState()
   if (!inst.exists())
-    throw new MerbridgeError(`merbridge is not enabled on this node (no installation in ${inst.dir})`, {code: 'NOT_ENABLED', exitCode: 3, suggestion: 'merbridge enable'})
+    throw notEnabled(inst)
   const pods = podNames(state)
   const ep = (ip: string, port?: number): Endpoint => ({ip, ...(port === undefined ? {} : {port}), ...(pods.has(ip) ? {pod: pods.get(ip)} : {})})
   const conn = (p: Pair) => ({local: ep(p.localIp, p.localPort), remote: ep(p.remoteIp, p.remotePort), netns: p.netns.toString()})

@@ -7,13 +7,14 @@ import {MIN_KERNEL} from '../node/kernel.js'
 import type {KubeOptions} from '../kube/client.js'
 import {type LoadedPods, loadPods} from '../kube/source.js'
 import {type MeshProfile, meshProfile} from '../mesh/profiles.js'
-import {run} from '../node/exec.js'
+import {run} from '../exec.js'
 import {isBpffs, readMounts} from '../node/mounts.js'
 import {netnsCookies} from '../node/netns.js'
-import {runPreflight, type PreflightResult} from '../node/preflight.js'
+import {runPreflight, type PreflightResult} from './preflight.js'
 import {BPFFS_MOUNT} from '../paths.js'
 import {disable} from './disable.js'
-import {type InstallState, Installation, PROGRAMS} from './installation.js'
+import {type InstallState, Installation} from './installation.js'
+import {PROGRAMS} from '../bpf/programs.js'
 import {inspect} from './inspect.js'
 import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
@@ -229,6 +230,7 @@ export const ENABLE_STEPS: EnableStep[] = [
         hostNetns: (ctx.hostNetns ?? BigInt(previous?.hostNetns ?? 0)).toString(),
         pods: podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')),
       }
+      await ctx.inst.keepHelpers(required(ctx.objects, 'the built objects'))
       await ctx.inst.writeState(state)
     },
     async undo(ctx) {

@@ -1,10 +1,11 @@
 import {existsSync, readFileSync} from 'node:fs'
-import {bpftool, type CgroupAttachment, type MapInfo, type ProgInfo} from '../bpf/bpftool.js'
+import {bpftool, type CgroupAttachment, type MapInfo, parseAttachments, parseMapInfo, parseProgInfo, type ProgInfo} from '../bpf/bpftool.js'
 import type {CounterName} from '../bpf/layout.js'
 import {readMaps} from '../bpf/maps.js'
 import {sourceHash} from '../bpf/objects.js'
 import {describeError} from '../errors.js'
-import {type InstallState, Installation, MAP_NAMES, type MapName, PROGRAMS} from './installation.js'
+import {type InstallState, Installation} from './installation.js'
+import {MAP_NAMES, type MapName, PROGRAMS} from '../bpf/programs.js'
 
 export interface ProgramStatus {
   name: string
@@ -79,9 +80,9 @@ async function snapshot(inst: Installation, cgroup: string | undefined): Promise
   try {
     const out = await bpftool.batchJson(commands)
     return {
-      progs: new Map(PROGRAMS.map((p, i) => [p.name, out[i] as ProgInfo])),
-      maps: new Map(MAP_NAMES.map((m, i) => [m, out[PROGRAMS.length + i] as MapInfo])),
-      attachments: withCgroup ? ((out[PROGRAMS.length + MAP_NAMES.length] as CgroupAttachment[] | undefined) ?? []) : [],
+      progs: new Map(PROGRAMS.map((p, i) => [p.name, parseProgInfo(out[i])])),
+      maps: new Map(MAP_NAMES.map((m, i) => [m, parseMapInfo(out[PROGRAMS.length + i])])),
+      attachments: withCgroup ? parseAttachments(out[PROGRAMS.length + MAP_NAMES.length] ?? []) : [],
     }
   } catch {
     // something is missing: ask one by one, so that each absence is reported

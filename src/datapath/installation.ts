@@ -1,53 +1,15 @@
 import {existsSync} from 'node:fs'
-import {mkdir, readFile, readdir, rename, rm, rmdir, unlink, writeFile} from 'node:fs/promises'
+import {copyFile, mkdir, readFile, readdir, rename, rm, rmdir, unlink, writeFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 import {MerbridgeError} from '../errors.js'
 import {isBpffs, readMounts} from '../node/mounts.js'
 import {DEFAULT_BPFFS_DIR, runDir} from '../paths.js'
+import {MAP_NAMES, type MapName, type MapPins, PROGRAMS} from '../bpf/programs.js'
+import {HELPER_FILES, type Helpers} from '../bpf/objects.js'
 
-/**
- * How each program is attached: to the cgroup, (sk_msg) to the sockhash, or (tc) to the ingress
- * of each registered pod's interfaces, by the sync that registers the pod.
- */
-export interface ProgramSpec {
-  name: string
-  /** bpftool's attach type argument */
-  attachType: string
-  /** the kernel's name for that attach type, as `bpftool cgroup show` prints it */
-  kernelAttachType: string
-  target: 'cgroup' | 'sock_pair_map' | 'pods'
-}
-
-/** In attach order: the listeners of events first, the connect hooks (which start rewriting) last. */
-export const PROGRAMS: ProgramSpec[] = [
-  {name: 'mb_msg_redirect', attachType: 'msg_verdict', kernelAttachType: 'sk_msg_verdict', target: 'sock_pair_map'},
-  {name: 'mb_getsockopt', attachType: 'getsockopt', kernelAttachType: 'cgroup_getsockopt', target: 'cgroup'},
-  {name: 'mb_sockops', attachType: 'sock_ops', kernelAttachType: 'cgroup_sock_ops', target: 'cgroup'},
-  {name: 'mb_tc_inbound', attachType: 'tc_ingress', kernelAttachType: 'tc_ingress', target: 'pods'},
-  {name: 'mb_recvmsg6', attachType: 'recvmsg6', kernelAttachType: 'cgroup_udp6_recvmsg', target: 'cgroup'},
-  {name: 'mb_recvmsg4', attachType: 'recvmsg4', kernelAttachType: 'cgroup_udp4_recvmsg', target: 'cgroup'},
-  {name: 'mb_getpeername6', attachType: 'getpeername6', kernelAttachType: 'cgroup_inet6_getpeername', target: 'cgroup'},
-  {name: 'mb_getpeername4', attachType: 'getpeername4', kernelAttachType: 'cgroup_inet4_getpeername', target: 'cgroup'},
-  {name: 'mb_sendmsg6', attachType: 'sendmsg6', kernelAttachType: 'cgroup_udp6_sendmsg', target: 'cgroup'},
-  {name: 'mb_sendmsg4', attachType: 'sendmsg4', kernelAttachType: 'cgroup_udp4_sendmsg', target: 'cgroup'},
-  {name: 'mb_connect6', attachType: 'connect6', kernelAttachType: 'cgroup_inet6_connect', target: 'cgroup'},
-  {name: 'mb_connect4', attachType: 'connect4', kernelAttachType: 'cgroup_inet4_connect', target: 'cgroup'},
-]
-
-export const MAP_NAMES = [
-  'local_pod_ips',
-  'netns_pod_ips',
-  'pair_original_dst',
-  'sock_pair_map',
-  'process_ip',
-  'settings',
-  'counters',
-  'origin_store',
-] as const
-export type MapName = (typeof MAP_NAMES)[number]
 
 /** The pins of one installation, all below one bpffs folder. */
-export class Installation {
+export class Installation implements MapPins {
   readonly dir: string
 
   constructor(dir = process.env.MERBRIDGE_BPFFS ?? DEFAULT_BPFFS_DIR) {
@@ -83,7 +45,42 @@ export class Installation {
 
   /** One state file per installation folder, so test installations never meet the real one. */
   get stateFile(): string {
-    return join(runDir(), `${this.dir.replace(/^\/+/, '').replace(/[^A-Za-z0-9_.-]+/g, '_')}.json`)
+    return join(runDir(), `${this.slug}.json`)
+  }
+
+  /**
+   * enable's copy of the host helpers it built, so sync, the watch and disable need neither clang
+   * nor the sources (nor the cache, which a user may clean).
+   */
+  get helperDir(): string {
+    return join(runDir(), `${this.slug}.helpers`)
+  }
+
+  private get slug(): string {
+    return this.dir.replace(/^\/+/, '').replace(/[^A-Za-z0-9_.-]+/g, '_')
+  }
+
+  /** Copy the helpers of a build next to the record (a temporary folder renamed: never half a copy). */
+  async keepHelpers(built: Helpers): Promise<void> {
+    const tmp = `${this.helperDir}.${process.pid}.tmp`
+    await rm(tmp, {recursive: true, force: true})
+    await mkdir(tmp, {recursive: true})
+    for (const key of Object.keys(HELPER_FILES) as (keyof Helpers)[]) await copyFile(built[key], join(tmp, HELPER_FILES[key]))
+    await rm(this.helperDir, {recursive: true, force: true})
+    await rename(tmp, this.helperDir)
+  }
+
+  /** The helpers enable kept, or undefined when they are gone (an older enable, or /run cleaned). */
+  keptHelpers(): Helpers | undefined {
+    const kept = {netnsCookie: join(this.helperDir, HELPER_FILES.netnsCookie), tcInbound: join(this.helperDir, HELPER_FILES.tcInbound)}
+    return existsSync(kept.netnsCookie) && existsSync(kept.tcInbound) ? kept : undefined
+  }
+
+  /** The helpers for sync and the watch: enable's copy, else one line saying how to get it back. */
+  requireHelpers(): Helpers {
+    const kept = this.keptHelpers()
+    if (!kept) throw new MerbridgeError(`the helper programs enable keeps in ${this.helperDir} are missing`, {code: 'NOT_ENABLED', exitCode: 3, suggestion: 'run merbridge enable again (it keeps the running datapath and restores them)'})
+    return kept
   }
 
   exists(): boolean {
@@ -168,6 +165,13 @@ export class Installation {
     }
   }
 
+  /** The record, or the one error every command gives on a node where this installation is not enabled. */
+  async requireState(): Promise<InstallState> {
+    const state = await this.readState()
+    if (!state) throw notEnabled(this)
+    return state
+  }
+
   async writeState(state: InstallState): Promise<void> {
     await mkdir(runDir(), {recursive: true})
     const tmp = `${this.stateFile}.${process.pid}.tmp`
@@ -176,8 +180,13 @@ export class Installation {
   }
 
   async removeState(): Promise<void> {
+    await rm(this.helperDir, {recursive: true, force: true})
     await rm(this.stateFile, {force: true})
   }
+}
+
+export function notEnabled(inst: Installation): MerbridgeError {
+  return new MerbridgeError(`merbridge is not enabled with ${inst.dir}`, {code: 'NOT_ENABLED', exitCode: 3, suggestion: 'merbridge enable first (or give --bpffs the folder it used)'})
 }
 
 export interface PodRecord {

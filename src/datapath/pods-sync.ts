@@ -1,8 +1,12 @@
 /** Pods -> maps and record, shared by enable, sync and the watch loop. */
 import {type PodJson, type PodSelection, selectMeshedPods} from '../kube/pods.js'
-import type {BuiltObjects} from '../bpf/objects.js'
+import type {Helpers} from '../bpf/objects.js'
 import type {MeshProfile} from '../mesh/profiles.js'
+import type {KubeOptions} from '../kube/client.js'
+import {loadPods} from '../kube/source.js'
+import {meshProfile} from '../mesh/profiles.js'
 import type {InstallState, Installation} from './installation.js'
+import {withInstallationLock} from './lock.js'
 import {type PodMapsView, type SyncResult, syncPods} from './sync.js'
 
 export interface AppliedPods {
@@ -14,7 +18,7 @@ export interface AppliedPods {
  * Select this node's meshed pods and make the maps match them; with `attachInbound` (the
  * datapath is attached already), newly registered pods get inbound capture too.
  */
-export async function applyPods(inst: Installation, objects: BuiltObjects, pods: PodJson[], opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean}): Promise<AppliedPods> {
+export async function applyPods(inst: Installation, objects: Helpers, pods: PodJson[], opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean}): Promise<AppliedPods> {
   const selection = selectMeshedPods(pods, opts.node, opts.mesh)
   return {selection, sync: await syncPods(inst, objects, selection, opts)}
 }
@@ -52,4 +56,26 @@ export function describePod(namespace: string, name: string, applied: AppliedPod
   const skipped = applied.selection.skipped.find(same)
   if (skipped) return {state: 'skipped', text: `${id}: not meshed (${skipped.reason})`}
   return {state: 'elsewhere', text: `${id}: not on this node`}
+}
+
+export interface SyncOnceResult extends Pick<InstallState['pods'], 'source' | 'meshed' | 'unregistered' | 'skipped' | 'warnings'> {
+  written: number
+  deleted: number
+}
+
+/**
+ * `sync`: read the pods (file or API) before taking the lock, then, holding it, make the maps
+ * match and update the record. A failure before the batch is written leaves maps and record as
+ * they were.
+ */
+export async function syncOnce(inst: Installation, opts: {podsFile?: string; kube: KubeOptions; node: string}): Promise<SyncOnceResult> {
+  const state = await inst.requireState()
+  const helpers = inst.requireHelpers()
+  const loaded = await loadPods(opts.podsFile, opts.node, opts.kube)
+  return withInstallationLock(inst, 'sync', async () => {
+    const applied = await applyPods(inst, helpers, loaded.pods, {node: opts.node, mesh: meshProfile(state.mesh), attachInbound: true})
+    const pods = podsRecord(loaded.source, applied)
+    await savePodsRecord(inst, pods)
+    return {...pods, written: applied.sync.written, deleted: applied.sync.deleted}
+  })
 }

@@ -13,7 +13,8 @@ import {join} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
 import {describeError, MerbridgeError} from '../errors.js'
 import {attachInbound} from '../node/tc-inbound.js'
-import {type Installation, MAP_NAMES, PROGRAMS, type ProgramSpec} from './installation.js'
+import type {Installation} from './installation.js'
+import {MAP_NAMES, PROGRAMS, type ProgramSpec} from '../bpf/programs.js'
 
 /** Load the new object beside the running one, on its maps. False (and nothing left) when the layouts differ. */
 export async function stageReplacement(inst: Installation, object: string): Promise<{staged: boolean; why?: string}> {

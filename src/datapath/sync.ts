@@ -4,7 +4,7 @@ import {encodePodId, encodePodRules, encodeU64, MAX_DNS, MAX_PODS, type PodRules
 import {MerbridgeError} from '../errors.js'
 import {readMaps} from '../bpf/maps.js'
 import type {MeshedPod, PodSelection} from '../kube/pods.js'
-import type {BuiltObjects} from '../bpf/objects.js'
+import type {Helpers} from '../bpf/objects.js'
 import {listNetnsCandidates, namespaceResolvers, namespacesByIp, type NetnsCandidate, netnsCookies, normalIp} from '../node/netns.js'
 import {attachInbound} from '../node/tc-inbound.js'
 import type {Installation, PodRecord} from './installation.js'
@@ -75,7 +75,7 @@ async function readView(inst: Installation): Promise<PodMapsView> {
  * node (the one holding its IP) and reading that namespace's cookie. `known` (what the previous
  * sync of this process left) saves reading the maps back.
  */
-export async function syncPods(inst: Installation, objects: BuiltObjects, selection: PodSelection, opts: {known?: PodMapsView; attachInbound: boolean}): Promise<SyncResult> {
+export async function syncPods(inst: Installation, objects: Helpers, selection: PodSelection, opts: {known?: PodMapsView; attachInbound: boolean}): Promise<SyncResult> {
   checkCapacity(selection)
   const byIp = namespacesByIp(await listNetnsCandidates())
   const found = selection.meshed.map((pod) => ({pod, ns: byIp.get(normalIp(pod.ip))}))

@@ -3,8 +3,7 @@
  * Changes are applied one at a time; pods whose network namespace is not found yet are retried
  * every second, and every `recheckMs` the maps are read back and whatever drifted is rewritten.
  */
-import {buildObjects} from '../bpf/objects.js'
-import {describeError, MerbridgeError, required} from '../errors.js'
+import {describeError, required} from '../errors.js'
 import type {KubeOptions} from '../kube/client.js'
 import type {PodJson} from '../kube/pods.js'
 import {loadPods} from '../kube/source.js'
@@ -25,8 +24,8 @@ export interface WatchOptions {
 }
 
 export async function runWatch(inst: Installation, opts: WatchOptions): Promise<void> {
-  if (!(await inst.readState())) throw new MerbridgeError(`merbridge is not enabled with ${inst.dir}`, {code: 'NOT_ENABLED', exitCode: 3, suggestion: 'merbridge enable first'})
-  const objects = await buildObjects()
+  await inst.requireState()
+  const objects = inst.requireHelpers()
   // the first list fails the command (nothing changed); later failures are retried with backoff
   const first = await loadPods(undefined, opts.node, opts.kube)
   const source = first.source

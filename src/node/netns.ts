@@ -2,7 +2,7 @@ import {existsSync, readdirSync, readFileSync, readlinkSync, statSync} from 'nod
 import {isIP} from 'node:net'
 import {join} from 'node:path'
 import {ipToSlot, slotToIp} from '../bpf/ip.js'
-import {run} from './exec.js'
+import {run} from '../exec.js'
 
 /** Global IPv6 addresses in a /proc/PID/net/if_inet6 text (32 hex digits, then index, prefix, scope). */
 export function parseIfInet6(text: string): string[] {

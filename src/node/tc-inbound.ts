@@ -2,7 +2,7 @@
  * mb_tc_inbound on the ingress of pod interfaces, through the tc-inbound helper (Node.js cannot
  * enter another network namespace): attached when a pod is registered, detached by disable.
  */
-import {run} from './exec.js'
+import {run} from '../exec.js'
 
 export interface TcResult {
   /** namespace path -> the interfaces done there */

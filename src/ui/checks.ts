@@ -1,4 +1,4 @@
-import type {Check} from '../node/preflight.js'
+import type {Check} from '../datapath/preflight.js'
 import {c, mark} from './theme.js'
 
 export function renderChecks(checks: Check[]): string {

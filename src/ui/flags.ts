@@ -1,8 +1,5 @@
 import {Flags} from '@oclif/core'
-import type {Installation} from '../datapath/installation.js'
-import {runWatch, type WatchOptions} from '../datapath/watch-loop.js'
 import {DEFAULT_BPFFS_DIR} from '../paths.js'
-import {c} from './theme.js'
 
 /** The installation's pin folder, on every command that works on one. */
 export const bpffsFlag = Flags.string({
@@ -26,30 +23,3 @@ export const recheckFlag = Flags.integer({
   default: 30,
   min: 1,
 })
-
-/** Stop a long-running command cleanly on Ctrl-C and on the service manager's SIGTERM. */
-export function abortOnSignals(): {signal: AbortSignal; dispose: () => void} {
-  const controller = new AbortController()
-  const stop = () => controller.abort()
-  // `on`, not `once`: a listener still present when execa's signal-exit handler runs (a bpftool
-  // child may be running) keeps that handler from re-raising the signal and killing the process
-  process.on('SIGINT', stop)
-  process.on('SIGTERM', stop)
-  return {signal: controller.signal, dispose: () => (process.off('SIGINT', stop), process.off('SIGTERM', stop))}
-}
-
-/** Run the watch loop in the foreground: a line per change for people, a JSON object per line with --json. */
-export async function watchInForeground(
-  out: {log: (line: string) => void; json: boolean},
-  inst: Installation,
-  opts: Omit<WatchOptions, 'signal' | 'log'>,
-): Promise<void> {
-  const {signal, dispose} = abortOnSignals()
-  const log = (line: string, event?: Record<string, unknown>) =>
-    out.json ? process.stdout.write(JSON.stringify({time: new Date().toISOString(), ...event}) + '\n') : out.log(`${c.dim(new Date().toISOString())} ${line}`)
-  try {
-    await runWatch(inst, {...opts, signal, log})
-  } finally {
-    dispose()
-  }
-}

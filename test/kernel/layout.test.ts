@@ -9,7 +9,8 @@ import {ipToSlot} from '../../src/bpf/ip.js'
 import {COUNTERS, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT, POD_DNS_CAPTURE} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
-import {Installation, MAP_NAMES, PROGRAMS} from '../../src/datapath/installation.js'
+import {Installation} from '../../src/datapath/installation.js'
+import {MAP_NAMES, PROGRAMS} from '../../src/bpf/programs.js'
 import {ensureBpffs, kernelSkipReason, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason()

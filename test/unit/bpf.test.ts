@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import {readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, it} from 'node:test'
-import {bytesFromHex, DumpScanner} from '../../src/bpf/bpftool.js'
+import {Bpftool, bytesFromHex, DumpScanner} from '../../src/bpf/bpftool.js'
 import {type FeatureProbe, missingFeatures} from '../../src/bpf/features.js'
 import {ipToSlot, parseCidr, slotToIp} from '../../src/bpf/ip.js'
 import {
@@ -34,7 +34,7 @@ import {
   POD_OUT_ALL_CIDRS,
   POD_OUT_LOOPBACK,
 } from '../../src/bpf/layout.js'
-import {checkFeatures, checkForeignPrograms} from '../../src/node/preflight.js'
+import {checkFeatures, checkForeignPrograms} from '../../src/datapath/preflight.js'
 import {ROOT} from '../helpers.js'
 
 const probe = JSON.parse(readFileSync(join(ROOT, 'test', 'fixtures', 'bpftool-probe-6.18.json'), 'utf8')) as Required<FeatureProbe>
@@ -197,5 +197,52 @@ describe('programs on the cgroup', () => {
     assert.equal(other.status, 'warn')
     assert.equal(other.required, false)
     assert.equal(checkForeignPrograms('/cg', [{id: 10, name: 'mb_connect4', attach_type: 'cgroup_inet4_connect'}], ours).status, 'pass')
+  })
+})
+
+describe('bpftool wrapper', () => {
+  /** A Bpftool whose runner plays one recorded answer and remembers the arguments. */
+  const playing = (stdout: string, exitCode = 0, stderr = '') => {
+    const calls: string[][] = []
+    const tool = new Bpftool({
+      run: (_tool, args) => (calls.push([...args]), Promise.resolve({stdout, stderr, exitCode})),
+      runStreaming: (_tool, args, onStdout) => (calls.push([...args]), onStdout(stdout), Promise.resolve()),
+    })
+    return {tool, calls}
+  }
+
+  it('reads recorded 7.x output into checked objects', async () => {
+    const prog = '{"id":41,"type":"cgroup_sock_addr","name":"mb_connect4","tag":"ab","gpl_compatible":true,"loaded_at":1764259200,"uid":0,"bytes_xlated":1200,"jited":true,"map_ids":[3,4],"btf_id":9}'
+    assert.deepEqual(await playing(prog).tool.progShowPinned('/p'), {id: 41, type: 'cgroup_sock_addr', name: 'mb_connect4', loaded_at: 1764259200, run_cnt: undefined, run_time_ns: undefined, map_ids: [3, 4]})
+    const tree = '[{"cgroup":"/sys/fs/cgroup/unified/x","programs":[{"id":41,"attach_type":"cgroup_inet4_connect","attach_flags":"multi","name":"mb_connect4"}]}]'
+    assert.deepEqual(await playing(tree).tool.cgroupTree(), [{cgroup: '/sys/fs/cgroup/unified/x', programs: [{id: 41, attach_type: 'cgroup_inet4_connect', attach_flags: 'multi', name: 'mb_connect4'}]}])
+    const counters = '[{"key":["0x00","0x00","0x00","0x00"],"values":[{"cpu":0,"value":["0x02","0x00"]},{"cpu":1,"value":["0x03","0x00"]}]}]'
+    assert.equal((await playing(counters).tool.mapDump('/m'))[0]?.values?.length, 2)
+  })
+
+  it('says a missing pin is missing, and fails on any other error', async () => {
+    const missing = playing('', 255, 'Error: bpf obj get (/p): No such file or directory')
+    assert.equal(await missing.tool.mapShowPinned('/p'), undefined)
+    assert.deepEqual(missing.calls, [['map', 'show', 'pinned', '/p', '-j']])
+    await assert.rejects(playing('', 255, 'Error: bpf obj get (/p): Operation not permitted').tool.mapShowPinned('/p'), /bpftool map show/)
+  })
+
+  it('fails loudly when the output drifts from the shape it knows', async () => {
+    const drifted = /not what merbridge understands/
+    await assert.rejects(playing('{"id":"41","type":"x"}').tool.progShowPinned('/p'), drifted) // id not a number
+    await assert.rejects(playing('{"type":"hash","name":"m"}').tool.mapShowPinned('/p'), drifted) // no id
+    await assert.rejects(playing('[{"id":1,"attach_type":7}]').tool.cgroupShow('/cg'), drifted)
+    await assert.rejects(playing('{"programs":[]}').tool.cgroupTree(), drifted)
+    await assert.rejects(playing('[{"key":[1,2]}]').tool.mapDump('/m'), drifted)
+    await assert.rejects(playing('key: 01 00  value: 0a ff').tool.mapDumpBytes('/m'), drifted) // plain text, not -j
+    await assert.rejects(playing('[{"key":["0x01"],"value":["0x02"]},{"key":["0x02"],"val').tool.mapDumpBytes('/m'), drifted) // cut short
+    await assert.rejects(playing('[{"key":[1],"value":[2]}]').tool.mapDumpBytes('/m'), drifted) // decimal bytes
+    await assert.rejects(playing('[{"output":{}}]').tool.batchJson([['prog', 'show'], ['map', 'show']]), drifted)
+    await assert.rejects(playing('not json').tool.featureProbe(), drifted)
+  })
+
+  it('reads an empty map as empty', async () => {
+    assert.deepEqual(await playing('[]').tool.mapDumpBytes('/m'), [])
+    assert.deepEqual(await playing('').tool.mapDumpBytes('/m'), [])
   })
 })

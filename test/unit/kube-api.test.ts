@@ -8,7 +8,7 @@ import {after, before, describe, it} from 'node:test'
 import {listNodePods, loadKube} from '../../src/kube/client.js'
 import type {PodJson} from '../../src/kube/pods.js'
 import {type PodEvent, watchNodePods} from '../../src/kube/watch.js'
-import {onPath} from '../../src/node/exec.js'
+import {onPath} from '../../src/exec.js'
 import {eventually, skipOrFail} from '../helpers.js'
 import {FakeApiServer, makePod} from '../support/fake-apiserver.js'
 

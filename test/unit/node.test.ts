@@ -4,7 +4,7 @@ import {missingCaps, parseCapEff} from '../../src/node/caps.js'
 import {kernelAtLeast, parseKernelRelease} from '../../src/node/kernel.js'
 import {findCgroup2, isBpffs, mountOf, parseMounts} from '../../src/node/mounts.js'
 import {parseFibTrieLocal} from '../../src/node/netns.js'
-import {checkBpffs, checkCgroup, checkKernel, checkPrivileges} from '../../src/node/preflight.js'
+import {checkBpffs, checkCgroup, checkKernel, checkPrivileges} from '../../src/datapath/preflight.js'
 
 const HYBRID = `tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
 cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0

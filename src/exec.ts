@@ -1,7 +1,7 @@
 import {execa, ExecaError, type Options} from 'execa'
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
-import {ToolFailedError, ToolNotFoundError} from '../errors.js'
+import {ToolFailedError, ToolNotFoundError} from './errors.js'
 
 /** How to install each external tool, for the error a user sees when it is missing. */
 export const INSTALL_HINTS: Record<string, string> = {
