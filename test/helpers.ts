@@ -4,6 +4,7 @@ import {existsSync, mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
+import {Installation} from '../src/datapath/installation.js'
 import type {DumpableMap, MapDump, RowsOf} from '../src/datapath/dump.js'
 import {POLL_DEADLINE_MS} from '../src/lab/process.js'
 import {onPath} from '../src/exec.js'
@@ -43,12 +44,15 @@ function kernelGap(tools: string[], files: string[]): string | undefined {
 }
 
 /** A pin folder and a state folder no other test or installation uses. */
-export function uniqueInstall(): {bpffs: string; env: Record<string, string>; cleanup: () => void} {
+export function uniqueInstall(): {bpffs: string; env: Record<string, string>; installation: (bpffs?: string) => Installation; cleanup: () => void} {
   const id = randomBytes(4).toString('hex')
   const runDir = mkdtempSync(join(tmpdir(), 'mb-run-'))
+  const bpffs = `/sys/fs/bpf/merbridge-test-${id}`
   return {
-    bpffs: `/sys/fs/bpf/merbridge-test-${id}`,
+    bpffs,
     env: {MERBRIDGE_RUN_DIR: runDir},
+    // the installation as the CLI run with `env` sees it, record included
+    installation: (dir = bpffs) => new Installation(dir, runDir),
     cleanup: () => rmSync(runDir, {recursive: true, force: true}),
   }
 }

@@ -197,6 +197,14 @@ export function bytesFromHex(hex: readonly string[]): Buffer {
   return Buffer.from(hex.map((h) => Number.parseInt(h, 16)))
 }
 
+/**
+ * One argument of a `bpftool batch` line: batch splits lines on blanks, and reads a double-quoted
+ * word as one. Paths with a quote or backslash are refused where they are given (Installation).
+ */
+export function batchArg(arg: string): string {
+  return /[\s]/.test(arg) ? `"${arg}"` : arg
+}
+
 /** How the wrapper runs bpftool: src/exec.ts, or recorded output in unit tests. */
 export interface BpftoolRunner {
   run: typeof run
@@ -320,7 +328,7 @@ export class Bpftool {
    * caller asks one by one.
    */
   async batchJson(commands: string[][]): Promise<unknown[]> {
-    const {stdout} = await this.run(['-j', 'batch', 'file', '-'], {input: commands.map((c) => c.join(' ')).join('\n') + '\n'})
+    const {stdout} = await this.run(['-j', 'batch', 'file', '-'], {input: commands.map((c) => c.map(batchArg).join(' ')).join('\n') + '\n'})
     const out = list(parseJson(stdout, 'batch'), 'batch').map((r) => record(r, 'batch').output)
     if (out.length !== commands.length) throw drift('batch', `${out.length} answers to ${commands.length} commands`)
     return out
@@ -333,11 +341,11 @@ export class Bpftool {
   }
 
   mapUpdateLine(pin: string, key: Uint8Array, value: Uint8Array): string {
-    return `map update pinned ${pin} key hex ${hexBytes(key).join(' ')} value hex ${hexBytes(value).join(' ')}`
+    return `map update pinned ${batchArg(pin)} key hex ${hexBytes(key).join(' ')} value hex ${hexBytes(value).join(' ')}`
   }
 
   mapDeleteLine(pin: string, key: Uint8Array): string {
-    return `map delete pinned ${pin} key hex ${hexBytes(key).join(' ')}`
+    return `map delete pinned ${batchArg(pin)} key hex ${hexBytes(key).join(' ')}`
   }
 }
 

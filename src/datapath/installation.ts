@@ -12,10 +12,13 @@ import {HELPER_FILES, type Helpers} from '../bpf/objects.js'
 export class Installation implements MapPins {
   readonly dir: string
 
-  constructor(dir = process.env.MERBRIDGE_BPFFS ?? DEFAULT_BPFFS_DIR) {
+  /** `records` is where the record and kept helpers go: the run folder (MERBRIDGE_RUN_DIR) unless given. */
+  constructor(dir = process.env.MERBRIDGE_BPFFS ?? DEFAULT_BPFFS_DIR, private readonly records = runDir()) {
     // an empty value would resolve to the working directory
     if (dir.trim() === '') throw new MerbridgeError('the bpffs folder is empty (--bpffs or MERBRIDGE_BPFFS)', {code: 'BAD_BPFFS', exitCode: 2, suggestion: `give a folder on a bpf filesystem, e.g. ${DEFAULT_BPFFS_DIR}, or unset MERBRIDGE_BPFFS`})
     this.dir = resolve(dir)
+    // bpftool batch lines carry pin paths: blanks are quoted there, these cannot be
+    if (/["'\\\n\r]/.test(this.dir)) throw new MerbridgeError(`the bpffs folder ${JSON.stringify(this.dir)} has a quote, backslash or line break, which bpftool's batch mode cannot read`, {code: 'BAD_BPFFS', exitCode: 2, suggestion: `give a folder name without them, e.g. ${DEFAULT_BPFFS_DIR}`})
   }
 
   get progDir(): string {
@@ -45,7 +48,7 @@ export class Installation implements MapPins {
 
   /** One state file per installation folder, so test installations never meet the real one. */
   get stateFile(): string {
-    return join(runDir(), `${this.slug}.json`)
+    return join(this.records, `${this.slug}.json`)
   }
 
   /**
@@ -53,7 +56,7 @@ export class Installation implements MapPins {
    * nor the sources (nor the cache, which a user may clean).
    */
   get helperDir(): string {
-    return join(runDir(), `${this.slug}.helpers`)
+    return join(this.records, `${this.slug}.helpers`)
   }
 
   private get slug(): string {
@@ -173,7 +176,7 @@ export class Installation implements MapPins {
   }
 
   async writeState(state: InstallState): Promise<void> {
-    await mkdir(runDir(), {recursive: true})
+    await mkdir(this.records, {recursive: true})
     const tmp = `${this.stateFile}.${process.pid}.tmp`
     await writeFile(tmp, JSON.stringify(state, null, 2) + '\n')
     await rename(tmp, this.stateFile)

@@ -70,7 +70,7 @@ export function checkCgroup(mounts: Mount[], given?: string): Check & {path?: st
     const path = resolve(given)
     const mount = mountOf(mounts, path)
     if (!existsSync(path) || !statSync(path).isDirectory())
-      return {id: 'cgroup', title, status: 'fail', required: true, detail: `${path} does not exist`, remedy: found.path ? `use --cgroup ${found.path}, this host's cgroup v2 mount` : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup'}
+      return {id: 'cgroup', title, status: 'fail', required: true, detail: existsSync(path) ? `${path} is a file, not a cgroup folder` : `${path} does not exist`, remedy: found.path ? `use --cgroup ${found.path}, this host's cgroup v2 mount` : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup'}
     if (mount?.fstype !== 'cgroup2')
       return {id: 'cgroup', title, status: 'fail', required: true, detail: `${path} is not on a cgroup v2 mount (it is ${mount?.fstype ?? 'unknown'})`, remedy: found.path ? `use --cgroup ${found.path}, this host's cgroup v2 mount` : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup'}
     return {...pass('cgroup', title, `${path} (given; ${found.layout} host)`), path}

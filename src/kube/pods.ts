@@ -74,14 +74,14 @@ export async function parsePodList(text: string, source: string): Promise<PodJso
   return obj.items as PodJson[]
 }
 
-/** The injected proxy container, if the pod has one (Kubernetes native sidecars are init containers that keep running). */
-function proxyContainer(pod: PodJson, mesh: MeshProfile): ContainerJson | undefined {
-  if (pod.metadata?.annotations?.[mesh.injectedAnnotation] === undefined) return undefined
-  return (
-    (pod.spec?.containers ?? []).find((c) => c?.name === mesh.sidecarContainer) ??
-    (pod.spec?.initContainers ?? []).find((c) => c?.name === mesh.sidecarContainer && c.restartPolicy === 'Always') ??
-    undefined
-  )
+/** The injected proxy containers, if the pod has any (Kubernetes native sidecars are init containers that keep running). */
+function proxyContainers(pod: PodJson, mesh: MeshProfile): ContainerJson[] {
+  if (pod.metadata?.annotations?.[mesh.injectedAnnotation] === undefined) return []
+  const list = (v: unknown) => (Array.isArray(v) ? (v as (ContainerJson | null)[]) : [])
+  return [
+    ...list(pod.spec?.containers).filter((c): c is ContainerJson => c?.name === mesh.sidecarContainer),
+    ...list(pod.spec?.initContainers).filter((c): c is ContainerJson => c?.name === mesh.sidecarContainer && c.restartPolicy === 'Always'),
+  ]
 }
 
 /** Why a pod with a proxy is still not a sidecar pod for the datapath, if it is not. */
@@ -133,19 +133,29 @@ function specId(v: unknown): number | undefined {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < 2 ** 32 ? v : undefined
 }
 
+/** Every address the pod's status gives, as given (a pods file may hold anything there). */
+function statusIPs(pod: PodJson): unknown[] {
+  const podIPs = Array.isArray(pod.status?.podIPs) ? pod.status.podIPs : []
+  return [pod.status?.podIP, ...podIPs.map((p) => (p && typeof p === 'object' ? p.ip : p))].filter((ip) => ip !== undefined && ip !== '')
+}
+
 function podIPv4(pod: PodJson): string | undefined {
-  const ips = [pod.status?.podIP, ...(pod.status?.podIPs ?? []).map((p) => p?.ip)]
-  return ips.find((ip): ip is string => typeof ip === 'string' && isIPv4(ip))
+  return statusIPs(pod).find((ip): ip is string => typeof ip === 'string' && isIPv4(ip))
 }
 
 function podIPv6(pod: PodJson): string | undefined {
-  const ips = [pod.status?.podIP, ...(pod.status?.podIPs ?? []).map((p) => p?.ip)]
-  return ips.find((ip): ip is string => typeof ip === 'string' && isIPv6(ip))
+  return statusIPs(pod).find((ip): ip is string => typeof ip === 'string' && isIPv6(ip))
+}
+
+/** Addresses in the status that are not IP addresses, printed safely. */
+function badIPs(pod: PodJson): string[] {
+  return statusIPs(pod).filter((ip) => typeof ip !== 'string' || !(isIPv4(ip) || isIPv6(ip))).map((ip) => printable(JSON.stringify(ip), 60))
 }
 
 /** This node's pods, split into the meshed ones (with their rules) and the rest (with why). */
 export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: MeshProfile): PodSelection {
   const out: PodSelection = {meshed: [], skipped: [], otherNodes: 0}
+  const byIp = new Map<string, MeshedPod>()
   for (const item of pods) {
     if (!item || typeof item !== 'object') continue
     const pod = item as PodJson
@@ -158,7 +168,8 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const name = typeof pod.metadata?.name === 'string' ? printable(pod.metadata.name, 253) : '(unnamed)'
     const anyIp = podIPv4(pod) ?? podIPv6(pod)
     const skip = (reason: string) => out.skipped.push({namespace, name, reason, ...(anyIp ? {ip: anyIp} : {})})
-    const proxy = proxyContainer(pod, mesh)
+    const proxies = proxyContainers(pod, mesh)
+    const proxy = proxies[0]
     if (!proxy) {
       skip(`no injected ${mesh.sidecarContainer} sidecar`)
       continue
@@ -184,8 +195,16 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     }
     // an IPv6-only pod is known by its IPv6 address, as a dual-stack one by its IPv4 address
     const ip = podIPv4(pod) ?? podIPv6(pod)
+    const bad = [...new Set(badIPs(pod))]
     if (!ip) {
-      skip('has no IP address yet')
+      skip(bad.length > 0 ? `has no valid IP address (status gives ${bad.slice(0, 2).join(', ')})` : 'has no IP address yet')
+      continue
+    }
+    const owner = byIp.get(ip)
+    if (owner) {
+      // one address names one pod on a node: the maps hold one entry for it
+      skip(`has the IP ${ip} of ${owner.namespace}/${owner.name}, registered first`)
+      owner.warnings.push(`${owner.namespace}/${owner.name}: ${namespace}/${name} claims the same IP ${ip} (left unregistered)`)
       continue
     }
     // YAML input may carry numbers (a port) where the API always has strings
@@ -201,7 +220,11 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const ip6 = ip === podIPv4(pod) ? podIPv6(pod) : undefined
     const dns = dnsCapture(pod, proxy)
     if (dns.warning) warnings.push(dns.warning)
-    out.meshed.push({namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dns.on, rules: {...rules, proxyUid, proxyGid}, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)})
+    if (bad.length > 0) warnings.push(`status lists addresses that are not IPs (${bad.slice(0, 2).join(', ')}); registered as ${ip}`)
+    if (proxies.length > 1) warnings.push(`has ${proxies.length} ${mesh.sidecarContainer} containers; the first one's user, group and DNS setting are used`)
+    const meshedPod: MeshedPod = {namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dns.on, rules: {...rules, proxyUid, proxyGid}, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)}
+    out.meshed.push(meshedPod)
+    byIp.set(ip, meshedPod)
   }
   return out
 }

@@ -8,7 +8,6 @@ import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {readMaps} from '../../src/bpf/maps.js'
-import {Installation} from '../../src/datapath/installation.js'
 import {writeSettings} from '../../src/datapath/settings.js'
 import {patternSha256} from '../../src/lab/http-app.js'
 import {redirectCounters} from '../../src/lab/istio-iptables.js'
@@ -20,7 +19,7 @@ import type {EnableResult} from '../../src/commands/enable.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
 import type {MapDump} from '../../src/datapath/dump.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
-import {cli, kernelSkipReason, parseJson, ROOT, rowsOf, uniqueInstall} from '../helpers.js'
+import {BIN, cli, kernelSkipReason, parseJson, ROOT, rowsOf, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])
 // written out, not taken from PROGRAMS: a program that is not loaded or attached must fail these
@@ -29,7 +28,7 @@ const ALL_PROGRAMS = ['mb_connect4', 'mb_connect6', 'mb_getpeername4', 'mb_getpe
 describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
-  const inst = new Installation(install.bpffs)
+  const inst = install.installation()
   const sidecars = new Map<string, LabProcess>()
   const url = (pod: string, path = '/whoami') => `http://${lab.pod(pod).ip}:${APP_PORT}${path}`
   const whoami = async (from: string, to: string, cgroup?: string) => {
@@ -183,6 +182,15 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
       assert.ok(socketsOfA > 1, `sock_pair_map has ${socketsOfA} socket(s) of pod a without --limit: the limit would prove nothing`)
       const text = await cli(['dump-maps', 'pair_original_dst', '--bpffs', install.bpffs], install.env)
       assert.match(text.stdout, new RegExp(`${b.replaceAll('.', '\\.')}:${APP_PORT} lab/b`))
+
+      // a reader that has gone before the output (`| head`): a quiet exit 0, with or without --json
+      for (const args of [['--json'], []]) {
+        const child = execa(process.execPath, [BIN, 'dump-maps', '--bpffs', install.bpffs, ...args], {env: install.env, reject: false, stdin: 'ignore'})
+        child.stdout.destroy()
+        const r = await child
+        assert.equal(r.exitCode, 0, `dump-maps ${args.join(' ')} into a closed pipe: ${r.stderr}`)
+        assert.equal(r.stderr, '')
+      }
     } finally {
       const got = await stream.release()
       assert.equal(got.sha256, patternSha256(got.bytes ?? -1), JSON.stringify(got))

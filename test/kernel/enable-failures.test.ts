@@ -1,11 +1,12 @@
 // enable is transactional: a failure at any step leaves the node as it was, a killed enable is
 // cleaned by disable, and a user without privileges gets one clear line.
 import assert from 'node:assert/strict'
-import {chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
+import {readMaps} from '../../src/bpf/maps.js'
 import {Installation} from '../../src/datapath/installation.js'
 import {Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
@@ -88,7 +89,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
     assert.deepEqual(tree.filter((t) => t.cgroup.startsWith(lab.cgroup)), [], 'programs left attached')
   }
 
-  const failures: {step: string; title: string; env?: (dir: string) => Record<string, string>; flags?: Record<string, string>; prepare?: (inst: Installation) => void}[] = [
+  const failures: {step: string; title: string; env?: (dir: string) => Record<string, string>; flags?: Record<string, string>; prepare?: (inst: Installation) => () => void}[] = [
     {step: 'preflight', title: 'Check the node', flags: {'--cgroup': '/proc'}},
     {step: 'build', title: 'Build the datapath', env: (d) => ({MERBRIDGE_CLANG: faultyTool(d, 'clang'), MERBRIDGE_CACHE_DIR: join(d, 'cache'), MB_FAIL_MATCH: '-target bpf'})},
     {step: 'load', title: 'Load and pin programs and maps', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'prog loadall', MB_FAIL_AFTER: '1'})},
@@ -98,7 +99,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
     {step: 'pods (map writes)', title: 'Register the pods of this node', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_NTH: '2'})},
     {step: 'attach', title: 'Attach to the cgroup', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'connect4 pinned', MB_FAIL_AFTER: '1'})},
     // the record's place is taken by a folder: everything before it succeeds, the record cannot be written
-    {step: 'record', title: 'Record the installation', prepare: (inst) => mkdirSync(inst.stateFile, {recursive: true})},
+    {step: 'record', title: 'Record the installation', prepare: (inst) => (mkdirSync(inst.stateFile, {recursive: true}), () => rmdirSync(inst.stateFile))},
   ]
 
   for (const f of failures) {
@@ -108,12 +109,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
       const install = uniqueInstall()
       const dir = mkdtempSync(join(tmp, 'step-'))
       const env = {...install.env, MB_FAIL_COUNTER: join(dir, 'count'), ...f.env?.(dir)}
-      // the installation as the CLI will see it (its records in the run folder of this test)
-      const previous = process.env.MERBRIDGE_RUN_DIR
-      process.env.MERBRIDGE_RUN_DIR = install.env.MERBRIDGE_RUN_DIR
-      f.prepare?.(new Installation(install.bpffs))
-      if (previous === undefined) delete process.env.MERBRIDGE_RUN_DIR
-      else process.env.MERBRIDGE_RUN_DIR = previous
+      const unprepare = f.prepare?.(install.installation())
       try {
         const flags = {'--cgroup': lab.cgroup, '--bpffs': install.bpffs, '--pods-file': podsFile, ...f.flags}
         const r = await cli(['enable', ...Object.entries(flags).flat()], env)
@@ -121,7 +117,8 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
         const errorLines = r.stderr.split('\n').filter((l) => l.startsWith('Error:'))
         assert.equal(errorLines.length, 1, r.stderr)
         assert.match(errorLines[0]!, new RegExp(`enable failed at "${f.title}"`))
-        await assertNothingLeft(new Installation(install.bpffs))
+        unprepare?.() // the test's own obstacle (an empty folder: enable wrote nothing into it)
+        await assertNothingLeft(install.installation())
       } finally {
         await cli(['disable', '--bpffs', install.bpffs], install.env)
         install.cleanup()
@@ -141,7 +138,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
       assert.match(lines[0]!, /^Error: merbridge enable needs root: uid 65534 lacks CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF$/)
       assert.match(lines[1] ?? '', /run as root/)
       assert.equal(lines.length, 2, 'the error and what to do, nothing else')
-      await assertNothingLeft(new Installation(install.bpffs))
+      await assertNothingLeft(install.installation())
     } finally {
       install.cleanup()
     }
@@ -164,7 +161,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
         assert.equal(r.exitCode, signal === 'SIGINT' ? 130 : 143, r.stdout + r.stderr)
         const lines = r.stderr.split('\n').filter((l) => l.startsWith('Error:'))
         assert.deepEqual(lines, [`Error: enable was interrupted by ${signal} during "Attach to the cgroup"; everything it had done was undone`])
-        await assertNothingLeft(new Installation(install.bpffs))
+        await assertNothingLeft(install.installation())
       } finally {
         writeFileSync(`${mark}.go`, '')
         await child
@@ -191,7 +188,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
       assert.equal(r.exitCode, 0, r.stdout + r.stderr)
       // released: the next command runs
       assert.equal((await cli(['disable', '--bpffs', install.bpffs], install.env)).code, 0)
-      await assertNothingLeft(new Installation(install.bpffs))
+      await assertNothingLeft(install.installation())
     } finally {
       writeFileSync(`${mark}.go`, '')
       await first
@@ -287,6 +284,49 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
     }
   })
 
+  it('repairs what a killed sync left, with no compiler or cache, in a pin folder whose name has spaces', async () => {
+    const install = uniqueInstall()
+    const bpffs = `${install.bpffs} with spaces`
+    const dir = mkdtempSync(join(tmp, 'sync-kill-'))
+    const emptyList = join(dir, 'no-pods.json')
+    writeFileSync(emptyList, JSON.stringify({kind: 'List', items: []}))
+    const inst = install.installation(bpffs)
+    const podIps = async () => (await readMaps.localPods(inst)).map((p) => p.ip)
+    // a sync from a list without pod a, killed once its map batch has run: maps changed, record not
+    const killedSync = () => cli(['sync', '--bpffs', bpffs, '--pods-file', emptyList], {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_AFTER: '1', MB_FAIL_KILL: '1', MB_FAIL_COUNTER: join(dir, `count-${Date.now()}`)})
+    // neither clang nor the build cache: sync uses what enable kept
+    const noCompiler = {...install.env, MERBRIDGE_CLANG: join(dir, 'no-clang'), MERBRIDGE_CACHE_DIR: join(dir, 'no-cache')}
+    try {
+      const e = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', bpffs, '--pods-file', podsFile], install.env)
+      assert.equal(e.code, 0, e.stderr)
+      assert.deepEqual(await podIps(), [lab.pod('a').ip])
+
+      assert.notEqual((await killedSync()).code, 0)
+      assert.deepEqual(await podIps(), [], 'the killed sync removed pod a from the maps (the case under test)')
+      assert.deepEqual((await inst.readState())?.pods.meshed.map((p) => p.name), ['a'], 'and left the record as it was')
+
+      const s = await cli(['sync', '--bpffs', bpffs, '--pods-file', podsFile, '--json'], noCompiler)
+      assert.equal(s.code, 0, s.stderr)
+      assert.deepEqual(await podIps(), [lab.pod('a').ip], 'the next sync repaired the maps')
+
+      assert.notEqual((await killedSync()).code, 0)
+      assert.deepEqual(await podIps(), [])
+      const again = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', bpffs, '--pods-file', podsFile, '--json'], install.env)
+      assert.equal(again.code, 0, again.stderr)
+      assert.deepEqual(await podIps(), [lab.pod('a').ip], 'the next enable repaired the maps')
+      const status = parseJson<StatusReport>((await cli(['status', '--bpffs', bpffs, '--json'], noCompiler)).stdout)
+      assert.equal(status.verdict, 'healthy', JSON.stringify(status.problems))
+
+      const d = await cli(['disable', '--bpffs', bpffs], noCompiler)
+      assert.equal(d.code, 0, d.stderr)
+      await assertNothingLeft(inst)
+      assert.ok(!existsSync(inst.helperDir), 'the kept helpers are removed with the record')
+    } finally {
+      await cli(['disable', '--bpffs', bpffs], install.env)
+      install.cleanup()
+    }
+  })
+
   it('cleans a half-enabled node, left by an enable killed while attaching', async () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'kill-'))
@@ -294,7 +334,7 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
     try {
       const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], env)
       assert.notEqual(r.code, 0)
-      const inst = new Installation(install.bpffs)
+      const inst = install.installation()
       assert.ok(existsSync(inst.dir), 'the killed enable left pins (the case under test)')
       const tree = JSON.parse((await execa('bpftool', ['cgroup', 'tree', '-j'])).stdout) as {cgroup: string; programs: unknown[]}[]
       assert.ok(tree.some((t) => t.cgroup === lab.cgroup && t.programs.length > 0), 'and attachments')

@@ -7,7 +7,6 @@ import {writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {readMaps} from '../../src/bpf/maps.js'
-import {Installation} from '../../src/datapath/installation.js'
 import {APP_PORT, Lab, NODE, NODE_IP, REMOTE} from '../../src/lab/lab.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
@@ -72,7 +71,7 @@ print('sent', flush=True)
 describe('hostile packets and sockets', {skip, timeout: 240_000}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
-  const inst = new Installation(install.bpffs)
+  const inst = install.installation()
   const SPORT = 40123
 
   before(async () => {

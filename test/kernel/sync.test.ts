@@ -8,7 +8,6 @@ import {bpftool} from '../../src/bpf/bpftool.js'
 import {ipToSlot} from '../../src/bpf/ip.js'
 import {CAPTURE_ALL, encodePodRules} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
-import {Installation} from '../../src/datapath/installation.js'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {EnableResult} from '../../src/commands/enable.js'
@@ -22,7 +21,7 @@ const EXCLUDE_OUT = 'traffic.sidecar.istio.io/excludeOutboundPorts'
 describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
-  const inst = new Installation(install.bpffs)
+  const inst = install.installation()
   const api = skip ? (undefined as unknown as FakeApiServer) : new FakeApiServer()
   let kubeconfig = ''
   let watcher: ChildProcess | undefined

@@ -42,12 +42,15 @@ describe('istio annotations', () => {
   }
 })
 
+/** A meshed pod on node1; each gets its own address unless told one (one IP names one pod). */
+let lastHost = 0
 function pod(name: string, over: {metadata?: PodJson['metadata']; spec?: PodJson['spec']; status?: PodJson['status']} = {}): PodJson & {kind: string} {
+  lastHost = (lastHost % 250) + 1
   return {
     kind: 'Pod',
     metadata: {name, namespace: 'ns', annotations: {'sidecar.istio.io/status': '{}'}, ...over.metadata},
     spec: {nodeName: 'node1', containers: [{name: 'app'}, {name: 'istio-proxy'}], ...over.spec},
-    status: {phase: 'Running', podIP: '10.0.0.1', ...over.status},
+    status: {phase: 'Running', podIP: `10.0.0.${lastHost}`, ...over.status},
   }
 }
 
@@ -67,7 +70,7 @@ describe('pod selection', () => {
     const s = selectMeshedPods(pods, 'node1', istio)
     assert.deepEqual(s.meshed.map((p) => p.name), ['meshed', 'native', 'v6only'])
     // an IPv6-only pod is known by its IPv6 address
-    assert.deepEqual(s.meshed.map((p) => [p.ip, p.ip6]), [['10.0.0.1', undefined], ['10.0.0.1', undefined], ['fd00::1', undefined]])
+    assert.deepEqual(s.meshed.map((p) => [p.ip, p.ip6]), [[pods[0]!.status!.podIP, undefined], [pods[1]!.status!.podIP, undefined], ['fd00::1', undefined]])
     assert.equal(s.otherNodes, 1)
     const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
     assert.match(reasons['plain-init']!, /no injected istio-proxy/)
@@ -75,6 +78,23 @@ describe('pod selection', () => {
     assert.match(reasons.hostnet!, /host network/)
     assert.match(reasons.done!, /finished/)
     assert.match(reasons.pending!, /no IP address yet/)
+  })
+
+  it('warns per pod about shared IPs, two proxies and addresses that are not IPs', () => {
+    const first = pod('first', {status: {podIP: '10.9.0.1'}})
+    const twin = pod('twin', {status: {podIP: '10.9.0.1'}})
+    const twoProxies = pod('two-proxies', {spec: {containers: [{name: 'istio-proxy'}, {name: 'istio-proxy'}]}})
+    const notIp = pod('not-ip', {status: {podIP: 'not-an-ip'}})
+    const mixed = pod('mixed', {status: {podIP: 'not-an-ip', podIPs: [{ip: 'not-an-ip'}, {ip: '10.9.0.7'}]}})
+    const s = selectMeshedPods([first, twin, twoProxies, notIp, mixed], 'node1', istio)
+    assert.deepEqual(s.meshed.map((p) => [p.name, p.ip]), [['first', '10.9.0.1'], ['two-proxies', twoProxies.status!.podIP], ['mixed', '10.9.0.7']])
+    const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
+    assert.equal(reasons.twin, 'has the IP 10.9.0.1 of ns/first, registered first')
+    assert.equal(reasons['not-ip'], 'has no valid IP address (status gives "not-an-ip")')
+    const warnings = Object.fromEntries(s.meshed.map((p) => [p.name, p.warnings]))
+    assert.deepEqual(warnings.first, ['ns/first: ns/twin claims the same IP 10.9.0.1 (left unregistered)'])
+    assert.deepEqual(warnings['two-proxies'], ["ns/two-proxies: has 2 istio-proxy containers; the first one's user, group and DNS setting are used"])
+    assert.deepEqual(warnings.mixed, ['ns/mixed: status lists addresses that are not IPs ("not-an-ip"); registered as 10.9.0.7'])
   })
 
   it('prefixes annotation warnings with the pod', () => {

@@ -69,6 +69,9 @@ describe('mount table', () => {
     const missing = checkCgroup(parseMounts(HYBRID), '/no/such/cgroup')
     assert.equal(missing.status, 'fail')
     assert.match(missing.detail, /does not exist/)
+    const file = checkCgroup(parseMounts(HYBRID), '/etc/hostname')
+    assert.equal(file.status, 'fail')
+    assert.equal(file.detail, '/etc/hostname is a file, not a cgroup folder')
   })
 
   it('warns when bpffs is not mounted (enable mounts it) and fails elsewhere', () => {
