@@ -245,6 +245,11 @@ export class Bpftool {
     await this.run(['prog', 'loadall', object, progDir, ...reuse.flatMap(([name, pin]) => ['map', 'name', name, 'pinned', pin]), 'pinmaps', mapDir], {timeoutMs: 120_000})
   }
 
+  /** Load an iterator program and pin its link (for a map iterator, over the map pinned at `mapPin`). */
+  async iterPin(object: string, pin: string, mapPin?: string): Promise<void> {
+    await this.run(['iter', 'pin', object, pin, ...(mapPin ? ['map', 'pinned', mapPin] : [])])
+  }
+
   /** Pin a pinned program at a second path. */
   async progPin(fromPin: string, toPin: string): Promise<void> {
     await this.run(['prog', 'pin', 'pinned', fromPin, toPin])

@@ -1,3 +1,6 @@
+import {existsSync} from 'node:fs'
+import {readFile} from 'node:fs/promises'
+import {ToolFailedError} from '../errors.js'
 import {bpftool, bytesFromHex, type RawMapEntry} from './bpftool.js'
 import {
   COUNTERS,
@@ -55,12 +58,49 @@ export const readMaps = {
 
   /** Per-CPU counters summed over CPUs. */
   async counters(inst: MapPins): Promise<Record<CounterName, number>> {
-    const out = Object.fromEntries(COUNTERS.map((n) => [n, 0])) as Record<CounterName, number>
-    for (const e of await bpftool.mapDump(inst.map('counters'))) {
-      const name = COUNTERS[rawKey(e).readUInt32LE(0)]
-      if (!name) continue
-      for (const cpu of e.values ?? []) out[name] += Number(bytesFromHex(cpu.value).readBigUInt64LE(0))
-    }
-    return out
+    return sumCounters(await bpftool.mapDump(inst.map('counters')))
   },
+}
+
+/** The counters map as `bpftool map dump -j` prints it, summed over CPUs. */
+export function sumCounters(entries: RawMapEntry[]): Record<CounterName, number> {
+  const out = Object.fromEntries(COUNTERS.map((n) => [n, 0])) as Record<CounterName, number>
+  for (const e of entries) {
+    const name = COUNTERS[rawKey(e).readUInt32LE(0)]
+    if (!name) continue
+    for (const cpu of e.values ?? []) out[name] += Number(bytesFromHex(cpu.value).readBigUInt64LE(0))
+  }
+  return out
+}
+
+/** The settings map as `bpftool map dump -j` prints it. */
+export function settingsOf(entries: RawMapEntry[]): Settings | undefined {
+  const value = entries[0]?.value
+  return value ? decodeSettings(bytesFromHex(value)) : undefined
+}
+
+export interface EntryCounts {
+  /** entries of every hash map on the node, by map id (the kernel's own count) */
+  byId: Map<number, number>
+  /** sockets in sock_pair_map */
+  sockets: number
+}
+
+/**
+ * Entry counts from the iterators enable pinned (bpf/iter): two small file reads instead of a
+ * bpftool dump of every map. Undefined when they are not pinned (a kernel before 6.6, or an
+ * installation made before them); output that does not parse fails loudly.
+ */
+export async function readEntryCounts(pins: {maps: string; sockhash: string}): Promise<EntryCounts | undefined> {
+  if (!existsSync(pins.maps) || !existsSync(pins.sockhash)) return undefined
+  const [maps, sockets] = await Promise.all([readFile(pins.maps, 'utf8'), readFile(pins.sockhash, 'utf8')])
+  const byId = new Map<number, number>()
+  for (const line of maps.split('\n')) {
+    if (line === '') continue
+    const m = /^(\d+) (-?\d+)$/.exec(line)
+    if (!m) throw new ToolFailedError(`reading ${pins.maps}`, `a line that is not "<map id> <entries>": ${JSON.stringify(line.slice(0, 80))}`, '')
+    byId.set(Number(m[1]), Number(m[2]))
+  }
+  if (!/^\.*$/.test(sockets)) throw new ToolFailedError(`reading ${pins.sockhash}`, 'output that is not one dot per socket', '')
+  return {byId, sockets: sockets.length}
 }

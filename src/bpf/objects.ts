@@ -19,12 +19,14 @@ export interface BuiltObjects extends Helpers {
   hash: string
   dir: string
   datapath: string
+  /** iterators status reads entry counts from (pinned by enable where the kernel can run them) */
+  counters: {maps: string; sockhash: string}
   compiled: boolean
 }
 
 async function sourceFiles(): Promise<string[]> {
   const files: string[] = []
-  for (const sub of ['', 'headers', 'tools']) {
+  for (const sub of ['', 'headers', 'tools', 'iter']) {
     const dir = join(BPF_SOURCE_DIR, sub)
     if (!existsSync(dir)) continue
     for (const name of (await readdir(dir)).sort()) if (/\.(c|h)$/.test(name)) files.push(join(dir, name))
@@ -51,14 +53,16 @@ export async function sourceHash(compiler?: string): Promise<string> {
 export async function buildObjects(opts: {rebuild?: boolean} = {}): Promise<BuiltObjects> {
   const hash = await sourceHash()
   const dir = join(cacheDir(), hash)
-  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound)}
-  if (!opts.rebuild && existsSync(result.datapath) && existsSync(result.netnsCookie) && existsSync(result.tcInbound)) return {...result, compiled: false}
+  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound), counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')}}
+  const outputs = [result.datapath, result.netnsCookie, result.tcInbound, result.counters.maps, result.counters.sockhash]
+  if (!opts.rebuild && outputs.every((f) => existsSync(f))) return {...result, compiled: false}
 
   const tmp = `${dir}.tmp-${process.pid}`
   await rm(tmp, {recursive: true, force: true})
   await mkdir(tmp, {recursive: true})
   try {
     await compileBpf(join(BPF_SOURCE_DIR, 'merbridge.bpf.c'), join(tmp, 'merbridge.bpf.o'))
+    for (const name of ['map-counts', 'sockhash-count']) await compileBpf(join(BPF_SOURCE_DIR, 'iter', `${name}.bpf.c`), join(tmp, `${name}.bpf.o`))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, HELPER_FILES.netnsCookie))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'tc-inbound.c'), join(tmp, HELPER_FILES.tcInbound), ['bpf'])
     await rm(dir, {recursive: true, force: true})

@@ -24,7 +24,7 @@ export default class Status extends BaseCommand {
     const {flags} = await this.parse(Status)
     requirePrivileges('status')
     const report = await inspect(new Installation(flags.bpffs))
-    this.log(renderStatus(report))
+    if (!this.jsonEnabled()) this.log(renderStatus(report))
     process.exitCode = STATUS_EXIT[report.verdict]
     return report
   }

@@ -15,6 +15,7 @@ import {BPFFS_MOUNT} from '../paths.js'
 import {disable} from './disable.js'
 import {type InstallState, Installation} from './installation.js'
 import {PROGRAMS} from '../bpf/programs.js'
+import {pinCounters} from './counts.js'
 import {inspect} from './inspect.js'
 import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
@@ -231,6 +232,8 @@ export const ENABLE_STEPS: EnableStep[] = [
         pods: podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')),
       }
       await ctx.inst.keepHelpers(required(ctx.objects, 'the built objects'))
+      // best effort: without them status counts entries by dumping the maps
+      await pinCounters(ctx.inst, required(ctx.objects, 'the built objects'))
       await ctx.inst.writeState(state)
     },
     async undo(ctx) {

@@ -1,7 +1,7 @@
 import {existsSync, readFileSync} from 'node:fs'
-import {bpftool, type CgroupAttachment, type MapInfo, parseAttachments, parseMapInfo, parseProgInfo, type ProgInfo} from '../bpf/bpftool.js'
-import type {CounterName} from '../bpf/layout.js'
-import {readMaps} from '../bpf/maps.js'
+import {bpftool, type CgroupAttachment, type MapInfo, parseDump, parseMapInfo, parseProgInfo, type ProgInfo} from '../bpf/bpftool.js'
+import type {CounterName, Settings} from '../bpf/layout.js'
+import {readEntryCounts, readMaps, settingsOf, sumCounters} from '../bpf/maps.js'
 import {sourceHash} from '../bpf/objects.js'
 import {describeError} from '../errors.js'
 import {type InstallState, Installation} from './installation.js'
@@ -67,36 +67,60 @@ interface Snapshot {
   progs: Map<string, ProgInfo>
   maps: Map<MapName, MapInfo>
   attachments: CgroupAttachment[]
+  counters?: Record<CounterName, number>
+  settings?: Settings
 }
 
-/** Programs, maps and the cgroup's attachments: one bpftool process when all is in place. */
+/**
+ * Programs, maps, the cgroup's attachments, counters and settings: one bpftool process when all
+ * is in place (each process costs status more than all its other work).
+ */
 async function snapshot(inst: Installation, cgroup: string | undefined): Promise<Snapshot> {
   const withCgroup = cgroup !== undefined && existsSync(cgroup)
   const commands = [
     ...PROGRAMS.map((p) => ['prog', 'show', 'pinned', inst.prog(p.name)]),
     ...MAP_NAMES.map((m) => ['map', 'show', 'pinned', inst.map(m)]),
-    ...(withCgroup ? [['cgroup', 'show', cgroup]] : []),
+    ['map', 'dump', 'pinned', inst.map('counters')],
+    ['map', 'dump', 'pinned', inst.map('settings')],
   ]
+  // `cgroup show` cannot be batched: bpftool 7.1 then fails the batch at its end (and prints
+  // `"output":}` for a cgroup without programs), so it runs beside the batch
+  const attachments = withCgroup ? bpftool.cgroupShow(cgroup) : Promise.resolve([])
+  let out: unknown[]
   try {
-    const out = await bpftool.batchJson(commands)
-    return {
-      progs: new Map(PROGRAMS.map((p, i) => [p.name, parseProgInfo(out[i])])),
-      maps: new Map(MAP_NAMES.map((m, i) => [m, parseMapInfo(out[PROGRAMS.length + i])])),
-      attachments: withCgroup ? parseAttachments(out[PROGRAMS.length + MAP_NAMES.length] ?? []) : [],
-    }
+    out = await bpftool.batchJson(commands)
   } catch {
-    // something is missing: ask one by one, so that each absence is reported
-    const progs = new Map<string, ProgInfo>()
-    for (const p of PROGRAMS) {
-      const info = await bpftool.progShowPinned(inst.prog(p.name))
-      if (info) progs.set(p.name, info)
-    }
-    const maps = new Map<MapName, MapInfo>()
-    for (const m of MAP_NAMES) {
-      const info = await bpftool.mapShowPinned(inst.map(m))
-      if (info) maps.set(m, info)
-    }
-    return {progs, maps, attachments: withCgroup ? await bpftool.cgroupShow(cgroup) : []}
+    await attachments.catch(() => undefined)
+    return snapshotOneByOne(inst, withCgroup ? cgroup : undefined)
+  }
+  const at = PROGRAMS.length + MAP_NAMES.length
+  return {
+    progs: new Map(PROGRAMS.map((p, i) => [p.name, parseProgInfo(out[i])])),
+    maps: new Map(MAP_NAMES.map((m, i) => [m, parseMapInfo(out[PROGRAMS.length + i])])),
+    counters: sumCounters(parseDump(out[at])),
+    settings: settingsOf(parseDump(out[at + 1])),
+    attachments: await attachments,
+  }
+}
+
+/** Something is missing: ask one by one, so that each absence is reported. */
+async function snapshotOneByOne(inst: Installation, cgroup: string | undefined): Promise<Snapshot> {
+  const progs = new Map<string, ProgInfo>()
+  for (const p of PROGRAMS) {
+    const info = await bpftool.progShowPinned(inst.prog(p.name))
+    if (info) progs.set(p.name, info)
+  }
+  const maps = new Map<MapName, MapInfo>()
+  for (const m of MAP_NAMES) {
+    const info = await bpftool.mapShowPinned(inst.map(m))
+    if (info) maps.set(m, info)
+  }
+  return {
+    progs,
+    maps,
+    counters: maps.has('counters') ? await readMaps.counters(inst).catch(() => undefined) : undefined,
+    settings: maps.has('settings') ? await readMaps.settings(inst).catch(() => undefined) : undefined,
+    attachments: cgroup ? await bpftool.cgroupShow(cgroup) : [],
   }
 }
 
@@ -122,8 +146,6 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
 
   // independent reads, each its own process: started together
   const currentHash = state ? sourceHash().catch((error: unknown) => error as Error) : undefined
-  const counters = pins.maps.includes('counters') ? readMaps.counters(inst).catch(() => undefined) : undefined
-  const settings = pins.maps.includes('settings') ? readMaps.settings(inst).catch(() => undefined) : undefined
   const snap = await snapshot(inst, state?.cgroup)
   const attached = new Set(snap.attachments.map((a) => a.id))
   for (const spec of PROGRAMS) {
@@ -142,12 +164,16 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
     if (!info) report.problems.push(`program ${spec.name} is not pinned`)
     else if (p.attached === false) report.problems.push(`program ${spec.name} is pinned but not attached to ${state?.cgroup ?? 'the cgroup'}`)
   }
-  // entries are counted by dumping: in parallel, since each is its own bpftool process
+  // entries: from the pinned counting iterators (two file reads), else by dumping each map in
+  // parallel, since each dump is its own bpftool process
+  const iterated = await readEntryCounts(inst.counterPins)
   const counted = await Promise.all(
     MAP_NAMES.map(async (name) => {
       const info = snap.maps.get(name)
       const countable = info && !UNCOUNTABLE.has(name) && info.type !== 'array' && info.type !== 'percpu_array'
-      return countable ? bpftool.mapCount(inst.map(name)) : undefined
+      if (!countable) return undefined
+      if (iterated) return name === 'sock_pair_map' ? iterated.sockets : iterated.byId.get(info.id)
+      return bpftool.mapCount(inst.map(name))
     }),
   )
   MAP_NAMES.forEach((name, i) => {
@@ -157,8 +183,8 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
     if (!info) report.problems.push(`map ${name} is not pinned`)
     report.maps.push(m)
   })
-  report.counters = await counters
-  const active = await settings
+  report.counters = snap.counters
+  const active = snap.settings
   if (pins.maps.includes('settings')) {
     if (!active?.outboundPort) report.problems.push('settings are not configured: nothing is intercepted (an enable was interrupted)')
     else if (active.draining) report.problems.push('the datapath is draining: nothing is intercepted (a disable was interrupted)')

@@ -46,6 +46,11 @@ export class Installation implements MapPins {
     return join(this.mapDir, name)
   }
 
+  /** Pinned iterators that print entry counts (see bpf/iter): all maps, and the sockhash's sockets. */
+  get counterPins(): {maps: string; sockhash: string} {
+    return {maps: join(this.dir, 'counts', 'maps'), sockhash: join(this.dir, 'counts', 'sock_pair_map')}
+  }
+
   /** One state file per installation folder, so test installations never meet the real one. */
   get stateFile(): string {
     return join(this.records, `${this.slug}.json`)
@@ -105,7 +110,7 @@ export class Installation implements MapPins {
     if (!this.exists()) return
     if (!isBpffs(readMounts(), this.dir))
       throw new MerbridgeError(`${this.dir} is not on a bpf filesystem: it is not a merbridge installation, and merbridge leaves it alone`, {code: 'NOT_OURS', exitCode: 2, suggestion: 'give --bpffs the folder merbridge enable used (default /sys/fs/bpf/merbridge)'})
-    const known: Record<string, readonly string[]> = {progs: PROGRAMS.map((p) => p.name), maps: MAP_NAMES}
+    const known: Record<string, readonly string[]> = {progs: PROGRAMS.map((p) => p.name), maps: MAP_NAMES, counts: ['maps', 'sock_pair_map']}
     const foreign: string[] = []
     const look = async (dir: string, prefix: string) => {
       for (const entry of await readdir(dir)) {
@@ -130,7 +135,7 @@ export class Installation implements MapPins {
     const removed: string[] = []
     if (!this.exists()) return removed
     removed.push(...(await this.removeStaging()))
-    for (const sub of ['progs', 'maps']) {
+    for (const sub of ['counts', 'progs', 'maps']) {
       const dir = join(this.dir, sub)
       if (!existsSync(dir)) continue
       for (const pin of await readdir(dir)) {

@@ -2,7 +2,8 @@
 // each in its own cgroup below a test parent cgroup), haproxy sidecars as uid 1337 that forward
 // to the original destination, an HTTP app, and `merbridge enable` attached to the test cgroup.
 import assert from 'node:assert/strict'
-import {existsSync} from 'node:fs'
+import {chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
@@ -219,6 +220,39 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
     const text = await cli(['status', '--bpffs', install.bpffs], install.env)
     assert.match(text.stdout, /✔ merbridge is enabled and healthy/)
     assert.match(text.stdout, /lab\/a 10\.77\.0\.2/)
+  })
+
+  it('status reads a healthy node with two bpftool processes, and counts entries as bpftool sees them', async () => {
+    const stream = lab.openStream('a', url('b', ''))
+    const tmp = mkdtempSync(join(tmpdir(), 'mb-status-'))
+    const calls = join(tmp, 'calls')
+    const counting = join(tmp, 'counting-bpftool')
+    writeFileSync(counting, `#!/bin/sh\necho "$*" >> "${calls}"\nexec bpftool "$@"\n`)
+    chmodSync(counting, 0o755)
+    try {
+      await stream.flowingPast(0, 'before status')
+      const r = await cli(['status', '--bpffs', install.bpffs, '--json'], {...install.env, MERBRIDGE_BPFTOOL: counting})
+      const report = parseJson<StatusReport>(r.stdout)
+      assert.equal(report.verdict, 'healthy', r.stdout)
+      // one batch for programs, maps, counters and settings, one `cgroup show`; counts come from the pinned iterators
+      assert.deepEqual(readFileSync(calls, 'utf8').trim().split('\n').map((l) => l.split(' ').slice(0, 3).join(' ')).sort(), ['-j batch file', 'cgroup show ' + lab.cgroup])
+      // the same counts as a dump of each map (read again if a connection of an earlier test was
+      // still closing between the two reads)
+      const names = ['sock_pair_map', 'local_pod_ips', 'netns_pod_ips', 'process_ip'] as const
+      let counts: {status: (number | undefined)[]; dumped: number[]} = {status: [], dumped: []}
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const again = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
+        const dumped = await Promise.all(names.map(async (n) => (await bpftool.mapDumpBytes(install.installation().map(n))).length))
+        counts = {status: names.map((n) => again.maps.find((m) => m.name === n)?.entries), dumped}
+        if (counts.status.every((c, i) => c === dumped[i])) break
+      }
+      assert.ok((counts.dumped[0] ?? 0) > 0, 'the held stream has sockets in sock_pair_map')
+      assert.deepEqual(counts.status, counts.dumped, names.join(', '))
+    } finally {
+      rmSync(tmp, {recursive: true, force: true})
+      const got = await stream.release()
+      assert.equal(got.sha256, patternSha256(got.bytes ?? -1), JSON.stringify(got))
+    }
   })
 
   it("leaves a pod without a sidecar alone, and sends traffic from outside the mesh through the destination's inbound sidecar, as Istio does", async () => {

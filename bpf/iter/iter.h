@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* iter.h: just enough of the kernel's iterator contexts for status to count map entries by
+ * reading a pinned file instead of dumping whole maps. CO-RE fixes the offsets at load. */
+#ifndef MB_ITER_H
+#define MB_ITER_H
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+struct seq_file;
+struct sock;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+	__u64 session_id;
+	__u64 seq_num;
+} __attribute__((preserve_access_index));
+
+struct bpf_map {
+	__u32 id;
+} __attribute__((preserve_access_index));
+
+#endif

@@ -1,0 +1,28 @@
+// SPDX-License-Identifier: GPL-2.0
+/* map-counts.bpf.c: one line per map on the node, "<map id> <entries>", from the counters the
+ * kernel keeps for hash maps (6.6+). Pinned by enable beside the installation; status reads it. */
+#include "iter.h"
+
+struct bpf_iter__bpf_map {
+	struct bpf_iter_meta *meta;
+	struct bpf_map *map;
+} __attribute__((preserve_access_index));
+
+extern __s64 bpf_map_sum_elem_count(const struct bpf_map *map) __ksym;
+
+char LICENSE[] SEC("license") = "GPL";
+
+SEC("iter/bpf_map")
+int mb_map_counts(struct bpf_iter__bpf_map *ctx)
+{
+	static const char fmt[] = "%u %lld\n";
+	struct bpf_map *map = ctx->map;
+	__u64 args[2];
+
+	if (!map)
+		return 0;
+	args[0] = map->id;
+	args[1] = bpf_map_sum_elem_count(map);
+	bpf_seq_printf(ctx->meta->seq, fmt, sizeof(fmt), args, sizeof(args));
+	return 0;
+}
