@@ -47,7 +47,17 @@ export default class DumpMaps extends BaseCommand {
 
 async function writeJson(maps: MapDump[]): Promise<void> {
   const out = process.stdout
-  const write = (text: string) => (out.write(text) ? Promise.resolve() : new Promise<void>((resolve) => out.once('drain', () => resolve())))
+  // rows gathered into chunks of about 64 KiB: a write per row cost more than decoding the map
+  let chunk = ''
+  const flush = () => {
+    const text = chunk
+    chunk = ''
+    return out.write(text) ? Promise.resolve() : new Promise<void>((resolve) => out.once('drain', () => resolve()))
+  }
+  const write = async (text: string) => {
+    chunk += text
+    if (chunk.length >= 65_536) await flush()
+  }
   await write('{"maps": [')
   for (const [i, m] of maps.entries()) {
     await write(`${i ? ',' : ''}\n  {"map": ${JSON.stringify(m.map)}, "total": ${m.total}, "rows": [`)
@@ -55,4 +65,5 @@ async function writeJson(maps: MapDump[]): Promise<void> {
     await write(m.rows.length ? '\n  ]}' : ']}')
   }
   await write('\n]}\n')
+  await flush()
 }

@@ -5,12 +5,15 @@ import {c} from './theme.js'
 const BOXED_ROWS = 500
 
 // eslint-disable-next-line no-control-regex
-const visible = (s: string) => s.replace(/\u001b\[[0-9;]*m/g, '').length
+const visible = (s: string) => (s.includes('\u001b') ? s.replace(/\u001b\[[0-9;]*m/g, '').length : s.length)
 
 function renderColumns(head: string[], rows: string[][]): string {
-  const widths = head.map((h, i) => Math.max(visible(h), ...rows.map((r) => visible(r[i] ?? ''))))
-  const line = (cells: string[]) => cells.map((cell, i) => cell + ' '.repeat((widths[i] ?? 0) - visible(cell))).join('  ').trimEnd()
-  return [line(head.map((h) => c.bold(h))), ...rows.map(line)].join('\n')
+  // each cell measured once: tens of thousands of rows are the case this exists for
+  const lengths = rows.map((r) => r.map(visible))
+  const widths = head.map((h, i) => lengths.reduce((w, l) => Math.max(w, l[i] ?? 0), visible(h)))
+  const line = (cells: string[], lens: number[]) => cells.map((cell, i) => cell + ' '.repeat((widths[i] ?? 0) - (lens[i] ?? 0))).join('  ').trimEnd()
+  const bold = head.map((h) => c.bold(h))
+  return [line(bold, head.map(visible)), ...rows.map((r, i) => line(r, lengths[i] ?? []))].join('\n')
 }
 
 /** A table for people: plain box characters, bold headers when colors are on. */
