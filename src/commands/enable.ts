@@ -1,9 +1,8 @@
 import {Flags} from '@oclif/core'
-import {type EnableContext, type EnableStep, ENABLE_STEPS, enableFailure, newEnableContext, rollback} from '../datapath/enable.js'
+import {enable, type EnableContext} from '../datapath/enable.js'
 import type {InstallState} from '../datapath/installation.js'
-import {withInstallationLock} from '../datapath/lock.js'
 import {podsRecord} from '../datapath/pods-sync.js'
-import {MerbridgeError, required} from '../errors.js'
+import {required} from '../errors.js'
 import {MESH_NAMES} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
@@ -58,29 +57,18 @@ export default class Enable extends BaseCommand {
     if (flags.watch && flags['pods-file']) this.error('--watch follows the Kubernetes API; it cannot watch --pods-file', {exit: 2})
     requirePrivileges('enable')
     const kube = {kubeconfig: flags.kubeconfig, context: flags.context}
-    const ctx = newEnableContext({mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, kube})
-    const started: EnableStep[] = []
     // Ctrl-C or a service manager's SIGTERM: finish the step under way, undo everything, say so
     const interrupt = new AbortController()
-    let signalName: NodeJS.Signals | undefined
-    const onSignal = (name: NodeJS.Signals) => {
-      signalName ??= name
-      interrupt.abort()
-    }
+    const onSignal = (name: NodeJS.Signals) => interrupt.abort(name)
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
+    let ctx: EnableContext
     try {
-      // held through the rollback: a second enable must not start while this one undoes
-      await withInstallationLock(ctx.inst, 'enable', async () => {
-        try {
-          await runWithProgress(ENABLE_STEPS, ctx, {silent: this.jsonEnabled(), onStart: (s) => started.push(s), signal: interrupt.signal})
-        } catch (error) {
-          const step = started.at(-1) ?? required(ENABLE_STEPS[0], 'the first step')
-          const problems = await rollback(started, ctx)
-          if (signalName) throw interrupted(signalName, step, problems)
-          throw enableFailure(step, error, problems)
-        }
-      })
+      const silent = this.jsonEnabled()
+      ctx = await enable(
+        {mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, kube},
+        {runSteps: (steps, c, hooks) => runWithProgress(steps, c, {silent, ...hooks}), signal: interrupt.signal},
+      )
     } finally {
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)
@@ -95,14 +83,6 @@ export default class Enable extends BaseCommand {
     }
     return result
   }
-}
-
-function interrupted(signal: NodeJS.Signals, step: EnableStep, problems: string[]): MerbridgeError {
-  return new MerbridgeError(`enable was interrupted by ${signal} during "${step.title}"; everything it had done was undone${problems.length > 0 ? ' except what follows' : ''}`, {
-    code: 'INTERRUPTED',
-    exitCode: signal === 'SIGINT' ? 130 : 143,
-    suggestion: problems.length > 0 ? `rollback was incomplete (${problems.join('; ')}); run merbridge disable` : undefined,
-  })
 }
 
 function toResult(ctx: EnableContext): EnableResult {

@@ -16,6 +16,7 @@ import {disable} from './disable.js'
 import {type InstallState, Installation} from './installation.js'
 import {PROGRAMS} from '../bpf/programs.js'
 import {pinCounters} from './counts.js'
+import {withInstallationLock} from './lock.js'
 import {inspect} from './inspect.js'
 import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
@@ -243,7 +244,7 @@ export const ENABLE_STEPS: EnableStep[] = [
 ]
 
 /** Take back the steps that ran, last first. Returns the problems met on the way (never throws). */
-export async function rollback(done: EnableStep[], ctx: EnableContext): Promise<string[]> {
+async function rollback(done: EnableStep[], ctx: EnableContext): Promise<string[]> {
   if (ctx.mode === 'resync') return [] // nothing of an up-to-date installation was replaced
   const problems: string[] = []
   for (const step of [...done].reverse()) {
@@ -257,30 +258,52 @@ export async function rollback(done: EnableStep[], ctx: EnableContext): Promise<
   return problems
 }
 
-/** Run every step in order, rolling back on failure. For callers without a progress display. */
-export async function enable(opts: EnableOptions, onStep?: (step: EnableStep, status: 'start' | 'done' | 'skip') => void): Promise<EnableContext> {
+/**
+ * How the steps are run: a progress display (ui/steps.ts) or the plain loop below. It calls
+ * `onStart` before each step it runs, skips what `skip` says, and throws at the first failure,
+ * or at the first step boundary once `signal` fired.
+ */
+export type StepRunner = (steps: EnableStep[], ctx: EnableContext, hooks: {onStart: (step: EnableStep) => void; signal?: AbortSignal}) => Promise<void>
+
+const plainSteps: StepRunner = async (steps, ctx, {onStart, signal}) => {
+  for (const step of steps) {
+    if (step.skip?.(ctx)) continue
+    if (signal?.aborted) throw new Error('interrupted')
+    onStart(step)
+    await step.run(ctx)
+  }
+}
+
+/**
+ * The one enable: under the installation's lock (held through any rollback, so a second enable
+ * never starts while this one undoes), every step in order; on a failure, or when `signal` fires
+ * (its reason names the signal), everything done so far is undone and one error says so.
+ */
+export async function enable(opts: EnableOptions, run: {runSteps?: StepRunner; signal?: AbortSignal} = {}): Promise<EnableContext> {
   const ctx = newEnableContext(opts)
-  const done: EnableStep[] = []
-  for (const step of ENABLE_STEPS) {
-    const skipped = step.skip?.(ctx)
-    if (skipped) {
-      onStep?.(step, 'skip')
-      continue
-    }
-    onStep?.(step, 'start')
-    done.push(step)
+  const started: EnableStep[] = []
+  await withInstallationLock(ctx.inst, 'enable', async () => {
     try {
-      await step.run(ctx)
+      await (run.runSteps ?? plainSteps)(ENABLE_STEPS, ctx, {onStart: (step) => started.push(step), signal: run.signal})
     } catch (error) {
-      const problems = await rollback(done, ctx)
+      const step = started.at(-1) ?? required(ENABLE_STEPS[0], 'the first step')
+      const problems = await rollback(started, ctx)
+      if (run.signal?.aborted) throw interrupted(String(run.signal.reason), step, problems)
       throw enableFailure(step, error, problems)
     }
-    onStep?.(step, 'done')
-  }
+  })
   return ctx
 }
 
-export function enableFailure(step: EnableStep, error: unknown, problems: string[]): MerbridgeError {
+function interrupted(signal: string, step: EnableStep, problems: string[]): MerbridgeError {
+  return new MerbridgeError(`enable was interrupted by ${signal} during "${step.title}"; everything it had done was undone${problems.length > 0 ? ' except what follows' : ''}`, {
+    code: 'INTERRUPTED',
+    exitCode: signal === 'SIGINT' ? 130 : 143,
+    suggestion: problems.length > 0 ? `rollback was incomplete (${problems.join('; ')}); run merbridge disable` : undefined,
+  })
+}
+
+function enableFailure(step: EnableStep, error: unknown, problems: string[]): MerbridgeError {
   const inner = error instanceof MerbridgeError ? error : undefined
   const message = `enable failed at "${step.title}": ${(error as Error).message}`
   const suggestion = problems.length > 0 ? `rollback was incomplete (${problems.join('; ')}); run merbridge disable` : inner?.suggestion

@@ -5,6 +5,7 @@ import {CAPTURE_ALL} from '../../src/bpf/layout.js'
 import {podRulesWithDns} from '../../src/datapath/sync.js'
 import {ANNOTATIONS, rulesFromAnnotations} from '../../src/kube/annotations.js'
 import {type MeshedPod, type PodJson, parsePodList, selectMeshedPods} from '../../src/kube/pods.js'
+import {afterRound} from '../../src/kube/watch.js'
 import {namespaceResolvers, normalIp, parseIfInet6, parseResolvConf} from '../../src/node/netns.js'
 import {printable} from '../../src/text.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
@@ -254,5 +255,37 @@ describe('namespace addresses', () => {
     assert.deepEqual(parseIfInet6(text), ['fd77::9'])
     assert.equal(normalIp('fd77:0:0::0009'), 'fd77::9')
     assert.equal(normalIp('10.0.0.1'), '10.0.0.1')
+  })
+})
+
+describe('watch loop decisions', () => {
+  const backoff = {initialMs: 500, maxMs: 4000}
+  const fresh = {needList: false, delayMs: 500}
+
+  it('lists again at once after 410 Gone, and says so', () => {
+    const next = afterRound(fresh, {kind: 'gone'}, backoff)
+    assert.deepEqual(next, {state: {needList: true, delayMs: 500}, waitMs: 0, report: {message: 'the watch fell behind (410 Gone); listing again', retryInMs: 0}})
+  })
+
+  it('backs off on failures, doubling up to the maximum, and keeps a pending list pending', () => {
+    let state = {needList: true, delayMs: 500}
+    const waits: number[] = []
+    for (let i = 0; i < 5; i++) {
+      const next = afterRound(state, {kind: 'failed', message: 'connection refused'}, backoff)
+      assert.equal(next.report?.message, 'connection refused')
+      assert.equal(next.report.retryInMs, next.waitMs)
+      waits.push(next.waitMs)
+      state = next.state
+    }
+    assert.deepEqual(waits, [500, 1000, 2000, 4000, 4000])
+    assert.equal(state.needList, true, 'the list that failed is tried again')
+  })
+
+  it('watches again at once after a stream the server closed, and backs off from streams that end at once', () => {
+    const long = afterRound({needList: false, delayMs: 4000}, {kind: 'ended', lastedMs: 300_000}, backoff)
+    assert.deepEqual(long, {state: {needList: false, delayMs: 500}, waitMs: 0})
+    const short = afterRound(fresh, {kind: 'ended', lastedMs: 20}, backoff)
+    assert.deepEqual(short, {state: {needList: false, delayMs: 1000}, waitMs: 500})
+    assert.equal(short.report, undefined, 'a closed stream is not an error')
   })
 })
