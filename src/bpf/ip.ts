@@ -48,10 +48,6 @@ export function slotToIp(slot: Uint8Array): string {
   return `${words.slice(0, best.start).join(':')}::${words.slice(best.start + best.len).join(':')}`
 }
 
-export function isLoopback(ip: string): boolean {
-  return (isIPv4(ip) && ip.startsWith('127.')) || ip === '::1'
-}
-
 export interface Cidr {
   ip: string
   /** In the address's own family: 0-32 for IPv4, 0-128 for IPv6. */

@@ -30,7 +30,7 @@ export default class DumpMaps extends BaseCommand {
     port: Flags.integer({description: 'only rows with this port', min: 0, max: 65535}),
   }
 
-  async run(): Promise<{maps: MapDump[]}> {
+  async run(): Promise<{maps: MapDump[]} | undefined> {
     const {argv, flags} = await this.parse(DumpMaps)
     if (flags.ip && !isIP(flags.ip)) this.error(`--ip ${flags.ip} is not an IP address`, {exit: 2})
     requirePrivileges('dump-maps')
@@ -38,7 +38,7 @@ export default class DumpMaps extends BaseCommand {
     if (this.jsonEnabled()) {
       // row by row: one string of a full 65,535-entry map would be tens of megabytes
       await writeJson(maps)
-      return undefined as unknown as {maps: MapDump[]}
+      return undefined
     }
     for (const m of maps) this.log(renderMapDump(m) + '\n')
     return {maps}

@@ -52,7 +52,7 @@ export default class Enable extends BaseCommand {
     rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),
   }
 
-  async run(): Promise<EnableResult> {
+  async run(): Promise<EnableResult | undefined> {
     const {flags} = await this.parse(Enable)
     if (flags.watch && flags['pods-file']) this.error('--watch follows the Kubernetes API; it cannot watch --pods-file', {exit: 2})
     requirePrivileges('enable')
@@ -79,7 +79,7 @@ export default class Enable extends BaseCommand {
     if (flags.watch) {
       if (this.jsonEnabled()) process.stdout.write(JSON.stringify(result) + '\n')
       await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh, recheckMs: flags.recheck * 1000})
-      return undefined as unknown as EnableResult
+      return undefined
     }
     return result
   }

@@ -63,7 +63,7 @@ function statsEnabled(): boolean {
   }
 }
 
-interface Snapshot {
+export interface Snapshot {
   progs: Map<string, ProgInfo>
   maps: Map<MapName, MapInfo>
   attachments: CgroupAttachment[]
@@ -124,29 +124,66 @@ async function snapshotOneByOne(inst: Installation, cgroup: string | undefined):
   }
 }
 
+/** What status reads, from the kernel and the installation's record: the input of diagnose(). */
+export interface Observed {
+  bpffs: string
+  state?: InstallState
+  pins: {progs: string[]; maps: string[]}
+  snap?: Snapshot
+  /** entries per map, where they could be counted */
+  entries: Partial<Record<MapName, number>>
+  /** the hash of the sources this CLI would build, or why it cannot tell */
+  sourceHash?: string | Error
+  statsEnabled: boolean
+}
+
 /** Everything status shows, read from the kernel and the installation's record. */
 export async function inspect(inst: Installation): Promise<StatusReport> {
   const state = await inst.readState()
+  const pins = inst.exists() ? await inst.pinned() : {progs: [], maps: []}
+  const observed: Observed = {bpffs: inst.dir, state, pins, entries: {}, statsEnabled: statsEnabled()}
+  if (!state && pins.progs.length === 0 && pins.maps.length === 0) return diagnose(observed)
+
+  // independent reads, started together
+  const currentHash = state ? sourceHash().catch((error: unknown) => error as Error) : undefined
+  const snap = await snapshot(inst, state?.cgroup)
+  // entries: from the pinned counting iterators (two file reads), else by dumping each map in
+  // parallel, since each dump is its own bpftool process
+  const iterated = await readEntryCounts(inst.counterPins)
+  await Promise.all(
+    MAP_NAMES.map(async (name) => {
+      const info = snap.maps.get(name)
+      const countable = info && !UNCOUNTABLE.has(name) && info.type !== 'array' && info.type !== 'percpu_array'
+      if (!countable) return
+      observed.entries[name] = iterated ? (name === 'sock_pair_map' ? iterated.sockets : iterated.byId.get(info.id)) : await bpftool.mapCount(inst.map(name))
+    }),
+  )
+  return diagnose({...observed, snap, sourceHash: await currentHash})
+}
+
+/**
+ * The verdict, problems and hints for what was observed, without I/O: a problem is anything that
+ * keeps the datapath from intercepting as enabled, or a map close to full; `broken` is the first
+ * one enable must repair.
+ */
+export function diagnose(o: Observed): StatusReport {
+  const {state, snap} = o
   const report: StatusReport = {
     verdict: 'not-enabled',
-    bpffs: inst.dir,
+    bpffs: o.bpffs,
     cgroup: state?.cgroup,
     mesh: state?.mesh,
     node: state?.node,
     enabledAt: state?.enabledAt,
-    statsEnabled: statsEnabled(),
+    statsEnabled: o.statsEnabled,
     programs: [],
     maps: [],
     pods: state?.pods,
     problems: [],
     hints: [],
   }
-  const pins = inst.exists() ? await inst.pinned() : {progs: [], maps: []}
-  if (!state && pins.progs.length === 0 && pins.maps.length === 0) return report
+  if (!snap) return report
 
-  // independent reads, each its own process: started together
-  const currentHash = state ? sourceHash().catch((error: unknown) => error as Error) : undefined
-  const snap = await snapshot(inst, state?.cgroup)
   const attached = new Set(snap.attachments.map((a) => a.id))
   for (const spec of PROGRAMS) {
     const info = snap.progs.get(spec.name)
@@ -164,39 +201,27 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
     if (!info) report.problems.push(`program ${spec.name} is not pinned`)
     else if (p.attached === false) report.problems.push(`program ${spec.name} is pinned but not attached to ${state?.cgroup ?? 'the cgroup'}`)
   }
-  // entries: from the pinned counting iterators (two file reads), else by dumping each map in
-  // parallel, since each dump is its own bpftool process
-  const iterated = await readEntryCounts(inst.counterPins)
-  const counted = await Promise.all(
-    MAP_NAMES.map(async (name) => {
-      const info = snap.maps.get(name)
-      const countable = info && !UNCOUNTABLE.has(name) && info.type !== 'array' && info.type !== 'percpu_array'
-      if (!countable) return undefined
-      if (iterated) return name === 'sock_pair_map' ? iterated.sockets : iterated.byId.get(info.id)
-      return bpftool.mapCount(inst.map(name))
-    }),
-  )
-  MAP_NAMES.forEach((name, i) => {
+  for (const name of MAP_NAMES) {
     const info = snap.maps.get(name)
-    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries === 0 ? undefined : info?.max_entries, entries: counted[i]}
+    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries === 0 ? undefined : info?.max_entries, entries: o.entries[name]}
     if (m.entries !== undefined && m.capacity && m.entries >= m.capacity * NEAR_FULL) report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
     if (!info) report.problems.push(`map ${name} is not pinned`)
     report.maps.push(m)
-  })
+  }
   report.counters = snap.counters
   const active = snap.settings
-  if (pins.maps.includes('settings')) {
+  if (o.pins.maps.includes('settings')) {
     if (!active?.outboundPort) report.problems.push('settings are not configured: nothing is intercepted (an enable was interrupted)')
     else if (active.draining) report.problems.push('the datapath is draining: nothing is intercepted (a disable was interrupted)')
   }
   // what enable must repair (a full map is a problem, but not a broken datapath)
   report.broken = report.problems.find((p) => !p.includes('% full ('))
 
-  if (!state) report.problems.push(`pins in ${inst.dir} but no record of an enable (an enable was interrupted)`)
-  if (state && pins.progs.length === 0) report.problems.push(`recorded as enabled on ${state.cgroup}, but nothing is pinned in ${inst.dir} (stale record)`)
+  if (!state) report.problems.push(`pins in ${o.bpffs} but no record of an enable (an enable was interrupted)`)
+  if (state && o.pins.progs.length === 0) report.problems.push(`recorded as enabled on ${state.cgroup}, but nothing is pinned in ${o.bpffs} (stale record)`)
   const foreign = snap.attachments.filter((a) => !report.programs.some((p) => p.id === a.id))
   if (foreign.length > 0) report.hints.push(`other programs are attached to ${state?.cgroup ?? 'the cgroup'}: ${foreign.map((f) => `${f.id} ${f.name} (${f.attach_type})`).join(', ')}; they may conflict`)
-  const hash = await currentHash
+  const hash = o.sourceHash
   if (hash instanceof Error) report.hints.push(`cannot tell whether the programs are current: ${describeError(hash).message}`)
   else if (state && hash !== state.objectHash) report.hints.push('the programs were built from older sources: run merbridge enable to replace them')
   if (!report.statsEnabled) report.hints.push('run counts and times are off: sysctl -w kernel.bpf_stats_enabled=1 turns them on')

@@ -70,7 +70,6 @@ export async function watchNodePods(
 
   while (!signal.aborted) {
     let outcome: RoundOutcome
-    let started = Date.now()
     try {
       if (state.needList) {
         const list = await listNodePods(target, node)
@@ -80,7 +79,7 @@ export async function watchNodePods(
         state = {...state, needList: false}
         await hooks.onPods([...pods.values()], {type: 'RELISTED', count: pods.size})
       }
-      started = Date.now()
+      const started = Date.now()
       await new PodStream(new Watch(target.kc), pods, cursor, hooks, signal).run(nodeSelector(node))
       outcome = {kind: 'ended', lastedMs: Date.now() - started}
     } catch (error) {
