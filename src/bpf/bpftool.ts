@@ -357,8 +357,18 @@ export class Bpftool {
    * caller asks one by one.
    */
   async batchJson(commands: string[][]): Promise<unknown[]> {
-    const {stdout} = await this.run(['-j', 'batch', 'file', '-'], {input: commands.map((c) => c.map(batchArg).join(' ')).join('\n') + '\n'})
-    const out = list(parseJson(stdout, 'batch'), 'batch').map((r) => record(r, 'batch').output)
+    const r = await this.run(['-j', 'batch', 'file', '-'], {input: commands.map((c) => c.map(batchArg).join(' ')).join('\n') + '\n', allowFailure: true})
+    const entries = list(parseJson(r.stdout, 'batch'), 'batch').map((e) => record(e, 'batch'))
+    // bpftool 7.1 ends a batch holding `cgroup show` with this error after every command has
+    // answered (an errno left set); with all the answers there, the batch did its work
+    const last = entries.at(-1)
+    const endOfFileComplaint = entries.length === commands.length + 1 && last?.command === undefined && String(last?.error).startsWith('reading batch file failed')
+    if (endOfFileComplaint) entries.pop()
+    const out = entries.map((e) => e.output)
+    // a command that failed answers {"error": ...}, and bpftool stops there
+    const failed = out.findIndex((o) => typeof o === 'object' && o !== null && !Array.isArray(o) && Object.keys(o).length === 1 && 'error' in o)
+    if (failed >= 0) throw new ToolFailedError(`bpftool ${(commands[failed] ?? []).slice(0, 2).join(' ')}`, String((out[failed] as {error: unknown}).error), '')
+    if (r.exitCode !== 0 && !endOfFileComplaint) throw new ToolFailedError('bpftool batch', `exit code ${r.exitCode}`, r.stderr)
     if (out.length !== commands.length) throw drift('batch', `${out.length} answers to ${commands.length} commands`)
     return out
   }

@@ -1,5 +1,5 @@
 import {existsSync, readFileSync} from 'node:fs'
-import {bpftool, type CgroupAttachment, type MapInfo, parseDump, parseMapInfo, parseProgInfo, type ProgInfo} from '../bpf/bpftool.js'
+import {bpftool, type CgroupAttachment, type MapInfo, parseAttachments, parseDump, parseMapInfo, parseProgInfo, type ProgInfo} from '../bpf/bpftool.js'
 import type {CounterName, Settings} from '../bpf/layout.js'
 import {readEntryCounts, readMaps, settingsOf, sumCounters} from '../bpf/maps.js'
 import {sourceHash} from '../bpf/objects.js'
@@ -82,15 +82,14 @@ async function snapshot(inst: Installation, cgroup: string | undefined): Promise
     ...MAP_NAMES.map((m) => ['map', 'show', 'pinned', inst.map(m)]),
     ['map', 'dump', 'pinned', inst.map('counters')],
     ['map', 'dump', 'pinned', inst.map('settings')],
+    // last: bpftool 7.1 prints `"output":}` (not JSON) for a cgroup without programs, and then
+    // the one-by-one path below reads it
+    ...(withCgroup ? [['cgroup', 'show', cgroup]] : []),
   ]
-  // `cgroup show` cannot be batched: bpftool 7.1 then fails the batch at its end (and prints
-  // `"output":}` for a cgroup without programs), so it runs beside the batch
-  const attachments = withCgroup ? bpftool.cgroupShow(cgroup) : Promise.resolve([])
   let out: unknown[]
   try {
     out = await bpftool.batchJson(commands)
   } catch {
-    await attachments.catch(() => undefined)
     return snapshotOneByOne(inst, withCgroup ? cgroup : undefined)
   }
   const at = PROGRAMS.length + MAP_NAMES.length
@@ -99,7 +98,7 @@ async function snapshot(inst: Installation, cgroup: string | undefined): Promise
     maps: new Map(MAP_NAMES.map((m, i) => [m, parseMapInfo(out[PROGRAMS.length + i])])),
     counters: sumCounters(parseDump(out[at])),
     settings: settingsOf(parseDump(out[at + 1])),
-    attachments: await attachments,
+    attachments: withCgroup ? parseAttachments(out[at + 2]) : [],
   }
 }
 

@@ -241,6 +241,16 @@ describe('bpftool wrapper', () => {
     await assert.rejects(playing('not json').tool.featureProbe(), drifted)
   })
 
+  it("takes a batch whose only error is bpftool 7.1's end-of-file complaint after a cgroup show, and no other failure", async () => {
+    const answers = '[{"command":["map","show","id","7"],"output":{"id":7,"type":"hash","name":"m","bytes_key":4,"bytes_value":4,"max_entries":8}},{"command":["cgroup","show","/cg"],"output":[]},{"error":"reading batch file failed: Invalid argument"}]'
+    const out = await playing(answers, 255).tool.batchJson([['map', 'show', 'id', '7'], ['cgroup', 'show', '/cg']])
+    assert.deepEqual(out[1], [])
+    const stopped = '[{"command":["prog","show","pinned","/p"],"output":{"error":"bpf obj get (/p): No such file or directory"}}]'
+    await assert.rejects(playing(stopped, 255).tool.batchJson([['prog', 'show', 'pinned', '/p'], ['cgroup', 'show', '/cg']]), /bpftool prog show failed: bpf obj get \(\/p\): No such file or directory/)
+    const failedInside = '[{"command":["prog","show","pinned","/p"],"output":{"error":"bpf obj get (/p): No such file or directory"}},{"command":["cgroup","show","/cg"],"output":[]},{"error":"reading batch file failed: Invalid argument"}]'
+    await assert.rejects(playing(failedInside, 255).tool.batchJson([['prog', 'show', 'pinned', '/p'], ['cgroup', 'show', '/cg']]), /No such file/)
+  })
+
   it('reads an empty map as empty', async () => {
     assert.deepEqual(await playing('[]').tool.mapDumpBytes('/m'), [])
     assert.deepEqual(await playing('').tool.mapDumpBytes('/m'), [])
