@@ -20,3 +20,12 @@ export function cacheDir(): string {
 export function runDir(): string {
   return process.env.MERBRIDGE_RUN_DIR ?? '/run/merbridge'
 }
+
+/**
+ * The host's /proc: where pods' network namespaces, addresses, resolv.conf and process names are
+ * read. Inside a container (the DaemonSet) the host's is mounted elsewhere (--host-proc); our own
+ * process is still read through /proc/self.
+ */
+export function hostProc(): string {
+  return process.env.MERBRIDGE_HOST_PROC || '/proc'
+}

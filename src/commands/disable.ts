@@ -3,7 +3,7 @@ import {Installation} from '../datapath/installation.js'
 import {withInstallationLock} from '../datapath/lock.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
-import {bpffsFlag} from '../ui/flags.js'
+import {bpffsFlag, hostProcFlag, useHostProc} from '../ui/flags.js'
 import {c} from '../ui/theme.js'
 
 export default class Disable extends BaseCommand {
@@ -14,10 +14,12 @@ export default class Disable extends BaseCommand {
 
   static override flags = {
     bpffs: bpffsFlag,
+    'host-proc': hostProcFlag,
   }
 
   async run(): Promise<DisableResult> {
     const {flags} = await this.parse(Disable)
+    useHostProc(flags['host-proc'])
     requirePrivileges('disable')
     const inst = new Installation(flags.bpffs)
     const result = await withInstallationLock(inst, 'disable', () => disable(inst))

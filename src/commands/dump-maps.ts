@@ -4,7 +4,7 @@ import {DUMPABLE, dumpMaps, type MapDump} from '../datapath/dump.js'
 import {Installation} from '../datapath/installation.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
-import {bpffsFlag} from '../ui/flags.js'
+import {bpffsFlag, hostProcFlag, useHostProc} from '../ui/flags.js'
 import {renderMapDump} from '../ui/dump-view.js'
 
 export default class DumpMaps extends BaseCommand {
@@ -24,6 +24,7 @@ export default class DumpMaps extends BaseCommand {
 
   static override flags = {
     bpffs: bpffsFlag,
+    'host-proc': hostProcFlag,
     limit: Flags.integer({description: 'at most this many rows per map', min: 1}),
     pod: Flags.string({description: 'only rows about this pod (name or namespace/name)'}),
     ip: Flags.string({description: 'only rows with this IP'}),
@@ -32,6 +33,7 @@ export default class DumpMaps extends BaseCommand {
 
   async run(): Promise<{maps: MapDump[]} | undefined> {
     const {argv, flags} = await this.parse(DumpMaps)
+    useHostProc(flags['host-proc'])
     if (flags.ip && !isIP(flags.ip)) this.error(`--ip ${flags.ip} is not an IP address`, {exit: 2})
     requirePrivileges('dump-maps')
     const maps = await dumpMaps(new Installation(flags.bpffs), argv as string[], {pod: flags.pod, ip: flags.ip, port: flags.port}, flags.limit)

@@ -5,9 +5,10 @@ import {podsRecord} from '../datapath/pods-sync.js'
 import {required} from '../errors.js'
 import {MESH_NAMES} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
+import {parseListenAddress} from '../datapath/metrics.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {runWithProgress} from '../ui/steps.js'
-import {bpffsFlag, podSourceFlags, recheckFlag} from '../ui/flags.js'
+import {bpffsFlag, hostProcFlag, metricsAddrFlag, podSourceFlags, recheckFlag, useHostProc} from '../ui/flags.js'
 import {watchInForeground} from '../ui/foreground.js'
 import {c} from '../ui/theme.js'
 
@@ -46,15 +47,20 @@ export default class Enable extends BaseCommand {
     mesh: Flags.string({description: 'service mesh whose sidecars to accelerate', options: MESH_NAMES, default: 'istio'}),
     cgroup: Flags.string({description: 'cgroup v2 folder to attach to (default: the cgroup v2 root)', env: 'MERBRIDGE_CGROUP'}),
     bpffs: bpffsFlag,
+    'host-proc': hostProcFlag,
     ...podSourceFlags,
     watch: Flags.boolean({description: 'after enabling, keep the maps matching the pods until stopped (what a node service runs)'}),
     recheck: recheckFlag,
+    'metrics-addr': metricsAddrFlag,
     rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),
   }
 
   async run(): Promise<EnableResult | undefined> {
     const {flags} = await this.parse(Enable)
+    useHostProc(flags['host-proc'])
     if (flags.watch && flags['pods-file']) this.error('--watch follows the Kubernetes API; it cannot watch --pods-file', {exit: 2})
+    if (flags['metrics-addr'] !== undefined && !flags.watch) this.error('--metrics-addr serves metrics while watching: add --watch', {exit: 2})
+    if (flags['metrics-addr'] !== undefined) parseListenAddress(flags['metrics-addr'])
     requirePrivileges('enable')
     const kube = {kubeconfig: flags.kubeconfig, context: flags.context}
     // Ctrl-C or a service manager's SIGTERM: finish the step under way, undo everything, say so
@@ -78,7 +84,8 @@ export default class Enable extends BaseCommand {
     this.log(summary(result))
     if (flags.watch) {
       if (this.jsonEnabled()) process.stdout.write(JSON.stringify(result) + '\n')
-      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh, recheckMs: flags.recheck * 1000})
+      const metrics = flags['metrics-addr'] === undefined ? undefined : {addr: flags['metrics-addr'], version: this.config.version}
+      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh, recheckMs: flags.recheck * 1000}, metrics)
       return undefined
     }
     return result

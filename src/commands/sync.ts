@@ -4,8 +4,9 @@ import {Installation} from '../datapath/installation.js'
 import {type SyncOnceResult, syncOnce} from '../datapath/pods-sync.js'
 import {meshProfile} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
+import {parseListenAddress} from '../datapath/metrics.js'
 import {BaseCommand} from '../ui/base-command.js'
-import {bpffsFlag, podSourceFlags, recheckFlag} from '../ui/flags.js'
+import {bpffsFlag, hostProcFlag, metricsAddrFlag, podSourceFlags, recheckFlag, useHostProc} from '../ui/flags.js'
 import {watchInForeground} from '../ui/foreground.js'
 import {c} from '../ui/theme.js'
 
@@ -23,12 +24,17 @@ export default class Sync extends BaseCommand {
     ...podSourceFlags,
     watch: Flags.boolean({description: 'keep the maps matching the pods until stopped'}),
     recheck: recheckFlag,
+    'metrics-addr': metricsAddrFlag,
     bpffs: bpffsFlag,
+    'host-proc': hostProcFlag,
   }
 
   async run(): Promise<SyncOnceResult | undefined> {
     const {flags} = await this.parse(Sync)
+    useHostProc(flags['host-proc'])
     if (flags.watch && flags['pods-file']) this.error('--watch follows the Kubernetes API; it cannot watch --pods-file', {exit: 2})
+    if (flags['metrics-addr'] !== undefined && !flags.watch) this.error('--metrics-addr serves metrics while watching: add --watch', {exit: 2})
+    if (flags['metrics-addr'] !== undefined) parseListenAddress(flags['metrics-addr'])
     requirePrivileges('sync')
     const inst = new Installation(flags.bpffs)
     const node = flags.node ?? hostname()
@@ -36,7 +42,8 @@ export default class Sync extends BaseCommand {
 
     if (flags.watch) {
       const state = await inst.requireState()
-      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, inst, {kube, node, mesh: meshProfile(state.mesh), recheckMs: flags.recheck * 1000})
+      const metrics = flags['metrics-addr'] === undefined ? undefined : {addr: flags['metrics-addr'], version: this.config.version}
+      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, inst, {kube, node, mesh: meshProfile(state.mesh), recheckMs: flags.recheck * 1000}, metrics)
       return undefined
     }
 

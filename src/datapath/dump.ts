@@ -1,3 +1,4 @@
+import {hostProc} from '../paths.js'
 import {readFileSync} from 'node:fs'
 import {formatCidr} from '../bpf/ip.js'
 import {COUNTERS, originFlagNames, type Pair, type PodRules, type Settings} from '../bpf/layout.js'
@@ -78,7 +79,7 @@ const names = new Map<number, string | undefined>()
 function processName(pid: number): string | undefined {
   if (!names.has(pid)) {
     try {
-      names.set(pid, readFileSync(`/proc/${pid}/comm`, 'utf8').trim())
+      names.set(pid, readFileSync(`${hostProc()}/${pid}/comm`, 'utf8').trim())
     } catch {
       names.set(pid, undefined)
     }

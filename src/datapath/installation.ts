@@ -211,6 +211,8 @@ export interface SkippedPod {
   namespace: string
   name: string
   reason: string
+  /** the reason as a short code (older records have none) */
+  code?: string
   ip?: string
 }
 

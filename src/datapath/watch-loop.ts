@@ -21,6 +21,17 @@ export interface WatchOptions {
   retryMs?: number
   /** read the maps back and repair what differs from the pods this often (default 30 s) */
   recheckMs?: number
+  /** after every sync (metrics): what caused it, how long it took, how long since the change arrived */
+  onSynced?: (sync: SyncReport) => void
+}
+
+export interface SyncReport {
+  cause: 'RELISTED' | 'ADDED' | 'MODIFIED' | 'DELETED' | 'RETRY' | 'RECHECK'
+  ms: number
+  /** from the change arriving to the maps matching it (waiting behind earlier changes included) */
+  lagMs: number
+  applied?: AppliedPods
+  error?: string
 }
 
 export async function runWatch(inst: Installation, opts: WatchOptions): Promise<void> {
@@ -33,8 +44,9 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   let applied: AppliedPods | undefined
   let queue = Promise.resolve()
 
-  const apply = (pods: PodJson[], event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'}) =>
-    (queue = queue.then(async () => {
+  const apply = (pods: PodJson[], event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'}) => {
+    const arrived = performance.now()
+    return (queue = queue.then(async () => {
       latest = pods
       const started = performance.now()
       try {
@@ -44,6 +56,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
         applied = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true})
         await savePodsRecord(inst, podsRecord(source, applied))
         const ms = Math.round(performance.now() - started)
+        opts.onSynced?.({cause: event.type, ms, lagMs: performance.now() - arrived, applied})
         if (event.type === 'RELISTED')
           opts.log(`listed ${event.count} pod(s): ${applied.sync.meshed.length} meshed and registered, ${applied.sync.unregistered.length} not found yet, ${applied.selection.skipped.length} skipped (${ms} ms)`, {event: 'listed', pods: event.count, ms})
         else if (event.type === 'RECHECK') {
@@ -61,8 +74,10 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
       } catch (error) {
         applied = undefined // the maps may be half written: read them back next time
         opts.log(`could not apply the pods: ${describeError(error).message}`, {event: 'error', message: describeError(error).message})
+        opts.onSynced?.({cause: event.type, ms: performance.now() - started, lagMs: performance.now() - arrived, error: describeError(error).message})
       }
     }))
+  }
 
   await apply(first.pods, {type: 'RELISTED', count: first.pods.length})
   const retry = setInterval(() => {

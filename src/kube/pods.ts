@@ -41,9 +41,12 @@ export interface MeshedPod {
   warnings: string[]
 }
 
+/** Why a pod is skipped, as a short code (a metric label: few values, whatever the pods hold). */
+export type SkipCode = 'no-sidecar' | 'gateway' | 'intercepts-nothing' | 'tproxy' | 'unknown-mode' | 'user-namespace' | 'host-network' | 'finished' | 'no-ip' | 'shared-ip'
+
 export interface PodSelection {
   meshed: MeshedPod[]
-  skipped: {namespace: string; name: string; reason: string; ip?: string}[]
+  skipped: {namespace: string; name: string; reason: string; code: SkipCode; ip?: string}[]
   /** pods of other nodes are not counted as skipped */
   otherNodes: number
 }
@@ -85,14 +88,14 @@ function proxyContainers(pod: PodJson, mesh: MeshProfile): ContainerJson[] {
 }
 
 /** Why a pod with a proxy is still not a sidecar pod for the datapath, if it is not. */
-function notASidecar(pod: PodJson, proxy: ContainerJson, mesh: MeshProfile): string | undefined {
+function notASidecar(pod: PodJson, proxy: ContainerJson, mesh: MeshProfile): {reason: string; code: SkipCode} | undefined {
   // a gateway runs the proxy as a router: no interception, whatever its annotations
-  if (Array.isArray(proxy.args) && proxy.args.includes('router')) return 'a gateway (the proxy runs as a router): no interception'
+  if (Array.isArray(proxy.args) && proxy.args.includes('router')) return {reason: 'a gateway (the proxy runs as a router): no interception', code: 'gateway'}
   const mode = pod.metadata?.annotations?.[mesh.interceptionModeAnnotation]
   if (mode === undefined || mode === 'REDIRECT') return undefined
-  if (mode === 'NONE') return 'interceptionMode NONE: the proxy intercepts nothing'
-  if (mode === 'TPROXY') return 'interceptionMode TPROXY is not supported by merbridge: left to istio-init'
-  return `interceptionMode ${JSON.stringify(mode).slice(0, 40)} is unknown: left alone`
+  if (mode === 'NONE') return {reason: 'interceptionMode NONE: the proxy intercepts nothing', code: 'intercepts-nothing'}
+  if (mode === 'TPROXY') return {reason: 'interceptionMode TPROXY is not supported by merbridge: left to istio-init', code: 'tproxy'}
+  return {reason: `interceptionMode ${JSON.stringify(mode).slice(0, 40)} is unknown: left alone`, code: 'unknown-mode'}
 }
 
 const DNS_CAPTURE_KEY = 'ISTIO_META_DNS_CAPTURE'
@@ -167,43 +170,43 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const namespace = typeof pod.metadata?.namespace === 'string' ? printable(pod.metadata.namespace, 253) : 'default'
     const name = typeof pod.metadata?.name === 'string' ? printable(pod.metadata.name, 253) : '(unnamed)'
     const anyIp = podIPv4(pod) ?? podIPv6(pod)
-    const skip = (reason: string) => out.skipped.push({namespace, name, reason, ...(anyIp ? {ip: anyIp} : {})})
+    const skip = (reason: string, code: SkipCode) => out.skipped.push({namespace, name, reason, code, ...(anyIp ? {ip: anyIp} : {})})
     const proxies = proxyContainers(pod, mesh)
     const proxy = proxies[0]
     if (!proxy) {
-      skip(`no injected ${mesh.sidecarContainer} sidecar`)
+      skip(`no injected ${mesh.sidecarContainer} sidecar`, 'no-sidecar')
       continue
     }
     const why = notASidecar(pod, proxy, mesh)
     if (why) {
-      skip(why)
+      skip(why.reason, why.code)
       continue
     }
     // the datapath compares the caller's uid as the node sees it: in a user namespace the proxy's
     // 1337 is another id, so its own connects would be sent back to itself
     if (pod.spec.hostUsers === false) {
-      skip('runs in a user namespace (hostUsers: false): merbridge cannot recognise its proxy by uid yet; left to istio-init')
+      skip('runs in a user namespace (hostUsers: false): merbridge cannot recognise its proxy by uid yet; left to istio-init', 'user-namespace')
       continue
     }
     if (pod.spec.hostNetwork) {
-      skip('uses the host network')
+      skip('uses the host network', 'host-network')
       continue
     }
     if (pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') {
-      skip(`finished (${pod.status.phase})`)
+      skip(`finished (${pod.status.phase})`, 'finished')
       continue
     }
     // an IPv6-only pod is known by its IPv6 address, as a dual-stack one by its IPv4 address
     const ip = podIPv4(pod) ?? podIPv6(pod)
     const bad = [...new Set(badIPs(pod))]
     if (!ip) {
-      skip(bad.length > 0 ? `has no valid IP address (status gives ${bad.slice(0, 2).join(', ')})` : 'has no IP address yet')
+      skip(bad.length > 0 ? `has no valid IP address (status gives ${bad.slice(0, 2).join(', ')})` : 'has no IP address yet', 'no-ip')
       continue
     }
     const owner = byIp.get(ip)
     if (owner) {
       // one address names one pod on a node: the maps hold one entry for it
-      skip(`has the IP ${ip} of ${owner.namespace}/${owner.name}, registered first`)
+      skip(`has the IP ${ip} of ${owner.namespace}/${owner.name}, registered first`, 'shared-ip')
       owner.warnings.push(`${owner.namespace}/${owner.name}: ${namespace}/${name} claims the same IP ${ip} (left unregistered)`)
       continue
     }

@@ -1,3 +1,4 @@
+import {hostProc} from '../paths.js'
 import {existsSync, readdirSync, readFileSync, readlinkSync, statSync} from 'node:fs'
 import {isIP} from 'node:net'
 import {join} from 'node:path'
@@ -59,11 +60,12 @@ function netnsInode(path: string): number | undefined {
 export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
   const own = netnsInode('/proc/self/ns/net')
   const byInode = new Map<number, NetnsCandidate>()
-  for (const entry of readdirSync('/proc')) {
+  const proc = hostProc()
+  for (const entry of readdirSync(proc)) {
     if (!/^\d+$/.test(entry)) continue
     let link: string
     try {
-      link = readlinkSync(`/proc/${entry}/ns/net`)
+      link = readlinkSync(`${proc}/${entry}/ns/net`)
     } catch {
       continue // gone, or not ours to read
     }
@@ -75,8 +77,8 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
       continue
     }
     try {
-      const addresses = [...parseFibTrieLocal(readFileSync(`/proc/${entry}/net/fib_trie`, 'utf8')), ...ipv6Of(entry)]
-      byInode.set(inode, {inode, path: `/proc/${entry}/ns/net`, addresses, pids: [Number(entry)]})
+      const addresses = [...parseFibTrieLocal(readFileSync(`${proc}/${entry}/net/fib_trie`, 'utf8')), ...ipv6Of(entry)]
+      byInode.set(inode, {inode, path: `${proc}/${entry}/ns/net`, addresses, pids: [Number(entry)]})
     } catch {
       continue
     }
@@ -130,7 +132,7 @@ export function normalIp(ip: string): string {
 
 function ipv6Of(pid: string): string[] {
   try {
-    return parseIfInet6(readFileSync(`/proc/${pid}/net/if_inet6`, 'utf8'))
+    return parseIfInet6(readFileSync(`${hostProc()}/${pid}/net/if_inet6`, 'utf8'))
   } catch {
     return [] // IPv6 disabled in that namespace
   }
@@ -153,7 +155,7 @@ export function parseResolvConf(text: string): string[] {
  * `ip netns exec` would bind for a named one. Undefined when none can be read.
  */
 export function namespaceResolvers(c: NetnsCandidate): {servers: string[]; from: string} | undefined {
-  const files = [...c.pids.map((pid) => `/proc/${pid}/root/etc/resolv.conf`), ...(c.name ? [join('/etc/netns', c.name, 'resolv.conf')] : [])]
+  const files = [...c.pids.map((pid) => `${hostProc()}/${pid}/root/etc/resolv.conf`), ...(c.name ? [join('/etc/netns', c.name, 'resolv.conf')] : [])]
   for (const file of files) {
     let text: string
     try {

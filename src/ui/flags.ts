@@ -1,4 +1,7 @@
 import {Flags} from '@oclif/core'
+import {statfsSync} from 'node:fs'
+import {resolve} from 'node:path'
+import {MerbridgeError} from '../errors.js'
 import {DEFAULT_BPFFS_DIR} from '../paths.js'
 
 /** The installation's pin folder, on every command that works on one. */
@@ -23,3 +26,30 @@ export const recheckFlag = Flags.integer({
   default: 30,
   min: 1,
 })
+
+/** Where a watching node service serves Prometheus metrics and its health. */
+export const metricsAddrFlag = Flags.string({
+  description: 'with --watch: serve Prometheus metrics on /metrics, and /healthz and /readyz, at HOST:PORT (e.g. 127.0.0.1:9473, or :9473 for every address)',
+  env: 'MERBRIDGE_METRICS_ADDR',
+})
+
+/** The host's /proc when merbridge runs in a container that mounts it elsewhere (see paths.ts). */
+export const hostProcFlag = Flags.string({
+  description: "the host's /proc, where pod network namespaces are found (in a container: where the host's is mounted, e.g. /host/proc)",
+  env: 'MERBRIDGE_HOST_PROC',
+})
+
+const PROC_SUPER_MAGIC = 0x9fa0
+
+/** Make --host-proc the one every reader of pods' /proc entries uses, after checking it is a proc. */
+export function useHostProc(dir: string | undefined): void {
+  if (dir === undefined) return
+  let isProc = false
+  try {
+    isProc = statfsSync(dir).type === PROC_SUPER_MAGIC
+  } catch {
+    // missing: said below
+  }
+  if (!isProc) throw new MerbridgeError(`--host-proc ${dir} is not a proc filesystem`, {code: 'USAGE', exitCode: 2, suggestion: "give the folder where the host's /proc is mounted, e.g. /host/proc"})
+  process.env.MERBRIDGE_HOST_PROC = resolve(dir)
+}

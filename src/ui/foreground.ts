@@ -1,4 +1,6 @@
 import type {Installation} from '../datapath/installation.js'
+import type {Server} from 'node:http'
+import {NodeMetrics, serveMetrics} from '../datapath/metrics.js'
 import {runWatch, type WatchOptions} from '../datapath/watch-loop.js'
 import {c} from './theme.js'
 
@@ -13,18 +15,33 @@ export function abortOnSignals(): {signal: AbortSignal; dispose: () => void} {
   return {signal: controller.signal, dispose: () => (process.off('SIGINT', stop), process.off('SIGTERM', stop))}
 }
 
-/** Run the watch loop in the foreground: a line per change for people, a JSON object per line with --json. */
+/**
+ * Run the watch loop in the foreground: a line per change for people, a JSON object per line with
+ * --json; with `metrics`, serve /metrics, /healthz and /readyz on its address while it runs.
+ * Stopping (SIGINT, SIGTERM) ends the watch and leaves the datapath attached.
+ */
 export async function watchInForeground(
   out: {log: (line: string) => void; json: boolean},
   inst: Installation,
-  opts: Omit<WatchOptions, 'signal' | 'log'>,
+  opts: Omit<WatchOptions, 'signal' | 'log' | 'onSynced'>,
+  metrics?: {addr: string; version: string},
 ): Promise<void> {
   const {signal, dispose} = abortOnSignals()
   const log = (line: string, event?: Record<string, unknown>) =>
     out.json ? process.stdout.write(JSON.stringify({time: new Date().toISOString(), ...event}) + '\n') : out.log(`${c.dim(new Date().toISOString())} ${line}`)
+  let server: Server | undefined
   try {
-    await runWatch(inst, {...opts, signal, log})
+    let onSynced: WatchOptions['onSynced']
+    if (metrics) {
+      const state = await inst.requireState()
+      const node = new NodeMetrics(inst, {version: metrics.version, objectHash: state.objectHash, mesh: state.mesh})
+      server = await serveMetrics(metrics.addr, node, signal)
+      onSynced = (s) => node.onSynced(s)
+      log(`serving /metrics, /healthz and /readyz on ${metrics.addr}`, {event: 'metrics', addr: metrics.addr})
+    }
+    await runWatch(inst, {...opts, signal, log, onSynced})
   } finally {
+    server?.close()
     dispose()
   }
 }

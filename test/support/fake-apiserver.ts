@@ -47,6 +47,7 @@ export class FakeApiServer {
   private readonly pods = new Map<string, FakePod>()
   private readonly events: Event[] = []
   private rv = 100
+  private heldLists?: (() => void)[]
   /** watches from before this resourceVersion get 410 Gone */
   private oldestRv = 0
   private readonly watchers = new Set<{res: ServerResponse; node?: string; socket: Socket}>()
@@ -150,8 +151,28 @@ export class FakeApiServer {
       res.on('close', () => this.watchers.delete(w))
       return
     }
-    res.writeHead(200, {'content-type': 'application/json'})
-    res.end(JSON.stringify({kind: 'PodList', apiVersion: 'v1', metadata: {resourceVersion: String(this.rv)}, items: [...this.pods.values()].filter(mine)}))
+    const list = () => {
+      res.writeHead(200, {'content-type': 'application/json'})
+      res.end(JSON.stringify({kind: 'PodList', apiVersion: 'v1', metadata: {resourceVersion: String(this.rv)}, items: [...this.pods.values()].filter(mine)}))
+    }
+    if (this.heldLists) this.heldLists.push(list)
+    else list()
+  }
+
+  /** Hold every list request until releaseLists(): a client caught before its first answer. */
+  holdLists(): void {
+    this.heldLists ??= []
+  }
+
+  /** Answer the held list requests, and the next ones at once. */
+  releaseLists(): void {
+    const held = this.heldLists ?? []
+    this.heldLists = undefined
+    for (const answer of held) answer()
+  }
+
+  get listsHeld(): number {
+    return this.heldLists?.length ?? 0
   }
 
   /** A kubeconfig for this server; `ca` false leaves the CA out (the client must then fail TLS). */

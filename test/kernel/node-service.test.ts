@@ -1,0 +1,184 @@
+// merbridge as a node service: `sync --watch --metrics-addr` scraped over HTTP during lab traffic,
+// its readiness before and after the first sync, SIGTERM leaving the datapath attached, and
+// --host-proc finding pods from inside a container-like mount and PID namespace.
+import assert from 'node:assert/strict'
+import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
+import {createServer} from 'node:net'
+import {hostname, tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {after, before, describe, it} from 'node:test'
+import {execa, type ResultPromise} from 'execa'
+import {APP_PORT, Lab} from '../../src/lab/lab.js'
+import {PROFILES} from '../../src/mesh/profiles.js'
+import type {StatusReport} from '../../src/datapath/inspect.js'
+import type {SyncOnceResult} from '../../src/datapath/pods-sync.js'
+import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
+import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
+
+const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'unshare'])
+
+/** Samples of a Prometheus text exposition, checked line by line against the format. */
+export function parseExposition(text: string): Map<string, number> {
+  const types = new Map<string, string>()
+  const samples = new Map<string, number>()
+  const family = (name: string) => [name, name.replace(/_(bucket|sum|count)$/, '')].find((n) => types.has(n))
+  for (const [i, line] of text.split('\n').entries()) {
+    if (line === '') continue
+    const where = `line ${i + 1}: ${line}`
+    const meta = /^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/.exec(line)
+    if (meta) {
+      if (meta[1] === 'TYPE') {
+        assert.match(meta[3]!, /^(counter|gauge|histogram|summary|untyped)$/, where)
+        types.set(meta[2]!, meta[3]!)
+      }
+      continue
+    }
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9.e+-]+|NaN|\+Inf|-Inf)$/.exec(line)
+    assert.ok(m, `not a sample: ${where}`)
+    assert.ok(family(m[1]!), `a sample before its # TYPE: ${where}`)
+    samples.set(`${m[1]!}${m[2] ?? ''}`.replace(/,\}$/, '}'), Number(m[3]))
+  }
+  assert.ok(types.size > 0, 'no metric families')
+  return samples
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer()
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
+  const port = (s.address() as {port: number}).port
+  await new Promise<void>((r) => s.close(() => r()))
+  return port
+}
+
+describe('node service', {skip, timeout: 300_000}, () => {
+  const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
+  const install = uniqueInstall()
+  const api = new FakeApiServer()
+  const tmp = mkdtempSync(join(tmpdir(), 'mb-service-'))
+  let kubeconfig = ''
+  let podsFile = ''
+
+  before(async () => {
+    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}])
+    for (const p of ['a', 'b']) await lab.startSidecar(p)
+    await lab.startApp('b')
+    podsFile = lab.writePodList()
+    await api.start()
+    for (const pod of (JSON.parse(lab.podList()) as {items: FakePod[]}).items) api.add(pod)
+    kubeconfig = api.writeKubeconfig(join(tmp, 'kubeconfig'))
+    const e = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
+    assert.equal(e.code, 0, e.stderr)
+  })
+
+  after(async () => {
+    await cli(['disable', '--bpffs', install.bpffs], install.env)
+    await api.stop()
+    await lab.destroy()
+    install.cleanup()
+    rmSync(tmp, {recursive: true, force: true})
+  })
+
+  /** a -> b through both sidecars: each request adds a session to a's outbound and b's inbound listener. */
+  async function requestsPassBothSidecars(n: number): Promise<void> {
+    const [a0, b0] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
+    for (let i = 0; i < n; i++) {
+      const r = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
+      assert.equal(r.status, 200, r.error)
+    }
+    const [a1, b1] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
+    assert.ok(a1.outbound >= a0.outbound + n, `a's outbound sidecar: ${a0.outbound} -> ${a1.outbound}`)
+    assert.ok(b1.inbound >= b0.inbound + n, `b's inbound sidecar: ${b0.inbound} -> ${b1.inbound}`)
+  }
+
+  it('serves health at once, readiness after the first sync, and metrics that follow the traffic; SIGTERM leaves the datapath attached', async () => {
+    const port = await freePort()
+    const base = `http://127.0.0.1:${port}`
+    const get = async (path: string) => {
+      const r = await fetch(base + path)
+      return {status: r.status, text: await r.text(), type: r.headers.get('content-type') ?? ''}
+    }
+    api.holdLists() // the watch's first list waits: the node service is up but has not synced
+    let watch: ResultPromise | undefined
+    try {
+      watch = execa(process.execPath, [BIN, 'sync', '--watch', '--json', '--metrics-addr', `127.0.0.1:${port}`, '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname()], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+      await eventually('/healthz answers', async () => (await get('/healthz').catch(() => ({status: 0}))).status === 200)
+      await eventually('the first list is waiting', () => api.listsHeld > 0)
+      const early = await get('/readyz')
+      assert.deepEqual([early.status, early.text], [503, 'the first sync of the pods has not finished\n'])
+
+      api.releaseLists()
+      await eventually('/readyz says ready', async () => (await get('/readyz')).status === 200)
+      const before = await get('/metrics')
+      assert.match(before.type, /^text\/plain; version=0\.0\.4/)
+      const m0 = parseExposition(before.text)
+      assert.equal(m0.get('merbridge_map_entries{map="local_pod_ips"}'), 2)
+      assert.equal(m0.get('merbridge_pods{state="registered"}'), 2)
+      assert.equal(m0.get('merbridge_datapath_healthy'), 1)
+      assert.ok([...m0.keys()].some((k) => k.startsWith('merbridge_build_info{version="')), 'build info')
+      assert.ok((m0.get('merbridge_sync_duration_seconds_count{cause="relisted"}') ?? 0) >= 1, 'the first sync is counted')
+      assert.ok((m0.get('merbridge_map_max_entries{map="sock_pair_map"}') ?? 0) > 0)
+
+      await requestsPassBothSidecars(3)
+      const m1 = parseExposition((await get('/metrics')).text)
+      const outbound = 'merbridge_datapath_conn_outbound_total'
+      assert.ok((m1.get(outbound) ?? 0) >= (m0.get(outbound) ?? 0) + 3, `${outbound}: ${m0.get(outbound)} -> ${m1.get(outbound)}`)
+      assert.ok((m1.get('merbridge_datapath_msg_redirected_total') ?? 0) > (m0.get('merbridge_datapath_msg_redirected_total') ?? 0))
+
+      // a pod change arriving from the API is applied and its lag measured
+      const c = {...(JSON.parse(lab.podList()) as {items: FakePod[]}).items[0]!}
+      c.metadata = {...c.metadata, name: 'late', annotations: {...c.metadata.annotations}}
+      c.status = {...c.status, podIP: '10.77.9.9', podIPs: [{ip: '10.77.9.9'}]}
+      api.add(c)
+      await eventually('the watch lag is measured', async () => (parseExposition((await get('/metrics')).text).get('merbridge_watch_lag_seconds_count') ?? 0) >= 1)
+
+      const stream = lab.openStream('a', `http://${lab.pod('b').ip}:${APP_PORT}`)
+      await stream.flowingPast(0, 'before SIGTERM')
+      watch.kill('SIGTERM')
+      const ended = await watch
+      assert.equal(ended.exitCode, 0, String(ended.stderr))
+      watch = undefined
+      await stream.flowingPast(stream.bytes, 'after SIGTERM')
+      const got = await stream.release()
+      assert.equal(got.code, 0, JSON.stringify(got))
+      await requestsPassBothSidecars(3)
+      const status = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
+      assert.equal(status.verdict, 'healthy', status.problems.join('; '))
+    } finally {
+      api.releaseLists()
+      watch?.kill('SIGKILL')
+      await watch
+      // the pod added above: back to the lab's own
+      api.delete('lab', 'late')
+    }
+  })
+
+  it('refuses --metrics-addr without --watch, and an address that is not HOST:PORT, before changing anything', async () => {
+    const without = await cli(['sync', '--metrics-addr', '127.0.0.1:9473', '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
+    assert.equal(without.code, 2)
+    assert.match(without.stderr, /--metrics-addr serves metrics while watching: add --watch/)
+    const bad = await cli(['sync', '--watch', '--metrics-addr', 'nine', '--bpffs', install.bpffs, '--kubeconfig', kubeconfig], install.env)
+    assert.equal(bad.code, 2)
+    assert.deepEqual(bad.stderr.split('\n').filter((l) => l.startsWith('Error:')), ['Error: --metrics-addr "nine" is not HOST:PORT'])
+  })
+
+  it("finds the pods through --host-proc from a container's own PID namespace, and not without it", async () => {
+    // a mount and PID namespace of its own, as a container has: its /proc shows only itself, and
+    // its /run is its own (the host's named namespaces are not there); the host's /proc is bound
+    // at another path first, as the DaemonSet mounts it at /host/proc
+    const hostProc = join(tmp, 'host', 'proc')
+    const script = join(tmp, 'in-container.sh')
+    writeFileSync(script, `set -e\nmkdir -p "${hostProc}"\nmount --rbind /proc "${hostProc}"\nmount -t proc proc /proc\n[ -d /run/netns ] && mount -t tmpfs none /run/netns\nexec "$@"\n`)
+    const inContainer = async (extra: string[]) => {
+      const r = await execa('unshare', ['--mount', '--propagation', 'private', '--pid', '--fork', 'sh', script, process.execPath, BIN, 'sync', '--json', '--bpffs', install.bpffs, '--pods-file', podsFile, ...extra], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+      assert.equal(r.exitCode, 0, r.stdout + r.stderr)
+      return parseJson<SyncOnceResult>(r.stdout)
+    }
+    const blind = await inContainer([])
+    assert.deepEqual(blind.meshed, [], 'without --host-proc the container sees no pod namespace')
+    assert.deepEqual(blind.unregistered.map((p) => p.name).sort(), ['a', 'b'])
+    const seeing = await inContainer(['--host-proc', hostProc])
+    assert.deepEqual(seeing.meshed.map((p) => p.name).sort(), ['a', 'b'])
+    // and the datapath still carries a -> b through both sidecars
+    await requestsPassBothSidecars(2)
+  })
+})
