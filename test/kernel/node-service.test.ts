@@ -1,6 +1,6 @@
 // merbridge as a node service: `sync --watch --metrics-addr` scraped over HTTP during lab traffic,
 // its readiness before and after the first sync, SIGTERM leaving the datapath attached, and
-// --host-proc finding pods from inside a container-like mount and PID namespace.
+// enable --host-proc finding pods from inside a container-like mount and PID namespace.
 import assert from 'node:assert/strict'
 import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {createServer} from 'node:net'
@@ -11,7 +11,7 @@ import {execa, type ResultPromise} from 'execa'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
-import type {SyncOnceResult} from '../../src/datapath/pods-sync.js'
+import type {EnableResult} from '../../src/commands/enable.js'
 import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
 import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
 
@@ -169,9 +169,10 @@ describe('node service', {skip, timeout: 300_000}, () => {
     const script = join(tmp, 'in-container.sh')
     writeFileSync(script, `set -e\nmkdir -p "${hostProc}"\nmount --rbind /proc "${hostProc}"\nmount -t proc proc /proc\n[ -d /run/netns ] && mount -t tmpfs none /run/netns\nexec "$@"\n`)
     const inContainer = async (extra: string[]) => {
-      const r = await execa('unshare', ['--mount', '--propagation', 'private', '--pid', '--fork', 'sh', script, process.execPath, BIN, 'sync', '--json', '--bpffs', install.bpffs, '--pods-file', podsFile, ...extra], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+      // the DaemonSet's entrypoint, enable (here with a pods file instead of the API)
+      const r = await execa('unshare', ['--mount', '--propagation', 'private', '--pid', '--fork', 'sh', script, process.execPath, BIN, 'enable', '--json', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile, ...extra], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
       assert.equal(r.exitCode, 0, r.stdout + r.stderr)
-      return parseJson<SyncOnceResult>(r.stdout)
+      return parseJson<EnableResult>(r.stdout).pods
     }
     const blind = await inContainer([])
     assert.deepEqual(blind.meshed, [], 'without --host-proc the container sees no pod namespace')
