@@ -27,5 +27,6 @@ export function runDir(): string {
  * process is still read through /proc/self.
  */
 export function hostProc(): string {
-  return process.env.MERBRIDGE_HOST_PROC || '/proc'
+  const dir = process.env.MERBRIDGE_HOST_PROC
+  return dir === undefined || dir === '' ? '/proc' : dir
 }
