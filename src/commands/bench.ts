@@ -10,7 +10,7 @@ const SCENARIO_NAMES = Object.keys(SCENARIOS) as Scenario[]
 
 export default class BenchCommand extends BaseCommand {
   static override summary = 'Measure merbridge against iptables interception on this machine'
-  static override description = `Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and measures each scenario in three modes, switched within every round: direct (no interception), iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is checked to do what it says before it is measured. Figures are medians over rounds; ratios are medians of each round's ebpf/iptables ratio. Scenarios: ${SCENARIO_NAMES.join(', ')}.`
+  static override description = `Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and measures each scenario in three modes, switched within every round: direct (no interception), iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is checked to do what it says before it is measured. Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio, with the lowest and highest round. A round in which other processes took more than 10% of the machine is left out and named; fewer than 2 quiet rounds make a scenario unreliable, and a target is judged only over 5 or more. Every shape of --sidecar-threads gets its own lab and report. Scenarios: ${SCENARIO_NAMES.join(', ')}.`
 
   static override examples = [
     {command: '<%= config.bin %> bench', description: 'Three rounds of 10 s per mode and scenario'},
@@ -21,6 +21,7 @@ export default class BenchCommand extends BaseCommand {
     rounds: Flags.integer({description: 'rounds; every round runs every mode once', default: 3, min: 1}),
     duration: Flags.integer({description: 'seconds per mode and scenario', default: 10, min: 1}),
     scenarios: Flags.string({description: `comma-separated: ${SCENARIO_NAMES.join(', ')}`, default: SCENARIO_NAMES.join(',')}),
+    'sidecar-threads': Flags.string({description: "comma-separated worker thread counts of the sidecars, one lab each (a user's Envoy runs 2 by default)", default: '1,2'}),
     markdown: Flags.boolean({description: 'print the result as Markdown tables'}),
   }
 
@@ -29,39 +30,49 @@ export default class BenchCommand extends BaseCommand {
     const scenarios = flags.scenarios.split(',').map((s) => s.trim()).filter(Boolean)
     const unknown = scenarios.filter((s) => !SCENARIO_NAMES.includes(s as Scenario))
     if (unknown.length > 0) this.error(`unknown scenario ${unknown.join(', ')} (known: ${SCENARIO_NAMES.join(', ')})`, {exit: 2})
+    const shapes = flags['sidecar-threads'].split(',').map((t) => t.trim())
+    if (shapes.length === 0 || shapes.some((t) => !/^[1-9]\d{0,2}$/.test(t))) this.error(`--sidecar-threads ${flags['sidecar-threads']}: give thread counts such as 1,2`, {exit: 2})
     requirePrivileges('bench')
 
-    const bench = new Bench()
     const samples: Sample[] = []
+    let bench: Bench | undefined
     let stopping = false
     const onSignal = () => {
       if (stopping) return // a second Ctrl-C while tearing down
       stopping = true
-      void bench.teardown().finally(() => process.exit(130))
+      void (bench?.teardown() ?? Promise.resolve()).finally(() => process.exit(130))
     }
     // `on`, not `once`: still registered when execa's signal-exit handler runs, so it does not
     // re-raise the signal and end the process before the clean-up
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
-    const steps: {title: string; run: () => Promise<void>}[] = [{title: 'Build the lab (client: wrk, server: nginx, haproxy sidecars)', run: () => bench.setup()}]
-    for (let round = 1; round <= flags.rounds; round++) {
-      // rotate the order of modes so that drift on a shared machine does not favour one
-      const order: Mode[] = MODES.map((_, i) => MODES[(i + round - 1) % MODES.length] ?? 'direct')
-      for (const mode of order) {
-        steps.push({
-          title: `Round ${round}/${flags.rounds}: ${mode}`,
-          run: async () => {
-            await bench.setMode(mode)
-            await bench.verifyMode(mode)
-            for (const s of scenarios as Scenario[]) samples.push(await bench.measure(round, mode, s, flags.duration))
-          },
-        })
-      }
-    }
     try {
-      await runWithProgress(steps, undefined, {silent: this.jsonEnabled()})
+      // one lab per sidecar shape, each measured in full
+      for (const threads of shapes.map(Number)) {
+        const current = new Bench(threads)
+        bench = current
+        const steps: {title: string; run: () => Promise<void>}[] = [{title: `Build the lab (client: wrk, server: nginx, haproxy sidecars with ${threads} thread(s))`, run: () => current.setup()}]
+        for (let round = 1; round <= flags.rounds; round++) {
+          // rotate the order of modes so that drift on a shared machine does not favour one
+          const order: Mode[] = MODES.map((_, i) => MODES[(i + round - 1) % MODES.length] ?? 'direct')
+          for (const mode of order) {
+            steps.push({
+              title: `${threads} thread(s), round ${round}/${flags.rounds}: ${mode}`,
+              run: async () => {
+                await current.setMode(mode)
+                await current.verifyMode(mode)
+                for (const s of scenarios as Scenario[]) samples.push(await current.measure(round, mode, s, flags.duration))
+              },
+            })
+          }
+        }
+        try {
+          await runWithProgress(steps, undefined, {silent: this.jsonEnabled()})
+        } finally {
+          await current.teardown()
+        }
+      }
     } finally {
-      await bench.teardown()
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)
     }
@@ -70,7 +81,7 @@ export default class BenchCommand extends BaseCommand {
       durationSec: flags.duration,
       machine: {kernel: release(), cpus: cpus().length, node: hostname()},
       samples,
-      summary: summarize(samples, scenarios as Scenario[]),
+      shapes: shapes.map(Number).map((threads) => ({sidecarThreads: threads, summary: summarize(samples.filter((x) => x.sidecarThreads === threads), scenarios as Scenario[])})),
     }
     this.log('')
     this.log(flags.markdown ? renderBenchMarkdown(report) : renderBench(report))

@@ -67,7 +67,7 @@ function renderClaims(f: DemoFacts): string {
   if (f.failure) lines.push(`${mark.fail} ${f.failure.step}: ${f.failure.message}`)
   if (f.bench) {
     const r = f.bench.ratios
-    lines.push(`${mark.info} with keep-alive connections merbridge served x${r.requestsPerSec.toFixed(2)} the requests per second of Istio's iptables rules, at x${r.p99.toFixed(2)} their p99 latency (one short round on this machine: merbridge bench gives figures with their spread)`)
+    lines.push(`${mark.info} with keep-alive connections merbridge served x${r.requestsPerSec.median.toFixed(2)} the requests per second of Istio's iptables rules, at x${r.p99.median.toFixed(2)} their p99 latency (one short round on this machine: merbridge bench gives figures with their spread)`)
   } else if (f.benchSkipped) lines.push(`${mark.skip} the short bench did not run: ${f.benchSkipped}`)
   return lines.join('\n')
 }

@@ -5,6 +5,7 @@
  * measured.
  */
 import {readFileSync, writeFileSync} from 'node:fs'
+import {cpus} from 'node:os'
 import {join} from 'node:path'
 import {randomBytes} from 'node:crypto'
 import {disable} from '../datapath/disable.js'
@@ -32,16 +33,54 @@ export interface Sample extends WrkResult {
   round: number
   mode: Mode
   scenario: Scenario
+  /** worker threads of each sidecar */
+  sidecarThreads: number
   /** CPU time of all the lab's processes (wrk, sidecars, nginx) per request, microseconds */
   cpuPerRequestUs: number
+  /** CPU other processes used while this was measured, as a share of the machine (kernel interrupt work left out) */
+  otherCpuPct: number
+}
+
+/** A round with other CPU use above this share of the machine is left out of the ratios. */
+export const QUIET_OTHER_CPU_PCT = 10
+/** A ratio counts as meeting its target only as the median of at least this many quiet rounds. */
+export const ROUNDS_FOR_TARGETS = 5
+
+/** A median of per-round ebpf/iptables ratios, with the lowest and highest round. */
+export interface Ratio {
+  median: number
+  low: number
+  high: number
+}
+
+export type RatioName = 'requestsPerSec' | 'p50' | 'p99' | 'addedCpu'
+
+/** What the project aims for, per scenario (ebpf/iptables). */
+export const TARGETS: Partial<Record<Scenario, Partial<Record<RatioName, {atLeast?: number; atMost?: number}>>>> = {
+  keepalive: {requestsPerSec: {atLeast: 1.7}, p99: {atMost: 0.6}},
+  'one-connection': {p50: {atMost: 0.75}},
+  'new-connection': {requestsPerSec: {atLeast: 1.2}, addedCpu: {atMost: 0.45}},
 }
 
 export interface ScenarioSummary {
   scenario: Scenario
   title: string
   modes: Record<Mode, {requestsPerSec: number; p50: number; p90: number; p99: number; cpuPerRequestUs: number; errors: number}>
-  /** medians over rounds of each round's ebpf/iptables ratio */
-  ratios: {requestsPerSec: number; p50: number; p99: number; addedCpu: number}
+  /** rounds whose samples all had other CPU use at or under QUIET_OTHER_CPU_PCT */
+  quietRounds: number[]
+  /** rounds left out, with the highest other CPU use seen in them */
+  leftOut: {round: number; otherCpuPct: number}[]
+  /** fewer than 2 quiet rounds: the ratios say little */
+  reliable: boolean
+  /** medians over quiet rounds of each round's ebpf/iptables ratio, with their spread */
+  ratios: Record<RatioName, Ratio>
+  /** each target of this scenario: met, missed, or not judged (fewer than ROUNDS_FOR_TARGETS quiet rounds) */
+  targets: {ratio: RatioName; target: string; verdict: 'met' | 'missed' | 'not judged'}[]
+}
+
+export interface ShapeReport {
+  sidecarThreads: number
+  summary: ScenarioSummary[]
 }
 
 export interface BenchReport {
@@ -49,7 +88,7 @@ export interface BenchReport {
   durationSec: number
   machine: {kernel: string; cpus: number; node: string}
   samples: Sample[]
-  summary: ScenarioSummary[]
+  shapes: ShapeReport[]
 }
 
 const SERVER_PORT = APP_PORT
@@ -84,6 +123,9 @@ export class Bench {
   readonly inst = new Installation(`/sys/fs/bpf/merbridge-bench-${randomBytes(3).toString('hex')}`)
   private podsFile = ''
 
+  /** `sidecarThreads`: each sidecar's worker threads (haproxy's nbthread) */
+  constructor(readonly sidecarThreads = 1) {}
+
   async setup(): Promise<void> {
     requireTools(['haproxy', 'nginx', 'wrk', 'iptables-restore', 'ip', 'ss'], 'the bench', 'bash scripts/setup.sh installs them (apt-get install haproxy nginx wrk iptables iproute2)')
     await this.lab.create([{name: 'client', meshed: true}, {name: 'server', meshed: true}])
@@ -91,7 +133,7 @@ export class Bench {
       // without reuse, a connection per request measures TIME_WAIT port search, not the datapath
       await run('ip', ['netns', 'exec', this.lab.pod(p).netns, 'sysctl', '-q', '-w', 'net.ipv4.tcp_tw_reuse=1'])
       await run('ip', ['netns', 'exec', this.lab.pod(p).netns, 'sysctl', '-q', '-w', 'net.ipv4.ip_local_port_range=1024 65000'])
-      await this.lab.startSidecar(p)
+      await this.lab.startSidecar(p, {threads: this.sidecarThreads})
     }
     const cfg = join(this.lab.tmp, 'nginx.conf')
     writeFileSync(cfg, nginxConfig(this.lab.tmp))
@@ -146,11 +188,13 @@ export class Bench {
   }
 
   async measure(round: number, mode: Mode, scenario: Scenario, durationSec: number): Promise<Sample> {
-    const cpu0 = this.cpuUsageUs()
+    const [cpu0, busy0, t0] = [this.cpuUsageUs(), machineBusyUs(), performance.now()]
     const r = await this.lab.exec('client', 'wrk', [...SCENARIOS[scenario].args, `-d${durationSec}s`, '--latency', this.url], {timeoutMs: (durationSec + 30) * 1000})
     const cpu = this.cpuUsageUs() - cpu0
+    const wallUs = (performance.now() - t0) * 1000
+    const otherUs = Math.max(0, machineBusyUs() - busy0 - cpu)
     const res = parseWrk(r.stdout)
-    return {...res, round, mode, scenario, cpuPerRequestUs: res.requests > 0 ? cpu / res.requests : Number.NaN}
+    return {...res, round, mode, scenario, sidecarThreads: this.sidecarThreads, cpuPerRequestUs: res.requests > 0 ? cpu / res.requests : Number.NaN, otherCpuPct: (100 * otherUs) / (wallUs * cpus().length)}
   }
 
   async teardown(): Promise<void> {
@@ -162,33 +206,63 @@ export class Bench {
   }
 }
 
-export function summarize(samples: Sample[], scenarios: Scenario[]): ScenarioSummary[] {
+/**
+ * User, nice and system time of every CPU since boot (/proc/stat), in microseconds. Interrupt and
+ * softirq time are left out: the lab's own packets are processed there, and the lab's cgroup is
+ * not charged for them.
+ */
+export function machineBusyUs(stat = readFileSync('/proc/stat', 'utf8')): number {
+  const fields = (/^cpu\s+(.*)$/m.exec(stat)?.[1] ?? '').trim().split(/\s+/).map(Number)
+  const [user = 0, nice = 0, system = 0] = fields
+  return ((user + nice + system) * 1e6) / CLOCK_TICKS
+}
+const CLOCK_TICKS = 100 // USER_HZ on Linux
+
+/** Ratios, quiet rounds and targets per scenario, for the samples of one sidecar shape. */
+export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quietOtherCpuPct?: number} = {}): ScenarioSummary[] {
+  const quietPct = opts.quietOtherCpuPct ?? QUIET_OTHER_CPU_PCT
   return scenarios.map((scenario) => {
     const of = (mode: Mode) => samples.filter((s) => s.scenario === scenario && s.mode === mode)
     const med = (mode: Mode, k: keyof WrkResult | 'cpuPerRequestUs') => median(of(mode).map((s) => s[k]))
     const modes = Object.fromEntries(
       MODES.map((m) => [m, {requestsPerSec: med(m, 'requestsPerSec'), p50: med(m, 'p50'), p90: med(m, 'p90'), p99: med(m, 'p99'), cpuPerRequestUs: med(m, 'cpuPerRequestUs'), errors: of(m).reduce((a, s) => a + s.errors, 0)}]),
     ) as ScenarioSummary['modes']
-    const rounds = [...new Set(samples.map((s) => s.round))]
-    const perRound = (f: (e: Sample, i: Sample, d: Sample) => number) =>
-      median(
-        rounds.map((r) => {
+    const rounds = [...new Set(samples.map((s) => s.round))].sort((a, b) => a - b)
+    const busiest = (r: number) => Math.max(...samples.filter((s) => s.round === r && s.scenario === scenario).map((s) => s.otherCpuPct))
+    const quietRounds = rounds.filter((r) => busiest(r) <= quietPct)
+    const perRound = (f: (e: Sample, i: Sample, d: Sample) => number): Ratio => {
+      const values = quietRounds
+        .map((r) => {
           const pick = (m: Mode) => samples.find((s) => s.round === r && s.scenario === scenario && s.mode === m)
           const [e, i, d] = [pick('ebpf'), pick('iptables'), pick('direct')]
           return e && i && d ? f(e, i, d) : Number.NaN
-        }),
-      )
+        })
+        .filter(Number.isFinite)
+      return values.length ? {median: median(values), low: Math.min(...values), high: Math.max(...values)} : {median: Number.NaN, low: Number.NaN, high: Number.NaN}
+    }
+    const ratios: Record<RatioName, Ratio> = {
+      requestsPerSec: perRound((e, i) => e.requestsPerSec / i.requestsPerSec),
+      p50: perRound((e, i) => e.p50 / i.p50),
+      p99: perRound((e, i) => e.p99 / i.p99),
+      // CPU added over direct, ebpf against iptables
+      addedCpu: perRound((e, i, d) => (e.cpuPerRequestUs - d.cpuPerRequestUs) / (i.cpuPerRequestUs - d.cpuPerRequestUs)),
+    }
+    const targets = Object.entries(TARGETS[scenario] ?? {}).map(([name, t]) => {
+      const ratio = name as RatioName
+      const value = ratios[ratio].median
+      const ok = t.atLeast !== undefined ? value >= t.atLeast : value <= (t.atMost ?? Number.POSITIVE_INFINITY)
+      const verdict: 'met' | 'missed' | 'not judged' = quietRounds.length < ROUNDS_FOR_TARGETS || !Number.isFinite(value) ? 'not judged' : ok ? 'met' : 'missed'
+      return {ratio, target: t.atLeast !== undefined ? `>= ${t.atLeast}` : `<= ${t.atMost}`, verdict}
+    })
     return {
       scenario,
       title: SCENARIOS[scenario].title,
       modes,
-      ratios: {
-        requestsPerSec: perRound((e, i) => e.requestsPerSec / i.requestsPerSec),
-        p50: perRound((e, i) => e.p50 / i.p50),
-        p99: perRound((e, i) => e.p99 / i.p99),
-        // CPU added over direct, ebpf against iptables
-        addedCpu: perRound((e, i, d) => (e.cpuPerRequestUs - d.cpuPerRequestUs) / (i.cpuPerRequestUs - d.cpuPerRequestUs)),
-      },
+      quietRounds,
+      leftOut: rounds.filter((r) => !quietRounds.includes(r)).map((r) => ({round: r, otherCpuPct: busiest(r)})),
+      reliable: quietRounds.length >= 2,
+      ratios,
+      targets,
     }
   })
 }

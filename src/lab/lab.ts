@@ -257,10 +257,11 @@ export class Lab {
     }
   }
 
-  async startSidecar(podName: string): Promise<LabProcess> {
+  /** The pod's sidecar; `threads` sets its worker threads (a user's Envoy runs 2 by default). */
+  async startSidecar(podName: string, opts: {threads?: number} = {}): Promise<LabProcess> {
     const cfg = join(this.tmp, `haproxy-${podName}.cfg`)
     const proxy = this.pod(podName).proxy
-    writeFileSync(cfg, haproxyConfig(this.mesh, {uid: proxy?.uid, gid: proxy?.gid, statsSocket: this.statsSocket(podName)}))
+    writeFileSync(cfg, haproxyConfig(this.mesh, {uid: proxy?.uid, gid: proxy?.gid, statsSocket: this.statsSocket(podName), threads: opts.threads}))
     const p = this.spawn(podName, `sidecar in ${podName}`, 'haproxy', ['-db', '-f', cfg])
     await this.waitListening(podName, this.mesh.outboundPort)
     await this.waitListening(podName, this.mesh.inboundPort)

@@ -1,5 +1,4 @@
-import type {BenchReport, ScenarioSummary} from '../lab/bench.js'
-import {MODES} from '../lab/bench.js'
+import {type BenchReport, MODES, QUIET_OTHER_CPU_PCT, type Ratio, ROUNDS_FOR_TARGETS, type ScenarioSummary, type ShapeReport} from '../lab/bench.js'
 import {renderTable} from './table.js'
 import {c} from './theme.js'
 
@@ -16,26 +15,44 @@ function rows(s: ScenarioSummary): string[][] {
 
 const HEAD = ['mode', 'requests/s', 'p50 µs', 'p90 µs', 'p99 µs', 'CPU µs/req', 'errors']
 
-function ratioLine(s: ScenarioSummary): string {
-  return `ebpf/iptables (median of per-round ratios): requests/s ${x2(s.ratios.requestsPerSec)}, p50 ${x2(s.ratios.p50)}, p99 ${x2(s.ratios.p99)}, CPU added over direct ${x2(s.ratios.addedCpu)}`
+/** x1.71 (x1.24-x1.78): the median of per-round ratios and the lowest and highest round. */
+const ratio = (r: Ratio) => (Number.isFinite(r.median) ? `${x2(r.median)} (${x2(r.low)}-${x2(r.high)})` : '-')
+
+function ratioLines(s: ScenarioSummary): string[] {
+  const lines = [
+    `ebpf/iptables, median of ${s.quietRounds.length} quiet round(s) (lowest-highest round): requests/s ${ratio(s.ratios.requestsPerSec)}, p50 ${ratio(s.ratios.p50)}, p99 ${ratio(s.ratios.p99)}, CPU added over direct ${ratio(s.ratios.addedCpu)}`,
+  ]
+  if (s.leftOut.length > 0) lines.push(`left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}%`)
+  if (!s.reliable) lines.push(`not reliable: fewer than 2 quiet rounds`)
+  const judged = s.targets.map((t) => `${t.ratio} ${t.target}: ${t.verdict}`)
+  if (judged.length > 0) lines.push(`targets (${ROUNDS_FOR_TARGETS}+ quiet rounds to judge): ${judged.join(', ')}`)
+  return lines
 }
 
 export function renderBenchSummary(s: ScenarioSummary): string {
-  return [c.bold(s.title), renderTable(HEAD, rows(s)), ratioLine(s)].join('\n')
+  return [c.bold(s.title), renderTable(HEAD, rows(s)), ...ratioLines(s)].join('\n')
 }
+
+const shapeTitle = (shape: ShapeReport) => `sidecars with ${shape.sidecarThreads} thread${shape.sidecarThreads === 1 ? '' : 's'}`
 
 export function renderBench(r: BenchReport): string {
   const out = [c.bold(`merbridge bench: ${r.rounds} round(s) of ${r.durationSec} s per mode and scenario, Linux ${r.machine.kernel}, ${r.machine.cpus} CPUs`)]
-  for (const s of r.summary) out.push('', renderBenchSummary(s))
+  for (const shape of r.shapes) {
+    out.push('', c.bold(c.cyan(shapeTitle(shape))))
+    for (const s of shape.summary) out.push('', renderBenchSummary(s))
+  }
   return out.join('\n')
 }
 
 export function renderBenchMarkdown(r: BenchReport): string {
   const out = [`Rounds: ${r.rounds}, ${r.durationSec} s per mode and scenario; Linux ${r.machine.kernel}, ${r.machine.cpus} CPUs. Medians over rounds.`]
-  for (const s of r.summary) {
-    out.push('', `### ${s.title}`, '', `| ${HEAD.join(' | ')} |`, `|${HEAD.map(() => '---').join('|')}|`)
-    for (const row of rows(s)) out.push(`| ${row.join(' | ')} |`)
-    out.push('', ratioLine(s))
+  for (const shape of r.shapes) {
+    out.push('', `## ${shapeTitle(shape)}`)
+    for (const s of shape.summary) {
+      out.push('', `### ${s.title}`, '', `| ${HEAD.join(' | ')} |`, `|${HEAD.map(() => '---').join('|')}|`)
+      for (const row of rows(s)) out.push(`| ${row.join(' | ')} |`)
+      out.push('', ...ratioLines(s).map((l) => `${l}  `))
+    }
   }
   return out.join('\n')
 }

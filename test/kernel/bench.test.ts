@@ -14,26 +14,43 @@ describe('merbridge bench', {skip, timeout: 180_000}, () => {
     const r = await cli(['bench', '--rounds', '1', '--duration', '1', '--json'])
     assert.equal(r.code, 0, r.stderr.slice(-2000))
     const report = parseJson<BenchReport>(r.stdout)
-    assert.equal(report.summary.length, Object.keys(SCENARIOS).length)
-    for (const s of report.summary) {
-      for (const m of MODES) {
-        assert.ok(s.modes[m].requestsPerSec > 0, `${s.scenario} ${m}`)
-        assert.ok(s.modes[m].p99 > 0)
-        assert.ok(s.modes[m].cpuPerRequestUs > 0)
-        assert.equal(s.modes[m].errors, 0, `${s.scenario} ${m} errors`)
+    assert.deepEqual(report.shapes.map((s) => s.sidecarThreads), [1, 2], 'both sidecar shapes by default')
+    for (const shape of report.shapes) {
+      assert.equal(shape.summary.length, Object.keys(SCENARIOS).length)
+      for (const s of shape.summary) {
+        for (const m of MODES) {
+          assert.ok(s.modes[m].requestsPerSec > 0, `${shape.sidecarThreads} ${s.scenario} ${m}`)
+          assert.ok(s.modes[m].p99 > 0)
+          assert.ok(s.modes[m].cpuPerRequestUs > 0)
+          assert.equal(s.modes[m].errors, 0, `${s.scenario} ${m} errors`)
+        }
+        // the one round is either quiet, and gives ratios, or left out with the CPU others took
+        if (s.quietRounds.length === 1) assert.ok(Number.isFinite(s.ratios.requestsPerSec.median) && s.ratios.requestsPerSec.low === s.ratios.requestsPerSec.high)
+        else assert.ok(s.leftOut.length === 1 && s.leftOut[0]!.otherCpuPct > 10, JSON.stringify(s.leftOut))
+        assert.equal(s.reliable, false, 'one round is never reliable')
+        assert.ok(s.targets.length > 0 && s.targets.every((t) => t.verdict === 'not judged'), JSON.stringify(s.targets))
       }
-      assert.ok(Number.isFinite(s.ratios.requestsPerSec) && Number.isFinite(s.ratios.p99))
     }
-    assert.equal(report.samples.length, 9)
+    assert.equal(report.samples.length, 2 * 9)
+    for (const x of report.samples) assert.ok(x.otherCpuPct >= 0 && x.otherCpuPct <= 100, `other CPU ${x.otherCpuPct}`)
     assert.equal((await execa('ip', ['netns', 'list'])).stdout, netns)
     assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
   })
 
   it('prints Markdown tables on request', async () => {
-    const r = await cli(['bench', '--rounds', '1', '--duration', '1', '--scenarios', 'keepalive', '--markdown'])
+    const r = await cli(['bench', '--rounds', '1', '--duration', '1', '--scenarios', 'keepalive', '--sidecar-threads', '2', '--markdown'])
     assert.equal(r.code, 0, r.stderr.slice(-2000))
     assert.match(r.stdout, /\| mode \| requests\/s \| p50 µs \| p90 µs \| p99 µs \| CPU µs\/req \| errors \|/)
     assert.match(r.stdout, /\| ebpf \| [\d,]+ \|/)
+    assert.match(r.stdout, /^## sidecars with 2 threads$/m)
+    assert.doesNotMatch(r.stdout, /sidecars with 1 thread/)
+    assert.match(r.stdout, /not reliable: fewer than 2 quiet rounds/)
+  })
+
+  it('rejects thread counts that are not numbers, in one line', async () => {
+    const r = await cli(['bench', '--sidecar-threads', '1,two'])
+    assert.equal(r.code, 2)
+    assert.match(r.stderr, /--sidecar-threads 1,two: give thread counts such as 1,2/)
   })
 
   it('rejects an unknown scenario in one line', async () => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
-import {summarize, type Sample} from '../../src/lab/bench.js'
+import {machineBusyUs, summarize, type Sample} from '../../src/lab/bench.js'
 import {median, parseWrk} from '../../src/lab/wrk.js'
 
 const REPORT = `Running 2s test @ http://10.77.0.3:8080/
@@ -38,15 +38,44 @@ describe('wrk report', () => {
 })
 
 describe('bench summary', () => {
-  it('reports medians per mode and medians of per-round ratios', () => {
-    const s = (round: number, mode: Sample['mode'], rps: number, cpu: number): Sample => ({round, mode, scenario: 'keepalive', requests: rps, requestsPerSec: rps, p50: 1e6 / rps, p90: 0, p99: 2e6 / rps, errors: 0, cpuPerRequestUs: cpu})
-    const samples = [s(1, 'direct', 100, 10), s(1, 'iptables', 40, 40), s(1, 'ebpf', 80, 20), s(2, 'direct', 100, 10), s(2, 'iptables', 50, 50), s(2, 'ebpf', 50, 30), s(3, 'direct', 90, 10), s(3, 'iptables', 40, 30), s(3, 'ebpf', 60, 20)]
-    const [k] = summarize(samples, ['keepalive'])
+  const s = (round: number, mode: Sample['mode'], rps: number, cpu: number, otherCpuPct = 1): Sample => ({round, mode, scenario: 'keepalive', sidecarThreads: 1, requests: rps, requestsPerSec: rps, p50: 1e6 / rps, p90: 0, p99: 2e6 / rps, errors: 0, cpuPerRequestUs: cpu, otherCpuPct})
+  const three = [s(1, 'direct', 100, 10), s(1, 'iptables', 40, 40), s(1, 'ebpf', 80, 20), s(2, 'direct', 100, 10), s(2, 'iptables', 50, 50), s(2, 'ebpf', 50, 30), s(3, 'direct', 90, 10), s(3, 'iptables', 40, 30), s(3, 'ebpf', 60, 20)]
+
+  it('reports medians per mode and medians of per-round ratios, with their spread', () => {
+    const [k] = summarize(three, ['keepalive'])
     assert.equal(k!.modes.ebpf.requestsPerSec, 60)
     assert.equal(k!.modes.iptables.requestsPerSec, 40)
-    // per-round ratios 2, 1, 1.5 -> median 1.5 (the ratio of medians would be 1.5 too; CPU shows the difference)
-    assert.equal(k!.ratios.requestsPerSec, 1.5)
+    // per-round ratios 2, 1, 1.5 -> median 1.5, spread 1-2
+    assert.deepEqual(k!.ratios.requestsPerSec, {median: 1.5, low: 1, high: 2})
     // added CPU per round: (20-10)/(40-10)=0.333, (30-10)/(50-10)=0.5, (20-10)/(30-10)=0.5 -> 0.5
-    assert.equal(k!.ratios.addedCpu, 0.5)
+    assert.equal(k!.ratios.addedCpu.median, 0.5)
+    assert.deepEqual(k!.quietRounds, [1, 2, 3])
+    assert.equal(k!.reliable, true)
+    // three quiet rounds are too few to judge a target
+    assert.deepEqual(k!.targets.map((t) => t.verdict), ['not judged', 'not judged'])
+  })
+
+  it('leaves out rounds where other processes were busy, and says when too few are left', () => {
+    const busy = three.map((x) => (x.round === 1 && x.mode === 'iptables' ? {...x, otherCpuPct: 35} : x.round === 2 ? {...x, otherCpuPct: 12} : x))
+    const [k] = summarize(busy, ['keepalive'])
+    assert.deepEqual(k!.quietRounds, [3])
+    assert.deepEqual(k!.leftOut, [{round: 1, otherCpuPct: 35}, {round: 2, otherCpuPct: 12}])
+    assert.deepEqual(k!.ratios.requestsPerSec, {median: 1.5, low: 1.5, high: 1.5}, 'round 3 alone')
+    assert.equal(k!.reliable, false)
+  })
+
+  it('judges a target over five quiet rounds: met only when the median meets it', () => {
+    const rounds = [1, 2, 3, 4, 5].flatMap((r) => [s(r, 'direct', 100, 10), s(r, 'iptables', 40, 40), s(r, 'ebpf', r === 5 ? 60 : 80, 20)])
+    const [k] = summarize(rounds, ['keepalive'])
+    const verdict = Object.fromEntries(k!.targets.map((t) => [t.ratio, t.verdict]))
+    // requests/s ratio 2 in four rounds of five (median 2 >= 1.7); p99 ratio 0.5 (<= 0.6)
+    assert.deepEqual(verdict, {requestsPerSec: 'met', p99: 'met'})
+    const slow = rounds.map((x) => (x.mode === 'ebpf' ? {...x, requestsPerSec: 60, p99: 2e6 / 60} : x))
+    assert.deepEqual(Object.fromEntries(summarize(slow, ['keepalive'])[0]!.targets.map((t) => [t.ratio, t.verdict])), {requestsPerSec: 'missed', p99: 'missed'})
+  })
+
+  it("reads the machine's busy time from /proc/stat, leaving interrupt work out", () => {
+    // user nice system idle iowait irq softirq: ticks of 1/100 s
+    assert.equal(machineBusyUs('cpu  100 20 30 5000 7 11 13 0 0 0\ncpu0 50 10 15 2500 3 5 6 0 0 0\n'), 1.5e6)
   })
 })
