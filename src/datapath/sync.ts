@@ -69,6 +69,62 @@ async function readView(inst: Installation): Promise<PodMapsView> {
   return {rules, netns}
 }
 
+/** One meshed pod as the node found it: its namespace (if found), that namespace's cookie, its encoded rules. */
+export interface FoundPod {
+  pod: MeshedPod
+  nsPath?: string
+  cookie?: bigint
+  rules: Buffer
+}
+
+/** What a sync must write and remove to make the two pod maps match the pods, without I/O. */
+export interface SyncPlan {
+  view: PodMapsView
+  ruleWrites: [ip: string, rules: Buffer][]
+  netnsWrites: [cookie: bigint, podIps: Buffer][]
+  ruleDeletes: string[]
+  netnsDeletes: bigint[]
+  meshed: PodRecord[]
+  unregistered: PodRecord[]
+  registeredPaths: string[]
+  /** namespaces that get inbound capture: the newly registered ones, or all without a known view */
+  attach: {path: string; id: string}[]
+}
+
+/**
+ * Plan a sync: every meshed pod's addresses keep its rules (a pod not found on the node is still
+ * captured as a destination: fail closed), a found pod's namespace is registered under its
+ * cookie, and entries of pods that are gone are removed. Only what differs from `current` is
+ * written; `known` says `current` is what this process's last sync left.
+ */
+export function planSync(found: FoundPod[], current: PodMapsView, known: boolean): SyncPlan {
+  const plan: SyncPlan = {view: {rules: new Map(), netns: new Map()}, ruleWrites: [], netnsWrites: [], ruleDeletes: [], netnsDeletes: [], meshed: [], unregistered: [], registeredPaths: [], attach: []}
+  for (const {pod, nsPath, cookie, rules} of found) {
+    // a dual-stack pod's two addresses share its rules
+    for (const ip of [pod.ip, ...(pod.ip6 ? [pod.ip6] : [])]) {
+      plan.view.rules.set(ip, rules.toString('hex'))
+      if (current.rules.get(ip) !== plan.view.rules.get(ip)) plan.ruleWrites.push([ip, rules])
+    }
+    const record: PodRecord = {namespace: pod.namespace, name: pod.name, ip: pod.ip, ...(pod.ip6 ? {ip6: pod.ip6} : {})}
+    if (cookie === undefined) {
+      plan.unregistered.push(record)
+      continue
+    }
+    const id = encodePodId({ip: pod.ip, ip6: pod.ip6})
+    plan.view.netns.set(cookie, id.toString('hex'))
+    const changed = current.netns.get(cookie) !== plan.view.netns.get(cookie)
+    if (changed) plan.netnsWrites.push([cookie, id])
+    plan.meshed.push({...record, netns: cookie.toString()})
+    if (nsPath) {
+      plan.registeredPaths.push(nsPath)
+      if (!known || changed) plan.attach.push({path: nsPath, id: `${pod.namespace}/${pod.name}`})
+    }
+  }
+  for (const ip of current.rules.keys()) if (!plan.view.rules.has(ip)) plan.ruleDeletes.push(ip)
+  for (const cookie of current.netns.keys()) if (!plan.view.netns.has(cookie)) plan.netnsDeletes.push(cookie)
+  return plan
+}
+
 /**
  * Make local_pod_ips and netns_pod_ips match the selected pods, writing only what changed, in
  * one bpftool process. Pod identity is registered by finding each pod's network namespace on the
@@ -78,51 +134,38 @@ async function readView(inst: Installation): Promise<PodMapsView> {
 export async function syncPods(inst: Installation, objects: Helpers, selection: PodSelection, opts: {known?: PodMapsView; attachInbound: boolean}): Promise<SyncResult> {
   checkCapacity(selection)
   const byIp = namespacesByIp(await listNetnsCandidates())
-  const found = selection.meshed.map((pod) => ({pod, ns: byIp.get(normalIp(pod.ip))}))
-  const cookies = await netnsCookies(objects.netnsCookie, found.flatMap((f) => (f.ns ? [f.ns.path] : [])))
+  const located = selection.meshed.map((pod) => ({pod, ns: byIp.get(normalIp(pod.ip))}))
+  const cookies = await netnsCookies(objects.netnsCookie, located.flatMap((f) => (f.ns ? [f.ns.path] : [])))
   const current = opts.known ?? (await readView(inst))
-
-  const view: PodMapsView = {rules: new Map(), netns: new Map()}
-  const result: SyncResult = {meshed: [], unregistered: [], written: 0, deleted: 0, view, registeredPaths: [], nodeWarnings: []}
-  // pods registered by this sync get inbound capture; without a view of the last sync, all do
-  const attach: {path: string; id: string}[] = []
-  const updates: string[] = []
-  for (const {pod, ns} of found) {
-    const {rules: podRules, warning} = podRulesWithDns(pod, ns)
-    if (warning) result.nodeWarnings.push(warning)
+  const nodeWarnings: string[] = []
+  const found: FoundPod[] = located.map(({pod, ns}) => {
+    const {rules, warning} = podRulesWithDns(pod, ns)
+    if (warning) nodeWarnings.push(warning)
     const cookie = ns ? cookies.get(ns.path) : undefined
     // with its namespace: only that namespace's sockets may key connections on the pod's addresses
-    const rules = encodePodRules({...podRules, ...(cookie === undefined ? {} : {netns: cookie})})
-    // a dual-stack pod's two addresses share its rules
-    for (const ip of [pod.ip, ...(pod.ip6 ? [pod.ip6] : [])]) {
-      view.rules.set(ip, rules.toString('hex'))
-      if (current.rules.get(ip) !== view.rules.get(ip)) updates.push(bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(ip), rules))
-    }
-    const record: PodRecord = {namespace: pod.namespace, name: pod.name, ip: pod.ip, ...(pod.ip6 ? {ip6: pod.ip6} : {})}
-    if (cookie === undefined) {
-      result.unregistered.push(record)
-      continue
-    }
-    const id = encodePodId({ip: pod.ip, ip6: pod.ip6})
-    view.netns.set(cookie, id.toString('hex'))
-    const changed = current.netns.get(cookie) !== view.netns.get(cookie)
-    if (changed) updates.push(bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), id))
-    result.meshed.push({...record, netns: cookie.toString()})
-    if (ns) {
-      result.registeredPaths.push(ns.path)
-      if (!opts.known || changed) attach.push({path: ns.path, id: `${pod.namespace}/${pod.name}`})
-    }
+    return {pod, nsPath: ns?.path, cookie, rules: encodePodRules({...rules, ...(cookie === undefined ? {} : {netns: cookie})})}
+  })
+  const plan = planSync(found, current, opts.known !== undefined)
+  const lines = [
+    ...plan.ruleWrites.map(([ip, rules]) => bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(ip), rules)),
+    ...plan.netnsWrites.map(([cookie, id]) => bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), id)),
+    ...plan.ruleDeletes.map((ip) => bpftool.mapDeleteLine(inst.map('local_pod_ips'), ipToSlot(ip))),
+    ...plan.netnsDeletes.map((cookie) => bpftool.mapDeleteLine(inst.map('netns_pod_ips'), encodeU64(cookie))),
+  ]
+  await bpftool.batch(lines)
+  const result: SyncResult = {
+    meshed: plan.meshed,
+    unregistered: plan.unregistered,
+    written: plan.ruleWrites.length + plan.netnsWrites.length,
+    deleted: plan.ruleDeletes.length + plan.netnsDeletes.length,
+    view: plan.view,
+    registeredPaths: plan.registeredPaths,
+    nodeWarnings,
   }
-  const deletes: string[] = []
-  for (const ip of current.rules.keys()) if (!view.rules.has(ip)) deletes.push(bpftool.mapDeleteLine(inst.map('local_pod_ips'), ipToSlot(ip)))
-  for (const cookie of current.netns.keys()) if (!view.netns.has(cookie)) deletes.push(bpftool.mapDeleteLine(inst.map('netns_pod_ips'), encodeU64(cookie)))
-  result.written = updates.length
-  result.deleted = deletes.length
-  await bpftool.batch([...updates, ...deletes])
   // after the maps: the program acts on the pods it finds in local_pod_ips
-  if (opts.attachInbound && attach.length > 0) {
-    const tc = await attachInbound(objects.tcInbound, inst.prog('mb_tc_inbound'), attach.map((a) => a.path))
-    for (const a of attach) {
+  if (opts.attachInbound && plan.attach.length > 0) {
+    const tc = await attachInbound(objects.tcInbound, inst.prog('mb_tc_inbound'), plan.attach.map((a) => a.path))
+    for (const a of plan.attach) {
       const why = tc.failed.get(a.path)
       if (why !== undefined) result.nodeWarnings.push(`${a.id}: inbound capture not attached: ${why}`)
     }

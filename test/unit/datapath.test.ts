@@ -1,10 +1,16 @@
-// The datapath's decisions that need no kernel: status's diagnosis of what it observed.
+// The decisions that need no kernel: status's diagnosis and rendering, the sync plan, usage errors.
 import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
 import type {CgroupAttachment, MapInfo, ProgInfo} from '../../src/bpf/bpftool.js'
 import {MAP_NAMES, type MapName, PROGRAMS} from '../../src/bpf/programs.js'
 import {diagnose, type Observed, type Snapshot} from '../../src/datapath/inspect.js'
 import type {InstallState} from '../../src/datapath/installation.js'
+import {Errors} from '@oclif/core'
+import {CAPTURE_ALL} from '../../src/bpf/layout.js'
+import {type PodMapsView, planSync} from '../../src/datapath/sync.js'
+import type {MeshedPod} from '../../src/kube/pods.js'
+import {usageError} from '../../src/ui/base-command.js'
+import {renderStatus} from '../../src/ui/status-view.js'
 
 const CGROUP = '/sys/fs/cgroup/unified/node'
 const STATE: InstallState = {
@@ -101,5 +107,60 @@ describe('status diagnosis', () => {
       'run counts and times are off: sysctl -w kernel.bpf_stats_enabled=1 turns them on',
       '1 meshed pod(s) were not found on this node at the last sync',
     ])
+  })
+})
+
+describe('sync plan', () => {
+  const rules = (n: number) => Buffer.from([n, n])
+  const pod = (name: string, ip: string, ip6?: string): MeshedPod => ({namespace: 'lab', name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: false, rules: {...CAPTURE_ALL}, warnings: []})
+  const empty = (): PodMapsView => ({rules: new Map(), netns: new Map()})
+
+  it('writes every address and namespace of a fresh node, and attaches inbound capture to each found pod', () => {
+    const plan = planSync([{pod: pod('a', '10.0.0.2', 'fd00::2'), nsPath: '/proc/10/ns/net', cookie: 4099n, rules: rules(1)}, {pod: pod('b', '10.0.0.3'), rules: rules(2)}], empty(), false)
+    assert.deepEqual(plan.ruleWrites.map(([ip]) => ip), ['10.0.0.2', 'fd00::2', '10.0.0.3'])
+    assert.deepEqual(plan.netnsWrites.map(([cookie]) => cookie), [4099n])
+    assert.deepEqual(plan.meshed, [{namespace: 'lab', name: 'a', ip: '10.0.0.2', ip6: 'fd00::2', netns: '4099'}])
+    // b is not on the node (yet): still captured as a destination (fail closed), not registered
+    assert.deepEqual(plan.unregistered, [{namespace: 'lab', name: 'b', ip: '10.0.0.3'}])
+    assert.deepEqual(plan.attach, [{path: '/proc/10/ns/net', id: 'lab/a'}])
+    assert.deepEqual([plan.ruleDeletes, plan.netnsDeletes], [[], []])
+  })
+
+  it('writes only what changed, removes what is gone, and attaches only newly registered pods when the view is known', () => {
+    const first = planSync([{pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(1)}, {pod: pod('gone', '10.0.0.9'), nsPath: '/p/g', cookie: 9n, rules: rules(9)}], empty(), false)
+    const next = planSync([{pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(1)}, {pod: pod('c', '10.0.0.4'), nsPath: '/p/c', cookie: 4n, rules: rules(4)}], first.view, true)
+    assert.deepEqual(next.ruleWrites.map(([ip]) => ip), ['10.0.0.4'])
+    assert.deepEqual(next.netnsWrites.map(([cookie]) => cookie), [4n])
+    assert.deepEqual(next.ruleDeletes, ['10.0.0.9'])
+    assert.deepEqual(next.netnsDeletes, [9n])
+    assert.deepEqual(next.attach.map((a) => a.id), ['lab/c'])
+    // a re-check (view not known) re-attaches everyone; a changed rule is rewritten
+    const recheck = planSync([{pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(7)}], next.view, false)
+    assert.deepEqual(recheck.ruleWrites.map(([ip]) => ip), ['10.0.0.2'])
+    assert.deepEqual(recheck.attach.map((a) => a.id), ['lab/a'])
+  })
+})
+
+describe('status rendering', () => {
+  it('says healthy, lists the pods, and names every problem and hint', () => {
+    const healthy = renderStatus(diagnose(observed()))
+    assert.match(healthy, /✔ merbridge is enabled and healthy/)
+    assert.match(healthy, /lab\/a 10\.0\.0\.2/)
+    const draining = renderStatus(diagnose(observed((o) => (o.snap.settings = {...o.snap.settings!, draining: true}))))
+    assert.match(draining, /merbridge is enabled but unhealthy:\n {2}- the datapath is draining/)
+    assert.match(draining, /→ merbridge disable, then merbridge enable, rebuilds the installation/)
+    assert.match(renderStatus(diagnose({bpffs: '/sys/fs/bpf/x', pins: {progs: [], maps: []}, entries: {}, statsEnabled: true})), /^merbridge is not enabled on this node \(no installation in \/sys\/fs\/bpf\/x\)/)
+  })
+})
+
+describe('usage errors', () => {
+  it("turn oclif's parse errors into one line, exit 2, with the command's help named", () => {
+    const parseError = Object.assign(new Errors.CLIError('Nonexistent flag: --bogus\nSee more help with --help'), {parse: {}})
+    const e = usageError(parseError, 'status')
+    assert.equal(e?.message, 'Nonexistent flag: --bogus')
+    assert.equal(e.exitCode, 2)
+    assert.equal(e.code, 'USAGE')
+    assert.equal(e.suggestion, 'see `merbridge status --help`')
+    assert.equal(usageError(new Error('a bpftool failure'), 'status'), undefined, 'other errors are not usage errors')
   })
 })
