@@ -3,7 +3,9 @@
 
 /* Map capacities. */
 #define MB_MAX_PODS          4096   /* pods on one node (kubelet's default maximum is 110) */
-#define MB_MAX_CONNS        65535   /* concurrently tracked local connections */
+#ifndef MB_MAX_CONNS   /* enable --max-connections builds with -DMB_MAX_CONNS=N */
+#define MB_MAX_CONNS        65535   /* concurrently tracked local sockets and connections */
+#endif
 #define MB_MAX_PROCESSES     4096   /* sidecar processes remembered in process_ip */
 
 /* Per-pod rule lists; the CLI refuses (with a warning) annotations with more entries. */

@@ -26,6 +26,8 @@ export interface MapInfo {
   bytes_key: number
   bytes_value: number
   max_entries: number
+  /** kernel memory the map holds, as bpftool reports it */
+  bytes_memlock?: number
 }
 
 /** A map entry as `bpftool map dump -j` prints it: hex byte strings, per-CPU values for per-CPU maps. */
@@ -97,6 +99,7 @@ export function parseMapInfo(v: unknown, what = 'map show'): MapInfo {
     bytes_key: field(o, 'bytes_key', 'number', what),
     bytes_value: field(o, 'bytes_value', 'number', what),
     max_entries: field(o, 'max_entries', 'number', what),
+    bytes_memlock: optional(o, 'bytes_memlock', 'number', what),
   }
 }
 

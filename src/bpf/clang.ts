@@ -43,8 +43,8 @@ export function multiarchInclude(arch = process.arch): string {
 export const BPF_CFLAGS = ['-O2', '-g', '-target', 'bpf', '-Wall', '-Werror'] as const
 export const HOST_CFLAGS = ['-O2', '-Wall', '-Werror'] as const
 
-export async function compileBpf(source: string, output: string): Promise<void> {
-  await run('clang', [...BPF_CFLAGS, `-I${multiarchInclude()}`, '-c', source, '-o', output], {timeoutMs: 120_000})
+export async function compileBpf(source: string, output: string, extra: readonly string[] = []): Promise<void> {
+  await run('clang', [...BPF_CFLAGS, ...extra, `-I${multiarchInclude()}`, '-c', source, '-o', output], {timeoutMs: 120_000})
 }
 
 export async function compileHost(source: string, output: string, libs: readonly string[] = []): Promise<void> {

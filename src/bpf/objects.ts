@@ -34,11 +34,23 @@ async function sourceFiles(): Promise<string[]> {
   return files
 }
 
+/** How the objects are built beyond their sources: the capacity of the connection maps. */
+export interface BuildOptions {
+  /** entries of sock_pair_map and pair_original_dst (default: the header's, 65,535) */
+  maxConnections?: number
+}
+
+export const DEFAULT_MAX_CONNECTIONS = 65_535
+
+function defines(opts: BuildOptions): string[] {
+  return opts.maxConnections === undefined || opts.maxConnections === DEFAULT_MAX_CONNECTIONS ? [] : [`-DMB_MAX_CONNS=${opts.maxConnections}`]
+}
+
 /** A hash of everything that goes into the objects. */
-export async function sourceHash(compiler?: string): Promise<string> {
+export async function sourceHash(opts: BuildOptions = {}, compiler?: string): Promise<string> {
   const h = createHash('sha256')
   h.update(compiler ?? clangIdentity())
-  h.update(JSON.stringify([BPF_CFLAGS, HOST_CFLAGS, multiarchInclude()]))
+  h.update(JSON.stringify([BPF_CFLAGS, HOST_CFLAGS, multiarchInclude(), ...defines(opts)]))
   for (const file of await sourceFiles()) {
     h.update(file.slice(BPF_SOURCE_DIR.length))
     h.update(await readFile(file))
@@ -50,8 +62,8 @@ export async function sourceHash(compiler?: string): Promise<string> {
  * Compile the datapath and its helper unless the cache already holds this exact build.
  * Writes to a temporary folder and renames it, so a killed build never leaves a half cache entry.
  */
-export async function buildObjects(opts: {rebuild?: boolean} = {}): Promise<BuiltObjects> {
-  const hash = await sourceHash()
+export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}): Promise<BuiltObjects> {
+  const hash = await sourceHash(opts)
   const dir = join(cacheDir(), hash)
   const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound), counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')}}
   const outputs = [result.datapath, result.netnsCookie, result.tcInbound, result.counters.maps, result.counters.sockhash]
@@ -61,7 +73,7 @@ export async function buildObjects(opts: {rebuild?: boolean} = {}): Promise<Buil
   await rm(tmp, {recursive: true, force: true})
   await mkdir(tmp, {recursive: true})
   try {
-    await compileBpf(join(BPF_SOURCE_DIR, 'merbridge.bpf.c'), join(tmp, 'merbridge.bpf.o'))
+    await compileBpf(join(BPF_SOURCE_DIR, 'merbridge.bpf.c'), join(tmp, 'merbridge.bpf.o'), defines(opts))
     for (const name of ['map-counts', 'sockhash-count']) await compileBpf(join(BPF_SOURCE_DIR, 'iter', `${name}.bpf.c`), join(tmp, `${name}.bpf.o`))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, HELPER_FILES.netnsCookie))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'tc-inbound.c'), join(tmp, HELPER_FILES.tcInbound), ['bpf'])

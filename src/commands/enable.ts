@@ -20,6 +20,8 @@ export interface EnableResult {
   mesh: string
   node: string
   objectHash: string
+  /** entries of the connection maps */
+  maxConnections: number
   compiled: boolean
   pods: InstallState['pods']
   /** what was wrong with an up-to-date installation that this enable replaced */
@@ -52,6 +54,7 @@ export default class Enable extends BaseCommand {
     watch: Flags.boolean({description: 'after enabling, keep the maps matching the pods until stopped (what a node service runs)'}),
     recheck: recheckFlag,
     'metrics-addr': metricsAddrFlag,
+    'max-connections': Flags.integer({description: 'entries of the connection maps (sock_pair_map, pair_original_dst): about six per proxied connection; default: what the installation has, else 65535', min: 1024, max: 4_194_304}),
     rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),
   }
 
@@ -72,7 +75,7 @@ export default class Enable extends BaseCommand {
     try {
       const silent = this.jsonEnabled()
       ctx = await enable(
-        {mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, kube},
+        {mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, maxConnections: flags['max-connections'], kube},
         {runSteps: (steps, c, hooks) => runWithProgress(steps, c, {silent, ...hooks}), signal: interrupt.signal},
       )
     } finally {
@@ -101,6 +104,7 @@ function toResult(ctx: EnableContext): EnableResult {
     mesh: ctx.mesh.name,
     node: ctx.node,
     objectHash: required(ctx.objects, 'the built objects').hash,
+    maxConnections: ctx.maxConnections,
     compiled: required(ctx.objects, 'the built objects').compiled,
     pods: podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')),
     ...(ctx.repaired ? {repaired: ctx.repaired} : {}),

@@ -1,7 +1,7 @@
 import {mkdir} from 'node:fs/promises'
 import {hostname} from 'node:os'
 import {bpftool} from '../bpf/bpftool.js'
-import {buildObjects, type BuiltObjects, sourceHash} from '../bpf/objects.js'
+import {buildObjects, type BuiltObjects, DEFAULT_MAX_CONNECTIONS, sourceHash} from '../bpf/objects.js'
 import {MerbridgeError, required} from '../errors.js'
 import {MIN_KERNEL} from '../node/kernel.js'
 import type {KubeOptions} from '../kube/client.js'
@@ -32,6 +32,8 @@ export interface EnableOptions {
   podsFile?: string
   node?: string
   rebuild?: boolean
+  /** capacity of the connection maps; default: what the installation was enabled with, else 65,535 */
+  maxConnections?: number
   kube?: KubeOptions
 }
 
@@ -57,6 +59,8 @@ export interface EnableContext {
   swap?: boolean
   /** why a replacement could not be staged (the maps' layout changed): then disable and load anew */
   swapFallback?: string
+  /** capacity of the connection maps this enable builds */
+  maxConnections: number
 }
 
 /** One step of enable: what it does and how to take it back. */
@@ -77,6 +81,7 @@ export function newEnableContext(opts: EnableOptions): EnableContext {
     mode: 'fresh',
     mountedBpffs: false,
     attached: [],
+    maxConnections: opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
   }
 }
 
@@ -98,7 +103,8 @@ export const ENABLE_STEPS: EnableStep[] = [
             code: 'ALREADY_ENABLED',
             suggestion: 'run merbridge disable first, or give another --bpffs',
           })
-        ctx.mode = state.objectHash === (await sourceHash()) && !ctx.opts.rebuild ? 'resync' : 'replace'
+        ctx.maxConnections = ctx.opts.maxConnections ?? state.maxConnections ?? DEFAULT_MAX_CONNECTIONS
+        ctx.mode = state.objectHash === (await sourceHash({maxConnections: ctx.maxConnections})) && !ctx.opts.rebuild ? 'resync' : 'replace'
         // an up-to-date installation that is not intercepting (a disable or enable interrupted,
         // something detached or unpinned) is replaced whole, not just resynced
         if (ctx.mode === 'resync') {
@@ -128,7 +134,7 @@ export const ENABLE_STEPS: EnableStep[] = [
     id: 'build',
     title: 'Build the datapath',
     async run(ctx) {
-      ctx.objects = await buildObjects({rebuild: ctx.opts.rebuild})
+      ctx.objects = await buildObjects({rebuild: ctx.opts.rebuild, maxConnections: ctx.maxConnections})
     },
   },
   {
@@ -227,6 +233,7 @@ export const ENABLE_STEPS: EnableStep[] = [
         mesh: ctx.mesh.name,
         node: ctx.node,
         objectHash: required(ctx.objects, 'the built objects').hash,
+        maxConnections: ctx.maxConnections,
         enabledAt: ctx.mode === 'resync' && previous ? previous.enabledAt : new Date().toISOString(),
         mountedBpffs: ctx.mountedBpffs || (ctx.mode === 'resync' && previous?.mountedBpffs === true),
         hostNetns: (ctx.hostNetns ?? BigInt(previous?.hostNetns ?? 0)).toString(),

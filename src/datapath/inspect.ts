@@ -25,6 +25,8 @@ export interface MapStatus {
   type?: string
   entries?: number
   capacity?: number
+  /** kernel memory the map holds (its full capacity for preallocated maps), bytes */
+  memoryBytes?: number
 }
 
 export type Verdict = 'healthy' | 'not-enabled' | 'unhealthy'
@@ -144,7 +146,7 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
   if (!state && pins.progs.length === 0 && pins.maps.length === 0) return diagnose(observed)
 
   // independent reads, started together
-  const currentHash = state ? sourceHash().catch((error: unknown) => error as Error) : undefined
+  const currentHash = state ? sourceHash({maxConnections: state.maxConnections}).catch((error: unknown) => error as Error) : undefined
   const snap = await snapshot(inst, state?.cgroup)
   // entries: from the pinned counting iterators (two file reads), else by dumping each map in
   // parallel, since each dump is its own bpftool process
@@ -202,7 +204,7 @@ export function diagnose(o: Observed): StatusReport {
   }
   for (const name of MAP_NAMES) {
     const info = snap.maps.get(name)
-    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries === 0 ? undefined : info?.max_entries, entries: o.entries[name]}
+    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries === 0 ? undefined : info?.max_entries, entries: o.entries[name], memoryBytes: info?.bytes_memlock}
     if (m.entries !== undefined && m.capacity && m.entries >= m.capacity * NEAR_FULL) report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
     if (!info) report.problems.push(`map ${name} is not pinned`)
     report.maps.push(m)

@@ -224,6 +224,8 @@ export interface InstallState {
   mesh: string
   node: string
   objectHash: string
+  /** capacity of the connection maps the objects were built with (absent: 65,535) */
+  maxConnections?: number
   enabledAt: string
   /** whether enable mounted bpffs itself (disable then unmounts it when empty) */
   mountedBpffs: boolean

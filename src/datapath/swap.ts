@@ -16,12 +16,30 @@ import {attachInbound} from '../node/tc-inbound.js'
 import type {Installation} from './installation.js'
 import {MAP_NAMES, PROGRAMS, type ProgramSpec} from '../bpf/programs.js'
 
-/** Load the new object beside the running one, on its maps. False (and nothing left) when the layouts differ. */
+/**
+ * Load the new object beside the running one, on its maps. False (and nothing left) when the maps'
+ * definitions differ: bpftool reuses a map whatever its size or layout, so the new object is first
+ * loaded on maps of its own, and each map's type, key and value size and capacity compared.
+ */
 export async function stageReplacement(inst: Installation, object: string): Promise<{staged: boolean; why?: string}> {
-  await inst.removeStaging() // a replacement interrupted before: never attached once its pins are here only
-  await mkdir(join(inst.stagingDir, 'progs'), {recursive: true})
-  await mkdir(join(inst.stagingDir, 'maps'), {recursive: true})
+  const fresh = async () => {
+    await inst.removeStaging() // a replacement interrupted before: never attached once its pins are here only
+    await mkdir(join(inst.stagingDir, 'progs'), {recursive: true})
+    await mkdir(join(inst.stagingDir, 'maps'), {recursive: true})
+  }
+  await fresh()
   try {
+    await bpftool.loadAll(object, join(inst.stagingDir, 'progs'), join(inst.stagingDir, 'maps'))
+    const changed: string[] = []
+    for (const m of MAP_NAMES) {
+      const [now, next] = [await bpftool.mapShowPinned(inst.map(m)), await bpftool.mapShowPinned(join(inst.stagingDir, 'maps', m))]
+      for (const k of ['type', 'bytes_key', 'bytes_value', 'max_entries'] as const) if (now?.[k] !== next?.[k]) changed.push(`${m} ${k} ${String(now?.[k])} -> ${String(next?.[k])}`)
+    }
+    await fresh()
+    if (changed.length > 0) {
+      await inst.removeStaging()
+      return {staged: false, why: `the maps change (${changed.slice(0, 3).join(', ')}${changed.length > 3 ? ', ...' : ''}): they cannot be shared`}
+    }
     await bpftool.loadAllReusing(object, join(inst.stagingDir, 'progs'), join(inst.stagingDir, 'maps'), MAP_NAMES.map((m) => [m, inst.map(m)]))
     return {staged: true}
   } catch (error) {

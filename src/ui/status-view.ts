@@ -21,6 +21,8 @@ const COUNTER_LABELS: Record<CounterName, string> = {
   inboundUnparsed: 'TCP packets to a meshed pod dropped: fragments or no TCP header found (fail closed)',
 }
 
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`
+
 export function renderStatus(r: StatusReport): string {
   if (r.verdict === 'not-enabled') return `merbridge is not enabled on this node (no installation in ${r.bpffs})\n  ${c.dim('→ merbridge enable')}`
   const out: string[] = []
@@ -45,8 +47,11 @@ export function renderStatus(r: StatusReport): string {
   )
   out.push(
     renderTable(
-      ['map', 'id', 'type', 'entries', 'capacity'],
-      r.maps.map((m) => [m.name, m.id ?? '-', m.type ?? c.red('not pinned'), m.entries ?? '-', m.capacity ?? '-']),
+      ['map', 'id', 'type', 'entries', 'capacity', 'memory'],
+      [
+        ...r.maps.map((m) => [m.name, m.id ?? '-', m.type ?? c.red('not pinned'), m.entries ?? '-', m.capacity ?? '-', m.memoryBytes === undefined ? '-' : mib(m.memoryBytes)]),
+        ['', '', '', '', c.bold('total'), mib(r.maps.reduce((t, m) => t + (m.memoryBytes ?? 0), 0))],
+      ],
     ),
   )
   if (r.pods) {

@@ -327,6 +327,37 @@ describe('enable failures', {skip, timeout: 180_000}, () => {
     }
   })
 
+  it('sizes the connection maps with --max-connections, keeps the size on the next enable, and replaces them anew for a new size', async () => {
+    const install = uniqueInstall()
+    const capacity = (report: StatusReport, map: string) => report.maps.find((m) => m.name === map)
+    const status = async () => parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
+    try {
+      const base = ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile, '--json']
+      const first = await cli([...base, '--max-connections', '131072'], install.env)
+      assert.equal(first.code, 0, first.stderr)
+      assert.equal(parseJson<EnableResult>(first.stdout).maxConnections, 131072)
+      const big = await status()
+      for (const map of ['sock_pair_map', 'pair_original_dst']) assert.equal(capacity(big, map)?.capacity, 131072, map)
+      assert.ok((capacity(big, 'pair_original_dst')?.memoryBytes ?? 0) > 0, 'the memory each map holds')
+      assert.equal(big.verdict, 'healthy', big.problems.join('; '))
+
+      const again = parseJson<EnableResult>((await cli(base, install.env)).stdout)
+      assert.deepEqual([again.mode, again.maxConnections], ['resync', 131072], 'an enable without the flag keeps the size')
+
+      const smaller = parseJson<EnableResult>((await cli([...base, '--max-connections', '65535'], install.env)).stdout)
+      assert.equal(smaller.mode, 'replace')
+      assert.equal(smaller.replaced?.how, 'anew', 'maps of another size cannot be shared')
+      const after = await status()
+      assert.equal(capacity(after, 'sock_pair_map')?.capacity, 65535)
+      assert.ok((capacity(after, 'pair_original_dst')?.memoryBytes ?? 0) < (capacity(big, 'pair_original_dst')?.memoryBytes ?? 0), 'half the entries, less memory')
+      assert.equal(after.verdict, 'healthy', after.problems.join('; '))
+      assert.deepEqual(after.hints.filter((h) => h.includes('older sources')), [], 'the recorded size is not mistaken for stale sources')
+    } finally {
+      await cli(['disable', '--bpffs', install.bpffs], install.env)
+      install.cleanup()
+    }
+  })
+
   it('cleans a half-enabled node, left by an enable killed while attaching', async () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'kill-'))
