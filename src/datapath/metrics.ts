@@ -67,6 +67,16 @@ export class NodeMetrics {
       },
     })
     new Gauge({
+      name: 'merbridge_map_memory_bytes',
+      help: 'Kernel memory each map of the datapath holds, as bpftool reports it',
+      labelNames: ['map'],
+      registers,
+      collect() {
+        this.reset()
+        for (const m of report()?.maps ?? []) if (m.memoryBytes !== undefined) this.set({map: m.name}, m.memoryBytes)
+      },
+    })
+    new Gauge({
       name: 'merbridge_datapath_healthy',
       help: '1 when every program is loaded and attached, every map pinned and the settings active (status says healthy)',
       registers,

@@ -117,6 +117,7 @@ describe('node service', {skip, timeout: 300_000}, () => {
       assert.ok([...m0.keys()].some((k) => k.startsWith('merbridge_build_info{version="')), 'build info')
       assert.ok((m0.get('merbridge_sync_duration_seconds_count{cause="relisted"}') ?? 0) >= 1, 'the first sync is counted')
       assert.ok((m0.get('merbridge_map_max_entries{map="sock_pair_map"}') ?? 0) > 0)
+      assert.ok((m0.get('merbridge_map_memory_bytes{map="pair_original_dst"}') ?? 0) > 0)
 
       await requestsPassBothSidecars(3)
       const m1 = parseExposition((await get('/metrics')).text)
