@@ -257,11 +257,15 @@ export class Lab {
     }
   }
 
-  /** The pod's sidecar; `threads` sets its worker threads (a user's Envoy runs 2 by default). */
+  /**
+   * The pod's sidecar; `threads` sets its worker threads (a user's Envoy runs 2 by default). One by
+   * default: the tests read its log, and a multi-threaded haproxy drops a log line now and then when
+   * two sessions log at once (its DroppedLogs counter), which a test would take for a lost session.
+   */
   async startSidecar(podName: string, opts: {threads?: number} = {}): Promise<LabProcess> {
     const cfg = join(this.tmp, `haproxy-${podName}.cfg`)
     const proxy = this.pod(podName).proxy
-    writeFileSync(cfg, haproxyConfig(this.mesh, {uid: proxy?.uid, gid: proxy?.gid, statsSocket: this.statsSocket(podName), threads: opts.threads}))
+    writeFileSync(cfg, haproxyConfig(this.mesh, {uid: proxy?.uid, gid: proxy?.gid, statsSocket: this.statsSocket(podName), threads: opts.threads ?? 1}))
     const p = this.spawn(podName, `sidecar in ${podName}`, 'haproxy', ['-db', '-f', cfg])
     await this.waitListening(podName, this.mesh.outboundPort)
     await this.waitListening(podName, this.mesh.inboundPort)
@@ -358,15 +362,26 @@ export class Lab {
   }
 
   /** Sessions a pod's sidecar has accepted so far on its outbound and inbound listeners. */
-  async sidecarSessions(podName: string): Promise<{outbound: number; inbound: number}> {
-    const csv = await new Promise<string>((resolve, reject) => {
+  /** One command to the sidecar's stats socket, and its answer. */
+  private statsCommand(podName: string, command: string): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
       let text = ''
-      const sock = connect(this.statsSocket(podName), () => sock.end('show stat\n'))
+      const sock = connect(this.statsSocket(podName), () => sock.end(`${command}\n`))
       sock.setEncoding('utf8')
       sock.on('data', (d: string) => (text += d))
       sock.on('end', () => resolve(text))
       sock.on('error', reject)
     })
+  }
+
+  /** Log lines the sidecar could not write (haproxy's DroppedLogs): a missing line is then not a missing session. */
+  async droppedLogs(podName: string): Promise<number> {
+    const m = /^DroppedLogs: (\d+)$/m.exec(await this.statsCommand(podName, 'show info'))
+    return Number(m?.[1] ?? Number.NaN)
+  }
+
+  async sidecarSessions(podName: string): Promise<{outbound: number; inbound: number}> {
+    const csv = await this.statsCommand(podName, 'show stat')
     const totals = parseSessionTotals(csv)
     if (!Number.isFinite(totals.outbound) || !Number.isFinite(totals.inbound)) throw new Error(`no session totals from ${podName}'s sidecar: ${csv.slice(0, 200)}`)
     // the IPv6 half logs each connection as it accepts it

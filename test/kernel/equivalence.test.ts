@@ -214,8 +214,8 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
           ...lab.sidecar6Lines(p).slice(marks6.get(p)).filter((l) => l.direction === dir).map((l) => `from ${host(l.client)}, told ${l.originalDst ? named(l.originalDst) : `nothing (${l.error ?? ''})`}`),
         ]
         await proc.waitFor(() => lines().length >= n, `${n} ${dir} log line(s) from ${p}'s sidecar`).catch(async (error: unknown) => {
-          // the sidecar accepted a session it never took further: show its sockets with the error
-          throw new Error(`${String(error)}\nsockets in ${p}:\n${await lab.sockets(p)}`, {cause: error})
+          // a session accepted and never logged: its sockets, and whether the sidecar dropped log lines
+          throw new Error(`${String(error)}\nsockets in ${p}:\n${await lab.sockets(p)}\nlog lines ${p}'s sidecar dropped: ${await lab.droppedLogs(p).catch(() => Number.NaN)}`, {cause: error})
         })
         passed.push(`${p} ${dir} (${lines().join('; ')})`)
       }
