@@ -5,12 +5,12 @@
  * through status's own reading (one bpftool process).
  */
 import {createServer, type IncomingMessage, type Server, type ServerResponse} from 'node:http'
-import {isIP} from 'node:net'
 import {Counter, Gauge, Histogram, Registry} from 'prom-client'
 import {COUNTERS} from '../bpf/layout.js'
 import {describeError, MerbridgeError} from '../errors.js'
 import {inspect, type StatusReport} from './inspect.js'
 import type {Installation} from './installation.js'
+import {parseListenAddress} from './listen-address.js'
 import type {SyncReport} from './watch-loop.js'
 
 /** connOutbound -> conn_outbound */
@@ -122,16 +122,6 @@ export class NodeMetrics {
     if (r.verdict !== 'healthy') return {ready: false, why: r.broken ?? r.problems[0] ?? `the datapath is ${r.verdict}`}
     return {ready: true, why: 'the datapath is attached and the pods are synced'}
   }
-}
-
-/** HOST:PORT, [v6]:PORT or :PORT (all addresses), checked before anything starts. */
-export function parseListenAddress(value: string): {host?: string; port: number} {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(value)
-  const host = m?.[1] ?? m?.[2]
-  const port = Number(m?.[3])
-  const bad = !m || port < 1 || port > 65535 || (m[1] !== undefined && isIP(m[1]) !== 6) || (host !== undefined && host !== '' && m[1] === undefined && !isIP(host) && !/^[A-Za-z0-9.-]+$/.test(host))
-  if (bad) throw new MerbridgeError(`--metrics-addr ${JSON.stringify(value)} is not HOST:PORT`, {code: 'USAGE', exitCode: 2, suggestion: 'e.g. --metrics-addr 127.0.0.1:9473, [::1]:9473 or :9473 (every address)'})
-  return {...(host ? {host} : {}), port}
 }
 
 /** Serve /metrics, /healthz and /readyz until `signal` fires; fails at once if the address is taken. */

@@ -1,6 +1,5 @@
 import type {Installation} from '../datapath/installation.js'
 import type {Server} from 'node:http'
-import {NodeMetrics, serveMetrics} from '../datapath/metrics.js'
 import {runWatch, type WatchOptions} from '../datapath/watch-loop.js'
 import {c} from './theme.js'
 
@@ -34,6 +33,8 @@ export async function watchInForeground(
     let onSynced: WatchOptions['onSynced']
     if (metrics) {
       const state = await inst.requireState()
+      // loaded only here: prom-client costs every other command's start-up about 200 ms
+      const {NodeMetrics, serveMetrics} = await import('../datapath/metrics.js')
       const node = new NodeMetrics(inst, {version: metrics.version, objectHash: state.objectHash, mesh: state.mesh})
       server = await serveMetrics(metrics.addr, node, signal)
       onSynced = (s) => node.onSynced(s)
