@@ -1,9 +1,13 @@
+import {existsSync} from 'node:fs'
 import {homedir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-/** The package root (works from dist/ and, under bin/dev.js, from src/). */
-export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+/**
+ * The package root: the nearest folder above this module holding bpf/ and package.json. This
+ * module runs from src/ (bin/dev.js, tests), dist/ (tsc) and dist/chunks/ (the bundled commands).
+ */
+export const PACKAGE_ROOT = findPackageRoot(dirname(fileURLToPath(import.meta.url)))
 export const BPF_SOURCE_DIR = join(PACKAGE_ROOT, 'bpf')
 
 export const DEFAULT_BPFFS_DIR = '/sys/fs/bpf/merbridge'
@@ -29,4 +33,11 @@ export function runDir(): string {
 export function hostProc(): string {
   const dir = process.env.MERBRIDGE_HOST_PROC
   return dir === undefined || dir === '' ? '/proc' : dir
+}
+
+function findPackageRoot(from: string): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'bpf'))) return dir
+    if (dirname(dir) === dir) return resolve(from, '..')
+  }
 }

@@ -137,5 +137,9 @@ describe('deploy manifests', () => {
     for (const p of copies.flat()) assert.ok(existsSync(join(ROOT, p)), p)
     const scripts = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {scripts: Record<string, string>}).scripts
     for (const [, s] of file.matchAll(/npm run (\S+)/g)) assert.ok(Object.hasOwn(scripts, s ?? ''), `npm run ${s}`)
+    // what the build runs from the sources (not from what it builds) must be in the image
+    const sources = [...(scripts.build ?? '').matchAll(/node (\S+)/g)].map(([, s]) => s!).filter((s) => !s.startsWith('dist/'))
+    assert.ok(sources.length > 0)
+    for (const s of sources) assert.ok(copies.flat().some((c) => s === c || s.startsWith(`${c.replace(/\/$/, '')}/`)), `${s} is not copied`)
   })
 })
