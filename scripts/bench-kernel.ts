@@ -7,7 +7,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {bpftool} from '../src/bpf/bpftool.js'
 import {encodeOrigin, encodePair} from '../src/bpf/layout.js'
-import {buildObjects} from '../src/bpf/objects.js'
+import {buildObjects, DEFAULT_MAX_CONNECTIONS} from '../src/bpf/objects.js'
 import {Installation} from '../src/datapath/installation.js'
 import {applyPods} from '../src/datapath/pods-sync.js'
 import {runWatch} from '../src/datapath/watch-loop.js'
@@ -61,7 +61,7 @@ try {
     for (let i = 0; i < 5; i++) {
       const s = performance.now()
       const loaded = await loadPods(undefined, node, {kubeconfig})
-      await applyPods(inst, objects, loaded.pods, {node, mesh, attachInbound: true})
+      await applyPods(inst, objects, loaded.pods, {node, mesh, attachInbound: true, capacity: DEFAULT_MAX_CONNECTIONS})
       times.push(performance.now() - s)
     }
     console.log(`  ${String(n).padStart(5)} pods: ${median(times).toFixed(0)} ms (target ${n <= 110 ? '<= 300' : '<= 1,500'})`)

@@ -7,6 +7,9 @@
 #define MB_MAX_CONNS        65535   /* concurrently tracked local sockets and connections */
 #endif
 #define MB_MAX_PROCESSES     4096   /* sidecar processes remembered in process_ip */
+/* Past this many entries in a connection map, a pod takes more only within its pod_share: a
+ * quarter of each map is kept for pods under their share (sync divides it among the pods) */
+#define MB_SHARED_CONNS   (MB_MAX_CONNS - MB_MAX_CONNS / 4)
 
 /* Per-pod rule lists; the CLI refuses (with a warning) annotations with more entries. */
 #define MB_MAX_PORTS   16
@@ -23,6 +26,10 @@
 
 /* struct mb_settings.flags */
 #define MB_SETTINGS_DRAINING  (1u << 0)  /* disable in progress: stop rewriting and redirecting */
+
+/* struct mb_charge bits: what a socket holds entries of, so they are given back when it closes */
+#define MB_CHARGE_SOCKET      (1u << 0)
+#define MB_CHARGE_ORIGIN      (1u << 1)
 
 /* struct mb_origin.flags: why a connection was rewritten */
 #define MB_ORIGIN_OUTBOUND    (1u << 0)  /* app -> its sidecar's outbound port */
@@ -48,6 +55,8 @@ enum mb_counter {
 	MB_CNT_DNS_REDIRECTED,        /* DNS connects and datagrams sent to the proxy's DNS port */
 	MB_CNT_DNS_REPLY_RESTORED,    /* replies from the DNS port shown as coming from the resolver */
 	MB_CNT_INBOUND_UNPARSED,      /* TCP to a meshed pod dropped: a fragment, or its header not found (fail closed) */
+	MB_CNT_SOCKET_OVER_SHARE,     /* sockets left on TCP: their pod was over its share of a busy sock_pair_map */
+	MB_CNT_ORIGIN_OVER_SHARE,     /* original destinations refused: their pod was over its share of a busy pair_original_dst */
 	MB_CNT__COUNT,
 };
 

@@ -48,6 +48,33 @@ struct {
 	__uint(max_entries, MB_MAX_CONNS);
 } sock_pair_map SEC(".maps");
 
+/* Entries of the connection maps each pod holds, by netns cookie; key 0 holds the node's total.
+ * LRU: pods that are gone and idle make room for new ones; the total is used on every charge. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct mb_usage);
+	__uint(max_entries, 2 * MB_MAX_PODS);
+} pod_usage SEC(".maps");
+
+/* The entries of each connection map a pod may always hold (its single entry), written by sync as
+ * the pods come and go; not in settings, which only enable and disable write. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} pod_share SEC(".maps");
+
+/* What a socket was charged for in pod_usage (MB_CHARGE_*): sockhash entries leave on close()
+ * before the socket's last state change, so the map cannot say it afterwards. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} sock_charges SEC(".maps");
+
 /* Sidecar process (tgid) -> the pod it serves; for people to inspect. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -87,6 +87,13 @@ struct mb_settings {
 	__u32 pad2;
 };
 
+/* Entries a pod holds in the connection maps (value of pod_usage; key 0 holds the node's total).
+ * Signed: a count that went below zero (its entry was evicted and made again) reads as zero. */
+struct mb_usage {
+	__s64 sockets;        /* in sock_pair_map (64 bits: the one atomic add every BPF CPU version has) */
+	__s64 origins;        /* in pair_original_dst */
+};
+
 /* sockaddr_in6 as IP6T_SO_ORIGINAL_DST returns it. */
 struct mb_sockaddr_in6 {
 	__u16 family;

@@ -40,6 +40,8 @@ export const COUNTERS = [
   'dnsRedirected',
   'dnsReplyRestored',
   'inboundUnparsed',
+  'socketOverShare',
+  'originOverShare',
 ] as const
 export type CounterName = (typeof COUNTERS)[number]
 
@@ -76,6 +78,7 @@ export const LAYOUT = {
   mb_process: {size: 24, fields: {pod_ip: 0, netns: 16}},
   mb_pod_id: {size: 32, fields: {ip: 0, ip6: 16}},
   mb_settings: {size: 32, fields: {sidecar_uid: 0, sidecar_gid: 4, outbound_port: 8, inbound_port: 10, flags: 12, host_netns: 16, dns_port: 24, pad: 26, pad2: 28}},
+  mb_usage: {size: 16, fields: {sockets: 0, origins: 8}},
 } as const
 
 const F = {
@@ -338,6 +341,32 @@ export function decodeSettings(b: Buffer): Settings {
     hostNetns: b.readBigUInt64LE(F.settings.host_netns),
     dnsPort: b.readUInt16LE(F.settings.dns_port),
   }
+}
+
+/**
+ * The entries of each connection map a pod may always hold: a quarter of the capacity divided
+ * among the registered pods (the datapath keeps that quarter for pods under their share once the
+ * node holds three quarters). Mirrors MB_SHARED_CONNS in consts.h.
+ */
+export function podShare(capacity: number, pods: number): number {
+  return Math.floor((capacity - sharedConnections(capacity)) / Math.max(1, pods))
+}
+
+/** MB_SHARED_CONNS: past this many entries, a pod takes more only within its share. */
+export function sharedConnections(capacity: number): number {
+  return capacity - Math.floor(capacity / 4)
+}
+
+// ---- struct mb_usage: a pod's entries in the connection maps (value of pod_usage) ----------------
+export interface Usage {
+  sockets: number
+  origins: number
+}
+
+export function decodeUsage(b: Buffer): Usage {
+  // a count below zero (its entry was evicted and made again) means none
+  const at = (offset: number) => Math.max(0, Number(b.readBigInt64LE(offset)))
+  return {sockets: at(LAYOUT.mb_usage.fields.sockets), origins: at(LAYOUT.mb_usage.fields.origins)}
 }
 
 // ---- scalar keys ------------------------------------------------------------------------------

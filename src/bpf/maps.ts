@@ -11,12 +11,14 @@ import {
   decodePodRules,
   decodeProcess,
   decodeSettings,
+  decodeUsage,
   type Origin,
   type Pair,
   type PodId,
   type PodRules,
   type ProcessEntry,
   type Settings,
+  type Usage,
 } from './layout.js'
 import {slotToIp} from './ip.js'
 import type {MapPins} from './programs.js'
@@ -54,6 +56,17 @@ export const readMaps = {
   async settings(inst: MapPins): Promise<Settings | undefined> {
     const [e] = await dump(inst, 'settings')
     return e?.value ? decodeSettings(e.value) : undefined
+  },
+
+  /** Entries of the connection maps each pod holds, by netns cookie; netns 0 is the node's total. */
+  async podUsage(inst: MapPins): Promise<{netns: bigint; usage: Usage}[]> {
+    return (await dump(inst, 'pod_usage')).map((e) => ({netns: e.key.readBigUInt64LE(0), usage: decodeUsage(e.value ?? EMPTY)}))
+  },
+
+  /** The entries of each connection map a pod may always hold. */
+  async podShare(inst: MapPins): Promise<number | undefined> {
+    const [e] = await dump(inst, 'pod_share')
+    return e?.value?.readUInt32LE(0)
   },
 
   /** Per-CPU counters summed over CPUs. */

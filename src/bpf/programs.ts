@@ -42,6 +42,9 @@ export const MAP_NAMES = [
   'settings',
   'counters',
   'origin_store',
+  'pod_usage',
+  'pod_share',
+  'sock_charges',
 ] as const
 export type MapName = (typeof MAP_NAMES)[number]
 

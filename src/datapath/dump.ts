@@ -7,7 +7,7 @@ import {MerbridgeError} from '../errors.js'
 import {type InstallState, type Installation, notEnabled} from './installation.js'
 
 /** The maps dump-maps decodes, in the order it shows them. */
-export const DUMPABLE = ['sock_pair_map', 'pair_original_dst', 'process_ip', 'local_pod_ips', 'netns_pod_ips', 'settings', 'counters'] as const
+export const DUMPABLE = ['sock_pair_map', 'pair_original_dst', 'pod_usage', 'process_ip', 'local_pod_ips', 'netns_pod_ips', 'settings', 'counters'] as const
 export type DumpableMap = (typeof DUMPABLE)[number]
 
 export interface Endpoint {
@@ -47,6 +47,8 @@ export interface RulesView {
 export interface RowsOf {
   sock_pair_map: ConnectionView & {cookie?: string}
   pair_original_dst: {connection: ConnectionView; originalDst: Endpoint; pid: number; process?: string; flags: string[]}
+  /** netns "0" is the node's total */
+  pod_usage: {netns: string; pod?: string; sockets: number; origins: number}
   process_ip: {pid: number; process?: string; podIp: string; pod?: string; netns: string}
   local_pod_ips: {ip: string; pod?: string; rules: RulesView}
   netns_pod_ips: {netns: string; ip: string; ip6?: string; pod?: string}
@@ -127,6 +129,16 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
       return {
         rows: entries.map((e) => ({connection: conn(e.pair), originalDst: ep(e.origin.ip, e.origin.port), pid: e.origin.pid, process: processName(e.origin.pid), flags: originFlagNames(e.origin.flags)})),
         eps: entries.map((e) => [ep(e.pair.localIp, e.pair.localPort), ep(e.pair.remoteIp, e.pair.remotePort), ep(e.origin.ip, e.origin.port)]),
+      }
+    },
+    async pod_usage() {
+      const byNetns = new Map((state?.pods.meshed ?? []).map((m) => [m.netns, m]))
+      // the busiest first: the question this map answers is who holds the entries
+      const entries = (await readMaps.podUsage(inst)).sort((a, b) => b.usage.sockets + b.usage.origins - (a.usage.sockets + a.usage.origins))
+      const owners = entries.map((e) => byNetns.get(e.netns.toString()))
+      return {
+        rows: entries.map((e, i) => ({netns: e.netns.toString(), ...(owners[i] ? {pod: `${owners[i].namespace}/${owners[i].name}`} : {}), ...e.usage})),
+        eps: owners.map((m) => (m ? [ep(m.ip)] : [])),
       }
     },
     async process_ip() {

@@ -190,7 +190,7 @@ export const ENABLE_STEPS: EnableStep[] = [
     async run(ctx) {
       ctx.loaded = required(ctx.loaded, 'the pods read')
       // a fresh or replaced datapath gets inbound capture in the attach step, after getsockopt
-      ctx.applied = await applyPods(ctx.inst, required(ctx.objects, 'the built objects'), ctx.loaded.pods, {node: ctx.node, mesh: ctx.mesh, attachInbound: ctx.mode === 'resync'})
+      ctx.applied = await applyPods(ctx.inst, required(ctx.objects, 'the built objects'), ctx.loaded.pods, {node: ctx.node, mesh: ctx.mesh, attachInbound: ctx.mode === 'resync', capacity: ctx.maxConnections})
     },
   },
   {

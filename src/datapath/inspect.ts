@@ -205,7 +205,8 @@ export function diagnose(o: Observed): StatusReport {
   for (const name of MAP_NAMES) {
     const info = snap.maps.get(name)
     const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries === 0 ? undefined : info?.max_entries, entries: o.entries[name], memoryBytes: info?.bytes_memlock}
-    if (m.entries !== undefined && m.capacity && m.entries >= m.capacity * NEAR_FULL) report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
+    // an LRU map full is one doing its work: it forgets the oldest entry
+    if (m.entries !== undefined && m.capacity && m.entries >= m.capacity * NEAR_FULL && info?.type !== 'lru_hash') report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
     if (!info) report.problems.push(`map ${name} is not pinned`)
     report.maps.push(m)
   }
@@ -226,6 +227,9 @@ export function diagnose(o: Observed): StatusReport {
   if (hash instanceof Error) report.hints.push(`cannot tell whether the programs are current: ${describeError(hash).message}`)
   else if (state && hash !== state.objectHash) report.hints.push('the programs were built from older sources: run merbridge enable to replace them')
   if (!report.statsEnabled) report.hints.push('run counts and times are off: sysctl -w kernel.bpf_stats_enabled=1 turns them on')
+  const overShare = (snap.counters?.socketOverShare ?? 0) + (snap.counters?.originOverShare ?? 0)
+  if (overShare > 0)
+    report.hints.push(`${overShare} socket(s) or original destination(s) were refused because their pod was over its share of a busy connection map (counters below): enable --max-connections with a larger capacity gives every pod more`)
   const unregistered = state?.pods.unregistered.length ?? 0
   if (unregistered > 0) report.hints.push(`${unregistered} meshed pod(s) were not found on this node at the last sync`)
 

@@ -5,7 +5,7 @@ import {MerbridgeError} from '../errors.js'
 import {isBpffs, readMounts} from '../node/mounts.js'
 import {DEFAULT_BPFFS_DIR, runDir} from '../paths.js'
 import {MAP_NAMES, type MapName, type MapPins, PROGRAMS} from '../bpf/programs.js'
-import {HELPER_FILES, type Helpers} from '../bpf/objects.js'
+import {DEFAULT_MAX_CONNECTIONS, HELPER_FILES, type Helpers} from '../bpf/objects.js'
 
 
 /** The pins of one installation, all below one bpffs folder. */
@@ -231,4 +231,9 @@ export interface InstallState {
   mountedBpffs: boolean
   hostNetns: string
   pods: {source: string; syncedAt: string; meshed: PodRecord[]; unregistered: PodRecord[]; skipped: SkippedPod[]; warnings: string[]}
+}
+
+/** Entries of each connection map (sock_pair_map, pair_original_dst) of an installation. */
+export function connectionCapacity(state: Pick<InstallState, 'maxConnections'>): number {
+  return state.maxConnections ?? DEFAULT_MAX_CONNECTIONS
 }

@@ -5,7 +5,7 @@ import type {MeshProfile} from '../mesh/profiles.js'
 import type {KubeOptions} from '../kube/client.js'
 import {loadPods} from '../kube/source.js'
 import {meshProfile} from '../mesh/profiles.js'
-import type {InstallState, Installation} from './installation.js'
+import {connectionCapacity, type InstallState, type Installation} from './installation.js'
 import {withInstallationLock} from './lock.js'
 import {type PodMapsView, type SyncResult, syncPods} from './sync.js'
 
@@ -18,7 +18,7 @@ export interface AppliedPods {
  * Select this node's meshed pods and make the maps match them; with `attachInbound` (the
  * datapath is attached already), newly registered pods get inbound capture too.
  */
-export async function applyPods(inst: Installation, objects: Helpers, pods: PodJson[], opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean}): Promise<AppliedPods> {
+export async function applyPods(inst: Installation, objects: Helpers, pods: PodJson[], opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean; capacity: number}): Promise<AppliedPods> {
   const selection = selectMeshedPods(pods, opts.node, opts.mesh)
   return {selection, sync: await syncPods(inst, objects, selection, opts)}
 }
@@ -73,7 +73,7 @@ export async function syncOnce(inst: Installation, opts: {podsFile?: string; kub
   const helpers = inst.requireHelpers()
   const loaded = await loadPods(opts.podsFile, opts.node, opts.kube)
   return withInstallationLock(inst, 'sync', async () => {
-    const applied = await applyPods(inst, helpers, loaded.pods, {node: opts.node, mesh: meshProfile(state.mesh), attachInbound: true})
+    const applied = await applyPods(inst, helpers, loaded.pods, {node: opts.node, mesh: meshProfile(state.mesh), attachInbound: true, capacity: connectionCapacity(state)})
     const pods = podsRecord(loaded.source, applied)
     await savePodsRecord(inst, pods)
     return {...pods, written: applied.sync.written, deleted: applied.sync.deleted}

@@ -1,6 +1,6 @@
 import {bpftool} from '../bpf/bpftool.js'
 import {ipToSlot} from '../bpf/ip.js'
-import {encodePodId, encodePodRules, encodeU64, MAX_DNS, MAX_PODS, type PodRules} from '../bpf/layout.js'
+import {encodePodId, encodePodRules, encodeU32, encodeU64, MAX_DNS, MAX_PODS, podShare, type PodRules} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import {readMaps} from '../bpf/maps.js'
 import type {MeshedPod, PodSelection} from '../kube/pods.js'
@@ -13,6 +13,8 @@ import type {Installation, PodRecord} from './installation.js'
 export interface PodMapsView {
   rules: Map<string, string>
   netns: Map<bigint, string>
+  /** pod_share: the entries of each connection map a pod may always hold */
+  share?: number
 }
 
 export interface SyncResult {
@@ -66,7 +68,7 @@ async function readView(inst: Installation): Promise<PodMapsView> {
   for (const p of await readMaps.localPods(inst)) rules.set(p.ip, encodePodRules(p.rules).toString('hex'))
   const netns = new Map<bigint, string>()
   for (const n of await readMaps.netnsPods(inst)) netns.set(n.netns, encodePodId(n).toString('hex'))
-  return {rules, netns}
+  return {rules, netns, share: await readMaps.podShare(inst)}
 }
 
 /** One meshed pod as the node found it: its namespace (if found), that namespace's cookie, its encoded rules. */
@@ -131,7 +133,7 @@ export function planSync(found: FoundPod[], current: PodMapsView, known: boolean
  * node (the one holding its IP) and reading that namespace's cookie. `known` (what the previous
  * sync of this process left) saves reading the maps back.
  */
-export async function syncPods(inst: Installation, objects: Helpers, selection: PodSelection, opts: {known?: PodMapsView; attachInbound: boolean}): Promise<SyncResult> {
+export async function syncPods(inst: Installation, objects: Helpers, selection: PodSelection, opts: {known?: PodMapsView; attachInbound: boolean; capacity: number}): Promise<SyncResult> {
   checkCapacity(selection)
   const byIp = namespacesByIp(await listNetnsCandidates())
   const located = selection.meshed.map((pod) => ({pod, ns: byIp.get(normalIp(pod.ip))}))
@@ -146,7 +148,10 @@ export async function syncPods(inst: Installation, objects: Helpers, selection: 
     return {pod, nsPath: ns?.path, cookie, rules: encodePodRules({...rules, ...(cookie === undefined ? {} : {netns: cookie})})}
   })
   const plan = planSync(found, current, opts.known !== undefined)
+  // every meshed pod counts, found or not: its share is kept for it either way
+  plan.view.share = podShare(opts.capacity, selection.meshed.length)
   const lines = [
+    ...(plan.view.share === current.share ? [] : [bpftool.mapUpdateLine(inst.map('pod_share'), encodeU32(0), encodeU32(plan.view.share))]),
     ...plan.ruleWrites.map(([ip, rules]) => bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(ip), rules)),
     ...plan.netnsWrites.map(([cookie, id]) => bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), id)),
     ...plan.ruleDeletes.map((ip) => bpftool.mapDeleteLine(inst.map('local_pod_ips'), ipToSlot(ip))),

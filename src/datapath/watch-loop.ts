@@ -9,7 +9,7 @@ import type {PodJson} from '../kube/pods.js'
 import {loadPods} from '../kube/source.js'
 import {type PodEvent, watchNodePods} from '../kube/watch.js'
 import type {MeshProfile} from '../mesh/profiles.js'
-import type {Installation} from './installation.js'
+import {connectionCapacity, type Installation} from './installation.js'
 import {type AppliedPods, applyPods, describePod, podsRecord, savePodsRecord} from './pods-sync.js'
 
 export interface WatchOptions {
@@ -35,7 +35,7 @@ export interface SyncReport {
 }
 
 export async function runWatch(inst: Installation, opts: WatchOptions): Promise<void> {
-  await inst.requireState()
+  const capacity = connectionCapacity(await inst.requireState())
   const objects = inst.requireHelpers()
   // the first list fails the command (nothing changed); later failures are retried with backoff
   const first = await loadPods(undefined, opts.node, opts.kube)
@@ -53,7 +53,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
         const before = applied
         // a re-check forgets what the last sync left, so the maps are read back and compared
         const known = event.type === 'RECHECK' ? undefined : applied?.sync.view
-        applied = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true})
+        applied = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true, capacity})
         await savePodsRecord(inst, podsRecord(source, applied))
         const ms = Math.round(performance.now() - started)
         opts.onSynced?.({cause: event.type, ms, lagMs: performance.now() - arrived, applied})

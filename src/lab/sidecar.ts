@@ -4,7 +4,9 @@
  * the destination getsockopt(SO_ORIGINAL_DST) reports; inbound upstreams leave from 127.0.0.6.
  * Each connection is logged on stdout as: client frontend(original destination) backend server,
  * as soon as its upstream is connected (logasap): what a test reads is there while the
- * connection is still open, whenever it closes.
+ * connection is still open, whenever it closes. A connection without an original destination
+ * (haproxy then sees the listener's own address) is closed, as Envoy's blackhole filter chains
+ * close it, instead of being forwarded to the sidecar itself in a loop.
  */
 import type {MeshProfile} from '../mesh/profiles.js'
 
@@ -26,9 +28,11 @@ defaults
   timeout server 120s
 frontend outbound
   bind 0.0.0.0:${mesh.outboundPort}
+  tcp-request connection reject if { dst_port ${mesh.outboundPort} }
   default_backend outbound_passthrough
 frontend inbound
   bind 0.0.0.0:${mesh.inboundPort}
+  tcp-request connection reject if { dst_port ${mesh.inboundPort} }
   default_backend inbound_passthrough
 backend outbound_passthrough
   server original 0.0.0.0:0

@@ -20,6 +20,8 @@ function table(m: MapDump): string {
         ['connection (connecting end)', 'original destination', 'pid', 'flags'],
         m.rows.map((x) => [`${endpoint(x.connection.local)} → ${endpoint(x.connection.remote)}`, endpoint(x.originalDst), `${x.pid}${x.process ? ` ${x.process}` : ''}`, list(x.flags)]),
       )
+    case 'pod_usage':
+      return renderTable(['netns cookie', 'pod', 'sockets (sock_pair_map)', 'original destinations'], m.rows.map((x) => [x.netns === '0' ? c.bold('node total') : x.netns, x.pod ?? '-', x.sockets, x.origins]))
     case 'process_ip':
       return renderTable(['pid', 'process', 'pod IP', 'pod', 'netns'], m.rows.map((x) => [x.pid, x.process ?? c.dim('(exited)'), x.podIp, x.pod ?? '-', x.netns]))
     case 'local_pod_ips':

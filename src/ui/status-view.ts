@@ -19,6 +19,8 @@ const COUNTER_LABELS: Record<CounterName, string> = {
   dnsRedirected: 'DNS connections and queries sent to the proxy',
   dnsReplyRestored: "DNS replies shown as the resolver's",
   inboundUnparsed: 'TCP packets to a meshed pod dropped: fragments or no TCP header found (fail closed)',
+  socketOverShare: 'sockets left on TCP: their pod was over its share of a busy sock_pair_map',
+  originOverShare: 'original destinations refused: their pod was over its share of a busy pair_original_dst',
 }
 
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`
