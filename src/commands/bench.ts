@@ -1,41 +1,48 @@
 import {Flags} from '@oclif/core'
 import {cpus, hostname, release} from 'node:os'
 import {Bench, type BenchReport, MODES, type Mode, type Sample, type Scenario, SCENARIOS, summarize} from '../lab/bench.js'
+import {ENTRIES_PER_CONNECTION, SCALE_PODS, type ScaleReport, ScaleRun} from '../lab/scale.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {renderBench, renderBenchMarkdown} from '../ui/bench-view.js'
 import {runWithProgress} from '../ui/steps.js'
 
 const SCENARIO_NAMES = Object.keys(SCENARIOS) as Scenario[]
+/** Not a wrk scenario: many connections held at once, in ebpf mode only (src/lab/scale.ts). */
+const SCALE = 'scale'
 
 export default class BenchCommand extends BaseCommand {
   static override summary = 'Measure merbridge against iptables interception on this machine'
-  static override description = `Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and measures each scenario in three modes, switched within every round: direct (no interception), iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is checked to do what it says before it is measured. Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio, with the lowest and highest round. A round in which other processes took more than 10% of the machine is left out and named; fewer than 2 quiet rounds make a scenario unreliable, and a target is judged only over 5 or more. Every shape of --sidecar-threads gets its own lab and report. Scenarios: ${SCENARIO_NAMES.join(', ')}.`
+  static override description = `Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and measures each scenario in three modes, switched within every round: direct (no interception), iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is checked to do what it says before it is measured. Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio, with the lowest and highest round. A round in which other processes took more than 10% of the machine is left out and named; fewer than 2 quiet rounds make a scenario unreliable, and a target is judged only over 5 or more. Every shape of --sidecar-threads gets its own lab and report. Scenarios: ${SCENARIO_NAMES.join(', ')}; and, when named, ${SCALE}: --scale-connections connections through both sidecars held open at once by ${SCALE_PODS} client pods, merbridge enabled with ${ENTRIES_PER_CONNECTION} map entries per connection, reporting whether every one was redirected and what the maps cost.`
 
   static override examples = [
     {command: '<%= config.bin %> bench', description: 'Three rounds of 10 s per mode and scenario'},
     {command: '<%= config.bin %> bench --rounds 1 --duration 2 --scenarios keepalive --markdown', description: 'A quick look, as a Markdown table'},
+    {command: '<%= config.bin %> bench --scenarios scale', description: '20,000 proxied connections held at once'},
   ]
 
   static override flags = {
     rounds: Flags.integer({description: 'rounds; every round runs every mode once', default: 3, min: 1}),
     duration: Flags.integer({description: 'seconds per mode and scenario', default: 10, min: 1}),
-    scenarios: Flags.string({description: `comma-separated: ${SCENARIO_NAMES.join(', ')}`, default: SCENARIO_NAMES.join(',')}),
+    scenarios: Flags.string({description: `comma-separated: ${[...SCENARIO_NAMES, SCALE].join(', ')}`, default: SCENARIO_NAMES.join(',')}),
+    'scale-connections': Flags.integer({description: `connections the ${SCALE} scenario holds open at once`, default: 20_000, min: SCALE_PODS, max: 40_000}),
     'sidecar-threads': Flags.string({description: "comma-separated worker thread counts of the sidecars, one lab each (a user's Envoy runs 2 by default)", default: '1,2'}),
     markdown: Flags.boolean({description: 'print the result as Markdown tables'}),
   }
 
   async run(): Promise<BenchReport> {
     const {flags} = await this.parse(BenchCommand)
-    const scenarios = flags.scenarios.split(',').map((s) => s.trim()).filter(Boolean)
-    const unknown = scenarios.filter((s) => !SCENARIO_NAMES.includes(s as Scenario))
-    if (unknown.length > 0) this.error(`unknown scenario ${unknown.join(', ')} (known: ${SCENARIO_NAMES.join(', ')})`, {exit: 2})
+    const named = flags.scenarios.split(',').map((s) => s.trim()).filter(Boolean)
+    const unknown = named.filter((s) => s !== SCALE && !SCENARIO_NAMES.includes(s as Scenario))
+    if (unknown.length > 0) this.error(`unknown scenario ${unknown.join(', ')} (known: ${[...SCENARIO_NAMES, SCALE].join(', ')})`, {exit: 2})
+    const scenarios = named.filter((s): s is Scenario => s !== SCALE)
     const shapes = flags['sidecar-threads'].split(',').map((t) => t.trim())
     if (shapes.length === 0 || shapes.some((t) => !/^[1-9]\d{0,2}$/.test(t))) this.error(`--sidecar-threads ${flags['sidecar-threads']}: give thread counts such as 1,2`, {exit: 2})
     requirePrivileges('bench')
 
     const samples: Sample[] = []
-    let bench: Bench | undefined
+    let bench: {teardown(): Promise<void>} | undefined
+    let scale: ScaleReport | undefined
     let stopping = false
     const onSignal = () => {
       if (stopping) return // a second Ctrl-C while tearing down
@@ -48,7 +55,7 @@ export default class BenchCommand extends BaseCommand {
     process.on('SIGTERM', onSignal)
     try {
       // one lab per sidecar shape, each measured in full
-      for (const threads of shapes.map(Number)) {
+      for (const threads of scenarios.length > 0 ? shapes.map(Number) : []) {
         const current = new Bench(threads)
         bench = current
         const steps: {title: string; run: () => Promise<void>}[] = [{title: `Build the lab (client: wrk, server: nginx, haproxy sidecars with ${threads} thread(s))`, run: () => current.setup()}]
@@ -61,7 +68,7 @@ export default class BenchCommand extends BaseCommand {
               run: async () => {
                 await current.setMode(mode)
                 await current.verifyMode(mode)
-                for (const s of scenarios as Scenario[]) samples.push(await current.measure(round, mode, s, flags.duration))
+                for (const s of scenarios) samples.push(await current.measure(round, mode, s, flags.duration))
               },
             })
           }
@@ -72,6 +79,15 @@ export default class BenchCommand extends BaseCommand {
           await current.teardown()
         }
       }
+      if (named.includes(SCALE)) {
+        const current = new ScaleRun(flags['scale-connections'])
+        bench = current
+        await runWithProgress(
+          [{title: `Hold ${flags['scale-connections'].toLocaleString('en-US')} connections through the sidecars (${SCALE})`, run: async () => void (scale = await current.run())}],
+          undefined,
+          {silent: this.jsonEnabled()},
+        ).finally(() => current.teardown())
+      }
     } finally {
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)
@@ -81,7 +97,8 @@ export default class BenchCommand extends BaseCommand {
       durationSec: flags.duration,
       machine: {kernel: release(), cpus: cpus().length, node: hostname()},
       samples,
-      shapes: shapes.map(Number).map((threads) => ({sidecarThreads: threads, summary: summarize(samples.filter((x) => x.sidecarThreads === threads), scenarios as Scenario[])})),
+      shapes: scenarios.length > 0 ? shapes.map(Number).map((threads) => ({sidecarThreads: threads, summary: summarize(samples.filter((x) => x.sidecarThreads === threads), scenarios)})) : [],
+      ...(scale ? {scale} : {}),
     }
     this.log('')
     this.log(flags.markdown ? renderBenchMarkdown(report) : renderBench(report))

@@ -17,6 +17,7 @@ import {meshProfile} from '../mesh/profiles.js'
 import {requireTools, run} from '../exec.js'
 import {redirectCounters} from './istio-iptables.js'
 import {APP_PORT, Lab} from './lab.js'
+import type {ScaleReport} from './scale.js'
 import {median, parseWrk, type WrkResult} from './wrk.js'
 
 export const MODES = ['direct', 'iptables', 'ebpf'] as const
@@ -89,6 +90,8 @@ export interface BenchReport {
   machine: {kernel: string; cpus: number; node: string}
   samples: Sample[]
   shapes: ShapeReport[]
+  /** the scale scenario, when asked for */
+  scale?: ScaleReport
 }
 
 const SERVER_PORT = APP_PORT

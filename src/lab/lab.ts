@@ -262,10 +262,10 @@ export class Lab {
    * default: the tests read its log, and a multi-threaded haproxy drops a log line now and then when
    * two sessions log at once (its DroppedLogs counter), which a test would take for a lost session.
    */
-  async startSidecar(podName: string, opts: {threads?: number} = {}): Promise<LabProcess> {
+  async startSidecar(podName: string, opts: {threads?: number; maxconn?: number} = {}): Promise<LabProcess> {
     const cfg = join(this.tmp, `haproxy-${podName}.cfg`)
     const proxy = this.pod(podName).proxy
-    writeFileSync(cfg, haproxyConfig(this.mesh, {uid: proxy?.uid, gid: proxy?.gid, statsSocket: this.statsSocket(podName), threads: opts.threads ?? 1}))
+    writeFileSync(cfg, haproxyConfig(this.mesh, {uid: proxy?.uid, gid: proxy?.gid, statsSocket: this.statsSocket(podName), threads: opts.threads ?? 1, maxconn: opts.maxconn}))
     const p = this.spawn(podName, `sidecar in ${podName}`, 'haproxy', ['-db', '-f', cfg])
     await this.waitListening(podName, this.mesh.outboundPort)
     await this.waitListening(podName, this.mesh.inboundPort)

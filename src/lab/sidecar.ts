@@ -10,12 +10,12 @@
  */
 import type {MeshProfile} from '../mesh/profiles.js'
 
-export function haproxyConfig(mesh: MeshProfile, opts: {uid?: number; gid?: number; statsSocket?: string; threads?: number} = {}): string {
+export function haproxyConfig(mesh: MeshProfile, opts: {uid?: number; gid?: number; statsSocket?: string; threads?: number; maxconn?: number} = {}): string {
   // the stats socket counts sessions as they are accepted: proof that a connection passed, with no wait for a log line
   return `global
 ${opts.threads ? `  nbthread ${opts.threads}\n` : ''}  uid ${opts.uid ?? mesh.sidecarUid}
   gid ${opts.gid ?? mesh.sidecarGid}
-  maxconn 4096${opts.statsSocket ? `
+  maxconn ${opts.maxconn ?? 4096}${opts.statsSocket ? `
   stats socket ${opts.statsSocket} mode 600 level user` : ''}
   log stdout format raw local0
 defaults

@@ -1,4 +1,5 @@
 import {type BenchReport, MODES, QUIET_OTHER_CPU_PCT, type Ratio, ROUNDS_FOR_TARGETS, type ScenarioSummary, type ShapeReport} from '../lab/bench.js'
+import type {ScaleReport} from '../lab/scale.js'
 import {renderTable} from './table.js'
 import {c} from './theme.js'
 
@@ -35,17 +36,31 @@ export function renderBenchSummary(s: ScenarioSummary): string {
 
 const shapeTitle = (shape: ShapeReport) => `sidecars with ${shape.sidecarThreads} thread${shape.sidecarThreads === 1 ? '' : 's'}`
 
+/** The scale scenario in lines, the same for the terminal and Markdown. */
+export function scaleLines(s: ScaleReport): string[] {
+  const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`
+  const refused = ['sockhashFull', 'socketOverShare', 'originLost', 'originOverShare'] as const
+  return [
+    `${s.held.toLocaleString('en-US')} of ${s.connections.toLocaleString('en-US')} connections held through both sidecars (${s.pods} client pods, ${s.pods} server pods), ${s.failed} failed, opened and echoed in ${s.openSeconds.toFixed(1)} s`,
+    `enable --max-connections ${s.maxConnections}: ${s.entries.sockets.toLocaleString('en-US')} sockets in sock_pair_map, ${s.entries.origins.toLocaleString('en-US')} entries in pair_original_dst; kernel memory ${mb(s.memoryBytes.sockPairMap)} and ${mb(s.memoryBytes.pairOriginalDst)}`,
+    `refused while opening: ${refused.map((k) => `${k} ${s.counters[k] ?? 0}`).join(', ')}; messages redirected ${(s.counters.msgRedirected ?? 0).toLocaleString('en-US')}, left on TCP (peer not yet tracked) ${s.counters.redirectMiss ?? 0}`,
+    s.allRedirected ? 'every connection redirected: none left on TCP for want of an entry' : 'NOT every connection was held and redirected',
+  ]
+}
+
 export function renderBench(r: BenchReport): string {
-  const out = [c.bold(`merbridge bench: ${r.rounds} round(s) of ${r.durationSec} s per mode and scenario, Linux ${r.machine.kernel}, ${r.machine.cpus} CPUs`)]
+  const rounds = r.shapes.length > 0 ? `${r.rounds} round(s) of ${r.durationSec} s per mode and scenario, ` : ''
+  const out = [c.bold(`merbridge bench: ${rounds}Linux ${r.machine.kernel}, ${r.machine.cpus} CPUs`)]
   for (const shape of r.shapes) {
     out.push('', c.bold(c.cyan(shapeTitle(shape))))
     for (const s of shape.summary) out.push('', renderBenchSummary(s))
   }
+  if (r.scale) out.push('', c.bold(c.cyan('scale')), ...scaleLines(r.scale).map((l, i, all) => (i === all.length - 1 ? (r.scale?.allRedirected ? c.green(l) : c.red(l)) : l)))
   return out.join('\n')
 }
 
 export function renderBenchMarkdown(r: BenchReport): string {
-  const out = [`Rounds: ${r.rounds}, ${r.durationSec} s per mode and scenario; Linux ${r.machine.kernel}, ${r.machine.cpus} CPUs. Medians over rounds.`]
+  const out = [`${r.shapes.length > 0 ? `Rounds: ${r.rounds}, ${r.durationSec} s per mode and scenario; medians over rounds. ` : ''}Linux ${r.machine.kernel}, ${r.machine.cpus} CPUs.`]
   for (const shape of r.shapes) {
     out.push('', `## ${shapeTitle(shape)}`)
     for (const s of shape.summary) {
@@ -54,5 +69,6 @@ export function renderBenchMarkdown(r: BenchReport): string {
       out.push('', ...ratioLines(s).map((l) => `${l}  `))
     }
   }
+  if (r.scale) out.push('', '## scale', '', ...scaleLines(r.scale).map((l) => `${l}  `))
   return out.join('\n')
 }

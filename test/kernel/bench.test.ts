@@ -47,6 +47,29 @@ describe('merbridge bench', {skip, timeout: 180_000}, () => {
     assert.match(r.stdout, /not reliable: fewer than 2 quiet rounds/)
   })
 
+  it('holds the scale scenario\'s connections through both sidecars, all redirected, and leaves nothing', async () => {
+    const netns = (await execa('ip', ['netns', 'list'])).stdout
+    const r = await cli(['bench', '--scenarios', 'scale', '--scale-connections', '2000', '--json'])
+    assert.equal(r.code, 0, r.stderr.slice(-2000))
+    const report = parseJson<BenchReport>(r.stdout)
+    assert.deepEqual(report.shapes, [], 'no wrk scenario was asked for')
+    const s = report.scale
+    assert.ok(s, 'a scale report')
+    const context = JSON.stringify(s)
+    assert.equal(s.connections, 2000)
+    assert.equal(s.held, 2000, context)
+    assert.equal(s.failed, 0, context)
+    // each connection: the app's socket and the outbound sidecar's two, the inbound sidecar's two and the app's; the app's and the outbound sidecar's connects are rewritten
+    assert.ok(s.entries.sockets >= 6 * 2000, context)
+    assert.ok(s.entries.origins >= 2 * 2000, context)
+    assert.ok((s.counters.msgRedirected ?? 0) >= 2000, context)
+    for (const k of ['sockhashFull', 'socketOverShare', 'originLost', 'originOverShare'] as const) assert.equal(s.counters[k], 0, `${k}: ${context}`)
+    assert.ok(s.memoryBytes.sockPairMap > 0 && s.memoryBytes.pairOriginalDst > 0, context)
+    assert.equal(s.allRedirected, true, context)
+    assert.equal((await execa('ip', ['netns', 'list'])).stdout, netns)
+    assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
+  })
+
   it('rejects thread counts that are not numbers, in one line', async () => {
     const r = await cli(['bench', '--sidecar-threads', '1,two'])
     assert.equal(r.code, 2)
