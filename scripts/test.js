@@ -8,5 +8,10 @@ const files = ['test/unit', 'test/kernel'].flatMap((dir) =>
 )
 const only = process.argv.slice(2)
 const selected = only.length > 0 ? files.filter((f) => only.some((o) => f.includes(o))) : files
+// with no file named, node --test would run every script it can find, helpers included
+if (selected.length === 0) {
+  console.error(`no test file matches ${only.join(', ')}: give part of a path under test/unit or test/kernel`)
+  process.exit(2)
+}
 const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-concurrency=1', ...selected], {stdio: 'inherit'})
 process.exit(r.status ?? 1)

@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core'
+import {accessSync, constants, statSync} from 'node:fs'
 import {cpus, hostname, release} from 'node:os'
-import {Bench, type BenchReport, MODES, type Mode, type Sample, type Scenario, SCENARIOS, summarize} from '../lab/bench.js'
+import {Bench, type BenchReport, type Mode, type Sample, type Scenario, SCENARIOS, summarize} from '../lab/bench.js'
 import {ENTRIES_PER_CONNECTION, SCALE_PODS, type ScaleReport, ScaleRun} from '../lab/scale.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
@@ -13,7 +14,7 @@ const SCALE = 'scale'
 
 export default class BenchCommand extends BaseCommand {
   static override summary = 'Measure merbridge against iptables interception on this machine'
-  static override description = `Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and measures each scenario in three modes, switched within every round: direct (no interception), iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is checked to do what it says before it is measured. Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio, with the lowest and highest round. A round in which other processes took more than 10% of the machine is left out and named; fewer than 2 quiet rounds make a scenario unreliable, and a target is judged only over 5 or more. Every shape of --sidecar-threads gets its own lab and report. Scenarios: ${SCENARIO_NAMES.join(', ')}; and, when named, ${SCALE}: --scale-connections connections through both sidecars held open at once by ${SCALE_PODS} client pods, merbridge enabled with ${ENTRIES_PER_CONNECTION} map entries per connection, reporting whether every one was redirected and what the maps cost.`
+  static override description = `Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and measures each scenario in three modes, switched within every round: direct (no interception), iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is checked to do what it says before it is measured. Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio, with the lowest and highest round. A round in which other processes took more than 10% of the machine is left out and named; fewer than 2 quiet rounds make a scenario unreliable, and a target is judged only over 5 or more. Every shape of --sidecar-threads gets its own lab and report. Scenarios: ${SCENARIO_NAMES.join(', ')}; and, when named, ${SCALE}: --scale-connections connections through both sidecars held open at once by ${SCALE_PODS} client pods, merbridge enabled with ${ENTRIES_PER_CONNECTION} map entries per connection, reporting whether every one was redirected and what the maps cost. --baseline-up and --baseline-down add a fourth mode to every round, another datapath brought up and down by the user's commands (such as the original Merbridge programs), with ebpf/baseline ratios.`
 
   static override examples = [
     {command: '<%= config.bin %> bench', description: 'Three rounds of 10 s per mode and scenario'},
@@ -28,6 +29,9 @@ export default class BenchCommand extends BaseCommand {
     'scale-connections': Flags.integer({description: `connections the ${SCALE} scenario holds open at once`, default: 20_000, min: SCALE_PODS, max: 40_000}),
     'sidecar-threads': Flags.string({description: "comma-separated worker thread counts of the sidecars, one lab each (a user's Envoy runs 2 by default)", default: '1,2'}),
     markdown: Flags.boolean({description: 'print the result as Markdown tables'}),
+    'baseline-up': Flags.string({description: 'a fourth mode, another datapath: the command that loads it, run as CMD CGROUP BPFFS_DIR POD_IP...', dependsOn: ['baseline-down']}),
+    'baseline-down': Flags.string({description: 'the command that removes it, run as CMD CGROUP BPFFS_DIR', dependsOn: ['baseline-up']}),
+    'baseline-name': Flags.string({description: 'what to call the fourth mode in the report', default: 'baseline'}),
   }
 
   async run(): Promise<BenchReport> {
@@ -38,6 +42,8 @@ export default class BenchCommand extends BaseCommand {
     const scenarios = named.filter((s): s is Scenario => s !== SCALE)
     const shapes = flags['sidecar-threads'].split(',').map((t) => t.trim())
     if (shapes.length === 0 || shapes.some((t) => !/^[1-9]\d{0,2}$/.test(t))) this.error(`--sidecar-threads ${flags['sidecar-threads']}: give thread counts such as 1,2`, {exit: 2})
+    const baseline = flags['baseline-up'] && flags['baseline-down'] ? {name: flags['baseline-name'], up: flags['baseline-up'], down: flags['baseline-down']} : undefined
+    for (const cmd of baseline ? [baseline.up, baseline.down] : []) if (!isExecutable(cmd)) this.error(`${cmd} is not an executable file: --baseline-up and --baseline-down take the paths of the commands`, {exit: 2})
     requirePrivileges('bench')
 
     const samples: Sample[] = []
@@ -56,12 +62,13 @@ export default class BenchCommand extends BaseCommand {
     try {
       // one lab per sidecar shape, each measured in full
       for (const threads of scenarios.length > 0 ? shapes.map(Number) : []) {
-        const current = new Bench(threads)
+        const current = new Bench(threads, baseline)
         bench = current
         const steps: {title: string; run: () => Promise<void>}[] = [{title: `Build the lab (client: wrk, server: nginx, haproxy sidecars with ${threads} thread(s))`, run: () => current.setup()}]
         for (let round = 1; round <= flags.rounds; round++) {
           // rotate the order of modes so that drift on a shared machine does not favour one
-          const order: Mode[] = MODES.map((_, i) => MODES[(i + round - 1) % MODES.length] ?? 'direct')
+          const modes = current.modes
+          const order: Mode[] = modes.map((_, i) => modes[(i + round - 1) % modes.length] ?? 'direct')
           for (const mode of order) {
             steps.push({
               title: `${threads} thread(s), round ${round}/${flags.rounds}: ${mode}`,
@@ -93,6 +100,7 @@ export default class BenchCommand extends BaseCommand {
       process.off('SIGTERM', onSignal)
     }
     const report: BenchReport = {
+      ...(baseline ? {baseline: baseline.name} : {}),
       rounds: flags.rounds,
       durationSec: flags.duration,
       machine: {kernel: release(), cpus: cpus().length, node: hostname()},
@@ -103,5 +111,14 @@ export default class BenchCommand extends BaseCommand {
     this.log('')
     this.log(flags.markdown ? renderBenchMarkdown(report) : renderBench(report))
     return report
+  }
+}
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK)
+    return statSync(path).isFile()
+  } catch {
+    return false
   }
 }

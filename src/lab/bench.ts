@@ -21,7 +21,20 @@ import type {ScaleReport} from './scale.js'
 import {median, parseWrk, type WrkResult} from './wrk.js'
 
 export const MODES = ['direct', 'iptables', 'ebpf'] as const
-export type Mode = (typeof MODES)[number]
+/** A fourth mode on request: another datapath brought up and down by commands of the user's (bench --baseline-up/--baseline-down). */
+export const BASELINE = 'baseline'
+export type Mode = (typeof MODES)[number] | typeof BASELINE
+
+/**
+ * Another datapath to compare with, outside the product: `up CGROUP BPFFS_DIR POD_IP...` loads it
+ * on the lab's cgroup, `down CGROUP BPFFS_DIR` removes it (the interface of the scripts that load
+ * the original Merbridge programs).
+ */
+export interface Baseline {
+  name: string
+  up: string
+  down: string
+}
 
 export const SCENARIOS = {
   keepalive: {title: 'keep-alive, 16 connections', args: ['-t2', '-c16']},
@@ -54,7 +67,7 @@ export interface Ratio {
   high: number
 }
 
-export type RatioName = 'requestsPerSec' | 'p50' | 'p99' | 'addedCpu'
+export type RatioName = 'requestsPerSec' | 'p50' | 'p99' | 'addedCpu' | 'baselineRequestsPerSec' | 'baselineP50'
 
 /** What the project aims for, per scenario (ebpf/iptables). */
 export const TARGETS: Partial<Record<Scenario, Partial<Record<RatioName, {atLeast?: number; atMost?: number}>>>> = {
@@ -63,17 +76,33 @@ export const TARGETS: Partial<Record<Scenario, Partial<Record<RatioName, {atLeas
   'new-connection': {requestsPerSec: {atLeast: 1.2}, addedCpu: {atMost: 0.45}},
 }
 
+/** Ahead of the baseline by 5% (ebpf/baseline), judged only when a baseline was measured. */
+export const BASELINE_TARGETS: Partial<Record<Scenario, Partial<Record<RatioName, {atLeast?: number; atMost?: number}>>>> = {
+  keepalive: {baselineRequestsPerSec: {atLeast: 1.05}},
+  'one-connection': {baselineP50: {atMost: 0.95}},
+  'new-connection': {baselineRequestsPerSec: {atLeast: 1.05}},
+}
+
+interface ModeFigures {
+  requestsPerSec: number
+  p50: number
+  p90: number
+  p99: number
+  cpuPerRequestUs: number
+  errors: number
+}
+
 export interface ScenarioSummary {
   scenario: Scenario
   title: string
-  modes: Record<Mode, {requestsPerSec: number; p50: number; p90: number; p99: number; cpuPerRequestUs: number; errors: number}>
+  modes: Record<(typeof MODES)[number], ModeFigures> & {baseline?: ModeFigures}
   /** rounds whose samples all had other CPU use at or under QUIET_OTHER_CPU_PCT */
   quietRounds: number[]
   /** rounds left out, with the highest other CPU use seen in them */
   leftOut: {round: number; otherCpuPct: number}[]
   /** fewer than 2 quiet rounds: the ratios say little */
   reliable: boolean
-  /** medians over quiet rounds of each round's ebpf/iptables ratio, with their spread */
+  /** medians over quiet rounds of each round's ebpf/iptables ratio (ebpf/baseline for baseline*), with their spread */
   ratios: Record<RatioName, Ratio>
   /** each target of this scenario: met, missed, or not judged (fewer than ROUNDS_FOR_TARGETS quiet rounds) */
   targets: {ratio: RatioName; target: string; verdict: 'met' | 'missed' | 'not judged'}[]
@@ -85,6 +114,8 @@ export interface ShapeReport {
 }
 
 export interface BenchReport {
+  /** the other datapath measured as a fourth mode, by the name the user gave it */
+  baseline?: string
   rounds: number
   durationSec: number
   machine: {kernel: string; cpus: number; node: string}
@@ -126,8 +157,19 @@ export class Bench {
   readonly inst = new Installation(`/sys/fs/bpf/merbridge-bench-${randomBytes(3).toString('hex')}`)
   private podsFile = ''
 
+  private baselineUp = false
+  readonly baselineDir = `/sys/fs/bpf/merbridge-bench-baseline-${randomBytes(3).toString('hex')}`
+
   /** `sidecarThreads`: each sidecar's worker threads (haproxy's nbthread) */
-  constructor(readonly sidecarThreads = 1) {}
+  constructor(
+    readonly sidecarThreads = 1,
+    readonly baseline?: Baseline,
+  ) {}
+
+  /** The modes each round measures: the baseline's too when there is one. */
+  get modes(): Mode[] {
+    return this.baseline ? [...MODES, BASELINE] : [...MODES]
+  }
 
   async setup(): Promise<void> {
     requireTools(['haproxy', 'nginx', 'wrk', 'iptables-restore', 'ip', 'ss'], 'the bench', 'bash scripts/setup.sh installs them (apt-get install haproxy nginx wrk iptables iproute2)')
@@ -153,9 +195,20 @@ export class Bench {
 
   async setMode(mode: Mode): Promise<void> {
     await disable(this.inst, {drainMs: 0})
+    await this.baselineDown()
     for (const p of ['client', 'server']) await this.lab.removeIstioIptables(p)
     if (mode === 'iptables') for (const p of ['client', 'server']) await this.lab.installIstioIptables(p)
     if (mode === 'ebpf') await enable({cgroup: this.lab.cgroup, bpffs: this.inst.dir, podsFile: this.podsFile})
+    if (mode === BASELINE && this.baseline) {
+      this.baselineUp = true
+      await run(this.baseline.up, [this.lab.cgroup, this.baselineDir, ...['client', 'server'].map((p) => this.lab.pod(p).ip)])
+    }
+  }
+
+  private async baselineDown(): Promise<void> {
+    if (!this.baselineUp || !this.baseline) return
+    await run(this.baseline.down, [this.lab.cgroup, this.baselineDir])
+    this.baselineUp = false
   }
 
   /**
@@ -203,6 +256,7 @@ export class Bench {
   async teardown(): Promise<void> {
     try {
       await disable(this.inst, {drainMs: 0})
+      await this.baselineDown()
     } finally {
       await this.lab.destroy()
     }
@@ -227,17 +281,18 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
   return scenarios.map((scenario) => {
     const of = (mode: Mode) => samples.filter((s) => s.scenario === scenario && s.mode === mode)
     const med = (mode: Mode, k: keyof WrkResult | 'cpuPerRequestUs') => median(of(mode).map((s) => s[k]))
+    const measured: Mode[] = samples.some((s) => s.mode === BASELINE) ? [...MODES, BASELINE] : [...MODES]
     const modes = Object.fromEntries(
-      MODES.map((m) => [m, {requestsPerSec: med(m, 'requestsPerSec'), p50: med(m, 'p50'), p90: med(m, 'p90'), p99: med(m, 'p99'), cpuPerRequestUs: med(m, 'cpuPerRequestUs'), errors: of(m).reduce((a, s) => a + s.errors, 0)}]),
+      measured.map((m) => [m, {requestsPerSec: med(m, 'requestsPerSec'), p50: med(m, 'p50'), p90: med(m, 'p90'), p99: med(m, 'p99'), cpuPerRequestUs: med(m, 'cpuPerRequestUs'), errors: of(m).reduce((a, s) => a + s.errors, 0)}]),
     ) as ScenarioSummary['modes']
     const rounds = [...new Set(samples.map((s) => s.round))].sort((a, b) => a - b)
     const busiest = (r: number) => Math.max(...samples.filter((s) => s.round === r && s.scenario === scenario).map((s) => s.otherCpuPct))
     const quietRounds = rounds.filter((r) => busiest(r) <= quietPct)
-    const perRound = (f: (e: Sample, i: Sample, d: Sample) => number): Ratio => {
+    const perRound = (f: (e: Sample, i: Sample, d: Sample) => number, against: Mode = 'iptables'): Ratio => {
       const values = quietRounds
         .map((r) => {
           const pick = (m: Mode) => samples.find((s) => s.round === r && s.scenario === scenario && s.mode === m)
-          const [e, i, d] = [pick('ebpf'), pick('iptables'), pick('direct')]
+          const [e, i, d] = [pick('ebpf'), pick(against), pick('direct')]
           return e && i && d ? f(e, i, d) : Number.NaN
         })
         .filter(Number.isFinite)
@@ -249,8 +304,11 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
       p99: perRound((e, i) => e.p99 / i.p99),
       // CPU added over direct, ebpf against iptables
       addedCpu: perRound((e, i, d) => (e.cpuPerRequestUs - d.cpuPerRequestUs) / (i.cpuPerRequestUs - d.cpuPerRequestUs)),
+      baselineRequestsPerSec: perRound((e, b) => e.requestsPerSec / b.requestsPerSec, BASELINE),
+      baselineP50: perRound((e, b) => e.p50 / b.p50, BASELINE),
     }
-    const targets = Object.entries(TARGETS[scenario] ?? {}).map(([name, t]) => {
+    const goals = {...TARGETS[scenario], ...(modes.baseline ? BASELINE_TARGETS[scenario] : {})}
+    const targets = Object.entries(goals).map(([name, t]) => {
       const ratio = name as RatioName
       const value = ratios[ratio].median
       const ok = t.atLeast !== undefined ? value >= t.atLeast : value <= (t.atMost ?? Number.POSITIVE_INFINITY)

@@ -1,4 +1,4 @@
-import {type BenchReport, MODES, QUIET_OTHER_CPU_PCT, type Ratio, ROUNDS_FOR_TARGETS, type ScenarioSummary, type ShapeReport} from '../lab/bench.js'
+import {BASELINE, type BenchReport, MODES, QUIET_OTHER_CPU_PCT, type Ratio, ROUNDS_FOR_TARGETS, type ScenarioSummary, type ShapeReport} from '../lab/bench.js'
 import type {ScaleReport} from '../lab/scale.js'
 import {renderTable} from './table.js'
 import {c} from './theme.js'
@@ -7,11 +7,9 @@ const f0 = (n: number) => (Number.isFinite(n) ? Math.round(n).toLocaleString('en
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '-')
 const x2 = (n: number) => (Number.isFinite(n) ? `x${n.toFixed(2)}` : '-')
 
-function rows(s: ScenarioSummary): string[][] {
-  return MODES.map((m) => {
-    const v = s.modes[m]
-    return [m, f0(v.requestsPerSec), f0(v.p50), f0(v.p90), f0(v.p99), f1(v.cpuPerRequestUs), String(v.errors)]
-  })
+function rows(s: ScenarioSummary, baselineName = BASELINE): string[][] {
+  const measured = [...MODES.map((m) => [m, s.modes[m]] as const), ...(s.modes.baseline ? [[baselineName, s.modes.baseline] as const] : [])]
+  return measured.map(([m, v]) => [m, f0(v.requestsPerSec), f0(v.p50), f0(v.p90), f0(v.p99), f1(v.cpuPerRequestUs), String(v.errors)])
 }
 
 const HEAD = ['mode', 'requests/s', 'p50 µs', 'p90 µs', 'p99 µs', 'CPU µs/req', 'errors']
@@ -19,10 +17,11 @@ const HEAD = ['mode', 'requests/s', 'p50 µs', 'p90 µs', 'p99 µs', 'CPU µs/re
 /** x1.71 (x1.24-x1.78): the median of per-round ratios and the lowest and highest round. */
 const ratio = (r: Ratio) => (Number.isFinite(r.median) ? `${x2(r.median)} (${x2(r.low)}-${x2(r.high)})` : '-')
 
-function ratioLines(s: ScenarioSummary): string[] {
+function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
   const lines = [
     `ebpf/iptables, median of ${s.quietRounds.length} quiet round(s) (lowest-highest round): requests/s ${ratio(s.ratios.requestsPerSec)}, p50 ${ratio(s.ratios.p50)}, p99 ${ratio(s.ratios.p99)}, CPU added over direct ${ratio(s.ratios.addedCpu)}`,
   ]
+  if (s.modes.baseline) lines.push(`ebpf/${baselineName}: requests/s ${ratio(s.ratios.baselineRequestsPerSec)}, p50 ${ratio(s.ratios.baselineP50)}`)
   if (s.leftOut.length > 0) lines.push(`left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}%`)
   if (!s.reliable) lines.push(`not reliable: fewer than 2 quiet rounds`)
   const judged = s.targets.map((t) => `${t.ratio} ${t.target}: ${t.verdict}`)
@@ -30,8 +29,8 @@ function ratioLines(s: ScenarioSummary): string[] {
   return lines
 }
 
-export function renderBenchSummary(s: ScenarioSummary): string {
-  return [c.bold(s.title), renderTable(HEAD, rows(s)), ...ratioLines(s)].join('\n')
+export function renderBenchSummary(s: ScenarioSummary, baselineName?: string): string {
+  return [c.bold(s.title), renderTable(HEAD, rows(s, baselineName)), ...ratioLines(s, baselineName)].join('\n')
 }
 
 const shapeTitle = (shape: ShapeReport) => `sidecars with ${shape.sidecarThreads} thread${shape.sidecarThreads === 1 ? '' : 's'}`
@@ -53,7 +52,7 @@ export function renderBench(r: BenchReport): string {
   const out = [c.bold(`merbridge bench: ${rounds}Linux ${r.machine.kernel}, ${r.machine.cpus} CPUs`)]
   for (const shape of r.shapes) {
     out.push('', c.bold(c.cyan(shapeTitle(shape))))
-    for (const s of shape.summary) out.push('', renderBenchSummary(s))
+    for (const s of shape.summary) out.push('', renderBenchSummary(s, r.baseline))
   }
   if (r.scale) out.push('', c.bold(c.cyan('scale')), ...scaleLines(r.scale).map((l, i, all) => (i === all.length - 1 ? (r.scale?.allRedirected ? c.green(l) : c.red(l)) : l)))
   return out.join('\n')
@@ -65,8 +64,8 @@ export function renderBenchMarkdown(r: BenchReport): string {
     out.push('', `## ${shapeTitle(shape)}`)
     for (const s of shape.summary) {
       out.push('', `### ${s.title}`, '', `| ${HEAD.join(' | ')} |`, `|${HEAD.map(() => '---').join('|')}|`)
-      for (const row of rows(s)) out.push(`| ${row.join(' | ')} |`)
-      out.push('', ...ratioLines(s).map((l) => `${l}  `))
+      for (const row of rows(s, r.baseline)) out.push(`| ${row.join(' | ')} |`)
+      out.push('', ...ratioLines(s, r.baseline).map((l) => `${l}  `))
     }
   }
   if (r.scale) out.push('', '## scale', '', ...scaleLines(r.scale).map((l) => `${l}  `))

@@ -1,10 +1,11 @@
 // `merbridge bench`: a short run gives a complete report, and a mode that is not doing its job is caught.
 import assert from 'node:assert/strict'
 import {readdirSync} from 'node:fs'
+import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {Bench, type BenchReport, MODES, SCENARIOS} from '../../src/lab/bench.js'
-import {cli, kernelSkipReason, parseJson} from '../helpers.js'
+import {cli, kernelSkipReason, parseJson, ROOT} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'nginx', 'wrk'])
 
@@ -68,6 +69,28 @@ describe('merbridge bench', {skip, timeout: 180_000}, () => {
     assert.equal(s.allRedirected, true, context)
     assert.equal((await execa('ip', ['netns', 'list'])).stdout, netns)
     assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
+  })
+
+  it('measures a baseline as a fourth mode, with ebpf/baseline ratios, and leaves nothing', async () => {
+    const support = join(ROOT, 'test', 'support')
+    const r = await cli(['bench', '--rounds', '1', '--duration', '1', '--scenarios', 'keepalive', '--sidecar-threads', '1', '--baseline-up', join(support, 'baseline-up.mjs'), '--baseline-down', join(support, 'baseline-down.mjs'), '--baseline-name', 'itself', '--json'])
+    assert.equal(r.code, 0, r.stderr.slice(-2000))
+    const report = parseJson<BenchReport>(r.stdout)
+    assert.equal(report.baseline, 'itself')
+    assert.deepEqual(report.samples.map((s) => s.mode).sort(), ['baseline', 'direct', 'ebpf', 'iptables'])
+    const [s] = report.shapes[0]!.summary
+    assert.ok(s?.modes.baseline && s.modes.baseline.requestsPerSec > 0 && s.modes.baseline.errors === 0, JSON.stringify(s?.modes))
+    if (s.quietRounds.length === 1) assert.ok(Number.isFinite(s.ratios.baselineRequestsPerSec.median) && Number.isFinite(s.ratios.baselineP50.median), JSON.stringify(s.ratios))
+    assert.ok(s.targets.some((t) => t.ratio === 'baselineRequestsPerSec'), JSON.stringify(s.targets))
+    assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
+  })
+
+  it('refuses a baseline command that is not an executable file, in one line', async () => {
+    const r = await cli(['bench', '--baseline-up', '/nonexistent/up.sh', '--baseline-down', '/nonexistent/down.sh'])
+    assert.equal(r.code, 2)
+    assert.match(r.stderr, /\/nonexistent\/up.sh is not an executable file/)
+    const half = await cli(['bench', '--baseline-up', '/bin/true'])
+    assert.equal(half.code, 2, half.stderr)
   })
 
   it('rejects thread counts that are not numbers, in one line', async () => {
