@@ -177,7 +177,6 @@ export class Bench {
     for (const p of ['client', 'server']) {
       // without reuse, a connection per request measures TIME_WAIT port search, not the datapath
       await run('ip', ['netns', 'exec', this.lab.pod(p).netns, 'sysctl', '-q', '-w', 'net.ipv4.tcp_tw_reuse=1'])
-      await run('ip', ['netns', 'exec', this.lab.pod(p).netns, 'sysctl', '-q', '-w', 'net.ipv4.ip_local_port_range=1024 65000'])
       await this.lab.startSidecar(p, {threads: this.sidecarThreads})
     }
     const cfg = join(this.lab.tmp, 'nginx.conf')
@@ -194,6 +193,7 @@ export class Bench {
   }
 
   async setMode(mode: Mode): Promise<void> {
+    await this.freshPorts(mode)
     await disable(this.inst, {drainMs: 0})
     await this.baselineDown()
     for (const p of ['client', 'server']) await this.lab.removeIstioIptables(p)
@@ -202,6 +202,28 @@ export class Bench {
     if (mode === BASELINE && this.baseline) {
       this.baselineUp = true
       await run(this.baseline.up, [this.lab.cgroup, this.baselineDir, ...['client', 'server'].map((p) => this.lab.pod(p).ip)])
+    }
+  }
+
+  /**
+   * Each mode starts without the TIME_WAIT sockets of the one before. They live a minute, and the
+   * next mode's sockets on the same 4-tuple carry timestamps from another offset (the kernel
+   * derives it from the addresses a socket connects to: the pod in one mode, 127.0.0.1:15001 in
+   * another), so PAWS drops their SYNs and each waits for a retransmit: the 10-16 ms p90 of new
+   * connections in every mode but the first of a lab (TcpExtPAWSTimewait and TCPSynRetrans in the
+   * pods' nstat). They are destroyed (ss -K); where the kernel cannot, each mode connects from
+   * its own quarter of the ephemeral ports instead.
+   */
+  private async freshPorts(mode: Mode): Promise<void> {
+    for (const p of ['client', 'server']) {
+      const ns = ['netns', 'exec', this.lab.pod(p).netns]
+      await run('ip', [...ns, 'ss', '-K', '-t', 'state', 'time-wait'], {allowFailure: true})
+      const left = (await run('ip', [...ns, 'ss', '-H', '-t', 'state', 'time-wait'])).stdout.trim()
+      const all = [...MODES, BASELINE]
+      const size = Math.floor((65000 - 1024 + 1) / all.length)
+      const first = 1024 + all.indexOf(mode) * size
+      const range = left === '' ? '1024 65000' : `${first} ${first + size - 1}`
+      await run('ip', [...ns, 'sysctl', '-q', '-w', `net.ipv4.ip_local_port_range=${range}`])
     }
   }
 
