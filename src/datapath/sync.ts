@@ -1,3 +1,4 @@
+import {existsSync} from 'node:fs'
 import {bpftool} from '../bpf/bpftool.js'
 import {ipToSlot} from '../bpf/ip.js'
 import {encodePodId, encodePodRules, encodeU32, encodeU64, MAX_DNS, MAX_PODS, podShare, type PodRules} from '../bpf/layout.js'
@@ -68,7 +69,8 @@ async function readView(inst: Installation): Promise<PodMapsView> {
   for (const p of await readMaps.localPods(inst)) rules.set(p.ip, encodePodRules(p.rules).toString('hex'))
   const netns = new Map<bigint, string>()
   for (const n of await readMaps.netnsPods(inst)) netns.set(n.netns, encodePodId(n).toString('hex'))
-  return {rules, netns, share: await readMaps.podShare(inst)}
+  // an installation enabled by an older merbridge has no shares until enable replaces it
+  return {rules, netns, share: existsSync(inst.map('pod_share')) ? await readMaps.podShare(inst) : undefined}
 }
 
 /** One meshed pod as the node found it: its namespace (if found), that namespace's cookie, its encoded rules. */
@@ -151,7 +153,7 @@ export async function syncPods(inst: Installation, objects: Helpers, selection: 
   // every meshed pod counts, found or not: its share is kept for it either way
   plan.view.share = podShare(opts.capacity, selection.meshed.length)
   const lines = [
-    ...(plan.view.share === current.share ? [] : [bpftool.mapUpdateLine(inst.map('pod_share'), encodeU32(0), encodeU32(plan.view.share))]),
+    ...(plan.view.share === current.share || !existsSync(inst.map('pod_share')) ? [] : [bpftool.mapUpdateLine(inst.map('pod_share'), encodeU32(0), encodeU32(plan.view.share))]),
     ...plan.ruleWrites.map(([ip, rules]) => bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(ip), rules)),
     ...plan.netnsWrites.map(([cookie, id]) => bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), id)),
     ...plan.ruleDeletes.map((ip) => bpftool.mapDeleteLine(inst.map('local_pod_ips'), ipToSlot(ip))),

@@ -4,7 +4,7 @@
 // connection closes. The maps are made small (--max-connections 1024) so a few hundred
 // connections fill them.
 import assert from 'node:assert/strict'
-import {writeFileSync} from 'node:fs'
+import {unlinkSync, writeFileSync} from 'node:fs'
 import {hostname} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
@@ -137,5 +137,12 @@ describe('fair shares of the connection maps', {skip, timeout: 300_000}, () => {
       },
       () => JSON.stringify(last),
     )
+  })
+
+  it('syncs an installation an older merbridge enabled, which has no pod_share map', async () => {
+    // unpinning leaves the map to the programs that use it: what an older installation looks like to sync
+    unlinkSync(inst.map('pod_share'))
+    const r = await cli(['sync', '--bpffs', install.bpffs, '--pods-file', lab.writePodList()], install.env)
+    assert.equal(r.code, 0, r.stderr)
   })
 })
