@@ -88,13 +88,32 @@ function permissionHint(stderr: string): string | undefined {
 export async function runStreaming(tool: string, args: readonly string[], onStdout: (chunk: string) => void, opts: {timeoutMs?: number} = {}): Promise<void> {
   const child = execa(toolPath(tool), args, {timeout: opts.timeoutMs ?? 120_000, reject: false, buffer: {stdout: false, stderr: true}, stdin: 'ignore'})
   child.stdout.setEncoding('utf8')
-  child.stdout.on('data', (chunk: string) => onStdout(chunk))
+  // a throw in a 'data' handler would escape every caller as an uncaught exception: keep it for
+  // after the exit, which says more when the tool failed (its output then is its error)
+  let failure: Error | undefined
+  let head = ''
+  child.stdout.on('data', (chunk: string) => {
+    if (head.length < 1024) head += chunk.slice(0, 1024)
+    if (failure !== undefined) return
+    try {
+      onStdout(chunk)
+    } catch (error) {
+      failure = error instanceof Error ? error : new Error(String(error))
+      child.kill()
+    }
+  })
   const result = await child
   const stderr = result.stderr
+  // killed by us: what the handler threw is the story (unless the tool had failed by itself)
+  if (failure !== undefined && (result.exitCode === undefined || result.exitCode === 0)) throw failure
   if (result.failed && result.exitCode === undefined) {
     if (String(result.message).includes('ENOENT')) throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
     throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message), stderr)
   }
-  if (result.exitCode !== 0)
-    throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, lastLine(stderr) || `exit code ${result.exitCode}`, stderr, permissionHint(stderr))
+  if (result.exitCode !== 0) {
+    // bpftool -j reports its error on stdout, as {"error":"..."}
+    const fromJson = /^\s*\{"error":\s*"(.*)"\}/.exec(head)?.[1]
+    const said = lastLine(stderr) || (fromJson ?? `exit code ${result.exitCode}`)
+    throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, said, stderr || head, permissionHint(stderr || head))
+  }
 }
