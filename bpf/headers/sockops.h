@@ -23,7 +23,7 @@ static __always_inline int peer_is_local(const struct mb_pair *p, struct bpf_soc
 }
 
 /* Fair shares of the connection maps. A pod may always hold pod_share entries of each (sync
- * divides a quarter of the capacity among the registered pods); past that it takes more only while
+ * divides a quarter of the capacity among the meshed pods); past that it takes more only while
  * the node holds fewer than MB_SHARED_CONNS. So no pod fills a map and leaves another's sockets on
  * TCP, or another's connections without their original destination. */
 static __always_inline struct mb_usage *usage_of(__u64 netns)

@@ -345,8 +345,8 @@ export function decodeSettings(b: Buffer): Settings {
 
 /**
  * The entries of each connection map a pod may always hold: a quarter of the capacity divided
- * among the registered pods (the datapath keeps that quarter for pods under their share once the
- * node holds three quarters). Mirrors MB_SHARED_CONNS in consts.h.
+ * among the meshed pods, found on the node or not (the datapath keeps that quarter for pods
+ * under their share once the node holds three quarters). Mirrors MB_SHARED_CONNS in consts.h.
  */
 export function podShare(capacity: number, pods: number): number {
   return Math.floor((capacity - sharedConnections(capacity)) / Math.max(1, pods))
