@@ -125,10 +125,10 @@ static __always_inline void on_close(struct bpf_sock_ops *skops)
 	__u32 *c;
 
 	pair_from_sockops(&key, skops);
-	bpf_map_delete_elem(&pair_original_dst, &key);
-	if (!skops->sk)
-		return;
-	c = bpf_sk_storage_get(&sock_charges, skops->sk, 0, 0);
+	c = skops->sk ? bpf_sk_storage_get(&sock_charges, skops->sk, 0, 0) : NULL;
+	/* most closing sockets stored no origin: skip the lookup, unless the record is missing */
+	if (!c || (*c & MB_CHARGE_ORIGIN))
+		bpf_map_delete_elem(&pair_original_dst, &key);
 	if (c && *c) {
 		__u64 zero = 0;
 		struct mb_usage *node = bpf_map_lookup_elem(&pod_usage, &zero);

@@ -128,12 +128,12 @@ describe('fair shares of the connection maps', {skip, timeout: 300_000}, () => {
     await greedy.stop()
     greedy = undefined
     await sink?.stop()
-    let last = await usage()
+    let last = {...(await usage()), originalDsts: -1}
     await eventually(
-      'every entry given back once the connections closed',
+      'every entry given back, and every original destination deleted, once the connections closed',
       async () => {
-        last = await usage()
-        return last.node.sockets === 0 && last.node.origins === 0 && last.greedy.sockets === 0 && last.victim.sockets === 0
+        last = {...(await usage()), originalDsts: (await readMaps.originals(inst)).length}
+        return last.node.sockets === 0 && last.node.origins === 0 && last.greedy.sockets === 0 && last.victim.sockets === 0 && last.originalDsts === 0
       },
       () => JSON.stringify(last),
     )
