@@ -14,12 +14,13 @@ const SCALE = 'scale'
 
 export default class BenchCommand extends BaseCommand {
   static override summary = 'Measure merbridge against iptables interception on this machine'
-  static override description = `Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and measures each scenario in three modes, switched within every round: direct (no interception), iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is checked to do what it says before it is measured. Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio, with the lowest and highest round. A round in which other processes took more than 10% of the machine is left out and named; fewer than 2 quiet rounds make a scenario unreliable, and a target is judged only over 5 or more. Every shape of --sidecar-threads gets its own lab and report. Scenarios: ${SCENARIO_NAMES.join(', ')}; and, when named, ${SCALE}: --scale-connections connections through both sidecars held open at once by ${SCALE_PODS} client pods, merbridge enabled with ${ENTRIES_PER_CONNECTION} map entries per connection, reporting whether every one was redirected and what the maps cost. --baseline-up and --baseline-down add a fourth mode to every round, another datapath brought up and down by the user's commands (such as the original Merbridge programs), with ebpf/baseline ratios.`
+  static override description = `Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and measures each scenario in three modes, switched within every round: direct (no interception), iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is checked to do what it says before it is measured. Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio, with the lowest and highest round. A round in which other processes took more than 10% of the machine is left out and named; fewer than 2 quiet rounds make a scenario unreliable, and a target is judged only over 5 or more. Every shape of --sidecar-threads gets its own lab and report. Scenarios: ${SCENARIO_NAMES.join(', ')}; and, when named, ${SCALE}: --scale-connections connections through both sidecars held open at once by ${SCALE_PODS} client pods, merbridge enabled with ${ENTRIES_PER_CONNECTION} map entries per connection, reporting whether every one was redirected and what the maps cost. --baseline-up and --baseline-down add a fourth mode to every round, another datapath brought up and down by the user's commands (such as the original Merbridge programs), with ebpf/baseline ratios. --sidecars-mode adds the sidecars without interception, the client calling its sidecar's fixed listener (which forwards to the server's): a mode's CPU beyond it is what its interception costs, and its figures against iptables are the best any interception could reach.`
 
   static override examples = [
     {command: '<%= config.bin %> bench', description: 'Three rounds of 10 s per mode and scenario'},
     {command: '<%= config.bin %> bench --rounds 1 --duration 2 --scenarios keepalive --markdown', description: 'A quick look, as a Markdown table'},
     {command: '<%= config.bin %> bench --scenarios scale', description: '20,000 proxied connections held at once'},
+    {command: '<%= config.bin %> bench --scenarios new-connection --sidecars-mode', description: 'What interception itself costs, beside the sidecars'},
   ]
 
   static override flags = {
@@ -32,6 +33,7 @@ export default class BenchCommand extends BaseCommand {
     'baseline-up': Flags.string({description: 'a fourth mode, another datapath: the command that loads it, run as CMD CGROUP BPFFS_DIR POD_IP...', dependsOn: ['baseline-down']}),
     'baseline-down': Flags.string({description: 'the command that removes it, run as CMD CGROUP BPFFS_DIR', dependsOn: ['baseline-up']}),
     'baseline-name': Flags.string({description: 'what to call the fourth mode in the report', default: 'baseline'}),
+    'sidecars-mode': Flags.boolean({description: "add a mode with the sidecars but no interception (the client calls its sidecar's fixed listener): what each mode's interception costs, and the best any interception could do"}),
   }
 
   async run(): Promise<BenchReport> {
@@ -62,7 +64,7 @@ export default class BenchCommand extends BaseCommand {
     try {
       // one lab per sidecar shape, each measured in full
       for (const threads of scenarios.length > 0 ? shapes.map(Number) : []) {
-        const current = new Bench(threads, baseline)
+        const current = new Bench(threads, baseline, flags['sidecars-mode'])
         bench = current
         const steps: {title: string; run: () => Promise<void>}[] = [{title: `Build the lab (client: wrk, server: nginx, haproxy sidecars with ${threads} thread(s))`, run: () => current.setup()}]
         for (let round = 1; round <= flags.rounds; round++) {

@@ -23,7 +23,16 @@ import {median, parseWrk, type WrkResult} from './wrk.js'
 export const MODES = ['direct', 'iptables', 'ebpf'] as const
 /** A fourth mode on request: another datapath brought up and down by commands of the user's (bench --baseline-up/--baseline-down). */
 export const BASELINE = 'baseline'
-export type Mode = (typeof MODES)[number] | typeof BASELINE
+/**
+ * A mode on request (bench --sidecars-mode): the sidecars without interception. The client calls
+ * its sidecar's fixed listener, which forwards to the server's, which forwards to the app: the
+ * same proxies, sockets and hops as an intercepting mode, with nothing deciding where a
+ * connection goes. What a mode costs beyond it is its interception; what it costs beyond direct
+ * is the least any interception can add.
+ */
+export const SIDECARS = 'sidecars'
+export type Mode = (typeof MODES)[number] | typeof SIDECARS | typeof BASELINE
+const ALL_MODES: Mode[] = [...MODES, SIDECARS, BASELINE]
 
 /**
  * Another datapath to compare with, outside the product: `up CGROUP BPFFS_DIR POD_IP...` loads it
@@ -67,7 +76,18 @@ export interface Ratio {
   high: number
 }
 
-export type RatioName = 'requestsPerSec' | 'p50' | 'p99' | 'addedCpu' | 'baselineRequestsPerSec' | 'baselineP50'
+export type RatioName =
+  | 'requestsPerSec'
+  | 'p50'
+  | 'p99'
+  | 'addedCpu'
+  | 'baselineRequestsPerSec'
+  | 'baselineP50'
+  /** with the sidecars mode: ebpf's CPU per request over it, against iptables' */
+  | 'interceptionCpu'
+  /** with the sidecars mode: the best any interception could do, sidecars/iptables requests/s and CPU added over direct */
+  | 'bestRequestsPerSec'
+  | 'bestAddedCpu'
 
 /** What the project aims for, per scenario (ebpf/iptables). */
 export const TARGETS: Partial<Record<Scenario, Partial<Record<RatioName, {atLeast?: number; atMost?: number}>>>> = {
@@ -95,7 +115,7 @@ interface ModeFigures {
 export interface ScenarioSummary {
   scenario: Scenario
   title: string
-  modes: Record<(typeof MODES)[number], ModeFigures> & {baseline?: ModeFigures}
+  modes: Record<(typeof MODES)[number], ModeFigures> & {sidecars?: ModeFigures; baseline?: ModeFigures}
   /** rounds whose samples all had other CPU use at or under QUIET_OTHER_CPU_PCT */
   quietRounds: number[]
   /** rounds left out, with the highest other CPU use seen in them */
@@ -127,6 +147,25 @@ export interface BenchReport {
 
 const SERVER_PORT = APP_PORT
 const WHOAMI_PORT = APP_PORT + 1
+/** the sidecars mode's fixed listeners: outbound in the client's sidecar, inbound in the server's */
+const FIXED_OUTBOUND_PORT = 15101
+const FIXED_INBOUND_PORT = 15106
+
+/** The sidecars mode's fixed routes, in every sidecar of the lab (haproxy configuration). */
+function fixedRoutes(serverIp: string): string {
+  return `frontend fixed_outbound
+  bind 127.0.0.1:${FIXED_OUTBOUND_PORT}
+  default_backend fixed_outbound
+frontend fixed_inbound
+  bind 0.0.0.0:${FIXED_INBOUND_PORT}
+  default_backend fixed_inbound
+backend fixed_outbound
+  server upstream ${serverIp}:${FIXED_INBOUND_PORT}
+backend fixed_inbound
+  source 127.0.0.6
+  server app 127.0.0.1:${SERVER_PORT}
+`
+}
 
 function nginxConfig(dir: string): string {
   return `daemon off;
@@ -160,15 +199,16 @@ export class Bench {
   private baselineUp = false
   readonly baselineDir = `/sys/fs/bpf/merbridge-bench-baseline-${randomBytes(3).toString('hex')}`
 
-  /** `sidecarThreads`: each sidecar's worker threads (haproxy's nbthread) */
+  /** `sidecarThreads`: each sidecar's worker threads (haproxy's nbthread); `sidecarsMode`: measure the sidecars mode too */
   constructor(
     readonly sidecarThreads = 1,
     readonly baseline?: Baseline,
+    readonly sidecarsMode = false,
   ) {}
 
-  /** The modes each round measures: the baseline's too when there is one. */
+  /** The modes each round measures: the sidecars mode and the baseline's too when asked for. */
   get modes(): Mode[] {
-    return this.baseline ? [...MODES, BASELINE] : [...MODES]
+    return ALL_MODES.filter((m) => (MODES as readonly Mode[]).includes(m) || (m === SIDECARS && this.sidecarsMode) || (m === BASELINE && this.baseline !== undefined))
   }
 
   async setup(): Promise<void> {
@@ -177,7 +217,8 @@ export class Bench {
     for (const p of ['client', 'server']) {
       // without reuse, a connection per request measures TIME_WAIT port search, not the datapath
       await run('ip', ['netns', 'exec', this.lab.pod(p).netns, 'sysctl', '-q', '-w', 'net.ipv4.tcp_tw_reuse=1'])
-      await this.lab.startSidecar(p, {threads: this.sidecarThreads})
+      // the sidecars mode's routes are there in every mode: all modes run the same sidecar configuration
+      await this.lab.startSidecar(p, {threads: this.sidecarThreads, extra: fixedRoutes(this.lab.pod('server').ip)})
     }
     const cfg = join(this.lab.tmp, 'nginx.conf')
     writeFileSync(cfg, nginxConfig(this.lab.tmp))
@@ -190,6 +231,11 @@ export class Bench {
 
   get url(): string {
     return `http://${this.lab.pod('server').ip}:${SERVER_PORT}/`
+  }
+
+  /** Where the client sends its requests in a mode: the sidecars mode calls its sidecar's fixed listener. */
+  urlOf(mode: Mode): string {
+    return mode === SIDECARS ? `http://127.0.0.1:${FIXED_OUTBOUND_PORT}/` : this.url
   }
 
   async setMode(mode: Mode): Promise<void> {
@@ -212,16 +258,15 @@ export class Bench {
    * another), so PAWS drops their SYNs and each waits for a retransmit: the 10-16 ms p90 of new
    * connections in every mode but the first of a lab (TcpExtPAWSTimewait and TCPSynRetrans in the
    * pods' nstat). They are destroyed (ss -K); where the kernel cannot, each mode connects from
-   * its own quarter of the ephemeral ports instead.
+   * its own share of the ephemeral ports instead.
    */
   private async freshPorts(mode: Mode): Promise<void> {
     for (const p of ['client', 'server']) {
       const ns = ['netns', 'exec', this.lab.pod(p).netns]
       await run('ip', [...ns, 'ss', '-K', '-t', 'state', 'time-wait'], {allowFailure: true})
       const left = (await run('ip', [...ns, 'ss', '-H', '-t', 'state', 'time-wait'])).stdout.trim()
-      const all = [...MODES, BASELINE]
-      const size = Math.floor((65000 - 1024 + 1) / all.length)
-      const first = 1024 + all.indexOf(mode) * size
+      const size = Math.floor((65000 - 1024 + 1) / ALL_MODES.length)
+      const first = 1024 + ALL_MODES.indexOf(mode) * size
       const range = left === '' ? '1024 65000' : `${first} ${first + size - 1}`
       await run('ip', [...ns, 'sysctl', '-q', '-w', `net.ipv4.ip_local_port_range=${range}`])
     }
@@ -239,6 +284,7 @@ export class Bench {
    */
   async verifyMode(mode: Mode): Promise<void> {
     if (mode === 'ebpf' && !this.inst.exists()) throw new MerbridgeError('mode ebpf: merbridge is not enabled on the lab; refusing to report numbers')
+    if (mode === SIDECARS) return this.verifySidecarsMode()
     const beforeCounters = mode === 'ebpf' ? await readMaps.counters(this.inst) : undefined
     const r = await this.lab.exec('client', 'wrk', ['-t1', '-c1', '-d1s', '-H', 'Connection: close', this.url])
     const res = parseWrk(r.stdout)
@@ -260,6 +306,18 @@ export class Bench {
     }
   }
 
+  /** The sidecars mode: requests pass both sidecars' fixed routes, and nothing intercepts (whoami sees the client pod itself). */
+  private async verifySidecarsMode(): Promise<void> {
+    const before = await this.lab.frontendSessions('server')
+    const res = parseWrk((await this.lab.exec('client', 'wrk', ['-t1', '-c1', '-d1s', '-H', 'Connection: close', this.urlOf(SIDECARS)])).stdout)
+    if (res.requests === 0 || res.errors > 0) throw new MerbridgeError(`mode ${SIDECARS}: requests failed (${res.errors} errors of ${res.requests})`)
+    const passed = ((await this.lab.frontendSessions('server')).fixed_inbound ?? 0) - (before.fixed_inbound ?? 0)
+    if (passed < res.requests) throw new MerbridgeError(`mode ${SIDECARS}: ${passed} of ${res.requests} requests passed the server's sidecar; refusing to report numbers`)
+    const seen = await this.lab.get('client', `http://${this.lab.pod('server').ip}:${WHOAMI_PORT}/whoami`)
+    const via = seen.body ? (JSON.parse(seen.body) as {remoteAddress?: string}).remoteAddress : undefined
+    if (via !== this.lab.pod('client').ip) throw new MerbridgeError(`mode ${SIDECARS}: a request to the server was intercepted (the server saw ${via ?? seen.error ?? 'nothing'}); refusing to report numbers`)
+  }
+
   cpuUsageUs(): number {
     const m = /usage_usec (\d+)/.exec(readFileSync(join(this.lab.cgroup, 'cpu.stat'), 'utf8'))
     return Number(m?.[1] ?? Number.NaN)
@@ -267,7 +325,7 @@ export class Bench {
 
   async measure(round: number, mode: Mode, scenario: Scenario, durationSec: number): Promise<Sample> {
     const [cpu0, busy0, t0] = [this.cpuUsageUs(), machineBusyUs(), performance.now()]
-    const r = await this.lab.exec('client', 'wrk', [...SCENARIOS[scenario].args, `-d${durationSec}s`, '--latency', this.url], {timeoutMs: (durationSec + 30) * 1000})
+    const r = await this.lab.exec('client', 'wrk', [...SCENARIOS[scenario].args, `-d${durationSec}s`, '--latency', this.urlOf(mode)], {timeoutMs: (durationSec + 30) * 1000})
     const cpu = this.cpuUsageUs() - cpu0
     const wallUs = (performance.now() - t0) * 1000
     const otherUs = Math.max(0, machineBusyUs() - busy0 - cpu)
@@ -303,19 +361,21 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
   return scenarios.map((scenario) => {
     const of = (mode: Mode) => samples.filter((s) => s.scenario === scenario && s.mode === mode)
     const med = (mode: Mode, k: keyof WrkResult | 'cpuPerRequestUs') => median(of(mode).map((s) => s[k]))
-    const measured: Mode[] = samples.some((s) => s.mode === BASELINE) ? [...MODES, BASELINE] : [...MODES]
+    const measured = ALL_MODES.filter((m) => (MODES as readonly Mode[]).includes(m) || samples.some((s) => s.mode === m))
     const modes = Object.fromEntries(
       measured.map((m) => [m, {requestsPerSec: med(m, 'requestsPerSec'), p50: med(m, 'p50'), p90: med(m, 'p90'), p99: med(m, 'p99'), cpuPerRequestUs: med(m, 'cpuPerRequestUs'), errors: of(m).reduce((a, s) => a + s.errors, 0)}]),
     ) as ScenarioSummary['modes']
     const rounds = [...new Set(samples.map((s) => s.round))].sort((a, b) => a - b)
     const busiest = (r: number) => Math.max(...samples.filter((s) => s.round === r && s.scenario === scenario).map((s) => s.otherCpuPct))
     const quietRounds = rounds.filter((r) => busiest(r) <= quietPct)
-    const perRound = (f: (e: Sample, i: Sample, d: Sample) => number, against: Mode = 'iptables'): Ratio => {
+    // f gets each quiet round's ebpf, `against`, direct and sidecars samples; a round without one of them counts as none
+    const perRound = (f: (e: Sample, i: Sample, d: Sample, s: Sample) => number, against: Mode = 'iptables', sidecars = false): Ratio => {
       const values = quietRounds
         .map((r) => {
           const pick = (m: Mode) => samples.find((s) => s.round === r && s.scenario === scenario && s.mode === m)
           const [e, i, d] = [pick('ebpf'), pick(against), pick('direct')]
-          return e && i && d ? f(e, i, d) : Number.NaN
+          const sc = pick(SIDECARS) ?? (sidecars ? undefined : d)
+          return e && i && d && sc ? f(e, i, d, sc) : Number.NaN
         })
         .filter(Number.isFinite)
       return values.length ? {median: median(values), low: Math.min(...values), high: Math.max(...values)} : {median: Number.NaN, low: Number.NaN, high: Number.NaN}
@@ -328,6 +388,9 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
       addedCpu: perRound((e, i, d) => (e.cpuPerRequestUs - d.cpuPerRequestUs) / (i.cpuPerRequestUs - d.cpuPerRequestUs)),
       baselineRequestsPerSec: perRound((e, b) => e.requestsPerSec / b.requestsPerSec, BASELINE),
       baselineP50: perRound((e, b) => e.p50 / b.p50, BASELINE),
+      interceptionCpu: perRound((e, i, _d, s) => (e.cpuPerRequestUs - s.cpuPerRequestUs) / (i.cpuPerRequestUs - s.cpuPerRequestUs), 'iptables', true),
+      bestRequestsPerSec: perRound((_e, i, _d, s) => s.requestsPerSec / i.requestsPerSec, 'iptables', true),
+      bestAddedCpu: perRound((_e, i, d, s) => (s.cpuPerRequestUs - d.cpuPerRequestUs) / (i.cpuPerRequestUs - d.cpuPerRequestUs), 'iptables', true),
     }
     const goals = {...TARGETS[scenario], ...(modes.baseline ? BASELINE_TARGETS[scenario] : {})}
     const targets = Object.entries(goals).map(([name, t]) => {

@@ -15,7 +15,7 @@ import {findCgroup2, readMounts} from '../node/mounts.js'
 import {PACKAGE_ROOT} from '../paths.js'
 import {LabProcess, POLL_DEADLINE_MS} from './process.js'
 import {connect} from 'node:net'
-import {haproxyConfig, parseSessionTotals} from './sidecar.js'
+import {haproxyConfig, parseFrontendSessions, parseSessionTotals} from './sidecar.js'
 import {parseSidecar6Log, SIDECAR6_PY, type Sidecar6Line, sidecar6Args, SYSTEM_PYTHON} from './sidecar6.js'
 import {defaultCaptureOptions, type IstioCaptureOptions, istioNatRules} from './istio-iptables.js'
 import {DNS_PY, type DnsFamily, type DnsMode, type DnsResult} from './dns.js'
@@ -262,10 +262,10 @@ export class Lab {
    * default: the tests read its log, and a multi-threaded haproxy drops a log line now and then when
    * two sessions log at once (its DroppedLogs counter), which a test would take for a lost session.
    */
-  async startSidecar(podName: string, opts: {threads?: number; maxconn?: number} = {}): Promise<LabProcess> {
+  async startSidecar(podName: string, opts: {threads?: number; maxconn?: number; extra?: string} = {}): Promise<LabProcess> {
     const cfg = join(this.tmp, `haproxy-${podName}.cfg`)
     const proxy = this.pod(podName).proxy
-    writeFileSync(cfg, haproxyConfig(this.mesh, {uid: proxy?.uid, gid: proxy?.gid, statsSocket: this.statsSocket(podName), threads: opts.threads ?? 1, maxconn: opts.maxconn}))
+    writeFileSync(cfg, haproxyConfig(this.mesh, {uid: proxy?.uid, gid: proxy?.gid, statsSocket: this.statsSocket(podName), threads: opts.threads ?? 1, maxconn: opts.maxconn, extra: opts.extra}))
     const p = this.spawn(podName, `sidecar in ${podName}`, 'haproxy', ['-db', '-f', cfg])
     await this.waitListening(podName, this.mesh.outboundPort)
     await this.waitListening(podName, this.mesh.inboundPort)
@@ -378,6 +378,11 @@ export class Lab {
   async droppedLogs(podName: string): Promise<number> {
     const m = /^DroppedLogs: (\d+)$/m.exec(await this.statsCommand(podName, 'show info'))
     return Number(m?.[1] ?? Number.NaN)
+  }
+
+  /** Sessions each of the sidecar's frontends has accepted so far, by name. */
+  async frontendSessions(podName: string): Promise<Record<string, number>> {
+    return parseFrontendSessions(await this.statsCommand(podName, 'show stat'))
   }
 
   async sidecarSessions(podName: string): Promise<{outbound: number; inbound: number}> {

@@ -10,7 +10,7 @@
  */
 import type {MeshProfile} from '../mesh/profiles.js'
 
-export function haproxyConfig(mesh: MeshProfile, opts: {uid?: number; gid?: number; statsSocket?: string; threads?: number; maxconn?: number} = {}): string {
+export function haproxyConfig(mesh: MeshProfile, opts: {uid?: number; gid?: number; statsSocket?: string; threads?: number; maxconn?: number; extra?: string} = {}): string {
   // the stats socket counts sessions as they are accepted: proof that a connection passed, with no wait for a log line
   return `global
 ${opts.threads ? `  nbthread ${opts.threads}\n` : ''}  uid ${opts.uid ?? mesh.sidecarUid}
@@ -39,7 +39,7 @@ backend outbound_passthrough
 backend inbound_passthrough
   source 127.0.0.6
   server original 0.0.0.0:0
-`
+${opts.extra ?? ''}`
 }
 
 export interface SidecarLogLine {
@@ -56,17 +56,21 @@ export function parseSidecarLog(text: string): SidecarLogLine[] {
   return out
 }
 
-/** Sessions each frontend has accepted so far, from haproxy's `show stat` CSV. */
-export function parseSessionTotals(csv: string): {outbound: number; inbound: number} {
+/** Sessions each frontend has accepted so far, by frontend name, from haproxy's `show stat` CSV. */
+export function parseFrontendSessions(csv: string): Record<string, number> {
   const lines = csv.split('\n')
   const head = (lines[0] ?? '').replace(/^# /, '').split(',')
   const [name, type, stot] = ['pxname', 'svname', 'stot'].map((f) => head.indexOf(f))
-  const out = {outbound: Number.NaN, inbound: Number.NaN}
+  const out: Record<string, number> = {}
   for (const line of lines.slice(1)) {
     const cols = line.split(',')
-    if (cols[type ?? -1] !== 'FRONTEND') continue
-    if (cols[name ?? -1] === 'outbound') out.outbound = Number(cols[stot ?? -1])
-    if (cols[name ?? -1] === 'inbound') out.inbound = Number(cols[stot ?? -1])
+    if (cols[type ?? -1] === 'FRONTEND') out[cols[name ?? -1] ?? ''] = Number(cols[stot ?? -1])
   }
   return out
+}
+
+/** Sessions the interception frontends (outbound, inbound) have accepted so far; NaN for one that is missing. */
+export function parseSessionTotals(csv: string): {outbound: number; inbound: number} {
+  const all = parseFrontendSessions(csv)
+  return {outbound: all.outbound ?? Number.NaN, inbound: all.inbound ?? Number.NaN}
 }

@@ -1,4 +1,4 @@
-import {BASELINE, type BenchReport, MODES, QUIET_OTHER_CPU_PCT, type Ratio, ROUNDS_FOR_TARGETS, type ScenarioSummary, type ShapeReport} from '../lab/bench.js'
+import {BASELINE, type BenchReport, MODES, QUIET_OTHER_CPU_PCT, type Ratio, ROUNDS_FOR_TARGETS, type ScenarioSummary, type ShapeReport, SIDECARS} from '../lab/bench.js'
 import type {ScaleReport} from '../lab/scale.js'
 import {renderTable} from './table.js'
 import {c} from './theme.js'
@@ -8,7 +8,11 @@ const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '-')
 const x2 = (n: number) => (Number.isFinite(n) ? `x${n.toFixed(2)}` : '-')
 
 function rows(s: ScenarioSummary, baselineName = BASELINE): string[][] {
-  const measured = [...MODES.map((m) => [m, s.modes[m]] as const), ...(s.modes.baseline ? [[baselineName, s.modes.baseline] as const] : [])]
+  const measured = [
+    ...MODES.map((m) => [m, s.modes[m]] as const),
+    ...(s.modes.sidecars ? [[SIDECARS, s.modes.sidecars] as const] : []),
+    ...(s.modes.baseline ? [[baselineName, s.modes.baseline] as const] : []),
+  ]
   return measured.map(([m, v]) => [m, f0(v.requestsPerSec), f0(v.p50), f0(v.p90), f0(v.p99), f1(v.cpuPerRequestUs), String(v.errors)])
 }
 
@@ -22,6 +26,14 @@ function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
     `ebpf/iptables, median of ${s.quietRounds.length} quiet round(s) (lowest-highest round): requests/s ${ratio(s.ratios.requestsPerSec)}, p50 ${ratio(s.ratios.p50)}, p99 ${ratio(s.ratios.p99)}, CPU added over direct ${ratio(s.ratios.addedCpu)}`,
   ]
   if (s.modes.baseline) lines.push(`ebpf/${baselineName}: requests/s ${ratio(s.ratios.baselineRequestsPerSec)}, p50 ${ratio(s.ratios.baselineP50)}`)
+  if (s.modes.sidecars) {
+    const floor = s.modes.sidecars.cpuPerRequestUs
+    const beyond = [['iptables', s.modes.iptables], ['ebpf', s.modes.ebpf], ...(s.modes.baseline ? [[baselineName, s.modes.baseline] as const] : [])] as const
+    lines.push(
+      `interception, CPU µs per request beyond the ${SIDECARS} mode: ${beyond.map(([m, v]) => `${m} ${f1(v.cpuPerRequestUs - floor)}`).join(', ')}; ebpf/iptables ${ratio(s.ratios.interceptionCpu)}`,
+      `the best any interception could do (${SIDECARS}/iptables): requests/s ${ratio(s.ratios.bestRequestsPerSec)}, CPU added over direct ${ratio(s.ratios.bestAddedCpu)}`,
+    )
+  }
   if (s.leftOut.length > 0) lines.push(`left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}%`)
   if (!s.reliable) lines.push(`not reliable: fewer than 2 quiet rounds`)
   const judged = s.targets.map((t) => `${t.ratio} ${t.target}: ${t.verdict}`)

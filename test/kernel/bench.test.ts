@@ -86,6 +86,19 @@ describe('merbridge bench', {skip, timeout: 180_000}, () => {
     assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
   })
 
+  it('measures the sidecars without interception on request, and splits off what interception costs', async () => {
+    const r = await cli(['bench', '--rounds', '1', '--duration', '1', '--scenarios', 'new-connection', '--sidecar-threads', '1', '--sidecars-mode', '--json'])
+    assert.equal(r.code, 0, r.stderr.slice(-2000))
+    const report = parseJson<BenchReport>(r.stdout)
+    assert.deepEqual(report.samples.map((s) => s.mode).sort(), ['direct', 'ebpf', 'iptables', 'sidecars'])
+    const [s] = report.shapes[0]!.summary
+    const sc = s?.modes.sidecars
+    assert.ok(sc && sc.requestsPerSec > 0 && sc.cpuPerRequestUs > 0 && sc.errors === 0, JSON.stringify(s?.modes))
+    if (s.quietRounds.length === 1) for (const k of ['interceptionCpu', 'bestRequestsPerSec', 'bestAddedCpu'] as const) assert.ok(Number.isFinite(s.ratios[k].median), `${k}: ${JSON.stringify(s.ratios)}`)
+    else assert.ok(s.leftOut.length === 1 && s.leftOut[0]!.otherCpuPct > 10, JSON.stringify(s.leftOut))
+    assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
+  })
+
   it('refuses a baseline command that is not an executable file, in one line', async () => {
     const r = await cli(['bench', '--baseline-up', '/nonexistent/up.sh', '--baseline-down', '/nonexistent/down.sh'])
     assert.equal(r.code, 2)
@@ -113,7 +126,7 @@ describe('bench mode checks', {skip, timeout: 120_000}, () => {
   after(async () => bench.teardown())
 
   it('accepts each mode when it does its job', async () => {
-    for (const m of ['direct', 'iptables', 'ebpf'] as const) {
+    for (const m of ['direct', 'iptables', 'ebpf', 'sidecars'] as const) {
       await bench.setMode(m)
       await bench.verifyMode(m)
     }
@@ -127,6 +140,11 @@ describe('bench mode checks', {skip, timeout: 120_000}, () => {
   it('refuses iptables when the rules are missing', async () => {
     await bench.setMode('direct')
     await assert.rejects(bench.verifyMode('iptables'), /mode iptables: requests did not pass the server's sidecar/)
+  })
+
+  it('refuses the sidecars mode when something intercepts', async () => {
+    await bench.setMode('iptables')
+    await assert.rejects(bench.verifyMode('sidecars'), /mode sidecars: a request to the server was intercepted \(the server saw 127\.0\.0\.6\); refusing to report numbers/)
   })
 
   it('refuses ebpf when merbridge is not redirecting', async () => {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
 import {machineBusyUs, summarize, type Sample} from '../../src/lab/bench.js'
 import {median, parseWrk} from '../../src/lab/wrk.js'
+import {renderBenchSummary} from '../../src/ui/bench-view.js'
 
 const REPORT = `Running 2s test @ http://10.77.0.3:8080/
   2 threads and 16 connections
@@ -72,6 +73,28 @@ describe('bench summary', () => {
     assert.deepEqual(verdict, {requestsPerSec: 'met', p99: 'met'})
     const slow = rounds.map((x) => (x.mode === 'ebpf' ? {...x, requestsPerSec: 60, p99: 2e6 / 60} : x))
     assert.deepEqual(Object.fromEntries(summarize(slow, ['keepalive'])[0]!.targets.map((t) => [t.ratio, t.verdict])), {requestsPerSec: 'missed', p99: 'missed'})
+  })
+
+  it('splits each mode\'s CPU into sidecars and interception when the sidecars mode was measured', () => {
+    const withSidecars = [...three, s(1, 'sidecars', 60, 30), s(2, 'sidecars', 60, 40), s(3, 'sidecars', 50, 25)]
+    const [k] = summarize(withSidecars, ['keepalive'])
+    assert.equal(k!.modes.sidecars?.requestsPerSec, 60)
+    // interception beyond the sidecars, ebpf/iptables: (20-30)/(40-30)=-1, (30-40)/(50-40)=-1, (20-25)/(30-25)=-1
+    assert.deepEqual(k!.ratios.interceptionCpu, {median: -1, low: -1, high: -1})
+    // the best any interception could do: 60/40, 60/50, 50/40 -> 1.25; (30-10)/(40-10), (40-10)/(50-10), (25-10)/(30-10) -> 0.75
+    assert.deepEqual(k!.ratios.bestRequestsPerSec, {median: 1.25, low: 1.2, high: 1.5})
+    assert.equal(k!.ratios.bestAddedCpu.median, 0.75)
+    // without the mode these say nothing, and the other ratios stay as they were
+    const [plain] = summarize(three, ['keepalive'])
+    assert.equal(plain!.modes.sidecars, undefined)
+    for (const r of ['interceptionCpu', 'bestRequestsPerSec', 'bestAddedCpu'] as const) assert.ok(Number.isNaN(plain!.ratios[r].median), r)
+    assert.deepEqual(plain!.ratios.addedCpu, k!.ratios.addedCpu)
+    const text = renderBenchSummary(k!)
+    assert.match(text, /│ sidecars +│ 60 +│/)
+    // medians: iptables 40, ebpf 20, sidecars 30 µs per request
+    assert.match(text, /interception, CPU µs per request beyond the sidecars mode: iptables 10\.0, ebpf -10\.0; ebpf\/iptables x-1\.00 \(x-1\.00-x-1\.00\)/)
+    assert.match(text, /the best any interception could do \(sidecars\/iptables\): requests\/s x1\.25 \(x1\.20-x1\.50\), CPU added over direct x0\.75/)
+    assert.doesNotMatch(renderBenchSummary(plain!), /sidecars/)
   })
 
   it("reads the machine's busy time from /proc/stat, leaving interrupt work out", () => {
