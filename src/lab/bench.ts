@@ -76,18 +76,7 @@ export interface Ratio {
   high: number
 }
 
-export type RatioName =
-  | 'requestsPerSec'
-  | 'p50'
-  | 'p99'
-  | 'addedCpu'
-  | 'baselineRequestsPerSec'
-  | 'baselineP50'
-  /** with the sidecars mode: ebpf's CPU per request over it, against iptables' */
-  | 'interceptionCpu'
-  /** with the sidecars mode: the best any interception could do, sidecars/iptables requests/s and CPU added over direct */
-  | 'bestRequestsPerSec'
-  | 'bestAddedCpu'
+export type RatioName = 'requestsPerSec' | 'p50' | 'p99' | 'addedCpu' | 'baselineRequestsPerSec' | 'baselineP50'
 
 /** What the project aims for, per scenario (ebpf/iptables). */
 export const TARGETS: Partial<Record<Scenario, Partial<Record<RatioName, {atLeast?: number; atMost?: number}>>>> = {
@@ -124,6 +113,13 @@ export interface ScenarioSummary {
   reliable: boolean
   /** medians over quiet rounds of each round's ebpf/iptables ratio (ebpf/baseline for baseline*), with their spread */
   ratios: Record<RatioName, Ratio>
+  /**
+   * With the sidecars mode: the sidecars on plain TCP against iptables (requests/s, CPU added over
+   * direct), which is all that removing interception alone can give; and each intercepting mode's
+   * CPU per request beyond them, in µs (below zero where its data path saves more than its
+   * interception costs). Medians of quiet rounds, with their spread.
+   */
+  sidecars?: {requestsPerSec: Ratio; addedCpu: Ratio; cpuBeyondUs: {iptables: Ratio; ebpf: Ratio; baseline?: Ratio}}
   /** each target of this scenario: met, missed, or not judged (fewer than ROUNDS_FOR_TARGETS quiet rounds) */
   targets: {ratio: RatioName; target: string; verdict: 'met' | 'missed' | 'not judged'}[]
 }
@@ -368,29 +364,32 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
     const rounds = [...new Set(samples.map((s) => s.round))].sort((a, b) => a - b)
     const busiest = (r: number) => Math.max(...samples.filter((s) => s.round === r && s.scenario === scenario).map((s) => s.otherCpuPct))
     const quietRounds = rounds.filter((r) => busiest(r) <= quietPct)
-    // f gets each quiet round's ebpf, `against`, direct and sidecars samples; a round without one of them counts as none
-    const perRound = (f: (e: Sample, i: Sample, d: Sample, s: Sample) => number, against: Mode = 'iptables', sidecars = false): Ratio => {
+    // f of each quiet round's samples of the modes named; a round missing one of them counts as none
+    const overRounds = (names: Mode[], f: (...x: Sample[]) => number): Ratio => {
       const values = quietRounds
         .map((r) => {
-          const pick = (m: Mode) => samples.find((s) => s.round === r && s.scenario === scenario && s.mode === m)
-          const [e, i, d] = [pick('ebpf'), pick(against), pick('direct')]
-          const sc = pick(SIDECARS) ?? (sidecars ? undefined : d)
-          return e && i && d && sc ? f(e, i, d, sc) : Number.NaN
+          const picked = names.map((m) => samples.find((s) => s.round === r && s.scenario === scenario && s.mode === m))
+          return picked.every((x) => x !== undefined) ? f(...picked) : Number.NaN
         })
         .filter(Number.isFinite)
       return values.length ? {median: median(values), low: Math.min(...values), high: Math.max(...values)} : {median: Number.NaN, low: Number.NaN, high: Number.NaN}
     }
+    const perRound = (f: (e: Sample, i: Sample, d: Sample) => number, against: Mode = 'iptables') => overRounds(['ebpf', against, 'direct'], f)
+    const added = (m: Sample, i: Sample, d: Sample) => (m.cpuPerRequestUs - d.cpuPerRequestUs) / (i.cpuPerRequestUs - d.cpuPerRequestUs)
+    const beyondSidecars = (m: Mode) => overRounds([m, SIDECARS], (x, sc) => x.cpuPerRequestUs - sc.cpuPerRequestUs)
     const ratios: Record<RatioName, Ratio> = {
       requestsPerSec: perRound((e, i) => e.requestsPerSec / i.requestsPerSec),
       p50: perRound((e, i) => e.p50 / i.p50),
       p99: perRound((e, i) => e.p99 / i.p99),
       // CPU added over direct, ebpf against iptables
-      addedCpu: perRound((e, i, d) => (e.cpuPerRequestUs - d.cpuPerRequestUs) / (i.cpuPerRequestUs - d.cpuPerRequestUs)),
+      addedCpu: perRound(added),
       baselineRequestsPerSec: perRound((e, b) => e.requestsPerSec / b.requestsPerSec, BASELINE),
       baselineP50: perRound((e, b) => e.p50 / b.p50, BASELINE),
-      interceptionCpu: perRound((e, i, _d, s) => (e.cpuPerRequestUs - s.cpuPerRequestUs) / (i.cpuPerRequestUs - s.cpuPerRequestUs), 'iptables', true),
-      bestRequestsPerSec: perRound((_e, i, _d, s) => s.requestsPerSec / i.requestsPerSec, 'iptables', true),
-      bestAddedCpu: perRound((_e, i, d, s) => (s.cpuPerRequestUs - d.cpuPerRequestUs) / (i.cpuPerRequestUs - d.cpuPerRequestUs), 'iptables', true),
+    }
+    const sidecars = modes.sidecars && {
+      requestsPerSec: overRounds([SIDECARS, 'iptables'], (sc, i) => sc.requestsPerSec / i.requestsPerSec),
+      addedCpu: overRounds([SIDECARS, 'iptables', 'direct'], added),
+      cpuBeyondUs: {iptables: beyondSidecars('iptables'), ebpf: beyondSidecars('ebpf'), ...(modes.baseline ? {baseline: beyondSidecars(BASELINE)} : {})},
     }
     const goals = {...TARGETS[scenario], ...(modes.baseline ? BASELINE_TARGETS[scenario] : {})}
     const targets = Object.entries(goals).map(([name, t]) => {
@@ -408,6 +407,7 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
       leftOut: rounds.filter((r) => !quietRounds.includes(r)).map((r) => ({round: r, otherCpuPct: busiest(r)})),
       reliable: quietRounds.length >= 2,
       ratios,
+      ...(sidecars ? {sidecars} : {}),
       targets,
     }
   })

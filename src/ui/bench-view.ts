@@ -6,6 +6,7 @@ import {c} from './theme.js'
 const f0 = (n: number) => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-')
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '-')
 const x2 = (n: number) => (Number.isFinite(n) ? `x${n.toFixed(2)}` : '-')
+const sign = (n: number) => `${n >= 0 ? '+' : ''}${n.toFixed(1)}`
 
 function rows(s: ScenarioSummary, baselineName = BASELINE): string[][] {
   const measured = [
@@ -26,12 +27,12 @@ function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
     `ebpf/iptables, median of ${s.quietRounds.length} quiet round(s) (lowest-highest round): requests/s ${ratio(s.ratios.requestsPerSec)}, p50 ${ratio(s.ratios.p50)}, p99 ${ratio(s.ratios.p99)}, CPU added over direct ${ratio(s.ratios.addedCpu)}`,
   ]
   if (s.modes.baseline) lines.push(`ebpf/${baselineName}: requests/s ${ratio(s.ratios.baselineRequestsPerSec)}, p50 ${ratio(s.ratios.baselineP50)}`)
-  if (s.modes.sidecars) {
-    const floor = s.modes.sidecars.cpuPerRequestUs
-    const beyond = [['iptables', s.modes.iptables], ['ebpf', s.modes.ebpf], ...(s.modes.baseline ? [[baselineName, s.modes.baseline] as const] : [])] as const
+  if (s.sidecars) {
+    const us = (r: Ratio) => (Number.isFinite(r.median) ? `${sign(r.median)} (${sign(r.low)} to ${sign(r.high)})` : '-')
+    const beyond = [['iptables', s.sidecars.cpuBeyondUs.iptables], ['ebpf', s.sidecars.cpuBeyondUs.ebpf], ...(s.sidecars.cpuBeyondUs.baseline ? [[baselineName, s.sidecars.cpuBeyondUs.baseline] as const] : [])] as const
     lines.push(
-      `interception, CPU µs per request beyond the ${SIDECARS} mode: ${beyond.map(([m, v]) => `${m} ${f1(v.cpuPerRequestUs - floor)}`).join(', ')}; ebpf/iptables ${ratio(s.ratios.interceptionCpu)}`,
-      `the best any interception could do (${SIDECARS}/iptables): requests/s ${ratio(s.ratios.bestRequestsPerSec)}, CPU added over direct ${ratio(s.ratios.bestAddedCpu)}`,
+      `CPU µs per request beyond the ${SIDECARS} mode (the same sidecars on plain TCP, nothing intercepted): ${beyond.map(([m, r]) => `${m} ${us(r)}`).join(', ')}`,
+      `${SIDECARS}/iptables, all that removing interception alone gives: requests/s ${ratio(s.sidecars.requestsPerSec)}, CPU added over direct ${ratio(s.sidecars.addedCpu)}`,
     )
   }
   if (s.leftOut.length > 0) lines.push(`left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}%`)

@@ -79,21 +79,22 @@ describe('bench summary', () => {
     const withSidecars = [...three, s(1, 'sidecars', 60, 30), s(2, 'sidecars', 60, 40), s(3, 'sidecars', 50, 25)]
     const [k] = summarize(withSidecars, ['keepalive'])
     assert.equal(k!.modes.sidecars?.requestsPerSec, 60)
-    // interception beyond the sidecars, ebpf/iptables: (20-30)/(40-30)=-1, (30-40)/(50-40)=-1, (20-25)/(30-25)=-1
-    assert.deepEqual(k!.ratios.interceptionCpu, {median: -1, low: -1, high: -1})
-    // the best any interception could do: 60/40, 60/50, 50/40 -> 1.25; (30-10)/(40-10), (40-10)/(50-10), (25-10)/(30-10) -> 0.75
-    assert.deepEqual(k!.ratios.bestRequestsPerSec, {median: 1.25, low: 1.2, high: 1.5})
-    assert.equal(k!.ratios.bestAddedCpu.median, 0.75)
-    // without the mode these say nothing, and the other ratios stay as they were
+    // ebpf beyond the sidecars: 20-30, 30-40, 20-25 -> -10 (-10 to -5); iptables: 10, 10, 5 -> 10
+    const split = k!.sidecars
+    assert.ok(split, 'the sidecars part')
+    assert.deepEqual(split.cpuBeyondUs, {iptables: {median: 10, low: 5, high: 10}, ebpf: {median: -10, low: -10, high: -5}})
+    // the sidecars against iptables: 60/40, 60/50, 50/40 -> 1.25; (30-10)/(40-10), (40-10)/(50-10), (25-10)/(30-10) -> 0.75
+    assert.deepEqual(split.requestsPerSec, {median: 1.25, low: 1.2, high: 1.5})
+    assert.equal(split.addedCpu.median, 0.75)
+    // without the mode there is no such part, and the other ratios stay as they were
     const [plain] = summarize(three, ['keepalive'])
     assert.equal(plain!.modes.sidecars, undefined)
-    for (const r of ['interceptionCpu', 'bestRequestsPerSec', 'bestAddedCpu'] as const) assert.ok(Number.isNaN(plain!.ratios[r].median), r)
-    assert.deepEqual(plain!.ratios.addedCpu, k!.ratios.addedCpu)
+    assert.equal(plain!.sidecars, undefined)
+    assert.deepEqual(plain!.ratios, k!.ratios)
     const text = renderBenchSummary(k!)
     assert.match(text, /│ sidecars +│ 60 +│/)
-    // medians: iptables 40, ebpf 20, sidecars 30 µs per request
-    assert.match(text, /interception, CPU µs per request beyond the sidecars mode: iptables 10\.0, ebpf -10\.0; ebpf\/iptables x-1\.00 \(x-1\.00-x-1\.00\)/)
-    assert.match(text, /the best any interception could do \(sidecars\/iptables\): requests\/s x1\.25 \(x1\.20-x1\.50\), CPU added over direct x0\.75/)
+    assert.match(text, /CPU µs per request beyond the sidecars mode \(the same sidecars on plain TCP, nothing intercepted\): iptables \+10\.0 \(\+5\.0 to \+10\.0\), ebpf -10\.0 \(-10\.0 to -5\.0\)/)
+    assert.match(text, /sidecars\/iptables, all that removing interception alone gives: requests\/s x1\.25 \(x1\.20-x1\.50\), CPU added over direct x0\.75/)
     assert.doesNotMatch(renderBenchSummary(plain!), /sidecars/)
   })
 
