@@ -251,10 +251,16 @@ static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_sett
 	if (!remember_origin(ctx, dst, dport, flags))
 		return 0;
 	if (c->proxy && c->self) {
-		struct mb_process proc = {.pod_ip = c->self->ip, .netns = c->netns};
 		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		struct mb_process *known = bpf_map_lookup_elem(&process_ip, &tgid);
 
-		bpf_map_update_elem(&process_ip, &tgid, &proc, BPF_ANY);
+		/* written only when it changes: an LRU update takes a lock and a fresh element on every
+		 * connect of a busy sidecar, where the lookup alone keeps the entry recent */
+		if (!known || known->netns != c->netns || !ip_equal(&known->pod_ip, &c->self->ip)) {
+			struct mb_process proc = {.pod_ip = c->self->ip, .netns = c->netns};
+
+			bpf_map_update_elem(&process_ip, &tgid, &proc, BPF_ANY);
+		}
 	}
 	count(action == MB_TO_OUTBOUND	   ? MB_CNT_CONN_OUTBOUND
 	      : action == MB_TO_OWN_INBOUND ? MB_CNT_CONN_OWN_INBOUND

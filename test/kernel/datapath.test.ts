@@ -8,6 +8,7 @@ import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
+import {encodeProcess, encodeU32} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {writeSettings} from '../../src/datapath/settings.js'
 import {patternSha256} from '../../src/lab/http-app.js'
@@ -142,6 +143,18 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
       const got = await stream.release()
       assert.equal(got.sha256, patternSha256(got.bytes ?? -1), JSON.stringify(got))
     }
+  })
+
+  it("process_ip names each sidecar's pod, and a record that says otherwise is corrected at its next connect", async () => {
+    await whoami('a', 'b')
+    const [a, b] = [lab.pod('a').ip, lab.pod('b').ip]
+    const mine = (await readMaps.processes(inst)).find((p) => p.entry.podIp === a)
+    assert.ok(mine, "a's sidecar recorded at its connect")
+    // the connect program writes only a record that differs: make it differ
+    await bpftool.batch([bpftool.mapUpdateLine(inst.map('process_ip'), encodeU32(mine.pid), encodeProcess({podIp: b, netns: 1n}))])
+    await whoami('a', 'b')
+    const now = (await readMaps.processes(inst)).find((p) => p.pid === mine.pid)
+    assert.deepEqual(now?.entry, mine.entry)
   })
 
   it('dump-maps shows the live connections with their addresses, original destinations and pods', async () => {
