@@ -66,13 +66,14 @@ struct {
 	__uint(max_entries, 1);
 } pod_share SEC(".maps");
 
-/* What a socket was charged for in pod_usage (MB_CHARGE_*): sockhash entries leave on close()
- * before the socket's last state change, so the map cannot say it afterwards. */
+/* What a socket was charged for in pod_usage, and its peer's key (struct mb_sock_state): sockhash
+ * entries leave on close() before the socket's last state change, so the map cannot say it
+ * afterwards. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, __u32);
+	__type(value, struct mb_sock_state);
 } sock_charges SEC(".maps");
 
 /* Sidecar process (tgid) -> the pod it serves; for people to inspect. */

@@ -72,8 +72,9 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, int activ
 {
 	struct mb_usage *node = NULL, *pod = NULL;
 	struct mb_origin *o = NULL;
+	struct mb_sock_state *st;
 	struct mb_pair key;
-	__u32 charged = 0, share, *c;
+	__u32 charged = 0, share;
 	int track;
 
 	pair_from_sockops(&key, skops);
@@ -107,13 +108,18 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, int activ
 	}
 	if (!charged || !skops->sk)
 		return;
-	c = bpf_sk_storage_get(&sock_charges, skops->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!c) {
-		/* nothing would give them back at close: count them out now */
+	st = bpf_sk_storage_get(&sock_charges, skops->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		/* nothing would give them back at close: count them out now (sk_msg works the peer out itself) */
 		charge(node, pod, 1, -(__s64)!!(charged & MB_CHARGE_ORIGIN));
 		charge(node, pod, 0, -(__s64)!!(charged & MB_CHARGE_SOCKET));
 	} else {
-		*c |= charged;
+		st->charged |= charged;
+		if (charged & MB_CHARGE_SOCKET) {
+			/* the peer's own key: its namespace, and our remote as its local (as sk_msg would) */
+			pair_from_ips(&st->peer, owner_netns(&key.remote_ip, skops), &key.remote_ip, key.remote_port, &key.local_ip, key.local_port);
+			st->has_peer = 1;
+		}
 	}
 	/* ask for state changes: the entries go, and are given back, when the connection closes */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -121,24 +127,24 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, int activ
 
 static __always_inline void on_close(struct bpf_sock_ops *skops)
 {
+	struct mb_sock_state *st;
 	struct mb_pair key;
-	__u32 *c;
 
 	pair_from_sockops(&key, skops);
-	c = skops->sk ? bpf_sk_storage_get(&sock_charges, skops->sk, 0, 0) : NULL;
+	st = skops->sk ? bpf_sk_storage_get(&sock_charges, skops->sk, 0, 0) : NULL;
 	/* most closing sockets stored no origin: skip the lookup, unless the record is missing */
-	if (!c || (*c & MB_CHARGE_ORIGIN))
+	if (!st || (st->charged & MB_CHARGE_ORIGIN))
 		bpf_map_delete_elem(&pair_original_dst, &key);
-	if (c && *c) {
+	if (st && st->charged) {
 		__u64 zero = 0;
 		struct mb_usage *node = bpf_map_lookup_elem(&pod_usage, &zero);
 		struct mb_usage *pod = bpf_map_lookup_elem(&pod_usage, &key.netns);
 
-		if (*c & MB_CHARGE_ORIGIN)
+		if (st->charged & MB_CHARGE_ORIGIN)
 			charge(node, pod, 1, -1);
-		if (*c & MB_CHARGE_SOCKET)
+		if (st->charged & MB_CHARGE_SOCKET)
 			charge(node, pod, 0, -1);
-		*c = 0;
+		st->charged = 0;
 	}
 }
 

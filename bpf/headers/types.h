@@ -68,6 +68,15 @@ struct mb_pod_id {
 	union mb_ip ip6;
 };
 
+/* What sockops leaves on a socket it charged for map entries (value of sock_charges): the
+ * charges, given back at close, and for a socket in sock_pair_map its peer's key, worked out once
+ * at establishment instead of for every message (the addresses, the peer's namespace). */
+struct mb_sock_state {
+	__u32 charged;  /* MB_CHARGE_* */
+	__u32 has_peer; /* peer is set */
+	struct mb_pair peer;
+};
+
 /* A sidecar process seen connecting, and the pod it serves (value of process_ip). */
 struct mb_process {
 	union mb_ip pod_ip;
