@@ -27,8 +27,9 @@ export const BASELINE = 'baseline'
  * A mode on request (bench --sidecars-mode): the sidecars without interception. The client calls
  * its sidecar's fixed listener, which forwards to the server's, which forwards to the app: the
  * same proxies, sockets and hops as an intercepting mode, with nothing deciding where a
- * connection goes. What a mode costs beyond it is its interception; what it costs beyond direct
- * is the least any interception can add.
+ * connection goes. What a mode costs beyond it is its interception (less what its data path
+ * saves over TCP); what it costs beyond direct is the least an interception that keeps TCP
+ * between the sockets can add.
  */
 export const SIDECARS = 'sidecars'
 export type Mode = (typeof MODES)[number] | typeof SIDECARS | typeof BASELINE
