@@ -25,6 +25,10 @@ export interface IstioCaptureOptions {
   includeOutboundPorts: number[]
   /** --redirect-dns (ISTIO_META_DNS_CAPTURE) with the resolv.conf servers istio-init read */
   dnsServers?: string[]
+  /** -c (excludeInterfaces) */
+  excludeInterfaces?: string[]
+  /** -k (reroute-virtual-interfaces): what a virtual machine sends through them goes to the outbound listener */
+  virtualInterfaces?: string[]
 }
 
 export function defaultCaptureOptions(mesh: MeshProfile): IstioCaptureOptions {
@@ -91,6 +95,14 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
     ...o.includeOutboundPorts.map((p) => `-A ISTIO_OUTPUT -p tcp --dport ${p} -j ISTIO_REDIRECT`),
     ...(o.outboundCidrs === '*' ? ['-A ISTIO_OUTPUT -j ISTIO_REDIRECT'] : ofFamily(included).map((c) => `-A ISTIO_OUTPUT -d ${c} -j ISTIO_REDIRECT`)),
   ]
+  const excludedNics = (o.excludeInterfaces ?? []).flatMap((i) => [`-A PREROUTING -i ${i} -j RETURN`, `-A OUTPUT -o ${i} -j RETURN`])
+  const virtual = o.virtualInterfaces ?? []
+  // inserted first, each at the top: the later ones end up above the earlier
+  const virtualReturns = virtual.map((i) => `-I PREROUTING 1 -i ${i} -j RETURN`)
+  const virtualRedirects =
+    o.outboundCidrs === '*'
+      ? virtual.map((i) => `-I PREROUTING 1 -i ${i} -j ISTIO_REDIRECT`)
+      : ofFamily(included).flatMap((c) => virtual.map((i) => `-I PREROUTING 1 -i ${i} -d ${c} -j ISTIO_REDIRECT`))
   const nat = [
     '*nat',
     ':ISTIO_INBOUND - [0:0]',
@@ -98,6 +110,8 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
     ':ISTIO_IN_REDIRECT - [0:0]',
     ':ISTIO_OUTPUT - [0:0]',
     ...(redirectDns ? [':ISTIO_OUTPUT_DNS - [0:0]'] : []),
+    ...excludedNics,
+    ...virtualReturns,
     '-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN',
     `-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports ${outboundPort}`,
     `-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports ${inboundPort}`,
@@ -110,6 +124,7 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
     ...dns,
     `-A ISTIO_OUTPUT -d ${localhost} -j RETURN`,
     ...ranges,
+    ...virtualRedirects,
     'COMMIT',
   ]
   // conntrack zones keep the app's and the proxy's DNS flows apart (a UDP race in conntrack)

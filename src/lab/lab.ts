@@ -165,6 +165,28 @@ export class Lab {
   }
 
   /**
+   * A namespace wired straight to a pod's second interface `dev` instead of to the bridge, as a
+   * virtual machine's tap or a secondary network would be: 10.79.K.1 on the pod's side, 10.79.K.2
+   * (the linked pod's `ip`) on its own, which reaches the pods' subnet through that pod.
+   */
+  async addLinkedPod(spec: Omit<LabPodSpec, 'meshed'>, to: string, dev: string): Promise<LabPod> {
+    const k = this.pods.size + 2
+    const peer = this.pod(to)
+    const pod: LabPod = {...spec, meshed: false, netns: `${this.id}-${spec.name}`, ip: `10.79.${k}.2`, cgroup: join(this.cgroup, spec.name)}
+    this.pods.set(spec.name, pod)
+    mkdirSync(pod.cgroup)
+    await run('ip', ['netns', 'add', pod.netns])
+    await run('ip', ['link', 'add', dev, 'netns', peer.netns, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod.netns])
+    await run('ip', ['-n', peer.netns, 'addr', 'add', `10.79.${k}.1/24`, 'dev', dev])
+    await run('ip', ['-n', peer.netns, 'link', 'set', dev, 'up'])
+    await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0'])
+    await run('ip', ['-n', pod.netns, 'link', 'set', 'eth0', 'up'])
+    await run('ip', ['-n', pod.netns, 'link', 'set', 'lo', 'up'])
+    await run('ip', ['-n', pod.netns, 'route', 'add', `${SUBNET}.0/24`, 'via', `10.79.${k}.1`])
+    return pod
+  }
+
+  /**
    * Another node: a namespace on a routed link to the lab's node (10.78.0.0/24), whose processes
    * run in a cgroup outside the one merbridge is attached to, as another node's would.
    */
@@ -575,5 +597,7 @@ export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: st
     excludeOutboundPorts: ports('traffic.sidecar.istio.io/excludeOutboundPorts'),
     includeOutboundPorts: ports('traffic.sidecar.istio.io/includeOutboundPorts'),
     ...(pod.dnsCapture ? {dnsServers: resolvers} : {}),
+    ...(a['traffic.sidecar.istio.io/excludeInterfaces'] === undefined ? {} : {excludeInterfaces: list('traffic.sidecar.istio.io/excludeInterfaces')}),
+    ...(a['istio.io/reroute-virtual-interfaces'] === undefined ? {} : {virtualInterfaces: list('istio.io/reroute-virtual-interfaces')}),
   }
 }

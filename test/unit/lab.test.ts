@@ -22,6 +22,9 @@ describe('istio iptables baseline', () => {
       if (t) table = t[1] ?? ''
       const chain = /^-A (\S+) /.exec(line)?.[1]
       if (chain) out.set(`${table} ${chain}`, [...(out.get(`${table} ${chain}`) ?? []), line])
+      // `-I CHAIN 1 rule` puts the rule at the top of the chain as it stands
+      const top = /^-I (\S+) 1 (.*)$/.exec(line)
+      if (top) out.set(`${table} ${top[1]}`, [`-A ${top[1]} ${top[2]}`, ...(out.get(`${table} ${top[1]}`) ?? [])])
     }
     return out
   }
@@ -109,6 +112,22 @@ describe('istio iptables baseline', () => {
         .split('\n')
         .filter((l) => !l.includes('! --uid-owner') && !l.includes('! --gid-owner'))
         .join('\n')}\n${DNS_JUMP('127.0.0.53/32')}\n-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n-A ISTIO_OUTPUT -d 127.1.2.3/32 -j ISTIO_REDIRECT\n${RAW_3_4_1_2('127.0.0.53/32')}`,
+    },
+    {
+      name: 'basic-exclude-nic',
+      options: options({outboundCidrs: [], excludeInterfaces: ['not-istio-nic']}),
+      v4: `${HEAD}\n-A PREROUTING -i not-istio-nic -j RETURN\n-A OUTPUT -o not-istio-nic -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}`,
+    },
+    {
+      // the RETURNs are inserted first, the redirects later above them
+      name: 'kube-virt-interfaces',
+      options: options({outboundCidrs: '*', virtualInterfaces: ['eth1', 'eth2']}),
+      v4: `${HEAD}\n-I PREROUTING 1 -i eth1 -j RETURN\n-I PREROUTING 1 -i eth2 -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n-I PREROUTING 1 -i eth1 -j ISTIO_REDIRECT\n-I PREROUTING 1 -i eth2 -j ISTIO_REDIRECT`,
+    },
+    {
+      name: 'ipnets-with-kube-virt-interfaces',
+      options: options({outboundCidrs: ['10.0.0.0/8'], virtualInterfaces: ['eth1', 'eth2']}),
+      v4: `${HEAD}\n-I PREROUTING 1 -i eth1 -j RETURN\n-I PREROUTING 1 -i eth2 -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}\n-I PREROUTING 1 -i eth1 -d 10.0.0.0/8 -j ISTIO_REDIRECT\n-I PREROUTING 1 -i eth2 -d 10.0.0.0/8 -j ISTIO_REDIRECT\n-A ISTIO_OUTPUT -d 10.0.0.0/8 -j ISTIO_REDIRECT`,
     },
   ]
 
