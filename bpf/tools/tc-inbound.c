@@ -2,9 +2,11 @@
 /* tc-inbound: attach or detach the pinned mb_tc_inbound program on the ingress of every
  * interface but lo in each network namespace named on the command line, one line per namespace:
  *
- *   tc-inbound attach PROG_PIN NS...   ok IF[+] ...   ("+": the clsact qdisc was created here)
- *   tc-inbound detach PROG_ID NS...    ok IF ...      (the interfaces it was detached from)
+ *   tc-inbound attach PROG_PIN [--skip=IF,IF] NS...   ok IF[+|-] ... ("+": the clsact qdisc was created here; "-": taken off, skipped)
+ *   tc-inbound detach PROG_ID NS...                   ok IF ...      (the interfaces it was detached from)
  *   or "error: why" for a namespace it could not do. An emptied qdisc is left to the caller.
+ *   --skip names interfaces of the namespace after it that Istio never captures on
+ *   (excludeInterfaces): ours is taken off them, never put on.
  *
  * The filter has a fixed handle and priority, so only ours is ever replaced or removed, and a
  * detach removes it only when the program in that slot is the installation's (by id). Node.js cannot enter
@@ -42,10 +44,26 @@ static int ours(struct bpf_tc_hook *hook, __u32 prog_id)
 	return bpf_tc_query(hook, &opts) == 0 && opts.prog_id == prog_id;
 }
 
+/* Is name one of the comma-separated names in list (NULL: none)? */
+static int listed(const char *list, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (const char *p = list; p && *p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+
+		if (len == n && strncmp(p, name, n) == 0)
+			return 1;
+		p = end ? end + 1 : NULL;
+	}
+	return 0;
+}
+
 /* Call fn on the ingress hook of every interface but lo in the namespace at path; print "ok" and
  * the interfaces fn did something on, or the first error. */
-static void each_interface(const char *path, int (*fn)(struct bpf_tc_hook *hook, const char *name, void *arg, char *note),
-			   void *arg)
+static void each_interface(const char *path, const char *skip,
+			   int (*fn)(struct bpf_tc_hook *hook, const char *name, void *arg, char *note), void *arg)
 {
 	struct if_nameindex *ifs;
 	char out[4096] = "ok";
@@ -61,6 +79,16 @@ static void each_interface(const char *path, int (*fn)(struct bpf_tc_hook *hook,
 
 		if (strcmp(i->if_name, "lo") == 0)
 			continue;
+		if (listed(skip, i->if_name)) {
+			/* query fills in the program: detach wants options without one */
+			LIBBPF_OPTS(bpf_tc_opts, query, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
+			LIBBPF_OPTS(bpf_tc_opts, slot, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
+
+			/* our slot is ours whatever program is in it: one attached before the pod said so */
+			if (bpf_tc_query(&hook, &query) == 0 && bpf_tc_detach(&hook, &slot) == 0)
+				snprintf(out + strlen(out), sizeof(out) - strlen(out), " %s-", i->if_name);
+			continue;
+		}
 		rc = fn(&hook, i->if_name, arg, note);
 		if (rc < 0) {
 			printf("error: %s: %s\n", i->if_name, strerror(-rc));
@@ -113,9 +141,16 @@ int main(int argc, char **argv)
 			fprintf(stderr, "tc-inbound: %s: %s\n", argv[2], strerror(errno));
 			return 2;
 		}
+		const char *skip = NULL;
+
 		for (int i = 3; i < argc; i++) {
-			each_interface(argv[i], attach_one, &prog);
+			if (strncmp(argv[i], "--skip=", 7) == 0) {
+				skip = argv[i] + 7;
+				continue;
+			}
+			each_interface(argv[i], skip, attach_one, &prog);
 			setns(home, CLONE_NEWNET);
+			skip = NULL;
 		}
 		return 0;
 	}
@@ -123,11 +158,11 @@ int main(int argc, char **argv)
 		__u32 id = strtoul(argv[2], NULL, 10);
 
 		for (int i = 3; i < argc; i++) {
-			each_interface(argv[i], detach_one, &id);
+			each_interface(argv[i], NULL, detach_one, &id);
 			setns(home, CLONE_NEWNET);
 		}
 		return 0;
 	}
-	fprintf(stderr, "usage: tc-inbound attach PROG_PIN NS... | detach PROG_ID NS...\n");
+	fprintf(stderr, "usage: tc-inbound attach PROG_PIN [--skip=IF,IF] NS... | detach PROG_ID NS...\n");
 	return 2;
 }

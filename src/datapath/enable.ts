@@ -200,7 +200,7 @@ export const ENABLE_STEPS: EnableStep[] = [
     async run(ctx) {
       const objects = required(ctx.objects, 'the built objects')
       if (ctx.swap) {
-        await swapPrograms(ctx.inst, required(ctx.cgroup, 'the cgroup'), objects.tcInbound, required(ctx.applied, 'the applied pods').sync.registeredPaths)
+        await swapPrograms(ctx.inst, required(ctx.cgroup, 'the cgroup'), objects.tcInbound, required(ctx.applied, 'the applied pods').sync.registered)
         ctx.attached.push(...PROGRAMS.map((p) => p.name))
         return
       }
@@ -209,7 +209,7 @@ export const ENABLE_STEPS: EnableStep[] = [
         else if (p.target === 'sock_pair_map') await bpftool.progAttachToMap(ctx.inst.prog(p.name), p.attachType, ctx.inst.map('sock_pair_map'))
         else {
           const applied = required(ctx.applied, 'the applied pods')
-          const tc = await attachInbound(objects.tcInbound, ctx.inst.prog(p.name), applied.sync.registeredPaths)
+          const tc = await attachInbound(objects.tcInbound, ctx.inst.prog(p.name), applied.sync.registered)
           if (tc.failed.size > 0) throw new MerbridgeError(`cannot attach inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`, {code: 'TC_ATTACH'})
         }
         ctx.attached.push(p.name)

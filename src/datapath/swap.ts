@@ -12,7 +12,7 @@ import {mkdir, unlink} from 'node:fs/promises'
 import {join} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
 import {describeError, MerbridgeError} from '../errors.js'
-import {attachInbound} from '../node/tc-inbound.js'
+import {attachInbound, type InboundTarget} from '../node/tc-inbound.js'
 import type {Installation} from './installation.js'
 import {MAP_NAMES, PROGRAMS, type ProgramSpec} from '../bpf/programs.js'
 
@@ -58,7 +58,7 @@ interface Swapped {
  * Put each staged program in its running twin's place, then move the pins. On a failure the
  * programs already swapped are put back, so the old datapath stays whole, and the error is thrown.
  */
-export async function swapPrograms(inst: Installation, cgroup: string, tcHelper: string, podNamespaces: string[]): Promise<void> {
+export async function swapPrograms(inst: Installation, cgroup: string, tcHelper: string, podNamespaces: readonly InboundTarget[]): Promise<void> {
   const done: Swapped[] = []
   try {
     for (const spec of PROGRAMS) {
@@ -90,7 +90,7 @@ export async function swapPrograms(inst: Installation, cgroup: string, tcHelper:
 }
 
 /** Undo part of a swap: the old program back where the new one went, last first. Never throws. */
-async function putBack(inst: Installation, cgroup: string, tcHelper: string, podNamespaces: string[], done: Swapped[]): Promise<void> {
+async function putBack(inst: Installation, cgroup: string, tcHelper: string, podNamespaces: readonly InboundTarget[], done: Swapped[]): Promise<void> {
   for (const {spec, oldId} of [...done].reverse()) {
     try {
       if (spec.target === 'cgroup') {

@@ -7,7 +7,7 @@ import {readMaps} from '../bpf/maps.js'
 import type {MeshedPod, PodSelection} from '../kube/pods.js'
 import type {Helpers} from '../bpf/objects.js'
 import {listNetnsCandidates, namespaceResolvers, namespacesByIp, type NetnsCandidate, netnsCookies, normalIp} from '../node/netns.js'
-import {attachInbound} from '../node/tc-inbound.js'
+import {attachInbound, type InboundTarget} from '../node/tc-inbound.js'
 import type {Installation, PodRecord} from './installation.js'
 
 /** What the two pod maps hold: pod IP -> encoded rules (hex), netns cookie -> encoded pod IPs (hex). */
@@ -25,8 +25,8 @@ export interface SyncResult {
   unregistered: PodRecord[]
   written: number
   deleted: number
-  /** network namespaces of the registered pods (for attaching inbound capture) */
-  registeredPaths: string[]
+  /** network namespaces of the registered pods, with the interfaces to leave alone (for attaching inbound capture) */
+  registered: InboundTarget[]
   /** what the node itself changed about pods: inbound capture not attached, DNS capture widened */
   nodeWarnings: string[]
   /** the maps as this sync left them, for the next sync of a long-running process */
@@ -90,9 +90,9 @@ export interface SyncPlan {
   netnsDeletes: bigint[]
   meshed: PodRecord[]
   unregistered: PodRecord[]
-  registeredPaths: string[]
+  registered: InboundTarget[]
   /** namespaces that get inbound capture: the newly registered ones, or all without a known view */
-  attach: {path: string; id: string}[]
+  attach: (InboundTarget & {id: string})[]
 }
 
 /**
@@ -102,7 +102,7 @@ export interface SyncPlan {
  * written; `known` says `current` is what this process's last sync left.
  */
 export function planSync(found: FoundPod[], current: PodMapsView, known: boolean): SyncPlan {
-  const plan: SyncPlan = {view: {rules: new Map(), netns: new Map()}, ruleWrites: [], netnsWrites: [], ruleDeletes: [], netnsDeletes: [], meshed: [], unregistered: [], registeredPaths: [], attach: []}
+  const plan: SyncPlan = {view: {rules: new Map(), netns: new Map()}, ruleWrites: [], netnsWrites: [], ruleDeletes: [], netnsDeletes: [], meshed: [], unregistered: [], registered: [], attach: []}
   for (const {pod, nsPath, cookie, rules} of found) {
     // a dual-stack pod's two addresses share its rules
     for (const ip of [pod.ip, ...(pod.ip6 ? [pod.ip6] : [])]) {
@@ -120,8 +120,9 @@ export function planSync(found: FoundPod[], current: PodMapsView, known: boolean
     if (changed) plan.netnsWrites.push([cookie, id])
     plan.meshed.push({...record, netns: cookie.toString()})
     if (nsPath) {
-      plan.registeredPaths.push(nsPath)
-      if (!known || changed) plan.attach.push({path: nsPath, id: `${pod.namespace}/${pod.name}`})
+      const target = {path: nsPath, skip: pod.noInboundCapture}
+      plan.registered.push(target)
+      if (!known || changed) plan.attach.push({...target, id: `${pod.namespace}/${pod.name}`})
     }
   }
   for (const ip of current.rules.keys()) if (!plan.view.rules.has(ip)) plan.ruleDeletes.push(ip)
@@ -166,12 +167,12 @@ export async function syncPods(inst: Installation, objects: Helpers, selection: 
     written: plan.ruleWrites.length + plan.netnsWrites.length,
     deleted: plan.ruleDeletes.length + plan.netnsDeletes.length,
     view: plan.view,
-    registeredPaths: plan.registeredPaths,
+    registered: plan.registered,
     nodeWarnings,
   }
   // after the maps: the program acts on the pods it finds in local_pod_ips
   if (opts.attachInbound && plan.attach.length > 0) {
-    const tc = await attachInbound(objects.tcInbound, inst.prog('mb_tc_inbound'), plan.attach.map((a) => a.path))
+    const tc = await attachInbound(objects.tcInbound, inst.prog('mb_tc_inbound'), plan.attach)
     for (const a of plan.attach) {
       const why = tc.failed.get(a.path)
       if (why !== undefined) result.nodeWarnings.push(`${a.id}: inbound capture not attached: ${why}`)

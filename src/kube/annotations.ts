@@ -11,6 +11,10 @@ export const ANNOTATIONS = {
   includeInboundPorts: 'traffic.sidecar.istio.io/includeInboundPorts',
   excludeInboundPorts: 'traffic.sidecar.istio.io/excludeInboundPorts',
   statusPort: 'status.sidecar.istio.io/port',
+  excludeInterfaces: 'traffic.sidecar.istio.io/excludeInterfaces',
+  rerouteVirtualInterfaces: 'istio.io/reroute-virtual-interfaces',
+  /** the deprecated name, read only when the one above is absent (as Istio does) */
+  kubevirtInterfaces: 'traffic.sidecar.istio.io/kubevirtInterfaces',
 } as const
 
 function entries(value: string): string[] {
@@ -107,4 +111,35 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
     },
     warnings,
   }
+}
+
+/** A network interface name as Istio accepts one (at most 15 characters). */
+const INTERFACE_NAME = /^[a-zA-Z][a-zA-Z0-9_.-]{0,14}$/
+
+/**
+ * Interfaces Istio's PREROUTING treats apart. excludeInterfaces (`-i IF -j RETURN`): nothing
+ * arriving there is captured, so merbridge keeps its inbound capture off them. A virtual machine's
+ * interfaces (reroute-virtual-interfaces, or the deprecated kubevirtInterfaces): what the machine
+ * sends through them goes to the outbound listener. merbridge does not see forwarded traffic, and
+ * keeps its inbound capture on them (a connection to the pod's own address still passes the
+ * sidecar: fail closed; where istio-init's rules are installed their REDIRECT takes it first).
+ * What merbridge cannot match is a warning each.
+ */
+export function interfacesFromAnnotations(annotations: Record<string, string>): {noInboundCapture: string[]; warnings: string[]} {
+  const warnings: string[] = []
+  const names = (key: string): string[] => {
+    const raw = annotations[key]
+    if (raw === undefined) return []
+    const all = entries(raw)
+    const bad = all.filter((e) => !INTERFACE_NAME.test(e))
+    // istio-init would refuse such a pod; merbridge keeps its capture on anything not named well
+    if (bad.length > 0) warnings.push(`${key}: ${bad.length} entr${bad.length === 1 ? 'y is' : 'ies are'} not an interface name (${bad.slice(0, 3).map((b) => `'${printable(b, 40)}'`).join(', ')}${bad.length > 3 ? ', ...' : ''}); ignored, so more is captured`)
+    return [...new Set(all.filter((e) => INTERFACE_NAME.test(e)))]
+  }
+  const excluded = names(ANNOTATIONS.excludeInterfaces)
+  const virtualKey = annotations[ANNOTATIONS.rerouteVirtualInterfaces] !== undefined ? ANNOTATIONS.rerouteVirtualInterfaces : ANNOTATIONS.kubevirtInterfaces
+  const virtual = names(virtualKey)
+  if (excluded.length > 0) warnings.push(`${ANNOTATIONS.excludeInterfaces}: inbound on ${excluded.join(', ')} is left alone, as Istio does; outbound connections routed through ${excluded.length === 1 ? 'it' : 'them'} still go to the sidecar (merbridge decides at connect(), before the route is known)`)
+  if (virtual.length > 0) warnings.push(`${virtualKey}: TCP the virtual machine sends through ${virtual.join(', ')} is captured only by istio-init's rules, which send it to the outbound listener; merbridge does not see forwarded traffic, and sends only its connections to the pod's own address through the inbound listener`)
+  return {noInboundCapture: excluded, warnings}
 }

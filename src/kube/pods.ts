@@ -4,7 +4,7 @@ import type {PodRules} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import type {MeshProfile} from '../mesh/profiles.js'
 import {printable} from '../text.js'
-import {rulesFromAnnotations} from './annotations.js'
+import {interfacesFromAnnotations, rulesFromAnnotations} from './annotations.js'
 
 /** The parts of a Kubernetes Pod that merbridge reads. */
 export interface PodJson {
@@ -38,6 +38,8 @@ export interface MeshedPod {
   /** its proxy captures DNS: the resolvers come from the pod's resolv.conf, read on the node */
   dnsCapture: boolean
   rules: Omit<PodRules, 'dns'>
+  /** interfaces Istio excludes from capture (excludeInterfaces): tc stays off them */
+  noInboundCapture: string[]
   warnings: string[]
 }
 
@@ -217,6 +219,8 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
         .map(([k, v]) => [k, String(v)]),
     )
     const {rules, warnings} = rulesFromAnnotations(annotations, mesh)
+    const interfaces = interfacesFromAnnotations(annotations)
+    warnings.push(...interfaces.warnings)
     // the proxy's user and group: its container's, else the pod's, else the mesh's default
     const proxyUid = specId(proxy.securityContext?.runAsUser) ?? specId(pod.spec.securityContext?.runAsUser) ?? mesh.sidecarUid
     const proxyGid = specId(proxy.securityContext?.runAsGroup) ?? specId(pod.spec.securityContext?.runAsGroup) ?? mesh.sidecarGid
@@ -225,7 +229,7 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     if (dns.warning) warnings.push(dns.warning)
     if (bad.length > 0) warnings.push(`status lists addresses that are not IPs (${bad.slice(0, 2).join(', ')}); registered as ${ip}`)
     if (proxies.length > 1) warnings.push(`has ${proxies.length} ${mesh.sidecarContainer} containers; the first one's user, group and DNS setting are used`)
-    const meshedPod: MeshedPod = {namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dns.on, rules: {...rules, proxyUid, proxyGid}, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)}
+    const meshedPod: MeshedPod = {namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dns.on, rules: {...rules, proxyUid, proxyGid}, noInboundCapture: interfaces.noInboundCapture, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)}
     out.meshed.push(meshedPod)
     byIp.set(ip, meshedPod)
   }

@@ -11,20 +11,46 @@ export interface TcResult {
   failed: Map<string, string>
 }
 
-function parse(paths: string[], stdout: string): TcResult {
+/** A pod's namespace, and the interfaces in it that inbound capture stays off (Istio's excludeInterfaces). */
+export interface InboundTarget {
+  path: string
+  skip: readonly string[]
+}
+
+function parse(paths: string[], stdout: string): TcResult & {removed: Map<string, string[]>} {
   const lines = stdout.split('\n')
-  const out: TcResult = {done: new Map(), failed: new Map()}
+  const out = {done: new Map<string, string[]>(), failed: new Map<string, string>(), removed: new Map<string, string[]>()}
   paths.forEach((p, i) => {
     const line = lines[i]?.trim() ?? 'error: no answer'
-    if (line.startsWith('ok')) out.done.set(p, line.split(/\s+/).slice(1).map((f) => f.replace(/\+$/, '')))
-    else out.failed.set(p, line.replace(/^error: /, ''))
+    if (!line.startsWith('ok')) {
+      out.failed.set(p, line.replace(/^error: /, ''))
+      return
+    }
+    const words = line.split(/\s+/).slice(1)
+    out.done.set(p, words.filter((w) => !w.endsWith('-')).map((w) => w.replace(/\+$/, '')))
+    const removed = words.filter((w) => w.endsWith('-')).map((w) => w.slice(0, -1))
+    if (removed.length > 0) out.removed.set(p, removed)
   })
   return out
 }
 
-export async function attachInbound(helper: string, progPin: string, paths: string[]): Promise<TcResult> {
-  if (paths.length === 0) return {done: new Map(), failed: new Map()}
-  return parse(paths, (await run(helper, ['attach', progPin, ...paths])).stdout)
+/** Remove the clsact qdisc of these interfaces where no filter at all is left (the one attach added; an empty one does nothing). */
+async function dropEmptyQdiscs(path: string, ifaces: string[]): Promise<void> {
+  for (const dev of ifaces) {
+    const filters = await Promise.all(
+      ['ingress', 'egress'].map(async (dir) => (await run('nsenter', [`--net=${path}`, 'tc', '-j', 'filter', 'show', 'dev', dev, dir], {allowFailure: true})).stdout.trim()),
+    )
+    if (filters.every((f) => f === '' || f === '[]')) await run('nsenter', [`--net=${path}`, 'tc', 'qdisc', 'del', 'dev', dev, 'clsact'], {allowFailure: true})
+  }
+}
+
+/** Attach on every interface of each namespace but its skipped ones, and take ours off those. */
+export async function attachInbound(helper: string, progPin: string, targets: readonly InboundTarget[]): Promise<TcResult> {
+  if (targets.length === 0) return {done: new Map(), failed: new Map()}
+  const args = targets.flatMap((t) => [...(t.skip.length > 0 ? [`--skip=${t.skip.join(',')}`] : []), t.path])
+  const {done, failed, removed} = parse(targets.map((t) => t.path), (await run(helper, ['attach', progPin, ...args])).stdout)
+  for (const [path, ifaces] of removed) await dropEmptyQdiscs(path, ifaces)
+  return {done, failed}
 }
 
 /**
@@ -33,14 +59,7 @@ export async function attachInbound(helper: string, progPin: string, paths: stri
  */
 export async function detachInbound(helper: string, progId: number, paths: string[]): Promise<TcResult> {
   if (paths.length === 0) return {done: new Map(), failed: new Map()}
-  const result = parse(paths, (await run(helper, ['detach', String(progId), ...paths])).stdout)
-  for (const [path, ifaces] of result.done) {
-    for (const dev of ifaces) {
-      const filters = await Promise.all(
-        ['ingress', 'egress'].map(async (dir) => (await run('nsenter', [`--net=${path}`, 'tc', '-j', 'filter', 'show', 'dev', dev, dir], {allowFailure: true})).stdout.trim()),
-      )
-      if (filters.every((f) => f === '' || f === '[]')) await run('nsenter', [`--net=${path}`, 'tc', 'qdisc', 'del', 'dev', dev, 'clsact'], {allowFailure: true})
-    }
-  }
-  return result
+  const {done, failed} = parse(paths, (await run(helper, ['detach', String(progId), ...paths])).stdout)
+  for (const [path, ifaces] of done) await dropEmptyQdiscs(path, ifaces)
+  return {done, failed}
 }

@@ -112,7 +112,7 @@ describe('status diagnosis', () => {
 
 describe('sync plan', () => {
   const rules = (n: number) => Buffer.from([n, n])
-  const pod = (name: string, ip: string, ip6?: string): MeshedPod => ({namespace: 'lab', name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: false, rules: {...CAPTURE_ALL}, warnings: []})
+  const pod = (name: string, ip: string, ip6?: string): MeshedPod => ({namespace: 'lab', name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: false, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []})
   const empty = (): PodMapsView => ({rules: new Map(), netns: new Map()})
 
   it('writes every address and namespace of a fresh node, and attaches inbound capture to each found pod', () => {
@@ -122,7 +122,7 @@ describe('sync plan', () => {
     assert.deepEqual(plan.meshed, [{namespace: 'lab', name: 'a', ip: '10.0.0.2', ip6: 'fd00::2', netns: '4099'}])
     // b is not on the node (yet): still captured as a destination (fail closed), not registered
     assert.deepEqual(plan.unregistered, [{namespace: 'lab', name: 'b', ip: '10.0.0.3'}])
-    assert.deepEqual(plan.attach, [{path: '/proc/10/ns/net', id: 'lab/a'}])
+    assert.deepEqual(plan.attach, [{path: '/proc/10/ns/net', skip: [], id: 'lab/a'}])
     assert.deepEqual([plan.ruleDeletes, plan.netnsDeletes], [[], []])
   })
 

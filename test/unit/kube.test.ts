@@ -103,6 +103,34 @@ describe('pod selection', () => {
     assert.match(s.meshed[0]!.warnings[0]!, /^ns\/p: traffic.sidecar.istio.io\/excludeOutboundPorts: 1 entry is not a port \(1-65535\) \('x'\)/)
   })
 
+  it("keeps inbound capture off the interfaces Istio excludes, and says what it cannot match", () => {
+    const withAnnotations = (name: string, a: Record<string, string>) => pod(name, {metadata: {annotations: {'sidecar.istio.io/status': '{}', ...a}}})
+    const s = selectMeshedPods(
+      [
+        withAnnotations('plain', {}),
+        withAnnotations('excluded', {[ANNOTATIONS.excludeInterfaces]: ' net1, net2 ,net1'}),
+        // the current name wins over the deprecated one, as Istio reads them
+        withAnnotations('vm', {[ANNOTATIONS.rerouteVirtualInterfaces]: 'k6t-eth0', [ANNOTATIONS.kubevirtInterfaces]: 'tap0', [ANNOTATIONS.excludeInterfaces]: 'net1'}),
+        withAnnotations('old-vm', {[ANNOTATIONS.kubevirtInterfaces]: 'tap0'}),
+        withAnnotations('bad', {[ANNOTATIONS.excludeInterfaces]: 'net1,0bad,has space,much-too-long-name,a/b'}),
+      ],
+      'node1',
+      istio,
+    )
+    const of = (name: string) => s.meshed.find((p) => p.name === name)!
+    assert.deepEqual(of('plain').noInboundCapture, [])
+    assert.deepEqual(of('plain').warnings, [])
+    assert.deepEqual(of('excluded').noInboundCapture, ['net1', 'net2'])
+    assert.match(of('excluded').warnings.join('\n'), /^ns\/excluded: traffic.sidecar.istio.io\/excludeInterfaces: inbound on net1, net2 is left alone, as Istio does; outbound connections routed through them still go to the sidecar/)
+    assert.deepEqual(of('vm').noInboundCapture, ['net1'])
+    assert.match(of('vm').warnings.join('\n'), /istio.io\/reroute-virtual-interfaces: TCP the virtual machine sends through k6t-eth0 is captured only by istio-init's rules/)
+    assert.deepEqual(of('old-vm').noInboundCapture, [])
+    assert.match(of('old-vm').warnings.join('\n'), /traffic.sidecar.istio.io\/kubevirtInterfaces: TCP the virtual machine sends through tap0/)
+    // names Istio would refuse keep the capture on (more is captured), one warning for all of them
+    assert.deepEqual(of('bad').noInboundCapture, ['net1'])
+    assert.match(of('bad').warnings[0]!, /excludeInterfaces: 4 entries are not an interface name \('0bad', 'has space', 'much-too-long-name', \.\.\.\); ignored, so more is captured/)
+  })
+
   it('skips gateways and pods that intercept nothing or by TPROXY, saying why', () => {
     const mode = (m: string) => pod(`mode-${m}`, {metadata: {annotations: {'sidecar.istio.io/status': '{}', 'sidecar.istio.io/interceptionMode': m}}})
     const gateway = pod('gateway', {spec: {nodeName: 'node1', containers: [{name: 'istio-proxy', args: ['proxy', 'router', '--domain', 'x']}]}})
@@ -185,7 +213,7 @@ items:
 })
 
 describe("a pod's resolvers", () => {
-  const meshed = (dnsCapture: boolean): MeshedPod => ({namespace: 'ns', name: 'p', ip: '10.0.0.1', dnsCapture, rules: {...CAPTURE_ALL}, warnings: []})
+  const meshed = (dnsCapture: boolean): MeshedPod => ({namespace: 'ns', name: 'p', ip: '10.0.0.1', dnsCapture, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []})
 
   it('reads nameservers as a resolver does: addresses only, a zone index dropped, each once', () => {
     assert.deepEqual(parseResolvConf('# comment\nsearch ns.svc.cluster.local\nnameserver 10.96.0.10\nnameserver  fe80::1%eth0\nnameserver bogus\nnameserver 10.96.0.10\noptions ndots:5\n'), ['10.96.0.10', 'fe80::1'])

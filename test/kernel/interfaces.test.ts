@@ -1,0 +1,119 @@
+// Interfaces Istio's PREROUTING treats apart (traffic.sidecar.istio.io/excludeInterfaces, a
+// virtual machine's istio.io/reroute-virtual-interfaces), on the real kernel: each meshed pod has
+// a second interface, side0, wired to a namespace of its own, and connections arrive over it under
+// Istio's rules, under merbridge alone and under both.
+import assert from 'node:assert/strict'
+import {after, before, describe, it} from 'node:test'
+import {execa} from 'execa'
+import {APP_PORT, Lab} from '../../src/lab/lab.js'
+import type {LabProcess} from '../../src/lab/process.js'
+import {parseSidecarLog} from '../../src/lab/sidecar.js'
+import {PROFILES} from '../../src/mesh/profiles.js'
+import type {EnableResult} from '../../src/commands/enable.js'
+import {cli, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
+
+const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables'])
+
+describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, () => {
+  const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
+  const install = uniqueInstall()
+  const sidecars = new Map<string, LabProcess>()
+  const PODS = ['excluded', 'vm', 'plain'] as const
+  /** A request from the namespace on the pod's side0 to the pod's own address: who the app saw, what its sidecar logged. */
+  const overSide0 = async (pod: (typeof PODS)[number]) => {
+    const mark = sidecars.get(pod)!.stdout.length
+    const r = await lab.get(`x-${pod}`, `http://${lab.pod(pod).ip}:${APP_PORT}/whoami`)
+    assert.equal(r.status, 200, `x-${pod} -> ${pod}: ${r.error ?? ''}`)
+    const seen = (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress
+    // a request that passed the sidecar was logged before the app answered it (logasap)
+    return {seen, log: parseSidecarLog(sidecars.get(pod)!.stdout.slice(mark))}
+  }
+  const tcFilters = async (pod: string, dev: string) => (await execa('tc', ['-n', lab.pod(pod).netns, '-j', 'filter', 'show', 'dev', dev, 'ingress'])).stdout
+  /** What Istio's rules do, in each mode where they are installed. */
+  const asIstio = async () => {
+    const excluded = await overSide0('excluded')
+    assert.equal(excluded.seen, lab.pod('x-excluded').ip, 'excludeInterfaces: straight to the app')
+    assert.deepEqual(excluded.log, [])
+    // the virtual machine's connection goes to the outbound listener, whose connection to the
+    // pod's own address then passes its inbound listener
+    const vm = await overSide0('vm')
+    assert.equal(vm.seen, '127.0.0.6')
+    assert.deepEqual(vm.log.map((l) => [l.backend, l.originalDst]), [
+      ['outbound_passthrough', `${lab.pod('vm').ip}:${APP_PORT}`],
+      ['inbound_passthrough', `${lab.pod('vm').ip}:${APP_PORT}`],
+    ])
+    const plain = await overSide0('plain')
+    assert.equal(plain.seen, '127.0.0.6', 'any other interface: through the inbound sidecar')
+    assert.deepEqual(plain.log.map((l) => l.backend), ['inbound_passthrough'])
+  }
+
+  before(async () => {
+    await lab.create([
+      {name: 'excluded', meshed: true, annotations: {'traffic.sidecar.istio.io/excludeInterfaces': 'side0'}},
+      {name: 'vm', meshed: true, annotations: {'istio.io/reroute-virtual-interfaces': 'side0'}},
+      {name: 'plain', meshed: true},
+    ])
+    for (const p of PODS) {
+      await lab.addLinkedPod({name: `x-${p}`}, p, 'side0')
+      sidecars.set(p, await lab.startSidecar(p))
+      await lab.startApp(p)
+    }
+  })
+
+  after(async () => {
+    await cli(['disable', '--bpffs', install.bpffs], install.env)
+    await lab.destroy()
+    install.cleanup()
+  })
+
+  it("under Istio's rules: nothing captured from an excluded interface, a virtual machine's connections sent outbound", async () => {
+    for (const p of PODS) await lab.installIstioIptables(p)
+    await asIstio()
+    for (const p of PODS) await lab.removeIstioIptables(p)
+  })
+
+  it('merbridge alone keeps its inbound capture off an excluded interface, sends a virtual machine through the inbound sidecar, and says what it leaves to istio-init', async () => {
+    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.equal(r.code, 0, r.stderr + r.stdout)
+    const out = parseJson<EnableResult>(r.stdout)
+    assert.deepEqual(out.pods.meshed.map((p) => p.name).sort(), ['excluded', 'plain', 'vm'])
+    const warnings = out.pods.warnings.join('\n')
+    assert.match(warnings, /lab\/excluded: traffic.sidecar.istio.io\/excludeInterfaces: inbound on side0 is left alone/)
+    assert.match(warnings, /lab\/vm: istio.io\/reroute-virtual-interfaces: TCP the virtual machine sends through side0 is captured only by istio-init's rules/)
+    // tc's filter on every interface but the excluded one
+    for (const p of PODS) assert.match(await tcFilters(p, 'eth0'), /"kind":"bpf"/, `${p} eth0`)
+    for (const p of ['plain', 'vm']) assert.match(await tcFilters(p, 'side0'), /"kind":"bpf"/, `${p} side0`)
+    assert.doesNotMatch(await tcFilters('excluded', 'side0'), /"kind":"bpf"/)
+
+    const excluded = await overSide0('excluded')
+    assert.equal(excluded.seen, lab.pod('x-excluded').ip, 'excludeInterfaces: straight to the app, as under Istio')
+    const plain = await overSide0('plain')
+    assert.equal(plain.seen, '127.0.0.6', "another pod's second interface is captured")
+    assert.deepEqual(plain.log.map((l) => l.backend), ['inbound_passthrough'])
+    // fail closed: not the outbound listener Istio's rule picks, but never around the sidecar
+    const vm = await overSide0('vm')
+    assert.equal(vm.seen, '127.0.0.6')
+    assert.deepEqual(vm.log.map((l) => l.backend), ['inbound_passthrough'])
+  })
+
+  it("with Istio's rules still installed, every connection goes as Istio alone sends it", async () => {
+    for (const p of PODS) await lab.installIstioIptables(p)
+    await asIstio()
+  })
+
+  it('takes its filter off an interface a pod now excludes, at the next enable', async () => {
+    // as a node where an older merbridge attached everywhere: ours on excluded's side0 by hand
+    const pin = install.installation().prog('mb_tc_inbound')
+    // nsenter, not `tc -n`: that mounts a sysfs of the namespace's over /sys, and the pin is under /sys/fs/bpf
+    const inPod = (args: string[]) => execa('nsenter', [`--net=/run/netns/${lab.pod('excluded').netns}`, 'tc', ...args])
+    await inPod(['qdisc', 'add', 'dev', 'side0', 'clsact'])
+    await inPod(['filter', 'add', 'dev', 'side0', 'ingress', 'pref', String(0xc0de), 'handle', '0x4d42', 'bpf', 'direct-action', 'pinned', pin])
+    assert.match(await tcFilters('excluded', 'side0'), /"kind":"bpf"/)
+    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.equal(r.code, 0, r.stderr + r.stdout)
+    assert.doesNotMatch(await tcFilters('excluded', 'side0'), /"kind":"bpf"/)
+    // the qdisc that held only ours goes with it
+    assert.doesNotMatch((await execa('tc', ['-n', lab.pod('excluded').netns, 'qdisc', 'show', 'dev', 'side0'])).stdout, /clsact/)
+    assert.match(await tcFilters('excluded', 'eth0'), /"kind":"bpf"/)
+  })
+})
