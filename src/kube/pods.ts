@@ -133,9 +133,15 @@ function dnsCapture(pod: PodJson, proxy: ContainerJson): {on: boolean; warning?:
   return {on: goBool(fromEnv?.value) ?? false}
 }
 
-/** A user or group id as the pod spec gives it, or undefined. */
-function specId(v: unknown): number | undefined {
-  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < 2 ** 32 ? v : undefined
+/**
+ * The proxy's user or group id as Istio's CNI reads it: the proxy container's own runAsUser or
+ * runAsGroup, where none or 0 means the mesh's default. istio-init is told the injector's ids,
+ * which that container carries, and a proxy the injector runs as root (TPROXY, capNetBindService)
+ * stays in group 1337 and is known by it. Root is never the proxy's user, nor is the pod-level
+ * securityContext read: processes of the app running as either must not pass for the proxy.
+ */
+function proxyId(v: unknown, fallback: number): number {
+  return typeof v === 'number' && Number.isInteger(v) && v > 0 && v < 2 ** 32 ? v : fallback
 }
 
 /** Every address the pod's status gives, as given (a pods file may hold anything there). */
@@ -221,9 +227,8 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const {rules, warnings} = rulesFromAnnotations(annotations, mesh)
     const interfaces = interfacesFromAnnotations(annotations)
     warnings.push(...interfaces.warnings)
-    // the proxy's user and group: its container's, else the pod's, else the mesh's default
-    const proxyUid = specId(proxy.securityContext?.runAsUser) ?? specId(pod.spec.securityContext?.runAsUser) ?? mesh.sidecarUid
-    const proxyGid = specId(proxy.securityContext?.runAsGroup) ?? specId(pod.spec.securityContext?.runAsGroup) ?? mesh.sidecarGid
+    const proxyUid = proxyId(proxy.securityContext?.runAsUser, mesh.sidecarUid)
+    const proxyGid = proxyId(proxy.securityContext?.runAsGroup, mesh.sidecarGid)
     const ip6 = ip === podIPv4(pod) ? podIPv6(pod) : undefined
     const dns = dnsCapture(pod, proxy)
     if (dns.warning) warnings.push(dns.warning)

@@ -588,8 +588,9 @@ export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: st
   const base = defaultCaptureOptions(mesh)
   const included = a['traffic.sidecar.istio.io/includeOutboundIPRanges']
   return {
-    proxyUids: pod.proxy ? [pod.proxy.uid] : base.proxyUids,
-    proxyGids: pod.proxy ? [pod.proxy.gid] : base.proxyGids,
+    // as Istio's CNI reads the proxy container: an id of 0 (a proxy run as root) means the default
+    proxyUids: pod.proxy?.uid ? [pod.proxy.uid] : base.proxyUids,
+    proxyGids: pod.proxy?.gid ? [pod.proxy.gid] : base.proxyGids,
     inboundPorts: '*',
     excludeInboundPorts: [...base.excludeInboundPorts, ...ports('traffic.sidecar.istio.io/excludeInboundPorts')],
     outboundCidrs: included === undefined || included.includes('*') ? '*' : list('traffic.sidecar.istio.io/includeOutboundIPRanges'),

@@ -145,16 +145,24 @@ describe('pod selection', () => {
     assert.match(reasons.userns!, /user namespace \(hostUsers: false\)/)
   })
 
-  it("takes the proxy's user and group from its container, then the pod, then the mesh", () => {
+  it("takes the proxy's user and group from its container as Istio's CNI does: root and the pod's own ids are never the proxy's", () => {
     const withIds = (name: string, container: object, podCtx: object = {}) =>
       pod(name, {spec: {nodeName: 'node1', securityContext: podCtx, containers: [{name: 'app'}, {name: 'istio-proxy', ...container}]}})
     const s = selectMeshedPods(
-      [withIds('spec', {securityContext: {runAsUser: 1500, runAsGroup: 1501}}), withIds('pod-level', {}, {runAsUser: 2000, runAsGroup: 2001}), withIds('default', {}), withIds('bad', {securityContext: {runAsUser: -1, runAsGroup: '7'}})],
+      [
+        withIds('spec', {securityContext: {runAsUser: 1500, runAsGroup: 1501}}),
+        // the app's ids, for every container without its own
+        withIds('pod-level', {}, {runAsUser: 2000, runAsGroup: 2001}),
+        // capNetBindService: the injector runs the proxy as root in group 1337
+        withIds('root', {securityContext: {runAsUser: 0, runAsGroup: 1337}}, {runAsUser: 0, runAsGroup: 0}),
+        withIds('default', {}),
+        withIds('bad', {securityContext: {runAsUser: -1, runAsGroup: '7'}}),
+      ],
       'node1',
       istio,
     )
     const ids = Object.fromEntries(s.meshed.map((p) => [p.name, [p.rules.proxyUid, p.rules.proxyGid]]))
-    assert.deepEqual(ids, {spec: [1500, 1501], 'pod-level': [2000, 2001], default: [1337, 1337], bad: [1337, 1337]})
+    assert.deepEqual(ids, {spec: [1500, 1501], 'pod-level': [1337, 1337], root: [1337, 1337], default: [1337, 1337], bad: [1337, 1337]})
   })
 
   it("reads DNS capture from the proxy's ISTIO_META_DNS_CAPTURE or the pod's proxy config, as Istio parses booleans", () => {
