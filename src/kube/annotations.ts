@@ -41,7 +41,7 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
   const warn = (key: string, msg: string) => warnings.push(`${key}: ${msg}`)
 
   /** A list as far as it can be honoured: `whole` is false when an entry was bad or did not fit. */
-  const list = <T>(key: string, parse: (e: string) => T | undefined, what: string, limit: number, include: boolean): {items: T[]; whole: boolean} | undefined => {
+  const list = <T>(key: string, parse: (e: string) => T | undefined, what: string, limit: number, include: boolean, known: (v: T) => boolean = () => false): {items: T[]; whole: boolean} | undefined => {
     const raw = annotations[key]
     if (raw === undefined) return undefined
     const items: T[] = []
@@ -56,7 +56,8 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
         continue
       }
       const key = JSON.stringify(v)
-      if (seen.has(key)) continue
+      // already in the rules (the mesh's own ports, which istio-init's -d lists too): no slot taken
+      if (seen.has(key) || known(v)) continue
       seen.add(key)
       items.push(v)
     }
@@ -69,7 +70,7 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
     }
     return {items, whole: badCount === 0 && fits}
   }
-  const ports = (key: string, limit: number, include = false) => list(key, parsePort, 'a port (1-65535)', limit, include)
+  const ports = (key: string, limit: number, include = false, known?: (p: number) => boolean) => list(key, parsePort, 'a port (1-65535)', limit, include, known)
   const cidrs = (key: string, include = false) => list(key, parseCidr, 'a CIDR', MAX_CIDRS, include)
 
   // includeOutboundIPRanges: absent or '*' = all; '' = none; one that cannot be honoured whole = all.
@@ -95,8 +96,8 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
     if (p === undefined) warn(ANNOTATIONS.statusPort, `'${printable(status)}' is not a port; ignored`)
     else if (!reserved.includes(p)) reserved.push(p)
   }
-  const userInExclude = ports(ANNOTATIONS.excludeInboundPorts, MAX_PORTS - reserved.length)?.items ?? []
-  const inExcludePorts = [...reserved, ...userInExclude.filter((p) => !reserved.includes(p))]
+  const userInExclude = ports(ANNOTATIONS.excludeInboundPorts, MAX_PORTS - reserved.length, false, (p) => reserved.includes(p))?.items ?? []
+  const inExcludePorts = [...reserved, ...userInExclude]
 
   return {
     rules: {

@@ -5,6 +5,7 @@ import {MerbridgeError} from '../errors.js'
 import type {MeshProfile} from '../mesh/profiles.js'
 import {printable} from '../text.js'
 import {interfacesFromAnnotations, rulesFromAnnotations} from './annotations.js'
+import {istioInitSettings} from './istio-init.js'
 
 /** The parts of a Kubernetes Pod that merbridge reads. */
 export interface PodJson {
@@ -24,6 +25,7 @@ export interface PodJson {
 interface ContainerJson {
   name?: string
   restartPolicy?: string
+  command?: unknown
   args?: unknown
   env?: unknown
   securityContext?: {runAsUser?: unknown; runAsGroup?: unknown}
@@ -89,11 +91,16 @@ function proxyContainers(pod: PodJson, mesh: MeshProfile): ContainerJson[] {
   ]
 }
 
+/** The init container that installed the mesh's rules (none with Istio's CNI: its istio-validation only checks them). */
+function initContainer(pod: PodJson, mesh: MeshProfile): ContainerJson | undefined {
+  const list = Array.isArray(pod.spec?.initContainers) ? pod.spec.initContainers : []
+  return list.find((c): c is ContainerJson => c?.name === mesh.initContainer) ?? undefined
+}
+
 /** Why a pod with a proxy is still not a sidecar pod for the datapath, if it is not. */
-function notASidecar(pod: PodJson, proxy: ContainerJson, mesh: MeshProfile): {reason: string; code: SkipCode} | undefined {
+function notASidecar(mode: unknown, proxy: ContainerJson): {reason: string; code: SkipCode} | undefined {
   // a gateway runs the proxy as a router: no interception, whatever its annotations
   if (Array.isArray(proxy.args) && proxy.args.includes('router')) return {reason: 'a gateway (the proxy runs as a router): no interception', code: 'gateway'}
-  const mode = pod.metadata?.annotations?.[mesh.interceptionModeAnnotation]
   if (mode === undefined || mode === 'REDIRECT') return undefined
   if (mode === 'NONE') return {reason: 'interceptionMode NONE: the proxy intercepts nothing', code: 'intercepts-nothing'}
   if (mode === 'TPROXY') return {reason: 'interceptionMode TPROXY is not supported by merbridge: left to istio-init', code: 'tproxy'}
@@ -185,7 +192,17 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
       skip(`no injected ${mesh.sidecarContainer} sidecar`, 'no-sidecar')
       continue
     }
-    const why = notASidecar(pod, proxy, mesh)
+    // YAML input may carry numbers (a port) where the API always has strings
+    const podAnnotations = Object.fromEntries(
+      Object.entries(pod.metadata?.annotations ?? {})
+        .filter(([, v]) => typeof v === 'string' || typeof v === 'number')
+        .map(([k, v]) => [k, String(v)]),
+    )
+    // without Istio's CNI, what istio-init was told is the pod's specification
+    const init = istioInitSettings(initContainer(pod, mesh), {uid: mesh.sidecarUid})
+    const initError = init && 'error' in init ? init.error : undefined
+    const told = init && !('error' in init) ? init : undefined
+    const why = notASidecar(told?.interceptionMode ?? pod.metadata?.annotations?.[mesh.interceptionModeAnnotation], proxy)
     if (why) {
       skip(why.reason, why.code)
       continue
@@ -218,17 +235,14 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
       owner.warnings.push(`${owner.namespace}/${owner.name}: ${namespace}/${name} claims the same IP ${ip} (left unregistered)`)
       continue
     }
-    // YAML input may carry numbers (a port) where the API always has strings
-    const annotations = Object.fromEntries(
-      Object.entries(pod.metadata?.annotations ?? {})
-        .filter(([, v]) => typeof v === 'string' || typeof v === 'number')
-        .map(([k, v]) => [k, String(v)]),
-    )
+    const annotations = {...podAnnotations, ...told?.annotations}
     const {rules, warnings} = rulesFromAnnotations(annotations, mesh)
     const interfaces = interfacesFromAnnotations(annotations)
-    warnings.push(...interfaces.warnings)
-    const proxyUid = proxyId(proxy.securityContext?.runAsUser, mesh.sidecarUid)
-    const proxyGid = proxyId(proxy.securityContext?.runAsGroup, mesh.sidecarGid)
+    warnings.push(...interfaces.warnings, ...(told?.warnings ?? []))
+    // its annotations never capture less than any arguments the injector could have written
+    if (initError !== undefined) warnings.push(`${mesh.initContainer}'s arguments cannot be read (${initError}); its annotations are used instead`)
+    const proxyUid = told?.proxyUid ?? proxyId(proxy.securityContext?.runAsUser, mesh.sidecarUid)
+    const proxyGid = told?.proxyGid ?? proxyId(proxy.securityContext?.runAsGroup, mesh.sidecarGid)
     const ip6 = ip === podIPv4(pod) ? podIPv6(pod) : undefined
     const dns = dnsCapture(pod, proxy)
     if (dns.warning) warnings.push(dns.warning)

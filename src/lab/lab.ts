@@ -34,6 +34,12 @@ export interface LabPodSpec {
   dnsCapture?: boolean
   /** in a dual-stack lab: only an IPv6 address (`ip` and `ip6` are both that address) */
   ipv6Only?: boolean
+  /**
+   * injected without Istio's CNI: the pods file holds its istio-init container, whose arguments
+   * carry these mesh-wide values (keyed as the annotations they stand in for) where the pod's own
+   * annotations say nothing, as the injector writes them
+   */
+  istioInit?: {meshDefaults?: Record<string, string>}
 }
 
 export interface LabPod extends LabPodSpec {
@@ -435,10 +441,11 @@ export class Lab {
         ...(p.proxy ? {securityContext: {runAsUser: p.proxy.uid, runAsGroup: p.proxy.gid}} : {}),
         ...(p.dnsCapture ? {env: [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}]} : {}),
       }
+      const init = p.meshed && p.istioInit ? [{name: this.mesh.initContainer, args: istioInitArgs(this.mesh, captureOptions(this.mesh, p))}] : []
       return {
         kind: 'Pod',
         metadata: {name: p.name, namespace: 'lab', annotations: {...(p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}), ...p.annotations}},
-        spec: {nodeName: node, containers: [{name: 'app'}, ...(p.meshed ? [proxy] : [])]},
+        spec: {nodeName: node, ...(init.length > 0 ? {initContainers: init} : {}), containers: [{name: 'app'}, ...(p.meshed ? [proxy] : [])]},
         status: {phase: 'Running', podIP: p.ip, podIPs: [{ip: p.ip}, ...(p.ip6 && p.ip6 !== p.ip ? [{ip: p.ip6}] : [])]},
       }
     })
@@ -582,7 +589,7 @@ export class HeldStream {
 
 /** What istio-init would be told for this pod: the injector's reading of its annotations and spec. */
 export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: string[] = []): IstioCaptureOptions {
-  const a = pod.annotations ?? {}
+  const a = {...pod.istioInit?.meshDefaults, ...pod.annotations}
   const list = (key: string) => (a[key] ?? '').split(',').map((s) => s.trim()).filter(Boolean)
   const ports = (key: string) => list(key).map(Number)
   const base = defaultCaptureOptions(mesh)
@@ -601,4 +608,20 @@ export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: st
     ...(a['traffic.sidecar.istio.io/excludeInterfaces'] === undefined ? {} : {excludeInterfaces: list('traffic.sidecar.istio.io/excludeInterfaces')}),
     ...(a['istio.io/reroute-virtual-interfaces'] === undefined ? {} : {virtualInterfaces: list('istio.io/reroute-virtual-interfaces')}),
   }
+}
+
+/** The istio-init container's arguments for these options, as the injector writes them (its uid and gid for the proxy's). */
+export function istioInitArgs(mesh: MeshProfile, o: IstioCaptureOptions): string[] {
+  const list = (v: '*' | readonly (string | number)[]) => (v === '*' ? '*' : v.join(','))
+  return [
+    'istio-iptables',
+    ...['-p', String(mesh.outboundPort), '-z', String(mesh.inboundPort)],
+    ...['-u', list(o.proxyUids), '-g', list(o.proxyGids), '-m', 'REDIRECT'],
+    ...['-i', list(o.outboundCidrs), '-x', list(o.excludeOutboundCidrs), '-b', list(o.inboundPorts), '-d', list(o.excludeInboundPorts)],
+    ...(o.includeOutboundPorts.length > 0 ? ['-q', list(o.includeOutboundPorts)] : []),
+    ...(o.excludeOutboundPorts.length > 0 ? ['-o', list(o.excludeOutboundPorts)] : []),
+    ...(o.virtualInterfaces ? ['-k', list(o.virtualInterfaces)] : []),
+    ...(o.excludeInterfaces ? ['-c', list(o.excludeInterfaces)] : []),
+    '--log_output_level=default:info',
+  ]
 }

@@ -9,6 +9,8 @@ export interface MeshProfile {
   dnsPort: number
   /** the injected proxy container */
   sidecarContainer: string
+  /** the init container that installs the mesh's rules without its CNI; its arguments are what it applied */
+  initContainer: string
   /** present on pods whose sidecar was injected */
   injectedAnnotation: string
   /** how the pod asks for its traffic to be intercepted (REDIRECT, TPROXY, NONE) */
@@ -26,6 +28,7 @@ export const PROFILES: Record<string, MeshProfile> = {
     inboundPort: 15006,
     dnsPort: 15053,
     sidecarContainer: 'istio-proxy',
+    initContainer: 'istio-init',
     injectedAnnotation: 'sidecar.istio.io/status',
     interceptionModeAnnotation: 'sidecar.istio.io/interceptionMode',
     reservedInboundPorts: [15008, 15090, 15021, 15020],

@@ -16,7 +16,7 @@ import {cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'ip6tables-restore', 'setpriv'], [SYSTEM_PYTHON])
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
-// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11
+// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11, m .12
 // a excludes outbound port 8081 and c's address, and its proxy captures DNS; b excludes inbound
 // port 8082; i sends to its sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
@@ -41,8 +41,11 @@ const PODS: LabPodSpec[] = [
   {name: 's', meshed: true, ipv6Only: true},
   // r's proxy runs as root in group 1337, as the injector runs it for sidecar.istio.io/capNetBindService
   {name: 'r', meshed: true, proxy: {uid: 0, gid: 1337}},
+  // m was injected without Istio's CNI: the mesh-wide include range (b's address) reached only
+  // its istio-init's arguments, not its annotations
+  {name: 'm', meshed: true, istioInit: {meshDefaults: {'traffic.sidecar.istio.io/includeOutboundIPRanges': `${ip(1)}/32`}}},
 ]
-const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r']
+const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm']
 const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080]]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
@@ -100,6 +103,9 @@ const CASES: Case[] = [
   {name: 'proxy running as root: app (root) -> own pod IP', from: 'r', to: 'r'},
   {name: 'proxy running as root: its sidecar -> other meshed pod', from: 'r', to: 'b', as: R_PROXY},
   {name: 'proxy running as root: its sidecar -> own pod IP', from: 'r', to: 'r', as: R_PROXY},
+  {name: 'mesh-wide include range in istio-init only: app -> meshed pod in it', from: 'm', to: 'b'},
+  {name: 'mesh-wide include range in istio-init only: app -> meshed pod outside it', from: 'm', to: 'e'},
+  {name: 'mesh-wide include range in istio-init only: app -> unmeshed pod outside it', from: 'm', to: 'c'},
   {name: 'include-ranges pod: app -> pod in its ranges', from: 'i', to: 'b'},
   {name: 'include-ranges pod: app -> meshed pod outside its ranges', from: 'i', to: 'a'},
   {name: 'include-ranges pod: app -> included port outside its ranges', from: 'i', to: 'a', port: 8081},

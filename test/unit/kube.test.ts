@@ -4,6 +4,7 @@ import {describe, it} from 'node:test'
 import {CAPTURE_ALL} from '../../src/bpf/layout.js'
 import {podRulesWithDns} from '../../src/datapath/sync.js'
 import {ANNOTATIONS, rulesFromAnnotations} from '../../src/kube/annotations.js'
+import {parseFlags} from '../../src/kube/istio-init.js'
 import {type MeshedPod, type PodJson, parsePodList, selectMeshedPods} from '../../src/kube/pods.js'
 import {afterRound} from '../../src/kube/watch.js'
 import {namespaceResolvers, normalIp, parseIfInet6, parseResolvConf} from '../../src/node/netns.js'
@@ -28,6 +29,12 @@ describe('istio annotations', () => {
     {name: 'empty include inbound ports capture no inbound', annotations: {[ANNOTATIONS.includeInboundPorts]: ''}, expect: {inAllPorts: false, inIncludePorts: []}},
     {name: 'listed inbound ports', annotations: {[ANNOTATIONS.includeInboundPorts]: '8080, 9090'}, expect: {inAllPorts: false, inIncludePorts: [8080, 9090]}},
     {name: 'excluded inbound ports join the reserved ones', annotations: {[ANNOTATIONS.excludeInboundPorts]: '9000,15020'}, expect: {inExcludePorts: [...RESERVED, 9000]}},
+    {
+      // istio-init's -d lists the mesh's own ports too: they take no slot of the pod's
+      name: "the mesh's own ports in the excluded inbound list take no slot",
+      annotations: {[ANNOTATIONS.excludeInboundPorts]: ['15090,15021,15020', ...Array.from({length: 12}, (_, i) => 9000 + i)].join(',')},
+      expect: {inExcludePorts: [...RESERVED, ...Array.from({length: 12}, (_, i) => 9000 + i)]},
+    },
     {name: 'the status port is excluded inbound', annotations: {[ANNOTATIONS.statusPort]: '15999'}, expect: {inExcludePorts: [...RESERVED, 15999]}},
     {name: 'a bad status port is ignored', annotations: {[ANNOTATIONS.statusPort]: 'x'}, expect: {inExcludePorts: RESERVED}, warnings: [/status.sidecar.istio.io\/port: 'x' is not a port/]},
     {name: 'too many ports are cut', annotations: {[ANNOTATIONS.excludeOutboundPorts]: Array.from({length: 20}, (_, i) => 1000 + i).join(',')}, expect: {outExcludePorts: Array.from({length: 16}, (_, i) => 1000 + i)}, warnings: [/20 entries, the datapath holds 16; the rest are ignored, so more is captured/]},
@@ -217,6 +224,69 @@ items:
     // malformed on purpose: what a broken pods file can hold
     const s = selectMeshedPods([null, 5, {spec: null}, pod('ok')], 'node1', istio)
     assert.deepEqual(s.meshed.map((p) => p.name), ['ok'])
+  })
+})
+
+describe('istio-init arguments', () => {
+  // as the injector writes them without Istio's CNI
+  const ARGS = ['istio-iptables', '-p', '15001', '-z', '15006', '-u', '1337', '-m', 'REDIRECT', '-i', '10.0.0.0/8', '-x', '', '-b', '*', '-d', '15090,15021,15020', '--log_output_level=default:info']
+  const withInit = (name: string, init: object, annotations: Record<string, string> = {}, proxy: object = {}) =>
+    pod(name, {metadata: {annotations: {'sidecar.istio.io/status': '{}', ...annotations}}, spec: {nodeName: 'node1', initContainers: [init], containers: [{name: 'app'}, {name: 'istio-proxy', ...proxy}]}})
+
+  it("reads istio-iptables' flags as pflag does, and refuses what is not its grammar", () => {
+    const flags = parseFlags(['/usr/local/bin/istio-iptables', '-p', '15001', '-u1500', '--proxy-gid=7', '--istio-service-cidr', '*', '-x', '', '--run-validation', '--skip-rule-apply', '-n'])
+    assert.ok(flags instanceof Map)
+    assert.deepEqual(Object.fromEntries(flags), {'envoy-port': '15001', 'proxy-uid': '1500', 'proxy-gid': '7', 'istio-service-cidr': '*', 'istio-service-exclude-cidr': '', 'run-validation': 'true', 'skip-rule-apply': 'true', n: 'true'})
+    assert.equal(parseFlags(['istio-iptables', '--bogus', 'x']), 'unknown flag --bogus')
+    assert.equal(parseFlags(['istio-iptables', '-i', '*', 'stray']), "unexpected argument 'stray'")
+    assert.equal(parseFlags(['istio-iptables', '-i']), '-i has no value')
+  })
+
+  it('takes the settings istio-init applied over the annotations, which hold only what the pod set', () => {
+    const s = selectMeshedPods(
+      [
+        // the mesh-wide include range reached istio-init only
+        withInit('global-range', {name: 'istio-init', args: ARGS}, {[ANNOTATIONS.excludeOutboundPorts]: '22'}),
+        // the flags win over an annotation changed after the pod started
+        withInit('changed', {name: 'istio-init', args: ARGS}, {[ANNOTATIONS.includeOutboundIPRanges]: '*'}),
+        // istio-iptables reads a flag not given from its environment
+        withInit('env', {name: 'istio-init', args: ARGS, env: [{name: 'ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE', value: '3306'}]}),
+        // with Istio's CNI its annotations are the settings: the validation container's flags are not read
+        withInit('cni', {name: 'istio-validation', args: [...ARGS, '--run-validation', '--skip-rule-apply']}),
+        withInit('mesh-tproxy', {name: 'istio-init', args: ARGS.map((a) => (a === 'REDIRECT' ? 'TPROXY' : a))}),
+        withInit('bad', {name: 'istio-init', args: [...ARGS, '--what', 'x']}, {[ANNOTATIONS.includeOutboundIPRanges]: '10.1.0.0/16'}),
+      ],
+      'node1',
+      istio,
+    )
+    const of = (name: string) => s.meshed.find((p) => p.name === name)!
+    assert.deepEqual([of('global-range').rules.outAllCidrs, of('global-range').rules.outIncludeCidrs, of('global-range').rules.outExcludePorts], [false, [{ip: '10.0.0.0', prefix: 8}], [22]])
+    assert.deepEqual([of('changed').rules.outAllCidrs, of('changed').rules.outIncludeCidrs], [false, [{ip: '10.0.0.0', prefix: 8}]])
+    assert.deepEqual(of('env').rules.outExcludePorts, [3306])
+    assert.equal(of('cni').rules.outAllCidrs, true)
+    assert.equal(s.skipped.find((p) => p.name === 'mesh-tproxy')?.code, 'tproxy')
+    assert.deepEqual(of('bad').rules.outIncludeCidrs, [{ip: '10.1.0.0', prefix: 16}])
+    assert.match(of('bad').warnings.join('\n'), /ns\/bad: istio-init's arguments cannot be read \(unknown flag --what\); its annotations are used instead/)
+    for (const name of ['global-range', 'changed', 'env', 'cni']) assert.deepEqual(of(name).warnings, [], name)
+  })
+
+  it("takes the proxy's ids from -u and -g as istio-iptables does: -g defaults to -u, and the first of a list", () => {
+    const args = (...ids: string[]) => ({name: 'istio-init', args: ['istio-iptables', '-i', '*', ...ids]})
+    const s = selectMeshedPods(
+      [
+        // the injector tells istio-init its own uid whatever the container was given: 1337 for a proxy run as root
+        withInit('root', args('-u', '1337'), {}, {securityContext: {runAsUser: 0, runAsGroup: 1337}}),
+        withInit('uid-only', args('-u', '1500')),
+        withInit('both', args('-u', '1500', '-g', '1600')),
+        withInit('none', args()),
+        withInit('lists', args('-u', '1500,1501', '-g', '1600')),
+      ],
+      'node1',
+      istio,
+    )
+    const ids = Object.fromEntries(s.meshed.map((p) => [p.name, [p.rules.proxyUid, p.rules.proxyGid]]))
+    assert.deepEqual(ids, {root: [1337, 1337], 'uid-only': [1500, 1500], both: [1500, 1600], none: [1337, 1337], lists: [1500, 1600]})
+    assert.match(s.meshed.find((p) => p.name === 'lists')!.warnings.join('\n'), /istio-init lists several proxy ids \(-u 1500,1501, -g 1600\); only 1500\/1600 are the proxy's/)
   })
 })
 

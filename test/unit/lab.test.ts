@@ -3,6 +3,8 @@ import {describe, it} from 'node:test'
 import {defaultCaptureOptions, type IstioCaptureOptions, istioNatRules, redirectCounters} from '../../src/lab/istio-iptables.js'
 import {parseSessionTotals, parseSidecarLog} from '../../src/lab/sidecar.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
+import {istioInitSettings} from '../../src/kube/istio-init.js'
+import {istioInitArgs} from '../../src/lab/lab.js'
 
 describe('istio iptables baseline', () => {
   it('redirects inbound to 15006 and outbound to 15001, sparing the sidecar and loopback', () => {
@@ -137,6 +139,21 @@ describe('istio iptables baseline', () => {
       if (g.v6) assert.deepEqual(chains(istioNatRules(PROFILES.istio!, g.options, 6)), chains(g.v6))
     })
   }
+
+  it("writes an istio-init container's arguments that read back as the same settings", () => {
+    const o = {...defaultCaptureOptions(PROFILES.istio!), proxyUids: [1500], proxyGids: [1501], outboundCidrs: ['10.0.0.0/8'], excludeOutboundPorts: [22], excludeInterfaces: ['net1']}
+    const told = istioInitSettings({args: istioInitArgs(PROFILES.istio!, o)}, {uid: 1337})
+    assert.ok(told && !('error' in told))
+    assert.deepEqual(told.annotations, {
+      'traffic.sidecar.istio.io/includeOutboundIPRanges': '10.0.0.0/8',
+      'traffic.sidecar.istio.io/excludeOutboundIPRanges': '',
+      'traffic.sidecar.istio.io/includeInboundPorts': '*',
+      'traffic.sidecar.istio.io/excludeInboundPorts': '15090,15021,15020',
+      'traffic.sidecar.istio.io/excludeOutboundPorts': '22',
+      'traffic.sidecar.istio.io/excludeInterfaces': 'net1',
+    })
+    assert.deepEqual([told.proxyUid, told.proxyGid, told.interceptionMode], [1500, 1501, 'REDIRECT'])
+  })
 
   it('excludes outbound ports for TCP and UDP first in the chain, one rule each, as istio-iptables does', () => {
     const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), excludeOutboundPorts: [22, 53]})

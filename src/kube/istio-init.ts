@@ -1,0 +1,126 @@
+/**
+ * What istio-init was told. Without Istio's CNI the injector writes a pod's effective capture
+ * settings (its annotations, else the mesh-wide values) only into the istio-init container's
+ * arguments, and the pod's annotations hold just what its author set: those arguments are what
+ * istio-iptables applied, so they are the pod's specification. (With the CNI, the injector writes
+ * the same effective values into the pod's annotations, which the CNI plugin reads.)
+ */
+import {ANNOTATIONS} from './annotations.js'
+import {printable} from '../text.js'
+
+/** istio-iptables' flags that take a value: short and long name -> the long one. */
+const VALUE_FLAGS: Record<string, string> = {
+  p: 'envoy-port',
+  z: 'inbound-capture-port',
+  e: 'inbound-tunnel-port',
+  u: 'proxy-uid',
+  g: 'proxy-gid',
+  m: 'istio-inbound-interception-mode',
+  b: 'istio-inbound-ports',
+  d: 'istio-local-exclude-ports',
+  c: 'istio-exclude-interfaces',
+  i: 'istio-service-cidr',
+  x: 'istio-service-exclude-cidr',
+  q: 'istio-outbound-ports',
+  o: 'istio-local-outbound-ports-exclude',
+  k: 'kube-virt-interfaces',
+  t: 'inbound-tproxy-mark',
+  r: 'inbound-tproxy-route-table',
+}
+const LONG_VALUE = new Set([...Object.values(VALUE_FLAGS), 'iptables-probe-port', 'probe-timeout', 'network-namespace', 'force-iptables-binary', 'log_output_level', 'log_target', 'log_caller', 'log_stacktrace_level', 'log_rotate'])
+const BOOLEAN = new Set(['n', 'dry-run', 'skip-rule-apply', 'run-validation', 'redirect-dns', 'drop-invalid', 'dual-stack', 'capture-all-dns', 'cni-mode', 'reconcile', 'cleanup-only', 'force-apply', 'native-nftables', 'log_as_json', 'help', 'h'])
+
+/** Where each setting lands: the annotation merbridge reads it from (or the interception mode's). */
+const AS_ANNOTATION: Record<string, string> = {
+  'istio-service-cidr': ANNOTATIONS.includeOutboundIPRanges,
+  'istio-service-exclude-cidr': ANNOTATIONS.excludeOutboundIPRanges,
+  'istio-inbound-ports': ANNOTATIONS.includeInboundPorts,
+  'istio-local-exclude-ports': ANNOTATIONS.excludeInboundPorts,
+  'istio-outbound-ports': ANNOTATIONS.includeOutboundPorts,
+  'istio-local-outbound-ports-exclude': ANNOTATIONS.excludeOutboundPorts,
+  'istio-exclude-interfaces': ANNOTATIONS.excludeInterfaces,
+  'kube-virt-interfaces': ANNOTATIONS.rerouteVirtualInterfaces,
+}
+
+export interface IstioInitSettings {
+  /** the settings as the annotations merbridge reads (only those istio-init was given) */
+  annotations: Record<string, string>
+  /** -m */
+  interceptionMode?: string
+  /** -u and -g as istio-iptables takes them (-g defaults to -u, -u to 1337); the first of a list */
+  proxyUid: number
+  proxyGid: number
+  warnings: string[]
+}
+
+/** The flags in a command line, long name -> value; a string saying what is wrong when it cannot be read exactly. */
+export function parseFlags(argv: readonly string[]): Map<string, string> | string {
+  const out = new Map<string, string>()
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i] ?? ''
+    const m = /^(--?)([^=]+)(?:=(.*))?$/s.exec(token)
+    if (!m) {
+      // the program itself, first; anything else positional is not istio-iptables' grammar
+      if (i === 0 && /(^|\/)istio-iptables$/.test(token)) continue
+      return `unexpected argument '${printable(token, 40)}'`
+    }
+    const [, dashes, rawName = '', inline] = m
+    // pflag: -u1337 is -u 1337
+    const first = rawName.slice(0, 1)
+    const [name, attached] = dashes === '-' && rawName.length > 1 && VALUE_FLAGS[first] !== undefined ? [first, rawName.slice(1)] : [rawName, undefined]
+    const long = dashes === '-' ? VALUE_FLAGS[name] : name
+    if (long !== undefined && LONG_VALUE.has(long)) {
+      const value = inline ?? attached ?? argv[++i]
+      if (value === undefined) return `${token} has no value`
+      out.set(long, value)
+    } else if (BOOLEAN.has(name)) {
+      out.set(name, inline ?? 'true')
+    } else {
+      return `unknown flag ${printable(token, 40)}`
+    }
+  }
+  return out
+}
+
+/** An id list as istio-iptables takes it: the first, and whether there were more. */
+function firstId(text: string): {id?: number; more: boolean} {
+  const parts = text.split(',').map((s) => s.trim()).filter(Boolean)
+  const first = parts[0]
+  const id = first !== undefined && /^\d+$/.test(first) && Number(first) < 2 ** 32 ? Number(first) : undefined
+  return {id, more: parts.length > 1}
+}
+
+/**
+ * istio-init's settings from its container, or undefined with no such container (then the pod's
+ * annotations are its settings, as Istio's CNI reads them). Flags first, else the environment
+ * istio-iptables reads them from; a setting given neither way is left to the annotations.
+ */
+export function istioInitSettings(container: {command?: unknown; args?: unknown; env?: unknown} | undefined, defaults: {uid: number}): IstioInitSettings | {error: string} | undefined {
+  if (!container) return undefined
+  const strings = (v: unknown) => (Array.isArray(v) ? v : []).map((s) => (typeof s === 'string' || typeof s === 'number' ? String(s) : '\u0000'))
+  const argv = [...strings(container.command), ...strings(container.args)]
+  if (argv.includes('\u0000')) return {error: 'its command line holds something other than text'}
+  const flags = parseFlags(argv)
+  if (typeof flags === 'string') return {error: flags}
+  const env = new Map<string, string>()
+  for (const e of Array.isArray(container.env) ? (container.env as unknown[]) : []) {
+    const {name, value} = (e ?? {}) as {name?: unknown; value?: unknown}
+    if (typeof name === 'string' && typeof value === 'string') env.set(name, value)
+  }
+  // pflag's BindEnv: ISTIO_SERVICE_CIDR for --istio-service-cidr, and so on
+  const setting = (long: string) => flags.get(long) ?? env.get(long.toUpperCase().replaceAll('-', '_'))
+  const annotations: Record<string, string> = {}
+  for (const [long, key] of Object.entries(AS_ANNOTATION)) {
+    const v = setting(long)
+    if (v !== undefined) annotations[key] = v
+  }
+  const warnings: string[] = []
+  const uidText = setting('proxy-uid') ?? String(defaults.uid)
+  const gidText = setting('proxy-gid') ?? uidText
+  const [uid, gid] = [firstId(uidText), firstId(gidText)]
+  if (uid.id === undefined || gid.id === undefined) return {error: `the proxy's ids '${printable(uidText, 20)}' / '${printable(gidText, 20)}' are not numbers`}
+  // the datapath knows one of each: a process with another listed id is captured (more, not less)
+  if (uid.more || gid.more) warnings.push(`istio-init lists several proxy ids (-u ${printable(uidText, 40)}, -g ${printable(gidText, 40)}); only ${uid.id}/${gid.id} are the proxy's`)
+  const mode = setting('istio-inbound-interception-mode')
+  return {annotations, ...(mode === undefined ? {} : {interceptionMode: mode}), proxyUid: uid.id, proxyGid: gid.id, warnings}
+}
