@@ -34,12 +34,14 @@ export interface SyncResult {
 }
 
 /**
- * A pod's rules with its DNS capture: to the resolvers of its resolv.conf, as istio-init reads
- * them. When they cannot be read (or do not fit), port 53 to any address is captured instead:
- * never less than Istio would.
+ * A pod's rules with its DNS capture: to any address where Istio's CNI set the pod up (or istio-init
+ * was told to), else to the resolvers of its resolv.conf, as istio-init reads them. When they
+ * cannot be read (or do not fit), port 53 to any address is captured instead: never less than
+ * Istio would.
  */
 export function podRulesWithDns(pod: MeshedPod, ns: NetnsCandidate | undefined, resolvers = namespaceResolvers): {rules: PodRules; warning?: string} {
   if (!pod.dnsCapture) return {rules: pod.rules}
+  if (pod.dnsToAny) return {rules: {...pod.rules, dns: {all: true, servers: []}}}
   const id = `${pod.namespace}/${pod.name}`
   // not on the node yet: its rules serve only as a destination's, where DNS plays no part
   if (!ns) return {rules: {...pod.rules, dns: {all: true, servers: []}}}

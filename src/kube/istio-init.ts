@@ -47,6 +47,10 @@ export interface IstioInitSettings {
   annotations: Record<string, string>
   /** -m */
   interceptionMode?: string
+  /** --redirect-dns (or ISTIO_META_DNS_CAPTURE in its environment), when it was told either way */
+  redirectDns?: boolean
+  /** --capture-all-dns: port 53 to any address, not only to resolv.conf's servers */
+  captureAllDns: boolean
   /** -u and -g as istio-iptables takes them (-g defaults to -u, -u to 1337); the first of a list */
   proxyUid: number
   proxyGid: number
@@ -122,5 +126,23 @@ export function istioInitSettings(container: {command?: unknown; args?: unknown;
   // the datapath knows one of each: a process with another listed id is captured (more, not less)
   if (uid.more || gid.more) warnings.push(`istio-init lists several proxy ids (-u ${printable(uidText, 40)}, -g ${printable(gidText, 40)}); only ${uid.id}/${gid.id} are the proxy's`)
   const mode = setting('istio-inbound-interception-mode')
-  return {annotations, ...(mode === undefined ? {} : {interceptionMode: mode}), proxyUid: uid.id, proxyGid: gid.id, warnings}
+  const redirectDns = goBool(setting('redirect-dns') ?? env.get('ISTIO_META_DNS_CAPTURE'))
+  return {
+    annotations,
+    ...(mode === undefined ? {} : {interceptionMode: mode}),
+    ...(redirectDns === undefined ? {} : {redirectDns}),
+    captureAllDns: goBool(setting('capture-all-dns')) ?? false,
+    proxyUid: uid.id,
+    proxyGid: gid.id,
+    warnings,
+  }
+}
+
+/** Go's strconv.ParseBool, which Istio reads its switches with; undefined for anything else. */
+export function goBool(v: unknown): boolean | undefined {
+  const s = typeof v === 'boolean' ? String(v) : v
+  if (typeof s !== 'string') return undefined
+  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(s)) return true
+  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(s)) return false
+  return undefined
 }

@@ -4,8 +4,8 @@ import type {PodRules} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import type {MeshProfile} from '../mesh/profiles.js'
 import {printable} from '../text.js'
-import {interfacesFromAnnotations, rulesFromAnnotations} from './annotations.js'
-import {istioInitSettings} from './istio-init.js'
+import {ANNOTATIONS, interfacesFromAnnotations, rulesFromAnnotations} from './annotations.js'
+import {goBool, istioInitSettings} from './istio-init.js'
 
 /** The parts of a Kubernetes Pod that merbridge reads. */
 export interface PodJson {
@@ -39,6 +39,8 @@ export interface MeshedPod {
   ip6?: string
   /** its proxy captures DNS: the resolvers come from the pod's resolv.conf, read on the node */
   dnsCapture: boolean
+  /** ... to any address on port 53 (Istio's CNI, or istio-init told --capture-all-dns): no resolv.conf to read */
+  dnsToAny: boolean
   rules: Omit<PodRules, 'dns'>
   /** interfaces Istio excludes from capture (excludeInterfaces): tc stays off them */
   noInboundCapture: string[]
@@ -108,16 +110,9 @@ function notASidecar(mode: unknown, proxy: ContainerJson): {reason: string; code
 }
 
 const DNS_CAPTURE_KEY = 'ISTIO_META_DNS_CAPTURE'
+/** the proxy's status port, which Istio's CNI excludes outbound by default */
+const CNI_EXCLUDED_OUTBOUND_PORT = 15020
 const PROXY_CONFIG_ANNOTATION = 'proxy.istio.io/config'
-
-/** Go's strconv.ParseBool, which Istio reads the setting with; undefined for anything else. */
-function goBool(v: unknown): boolean | undefined {
-  const s = typeof v === 'boolean' ? String(v) : v
-  if (typeof s !== 'string') return undefined
-  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(s)) return true
-  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(s)) return false
-  return undefined
-}
 
 /**
  * Whether the pod's proxy captures DNS (istio-init's --redirect-dns): the proxy container's
@@ -235,7 +230,9 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
       owner.warnings.push(`${owner.namespace}/${owner.name}: ${namespace}/${name} claims the same IP ${ip} (left unregistered)`)
       continue
     }
-    const annotations = {...podAnnotations, ...told?.annotations}
+    // Istio's CNI excludes outbound 15020 when the pod names no excluded outbound port
+    const cniDefaults: Record<string, string> = init === undefined && podAnnotations[ANNOTATIONS.excludeOutboundPorts] === undefined ? {[ANNOTATIONS.excludeOutboundPorts]: String(CNI_EXCLUDED_OUTBOUND_PORT)} : {}
+    const annotations: Record<string, string> = {...podAnnotations, ...cniDefaults, ...told?.annotations}
     const {rules, warnings} = rulesFromAnnotations(annotations, mesh)
     const interfaces = interfacesFromAnnotations(annotations)
     warnings.push(...interfaces.warnings, ...(told?.warnings ?? []))
@@ -246,9 +243,13 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const ip6 = ip === podIPv4(pod) ? podIPv6(pod) : undefined
     const dns = dnsCapture(pod, proxy)
     if (dns.warning) warnings.push(dns.warning)
+    const dnsOn = told?.redirectDns ?? dns.on
+    // Istio's CNI captures DNS to any address (its CaptureAllDNS follows DNS capture); istio-init
+    // only to resolv.conf's servers unless told otherwise. Unread arguments: any address (fail closed)
+    const dnsToAny = dnsOn && (told ? told.captureAllDns : true)
     if (bad.length > 0) warnings.push(`status lists addresses that are not IPs (${bad.slice(0, 2).join(', ')}); registered as ${ip}`)
     if (proxies.length > 1) warnings.push(`has ${proxies.length} ${mesh.sidecarContainer} containers; the first one's user, group and DNS setting are used`)
-    const meshedPod: MeshedPod = {namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dns.on, rules: {...rules, proxyUid, proxyGid}, noInboundCapture: interfaces.noInboundCapture, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)}
+    const meshedPod: MeshedPod = {namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dnsOn, dnsToAny, rules: {...rules, proxyUid, proxyGid}, noInboundCapture: interfaces.noInboundCapture, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)}
     out.meshed.push(meshedPod)
     byIp.set(ip, meshedPod)
   }

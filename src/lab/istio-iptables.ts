@@ -25,6 +25,8 @@ export interface IstioCaptureOptions {
   includeOutboundPorts: number[]
   /** --redirect-dns (ISTIO_META_DNS_CAPTURE) with the resolv.conf servers istio-init read */
   dnsServers?: string[]
+  /** --capture-all-dns: port 53 to any address (what Istio's CNI sets with DNS capture) */
+  captureAllDns?: boolean
   /** -c (excludeInterfaces) */
   excludeInterfaces?: string[]
   /** -k (reroute-virtual-interfaces): what a virtual machine sends through them goes to the outbound listener */
@@ -57,8 +59,9 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
   const [localhost, passthrough] = family === 4 ? ['127.0.0.1/32', '127.0.0.6/32'] : ['::1/128', '::6/128']
   const ofFamily = (cidrs: string[]) => cidrs.filter((c) => isV6(c) === (family === 6))
   const hostMask = family === 4 ? '/32' : '/128'
-  // with no server in resolv.conf istio-iptables turns DNS capture off
-  const redirectDns = (o.dnsServers?.length ?? 0) > 0
+  // with no server in resolv.conf istio-iptables turns DNS capture off, unless it captures all
+  const captureAll = o.dnsServers !== undefined && o.captureAllDns === true
+  const redirectDns = captureAll || (o.dnsServers?.length ?? 0) > 0
   const servers = ofFamily(o.dnsServers ?? [])
   const included = o.outboundCidrs === '*' ? [] : o.outboundCidrs
   const keepLoopback = included.some(isLoopbackRange)
@@ -81,8 +84,9 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
     `-A ISTIO_OUTPUT -m owner --${kind}-owner ${id} -j RETURN`,
   ]
   const excludedPorts = o.excludeOutboundPorts.flatMap((p) => [`-A ISTIO_OUTPUT -p tcp --dport ${p} -j RETURN`, `-A ISTIO_OUTPUT -p udp --dport ${p} -j RETURN`])
-  const dns =
-    servers.length > 0
+  const dns = captureAll
+    ? ['-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS', `-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -j REDIRECT --to-ports ${dnsPort}`, `-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j REDIRECT --to-port ${dnsPort}`]
+    : servers.length > 0
       ? [
           '-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS',
           ...servers.map((s) => `-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -d ${s}${hostMask} -j REDIRECT --to-ports ${dnsPort}`),
@@ -140,8 +144,12 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
         '-A OUTPUT -j ISTIO_OUTPUT_DNS',
         ...o.proxyUids.flatMap((id) => zones('uid', id)),
         ...o.proxyGids.flatMap((id) => zones('gid', id)),
-        ...(servers.length > 0 ? ['-A PREROUTING -j ISTIO_INBOUND'] : []),
-        ...servers.flatMap((s) => [`-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d ${s}${hostMask} -j CT --zone 2`, `-A ISTIO_INBOUND -p udp --sport 53 -s ${s}${hostMask} -j CT --zone 1`]),
+        ...(captureAll
+          ? ['-A PREROUTING -j ISTIO_INBOUND', '-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j CT --zone 2', '-A ISTIO_INBOUND -p udp --sport 53 -j CT --zone 1']
+          : [
+              ...(servers.length > 0 ? ['-A PREROUTING -j ISTIO_INBOUND'] : []),
+              ...servers.flatMap((s) => [`-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d ${s}${hostMask} -j CT --zone 2`, `-A ISTIO_INBOUND -p udp --sport 53 -s ${s}${hostMask} -j CT --zone 1`]),
+            ]),
         'COMMIT',
       ]
     : []

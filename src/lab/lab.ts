@@ -441,7 +441,8 @@ export class Lab {
         ...(p.proxy ? {securityContext: {runAsUser: p.proxy.uid, runAsGroup: p.proxy.gid}} : {}),
         ...(p.dnsCapture ? {env: [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}]} : {}),
       }
-      const init = p.meshed && p.istioInit ? [{name: this.mesh.initContainer, args: istioInitArgs(this.mesh, captureOptions(this.mesh, p))}] : []
+      // the injector gives istio-init the proxy's metadata too
+      const init = p.meshed && p.istioInit ? [{name: this.mesh.initContainer, args: istioInitArgs(this.mesh, captureOptions(this.mesh, p)), ...(p.dnsCapture ? {env: [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}]} : {})}] : []
       return {
         kind: 'Pod',
         metadata: {name: p.name, namespace: 'lab', annotations: {...(p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}), ...p.annotations}},
@@ -602,9 +603,11 @@ export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: st
     excludeInboundPorts: [...base.excludeInboundPorts, ...ports('traffic.sidecar.istio.io/excludeInboundPorts')],
     outboundCidrs: included === undefined || included.includes('*') ? '*' : list('traffic.sidecar.istio.io/includeOutboundIPRanges'),
     excludeOutboundCidrs: list('traffic.sidecar.istio.io/excludeOutboundIPRanges'),
-    excludeOutboundPorts: ports('traffic.sidecar.istio.io/excludeOutboundPorts'),
+    // Istio's CNI excludes the status port outbound when the pod names no port
+    excludeOutboundPorts: a['traffic.sidecar.istio.io/excludeOutboundPorts'] === undefined && !pod.istioInit ? [15020] : ports('traffic.sidecar.istio.io/excludeOutboundPorts'),
     includeOutboundPorts: ports('traffic.sidecar.istio.io/includeOutboundPorts'),
-    ...(pod.dnsCapture ? {dnsServers: resolvers} : {}),
+    // Istio's CNI captures DNS to any address; istio-init to resolv.conf's servers
+    ...(pod.dnsCapture ? {dnsServers: resolvers, captureAllDns: !pod.istioInit} : {}),
     ...(a['traffic.sidecar.istio.io/excludeInterfaces'] === undefined ? {} : {excludeInterfaces: list('traffic.sidecar.istio.io/excludeInterfaces')}),
     ...(a['istio.io/reroute-virtual-interfaces'] === undefined ? {} : {virtualInterfaces: list('istio.io/reroute-virtual-interfaces')}),
   }

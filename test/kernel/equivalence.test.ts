@@ -16,11 +16,11 @@ import {cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'ip6tables-restore', 'setpriv'], [SYSTEM_PYTHON])
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
-// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11, m .12
+// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11, m .12, k .13
 // a excludes outbound port 8081 and c's address, and its proxy captures DNS; b excludes inbound
 // port 8082; i sends to its sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
-  {name: 'a', meshed: true, dnsCapture: true, annotations: {'traffic.sidecar.istio.io/excludeOutboundPorts': '8081', 'traffic.sidecar.istio.io/excludeOutboundIPRanges': `${ip(2)}/32`}},
+  {name: 'a', meshed: true, dnsCapture: true, istioInit: {}, annotations: {'traffic.sidecar.istio.io/excludeOutboundPorts': '8081', 'traffic.sidecar.istio.io/excludeOutboundIPRanges': `${ip(2)}/32`}},
   {name: 'b', meshed: true, annotations: {'traffic.sidecar.istio.io/excludeInboundPorts': '8082'}},
   {name: 'c', meshed: false},
   {name: 'e', meshed: true, proxy: {uid: 1500, gid: 1500}},
@@ -44,8 +44,10 @@ const PODS: LabPodSpec[] = [
   // m was injected without Istio's CNI: the mesh-wide include range (b's address) reached only
   // its istio-init's arguments, not its annotations
   {name: 'm', meshed: true, istioInit: {meshDefaults: {'traffic.sidecar.istio.io/includeOutboundIPRanges': `${ip(1)}/32`}}},
+  // k's proxy captures DNS, and Istio's CNI set it up: port 53 to any address
+  {name: 'k', meshed: true, dnsCapture: true},
 ]
-const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm']
+const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k']
 const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080]]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
@@ -66,7 +68,7 @@ interface Case {
   /** IPv6 packets with a destination options header before TCP */
   dstopts?: boolean
 }
-const DNS_PROXY_PODS = ['a', 'b']
+const DNS_PROXY_PODS = ['a', 'b', 'k']
 
 const CASES: Case[] = [
   {name: 'app -> other meshed pod', from: 'a', to: 'b'},
@@ -144,6 +146,11 @@ const CASES: Case[] = [
   {name: 'DNS capture on: sidecar -> resolver, UDP', from: 'a', to: REMOTE_IP, as: PROXY, dns: {mode: 'udp-connect', family: '4'}},
   {name: 'DNS capture on: sidecar -> resolver, TCP', from: 'a', to: REMOTE_IP, as: PROXY, dns: {mode: 'tcp', family: '4'}},
   {name: 'DNS capture on: process in the proxy group only -> resolver, UDP', from: 'a', to: REMOTE_IP, as: {uid: 0, gid: 1337}, dns: {mode: 'udp-sendto', family: '4'}},
+  {name: "DNS capture by Istio's CNI: app -> resolver, UDP", from: 'k', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
+  {name: "DNS capture by Istio's CNI: app -> DNS server not in resolv.conf, UDP", from: 'k', to: REMOTE_IP_OTHER, dns: {mode: 'udp-sendto', family: '4'}},
+  {name: "DNS capture by Istio's CNI: app -> DNS server not in resolv.conf, TCP", from: 'k', to: REMOTE_IP_OTHER, dns: {mode: 'tcp', family: '4'}},
+  {name: "DNS capture by Istio's CNI: app -> own pod IP, UDP", from: 'k', to: ip(11), dns: {mode: 'udp-connect', family: '4'}},
+  {name: "DNS capture by Istio's CNI: sidecar -> DNS server not in resolv.conf, UDP", from: 'k', to: REMOTE_IP_OTHER, as: PROXY, dns: {mode: 'udp-connect', family: '4'}},
   {name: 'DNS capture off: app -> resolver, UDP', from: 'b', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
   {name: 'DNS capture off: app -> resolver, TCP', from: 'b', to: REMOTE_IP, dns: {mode: 'tcp', family: '4'}},
   {name: 'DNS capture on: app -> own pod IP, UDP', from: 'a', to: ip(0), dns: {mode: 'udp-connect', family: '4'}},

@@ -112,7 +112,7 @@ describe('status diagnosis', () => {
 
 describe('sync plan', () => {
   const rules = (n: number) => Buffer.from([n, n])
-  const pod = (name: string, ip: string, ip6?: string): MeshedPod => ({namespace: 'lab', name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: false, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []})
+  const pod = (name: string, ip: string, ip6?: string): MeshedPod => ({namespace: 'lab', name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: false, dnsToAny: false, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []})
   const empty = (): PodMapsView => ({rules: new Map(), netns: new Map()})
 
   it('writes every address and namespace of a fresh node, and attaches inbound capture to each found pod', () => {

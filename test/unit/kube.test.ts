@@ -270,6 +270,41 @@ describe('istio-init arguments', () => {
     for (const name of ['global-range', 'changed', 'env', 'cni']) assert.deepEqual(of(name).warnings, [], name)
   })
 
+  it("captures DNS as the pod's installer does: Istio's CNI to any address, istio-init to resolv.conf's servers unless told otherwise", () => {
+    const dnsEnv = [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}]
+    const proxy = {env: dnsEnv}
+    const s = selectMeshedPods(
+      [
+        withInit('cni', {name: 'istio-validation', args: ARGS}, {}, proxy),
+        withInit('init', {name: 'istio-init', args: ARGS, env: dnsEnv}, {}, proxy),
+        withInit('init-all', {name: 'istio-init', args: [...ARGS, '--capture-all-dns'], env: dnsEnv}, {}, proxy),
+        // istio-init's own environment is what istio-iptables read
+        withInit('init-off', {name: 'istio-init', args: ARGS, env: [{name: 'ISTIO_META_DNS_CAPTURE', value: 'false'}]}, {}, proxy),
+        withInit('init-flag', {name: 'istio-init', args: [...ARGS, '--redirect-dns=true']}),
+        // arguments it cannot read: any address (fail closed)
+        withInit('init-bad', {name: 'istio-init', args: [...ARGS, '--what'], env: dnsEnv}, {}, proxy),
+      ],
+      'node1',
+      istio,
+    )
+    const dns = Object.fromEntries(s.meshed.map((p) => [p.name, [p.dnsCapture, p.dnsToAny]]))
+    assert.deepEqual(dns, {cni: [true, true], init: [true, false], 'init-all': [true, true], 'init-off': [false, false], 'init-flag': [true, false], 'init-bad': [true, true]})
+  })
+
+  it("excludes outbound port 15020 where Istio's CNI does: a pod that names no excluded outbound port", () => {
+    const s = selectMeshedPods(
+      [
+        withInit('cni', {name: 'istio-validation', args: ARGS}),
+        withInit('cni-named', {name: 'istio-validation', args: ARGS}, {[ANNOTATIONS.excludeOutboundPorts]: '22'}),
+        withInit('init', {name: 'istio-init', args: ARGS}),
+      ],
+      'node1',
+      istio,
+    )
+    const ports = Object.fromEntries(s.meshed.map((p) => [p.name, p.rules.outExcludePorts]))
+    assert.deepEqual(ports, {cni: [15020], 'cni-named': [22], init: []})
+  })
+
   it("takes the proxy's ids from -u and -g as istio-iptables does: -g defaults to -u, and the first of a list", () => {
     const args = (...ids: string[]) => ({name: 'istio-init', args: ['istio-iptables', '-i', '*', ...ids]})
     const s = selectMeshedPods(
@@ -291,7 +326,12 @@ describe('istio-init arguments', () => {
 })
 
 describe("a pod's resolvers", () => {
-  const meshed = (dnsCapture: boolean): MeshedPod => ({namespace: 'ns', name: 'p', ip: '10.0.0.1', dnsCapture, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []})
+  const meshed = (dnsCapture: boolean, dnsToAny = false): MeshedPod => ({namespace: 'ns', name: 'p', ip: '10.0.0.1', dnsCapture, dnsToAny, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []})
+
+  it("captures DNS to any address where Istio's CNI set the pod up, reading no resolv.conf", () => {
+    const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], pids: [1]}
+    assert.deepEqual(podRulesWithDns(meshed(true, true), ns, () => assert.fail('resolv.conf read')), {rules: {...CAPTURE_ALL, dns: {all: true, servers: []}}})
+  })
 
   it('reads nameservers as a resolver does: addresses only, a zone index dropped, each once', () => {
     assert.deepEqual(parseResolvConf('# comment\nsearch ns.svc.cluster.local\nnameserver 10.96.0.10\nnameserver  fe80::1%eth0\nnameserver bogus\nnameserver 10.96.0.10\noptions ndots:5\n'), ['10.96.0.10', 'fe80::1'])

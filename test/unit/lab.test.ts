@@ -116,6 +116,42 @@ describe('istio iptables baseline', () => {
         .join('\n')}\n${DNS_JUMP('127.0.0.53/32')}\n-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n-A ISTIO_OUTPUT -d 127.1.2.3/32 -j ISTIO_REDIRECT\n${RAW_3_4_1_2('127.0.0.53/32')}`,
     },
     {
+      // Istio's CNI plugin (cni/pkg/plugin/testdata/dns.txt.golden): DNS capture means port 53 to
+      // any address, and its default excluded outbound port is the status port
+      name: 'CNI dns.txt',
+      options: {...defaultCaptureOptions(PROFILES.istio!), excludeInboundPorts: [15020, 15021, 15090], excludeOutboundPorts: [15020], dnsServers: [], captureAllDns: true},
+      v4: `${HEAD}
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -p tcp --dport 15020 -j RETURN
+-A ISTIO_OUTPUT -p udp --dport 15020 -j RETURN
+-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT
+-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS
+-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -j REDIRECT --to-ports 15053
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j REDIRECT --to-port 15053
+-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A ISTIO_OUTPUT -j ISTIO_REDIRECT
+* raw
+-A OUTPUT -j ISTIO_OUTPUT_DNS
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --gid-owner 1337 -j CT --zone 1
+-A ISTIO_OUTPUT_DNS -p udp --sport 15053 -m owner --gid-owner 1337 -j CT --zone 2
+-A PREROUTING -j ISTIO_INBOUND
+-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j CT --zone 2
+-A ISTIO_INBOUND -p udp --sport 53 -j CT --zone 1`,
+    },
+    {
       name: 'basic-exclude-nic',
       options: options({outboundCidrs: [], excludeInterfaces: ['not-istio-nic']}),
       v4: `${HEAD}\n-A PREROUTING -i not-istio-nic -j RETURN\n-A OUTPUT -o not-istio-nic -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}`,
