@@ -60,14 +60,17 @@ export interface IstioInitSettings {
 /** The flags in a command line, long name -> value; a string saying what is wrong when it cannot be read exactly. */
 export function parseFlags(argv: readonly string[]): Map<string, string> | string {
   const out = new Map<string, string>()
+  let leading = true
   for (let i = 0; i < argv.length; i++) {
     const token = argv[i] ?? ''
     const m = /^(--?)([^=]+)(?:=(.*))?$/s.exec(token)
     if (!m) {
-      // the program itself, first; anything else positional is not istio-iptables' grammar
-      if (i === 0 && /(^|\/)istio-iptables$/.test(token)) continue
+      // the program first (pilot-agent istio-iptables, or istio-iptables); anything else
+      // positional is not istio-iptables' grammar
+      if (leading && /(^|\/)(pilot-agent|istio-iptables)$/.test(token)) continue
       return `unexpected argument '${printable(token, 40)}'`
     }
+    leading = false
     const [, dashes, rawName = '', inline] = m
     // pflag: -u1337 is -u 1337
     const first = rawName.slice(0, 1)

@@ -237,6 +237,8 @@ describe('istio-init arguments', () => {
     const flags = parseFlags(['/usr/local/bin/istio-iptables', '-p', '15001', '-u1500', '--proxy-gid=7', '--istio-service-cidr', '*', '-x', '', '--run-validation', '--skip-rule-apply', '-n'])
     assert.ok(flags instanceof Map)
     assert.deepEqual(Object.fromEntries(flags), {'envoy-port': '15001', 'proxy-uid': '1500', 'proxy-gid': '7', 'istio-service-cidr': '*', 'istio-service-exclude-cidr': '', 'run-validation': 'true', 'skip-rule-apply': 'true', n: 'true'})
+    assert.deepEqual(parseFlags(['/usr/local/bin/pilot-agent', 'istio-iptables', '-u', '7']), new Map([['proxy-uid', '7']]))
+    assert.equal(parseFlags(['istio-iptables', '-u', '7', 'istio-iptables']), "unexpected argument 'istio-iptables'")
     assert.equal(parseFlags(['istio-iptables', '--bogus', 'x']), 'unknown flag --bogus')
     assert.equal(parseFlags(['istio-iptables', '-i', '*', 'stray']), "unexpected argument 'stray'")
     assert.equal(parseFlags(['istio-iptables', '-i']), '-i has no value')
