@@ -23,6 +23,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+/* src/node/tc-inbound.ts looks for our filter by these two */
 #define MB_TC_HANDLE 0x4d42 /* "MB" */
 #define MB_TC_PRIORITY 0xc0de
 

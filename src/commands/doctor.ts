@@ -6,7 +6,7 @@ import {checksVerdict, renderChecks} from '../ui/checks.js'
 
 export default class Doctor extends BaseCommand {
   static override summary = 'Check whether this node can run merbridge, and what to fix if not'
-  static override description = `Runs every preflight check for real on this node: privileges, kernel version and BTF, the cgroup v2 mount, the bpf filesystem, clang and bpftool, the kernel's BPF program types, map types and helpers, programs other tools attached to the cgroup, and whether merbridge is already enabled. Exit code 0 when every required check passes, 1 otherwise.`
+  static override description = `Runs every preflight check for real on this node: privileges, kernel version and BTF, the cgroup v2 mount, the bpf filesystem, clang and bpftool, the kernel's BPF program types, map types and helpers, programs other tools attached to the cgroup, whether merbridge is already enabled, and if so whether its inbound capture is on every interface of the registered pods found on this node. Exit code 0 when every required check passes, 1 otherwise.`
 
   static override examples = [
     {
@@ -26,7 +26,7 @@ export default class Doctor extends BaseCommand {
 
   async run(): Promise<PreflightResult> {
     const {flags} = await this.parse(Doctor)
-    const result = await runPreflight({cgroup: flags.cgroup, bpffs: flags.bpffs})
+    const result = await runPreflight({cgroup: flags.cgroup, bpffs: flags.bpffs, inbound: true})
     this.log(renderChecks(result.checks))
     this.log('')
     this.log(checksVerdict(result.checks))

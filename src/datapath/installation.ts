@@ -205,6 +205,8 @@ export interface PodRecord {
   ip6?: string
   /** netns cookie as a decimal string, when the pod's namespace was found on this node */
   netns?: string
+  /** interfaces its inbound capture stays off (excludeInterfaces), when any */
+  noInboundCapture?: string[]
 }
 
 export interface SkippedPod {

@@ -10,6 +10,8 @@ import {BPFFS_MOUNT} from '../paths.js'
 import {currentPrivileges, type CapName} from '../node/caps.js'
 import {hasBtf, kernelAtLeast, type KernelVersion, MIN_KERNEL, runningKernel} from '../node/kernel.js'
 import {findCgroup2, isBpffs, type Mount, mountOf, readMounts} from '../node/mounts.js'
+import {listNetnsCandidates, namespacesByIp, normalIp} from '../node/netns.js'
+import {missingInbound} from '../node/tc-inbound.js'
 
 export type CheckStatus = 'pass' | 'warn' | 'fail'
 
@@ -133,6 +135,8 @@ async function toolCheck(id: string, title: string, probe: () => Promise<string>
 export interface PreflightOptions {
   cgroup?: string
   bpffs?: string
+  /** doctor: once enabled, also check that inbound capture is on every registered pod's interfaces */
+  inbound?: boolean
 }
 
 export interface PreflightResult {
@@ -172,6 +176,7 @@ export async function runPreflight(opts: PreflightOptions = {}): Promise<Preflig
   }
   const enabled = await enabledCheck(installation)
   checks.push(enabled.check)
+  if (opts.inbound && enabled.enabled) checks.push(await inboundCheck(installation))
   return {checks, ok: checks.every((c) => !c.required || c.status !== 'fail'), cgroup: cgroup.path, enabled: enabled.enabled}
 }
 
@@ -197,6 +202,45 @@ async function foreignCheck(cgroup: string, installation: Installation): Promise
     return checkForeignPrograms(cgroup, await bpftool.cgroupShow(cgroup), await ourProgramIds(installation))
   } catch (error) {
     return {id: 'foreign-programs', title: 'other programs on the cgroup', status: 'warn', required: false, detail: describeError(error).message}
+  }
+}
+
+/** Pods whose interfaces lack inbound capture (tc): their sidecar is skipped by whatever arrives there. */
+export function checkInbound(gaps: {pod: string; interfaces: string[]}[], checked: number, unreadable: string[]): Check {
+  const id = 'inbound'
+  const title = 'inbound capture on the pods'
+  if (gaps.length > 0) {
+    const list = gaps.slice(0, 5).map((g) => `${g.pod} (${g.interfaces.join(', ')})`)
+    return {id, title, status: 'fail', required: true, detail: `not attached on ${gaps.length} of ${checked} registered pod(s): ${list.join('; ')}${gaps.length > 5 ? '; ...' : ''}`, remedy: 'run merbridge sync (or merbridge enable) to attach it again'}
+  }
+  if (unreadable.length > 0) return {id, title, status: 'warn', required: false, detail: `${checked - unreadable.length} of ${checked} pod(s) checked; cannot read ${unreadable.slice(0, 3).join(', ')}${unreadable.length > 3 ? ', ...' : ''}`}
+  return pass(id, title, `on every interface of the ${checked} registered pod(s) found on this node`)
+}
+
+async function inboundCheck(installation: Installation): Promise<Check> {
+  try {
+    const prog = await bpftool.progShowPinned(installation.prog('mb_tc_inbound'))
+    const state = await installation.readState()
+    if (!prog || !state) return checkInbound([], 0, [])
+    const byIp = namespacesByIp(await listNetnsCandidates())
+    const gaps: {pod: string; interfaces: string[]}[] = []
+    const unreadable: string[] = []
+    let checked = 0
+    for (const p of state.pods.meshed) {
+      const ns = p.netns === undefined ? undefined : byIp.get(normalIp(p.ip))
+      if (!ns) continue // gone since the last sync: nothing to capture
+      checked++
+      const id = `${p.namespace}/${p.name}`
+      try {
+        const missing = await missingInbound(prog.id, {path: ns.path, skip: p.noInboundCapture ?? []})
+        if (missing.length > 0) gaps.push({pod: id, interfaces: missing})
+      } catch {
+        unreadable.push(id)
+      }
+    }
+    return checkInbound(gaps, checked, unreadable)
+  } catch (error) {
+    return {id: 'inbound', title: 'inbound capture on the pods', status: 'warn', required: false, detail: describeError(error).message}
   }
 }
 

@@ -111,7 +111,7 @@ export function planSync(found: FoundPod[], current: PodMapsView, known: boolean
       plan.view.rules.set(ip, rules.toString('hex'))
       if (current.rules.get(ip) !== plan.view.rules.get(ip)) plan.ruleWrites.push([ip, rules])
     }
-    const record: PodRecord = {namespace: pod.namespace, name: pod.name, ip: pod.ip, ...(pod.ip6 ? {ip6: pod.ip6} : {})}
+    const record: PodRecord = {namespace: pod.namespace, name: pod.name, ip: pod.ip, ...(pod.ip6 ? {ip6: pod.ip6} : {}), ...(pod.noInboundCapture.length > 0 ? {noInboundCapture: pod.noInboundCapture} : {})}
     if (cookie === undefined) {
       plan.unregistered.push(record)
       continue

@@ -63,3 +63,24 @@ export async function detachInbound(helper: string, progId: number, paths: strin
   for (const [path, ifaces] of done) await dropEmptyQdiscs(path, ifaces)
   return {done, failed}
 }
+
+/** Our slot on a tc hook, as `tc -j filter show` lists it (bpf/tools/tc-inbound.c: MB_TC_PRIORITY, MB_TC_HANDLE). */
+const OUR_PREF = 0xc0de
+const OUR_HANDLE = '0x4d42'
+
+/**
+ * The interfaces of a pod's namespace (but lo and the skipped ones) whose ingress lacks the
+ * program with this id in our slot: where inbound capture is off when it should be on.
+ */
+export async function missingInbound(progId: number, target: InboundTarget): Promise<string[]> {
+  const inNs = (args: string[]) => run('nsenter', [`--net=${target.path}`, ...args])
+  const links = JSON.parse((await inNs(['ip', '-j', 'link', 'show'])).stdout || '[]') as {ifname?: string}[]
+  const missing: string[] = []
+  for (const {ifname} of links) {
+    if (!ifname || ifname === 'lo' || target.skip.includes(ifname)) continue
+    const shown = (await inNs(['tc', '-j', 'filter', 'show', 'dev', ifname, 'ingress'])).stdout.trim()
+    const filters = JSON.parse(shown === '' ? '[]' : shown) as {pref?: number; kind?: string; options?: {handle?: string; prog?: {id?: number}}}[]
+    if (!filters.some((f) => f.pref === OUR_PREF && f.kind === 'bpf' && f.options?.handle === OUR_HANDLE && f.options.prog?.id === progId)) missing.push(ifname)
+  }
+  return missing
+}

@@ -10,6 +10,7 @@ import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {EnableResult} from '../../src/commands/enable.js'
+import type {PreflightResult} from '../../src/datapath/preflight.js'
 import {cli, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables'])
@@ -115,5 +116,27 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     // the qdisc that held only ours goes with it
     assert.doesNotMatch((await execa('tc', ['-n', lab.pod('excluded').netns, 'qdisc', 'show', 'dev', 'side0'])).stdout, /clsact/)
     assert.match(await tcFilters('excluded', 'eth0'), /"kind":"bpf"/)
+  })
+
+  it('doctor finds where inbound capture was taken off (not where a pod excludes it), and sync puts it back', async () => {
+    const doctor = async () => {
+      const r = await cli(['doctor', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--json'], install.env)
+      const check = parseJson<PreflightResult>(r.stdout).checks.find((c) => c.id === 'inbound')
+      assert.ok(check, r.stdout)
+      return {code: r.code, check}
+    }
+    const healthy = await doctor()
+    assert.equal(healthy.check.status, 'pass', healthy.check.detail)
+    assert.match(healthy.check.detail, /the 3 registered pod\(s\)/)
+    // as another tool resetting a pod's qdiscs would
+    await execa('tc', ['-n', lab.pod('plain').netns, 'qdisc', 'del', 'dev', 'side0', 'clsact'])
+    const broken = await doctor()
+    assert.equal(broken.check.status, 'fail')
+    assert.equal(broken.code, 1)
+    assert.equal(broken.check.detail, 'not attached on 1 of 3 registered pod(s): lab/plain (side0)')
+    assert.match(broken.check.remedy ?? '', /merbridge sync/)
+    const r = await cli(['sync', '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.equal(r.code, 0, r.stderr + r.stdout)
+    assert.equal((await doctor()).check.status, 'pass')
   })
 })

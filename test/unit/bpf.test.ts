@@ -34,7 +34,7 @@ import {
   POD_OUT_ALL_CIDRS,
   POD_OUT_LOOPBACK,
 } from '../../src/bpf/layout.js'
-import {checkFeatures, checkForeignPrograms} from '../../src/datapath/preflight.js'
+import {checkFeatures, checkForeignPrograms, checkInbound} from '../../src/datapath/preflight.js'
 import {ROOT} from '../helpers.js'
 
 const probe = JSON.parse(readFileSync(join(ROOT, 'test', 'fixtures', 'bpftool-probe-6.18.json'), 'utf8')) as Required<FeatureProbe>
@@ -197,6 +197,18 @@ describe('programs on the cgroup', () => {
     assert.equal(other.status, 'warn')
     assert.equal(other.required, false)
     assert.equal(checkForeignPrograms('/cg', [{id: 10, name: 'mb_connect4', attach_type: 'cgroup_inet4_connect'}], ours).status, 'pass')
+  })
+})
+
+describe('inbound capture on the pods', () => {
+  it('fails naming the pods and interfaces without it, warns when some could not be read, passes otherwise', () => {
+    const gaps = Array.from({length: 6}, (_, i) => ({pod: `ns/p${i}`, interfaces: i === 0 ? ['eth0', 'net1'] : ['eth0']}))
+    const many = checkInbound(gaps, 9, [])
+    assert.deepEqual([many.status, many.required], ['fail', true])
+    assert.equal(many.detail, 'not attached on 6 of 9 registered pod(s): ns/p0 (eth0, net1); ns/p1 (eth0); ns/p2 (eth0); ns/p3 (eth0); ns/p4 (eth0); ...')
+    assert.match(many.remedy ?? '', /merbridge sync/)
+    assert.deepEqual([checkInbound([], 3, ['ns/a']).status, checkInbound([], 3, ['ns/a']).required], ['warn', false])
+    assert.equal(checkInbound([], 3, []).status, 'pass')
   })
 })
 
