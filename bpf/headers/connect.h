@@ -134,6 +134,9 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
 	union mb_ip localhost;
 	int localhost_dst, dns53, on_lo;
 
+	/* no ip6tables rules at all: its native IPv6 goes out as it is (its proxy listens on IPv4 only) */
+	if (c->pod && (c->pod->flags & MB_POD_NO_IPV6) && !ip_is_v4(dst))
+		return MB_LEAVE;
 	if (c->pod && port_listed(c->pod->out_exclude_ports, c->pod->n_out_exclude_ports, dport))
 		return MB_LEAVE;
 	ip_localhost(&localhost, dst);

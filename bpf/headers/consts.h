@@ -23,6 +23,8 @@
 #define MB_POD_DNS_ALL        (1u << 3)  /* ... to any address: the pod's resolvers are unknown (fail closed) */
 #define MB_POD_OUT_LOOPBACK   (1u << 4)  /* includeOutboundIPRanges names a loopback range: Istio then
                                           * drops its "app over lo goes direct" rules */
+#define MB_POD_NO_IPV6        (1u << 5)  /* Istio installed no ip6tables rules (a dual-stack pod without
+                                          * ISTIO_DUAL_STACK): its native IPv6 is not captured */
 
 /* struct mb_settings.flags */
 #define MB_SETTINGS_DRAINING  (1u << 0)  /* disable in progress: stop rewriting and redirecting */

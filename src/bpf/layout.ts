@@ -16,6 +16,7 @@ export const POD_IN_ALL_PORTS = 1 << 1
 export const POD_DNS_CAPTURE = 1 << 2
 export const POD_DNS_ALL = 1 << 3
 export const POD_OUT_LOOPBACK = 1 << 4
+export const POD_NO_IPV6 = 1 << 5
 export const SETTINGS_DRAINING = 1 << 0
 export const ORIGIN_OUTBOUND = 1 << 0
 export const ORIGIN_INBOUND = 1 << 1
@@ -177,6 +178,8 @@ export interface PodRules {
   dns?: {all: boolean; servers: string[]}
   /** the pod's network namespace cookie, once registered: only its sockets may key on its addresses */
   netns?: bigint
+  /** Istio installed no ip6tables rules for it (dual-stack without ISTIO_DUAL_STACK): native IPv6 is left alone */
+  noIpv6?: boolean
 }
 
 /** Istio drops its "an app's traffic over lo goes direct" rules when an include range is loopback. */
@@ -236,7 +239,8 @@ export function encodePodRules(r: PodRules): Buffer {
     (r.inAllPorts ? POD_IN_ALL_PORTS : 0) |
     (r.dns ? POD_DNS_CAPTURE : 0) |
     (r.dns?.all ? POD_DNS_ALL : 0) |
-    (includesLoopback(r.outIncludeCidrs) ? POD_OUT_LOOPBACK : 0)
+    (includesLoopback(r.outIncludeCidrs) ? POD_OUT_LOOPBACK : 0) |
+    (r.noIpv6 ? POD_NO_IPV6 : 0)
   b.writeUInt32LE(flags, F.pod.flags)
   writePorts(b, F.pod.out_include_ports, F.pod.n_out_include_ports, r.outIncludePorts)
   writePorts(b, F.pod.out_exclude_ports, F.pod.n_out_exclude_ports, r.outExcludePorts)
@@ -271,6 +275,7 @@ export function decodePodRules(b: Buffer): PodRules {
       ? {dns: {all: (flags & POD_DNS_ALL) !== 0, servers: Array.from({length: Math.min(b.readUInt8(F.pod.n_dns), MAX_DNS)}, (_, i) => ipAt(b, F.pod.dns + 16 * i))}}
       : {}),
     ...(b.readBigUInt64LE(F.pod.netns) !== 0n ? {netns: b.readBigUInt64LE(F.pod.netns)} : {}),
+    ...(flags & POD_NO_IPV6 ? {noIpv6: true} : {}),
   }
 }
 

@@ -51,6 +51,8 @@ export interface IstioInitSettings {
   redirectDns?: boolean
   /** --capture-all-dns: port 53 to any address, not only to resolv.conf's servers */
   captureAllDns: boolean
+  /** --dual-stack (or ISTIO_DUAL_STACK in its environment), when it was told either way */
+  dualStack?: boolean
   /** -u and -g as istio-iptables takes them (-g defaults to -u, -u to 1337); the first of a list */
   proxyUid: number
   proxyGid: number
@@ -130,10 +132,12 @@ export function istioInitSettings(container: {command?: unknown; args?: unknown;
   if (uid.more || gid.more) warnings.push(`istio-init lists several proxy ids (-u ${printable(uidText, 40)}, -g ${printable(gidText, 40)}); only ${uid.id}/${gid.id} are the proxy's`)
   const mode = setting('istio-inbound-interception-mode')
   const redirectDns = goBool(setting('redirect-dns') ?? env.get('ISTIO_META_DNS_CAPTURE'))
+  const dualStack = goBool(setting('dual-stack') ?? env.get('ISTIO_DUAL_STACK'))
   return {
     annotations,
     ...(mode === undefined ? {} : {interceptionMode: mode}),
     ...(redirectDns === undefined ? {} : {redirectDns}),
+    ...(dualStack === undefined ? {} : {dualStack}),
     captureAllDns: goBool(setting('capture-all-dns')) ?? false,
     proxyUid: uid.id,
     proxyGid: gid.id,

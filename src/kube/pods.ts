@@ -110,26 +110,27 @@ function notASidecar(mode: unknown, proxy: ContainerJson): {reason: string; code
 }
 
 const DNS_CAPTURE_KEY = 'ISTIO_META_DNS_CAPTURE'
+const DUAL_STACK_KEY = 'ISTIO_DUAL_STACK'
 /** the proxy's status port, which Istio's CNI excludes outbound by default */
 const CNI_EXCLUDED_OUTBOUND_PORT = 15020
 const PROXY_CONFIG_ANNOTATION = 'proxy.istio.io/config'
 
 /**
- * Whether the pod's proxy captures DNS (istio-init's --redirect-dns): the proxy container's
- * ISTIO_META_DNS_CAPTURE, or the same key in the pod's proxy.istio.io/config proxyMetadata (which
- * the injector copies into that env; a pods file may carry only the annotation).
+ * A switch of the proxy's metadata (ISTIO_META_DNS_CAPTURE, ISTIO_DUAL_STACK): the proxy
+ * container's env, or the same key in the pod's proxy.istio.io/config proxyMetadata (which the
+ * injector copies into that env; a pods file may carry only the annotation).
  */
-function dnsCapture(pod: PodJson, proxy: ContainerJson): {on: boolean; warning?: string} {
+function proxySwitch(pod: PodJson, proxy: ContainerJson, key: string, what: string): {on: boolean; warning?: string} {
   const env = Array.isArray(proxy.env) ? (proxy.env as unknown[]) : []
-  const fromEnv = env.find((e): e is {name: string; value?: unknown} => !!e && typeof e === 'object' && (e as {name?: unknown}).name === DNS_CAPTURE_KEY)
+  const fromEnv = env.find((e): e is {name: string; value?: unknown} => !!e && typeof e === 'object' && (e as {name?: unknown}).name === key)
   const raw = pod.metadata?.annotations?.[PROXY_CONFIG_ANNOTATION]
-  if (typeof raw === 'string' && raw.includes(DNS_CAPTURE_KEY)) {
+  if (typeof raw === 'string' && raw.includes(key)) {
     try {
       const doc = loadYaml(raw.slice(0, 64 * 1024)) as {proxyMetadata?: Record<string, unknown>} | null
-      const v = goBool(doc?.proxyMetadata?.[DNS_CAPTURE_KEY])
+      const v = goBool(doc?.proxyMetadata?.[key])
       if (v !== undefined) return {on: v}
     } catch {
-      return {on: goBool(fromEnv?.value) ?? false, warning: `${PROXY_CONFIG_ANNOTATION} is not valid YAML; DNS capture taken from the proxy's ${DNS_CAPTURE_KEY} alone`}
+      return {on: goBool(fromEnv?.value) ?? false, warning: `${PROXY_CONFIG_ANNOTATION} is not valid YAML; ${what} taken from the proxy's ${key} alone`}
     }
   }
   return {on: goBool(fromEnv?.value) ?? false}
@@ -240,16 +241,21 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     if (initError !== undefined) warnings.push(`${mesh.initContainer}'s arguments cannot be read (${initError}); its annotations are used instead`)
     const proxyUid = told?.proxyUid ?? proxyId(proxy.securityContext?.runAsUser, mesh.sidecarUid)
     const proxyGid = told?.proxyGid ?? proxyId(proxy.securityContext?.runAsGroup, mesh.sidecarGid)
-    const ip6 = ip === podIPv4(pod) ? podIPv6(pod) : undefined
-    const dns = dnsCapture(pod, proxy)
+    const dns = proxySwitch(pod, proxy, DNS_CAPTURE_KEY, 'DNS capture')
     if (dns.warning) warnings.push(dns.warning)
+    // istio-iptables writes ip6tables rules only for a pod whose first address is IPv6, or with
+    // ISTIO_DUAL_STACK and an IPv6 address: without them its native IPv6 is not captured at all
+    const dualStack = told?.dualStack ?? proxySwitch(pod, proxy, DUAL_STACK_KEY, 'dual stack').on
+    const noIpv6 = !(podIPv6(pod) !== undefined && (podIPv4(pod) === undefined || dualStack))
+    // its IPv6 address is then nobody's to capture: not registered
+    const ip6 = ip === podIPv4(pod) && !noIpv6 ? podIPv6(pod) : undefined
     const dnsOn = told?.redirectDns ?? dns.on
     // Istio's CNI captures DNS to any address (its CaptureAllDNS follows DNS capture); istio-init
     // only to resolv.conf's servers unless told otherwise. Unread arguments: any address (fail closed)
     const dnsToAny = dnsOn && (told ? told.captureAllDns : true)
     if (bad.length > 0) warnings.push(`status lists addresses that are not IPs (${bad.slice(0, 2).join(', ')}); registered as ${ip}`)
     if (proxies.length > 1) warnings.push(`has ${proxies.length} ${mesh.sidecarContainer} containers; the first one's user, group and DNS setting are used`)
-    const meshedPod: MeshedPod = {namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dnsOn, dnsToAny, rules: {...rules, proxyUid, proxyGid}, noInboundCapture: interfaces.noInboundCapture, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)}
+    const meshedPod: MeshedPod = {namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dnsOn, dnsToAny, rules: {...rules, proxyUid, proxyGid, ...(noIpv6 ? {noIpv6} : {})}, noInboundCapture: interfaces.noInboundCapture, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)}
     out.meshed.push(meshedPod)
     byIp.set(ip, meshedPod)
   }

@@ -40,6 +40,11 @@ export interface LabPodSpec {
    * annotations say nothing, as the injector writes them
    */
   istioInit?: {meshDefaults?: Record<string, string>}
+  /**
+   * in a dual-stack lab: its proxy lacks ISTIO_DUAL_STACK (every other one has it), so Istio writes
+   * no ip6tables rules for it and its sidecar has no IPv6 half, as Envoy then listens on IPv4 only
+   */
+  noDualStack?: boolean
 }
 
 export interface LabPod extends LabPodSpec {
@@ -297,7 +302,7 @@ export class Lab {
     const p = this.spawn(podName, `sidecar in ${podName}`, 'haproxy', ['-db', '-f', cfg])
     await this.waitListening(podName, this.mesh.outboundPort)
     await this.waitListening(podName, this.mesh.inboundPort)
-    if (this.dualStack) {
+    if (this.dualStack && !this.pod(podName).noDualStack) {
       const script = join(this.tmp, 'sidecar6.py')
       writeFileSync(script, SIDECAR6_PY)
       const log = join(this.tmp, `sidecar6-${podName}.log`)
@@ -435,14 +440,15 @@ export class Lab {
   /** The pods as `kubectl get pods -A -o json` would list them for this node. */
   podList(node = hostname()): string {
     const items = [...this.pods.values()].map((p) => {
+      // the proxy's metadata, which the injector gives istio-init too
+      const env = [...(p.dnsCapture ? [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}] : []), ...(this.dualStack && !p.noDualStack ? [{name: 'ISTIO_DUAL_STACK', value: 'true'}] : [])]
       const proxy = {
         name: this.mesh.sidecarContainer,
         ...(p.gateway ? {args: ['proxy', 'router']} : {}),
         ...(p.proxy ? {securityContext: {runAsUser: p.proxy.uid, runAsGroup: p.proxy.gid}} : {}),
-        ...(p.dnsCapture ? {env: [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}]} : {}),
+        ...(env.length > 0 ? {env} : {}),
       }
-      // the injector gives istio-init the proxy's metadata too
-      const init = p.meshed && p.istioInit ? [{name: this.mesh.initContainer, args: istioInitArgs(this.mesh, captureOptions(this.mesh, p)), ...(p.dnsCapture ? {env: [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}]} : {})}] : []
+      const init = p.meshed && p.istioInit ? [{name: this.mesh.initContainer, args: istioInitArgs(this.mesh, captureOptions(this.mesh, p)), ...(env.length > 0 ? {env} : {})}] : []
       return {
         kind: 'Pod',
         metadata: {name: p.name, namespace: 'lab', annotations: {...(p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}), ...p.annotations}},
@@ -464,7 +470,7 @@ export class Lab {
     const pod = this.pod(podName)
     const options = captureOptions(this.mesh, pod, this.resolvers)
     await run('ip', ['netns', 'exec', pod.netns, 'iptables-restore', '--noflush'], {input: istioNatRules(this.mesh, options)})
-    if (this.dualStack) await run('ip', ['netns', 'exec', pod.netns, 'ip6tables-restore', '--noflush'], {input: istioNatRules(this.mesh, options, 6)})
+    if (this.dualStack && !pod.noDualStack) await run('ip', ['netns', 'exec', pod.netns, 'ip6tables-restore', '--noflush'], {input: istioNatRules(this.mesh, options, 6)})
   }
 
   async removeIstioIptables(podName: string): Promise<void> {

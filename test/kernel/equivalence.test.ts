@@ -16,7 +16,7 @@ import {cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'ip6tables-restore', 'setpriv'], [SYSTEM_PYTHON])
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
-// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11, m .12, k .13
+// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11, m .12, k .13, v .14
 // a excludes outbound port 8081 and c's address, and its proxy captures DNS; b excludes inbound
 // port 8082; i sends to its sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
@@ -46,9 +46,11 @@ const PODS: LabPodSpec[] = [
   {name: 'm', meshed: true, istioInit: {meshDefaults: {'traffic.sidecar.istio.io/includeOutboundIPRanges': `${ip(1)}/32`}}},
   // k's proxy captures DNS, and Istio's CNI set it up: port 53 to any address
   {name: 'k', meshed: true, dnsCapture: true},
+  // v's proxy lacks ISTIO_DUAL_STACK (every other one has it): no ip6tables rules, no IPv6 listeners
+  {name: 'v', meshed: true, noDualStack: true},
 ]
-const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k']
-const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080]]
+const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k', 'v']
+const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080], ['v', 8080]]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
 const R_PROXY = {uid: 0, gid: 1337}
@@ -105,6 +107,13 @@ const CASES: Case[] = [
   {name: 'proxy running as root: app (root) -> own pod IP', from: 'r', to: 'r'},
   {name: 'proxy running as root: its sidecar -> other meshed pod', from: 'r', to: 'b', as: R_PROXY},
   {name: 'proxy running as root: its sidecar -> own pod IP', from: 'r', to: 'r', as: R_PROXY},
+  {name: 'dual-stack pod without ISTIO_DUAL_STACK: app -> other meshed pod', from: 'v', to: 'b'},
+  {name: 'dual-stack pod without ISTIO_DUAL_STACK: app -> other meshed pod, IPv6', from: 'v', to: 'b', v6: true},
+  {name: 'dual-stack pod without ISTIO_DUAL_STACK: app -> own pod IP, IPv6', from: 'v', to: 'v', v6: true},
+  {name: 'dual-stack pod without ISTIO_DUAL_STACK: its sidecar -> own pod IP, IPv6', from: 'v', to: 'v', as: PROXY, v6: true},
+  {name: 'dual-stack pod without ISTIO_DUAL_STACK: meshed pod -> it, IPv6', from: 'a', to: 'v', v6: true},
+  {name: 'dual-stack pod without ISTIO_DUAL_STACK: remote node -> it, IPv6', from: REMOTE, to: 'v', v6: true},
+  {name: 'dual-stack pod without ISTIO_DUAL_STACK: remote node -> it', from: REMOTE, to: 'v'},
   {name: 'mesh-wide include range in istio-init only: app -> meshed pod in it', from: 'm', to: 'b'},
   {name: 'mesh-wide include range in istio-init only: app -> meshed pod outside it', from: 'm', to: 'e'},
   {name: 'mesh-wide include range in istio-init only: app -> unmeshed pod outside it', from: 'm', to: 'c'},

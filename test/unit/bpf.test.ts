@@ -33,6 +33,7 @@ import {
   POD_IN_ALL_PORTS,
   POD_OUT_ALL_CIDRS,
   POD_OUT_LOOPBACK,
+  POD_NO_IPV6,
 } from '../../src/bpf/layout.js'
 import {checkFeatures, checkForeignPrograms, checkInbound} from '../../src/datapath/preflight.js'
 import {ROOT} from '../helpers.js'
@@ -108,6 +109,9 @@ describe('codecs', () => {
     assert.deepEqual(decodePodRules(encodePodRules(rules)), rules)
     const dns = {...rules, dns: {all: true, servers: []}}
     assert.deepEqual(decodePodRules(encodePodRules(dns)), dns)
+    const noIpv6 = {...rules, noIpv6: true}
+    assert.deepEqual(decodePodRules(encodePodRules(noIpv6)), noIpv6)
+    assert.equal(encodePodRules(noIpv6).readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_NO_IPV6, POD_NO_IPV6)
     const loopback = encodePodRules({...rules, outIncludeCidrs: [{ip: '127.1.2.3', prefix: 32}]})
     assert.equal(loopback.readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_OUT_LOOPBACK, POD_OUT_LOOPBACK, 'a loopback include range is flagged')
     assert.throws(() => encodePodRules({...rules, dns: {all: false, servers: ['1.1.1.1', '1.1.1.2', '1.1.1.3', '1.1.1.4', '1.1.1.5']}}), /at most 4 resolvers/)
@@ -173,6 +177,7 @@ describe('constants', () => {
       MB_POD_DNS_CAPTURE: POD_DNS_CAPTURE,
       MB_POD_DNS_ALL: POD_DNS_ALL,
       MB_POD_OUT_LOOPBACK: POD_OUT_LOOPBACK,
+      MB_POD_NO_IPV6: POD_NO_IPV6,
       MB_ORIGIN_OUTBOUND: ORIGIN_OUTBOUND,
       MB_ORIGIN_INBOUND: ORIGIN_INBOUND,
       MB_ORIGIN_UNREGISTERED: ORIGIN_UNREGISTERED,

@@ -307,6 +307,27 @@ describe('istio-init arguments', () => {
     assert.deepEqual(ports, {cni: [15020], 'cni-named': [22], init: []})
   })
 
+  it('captures native IPv6 only where Istio writes ip6tables rules: an IPv6-only pod, or ISTIO_DUAL_STACK with an IPv6 address', () => {
+    const dual = {podIP: '10.0.0.9', podIPs: [{ip: '10.0.0.9'}, {ip: 'fd00::9'}]}
+    const withStatus = (name: string, status: object, proxy: object = {}, init?: object) =>
+      pod(name, {status: {phase: 'Running', ...status}, spec: {nodeName: 'node1', ...(init ? {initContainers: [init]} : {}), containers: [{name: 'app'}, {name: 'istio-proxy', ...proxy}]}})
+    const on = {env: [{name: 'ISTIO_DUAL_STACK', value: 'true'}]}
+    const s = selectMeshedPods(
+      [
+        withStatus('dual', {...dual, podIP: '10.0.0.9'}, on),
+        withStatus('dual-off', {podIP: '10.0.0.10', podIPs: [{ip: '10.0.0.10'}, {ip: 'fd00::10'}]}),
+        withStatus('v6only', {podIP: 'fd00::11', podIPs: [{ip: 'fd00::11'}]}),
+        withStatus('v4only', {podIP: '10.0.0.12', podIPs: [{ip: '10.0.0.12'}]}, on),
+        // istio-init's own environment is what it read
+        withStatus('init-off', {podIP: '10.0.0.13', podIPs: [{ip: '10.0.0.13'}, {ip: 'fd00::13'}]}, on, {name: 'istio-init', args: ['istio-iptables', '-i', '*'], env: [{name: 'ISTIO_DUAL_STACK', value: 'false'}]}),
+      ],
+      'node1',
+      istio,
+    )
+    const v6 = Object.fromEntries(s.meshed.map((p) => [p.name, [p.ip6 ?? null, p.rules.noIpv6 ?? false]]))
+    assert.deepEqual(v6, {dual: ['fd00::9', false], 'dual-off': [null, true], v6only: [null, false], v4only: [null, true], 'init-off': [null, true]})
+  })
+
   it("takes the proxy's ids from -u and -g as istio-iptables does: -g defaults to -u, and the first of a list", () => {
     const args = (...ids: string[]) => ({name: 'istio-init', args: ['istio-iptables', '-i', '*', ...ids]})
     const s = selectMeshedPods(
