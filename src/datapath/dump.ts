@@ -41,6 +41,8 @@ export interface RulesView {
   dns: '*' | string[] | null
   proxyUid: number
   proxyGid: number
+  /** its native IPv6 is captured (false: Istio wrote no ip6tables rules for the pod) */
+  ipv6: boolean
 }
 
 /** The rows of each map, with the field names `--json` documents (docs/dump-maps.md). */
@@ -100,6 +102,7 @@ function rulesView(r: PodRules): RulesView {
     dns: r.dns ? (r.dns.all ? '*' : r.dns.servers) : null,
     proxyUid: r.proxyUid,
     proxyGid: r.proxyGid,
+    ipv6: !r.noIpv6,
   }
 }
 

@@ -26,7 +26,7 @@ function table(m: MapDump): string {
       return renderTable(['pid', 'process', 'pod IP', 'pod', 'netns'], m.rows.map((x) => [x.pid, x.process ?? c.dim('(exited)'), x.podIp, x.pod ?? '-', x.netns]))
     case 'local_pod_ips':
       return renderTable(
-        ['pod IP', 'pod', 'outbound CIDRs', 'excluded CIDRs', 'out ports', 'excluded out ports', 'inbound ports', 'excluded in ports', 'DNS capture', 'proxy uid/gid'],
+        ['pod IP', 'pod', 'outbound CIDRs', 'excluded CIDRs', 'out ports', 'excluded out ports', 'inbound ports', 'excluded in ports', 'DNS capture', 'proxy uid/gid', 'IPv6'],
         m.rows.map((x) => [
           x.ip,
           x.pod ?? '-',
@@ -38,6 +38,7 @@ function table(m: MapDump): string {
           list(x.rules.excludedInboundPorts),
           x.rules.dns === null ? 'off' : list(x.rules.dns),
           `${x.rules.proxyUid}/${x.rules.proxyGid}`,
+          x.rules.ipv6 ? 'captured' : 'left alone',
         ]),
       )
     case 'netns_pod_ips':

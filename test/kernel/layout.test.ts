@@ -6,7 +6,7 @@ import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {ipToSlot} from '../../src/bpf/ip.js'
-import {COUNTERS, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT, POD_DNS_CAPTURE} from '../../src/bpf/layout.js'
+import {COUNTERS, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT, POD_DNS_CAPTURE, POD_NO_IPV6} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
 import {Installation} from '../../src/datapath/installation.js'
@@ -69,6 +69,7 @@ describe('struct layouts', {skip}, () => {
       proxyUid: 1500,
       proxyGid: 1501,
       dns: {all: false, servers: ['10.96.0.10', 'fd00::a']},
+      noIpv6: true,
     }
     const settings = {sidecarUid: 1337, sidecarGid: 1338, outboundPort: 15001, inboundPort: 15006, draining: false, hostNetns: 3n, dnsPort: 15053}
     await bpftool.batch([
@@ -97,7 +98,7 @@ describe('struct layouts', {skip}, () => {
     const [podRaw] = await bpftool.mapDump(inst.map('local_pod_ips'))
     const pod = (podRaw?.formatted as {value: {flags: number; n_dns: number}}).value
     assert.equal(pod.n_dns, 2)
-    assert.equal(pod.flags, POD_DNS_CAPTURE, 'DNS capture to the listed resolvers only')
+    assert.equal(pod.flags, POD_DNS_CAPTURE | POD_NO_IPV6, 'DNS capture to the listed resolvers only, no IPv6 capture')
   })
 
   it('reads zeroed per-CPU counters by name', async () => {
