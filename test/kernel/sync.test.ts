@@ -4,11 +4,12 @@ import {type ChildProcess, spawn} from 'node:child_process'
 import {once} from 'node:events'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
+import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {ipToSlot} from '../../src/bpf/ip.js'
 import {CAPTURE_ALL, encodePodRules} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
-import {APP_PORT, Lab} from '../../src/lab/lab.js'
+import {APP_PORT, Lab, NODE as NODE_NS} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {EnableResult} from '../../src/commands/enable.js'
 import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
@@ -124,6 +125,17 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
     assert.deepEqual((await readMaps.localPods(inst)).find((p) => p.ip === b), entry)
     await until('the repair logged', () => watchLog.includes('"event":"repaired","written":1,"deleted":1'))
     assert.equal(await remote('a', 'b'), '127.0.0.6', "through b's inbound sidecar again")
+  })
+
+  it('watches: puts back inbound capture another tool took off a pod, at the next re-check', async () => {
+    const tcIn = (...args: string[]) => execa('tc', ['-n', lab.pod('b').netns, ...args])
+    const ours = async () => (await tcIn('-j', 'filter', 'show', 'dev', 'eth0', 'ingress')).stdout.includes('"kind":"bpf"')
+    assert.ok(await ours(), "b's eth0 has inbound capture")
+    // as a tool that resets a pod's qdiscs would (that succeeding is the removal: a re-check may
+    // put it back before another look)
+    await tcIn('qdisc', 'del', 'dev', 'eth0', 'clsact')
+    await until("b's inbound capture put back", ours)
+    assert.equal(await remote(NODE_NS, 'b'), '127.0.0.6', "from the node through b's inbound sidecar again")
   })
 
   it("watches: an annotation excluding an outbound port bypasses the pod's own sidecar for that port only", async () => {
