@@ -3,10 +3,11 @@
  * interface but lo in each network namespace named on the command line, one line per namespace:
  *
  *   tc-inbound attach PROG_PIN [--skip=IF,IF] NS...   ok IF[+|-] ... ("+": the clsact qdisc was created here; "-": taken off, skipped)
+ *   tc-inbound check PROG_ID [--skip=IF,IF] NS...     ok IF ...      (the interfaces without that program in our slot)
  *   tc-inbound detach PROG_ID NS...                   ok IF ...      (the interfaces it was detached from)
  *   or "error: why" for a namespace it could not do. An emptied qdisc is left to the caller.
  *   --skip names interfaces of the namespace after it that Istio never captures on
- *   (excludeInterfaces): ours is taken off them, never put on.
+ *   (excludeInterfaces): attach takes ours off them and never puts it on, check leaves them out.
  *
  * The filter has a fixed handle and priority, so only ours is ever replaced or removed, and a
  * detach removes it only when the program in that slot is the installation's (by id). Node.js cannot enter
@@ -23,7 +24,6 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
-/* src/node/tc-inbound.ts looks for our filter by these two */
 #define MB_TC_HANDLE 0x4d42 /* "MB" */
 #define MB_TC_PRIORITY 0xc0de
 
@@ -61,10 +61,12 @@ static int listed(const char *list, const char *name)
 	return 0;
 }
 
-/* Call fn on the ingress hook of every interface but lo in the namespace at path; print "ok" and
- * the interfaces fn did something on, or the first error. */
-static void each_interface(const char *path, const char *skip,
-			   int (*fn)(struct bpf_tc_hook *hook, const char *name, void *arg, char *note), void *arg)
+typedef int (*hook_fn)(struct bpf_tc_hook *hook, const char *name, void *arg, char *note);
+
+/* Call fn on the ingress hook of every interface but lo in the namespace at path, and skipped_fn
+ * (when given) on those listed in skip; print "ok" and the interfaces either did something on, or
+ * the first error. */
+static void each_interface(const char *path, const char *skip, hook_fn fn, hook_fn skipped_fn, void *arg)
 {
 	struct if_nameindex *ifs;
 	char out[4096] = "ok";
@@ -80,17 +82,9 @@ static void each_interface(const char *path, const char *skip,
 
 		if (strcmp(i->if_name, "lo") == 0)
 			continue;
-		if (listed(skip, i->if_name)) {
-			/* query fills in the program: detach wants options without one */
-			LIBBPF_OPTS(bpf_tc_opts, query, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
-			LIBBPF_OPTS(bpf_tc_opts, slot, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
-
-			/* our slot is ours whatever program is in it: one attached before the pod said so */
-			if (bpf_tc_query(&hook, &query) == 0 && bpf_tc_detach(&hook, &slot) == 0)
-				snprintf(out + strlen(out), sizeof(out) - strlen(out), " %s-", i->if_name);
+		if (listed(skip, i->if_name) && !skipped_fn)
 			continue;
-		}
-		rc = fn(&hook, i->if_name, arg, note);
+		rc = (listed(skip, i->if_name) ? skipped_fn : fn)(&hook, i->if_name, arg, note);
 		if (rc < 0) {
 			printf("error: %s: %s\n", i->if_name, strerror(-rc));
 			if_freenameindex(ifs);
@@ -118,6 +112,30 @@ static int attach_one(struct bpf_tc_hook *hook, const char *name, void *arg, cha
 	return err ? err : 1;
 }
 
+/* Our slot emptied on an interface the pod excludes: our slot is ours whatever program is in it
+ * (one attached before the pod said so). */
+static int take_off(struct bpf_tc_hook *hook, const char *name, void *arg, char *note)
+{
+	/* query fills in the program: detach wants options without one */
+	LIBBPF_OPTS(bpf_tc_opts, query, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
+	LIBBPF_OPTS(bpf_tc_opts, slot, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
+
+	(void)name;
+	(void)arg;
+	if (bpf_tc_query(hook, &query) != 0 || bpf_tc_detach(hook, &slot) != 0)
+		return 0;
+	strcpy(note, "-");
+	return 1;
+}
+
+/* Listed when the installation's program is not in our slot of this hook. */
+static int missing_one(struct bpf_tc_hook *hook, const char *name, void *arg, char *note)
+{
+	(void)name;
+	(void)note;
+	return !ours(hook, *(__u32 *)arg);
+}
+
 /* Our filter off this hook, when the program in our slot is the installation's. */
 static int detach_one(struct bpf_tc_hook *hook, const char *name, void *arg, char *note)
 {
@@ -130,10 +148,25 @@ static int detach_one(struct bpf_tc_hook *hook, const char *name, void *arg, cha
 	return bpf_tc_detach(hook, &opts) == 0 ? 1 : 0;
 }
 
-int main(int argc, char **argv)
+/* Each namespace argument from argv[3] on, a --skip= list applying to the namespace after it. */
+static void each_namespace(int argc, char **argv, hook_fn fn, hook_fn skipped_fn, void *arg)
 {
 	int home = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	const char *skip = NULL;
 
+	for (int i = 3; i < argc; i++) {
+		if (strncmp(argv[i], "--skip=", 7) == 0) {
+			skip = argv[i] + 7;
+			continue;
+		}
+		each_interface(argv[i], skip, fn, skipped_fn, arg);
+		setns(home, CLONE_NEWNET);
+		skip = NULL;
+	}
+}
+
+int main(int argc, char **argv)
+{
 	libbpf_set_print(NULL);
 	if (argc >= 3 && strcmp(argv[1], "attach") == 0) {
 		int prog = bpf_obj_get(argv[2]);
@@ -142,28 +175,15 @@ int main(int argc, char **argv)
 			fprintf(stderr, "tc-inbound: %s: %s\n", argv[2], strerror(errno));
 			return 2;
 		}
-		const char *skip = NULL;
-
-		for (int i = 3; i < argc; i++) {
-			if (strncmp(argv[i], "--skip=", 7) == 0) {
-				skip = argv[i] + 7;
-				continue;
-			}
-			each_interface(argv[i], skip, attach_one, &prog);
-			setns(home, CLONE_NEWNET);
-			skip = NULL;
-		}
+		each_namespace(argc, argv, attach_one, take_off, &prog);
 		return 0;
 	}
-	if (argc >= 3 && strcmp(argv[1], "detach") == 0) {
+	if (argc >= 3 && (strcmp(argv[1], "check") == 0 || strcmp(argv[1], "detach") == 0)) {
 		__u32 id = strtoul(argv[2], NULL, 10);
 
-		for (int i = 3; i < argc; i++) {
-			each_interface(argv[i], NULL, detach_one, &id);
-			setns(home, CLONE_NEWNET);
-		}
+		each_namespace(argc, argv, strcmp(argv[1], "check") == 0 ? missing_one : detach_one, NULL, &id);
 		return 0;
 	}
-	fprintf(stderr, "usage: tc-inbound attach PROG_PIN [--skip=IF,IF] NS... | detach PROG_ID NS...\n");
+	fprintf(stderr, "usage: tc-inbound attach PROG_PIN [--skip=IF,IF] NS... | check PROG_ID [--skip=IF,IF] NS... | detach PROG_ID NS...\n");
 	return 2;
 }

@@ -223,22 +223,17 @@ async function inboundCheck(installation: Installation): Promise<Check> {
     const state = await installation.readState()
     if (!prog || !state) return checkInbound([], 0, [])
     const byIp = namespacesByIp(await listNetnsCandidates())
-    const gaps: {pod: string; interfaces: string[]}[] = []
-    const unreadable: string[] = []
-    let checked = 0
-    for (const p of state.pods.meshed) {
+    // pods gone since the last sync have nothing to capture
+    const found = state.pods.meshed.flatMap((p) => {
       const ns = p.netns === undefined ? undefined : byIp.get(normalIp(p.ip))
-      if (!ns) continue // gone since the last sync: nothing to capture
-      checked++
-      const id = `${p.namespace}/${p.name}`
-      try {
-        const missing = await missingInbound(prog.id, {path: ns.path, skip: p.noInboundCapture ?? []})
-        if (missing.length > 0) gaps.push({pod: id, interfaces: missing})
-      } catch {
-        unreadable.push(id)
-      }
-    }
-    return checkInbound(gaps, checked, unreadable)
+      return ns ? [{pod: `${p.namespace}/${p.name}`, target: {path: ns.path, skip: p.noInboundCapture ?? []}}] : []
+    })
+    const tc = await missingInbound(installation.requireHelpers().tcInbound, prog.id, found.map((f) => f.target))
+    const gaps = found.flatMap((f) => {
+      const missing = tc.done.get(f.target.path) ?? []
+      return missing.length > 0 ? [{pod: f.pod, interfaces: missing}] : []
+    })
+    return checkInbound(gaps, found.length, found.filter((f) => tc.failed.has(f.target.path)).map((f) => f.pod))
   } catch (error) {
     return {id: 'inbound', title: 'inbound capture on the pods', status: 'warn', required: false, detail: describeError(error).message}
   }

@@ -44,11 +44,13 @@ async function dropEmptyQdiscs(path: string, ifaces: string[]): Promise<void> {
   }
 }
 
+/** The helper's namespace arguments: each path, after the interfaces it skips there. */
+const targetArgs = (targets: readonly InboundTarget[]) => targets.flatMap((t) => [...(t.skip.length > 0 ? [`--skip=${t.skip.join(',')}`] : []), t.path])
+
 /** Attach on every interface of each namespace but its skipped ones, and take ours off those. */
 export async function attachInbound(helper: string, progPin: string, targets: readonly InboundTarget[]): Promise<TcResult> {
   if (targets.length === 0) return {done: new Map(), failed: new Map()}
-  const args = targets.flatMap((t) => [...(t.skip.length > 0 ? [`--skip=${t.skip.join(',')}`] : []), t.path])
-  const {done, failed, removed} = parse(targets.map((t) => t.path), (await run(helper, ['attach', progPin, ...args])).stdout)
+  const {done, failed, removed} = parse(targets.map((t) => t.path), (await run(helper, ['attach', progPin, ...targetArgs(targets)])).stdout)
   for (const [path, ifaces] of removed) await dropEmptyQdiscs(path, ifaces)
   return {done, failed}
 }
@@ -64,23 +66,12 @@ export async function detachInbound(helper: string, progId: number, paths: strin
   return {done, failed}
 }
 
-/** Our slot on a tc hook, as `tc -j filter show` lists it (bpf/tools/tc-inbound.c: MB_TC_PRIORITY, MB_TC_HANDLE). */
-const OUR_PREF = 0xc0de
-const OUR_HANDLE = '0x4d42'
-
 /**
- * The interfaces of a pod's namespace (but lo and the skipped ones) whose ingress lacks the
- * program with this id in our slot: where inbound capture is off when it should be on.
+ * The interfaces of each namespace (but lo and the skipped ones) whose ingress lacks the program
+ * with this id in our slot, in `done`: where inbound capture is off when it should be on.
  */
-export async function missingInbound(progId: number, target: InboundTarget): Promise<string[]> {
-  const inNs = (args: string[]) => run('nsenter', [`--net=${target.path}`, ...args])
-  const links = JSON.parse((await inNs(['ip', '-j', 'link', 'show'])).stdout || '[]') as {ifname?: string}[]
-  const missing: string[] = []
-  for (const {ifname} of links) {
-    if (!ifname || ifname === 'lo' || target.skip.includes(ifname)) continue
-    const shown = (await inNs(['tc', '-j', 'filter', 'show', 'dev', ifname, 'ingress'])).stdout.trim()
-    const filters = JSON.parse(shown === '' ? '[]' : shown) as {pref?: number; kind?: string; options?: {handle?: string; prog?: {id?: number}}}[]
-    if (!filters.some((f) => f.pref === OUR_PREF && f.kind === 'bpf' && f.options?.handle === OUR_HANDLE && f.options.prog?.id === progId)) missing.push(ifname)
-  }
-  return missing
+export async function missingInbound(helper: string, progId: number, targets: readonly InboundTarget[]): Promise<TcResult> {
+  if (targets.length === 0) return {done: new Map(), failed: new Map()}
+  const {done, failed} = parse(targets.map((t) => t.path), (await run(helper, ['check', String(progId), ...targetArgs(targets)])).stdout)
+  return {done, failed}
 }
