@@ -57,6 +57,7 @@ struct mb_caller {
 	__u64 netns;
 	int proxy_uid;                /* runs as the pod's proxy user (--uid-owner) */
 	int proxy;                    /* ... or its group (--gid-owner) */
+	__u32 gid;                    /* its group, for the pod's owner-group rule */
 };
 
 static __always_inline void identify(void *ctx, const struct mb_settings *cfg, struct mb_caller *c)
@@ -74,6 +75,18 @@ static __always_inline void identify(void *ctx, const struct mb_settings *cfg, s
 	}
 	c->proxy_uid = uid == puid;
 	c->proxy = c->proxy_uid || gid == pgid;
+	c->gid = gid;
+}
+
+/* Istio's "-d 127.0.0.1/32" (IPv4: istio-init's ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR) or "-d ::1/128" */
+static __always_inline int localhost_dst(const struct mb_caller *c, const union mb_ip *dst)
+{
+	union mb_ip localhost;
+
+	if (c->pod && c->pod->loopback.prefix && ip_is_v4(dst))
+		return cidr_contains(&c->pod->loopback, dst);
+	ip_localhost(&localhost, dst);
+	return ip_equal(dst, &localhost);
 }
 
 static __always_inline int own_ip(const struct mb_caller *c, const union mb_ip *dst)
@@ -116,12 +129,14 @@ static __always_inline int dns_captured(const struct mb_settings *cfg, const str
  *   --dport <excludeOutboundPorts> (tcp and udp)                  RETURN
  *   -o lo -s 127.0.0.6                                            RETURN (the inbound sidecar's upstream)
  *   -o lo ! -d 127.0.0.1 -p tcp ! --dports 15008[,53 D] --uid-owner P  to the inbound listener
+ *                                                                 (127.0.0.1: as below)
  *   -o lo [-p tcp ! --dport 53 D] ! --uid-owner P                 RETURN (not if the include
  *                                                                 ranges name a loopback range)
  *   --uid-owner P                                                 RETURN
  *   the same three for --gid-owner G (the first never exempts 53)
+ *   [!] --gid-owner <owner groups>                                RETURN (istio-init's environment)
  *   D: -p tcp|udp --dport 53 -d <resolv.conf servers>            to the DNS port
- *   -d 127.0.0.1                                                  RETURN
+ *   -d 127.0.0.1 (its ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR)          RETURN
  *   the pod's exclude ranges, include ports and ranges (tcp)      to the outbound listener
  * A proxy's TCP connect to another meshed pod on this node goes to that pod's inbound listener,
  * which that pod's PREROUTING would have done on arrival.
@@ -131,30 +146,28 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
 					     const union mb_ip *src, int udp)
 {
 	struct mb_pod_config *peer;
-	union mb_ip localhost;
-	int localhost_dst, dns53, on_lo;
+	int to_localhost, dns53, on_lo;
 
 	/* no ip6tables rules at all: its native IPv6 goes out as it is (its proxy listens on IPv4 only) */
 	if (c->pod && (c->pod->flags & MB_POD_NO_IPV6) && !ip_is_v4(dst))
 		return MB_LEAVE;
 	if (c->pod && port_listed(c->pod->out_exclude_ports, c->pod->n_out_exclude_ports, dport))
 		return MB_LEAVE;
-	ip_localhost(&localhost, dst);
-	localhost_dst = ip_equal(dst, &localhost);
+	to_localhost = localhost_dst(c, dst);
 	on_lo = ip_is_loopback(dst) || own_ip(c, dst);
 	if (on_lo && inbound_source(src))
 		return MB_LEAVE;
 	if (udp) /* only ever sent to the DNS port, and never the proxy's own queries */
-		return c->pod && !c->proxy && dns_captured(cfg, c->pod, dst, dport) ? MB_TO_DNS : MB_LEAVE;
+		return c->pod && !c->proxy && group_captured(c->pod, c->gid) && dns_captured(cfg, c->pod, dst, dport) ? MB_TO_DNS : MB_LEAVE;
 	if (on_lo) {
 		dns53 = c->pod && (c->pod->flags & MB_POD_DNS_CAPTURE) && dport == MB_DNS_SERVER_PORT;
 		/* c->self: only a registered pod's proxy (an unmeshed process may share the uid) */
 		if (c->proxy_uid)
-			return c->self && !localhost_dst && dport != MB_HBONE_PORT && !dns53 ? MB_TO_OWN_INBOUND : MB_LEAVE;
+			return c->self && !to_localhost && dport != MB_HBONE_PORT && !dns53 ? MB_TO_OWN_INBOUND : MB_LEAVE;
 		if (!dns53 && !(c->pod && (c->pod->flags & MB_POD_OUT_LOOPBACK)))
 			return MB_LEAVE;
 		if (c->proxy)
-			return c->self && !localhost_dst && dport != MB_HBONE_PORT ? MB_TO_OWN_INBOUND : MB_LEAVE;
+			return c->self && !to_localhost && dport != MB_HBONE_PORT ? MB_TO_OWN_INBOUND : MB_LEAVE;
 		/* an app: on down the chain, as any other destination */
 	} else if (c->proxy) {
 		if (!c->self || dport == cfg->inbound_port)
@@ -163,9 +176,11 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
 		return peer && inbound_captured(peer, dport) ? MB_TO_PEER_INBOUND : MB_LEAVE;
 	}
 	if (c->pod) {
+		if (!group_captured(c->pod, c->gid))
+			return MB_LEAVE;
 		if (dns_captured(cfg, c->pod, dst, dport))
 			return MB_TO_DNS;
-		if (localhost_dst)
+		if (to_localhost)
 			return MB_LEAVE;
 		return outbound_captured(c->pod, dst, dport) ? MB_TO_OUTBOUND : MB_LEAVE;
 	}

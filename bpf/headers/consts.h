@@ -15,6 +15,7 @@
 #define MB_MAX_PORTS   16
 #define MB_MAX_CIDRS    8
 #define MB_MAX_DNS      4   /* resolv.conf nameservers (glibc reads 3) */
+#define MB_MAX_GROUPS  16   /* istio-init's owner groups (Istio takes up to 64 included) */
 
 /* struct mb_pod_config.flags */
 #define MB_POD_OUT_ALL_CIDRS  (1u << 0)  /* includeOutboundIPRanges is '*' */
@@ -25,6 +26,8 @@
                                           * drops its "app over lo goes direct" rules */
 #define MB_POD_NO_IPV6        (1u << 5)  /* Istio installed no ip6tables rules (a dual-stack pod without
                                           * ISTIO_DUAL_STACK): its native IPv6 is not captured */
+#define MB_POD_GROUPS_ONLY    (1u << 6)  /* owner_groups lists the only groups whose outbound is
+                                          * captured (without it, the groups whose is not) */
 
 /* struct mb_settings.flags */
 #define MB_SETTINGS_DRAINING  (1u << 0)  /* disable in progress: stop rewriting and redirecting */

@@ -112,6 +112,23 @@ static __always_inline int outbound_captured(const struct mb_pod_config *pod,
 	return cidr_listed(pod->out_include_cidrs, pod->n_out_include_cidrs, dst);
 }
 
+/* istio-init's owner-group rule (-m owner [!] --gid-owner G -j RETURN), after the proxy's own:
+ * whether a process of this group has its outbound captured at all */
+static __always_inline int group_captured(const struct mb_pod_config *pod, __u32 gid)
+{
+	int i, listed = 0;
+
+	for (i = 0; i < MB_MAX_GROUPS; i++) {
+		if (i >= pod->n_owner_groups)
+			break;
+		if (pod->owner_groups[i] == gid) {
+			listed = 1;
+			break;
+		}
+	}
+	return (pod->flags & MB_POD_GROUPS_ONLY) ? listed : !listed;
+}
+
 static __always_inline int inbound_captured(const struct mb_pod_config *pod, __u16 port)
 {
 	if (port_listed(pod->in_exclude_ports, pod->n_in_exclude_ports, port))

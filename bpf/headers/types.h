@@ -60,6 +60,13 @@ struct mb_pod_config {
 	union mb_ip dns[MB_MAX_DNS]; /* the pod's resolv.conf nameservers, when MB_POD_DNS_CAPTURE */
 	__u64 netns;          /* the pod's netns cookie once registered, else 0: whose sockets may
 	                       * use its addresses in pair keys */
+	struct mb_cidr loopback; /* istio-init's ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR (prefix 0: 127.0.0.1/32):
+	                          * the IPv4 destinations its "-d <it> -j RETURN" rules name */
+	__u8 n_owner_groups;
+	__u8 pad3[3];
+	__u32 owner_groups[MB_MAX_GROUPS]; /* ISTIO_OUTBOUND_OWNER_GROUPS (with MB_POD_GROUPS_ONLY): only
+	                                    * these groups' outbound is captured; else
+	                                    * ..._EXCLUDE: these groups' is not */
 };
 
 /* A registered pod's addresses (value of netns_pod_ips): ip6 is all zeros for a single-stack pod. */

@@ -10,6 +10,7 @@ export const MAX_PODS = 4096
 export const MAX_PORTS = 16
 export const MAX_CIDRS = 8
 export const MAX_DNS = 4
+export const MAX_GROUPS = 16
 
 export const POD_OUT_ALL_CIDRS = 1 << 0
 export const POD_IN_ALL_PORTS = 1 << 1
@@ -17,6 +18,7 @@ export const POD_DNS_CAPTURE = 1 << 2
 export const POD_DNS_ALL = 1 << 3
 export const POD_OUT_LOOPBACK = 1 << 4
 export const POD_NO_IPV6 = 1 << 5
+export const POD_GROUPS_ONLY = 1 << 6
 export const SETTINGS_DRAINING = 1 << 0
 export const ORIGIN_OUTBOUND = 1 << 0
 export const ORIGIN_INBOUND = 1 << 1
@@ -52,7 +54,7 @@ export const LAYOUT = {
   mb_origin: {size: 24, fields: {ip: 0, port: 16, flags: 18, pid: 20}},
   mb_cidr: {size: 20, fields: {ip: 0, prefix: 16, pad: 17}},
   mb_pod_config: {
-    size: 544,
+    size: 632,
     fields: {
       flags: 0,
       n_out_include_ports: 4,
@@ -74,6 +76,10 @@ export const LAYOUT = {
       pad2: 469,
       dns: 472,
       netns: 536,
+      loopback: 544,
+      n_owner_groups: 564,
+      pad3: 565,
+      owner_groups: 568,
     },
   },
   mb_process: {size: 24, fields: {pod_ip: 0, netns: 16}},
@@ -180,6 +186,13 @@ export interface PodRules {
   netns?: bigint
   /** Istio installed no ip6tables rules for it (dual-stack without ISTIO_DUAL_STACK): native IPv6 is left alone */
   noIpv6?: boolean
+  /**
+   * istio-init's ISTIO_OUTBOUND_OWNER_GROUPS (`only`: just these groups' outbound is captured) or
+   * ..._EXCLUDE (these groups' is not). Absent: every group's.
+   */
+  ownerGroups?: {only: boolean; gids: number[]}
+  /** istio-init's ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR, where it is not 127.0.0.1/32 */
+  loopback?: Cidr
 }
 
 /** Istio drops its "an app's traffic over lo goes direct" rules when an include range is loopback. */
@@ -211,25 +224,28 @@ function readPorts(b: Buffer, offset: number, countOffset: number): number[] {
   return Array.from({length: n}, (_, i) => b.readUInt16LE(offset + 2 * i))
 }
 
+/** One struct mb_cidr at `at`: an IPv4 range as its v4-mapped form (a /24 is /120). */
+function writeCidr(b: Buffer, at: number, c: Cidr): void {
+  const slot = ipToSlot(c.ip)
+  slot.copy(b, at + F.cidr.ip)
+  b.writeUInt8(isMappedV4(slot) ? 96 + c.prefix : c.prefix, at + F.cidr.prefix)
+}
+
+function readCidr(b: Buffer, at: number): Cidr {
+  const slot = b.subarray(at + F.cidr.ip, at + F.cidr.ip + 16)
+  const prefix = b.readUInt8(at + F.cidr.prefix)
+  return {ip: slotToIp(slot), prefix: isMappedV4(slot) ? prefix - 96 : prefix}
+}
+
 function writeCidrs(b: Buffer, offset: number, countOffset: number, cidrs: Cidr[]): void {
   if (cidrs.length > MAX_CIDRS) throw new RangeError(`at most ${MAX_CIDRS} CIDRs fit a rule, got ${cidrs.length}`)
   b.writeUInt8(cidrs.length, countOffset)
-  cidrs.forEach((c, i) => {
-    const at = offset + LAYOUT.mb_cidr.size * i
-    const slot = ipToSlot(c.ip)
-    slot.copy(b, at + F.cidr.ip)
-    b.writeUInt8(isMappedV4(slot) ? 96 + c.prefix : c.prefix, at + F.cidr.prefix)
-  })
+  cidrs.forEach((c, i) => writeCidr(b, offset + LAYOUT.mb_cidr.size * i, c))
 }
 
 function readCidrs(b: Buffer, offset: number, countOffset: number): Cidr[] {
   const n = Math.min(b.readUInt8(countOffset), MAX_CIDRS)
-  return Array.from({length: n}, (_, i) => {
-    const at = offset + LAYOUT.mb_cidr.size * i
-    const slot = b.subarray(at + F.cidr.ip, at + F.cidr.ip + 16)
-    const prefix = b.readUInt8(at + F.cidr.prefix)
-    return {ip: slotToIp(slot), prefix: isMappedV4(slot) ? prefix - 96 : prefix}
-  })
+  return Array.from({length: n}, (_, i) => readCidr(b, offset + LAYOUT.mb_cidr.size * i))
 }
 
 export function encodePodRules(r: PodRules): Buffer {
@@ -240,7 +256,8 @@ export function encodePodRules(r: PodRules): Buffer {
     (r.dns ? POD_DNS_CAPTURE : 0) |
     (r.dns?.all ? POD_DNS_ALL : 0) |
     (includesLoopback(r.outIncludeCidrs) ? POD_OUT_LOOPBACK : 0) |
-    (r.noIpv6 ? POD_NO_IPV6 : 0)
+    (r.noIpv6 ? POD_NO_IPV6 : 0) |
+    (r.ownerGroups?.only ? POD_GROUPS_ONLY : 0)
   b.writeUInt32LE(flags, F.pod.flags)
   writePorts(b, F.pod.out_include_ports, F.pod.n_out_include_ports, r.outIncludePorts)
   writePorts(b, F.pod.out_exclude_ports, F.pod.n_out_exclude_ports, r.outExcludePorts)
@@ -255,6 +272,11 @@ export function encodePodRules(r: PodRules): Buffer {
   b.writeUInt8(servers.length, F.pod.n_dns)
   servers.forEach((ip, i) => ipToSlot(ip).copy(b, F.pod.dns + 16 * i))
   b.writeBigUInt64LE(r.netns ?? 0n, F.pod.netns)
+  if (r.loopback) writeCidr(b, F.pod.loopback, r.loopback)
+  const gids = r.ownerGroups?.gids ?? []
+  if (gids.length > MAX_GROUPS) throw new RangeError(`at most ${MAX_GROUPS} owner groups fit a pod, got ${gids.length}`)
+  b.writeUInt8(gids.length, F.pod.n_owner_groups)
+  gids.forEach((g, i) => b.writeUInt32LE(g, F.pod.owner_groups + 4 * i))
   return b
 }
 
@@ -276,6 +298,10 @@ export function decodePodRules(b: Buffer): PodRules {
       : {}),
     ...(b.readBigUInt64LE(F.pod.netns) !== 0n ? {netns: b.readBigUInt64LE(F.pod.netns)} : {}),
     ...(flags & POD_NO_IPV6 ? {noIpv6: true} : {}),
+    ...(b.readUInt8(F.pod.n_owner_groups) > 0 || flags & POD_GROUPS_ONLY
+      ? {ownerGroups: {only: (flags & POD_GROUPS_ONLY) !== 0, gids: Array.from({length: Math.min(b.readUInt8(F.pod.n_owner_groups), MAX_GROUPS)}, (_, i) => b.readUInt32LE(F.pod.owner_groups + 4 * i))}}
+      : {}),
+    ...(b.readUInt8(F.pod.loopback + F.cidr.prefix) > 0 ? {loopback: readCidr(b, F.pod.loopback)} : {}),
   }
 }
 

@@ -43,6 +43,11 @@ export interface RulesView {
   proxyGid: number
   /** its native IPv6 is captured (false: Istio wrote no ip6tables rules for the pod) */
   ipv6: boolean
+  /** groups whose outbound is captured (istio-init's ISTIO_OUTBOUND_OWNER_GROUPS), '*' for all but the excluded */
+  outboundGroups: '*' | number[]
+  excludedOutboundGroups: number[]
+  /** the IPv4 destinations left alone as localhost (ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR) */
+  localhost: string
 }
 
 /** The rows of each map, with the field names `--json` documents (docs/dump-maps.md). */
@@ -103,6 +108,9 @@ function rulesView(r: PodRules): RulesView {
     proxyUid: r.proxyUid,
     proxyGid: r.proxyGid,
     ipv6: !r.noIpv6,
+    outboundGroups: r.ownerGroups?.only ? r.ownerGroups.gids : '*',
+    excludedOutboundGroups: r.ownerGroups?.only === false ? r.ownerGroups.gids : [],
+    localhost: r.loopback ? formatCidr(r.loopback) : '127.0.0.1/32',
   }
 }
 

@@ -5,6 +5,8 @@
  * istio-iptables applied, so they are the pod's specification. (With the CNI, the injector writes
  * the same effective values into the pod's annotations, which the CNI plugin reads.)
  */
+import {MAX_GROUPS} from '../bpf/layout.js'
+import {type Cidr, parseCidr} from '../bpf/ip.js'
 import {ANNOTATIONS} from './annotations.js'
 import {printable} from '../text.js'
 
@@ -56,7 +58,66 @@ export interface IstioInitSettings {
   /** -u and -g as istio-iptables takes them (-g defaults to -u, -u to 1337); the first of a list */
   proxyUid: number
   proxyGid: number
+  /** ISTIO_OUTBOUND_OWNER_GROUPS / ..._EXCLUDE, as far as the datapath can honour them */
+  ownerGroups?: {only: boolean; gids: number[]}
+  /** ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR, where it is valid and not the default 127.0.0.1/32 */
+  loopback?: Cidr
   warnings: string[]
+}
+
+/** istio-iptables' settings read from its environment only (no flag sets them). */
+export const OWNER_GROUPS = 'ISTIO_OUTBOUND_OWNER_GROUPS'
+export const OWNER_GROUPS_EXCLUDE = 'ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE'
+export const LOOPBACK_CIDR = 'ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR'
+const ENV_ONLY = [OWNER_GROUPS, OWNER_GROUPS_EXCLUDE, LOOPBACK_CIDR]
+
+/** A group list as istio-iptables splits it (commas, empty entries dropped, nothing trimmed). */
+function groupList(text: string): {gids: number[]; bad: string[]} {
+  const gids: number[] = []
+  const bad: string[] = []
+  for (const e of text.split(',').filter(Boolean)) {
+    if (/^\d+$/.test(e) && Number(e) < 2 ** 32) {
+      if (!gids.includes(Number(e))) gids.push(Number(e))
+    } else bad.push(e)
+  }
+  return {gids, bad}
+}
+
+/**
+ * istio-iptables' owner-group filter, failing closed. An include list other than '*' captures only
+ * its groups' outbound (an empty one: nobody's); where merbridge cannot honour it whole (a group
+ * name, which iptables looks up in istio-init's image, or more than the datapath holds) every
+ * group is captured. An exclude list (read only with '*') loses what it cannot honour: more is
+ * captured, never less.
+ */
+export function ownerGroupRules(include: string | undefined, exclude: string | undefined): {ownerGroups?: {only: boolean; gids: number[]}; warnings: string[]} {
+  const shown = (bad: string[]) => `${bad.slice(0, 3).map((b) => `'${printable(b, 40)}'`).join(', ')}${bad.length > 3 ? ', ...' : ''}`
+  if (include !== undefined && include !== '*') {
+    const {gids, bad} = groupList(include)
+    if (bad.length > 0) return {warnings: [`${OWNER_GROUPS}: ${shown(bad)} ${bad.length === 1 ? 'is not a group id' : 'are not group ids'} (a name is looked up in istio-init's image, which merbridge cannot read); every group's outbound is captured instead (fail closed)`]}
+    if (gids.length > MAX_GROUPS) return {warnings: [`${OWNER_GROUPS}: ${gids.length} groups, the datapath holds ${MAX_GROUPS}; every group's outbound is captured instead (fail closed)`]}
+    return {ownerGroups: {only: true, gids}, warnings: []}
+  }
+  if (exclude === undefined) return {warnings: []}
+  const {gids, bad} = groupList(exclude)
+  const warnings = bad.length > 0 ? [`${OWNER_GROUPS_EXCLUDE}: ${shown(bad)} ${bad.length === 1 ? 'is not a group id' : 'are not group ids'} (a name is looked up in istio-init's image, which merbridge cannot read); ignored, so more is captured`] : []
+  if (gids.length > MAX_GROUPS) {
+    warnings.push(`${OWNER_GROUPS_EXCLUDE}: ${gids.length} groups, the datapath holds ${MAX_GROUPS}; the rest are ignored, so more is captured`)
+    gids.length = MAX_GROUPS
+  }
+  return {...(gids.length > 0 ? {ownerGroups: {only: false, gids}} : {}), warnings}
+}
+
+/**
+ * ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR as istio-iptables validates it: an IPv4 prefix inside 127/8,
+ * 8 to 32 bits. istio-init refuses any other; merbridge then keeps 127.0.0.1/32, whose
+ * "-d 127.0.0.1 -j RETURN" leaves the least alone.
+ */
+export function loopbackRule(text: string | undefined): {loopback?: Cidr; warnings: string[]} {
+  if (text === undefined) return {warnings: []}
+  const c = text.includes('/') ? parseCidr(text) : undefined
+  if (!c || text !== text.trim() || !c.ip.startsWith('127.') || c.prefix < 8) return {warnings: [`${LOOPBACK_CIDR}: '${printable(text, 40)}' is not an IPv4 loopback range of 8 to 32 bits (istio-init refuses it); 127.0.0.1/32 is used`]}
+  return c.ip === '127.0.0.1' && c.prefix === 32 ? {warnings: []} : {loopback: c, warnings: []}
 }
 
 /** The flags in a command line, long name -> value; a string saying what is wrong when it cannot be read exactly. */
@@ -112,9 +173,12 @@ export function istioInitSettings(container: {command?: unknown; args?: unknown;
   const flags = parseFlags(argv)
   if (typeof flags === 'string') return {error: flags}
   const env = new Map<string, string>()
+  const unread: string[] = []
   for (const e of Array.isArray(container.env) ? (container.env as unknown[]) : []) {
     const {name, value} = (e ?? {}) as {name?: unknown; value?: unknown}
     if (typeof name === 'string' && typeof value === 'string') env.set(name, value)
+    // valueFrom (a ConfigMap, a field): what istio-iptables got is not in the pod
+    else if (typeof name === 'string' && ENV_ONLY.includes(name) && value === undefined) unread.push(name)
   }
   // pflag's BindEnv: ISTIO_SERVICE_CIDR for --istio-service-cidr, and so on
   const setting = (long: string) => flags.get(long) ?? env.get(long.toUpperCase().replaceAll('-', '_'))
@@ -130,6 +194,10 @@ export function istioInitSettings(container: {command?: unknown; args?: unknown;
   if (uid.id === undefined || gid.id === undefined) return {error: `the proxy's ids '${printable(uidText, 20)}' / '${printable(gidText, 20)}' are not numbers`}
   // the datapath knows one of each: a process with another listed id is captured (more, not less)
   if (uid.more || gid.more) warnings.push(`istio-init lists several proxy ids (-u ${printable(uidText, 40)}, -g ${printable(gidText, 40)}); only ${uid.id}/${gid.id} are the proxy's`)
+  for (const name of unread) warnings.push(`${name} comes from elsewhere (valueFrom), which merbridge does not read; ${name === OWNER_GROUPS ? "every group's outbound is" : 'more is'} captured as without it`)
+  const groups = unread.includes(OWNER_GROUPS) ? {warnings: []} : ownerGroupRules(env.get(OWNER_GROUPS), env.get(OWNER_GROUPS_EXCLUDE))
+  const loopback = loopbackRule(env.get(LOOPBACK_CIDR))
+  warnings.push(...groups.warnings, ...loopback.warnings)
   const mode = setting('istio-inbound-interception-mode')
   const redirectDns = goBool(setting('redirect-dns') ?? env.get('ISTIO_META_DNS_CAPTURE'))
   const dualStack = goBool(setting('dual-stack') ?? env.get('ISTIO_DUAL_STACK'))
@@ -141,6 +209,8 @@ export function istioInitSettings(container: {command?: unknown; args?: unknown;
     captureAllDns: goBool(setting('capture-all-dns')) ?? false,
     proxyUid: uid.id,
     proxyGid: gid.id,
+    ...(groups.ownerGroups ? {ownerGroups: groups.ownerGroups} : {}),
+    ...(loopback.loopback ? {loopback: loopback.loopback} : {}),
     warnings,
   }
 }

@@ -255,7 +255,7 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const dnsToAny = dnsOn && (told ? told.captureAllDns : true)
     if (bad.length > 0) warnings.push(`status lists addresses that are not IPs (${bad.slice(0, 2).join(', ')}); registered as ${ip}`)
     if (proxies.length > 1) warnings.push(`has ${proxies.length} ${mesh.sidecarContainer} containers; the first one's user, group and DNS setting are used`)
-    const meshedPod: MeshedPod = {namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dnsOn, dnsToAny, rules: {...rules, proxyUid, proxyGid, ...(noIpv6 ? {noIpv6} : {})}, noInboundCapture: interfaces.noInboundCapture, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)}
+    const meshedPod: MeshedPod = {namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dnsOn, dnsToAny, rules: {...rules, proxyUid, proxyGid, ...(noIpv6 ? {noIpv6} : {}), ...(told?.ownerGroups ? {ownerGroups: told.ownerGroups} : {}), ...(told?.loopback ? {loopback: told.loopback} : {})}, noInboundCapture: interfaces.noInboundCapture, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)}
     out.meshed.push(meshedPod)
     byIp.set(ip, meshedPod)
   }

@@ -31,6 +31,10 @@ export interface IstioCaptureOptions {
   excludeInterfaces?: string[]
   /** -k (reroute-virtual-interfaces): what a virtual machine sends through them goes to the outbound listener */
   virtualInterfaces?: string[]
+  /** ISTIO_OUTBOUND_OWNER_GROUPS and ..._EXCLUDE (istio-init's environment), as given ('*' and '' when unset) */
+  ownerGroups?: {include: string; exclude: string}
+  /** ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR (istio-init's environment; 127.0.0.1/32 when unset) */
+  loopbackCidr?: string
 }
 
 export function defaultCaptureOptions(mesh: MeshProfile): IstioCaptureOptions {
@@ -56,7 +60,7 @@ const isLoopbackRange = (cidr: string) => cidr.startsWith('127.') || /^::1(\/|$)
  */
 export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaultCaptureOptions(mesh), family: 4 | 6 = 4): string {
   const {outboundPort, inboundPort, dnsPort} = mesh
-  const [localhost, passthrough] = family === 4 ? ['127.0.0.1/32', '127.0.0.6/32'] : ['::1/128', '::6/128']
+  const [localhost, passthrough] = family === 4 ? [o.loopbackCidr ?? '127.0.0.1/32', '127.0.0.6/32'] : ['::1/128', '::6/128']
   const ofFamily = (cidrs: string[]) => cidrs.filter((c) => isV6(c) === (family === 6))
   const hostMask = family === 4 ? '/32' : '/128'
   // with no server in resolv.conf istio-iptables turns DNS capture off, unless it captures all
@@ -83,6 +87,13 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
     ...(keepLoopback ? [] : [redirectDns ? `-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --${kind}-owner ${id} -j RETURN` : `-A ISTIO_OUTPUT -o lo -m owner ! --${kind}-owner ${id} -j RETURN`]),
     `-A ISTIO_OUTPUT -m owner --${kind}-owner ${id} -j RETURN`,
   ]
+  // istio-iptables splits on commas and drops empty entries; with '*' only the excluded groups return
+  const groups = (text: string) => text.split(',').filter(Boolean)
+  const ownerGroups = !o.ownerGroups
+    ? []
+    : o.ownerGroups.include === '*'
+      ? groups(o.ownerGroups.exclude).map((g) => `-A ISTIO_OUTPUT -m owner --gid-owner ${g} -j RETURN`)
+      : [['-A ISTIO_OUTPUT', ...groups(o.ownerGroups.include).map((g) => `-m owner ! --gid-owner ${g}`), '-j RETURN'].join(' ')]
   const excludedPorts = o.excludeOutboundPorts.flatMap((p) => [`-A ISTIO_OUTPUT -p tcp --dport ${p} -j RETURN`, `-A ISTIO_OUTPUT -p udp --dport ${p} -j RETURN`])
   const dns = captureAll
     ? ['-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS', `-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -j REDIRECT --to-ports ${dnsPort}`, `-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j REDIRECT --to-port ${dnsPort}`]
@@ -125,6 +136,7 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
     `-A ISTIO_OUTPUT -o lo -s ${passthrough} -j RETURN`,
     ...o.proxyUids.flatMap((id) => owner('uid', id)),
     ...o.proxyGids.flatMap((id) => owner('gid', id)),
+    ...ownerGroups,
     ...dns,
     `-A ISTIO_OUTPUT -d ${localhost} -j RETURN`,
     ...ranges,

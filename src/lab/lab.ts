@@ -37,9 +37,10 @@ export interface LabPodSpec {
   /**
    * injected without Istio's CNI: the pods file holds its istio-init container, whose arguments
    * carry these mesh-wide values (keyed as the annotations they stand in for) where the pod's own
-   * annotations say nothing, as the injector writes them
+   * annotations say nothing, as the injector writes them; and `env`, its environment (the settings
+   * istio-iptables reads only from there)
    */
-  istioInit?: {meshDefaults?: Record<string, string>}
+  istioInit?: {meshDefaults?: Record<string, string>; env?: Record<string, string>}
   /**
    * in a dual-stack lab: its proxy lacks ISTIO_DUAL_STACK (every other one has it), so Istio writes
    * no ip6tables rules for it and its sidecar has no IPv6 half, as Envoy then listens on IPv4 only
@@ -448,7 +449,8 @@ export class Lab {
         ...(p.proxy ? {securityContext: {runAsUser: p.proxy.uid, runAsGroup: p.proxy.gid}} : {}),
         ...(env.length > 0 ? {env} : {}),
       }
-      const init = p.meshed && p.istioInit ? [{name: this.mesh.initContainer, args: istioInitArgs(this.mesh, captureOptions(this.mesh, p)), ...(env.length > 0 ? {env} : {})}] : []
+      const initEnv = [...env, ...Object.entries(p.istioInit?.env ?? {}).map(([name, value]) => ({name, value}))]
+      const init = p.meshed && p.istioInit ? [{name: this.mesh.initContainer, args: istioInitArgs(this.mesh, captureOptions(this.mesh, p)), ...(initEnv.length > 0 ? {env: initEnv} : {})}] : []
       return {
         kind: 'Pod',
         metadata: {name: p.name, namespace: 'lab', annotations: {...(p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}), ...p.annotations}},
@@ -597,6 +599,7 @@ export class HeldStream {
 /** What istio-init would be told for this pod: the injector's reading of its annotations and spec. */
 export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: string[] = []): IstioCaptureOptions {
   const a = {...pod.istioInit?.meshDefaults, ...pod.annotations}
+  const initEnv = pod.istioInit?.env ?? {}
   const list = (key: string) => (a[key] ?? '').split(',').map((s) => s.trim()).filter(Boolean)
   const ports = (key: string) => list(key).map(Number)
   const base = defaultCaptureOptions(mesh)
@@ -616,6 +619,11 @@ export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: st
     ...(pod.dnsCapture ? {dnsServers: resolvers, captureAllDns: !pod.istioInit} : {}),
     ...(a['traffic.sidecar.istio.io/excludeInterfaces'] === undefined ? {} : {excludeInterfaces: list('traffic.sidecar.istio.io/excludeInterfaces')}),
     ...(a['istio.io/reroute-virtual-interfaces'] === undefined ? {} : {virtualInterfaces: list('istio.io/reroute-virtual-interfaces')}),
+    // istio-iptables' environment-only settings, from istio-init's environment
+    ...(initEnv.ISTIO_OUTBOUND_OWNER_GROUPS === undefined && initEnv.ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE === undefined
+      ? {}
+      : {ownerGroups: {include: initEnv.ISTIO_OUTBOUND_OWNER_GROUPS ?? '*', exclude: initEnv.ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE ?? ''}}),
+    ...(initEnv.ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR === undefined ? {} : {loopbackCidr: initEnv.ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR}),
   }
 }
 

@@ -26,7 +26,7 @@ function table(m: MapDump): string {
       return renderTable(['pid', 'process', 'pod IP', 'pod', 'netns'], m.rows.map((x) => [x.pid, x.process ?? c.dim('(exited)'), x.podIp, x.pod ?? '-', x.netns]))
     case 'local_pod_ips':
       return renderTable(
-        ['pod IP', 'pod', 'outbound CIDRs', 'excluded CIDRs', 'out ports', 'excluded out ports', 'inbound ports', 'excluded in ports', 'DNS capture', 'proxy uid/gid', 'IPv6'],
+        ['pod IP', 'pod', 'outbound CIDRs', 'excluded CIDRs', 'out ports', 'excluded out ports', 'inbound ports', 'excluded in ports', 'DNS capture', 'proxy uid/gid', 'IPv6', 'out groups', 'localhost'],
         m.rows.map((x) => [
           x.ip,
           x.pod ?? '-',
@@ -39,6 +39,8 @@ function table(m: MapDump): string {
           x.rules.dns === null ? 'off' : list(x.rules.dns),
           `${x.rules.proxyUid}/${x.rules.proxyGid}`,
           x.rules.ipv6 ? 'captured' : 'left alone',
+          x.rules.excludedOutboundGroups.length > 0 ? `* but ${list(x.rules.excludedOutboundGroups)}` : list(x.rules.outboundGroups),
+          x.rules.localhost,
         ]),
       )
     case 'netns_pod_ips':

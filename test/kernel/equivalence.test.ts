@@ -16,7 +16,8 @@ import {cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'ip6tables-restore', 'setpriv'], [SYSTEM_PYTHON])
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
-// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11, m .12, k .13, v .14
+// pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11, m .12, k .13, v .14,
+// o .15, x .16, h .17
 // a excludes outbound port 8081 and c's address, and its proxy captures DNS; b excludes inbound
 // port 8082; i sends to its sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
@@ -48,12 +49,19 @@ const PODS: LabPodSpec[] = [
   {name: 'k', meshed: true, dnsCapture: true},
   // v's proxy lacks ISTIO_DUAL_STACK (every other one has it): no ip6tables rules, no IPv6 listeners
   {name: 'v', meshed: true, noDualStack: true},
+  // istio-init's environment-only settings: o captures only group 2000's outbound, x all but group
+  // 2001's (and captures DNS), h leaves 127/8 alone as localhost and includes 127.1.2.3 as l does
+  {name: 'o', meshed: true, istioInit: {env: {ISTIO_OUTBOUND_OWNER_GROUPS: '2000'}}},
+  {name: 'x', meshed: true, dnsCapture: true, istioInit: {env: {ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE: '2001'}}},
+  {name: 'h', meshed: true, istioInit: {env: {ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: '127.0.0.1/8'}}, annotations: {'traffic.sidecar.istio.io/includeOutboundIPRanges': '127.1.2.3/32'}},
 ]
-const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k', 'v']
-const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080], ['v', 8080]]
+const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k', 'v', 'o', 'x', 'h']
+const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080], ['v', 8080], ['o', 8080], ['h', 8080]]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
 const R_PROXY = {uid: 0, gid: 1337}
+const GROUP_2000 = {uid: 3000, gid: 2000}
+const GROUP_2001 = {uid: 3000, gid: 2001}
 
 interface Case {
   name: string
@@ -70,7 +78,7 @@ interface Case {
   /** IPv6 packets with a destination options header before TCP */
   dstopts?: boolean
 }
-const DNS_PROXY_PODS = ['a', 'b', 'k']
+const DNS_PROXY_PODS = ['a', 'b', 'k', 'x']
 
 const CASES: Case[] = [
   {name: 'app -> other meshed pod', from: 'a', to: 'b'},
@@ -174,6 +182,22 @@ const CASES: Case[] = [
   {name: 'loopback include range: app -> 127.0.0.1', from: 'l', to: '127.0.0.1'},
   {name: 'loopback include range: app -> own pod IP', from: 'l', to: 'l'},
   {name: 'loopback include range: process in the proxy group only -> own pod IP', from: 'l', to: 'l', as: {uid: 0, gid: 1337}},
+  {name: 'sidecar -> 127.1.2.3', from: 'a', to: '127.1.2.3', as: PROXY},
+  {name: 'owner groups 2000 only: app in group 2000 -> other meshed pod', from: 'o', to: 'b', as: GROUP_2000},
+  {name: 'owner groups 2000 only: app in another group -> other meshed pod', from: 'o', to: 'b'},
+  {name: 'owner groups 2000 only: app in another group -> other meshed pod, IPv6', from: 'o', to: 'b', v6: true},
+  {name: 'owner groups 2000 only: its sidecar -> own pod IP', from: 'o', to: 'o', as: PROXY},
+  {name: 'owner group 2001 excluded: app in it -> other meshed pod', from: 'x', to: 'b', as: GROUP_2001},
+  {name: 'owner group 2001 excluded: app in it, AF_INET6 -> ::ffff:other meshed pod', from: 'x', to: 'b', as: GROUP_2001, mapped: true},
+  {name: 'owner group 2001 excluded: app in another group -> other meshed pod', from: 'x', to: 'b'},
+  {name: 'owner group 2001 excluded: app in it -> resolver, UDP connected', from: 'x', to: REMOTE_IP, as: GROUP_2001, dns: {mode: 'udp-connect', family: '4'}},
+  {name: 'owner group 2001 excluded: app in it -> resolver, UDP sendto', from: 'x', to: REMOTE_IP, as: GROUP_2001, dns: {mode: 'udp-sendto', family: '4'}},
+  {name: 'owner group 2001 excluded: app in it -> resolver, TCP', from: 'x', to: REMOTE_IP, as: GROUP_2001, dns: {mode: 'tcp', family: '4'}},
+  {name: 'owner group 2001 excluded: app in another group -> resolver, UDP', from: 'x', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
+  {name: 'loopback CIDR 127.0.0.1/8: app -> 127.1.2.3 (in its ranges)', from: 'h', to: '127.1.2.3'},
+  {name: 'loopback CIDR 127.0.0.1/8: app -> own pod IP', from: 'h', to: 'h'},
+  {name: 'loopback CIDR 127.0.0.1/8: its sidecar -> 127.1.2.3', from: 'h', to: '127.1.2.3', as: PROXY},
+  {name: 'loopback CIDR 127.0.0.1/8: its sidecar -> own pod IP', from: 'h', to: 'h', as: PROXY},
 ]
 
 const CONFIGS = ['iptables', 'merbridge', 'both'] as const

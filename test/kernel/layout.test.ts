@@ -6,7 +6,7 @@ import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {ipToSlot} from '../../src/bpf/ip.js'
-import {COUNTERS, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT, POD_DNS_CAPTURE, POD_NO_IPV6} from '../../src/bpf/layout.js'
+import {COUNTERS, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT, POD_DNS_CAPTURE, POD_GROUPS_ONLY, POD_NO_IPV6} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
 import {Installation} from '../../src/datapath/installation.js'
@@ -70,6 +70,8 @@ describe('struct layouts', {skip}, () => {
       proxyGid: 1501,
       dns: {all: false, servers: ['10.96.0.10', 'fd00::a']},
       noIpv6: true,
+      ownerGroups: {only: true, gids: [202, 4000]},
+      loopback: {ip: '127.0.0.1', prefix: 8},
     }
     const settings = {sidecarUid: 1337, sidecarGid: 1338, outboundPort: 15001, inboundPort: 15006, draining: false, hostNetns: 3n, dnsPort: 15053}
     await bpftool.batch([
@@ -96,9 +98,11 @@ describe('struct layouts', {skip}, () => {
     assert.equal((settingsRaw?.formatted as {value: {sidecar_gid: number}}).value.sidecar_gid, 1338)
     assert.equal((settingsRaw?.formatted as {value: {dns_port: number}}).value.dns_port, 15053)
     const [podRaw] = await bpftool.mapDump(inst.map('local_pod_ips'))
-    const pod = (podRaw?.formatted as {value: {flags: number; n_dns: number}}).value
+    const pod = (podRaw?.formatted as {value: {flags: number; n_dns: number; n_owner_groups: number; owner_groups: number[]; loopback: {prefix: number}}}).value
     assert.equal(pod.n_dns, 2)
-    assert.equal(pod.flags, POD_DNS_CAPTURE | POD_NO_IPV6, 'DNS capture to the listed resolvers only, no IPv6 capture')
+    assert.equal(pod.flags, POD_DNS_CAPTURE | POD_NO_IPV6 | POD_GROUPS_ONLY, 'DNS capture to the listed resolvers only, no IPv6 capture, only some groups captured')
+    assert.deepEqual([pod.n_owner_groups, pod.owner_groups.slice(0, 3)], [2, [202, 4000, 0]])
+    assert.equal(pod.loopback.prefix, 96 + 8, 'an IPv4 prefix over the 128-bit slot')
   })
 
   it('reads zeroed per-CPU counters by name', async () => {

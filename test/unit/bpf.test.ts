@@ -21,6 +21,7 @@ import {
   LAYOUT,
   MAX_CIDRS,
   MAX_DNS,
+  MAX_GROUPS,
   MAX_PODS,
   MAX_PORTS,
   ORIGIN_DNS,
@@ -34,6 +35,7 @@ import {
   POD_OUT_ALL_CIDRS,
   POD_OUT_LOOPBACK,
   POD_NO_IPV6,
+  POD_GROUPS_ONLY,
 } from '../../src/bpf/layout.js'
 import {checkFeatures, checkForeignPrograms, checkInbound} from '../../src/datapath/preflight.js'
 import {ROOT} from '../helpers.js'
@@ -112,6 +114,12 @@ describe('codecs', () => {
     const noIpv6 = {...rules, noIpv6: true}
     assert.deepEqual(decodePodRules(encodePodRules(noIpv6)), noIpv6)
     assert.equal(encodePodRules(noIpv6).readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_NO_IPV6, POD_NO_IPV6)
+    for (const ownerGroups of [{only: true, gids: [202, 2 ** 32 - 1]}, {only: true, gids: []}, {only: false, gids: [888]}]) {
+      const grouped = {...rules, ownerGroups, loopback: {ip: '127.0.0.1', prefix: 8}}
+      assert.deepEqual(decodePodRules(encodePodRules(grouped)), grouped)
+    }
+    assert.equal(encodePodRules({...rules, ownerGroups: {only: true, gids: []}}).readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_GROUPS_ONLY, POD_GROUPS_ONLY, 'an empty include list captures nobody: flagged, not absent')
+    assert.throws(() => encodePodRules({...rules, ownerGroups: {only: false, gids: Array.from({length: MAX_GROUPS + 1}, (_, i) => i)}}), /at most 16 owner groups/)
     const loopback = encodePodRules({...rules, outIncludeCidrs: [{ip: '127.1.2.3', prefix: 32}]})
     assert.equal(loopback.readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_OUT_LOOPBACK, POD_OUT_LOOPBACK, 'a loopback include range is flagged')
     assert.throws(() => encodePodRules({...rules, dns: {all: false, servers: ['1.1.1.1', '1.1.1.2', '1.1.1.3', '1.1.1.4', '1.1.1.5']}}), /at most 4 resolvers/)
@@ -172,12 +180,14 @@ describe('constants', () => {
       MB_MAX_PORTS: MAX_PORTS,
       MB_MAX_CIDRS: MAX_CIDRS,
       MB_MAX_DNS: MAX_DNS,
+      MB_MAX_GROUPS: MAX_GROUPS,
       MB_POD_OUT_ALL_CIDRS: POD_OUT_ALL_CIDRS,
       MB_POD_IN_ALL_PORTS: POD_IN_ALL_PORTS,
       MB_POD_DNS_CAPTURE: POD_DNS_CAPTURE,
       MB_POD_DNS_ALL: POD_DNS_ALL,
       MB_POD_OUT_LOOPBACK: POD_OUT_LOOPBACK,
       MB_POD_NO_IPV6: POD_NO_IPV6,
+      MB_POD_GROUPS_ONLY: POD_GROUPS_ONLY,
       MB_ORIGIN_OUTBOUND: ORIGIN_OUTBOUND,
       MB_ORIGIN_INBOUND: ORIGIN_INBOUND,
       MB_ORIGIN_UNREGISTERED: ORIGIN_UNREGISTERED,

@@ -328,6 +328,55 @@ describe('istio-init arguments', () => {
     assert.deepEqual(v6, {dual: ['fd00::9', false], 'dual-off': [null, true], v6only: [null, false], v4only: [null, true], 'init-off': [null, true]})
   })
 
+  it("reads istio-iptables' environment-only settings: owner groups and the loopback range, failing closed", () => {
+    const env = (...pairs: [string, string][]) => ({name: 'istio-init', args: ARGS, env: pairs.map(([name, value]) => ({name, value}))})
+    const s = selectMeshedPods(
+      [
+        withInit('only', env(['ISTIO_OUTBOUND_OWNER_GROUPS', '202,2000,202'])),
+        // '' is an include list of no group: nobody's outbound is captured
+        withInit('nobody', env(['ISTIO_OUTBOUND_OWNER_GROUPS', ''])),
+        // the exclude list is read only with '*' (the default)
+        withInit('except', env(['ISTIO_OUTBOUND_OWNER_GROUPS', '*'], ['ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE', '888,,ftp'])),
+        withInit('include-wins', env(['ISTIO_OUTBOUND_OWNER_GROUPS', '5'], ['ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE', '888'])),
+        // a name is looked up in istio-init's image: every group captured
+        withInit('named', env(['ISTIO_OUTBOUND_OWNER_GROUPS', 'java,202'])),
+        withInit('too-many', env(['ISTIO_OUTBOUND_OWNER_GROUPS', Array.from({length: 17}, (_, i) => i + 1).join(',')])),
+        withInit('from-elsewhere', {name: 'istio-init', args: ARGS, env: [{name: 'ISTIO_OUTBOUND_OWNER_GROUPS', valueFrom: {configMapKeyRef: {name: 'x', key: 'y'}}}]}),
+        withInit('loopback', env(['ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR', '127.0.0.1/8'])),
+        withInit('loopback-default', env(['ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR', '127.0.0.1/32'])),
+        withInit('loopback-bad', env(['ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR', '10.0.0.0/8'])),
+        withInit('loopback-wide', env(['ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR', '127.0.0.0/7'])),
+        // Istio's CNI fills them from its own environment, not the pod's: annotations are not read for them
+        withInit('cni', {name: 'istio-validation', args: ARGS}, {ISTIO_OUTBOUND_OWNER_GROUPS: '5', ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: '127.0.0.0/8'}),
+      ],
+      'node1',
+      istio,
+    )
+    const of = (name: string) => s.meshed.find((p) => p.name === name)!
+    const rules = Object.fromEntries(s.meshed.map((p) => [p.name, [p.rules.ownerGroups ?? null, p.rules.loopback ?? null]]))
+    assert.deepEqual(rules, {
+      only: [{only: true, gids: [202, 2000]}, null],
+      nobody: [{only: true, gids: []}, null],
+      except: [{only: false, gids: [888]}, null],
+      'include-wins': [{only: true, gids: [5]}, null],
+      named: [null, null],
+      'too-many': [null, null],
+      'from-elsewhere': [null, null],
+      loopback: [null, {ip: '127.0.0.1', prefix: 8}],
+      'loopback-default': [null, null],
+      'loopback-bad': [null, null],
+      'loopback-wide': [null, null],
+      cni: [null, null],
+    })
+    assert.match(of('except').warnings.join('\n'), /ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE: 'ftp' is not a group id .*; ignored, so more is captured/)
+    assert.match(of('named').warnings.join('\n'), /ISTIO_OUTBOUND_OWNER_GROUPS: 'java' is not a group id .*every group's outbound is captured instead \(fail closed\)/)
+    assert.match(of('too-many').warnings.join('\n'), /17 groups, the datapath holds 16; every group's outbound is captured instead/)
+    assert.match(of('from-elsewhere').warnings.join('\n'), /ISTIO_OUTBOUND_OWNER_GROUPS comes from elsewhere \(valueFrom\)/)
+    assert.match(of('loopback-bad').warnings.join('\n'), /ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: '10.0.0.0\/8' is not an IPv4 loopback range .*127.0.0.1\/32 is used/)
+    assert.match(of('loopback-wide').warnings.join('\n'), /LOOPBACK_CIDR: '127.0.0.0\/7'/)
+    for (const name of ['only', 'nobody', 'include-wins', 'loopback', 'loopback-default', 'cni']) assert.deepEqual(of(name).warnings, [], name)
+  })
+
   it("takes the proxy's ids from -u and -g as istio-iptables does: -g defaults to -u, and the first of a list", () => {
     const args = (...ids: string[]) => ({name: 'istio-init', args: ['istio-iptables', '-i', '*', ...ids]})
     const s = selectMeshedPods(

@@ -152,6 +152,29 @@ describe('istio iptables baseline', () => {
 -A ISTIO_INBOUND -p udp --sport 53 -j CT --zone 1`,
     },
     {
+      // a group name stays a name: iptables looks it up in istio-init's image
+      name: 'outbound-owner-groups',
+      options: options({outboundCidrs: [], ownerGroups: {include: 'java,202', exclude: ''}}),
+      v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1').replace('\n-A ISTIO_OUTPUT -d', '\n-A ISTIO_OUTPUT -m owner ! --gid-owner java -m owner ! --gid-owner 202 -j RETURN\n-A ISTIO_OUTPUT -d')}`,
+    },
+    {
+      name: 'outbound-owner-groups-exclude',
+      options: options({outboundCidrs: [], ownerGroups: {include: '*', exclude: '888,ftp'}}),
+      v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1').replace('\n-A ISTIO_OUTPUT -d', '\n-A ISTIO_OUTPUT -m owner --gid-owner 888 -j RETURN\n-A ISTIO_OUTPUT -m owner --gid-owner ftp -j RETURN\n-A ISTIO_OUTPUT -d')}`,
+    },
+    {
+      // DNS capture with no resolver writes no DNS rules; the group rule is the same in both families
+      name: 'ipv6-dns-outbound-owner-groups',
+      options: options({outboundCidrs: [], dnsServers: [], ownerGroups: {include: 'java,202', exclude: ''}}),
+      v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1').replace('\n-A ISTIO_OUTPUT -d', '\n-A ISTIO_OUTPUT -m owner ! --gid-owner java -m owner ! --gid-owner 202 -j RETURN\n-A ISTIO_OUTPUT -d')}`,
+      v6: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('::1').replace('\n-A ISTIO_OUTPUT -d', '\n-A ISTIO_OUTPUT -m owner ! --gid-owner java -m owner ! --gid-owner 202 -j RETURN\n-A ISTIO_OUTPUT -d')}`,
+    },
+    {
+      name: 'host-ipv4-loopback-cidr',
+      options: options({outboundCidrs: [], loopbackCidr: '127.0.0.1/8'}),
+      v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1').replaceAll('127.0.0.1/32', '127.0.0.1/8')}`,
+    },
+    {
       name: 'basic-exclude-nic',
       options: options({outboundCidrs: [], excludeInterfaces: ['not-istio-nic']}),
       v4: `${HEAD}\n-A PREROUTING -i not-istio-nic -j RETURN\n-A OUTPUT -o not-istio-nic -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}`,
