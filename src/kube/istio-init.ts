@@ -47,6 +47,8 @@ const AS_ANNOTATION: Record<string, string> = {
 export interface IstioInitSettings {
   /** the settings as the annotations merbridge reads (only those istio-init was given) */
   annotations: Record<string, string>
+  /** -p and -z (the mesh config's proxy listen ports): where istio-iptables sends outbound and inbound */
+  ports: {outbound: string; inbound: string}
   /** -m */
   interceptionMode?: string
   /** --redirect-dns (or ISTIO_META_DNS_CAPTURE in its environment), when it was told either way */
@@ -209,6 +211,7 @@ export function istioInitSettings(container: {command?: unknown; args?: unknown;
     captureAllDns: goBool(setting('capture-all-dns')) ?? false,
     proxyUid: uid.id,
     proxyGid: gid.id,
+    ports: {outbound: setting('envoy-port') ?? '15001', inbound: setting('inbound-capture-port') ?? '15006'},
     ...(groups.ownerGroups ? {ownerGroups: groups.ownerGroups} : {}),
     ...(loopback.loopback ? {loopback: loopback.loopback} : {}),
     warnings,

@@ -48,7 +48,7 @@ export interface MeshedPod {
 }
 
 /** Why a pod is skipped, as a short code (a metric label: few values, whatever the pods hold). */
-export type SkipCode = 'no-sidecar' | 'gateway' | 'intercepts-nothing' | 'tproxy' | 'unknown-mode' | 'user-namespace' | 'host-network' | 'finished' | 'no-ip' | 'shared-ip'
+export type SkipCode = 'no-sidecar' | 'gateway' | 'intercepts-nothing' | 'tproxy' | 'unknown-mode' | 'other-ports' | 'user-namespace' | 'host-network' | 'finished' | 'no-ip' | 'shared-ip'
 
 export interface PodSelection {
   meshed: MeshedPod[]
@@ -201,6 +201,12 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const why = notASidecar(told?.interceptionMode ?? pod.metadata?.annotations?.[mesh.interceptionModeAnnotation], proxy)
     if (why) {
       skip(why.reason, why.code)
+      continue
+    }
+    // the datapath sends to the mesh profile's listeners; a mesh configured with others would see
+    // every connection of the pod refused, where istio-init's own rules still capture it
+    if (told && (told.ports.outbound !== String(mesh.outboundPort) || told.ports.inbound !== String(mesh.inboundPort))) {
+      skip(`istio-init sends to ports ${printable(told.ports.outbound, 8)}/${printable(told.ports.inbound, 8)} (the mesh config's), merbridge to ${mesh.outboundPort}/${mesh.inboundPort}: left to istio-init`, 'other-ports')
       continue
     }
     // the datapath compares the caller's uid as the node sees it: in a user namespace the proxy's

@@ -256,6 +256,9 @@ describe('istio-init arguments', () => {
         // with Istio's CNI its annotations are the settings: the validation container's flags are not read
         withInit('cni', {name: 'istio-validation', args: [...ARGS, '--run-validation', '--skip-rule-apply']}),
         withInit('mesh-tproxy', {name: 'istio-init', args: ARGS.map((a) => (a === 'REDIRECT' ? 'TPROXY' : a))}),
+        // a mesh config with other listener ports: merbridge would send every connection where nothing listens
+        withInit('other-outbound', {name: 'istio-init', args: ARGS.map((a) => (a === '15001' ? '15002' : a))}),
+        withInit('other-inbound', {name: 'istio-init', args: ['istio-iptables', '-i', '*'], env: [{name: 'INBOUND_CAPTURE_PORT', value: '15016'}]}),
         withInit('bad', {name: 'istio-init', args: [...ARGS, '--what', 'x']}, {[ANNOTATIONS.includeOutboundIPRanges]: '10.1.0.0/16'}),
       ],
       'node1',
@@ -267,6 +270,8 @@ describe('istio-init arguments', () => {
     assert.deepEqual(of('env').rules.outExcludePorts, [3306])
     assert.equal(of('cni').rules.outAllCidrs, true)
     assert.equal(s.skipped.find((p) => p.name === 'mesh-tproxy')?.code, 'tproxy')
+    assert.equal(s.skipped.find((p) => p.name === 'other-outbound')?.reason, "istio-init sends to ports 15002/15006 (the mesh config's), merbridge to 15001/15006: left to istio-init")
+    assert.equal(s.skipped.find((p) => p.name === 'other-inbound')?.code, 'other-ports')
     assert.deepEqual(of('bad').rules.outIncludeCidrs, [{ip: '10.1.0.0', prefix: 16}])
     assert.match(of('bad').warnings.join('\n'), /ns\/bad: istio-init's arguments cannot be read \(unknown flag --what\); its annotations are used instead/)
     for (const name of ['global-range', 'changed', 'env', 'cni']) assert.deepEqual(of(name).warnings, [], name)
