@@ -5,7 +5,6 @@
  * socket keeps the original destination as its own address (sockopt.h answers SO_ORIGINAL_DST
  * from it) and replies leave from the address the client called. */
 #pragma once
-#include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
@@ -15,6 +14,11 @@
 
 /* IPv6 extension headers walked to find TCP; more than this fails closed */
 #define MB_MAX_EXT_HDRS 6
+
+static __always_inline long load_net(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+	return bpf_skb_load_bytes_relative(skb, off, to, len, BPF_HDR_START_NET);
+}
 
 /* Where a packet's TCP header is, or why it cannot be told. */
 enum mb_l4 {
@@ -32,17 +36,18 @@ enum mb_l4 {
 static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 *tuple_size,
 					   union mb_ip *dst, struct tcphdr *tcp)
 {
-	__u32 off = sizeof(struct ethhdr);
-	__u16 proto = 0;
+	/* offsets from the network header, and the protocol the device gave the packet: an interface
+	 * without an Ethernet header (a tun, a WireGuard or IP-in-IP tunnel) is read as well as a
+	 * veth, as netfilter reads them all */
+	__u32 off = 0;
+	__u16 proto = skb->protocol;
 	__u8 nh;
 	int i;
 
-	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, sizeof(proto)))
-		return MB_L4_OTHER;
 	if (proto == bpf_htons(MB_ETH_P_IP)) {
 		struct iphdr ip;
 
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) || ip.protocol != MB_IPPROTO_TCP)
+		if (load_net(skb, off, &ip, sizeof(ip)) || ip.protocol != MB_IPPROTO_TCP)
 			return MB_L4_OTHER;
 		ip_from_v4(dst, ip.daddr);
 		/* more fragments, or an offset: no whole TCP header to judge */
@@ -55,7 +60,7 @@ static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_soc
 	} else if (proto == bpf_htons(MB_ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+		if (load_net(skb, off, &ip6, sizeof(ip6)))
 			return MB_L4_OTHER;
 		__builtin_memcpy(dst, &ip6.daddr, 16);
 		__builtin_memcpy(t->ipv6.saddr, &ip6.saddr, 16);
@@ -73,7 +78,7 @@ static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_soc
 				return MB_L4_UNKNOWN;
 			if (nh != MB_IPV6_HOPOPTS && nh != MB_IPV6_ROUTING && nh != MB_IPV6_DSTOPTS && nh != MB_IPV6_AUTH)
 				return MB_L4_OTHER;
-			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+			if (load_net(skb, off, ext, sizeof(ext)))
 				return MB_L4_UNKNOWN;
 			off += nh == MB_IPV6_AUTH ? (ext[1] + 2) * 4 : (ext[1] + 1) * 8;
 			nh = ext[0];
@@ -83,7 +88,7 @@ static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_soc
 	} else {
 		return MB_L4_OTHER;
 	}
-	if (bpf_skb_load_bytes(skb, off, tcp, sizeof(*tcp)))
+	if (load_net(skb, off, tcp, sizeof(*tcp)))
 		return MB_L4_UNKNOWN;
 	if (*tuple_size == sizeof(t->ipv4)) {
 		t->ipv4.sport = tcp->source;

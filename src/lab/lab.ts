@@ -199,6 +199,35 @@ export class Lab {
   }
 
   /**
+   * A namespace that reaches a pod over a pair of tun devices, whose packets carry no Ethernet
+   * header (as over WireGuard or an IP-in-IP tunnel): the pod's `dev` and the namespace's tun0,
+   * with a relay copying packets between them. The namespace's address is 10.80.K.1, the pod's
+   * on `dev` 10.80.K.2.
+   */
+  async addTunnelPod(spec: Omit<LabPodSpec, 'meshed'>, to: string, dev: string): Promise<LabPod> {
+    const k = this.pods.size + 2
+    const peer = this.pod(to)
+    const pod: LabPod = {...spec, meshed: false, netns: `${this.id}-${spec.name}`, ip: `10.80.${k}.1`, cgroup: join(this.cgroup, spec.name)}
+    this.pods.set(spec.name, pod)
+    mkdirSync(pod.cgroup)
+    await run('ip', ['netns', 'add', pod.netns])
+    await run('ip', ['-n', pod.netns, 'tuntap', 'add', 'dev', 'tun0', 'mode', 'tun'])
+    await run('ip', ['-n', peer.netns, 'tuntap', 'add', 'dev', dev, 'mode', 'tun'])
+    const script = join(this.tmp, 'tun-relay.py')
+    if (!existsSync(script)) writeFileSync(script, TUN_RELAY_PY)
+    const relay = this.spawn(spec.name, `tun relay ${spec.name} <-> ${to}`, SYSTEM_PYTHON, [script, 'tun0', `/run/netns/${peer.netns}`, dev])
+    await relay.waitFor(/relaying/)
+    for (const [ns, link] of [[pod.netns, 'tun0'], [pod.netns, 'lo'], [peer.netns, dev]] as const) await run('ip', ['-n', ns, 'link', 'set', link, 'up'])
+    await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip}/32`, 'dev', 'tun0'])
+    await run('ip', ['-n', pod.netns, 'route', 'add', `${peer.ip}/32`, 'dev', 'tun0', 'src', pod.ip])
+    await run('ip', ['-n', peer.netns, 'route', 'add', `${pod.ip}/32`, 'dev', dev])
+    // an address of its own, as a tunnel's interface has: REDIRECT in PREROUTING sends to the
+    // arrival interface's first address, and drops what arrives on one without any
+    await run('ip', ['-n', peer.netns, 'addr', 'add', `10.80.${k}.2/32`, 'dev', dev])
+    return pod
+  }
+
+  /**
    * Another node: a namespace on a routed link to the lab's node (10.78.0.0/24), whose processes
    * run in a cgroup outside the one merbridge is attached to, as another node's would.
    */
@@ -540,6 +569,30 @@ async function removeCgroup(path: string): Promise<void> {
     }
   }
 }
+
+/** python3 DEV NETNS_PATH PEER_DEV: copies IP packets between tun DEV here and tun PEER_DEV in NETNS_PATH. */
+const TUN_RELAY_PY = `
+import ctypes, fcntl, os, select, struct, sys
+TUNSETIFF, IFF_TUN, IFF_NO_PI, CLONE_NEWNET = 0x400454ca, 0x1, 0x1000, 0x40000000
+libc = ctypes.CDLL(None, use_errno=True)
+def attach(name):
+    fd = os.open('/dev/net/tun', os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack('16sH', name.encode(), IFF_TUN | IFF_NO_PI))
+    return fd
+here = attach(sys.argv[1])
+ns = os.open(sys.argv[2], os.O_RDONLY)
+if libc.setns(ns, CLONE_NEWNET) != 0:
+    raise OSError(ctypes.get_errno(), 'setns')
+there = attach(sys.argv[3])
+print('relaying', flush=True)
+while True:
+    for fd in select.select([here, there], [], [])[0]:
+        packet = os.read(fd, 65536)
+        try:
+            os.write(there if fd == here else here, packet)
+        except OSError:
+            pass  # the other side is down (EIO): dropped, as a link would
+`
 
 /** python3 HOST PORT PATH: an HTTP/1.0 GET over IPv6 with a destination options header (PadN) on every packet. */
 const DSTOPTS_PY = `

@@ -1,7 +1,8 @@
 // Interfaces Istio's PREROUTING treats apart (traffic.sidecar.istio.io/excludeInterfaces, a
-// virtual machine's istio.io/reroute-virtual-interfaces), on the real kernel: each meshed pod has
-// a second interface, side0, wired to a namespace of its own, and connections arrive over it under
-// Istio's rules, under merbridge alone and under both.
+// virtual machine's istio.io/reroute-virtual-interfaces), and one it treats as any other but whose
+// packets carry no Ethernet header (a tun device, as a WireGuard or IP-in-IP tunnel would be), on
+// the real kernel: each meshed pod has a second interface, side0, wired to a namespace of its own,
+// and connections arrive over it under Istio's rules, under merbridge alone and under both.
 import assert from 'node:assert/strict'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
@@ -19,7 +20,7 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const sidecars = new Map<string, LabProcess>()
-  const PODS = ['excluded', 'vm', 'plain'] as const
+  const PODS = ['excluded', 'vm', 'plain', 'tunnel'] as const
   /** A request from the namespace on the pod's side0 to the pod's own address: who the app saw, what its sidecar logged. */
   const overSide0 = async (pod: (typeof PODS)[number]) => {
     const mark = sidecars.get(pod)!.stdout.length
@@ -46,6 +47,9 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     const plain = await overSide0('plain')
     assert.equal(plain.seen, '127.0.0.6', 'any other interface: through the inbound sidecar')
     assert.deepEqual(plain.log.map((l) => l.backend), ['inbound_passthrough'])
+    const tunnel = await overSide0('tunnel')
+    assert.equal(tunnel.seen, '127.0.0.6', 'an interface without Ethernet headers: through the inbound sidecar')
+    assert.deepEqual(tunnel.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${lab.pod('tunnel').ip}:${APP_PORT}`]])
   }
 
   before(async () => {
@@ -53,9 +57,11 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
       {name: 'excluded', meshed: true, annotations: {'traffic.sidecar.istio.io/excludeInterfaces': 'side0'}},
       {name: 'vm', meshed: true, annotations: {'istio.io/reroute-virtual-interfaces': 'side0'}},
       {name: 'plain', meshed: true},
+      {name: 'tunnel', meshed: true},
     ])
     for (const p of PODS) {
-      await lab.addLinkedPod({name: `x-${p}`}, p, 'side0')
+      if (p === 'tunnel') await lab.addTunnelPod({name: `x-${p}`}, p, 'side0')
+      else await lab.addLinkedPod({name: `x-${p}`}, p, 'side0')
       sidecars.set(p, await lab.startSidecar(p))
       await lab.startApp(p)
     }
@@ -77,13 +83,13 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
     assert.equal(r.code, 0, r.stderr + r.stdout)
     const out = parseJson<EnableResult>(r.stdout)
-    assert.deepEqual(out.pods.meshed.map((p) => p.name).sort(), ['excluded', 'plain', 'vm'])
+    assert.deepEqual(out.pods.meshed.map((p) => p.name).sort(), ['excluded', 'plain', 'tunnel', 'vm'])
     const warnings = out.pods.warnings.join('\n')
     assert.match(warnings, /lab\/excluded: traffic.sidecar.istio.io\/excludeInterfaces: inbound on side0 is left alone/)
     assert.match(warnings, /lab\/vm: istio.io\/reroute-virtual-interfaces: TCP the virtual machine sends through side0 is captured only by istio-init's rules/)
     // tc's filter on every interface but the excluded one
     for (const p of PODS) assert.match(await tcFilters(p, 'eth0'), /"kind":"bpf"/, `${p} eth0`)
-    for (const p of ['plain', 'vm']) assert.match(await tcFilters(p, 'side0'), /"kind":"bpf"/, `${p} side0`)
+    for (const p of ['plain', 'vm', 'tunnel']) assert.match(await tcFilters(p, 'side0'), /"kind":"bpf"/, `${p} side0`)
     assert.doesNotMatch(await tcFilters('excluded', 'side0'), /"kind":"bpf"/)
 
     const excluded = await overSide0('excluded')
@@ -91,6 +97,10 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     const plain = await overSide0('plain')
     assert.equal(plain.seen, '127.0.0.6', "another pod's second interface is captured")
     assert.deepEqual(plain.log.map((l) => l.backend), ['inbound_passthrough'])
+    // read from the network header, not past an Ethernet header the packet does not have
+    const tunnel = await overSide0('tunnel')
+    assert.equal(tunnel.seen, '127.0.0.6', 'a tun interface is captured')
+    assert.deepEqual(tunnel.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${lab.pod('tunnel').ip}:${APP_PORT}`]])
     // fail closed: not the outbound listener Istio's rule picks, but never around the sidecar
     const vm = await overSide0('vm')
     assert.equal(vm.seen, '127.0.0.6')
@@ -127,13 +137,13 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     }
     const healthy = await doctor()
     assert.equal(healthy.check.status, 'pass', healthy.check.detail)
-    assert.match(healthy.check.detail, /the 3 registered pod\(s\)/)
+    assert.match(healthy.check.detail, /the 4 registered pod\(s\)/)
     // as another tool resetting a pod's qdiscs would
     await execa('tc', ['-n', lab.pod('plain').netns, 'qdisc', 'del', 'dev', 'side0', 'clsact'])
     const broken = await doctor()
     assert.equal(broken.check.status, 'fail')
     assert.equal(broken.code, 1)
-    assert.equal(broken.check.detail, 'not attached on 1 of 3 registered pod(s): lab/plain (side0)')
+    assert.equal(broken.check.detail, 'not attached on 1 of 4 registered pod(s): lab/plain (side0)')
     assert.match(broken.check.remedy ?? '', /merbridge sync/)
     const r = await cli(['sync', '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
     assert.equal(r.code, 0, r.stderr + r.stdout)
