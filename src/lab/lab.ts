@@ -71,6 +71,9 @@ export const REMOTE_IP6 = 'fd78::2'
 /** The remote node's second address: a DNS server the pods' resolv.conf does not name. */
 export const REMOTE_IP_OTHER = '10.78.0.3'
 /** What the lab's DNS servers answer: who answered, in the A record. */
+/** How rawGet opens its connection. */
+export type RawGetMode = 'dstopts' | 'mptcp' | 'fastopen'
+
 export const DNS_ANSWERS = {
   resolver: '203.0.113.53',
   other: '203.0.113.54',
@@ -396,13 +399,13 @@ export class Lab {
   }
 
   /**
-   * A GET from a pod (or the remote node) whose packets carry an IPv6 destination options header
-   * before TCP (IPV6_DSTOPTS on the socket): what ip6tables' `-p tcp` still matches.
+   * A GET from a pod (or the remote node) over a connection opened as `mode` says (RAW_GET_PY):
+   * what netfilter's `-p tcp` still matches.
    */
-  async getWithDstOpts(podName: string, host: string, port: number, path: string): Promise<{status?: number; body?: string; error?: string}> {
-    const script = join(this.tmp, 'dstopts.py')
-    if (!existsSync(script)) writeFileSync(script, DSTOPTS_PY)
-    const r = await this.exec(podName, SYSTEM_PYTHON, [script, host, String(port), path])
+  async rawGet(podName: string, mode: RawGetMode, host: string, port: number, path: string): Promise<{status?: number; body?: string; error?: string}> {
+    const script = join(this.tmp, 'raw-get.py')
+    if (!existsSync(script)) writeFileSync(script, RAW_GET_PY)
+    const r = await this.exec(podName, SYSTEM_PYTHON, [script, mode, host, String(port), path])
     const line = r.stdout.trim().split('\n').at(-1) ?? ''
     try {
       return JSON.parse(line) as {status?: number; body?: string; error?: string}
@@ -594,15 +597,30 @@ while True:
             pass  # the other side is down (EIO): dropped, as a link would
 `
 
-/** python3 HOST PORT PATH: an HTTP/1.0 GET over IPv6 with a destination options header (PadN) on every packet. */
-const DSTOPTS_PY = `
-import json, socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-s.settimeout(10)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+/**
+ * python3 MODE HOST PORT PATH: an HTTP/1.0 GET the way some clients open connections that an
+ * interception must not miss: `dstopts`, IPv6 with a destination options header (PadN) on every
+ * packet; `mptcp`, a Multipath TCP socket; `fastopen`, TCP Fast Open (sendto with MSG_FASTOPEN, no
+ * connect()).
+ */
+const RAW_GET_PY = `
+import json, socket, struct, sys
+mode, host, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+family = socket.AF_INET6 if ':' in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM, 262 if mode == 'mptcp' else 0)
+# a blocking socket with the kernel's timeouts: a non-blocking Fast Open sendto without a cookie
+# only starts the handshake (EINPROGRESS); a blocking one sends the request once connected
+for option in (socket.SO_SNDTIMEO, socket.SO_RCVTIMEO):
+    s.setsockopt(socket.SOL_SOCKET, option, struct.pack('ll', 10, 0))
+if mode == 'dstopts':
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+request = ('GET %s HTTP/1.0\\r\\nHost: lab\\r\\n\\r\\n' % path).encode()
 try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    s.sendall(('GET %s HTTP/1.0\\r\\nHost: lab\\r\\n\\r\\n' % sys.argv[3]).encode())
+    if mode == 'fastopen':
+        s.sendto(request, socket.MSG_FASTOPEN, (host, port))
+    else:
+        s.connect((host, port))
+        s.sendall(request)
     data = b''
     while True:
         d = s.recv(65536)

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict'
 import {after, before, describe, it} from 'node:test'
 import type {DnsFamily, DnsMode} from '../../src/lab/dns.js'
-import {APP_PORT, DNS_ANSWERS, Lab, type LabPodSpec, NODE, NODE_IP, NODE_IP6, REMOTE, REMOTE_IP, REMOTE_IP6, REMOTE_IP_OTHER, SUBNET} from '../../src/lab/lab.js'
+import {APP_PORT, DNS_ANSWERS, Lab, type LabPodSpec, type RawGetMode, NODE, NODE_IP, NODE_IP6, REMOTE, REMOTE_IP, REMOTE_IP6, REMOTE_IP_OTHER, SUBNET} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
@@ -75,8 +75,8 @@ interface Case {
   v6?: boolean
   /** a DNS query to the address `to` instead of an HTTP request */
   dns?: {mode: DnsMode; family: DnsFamily}
-  /** IPv6 packets with a destination options header before TCP */
-  dstopts?: boolean
+  /** a connection opened another way (rawGet): an IPv6 destination options header, MPTCP, TCP Fast Open */
+  raw?: RawGetMode
 }
 const DNS_PROXY_PODS = ['a', 'b', 'k', 'x']
 
@@ -150,8 +150,8 @@ const CASES: Case[] = [
   {name: 'IPv6-only pod: its sidecar -> own pod IP', from: 's', to: 's', as: PROXY, v6: true},
   {name: 'IPv6-only pod: remote node -> it', from: REMOTE, to: 's', v6: true},
   {name: 'IPv6-only pod: meshed pod -> it', from: 'a', to: 's', v6: true},
-  {name: 'IPv6 with a destination options header: remote node -> meshed pod', from: REMOTE, to: 'b', v6: true, dstopts: true},
-  {name: 'IPv6 with a destination options header: unmeshed pod -> meshed pod', from: 'c', to: 'b', v6: true, dstopts: true},
+  {name: 'IPv6 with a destination options header: remote node -> meshed pod', from: REMOTE, to: 'b', v6: true, raw: 'dstopts'},
+  {name: 'IPv6 with a destination options header: unmeshed pod -> meshed pod', from: 'c', to: 'b', v6: true, raw: 'dstopts'},
   {name: 'DNS capture on: app -> resolver, UDP connected (glibc)', from: 'a', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
   {name: 'DNS capture on: app -> resolver, UDP sendto', from: 'a', to: REMOTE_IP, dns: {mode: 'udp-sendto', family: '4'}},
   {name: 'DNS capture on: app -> resolver, TCP', from: 'a', to: REMOTE_IP, dns: {mode: 'tcp', family: '4'}},
@@ -183,6 +183,12 @@ const CASES: Case[] = [
   {name: 'loopback include range: app -> own pod IP', from: 'l', to: 'l'},
   {name: 'loopback include range: process in the proxy group only -> own pod IP', from: 'l', to: 'l', as: {uid: 0, gid: 1337}},
   {name: 'sidecar -> 127.1.2.3', from: 'a', to: '127.1.2.3', as: PROXY},
+  {name: 'app -> other meshed pod, Multipath TCP', from: 'a', to: 'b', raw: 'mptcp'},
+  {name: 'app -> other meshed pod, Multipath TCP, IPv6', from: 'a', to: 'b', v6: true, raw: 'mptcp'},
+  {name: 'app -> other meshed pod, TCP Fast Open', from: 'a', to: 'b', raw: 'fastopen'},
+  {name: 'app -> other meshed pod, TCP Fast Open, IPv6', from: 'a', to: 'b', v6: true, raw: 'fastopen'},
+  {name: 'remote node -> meshed pod, Multipath TCP', from: REMOTE, to: 'b', raw: 'mptcp'},
+  {name: 'remote node -> meshed pod, TCP Fast Open', from: REMOTE, to: 'b', raw: 'fastopen'},
   {name: 'owner groups 2000 only: app in group 2000 -> other meshed pod', from: 'o', to: 'b', as: GROUP_2000},
   {name: 'owner groups 2000 only: app in another group -> other meshed pod', from: 'o', to: 'b'},
   {name: 'owner groups 2000 only: app in another group -> other meshed pod, IPv6', from: 'o', to: 'b', v6: true},
@@ -246,7 +252,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
     const port = c.port ?? APP_PORT
     const host = c.to.startsWith('127.') || c.to === '::1' ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
     const url = `http://${c.mapped ? `[::ffff:${host}]` : c.v6 ? `[${host}]` : host}:${port}/whoami`
-    const r = c.dstopts ? await lab.getWithDstOpts(c.from, host, port, '/whoami') : await lab.get(c.from, url, undefined, c.as)
+    const r = c.raw ? await lab.rawGet(c.from, c.raw, host, port, '/whoami') : await lab.get(c.from, url, undefined, c.as)
     return r.status === 200 && r.body ? `app saw ${who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress)}` : `failed: ${r.error ?? String(r.status)}`
   }
 
