@@ -89,9 +89,17 @@ static __always_inline int localhost_dst(const struct mb_caller *c, const union 
 	return ip_equal(dst, &localhost);
 }
 
+/* One of the calling pod's addresses: its IPs, or another address of its namespace's own */
 static __always_inline int own_ip(const struct mb_caller *c, const union mb_ip *dst)
 {
-	return c->self && (ip_equal(&c->self->ip, dst) || (!ip_is_zero(&c->self->ip6) && ip_equal(&c->self->ip6, dst)));
+	const union mb_ip *owner;
+
+	if (!c->self)
+		return 0;
+	if (ip_equal(&c->self->ip, dst) || (!ip_is_zero(&c->self->ip6) && ip_equal(&c->self->ip6, dst)))
+		return 1;
+	owner = bpf_map_lookup_elem(&pod_other_ips, (void *)dst);
+	return owner && ip_equal(owner, &c->self->ip);
 }
 
 /* 127.0.0.6 or ::6: the address Istio's inbound passthrough binds its upstream to */

@@ -100,11 +100,35 @@ static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_soc
 	return MB_L4_TCP;
 }
 
+/* Whether dst is this namespace's own, as routing will find it: a local route (NOT_FWDED), or,
+ * where the namespace does not forward (FWD_DISABLED), what the kernel drops anyway. A
+ * destination it forwards (a router's, a virtual machine's traffic) is not handed over. */
+static __always_inline int arrives_here(struct __sk_buff *skb, const struct bpf_sock_tuple *t, __u32 tuple_size)
+{
+	struct bpf_fib_lookup fib = {};
+	long r;
+
+	fib.ifindex = skb->ingress_ifindex;
+	fib.l4_protocol = MB_IPPROTO_TCP;
+	if (tuple_size == sizeof(t->ipv4)) {
+		fib.family = MB_AF_INET;
+		fib.ipv4_src = t->ipv4.saddr;
+		fib.ipv4_dst = t->ipv4.daddr;
+	} else {
+		fib.family = MB_AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, t->ipv6.saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, t->ipv6.daddr, 16);
+	}
+	r = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	return r == BPF_FIB_LKUP_RET_NOT_FWDED || r == BPF_FIB_LKUP_RET_FWD_DISABLED;
+}
+
 SEC("tc")
 int mb_tc_inbound(struct __sk_buff *skb)
 {
 	const struct mb_settings *cfg;
 	struct mb_pod_config *pod;
+	const union mb_ip *owner;
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
 	struct tcphdr tcp;
@@ -121,15 +145,21 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	if (!cfg)
 		return TC_ACT_OK;
 	pod = bpf_map_lookup_elem(&local_pod_ips, &dst);
-	if (!pod)
-		return TC_ACT_OK;
+	if (!pod) {
+		/* another address of a pod's own; shared by pods of separate networks, whichever pod
+		 * this is: every port but Istio's tunnel (fail closed) */
+		owner = bpf_map_lookup_elem(&pod_other_ips, &dst);
+		if (!owner || !arrives_here(skb, &t, tuple_size))
+			return TC_ACT_OK;
+		pod = ip_is_zero(owner) ? NULL : bpf_map_lookup_elem(&local_pod_ips, (void *)owner);
+	}
 	if (l4 == MB_L4_UNKNOWN) {
 		/* TCP to a meshed pod whose port cannot be read: it could be a captured one (fail closed) */
 		count(MB_CNT_INBOUND_UNPARSED, 1);
 		return TC_ACT_SHOT;
 	}
 	dport = bpf_ntohs(tcp.dest);
-	if (dport == cfg->inbound_port || !inbound_captured(pod, dport))
+	if (dport == cfg->inbound_port || (pod ? !inbound_captured(pod, dport) : dport == MB_HBONE_PORT))
 		return TC_ACT_OK; /* the inbound port itself: already on its way to the sidecar */
 	/* Only a new connection is handed over. Every later packet finds its socket by the normal
 	 * lookup: the accepted socket under the original tuple, or (where Istio's PREROUTING REDIRECT

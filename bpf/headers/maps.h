@@ -21,6 +21,16 @@ struct {
 	__uint(max_entries, MB_MAX_PODS);
 } netns_pod_ips SEC(".maps");
 
+/* The other addresses of a registered pod's namespace (a second network's, as Multus gives it):
+ * address -> the pod's IP, or all zeros where pods of separate networks on this node share it.
+ * Istio's PREROUTING captures whatever arrives for the pod, whichever of its addresses. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, union mb_ip);
+	__type(value, union mb_ip);
+	__uint(max_entries, MB_MAX_PODS);
+} pod_other_ips SEC(".maps");
+
 /* Original destination of a rewritten connect(), kept with the socket until it is established:
  * socket storage dies with the socket, so a connect that never completes leaks nothing. */
 struct {

@@ -15,11 +15,22 @@ static __always_inline struct mb_origin *handed_over(struct bpf_sockopt *ctx, co
 {
 	const struct mb_settings *cfg = active_settings();
 	struct mb_pod_config *pod;
+	const union mb_ip *owner;
+	__u32 uid = bpf_get_current_uid_gid();
 
 	if (!cfg || ctx->retval == 0 || port == cfg->inbound_port || port == cfg->outbound_port)
 		return NULL;
 	pod = bpf_map_lookup_elem(&local_pod_ips, (void *)self);
-	if (!pod || !inbound_captured(pod, port) || (__u32)bpf_get_current_uid_gid() != pod->proxy_uid)
+	if (!pod) {
+		/* handed over at another address of the pod's own, as mb_tc_inbound decides */
+		owner = bpf_map_lookup_elem(&pod_other_ips, (void *)self);
+		if (!owner)
+			return NULL;
+		pod = ip_is_zero(owner) ? NULL : bpf_map_lookup_elem(&local_pod_ips, (void *)owner);
+		if (!pod && (port == MB_HBONE_PORT || uid != cfg->sidecar_uid))
+			return NULL;
+	}
+	if (pod && (!inbound_captured(pod, port) || uid != pod->proxy_uid))
 		return NULL;
 	out->ip = *self;
 	out->port = bpf_htons(port);

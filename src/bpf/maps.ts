@@ -40,6 +40,14 @@ export const readMaps = {
     return (await dump(inst, 'netns_pod_ips')).map((e) => ({netns: e.key.readBigUInt64LE(0), ...decodePodId(e.value ?? EMPTY)}))
   },
 
+  /** Other addresses of registered pods' namespaces and whose they are (no owner: pods of separate networks share it). */
+  async otherIps(inst: MapPins): Promise<{ip: string; owner?: string}[]> {
+    return (await dump(inst, 'pod_other_ips')).map((e) => {
+      const owner = e.value?.some((b) => b !== 0) ? slotToIp(e.value) : undefined
+      return {ip: slotToIp(e.key), ...(owner === undefined ? {} : {owner})}
+    })
+  },
+
   async originals(inst: MapPins): Promise<{pair: Pair; origin: Origin}[]> {
     return (await dump(inst, 'pair_original_dst')).map((e) => ({pair: decodePair(e.key), origin: decodeOrigin(e.value ?? EMPTY)}))
   },

@@ -45,6 +45,7 @@ export const MAP_NAMES = [
   'pod_usage',
   'pod_share',
   'sock_charges',
+  'pod_other_ips',
 ] as const
 export type MapName = (typeof MAP_NAMES)[number]
 

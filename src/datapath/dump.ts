@@ -1,5 +1,5 @@
 import {hostProc} from '../paths.js'
-import {readFileSync} from 'node:fs'
+import {existsSync, readFileSync} from 'node:fs'
 import {formatCidr} from '../bpf/ip.js'
 import {COUNTERS, originFlagNames, type Pair, type PodRules, type Settings} from '../bpf/layout.js'
 import {readMaps} from '../bpf/maps.js'
@@ -7,7 +7,7 @@ import {MerbridgeError} from '../errors.js'
 import {type InstallState, type Installation, notEnabled} from './installation.js'
 
 /** The maps dump-maps decodes, in the order it shows them. */
-export const DUMPABLE = ['sock_pair_map', 'pair_original_dst', 'pod_usage', 'process_ip', 'local_pod_ips', 'netns_pod_ips', 'settings', 'counters'] as const
+export const DUMPABLE = ['sock_pair_map', 'pair_original_dst', 'pod_usage', 'process_ip', 'local_pod_ips', 'netns_pod_ips', 'pod_other_ips', 'settings', 'counters'] as const
 export type DumpableMap = (typeof DUMPABLE)[number]
 
 export interface Endpoint {
@@ -59,6 +59,8 @@ export interface RowsOf {
   process_ip: {pid: number; process?: string; podIp: string; pod?: string; netns: string}
   local_pod_ips: {ip: string; pod?: string; rules: RulesView}
   netns_pod_ips: {netns: string; ip: string; ip6?: string; pod?: string}
+  /** owner: the pod IP whose namespace has the address; absent when pods of separate networks share it */
+  pod_other_ips: {ip: string; owner?: string; pod?: string}
   settings: Omit<Settings, 'hostNetns'> & {hostNetns: string}
   counters: {counter: string; value: number}
 }
@@ -163,6 +165,11 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
     async netns_pod_ips() {
       const entries = await readMaps.netnsPods(inst)
       return {rows: entries.map((e) => ({netns: e.netns.toString(), ip: e.ip, ...(e.ip6 ? {ip6: e.ip6} : {}), pod: pods.get(e.ip)})), eps: entries.map((e) => [ep(e.ip)])}
+    },
+    async pod_other_ips() {
+      // an installation enabled by an older merbridge has none
+      const entries = existsSync(inst.map('pod_other_ips')) ? await readMaps.otherIps(inst) : []
+      return {rows: entries.map((e) => ({ip: e.ip, ...(e.owner ? {owner: e.owner, pod: pods.get(e.owner)} : {})})), eps: entries.map((e) => [ep(e.ip), ...(e.owner ? [ep(e.owner)] : [])])}
     },
     async settings() {
       const s = await readMaps.settings(inst)

@@ -14,6 +14,8 @@ import type {Installation, PodRecord} from './installation.js'
 export interface PodMapsView {
   rules: Map<string, string>
   netns: Map<bigint, string>
+  /** pod_other_ips: another address of a registered pod's namespace -> the pod's IP ('' when pods of separate networks share it) */
+  others?: Map<string, string>
   /** pod_share: the entries of each connection map a pod may always hold */
   share?: number
 }
@@ -54,6 +56,15 @@ export function podRulesWithDns(pod: MeshedPod, ns: NetnsCandidate | undefined, 
 }
 
 /**
+ * A registered pod's namespace's other addresses: not its pod IPs, not loopback, and no IPv6 where
+ * Istio wrote no ip6tables rules for it.
+ */
+export function otherAddresses(pod: MeshedPod, ns: Pick<NetnsCandidate, 'addresses'>): string[] {
+  const own = new Set([pod.ip, pod.ip6].filter((a): a is string => a !== undefined).map(normalIp))
+  return [...new Set(ns.addresses.map(normalIp))].filter((a) => !own.has(a) && !a.startsWith('127.') && a !== '::1' && !(pod.rules.noIpv6 && a.includes(':')))
+}
+
+/**
  * Refuse, before anything is written, pods that do not fit the maps: a batch that fails halfway
  * would leave the maps and the record disagreeing.
  */
@@ -71,8 +82,10 @@ async function readView(inst: Installation): Promise<PodMapsView> {
   for (const p of await readMaps.localPods(inst)) rules.set(p.ip, encodePodRules(p.rules).toString('hex'))
   const netns = new Map<bigint, string>()
   for (const n of await readMaps.netnsPods(inst)) netns.set(n.netns, encodePodId(n).toString('hex'))
+  const others = new Map<string, string>()
+  if (existsSync(inst.map('pod_other_ips'))) for (const o of await readMaps.otherIps(inst)) others.set(o.ip, o.owner ?? '')
   // an installation enabled by an older merbridge has no shares until enable replaces it
-  return {rules, netns, share: existsSync(inst.map('pod_share')) ? await readMaps.podShare(inst) : undefined}
+  return {rules, netns, others, share: existsSync(inst.map('pod_share')) ? await readMaps.podShare(inst) : undefined}
 }
 
 /** One meshed pod as the node found it: its namespace (if found), that namespace's cookie, its encoded rules. */
@@ -81,6 +94,8 @@ export interface FoundPod {
   nsPath?: string
   cookie?: bigint
   rules: Buffer
+  /** the namespace's other addresses (a second network's), which Istio captures inbound too */
+  otherIps?: string[]
 }
 
 /** What a sync must write and remove to make the two pod maps match the pods, without I/O. */
@@ -90,6 +105,12 @@ export interface SyncPlan {
   netnsWrites: [cookie: bigint, podIps: Buffer][]
   ruleDeletes: string[]
   netnsDeletes: bigint[]
+  otherWrites: [ip: string, owner: string][]
+  otherDeletes: string[]
+  /** addresses that registered pods of separate networks share: captured on every port there */
+  shared: {ip: string; pods: string[]}[]
+  /** other addresses beyond what pod_other_ips holds */
+  unheld: string[]
   meshed: PodRecord[]
   unregistered: PodRecord[]
   registered: InboundTarget[]
@@ -104,8 +125,9 @@ export interface SyncPlan {
  * written; `known` says `current` is what this process's last sync left.
  */
 export function planSync(found: FoundPod[], current: PodMapsView, known: boolean): SyncPlan {
-  const plan: SyncPlan = {view: {rules: new Map(), netns: new Map()}, ruleWrites: [], netnsWrites: [], ruleDeletes: [], netnsDeletes: [], meshed: [], unregistered: [], registered: [], attach: []}
-  for (const {pod, nsPath, cookie, rules} of found) {
+  const plan: SyncPlan = {view: {rules: new Map(), netns: new Map(), others: new Map()}, ruleWrites: [], netnsWrites: [], ruleDeletes: [], netnsDeletes: [], otherWrites: [], otherDeletes: [], shared: [], unheld: [], meshed: [], unregistered: [], registered: [], attach: []}
+  const owners = new Map<string, {ip: string; id: string}[]>()
+  for (const {pod, nsPath, cookie, rules, otherIps = []} of found) {
     // a dual-stack pod's two addresses share its rules
     for (const ip of [pod.ip, ...(pod.ip6 ? [pod.ip6] : [])]) {
       plan.view.rules.set(ip, rules.toString('hex'))
@@ -121,12 +143,25 @@ export function planSync(found: FoundPod[], current: PodMapsView, known: boolean
     const changed = current.netns.get(cookie) !== plan.view.netns.get(cookie)
     if (changed) plan.netnsWrites.push([cookie, id])
     plan.meshed.push({...record, netns: cookie.toString()})
+    for (const a of otherIps) owners.set(a, [...(owners.get(a) ?? []), {ip: pod.ip, id: `${pod.namespace}/${pod.name}`}])
     if (nsPath) {
       const target = {path: nsPath, skip: pod.noInboundCapture}
       plan.registered.push(target)
       if (!known || changed) plan.attach.push({...target, id: `${pod.namespace}/${pod.name}`})
     }
   }
+  for (const [ip, pods] of owners) {
+    if (plan.view.rules.has(ip)) continue // a registered pod's own IP (overlapping networks): its entry decides
+    if ((plan.view.others?.size ?? 0) >= MAX_PODS) {
+      plan.unheld.push(ip)
+      continue
+    }
+    const owner = pods.length === 1 ? (pods[0]?.ip ?? '') : ''
+    if (pods.length > 1) plan.shared.push({ip, pods: pods.map((p) => p.id)})
+    plan.view.others?.set(ip, owner)
+    if (current.others?.get(ip) !== owner) plan.otherWrites.push([ip, owner])
+  }
+  for (const ip of current.others?.keys() ?? []) if (!plan.view.others?.has(ip)) plan.otherDeletes.push(ip)
   for (const ip of current.rules.keys()) if (!plan.view.rules.has(ip)) plan.ruleDeletes.push(ip)
   for (const cookie of current.netns.keys()) if (!plan.view.netns.has(cookie)) plan.netnsDeletes.push(cookie)
   return plan
@@ -150,7 +185,7 @@ export async function syncPods(inst: Installation, objects: Helpers, selection: 
     if (warning) nodeWarnings.push(warning)
     const cookie = ns ? cookies.get(ns.path) : undefined
     // with its namespace: only that namespace's sockets may key connections on the pod's addresses
-    return {pod, nsPath: ns?.path, cookie, rules: encodePodRules({...rules, ...(cookie === undefined ? {} : {netns: cookie})})}
+    return {pod, nsPath: ns?.path, cookie, rules: encodePodRules({...rules, ...(cookie === undefined ? {} : {netns: cookie})}), otherIps: ns ? otherAddresses(pod, ns) : []}
   })
   const plan = planSync(found, current, opts.known !== undefined)
   // every meshed pod counts, found or not: its share is kept for it either way
@@ -161,16 +196,23 @@ export async function syncPods(inst: Installation, objects: Helpers, selection: 
     ...plan.netnsWrites.map(([cookie, id]) => bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), id)),
     ...plan.ruleDeletes.map((ip) => bpftool.mapDeleteLine(inst.map('local_pod_ips'), ipToSlot(ip))),
     ...plan.netnsDeletes.map((cookie) => bpftool.mapDeleteLine(inst.map('netns_pod_ips'), encodeU64(cookie))),
+    // an installation enabled by an older merbridge has no such map until enable replaces it
+    ...(existsSync(inst.map('pod_other_ips'))
+      ? [
+          ...plan.otherWrites.map(([ip, owner]) => bpftool.mapUpdateLine(inst.map('pod_other_ips'), ipToSlot(ip), owner ? ipToSlot(owner) : Buffer.alloc(16))),
+          ...plan.otherDeletes.map((ip) => bpftool.mapDeleteLine(inst.map('pod_other_ips'), ipToSlot(ip))),
+        ]
+      : []),
   ]
   await bpftool.batch(lines)
   const result: SyncResult = {
     meshed: plan.meshed,
     unregistered: plan.unregistered,
-    written: plan.ruleWrites.length + plan.netnsWrites.length,
-    deleted: plan.ruleDeletes.length + plan.netnsDeletes.length,
+    written: plan.ruleWrites.length + plan.netnsWrites.length + plan.otherWrites.length,
+    deleted: plan.ruleDeletes.length + plan.netnsDeletes.length + plan.otherDeletes.length,
     view: plan.view,
     registered: plan.registered,
-    nodeWarnings,
+    nodeWarnings: [...nodeWarnings, ...plan.shared.map((s) => `${s.pods.join(', ')}: all have the address ${s.ip} (separate networks); connections to it are captured on every port but 15008`), ...(plan.unheld.length > 0 ? [`${plan.unheld.length} other addresses of pods (${plan.unheld.slice(0, 3).join(', ')}${plan.unheld.length > 3 ? ', ...' : ''}) do not fit pod_other_ips (${MAX_PODS}): connections to them are not captured inbound`] : [])],
   }
   // after the maps: the program acts on the pods it finds in local_pod_ips
   if (opts.attachInbound && plan.attach.length > 0) {

@@ -12,6 +12,7 @@ import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {EnableResult} from '../../src/commands/enable.js'
 import type {PreflightResult} from '../../src/datapath/preflight.js'
+import type {MapDump} from '../../src/datapath/dump.js'
 import {cli, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables'])
@@ -22,14 +23,28 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
   const sidecars = new Map<string, LabProcess>()
   const PODS = ['excluded', 'vm', 'plain', 'tunnel'] as const
   /** A request from the namespace on the pod's side0 to the pod's own address: who the app saw, what its sidecar logged. */
-  const overSide0 = async (pod: (typeof PODS)[number]) => {
+  const overSide0 = async (pod: (typeof PODS)[number], address = lab.pod(pod).ip) => {
     const mark = sidecars.get(pod)!.stdout.length
-    const r = await lab.get(`x-${pod}`, `http://${lab.pod(pod).ip}:${APP_PORT}/whoami`)
+    const r = await lab.get(`x-${pod}`, `http://${address}:${APP_PORT}/whoami`)
     assert.equal(r.status, 200, `x-${pod} -> ${pod}: ${r.error ?? ''}`)
     const seen = (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress
     // a request that passed the sidecar was logged before the app answered it (logasap)
     return {seen, log: parseSidecarLog(sidecars.get(pod)!.stdout.slice(mark))}
   }
+  /** A request from inside 'plain' (its app, or as its proxy) to its own second address: who the app saw, what its sidecar logged. */
+  const toOwnSecond = async (as?: {uid: number; gid: number}) => {
+    const mark = sidecars.get('plain')!.stdout.length
+    const r = await lab.get('plain', `http://${secondAddress('plain')}:${APP_PORT}/whoami`, undefined, as)
+    assert.equal(r.status, 200, `plain -> ${secondAddress('plain')}: ${r.error ?? ''}`)
+    return {seen: (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress, log: parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend)}
+  }
+  /** Inside the pod, its second address is its own, as Istio's "-o lo" rules see it. */
+  const ownSecondAsIstio = async () => {
+    assert.deepEqual(await toOwnSecond(), {seen: secondAddress('plain'), log: []}, 'the app calling its own address: direct')
+    assert.deepEqual(await toOwnSecond({uid: 1337, gid: 1337}), {seen: '127.0.0.6', log: ['inbound_passthrough']}, 'the proxy calling its own pod: through its inbound listener')
+  }
+  /** The pod's own address on side0, the link to x-POD (addLinkedPod: .1 of x-POD's /24). */
+  const secondAddress = (pod: string) => lab.pod(`x-${pod}`).ip.replace(/\.2$/, '.1')
   const tcFilters = async (pod: string, dev: string) => (await execa('tc', ['-n', lab.pod(pod).netns, '-j', 'filter', 'show', 'dev', dev, 'ingress'])).stdout
   /** What Istio's rules do, in each mode where they are installed. */
   const asIstio = async () => {
@@ -47,6 +62,11 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     const plain = await overSide0('plain')
     assert.equal(plain.seen, '127.0.0.6', 'any other interface: through the inbound sidecar')
     assert.deepEqual(plain.log.map((l) => l.backend), ['inbound_passthrough'])
+    // the pod's own address on side0 (a second network's, as Multus gives): captured as any other
+    const second = await overSide0('plain', secondAddress('plain'))
+    assert.equal(second.seen, '127.0.0.6', "the pod's second address: through the inbound sidecar")
+    assert.deepEqual(second.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${secondAddress('plain')}:${APP_PORT}`]])
+    await ownSecondAsIstio()
     const tunnel = await overSide0('tunnel')
     assert.equal(tunnel.seen, '127.0.0.6', 'an interface without Ethernet headers: through the inbound sidecar')
     assert.deepEqual(tunnel.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${lab.pod('tunnel').ip}:${APP_PORT}`]])
@@ -97,6 +117,15 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     const plain = await overSide0('plain')
     assert.equal(plain.seen, '127.0.0.6', "another pod's second interface is captured")
     assert.deepEqual(plain.log.map((l) => l.backend), ['inbound_passthrough'])
+    // the pods' other addresses, as the node found them in their namespaces
+    const dumped = parseJson<{maps: MapDump[]}>((await cli(['dump-maps', 'pod_other_ips', '--bpffs', install.bpffs, '--json'], install.env)).stdout).maps
+    const others = (dumped[0]?.rows ?? []) as {ip: string; owner?: string; pod?: string}[]
+    assert.deepEqual(others.find((o) => o.ip === secondAddress('plain')), {ip: secondAddress('plain'), owner: lab.pod('plain').ip, pod: 'lab/plain'})
+    // tc finds the pod by that address, and the proxy is told the address it was called at
+    const second = await overSide0('plain', secondAddress('plain'))
+    assert.equal(second.seen, '127.0.0.6', "the pod's second address is captured")
+    assert.deepEqual(second.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${secondAddress('plain')}:${APP_PORT}`]])
+    await ownSecondAsIstio()
     // read from the network header, not past an Ethernet header the packet does not have
     const tunnel = await overSide0('tunnel')
     assert.equal(tunnel.seen, '127.0.0.6', 'a tun interface is captured')

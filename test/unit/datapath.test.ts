@@ -7,7 +7,7 @@ import {diagnose, type Observed, type Snapshot} from '../../src/datapath/inspect
 import type {InstallState} from '../../src/datapath/installation.js'
 import {Errors} from '@oclif/core'
 import {CAPTURE_ALL} from '../../src/bpf/layout.js'
-import {type PodMapsView, planSync} from '../../src/datapath/sync.js'
+import {otherAddresses, type PodMapsView, planSync} from '../../src/datapath/sync.js'
 import type {MeshedPod} from '../../src/kube/pods.js'
 import {usageError} from '../../src/ui/base-command.js'
 import {renderStatus} from '../../src/ui/status-view.js'
@@ -138,6 +138,28 @@ describe('sync plan', () => {
     const recheck = planSync([{pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(7)}], next.view, false)
     assert.deepEqual(recheck.ruleWrites.map(([ip]) => ip), ['10.0.0.2'])
     assert.deepEqual(recheck.attach.map((a) => a.id), ['lab/a'])
+  })
+
+  it("registers a pod's other addresses, marks those pods of separate networks share, and removes them when gone", () => {
+    const a = {pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(1)}
+    const b = {pod: pod('b', '10.0.0.3'), nsPath: '/p/b', cookie: 2n, rules: rules(2)}
+    const first = planSync([{...a, otherIps: ['192.168.1.10', '192.168.9.9']}, {...b, otherIps: ['192.168.9.9', '10.0.0.2']}], empty(), false)
+    // b's namespace also holds a's pod IP (overlapping networks): a's own entry decides there
+    assert.deepEqual(first.otherWrites, [['192.168.1.10', '10.0.0.2'], ['192.168.9.9', '']])
+    assert.deepEqual(first.shared, [{ip: '192.168.9.9', pods: ['lab/a', 'lab/b']}])
+    const next = planSync([{...a, otherIps: ['192.168.1.10']}, {...b, otherIps: ['192.168.9.9']}], first.view, true)
+    assert.deepEqual(next.otherWrites, [['192.168.9.9', '10.0.0.3']])
+    assert.deepEqual(next.otherDeletes, [])
+    const gone = planSync([a], next.view, true)
+    assert.deepEqual(gone.otherDeletes.sort(), ['192.168.1.10', '192.168.9.9'])
+    // a pod not found on the node has no namespace, so no other addresses
+    assert.deepEqual(planSync([{pod: pod('c', '10.0.0.4'), rules: rules(3), otherIps: ['192.168.3.3']}], empty(), false).otherWrites, [])
+  })
+
+  it("takes as a pod's other addresses all its namespace holds but its pod IPs, loopback, and IPv6 Istio leaves alone", () => {
+    const addresses = ['10.0.0.2', '127.0.0.1', '192.168.1.10', 'fd00::2', 'fd00:0:0:0::2', 'fd01::7', '::1']
+    assert.deepEqual(otherAddresses(pod('a', '10.0.0.2', 'fd00::2'), {addresses}), ['192.168.1.10', 'fd01::7'])
+    assert.deepEqual(otherAddresses({...pod('v', '10.0.0.2'), rules: {...CAPTURE_ALL, noIpv6: true}}, {addresses}), ['192.168.1.10'])
   })
 })
 
