@@ -56,12 +56,12 @@ export function podRulesWithDns(pod: MeshedPod, ns: NetnsCandidate | undefined, 
 }
 
 /**
- * A registered pod's namespace's other addresses: not its pod IPs, not loopback, and no IPv6 where
- * Istio wrote no ip6tables rules for it.
+ * A registered pod's namespace's other addresses, link-local ones included: not its pod IPs, not
+ * loopback, and no IPv6 where Istio wrote no ip6tables rules for it.
  */
-export function otherAddresses(pod: MeshedPod, ns: Pick<NetnsCandidate, 'addresses'>): string[] {
+export function otherAddresses(pod: MeshedPod, ns: Pick<NetnsCandidate, 'addresses' | 'linkLocal'>): string[] {
   const own = new Set([pod.ip, pod.ip6].filter((a): a is string => a !== undefined).map(normalIp))
-  return [...new Set(ns.addresses.map(normalIp))].filter((a) => !own.has(a) && !a.startsWith('127.') && a !== '::1' && !(pod.rules.noIpv6 && a.includes(':')))
+  return [...new Set([...ns.addresses, ...ns.linkLocal].map(normalIp))].filter((a) => !own.has(a) && !a.startsWith('127.') && a !== '::1' && !(pod.rules.noIpv6 && a.includes(':')))
 }
 
 /**

@@ -72,7 +72,7 @@ export const REMOTE_IP6 = 'fd78::2'
 export const REMOTE_IP_OTHER = '10.78.0.3'
 /** What the lab's DNS servers answer: who answered, in the A record. */
 /** How rawGet opens its connection. */
-export type RawGetMode = 'dstopts' | 'mptcp' | 'fastopen'
+export type RawGetMode = 'plain' | 'dstopts' | 'mptcp' | 'fastopen'
 
 export const DNS_ANSWERS = {
   resolver: '203.0.113.53',
@@ -470,6 +470,18 @@ export class Lab {
     }
   }
 
+  /** A pod's IPv6 link-local address on eth0 (once its duplicate address detection is done). */
+  async linkLocal(podName: string): Promise<string> {
+    const deadline = Date.now() + POLL_DEADLINE_MS
+    for (;;) {
+      const r = await run('ip', ['-n', this.pod(podName).netns, '-6', '-o', 'addr', 'show', 'dev', 'eth0', 'scope', 'link'], {allowFailure: true})
+      const m = /inet6 (fe80:[0-9a-f:]+)\/64 scope link(?! tentative)/.exec(r.stdout)
+      if (m?.[1]) return m[1]
+      if (Date.now() > deadline) throw new Error(`${podName} has no usable link-local address: ${r.stdout.trim()}`)
+      await sleep(100)
+    }
+  }
+
   /** The pods as `kubectl get pods -A -o json` would list them for this node. */
   podList(node = hostname()): string {
     const items = [...this.pods.values()].map((p) => {
@@ -599,7 +611,8 @@ while True:
 
 /**
  * python3 MODE HOST PORT PATH: an HTTP/1.0 GET the way some clients open connections that an
- * interception must not miss: `dstopts`, IPv6 with a destination options header (PadN) on every
+ * interception must not miss (`plain`: connect(), to a link-local address too): `dstopts`, IPv6
+ * with a destination options header (PadN) on every
  * packet; `mptcp`, a Multipath TCP socket; `fastopen`, TCP Fast Open (sendto with MSG_FASTOPEN, no
  * connect()).
  */
@@ -607,6 +620,8 @@ const RAW_GET_PY = `
 import json, socket, struct, sys
 mode, host, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 family = socket.AF_INET6 if ':' in host else socket.AF_INET
+# a link-local address names its interface (fe80::1%eth0): getaddrinfo gives its scope
+address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0][4]
 s = socket.socket(family, socket.SOCK_STREAM, 262 if mode == 'mptcp' else 0)
 # a blocking socket with the kernel's timeouts: a non-blocking Fast Open sendto without a cookie
 # only starts the handshake (EINPROGRESS); a blocking one sends the request once connected
@@ -617,9 +632,9 @@ if mode == 'dstopts':
 request = ('GET %s HTTP/1.0\\r\\nHost: lab\\r\\n\\r\\n' % path).encode()
 try:
     if mode == 'fastopen':
-        s.sendto(request, socket.MSG_FASTOPEN, (host, port))
+        s.sendto(request, socket.MSG_FASTOPEN, address)
     else:
-        s.connect((host, port))
+        s.connect(address)
         s.sendall(request)
     data = b''
     while True:

@@ -5,13 +5,13 @@ import {join} from 'node:path'
 import {ipToSlot, slotToIp} from '../bpf/ip.js'
 import {run} from '../exec.js'
 
-/** Global IPv6 addresses in a /proc/PID/net/if_inet6 text (32 hex digits, then index, prefix, scope). */
-export function parseIfInet6(text: string): string[] {
+/**
+ * IPv6 addresses of one scope in a /proc/PID/net/if_inet6 text (32 hex digits, then index,
+ * prefix, scope): global ('00', a pod's address), or link-local ('20').
+ */
+export function parseIfInet6(text: string, scope: '00' | '20' = '00'): string[] {
   const out: string[] = []
-  for (const [, hex = '', scope = ''] of text.matchAll(/^([0-9a-f]{32}) \S+ \S+ ([0-9a-f]{2}) /gm)) {
-    if (scope !== '00') continue // link-local, host (::1) and site scopes are never a pod's address
-    out.push(slotToIp(Buffer.from(hex, 'hex')))
-  }
+  for (const [, hex = '', found = ''] of text.matchAll(/^([0-9a-f]{32}) \S+ \S+ ([0-9a-f]{2}) /gm)) if (found === scope) out.push(slotToIp(Buffer.from(hex, 'hex')))
   return out
 }
 
@@ -36,6 +36,8 @@ export interface NetnsCandidate {
   /** a path that opens it: /proc/PID/ns/net or /run/netns/NAME */
   path: string
   addresses: string[]
+  /** its IPv6 link-local addresses: never a pod's IP, but Istio's ip6tables capture what arrives for them */
+  linkLocal: string[]
   /** processes in it (a few), to read the pod's files through their root */
   pids: number[]
   /** its name under /run/netns, if it has one */
@@ -77,8 +79,8 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
       continue
     }
     try {
-      const addresses = [...parseFibTrieLocal(readFileSync(`${proc}/${entry}/net/fib_trie`, 'utf8')), ...ipv6Of(entry)]
-      byInode.set(inode, {inode, path: `${proc}/${entry}/ns/net`, addresses, pids: [Number(entry)]})
+      const addresses = [...parseFibTrieLocal(readFileSync(`${proc}/${entry}/net/fib_trie`, 'utf8')), ...ipv6Of(entry, '00')]
+      byInode.set(inode, {inode, path: `${proc}/${entry}/ns/net`, addresses, linkLocal: ipv6Of(entry, '20'), pids: [Number(entry)]})
     } catch {
       continue
     }
@@ -99,7 +101,8 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
         ...[...r.stdout.matchAll(/inet (\d+\.\d+\.\d+\.\d+)\//g)].map(([, ip = '']) => ip),
         ...[...r.stdout.matchAll(/inet6 ([0-9a-f:]+)\/\d+ scope global/g)].map(([, ip = '']) => slotToIp(ipToSlot(ip))),
       ]
-      byInode.set(inode, {inode, path, addresses, pids: [], name})
+      const linkLocal = [...r.stdout.matchAll(/inet6 ([0-9a-f:]+)\/\d+ scope link/g)].map(([, ip = '']) => slotToIp(ipToSlot(ip)))
+      byInode.set(inode, {inode, path, addresses, linkLocal, pids: [], name})
     }
   }
   return [...byInode.values()]
@@ -130,9 +133,9 @@ export function normalIp(ip: string): string {
   return slotToIp(ipToSlot(ip))
 }
 
-function ipv6Of(pid: string): string[] {
+function ipv6Of(pid: string, scope: '00' | '20'): string[] {
   try {
-    return parseIfInet6(readFileSync(`${hostProc()}/${pid}/net/if_inet6`, 'utf8'))
+    return parseIfInet6(readFileSync(`${hostProc()}/${pid}/net/if_inet6`, 'utf8'), scope)
   } catch {
     return [] // IPv6 disabled in that namespace
   }

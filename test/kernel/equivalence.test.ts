@@ -77,6 +77,8 @@ interface Case {
   dns?: {mode: DnsMode; family: DnsFamily}
   /** a connection opened another way (rawGet): an IPv6 destination options header, MPTCP, TCP Fast Open */
   raw?: RawGetMode
+  /** to the destination pod's IPv6 link-local address on eth0 (with raw) */
+  linkLocal?: boolean
 }
 const DNS_PROXY_PODS = ['a', 'b', 'k', 'x']
 
@@ -189,6 +191,10 @@ const CASES: Case[] = [
   {name: 'app -> other meshed pod, TCP Fast Open, IPv6', from: 'a', to: 'b', v6: true, raw: 'fastopen'},
   {name: 'remote node -> meshed pod, Multipath TCP', from: REMOTE, to: 'b', raw: 'mptcp'},
   {name: 'remote node -> meshed pod, TCP Fast Open', from: REMOTE, to: 'b', raw: 'fastopen'},
+  // on the pods' link: Istio's ip6tables capture it, and the sidecar cannot reach an address
+  // without its scope (both sidecars fail alike)
+  {name: 'unmeshed pod -> meshed pod at its IPv6 link-local address', from: 'c', to: 'b', v6: true, linkLocal: true, raw: 'plain'},
+  {name: 'unmeshed pod -> pod without ISTIO_DUAL_STACK at its IPv6 link-local address', from: 'c', to: 'v', v6: true, linkLocal: true, raw: 'plain'},
   {name: 'owner groups 2000 only: app in group 2000 -> other meshed pod', from: 'o', to: 'b', as: GROUP_2000},
   {name: 'owner groups 2000 only: app in another group -> other meshed pod', from: 'o', to: 'b'},
   {name: 'owner groups 2000 only: app in another group -> other meshed pod, IPv6', from: 'o', to: 'b', v6: true},
@@ -214,6 +220,8 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
   const install = uniqueInstall()
   const sidecars = new Map<string, LabProcess>()
   const matrix = new Map<string, Partial<Record<Config, string>>>()
+  /** link-local address -> pod, for naming them */
+  const linkLocals = new Map<string, string>()
 
   /** A name for an address: the pod, node or remote node that has it. */
   const who = (addr: string) => {
@@ -223,7 +231,9 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
     if (addr === `::ffff:${REMOTE_IP}`) return 'remote (v4-mapped)'
     if (addr === REMOTE_IP_OTHER) return 'remote (its other address)'
     const pod = [...lab.pods.values()].find((p) => p.ip === addr || p.ip6 === addr)
-    return pod ? `${pod.name}${pod.ip6 === addr ? ' (IPv6)' : ''}` : addr
+    if (pod) return `${pod.name}${pod.ip6 === addr ? ' (IPv6)' : ''}`
+    const link = linkLocals.get(addr.replace(/%.*$/, ''))
+    return link ? `${link} (link-local)` : addr
   }
   /** The address of an ip:port, named (the port of a client is whatever the kernel picked). */
   const host = (hostPort: string) => who(/^\[?([^\]]*?)\]?:\d+$/.exec(hostPort)?.[1] ?? hostPort)
@@ -250,7 +260,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
       return [`answered by ${answeredBy(r.answer)}`, ...(r.from ? [`reply from ${named(r.from)}`] : []), ...(r.peer ? [`peer name ${who(r.peer)}`] : [])].join(', ')
     }
     const port = c.port ?? APP_PORT
-    const host = c.to.startsWith('127.') || c.to === '::1' ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
+    const host = c.linkLocal ? `${await lab.linkLocal(c.to)}%eth0` : c.to.startsWith('127.') || c.to === '::1' ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
     const url = `http://${c.mapped ? `[::ffff:${host}]` : c.v6 ? `[${host}]` : host}:${port}/whoami`
     const r = c.raw ? await lab.rawGet(c.from, c.raw, host, port, '/whoami') : await lab.get(c.from, url, undefined, c.as)
     return r.status === 200 && r.body ? `app saw ${who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress)}` : `failed: ${r.error ?? String(r.status)}`
@@ -313,6 +323,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
       await lab.startAppDns(p)
     }
     for (const [p, port] of APPS) await lab.startApp(p, port)
+    for (const p of ['b', 'c', 'v']) linkLocals.set(await lab.linkLocal(p), p)
   })
 
   after(async () => {

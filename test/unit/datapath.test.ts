@@ -156,10 +156,11 @@ describe('sync plan', () => {
     assert.deepEqual(planSync([{pod: pod('c', '10.0.0.4'), rules: rules(3), otherIps: ['192.168.3.3']}], empty(), false).otherWrites, [])
   })
 
-  it("takes as a pod's other addresses all its namespace holds but its pod IPs, loopback, and IPv6 Istio leaves alone", () => {
+  it("takes as a pod's other addresses all its namespace holds (link-local ones too) but its pod IPs, loopback, and IPv6 Istio leaves alone", () => {
     const addresses = ['10.0.0.2', '127.0.0.1', '192.168.1.10', 'fd00::2', 'fd00:0:0:0::2', 'fd01::7', '::1']
-    assert.deepEqual(otherAddresses(pod('a', '10.0.0.2', 'fd00::2'), {addresses}), ['192.168.1.10', 'fd01::7'])
-    assert.deepEqual(otherAddresses({...pod('v', '10.0.0.2'), rules: {...CAPTURE_ALL, noIpv6: true}}, {addresses}), ['192.168.1.10'])
+    const linkLocal = ['fe80::1']
+    assert.deepEqual(otherAddresses(pod('a', '10.0.0.2', 'fd00::2'), {addresses, linkLocal}), ['192.168.1.10', 'fd01::7', 'fe80::1'])
+    assert.deepEqual(otherAddresses({...pod('v', '10.0.0.2'), rules: {...CAPTURE_ALL, noIpv6: true}}, {addresses, linkLocal}), ['192.168.1.10'])
   })
 })
 

@@ -406,7 +406,7 @@ describe("a pod's resolvers", () => {
   const meshed = (dnsCapture: boolean, dnsToAny = false): MeshedPod => ({namespace: 'ns', name: 'p', ip: '10.0.0.1', dnsCapture, dnsToAny, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []})
 
   it("captures DNS to any address where Istio's CNI set the pod up, reading no resolv.conf", () => {
-    const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], pids: [1]}
+    const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], linkLocal: [], pids: [1]}
     assert.deepEqual(podRulesWithDns(meshed(true, true), ns, () => assert.fail('resolv.conf read')), {rules: {...CAPTURE_ALL, dns: {all: true, servers: []}}})
   })
 
@@ -415,12 +415,12 @@ describe("a pod's resolvers", () => {
   })
 
   it("captures DNS to the resolvers of the pod's resolv.conf", () => {
-    const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], pids: [1]}
+    const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], linkLocal: [], pids: [1]}
     assert.deepEqual(podRulesWithDns(meshed(true), ns, () => ({servers: ['10.96.0.10', 'fd00::a'], from: '/proc/1/root/etc/resolv.conf'})), {rules: {...CAPTURE_ALL, dns: {all: false, servers: ['10.96.0.10', 'fd00::a']}}})
   })
 
   it('fails closed when the resolvers are unknown or too many, and follows Istio when there are none', () => {
-    const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], pids: []}
+    const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], linkLocal: [], pids: []}
     const unreadable = podRulesWithDns(meshed(true), ns, () => undefined)
     assert.deepEqual(unreadable.rules.dns, {all: true, servers: []})
     assert.match(unreadable.warning ?? '', /^ns\/p: DNS capture: its resolv.conf cannot be read; capturing port 53 to any address \(fail closed\)/)
@@ -434,10 +434,10 @@ describe("a pod's resolvers", () => {
   })
 
   it("reads resolv.conf through the root of one of the namespace's processes", () => {
-    const own = namespaceResolvers({inode: 1, path: '/proc/self/ns/net', addresses: [], pids: [process.pid]})
+    const own = namespaceResolvers({inode: 1, path: '/proc/self/ns/net', addresses: [], linkLocal: [], pids: [process.pid]})
     assert.equal(own?.from, `/proc/${process.pid}/root/etc/resolv.conf`)
     assert.deepEqual(own.servers, parseResolvConf(readFileSync('/etc/resolv.conf', 'utf8')))
-    assert.equal(namespaceResolvers({inode: 1, path: '/x', addresses: [], pids: [2 ** 30]}), undefined)
+    assert.equal(namespaceResolvers({inode: 1, path: '/x', addresses: [], linkLocal: [], pids: [2 ** 30]}), undefined)
   })
 })
 
@@ -473,9 +473,10 @@ describe('printable', () => {
 })
 
 describe('namespace addresses', () => {
-  it('reads global IPv6 addresses from if_inet6, leaving out loopback and link-local ones', () => {
+  it('reads global IPv6 addresses from if_inet6, leaving out loopback and link-local ones, and link-local ones apart', () => {
     const text = 'fd770000000000000000000000000009 02 40 00 80     eth0\nfe80000000000000b4d2fffffe0c0d0e 02 40 20 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n'
     assert.deepEqual(parseIfInet6(text), ['fd77::9'])
+    assert.deepEqual(parseIfInet6(text, '20'), ['fe80::b4d2:ffff:fe0c:d0e'])
     assert.equal(normalIp('fd77:0:0::0009'), 'fd77::9')
     assert.equal(normalIp('10.0.0.1'), '10.0.0.1')
   })
