@@ -96,8 +96,10 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
     if (p === undefined) warn(ANNOTATIONS.statusPort, `'${printable(status)}' is not a port; ignored`)
     else if (!reserved.includes(p)) reserved.push(p)
   }
-  const userInExclude = ports(ANNOTATIONS.excludeInboundPorts, MAX_PORTS - reserved.length, false, (p) => reserved.includes(p))?.items ?? []
-  const inExcludePorts = [...reserved, ...userInExclude]
+  // istio-iptables reads the excluded ports only with '*': a listed port is captured even where
+  // the pod also excludes it; only the tunnel port returns first either way
+  const userInExclude = inAllPorts ? (ports(ANNOTATIONS.excludeInboundPorts, MAX_PORTS - reserved.length, false, (p) => reserved.includes(p))?.items ?? []) : []
+  const inExcludePorts = inAllPorts ? [...reserved, ...userInExclude] : [mesh.tunnelPort]
 
   return {
     rules: {

@@ -690,11 +690,12 @@ export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: st
   const ports = (key: string) => list(key).map(Number)
   const base = defaultCaptureOptions(mesh)
   const included = a['traffic.sidecar.istio.io/includeOutboundIPRanges']
+  const inbound = a['traffic.sidecar.istio.io/includeInboundPorts']
   return {
     // as Istio's CNI reads the proxy container: an id of 0 (a proxy run as root) means the default
     proxyUids: pod.proxy?.uid ? [pod.proxy.uid] : base.proxyUids,
     proxyGids: pod.proxy?.gid ? [pod.proxy.gid] : base.proxyGids,
-    inboundPorts: '*',
+    inboundPorts: inbound === undefined || inbound.includes('*') ? '*' : ports('traffic.sidecar.istio.io/includeInboundPorts'),
     excludeInboundPorts: [...base.excludeInboundPorts, ...ports('traffic.sidecar.istio.io/excludeInboundPorts')],
     outboundCidrs: included === undefined || included.includes('*') ? '*' : list('traffic.sidecar.istio.io/includeOutboundIPRanges'),
     excludeOutboundCidrs: list('traffic.sidecar.istio.io/excludeOutboundIPRanges'),

@@ -17,6 +17,8 @@ export interface MeshProfile {
   interceptionModeAnnotation: string
   /** the mesh's own inbound ports, never captured (Istio: HBONE, telemetry, health, agent) */
   reservedInboundPorts: number[]
+  /** of those, the one never captured even where a pod lists the ports it captures (Istio's HBONE port: the datapath's MB_HBONE_PORT) */
+  tunnelPort: number
 }
 
 export const PROFILES: Record<string, MeshProfile> = {
@@ -32,6 +34,7 @@ export const PROFILES: Record<string, MeshProfile> = {
     injectedAnnotation: 'sidecar.istio.io/status',
     interceptionModeAnnotation: 'sidecar.istio.io/interceptionMode',
     reservedInboundPorts: [15008, 15090, 15021, 15020],
+    tunnelPort: 15008,
   },
 }
 

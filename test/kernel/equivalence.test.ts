@@ -17,7 +17,7 @@ const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-re
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
 // pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11, m .12, k .13, v .14,
-// o .15, x .16, h .17
+// o .15, x .16, h .17, p .18
 // a excludes outbound port 8081 and c's address, and its proxy captures DNS; b excludes inbound
 // port 8082; i sends to its sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
@@ -54,9 +54,12 @@ const PODS: LabPodSpec[] = [
   {name: 'o', meshed: true, istioInit: {env: {ISTIO_OUTBOUND_OWNER_GROUPS: '2000'}}},
   {name: 'x', meshed: true, dnsCapture: true, istioInit: {env: {ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE: '2001'}}},
   {name: 'h', meshed: true, istioInit: {env: {ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: '127.0.0.1/8'}}, annotations: {'traffic.sidecar.istio.io/includeOutboundIPRanges': '127.1.2.3/32'}},
+  // p lists the inbound ports it captures, and excludes one of them too (Istio reads the
+  // exclusions only with '*')
+  {name: 'p', meshed: true, annotations: {'traffic.sidecar.istio.io/includeInboundPorts': '8080,8081', 'traffic.sidecar.istio.io/excludeInboundPorts': '8081'}},
 ]
-const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k', 'v', 'o', 'x', 'h']
-const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080], ['v', 8080], ['o', 8080], ['h', 8080]]
+const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k', 'v', 'o', 'x', 'h', 'p']
+const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080], ['v', 8080], ['o', 8080], ['h', 8080], ['p', 8080], ['p', 8081], ['p', 8082]]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
 const R_PROXY = {uid: 0, gid: 1337}
@@ -191,6 +194,11 @@ const CASES: Case[] = [
   {name: 'app -> other meshed pod, TCP Fast Open, IPv6', from: 'a', to: 'b', v6: true, raw: 'fastopen'},
   {name: 'remote node -> meshed pod, Multipath TCP', from: REMOTE, to: 'b', raw: 'mptcp'},
   {name: 'remote node -> meshed pod, TCP Fast Open', from: REMOTE, to: 'b', raw: 'fastopen'},
+  {name: 'listed inbound ports: remote node -> a listed port', from: REMOTE, to: 'p'},
+  {name: 'listed inbound ports: remote node -> a listed port it also excludes', from: REMOTE, to: 'p', port: 8081},
+  {name: 'listed inbound ports: remote node -> a port not listed', from: REMOTE, to: 'p', port: 8082},
+  {name: 'listed inbound ports: meshed pod -> a listed port it also excludes', from: 'b', to: 'p', port: 8081},
+  {name: 'listed inbound ports: meshed pod -> a port not listed', from: 'b', to: 'p', port: 8082},
   // on the pods' link: Istio's ip6tables capture it, and the sidecar cannot reach an address
   // without its scope (both sidecars fail alike)
   {name: 'unmeshed pod -> meshed pod at its IPv6 link-local address', from: 'c', to: 'b', v6: true, linkLocal: true, raw: 'plain'},

@@ -28,6 +28,8 @@ describe('istio annotations', () => {
     {name: 'outbound ports', annotations: {[ANNOTATIONS.includeOutboundPorts]: '443', [ANNOTATIONS.excludeOutboundPorts]: '22,3306,0,70000,abc'}, expect: {outIncludePorts: [443], outExcludePorts: [22, 3306]}, warnings: [/excludeOutboundPorts: 3 entries are not a port \(1-65535\) \('0', '70000', 'abc'\)/]},
     {name: 'empty include inbound ports capture no inbound', annotations: {[ANNOTATIONS.includeInboundPorts]: ''}, expect: {inAllPorts: false, inIncludePorts: []}},
     {name: 'listed inbound ports', annotations: {[ANNOTATIONS.includeInboundPorts]: '8080, 9090'}, expect: {inAllPorts: false, inIncludePorts: [8080, 9090]}},
+    // istio-iptables reads -d only with '*': a listed port is captured though also excluded, the tunnel port never
+    {name: 'listed inbound ports ignore the excluded ones', annotations: {[ANNOTATIONS.includeInboundPorts]: '8080,15020,15008', [ANNOTATIONS.excludeInboundPorts]: '8080'}, expect: {inAllPorts: false, inIncludePorts: [8080, 15020, 15008], inExcludePorts: [15008]}},
     {name: 'excluded inbound ports join the reserved ones', annotations: {[ANNOTATIONS.excludeInboundPorts]: '9000,15020'}, expect: {inExcludePorts: [...RESERVED, 9000]}},
     {
       // istio-init's -d lists the mesh's own ports too: they take no slot of the pod's

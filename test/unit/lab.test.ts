@@ -85,6 +85,11 @@ describe('istio iptables baseline', () => {
       v4: `${HEAD}\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}`,
     },
     {
+      name: 'inbound-ports-include',
+      options: options({inboundPorts: [32000, 31000], outboundCidrs: []}),
+      v4: `${HEAD}\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n-A ISTIO_INBOUND -p tcp --dport 32000 -j ISTIO_IN_REDIRECT\n-A ISTIO_INBOUND -p tcp --dport 31000 -j ISTIO_IN_REDIRECT\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}`,
+    },
+    {
       name: 'ipv6-outbound-ports',
       options: options({outboundCidrs: [], includeOutboundPorts: [32000, 31000]}),
       v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_DEFAULT('127.0.0.1')}\n-A ISTIO_OUTPUT -p tcp --dport 32000 -j ISTIO_REDIRECT\n-A ISTIO_OUTPUT -p tcp --dport 31000 -j ISTIO_REDIRECT`,
