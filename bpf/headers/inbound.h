@@ -50,13 +50,14 @@ static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_soc
 		if (load_net(skb, off, &ip, sizeof(ip)) || ip.protocol != MB_IPPROTO_TCP)
 			return MB_L4_OTHER;
 		ip_from_v4(dst, ip.daddr);
+		/* the addresses even of what cannot be judged: whether it stays here is asked of them */
+		t->ipv4.saddr = ip.saddr;
+		t->ipv4.daddr = ip.daddr;
+		*tuple_size = sizeof(t->ipv4);
 		/* more fragments, or an offset: no whole TCP header to judge */
 		if (ip.frag_off & bpf_htons(0x3fff) || ip.ihl < 5)
 			return MB_L4_UNKNOWN;
 		off += ip.ihl * 4;
-		t->ipv4.saddr = ip.saddr;
-		t->ipv4.daddr = ip.daddr;
-		*tuple_size = sizeof(t->ipv4);
 	} else if (proto == bpf_htons(MB_ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
