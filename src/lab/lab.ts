@@ -179,18 +179,24 @@ export class Lab {
     return pod
   }
 
+  /** An unmeshed lab pod of its own (namespace, cgroup) to be wired to pod `to`; K numbers its link. */
+  private async addPeerNamespace(spec: Omit<LabPodSpec, 'meshed'>, to: string, ip: (k: number) => string): Promise<{k: number; peer: LabPod; pod: LabPod}> {
+    const k = this.pods.size + 2
+    const peer = this.pod(to)
+    const pod: LabPod = {...spec, meshed: false, netns: `${this.id}-${spec.name}`, ip: ip(k), cgroup: join(this.cgroup, spec.name)}
+    this.pods.set(spec.name, pod)
+    mkdirSync(pod.cgroup)
+    await run('ip', ['netns', 'add', pod.netns])
+    return {k, peer, pod}
+  }
+
   /**
    * A namespace wired straight to a pod's second interface `dev` instead of to the bridge, as a
    * virtual machine's tap or a secondary network would be: 10.79.K.1 on the pod's side, 10.79.K.2
    * (the linked pod's `ip`) on its own, which reaches the pods' subnet through that pod.
    */
   async addLinkedPod(spec: Omit<LabPodSpec, 'meshed'>, to: string, dev: string): Promise<LabPod> {
-    const k = this.pods.size + 2
-    const peer = this.pod(to)
-    const pod: LabPod = {...spec, meshed: false, netns: `${this.id}-${spec.name}`, ip: `10.79.${k}.2`, cgroup: join(this.cgroup, spec.name)}
-    this.pods.set(spec.name, pod)
-    mkdirSync(pod.cgroup)
-    await run('ip', ['netns', 'add', pod.netns])
+    const {k, peer, pod} = await this.addPeerNamespace(spec, to, (k) => `10.79.${k}.2`)
     await run('ip', ['link', 'add', dev, 'netns', peer.netns, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod.netns])
     await run('ip', ['-n', peer.netns, 'addr', 'add', `10.79.${k}.1/24`, 'dev', dev])
     await run('ip', ['-n', peer.netns, 'link', 'set', dev, 'up'])
@@ -208,12 +214,7 @@ export class Lab {
    * on `dev` 10.80.K.2.
    */
   async addTunnelPod(spec: Omit<LabPodSpec, 'meshed'>, to: string, dev: string): Promise<LabPod> {
-    const k = this.pods.size + 2
-    const peer = this.pod(to)
-    const pod: LabPod = {...spec, meshed: false, netns: `${this.id}-${spec.name}`, ip: `10.80.${k}.1`, cgroup: join(this.cgroup, spec.name)}
-    this.pods.set(spec.name, pod)
-    mkdirSync(pod.cgroup)
-    await run('ip', ['netns', 'add', pod.netns])
+    const {k, peer, pod} = await this.addPeerNamespace(spec, to, (k) => `10.80.${k}.1`)
     await run('ip', ['-n', pod.netns, 'tuntap', 'add', 'dev', 'tun0', 'mode', 'tun'])
     await run('ip', ['-n', peer.netns, 'tuntap', 'add', 'dev', dev, 'mode', 'tun'])
     const script = join(this.tmp, 'tun-relay.py')

@@ -38,11 +38,6 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     assert.equal(r.status, 200, `plain -> ${secondAddress('plain')}: ${r.error ?? ''}`)
     return {seen: (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress, log: parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend)}
   }
-  /** Inside the pod, its second address is its own, as Istio's "-o lo" rules see it. */
-  const ownSecondAsIstio = async () => {
-    assert.deepEqual(await toOwnSecond(), {seen: secondAddress('plain'), log: []}, 'the app calling its own address: direct')
-    assert.deepEqual(await toOwnSecond({uid: 1337, gid: 1337}), {seen: '127.0.0.6', log: ['inbound_passthrough']}, 'the proxy calling its own pod: through its inbound listener')
-  }
   /** The pod's own address on side0, the link to x-POD (addLinkedPod: .1 of x-POD's /24). */
   const secondAddress = (pod: string) => lab.pod(`x-${pod}`).ip.replace(/\.2$/, '.1')
   const tcFilters = async (pod: string, dev: string) => (await execa('tc', ['-n', lab.pod(pod).netns, '-j', 'filter', 'show', 'dev', dev, 'ingress'])).stdout
@@ -59,14 +54,23 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
       ['outbound_passthrough', `${lab.pod('vm').ip}:${APP_PORT}`],
       ['inbound_passthrough', `${lab.pod('vm').ip}:${APP_PORT}`],
     ])
+    await capturedAsAnyOther()
+  }
+  /**
+   * Interfaces and addresses Istio treats as any other, whichever mode: plain's side0; its own
+   * address there (a second network's, as Multus gives), from outside and from inside the pod;
+   * a tun interface (no Ethernet header: merbridge reads from the network header).
+   */
+  const capturedAsAnyOther = async () => {
     const plain = await overSide0('plain')
     assert.equal(plain.seen, '127.0.0.6', 'any other interface: through the inbound sidecar')
     assert.deepEqual(plain.log.map((l) => l.backend), ['inbound_passthrough'])
-    // the pod's own address on side0 (a second network's, as Multus gives): captured as any other
+    // the sidecar is told the address it was called at
     const second = await overSide0('plain', secondAddress('plain'))
     assert.equal(second.seen, '127.0.0.6', "the pod's second address: through the inbound sidecar")
     assert.deepEqual(second.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${secondAddress('plain')}:${APP_PORT}`]])
-    await ownSecondAsIstio()
+    assert.deepEqual(await toOwnSecond(), {seen: secondAddress('plain'), log: []}, 'the app calling its own address: direct')
+    assert.deepEqual(await toOwnSecond({uid: 1337, gid: 1337}), {seen: '127.0.0.6', log: ['inbound_passthrough']}, 'the proxy calling its own pod: through its inbound listener')
     const tunnel = await overSide0('tunnel')
     assert.equal(tunnel.seen, '127.0.0.6', 'an interface without Ethernet headers: through the inbound sidecar')
     assert.deepEqual(tunnel.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${lab.pod('tunnel').ip}:${APP_PORT}`]])
@@ -114,22 +118,11 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
 
     const excluded = await overSide0('excluded')
     assert.equal(excluded.seen, lab.pod('x-excluded').ip, 'excludeInterfaces: straight to the app, as under Istio')
-    const plain = await overSide0('plain')
-    assert.equal(plain.seen, '127.0.0.6', "another pod's second interface is captured")
-    assert.deepEqual(plain.log.map((l) => l.backend), ['inbound_passthrough'])
-    // the pods' other addresses, as the node found them in their namespaces
+    // the pods' other addresses, as the node found them in their namespaces: tc finds the pod by them
     const dumped = parseJson<{maps: MapDump[]}>((await cli(['dump-maps', 'pod_other_ips', '--bpffs', install.bpffs, '--json'], install.env)).stdout).maps
     const others = (dumped[0]?.rows ?? []) as {ip: string; owner?: string; pod?: string}[]
     assert.deepEqual(others.find((o) => o.ip === secondAddress('plain')), {ip: secondAddress('plain'), owner: lab.pod('plain').ip, pod: 'lab/plain'})
-    // tc finds the pod by that address, and the proxy is told the address it was called at
-    const second = await overSide0('plain', secondAddress('plain'))
-    assert.equal(second.seen, '127.0.0.6', "the pod's second address is captured")
-    assert.deepEqual(second.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${secondAddress('plain')}:${APP_PORT}`]])
-    await ownSecondAsIstio()
-    // read from the network header, not past an Ethernet header the packet does not have
-    const tunnel = await overSide0('tunnel')
-    assert.equal(tunnel.seen, '127.0.0.6', 'a tun interface is captured')
-    assert.deepEqual(tunnel.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${lab.pod('tunnel').ip}:${APP_PORT}`]])
+    await capturedAsAnyOther()
     // fail closed: not the outbound listener Istio's rule picks, but never around the sidecar
     const vm = await overSide0('vm')
     assert.equal(vm.seen, '127.0.0.6')
