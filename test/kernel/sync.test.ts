@@ -138,6 +138,17 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
     assert.equal(await remote(NODE_NS, 'b'), '127.0.0.6', "from the node through b's inbound sidecar again")
   })
 
+  it('watches: registers an address a pod gains after it was registered, at the next re-check', async () => {
+    const ns = lab.pod('b').netns
+    await execa('ip', ['-n', ns, 'addr', 'add', '10.66.0.9/32', 'dev', 'eth0'])
+    try {
+      await until("b's new address registered", async () => (await readMaps.otherIps(inst)).some((o) => o.ip === '10.66.0.9' && o.owner === lab.pod('b').ip))
+    } finally {
+      await execa('ip', ['-n', ns, 'addr', 'del', '10.66.0.9/32', 'dev', 'eth0'])
+    }
+    await until("b's address released once gone", async () => !(await readMaps.otherIps(inst)).some((o) => o.ip === '10.66.0.9'))
+  })
+
   it("watches: an annotation excluding an outbound port bypasses the pod's own sidecar for that port only", async () => {
     api.modify(makePod('a', lab.pod('a').ip, NODE, true, {[EXCLUDE_OUT]: '8081'}))
     await until("a's rules updated", async () => (await readMaps.localPods(inst)).some((p) => p.ip === lab.pod('a').ip && p.rules.outExcludePorts.includes(8081)))
