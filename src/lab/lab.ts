@@ -611,11 +611,10 @@ while True:
 `
 
 /**
- * python3 MODE HOST PORT PATH: an HTTP/1.0 GET the way some clients open connections that an
- * interception must not miss (`plain`: connect(), to a link-local address too): `dstopts`, IPv6
- * with a destination options header (PadN) on every
- * packet; `mptcp`, a Multipath TCP socket; `fastopen`, TCP Fast Open (sendto with MSG_FASTOPEN, no
- * connect()).
+ * python3 MODE HOST PORT PATH: an HTTP/1.0 GET over a connection opened as some clients open them,
+ * which an interception must not miss: `plain`, connect() (to a link-local address too, HOST
+ * naming its interface); `dstopts`, IPv6 with a destination options header (PadN) on every packet;
+ * `mptcp`, a Multipath TCP socket; `fastopen`, TCP Fast Open (sendto with MSG_FASTOPEN, no connect()).
  */
 const RAW_GET_PY = `
 import json, socket, struct, sys
