@@ -22,6 +22,8 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
   const install = uniqueInstall()
   const sidecars = new Map<string, LabProcess>()
   const PODS = ['excluded', 'vm', 'plain', 'tunnel'] as const
+  /** an address on two pods' second networks */
+  const SHARED = '10.66.0.5'
   /** A request from the namespace on the pod's side0 to the pod's own address: who the app saw, what its sidecar logged. */
   const overSide0 = async (pod: (typeof PODS)[number], address = lab.pod(pod).ip) => {
     const mark = sidecars.get(pod)!.stdout.length
@@ -71,6 +73,11 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     assert.deepEqual(second.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${secondAddress('plain')}:${APP_PORT}`]])
     assert.deepEqual(await toOwnSecond(), {seen: secondAddress('plain'), log: []}, 'the app calling its own address: direct')
     assert.deepEqual(await toOwnSecond({uid: 1337, gid: 1337}), {seen: '127.0.0.6', log: ['inbound_passthrough']}, 'the proxy calling its own pod: through its inbound listener')
+    // an address two pods share: whichever it is, every port is captured there (merbridge cannot
+    // tell their rules apart by it; Istio's PREROUTING captures every port of plain anyway)
+    const shared = await overSide0('plain', SHARED)
+    assert.equal(shared.seen, '127.0.0.6', 'a shared address: through the inbound sidecar')
+    assert.deepEqual(shared.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${SHARED}:${APP_PORT}`]])
     const tunnel = await overSide0('tunnel')
     assert.equal(tunnel.seen, '127.0.0.6', 'an interface without Ethernet headers: through the inbound sidecar')
     assert.deepEqual(tunnel.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${lab.pod('tunnel').ip}:${APP_PORT}`]])
@@ -89,6 +96,10 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
       sidecars.set(p, await lab.startSidecar(p))
       await lab.startApp(p)
     }
+    // an address plain and vm both have on their second networks, which are apart: x-plain
+    // reaches plain's
+    for (const p of ['plain', 'vm']) await execa('ip', ['-n', lab.pod(p).netns, 'addr', 'add', `${SHARED}/32`, 'dev', 'side0'])
+    await execa('ip', ['-n', lab.pod('x-plain').netns, 'route', 'add', `${SHARED}/32`, 'via', secondAddress('plain')])
   })
 
   after(async () => {
@@ -122,6 +133,8 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     const dumped = parseJson<{maps: MapDump[]}>((await cli(['dump-maps', 'pod_other_ips', '--bpffs', install.bpffs, '--json'], install.env)).stdout).maps
     const others = (dumped[0]?.rows ?? []) as {ip: string; owner?: string; pod?: string}[]
     assert.deepEqual(others.find((o) => o.ip === secondAddress('plain')), {ip: secondAddress('plain'), owner: lab.pod('plain').ip, pod: 'lab/plain'})
+    assert.deepEqual(others.find((o) => o.ip === SHARED), {ip: SHARED}, 'a shared address has no owner')
+    assert.match(warnings, new RegExp(`lab/vm, lab/plain: all have the address ${SHARED.replaceAll('.', '\\.')} \\(separate networks\\)|lab/plain, lab/vm: all have the address`))
     await capturedAsAnyOther()
     // fail closed: not the outbound listener Istio's rule picks, but never around the sidecar
     const vm = await overSide0('vm')
