@@ -642,8 +642,13 @@ try:
         if not d:
             break
         data += d
+    if not data:
+        raise ConnectionResetError()
     head, _, body = data.partition(b'\\r\\n\\r\\n')
     print(json.dumps({'status': int(head.split(b' ')[1]), 'body': body.decode()}))
+except ConnectionResetError:
+    # a peer that gives up closes with FIN or RST depending on whether it had read the request yet
+    print(json.dumps({'error': 'closed without a reply'}))
 except OSError as e:
     print(json.dumps({'error': e.strerror or str(e)}))
 `
