@@ -298,9 +298,33 @@ static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_sett
 	return 1;
 }
 
+/*
+ * Where the kernel sends a connect() or datagram to the unspecified address: this host. IPv4 (and
+ * v4-mapped) goes to the address the socket is bound to, else to 127.0.0.1; native IPv6 to ::1,
+ * or to ::ffff:127.0.0.1 from a socket bound to a v4-mapped address. Istio's rules only ever see
+ * that packet, so it is decided (and remembered as the original destination) as that address:
+ * "0.0.0.0:8080" is the app's own port, not a destination for its outbound sidecar.
+ */
+static __always_inline void unspecified_to_local(union mb_ip *dst, const union mb_ip *src)
+{
+	if (ip_is_v4(dst)) {
+		if (dst->u32[3])
+			return;
+		if (ip_is_v4(src) && src->u32[3])
+			*dst = *src;
+		else
+			ip_localhost(dst, dst);
+	} else if (ip_is_zero(dst)) {
+		if (ip_is_v4(src))
+			ip_from_v4(dst, bpf_htonl(0x7f000001));
+		else
+			ip_localhost(dst, dst);
+	}
+}
+
 /* The whole decision for a connect (or, `datagram`, a sendmsg) to dst from a socket bound to src
  * (zeros when unbound): 1 when it is to go to `to`:`port` instead. */
-static __always_inline int intercept(struct bpf_sock_addr *ctx, const union mb_ip *dst, const union mb_ip *src,
+static __always_inline int intercept(struct bpf_sock_addr *ctx, union mb_ip *dst, const union mb_ip *src,
 				     union mb_ip *to, __be16 *port, int datagram)
 {
 	const struct mb_settings *cfg;
@@ -317,6 +341,7 @@ static __always_inline int intercept(struct bpf_sock_addr *ctx, const union mb_i
 	cfg = active_settings();
 	if (!cfg)
 		return 0;
+	unspecified_to_local(dst, src);
 	identify(ctx, cfg, &c);
 	action = decide(ctx, cfg, &c, dst, bpf_ntohs(dport), src, udp);
 	if (!apply(ctx, cfg, &c, action, dst, dport, to, port))

@@ -403,10 +403,13 @@ export class Lab {
    * A GET from a pod (or the remote node) over a connection opened as `mode` says (RAW_GET_PY):
    * what netfilter's `-p tcp` still matches.
    */
-  async rawGet(podName: string, mode: RawGetMode, host: string, port: number, path: string): Promise<{status?: number; body?: string; error?: string}> {
+  async rawGet(podName: string, mode: RawGetMode, host: string, port: number, path: string, opts: {bind?: string; as?: {uid: number; gid: number}} = {}): Promise<{status?: number; body?: string; error?: string}> {
     const script = join(this.tmp, 'raw-get.py')
     if (!existsSync(script)) writeFileSync(script, RAW_GET_PY)
-    const r = await this.exec(podName, SYSTEM_PYTHON, [script, mode, host, String(port), path])
+    // `bind`: the socket is bound to that address (port 0) before it connects
+    const get = [SYSTEM_PYTHON, script, mode, host, String(port), path, ...(opts.bind ? [opts.bind] : [])]
+    const [command, ...args] = opts.as ? ['setpriv', '--reuid', String(opts.as.uid), '--regid', String(opts.as.gid), '--clear-groups', ...get] : get
+    const r = await this.exec(podName, command ?? SYSTEM_PYTHON, args)
     const line = r.stdout.trim().split('\n').at(-1) ?? ''
     try {
       return JSON.parse(line) as {status?: number; body?: string; error?: string}
@@ -629,6 +632,8 @@ for option in (socket.SO_SNDTIMEO, socket.SO_RCVTIMEO):
     s.setsockopt(socket.SOL_SOCKET, option, struct.pack('ll', 10, 0))
 if mode == 'dstopts':
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+if len(sys.argv) > 5:
+    s.bind((sys.argv[5], 0))
 request = ('GET %s HTTP/1.0\\r\\nHost: lab\\r\\n\\r\\n' % path).encode()
 try:
     if mode == 'fastopen':

@@ -82,6 +82,8 @@ interface Case {
   raw?: RawGetMode
   /** to the destination pod's IPv6 link-local address on eth0 (with raw) */
   linkLocal?: boolean
+  /** the client's socket is bound to its own pod's address (IPv6 with v6) before it connects */
+  bind?: boolean
 }
 const DNS_PROXY_PODS = ['a', 'b', 'k', 'x']
 
@@ -101,6 +103,14 @@ const CASES: Case[] = [
   {name: 'sidecar -> own pod IP, port excluded outbound', from: 'a', to: 'a', port: 8081, as: PROXY},
   {name: 'sidecar -> 127.0.0.1', from: 'a', to: '127.0.0.1', as: PROXY},
   {name: 'sidecar, AF_INET6 -> ::ffff:other meshed pod', from: 'a', to: 'b', as: PROXY, mapped: true},
+  // connect() to the unspecified address reaches this host: 127.0.0.1 (::1), or the address the
+  // socket is bound to (IPv4); Istio's rules see the packet the kernel sends
+  {name: 'app -> 0.0.0.0', from: 'a', to: '0.0.0.0'},
+  {name: 'app, AF_INET6 -> ::ffff:0.0.0.0', from: 'a', to: '0.0.0.0', mapped: true},
+  {name: 'app bound to its pod IP -> 0.0.0.0', from: 'a', to: '0.0.0.0', bind: true},
+  {name: 'sidecar -> 0.0.0.0', from: 'a', to: '0.0.0.0', as: PROXY},
+  {name: 'sidecar bound to its pod IP -> 0.0.0.0', from: 'a', to: '0.0.0.0', as: PROXY, bind: true},
+  {name: 'loopback include range: app -> 0.0.0.0', from: 'l', to: '0.0.0.0'},
   {name: 'process in the proxy group only -> other meshed pod', from: 'a', to: 'b', as: {uid: 0, gid: 1337}},
   {name: 'process in the proxy group only -> own pod IP', from: 'a', to: 'a', as: {uid: 0, gid: 1337}},
   {name: 'unmeshed pod -> meshed pod', from: 'c', to: 'b'},
@@ -144,6 +154,9 @@ const CASES: Case[] = [
   {name: 'IPv6: sidecar -> other meshed pod', from: 'a', to: 'b', as: PROXY, v6: true},
   {name: 'IPv6: sidecar -> own pod IP', from: 'a', to: 'a', as: PROXY, v6: true},
   {name: 'IPv6: sidecar -> ::1', from: 'a', to: '::1', as: PROXY, v6: true},
+  {name: 'IPv6: app -> ::', from: 'a', to: '::', v6: true},
+  {name: 'IPv6: sidecar -> ::', from: 'a', to: '::', as: PROXY, v6: true},
+  {name: 'IPv6: sidecar bound to its pod IP -> ::', from: 'a', to: '::', as: PROXY, v6: true, bind: true},
   {name: 'IPv6: unmeshed pod -> meshed pod', from: 'c', to: 'b', v6: true},
   {name: 'IPv6: node process -> meshed pod', from: NODE, to: 'b', v6: true},
   {name: 'IPv6: remote node -> meshed pod', from: REMOTE, to: 'b', v6: true},
@@ -175,6 +188,8 @@ const CASES: Case[] = [
   {name: "DNS capture by Istio's CNI: app -> IPv6 DNS server not in resolv.conf, UDP", from: 'k', to: 'fd78::3', dns: {mode: 'udp-connect', family: '6'}},
   {name: "DNS capture by Istio's CNI: app -> 127.0.0.1, UDP", from: 'k', to: '127.0.0.1', dns: {mode: 'udp-connect', family: '4'}},
   {name: "DNS capture by Istio's CNI: app -> 127.0.0.1, TCP", from: 'k', to: '127.0.0.1', dns: {mode: 'tcp', family: '4'}},
+  {name: "DNS capture by Istio's CNI: app -> 0.0.0.0, UDP", from: 'k', to: '0.0.0.0', dns: {mode: 'udp-connect', family: '4'}},
+  {name: "DNS capture by Istio's CNI: app -> ::, UDP sendto", from: 'k', to: '::', dns: {mode: 'udp-sendto', family: '6'}},
   {name: "DNS capture by Istio's CNI: sidecar -> DNS server not in resolv.conf, UDP", from: 'k', to: REMOTE_IP_OTHER, as: PROXY, dns: {mode: 'udp-connect', family: '4'}},
   {name: 'DNS capture off: app -> resolver, UDP', from: 'b', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
   {name: 'DNS capture off: app -> resolver, TCP', from: 'b', to: REMOTE_IP, dns: {mode: 'tcp', family: '4'}},
@@ -268,9 +283,11 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
       return [`answered by ${answeredBy(r.answer)}`, ...(r.from ? [`reply from ${named(r.from)}`] : []), ...(r.peer ? [`peer name ${who(r.peer)}`] : [])].join(', ')
     }
     const port = c.port ?? APP_PORT
-    const host = c.linkLocal ? `${await lab.linkLocal(c.to)}%eth0` : c.to.startsWith('127.') || c.to === '::1' ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
+    const literal = c.to.startsWith('127.') || ['::1', '0.0.0.0', '::'].includes(c.to)
+    const host = c.linkLocal ? `${await lab.linkLocal(c.to)}%eth0` : literal ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
     const url = `http://${c.mapped ? `[::ffff:${host}]` : c.v6 ? `[${host}]` : host}:${port}/whoami`
-    const r = c.raw ? await lab.rawGet(c.from, c.raw, host, port, '/whoami') : await lab.get(c.from, url, undefined, c.as)
+    const bind = c.bind ? (c.v6 ? lab.pod(c.from).ip6 : lab.pod(c.from).ip) : undefined
+    const r = c.raw || bind ? await lab.rawGet(c.from, c.raw ?? 'plain', host, port, '/whoami', {bind, as: c.as}) : await lab.get(c.from, url, undefined, c.as)
     return r.status === 200 && r.body ? `app saw ${who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress)}` : `failed: ${r.error ?? String(r.status)}`
   }
 
