@@ -28,13 +28,19 @@ enum mb_l4 {
 	                  * of extension headers longer than walked */
 };
 
+/* The network header as read, for bpf_tcp_check_syncookie (which reads only its addresses). */
+union mb_nethdr {
+	struct iphdr v4;
+	struct ipv6hdr v6;
+};
+
 /*
  * Find the TCP header as netfilter's `-p tcp` would: after IPv6 extension headers too, so a SYN
  * carrying hop-by-hop or destination options cannot slip past the sidecar. Fragments never reach
  * netfilter's nat table unassembled; here they cannot be judged, so they are UNKNOWN.
  */
 static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 *tuple_size,
-					   union mb_ip *dst, struct tcphdr *tcp)
+					   union mb_ip *dst, struct tcphdr *tcp, union mb_nethdr *nh_copy)
 {
 	/* offsets from the network header, and the protocol the device gave the packet: an interface
 	 * without an Ethernet header (a tun, a WireGuard or IP-in-IP tunnel) is read as well as a
@@ -49,6 +55,7 @@ static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_soc
 
 		if (load_net(skb, off, &ip, sizeof(ip)) || ip.protocol != MB_IPPROTO_TCP)
 			return MB_L4_OTHER;
+		nh_copy->v4 = ip;
 		ip_from_v4(dst, ip.daddr);
 		/* the addresses even of what cannot be judged: whether it stays here is asked of them */
 		t->ipv4.saddr = ip.saddr;
@@ -63,6 +70,7 @@ static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_soc
 
 		if (load_net(skb, off, &ip6, sizeof(ip6)))
 			return MB_L4_OTHER;
+		nh_copy->v6 = ip6;
 		__builtin_memcpy(dst, &ip6.daddr, 16);
 		__builtin_memcpy(t->ipv6.saddr, &ip6.saddr, 16);
 		__builtin_memcpy(t->ipv6.daddr, &ip6.daddr, 16);
@@ -124,6 +132,52 @@ static __always_inline int arrives_here(struct __sk_buff *skb, const struct bpf_
 	return r == BPF_FIB_LKUP_RET_NOT_FWDED || r == BPF_FIB_LKUP_RET_FWD_DISABLED;
 }
 
+static __always_inline void set_dport(struct bpf_sock_tuple *t, __u32 tuple_size, __u16 port)
+{
+	if (tuple_size == sizeof(t->ipv4))
+		t->ipv4.dport = bpf_htons(port);
+	else
+		t->ipv6.dport = bpf_htons(port);
+}
+
+/*
+ * An ACK on a captured port that may complete a handshake the inbound listener answered with a SYN
+ * cookie: it keeps no request socket for one (net.ipv4.tcp_syncookies=2, or while a SYN flood fills
+ * its queue), so the ACK finds no socket under its tuple but the app's listener, which would take a
+ * valid cookie too (the connection then goes around the sidecar). netfilter's NAT sends it to the
+ * inbound listener, so does this, when it is a valid cookie of that listener's. A segment of any
+ * other connection is left to the normal lookup: one handed over finds its accepted socket under the
+ * original tuple; one Istio's REDIRECT made (rules installed too, or before) is under the address
+ * and port REDIRECT chose, and its ACKs are no cookie of the tuple they carry.
+ */
+static __always_inline int cookie_ack(struct __sk_buff *skb, const struct mb_settings *cfg, struct bpf_sock_tuple *t,
+				      __u32 tuple_size, union mb_nethdr *nh, struct tcphdr *tcp)
+{
+	struct bpf_sock *sk;
+	long err = -1;
+
+	sk = bpf_skc_lookup_tcp(skb, t, tuple_size, BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		int known = sk->state != BPF_TCP_LISTEN;
+
+		bpf_sk_release(sk);
+		if (known)
+			return TC_ACT_OK; /* the connection's own socket (the common case: one lookup) */
+	}
+	set_dport(t, tuple_size, cfg->inbound_port);
+	sk = bpf_sk_lookup_tcp(skb, t, tuple_size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TC_ACT_OK;
+	/* cheap unless the listener sent cookies lately: the kernel checks that first */
+	if (sk->state == BPF_TCP_LISTEN &&
+	    !bpf_tcp_check_syncookie(sk, nh, tuple_size == sizeof(t->ipv4) ? sizeof(nh->v4) : sizeof(nh->v6), tcp, sizeof(*tcp)))
+		err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (!err)
+		count(MB_CNT_INBOUND_ASSIGNED, 1);
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int mb_tc_inbound(struct __sk_buff *skb)
 {
@@ -131,6 +185,7 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	struct mb_pod_config *pod;
 	const union mb_ip *owner;
 	struct bpf_sock_tuple t = {};
+	union mb_nethdr nh;
 	struct bpf_sock *sk;
 	struct tcphdr tcp;
 	union mb_ip dst = {};
@@ -139,7 +194,7 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	__u16 dport;
 	long err;
 
-	l4 = find_tcp(skb, &t, &tuple_size, &dst, &tcp);
+	l4 = find_tcp(skb, &t, &tuple_size, &dst, &tcp, &nh);
 	if (l4 == MB_L4_OTHER)
 		return TC_ACT_OK;
 	cfg = active_settings();
@@ -162,11 +217,10 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	dport = bpf_ntohs(tcp.dest);
 	if (dport == cfg->inbound_port || (pod ? !inbound_captured(pod, dport) : dport == MB_HBONE_PORT))
 		return TC_ACT_OK; /* the inbound port itself: already on its way to the sidecar */
-	/* Only a new connection is handed over. Every later packet finds its socket by the normal
-	 * lookup: the accepted socket under the original tuple, or (where Istio's PREROUTING REDIRECT
-	 * is installed too and rewrites the port) under the NATed one. */
-	if (!tcp.syn || tcp.ack)
-		return TC_ACT_OK;
+	if (!tcp.syn)
+		return tcp.ack && !tcp.rst ? cookie_ack(skb, cfg, &t, tuple_size, &nh, &tcp) : TC_ACT_OK;
+	if (tcp.ack)
+		return TC_ACT_OK; /* a SYN-ACK: the answer to a connect of the pod's own */
 	sk = bpf_skc_lookup_tcp(skb, &t, tuple_size, BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
 		/* a retransmitted SYN of a handshake under way keeps its request socket; a SYN that
@@ -180,10 +234,7 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	}
 	/* a new connection: to the inbound listener, or nowhere (fail closed, as a REDIRECT to a
 	 * port nothing listens on would be: the client retries until the sidecar is up) */
-	if (tuple_size == sizeof(t.ipv4))
-		t.ipv4.dport = bpf_htons(cfg->inbound_port);
-	else
-		t.ipv6.dport = bpf_htons(cfg->inbound_port);
+	set_dport(&t, tuple_size, cfg->inbound_port);
 	sk = bpf_sk_lookup_tcp(skb, &t, tuple_size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk) {
 		count(MB_CNT_INBOUND_NO_LISTENER, 1);

@@ -8,7 +8,7 @@ export const REQUIRED_HELPERS: Record<string, string[]> = {
   sk_msg: ['bpf_msg_redirect_hash', 'bpf_get_netns_cookie'],
   cgroup_sockopt: ['bpf_get_netns_cookie', 'bpf_get_current_uid_gid'],
   // inbound capture (tc ingress)
-  sched_cls: ['bpf_skc_lookup_tcp', 'bpf_sk_lookup_tcp', 'bpf_sk_release', 'bpf_sk_assign', 'bpf_skb_load_bytes_relative', 'bpf_fib_lookup'],
+  sched_cls: ['bpf_skc_lookup_tcp', 'bpf_sk_lookup_tcp', 'bpf_sk_release', 'bpf_sk_assign', 'bpf_skb_load_bytes_relative', 'bpf_fib_lookup', 'bpf_tcp_check_syncookie'],
 }
 
 export interface FeatureReport {

@@ -5,6 +5,7 @@
 // were told, and whose address the destination app saw. The three columns must be identical.
 import assert from 'node:assert/strict'
 import {after, before, describe, it} from 'node:test'
+import {execa} from 'execa'
 import type {DnsFamily, DnsMode} from '../../src/lab/dns.js'
 import {APP_PORT, DNS_ANSWERS, Lab, type LabPodSpec, type RawGetMode, NODE, NODE_IP, NODE_IP6, REMOTE, REMOTE_IP, REMOTE_IP6, REMOTE_IP_OTHER, SUBNET} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
@@ -17,7 +18,7 @@ const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-re
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
 // pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11, m .12, k .13, v .14,
-// o .15, x .16, h .17, p .18
+// o .15, x .16, h .17, p .18, q .19
 // a excludes outbound port 8081 and c's address, and its proxy captures DNS; b excludes inbound
 // port 8082; i sends to its sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
@@ -57,9 +58,12 @@ const PODS: LabPodSpec[] = [
   // p lists the inbound ports it captures, and excludes one of them too (Istio reads the
   // exclusions only with '*')
   {name: 'p', meshed: true, annotations: {'traffic.sidecar.istio.io/includeInboundPorts': '8080,8081', 'traffic.sidecar.istio.io/excludeInboundPorts': '8081'}},
+  // q answers every SYN with a SYN cookie (net.ipv4.tcp_syncookies=2 in its namespace), as any
+  // listener does while a SYN flood fills its queue: the handshake's last ACK finds no socket
+  {name: 'q', meshed: true},
 ]
-const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k', 'v', 'o', 'x', 'h', 'p']
-const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080], ['v', 8080], ['o', 8080], ['h', 8080], ['p', 8080], ['p', 8081], ['p', 8082]]
+const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k', 'v', 'o', 'x', 'h', 'p', 'q']
+const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080], ['v', 8080], ['o', 8080], ['h', 8080], ['p', 8080], ['p', 8081], ['p', 8082], ['q', 8080]]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
 const R_PROXY = {uid: 0, gid: 1337}
@@ -214,6 +218,10 @@ const CASES: Case[] = [
   {name: 'listed inbound ports: remote node -> a port not listed', from: REMOTE, to: 'p', port: 8082},
   {name: 'listed inbound ports: meshed pod -> a listed port it also excludes', from: 'b', to: 'p', port: 8081},
   {name: 'listed inbound ports: meshed pod -> a port not listed', from: 'b', to: 'p', port: 8082},
+  {name: 'SYN cookies: remote node -> meshed pod', from: REMOTE, to: 'q'},
+  {name: 'SYN cookies: remote node -> meshed pod, IPv6', from: REMOTE, to: 'q', v6: true},
+  {name: 'SYN cookies: unmeshed pod -> meshed pod', from: 'c', to: 'q'},
+  {name: 'SYN cookies: meshed pod -> meshed pod', from: 'a', to: 'q'},
   // on the pods' link: Istio's ip6tables capture it, and the sidecar cannot reach an address
   // without its scope (both sidecars fail alike)
   {name: 'unmeshed pod -> meshed pod at its IPv6 link-local address', from: 'c', to: 'b', v6: true, linkLocal: true, raw: 'plain'},
@@ -339,6 +347,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
   before(async () => {
     lab.useRemoteResolver()
     await lab.create(PODS)
+    await execa('ip', ['netns', 'exec', lab.pod('q').netns, 'sysctl', '-q', '-w', 'net.ipv4.tcp_syncookies=2'])
     await lab.addRemote()
     await lab.startRemoteDns()
     for (const p of SIDECARS) sidecars.set(p, await lab.startSidecar(p))

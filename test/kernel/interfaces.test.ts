@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
+import {patternSha256} from '../../src/lab/http-app.js'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
@@ -183,5 +184,31 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     const r = await cli(['sync', '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
     assert.equal(r.code, 0, r.stderr + r.stdout)
     assert.equal((await doctor()).check.status, 'pass')
+  })
+
+  it("keeps a connection Istio's REDIRECT made flowing when merbridge is enabled beside the rules", async () => {
+    // its sockets are under the address and port REDIRECT chose (side0's address, the inbound port),
+    // where conntrack takes its segments after tc has seen them: under the tuple they carry they find
+    // no socket but the app's listener, as the last ACK of a SYN cookie handshake would, and tc must
+    // leave them to conntrack. (Deleting the rules would end it under Istio alone too: the nat hooks
+    // go with the table.)
+    const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
+    assert.equal(d.code, 0, d.stderr + d.stdout)
+    await lab.removeIstioIptables('plain')
+    await lab.installIstioIptables('plain')
+    const mark = sidecars.get('plain')!.stdout.length
+    const stream = lab.openStream('x-plain', `http://${lab.pod('plain').ip}:${APP_PORT}`)
+    const atStart = await stream.flowingPast(0, 'under Istio')
+    assert.deepEqual(parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend), ['inbound_passthrough'])
+    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.equal(r.code, 0, r.stderr + r.stdout)
+    const atSwitch = await stream.flowingPast(atStart, 'merbridge on')
+    await stream.flowingPast(atSwitch + 4 * 1024 * 1024, '4 MiB later')
+    const got = await stream.release()
+    assert.equal(got.code, 0, JSON.stringify(got))
+    assert.equal(got.sha256, patternSha256(got.bytes!))
+    for (const p of PODS) await lab.removeIstioIptables(p)
+    // and a new connection is merbridge's
+    assert.equal((await overSide0('plain')).seen, '127.0.0.6')
   })
 })
