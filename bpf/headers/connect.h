@@ -129,6 +129,16 @@ static __always_inline int dns_captured(const struct mb_settings *cfg, const str
 	return 0;
 }
 
+/* Where the kernel refuses a TCP connect (ENETUNREACH), so no packet leaves for Istio's rules to
+ * see: multicast, and IPv4's limited broadcast. Sent to the sidecar, it would be accepted and then
+ * closed. (A subnet's broadcast address is known to routing only: there the sidecar fails it.) */
+static __always_inline int tcp_refused(const union mb_ip *dst)
+{
+	if (ip_is_v4(dst))
+		return (dst->u32[3] & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000) || dst->u32[3] == 0xffffffff;
+	return (dst->u32[0] & bpf_htonl(0xff000000)) == bpf_htonl(0xff000000);
+}
+
 /*
  * Istio's OUTPUT chain for a connect (TCP or UDP) or a datagram (UDP) to dst:dport from a
  * process in a pod (src is the address the socket is bound to, zeros if none). "Over lo" is any
@@ -156,6 +166,8 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
 	struct mb_pod_config *peer;
 	int to_localhost, dns53, on_lo;
 
+	if (!udp && tcp_refused(dst))
+		return MB_LEAVE;
 	/* no ip6tables rules at all: its native IPv6 goes out as it is (its proxy listens on IPv4 only) */
 	if (c->pod && (c->pod->flags & MB_POD_NO_IPV6) && !ip_is_v4(dst))
 		return MB_LEAVE;

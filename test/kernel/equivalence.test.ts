@@ -120,6 +120,11 @@ const CASES: Case[] = [
   {name: 'sidecar -> 0.0.0.0', from: 'a', to: '0.0.0.0', as: PROXY},
   {name: 'sidecar bound to its pod IP -> 0.0.0.0', from: 'a', to: '0.0.0.0', as: PROXY, bind: true},
   {name: 'loopback include range: app -> 0.0.0.0', from: 'l', to: '0.0.0.0'},
+  // destinations the kernel refuses a TCP connect to (no packet leaves, so Istio's rules see none)
+  {name: 'app -> a multicast address', from: 'a', to: '224.0.0.1'},
+  {name: 'app -> the limited broadcast address', from: 'a', to: '255.255.255.255'},
+  {name: 'app -> an address in 0.0.0.0/8', from: 'a', to: '0.1.2.3'},
+  {name: 'IPv6: app -> a multicast address', from: 'a', to: 'ff02::1', v6: true},
   {name: 'process in the proxy group only -> other meshed pod', from: 'a', to: 'b', as: {uid: 0, gid: 1337}},
   {name: 'process in the proxy group only -> own pod IP', from: 'a', to: 'a', as: {uid: 0, gid: 1337}},
   {name: 'unmeshed pod -> meshed pod', from: 'c', to: 'b'},
@@ -302,7 +307,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
       return [`answered by ${answeredBy(r.answer)}`, ...(r.from ? [`reply from ${named(r.from)}`] : []), ...(r.peer ? [`peer name ${who(r.peer)}`] : [])].join(', ')
     }
     const port = c.port ?? APP_PORT
-    const literal = c.to.startsWith('127.') || ['::1', '0.0.0.0', '::'].includes(c.to)
+    const literal = c.to.startsWith('127.') || ['::1', '0.0.0.0', '::', '224.0.0.1', '255.255.255.255', '0.1.2.3', 'ff02::1'].includes(c.to)
     const host = c.linkLocal ? `${await lab.linkLocal(c.to)}%eth0` : literal ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
     const url = `http://${c.mapped ? `[::ffff:${host}]` : c.v6 ? `[${host}]` : host}:${port}/whoami`
     const bind = c.bind ? (c.v6 ? lab.pod(c.from).ip6 : lab.pod(c.from).ip) : undefined
