@@ -191,6 +191,7 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	union mb_ip dst = {};
 	__u32 tuple_size = 0;
 	enum mb_l4 l4;
+	int unregistered = 0;
 	__u16 dport;
 	long err;
 
@@ -202,12 +203,19 @@ int mb_tc_inbound(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	pod = bpf_map_lookup_elem(&local_pod_ips, &dst);
 	if (!pod) {
-		/* another address of a pod's own; shared by pods of separate networks, whichever pod
-		 * this is: every port but Istio's tunnel (fail closed) */
-		owner = bpf_map_lookup_elem(&pod_other_ips, &dst);
-		if (!owner || !arrives_here(skb, &t, tuple_size))
+		/* another address of the pod's own, where routing delivers it here (Istio's PREROUTING
+		 * captures whatever arrives for the pod): a registered one under its pod's rules; one
+		 * shared by pods of separate networks, or one the namespace gained since the last sync,
+		 * every port but Istio's tunnel (fail closed) */
+		if (!arrives_here(skb, &t, tuple_size))
 			return TC_ACT_OK;
-		pod = ip_is_zero(owner) ? NULL : bpf_map_lookup_elem(&local_pod_ips, (void *)owner);
+		owner = bpf_map_lookup_elem(&pod_other_ips, &dst);
+		if (!owner) {
+			if (l4 == MB_L4_UNKNOWN)
+				return TC_ACT_OK;
+			unregistered = 1;
+		}
+		pod = !owner || ip_is_zero(owner) ? NULL : bpf_map_lookup_elem(&local_pod_ips, (void *)owner);
 	}
 	if (l4 == MB_L4_UNKNOWN) {
 		/* TCP to a meshed pod whose port cannot be read: it could be a captured one (fail closed) */
@@ -237,6 +245,10 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	set_dport(&t, tuple_size, cfg->inbound_port);
 	sk = bpf_sk_lookup_tcp(skb, &t, tuple_size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk) {
+		/* an address not registered yet may be of a family the pod's proxy does not listen on
+		 * (IPv6 without ISTIO_DUAL_STACK: Istio captures none of it) */
+		if (unregistered)
+			return TC_ACT_OK;
 		count(MB_CNT_INBOUND_NO_LISTENER, 1);
 		return TC_ACT_SHOT;
 	}

@@ -307,7 +307,8 @@ describe('interception equivalence with Istio iptables', {skip, timeout: 600_000
       return [`answered by ${answeredBy(r.answer)}`, ...(r.from ? [`reply from ${named(r.from)}`] : []), ...(r.peer ? [`peer name ${who(r.peer)}`] : [])].join(', ')
     }
     const port = c.port ?? APP_PORT
-    const literal = c.to.startsWith('127.') || ['::1', '0.0.0.0', '::', '224.0.0.1', '255.255.255.255', '0.1.2.3', 'ff02::1'].includes(c.to)
+    // an address as written (a pod is named by a letter)
+    const literal = /[.:]/.test(c.to)
     const host = c.linkLocal ? `${await lab.linkLocal(c.to)}%eth0` : literal ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
     const url = `http://${c.mapped ? `[::ffff:${host}]` : c.v6 ? `[${host}]` : host}:${port}/whoami`
     const bind = c.bind ? (c.v6 ? lab.pod(c.from).ip6 : lab.pod(c.from).ip) : undefined

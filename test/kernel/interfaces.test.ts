@@ -143,6 +143,23 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     assert.deepEqual(vm.log.map((l) => l.backend), ['inbound_passthrough'])
   })
 
+  it('captures an address the pod gained since it was registered, before any sync', async () => {
+    const added = '10.66.0.7'
+    await execa('ip', ['-n', lab.pod('plain').netns, 'addr', 'add', `${added}/32`, 'dev', 'side0'])
+    await execa('ip', ['-n', lab.pod('x-plain').netns, 'route', 'add', `${added}/32`, 'via', secondAddress('plain')])
+    try {
+      const dumped = parseJson<{maps: MapDump[]}>((await cli(['dump-maps', 'pod_other_ips', '--bpffs', install.bpffs, '--json'], install.env)).stdout).maps
+      assert.ok(!(dumped[0]?.rows ?? []).some((o) => (o as {ip: string}).ip === added), 'not registered yet')
+      // under its pod's rules once sync registers it; until then every port but 15008
+      const r = await overSide0('plain', added)
+      assert.equal(r.seen, '127.0.0.6', 'an address not registered yet: through the inbound sidecar')
+      assert.deepEqual(r.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${added}:${APP_PORT}`]])
+    } finally {
+      await execa('ip', ['-n', lab.pod('x-plain').netns, 'route', 'del', `${added}/32`])
+      await execa('ip', ['-n', lab.pod('plain').netns, 'addr', 'del', `${added}/32`, 'dev', 'side0'])
+    }
+  })
+
   it("with Istio's rules still installed, every connection goes as Istio alone sends it", async () => {
     for (const p of PODS) await lab.installIstioIptables(p)
     await asIstio()
