@@ -62,14 +62,22 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
         else if (event.type === 'RECHECK') {
           const {written, deleted} = applied.sync
           if (written + deleted > 0) opts.log(`re-check: the maps had drifted from the pods; rewrote ${written} entr${written === 1 ? 'y' : 'ies'} and removed ${deleted} (${ms} ms)`, {event: 'repaired', written, deleted, ms})
-        } else if (event.type === 'RETRY') {
-          const now = new Set(applied.sync.meshed.map((p) => `${p.namespace}/${p.name}`))
-          for (const p of before?.sync.unregistered ?? []) if (now.has(`${p.namespace}/${p.name}`)) opts.log(describePod(p.namespace, p.name, applied, false).text, {event: 'registered', pod: `${p.namespace}/${p.name}`, ms})
-        } else {
+        }
+        // the pod an ADDED, MODIFIED or DELETED event is about
+        let own: string | undefined
+        if ('pod' in event) {
           const ns = event.pod.metadata?.namespace ?? 'default'
           const name = event.pod.metadata?.name ?? ''
+          own = `${ns}/${name}`
           const pod = describePod(ns, name, applied, event.type === 'DELETED')
-          opts.log(`${event.type.toLowerCase()} ${pod.text} (${ms} ms)`, {event: event.type.toLowerCase(), pod: `${ns}/${name}`, state: pod.state, ms})
+          opts.log(`${event.type.toLowerCase()} ${pod.text} (${ms} ms)`, {event: event.type.toLowerCase(), pod: own, state: pod.state, ms})
+        }
+        // a pod waiting for its namespace is reported once registered, whichever pass found it
+        // (the retry, a re-check, a later event), but for the event about that very pod
+        const now = new Set(applied.sync.meshed.map((p) => `${p.namespace}/${p.name}`))
+        for (const p of before?.sync.unregistered ?? []) {
+          const id = `${p.namespace}/${p.name}`
+          if (now.has(id) && id !== own) opts.log(describePod(p.namespace, p.name, applied, false).text, {event: 'registered', pod: id, ms})
         }
       } catch (error) {
         applied = undefined // the maps may be half written: read them back next time
