@@ -62,6 +62,7 @@ enum mb_counter {
 	MB_CNT_INBOUND_UNPARSED,      /* TCP to a meshed pod dropped: a fragment, or its header not found (fail closed) */
 	MB_CNT_SOCKET_OVER_SHARE,     /* sockets left on TCP: their pod was over its share of a busy sock_pair_map */
 	MB_CNT_ORIGIN_OVER_SHARE,     /* original destinations refused: their pod was over its share of a busy pair_original_dst */
+	MB_CNT_INBOUND_UNCOVERED,     /* SYNs to a captured port dropped: they came in where tc is not (fail closed) */
 	MB_CNT__COUNT,
 };
 
@@ -85,3 +86,4 @@ enum mb_counter {
 #define MB_SOL_IP           0
 #define MB_SO_ORIGINAL_DST 80
 #define MB_TCP_CLOSE        7
+#define MB_LOOPBACK_IFINDEX 1  /* lo, the first device of every network namespace */

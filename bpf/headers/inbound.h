@@ -11,6 +11,7 @@
 #include <linux/pkt_cls.h>
 #include <stddef.h>
 #include "helpers.h"
+#include "kernel.h"
 
 /* IPv6 extension headers walked to find TCP; more than this fails closed */
 #define MB_MAX_EXT_HDRS 6
@@ -178,12 +179,48 @@ static __always_inline int cookie_ack(struct __sk_buff *skb, const struct mb_set
 	return TC_ACT_OK;
 }
 
+/* The rules of the pod an address of a registered pod's namespace belongs to, other than a pod's
+ * own (pod_other_ips): its owner's, or NULL where pods of separate networks share it or the
+ * namespace gained it since the last sync (*unregistered), where every port but Istio's tunnel is
+ * captured (fail closed; Istio's PREROUTING captures whatever arrives for the pod). */
+static __always_inline struct mb_pod_config *other_address_rules(const union mb_ip *dst, int *unregistered)
+{
+	const union mb_ip *owner = bpf_map_lookup_elem(&pod_other_ips, dst);
+
+	*unregistered = !owner;
+	return !owner || ip_is_zero(owner) ? NULL : bpf_map_lookup_elem(&local_pod_ips, (void *)owner);
+}
+
+/* Whether a connection to dport is for the inbound listener, under these rules (NULL: all ports
+ * but the tunnel's); the inbound port itself is already on its way there. */
+static __always_inline int inbound_port_captured(const struct mb_settings *cfg, const struct mb_pod_config *pod, __u16 dport)
+{
+	if (dport == cfg->inbound_port)
+		return 0;
+	return pod ? inbound_captured(pod, dport) : dport != MB_HBONE_PORT;
+}
+
+/* Whether the namespace has an inbound listener for this destination (lookup by the packet's
+ * addresses, the inbound port in place of its own). */
+static __always_inline int inbound_listener(void *ctx, struct bpf_sock_tuple *t, __u32 tuple_size, __u16 port)
+{
+	struct bpf_sock *sk;
+	int found;
+
+	set_dport(t, tuple_size, port);
+	sk = bpf_sk_lookup_tcp(ctx, t, tuple_size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	found = sk->state == BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return found;
+}
+
 SEC("tc")
 int mb_tc_inbound(struct __sk_buff *skb)
 {
 	const struct mb_settings *cfg;
 	struct mb_pod_config *pod;
-	const union mb_ip *owner;
 	struct bpf_sock_tuple t = {};
 	union mb_nethdr nh;
 	struct bpf_sock *sk;
@@ -209,13 +246,9 @@ int mb_tc_inbound(struct __sk_buff *skb)
 		 * every port but Istio's tunnel (fail closed) */
 		if (!arrives_here(skb, &t, tuple_size))
 			return TC_ACT_OK;
-		owner = bpf_map_lookup_elem(&pod_other_ips, &dst);
-		if (!owner) {
-			if (l4 == MB_L4_UNKNOWN)
-				return TC_ACT_OK;
-			unregistered = 1;
-		}
-		pod = !owner || ip_is_zero(owner) ? NULL : bpf_map_lookup_elem(&local_pod_ips, (void *)owner);
+		pod = other_address_rules(&dst, &unregistered);
+		if (unregistered && l4 == MB_L4_UNKNOWN)
+			return TC_ACT_OK;
 	}
 	if (l4 == MB_L4_UNKNOWN) {
 		/* TCP to a meshed pod whose port cannot be read: it could be a captured one (fail closed) */
@@ -223,8 +256,8 @@ int mb_tc_inbound(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	dport = bpf_ntohs(tcp.dest);
-	if (dport == cfg->inbound_port || (pod ? !inbound_captured(pod, dport) : dport == MB_HBONE_PORT))
-		return TC_ACT_OK; /* the inbound port itself: already on its way to the sidecar */
+	if (!inbound_port_captured(cfg, pod, dport))
+		return TC_ACT_OK;
 	if (!tcp.syn)
 		return tcp.ack && !tcp.rst ? cookie_ack(skb, cfg, &t, tuple_size, &nh, &tcp) : TC_ACT_OK;
 	if (tcp.ack)
@@ -260,4 +293,69 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	}
 	count(MB_CNT_INBOUND_ASSIGNED, 1);
 	return TC_ACT_OK;
+}
+
+/* The network namespace cookie of a socket, read through its BTF pointer: bpf_get_netns_cookie
+ * takes an skb only in recent kernels. */
+static __always_inline __u64 sock_netns(struct bpf_sock *sk)
+{
+	struct sock *s = (struct sock *)bpf_skc_to_tcp_sock(sk);
+
+	return s ? s->__sk_common.skc_net.net->net_cookie : 0;
+}
+
+/*
+ * Inbound capture's backstop, on the cgroup's ingress, where the socket a packet goes to is known:
+ * a SYN tc would have handed to the inbound listener that reached another listener of a registered
+ * pod from outside it came in where tc is not (an interface the pod gained since sync attached tc
+ * to its interfaces, one whose filter another tool took off). Istio's PREROUTING is on every
+ * interface; here the SYN is dropped, as a REDIRECT to a port nothing listens on would be, until
+ * sync puts tc there: the client's next retransmission goes through the sidecar. Interfaces the pod
+ * excludes (inbound_skip) are left alone, as Istio leaves them. Everything else, nearly every packet,
+ * is passed after a look at its socket.
+ */
+SEC("cgroup_skb/ingress")
+int mb_inbound_guard(struct __sk_buff *skb)
+{
+	const struct mb_settings *cfg;
+	struct mb_pod_config *pod;
+	struct bpf_sock_tuple t = {};
+	struct mb_iface iface = {};
+	union mb_nethdr nh;
+	struct bpf_sock *sk = skb->sk;
+	struct tcphdr tcp;
+	union mb_ip dst = {};
+	__u32 tuple_size = 0;
+	enum mb_l4 l4;
+	int unregistered = 0;
+
+	if (!sk || sk->state != BPF_TCP_LISTEN)
+		return 1;
+	cfg = active_settings();
+	/* a sidecar listener: handed over (by tc, or by Istio's rules, which send a virtual machine's
+	 * connections to the outbound one); lo: a connection from inside the pod, the connect hooks'
+	 * to decide */
+	if (!cfg || sk->src_port == cfg->inbound_port || sk->src_port == cfg->outbound_port || skb->ifindex == MB_LOOPBACK_IFINDEX)
+		return 1;
+	l4 = find_tcp(skb, &t, &tuple_size, &dst, &tcp, &nh);
+	/* reassembled by now: UNKNOWN is a chain of extension headers longer than walked (tc drops it) */
+	if (l4 == MB_L4_OTHER || (l4 == MB_L4_TCP && (!tcp.syn || tcp.ack)))
+		return 1;
+	iface.netns = sock_netns(sk);
+	iface.ifindex = skb->ifindex;
+	if (!bpf_map_lookup_elem(&netns_pod_ips, &iface.netns) || bpf_map_lookup_elem(&inbound_skip, &iface))
+		return 1;
+	pod = bpf_map_lookup_elem(&local_pod_ips, &dst);
+	if (!pod) {
+		pod = other_address_rules(&dst, &unregistered);
+		if (unregistered && l4 == MB_L4_UNKNOWN)
+			return 1; /* as tc */
+	}
+	if (l4 == MB_L4_TCP && !inbound_port_captured(cfg, pod, bpf_ntohs(tcp.dest)))
+		return 1;
+	/* as tc: an address not registered yet, of a family the proxy does not listen on, is not captured */
+	if (unregistered && !inbound_listener(skb, &t, tuple_size, cfg->inbound_port))
+		return 1;
+	count(MB_CNT_INBOUND_UNCOVERED, 1);
+	return 0;
 }

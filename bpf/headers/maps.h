@@ -31,6 +31,16 @@ struct {
 	__uint(max_entries, MB_MAX_PODS);
 } pod_other_ips SEC(".maps");
 
+/* The interfaces registered pods exclude from inbound capture (Istio's excludeInterfaces), by
+ * namespace and index, as sync found them: tc is not on them, and the cgroup's guard leaves them
+ * alone too. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mb_iface);
+	__type(value, __u32);
+	__uint(max_entries, MB_MAX_PODS);
+} inbound_skip SEC(".maps");
+
 /* Original destination of a rewritten connect(), kept with the socket until it is established:
  * socket storage dies with the socket, so a connect that never completes leaks nothing. */
 struct {

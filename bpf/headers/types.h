@@ -126,3 +126,10 @@ struct mb_sockaddr_in {
 	__be32 addr;
 	__u8 zero[8];
 };
+
+/* An interface of a registered pod's namespace that inbound capture stays off (key of inbound_skip). */
+struct mb_iface {
+	__u64 netns;          /* netns cookie */
+	__u32 ifindex;
+	__u32 pad;
+};

@@ -1,5 +1,5 @@
 /** Kernel features the datapath uses, checked against `bpftool feature probe kernel -j`. */
-export const REQUIRED_PROG_TYPES = ['sock_ops', 'sk_msg', 'cgroup_sock_addr', 'cgroup_sockopt', 'sched_cls'] as const
+export const REQUIRED_PROG_TYPES = ['sock_ops', 'sk_msg', 'cgroup_sock_addr', 'cgroup_sockopt', 'sched_cls', 'cgroup_skb'] as const
 export const REQUIRED_MAP_TYPES = ['sockhash', 'sk_storage', 'lru_hash', 'percpu_array'] as const
 /** program type -> helpers its program calls */
 export const REQUIRED_HELPERS: Record<string, string[]> = {
@@ -9,6 +9,8 @@ export const REQUIRED_HELPERS: Record<string, string[]> = {
   cgroup_sockopt: ['bpf_get_netns_cookie', 'bpf_get_current_uid_gid'],
   // inbound capture (tc ingress)
   sched_cls: ['bpf_skc_lookup_tcp', 'bpf_sk_lookup_tcp', 'bpf_sk_release', 'bpf_sk_assign', 'bpf_skb_load_bytes_relative', 'bpf_fib_lookup', 'bpf_tcp_check_syncookie'],
+  // its backstop (cgroup ingress)
+  cgroup_skb: ['bpf_skb_load_bytes_relative', 'bpf_sk_lookup_tcp', 'bpf_sk_release', 'bpf_skc_to_tcp_sock'],
 }
 
 export interface FeatureReport {

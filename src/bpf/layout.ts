@@ -45,6 +45,7 @@ export const COUNTERS = [
   'inboundUnparsed',
   'socketOverShare',
   'originOverShare',
+  'inboundUncovered',
 ] as const
 export type CounterName = (typeof COUNTERS)[number]
 
@@ -86,6 +87,7 @@ export const LAYOUT = {
   mb_pod_id: {size: 32, fields: {ip: 0, ip6: 16}},
   mb_settings: {size: 32, fields: {sidecar_uid: 0, sidecar_gid: 4, outbound_port: 8, inbound_port: 10, flags: 12, host_netns: 16, dns_port: 24, pad: 26, pad2: 28}},
   mb_usage: {size: 16, fields: {sockets: 0, origins: 8}},
+  mb_iface: {size: 16, fields: {netns: 0, ifindex: 8, pad: 12}},
 } as const
 
 const F = {
@@ -319,6 +321,24 @@ export function encodePodId(id: PodId): Buffer {
 export function decodePodId(b: Buffer): PodId {
   const ip6 = b.subarray(LAYOUT.mb_pod_id.fields.ip6, LAYOUT.mb_pod_id.fields.ip6 + 16)
   return {ip: ipAt(b, LAYOUT.mb_pod_id.fields.ip), ...(ip6.some((x) => x !== 0) ? {ip6: slotToIp(ip6)} : {})}
+}
+
+// ---- struct mb_iface --------------------------------------------------------------------------
+/** An interface of a registered pod's namespace: its netns cookie and the interface's index there. */
+export interface Iface {
+  netns: bigint
+  ifindex: number
+}
+
+export function encodeIface(i: Iface): Buffer {
+  const b = Buffer.alloc(LAYOUT.mb_iface.size)
+  b.writeBigUInt64LE(i.netns, LAYOUT.mb_iface.fields.netns)
+  b.writeUInt32LE(i.ifindex, LAYOUT.mb_iface.fields.ifindex)
+  return b
+}
+
+export function decodeIface(b: Buffer): Iface {
+  return {netns: b.readBigUInt64LE(LAYOUT.mb_iface.fields.netns), ifindex: b.readUInt32LE(LAYOUT.mb_iface.fields.ifindex)}
 }
 
 // ---- struct mb_process ------------------------------------------------------------------------

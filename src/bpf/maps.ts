@@ -5,6 +5,7 @@ import {bpftool, bytesFromHex, type RawMapEntry} from './bpftool.js'
 import {
   COUNTERS,
   type CounterName,
+  decodeIface,
   decodeOrigin,
   decodePodId,
   decodePair,
@@ -12,6 +13,7 @@ import {
   decodeProcess,
   decodeSettings,
   decodeUsage,
+  type Iface,
   type Origin,
   type Pair,
   type PodId,
@@ -46,6 +48,11 @@ export const readMaps = {
       const owner = e.value?.some((b) => b !== 0) ? slotToIp(e.value) : undefined
       return {ip: slotToIp(e.key), ...(owner === undefined ? {} : {owner})}
     })
+  },
+
+  /** The interfaces registered pods exclude from inbound capture, by namespace cookie and index. */
+  async inboundSkips(inst: MapPins): Promise<Iface[]> {
+    return (await dump(inst, 'inbound_skip')).map((e) => decodeIface(e.key))
   },
 
   async originals(inst: MapPins): Promise<{pair: Pair; origin: Origin}[]> {

@@ -23,6 +23,8 @@ export const PROGRAMS: ProgramSpec[] = [
   {name: 'mb_getsockopt', attachType: 'getsockopt', kernelAttachType: 'cgroup_getsockopt', target: 'cgroup'},
   {name: 'mb_sockops', attachType: 'sock_ops', kernelAttachType: 'cgroup_sock_ops', target: 'cgroup'},
   {name: 'mb_tc_inbound', attachType: 'tc_ingress', kernelAttachType: 'tc_ingress', target: 'pods'},
+  // after tc: it drops what tc would have handed over but did not see
+  {name: 'mb_inbound_guard', attachType: 'ingress', kernelAttachType: 'cgroup_inet_ingress', target: 'cgroup'},
   {name: 'mb_recvmsg6', attachType: 'recvmsg6', kernelAttachType: 'cgroup_udp6_recvmsg', target: 'cgroup'},
   {name: 'mb_recvmsg4', attachType: 'recvmsg4', kernelAttachType: 'cgroup_udp4_recvmsg', target: 'cgroup'},
   {name: 'mb_getpeername6', attachType: 'getpeername6', kernelAttachType: 'cgroup_inet6_getpeername', target: 'cgroup'},
@@ -46,6 +48,7 @@ export const MAP_NAMES = [
   'pod_share',
   'sock_charges',
   'pod_other_ips',
+  'inbound_skip',
 ] as const
 export type MapName = (typeof MAP_NAMES)[number]
 

@@ -7,7 +7,7 @@ import {MerbridgeError} from '../errors.js'
 import {type InstallState, type Installation, notEnabled} from './installation.js'
 
 /** The maps dump-maps decodes, in the order it shows them. */
-export const DUMPABLE = ['sock_pair_map', 'pair_original_dst', 'pod_usage', 'process_ip', 'local_pod_ips', 'netns_pod_ips', 'pod_other_ips', 'settings', 'counters'] as const
+export const DUMPABLE = ['sock_pair_map', 'pair_original_dst', 'pod_usage', 'process_ip', 'local_pod_ips', 'netns_pod_ips', 'pod_other_ips', 'inbound_skip', 'settings', 'counters'] as const
 export type DumpableMap = (typeof DUMPABLE)[number]
 
 export interface Endpoint {
@@ -61,6 +61,8 @@ export interface RowsOf {
   netns_pod_ips: {netns: string; ip: string; ip6?: string; pod?: string}
   /** owner: the pod IP whose namespace has the address; absent when pods of separate networks share it */
   pod_other_ips: {ip: string; owner?: string; pod?: string}
+  /** an interface a registered pod excludes from inbound capture: its namespace's cookie and its index there */
+  inbound_skip: {netns: string; ifindex: number; pod?: string}
   settings: Omit<Settings, 'hostNetns'> & {hostNetns: string}
   counters: {counter: string; value: number}
 }
@@ -132,6 +134,7 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
     (filter.port === undefined || eps.some((e) => e.port === filter.port)) &&
     (!filter.pod || eps.some((e) => e.pod === filter.pod || e.pod?.split('/')[1] === filter.pod))
 
+  const byNetns = new Map((state?.pods.meshed ?? []).map((m) => [m.netns, m]))
   const readers: {[K in DumpableMap]: () => Promise<{rows: RowsOf[K][]; eps: Endpoint[][]}>} = {
     async sock_pair_map() {
       const entries = await readMaps.sockets(inst)
@@ -145,7 +148,6 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
       }
     },
     async pod_usage() {
-      const byNetns = new Map((state?.pods.meshed ?? []).map((m) => [m.netns, m]))
       // the busiest first: the question this map answers is who holds the entries
       const entries = (await readMaps.podUsage(inst)).sort((a, b) => b.usage.sockets + b.usage.origins - (a.usage.sockets + a.usage.origins))
       const owners = entries.map((e) => byNetns.get(e.netns.toString()))
@@ -170,6 +172,12 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
       // an installation enabled by an older merbridge has none
       const entries = existsSync(inst.map('pod_other_ips')) ? await readMaps.otherIps(inst) : []
       return {rows: entries.map((e) => ({ip: e.ip, ...(e.owner ? {owner: e.owner, pod: pods.get(e.owner)} : {})})), eps: entries.map((e) => [ep(e.ip), ...(e.owner ? [ep(e.owner)] : [])])}
+    },
+    async inbound_skip() {
+      // an installation enabled by an older merbridge has none
+      const entries = existsSync(inst.map('inbound_skip')) ? await readMaps.inboundSkips(inst) : []
+      const owners = entries.map((e) => byNetns.get(e.netns.toString()))
+      return {rows: entries.map((e, i) => ({netns: e.netns.toString(), ifindex: e.ifindex, ...(owners[i] ? {pod: `${owners[i].namespace}/${owners[i].name}`} : {})})), eps: owners.map((m) => (m ? [ep(m.ip)] : []))}
     },
     async settings() {
       const s = await readMaps.settings(inst)

@@ -1,12 +1,12 @@
 import {existsSync} from 'node:fs'
 import {bpftool} from '../bpf/bpftool.js'
 import {ipToSlot} from '../bpf/ip.js'
-import {encodePodId, encodePodRules, encodeU32, encodeU64, MAX_DNS, MAX_PODS, podShare, type PodRules} from '../bpf/layout.js'
+import {encodeIface, encodePodId, encodePodRules, encodeU32, encodeU64, MAX_DNS, MAX_PODS, podShare, type PodRules} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import {readMaps} from '../bpf/maps.js'
 import type {MeshedPod, PodSelection} from '../kube/pods.js'
 import type {Helpers} from '../bpf/objects.js'
-import {listNetnsCandidates, namespaceResolvers, namespacesByIp, type NetnsCandidate, netnsCookies, normalIp} from '../node/netns.js'
+import {interfaceIndexes, listNetnsCandidates, namespaceResolvers, namespacesByIp, type NetnsCandidate, netnsCookies, normalIp} from '../node/netns.js'
 import {attachInbound, type InboundTarget} from '../node/tc-inbound.js'
 import type {Installation, PodRecord} from './installation.js'
 
@@ -18,6 +18,8 @@ export interface PodMapsView {
   others?: Map<string, string>
   /** pod_share: the entries of each connection map a pod may always hold */
   share?: number
+  /** inbound_skip: the interfaces registered pods exclude from inbound capture (encoded keys, hex) */
+  skips?: Set<string>
 }
 
 export interface SyncResult {
@@ -85,7 +87,9 @@ async function readView(inst: Installation): Promise<PodMapsView> {
   const others = new Map<string, string>()
   if (existsSync(inst.map('pod_other_ips'))) for (const o of await readMaps.otherIps(inst)) others.set(o.ip, o.owner ?? '')
   // an installation enabled by an older merbridge has no shares until enable replaces it
-  return {rules, netns, others, share: existsSync(inst.map('pod_share')) ? await readMaps.podShare(inst) : undefined}
+  const skips = new Set<string>()
+  if (existsSync(inst.map('inbound_skip'))) for (const s of await readMaps.inboundSkips(inst)) skips.add(encodeIface(s).toString('hex'))
+  return {rules, netns, others, skips, share: existsSync(inst.map('pod_share')) ? await readMaps.podShare(inst) : undefined}
 }
 
 /** One meshed pod as the node found it: its namespace (if found), that namespace's cookie, its encoded rules. */
@@ -96,6 +100,8 @@ export interface FoundPod {
   rules: Buffer
   /** the namespace's other addresses (a second network's), which Istio captures inbound too */
   otherIps?: string[]
+  /** the indexes of the interfaces it excludes from inbound capture, as its namespace has them now */
+  skipIndexes?: number[]
 }
 
 /** What a sync must write and remove to make the two pod maps match the pods, without I/O. */
@@ -107,6 +113,8 @@ export interface SyncPlan {
   netnsDeletes: bigint[]
   otherWrites: [ip: string, owner: string][]
   otherDeletes: string[]
+  skipWrites: Buffer[]
+  skipDeletes: Buffer[]
   /** addresses that registered pods of separate networks share: captured on every port there */
   shared: {ip: string; pods: string[]}[]
   /** other addresses beyond what pod_other_ips holds */
@@ -125,9 +133,13 @@ export interface SyncPlan {
  * written; `known` says `current` is what this process's last sync left.
  */
 export function planSync(found: FoundPod[], current: PodMapsView, known: boolean): SyncPlan {
-  const plan: SyncPlan = {view: {rules: new Map(), netns: new Map(), others: new Map()}, ruleWrites: [], netnsWrites: [], ruleDeletes: [], netnsDeletes: [], otherWrites: [], otherDeletes: [], shared: [], unheld: [], meshed: [], unregistered: [], registered: [], attach: []}
+  const plan: SyncPlan = {
+    view: {rules: new Map(), netns: new Map(), others: new Map(), skips: new Set()},
+    ...{ruleWrites: [], netnsWrites: [], ruleDeletes: [], netnsDeletes: [], otherWrites: [], otherDeletes: [], skipWrites: [], skipDeletes: []},
+    ...{shared: [], unheld: [], meshed: [], unregistered: [], registered: [], attach: []},
+  }
   const owners = new Map<string, {ip: string; id: string}[]>()
-  for (const {pod, nsPath, cookie, rules, otherIps = []} of found) {
+  for (const {pod, nsPath, cookie, rules, otherIps = [], skipIndexes = []} of found) {
     // a dual-stack pod's two addresses share its rules
     for (const ip of [pod.ip, ...(pod.ip6 ? [pod.ip6] : [])]) {
       plan.view.rules.set(ip, rules.toString('hex'))
@@ -143,6 +155,11 @@ export function planSync(found: FoundPod[], current: PodMapsView, known: boolean
     const changed = current.netns.get(cookie) !== plan.view.netns.get(cookie)
     if (changed) plan.netnsWrites.push([cookie, id])
     plan.meshed.push({...record, netns: cookie.toString()})
+    for (const ifindex of skipIndexes) {
+      const key = encodeIface({netns: cookie, ifindex})
+      plan.view.skips?.add(key.toString('hex'))
+      if (!current.skips?.has(key.toString('hex'))) plan.skipWrites.push(key)
+    }
     for (const a of otherIps) owners.set(a, [...(owners.get(a) ?? []), {ip: pod.ip, id: `${pod.namespace}/${pod.name}`}])
     if (nsPath) {
       const target = {path: nsPath, skip: pod.noInboundCapture}
@@ -164,6 +181,7 @@ export function planSync(found: FoundPod[], current: PodMapsView, known: boolean
   for (const ip of current.others?.keys() ?? []) if (!plan.view.others?.has(ip)) plan.otherDeletes.push(ip)
   for (const ip of current.rules.keys()) if (!plan.view.rules.has(ip)) plan.ruleDeletes.push(ip)
   for (const cookie of current.netns.keys()) if (!plan.view.netns.has(cookie)) plan.netnsDeletes.push(cookie)
+  for (const key of current.skips ?? []) if (!plan.view.skips?.has(key)) plan.skipDeletes.push(Buffer.from(key, 'hex'))
   return plan
 }
 
@@ -180,17 +198,24 @@ export async function syncPods(inst: Installation, objects: Helpers, selection: 
   const cookies = await netnsCookies(objects.netnsCookie, located.flatMap((f) => (f.ns ? [f.ns.path] : [])))
   const current = opts.known ?? (await readView(inst))
   const nodeWarnings: string[] = []
-  const found: FoundPod[] = located.map(({pod, ns}) => {
+  const found: FoundPod[] = []
+  for (const {pod, ns} of located) {
     const {rules, warning} = podRulesWithDns(pod, ns)
     if (warning) nodeWarnings.push(warning)
     const cookie = ns ? cookies.get(ns.path) : undefined
+    // the interfaces it excludes, for the cgroup's guard (tc stays off them itself, by name)
+    const skipIndexes = ns && cookie !== undefined && pod.noInboundCapture.length > 0 ? [...(await interfaceIndexes(ns.path, pod.noInboundCapture)).values()] : []
     // with its namespace: only that namespace's sockets may key connections on the pod's addresses
-    return {pod, nsPath: ns?.path, cookie, rules: encodePodRules({...rules, ...(cookie === undefined ? {} : {netns: cookie})}), otherIps: ns ? otherAddresses(pod, ns) : []}
-  })
+    found.push({pod, nsPath: ns?.path, cookie, rules: encodePodRules({...rules, ...(cookie === undefined ? {} : {netns: cookie})}), otherIps: ns ? otherAddresses(pod, ns) : [], skipIndexes})
+  }
   const plan = planSync(found, current, opts.known !== undefined)
   // every meshed pod counts, found or not: its share is kept for it either way
   plan.view.share = podShare(opts.capacity, selection.meshed.length)
   const lines = [
+    // before a namespace is registered: the guard acts on registered ones
+    ...(existsSync(inst.map('inbound_skip'))
+      ? [...plan.skipWrites.map((key) => bpftool.mapUpdateLine(inst.map('inbound_skip'), key, encodeU32(1))), ...plan.skipDeletes.map((key) => bpftool.mapDeleteLine(inst.map('inbound_skip'), key))]
+      : []),
     ...(plan.view.share === current.share || !existsSync(inst.map('pod_share')) ? [] : [bpftool.mapUpdateLine(inst.map('pod_share'), encodeU32(0), encodeU32(plan.view.share))]),
     ...plan.ruleWrites.map(([ip, rules]) => bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(ip), rules)),
     ...plan.netnsWrites.map(([cookie, id]) => bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), id)),
@@ -208,8 +233,8 @@ export async function syncPods(inst: Installation, objects: Helpers, selection: 
   const result: SyncResult = {
     meshed: plan.meshed,
     unregistered: plan.unregistered,
-    written: plan.ruleWrites.length + plan.netnsWrites.length + plan.otherWrites.length,
-    deleted: plan.ruleDeletes.length + plan.netnsDeletes.length + plan.otherDeletes.length,
+    written: plan.ruleWrites.length + plan.netnsWrites.length + plan.otherWrites.length + plan.skipWrites.length,
+    deleted: plan.ruleDeletes.length + plan.netnsDeletes.length + plan.otherDeletes.length + plan.skipDeletes.length,
     view: plan.view,
     registered: plan.registered,
     nodeWarnings: [...nodeWarnings, ...plan.shared.map((s) => `${s.pods.join(', ')}: all have the address ${s.ip} (separate networks); connections to it are captured on every port but 15008`), ...(plan.unheld.length > 0 ? [`${plan.unheld.length} other addresses of pods (${plan.unheld.slice(0, 3).join(', ')}${plan.unheld.length > 3 ? ', ...' : ''}) do not fit pod_other_ips (${MAX_PODS}): connections to them are not captured inbound`] : [])],

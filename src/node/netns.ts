@@ -121,6 +121,17 @@ export async function netnsCookies(helper: string, paths: string[]): Promise<Map
   return out
 }
 
+/**
+ * The indexes of the named interfaces in the namespace at path (those it has now): `ip -o link`
+ * prints one line per interface, "INDEX: NAME[@PEER]: ...".
+ */
+export async function interfaceIndexes(path: string, names: readonly string[]): Promise<Map<string, number>> {
+  const r = await run('nsenter', [`--net=${path}`, 'ip', '-o', 'link', 'show'], {allowFailure: true})
+  const out = new Map<string, number>()
+  for (const [, index = '', name = ''] of r.stdout.matchAll(/^(\d+): ([^:@\s]+)[@:]/gm)) if (names.includes(name)) out.set(name, Number(index))
+  return out
+}
+
 /** For each IP (in canonical form: normalIp), the namespace that has it as a local address (pod IPs are unique on a node). */
 export function namespacesByIp(candidates: NetnsCandidate[]): Map<string, NetnsCandidate> {
   const out = new Map<string, NetnsCandidate>()

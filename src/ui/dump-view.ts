@@ -47,6 +47,8 @@ function table(m: MapDump): string {
       return renderTable(['netns cookie', 'pod IPs', 'pod'], m.rows.map((x) => [x.netns, x.ip6 ? `${x.ip} ${x.ip6}` : x.ip, x.pod ?? '-']))
     case 'pod_other_ips':
       return renderTable(['address', 'pod IP', 'pod'], m.rows.map((x) => [x.ip, x.owner ?? c.dim('(shared by pods of separate networks)'), x.pod ?? '-']))
+    case 'inbound_skip':
+      return renderTable(['netns cookie', 'interface index', 'pod'], m.rows.map((x) => [x.netns, x.ifindex, x.pod ?? '-']))
     case 'settings':
       return renderTable(['field', 'value'], Object.entries(m.rows[0] ?? {}).map(([k, v]) => [k, String(v)]))
     case 'counters':

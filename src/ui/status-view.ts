@@ -21,6 +21,7 @@ const COUNTER_LABELS: Record<CounterName, string> = {
   inboundUnparsed: 'TCP packets to a meshed pod dropped: fragments or no TCP header found (fail closed)',
   socketOverShare: 'sockets left on TCP: their pod was over its share of a busy sock_pair_map',
   originOverShare: 'original destinations refused: their pod was over its share of a busy pair_original_dst',
+  inboundUncovered: 'SYNs to a captured port dropped: they came in where inbound capture is not attached (fail closed; merbridge sync attaches it)',
 }
 
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`

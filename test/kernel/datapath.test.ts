@@ -25,7 +25,7 @@ import {BIN, cli, kernelSkipReason, parseJson, ROOT, rowsOf, uniqueInstall} from
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])
 // written out, not taken from PROGRAMS: a program that is not loaded or attached must fail these
-const ALL_PROGRAMS = ['mb_connect4', 'mb_connect6', 'mb_getpeername4', 'mb_getpeername6', 'mb_getsockopt', 'mb_msg_redirect', 'mb_recvmsg4', 'mb_recvmsg6', 'mb_sendmsg4', 'mb_sendmsg6', 'mb_sockops', 'mb_tc_inbound']
+const ALL_PROGRAMS = ['mb_connect4', 'mb_connect6', 'mb_getpeername4', 'mb_getpeername6', 'mb_getsockopt', 'mb_inbound_guard', 'mb_msg_redirect', 'mb_recvmsg4', 'mb_recvmsg6', 'mb_sendmsg4', 'mb_sendmsg6', 'mb_sockops', 'mb_tc_inbound']
 
 describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)

@@ -14,7 +14,8 @@ import {PROFILES} from '../../src/mesh/profiles.js'
 import type {EnableResult} from '../../src/commands/enable.js'
 import type {PreflightResult} from '../../src/datapath/preflight.js'
 import type {MapDump} from '../../src/datapath/dump.js'
-import {cli, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
+import {readMaps} from '../../src/bpf/maps.js'
+import {cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables'])
 
@@ -44,6 +45,37 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
   /** The pod's own address on side0, the link to x-POD (addLinkedPod: .1 of x-POD's /24). */
   const secondAddress = (pod: string) => lab.pod(`x-${pod}`).ip.replace(/\.2$/, '.1')
   const tcFilters = async (pod: string, dev: string) => (await execa('tc', ['-n', lab.pod(pod).netns, '-j', 'filter', 'show', 'dev', dev, 'ingress'])).stdout
+  /**
+   * A request from `from` to plain, over an interface of plain's that tc is not on: its SYN is
+   * dropped (fail closed) rather than given to the app around the sidecar; once sync attaches tc
+   * there, the client's next retransmission goes through the inbound sidecar. Istio's rules,
+   * installed since the test that keeps them beside merbridge, would capture it themselves: they
+   * are off meanwhile.
+   */
+  const heldUntilSync = async (from: string) => {
+    await lab.removeIstioIptables('plain')
+    try {
+      await heldUntilSyncAlone(from)
+    } finally {
+      await lab.installIstioIptables('plain')
+    }
+  }
+  const heldUntilSyncAlone = async (from: string) => {
+    const inst = install.installation()
+    const before = (await readMaps.counters(inst)).inboundUncovered
+    const mark = sidecars.get('plain')!.stdout.length
+    const pending = lab.get(from, `http://${lab.pod('plain').ip}:${APP_PORT}/whoami`)
+    let answered: Awaited<typeof pending> | undefined
+    void pending.then((r) => (answered = r))
+    await eventually('the SYN dropped where tc is not', async () => answered !== undefined || (await readMaps.counters(inst)).inboundUncovered > before)
+    assert.equal(answered, undefined, `answered before any sync: ${JSON.stringify(answered)}`)
+    const s = await cli(['sync', '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.equal(s.code, 0, s.stderr + s.stdout)
+    const r = await pending
+    assert.equal(r.status, 200, `${from} -> plain: ${r.error ?? ''}`)
+    assert.equal((JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress, '127.0.0.6', 'the retransmitted SYN went through the inbound sidecar')
+    assert.deepEqual(parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend), ['inbound_passthrough'])
+  }
   /** What Istio's rules do, in each mode where they are installed. */
   const asIstio = async () => {
     const excluded = await overSide0('excluded')
@@ -135,6 +167,10 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     const others = (dumped[0]?.rows ?? []) as {ip: string; owner?: string; pod?: string}[]
     assert.deepEqual(others.find((o) => o.ip === secondAddress('plain')), {ip: secondAddress('plain'), owner: lab.pod('plain').ip, pod: 'lab/plain'})
     assert.deepEqual(others.find((o) => o.ip === SHARED), {ip: SHARED}, 'a shared address has no owner')
+    // the excluded interface, by index in its pod's namespace: the cgroup's guard leaves it alone too
+    const skips = parseJson<{maps: MapDump[]}>((await cli(['dump-maps', 'inbound_skip', '--bpffs', install.bpffs, '--json'], install.env)).stdout).maps[0]?.rows
+    const side0 = Number(/^(\d+):/.exec((await execa('ip', ['-n', lab.pod('excluded').netns, '-o', 'link', 'show', 'side0'])).stdout)?.[1])
+    assert.deepEqual(skips?.map((s) => [(s as {pod?: string}).pod, (s as {ifindex: number}).ifindex]), [['lab/excluded', side0]])
     assert.match(warnings, new RegExp(`lab/vm, lab/plain: all have the address ${SHARED.replaceAll('.', '\\.')} \\(separate networks\\)|lab/plain, lab/vm: all have the address`))
     await capturedAsAnyOther()
     // fail closed: not the outbound listener Istio's rule picks, but never around the sidecar
@@ -198,9 +234,15 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     assert.equal(broken.code, 1)
     assert.equal(broken.check.detail, 'not attached on 1 of 4 registered pod(s): lab/plain (side0)')
     assert.match(broken.check.remedy ?? '', /merbridge sync/)
-    const r = await cli(['sync', '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
-    assert.equal(r.code, 0, r.stderr + r.stdout)
+    await heldUntilSync('x-plain')
     assert.equal((await doctor()).check.status, 'pass')
+  })
+
+  it('keeps a connection over an interface the pod gained since it was registered from its app until sync captures there', async () => {
+    await lab.addLinkedPod({name: 'y-plain'}, 'plain', 'side1')
+    assert.doesNotMatch(await tcFilters('plain', 'side1'), /"kind":"bpf"/, 'not attached before a sync')
+    await heldUntilSync('y-plain')
+    assert.match(await tcFilters('plain', 'side1'), /"kind":"bpf"/)
   })
 
   it("keeps a connection Istio's REDIRECT made flowing when merbridge is enabled beside the rules", async () => {

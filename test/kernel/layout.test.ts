@@ -6,7 +6,7 @@ import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {ipToSlot} from '../../src/bpf/ip.js'
-import {COUNTERS, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT, POD_DNS_CAPTURE, POD_GROUPS_ONLY, POD_NO_IPV6} from '../../src/bpf/layout.js'
+import {COUNTERS, encodeIface, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT, POD_DNS_CAPTURE, POD_GROUPS_ONLY, POD_NO_IPV6} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
 import {Installation} from '../../src/datapath/installation.js'
@@ -80,12 +80,14 @@ describe('struct layouts', {skip}, () => {
       bpftool.mapUpdateLine(inst.map('pair_original_dst'), encodePair(pair), encodeOrigin(origin)),
       bpftool.mapUpdateLine(inst.map('process_ip'), encodeU32(4242), encodeProcess({podIp: '10.77.0.2', netns: 4101n})),
       bpftool.mapUpdateLine(inst.map('settings'), encodeU32(0), encodeSettings(settings)),
+      bpftool.mapUpdateLine(inst.map('inbound_skip'), encodeIface({netns: 4101n, ifindex: 7}), encodeU32(1)),
     ])
     assert.deepEqual(await readMaps.localPods(inst), [{ip: '10.77.0.2', rules}])
     assert.deepEqual(await readMaps.netnsPods(inst), [{netns: 4101n, ip: '10.77.0.2', ip6: 'fd77::2'}])
     assert.deepEqual(await readMaps.originals(inst), [{pair, origin}])
     assert.deepEqual(await readMaps.processes(inst), [{pid: 4242, entry: {podIp: '10.77.0.2', netns: 4101n}}])
     assert.deepEqual(await readMaps.settings(inst), settings)
+    assert.deepEqual(await readMaps.inboundSkips(inst), [{netns: 4101n, ifindex: 7}])
 
     // the kernel's own BTF rendering of the same entry agrees with the codec
     const [raw] = await bpftool.mapDump(inst.map('pair_original_dst'))
@@ -103,6 +105,8 @@ describe('struct layouts', {skip}, () => {
     assert.equal(pod.flags, POD_DNS_CAPTURE | POD_NO_IPV6 | POD_GROUPS_ONLY, 'DNS capture to the listed resolvers only, no IPv6 capture, only some groups captured')
     assert.deepEqual([pod.n_owner_groups, pod.owner_groups.slice(0, 3)], [2, [202, 4000, 0]])
     assert.equal(pod.loopback.prefix, 96 + 8, 'an IPv4 prefix over the 128-bit slot')
+    const [skipRaw] = await bpftool.mapDump(inst.map('inbound_skip'))
+    assert.deepEqual((skipRaw?.formatted as {key: {netns: number; ifindex: number}}).key, {netns: 4101, ifindex: 7, pad: 0})
   })
 
   it('reads zeroed per-CPU counters by name', async () => {

@@ -6,7 +6,7 @@ import {MAP_NAMES, type MapName, PROGRAMS} from '../../src/bpf/programs.js'
 import {diagnose, type Observed, type Snapshot} from '../../src/datapath/inspect.js'
 import type {InstallState} from '../../src/datapath/installation.js'
 import {Errors} from '@oclif/core'
-import {CAPTURE_ALL} from '../../src/bpf/layout.js'
+import {CAPTURE_ALL, encodeIface} from '../../src/bpf/layout.js'
 import {otherAddresses, type PodMapsView, planSync} from '../../src/datapath/sync.js'
 import type {MeshedPod} from '../../src/kube/pods.js'
 import {usageError} from '../../src/ui/base-command.js'
@@ -154,6 +154,19 @@ describe('sync plan', () => {
     assert.deepEqual(gone.otherDeletes.sort(), ['192.168.1.10', '192.168.9.9'])
     // a pod not found on the node has no namespace, so no other addresses
     assert.deepEqual(planSync([{pod: pod('c', '10.0.0.4'), rules: rules(3), otherIps: ['192.168.3.3']}], empty(), false).otherWrites, [])
+  })
+
+  it('keeps the interfaces registered pods exclude by namespace and index, and removes those gone', () => {
+    const a = {pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(1)}
+    const key = (netns: bigint, ifindex: number) => encodeIface({netns, ifindex}).toString('hex')
+    const first = planSync([{...a, skipIndexes: [3, 5]}, {pod: pod('b', '10.0.0.3'), rules: rules(2), skipIndexes: [7]}], empty(), false)
+    // b is not on the node: no namespace, nothing to skip
+    assert.deepEqual(first.skipWrites.map((k) => k.toString('hex')), [key(1n, 3), key(1n, 5)])
+    // the interface renumbered (deleted and made again): the new index in, the old one out
+    const next = planSync([{...a, skipIndexes: [3, 8]}], first.view, true)
+    assert.deepEqual(next.skipWrites.map((k) => k.toString('hex')), [key(1n, 8)])
+    assert.deepEqual(next.skipDeletes.map((k) => k.toString('hex')), [key(1n, 5)])
+    assert.deepEqual(planSync([], next.view, true).skipDeletes.map((k) => k.toString('hex')).sort(), [key(1n, 3), key(1n, 8)].sort())
   })
 
   it("takes as a pod's other addresses all its namespace holds (link-local ones too) but its pod IPs, loopback, and IPv6 Istio leaves alone", () => {
