@@ -8,6 +8,7 @@
  * ones' places. When the maps' layout changed, sharing them is impossible and the caller falls
  * back to disabling and loading anew.
  */
+import {existsSync} from 'node:fs'
 import {mkdir, unlink} from 'node:fs/promises'
 import {join} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
@@ -83,7 +84,8 @@ export async function swapPrograms(inst: Installation, cgroup: string, tcHelper:
   }
   // every attach point runs the new programs: the pins follow
   for (const spec of PROGRAMS) {
-    await unlink(inst.prog(spec.name))
+    // a program this version added has no old pin
+    if (existsSync(inst.prog(spec.name))) await unlink(inst.prog(spec.name))
     await bpftool.progPin(inst.stagedProg(spec.name), inst.prog(spec.name))
   }
   await inst.removeStaging()

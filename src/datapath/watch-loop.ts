@@ -1,7 +1,8 @@
 /**
  * `sync --watch` and `enable --watch`: keep the maps matching this node's pods until stopped.
  * Changes are applied one at a time; pods whose network namespace is not found yet are retried
- * every second, and every `recheckMs` the maps are read back and whatever drifted is rewritten.
+ * every second, and every `recheckMs` the maps are read back and whatever drifted is rewritten,
+ * sooner when the cgroup's guard drops SYNs that came in where tc is not.
  */
 import {describeError, required} from '../errors.js'
 import type {KubeOptions} from '../kube/client.js'
@@ -9,6 +10,7 @@ import type {PodJson} from '../kube/pods.js'
 import {loadPods} from '../kube/source.js'
 import {type PodEvent, watchNodePods} from '../kube/watch.js'
 import type {MeshProfile} from '../mesh/profiles.js'
+import {readMaps} from '../bpf/maps.js'
 import {connectionCapacity, type Installation} from './installation.js'
 import {type AppliedPods, applyPods, describePod, podsRecord, savePodsRecord} from './pods-sync.js'
 
@@ -21,12 +23,14 @@ export interface WatchOptions {
   retryMs?: number
   /** read the maps back and repair what differs from the pods this often (default 30 s) */
   recheckMs?: number
+  /** look at the guard's drops this often (default 2 s): a rise starts a re-check at once */
+  uncoveredMs?: number
   /** after every sync (metrics): what caused it, how long it took, how long since the change arrived */
   onSynced?: (sync: SyncReport) => void
 }
 
 export interface SyncReport {
-  cause: 'RELISTED' | 'ADDED' | 'MODIFIED' | 'DELETED' | 'RETRY' | 'RECHECK'
+  cause: 'RELISTED' | 'ADDED' | 'MODIFIED' | 'DELETED' | 'RETRY' | 'RECHECK' | 'UNCOVERED'
   ms: number
   /** from the change arriving to the maps matching it (waiting behind earlier changes included) */
   lagMs: number
@@ -44,7 +48,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   let applied: AppliedPods | undefined
   let queue = Promise.resolve()
 
-  const apply = (pods: PodJson[], event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'}) => {
+  const apply = (pods: PodJson[], event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'} | {type: 'UNCOVERED'; drops: number}) => {
     const arrived = performance.now()
     return (queue = queue.then(async () => {
       latest = pods
@@ -52,13 +56,16 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
       try {
         const before = applied
         // a re-check forgets what the last sync left, so the maps are read back and compared
-        const known = event.type === 'RECHECK' ? undefined : applied?.sync.view
+        const rechecking = event.type === 'RECHECK' || event.type === 'UNCOVERED'
+        const known = rechecking ? undefined : applied?.sync.view
         applied = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true, capacity})
         await savePodsRecord(inst, podsRecord(source, applied))
         const ms = Math.round(performance.now() - started)
         opts.onSynced?.({cause: event.type, ms, lagMs: performance.now() - arrived, applied})
         if (event.type === 'RELISTED')
           opts.log(`listed ${event.count} pod(s): ${applied.sync.meshed.length} meshed and registered, ${applied.sync.unregistered.length} not found yet, ${applied.selection.skipped.length} skipped (${ms} ms)`, {event: 'listed', pods: event.count, ms})
+        else if (event.type === 'UNCOVERED')
+          opts.log(`${event.drops} SYN(s) to meshed pods came in where inbound capture is not attached (held, fail closed): re-checked the pods' interfaces (${ms} ms)`, {event: 'uncovered', drops: event.drops, ms})
         else if (event.type === 'RECHECK') {
           const {written, deleted} = applied.sync
           if (written + deleted > 0) opts.log(`re-check: the maps had drifted from the pods; rewrote ${written} entr${written === 1 ? 'y' : 'ies'} and removed ${deleted} (${ms} ms)`, {event: 'repaired', written, deleted, ms})
@@ -92,6 +99,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
     if (applied && applied.sync.unregistered.length > 0) void apply(latest, {type: 'RETRY'})
   }, opts.retryMs ?? 1000)
   const recheck = setInterval(() => void apply(latest, {type: 'RECHECK'}), opts.recheckMs ?? 30_000)
+  const uncovered = watchUncovered(inst, opts.uncoveredMs ?? 2000, opts.recheckMs ?? 30_000, (drops) => void apply(latest, {type: 'UNCOVERED', drops}))
   try {
     await watchNodePods(
       required(first.target, 'the Kubernetes API target'),
@@ -106,6 +114,39 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   } finally {
     clearInterval(retry)
     clearInterval(recheck)
+    clearInterval(uncovered)
     await queue
   }
+}
+
+/**
+ * Call onRise when the guard's drop counter rose since the last look: an interface lacks tc (one
+ * gained since the last sync) and a client is retransmitting its SYN. Rises in a row (tc cannot be
+ * attached there) are answered at growing intervals, up to the re-check period, so a stream of
+ * SYNs cannot keep the loop re-checking.
+ */
+function watchUncovered(inst: Installation, everyMs: number, maxGapMs: number, onRise: (drops: number) => void): NodeJS.Timeout {
+  let last: number | undefined
+  let gapMs = everyMs
+  let lastRise = -Infinity
+  let reading = false
+  return setInterval(() => {
+    if (reading) return // bpftool slower than the period: one look at a time
+    reading = true
+    readMaps.counters(inst).then(
+      (c) => {
+        const seen = c.inboundUncovered
+        if (last === undefined || seen <= last) {
+          last = seen
+          gapMs = everyMs
+        } else if (performance.now() - lastRise >= gapMs) {
+          onRise(seen - last)
+          last = seen
+          lastRise = performance.now()
+          gapMs = Math.min(gapMs * 2, maxGapMs)
+        }
+      },
+      () => undefined, // the maps are gone (disable): the loop is ending
+    ).finally(() => (reading = false))
+  }, everyMs)
 }

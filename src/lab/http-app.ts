@@ -5,8 +5,9 @@
  *   /stream?gate=NAME  the pattern, a chunk every STREAM_TICK_MS, until the file NAME appears in the
  *                      gate folder given to `serve`: a connection that stays open, and keeps
  *                      flowing, for exactly as long as a test needs it, however slow the machine
- * and `get URL` fetches one URL and prints {status, bytes, sha256, body?} as JSON, after a
- * {"progress": bytes} line for every PROGRESS_STEP bytes received.
+ * and `get URL [WAIT_MS]` fetches one URL and prints {status, bytes, sha256, body?} as JSON, after a
+ * {"progress": bytes} line for every PROGRESS_STEP bytes received. WAIT_MS: how long the connection
+ * may take to be accepted, SYN retransmissions included (else Node's agent gives up after 5 s).
  */
 import {createHash} from 'node:crypto'
 import {existsSync} from 'node:fs'
@@ -76,8 +77,9 @@ function serve(port: number, gateDir: string | undefined): void {
   process.on('SIGTERM', () => process.exit(0))
 }
 
-function fetchOnce(url: string): void {
-  const req = get(url, {headers: {connection: 'close'}}, (res) => {
+function fetchOnce(url: string, waitMs?: number): void {
+  // no agent: the global one's 5 s socket timeout would end a connection being held that long
+  const req = get(url, {headers: {connection: 'close'}, ...(waitMs === undefined ? {} : {agent: false, timeout: waitMs})}, (res) => {
     const h = createHash('sha256')
     let bytes = 0
     const keep: Buffer[] = []
@@ -95,7 +97,7 @@ function fetchOnce(url: string): void {
     res.on('error', (e) => fail(e))
   })
   req.on('error', (e) => fail(e))
-  req.setTimeout(60_000, () => req.destroy(new Error('timed out')))
+  req.setTimeout(waitMs ?? 60_000, () => req.destroy(new Error('timed out')))
 }
 
 function fail(e: Error & {code?: string}): void {
@@ -105,4 +107,4 @@ function fail(e: Error & {code?: string}): void {
 
 const [mode, arg, gateDir] = process.argv.slice(2)
 if (mode === 'serve') serve(Number(arg ?? 8080), gateDir)
-else if (mode === 'get' && arg) fetchOnce(arg)
+else if (mode === 'get' && arg) fetchOnce(arg, gateDir === undefined ? undefined : Number(gateDir))

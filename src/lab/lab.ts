@@ -310,12 +310,12 @@ export class Lab {
   }
 
   /** GET a URL from a pod's app container (its cgroup, unless told otherwise). */
-  async get(podName: string, url: string, cgroupName?: string, as?: {uid: number; gid: number}): Promise<{status?: number; bytes?: number; sha256?: string; body?: string; error?: string}> {
-    // `as`: the client runs with that user and group (a sidecar's identity, say)
-    const [command, args] = as
-      ? ['setpriv', ['--reuid', String(as.uid), '--regid', String(as.gid), '--clear-groups', process.execPath, this.appScript(), 'get', url]]
-      : [process.execPath, [this.appScript(), 'get', url]]
-    const r = await this.exec(podName, command, args, {cgroupName})
+  async get(podName: string, url: string, cgroupName?: string, as?: {uid: number; gid: number}, waitMs?: number): Promise<{status?: number; bytes?: number; sha256?: string; body?: string; error?: string}> {
+    // `as`: the client runs with that user and group (a sidecar's identity, say); `waitMs`: how
+    // long its connection may be held before it is accepted (SYNs dropped meanwhile)
+    const get = [this.appScript(), 'get', url, ...(waitMs === undefined ? [] : [String(waitMs)])]
+    const [command, args] = as ? ['setpriv', ['--reuid', String(as.uid), '--regid', String(as.gid), '--clear-groups', process.execPath, ...get]] : [process.execPath, get]
+    const r = await this.exec(podName, command, args, {cgroupName, ...(waitMs === undefined ? {} : {timeoutMs: waitMs + 30_000})})
     const line = r.stdout.trim().split('\n').at(-1) ?? ''
     try {
       return JSON.parse(line) as {status?: number; bytes?: number; sha256?: string; body?: string; error?: string}

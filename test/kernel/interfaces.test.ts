@@ -24,6 +24,8 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
   const install = uniqueInstall()
   const sidecars = new Map<string, LabProcess>()
   const PODS = ['excluded', 'vm', 'plain', 'tunnel'] as const
+  /** how long a client waits for a connection whose SYNs are held: past six retransmissions */
+  const HELD_MS = 100_000
   /** an address on two pods' second networks */
   const SHARED = '10.66.0.5'
   /** A request from the namespace on the pod's side0 to the pod's own address: who the app saw, what its sidecar logged. */
@@ -64,7 +66,8 @@ describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, ()
     const inst = install.installation()
     const before = (await readMaps.counters(inst)).inboundUncovered
     const mark = sidecars.get('plain')!.stdout.length
-    const pending = lab.get(from, `http://${lab.pod('plain').ip}:${APP_PORT}/whoami`)
+    // held for as long as its SYN retransmissions go on: the sync may come late on a slow machine
+    const pending = lab.get(from, `http://${lab.pod('plain').ip}:${APP_PORT}/whoami`, undefined, undefined, HELD_MS)
     let answered: Awaited<typeof pending> | undefined
     void pending.then((r) => (answered = r))
     await eventually('the SYN dropped where tc is not', async () => answered !== undefined || (await readMaps.counters(inst)).inboundUncovered > before)

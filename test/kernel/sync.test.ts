@@ -194,4 +194,26 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, 
     assert.equal(code, 0, watchLog)
     watcher = undefined
   })
+
+  it('watches: captures on an interface a pod gains once a connection arrives there, without waiting for the re-check', async () => {
+    // a re-check too far off to be what attaches it
+    watcher = spawn(process.execPath, [BIN, 'sync', '--watch', '--json', '--recheck', '600', ...flags()], {env: {...process.env, ...install.env}, stdio: ['ignore', 'pipe', 'pipe']})
+    watchLog = ''
+    watcher.stdout!.on('data', (d: Buffer) => (watchLog += d.toString()))
+    watcher.stderr!.on('data', (d: Buffer) => (watchLog += d.toString()))
+    try {
+      await until('the first list', () => watchLog.includes('"event":"listed"'))
+      await lab.addLinkedPod({name: 'y-b'}, 'b', 'side1')
+      // the guard holds its SYNs (the app never sees it directly); the watch attaches tc there,
+      // and the client's next retransmission goes through b's inbound sidecar
+      const r = await lab.get('y-b', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`, undefined, undefined, 100_000)
+      assert.equal(r.status, 200, r.error)
+      assert.equal((JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress, '127.0.0.6')
+      await until('the re-check logged', () => /"event":"uncovered","drops":[1-9]/.test(watchLog))
+    } finally {
+      watcher.kill('SIGTERM')
+      await once(watcher, 'exit')
+      watcher = undefined
+    }
+  })
 })
