@@ -57,10 +57,10 @@ export function checkBtf(present: boolean): Check {
   return {
     id: 'btf',
     title: 'kernel BTF',
-    status: 'warn',
-    required: false,
-    detail: '/sys/kernel/btf/vmlinux is missing',
-    remedy: 'use a kernel built with CONFIG_DEBUG_INFO_BTF=y (the datapath runs without it; bpftool shows less)',
+    status: 'fail',
+    required: true,
+    detail: "/sys/kernel/btf/vmlinux is missing: the inbound guard reads a socket's network namespace through it (CO-RE)",
+    remedy: 'use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels are)',
   }
 }
 

@@ -4,7 +4,7 @@ import {missingCaps, parseCapEff} from '../../src/node/caps.js'
 import {kernelAtLeast, parseKernelRelease} from '../../src/node/kernel.js'
 import {findCgroup2, isBpffs, mountOf, parseMounts} from '../../src/node/mounts.js'
 import {parseFibTrieLocal} from '../../src/node/netns.js'
-import {checkBpffs, checkCgroup, checkKernel, checkPrivileges} from '../../src/datapath/preflight.js'
+import {checkBpffs, checkBtf, checkCgroup, checkKernel, checkPrivileges} from '../../src/datapath/preflight.js'
 
 const HYBRID = `tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
 cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
@@ -35,6 +35,14 @@ describe('kernel release', () => {
     assert.equal(checkKernel(undefined).status, 'fail')
     assert.ok(kernelAtLeast({major: 6, minor: 0, patch: 0, raw: ''}, 5, 15))
     assert.ok(!kernelAtLeast({major: 5, minor: 9, patch: 9, raw: ''}, 5, 10))
+  })
+
+  it('requires kernel BTF, saying what reads it', () => {
+    const missing = checkBtf(false)
+    assert.deepEqual([missing.status, missing.required], ['fail', true])
+    assert.match(missing.detail, /inbound guard/)
+    assert.match(missing.remedy ?? '', /CONFIG_DEBUG_INFO_BTF=y/)
+    assert.equal(checkBtf(true).status, 'pass')
   })
 })
 
