@@ -59,10 +59,11 @@ enum mb_counter {
 	MB_CNT_INBOUND_NO_LISTENER,   /* packets to a captured port dropped: no inbound listener (fail closed) */
 	MB_CNT_DNS_REDIRECTED,        /* DNS connects and datagrams sent to the proxy's DNS port */
 	MB_CNT_DNS_REPLY_RESTORED,    /* replies from the DNS port shown as coming from the resolver */
-	MB_CNT_INBOUND_UNPARSED,      /* TCP to a meshed pod dropped: a fragment, or its header not found (fail closed) */
+	MB_CNT_INBOUND_UNPARSED,      /* TCP to a meshed pod's listener dropped: its header not found (fail closed) */
 	MB_CNT_SOCKET_OVER_SHARE,     /* sockets left on TCP: their pod was over its share of a busy sock_pair_map */
 	MB_CNT_ORIGIN_OVER_SHARE,     /* original destinations refused: their pod was over its share of a busy pair_original_dst */
-	MB_CNT_INBOUND_UNCOVERED,     /* SYNs to a captured port dropped: they came in where tc is not (fail closed) */
+	MB_CNT_INBOUND_UNCOVERED,     /* SYNs to a captured port dropped at an app's listener: they came in where
+	                               * tc is not, or in fragments (fail closed) */
 	MB_CNT__COUNT,
 };
 

@@ -233,7 +233,11 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	long err;
 
 	l4 = find_tcp(skb, &t, &tuple_size, &dst, &tcp, &nh);
-	if (l4 == MB_L4_OTHER)
+	/* not TCP; or a fragment (or TCP whose header is out of reach): left to the kernel, which
+	 * reassembles fragments before it looks for a socket, as netfilter does before its nat table;
+	 * the cgroup's guard then judges the whole segment, and drops a SYN for a captured port that
+	 * reached an app's listener (tc cannot hand a fragment over: fail closed) */
+	if (l4 != MB_L4_TCP)
 		return TC_ACT_OK;
 	cfg = active_settings();
 	if (!cfg)
@@ -247,13 +251,6 @@ int mb_tc_inbound(struct __sk_buff *skb)
 		if (!arrives_here(skb, &t, tuple_size))
 			return TC_ACT_OK;
 		pod = other_address_rules(&dst, &unregistered);
-		if (unregistered && l4 == MB_L4_UNKNOWN)
-			return TC_ACT_OK;
-	}
-	if (l4 == MB_L4_UNKNOWN) {
-		/* TCP to a meshed pod whose port cannot be read: it could be a captured one (fail closed) */
-		count(MB_CNT_INBOUND_UNPARSED, 1);
-		return TC_ACT_SHOT;
 	}
 	dport = bpf_ntohs(tcp.dest);
 	if (!inbound_port_captured(cfg, pod, dport))
@@ -308,8 +305,8 @@ static __always_inline __u64 sock_netns(struct bpf_sock *sk)
  * Inbound capture's backstop, on the cgroup's ingress, where the socket a packet goes to is known:
  * a SYN tc would have handed to the inbound listener that reached another listener of a registered
  * pod from outside it came in where tc is not (an interface the pod gained since sync attached tc
- * to its interfaces, one whose filter another tool took off). Istio's PREROUTING is on every
- * interface; here the SYN is dropped, as a REDIRECT to a port nothing listens on would be, until
+ * to its interfaces, one whose filter another tool took off), or in fragments, which tc cannot
+ * hand over. Istio's PREROUTING is on every interface; here the SYN is dropped, as a REDIRECT to a port nothing listens on would be, until
  * sync puts tc there: the client's next retransmission goes through the sidecar. Interfaces the pod
  * excludes (inbound_skip) are left alone, as Istio leaves them. Everything else, nearly every packet,
  * is passed after a look at its socket.
@@ -338,7 +335,7 @@ int mb_inbound_guard(struct __sk_buff *skb)
 	if (!cfg || sk->src_port == cfg->inbound_port || sk->src_port == cfg->outbound_port || skb->ifindex == MB_LOOPBACK_IFINDEX)
 		return 1;
 	l4 = find_tcp(skb, &t, &tuple_size, &dst, &tcp, &nh);
-	/* reassembled by now: UNKNOWN is a chain of extension headers longer than walked (tc drops it) */
+	/* reassembled by now: UNKNOWN is a chain of extension headers longer than walked */
 	if (l4 == MB_L4_OTHER || (l4 == MB_L4_TCP && (!tcp.syn || tcp.ack)))
 		return 1;
 	iface.netns = sock_netns(sk);
@@ -346,12 +343,16 @@ int mb_inbound_guard(struct __sk_buff *skb)
 	if (!bpf_map_lookup_elem(&netns_pod_ips, &iface.netns) || bpf_map_lookup_elem(&inbound_skip, &iface))
 		return 1;
 	pod = bpf_map_lookup_elem(&local_pod_ips, &dst);
-	if (!pod) {
+	if (!pod)
 		pod = other_address_rules(&dst, &unregistered);
-		if (unregistered && l4 == MB_L4_UNKNOWN)
-			return 1; /* as tc */
+	if (l4 == MB_L4_UNKNOWN) {
+		/* TCP to a registered pod whose port cannot be read: it could be a captured one */
+		if (unregistered)
+			return 1;
+		count(MB_CNT_INBOUND_UNPARSED, 1);
+		return 0;
 	}
-	if (l4 == MB_L4_TCP && !inbound_port_captured(cfg, pod, bpf_ntohs(tcp.dest)))
+	if (!inbound_port_captured(cfg, pod, bpf_ntohs(tcp.dest)))
 		return 1;
 	/* as tc: an address not registered yet, of a family the proxy does not listen on, is not captured */
 	if (unregistered && !inbound_listener(skb, &t, tuple_size, cfg->inbound_port))

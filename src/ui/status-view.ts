@@ -18,10 +18,10 @@ const COUNTER_LABELS: Record<CounterName, string> = {
   inboundNoListener: 'packets dropped: no inbound sidecar listening (fail closed)',
   dnsRedirected: 'DNS connections and queries sent to the proxy',
   dnsReplyRestored: "DNS replies shown as the resolver's",
-  inboundUnparsed: 'TCP packets to a meshed pod dropped: fragments or no TCP header found (fail closed)',
+  inboundUnparsed: "TCP packets to a meshed pod's listener dropped: no TCP header found (fail closed)",
   socketOverShare: 'sockets left on TCP: their pod was over its share of a busy sock_pair_map',
   originOverShare: 'original destinations refused: their pod was over its share of a busy pair_original_dst',
-  inboundUncovered: 'SYNs to a captured port dropped: they came in where inbound capture is not attached (fail closed; merbridge sync attaches it)',
+  inboundUncovered: "SYNs to a captured port dropped at an app's listener: they came in where inbound capture is not attached (merbridge sync attaches it), or in fragments (fail closed)",
 }
 
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`
