@@ -141,6 +141,26 @@ static __always_inline void set_dport(struct bpf_sock_tuple *t, __u32 tuple_size
 		t->ipv6.dport = bpf_htons(port);
 }
 
+/* The network namespace cookie of a socket, read through its BTF pointer: bpf_get_netns_cookie
+ * takes an skb only in recent kernels. */
+static __always_inline __u64 sock_netns(struct bpf_sock *sk)
+{
+	struct sock *s = (struct sock *)bpf_skc_to_tcp_sock(sk);
+
+	return s ? s->__sk_common.skc_net.net->net_cookie : 0;
+}
+
+/* Whether the registered pod whose namespace holds this socket captures port inbound (1 when the
+ * namespace is no registered pod's: fail closed). */
+static __always_inline int netns_captures(struct bpf_sock *sk, __u16 port)
+{
+	__u64 netns = sock_netns(sk);
+	struct mb_pod_id *id = bpf_map_lookup_elem(&netns_pod_ips, &netns);
+	struct mb_pod_config *pod = id ? bpf_map_lookup_elem(&local_pod_ips, &id->ip) : NULL;
+
+	return pod ? inbound_captured(pod, port) : 1;
+}
+
 /*
  * An ACK on a captured port that may complete a handshake the inbound listener answered with a SYN
  * cookie: it keeps no request socket for one (net.ipv4.tcp_syncookies=2, or while a SYN flood fills
@@ -151,8 +171,8 @@ static __always_inline void set_dport(struct bpf_sock_tuple *t, __u32 tuple_size
  * original tuple; one Istio's REDIRECT made (rules installed too, or before) is under the address
  * and port REDIRECT chose, and its ACKs are no cookie of the tuple they carry.
  */
-static __always_inline int cookie_ack(struct __sk_buff *skb, const struct mb_settings *cfg, struct bpf_sock_tuple *t,
-				      __u32 tuple_size, union mb_nethdr *nh, struct tcphdr *tcp)
+static __always_inline int cookie_ack(struct __sk_buff *skb, const struct mb_settings *cfg, const struct mb_pod_config *pod,
+				      struct bpf_sock_tuple *t, __u32 tuple_size, union mb_nethdr *nh, struct tcphdr *tcp)
 {
 	struct bpf_sock *sk;
 	long err = -1;
@@ -169,8 +189,9 @@ static __always_inline int cookie_ack(struct __sk_buff *skb, const struct mb_set
 	sk = bpf_sk_lookup_tcp(skb, t, tuple_size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return TC_ACT_OK;
-	/* cheap unless the listener sent cookies lately: the kernel checks that first */
-	if (sk->state == BPF_TCP_LISTEN &&
+	/* cheap unless the listener sent cookies lately: the kernel checks that first; an address of
+	 * no single registered pod is under the rules of the pod whose namespace this is (as SYNs) */
+	if (sk->state == BPF_TCP_LISTEN && (pod || netns_captures(sk, bpf_ntohs(tcp->dest))) &&
 	    !bpf_tcp_check_syncookie(sk, nh, tuple_size == sizeof(t->ipv4) ? sizeof(nh->v4) : sizeof(nh->v6), tcp, sizeof(*tcp)))
 		err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
@@ -181,8 +202,9 @@ static __always_inline int cookie_ack(struct __sk_buff *skb, const struct mb_set
 
 /* The rules of the pod an address of a registered pod's namespace belongs to, other than a pod's
  * own (pod_other_ips): its owner's, or NULL where pods of separate networks share it or the
- * namespace gained it since the last sync (*unregistered), where every port but Istio's tunnel is
- * captured (fail closed; Istio's PREROUTING captures whatever arrives for the pod). */
+ * namespace gained it since the last sync (*unregistered): then the rules are those of the pod
+ * whose namespace it arrives in, known once its inbound listener is (Istio's PREROUTING applies
+ * the pod's rules to whatever arrives for it). */
 static __always_inline struct mb_pod_config *other_address_rules(const union mb_ip *dst, int *unregistered)
 {
 	const union mb_ip *owner = bpf_map_lookup_elem(&pod_other_ips, dst);
@@ -247,7 +269,7 @@ int mb_tc_inbound(struct __sk_buff *skb)
 		/* another address of the pod's own, where routing delivers it here (Istio's PREROUTING
 		 * captures whatever arrives for the pod): a registered one under its pod's rules; one
 		 * shared by pods of separate networks, or one the namespace gained since the last sync,
-		 * every port but Istio's tunnel (fail closed) */
+		 * under the rules of the pod whose namespace this is (below, once its listener is found) */
 		if (!arrives_here(skb, &t, tuple_size))
 			return TC_ACT_OK;
 		pod = other_address_rules(&dst, &unregistered);
@@ -256,7 +278,7 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	if (!inbound_port_captured(cfg, pod, dport))
 		return TC_ACT_OK;
 	if (!tcp.syn)
-		return tcp.ack && !tcp.rst ? cookie_ack(skb, cfg, &t, tuple_size, &nh, &tcp) : TC_ACT_OK;
+		return tcp.ack && !tcp.rst ? cookie_ack(skb, cfg, pod, &t, tuple_size, &nh, &tcp) : TC_ACT_OK;
 	if (tcp.ack)
 		return TC_ACT_OK; /* a SYN-ACK: the answer to a connect of the pod's own */
 	sk = bpf_skc_lookup_tcp(skb, &t, tuple_size, BPF_F_CURRENT_NETNS, 0);
@@ -282,6 +304,11 @@ int mb_tc_inbound(struct __sk_buff *skb)
 		count(MB_CNT_INBOUND_NO_LISTENER, 1);
 		return TC_ACT_SHOT;
 	}
+	/* an address of no single registered pod: the rules of the pod whose namespace this is */
+	if (!pod && sk->state == BPF_TCP_LISTEN && !netns_captures(sk, dport)) {
+		bpf_sk_release(sk);
+		return TC_ACT_OK;
+	}
 	err = sk->state == BPF_TCP_LISTEN ? bpf_sk_assign(skb, sk, 0) : -1;
 	bpf_sk_release(sk);
 	if (err) {
@@ -290,15 +317,6 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	}
 	count(MB_CNT_INBOUND_ASSIGNED, 1);
 	return TC_ACT_OK;
-}
-
-/* The network namespace cookie of a socket, read through its BTF pointer: bpf_get_netns_cookie
- * takes an skb only in recent kernels. */
-static __always_inline __u64 sock_netns(struct bpf_sock *sk)
-{
-	struct sock *s = (struct sock *)bpf_skc_to_tcp_sock(sk);
-
-	return s ? s->__sk_common.skc_net.net->net_cookie : 0;
 }
 
 /*
@@ -318,6 +336,7 @@ int mb_inbound_guard(struct __sk_buff *skb)
 	struct mb_pod_config *pod;
 	struct bpf_sock_tuple t = {};
 	struct mb_iface iface = {};
+	const struct mb_pod_id *id;
 	union mb_nethdr nh;
 	struct bpf_sock *sk = skb->sk;
 	struct tcphdr tcp;
@@ -340,11 +359,16 @@ int mb_inbound_guard(struct __sk_buff *skb)
 		return 1;
 	iface.netns = sock_netns(sk);
 	iface.ifindex = skb->ifindex;
-	if (!bpf_map_lookup_elem(&netns_pod_ips, &iface.netns) || bpf_map_lookup_elem(&inbound_skip, &iface))
+	id = bpf_map_lookup_elem(&netns_pod_ips, &iface.netns);
+	if (!id || bpf_map_lookup_elem(&inbound_skip, &iface))
 		return 1;
 	pod = bpf_map_lookup_elem(&local_pod_ips, &dst);
-	if (!pod)
+	if (!pod) {
+		/* as tc: an address of no single registered pod is under this namespace's pod's rules */
 		pod = other_address_rules(&dst, &unregistered);
+		if (!pod)
+			pod = bpf_map_lookup_elem(&local_pod_ips, &id->ip);
+	}
 	if (l4 == MB_L4_UNKNOWN) {
 		/* TCP to a registered pod whose port cannot be read: it could be a captured one */
 		if (unregistered)

@@ -237,7 +237,8 @@ export async function syncPods(inst: Installation, objects: Helpers, selection: 
     deleted: plan.ruleDeletes.length + plan.netnsDeletes.length + plan.otherDeletes.length + plan.skipDeletes.length,
     view: plan.view,
     registered: plan.registered,
-    nodeWarnings: [...nodeWarnings, ...plan.shared.map((s) => `${s.pods.join(', ')}: all have the address ${s.ip} (separate networks); connections to it are captured on every port but 15008`), ...(plan.unheld.length > 0 ? [`${plan.unheld.length} other addresses of pods (${plan.unheld.slice(0, 3).join(', ')}${plan.unheld.length > 3 ? ', ...' : ''}) do not fit pod_other_ips (${MAX_PODS}): connections to them are not captured inbound`] : [])],
+    // an address pods of separate networks share is captured under the rules of the pod it arrives at: nothing to warn of
+    nodeWarnings: [...nodeWarnings, ...(plan.unheld.length > 0 ? [`${plan.unheld.length} other addresses of pods (${plan.unheld.slice(0, 3).join(', ')}${plan.unheld.length > 3 ? ', ...' : ''}) do not fit pod_other_ips (${MAX_PODS}): a proxy's connection to one of its own pod's goes to the app directly`] : [])],
   }
   // after the maps: the program acts on the pods it finds in local_pod_ips
   if (opts.attachInbound && plan.attach.length > 0) {
