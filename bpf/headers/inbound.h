@@ -324,10 +324,10 @@ int mb_tc_inbound(struct __sk_buff *skb)
  * a SYN tc would have handed to the inbound listener that reached another listener of a registered
  * pod from outside it came in where tc is not (an interface the pod gained since sync attached tc
  * to its interfaces, one whose filter another tool took off), or in fragments, which tc cannot
- * hand over. Istio's PREROUTING is on every interface; here the SYN is dropped, as a REDIRECT to a port nothing listens on would be, until
- * sync puts tc there: the client's next retransmission goes through the sidecar. Interfaces the pod
- * excludes (inbound_skip) are left alone, as Istio leaves them. Everything else, nearly every packet,
- * is passed after a look at its socket.
+ * hand over. Istio's PREROUTING is on every interface; here the SYN is dropped, as a REDIRECT to a
+ * port nothing listens on would be, until sync puts tc there: the client's next retransmission
+ * goes through the sidecar. Interfaces the pod excludes (inbound_skip) are left alone, as Istio
+ * leaves them. Everything else, nearly every packet, is passed after a look at its socket.
  */
 SEC("cgroup_skb/ingress")
 int mb_inbound_guard(struct __sk_buff *skb)
@@ -370,7 +370,8 @@ int mb_inbound_guard(struct __sk_buff *skb)
 			pod = bpf_map_lookup_elem(&local_pod_ips, &id->ip);
 	}
 	if (l4 == MB_L4_UNKNOWN) {
-		/* TCP to a registered pod whose port cannot be read: it could be a captured one */
+		/* TCP to a registered pod whose port cannot be read: it could be a captured one (at an
+		 * address not registered yet, whose family the proxy may not listen on: passed) */
 		if (unregistered)
 			return 1;
 		count(MB_CNT_INBOUND_UNPARSED, 1);

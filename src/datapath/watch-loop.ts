@@ -120,33 +120,59 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
 }
 
 /**
- * Call onRise when the guard's drop counter rose since the last look: an interface lacks tc (one
- * gained since the last sync) and a client is retransmitting its SYN. Rises in a row (tc cannot be
- * attached there) are answered at growing intervals, up to the re-check period, so a stream of
- * SYNs cannot keep the loop re-checking.
+ * When the guard's drop counter rose since the last look, how many drops to act on: an interface
+ * lacks tc (one gained since the last sync) and a client is retransmitting its SYN. Rises in a row
+ * (tc cannot be attached there, or SYNs keep coming in fragments) are answered at doubling
+ * intervals up to the re-check period, which start over only after a whole period without drops:
+ * no stream of SYNs can keep the loop re-checking.
  */
+export class DropWatch {
+  private last: number | undefined
+  /** the next interval, and the one the next answer waits for since the last */
+  private gapMs: number
+  private waitMs = 0
+  private lastRise = -Infinity
+
+  constructor(
+    private readonly everyMs: number,
+    private readonly maxGapMs: number,
+  ) {
+    this.gapMs = everyMs
+  }
+
+  /** The counter's value at `nowMs`: the drops to act on now, or undefined. */
+  observe(count: number, nowMs: number): number | undefined {
+    if (this.last === undefined || count <= this.last) {
+      this.last = count
+      if (nowMs - this.lastRise >= this.maxGapMs) this.gapMs = this.everyMs
+      return undefined
+    }
+    if (nowMs - this.lastRise < this.waitMs) return undefined // drops add up for the next answer
+    const drops = count - this.last
+    this.last = count
+    this.lastRise = nowMs
+    this.waitMs = this.gapMs
+    this.gapMs = Math.min(this.gapMs * 2, this.maxGapMs)
+    return drops
+  }
+}
+
+/** Look at the guard's drop counter every `everyMs`, and call onRise as DropWatch says. */
 function watchUncovered(inst: Installation, everyMs: number, maxGapMs: number, onRise: (drops: number) => void): NodeJS.Timeout {
-  let last: number | undefined
-  let gapMs = everyMs
-  let lastRise = -Infinity
+  const watch = new DropWatch(everyMs, maxGapMs)
   let reading = false
   return setInterval(() => {
     if (reading) return // bpftool slower than the period: one look at a time
     reading = true
-    readMaps.counters(inst).then(
-      (c) => {
-        const seen = c.inboundUncovered
-        if (last === undefined || seen <= last) {
-          last = seen
-          gapMs = everyMs
-        } else if (performance.now() - lastRise >= gapMs) {
-          onRise(seen - last)
-          last = seen
-          lastRise = performance.now()
-          gapMs = Math.min(gapMs * 2, maxGapMs)
-        }
-      },
-      () => undefined, // the maps are gone (disable): the loop is ending
-    ).finally(() => (reading = false))
+    readMaps
+      .counters(inst)
+      .then(
+        (c) => {
+          const drops = watch.observe(c.inboundUncovered, performance.now())
+          if (drops !== undefined) onRise(drops)
+        },
+        () => undefined, // the maps are gone (disable): the loop is ending
+      )
+      .finally(() => (reading = false))
   }, everyMs)
 }

@@ -7,6 +7,7 @@ import {diagnose, type Observed, type Snapshot} from '../../src/datapath/inspect
 import type {InstallState} from '../../src/datapath/installation.js'
 import {Errors} from '@oclif/core'
 import {CAPTURE_ALL, encodeIface} from '../../src/bpf/layout.js'
+import {DropWatch} from '../../src/datapath/watch-loop.js'
 import {otherAddresses, type PodMapsView, planSync} from '../../src/datapath/sync.js'
 import type {MeshedPod} from '../../src/kube/pods.js'
 import {usageError} from '../../src/ui/base-command.js'
@@ -198,5 +199,28 @@ describe('usage errors', () => {
     assert.equal(e.code, 'USAGE')
     assert.equal(e.suggestion, 'see `merbridge status --help`')
     assert.equal(usageError(new Error('a bpftool failure'), 'status'), undefined, 'other errors are not usage errors')
+  })
+})
+
+describe("sync --watch's look at the guard's drops", () => {
+  it('acts on a rise at once, on rises in a row at doubling intervals, and starts over only after a quiet period', () => {
+    const w = new DropWatch(2000, 30_000)
+    assert.equal(w.observe(5, 0), undefined, 'the first look only learns the count')
+    assert.equal(w.observe(5, 2000), undefined)
+    assert.equal(w.observe(7, 4000), 2, 'a rise: act now')
+    // still rising: next answer no sooner than 2 s after, then 4 s, then 8 s...
+    assert.equal(w.observe(8, 5000), undefined)
+    assert.equal(w.observe(9, 6000), 2, 'the drops held back meanwhile count too')
+    assert.equal(w.observe(10, 8000), undefined)
+    assert.equal(w.observe(11, 10_000), 2)
+    // a short pause does not start the intervals over: the next answer still waits 8 s
+    assert.equal(w.observe(11, 12_000), undefined)
+    assert.equal(w.observe(12, 14_000), undefined)
+    assert.equal(w.observe(13, 18_000), 2)
+    // a whole period without drops does
+    assert.equal(w.observe(13, 48_000), undefined)
+    assert.equal(w.observe(14, 50_000), 1)
+    assert.equal(w.observe(15, 51_000), undefined)
+    assert.equal(w.observe(16, 52_000), 2)
   })
 })
