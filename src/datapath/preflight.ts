@@ -60,7 +60,7 @@ export function checkBtf(present: boolean): Check {
     status: 'fail',
     required: true,
     detail: "/sys/kernel/btf/vmlinux is missing: the inbound guard reads a socket's network namespace through it (CO-RE)",
-    remedy: 'use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels are)',
+    remedy: 'use a kernel built with CONFIG_DEBUG_INFO_BTF=y',
   }
 }
 
