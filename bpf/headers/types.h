@@ -133,3 +133,10 @@ struct mb_iface {
 	__u32 ifindex;
 	__u32 pad;
 };
+
+/* A socket of sock_pair_map and what sk_msg moved to it unread (record of bpf/iter/sockhash-queued). */
+struct mb_queued {
+	struct mb_pair key;
+	__u32 queued;         /* bytes not read yet; 1 when only the queue's shape tells there are some */
+	__u32 pad;
+};

@@ -52,6 +52,7 @@ export type CounterName = (typeof COUNTERS)[number]
 /** Byte offsets of each field, and each struct's size, exactly as clang lays them out. */
 export const LAYOUT = {
   mb_pair: {size: 48, fields: {netns: 0, local_ip: 8, remote_ip: 24, local_port: 40, remote_port: 42, pad: 44}},
+  mb_queued: {size: 56, fields: {key: 0, queued: 48, pad: 52}},
   mb_origin: {size: 24, fields: {ip: 0, port: 16, flags: 18, pid: 20}},
   mb_cidr: {size: 20, fields: {ip: 0, prefix: 16, pad: 17}},
   mb_pod_config: {
@@ -131,6 +132,25 @@ export function decodePair(b: Buffer): Pair {
     remoteIp: ipAt(b, F.pair.remote_ip),
     remotePort: b.readUInt16BE(F.pair.remote_port),
   }
+}
+
+// ---- struct mb_queued: records of the sockhash-queued iterator ---------------------------------
+export interface Queued {
+  /** the socket's key in sock_pair_map, as the kernel holds it */
+  key: Buffer
+  /** bytes moved to it that it has not read */
+  queued: number
+}
+
+export function decodeQueuedRecords(b: Buffer): Queued[] {
+  const size = LAYOUT.mb_queued.size
+  if (b.length % size !== 0) throw new Error(`sockhash-queued: ${b.length} bytes is not a whole number of ${size}-byte records`)
+  const out: Queued[] = []
+  for (let off = 0; off < b.length; off += size) {
+    const r = b.subarray(off, off + size)
+    out.push({key: Buffer.from(r.subarray(LAYOUT.mb_queued.fields.key, LAYOUT.mb_queued.fields.key + LAYOUT.mb_pair.size)), queued: r.readUInt32LE(LAYOUT.mb_queued.fields.queued)})
+  }
+  return out
 }
 
 // ---- struct mb_origin -------------------------------------------------------------------------

@@ -10,9 +10,11 @@ export interface Helpers {
   netnsCookie: string
   /** attaches and detaches mb_tc_inbound in pod network namespaces */
   tcInbound: string
+  /** iterator disable reads to release each socket of sock_pair_map once it has read what was moved to it */
+  sockhashQueued: string
 }
 
-export const HELPER_FILES = {netnsCookie: 'netns-cookie', tcInbound: 'tc-inbound'} as const
+export const HELPER_FILES = {netnsCookie: 'netns-cookie', tcInbound: 'tc-inbound', sockhashQueued: 'sockhash-queued.bpf.o'} as const
 
 export interface BuiltObjects extends Helpers {
   /** Hash of sources, flags and compiler: names the cache entry and tells status if objects are stale. */
@@ -65,8 +67,8 @@ export async function sourceHash(opts: BuildOptions = {}, compiler?: string): Pr
 export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}): Promise<BuiltObjects> {
   const hash = await sourceHash(opts)
   const dir = join(cacheDir(), hash)
-  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound), counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')}}
-  const outputs = [result.datapath, result.netnsCookie, result.tcInbound, result.counters.maps, result.counters.sockhash]
+  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound), sockhashQueued: join(dir, HELPER_FILES.sockhashQueued), counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')}}
+  const outputs = [result.datapath, result.netnsCookie, result.tcInbound, result.sockhashQueued, result.counters.maps, result.counters.sockhash]
   if (!opts.rebuild && outputs.every((f) => existsSync(f))) return {...result, compiled: false}
 
   const tmp = `${dir}.tmp-${process.pid}`
@@ -75,6 +77,7 @@ export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}
   try {
     await compileBpf(join(BPF_SOURCE_DIR, 'merbridge.bpf.c'), join(tmp, 'merbridge.bpf.o'), defines(opts))
     for (const name of ['map-counts', 'sockhash-count']) await compileBpf(join(BPF_SOURCE_DIR, 'iter', `${name}.bpf.c`), join(tmp, `${name}.bpf.o`))
+    await compileBpf(join(BPF_SOURCE_DIR, 'iter', 'sockhash-queued.bpf.c'), join(tmp, HELPER_FILES.sockhashQueued))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, HELPER_FILES.netnsCookie))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'tc-inbound.c'), join(tmp, HELPER_FILES.tcInbound), ['bpf'])
     await rm(dir, {recursive: true, force: true})

@@ -51,6 +51,11 @@ export class Installation implements MapPins {
     return {maps: join(this.dir, 'counts', 'maps'), sockhash: join(this.dir, 'counts', 'sock_pair_map')}
   }
 
+  /** Where disable pins, for as long as it releases the sockets, the iterator of what each has not read. */
+  get queuedPin(): string {
+    return join(this.dir, 'counts', 'queued')
+  }
+
   /** One state file per installation folder, so test installations never meet the real one. */
   get stateFile(): string {
     return join(this.records, `${this.slug}.json`)
@@ -80,7 +85,8 @@ export class Installation implements MapPins {
 
   /** The helpers enable kept, or undefined when they are gone (an older enable, or /run cleaned). */
   keptHelpers(): Helpers | undefined {
-    const kept = {netnsCookie: join(this.helperDir, HELPER_FILES.netnsCookie), tcInbound: join(this.helperDir, HELPER_FILES.tcInbound)}
+    const kept = {netnsCookie: join(this.helperDir, HELPER_FILES.netnsCookie), tcInbound: join(this.helperDir, HELPER_FILES.tcInbound), sockhashQueued: join(this.helperDir, HELPER_FILES.sockhashQueued)}
+    // an older enable kept no sockhashQueued: disable then goes without it
     return existsSync(kept.netnsCookie) && existsSync(kept.tcInbound) ? kept : undefined
   }
 
@@ -110,7 +116,7 @@ export class Installation implements MapPins {
     if (!this.exists()) return
     if (!isBpffs(readMounts(), this.dir))
       throw new MerbridgeError(`${this.dir} is not on a bpf filesystem: it is not a merbridge installation, and merbridge leaves it alone`, {code: 'NOT_OURS', exitCode: 2, suggestion: 'give --bpffs the folder merbridge enable used (default /sys/fs/bpf/merbridge)'})
-    const known: Record<string, readonly string[]> = {progs: PROGRAMS.map((p) => p.name), maps: MAP_NAMES, counts: ['maps', 'sock_pair_map']}
+    const known: Record<string, readonly string[]> = {progs: PROGRAMS.map((p) => p.name), maps: MAP_NAMES, counts: ['maps', 'sock_pair_map', 'queued']}
     const foreign: string[] = []
     const look = async (dir: string, prefix: string) => {
       for (const entry of await readdir(dir)) {

@@ -43,8 +43,12 @@ describe('struct layouts', {skip}, () => {
   })
 
   it('match the BTF of the compiled object, field by field', async () => {
-    const {stdout} = await execa('bpftool', ['btf', 'dump', 'file', objects.datapath, '-j'])
-    const types = (JSON.parse(stdout) as {types: {kind: string; name?: string; size?: number; members?: {name: string; bits_offset: number}[]}[]}).types
+    interface Btf {
+      types: {kind: string; name?: string; size?: number; members?: {name: string; bits_offset: number}[]}[]
+    }
+    const btfOf = async (object: string) => (JSON.parse((await execa('bpftool', ['btf', 'dump', 'file', object, '-j'])).stdout) as Btf).types
+    // the datapath's structs, and the record the sockhash-queued iterator writes for disable
+    const types = [...(await btfOf(objects.datapath)), ...(await btfOf(objects.sockhashQueued))]
     for (const [name, layout] of Object.entries(LAYOUT)) {
       const t = types.find((x) => x.kind === 'STRUCT' && x.name === name)
       assert.ok(t, `struct ${name} is in the object's BTF`)

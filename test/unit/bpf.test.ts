@@ -9,6 +9,7 @@ import {
   CAPTURE_ALL,
   decodeOrigin,
   decodePair,
+  decodeQueuedRecords,
   decodePodRules,
   decodeProcess,
   decodeSettings,
@@ -89,6 +90,16 @@ describe('codecs', () => {
     assert.equal(encodePair({netns: 0n, localIp: '1.2.3.4', localPort: 1, remoteIp: '5.6.7.8', remotePort: 2}).length, LAYOUT.mb_pair.size)
     assert.equal(encodePodRules(CAPTURE_ALL).length, LAYOUT.mb_pod_config.size)
     assert.equal(encodeOrigin({ip: '1.2.3.4', port: 80, flags: 1, pid: 7}).length, LAYOUT.mb_origin.size)
+  })
+
+  it("read the sockhash-queued iterator's records: each socket's key as the kernel holds it, and its unread bytes", () => {
+    const keys = [encodePair({netns: 9n, localIp: '127.0.0.1', localPort: 15001, remoteIp: '127.0.0.1', remotePort: 40000}), encodePair({netns: 9n, localIp: '10.77.0.2', localPort: 40001, remoteIp: '10.77.0.3', remotePort: 15006})]
+    const file = Buffer.alloc(2 * LAYOUT.mb_queued.size)
+    keys.forEach((k, i) => k.copy(file, i * LAYOUT.mb_queued.size + LAYOUT.mb_queued.fields.key))
+    file.writeUInt32LE(16_773_221, LAYOUT.mb_queued.size + LAYOUT.mb_queued.fields.queued)
+    assert.deepEqual(decodeQueuedRecords(file), [{key: keys[0], queued: 0}, {key: keys[1], queued: 16_773_221}])
+    assert.deepEqual(decodeQueuedRecords(Buffer.alloc(0)), [])
+    assert.throws(() => decodeQueuedRecords(file.subarray(1)), /not a whole number of 56-byte records/)
   })
 
   it('round-trip every struct', () => {
