@@ -8,7 +8,7 @@ import {c} from '../ui/theme.js'
 
 export default class Disable extends BaseCommand {
   static override summary = 'Detach and remove everything merbridge put on this node'
-  static override description = `Stops rewriting connections (established ones continue over TCP), detaches every program of the installation wherever it is attached, unpins programs and maps, and verifies that nothing is left. Safe to run again, and cleans a half-enabled node too.`
+  static override description = `Stops rewriting connections (established ones continue over TCP), releases each tracked socket once it has read what was moved to it (waiting up to 10 s), detaches every program of the installation wherever it is attached, unpins programs and maps, and verifies that nothing is left. Safe to run again, and cleans a half-enabled node too.`
 
   static override examples = [{command: '<%= config.bin %> disable', description: 'Remove merbridge from this node'}]
 
@@ -24,11 +24,18 @@ export default class Disable extends BaseCommand {
     const inst = new Installation(flags.bpffs)
     const result = await withInstallationLock(inst, 'disable', () => disable(inst))
     if (!result.wasEnabled) this.log(`merbridge was not enabled with ${result.bpffs}; nothing to do`)
-    else
+    else {
       this.log(
         c.green('✔ merbridge is disabled') +
-          `: ${result.detached.length} attachment(s) removed, ${result.unpinned.length} pin(s) removed from ${result.bpffs}`,
+          `: ${result.detached.length} attachment(s) removed, ${result.unpinned.length} pin(s) removed from ${result.bpffs}, ${result.released} socket(s) released to plain TCP`,
       )
+      if (result.unreleased > 0)
+        this.log(
+          c.yellow(
+            `! ${result.unreleased} socket(s) had not read what merbridge moved to them: left as they are (their connections go on over TCP once it is read); the kernel frees the last of merbridge's programs and maps when they close`,
+          ),
+        )
+    }
     return result
   }
 }

@@ -1,10 +1,11 @@
 import {existsSync} from 'node:fs'
-import {readdir} from 'node:fs/promises'
+import {mkdir, readdir, readFile, rm} from 'node:fs/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
-import {join} from 'node:path'
+import {dirname, join} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
 import {buildObjects, HELPER_FILES} from '../bpf/objects.js'
 import {readMaps} from '../bpf/maps.js'
+import {decodeQueuedRecords, type Queued} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import {run} from '../exec.js'
 import {listNetnsCandidates} from '../node/netns.js'
@@ -14,16 +15,27 @@ import {Installation} from './installation.js'
 import {PROGRAMS} from '../bpf/programs.js'
 import {writeSettings} from './settings.js'
 
-/**
- * Time for payload already moved socket to socket to be read before the sockets leave the map:
- * a socket dropped from a sockhash with data still on its ingress queue can lose or stall that
- * stream (kernel behaviour). A replace that reuses the maps would not need it (issue 11).
- */
+/** Time for a redirect decided before the draining flag was set to land on its socket's queue. */
 const DRAIN_MS = 1000
+/**
+ * How long disable waits for sockets to read what sk_msg moved to them. A socket leaves the
+ * sockhash only when deleted or closed: its psock holds the sk_msg program, which holds the map,
+ * so unpinning alone would leave every tracked connection's psock, the program and its maps in
+ * the kernel until the connection closed. Deleting a socket with unread data drops that data with
+ * its psock, so such a socket is left in place (freed when it closes) once this has passed.
+ */
+const RELEASE_MS = 10_000
+const RELEASE_POLL_MS = 100
+/** passes even with no time to wait: a delete batch stops at a socket that closed meanwhile */
+const RELEASE_MIN_PASSES = 3
 
 export interface DisableResult {
   bpffs: string
   wasEnabled: boolean
+  /** sockets of sock_pair_map deleted from it once they had read what was moved to them */
+  released: number
+  /** sockets still holding unread data when disable gave up waiting: left in the unpinned map until they close */
+  unreleased: number
   /** where each program was detached from: a cgroup path, sock_pair_map for the sk_msg program, or a pod interface ("netns PATH dev IF") for mb_tc_inbound */
   detached: {cgroup: string; program: string; id: number}[]
   unpinned: string[]
@@ -48,6 +60,51 @@ async function tcHelper(inst: Installation, objectHash: string | undefined): Pro
   return inst.keptHelpers()?.tcInbound ?? (cached && existsSync(cached) ? cached : (await buildObjects()).tcInbound)
 }
 
+/** The sockhash-queued iterator enable kept, else the cached build's; none for an older enable (sockets then stay until they close). */
+function queuedIterator(inst: Installation, objectHash: string | undefined): string | undefined {
+  const candidates = [inst.keptHelpers()?.sockhashQueued, objectHash ? join(cacheDir(), objectHash, HELPER_FILES.sockhashQueued) : undefined]
+  return candidates.find((f): f is string => f !== undefined && existsSync(f))
+}
+
+/**
+ * Delete from sock_pair_map every socket that has read what was moved to it, until none is left or
+ * waitMs has passed; the rest stay (see RELEASE_MS). Best effort: a kernel that cannot run the
+ * iterator leaves the sockets where they are, as before, and disable goes on.
+ */
+async function releaseSockets(inst: Installation, iterator: string, waitMs: number): Promise<{released: number; unreleased: number}> {
+  const pin = inst.queuedPin
+  let released = 0
+  let holding: Queued[]
+  try {
+    await mkdir(dirname(pin), {recursive: true})
+    await bpftool.iterPin(iterator, pin, inst.map('sock_pair_map'))
+  } catch {
+    await rm(pin, {force: true})
+    return {released, unreleased: 0}
+  }
+  try {
+    const deadline = Date.now() + waitMs
+    for (let pass = 1; ; pass++) {
+      const records = decodeQueuedRecords(await readFile(pin))
+      const read = records.filter((r) => r.queued === 0)
+      holding = records.filter((r) => r.queued > 0)
+      let done = true
+      try {
+        await bpftool.batch(read.map((r) => bpftool.mapDeleteLine(inst.map('sock_pair_map'), r.key)))
+        released += read.length
+      } catch {
+        // a socket closed between the read and its delete (the batch stops there): read again
+        done = false
+      }
+      if ((done && holding.length === 0) || (Date.now() >= deadline && pass >= RELEASE_MIN_PASSES)) break
+      await sleep(RELEASE_POLL_MS)
+    }
+  } finally {
+    await rm(pin, {force: true})
+  }
+  return {released, unreleased: holding.length}
+}
+
 /** bpftool's attach-type argument for the kernel's name of it. */
 function attachArg(kernelAttachType: string, progName: string): string {
   return PROGRAMS.find((p) => p.kernelAttachType === kernelAttachType || p.name === progName)?.attachType ?? kernelAttachType
@@ -62,7 +119,7 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   // before anything changes: a folder that is not an installation of ours is refused whole
   await inst.checkOurs()
   const state = await inst.readState()
-  const result: DisableResult = {bpffs: inst.dir, wasEnabled: false, detached: [], unpinned: []}
+  const result: DisableResult = {bpffs: inst.dir, wasEnabled: false, released: 0, unreleased: 0, detached: [], unpinned: []}
   const progIds = new Map<number, string>()
   // the running programs, and a replacement's (a swap interrupted midway may have attached some)
   for (const p of PROGRAMS) {
@@ -74,13 +131,20 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   result.wasEnabled = progIds.size > 0 || state !== undefined || inst.exists()
 
   // 1. Stop rewriting new connects and moving payload; what was moved is read before anything goes.
+  // quiet: sk_msg moves nothing more (draining now, or never configured)
+  let quiet = false
   if (existsSync(inst.map('settings'))) {
     const s = await readMaps.settings(inst).catch(() => undefined)
     if (s?.outboundPort && !s.draining) {
       await writeSettings(inst, {...s, draining: true})
       await sleep(opts.drainMs ?? DRAIN_MS)
     }
+    quiet = s !== undefined
   }
+  // sockets leave the sockhash one by one, each once its queue is read (sk_msg redirects no more)
+  const iterator = queuedIterator(inst, state?.objectHash)
+  if (quiet && iterator && existsSync(inst.map('sock_pair_map')))
+    Object.assign(result, await releaseSockets(inst, iterator, opts.drainMs === 0 ? 0 : RELEASE_MS))
 
   // 2. Inbound capture off in every pod namespace (draining already made it let everything pass).
   const tcIds = [...progIds].filter(([, name]) => name === 'mb_tc_inbound').map(([id]) => id)

@@ -21,7 +21,7 @@ import type {EnableResult} from '../../src/commands/enable.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
 import type {MapDump} from '../../src/datapath/dump.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
-import {BIN, cli, kernelSkipReason, parseJson, ROOT, rowsOf, uniqueInstall} from '../helpers.js'
+import {BIN, cli, eventually, kernelSkipReason, parseJson, ROOT, rowsOf, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])
 // written out, not taken from PROGRAMS: a program that is not loaded or attached must fail these
@@ -74,6 +74,33 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   })
 
   const TEN_MIB = 10 * 1024 * 1024
+  const EIGHT_MIB = 8 * 1024 * 1024
+  /** GET /bytes, then no reading until the gate file exists; then the rest, checked byte by byte against the pattern */
+  const STALLED_READER = `
+import json, os, socket, sys, time
+host, port, n, gate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+s = socket.create_connection((host, port))
+s.sendall(b'GET /bytes?n=%d HTTP/1.1\\r\\nHost: b\\r\\nConnection: close\\r\\n\\r\\n' % n)
+head = b''
+while b'\\r\\n\\r\\n' not in head:
+    head += s.recv(1)
+print('waiting', flush=True)
+while not os.path.exists(gate):
+    time.sleep(0.05)
+s.settimeout(60)
+got, bad = 0, -1
+while got < n:
+    d = s.recv(1 << 20)
+    if not d:
+        break
+    if bad < 0:
+        for i, b in enumerate(d):
+            if b != (got + i) % 251:
+                bad = got + i
+                break
+    got += len(d)
+print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
+`
   let directPackets = 0
   /** Packets through pod b's interface while a 10 MiB body goes from b's app to a's. */
   const tenMiB = async () => {
@@ -428,14 +455,44 @@ describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
   })
 
   it('keeps a long stream whole across disable, then restores the direct path and leaves nothing', async () => {
-    await streamThrough('disable', async () => {
+    /** Which of these programs the kernel still holds (freed an RCU grace period after the last reference goes). */
+    const loadedOf = async (ids: number[]) =>
+      (await Promise.all(ids.map((id) => execa('bpftool', ['prog', 'show', 'id', String(id)], {reject: false})))).filter((x) => x.exitCode === 0).map((x) => / name (\w+)/.exec(x.stdout)?.[1])
+    const disableNow = async () => {
       const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
       assert.equal(d.code, 0, d.stderr)
-      const detached = parseJson<DisableResult>(d.stdout).detached
+      return parseJson<DisableResult>(d.stdout)
+    }
+    await streamThrough('disable', async () => {
+      const r = await disableNow()
+      const detached = r.detached
       assert.deepEqual([...new Set(detached.map((x) => x.program))].sort(), ALL_PROGRAMS)
       // inbound capture came off both registered pods' interfaces
       assert.deepEqual(detached.filter((x) => x.program === 'mb_tc_inbound').map((x) => x.cgroup.endsWith(' dev eth0')), [true, true])
+      // the stream's sockets left the sockhash (its legs: app, sidecars), so while it flows on over
+      // TCP nothing of merbridge stays in the kernel: unpinning alone would leave their psocks
+      // holding the sk_msg program, and it the maps, for as long as the connection lived
+      assert.ok(r.released >= 4 && r.unreleased === 0, JSON.stringify({released: r.released, unreleased: r.unreleased}))
+      const ids = [...new Set(detached.map((x) => x.id))]
+      await eventually('every program of the installation freed while the stream flows', async () => (await loadedOf(ids)).length === 0)
     })
+
+    // a reader that stops reading with 8 MiB moved to its socket: deleting that socket from the
+    // sockhash would drop the data with its psock, so disable leaves it there, and says so
+    const e = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.equal(e.code, 0, e.stderr)
+    const gate = join(lab.tmp, 'stalled-reader-go')
+    const stalled = lab.spawn('a', 'stalled reader', 'python3', ['-c', STALLED_READER, lab.pod('b').ip, String(APP_PORT), String(EIGHT_MIB), gate])
+    await stalled.waitFor(/^waiting/m, 'the stalled reader connected')
+    const r = await disableNow()
+    assert.equal(r.unreleased, 1, JSON.stringify({released: r.released, unreleased: r.unreleased}))
+    const ids = [...new Set(r.detached.map((x) => x.id))]
+    await eventually('the detached programs freed but one', async () => (await loadedOf(ids)).length === 1)
+    assert.deepEqual(await loadedOf(ids), ['mb_msg_redirect'], 'only the sk_msg program, held by the unreleased socket')
+    writeFileSync(gate, '')
+    assert.equal(await stalled.exited, 0, stalled.stdout + stalled.stderr)
+    assert.deepEqual(JSON.parse(stalled.stdout.trim().split('\n').at(-1)!), {bytes: EIGHT_MIB, firstBad: -1}, 'every byte, in order')
+    await eventually('the last program freed once the reader closed', async () => (await loadedOf(ids)).length === 0)
 
     assert.equal((await whoami('a', 'b')).remoteAddress, lab.pod('a').ip, 'direct again')
     assert.ok(!existsSync(install.bpffs), 'no pins')
