@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* iter.h: just enough of the kernel's iterator contexts for status to count map entries by
- * reading a pinned file instead of dumping whole maps. CO-RE fixes the offsets at load. */
+ * reading a pinned file instead of dumping whole maps, and for disable to see which sockets have
+ * read what was moved to them. CO-RE fixes the offsets at load. */
 #ifndef MB_ITER_H
 #define MB_ITER_H
 
@@ -18,6 +19,14 @@ struct bpf_iter_meta {
 
 struct bpf_map {
 	__u32 id;
+} __attribute__((preserve_access_index));
+
+/* the context of iter/sockmap programs: one socket of the map at a time */
+struct bpf_iter__sockmap {
+	struct bpf_iter_meta *meta;
+	struct bpf_map *map;
+	void *key;
+	struct sock *sk;
 } __attribute__((preserve_access_index));
 
 #endif

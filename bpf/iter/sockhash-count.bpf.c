@@ -4,13 +4,6 @@
  * A full map is 64 KiB to read: far less than bpftool dumping it. */
 #include "iter.h"
 
-struct bpf_iter__sockmap {
-	struct bpf_iter_meta *meta;
-	struct bpf_map *map;
-	void *key;
-	struct sock *sk;
-} __attribute__((preserve_access_index));
-
 char LICENSE[] SEC("license") = "GPL";
 
 SEC("iter/sockmap")

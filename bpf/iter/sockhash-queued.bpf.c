@@ -26,13 +26,6 @@ struct sock {
 	void *sk_user_data;
 } __attribute__((preserve_access_index));
 
-struct bpf_iter__sockmap {
-	struct bpf_iter_meta *meta;
-	struct bpf_map *map;
-	void *key;
-	struct sock *sk;
-} __attribute__((preserve_access_index));
-
 /* sk_user_data's low bits are flags (SK_USER_DATA_NOCOPY, _BPF, _PSOCK) */
 #define MB_USER_DATA_PTRMASK (~7UL)
 
