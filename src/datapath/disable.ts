@@ -17,6 +17,7 @@ import {writeSettings} from './settings.js'
 
 /** Time for a redirect decided before the draining flag was set to land on its socket's queue. */
 const DRAIN_MS = 1000
+const MIN_SETTLE_MS = 100
 /**
  * How long disable waits for sockets to read what sk_msg moved to them. A socket leaves the
  * sockhash only when deleted or closed: its psock holds the sk_msg program, which holds the map,
@@ -137,7 +138,8 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
     const s = await readMaps.settings(inst).catch(() => undefined)
     if (s?.outboundPort && !s.draining) {
       await writeSettings(inst, {...s, draining: true})
-      await sleep(opts.drainMs ?? DRAIN_MS)
+      // even a hurried disable lets a redirect decided before the flag land before any socket is deleted
+      await sleep(Math.max(opts.drainMs ?? DRAIN_MS, MIN_SETTLE_MS))
     }
     quiet = s !== undefined
   }
