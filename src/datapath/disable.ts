@@ -3,7 +3,7 @@ import {mkdir, readdir, readFile, rm} from 'node:fs/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {dirname, join} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
-import {buildObjects, HELPER_FILES} from '../bpf/objects.js'
+import {buildObjects, HELPER_FILES, type Helpers} from '../bpf/objects.js'
 import {readMaps} from '../bpf/maps.js'
 import {decodeQueuedRecords, type Queued} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
@@ -55,15 +55,9 @@ async function findAttachments(progIds: Map<number, string>): Promise<{cgroup: s
   return out
 }
 
-/** The tc-inbound helper enable kept (no compiler needed), else the cached build, else a fresh build. */
-async function tcHelper(inst: Installation, objectHash: string | undefined): Promise<string> {
-  const cached = objectHash ? join(cacheDir(), objectHash, HELPER_FILES.tcInbound) : undefined
-  return inst.keptHelpers()?.tcInbound ?? (cached && existsSync(cached) ? cached : (await buildObjects()).tcInbound)
-}
-
-/** The sockhash-queued iterator enable kept, else the cached build's; none for an older enable (sockets then stay until they close). */
-function queuedIterator(inst: Installation, objectHash: string | undefined): string | undefined {
-  const candidates = [inst.keptHelpers()?.sockhashQueued, objectHash ? join(cacheDir(), objectHash, HELPER_FILES.sockhashQueued) : undefined]
+/** A helper enable kept with the installation (no compiler needed), else the cached build's, if either is there. */
+function keptOrCached(inst: Installation, objectHash: string | undefined, helper: keyof Helpers): string | undefined {
+  const candidates = [inst.keptHelpers()?.[helper], objectHash ? join(cacheDir(), objectHash, HELPER_FILES[helper]) : undefined]
   return candidates.find((f): f is string => f !== undefined && existsSync(f))
 }
 
@@ -144,7 +138,8 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
     quiet = s !== undefined
   }
   // sockets leave the sockhash one by one, each once its queue is read (sk_msg redirects no more)
-  const iterator = queuedIterator(inst, state?.objectHash)
+  // none for an older enable, which kept no iterator: its sockets then stay until they close
+  const iterator = keptOrCached(inst, state?.objectHash, 'sockhashQueued')
   if (quiet && iterator && existsSync(inst.map('sock_pair_map')))
     Object.assign(result, await releaseSockets(inst, iterator, opts.drainMs === 0 ? 0 : RELEASE_MS))
 
@@ -153,7 +148,7 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   if (tcIds.length > 0) {
     const paths = (await listNetnsCandidates()).map((c) => c.path)
     for (const tcId of tcIds) {
-      const tc = await detachInbound(await tcHelper(inst, state?.objectHash), tcId, paths)
+      const tc = await detachInbound(keptOrCached(inst, state?.objectHash, 'tcInbound') ?? (await buildObjects()).tcInbound, tcId, paths)
       for (const [path, ifaces] of tc.done) for (const dev of ifaces) result.detached.push({cgroup: `netns ${path} dev ${dev}`, program: 'mb_tc_inbound', id: tcId})
     }
   }
