@@ -272,6 +272,11 @@ export class Bpftool {
     await this.run(['prog', 'loadall', object, progDir, ...reuse.flatMap(([name, pin]) => ['map', 'name', name, 'pinned', pin]), 'pinmaps', mapDir], {timeoutMs: 120_000})
   }
 
+  /** A pinned map of its own (doctor's probe loads use a throwaway sockhash). */
+  async mapCreate(pin: string, type: string, keySize: number, valueSize: number, entries: number, name: string): Promise<void> {
+    await this.run(['map', 'create', pin, 'type', type, 'key', String(keySize), 'value', String(valueSize), 'entries', String(entries), 'name', name])
+  }
+
   /** Load an iterator program and pin its link (for a map iterator, over the map pinned at `mapPin`). */
   async iterPin(object: string, pin: string, mapPin?: string): Promise<void> {
     await this.run(['iter', 'pin', object, pin, ...(mapPin ? ['map', 'pinned', mapPin] : [])])

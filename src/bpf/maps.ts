@@ -108,27 +108,33 @@ export function settingsOf(entries: RawMapEntry[]): Settings | undefined {
 }
 
 export interface EntryCounts {
-  /** entries of every hash map on the node, by map id (the kernel's own count) */
-  byId: Map<number, number>
-  /** sockets in sock_pair_map */
-  sockets: number
+  /** entries of every hash map on the node, by map id (the kernel's own count); absent without map element counts */
+  byId?: Map<number, number>
+  /** sockets in sock_pair_map; absent without the socket map iterator */
+  sockets?: number
 }
 
 /**
- * Entry counts from the iterators enable pinned (bpf/iter): two small file reads instead of a
- * bpftool dump of every map. Undefined when they are not pinned (a kernel before 6.6, or an
- * installation made before them); output that does not parse fails loudly.
+ * Entry counts from the iterators enable pinned (bpf/iter): a small file read each instead of a
+ * bpftool dump of every map. Each is absent where its iterator is not pinned (an optional kernel
+ * feature, bpf/optional.ts); output that does not parse fails loudly.
  */
-export async function readEntryCounts(pins: {maps: string; sockhash: string}): Promise<EntryCounts | undefined> {
-  if (!existsSync(pins.maps) || !existsSync(pins.sockhash)) return undefined
-  const [maps, sockets] = await Promise.all([readFile(pins.maps, 'utf8'), readFile(pins.sockhash, 'utf8')])
-  const byId = new Map<number, number>()
-  for (const line of maps.split('\n')) {
-    if (line === '') continue
-    const m = /^(\d+) (-?\d+)$/.exec(line)
-    if (!m) throw new ToolFailedError(`reading ${pins.maps}`, `a line that is not "<map id> <entries>": ${JSON.stringify(line.slice(0, 80))}`, '')
-    byId.set(Number(m[1]), Number(m[2]))
+export async function readEntryCounts(pins: {maps: string; sockhash: string}): Promise<EntryCounts> {
+  const read = (pin: string) => (existsSync(pin) ? readFile(pin, 'utf8') : undefined)
+  const [maps, sockets] = await Promise.all([read(pins.maps), read(pins.sockhash)])
+  const out: EntryCounts = {}
+  if (maps !== undefined) {
+    out.byId = new Map<number, number>()
+    for (const line of maps.split('\n')) {
+      if (line === '') continue
+      const m = /^(\d+) (-?\d+)$/.exec(line)
+      if (!m) throw new ToolFailedError(`reading ${pins.maps}`, `a line that is not "<map id> <entries>": ${JSON.stringify(line.slice(0, 80))}`, '')
+      out.byId.set(Number(m[1]), Number(m[2]))
+    }
   }
-  if (!/^\.*$/.test(sockets)) throw new ToolFailedError(`reading ${pins.sockhash}`, 'output that is not one dot per socket', '')
-  return {byId, sockets: sockets.length}
+  if (sockets !== undefined) {
+    if (!/^\.*$/.test(sockets)) throw new ToolFailedError(`reading ${pins.sockhash}`, 'output that is not one dot per socket', '')
+    out.sockets = sockets.length
+  }
+  return out
 }

@@ -29,7 +29,14 @@ export default class Disable extends BaseCommand {
         c.green('✔ merbridge is disabled') +
           `: ${result.detached.length} attachment(s) removed, ${result.unpinned.length} pin(s) removed from ${result.bpffs}, ${result.released} socket(s) released to plain TCP`,
       )
-      if (result.unreleased > 0)
+      const without = result.unavailable['sockmap-iterator']
+      if (without !== undefined && result.unreleased > 0)
+        this.log(
+          c.yellow(
+            `! without the socket map iterator (${without}) no socket could be released: ${result.unreleased} tracked socket(s) go on over TCP, and the kernel frees the last of merbridge's programs and maps (unpinned, attached nowhere) when they close`,
+          ),
+        )
+      else if (result.unreleased > 0)
         this.log(
           c.yellow(
             `! ${result.unreleased} socket(s) had not read what merbridge moved to them: left as they are (their connections go on over TCP once it is read); the kernel frees the last of merbridge's programs and maps when they close`,

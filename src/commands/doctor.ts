@@ -26,7 +26,7 @@ export default class Doctor extends BaseCommand {
 
   async run(): Promise<PreflightResult> {
     const {flags} = await this.parse(Doctor)
-    const result = await runPreflight({cgroup: flags.cgroup, bpffs: flags.bpffs, inbound: true})
+    const result = await runPreflight({cgroup: flags.cgroup, bpffs: flags.bpffs, inbound: true, probeLoads: true})
     this.log(renderChecks(result.checks))
     this.log('')
     this.log(checksVerdict(result.checks))

@@ -7,6 +7,8 @@ import {buildObjects, HELPER_FILES, type Helpers} from '../bpf/objects.js'
 import {readMaps} from '../bpf/maps.js'
 import {decodeQueuedRecords, type Queued} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
+import {loadFailure} from './probes.js'
+import {turnedOff, type Unavailable} from '../bpf/optional.js'
 import {run} from '../exec.js'
 import {listNetnsCandidates} from '../node/netns.js'
 import {detachInbound} from '../node/tc-inbound.js'
@@ -37,6 +39,8 @@ export interface DisableResult {
   released: number
   /** sockets still holding unread data when disable gave up waiting: left in the unpinned map until they close */
   unreleased: number
+  /** optional kernel features this disable went without, and why (bpf/optional.ts) */
+  unavailable: Unavailable
   /** where each program was detached from: a cgroup path, sock_pair_map for the sk_msg program, or a pod interface ("netns PATH dev IF") for mb_tc_inbound */
   detached: {cgroup: string; program: string; id: number}[]
   unpinned: string[]
@@ -63,19 +67,23 @@ function keptOrCached(inst: Installation, objectHash: string | undefined, helper
 
 /**
  * Delete from sock_pair_map every socket that has read what was moved to it, until none is left or
- * waitMs has passed; the rest stay (see RELEASE_MS). Best effort: a kernel that cannot run the
- * iterator leaves the sockets where they are, as before, and disable goes on.
+ * waitMs has passed; the rest stay (see RELEASE_MS). Without the socket map iterator (an optional
+ * kernel feature) no socket can be told apart: all stay tracked, counted from a dump, and the
+ * returned reason says why.
  */
-async function releaseSockets(inst: Installation, iterator: string, waitMs: number): Promise<{released: number; unreleased: number}> {
+async function releaseSockets(inst: Installation, iterator: string | undefined, waitMs: number): Promise<{released: number; unreleased: number; without?: string}> {
   const pin = inst.queuedPin
   let released = 0
   let holding: Queued[]
+  const without = turnedOff('sockmap-iterator') ?? (iterator ? undefined : 'the installation kept no socket iterator')
+  const leaveAll = async (why: string) => ({released, unreleased: await bpftool.mapCount(inst.map('sock_pair_map')), without: why})
+  if (without || !iterator) return leaveAll(without ?? '')
   try {
     await mkdir(dirname(pin), {recursive: true})
     await bpftool.iterPin(iterator, pin, inst.map('sock_pair_map'))
-  } catch {
+  } catch (error) {
     await rm(pin, {force: true})
-    return {released, unreleased: 0}
+    return leaveAll(loadFailure(error))
   }
   try {
     const deadline = Date.now() + waitMs
@@ -114,7 +122,7 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   // before anything changes: a folder that is not an installation of ours is refused whole
   await inst.checkOurs()
   const state = await inst.readState()
-  const result: DisableResult = {bpffs: inst.dir, wasEnabled: false, released: 0, unreleased: 0, detached: [], unpinned: []}
+  const result: DisableResult = {bpffs: inst.dir, wasEnabled: false, released: 0, unreleased: 0, unavailable: {}, detached: [], unpinned: []}
   const progIds = new Map<number, string>()
   // the running programs, and a replacement's (a swap interrupted midway may have attached some)
   for (const p of PROGRAMS) {
@@ -138,10 +146,11 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
     quiet = s !== undefined
   }
   // sockets leave the sockhash one by one, each once its queue is read (sk_msg redirects no more)
-  // none for an older enable, which kept no iterator: its sockets then stay until they close
-  const iterator = keptOrCached(inst, state?.objectHash, 'sockhashQueued')
-  if (quiet && iterator && existsSync(inst.map('sock_pair_map')))
-    Object.assign(result, await releaseSockets(inst, iterator, opts.drainMs === 0 ? 0 : RELEASE_MS))
+  if (quiet && existsSync(inst.map('sock_pair_map'))) {
+    const {without, ...counts} = await releaseSockets(inst, keptOrCached(inst, state?.objectHash, 'sockhashQueued'), opts.drainMs === 0 ? 0 : RELEASE_MS)
+    Object.assign(result, counts)
+    if (without !== undefined) result.unavailable['sockmap-iterator'] = without
+  }
 
   // 2. Inbound capture off in every pod namespace (draining already made it let everything pass).
   const tcIds = [...progIds].filter(([, name]) => name === 'mb_tc_inbound').map(([id]) => id)

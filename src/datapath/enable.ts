@@ -240,9 +240,9 @@ export const ENABLE_STEPS: EnableStep[] = [
         pods: podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')),
       }
       await ctx.inst.keepHelpers(required(ctx.objects, 'the built objects'))
-      // best effort: without them status counts entries by dumping the maps
-      await pinCounters(ctx.inst, required(ctx.objects, 'the built objects'))
-      await ctx.inst.writeState(state)
+      // optional: without them status counts entries by dumping the maps
+      const unavailable = await pinCounters(ctx.inst, required(ctx.objects, 'the built objects'))
+      await ctx.inst.writeState(Object.keys(unavailable).length > 0 ? {...state, unavailable} : state)
     },
     async undo(ctx) {
       if (ctx.mode !== 'resync' && !ctx.swap) await ctx.inst.removeState()

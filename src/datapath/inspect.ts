@@ -6,6 +6,7 @@ import {sourceHash} from '../bpf/objects.js'
 import {describeError} from '../errors.js'
 import {type InstallState, Installation} from './installation.js'
 import {MAP_NAMES, type MapName, PROGRAMS} from '../bpf/programs.js'
+import {OPTIONAL_FEATURES, type OptionalFeature} from '../bpf/optional.js'
 
 export interface ProgramStatus {
   name: string
@@ -45,6 +46,8 @@ export interface StatusReport {
   counters?: Record<CounterName, number>
   problems: string[]
   hints: string[]
+  /** optional kernel features this installation goes without: why, and what that costs */
+  unavailable: {feature: OptionalFeature; why: string; cost: string}[]
   /**
    * Why the datapath is not intercepting as enabled, when it is not: a program or map missing or
    * detached, or settings unconfigured or left draining (an interrupted enable or disable).
@@ -53,8 +56,8 @@ export interface StatusReport {
   broken?: string
 }
 
-/** Maps whose entries a dump cannot count (socket storage has no keys to walk). */
-const UNCOUNTABLE = new Set<MapName>(['origin_store'])
+/** Maps a dump cannot count: arrays are fixed, and socket storage has no keys to walk (the kernel refuses). */
+const UNCOUNTABLE_TYPES = new Set(['array', 'percpu_array', 'sk_storage'])
 const NEAR_FULL = 0.9
 
 function statsEnabled(): boolean {
@@ -125,6 +128,22 @@ async function snapshotOneByOne(inst: Installation, cgroup: string | undefined):
   }
 }
 
+/**
+ * Entries of each countable map: from the pinned counting iterators (a file read each) where the
+ * kernel runs them, else by dumping the map, in parallel since each dump is its own bpftool process.
+ */
+export async function countEntries(inst: Installation, maps: Map<MapName, MapInfo>): Promise<Partial<Record<MapName, number>>> {
+  const iterated = await readEntryCounts(inst.counterPins)
+  const out: Partial<Record<MapName, number>> = {}
+  await Promise.all(
+    [...maps].map(async ([name, info]) => {
+      if (UNCOUNTABLE_TYPES.has(info.type)) return
+      out[name] = (name === 'sock_pair_map' ? iterated.sockets : iterated.byId?.get(info.id)) ?? (await bpftool.mapCount(inst.map(name)))
+    }),
+  )
+  return out
+}
+
 /** What status reads, from the kernel and the installation's record: the input of diagnose(). */
 export interface Observed {
   bpffs: string
@@ -148,17 +167,7 @@ export async function inspect(inst: Installation): Promise<StatusReport> {
   // independent reads, started together
   const currentHash = state ? sourceHash({maxConnections: state.maxConnections}).catch((error: unknown) => error as Error) : undefined
   const snap = await snapshot(inst, state?.cgroup)
-  // entries: from the pinned counting iterators (two file reads), else by dumping each map in
-  // parallel, since each dump is its own bpftool process
-  const iterated = await readEntryCounts(inst.counterPins)
-  await Promise.all(
-    MAP_NAMES.map(async (name) => {
-      const info = snap.maps.get(name)
-      const countable = info && !UNCOUNTABLE.has(name) && info.type !== 'array' && info.type !== 'percpu_array'
-      if (!countable) return
-      observed.entries[name] = iterated ? (name === 'sock_pair_map' ? iterated.sockets : iterated.byId.get(info.id)) : await bpftool.mapCount(inst.map(name))
-    }),
-  )
+  observed.entries = await countEntries(inst, snap.maps)
   return diagnose({...observed, snap, sourceHash: await currentHash})
 }
 
@@ -182,6 +191,7 @@ export function diagnose(o: Observed): StatusReport {
     pods: state?.pods,
     problems: [],
     hints: [],
+    unavailable: Object.entries(state?.unavailable ?? {}).map(([feature, why]) => ({feature: feature as OptionalFeature, why, cost: OPTIONAL_FEATURES[feature as OptionalFeature].without})),
   }
   if (!snap) return report
 
@@ -226,6 +236,7 @@ export function diagnose(o: Observed): StatusReport {
   const hash = o.sourceHash
   if (hash instanceof Error) report.hints.push(`cannot tell whether the programs are current: ${describeError(hash).message}`)
   else if (state && hash !== state.objectHash) report.hints.push('the programs were built from older sources: run merbridge enable to replace them')
+  for (const u of report.unavailable) report.hints.push(`without ${OPTIONAL_FEATURES[u.feature].title} (${u.why}): ${u.cost}`)
   if (!report.statsEnabled) report.hints.push('run counts and times are off: sysctl -w kernel.bpf_stats_enabled=1 turns them on')
   const overShare = (snap.counters?.socketOverShare ?? 0) + (snap.counters?.originOverShare ?? 0)
   if (overShare > 0)

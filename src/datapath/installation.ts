@@ -6,6 +6,7 @@ import {isBpffs, readMounts} from '../node/mounts.js'
 import {DEFAULT_BPFFS_DIR, runDir} from '../paths.js'
 import {MAP_NAMES, type MapName, type MapPins, PROGRAMS} from '../bpf/programs.js'
 import {DEFAULT_MAX_CONNECTIONS, HELPER_FILES, type Helpers} from '../bpf/objects.js'
+import type {Unavailable} from '../bpf/optional.js'
 
 
 /** The pins of one installation, all below one bpffs folder. */
@@ -238,6 +239,8 @@ export interface InstallState {
   /** whether enable mounted bpffs itself (disable then unmounts it when empty) */
   mountedBpffs: boolean
   hostNetns: string
+  /** optional kernel features this installation goes without, and why (bpf/optional.ts) */
+  unavailable?: Unavailable
   pods: {source: string; syncedAt: string; meshed: PodRecord[]; unregistered: PodRecord[]; skipped: SkippedPod[]; warnings: string[]}
 }
 

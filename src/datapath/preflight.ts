@@ -3,6 +3,9 @@ import {resolve} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
 import {clangTargetsBpf, clangVersion} from '../bpf/clang.js'
 import {missingFeatures} from '../bpf/features.js'
+import {buildObjects} from '../bpf/objects.js'
+import {featuresTurnedOff, OPTIONAL_FEATURE_NAMES, OPTIONAL_FEATURES} from '../bpf/optional.js'
+import {probeLoads, type ProbeResults} from './probes.js'
 import {Installation} from './installation.js'
 import {PROGRAMS} from '../bpf/programs.js'
 import {describeError} from '../errors.js'
@@ -24,6 +27,8 @@ export interface Check {
   remedy?: string
   /** a failed required check stops enable */
   required: boolean
+  /** an optional kernel feature (bpf/optional.ts): shown apart, a warning at worst */
+  optional?: boolean
 }
 
 const pass = (id: string, title: string, detail: string, required = true): Check => ({id, title, status: 'pass', detail, required})
@@ -44,12 +49,35 @@ export function checkPrivileges(uid: number, missing: CapName[]): Check {
   }
 }
 
+/** The release, for information: what the kernel can do is decided by the feature checks (a distribution kernel may have backports). */
 export function checkKernel(v: KernelVersion | undefined): Check {
   const title = 'kernel version'
-  if (!v) return {id: 'kernel', title, status: 'fail', required: true, detail: 'could not read the kernel release', remedy: 'check `uname -r`'}
+  if (!v) return {id: 'kernel', title, status: 'warn', required: false, detail: 'could not read the kernel release; judged by its features below', remedy: 'check `uname -r`'}
   if (!kernelAtLeast(v, MIN_KERNEL.major, MIN_KERNEL.minor))
-    return {id: 'kernel', title, status: 'fail', required: true, detail: `${v.raw} is older than ${MIN_KERNEL.text}: ${MIN_KERNEL.why}`, remedy: `upgrade the node to Linux ${MIN_KERNEL.text} or newer`}
-  return pass('kernel', title, v.raw)
+    return {id: 'kernel', title, status: 'warn', required: false, detail: `${v.raw} is older than ${MIN_KERNEL.text}, the oldest release with every feature the datapath uses; judged by its features below`, remedy: `if a feature check fails, upgrade the node to Linux ${MIN_KERNEL.text} or newer`}
+  return pass('kernel', title, v.raw, false)
+}
+
+/** The probe loads of doctor (datapath/probes.ts): the datapath, the netns cookie, then each optional feature apart. */
+export function checkProbes(p: ProbeResults): Check[] {
+  const checks: Check[] = [
+    p.datapath === undefined
+      ? pass('datapath-load', 'datapath loads', 'every program of the datapath passed this kernel\'s verifier (loaded, attached nowhere, removed)')
+      : {id: 'datapath-load', title: 'datapath loads', status: 'fail', required: true, detail: p.datapath, remedy: 'the kernel lacks a feature the datapath needs: see the verifier log above, or upgrade the node'},
+    p.netnsCookie === undefined
+      ? pass('netns-cookie', 'network namespace cookies', 'SO_NETNS_COOKIE answers')
+      : {id: 'netns-cookie', title: 'network namespace cookies', status: 'fail', required: true, detail: p.netnsCookie, remedy: `upgrade the node to Linux ${MIN_KERNEL.text} or newer`},
+  ]
+  for (const feature of OPTIONAL_FEATURE_NAMES) {
+    const f = OPTIONAL_FEATURES[feature]
+    const why = p.unavailable[feature]
+    checks.push(
+      why === undefined
+        ? {...pass(feature, f.title, f.buys, false), optional: true}
+        : {id: feature, title: f.title, status: 'warn', required: false, optional: true, detail: `unavailable (${why})`, remedy: `merbridge works without it: ${f.without}`},
+    )
+  }
+  return checks
 }
 
 export function checkBtf(present: boolean): Check {
@@ -137,6 +165,8 @@ export interface PreflightOptions {
   bpffs?: string
   /** doctor: once enabled, also check that inbound capture is on every registered pod's interfaces */
   inbound?: boolean
+  /** doctor: build the objects and load them for a moment, to judge the kernel by what it does */
+  probeLoads?: boolean
 }
 
 export interface PreflightResult {
@@ -148,6 +178,7 @@ export interface PreflightResult {
 
 /** Every check, run for real on this node. */
 export async function runPreflight(opts: PreflightOptions = {}): Promise<PreflightResult> {
+  featuresTurnedOff() // a typo in MERBRIDGE_WITHOUT is refused before anything is touched
   const installation = new Installation(opts.bpffs)
   const mounts = readMounts()
   const privileges = currentPrivileges()
@@ -170,6 +201,7 @@ export async function runPreflight(opts: PreflightOptions = {}): Promise<Preflig
   checks.push(bpftoolCheck)
   if (bpftoolCheck.status === 'pass' && privileges.missing.length === 0) {
     checks.push(await featureCheck())
+    if (opts.probeLoads) checks.push(...(await probeChecks(checks)))
     if (cgroup.path) checks.push(await foreignCheck(cgroup.path, installation))
   } else {
     checks.push({id: 'features', title: 'kernel BPF features', status: 'fail', required: true, detail: 'not probed: needs bpftool and root', remedy: 'fix the checks above, then run merbridge doctor again'})
@@ -185,6 +217,17 @@ async function featureCheck(): Promise<Check> {
     return checkFeatures(await bpftool.featureProbe())
   } catch (error) {
     return {id: 'features', title: 'kernel BPF features', status: 'fail', required: true, detail: describeError(error).message, remedy: 'run `bpftool feature probe kernel` to see why'}
+  }
+}
+
+async function probeChecks(before: Check[]): Promise<Check[]> {
+  const blocker = before.find((c) => c.required && c.status === 'fail' && ['clang', 'bpffs'].includes(c.id))
+  if (blocker) return [{id: 'datapath-load', title: 'datapath loads', status: 'fail', required: true, detail: `not probed: ${blocker.title} failed`, remedy: 'fix the checks above, then run merbridge doctor again'}]
+  try {
+    return checkProbes(await probeLoads(await buildObjects()))
+  } catch (error) {
+    const {message, suggestion} = describeError(error)
+    return [{id: 'datapath-load', title: 'datapath loads', status: 'fail', required: true, detail: message, remedy: suggestion}]
   }
 }
 

@@ -5,11 +5,12 @@
  * destination) and what the connection maps cost in kernel memory.
  */
 import {randomBytes} from 'node:crypto'
-import {readMaps, readEntryCounts} from '../bpf/maps.js'
+import {readMaps} from '../bpf/maps.js'
 import type {CounterName} from '../bpf/layout.js'
 import {bpftool} from '../bpf/bpftool.js'
 import {disable} from '../datapath/disable.js'
 import {enable} from '../datapath/enable.js'
+import {countEntries} from '../datapath/inspect.js'
 import {Installation} from '../datapath/installation.js'
 import {MerbridgeError} from '../errors.js'
 import {meshProfile} from '../mesh/profiles.js'
@@ -129,10 +130,10 @@ export class ScaleRun {
     )
     const openSeconds = (performance.now() - t0) / 1000
     const after = await readMaps.counters(inst)
-    const counts = await readEntryCounts(inst.counterPins)
     const origins = await bpftool.mapShowPinned(inst.map('pair_original_dst'))
     const sockets = await bpftool.mapShowPinned(inst.map('sock_pair_map'))
-    if (!counts || origins === undefined || sockets === undefined) throw new MerbridgeError('scale: the installation has no entry counts to read (a kernel before 6.6?)')
+    if (origins === undefined || sockets === undefined) throw new MerbridgeError('scale: the connection maps are not pinned')
+    const counts = await countEntries(inst, new Map([['pair_original_dst', origins], ['sock_pair_map', sockets]]))
     const counters = Object.fromEntries(COUNTED.map((k) => [k, after[k] - before[k]])) as Record<CounterName, number>
     const held = results.reduce((a, r) => a + r.held, 0)
     return {
@@ -142,7 +143,7 @@ export class ScaleRun {
       held,
       failed: results.reduce((a, r) => a + r.failed, 0),
       openSeconds,
-      entries: {sockets: counts.sockets, origins: counts.byId.get(origins.id) ?? Number.NaN},
+      entries: {sockets: counts.sock_pair_map ?? Number.NaN, origins: counts.pair_original_dst ?? Number.NaN},
       counters,
       memoryBytes: {sockPairMap: sockets.bytes_memlock ?? Number.NaN, pairOriginalDst: origins.bytes_memlock ?? Number.NaN},
       // redirectMiss is left out: a first message may race its peer's registration and take TCP, through the same sidecars

@@ -1,12 +1,16 @@
 import type {Check} from '../datapath/preflight.js'
 import {c, mark} from './theme.js'
 
+/** The checks, then the optional kernel features apart (what each buys, or what going without costs). */
 export function renderChecks(checks: Check[]): string {
   const width = Math.max(...checks.map((k) => k.title.length))
-  const lines = checks.map((k) => {
+  const line = (k: Check) => {
     const head = `${mark[k.status]} ${k.title.padEnd(width)}  ${k.detail}`
     return k.remedy && k.status !== 'pass' ? `${head}\n  ${' '.repeat(width)}  ${c.dim('→ ' + k.remedy)}` : head
-  })
+  }
+  const optional = checks.filter((k) => k.optional)
+  const lines = checks.filter((k) => !k.optional).map(line)
+  if (optional.length > 0) lines.push('', c.bold('Optional kernel features'), ...optional.map(line))
   return lines.join('\n')
 }
 
