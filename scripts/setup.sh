@@ -12,6 +12,9 @@ packages=(
   iproute2 iptables nftables util-linux mount procps
   # the lab: haproxy sidecars, nginx server, wrk client (demo, bench), python3 (getsockopt probe), openssl (test API server)
   haproxy nginx wrk python3 openssl ca-certificates
+  # the kernel matrix (npm run test:kernels): Debian's kernel booted in QEMU from an initramfs of
+  # busybox and the modules it needs (kmod's depmod indexes them; the guest's modprobe loads more)
+  qemu-system-x86 busybox-static cpio kmod
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,7 +4,7 @@ import {bpftool} from '../bpf/bpftool.js'
 import {clangTargetsBpf, clangVersion} from '../bpf/clang.js'
 import {missingFeatures} from '../bpf/features.js'
 import {buildObjects} from '../bpf/objects.js'
-import {featuresTurnedOff, OPTIONAL_FEATURE_NAMES, OPTIONAL_FEATURES} from '../bpf/optional.js'
+import {OPTIONAL_FEATURE_NAMES, OPTIONAL_FEATURES} from '../bpf/optional.js'
 import {probeLoads, type ProbeResults} from './probes.js'
 import {Installation} from './installation.js'
 import {PROGRAMS} from '../bpf/programs.js'
@@ -178,7 +178,6 @@ export interface PreflightResult {
 
 /** Every check, run for real on this node. */
 export async function runPreflight(opts: PreflightOptions = {}): Promise<PreflightResult> {
-  featuresTurnedOff() // a typo in MERBRIDGE_WITHOUT is refused before anything is touched
   const installation = new Installation(opts.bpffs)
   const mounts = readMounts()
   const privileges = currentPrivileges()

@@ -1,4 +1,5 @@
 import {Command, Errors} from '@oclif/core'
+import {featuresTurnedOff} from '../bpf/optional.js'
 import {MerbridgeError} from '../errors.js'
 import {c} from './theme.js'
 
@@ -8,6 +9,12 @@ import {c} from './theme.js'
  */
 export abstract class BaseCommand extends Command {
   static override enableJsonFlag = true
+
+  /** Settings every command reads from the environment, refused before the command touches anything. */
+  override async init(): Promise<void> {
+    await super.init()
+    featuresTurnedOff()
+  }
 
   /** Plain JSON: oclif's colorizer takes minutes on a dump of tens of thousands of rows. */
   protected override logJson(json: unknown): void {

@@ -274,8 +274,13 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
       const r = await cli(['status', '--bpffs', install.bpffs, '--json'], {...install.env, MERBRIDGE_BPFTOOL: counting})
       const report = parseJson<StatusReport>(r.stdout)
       assert.equal(report.verdict, 'healthy', r.stdout)
-      // one batch for programs, maps, counters, settings and attachments; counts come from the pinned iterators
-      assert.deepEqual(readFileSync(calls, 'utf8').trim().split('\n'), ['-j batch file -'])
+      // one batch for programs, maps, counters, settings and attachments; counts come from the
+      // pinned iterators, and where this kernel lacks one, from a dump of each map it would count
+      const without = new Set(report.unavailable.map((u) => u.feature))
+      const dumps = report.maps
+        .filter((m) => (m.name === 'sock_pair_map' ? without.has('sockmap-iterator') : without.has('map-element-count') && !['array', 'percpu_array', 'sk_storage'].includes(m.type ?? '')))
+        .map((m) => `map dump pinned ${install.installation().map(m.name)} -j`)
+      assert.deepEqual(readFileSync(calls, 'utf8').trim().split('\n').sort(), ['-j batch file -', ...dumps].sort())
       // the same counts as a dump of each map (read again if a connection of an earlier test was
       // still closing between the two reads)
       const names = ['sock_pair_map', 'local_pod_ips', 'netns_pod_ips', 'process_ip'] as const
@@ -463,19 +468,31 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
       assert.equal(d.code, 0, d.stderr)
       return parseJson<DisableResult>(d.stdout)
     }
+    // without the socket map iterator (bpf/optional.ts) no socket can be told apart: fallbacks.test.ts forces that path on every kernel
+    const withoutIterator = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).unavailable.some((u) => u.feature === 'sockmap-iterator')
+    let kept: number[] = []
     await streamThrough('disable', async () => {
       const r = await disableNow()
       const detached = r.detached
       assert.deepEqual([...new Set(detached.map((x) => x.program))].sort(), ALL_PROGRAMS)
       // inbound capture came off both registered pods' interfaces
       assert.deepEqual(detached.filter((x) => x.program === 'mb_tc_inbound').map((x) => x.cgroup.endsWith(' dev eth0')), [true, true])
+      const ids = [...new Set(detached.map((x) => x.id))]
+      const counts = JSON.stringify({released: r.released, unreleased: r.unreleased, unavailable: r.unavailable})
+      if (withoutIterator) {
+        // every tracked socket stays, the stream's four legs among them, and holds the sk_msg program
+        assert.ok(r.released === 0 && r.unreleased >= 4 && r.unavailable['sockmap-iterator'], counts)
+        await eventually('every program but the sk_msg one freed while the stream flows', async () => (await loadedOf(ids)).join() === 'mb_msg_redirect')
+        kept = ids
+        return
+      }
       // the stream's sockets left the sockhash (its legs: app, sidecars), so while it flows on over
       // TCP nothing of merbridge stays in the kernel: unpinning alone would leave their psocks
       // holding the sk_msg program, and it the maps, for as long as the connection lived
-      assert.ok(r.released >= 4 && r.unreleased === 0, JSON.stringify({released: r.released, unreleased: r.unreleased}))
-      const ids = [...new Set(detached.map((x) => x.id))]
+      assert.ok(r.released >= 4 && r.unreleased === 0, counts)
       await eventually('every program of the installation freed while the stream flows', async () => (await loadedOf(ids)).length === 0)
     })
+    await eventually('the sk_msg program freed once the tracked connections closed', async () => (await loadedOf(kept)).length === 0)
 
     // a reader that stops reading with 8 MiB moved to its socket: deleting that socket from the
     // sockhash would drop the data with its psock, so disable leaves it there, and says so
@@ -485,7 +502,8 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
     const stalled = lab.spawn('a', 'stalled reader', 'python3', ['-c', STALLED_READER, lab.pod('b').ip, String(APP_PORT), String(EIGHT_MIB), gate])
     await stalled.waitFor(/^waiting/m, 'the stalled reader connected')
     const r = await disableNow()
-    assert.equal(r.unreleased, 1, JSON.stringify({released: r.released, unreleased: r.unreleased}))
+    if (withoutIterator) assert.ok(r.unreleased >= 1, JSON.stringify({released: r.released, unreleased: r.unreleased}))
+    else assert.equal(r.unreleased, 1, JSON.stringify({released: r.released, unreleased: r.unreleased}))
     const ids = [...new Set(r.detached.map((x) => x.id))]
     await eventually('the detached programs freed but one', async () => (await loadedOf(ids)).length === 1)
     assert.deepEqual(await loadedOf(ids), ['mb_msg_redirect'], 'only the sk_msg program, held by the unreleased socket')

@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict'
+import {featuresTurnedOff} from '../../src/bpf/optional.js'
+import {MerbridgeError, ToolFailedError} from '../../src/errors.js'
+import {loadFailure} from '../../src/datapath/probes.js'
 import {readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, it} from 'node:test'
@@ -292,5 +295,26 @@ describe('bpftool wrapper', () => {
   it('reads an empty map as empty', async () => {
     assert.deepEqual(await playing('[]').tool.mapDumpBytes('/m'), [])
     assert.deepEqual(await playing('').tool.mapDumpBytes('/m'), [])
+  })
+})
+
+describe('optional kernel features', () => {
+  it('MERBRIDGE_WITHOUT turns off the features it names, blanks and all', () => {
+    assert.deepEqual([...featuresTurnedOff(undefined)], [])
+    assert.deepEqual([...featuresTurnedOff(' ')], [])
+    assert.deepEqual([...featuresTurnedOff('sockmap-iterator, map-element-count')].sort(), ['map-element-count', 'sockmap-iterator'])
+  })
+
+  it('refuses a name it does not know, in one line with the names it does', () => {
+    assert.throws(
+      () => featuresTurnedOff('sockmap-iterator,sockmap-iterators'),
+      (e: unknown) => e instanceof MerbridgeError && e.exitCode === 2 && e.message === 'MERBRIDGE_WITHOUT names unknown feature(s): sockmap-iterators' && /map-element-count, sockmap-iterator/.test(e.suggestion ?? ''),
+    )
+  })
+
+  it("says why a load failed in the kernel's words where libbpf quotes them", () => {
+    const stderr = "libbpf: prog 'mb_sockhash_count': BPF program load failed: Operation not permitted\nlibbpf: failed to load object 'x.bpf.o'\nError: can't load objfile x.bpf.o\n"
+    assert.equal(loadFailure(new ToolFailedError('bpftool iter pin x.bpf.o', "Error: can't load objfile x.bpf.o", stderr)), 'the kernel refused mb_sockhash_count: Operation not permitted')
+    assert.equal(loadFailure(new ToolFailedError('bpftool iter pin x.bpf.o', 'exit code 255', '')), 'bpftool iter pin x.bpf.o failed: exit code 255')
   })
 })

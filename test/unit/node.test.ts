@@ -4,7 +4,7 @@ import {missingCaps, parseCapEff} from '../../src/node/caps.js'
 import {kernelAtLeast, parseKernelRelease} from '../../src/node/kernel.js'
 import {findCgroup2, isBpffs, mountOf, parseMounts} from '../../src/node/mounts.js'
 import {parseFibTrieLocal} from '../../src/node/netns.js'
-import {checkBpffs, checkBtf, checkCgroup, checkKernel, checkPrivileges} from '../../src/datapath/preflight.js'
+import {checkBpffs, checkBtf, checkCgroup, checkKernel, checkPrivileges, checkProbes} from '../../src/datapath/preflight.js'
 
 const HYBRID = `tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
 cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
@@ -24,17 +24,31 @@ describe('kernel release', () => {
     assert.equal(parseKernelRelease('linux'), undefined)
   })
 
-  it('fails below 5.15 saying why, passes from 5.15', () => {
-    assert.equal(checkKernel(parseKernelRelease('4.19.0')).status, 'fail')
+  it('says a release below 5.15 lacks features but leaves the verdict to the feature checks', () => {
     const old = checkKernel(parseKernelRelease('5.14.21'))
-    assert.equal(old.status, 'fail')
-    assert.equal(old.detail, '5.14.21 is older than 5.15: the datapath calls bpf_get_netns_cookie from sockops, sk_msg and getsockopt programs (5.15) and reads SO_NETNS_COOKIE (5.14)')
-    assert.equal(old.remedy, 'upgrade the node to Linux 5.15 or newer')
+    assert.equal(old.status, 'warn')
+    assert.equal(old.required, false)
+    assert.equal(old.detail, '5.14.21 is older than 5.15, the oldest release with every feature the datapath uses; judged by its features below')
+    assert.equal(checkKernel(parseKernelRelease('4.19.0')).required, false)
     assert.equal(checkKernel(parseKernelRelease('5.15.0')).status, 'pass')
     assert.equal(checkKernel(parseKernelRelease('6.18.44')).status, 'pass')
-    assert.equal(checkKernel(undefined).status, 'fail')
+    assert.equal(checkKernel(undefined).status, 'warn')
     assert.ok(kernelAtLeast({major: 6, minor: 0, patch: 0, raw: ''}, 5, 15))
     assert.ok(!kernelAtLeast({major: 5, minor: 9, patch: 9, raw: ''}, 5, 10))
+  })
+
+  it('judges the kernel by its probe loads: the datapath and cookies are required, optional features a warning with their cost', () => {
+    const good = checkProbes({unavailable: {}})
+    assert.deepEqual(good.map((c) => [c.id, c.status, c.required, c.optional === true]), [
+      ['datapath-load', 'pass', true, false],
+      ['netns-cookie', 'pass', true, false],
+      ['map-element-count', 'pass', false, true],
+      ['sockmap-iterator', 'pass', false, true],
+    ])
+    const bad = checkProbes({datapath: 'the kernel refused mb_sockops: Invalid argument', netnsCookie: 'the kernel does not answer SO_NETNS_COOKIE (Linux 5.14+)', unavailable: {'map-element-count': 'the kernel refused mb_map_counts: Invalid argument'}})
+    assert.deepEqual(bad.map((c) => [c.id, c.status]), [['datapath-load', 'fail'], ['netns-cookie', 'fail'], ['map-element-count', 'warn'], ['sockmap-iterator', 'pass']])
+    assert.equal(bad[0]?.detail, 'the kernel refused mb_sockops: Invalid argument')
+    assert.match(bad[2]?.remedy ?? '', /^merbridge works without it: status counts entries by dumping each hash map/)
   })
 
   it('requires kernel BTF, saying what reads it', () => {
