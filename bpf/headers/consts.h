@@ -31,6 +31,9 @@
 
 /* struct mb_settings.flags */
 #define MB_SETTINGS_DRAINING  (1u << 0)  /* disable in progress: stop rewriting and redirecting */
+#define MB_SETTINGS_INBOUND_REWRITE (1u << 1) /* tc rewrites ports for every connection it hands over, as
+                                               * it does where the kernel cannot hand one to a listener
+                                               * (MERBRIDGE_WITHOUT=reuseport-assign: the tests' switch) */
 
 /* struct mb_charge bits: what a socket holds entries of, so they are given back when it closes */
 #define MB_CHARGE_SOCKET      (1u << 0)
@@ -64,6 +67,8 @@ enum mb_counter {
 	MB_CNT_ORIGIN_OVER_SHARE,     /* original destinations refused: their pod was over its share of a busy pair_original_dst */
 	MB_CNT_INBOUND_UNCOVERED,     /* SYNs to a captured port dropped at an app's listener: they came in where
 	                               * tc is not, or in fragments (fail closed) */
+	MB_CNT_INBOUND_REWRITTEN,     /* connections from elsewhere sent to the inbound listener by rewriting their
+	                               * port (the kernel refused to hand them to a reuseport listener: before 6.6) */
 	MB_CNT__COUNT,
 };
 
@@ -74,6 +79,8 @@ enum mb_counter {
 #define MB_IPPROTO_UDP     17
 #define MB_DNS_SERVER_PORT 53
 #define MB_ETH_P_IP    0x0800
+#define MB_ETH_HLEN    14
+#define MB_ESOCKTNOSUPPORT 94
 #define MB_HBONE_PORT   15008  /* Istio's tunnel port: never sent back to the inbound listener */
 #define MB_INBOUND_SOURCE 0x7f000006  /* 127.0.0.6: the inbound sidecar's upstream source (::6 in IPv6) */
 #define MB_ETH_P_IPV6  0x86DD

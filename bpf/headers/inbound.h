@@ -41,7 +41,7 @@ union mb_nethdr {
  * netfilter's nat table unassembled; here they cannot be judged, so they are UNKNOWN.
  */
 static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 *tuple_size,
-					   union mb_ip *dst, struct tcphdr *tcp, union mb_nethdr *nh_copy)
+					   union mb_ip *dst, struct tcphdr *tcp, union mb_nethdr *nh_copy, __u32 *tcp_off)
 {
 	/* offsets from the network header, and the protocol the device gave the packet: an interface
 	 * without an Ethernet header (a tun, a WireGuard or IP-in-IP tunnel) is read as well as a
@@ -100,6 +100,7 @@ static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_soc
 	}
 	if (load_net(skb, off, tcp, sizeof(*tcp)))
 		return MB_L4_UNKNOWN;
+	*tcp_off = off;
 	if (*tuple_size == sizeof(t->ipv4)) {
 		t->ipv4.sport = tcp->source;
 		t->ipv4.dport = tcp->dest;
@@ -238,6 +239,116 @@ static __always_inline int inbound_listener(void *ctx, struct bpf_sock_tuple *t,
 	return found;
 }
 
+/*
+ * Where the kernel cannot hand a packet to a listener (bpf_sk_assign refuses SO_REUSEPORT listeners
+ * before Linux 6.6, and proxies listen with it), a connection goes to the inbound listener the way
+ * netfilter's REDIRECT sends it: its destination port is rewritten to the inbound port on the way
+ * in, for every packet of it, and its replies' source port back on the way out, so the wire and the
+ * client see the original port. inbound_nat keeps the original destination (getsockopt answers from
+ * it); a connection's key is the pod's address and the client's address and port.
+ */
+
+/* The network header's offset from the start of the packet: behind an Ethernet header, or at the
+ * start on an interface without one (a tun, a WireGuard device). Each is believed only when the
+ * header's first bytes are there; -1 when neither is (a VLAN tag in the frame, say). */
+static __always_inline int net_offset(struct __sk_buff *skb)
+{
+	__u32 net = 0, at = 0;
+	__u16 proto = 0;
+
+	if (load_net(skb, 0, &net, sizeof(net)))
+		return -1;
+	if (!bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) && proto == skb->protocol &&
+	    !bpf_skb_load_bytes(skb, MB_ETH_HLEN, &at, sizeof(at)) && at == net)
+		return MB_ETH_HLEN;
+	if (!bpf_skb_load_bytes(skb, 0, &at, sizeof(at)) && at == net)
+		return 0;
+	return -1;
+}
+
+/* Rewrite a TCP port of the packet (which: offsetof(struct tcphdr, source) or dest) and its checksum. */
+static __always_inline int rewrite_port(struct __sk_buff *skb, __u32 tcp_off, __u32 which, __be16 from, __be16 to)
+{
+	int l3 = net_offset(skb);
+
+	if (l3 < 0)
+		return -1;
+	if (bpf_l4_csum_replace(skb, l3 + tcp_off + offsetof(struct tcphdr, check), from, to, sizeof(to)))
+		return -1;
+	return bpf_skb_store_bytes(skb, l3 + tcp_off + which, &to, sizeof(to), 0) ? -1 : 0;
+}
+
+static __always_inline void nat_key(struct mb_pair *key, const struct bpf_sock_tuple *t, __u32 tuple_size, int pod_is_src)
+{
+	union mb_ip src, dst;
+
+	if (tuple_size == sizeof(t->ipv4)) {
+		ip_from_v4(&src, t->ipv4.saddr);
+		ip_from_v4(&dst, t->ipv4.daddr);
+		pair_from_ips(key, 0, pod_is_src ? &src : &dst, 0, pod_is_src ? &dst : &src, pod_is_src ? t->ipv4.dport : t->ipv4.sport);
+	} else {
+		__builtin_memcpy(&src, t->ipv6.saddr, 16);
+		__builtin_memcpy(&dst, t->ipv6.daddr, 16);
+		pair_from_ips(key, 0, pod_is_src ? &src : &dst, 0, pod_is_src ? &dst : &src, pod_is_src ? t->ipv6.dport : t->ipv6.sport);
+	}
+}
+
+/* A packet of a connection sent to the inbound listener by rewriting: its port rewritten (1), or
+ * not one of them (0). One that cannot be rewritten is dropped by the caller (fail closed). */
+static __always_inline int nat_in(struct __sk_buff *skb, const struct mb_settings *cfg, const struct bpf_sock_tuple *t,
+				  __u32 tuple_size, __u32 tcp_off, const struct tcphdr *tcp)
+{
+	struct mb_origin *o;
+	struct mb_pair key;
+
+	nat_key(&key, t, tuple_size, 0);
+	o = bpf_map_lookup_elem(&inbound_nat, &key);
+	if (!o || o->port != tcp->dest)
+		return 0;
+	return rewrite_port(skb, tcp_off, offsetof(struct tcphdr, dest), tcp->dest, bpf_htons(cfg->inbound_port)) ? -1 : 1;
+}
+
+/* A new connection to the inbound listener by rewriting: remember where it was going, rewrite. */
+static __always_inline int nat_start(struct __sk_buff *skb, const struct mb_settings *cfg, const struct bpf_sock_tuple *t,
+				     __u32 tuple_size, __u32 tcp_off, const struct tcphdr *tcp, const union mb_ip *dst)
+{
+	struct mb_origin o = {.ip = *dst, .port = tcp->dest, .flags = MB_ORIGIN_INBOUND};
+	struct mb_pair key;
+
+	nat_key(&key, t, tuple_size, 0);
+	if (bpf_map_update_elem(&inbound_nat, &key, &o, BPF_ANY))
+		return -1;
+	if (rewrite_port(skb, tcp_off, offsetof(struct tcphdr, dest), tcp->dest, bpf_htons(cfg->inbound_port)))
+		return -1;
+	count(MB_CNT_INBOUND_REWRITTEN, 1);
+	return 0;
+}
+
+/* On the way out: a reply of a rewritten connection leaves from the port the client called. Cheap
+ * for everything else: the sending socket's port says it is none of them. */
+static __always_inline int nat_out(struct __sk_buff *skb)
+{
+	const struct mb_settings *cfg = active_settings();
+	struct bpf_sock *sk = skb->sk;
+	struct bpf_sock_tuple t = {};
+	union mb_nethdr nh;
+	struct tcphdr tcp;
+	struct mb_origin *o;
+	struct mb_pair key;
+	union mb_ip src = {};
+	__u32 tuple_size = 0, tcp_off = 0;
+
+	if (!cfg || (sk && sk->src_port != cfg->inbound_port))
+		return TC_ACT_OK;
+	if (find_tcp(skb, &t, &tuple_size, &src, &tcp, &nh, &tcp_off) != MB_L4_TCP || tcp.source != bpf_htons(cfg->inbound_port))
+		return TC_ACT_OK;
+	nat_key(&key, &t, tuple_size, 1);
+	o = bpf_map_lookup_elem(&inbound_nat, &key);
+	if (!o)
+		return TC_ACT_OK;
+	return rewrite_port(skb, tcp_off, offsetof(struct tcphdr, source), tcp.source, o->port) ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
 SEC("tc")
 int mb_tc_inbound(struct __sk_buff *skb)
 {
@@ -252,9 +363,13 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	enum mb_l4 l4;
 	int unregistered = 0;
 	__u16 dport;
+	__u32 tcp_off = 0;
 	long err;
 
-	l4 = find_tcp(skb, &t, &tuple_size, &dst, &tcp, &nh);
+	/* attached to both directions of the pod's interfaces: what leaves is a reply to undo a rewrite of */
+	if (skb->ingress_ifindex != skb->ifindex)
+		return nat_out(skb);
+	l4 = find_tcp(skb, &t, &tuple_size, &dst, &tcp, &nh, &tcp_off);
 	/* not TCP; or a fragment (or TCP whose header is out of reach): left to the kernel, which
 	 * reassembles fragments before it looks for a socket, as netfilter does before its nat table;
 	 * the cgroup's guard then judges the whole segment, and drops a SYN for a captured port that
@@ -277,6 +392,10 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	dport = bpf_ntohs(tcp.dest);
 	if (!inbound_port_captured(cfg, pod, dport))
 		return TC_ACT_OK;
+	/* a packet of a connection sent to the inbound listener by rewriting (its SYN retransmitted too) */
+	err = nat_in(skb, cfg, &t, tuple_size, tcp_off, &tcp);
+	if (err)
+		return err > 0 ? TC_ACT_OK : TC_ACT_SHOT;
 	if (!tcp.syn)
 		return tcp.ack && !tcp.rst ? cookie_ack(skb, cfg, pod, &t, tuple_size, &nh, &tcp) : TC_ACT_OK;
 	if (tcp.ack)
@@ -309,13 +428,22 @@ int mb_tc_inbound(struct __sk_buff *skb)
 		bpf_sk_release(sk);
 		return TC_ACT_OK;
 	}
-	err = sk->state == BPF_TCP_LISTEN ? bpf_sk_assign(skb, sk, 0) : -1;
+	if (sk->state != BPF_TCP_LISTEN)
+		err = -1;
+	else if (cfg->flags & MB_SETTINGS_INBOUND_REWRITE)
+		err = -MB_ESOCKTNOSUPPORT;
+	else
+		err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
+	/* a reuseport listener before Linux 6.6: sent there by rewriting its port, as REDIRECT would */
+	if (err == -MB_ESOCKTNOSUPPORT)
+		err = nat_start(skb, cfg, &t, tuple_size, tcp_off, &tcp, &dst);
+	else if (!err)
+		count(MB_CNT_INBOUND_ASSIGNED, 1);
 	if (err) {
 		count(MB_CNT_INBOUND_NO_LISTENER, 1);
 		return TC_ACT_SHOT;
 	}
-	count(MB_CNT_INBOUND_ASSIGNED, 1);
 	return TC_ACT_OK;
 }
 
@@ -344,6 +472,7 @@ int mb_inbound_guard(struct __sk_buff *skb)
 	__u32 tuple_size = 0;
 	enum mb_l4 l4;
 	int unregistered = 0;
+	__u32 tcp_off = 0;
 
 	if (!sk || sk->state != BPF_TCP_LISTEN)
 		return 1;
@@ -353,7 +482,7 @@ int mb_inbound_guard(struct __sk_buff *skb)
 	 * to decide */
 	if (!cfg || sk->src_port == cfg->inbound_port || sk->src_port == cfg->outbound_port || skb->ifindex == MB_LOOPBACK_IFINDEX)
 		return 1;
-	l4 = find_tcp(skb, &t, &tuple_size, &dst, &tcp, &nh);
+	l4 = find_tcp(skb, &t, &tuple_size, &dst, &tcp, &nh, &tcp_off);
 	/* reassembled by now: UNKNOWN is a chain of extension headers longer than walked */
 	if (l4 == MB_L4_OTHER || (l4 == MB_L4_TCP && (!tcp.syn || tcp.ack)))
 		return 1;

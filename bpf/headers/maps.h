@@ -59,6 +59,18 @@ struct {
 	__uint(max_entries, MB_MAX_CONNS);
 } pair_original_dst SEC(".maps");
 
+/* Connections from elsewhere that tc sent to the inbound listener by rewriting their destination
+ * port (a kernel before 6.6 cannot hand a packet to a reuseport listener, and proxies listen with
+ * SO_REUSEPORT): the pod's view with no local port and no namespace (pod address, client address
+ * and port) -> the original destination. tc rewrites each packet in and its replies back, and
+ * getsockopt answers from it. LRU: a closed connection's entry ages out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct mb_pair);
+	__type(value, struct mb_origin);
+	__uint(max_entries, MB_MAX_CONNS);
+} inbound_nat SEC(".maps");
+
 /* Sockets whose peer is on this node, by their own view; sk_msg redirects to the swapped key.
  * 8-byte values so user space can read socket cookies back. */
 struct {

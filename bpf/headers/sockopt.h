@@ -50,6 +50,11 @@ static __always_inline struct mb_origin *origin_of(struct bpf_sockopt *ctx, cons
 	/* the connecting end's key: its namespace, its view */
 	pair_from_ips(&key, owner_netns(remote, ctx), remote, rport, local, bpf_htons(lport));
 	o = bpf_map_lookup_elem(&pair_original_dst, &key);
+	if (o)
+		return o;
+	/* sent to the inbound listener by rewriting its port (inbound.h): the pod's view, no local port */
+	pair_from_ips(&key, 0, local, 0, remote, rport);
+	o = bpf_map_lookup_elem(&inbound_nat, &key);
 	return o ? o : handed_over(ctx, local, lport, scratch);
 }
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-/* tc-inbound: attach or detach the pinned mb_tc_inbound program on the ingress of every
+/* tc-inbound: attach or detach the pinned mb_tc_inbound program on the ingress and egress of every
  * interface but lo in each network namespace named on the command line, one line per namespace:
  *
  *   tc-inbound attach PROG_PIN [--skip=IF,IF] NS...   ok IF[+|-] ... ("+": the clsact qdisc was created here; "-": taken off, skipped)
@@ -63,7 +63,7 @@ static int listed(const char *list, const char *name)
 
 typedef int (*hook_fn)(struct bpf_tc_hook *hook, const char *name, void *arg, char *note);
 
-/* Call fn on the ingress hook of every interface but lo in the namespace at path, and skipped_fn
+/* Call fn on the ingress and egress hooks of every interface but lo in the namespace at path, and skipped_fn
  * (when given) on those listed in skip; print "ok" and the interfaces either did something on, or
  * the first error. */
 static void each_interface(const char *path, const char *skip, hook_fn fn, hook_fn skipped_fn, void *arg)
@@ -76,15 +76,23 @@ static void each_interface(const char *path, const char *skip, hook_fn fn, hook_
 		return;
 	}
 	for (struct if_nameindex *i = ifs; i->if_index; i++) {
-		LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = i->if_index, .attach_point = BPF_TC_INGRESS);
 		char note[8] = "";
-		int rc;
+		int rc = 0;
 
 		if (strcmp(i->if_name, "lo") == 0)
 			continue;
 		if (listed(skip, i->if_name) && !skipped_fn)
 			continue;
-		rc = (listed(skip, i->if_name) ? skipped_fn : fn)(&hook, i->if_name, arg, note);
+		/* both directions: the program undoes on the way out a rewrite it made on the way in */
+		for (int d = 0; d < 2 && rc >= 0; d++) {
+			LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = i->if_index, .attach_point = d ? BPF_TC_EGRESS : BPF_TC_INGRESS);
+			char said[8] = "";
+			int one = (listed(skip, i->if_name) ? skipped_fn : fn)(&hook, i->if_name, arg, said);
+
+			rc = one < 0 ? one : rc || one;
+			if (!note[0])
+				strcpy(note, said);
+		}
 		if (rc < 0) {
 			printf("error: %s: %s\n", i->if_name, strerror(-rc));
 			if_freenameindex(ifs);

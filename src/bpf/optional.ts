@@ -22,6 +22,16 @@ export const OPTIONAL_FEATURES = {
     without:
       "status counts tracked sockets by dumping sock_pair_map; disable cannot tell which sockets hold unread data and leaves them all tracked: the sk_msg program and its maps stay in the kernel, unpinned, until the node's tracked connections close",
   },
+  'reuseport-assign': {
+    title: 'handing a connection to a reuseport listener',
+    object: 'bpf/headers/inbound.h (bpf_sk_assign)',
+    needs: 'bpf_sk_assign taking an SO_REUSEPORT listener (Linux 6.6+); proxies such as Envoy listen with it',
+    /** no load can show it: only a packet handed over does, so the datapath finds out per connection */
+    perConnection: 'found out per connection by the datapath: status counts those sent by rewriting (inboundRewritten)',
+    buys: 'tc hands a connection from elsewhere to the inbound sidecar untouched, as TPROXY would',
+    without:
+      "tc sends it there by rewriting its destination port and its replies' source port back (as netfilter's REDIRECT), decided per connection: the wire and the client see the original port, and a connection from an unmeshed pod on this node to a meshed one goes over TCP instead of socket to socket",
+  },
 } as const
 
 export type OptionalFeature = keyof typeof OPTIONAL_FEATURES

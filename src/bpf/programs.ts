@@ -49,6 +49,7 @@ export const MAP_NAMES = [
   'sock_charges',
   'pod_other_ips',
   'inbound_skip',
+  'inbound_nat',
 ] as const
 export type MapName = (typeof MAP_NAMES)[number]
 

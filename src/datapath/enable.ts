@@ -16,6 +16,7 @@ import {disable} from './disable.js'
 import {type InstallState, Installation} from './installation.js'
 import {PROGRAMS} from '../bpf/programs.js'
 import {pinCounters} from './counts.js'
+import {turnedOff} from '../bpf/optional.js'
 import {withInstallationLock} from './lock.js'
 import {inspect} from './inspect.js'
 import {writeSettings} from './settings.js'
@@ -181,7 +182,7 @@ export const ENABLE_STEPS: EnableStep[] = [
       if (ctx.hostNetns === undefined)
         throw new MerbridgeError('cannot read the network namespace cookie of this node', {code: 'NETNS_COOKIE', suggestion: `needs Linux ${MIN_KERNEL.text} or newer: ${MIN_KERNEL.why}`})
       const m = ctx.mesh
-      await writeSettings(ctx.inst, {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, hostNetns: ctx.hostNetns, dnsPort: m.dnsPort})
+      await writeSettings(ctx.inst, {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, inboundRewrite: turnedOff('reuseport-assign') !== undefined, hostNetns: ctx.hostNetns, dnsPort: m.dnsPort})
     },
   },
   {
@@ -241,7 +242,8 @@ export const ENABLE_STEPS: EnableStep[] = [
       }
       await ctx.inst.keepHelpers(required(ctx.objects, 'the built objects'))
       // optional: without them status counts entries by dumping the maps
-      const unavailable = await pinCounters(ctx.inst, required(ctx.objects, 'the built objects'))
+      const rewrite = turnedOff('reuseport-assign')
+      const unavailable = {...(await pinCounters(ctx.inst, required(ctx.objects, 'the built objects'))), ...(rewrite ? {'reuseport-assign': rewrite} : {})}
       await ctx.inst.writeState(Object.keys(unavailable).length > 0 ? {...state, unavailable} : state)
     },
     async undo(ctx) {

@@ -237,6 +237,9 @@ export function diagnose(o: Observed): StatusReport {
   if (hash instanceof Error) report.hints.push(`cannot tell whether the programs are current: ${describeError(hash).message}`)
   else if (state && hash !== state.objectHash) report.hints.push('the programs were built from older sources: run merbridge enable to replace them')
   for (const u of report.unavailable) report.hints.push(`without ${OPTIONAL_FEATURES[u.feature].title} (${u.why}): ${u.cost}`)
+  const rewritten = snap.counters?.inboundRewritten ?? 0
+  if (rewritten > 0 && !report.unavailable.some((u) => u.feature === 'reuseport-assign'))
+    report.hints.push(`${rewritten} connection(s) from elsewhere were sent to an inbound sidecar by rewriting their port: this kernel cannot hand them to a reuseport listener (before Linux 6.6); ${OPTIONAL_FEATURES['reuseport-assign'].without}`)
   if (!report.statsEnabled) report.hints.push('run counts and times are off: sysctl -w kernel.bpf_stats_enabled=1 turns them on')
   const overShare = (snap.counters?.socketOverShare ?? 0) + (snap.counters?.originOverShare ?? 0)
   if (overShare > 0)

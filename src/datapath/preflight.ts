@@ -73,7 +73,7 @@ export function checkProbes(p: ProbeResults): Check[] {
     const why = p.unavailable[feature]
     checks.push(
       why === undefined
-        ? {...pass(feature, f.title, f.buys, false), optional: true}
+        ? {...pass(feature, f.title, 'perConnection' in f ? f.perConnection : f.buys, false), optional: true}
         : {id: feature, title: f.title, status: 'warn', required: false, optional: true, detail: `unavailable (${why})`, remedy: `merbridge works without it: ${f.without}`},
     )
   }

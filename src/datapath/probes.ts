@@ -52,7 +52,7 @@ export async function probeLoads(objects: BuiltObjects): Promise<ProbeResults> {
       if (!cookie) throw new Error('the kernel does not answer SO_NETNS_COOKIE (Linux 5.14+)')
     })
     const sockhash = join(dir, 'sockhash')
-    const loads: Record<OptionalFeature, () => Promise<unknown>> = {
+    const loads: Partial<Record<OptionalFeature, () => Promise<unknown>>> = {
       'map-element-count': () => bpftool.iterPin(objects.counters.maps, join(dir, 'counts')),
       'sockmap-iterator': async () => {
         await bpftool.mapCreate(sockhash, 'sockhash', 4, 8, 1, 'mb_probe')
@@ -61,7 +61,8 @@ export async function probeLoads(objects: BuiltObjects): Promise<ProbeResults> {
       },
     }
     for (const feature of OPTIONAL_FEATURE_NAMES) {
-      const why = turnedOff(feature) ?? (await attempt(loads[feature]))
+      const load = loads[feature]
+      const why = turnedOff(feature) ?? (load ? await attempt(load) : undefined)
       if (why !== undefined) result.unavailable[feature] = why
     }
     return result

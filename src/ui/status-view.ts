@@ -21,6 +21,7 @@ const COUNTER_LABELS: Record<CounterName, string> = {
   inboundUnparsed: "TCP packets to a meshed pod's listener dropped: no TCP header found (fail closed)",
   socketOverShare: 'sockets left on TCP: their pod was over its share of a busy sock_pair_map',
   originOverShare: 'original destinations refused: their pod was over its share of a busy pair_original_dst',
+  inboundRewritten: 'connections from elsewhere sent to an inbound sidecar by rewriting their port (the kernel cannot hand them to its listener)',
   inboundUncovered: "SYNs to a captured port dropped at an app's listener: they came in where inbound capture is not attached (merbridge sync attaches it), or in fragments (fail closed)",
 }
 

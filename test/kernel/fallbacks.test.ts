@@ -13,7 +13,9 @@ import type {MapDump} from '../../src/datapath/dump.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
 import type {PreflightResult} from '../../src/datapath/preflight.js'
 import {patternSha256} from '../../src/lab/http-app.js'
-import {APP_PORT, Lab} from '../../src/lab/lab.js'
+import {APP_PORT, Lab, NODE, NODE_IP} from '../../src/lab/lab.js'
+import type {LabProcess} from '../../src/lab/process.js'
+import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import {cli, eventually, kernelSkipReason, parseJson, rowsOf, uniqueInstall} from '../helpers.js'
 
@@ -26,11 +28,12 @@ describe('without the optional kernel features', {skip, timeout: 240_000}, () =>
   const inst = install.installation()
   const env = {...install.env, ...WITHOUT}
   const url = (pod: string, path = '/whoami') => `http://${lab.pod(pod).ip}:${APP_PORT}${path}`
+  const sidecars = new Map<string, LabProcess>()
   const status = async () => parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], env)).stdout)
 
   before(async () => {
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}])
-    for (const p of ['a', 'b']) await lab.startSidecar(p)
+    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'c', meshed: false}])
+    for (const p of ['a', 'b']) sidecars.set(p, await lab.startSidecar(p))
     await lab.startApp('b')
   })
 
@@ -67,8 +70,26 @@ describe('without the optional kernel features', {skip, timeout: 240_000}, () =>
     assert.equal(r.code, 0, r.stdout + r.stderr)
     const got = await lab.get('a', url('b'))
     assert.equal((JSON.parse(got.body ?? '{}') as {remoteAddress?: string}).remoteAddress, '127.0.0.6', 'through both sidecars')
-    assert.deepEqual((await inst.readState())?.unavailable, {'map-element-count': 'turned off by MERBRIDGE_WITHOUT', 'sockmap-iterator': 'turned off by MERBRIDGE_WITHOUT'})
+    assert.deepEqual((await inst.readState())?.unavailable, Object.fromEntries(OPTIONAL_FEATURE_NAMES.map((f) => [f, 'turned off by MERBRIDGE_WITHOUT'])))
     assert.ok(!existsSync(inst.counterPins.maps) && !existsSync(inst.counterPins.sockhash), 'no counting iterator pinned')
+  })
+
+  it('sends connections from elsewhere to the inbound sidecar by rewriting their port, and the client sees the port it called', async () => {
+    const before = (await status()).counters?.inboundRewritten ?? 0
+    for (const [from, source] of [['c', lab.pod('c').ip], [NODE, NODE_IP]] as const) {
+      const mark = sidecars.get('b')!.stdout.length
+      const r = await lab.get(from, url('b'))
+      assert.equal(r.status, 200, `${from} -> b: ${r.error ?? ''}`)
+      const seen = JSON.parse(r.body ?? '{}') as {remoteAddress?: string; localPort?: number}
+      assert.equal(seen.remoteAddress, '127.0.0.6', `${from} -> b passes b's inbound sidecar`)
+      const sidecar = sidecars.get('b')!
+      await sidecar.waitFor(() => parseSidecarLog(sidecar.stdout.slice(mark)).length > 0, "b's sidecar logs the connection")
+      const inbound = parseSidecarLog(sidecar.stdout.slice(mark))[0]!
+      assert.equal(inbound.client.split(':')[0], source)
+      assert.equal(inbound.originalDst, `${lab.pod('b').ip}:${APP_PORT}`, 'getsockopt told the sidecar the port the client called')
+    }
+    // (a reply leaving from the inbound port would never complete the client's handshake)
+    assert.ok(((await status()).counters?.inboundRewritten ?? 0) >= before + 2, 'counted as rewritten')
   })
 
   it('status is healthy, counts entries by dumping, says what it goes without, and never dumps socket storage', async () => {

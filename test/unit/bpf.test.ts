@@ -138,7 +138,7 @@ describe('codecs', () => {
     assert.equal(loopback.readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_OUT_LOOPBACK, POD_OUT_LOOPBACK, 'a loopback include range is flagged')
     assert.throws(() => encodePodRules({...rules, dns: {all: false, servers: ['1.1.1.1', '1.1.1.2', '1.1.1.3', '1.1.1.4', '1.1.1.5']}}), /at most 4 resolvers/)
     assert.deepEqual(decodeProcess(encodeProcess({podIp: '10.77.0.2', netns: 9n})), {podIp: '10.77.0.2', netns: 9n})
-    const settings = {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: true, hostNetns: 1n, dnsPort: 15053}
+    const settings = {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: true, inboundRewrite: true, hostNetns: 1n, dnsPort: 15053}
     assert.deepEqual(decodeSettings(encodeSettings(settings)), settings)
   })
 

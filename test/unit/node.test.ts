@@ -44,9 +44,11 @@ describe('kernel release', () => {
       ['netns-cookie', 'pass', true, false],
       ['map-element-count', 'pass', false, true],
       ['sockmap-iterator', 'pass', false, true],
+      ['reuseport-assign', 'pass', false, true],
     ])
+    assert.match(good[4]?.detail ?? '', /^found out per connection by the datapath/)
     const bad = checkProbes({datapath: 'the kernel refused mb_sockops: Invalid argument', netnsCookie: 'the kernel does not answer SO_NETNS_COOKIE (Linux 5.14+)', unavailable: {'map-element-count': 'the kernel refused mb_map_counts: Invalid argument'}})
-    assert.deepEqual(bad.map((c) => [c.id, c.status]), [['datapath-load', 'fail'], ['netns-cookie', 'fail'], ['map-element-count', 'warn'], ['sockmap-iterator', 'pass']])
+    assert.deepEqual(bad.map((c) => [c.id, c.status]), [['datapath-load', 'fail'], ['netns-cookie', 'fail'], ['map-element-count', 'warn'], ['sockmap-iterator', 'pass'], ['reuseport-assign', 'pass']])
     assert.equal(bad[0]?.detail, 'the kernel refused mb_sockops: Invalid argument')
     assert.match(bad[2]?.remedy ?? '', /^merbridge works without it: status counts entries by dumping each hash map/)
   })
