@@ -308,7 +308,7 @@ describe('optional kernel features', () => {
   it('refuses a name it does not know, in one line with the names it does', () => {
     assert.throws(
       () => featuresTurnedOff('sockmap-iterator,sockmap-iterators'),
-      (e: unknown) => e instanceof MerbridgeError && e.exitCode === 2 && e.message === 'MERBRIDGE_WITHOUT names unknown feature(s): sockmap-iterators' && /map-element-count, sockmap-iterator/.test(e.suggestion ?? ''),
+      (e: unknown) => e instanceof MerbridgeError && e.exitCode === 2 && e.message === 'MERBRIDGE_WITHOUT names unknown feature(s): sockmap-iterators' && (e.suggestion ?? '').includes('map-element-count, sockmap-iterator'),
     )
   })
 
