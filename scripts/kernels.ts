@@ -216,6 +216,8 @@ async function main(): Promise<void> {
   if (only !== 'host') rows.push(await runVm(tests, argv.includes('--console'), flag('--exec')))
   console.log('')
   for (const r of rows) console.log(`kernel ${r.kernel} (${r.where}): ${r.passed} passed, ${r.failed} failed, ${r.skipped} skipped${r.note ? ` (${r.note})` : ''}`)
+  const total = (k: 'passed' | 'failed' | 'skipped') => rows.reduce((n, r) => n + r[k], 0)
+  console.log(`kernels: ${total('passed')} passed, ${total('failed')} failed, ${total('skipped')} skipped`)
   process.exitCode = rows.every((r) => r.ok) ? 0 : 1
 }
 
