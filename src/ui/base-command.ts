@@ -13,6 +13,8 @@ export abstract class BaseCommand extends Command {
   /** Settings every command reads from the environment, refused before the command touches anything. */
   override async init(): Promise<void> {
     await super.init()
+    refuseBlankSettings(process.env)
+    refuseBlankArguments(this.argv)
     featuresTurnedOff()
   }
 
@@ -36,6 +38,24 @@ export abstract class BaseCommand extends Command {
     }
     return super.catch(err)
   }
+}
+
+/** Environment variables that name a path, an address or a folder: set but blank is a mistake. */
+export const SETTING_VARIABLES = ['MERBRIDGE_BPFFS', 'MERBRIDGE_CGROUP', 'MERBRIDGE_HOST_PROC', 'MERBRIDGE_RUN_DIR', 'MERBRIDGE_CACHE_DIR', 'MERBRIDGE_METRICS_ADDR', 'MERBRIDGE_LOCK_WAIT_MS'] as const
+
+export function refuseBlankSettings(env: NodeJS.ProcessEnv): void {
+  const blank = SETTING_VARIABLES.find((v) => env[v] !== undefined && env[v].trim() === '')
+  if (blank) throw new MerbridgeError(`${blank} is set but empty`, {code: 'USAGE', exitCode: 2, suggestion: `give ${blank} a value, or unset it for its default`})
+}
+
+/** An empty or blank value on the command line (`--cgroup ""`, `--bpffs=`) is never taken for the default. */
+export function refuseBlankArguments(argv: readonly string[]): void {
+  argv.forEach((arg, i) => {
+    const inline = /^(--[\w-]+)=(.*)$/s.exec(arg)
+    const flag = inline ? inline[1] : i > 0 && argv[i - 1]?.startsWith('--') && !argv[i - 1]?.includes('=') ? argv[i - 1] : undefined
+    if ((inline ? (inline[2] ?? '') : arg).trim() !== '') return
+    throw new MerbridgeError(flag ? `${flag} is empty` : 'an argument is empty', {code: 'USAGE', exitCode: 2, suggestion: flag ? `give ${flag} a value, or leave it out for its default` : 'leave the empty argument out'})
+  })
 }
 
 /**

@@ -69,6 +69,6 @@ describe('folders merbridge did not make', {skip, timeout: 120_000}, () => {
   it('an empty MERBRIDGE_BPFFS is an error, not the default or the working directory', async () => {
     const r = await cli(['disable'], {...install.env, MERBRIDGE_BPFFS: ''})
     assert.equal(r.code, 2, r.stdout + r.stderr)
-    assert.deepEqual(errorLines(r.stderr), ['Error: the bpffs folder is empty (--bpffs or MERBRIDGE_BPFFS)'])
+    assert.deepEqual(errorLines(r.stderr), ['Error: MERBRIDGE_BPFFS is set but empty'])
   })
 })
