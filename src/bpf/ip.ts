@@ -68,3 +68,30 @@ export function parseCidr(text: string): Cidr | undefined {
 export function formatCidr(c: Cidr): string {
   return `${c.ip}/${c.prefix}`
 }
+
+/** An address in its one spelling: IPv4-mapped IPv6 as IPv4, IPv6 compressed; undefined when it is no IP. */
+export function canonicalIp(ip: string): string | undefined {
+  return isIPv4(ip) || isIPv6(ip) ? slotToIp(ipToSlot(ip)) : undefined
+}
+
+/**
+ * Why an address cannot be a pod's own (loopback, unspecified, broadcast, multicast, link-local:
+ * every node has them, or none can), or undefined when it can be.
+ */
+export function notAPodAddress(ip: string): string | undefined {
+  const slot = ipToSlot(ip)
+  if (isMappedV4(slot)) {
+    const [a = 0, b = 0] = [slot[12], slot[13]]
+    if (a === 127) return 'a loopback address'
+    if (a === 0) return 'an unspecified address'
+    if (slot.subarray(12).every((x) => x === 255)) return 'the broadcast address'
+    if (a >= 224 && a <= 239) return 'a multicast address'
+    if (a === 169 && b === 254) return 'a link-local address'
+    return undefined
+  }
+  if (slot.every((x, i) => x === (i === 15 ? 1 : 0))) return 'a loopback address'
+  if (slot.every((x) => x === 0)) return 'an unspecified address'
+  if (slot[0] === 0xff) return 'a multicast address'
+  if (slot[0] === 0xfe && ((slot[1] ?? 0) & 0xc0) === 0x80) return 'a link-local address'
+  return undefined
+}

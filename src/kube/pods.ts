@@ -1,5 +1,6 @@
 import {isIPv4, isIPv6} from 'node:net'
 import {load as loadYaml} from 'js-yaml'
+import {canonicalIp, notAPodAddress} from '../bpf/ip.js'
 import type {PodRules} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import type {MeshProfile} from '../mesh/profiles.js'
@@ -147,23 +148,35 @@ function proxyId(v: unknown, fallback: number): number {
   return typeof v === 'number' && Number.isInteger(v) && v > 0 && v < 2 ** 32 ? v : fallback
 }
 
-/** Every address the pod's status gives, as given (a pods file may hold anything there). */
+/**
+ * Every address the pod's status gives, in one spelling each (an IPv4-mapped IPv6 address is its
+ * IPv4 address: the maps hold both in the same slot), else as given (a pods file may hold anything).
+ */
 function statusIPs(pod: PodJson): unknown[] {
   const podIPs = Array.isArray(pod.status?.podIPs) ? pod.status.podIPs : []
-  return [pod.status?.podIP, ...podIPs.map((p) => (p && typeof p === 'object' ? p.ip : p))].filter((ip) => ip !== undefined && ip !== '')
+  const given = [pod.status?.podIP, ...podIPs.map((p) => (p && typeof p === 'object' ? p.ip : p))].filter((ip) => ip !== undefined && ip !== '')
+  return [...new Set(given.map((ip) => (typeof ip === 'string' ? (canonicalIp(ip) ?? ip) : ip)))]
 }
 
+/** An address a pod can have as its own. */
+const podAddress = (ip: unknown): ip is string => typeof ip === 'string' && (isIPv4(ip) || isIPv6(ip)) && notAPodAddress(ip) === undefined
+
 function podIPv4(pod: PodJson): string | undefined {
-  return statusIPs(pod).find((ip): ip is string => typeof ip === 'string' && isIPv4(ip))
+  return statusIPs(pod).find((ip): ip is string => podAddress(ip) && isIPv4(ip))
 }
 
 function podIPv6(pod: PodJson): string | undefined {
-  return statusIPs(pod).find((ip): ip is string => typeof ip === 'string' && isIPv6(ip))
+  return statusIPs(pod).find((ip): ip is string => podAddress(ip) && isIPv6(ip))
 }
 
-/** Addresses in the status that are not IP addresses, printed safely. */
+/** Addresses in the status that are not IP addresses, or none a pod can have, printed safely with why. */
 function badIPs(pod: PodJson): string[] {
-  return statusIPs(pod).filter((ip) => typeof ip !== 'string' || !(isIPv4(ip) || isIPv6(ip))).map((ip) => printable(JSON.stringify(ip), 60))
+  return statusIPs(pod)
+    .filter((ip) => !podAddress(ip))
+    .map((ip) => {
+      const why = typeof ip === 'string' && (isIPv4(ip) || isIPv6(ip)) ? notAPodAddress(ip) : undefined
+      return `${printable(JSON.stringify(ip), 60)}${why ? `: ${why}` : ''}`
+    })
 }
 
 /** This node's pods, split into the meshed ones (with their rules) and the rest (with why). */

@@ -107,6 +107,24 @@ describe('pod selection', () => {
     assert.deepEqual(warnings.mixed, ['ns/mixed: status lists addresses that are not IPs ("not-an-ip"); registered as 10.9.0.7'])
   })
 
+  it('takes an IPv4-mapped address for the IPv4 address it is, and refuses addresses no pod can have, naming the pod', () => {
+    const plain = pod('plain', {status: {podIP: '10.99.0.2'}})
+    const mapped = pod('mapped', {status: {podIP: '::ffff:10.99.0.2'}})
+    const both = pod('both', {status: {podIP: '10.99.0.3', podIPs: [{ip: '10.99.0.3'}, {ip: '::ffff:a63:3'}]}})
+    const odd = ['127.0.0.1', '0.0.0.0', '255.255.255.255', '::1', '::', '224.0.0.1', 'ff02::1', '169.254.1.1', 'fe80::1'].map((ip, i) => pod(`odd${i}`, {status: {podIP: ip}}))
+    const s = selectMeshedPods([plain, mapped, both, ...odd], 'node1', istio)
+    assert.deepEqual(s.meshed.map((p) => [p.name, p.ip, p.ip6]), [['plain', '10.99.0.2', undefined], ['both', '10.99.0.3', undefined]])
+    const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
+    assert.equal(reasons.mapped, 'has the IP 10.99.0.2 of ns/plain, registered first')
+    assert.equal(reasons.odd0, 'has no valid IP address (status gives "127.0.0.1": a loopback address)')
+    assert.equal(reasons.odd1, 'has no valid IP address (status gives "0.0.0.0": an unspecified address)')
+    assert.equal(reasons.odd2, 'has no valid IP address (status gives "255.255.255.255": the broadcast address)')
+    assert.equal(reasons.odd3, 'has no valid IP address (status gives "::1": a loopback address)')
+    assert.equal(reasons.odd4, 'has no valid IP address (status gives "::": an unspecified address)')
+    for (const i of [5, 6]) assert.match(reasons[`odd${i}`]!, /: a multicast address\)$/)
+    for (const i of [7, 8]) assert.match(reasons[`odd${i}`]!, /: a link-local address\)$/)
+  })
+
   it('prefixes annotation warnings with the pod', () => {
     const s = selectMeshedPods([pod('p', {metadata: {annotations: {'sidecar.istio.io/status': '{}', [ANNOTATIONS.excludeOutboundPorts]: 'x'}}})], 'node1', istio)
     assert.match(s.meshed[0]!.warnings[0]!, /^ns\/p: traffic.sidecar.istio.io\/excludeOutboundPorts: 1 entry is not a port \(1-65535\) \('x'\)/)
