@@ -10,6 +10,15 @@ import {POLL_DEADLINE_MS} from '../src/lab/process.js'
 import {onPath} from '../src/exec.js'
 import {findCgroup2, isBpffs, readMounts} from '../src/node/mounts.js'
 
+/**
+ * How much slower than this machine the tests run (MERBRIDGE_TEST_TIME_SCALE): an emulated kernel
+ * of the kernel matrix (scripts/kernels.ts) runs several times slower. Suites' time limits scale with it.
+ */
+export const TIME_SCALE = Math.max(1, Number(process.env.MERBRIDGE_TEST_TIME_SCALE) || 1)
+
+/** A suite's time limit on this machine, scaled for a slower one. */
+export const suiteTimeout = (ms: number) => ms * TIME_SCALE
+
 export const ROOT = resolve(fileURLToPath(import.meta.url), '..', '..')
 export const BIN = join(ROOT, 'bin', 'run.js')
 

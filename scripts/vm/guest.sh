@@ -23,7 +23,7 @@ checkout=$(arg checkout)
 selection=$(arg tests | tr ',' ' ')
 echo "vm: $(uname -r) up; running: $selection"
 [ -f "$out/exec.sh" ] && selection="$out/exec.sh"
-cd "$checkout" && env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true TERM=dumb MERBRIDGE_MATRIX=quick \
+cd "$checkout" && env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true TERM=dumb MERBRIDGE_MATRIX=quick MERBRIDGE_TEST_TIME_SCALE=8 \
   $([ -f "$out/exec.sh" ] && echo bash || echo node scripts/test.js) $selection >"$out/test.log" 2>&1
 echo $? >"$out/rc"
 sync

@@ -8,7 +8,7 @@ import {requirePrivileges} from '../node/caps.js'
 import {parseListenAddress} from '../datapath/listen-address.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {runWithProgress} from '../ui/steps.js'
-import {bpffsFlag, hostProcFlag, metricsAddrFlag, podSourceFlags, recheckFlag, useHostProc} from '../ui/flags.js'
+import {allowEmptyFlag, bpffsFlag, hostProcFlag, metricsAddrFlag, podSourceFlags, recheckFlag, useHostProc} from '../ui/flags.js'
 import {watchInForeground} from '../ui/foreground.js'
 import {c} from '../ui/theme.js'
 
@@ -56,6 +56,7 @@ export default class Enable extends BaseCommand {
     'metrics-addr': metricsAddrFlag,
     'max-connections': Flags.integer({description: 'entries of the connection maps (sock_pair_map, pair_original_dst): about six per proxied connection; default: what the installation has, else 65535', min: 1024, max: 4_194_304}),
     rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),
+    'allow-empty': allowEmptyFlag,
   }
 
   async run(): Promise<EnableResult | undefined> {
@@ -75,7 +76,7 @@ export default class Enable extends BaseCommand {
     try {
       const silent = this.jsonEnabled()
       ctx = await enable(
-        {mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, maxConnections: flags['max-connections'], kube},
+        {mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, maxConnections: flags['max-connections'], kube, allowEmpty: flags['allow-empty']},
         {runSteps: (steps, c, hooks) => runWithProgress(steps, c, {silent, ...hooks}), signal: interrupt.signal},
       )
     } finally {

@@ -6,7 +6,7 @@ import {meshProfile} from '../mesh/profiles.js'
 import {requirePrivileges} from '../node/caps.js'
 import {parseListenAddress} from '../datapath/listen-address.js'
 import {BaseCommand} from '../ui/base-command.js'
-import {bpffsFlag, hostProcFlag, metricsAddrFlag, podSourceFlags, recheckFlag, useHostProc} from '../ui/flags.js'
+import {allowEmptyFlag, bpffsFlag, hostProcFlag, metricsAddrFlag, podSourceFlags, recheckFlag, useHostProc} from '../ui/flags.js'
 import {watchInForeground} from '../ui/foreground.js'
 import {c} from '../ui/theme.js'
 
@@ -23,6 +23,7 @@ export default class Sync extends BaseCommand {
   static override flags = {
     ...podSourceFlags,
     watch: Flags.boolean({description: 'keep the maps matching the pods until stopped'}),
+    'allow-empty': allowEmptyFlag,
     recheck: recheckFlag,
     'metrics-addr': metricsAddrFlag,
     bpffs: bpffsFlag,
@@ -47,7 +48,7 @@ export default class Sync extends BaseCommand {
       return undefined
     }
 
-    const result = await syncOnce(inst, {podsFile: flags['pods-file'], kube, node})
+    const result = await syncOnce(inst, {podsFile: flags['pods-file'], kube, node, allowEmpty: flags['allow-empty']})
     this.log(`${c.green('✔')} synced from ${result.source}: ${result.meshed.length} meshed and registered, ${result.unregistered.length} meshed but not found on this node, ${result.skipped.length} skipped; ${result.written} map entries written, ${result.deleted} removed`)
     for (const p of result.unregistered) this.log(c.yellow(`  ! ${p.namespace}/${p.name} (${p.ip}): no network namespace with this IP on the node yet`))
     for (const w of result.warnings) this.log(c.yellow(`  ! ${w}`))

@@ -21,7 +21,7 @@ import {withInstallationLock} from './lock.js'
 import {inspect} from './inspect.js'
 import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
-import {type AppliedPods, applyPods, podsRecord} from './pods-sync.js'
+import {type AppliedPods, applyPods, podsRecord, refuseEmptying} from './pods-sync.js'
 import {checkCapacity} from './sync.js'
 import {stageReplacement, swapPrograms} from './swap.js'
 import {selectMeshedPods} from '../kube/pods.js'
@@ -36,6 +36,8 @@ export interface EnableOptions {
   /** capacity of the connection maps; default: what the installation was enabled with, else 65,535 */
   maxConnections?: number
   kube?: KubeOptions
+  /** take a pods list that names none of this node's pods even where pods are registered */
+  allowEmpty?: boolean
 }
 
 export interface EnableContext {
@@ -128,7 +130,10 @@ export const ENABLE_STEPS: EnableStep[] = [
     async run(ctx) {
       ctx.loaded = await loadPods(ctx.opts.podsFile, ctx.node, ctx.opts.kube)
       ctx.podsSource = ctx.loaded.source
-      checkCapacity(selectMeshedPods(ctx.loaded.pods, ctx.node, ctx.mesh))
+      const selection = selectMeshedPods(ctx.loaded.pods, ctx.node, ctx.mesh)
+      const registered = (await ctx.inst.readState())?.pods.meshed.length ?? 0
+      refuseEmptying(selection, ctx.node, {registered, source: ctx.loaded.source, allowEmpty: ctx.opts.allowEmpty === true})
+      checkCapacity(selection)
     },
   },
   {

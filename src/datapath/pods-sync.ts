@@ -7,6 +7,8 @@ import {loadPods} from '../kube/source.js'
 import {meshProfile} from '../mesh/profiles.js'
 import {connectionCapacity, type InstallState, type Installation} from './installation.js'
 import {withInstallationLock} from './lock.js'
+import {MerbridgeError} from '../errors.js'
+import {hostname} from 'node:os'
 import {type PodMapsView, type SyncResult, syncPods} from './sync.js'
 
 export interface AppliedPods {
@@ -18,9 +20,39 @@ export interface AppliedPods {
  * Select this node's meshed pods and make the maps match them; with `attachInbound` (the
  * datapath is attached already), newly registered pods get inbound capture too.
  */
-export async function applyPods(inst: Installation, objects: Helpers, pods: PodJson[], opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean; capacity: number}): Promise<AppliedPods> {
+export async function applyPods(
+  inst: Installation,
+  objects: Helpers,
+  pods: PodJson[],
+  opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean; capacity: number; guard?: EmptyGuard},
+): Promise<AppliedPods> {
   const selection = selectMeshedPods(pods, opts.node, opts.mesh)
+  if (opts.guard) refuseEmptying(selection, opts.node, opts.guard)
   return {selection, sync: await syncPods(inst, objects, selection, opts)}
+}
+
+/** What a sync from a list must know to refuse one that would unregister every pod by mistake. */
+export interface EmptyGuard {
+  /** pods registered now (the record's) */
+  registered: number
+  source: string
+  /** the user said this node has no pods now */
+  allowEmpty: boolean
+}
+
+/**
+ * A list that names none of this node's pods, where pods are registered, is almost always a wrong
+ * --node or the wrong file: syncing would take every registered pod's traffic around its sidecar.
+ * Refused, before anything changes, unless the user says so.
+ */
+export function refuseEmptying(selection: PodSelection, node: string, guard: EmptyGuard): void {
+  const onNode = selection.meshed.length + selection.skipped.length
+  if (onNode > 0 || guard.registered === 0 || guard.allowEmpty) return
+  throw new MerbridgeError(`${guard.source} names no pod of node ${JSON.stringify(node)} (${selection.otherNodes} on other nodes): syncing would unregister all ${guard.registered} registered pod(s)`, {
+    code: 'EMPTY_SYNC',
+    exitCode: 2,
+    suggestion: `check --node (this host is ${JSON.stringify(hostname())}) and the pods list; if this node really has no pods now, add --allow-empty`,
+  })
 }
 
 /** What the installation's record says about the pods of a sync. */
@@ -68,12 +100,14 @@ export interface SyncOnceResult extends Pick<InstallState['pods'], 'source' | 'm
  * match and update the record. A failure before the batch is written leaves maps and record as
  * they were.
  */
-export async function syncOnce(inst: Installation, opts: {podsFile?: string; kube: KubeOptions; node: string}): Promise<SyncOnceResult> {
+export async function syncOnce(inst: Installation, opts: {podsFile?: string; kube: KubeOptions; node: string; allowEmpty?: boolean}): Promise<SyncOnceResult> {
   const state = await inst.requireState()
   const helpers = inst.requireHelpers()
   const loaded = await loadPods(opts.podsFile, opts.node, opts.kube)
   return withInstallationLock(inst, 'sync', async () => {
-    const applied = await applyPods(inst, helpers, loaded.pods, {node: opts.node, mesh: meshProfile(state.mesh), attachInbound: true, capacity: connectionCapacity(state)})
+    const registered = (await inst.readState())?.pods.meshed.length ?? 0
+    const guard = {registered, source: loaded.source, allowEmpty: opts.allowEmpty === true}
+    const applied = await applyPods(inst, helpers, loaded.pods, {node: opts.node, mesh: meshProfile(state.mesh), attachInbound: true, capacity: connectionCapacity(state), guard})
     const pods = podsRecord(loaded.source, applied)
     await savePodsRecord(inst, pods)
     return {...pods, written: applied.sync.written, deleted: applied.sync.deleted}

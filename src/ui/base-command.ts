@@ -44,7 +44,7 @@ export abstract class BaseCommand extends Command {
 export const SETTING_VARIABLES = ['MERBRIDGE_BPFFS', 'MERBRIDGE_CGROUP', 'MERBRIDGE_HOST_PROC', 'MERBRIDGE_RUN_DIR', 'MERBRIDGE_CACHE_DIR', 'MERBRIDGE_METRICS_ADDR', 'MERBRIDGE_LOCK_WAIT_MS'] as const
 
 export function refuseBlankSettings(env: NodeJS.ProcessEnv): void {
-  const blank = SETTING_VARIABLES.find((v) => env[v] !== undefined && env[v].trim() === '')
+  const blank = SETTING_VARIABLES.find((v) => env[v]?.trim() === '')
   if (blank) throw new MerbridgeError(`${blank} is set but empty`, {code: 'USAGE', exitCode: 2, suggestion: `give ${blank} a value, or unset it for its default`})
 }
 
@@ -52,7 +52,8 @@ export function refuseBlankSettings(env: NodeJS.ProcessEnv): void {
 export function refuseBlankArguments(argv: readonly string[]): void {
   argv.forEach((arg, i) => {
     const inline = /^(--[\w-]+)=(.*)$/s.exec(arg)
-    const flag = inline ? inline[1] : i > 0 && argv[i - 1]?.startsWith('--') && !argv[i - 1]?.includes('=') ? argv[i - 1] : undefined
+    const prev = i > 0 ? argv[i - 1] : undefined
+    const flag = inline ? inline[1] : prev?.startsWith('--') && !prev.includes('=') ? prev : undefined
     if ((inline ? (inline[2] ?? '') : arg).trim() !== '') return
     throw new MerbridgeError(flag ? `${flag} is empty` : 'an argument is empty', {code: 'USAGE', exitCode: 2, suggestion: flag ? `give ${flag} a value, or leave it out for its default` : 'leave the empty argument out'})
   })

@@ -20,6 +20,9 @@ export const podSourceFlags = {
   node: Flags.string({description: "this node's Kubernetes name (default: the hostname)"}),
 }
 
+/** The one way to sync a list that names none of this node's pods while pods are registered. */
+export const allowEmptyFlag = Flags.boolean({description: "sync even when the pods list names none of this node's pods and pods are registered (it unregisters them all: their traffic then skips their sidecars)"})
+
 /** How often a watch reads the maps back and repairs what drifted (anything else may write them). */
 export const recheckFlag = Flags.integer({
   description: 'with --watch: seconds between re-reading the maps and repairing entries that no longer match the pods',

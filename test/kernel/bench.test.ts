@@ -5,11 +5,11 @@ import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {Bench, type BenchReport, MODES, SCENARIOS} from '../../src/lab/bench.js'
-import {cli, kernelSkipReason, parseJson, ROOT} from '../helpers.js'
+import {cli, kernelSkipReason, parseJson, ROOT, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'nginx', 'wrk'])
 
-describe('merbridge bench', {skip, timeout: 180_000}, () => {
+describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
   it('produces a complete report from one round of one second and leaves nothing', async () => {
     const netns = (await execa('ip', ['netns', 'list'])).stdout
     const r = await cli(['bench', '--rounds', '1', '--duration', '1', '--json'])
@@ -122,7 +122,7 @@ describe('merbridge bench', {skip, timeout: 180_000}, () => {
   })
 })
 
-describe('bench mode checks', {skip, timeout: 120_000}, () => {
+describe('bench mode checks', {skip, timeout: suiteTimeout(120_000)}, () => {
   const bench = skip ? (undefined as unknown as Bench) : new Bench()
   before(async () => bench.setup())
   after(async () => bench.teardown())

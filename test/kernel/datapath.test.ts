@@ -21,13 +21,13 @@ import type {EnableResult} from '../../src/commands/enable.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
 import type {MapDump} from '../../src/datapath/dump.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
-import {BIN, cli, eventually, kernelSkipReason, parseJson, ROOT, rowsOf, uniqueInstall} from '../helpers.js'
+import {BIN, cli, eventually, kernelSkipReason, parseJson, ROOT, rowsOf, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])
 // written out, not taken from PROGRAMS: a program that is not loaded or attached must fail these
 const ALL_PROGRAMS = ['mb_connect4', 'mb_connect6', 'mb_getpeername4', 'mb_getpeername6', 'mb_getsockopt', 'mb_inbound_guard', 'mb_msg_redirect', 'mb_recvmsg4', 'mb_recvmsg6', 'mb_sendmsg4', 'mb_sendmsg6', 'mb_sockops', 'mb_tc_inbound']
 
-describe('datapath on the kernel', {skip, timeout: 240_000}, () => {
+describe('datapath on the kernel', {skip, timeout: suiteTimeout(240_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const inst = install.installation()
@@ -343,7 +343,10 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
     const opts = parseJson<{so_type: number; tcp_info_len: number; original_dst: number}>(inPod.stdout)
     assert.equal(opts.so_type, 1)
     assert.ok(opts.tcp_info_len > 200, `TCP_INFO came back with ${opts.tcp_info_len} bytes`)
-    assert.equal(opts.original_dst, 2, "the kernel's ENOENT for a socket merbridge did not rewrite")
+    // the kernel's own answer for a socket merbridge did not rewrite: ENOENT from conntrack, or
+    // ENOPROTOOPT where no module registered the option (a kernel that loaded no netfilter yet)
+    const conntrack = readFileSync('/proc/modules', 'utf8').includes('nf_conntrack ') || existsSync('/proc/sys/net/netfilter/nf_conntrack_max')
+    assert.equal(opts.original_dst, conntrack ? 2 : 92, "the kernel's own error for a socket merbridge did not rewrite")
 
     // iptables-legacy reads its table with getsockopt: a result far larger than a page
     const ns = lab.pod('a').netns
@@ -376,7 +379,8 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
 
   it('counts what it did', async () => {
     const c = await readMaps.counters(inst)
-    assert.ok(c.connOutbound > 0 && c.connInbound > 0 && c.connUnregistered > 0 && c.inboundAssigned > 0, JSON.stringify(c))
+    // handed over untouched, or (a kernel before 6.6, the sidecar's listener reuseport) by rewriting
+    assert.ok(c.connOutbound > 0 && c.connInbound > 0 && c.connUnregistered > 0 && c.inboundAssigned + c.inboundRewritten > 0, JSON.stringify(c))
     assert.equal(c.inboundNoListener, 0, JSON.stringify(c))
     assert.ok(c.msgRedirected > 0 && c.bytesRedirected > 10 * 1024 * 1024, JSON.stringify(c))
     assert.ok(c.getsockoptAnswered >= c.connInbound, JSON.stringify(c))

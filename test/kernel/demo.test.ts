@@ -6,7 +6,7 @@ import {describe, it} from 'node:test'
 import {execa} from 'execa'
 import type {DemoFacts} from '../../src/lab/demo.js'
 import {findCgroup2, readMounts} from '../../src/node/mounts.js'
-import {cli, kernelSkipReason, parseJson} from '../helpers.js'
+import {cli, kernelSkipReason, parseJson, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'nginx', 'wrk'])
 
@@ -18,7 +18,7 @@ async function leftovers(): Promise<string> {
   return JSON.stringify({netns, pins, cgroups})
 }
 
-describe('merbridge demo', {skip, timeout: 300_000}, () => {
+describe('merbridge demo', {skip, timeout: suiteTimeout(300_000)}, () => {
   it('shows the acceleration and cleans up', async () => {
     const before = await leftovers()
     const r = await cli(['demo', '--json'])

@@ -14,7 +14,7 @@ import type {DisableResult} from '../../src/datapath/disable.js'
 import type {PreflightResult} from '../../src/datapath/preflight.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
 import type {EnableResult} from '../../src/commands/enable.js'
-import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
+import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'setpriv'])
 
@@ -67,7 +67,7 @@ function heldTool(dir: string): {tool: string; mark: string} {
   return {tool, mark}
 }
 
-describe('enable failures', {skip, timeout: 180_000}, () => {
+describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const tmp = mkdtempSync(join(tmpdir(), 'mb-faults-'))
   let podsFile = ''

@@ -12,7 +12,7 @@ import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, kernelSkipReason, uniqueInstall} from '../helpers.js'
+import {cli, kernelSkipReason, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'ip6tables-restore', 'setpriv'], [SYSTEM_PYTHON])
 
@@ -288,7 +288,7 @@ if (process.env.MERBRIDGE_MATRIX === 'quick' && SELECTED.length !== QUICK.length
 const CONFIGS = ['iptables', 'merbridge', 'both'] as const
 type Config = (typeof CONFIGS)[number]
 
-describe('interception equivalence with Istio iptables', {skip, timeout: 600_000}, () => {
+describe('interception equivalence with Istio iptables', {skip, timeout: suiteTimeout(600_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!, true)
   const install = uniqueInstall()
   const sidecars = new Map<string, LabProcess>()

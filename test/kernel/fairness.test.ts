@@ -14,7 +14,7 @@ import {patternSha256} from '../../src/lab/http-app.js'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, eventually, kernelSkipReason, uniqueInstall} from '../helpers.js'
+import {cli, eventually, kernelSkipReason, uniqueInstall, suiteTimeout} from '../helpers.js'
 import {makePod} from '../support/fake-apiserver.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3'])
@@ -45,7 +45,7 @@ print("holding", len(held), flush=True)
 time.sleep(3600)
 `
 
-describe('fair shares of the connection maps', {skip, timeout: 300_000}, () => {
+describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const inst = install.installation()

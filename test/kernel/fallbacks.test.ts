@@ -17,12 +17,12 @@ import {APP_PORT, Lab, NODE, NODE_IP} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, eventually, kernelSkipReason, parseJson, rowsOf, uniqueInstall} from '../helpers.js'
+import {cli, eventually, kernelSkipReason, parseJson, rowsOf, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3'])
 const WITHOUT = {MERBRIDGE_WITHOUT: OPTIONAL_FEATURE_NAMES.join(',')}
 
-describe('without the optional kernel features', {skip, timeout: 240_000}, () => {
+describe('without the optional kernel features', {skip, timeout: suiteTimeout(240_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const inst = install.installation()

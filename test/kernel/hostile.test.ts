@@ -10,7 +10,7 @@ import {readMaps} from '../../src/bpf/maps.js'
 import {APP_PORT, Lab, NODE, NODE_IP, REMOTE} from '../../src/lab/lab.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, eventually, kernelSkipReason, uniqueInstall} from '../helpers.js'
+import {cli, eventually, kernelSkipReason, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'], [SYSTEM_PYTHON])
 
@@ -90,7 +90,7 @@ while select.select([rx], [], [], max(0, deadline - time.time()))[0]:
 print('no answer', flush=True)
 `
 
-describe('hostile packets and sockets', {skip, timeout: 240_000}, () => {
+describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const inst = install.installation()

@@ -15,11 +15,11 @@ import type {EnableResult} from '../../src/commands/enable.js'
 import type {PreflightResult} from '../../src/datapath/preflight.js'
 import type {MapDump} from '../../src/datapath/dump.js'
 import {readMaps} from '../../src/bpf/maps.js'
-import {cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
+import {cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables'])
 
-describe('excluded and virtual machine interfaces', {skip, timeout: 240_000}, () => {
+describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout(240_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const sidecars = new Map<string, LabProcess>()

@@ -13,7 +13,7 @@ import {PROFILES} from '../../src/mesh/profiles.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
 import type {EnableResult} from '../../src/commands/enable.js'
 import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
-import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
+import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'unshare'])
 
@@ -50,7 +50,7 @@ async function freePort(): Promise<number> {
   return port
 }
 
-describe('node service', {skip, timeout: 300_000}, () => {
+describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const api = new FakeApiServer()

@@ -8,7 +8,7 @@ import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, ensureBpffs, kernelSkipReason, uniqueInstall} from '../helpers.js'
+import {cli, ensureBpffs, kernelSkipReason, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip'])
 
@@ -17,7 +17,7 @@ function errorLines(stderr: string): string[] {
   return stderr.split('\n').filter((l) => l.startsWith('Error:'))
 }
 
-describe('folders merbridge did not make', {skip, timeout: 120_000}, () => {
+describe('folders merbridge did not make', {skip, timeout: suiteTimeout(120_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const plain = mkdtempSync(join(tmpdir(), 'mb-not-bpffs-'))

@@ -12,14 +12,14 @@ import {readMaps} from '../../src/bpf/maps.js'
 import {APP_PORT, Lab, NODE as NODE_NS} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {EnableResult} from '../../src/commands/enable.js'
-import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall} from '../helpers.js'
+import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout} from '../helpers.js'
 import {FakeApiServer, makePod} from '../support/fake-apiserver.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'openssl'])
 const NODE = 'lab-node'
 const EXCLUDE_OUT = 'traffic.sidecar.istio.io/excludeOutboundPorts'
 
-describe('pods kept in sync from the Kubernetes API', {skip, timeout: 180_000}, () => {
+describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeout(180_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const inst = install.installation()
