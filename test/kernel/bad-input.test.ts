@@ -2,10 +2,14 @@
 // what merbridge answers (docs/bad-input.md lists them, from these tests). Every refusal is one
 // line, exit 2, and leaves the node as it was.
 import assert from 'node:assert/strict'
-import {existsSync} from 'node:fs'
+import {existsSync, writeFileSync} from 'node:fs'
+import {join} from 'node:path'
 import {after, describe, it} from 'node:test'
+import {readMaps} from '../../src/bpf/maps.js'
+import {Lab} from '../../src/lab/lab.js'
+import {PROFILES} from '../../src/mesh/profiles.js'
 import {SETTING_VARIABLES} from '../../src/ui/base-command.js'
-import {buildSkipReason, cli, uniqueInstall} from '../helpers.js'
+import {buildSkipReason, cli, kernelSkipReason, suiteTimeout, uniqueInstall} from '../helpers.js'
 
 const install = uniqueInstall()
 after(() => install.cleanup())
@@ -32,5 +36,60 @@ describe('blank settings', {skip: buildSkipReason()}, () => {
     await refused(['enable', '--bpffs', install.bpffs, '--cgroup=  '], {}, '--cgroup is empty')
     await refused(['sync', '--bpffs', install.bpffs, '--pods-file', ' '], {}, '--pods-file is empty')
     await refused(['disable', '--bpffs='], {}, '--bpffs is empty')
+  })
+})
+
+const labSkip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'])
+
+describe('pods lists that would unregister every pod', {skip: labSkip, timeout: suiteTimeout(180_000)}, () => {
+  const lab = labSkip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
+  const mine = uniqueInstall()
+  const registered = async () => (await readMaps.netnsPods(mine.installation())).length
+  const sync = (args: string[]) => cli(['sync', '--bpffs', mine.bpffs, ...args], mine.env)
+
+  after(async () => {
+    await cli(['disable', '--bpffs', mine.bpffs], mine.env)
+    await lab.destroy()
+    mine.cleanup()
+  })
+
+  it('enables with two meshed pods', async () => {
+    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}])
+    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', mine.bpffs, '--pods-file', lab.writePodList()], mine.env)
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.equal(await registered(), 2)
+  })
+
+  it('refuses a --node that names none of the list\'s pods, and keeps every pod registered', async () => {
+    const r = await sync(['--node', 'typo', '--pods-file', lab.writePodList()])
+    assert.equal(r.code, 2, r.stdout + r.stderr)
+    assert.match(r.stderr, /^Error: .* names no pod of node "typo" \(2 on other nodes\): syncing would unregister all 2 registered pod\(s\)$/m)
+    assert.match(r.stderr, /add --allow-empty/)
+    assert.equal(await registered(), 2)
+    const e = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', mine.bpffs, '--node', 'typo', '--pods-file', lab.writePodList()], mine.env)
+    assert.notEqual(e.code, 0, 'enable over the installation refuses it too')
+    assert.match(e.stderr, /names no pod of node "typo"/)
+    assert.equal(await registered(), 2)
+  })
+
+  it('refuses a PodList whose items are not pods, in JSON or YAML, and keeps every pod registered', async () => {
+    for (const [name, text] of [
+      ['junk.json', '{"kind":"PodList","items":[null,5,"x",{}]}'],
+      ['objects.json', '{"kind":"PodList","items":[{}]}'],
+      ['lists.yaml', 'kind: PodList\nitems:\n  - [a, b]\n'],
+    ] as const) {
+      const file = join(lab.tmp, name)
+      writeFileSync(file, text)
+      const r = await sync(['--pods-file', file])
+      assert.notEqual(r.code, 0, `${name}: ${r.stdout}`)
+      assert.match(r.stderr, /item 0 of "items" is not a pod/, name)
+      assert.equal(await registered(), 2, name)
+    }
+  })
+
+  it('unregisters them all when told the node has no pods now', async () => {
+    const r = await sync(['--node', 'typo', '--pods-file', lab.writePodList(), '--allow-empty'])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.equal(await registered(), 0)
   })
 })
