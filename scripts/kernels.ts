@@ -56,11 +56,22 @@ function row(kernel: string, where: string, log: string, exitCode: number | null
   return {kernel, where, ...counts, ok: exitCode === 0 && counts.failed === 0, note}
 }
 
+/** Children to end with this script (a VM would run on for its whole deadline), and folders to remove. */
+const children = new Set<ReturnType<typeof spawn>>()
+const folders = new Set<string>()
+for (const signal of ['SIGINT', 'SIGTERM'] as const)
+  process.on(signal, () => {
+    for (const child of children) child.kill('SIGKILL')
+    for (const dir of folders) rmSync(dir, {recursive: true, force: true})
+    process.exit(signal === 'SIGINT' ? 130 : 143)
+  })
+
 /** A child's exit code and everything it printed, shown as it comes when `show`. */
 function collect(command: string, args: string[], opts: {env?: NodeJS.ProcessEnv; deadlineMs?: number; show: boolean}): Promise<{code: number | null; output: string}> {
   return new Promise((done) => {
     const chunks: string[] = []
     const child = spawn(command, args, {cwd: ROOT, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe']})
+    children.add(child)
     const timer = opts.deadlineMs ? setTimeout(() => child.kill('SIGKILL'), opts.deadlineMs) : undefined
     const take = (chunk: Buffer) => {
       chunks.push(chunk.toString())
@@ -70,6 +81,7 @@ function collect(command: string, args: string[], opts: {env?: NodeJS.ProcessEnv
     child.stderr.on('data', take)
     child.on('error', (error) => chunks.push(`${command}: ${error.message}\n`))
     child.on('close', (code) => {
+      children.delete(child)
       clearTimeout(timer)
       done({code, output: chunks.join('')})
     })
@@ -165,6 +177,16 @@ async function runVm(tests: string[], showConsole: boolean, exec?: string): Prom
   mkdirSync(cache, {recursive: true})
   const kernel = debianKernel(cache)
   const work = mkdtempSync(join(tmpdir(), 'merbridge-vm-'))
+  folders.add(work)
+  try {
+    return await bootAndTest(kernel, work, tests, showConsole, exec)
+  } finally {
+    rmSync(work, {recursive: true, force: true})
+    folders.delete(work)
+  }
+}
+
+async function bootAndTest(kernel: {release: string; vmlinuz: string; modules: string}, work: string, tests: string[], showConsole: boolean, exec?: string): Promise<Row> {
   const outDir = join(work, 'out')
   mkdirSync(outDir)
   // --exec: a script of the developer's runs instead of the tests (its output is the test log)
@@ -195,7 +217,6 @@ async function runVm(tests: string[], showConsole: boolean, exec?: string): Prom
   const minutes = ((Date.now() - started) / 60_000).toFixed(1)
   const log = existsSync(join(outDir, 'test.log')) ? readFileSync(join(outDir, 'test.log'), 'utf8') : ''
   const rc = existsSync(join(outDir, 'rc')) ? Number(readFileSync(join(outDir, 'rc'), 'utf8').trim()) : null
-  rmSync(work, {recursive: true, force: true})
   console.log(log)
   if (rc !== 0) console.log(`${failures(log)}\nkernels: the VM's console, last lines (qemu exit ${vm.code}):\n${vm.output.split('\n').slice(-40).join('\n')}`)
   return row(kernel.release, `vm, ${minutes} min`, log, rc, rc === null ? 'the VM ended before its tests did' : undefined)
