@@ -293,6 +293,12 @@ export class Bpftool {
     return stdout === undefined ? undefined : parseProgInfo(parseJson(stdout, 'prog show'))
   }
 
+  /** A loaded program by id, or undefined when the kernel has none with it. */
+  async progShowId(id: number): Promise<ProgInfo | undefined> {
+    const r = await this.run(['prog', 'show', 'id', String(id), '-j'], {allowFailure: true})
+    return r.exitCode === 0 ? parseProgInfo(parseJson(r.stdout, 'prog show')) : undefined
+  }
+
   /** A pinned map, or undefined when nothing is pinned there. */
   async mapShowPinned(pin: string): Promise<MapInfo | undefined> {
     const stdout = await this.showPinned('map', pin)

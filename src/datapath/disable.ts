@@ -131,6 +131,13 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
       if (info) progIds.set(info.id, p.name)
     }
   }
+  // the ones enable recorded, where the kernel still has them under the same name: a program whose
+  // pin is gone stays attached, and is found by its id (a name alone could be another installation's)
+  for (const [name, id] of Object.entries(state?.programIds ?? {})) {
+    if (progIds.has(id)) continue
+    const info = await bpftool.progShowId(id)
+    if (info && info.name !== '' && name.startsWith(info.name)) progIds.set(id, name)
+  }
   result.wasEnabled = progIds.size > 0 || state !== undefined || inst.exists()
 
   // 1. Stop rewriting new connects and moving payload; what was moved is read before anything goes.

@@ -249,7 +249,12 @@ export const ENABLE_STEPS: EnableStep[] = [
       // optional: without them status counts entries by dumping the maps
       const rewrite = turnedOff('reuseport-assign')
       const unavailable = {...(await pinCounters(ctx.inst, required(ctx.objects, 'the built objects'))), ...(rewrite ? {'reuseport-assign': rewrite} : {})}
-      await ctx.inst.writeState(Object.keys(unavailable).length > 0 ? {...state, unavailable} : state)
+      const programIds: Record<string, number> = {}
+      for (const p of PROGRAMS) {
+        const info = await bpftool.progShowPinned(ctx.inst.prog(p.name))
+        if (info) programIds[p.name] = info.id
+      }
+      await ctx.inst.writeState({...state, programIds, ...(Object.keys(unavailable).length > 0 ? {unavailable} : {})})
     },
     async undo(ctx) {
       if (ctx.mode !== 'resync' && !ctx.swap) await ctx.inst.removeState()

@@ -2,14 +2,16 @@
 // what merbridge answers (docs/bad-input.md lists them, from these tests). Every refusal is one
 // line, exit 2, and leaves the node as it was.
 import assert from 'node:assert/strict'
-import {existsSync, writeFileSync} from 'node:fs'
+import {existsSync, rmSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {after, describe, it} from 'node:test'
+import {bpftool} from '../../src/bpf/bpftool.js'
 import {readMaps} from '../../src/bpf/maps.js'
+import type {DisableResult} from '../../src/datapath/disable.js'
 import {Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import {SETTING_VARIABLES} from '../../src/ui/base-command.js'
-import {buildSkipReason, cli, kernelSkipReason, suiteTimeout, uniqueInstall} from '../helpers.js'
+import {buildSkipReason, cli, kernelSkipReason, parseJson, suiteTimeout, uniqueInstall} from '../helpers.js'
 
 const install = uniqueInstall()
 after(() => install.cleanup())
@@ -85,6 +87,19 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
       assert.match(r.stderr, /item 0 of "items" is not a pod/, name)
       assert.equal(await registered(), 2, name)
     }
+  })
+
+  it("disable finds a program whose pin was removed, by the id enable recorded, and says disabled only when it is", async () => {
+    const inst = mine.installation()
+    const id = (await bpftool.progShowPinned(inst.prog('mb_connect4')))?.id
+    assert.ok(id !== undefined)
+    rmSync(inst.prog('mb_connect4'))
+    const r = await cli(['disable', '--bpffs', mine.bpffs, '--json'], mine.env)
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.ok(parseJson<DisableResult>(r.stdout).detached.some((d) => d.program === 'mb_connect4' && d.id === id), r.stdout)
+    assert.deepEqual(await bpftool.cgroupShow(lab.cgroup), [], 'nothing left attached to the cgroup')
+    const again = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', mine.bpffs, '--pods-file', lab.writePodList()], mine.env)
+    assert.equal(again.code, 0, `enable on the cgroup again: ${again.stdout}${again.stderr}`)
   })
 
   it('unregisters them all when told the node has no pods now', async () => {
