@@ -1,10 +1,14 @@
 /**
- * One command at a time changes an installation: enable, sync and disable take a lock file beside
- * the installation's record (created exclusively, holding the pid). A second command waits a
- * bounded time for it, then fails naming the holder; a lock whose process is gone is taken over.
+ * One command at a time changes an installation: enable, sync and disable hold a lock the kernel
+ * releases with its holder, a unix socket bound in the abstract namespace (the host's network
+ * namespace, which the node service shares: hostNetwork). Nothing is left behind by a killed
+ * holder: no file to judge stale, no pid that another process (or another pid namespace) may have.
+ * A second command waits a bounded time for it, then fails naming the holder when it can.
  */
-import {existsSync, openSync, closeSync, readFileSync, rmSync, writeSync} from 'node:fs'
+import {createHash} from 'node:crypto'
+import {readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {mkdir} from 'node:fs/promises'
+import {createServer, type Server} from 'node:net'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {MerbridgeError} from '../errors.js'
 import {runDir} from '../paths.js'
@@ -16,33 +20,50 @@ function waitMs(): number {
   return Number.isFinite(v) && v >= 0 ? v : 30_000
 }
 
-function holder(path: string): number | undefined {
+/** The abstract socket name of a lock: a hash, since names are short and paths may be long. */
+export function lockName(key: string): string {
+  return `\0merbridge-lock-${createHash('sha256').update(key).digest('hex').slice(0, 32)}`
+}
+
+/** Bind the lock's name: the server while this process holds it, undefined when another does. */
+function tryTake(name: string): Promise<Server | undefined> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', (error: NodeJS.ErrnoException) => (error.code === 'EADDRINUSE' ? resolve(undefined) : reject(error)))
+    // the lock never keeps the process alive on its own
+    server.listen({path: name}, () => resolve(server.unref()))
+  })
+}
+
+/** Who holds it, as the holder wrote it down (for the message only: the socket is the lock). */
+function holderOf(note: string): string {
   try {
-    const pid = Number(readFileSync(path, 'utf8').trim())
-    return Number.isInteger(pid) && pid > 0 ? pid : undefined
+    return readFileSync(note, 'utf8').trim() || '?'
   } catch {
-    return undefined
+    return '?'
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
+/** Run fn holding the lock named by key; `note` is where the holder's pid is written for others to name. */
+export async function withLock<T>(key: string, note: string, what: string, subject: string, fn: () => Promise<T>): Promise<T> {
+  const name = lockName(key)
+  const deadline = Date.now() + waitMs()
+  let server = await tryTake(name)
+  while (!server) {
+    if (Date.now() >= deadline)
+      throw new MerbridgeError(`another merbridge command (pid ${holderOf(note)}) is changing ${subject}; ${what} did not start`, {
+        code: 'LOCKED',
+        suggestion: `wait for it to finish, then run ${what} again`,
+      })
+    await sleep(100)
+    server = await tryTake(name)
   }
-}
-
-function tryTake(path: string): boolean {
   try {
-    const fd = openSync(path, 'wx', 0o600)
-    writeSync(fd, `${process.pid}\n`)
-    closeSync(fd)
-    return true
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false
-    throw error
+    writeFileSync(note, `${process.pid}\n`)
+    return await fn()
+  } finally {
+    rmSync(note, {force: true})
+    await new Promise((resolve) => server.close(resolve))
   }
 }
 
@@ -50,25 +71,6 @@ export async function withInstallationLock<T>(inst: Installation, what: string, 
   await mkdir(runDir(), {recursive: true}).catch((error: unknown) => {
     throw new MerbridgeError(`cannot keep merbridge's records in ${runDir()}: ${(error as Error).message}`, {code: 'RUN_DIR', suggestion: 'MERBRIDGE_RUN_DIR names another folder'})
   })
-  const path = `${inst.stateFile}.lock`
-  const deadline = Date.now() + waitMs()
-  while (!tryTake(path)) {
-    const pid = holder(path)
-    // a lock left by a process that is gone (killed) is not held
-    if (pid !== undefined && !alive(pid)) {
-      rmSync(path, {force: true})
-      continue
-    }
-    if (Date.now() >= deadline)
-      throw new MerbridgeError(`another merbridge command (pid ${pid ?? '?'}) is changing ${inst.dir}; ${what} did not start`, {
-        code: 'LOCKED',
-        suggestion: `wait for it to finish, then run ${what} again`,
-      })
-    await sleep(100)
-  }
-  try {
-    return await fn()
-  } finally {
-    if (holder(path) === process.pid && existsSync(path)) rmSync(path, {force: true})
-  }
+  // by the pin folder: the record's folder may differ between two commands on one installation
+  return withLock(inst.dir, `${inst.stateFile}.lock`, what, inst.dir, fn)
 }

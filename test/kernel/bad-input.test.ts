@@ -5,9 +5,11 @@ import assert from 'node:assert/strict'
 import {existsSync, rmSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {after, describe, it} from 'node:test'
+import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
+import {lockName} from '../../src/datapath/lock.js'
 import {Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import {SETTING_VARIABLES} from '../../src/ui/base-command.js'
@@ -87,6 +89,25 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
       assert.match(r.stderr, /item 0 of "items" is not a pod/, name)
       assert.equal(await registered(), 2, name)
     }
+  })
+
+  it('a lock left behind (empty, garbage, a live unrelated pid, a killed holder) never locks anyone out', async () => {
+    const note = `${mine.installation().stateFile}.lock`
+    for (const left of ['', 'x\n', '1\n']) {
+      writeFileSync(note, left)
+      const r = await sync(['--pods-file', lab.writePodList()])
+      assert.equal(r.code, 0, `lock note ${JSON.stringify(left)}: ${r.stdout}${r.stderr}`)
+    }
+    // a holder killed while it holds the lock: the kernel releases it with the process
+    const held = execa(process.execPath, ['-e', `const s = require('node:net').createServer(); s.listen({path: ${JSON.stringify(lockName(mine.bpffs))}}, () => console.log('held'))`], {reject: false})
+    await new Promise<void>((resolve) => held.stdout.once('data', () => resolve()))
+    const waits = await cli(['sync', '--bpffs', mine.bpffs, '--pods-file', lab.writePodList()], {...mine.env, MERBRIDGE_LOCK_WAIT_MS: '300'})
+    assert.equal(waits.code, 1, 'held: the second command waits, then says so')
+    assert.match(waits.stderr, /another merbridge command \(pid .*\) is changing/)
+    held.kill('SIGKILL')
+    await held
+    const r = await sync(['--pods-file', lab.writePodList()])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
   })
 
   it("disable finds a program whose pin was removed, by the id enable recorded, and says disabled only when it is", async () => {

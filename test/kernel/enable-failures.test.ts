@@ -293,7 +293,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     const inst = install.installation(bpffs)
     const podIps = async () => (await readMaps.localPods(inst)).map((p) => p.ip)
     // a sync from a list without pod a, killed once its map batch has run: maps changed, record not
-    const killedSync = () => cli(['sync', '--bpffs', bpffs, '--pods-file', emptyList], {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_AFTER: '1', MB_FAIL_KILL: '1', MB_FAIL_COUNTER: join(dir, `count-${Date.now()}`)})
+    const killedSync = () => cli(['sync', '--bpffs', bpffs, '--pods-file', emptyList, '--allow-empty'], {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_AFTER: '1', MB_FAIL_KILL: '1', MB_FAIL_COUNTER: join(dir, `count-${Date.now()}`)})
     // neither clang nor the build cache: sync uses what enable kept
     const noCompiler = {...install.env, MERBRIDGE_CLANG: join(dir, 'no-clang'), MERBRIDGE_CACHE_DIR: join(dir, 'no-cache')}
     try {
