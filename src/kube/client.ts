@@ -5,9 +5,10 @@
  */
 import {existsSync} from 'node:fs'
 import {homedir} from 'node:os'
-import {join} from 'node:path'
+import {dirname, join, resolve} from 'node:path'
 import type {KubeConfig} from '@kubernetes/client-node'
 import {MerbridgeError} from '../errors.js'
+import {readInputFile} from '../input.js'
 import type {PodJson} from './pods.js'
 
 export interface KubeOptions {
@@ -23,6 +24,28 @@ export interface KubeTarget {
 }
 
 const SA_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token'
+/** A kubeconfig holds a few certificates: a megabyte is far more than any. */
+const MAX_KUBECONFIG_BYTES = 2 ** 20
+
+/** How long one request to the API may take before the command fails (MERBRIDGE_API_TIMEOUT_MS changes it). */
+export function apiTimeoutMs(env = process.env): number {
+  const v = Number(env.MERBRIDGE_API_TIMEOUT_MS)
+  return Number.isFinite(v) && v > 0 ? v : 30_000
+}
+
+/** The request, or a one-line error once it has taken longer than the API's time. */
+export async function withApiTimeout<T>(request: Promise<T>, target: KubeTarget, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const ms = apiTimeoutMs()
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(kubeError(`the Kubernetes API at ${target.server} did not answer ${what} within ${ms / 1000} s`, 'check that the server address in the kubeconfig is the API server and that it is up', 'KUBE_TIMEOUT')), ms)
+  })
+  try {
+    return await Promise.race([request, late])
+  } finally {
+    clearTimeout(timer)
+  }
+}
 
 function kubeError(message: string, suggestion: string, code = 'KUBE_CONFIG'): MerbridgeError {
   return new MerbridgeError(message, {code, suggestion})
@@ -32,18 +55,21 @@ export async function loadKube(opts: KubeOptions, env = process.env): Promise<Ku
   const {KubeConfig} = await import('@kubernetes/client-node')
   const kc = new KubeConfig()
   let source: string
-  const fromFile = (file: string, origin: string) => {
+  const fromFile = async (file: string, origin: string) => {
     if (!existsSync(file)) throw kubeError(`kubeconfig ${file} (${origin}) does not exist`, 'give an existing file with --kubeconfig')
+    // checked as a bounded regular file first: the client would read a FIFO or /dev/zero for ever
+    const text = await readInputFile(file, `kubeconfig ${file}`, MAX_KUBECONFIG_BYTES)
     try {
-      kc.loadFromFile(file)
+      kc.loadFromString(text)
+      kc.makePathsAbsolute(dirname(resolve(file)))
     } catch (error) {
       throw kubeError(`kubeconfig ${file} does not parse: ${(error as Error).message.split('\n')[0]}`, 'check the file with `kubectl config view --kubeconfig FILE`')
     }
     return `${file} (${origin})`
   }
-  if (opts.kubeconfig) source = fromFile(opts.kubeconfig, '--kubeconfig')
-  else if (env.KUBECONFIG) source = fromFile(env.KUBECONFIG.split(':').find((f) => f && existsSync(f)) ?? env.KUBECONFIG, 'KUBECONFIG')
-  else if (existsSync(join(env.HOME ?? homedir(), '.kube', 'config'))) source = fromFile(join(env.HOME ?? homedir(), '.kube', 'config'), '~/.kube/config')
+  if (opts.kubeconfig) source = await fromFile(opts.kubeconfig, '--kubeconfig')
+  else if (env.KUBECONFIG) source = await fromFile(env.KUBECONFIG.split(':').find((f) => f && existsSync(f)) ?? env.KUBECONFIG, 'KUBECONFIG')
+  else if (existsSync(join(env.HOME ?? homedir(), '.kube', 'config'))) source = await fromFile(join(env.HOME ?? homedir(), '.kube', 'config'), '~/.kube/config')
   else if (env.KUBERNETES_SERVICE_HOST && existsSync(SA_TOKEN)) {
     kc.loadFromCluster()
     source = 'the in-cluster service account'
@@ -88,7 +114,7 @@ export async function listNodePods(target: KubeTarget, node: string): Promise<{p
   const {CoreV1Api} = await import('@kubernetes/client-node')
   try {
     const api = target.kc.makeApiClient(CoreV1Api)
-    const list = await api.listPodForAllNamespaces({fieldSelector: nodeSelector(node)})
+    const list = await withApiTimeout(api.listPodForAllNamespaces({fieldSelector: nodeSelector(node)}), target, 'the list of pods')
     return {pods: list.items as unknown as PodJson[], resourceVersion: list.metadata?.resourceVersion ?? ''}
   } catch (error) {
     throw apiError(error, target)

@@ -83,7 +83,7 @@ export async function parsePodList(text: string, source: string): Promise<PodJso
   if (!Array.isArray(obj.items)) throw new MerbridgeError(`${source} is not a Kubernetes PodList (no "items" array)`, BAD_PODS)
   // an item that is no pod is a damaged file, never "no pods": a sync would unregister them all
   const junk = (obj.items as unknown[]).findIndex((item) => item === null || typeof item !== 'object' || Array.isArray(item) || typeof (item as PodJson).metadata?.name !== 'string')
-  if (junk >= 0) throw new MerbridgeError(`${source}: item ${junk} of "items" is not a pod (${printable(`${JSON.stringify((obj.items as unknown[])[junk])}`, 60)})`, BAD_PODS)
+  if (junk >= 0) throw new MerbridgeError(`${source}: item ${junk} of "items" is not a pod (${printable(JSON.stringify((obj.items as unknown[])[junk]), 60)})`, BAD_PODS)
   return obj.items as PodJson[]
 }
 

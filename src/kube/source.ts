@@ -1,13 +1,9 @@
-import {readFile} from 'node:fs/promises'
-import {MerbridgeError} from '../errors.js'
+import {readInputFile, readInputStream} from '../input.js'
 import {type KubeOptions, type KubeTarget, listNodePods, loadKube} from './client.js'
 import {parsePodList, type PodJson} from './pods.js'
 
-async function readStdin(): Promise<string> {
-  const chunks: Buffer[] = []
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer)
-  return Buffer.concat(chunks).toString('utf8')
-}
+/** A PodList of 50,000 pods is about 300 MiB of JSON: far more than a node holds. */
+export const MAX_PODS_FILE_BYTES = 512 * 2 ** 20
 
 export interface LoadedPods {
   pods: PodJson[]
@@ -20,16 +16,8 @@ export interface LoadedPods {
 /** The pods of this node from a file, standard input ('-'), or the Kubernetes API. */
 export async function loadPods(podsFile: string | undefined, node: string, kube: KubeOptions = {}): Promise<LoadedPods> {
   if (podsFile) {
-    let text: string
     const source = podsFile === '-' ? 'standard input' : podsFile
-    try {
-      text = podsFile === '-' ? await readStdin() : await readFile(podsFile, 'utf8')
-    } catch (error) {
-      throw new MerbridgeError(`cannot read the pods file ${podsFile}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {
-        code: 'BAD_PODS',
-        suggestion: 'give a file written by `kubectl get pods -A -o json`, or - for standard input',
-      })
-    }
+    const text = podsFile === '-' ? await readInputStream(process.stdin, 'the pods list on standard input', MAX_PODS_FILE_BYTES) : await readInputFile(podsFile, `the pods file ${podsFile}`, MAX_PODS_FILE_BYTES)
     return {pods: await parsePodList(text, source), source}
   }
   const target = await loadKube(kube)

@@ -3,6 +3,7 @@
 // line, exit 2, and leaves the node as it was.
 import assert from 'node:assert/strict'
 import {existsSync, rmSync, writeFileSync} from 'node:fs'
+import {type AddressInfo, createServer} from 'node:net'
 import {join} from 'node:path'
 import {after, describe, it} from 'node:test'
 import {execa} from 'execa'
@@ -121,6 +122,31 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
     assert.deepEqual(await bpftool.cgroupShow(lab.cgroup), [], 'nothing left attached to the cgroup')
     const again = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', mine.bpffs, '--pods-file', lab.writePodList()], mine.env)
     assert.equal(again.code, 0, `enable on the cgroup again: ${again.stdout}${again.stderr}`)
+  })
+
+  it('refuses a pods file or kubeconfig that is not a regular file, at once, and an API server that never answers, in time', async () => {
+    const fifo = join(lab.tmp, 'pods.fifo')
+    await execa('mkfifo', [fifo])
+    const f = await sync(['--pods-file', fifo])
+    assert.equal(f.code, 2, f.stdout + f.stderr)
+    assert.match(f.stderr, new RegExp(`^Error: the pods file ${fifo} is a FIFO, not a regular file$`, 'm'))
+    const z = await sync(['--kubeconfig', '/dev/zero'])
+    assert.equal(z.code, 2, z.stdout + z.stderr)
+    assert.match(z.stderr, /^Error: kubeconfig \/dev\/zero is a character device, not a regular file$/m)
+    // a server that accepts connections and never says a word
+    const silent = createServer(() => undefined)
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    const port = (silent.address() as AddressInfo).port
+    const kubeconfig = join(lab.tmp, 'silent.kubeconfig')
+    writeFileSync(kubeconfig, `apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: "https://127.0.0.1:${port}", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n`)
+    try {
+      const r = await cli(['sync', '--bpffs', mine.bpffs, '--kubeconfig', kubeconfig], {...mine.env, MERBRIDGE_API_TIMEOUT_MS: '2000'})
+      assert.equal(r.code, 1, r.stdout + r.stderr)
+      assert.match(r.stderr, new RegExp(`^Error: the Kubernetes API at https://127.0.0.1:${port} did not answer the list of pods within 2 s$`, 'm'))
+    } finally {
+      silent.close()
+    }
+    assert.equal(await registered(), 2, 'every pod still registered')
   })
 
   it('unregisters them all when told the node has no pods now', async () => {
