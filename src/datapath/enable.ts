@@ -17,7 +17,7 @@ import {type InstallState, Installation} from './installation.js'
 import {PROGRAMS} from '../bpf/programs.js'
 import {pinCounters} from './counts.js'
 import {turnedOff} from '../bpf/optional.js'
-import {withInstallationLock} from './lock.js'
+import {withInstallationLock, withNodeLock} from './lock.js'
 import {inspect} from './inspect.js'
 import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
@@ -301,7 +301,7 @@ const plainSteps: StepRunner = async (steps, ctx, {onStart, signal}) => {
 export async function enable(opts: EnableOptions, run: {runSteps?: StepRunner; signal?: AbortSignal} = {}): Promise<EnableContext> {
   const ctx = newEnableContext(opts)
   const started: EnableStep[] = []
-  await withInstallationLock(ctx.inst, 'enable', async () => {
+  await withNodeLock('enable', () => withInstallationLock(ctx.inst, 'enable', async () => {
     try {
       await (run.runSteps ?? plainSteps)(ENABLE_STEPS, ctx, {onStart: (step) => started.push(step), signal: run.signal})
     } catch (error) {
@@ -310,7 +310,7 @@ export async function enable(opts: EnableOptions, run: {runSteps?: StepRunner; s
       if (run.signal?.aborted) throw interrupted(String(run.signal.reason), step, problems)
       throw enableFailure(step, error, problems)
     }
-  })
+  }))
   return ctx
 }
 

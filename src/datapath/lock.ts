@@ -12,6 +12,7 @@ import {createServer, type Server} from 'node:net'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {MerbridgeError} from '../errors.js'
 import {runDir} from '../paths.js'
+import {join} from 'node:path'
 import type {Installation} from './installation.js'
 
 /** How long a second command waits for the first (MERBRIDGE_LOCK_WAIT_MS changes it). */
@@ -73,4 +74,14 @@ export async function withInstallationLock<T>(inst: Installation, what: string, 
   })
   // by the pin folder: the record's folder may differ between two commands on one installation
   return withLock(inst.dir, `${inst.stateFile}.lock`, what, inst.dir, fn)
+}
+
+/**
+ * Held by enable around the installation's own lock: which cgroup an installation may attach to
+ * depends on every other installation's (one per cgroup, its ancestors and descendants), so two
+ * enables decide one after the other.
+ */
+export async function withNodeLock<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  await mkdir(runDir(), {recursive: true})
+  return withLock('merbridge node', join(runDir(), 'node.lock'), what, 'the installations of this node', fn)
 }

@@ -124,18 +124,30 @@ export function checkFeatures(probe: unknown): Check {
   return {id: 'features', title: 'kernel BPF features', status: 'fail', required: true, detail: `missing: ${missing.join(', ')}`, remedy: 'upgrade the node to Linux 5.15 or newer with CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF and CONFIG_BPF_STREAM_PARSER'}
 }
 
-export function checkForeignPrograms(cgroup: string, attached: {id: number; name: string; attach_type: string}[], ours: Set<number>): Check {
+interface Attached {id: number; name: string; attach_type: string}
+
+/** Whether one cgroup path is the other or below it. */
+const within = (path: string, root: string) => path === root || path.startsWith(root.endsWith('/') ? root : `${root}/`)
+
+/**
+ * Programs of other tools on the cgroup (a warning), and merbridge's programs of another
+ * installation on it, above it or below it (a failure): a cgroup's programs run for every cgroup
+ * below it, so two datapaths there would both rewrite every connect of the pods below, and each
+ * one's disable would leave the other's half working. `tree` is every cgroup with programs.
+ */
+export function checkForeignPrograms(cgroup: string, attached: Attached[], ours: Set<number>, tree: {cgroup: string; programs: Attached[]}[] = []): Check {
   const foreign = attached.filter((a) => !ours.has(a.id))
-  // merbridge's programs that are not this installation's: two datapaths on one cgroup would both
-  // rewrite every connect, and each one's disable would leave the other's half working
-  const twin = foreign.filter((a) => a.name.startsWith('mb_'))
-  if (twin.length > 0)
+  const twins = [{cgroup, programs: foreign}, ...tree.filter((t) => t.cgroup !== cgroup && (within(t.cgroup, cgroup) || within(cgroup, t.cgroup)))]
+    .map((t) => ({cgroup: t.cgroup, twin: t.programs.filter((a) => a.name.startsWith('mb_') && !ours.has(a.id))}))
+    .filter((t) => t.twin.length > 0)
+  const first = twins[0]
+  if (first)
     return {
       id: 'foreign-programs',
       title: 'other programs on the cgroup',
       status: 'fail',
       required: true,
-      detail: `another merbridge installation is attached to ${cgroup} (${twin.map((a) => `${a.name} id ${a.id}`).slice(0, 3).join(', ')}${twin.length > 3 ? ', ...' : ''})`,
+      detail: `another merbridge installation is attached to ${first.cgroup}${first.cgroup === cgroup ? '' : within(first.cgroup, cgroup) ? `, below ${cgroup}` : `, above ${cgroup}`} (${first.twin.map((a) => `${a.name} id ${a.id}`).slice(0, 3).join(', ')}${first.twin.length > 3 ? ', ...' : ''})`,
       remedy: 'use the --bpffs of that installation, or remove it first with merbridge disable --bpffs <its folder>',
     }
   if (foreign.length === 0) return pass('foreign-programs', 'other programs on the cgroup', `none on ${cgroup}`, false)
@@ -241,7 +253,7 @@ async function ourProgramIds(installation: Installation): Promise<Set<number>> {
 
 async function foreignCheck(cgroup: string, installation: Installation): Promise<Check> {
   try {
-    return checkForeignPrograms(cgroup, await bpftool.cgroupShow(cgroup), await ourProgramIds(installation))
+    return checkForeignPrograms(cgroup, await bpftool.cgroupShow(cgroup), await ourProgramIds(installation), await bpftool.cgroupTree())
   } catch (error) {
     return {id: 'foreign-programs', title: 'other programs on the cgroup', status: 'warn', required: false, detail: describeError(error).message}
   }

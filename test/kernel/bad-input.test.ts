@@ -2,7 +2,7 @@
 // what merbridge answers (docs/bad-input.md lists them, from these tests). Every refusal is one
 // line, exit 2, and leaves the node as it was.
 import assert from 'node:assert/strict'
-import {existsSync, rmSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
 import {type AddressInfo, createServer} from 'node:net'
 import {join} from 'node:path'
 import {after, describe, it} from 'node:test'
@@ -147,6 +147,32 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
       silent.close()
     }
     assert.equal(await registered(), 2, 'every pod still registered')
+  })
+
+  it('holds one installation per cgroup with its ancestors and descendants, decided one enable at a time', async () => {
+    const child = join(lab.cgroup, 'nested')
+    mkdirSync(child)
+    const others = [uniqueInstall(), uniqueInstall()]
+    try {
+      const nested = await cli(['enable', '--cgroup', child, '--bpffs', others[0]!.bpffs, '--pods-file', lab.writePodList()], others[0]!.env)
+      assert.equal(nested.code, 1, nested.stdout + nested.stderr)
+      assert.match(nested.stderr, new RegExp(`another merbridge installation is attached to ${lab.cgroup}, above ${child}`))
+      assert.ok(!existsSync(others[0]!.bpffs), 'nothing loaded')
+      // two enables at once on a cgroup without merbridge: one wins, the other is refused
+      const freeCgroup = `${lab.cgroup.replace(/\/[^/]+$/, '')}/${lab.cgroup.split('/').at(-1)}-free`
+      mkdirSync(freeCgroup)
+      try {
+        const both = await Promise.all(others.map((o) => cli(['enable', '--cgroup', freeCgroup, '--bpffs', o.bpffs, '--pods-file', lab.writePodList('elsewhere')], o.env)))
+        assert.deepEqual(both.map((r) => r.code).sort(), [0, 1], both.map((r) => r.stderr).join('\n'))
+        assert.match(both.find((r) => r.code === 1)?.stderr ?? '', /another merbridge installation is attached to/)
+      } finally {
+        for (const o of others) await cli(['disable', '--bpffs', o.bpffs], o.env)
+        rmdirSync(freeCgroup)
+      }
+    } finally {
+      for (const o of others) o.cleanup()
+      rmdirSync(child)
+    }
   })
 
   it('unregisters them all when told the node has no pods now', async () => {
