@@ -1,4 +1,4 @@
-import {existsSync} from 'node:fs'
+import {existsSync, lstatSync} from 'node:fs'
 import {copyFile, mkdir, readFile, readdir, rename, rm, rmdir, unlink, writeFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 import {MerbridgeError} from '../errors.js'
@@ -9,6 +9,14 @@ import {DEFAULT_MAX_CONNECTIONS, HELPER_FILES, type Helpers} from '../bpf/object
 import type {Unavailable} from '../bpf/optional.js'
 
 
+function isSymlink(path: string): boolean {
+  try {
+    return lstatSync(path).isSymbolicLink()
+  } catch {
+    return false
+  }
+}
+
 /** The pins of one installation, all below one bpffs folder. */
 export class Installation implements MapPins {
   readonly dir: string
@@ -18,6 +26,10 @@ export class Installation implements MapPins {
     // an empty value would resolve to the working directory
     if (dir.trim() === '') throw new MerbridgeError('the bpffs folder is empty (--bpffs or MERBRIDGE_BPFFS)', {code: 'BAD_BPFFS', exitCode: 2, suggestion: `give a folder on a bpf filesystem, e.g. ${DEFAULT_BPFFS_DIR}, or unset MERBRIDGE_BPFFS`})
     this.dir = resolve(dir)
+    // one line instead of the kernel's ENAMETOOLONG or ENOTDIR from deep inside a command
+    if (this.dir.length > 1024 || this.dir.split('/').some((part) => Buffer.byteLength(part) > 255))
+      throw new MerbridgeError(`the bpffs folder (${this.dir.length} characters) is too long`, {code: 'BAD_BPFFS', exitCode: 2, suggestion: `give a shorter folder, e.g. ${DEFAULT_BPFFS_DIR}`})
+    if (isSymlink(this.dir)) throw new MerbridgeError(`the bpffs folder ${this.dir} is a symbolic link`, {code: 'BAD_BPFFS', exitCode: 2, suggestion: 'give the folder itself: pins are never made through a link'})
     // bpftool batch lines carry pin paths: blanks are quoted there, these cannot be
     if (/["'\\\n\r]/.test(this.dir)) throw new MerbridgeError(`the bpffs folder ${JSON.stringify(this.dir)} has a quote, backslash or line break, which bpftool's batch mode cannot read`, {code: 'BAD_BPFFS', exitCode: 2, suggestion: `give a folder name without them, e.g. ${DEFAULT_BPFFS_DIR}`})
   }

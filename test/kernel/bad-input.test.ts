@@ -2,9 +2,10 @@
 // what merbridge answers (docs/bad-input.md lists them, from these tests). Every refusal is one
 // line, exit 2, and leaves the node as it was.
 import assert from 'node:assert/strict'
-import {existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
 import {type AddressInfo, createServer} from 'node:net'
-import {join} from 'node:path'
+import {dirname, join} from 'node:path'
 import {after, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
@@ -14,7 +15,7 @@ import {lockName} from '../../src/datapath/lock.js'
 import {Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import {SETTING_VARIABLES} from '../../src/ui/base-command.js'
-import {buildSkipReason, cli, kernelSkipReason, parseJson, suiteTimeout, uniqueInstall} from '../helpers.js'
+import {BIN, buildSkipReason, cli, kernelSkipReason, parseJson, suiteTimeout, uniqueInstall} from '../helpers.js'
 
 const install = uniqueInstall()
 after(() => install.cleanup())
@@ -45,6 +46,25 @@ describe('blank settings', {skip: buildSkipReason()}, () => {
 })
 
 const labSkip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'])
+
+describe('odd folders and outputs', {skip: buildSkipReason()}, () => {
+  it('refuses a bpffs folder that is too long or a symbolic link, in one line', async () => {
+    await refused(['status', '--bpffs', `/sys/fs/bpf/${'a'.repeat(300)}`], {}, 'the bpffs folder (312 characters) is too long')
+    const link = join(mkdtempSync(join(tmpdir(), 'mb-link-')), 'pins')
+    symlinkSync('/sys/fs/bpf', link)
+    try {
+      await refused(['disable', '--bpffs', link], {}, `the bpffs folder ${link} is a symbolic link`)
+    } finally {
+      rmSync(dirname(link), {recursive: true, force: true})
+    }
+  })
+
+  it('says in one line that it cannot write to a full disk', async () => {
+    const r = await execa('sh', ['-c', `"${process.execPath}" "${BIN}" doctor --json > /dev/full`], {reject: false})
+    assert.equal(r.exitCode, 1)
+    assert.equal(r.stderr, 'Error: cannot write the output: ENOSPC')
+  })
+})
 
 describe('pods lists that would unregister every pod', {skip: labSkip, timeout: suiteTimeout(180_000)}, () => {
   const lab = labSkip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
