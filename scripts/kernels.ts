@@ -19,7 +19,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
  */
 const SELECTION = ['test/kernel/datapath.test.ts', 'test/kernel/fallbacks.test.ts', 'test/kernel/layout.test.ts', 'test/kernel/equivalence.test.ts']
 /** A whole run inside the VM, boot included: it runs several times slower than the host. */
-const VM_DEADLINE_MS = 40 * 60_000
+const VM_DEADLINE_MS = 60 * 60_000
 const MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'overlay']
 
 interface Row {

@@ -43,10 +43,13 @@ export function multiarchInclude(arch = process.arch): string {
 export const BPF_CFLAGS = ['-O2', '-g', '-target', 'bpf', '-Wall', '-Werror'] as const
 export const HOST_CFLAGS = ['-O2', '-Wall', '-Werror'] as const
 
+/** A compile on a slow or loaded node (an emulated one takes minutes): generous, never endless. */
+const COMPILE_TIMEOUT_MS = 600_000
+
 export async function compileBpf(source: string, output: string, extra: readonly string[] = []): Promise<void> {
-  await run('clang', [...BPF_CFLAGS, ...extra, `-I${multiarchInclude()}`, '-c', source, '-o', output], {timeoutMs: 120_000})
+  await run('clang', [...BPF_CFLAGS, ...extra, `-I${multiarchInclude()}`, '-c', source, '-o', output], {timeoutMs: COMPILE_TIMEOUT_MS})
 }
 
 export async function compileHost(source: string, output: string, libs: readonly string[] = []): Promise<void> {
-  await run('clang', [...HOST_CFLAGS, source, '-o', output, ...libs.map((l) => `-l${l}`)], {timeoutMs: 120_000})
+  await run('clang', [...HOST_CFLAGS, source, '-o', output, ...libs.map((l) => `-l${l}`)], {timeoutMs: COMPILE_TIMEOUT_MS})
 }

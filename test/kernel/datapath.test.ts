@@ -403,7 +403,7 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
       try {
         // --rebuild stands in for changed sources: the installation is replaced, not resynced
         const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
-        assert.equal(r.code, 0, r.stderr)
+        assert.equal(r.code, 0, r.stderr + r.stdout)
         assert.equal(parseJson<EnableResult>(r.stdout).mode, 'replace')
         assert.deepEqual(parseJson<EnableResult>(r.stdout).replaced, {how: 'in place'})
       } finally {
