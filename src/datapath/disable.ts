@@ -1,4 +1,4 @@
-import {existsSync} from 'node:fs'
+import {existsSync, readlinkSync, statSync} from 'node:fs'
 import {mkdir, readdir, readFile, rm} from 'node:fs/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {dirname, join} from 'node:path'
@@ -47,16 +47,27 @@ export interface DisableResult {
 }
 
 /** Where each of our programs (by id) is attached, found from the kernel rather than from records. */
-async function findAttachments(progIds: Map<number, string>): Promise<{cgroup: string; attachType: string; id: number; name: string}[]> {
+async function findAttachments(progIds: Map<number, string>, root?: string): Promise<{cgroup: string; attachType: string; id: number; name: string}[]> {
   const out: {cgroup: string; attachType: string; id: number; name: string}[] = []
   if (progIds.size === 0) return out
-  for (const cg of await bpftool.cgroupTree()) {
+  // from the cgroup enable attached to: `bpftool cgroup tree` alone walks only what this process's
+  // cgroup namespace shows (a container's own subtree), and would find nothing of ours
+  for (const cg of await bpftool.cgroupTree(root)) {
     for (const p of cg.programs) {
       const name = progIds.get(p.id)
       if (name) out.push({cgroup: cg.cgroup, attachType: p.attach_type, id: p.id, name})
     }
   }
   return out
+}
+
+/** The host's own cgroup namespace has a fixed inode (the kernel's PROC_CGROUP_INIT_INO). */
+function inInitialCgroupNamespace(): boolean {
+  try {
+    return readlinkSync('/proc/self/ns/cgroup') === 'cgroup:[4026531835]'
+  } catch {
+    return true // no cgroup namespaces at all
+  }
 }
 
 /** A helper enable kept with the installation (no compiler needed), else the cached build's, if either is there. */
@@ -122,6 +133,18 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   // before anything changes: a folder that is not an installation of ours is refused whole
   await inst.checkOurs()
   const state = await inst.readState()
+  // The recorded cgroup must be visible here, or nothing attached there could be found or detached:
+  // refused before anything changes, rather than a "disabled" that leaves the datapath attached
+  // (a cgroup namespace shows its own root at the same path: known by the cgroup's inode, its id)
+  const root = state?.cgroup !== undefined && existsSync(state.cgroup) ? state.cgroup : undefined
+  const invisible = (why: string) =>
+    new MerbridgeError(`merbridge was enabled on cgroup ${state?.cgroup ?? '?'}, ${why}`, {
+      code: 'CGROUP_NOT_VISIBLE',
+      suggestion: "run disable where the host's cgroups are visible: on the host, or in a container that shares the host's cgroup namespace and mounts its cgroup2",
+    })
+  if (root !== undefined && state?.cgroupId !== undefined && statSync(root).ino !== state.cgroupId) throw invisible(`and this process sees another cgroup there (id ${statSync(root).ino}, not ${state.cgroupId})`)
+  // gone from view: deleted (its programs went with it), or hidden by a cgroup namespace
+  if (state?.cgroup !== undefined && root === undefined && !inInitialCgroupNamespace()) throw invisible('which this process cannot see from its cgroup namespace')
   const result: DisableResult = {bpffs: inst.dir, wasEnabled: false, released: 0, unreleased: 0, unavailable: {}, detached: [], unpinned: []}
   const progIds = new Map<number, string>()
   // the running programs, and a replacement's (a swap interrupted midway may have attached some)
@@ -170,7 +193,7 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   }
 
   // 3. Detach, connect4 first so no connection is rewritten without getsockopt to answer it.
-  const attachments = await findAttachments(progIds)
+  const attachments = await findAttachments(progIds, root)
   const order = (name: string) => -PROGRAMS.findIndex((p) => p.name === name)
   attachments.sort((a, b) => order(a.name) - order(b.name))
   for (const a of attachments) {
@@ -192,7 +215,7 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
     await run('umount', [BPFFS_MOUNT], {allowFailure: true})
 
   // 5. Verify.
-  const left = await findAttachments(progIds)
+  const left = await findAttachments(progIds, root)
   if (left.length > 0 || inst.exists())
     throw new MerbridgeError(`disable left ${left.length} attachment(s)${inst.exists() ? ` and pins in ${inst.dir}` : ''} behind`, {
       code: 'DISABLE_INCOMPLETE',

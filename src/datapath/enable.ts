@@ -1,3 +1,4 @@
+import {statSync} from 'node:fs'
 import {mkdir} from 'node:fs/promises'
 import {hostname} from 'node:os'
 import {bpftool} from '../bpf/bpftool.js'
@@ -254,7 +255,7 @@ export const ENABLE_STEPS: EnableStep[] = [
         const info = await bpftool.progShowPinned(ctx.inst.prog(p.name))
         if (info) programIds[p.name] = info.id
       }
-      await ctx.inst.writeState({...state, programIds, ...(Object.keys(unavailable).length > 0 ? {unavailable} : {})})
+      await ctx.inst.writeState({...state, cgroupId: statSync(state.cgroup).ino, programIds, ...(Object.keys(unavailable).length > 0 ? {unavailable} : {})})
     },
     async undo(ctx) {
       if (ctx.mode !== 'resync' && !ctx.swap) await ctx.inst.removeState()

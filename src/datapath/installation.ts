@@ -253,6 +253,8 @@ export interface InstallState {
   hostNetns: string
   /** optional kernel features this installation goes without, and why (bpf/optional.ts) */
   unavailable?: Unavailable
+  /** the cgroup's id (its folder's inode): in a cgroup namespace the same path names another cgroup */
+  cgroupId?: number
   /** each program's id when enable recorded it: disable finds an attachment by it even when its pin is gone */
   programIds?: Record<string, number>
   pods: {source: string; syncedAt: string; meshed: PodRecord[]; unregistered: PodRecord[]; skipped: SkippedPod[]; warnings: string[]}

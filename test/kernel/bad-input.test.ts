@@ -10,6 +10,8 @@ import {after, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {readMaps} from '../../src/bpf/maps.js'
+import {PROGRAMS} from '../../src/bpf/programs.js'
+import {findCgroup2, readMounts} from '../../src/node/mounts.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
 import {lockName} from '../../src/datapath/lock.js'
 import {Lab} from '../../src/lab/lab.js'
@@ -45,7 +47,8 @@ describe('blank settings', {skip: buildSkipReason()}, () => {
   })
 })
 
-const labSkip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'])
+const labSkip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'unshare'])
+const ALL_CGROUP_PROGRAMS = PROGRAMS.filter((p) => p.target === 'cgroup').length
 
 describe('odd folders and outputs', {skip: buildSkipReason()}, () => {
   it('refuses a bpffs folder that is too long or a symbolic link, in one line', async () => {
@@ -129,6 +132,23 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
     await held
     const r = await sync(['--pods-file', lab.writePodList()])
     assert.equal(r.code, 0, r.stdout + r.stderr)
+  })
+
+  it('disable from a cgroup namespace that cannot see the cgroup refuses, and changes nothing', async () => {
+    const mount = findCgroup2(readMounts()).path!
+    const nsRoot = join(lab.cgroup, 'container')
+    mkdirSync(nsRoot)
+    try {
+      // as a container on containerd sees it: its own cgroup namespace, cgroup2 mounted inside it
+      const script = `echo $$ > ${nsRoot}/cgroup.procs && exec unshare --cgroup --mount --propagation private sh -c 'umount -l ${mount} && mount -t cgroup2 none ${mount} && exec "${process.execPath}" "${BIN}" disable --bpffs "${mine.bpffs}"'`
+      const r = await execa('sh', ['-c', script], {reject: false, env: {...mine.env, NO_COLOR: '1'}})
+      assert.equal(r.exitCode, 1, r.stdout + r.stderr)
+      assert.match(r.stderr, new RegExp(`^Error: merbridge was enabled on cgroup ${lab.cgroup}, which this process cannot see from its cgroup namespace$`, 'm'))
+      assert.equal((await bpftool.cgroupShow(lab.cgroup)).length, ALL_CGROUP_PROGRAMS, 'every program still attached')
+      assert.equal((await cli(['status', '--bpffs', mine.bpffs], mine.env)).code, 0, 'still enabled and healthy')
+    } finally {
+      rmdirSync(nsRoot)
+    }
   })
 
   it("disable finds a program whose pin was removed, by the id enable recorded, and says disabled only when it is", async () => {
