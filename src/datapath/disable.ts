@@ -129,7 +129,7 @@ function attachArg(kernelAttachType: string, progName: string): string {
  * connections continue over TCP), detach every attachment of our programs wherever it is,
  * unpin, and verify nothing is left. Idempotent.
  */
-export async function disable(inst: Installation, opts: {drainMs?: number} = {}): Promise<DisableResult> {
+export async function disable(inst: Installation, opts: {drainMs?: number; keepFolder?: boolean} = {}): Promise<DisableResult> {
   // before anything changes: a folder that is not an installation of ours is refused whole
   await inst.checkOurs()
   const state = await inst.readState()
@@ -161,7 +161,8 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
     const info = await bpftool.progShowId(id)
     if (info && info.name !== '' && name.startsWith(info.name)) progIds.set(id, name)
   }
-  result.wasEnabled = progIds.size > 0 || state !== undefined || inst.exists()
+  const pinned = inst.exists() ? await inst.pinned() : {progs: [], maps: []}
+  result.wasEnabled = progIds.size > 0 || state !== undefined || pinned.progs.length + pinned.maps.length > 0
 
   // 1. Stop rewriting new connects and moving payload; what was moved is read before anything goes.
   // quiet: sk_msg moves nothing more (draining now, or never configured)
@@ -209,15 +210,18 @@ export async function disable(inst: Installation, opts: {drainMs?: number} = {})
   }
 
   // 4. Unpin: removing the pins frees programs and maps once nothing else holds them.
-  result.unpinned = await inst.removePins()
+  const keepFolder = opts.keepFolder ?? state?.keepFolder === true
+  result.unpinned = await inst.removePins(keepFolder)
   await inst.removeState()
   if (state?.mountedBpffs && existsSync(BPFFS_MOUNT) && (await readdir(BPFFS_MOUNT)).length === 0)
     await run('umount', [BPFFS_MOUNT], {allowFailure: true})
 
   // 5. Verify.
   const left = await findAttachments(progIds, root)
-  if (left.length > 0 || inst.exists())
-    throw new MerbridgeError(`disable left ${left.length} attachment(s)${inst.exists() ? ` and pins in ${inst.dir}` : ''} behind`, {
+  const after = inst.exists() ? await inst.pinned() : {progs: [], maps: []}
+  const pinsLeft = keepFolder ? after.progs.length + after.maps.length > 0 : inst.exists()
+  if (left.length > 0 || pinsLeft)
+    throw new MerbridgeError(`disable left ${left.length} attachment(s)${pinsLeft ? ` and pins in ${inst.dir}` : ''} behind`, {
       code: 'DISABLE_INCOMPLETE',
       suggestion: 'run merbridge disable again; `bpftool cgroup tree` shows what is attached',
     })

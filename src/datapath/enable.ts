@@ -1,6 +1,7 @@
-import {statSync} from 'node:fs'
+import {existsSync, statSync} from 'node:fs'
 import {mkdir} from 'node:fs/promises'
 import {hostname} from 'node:os'
+import {join} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
 import {buildObjects, type BuiltObjects, DEFAULT_MAX_CONNECTIONS, sourceHash} from '../bpf/objects.js'
 import {MerbridgeError, required} from '../errors.js'
@@ -50,6 +51,8 @@ export interface EnableContext {
   preflight?: PreflightResult
   /** 'fresh' loads everything; 'resync' only reloads the pods of an up-to-date installation */
   mode: 'fresh' | 'resync' | 'replace'
+  /** the pin folder was there before this enable made pins in it */
+  keepFolder?: boolean
   /** what a replace repaired, when the installation was up to date but not intercepting */
   repaired?: string
   objects?: BuiltObjects
@@ -119,7 +122,10 @@ export const ENABLE_STEPS: EnableStep[] = [
           }
         }
       } else if (ctx.inst.exists()) {
-        ctx.mode = 'replace' // a half installation (enable killed midway): cleaned before loading anew
+        const pinned = await ctx.inst.pinned()
+        // a half installation (enable killed midway): cleaned before loading anew; an empty folder
+        // is the user's, made before, and stays theirs
+        if (state || pinned.progs.length + pinned.maps.length > 0 || existsSync(join(ctx.inst.dir, 'counts'))) ctx.mode = 'replace'
       }
     },
   },
@@ -170,11 +176,13 @@ export const ENABLE_STEPS: EnableStep[] = [
         await run('mount', ['-t', 'bpf', 'bpf', BPFFS_MOUNT])
         ctx.mountedBpffs = true
       }
+      // a folder that was there before is left there by disable (only what merbridge made goes)
+      ctx.keepFolder = existsSync(ctx.inst.dir)
       await mkdir(ctx.inst.dir, {recursive: true})
       await bpftool.loadAll(required(ctx.objects, 'the built objects').datapath, ctx.inst.progDir, ctx.inst.mapDir)
     },
     async undo(ctx) {
-      await disable(ctx.inst, {drainMs: 0})
+      await disable(ctx.inst, {drainMs: 0, keepFolder: ctx.keepFolder})
       if (ctx.mountedBpffs) await run('umount', [BPFFS_MOUNT], {allowFailure: true})
     },
   },
@@ -255,7 +263,8 @@ export const ENABLE_STEPS: EnableStep[] = [
         const info = await bpftool.progShowPinned(ctx.inst.prog(p.name))
         if (info) programIds[p.name] = info.id
       }
-      await ctx.inst.writeState({...state, cgroupId: statSync(state.cgroup).ino, programIds, ...(Object.keys(unavailable).length > 0 ? {unavailable} : {})})
+      const keepFolder = ctx.keepFolder ?? previous?.keepFolder
+      await ctx.inst.writeState({...state, cgroupId: statSync(state.cgroup).ino, programIds, ...(keepFolder ? {keepFolder} : {}), ...(Object.keys(unavailable).length > 0 ? {unavailable} : {})})
     },
     async undo(ctx) {
       if (ctx.mode !== 'resync' && !ctx.swap) await ctx.inst.removeState()

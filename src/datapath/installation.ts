@@ -149,7 +149,8 @@ export class Installation implements MapPins {
   }
 
   /** Remove the installation's pins one by one, then its folders: never anything else (checkOurs first). */
-  async removePins(): Promise<string[]> {
+  /** Unpin everything; the folder itself too unless `keepFolder` (it was there before enable made pins in it). */
+  async removePins(keepFolder = false): Promise<string[]> {
     await this.checkOurs()
     const removed: string[] = []
     if (!this.exists()) return removed
@@ -163,7 +164,7 @@ export class Installation implements MapPins {
       }
       await rmdir(dir)
     }
-    await rmdir(this.dir)
+    if (!keepFolder) await rmdir(this.dir)
     return removed
   }
 
@@ -253,6 +254,8 @@ export interface InstallState {
   hostNetns: string
   /** optional kernel features this installation goes without, and why (bpf/optional.ts) */
   unavailable?: Unavailable
+  /** the pin folder was there before enable: disable leaves it (empty) */
+  keepFolder?: boolean
   /** the cgroup's id (its folder's inode): in a cgroup namespace the same path names another cgroup */
   cgroupId?: number
   /** each program's id when enable recorded it: disable finds an attachment by it even when its pin is gone */

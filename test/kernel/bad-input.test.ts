@@ -2,7 +2,7 @@
 // what merbridge answers (docs/bad-input.md lists them, from these tests). Every refusal is one
 // line, exit 2, and leaves the node as it was.
 import assert from 'node:assert/strict'
-import {existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, mkdtempSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {type AddressInfo, createServer} from 'node:net'
 import {dirname, join} from 'node:path'
@@ -212,6 +212,26 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
     } finally {
       for (const o of others) o.cleanup()
       rmdirSync(child)
+    }
+  })
+
+  it('disable leaves a pin folder it did not make, emptied of what it made', async () => {
+    const other = uniqueInstall()
+    const sibling = `${lab.cgroup}-sibling`
+    mkdirSync(other.bpffs)
+    mkdirSync(sibling)
+    try {
+      const e = await cli(['enable', '--cgroup', sibling, '--bpffs', other.bpffs, '--pods-file', lab.writePodList('elsewhere')], other.env)
+      assert.equal(e.code, 0, e.stdout + e.stderr)
+      const d = await cli(['disable', '--bpffs', other.bpffs], other.env)
+      assert.equal(d.code, 0, d.stdout + d.stderr)
+      assert.deepEqual(readdirSync(other.bpffs), [], 'the folder stays, empty')
+      assert.match((await cli(['disable', '--bpffs', other.bpffs], other.env)).stdout, /nothing to do/)
+    } finally {
+      await cli(['disable', '--bpffs', other.bpffs], other.env)
+      rmSync(other.bpffs, {recursive: true, force: true})
+      rmdirSync(sibling)
+      other.cleanup()
     }
   })
 
