@@ -311,7 +311,8 @@ const plainSteps: StepRunner = async (steps, ctx, {onStart, signal}) => {
 export async function enable(opts: EnableOptions, run: {runSteps?: StepRunner; signal?: AbortSignal} = {}): Promise<EnableContext> {
   const ctx = newEnableContext(opts)
   const started: EnableStep[] = []
-  await withNodeLock('enable', () => withInstallationLock(ctx.inst, 'enable', async () => {
+  // the installation's lock first: a second enable of it is told who holds it
+  await withInstallationLock(ctx.inst, 'enable', () => withNodeLock('enable', async () => {
     try {
       await (run.runSteps ?? plainSteps)(ENABLE_STEPS, ctx, {onStart: (step) => started.push(step), signal: run.signal})
     } catch (error) {

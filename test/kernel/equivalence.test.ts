@@ -278,6 +278,7 @@ const QUICK = [
   'IPv6: remote node -> meshed pod',
   'IPv6-only pod: remote node -> it',
   'DNS capture on: app -> resolver, UDP connected (glibc)',
+  'DNS capture off: app -> resolver, UDP',
   'remote node -> meshed pod, Multipath TCP',
   'remote node -> meshed pod, TCP Fast Open',
   'SYN cookies: remote node -> meshed pod',
