@@ -93,7 +93,12 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
       if (!inode || inode === own) continue
       const known = byInode.get(inode)
       if (known) {
-        known.name ??= name
+        // a name is a bind mount that lives as long as the namespace; a process may exit at any time
+        // (a short-lived one in the pod, while a slow enable is between its scan and its tc step)
+        if (known.name === undefined) {
+          known.name = name
+          known.path = path
+        }
         continue
       }
       const r = await run('ip', ['-netns', name, '-o', 'addr', 'show'], {allowFailure: true})
