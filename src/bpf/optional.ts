@@ -8,24 +8,17 @@ import {MerbridgeError} from '../errors.js'
 export const OPTIONAL_FEATURES = {
   'map-element-count': {
     title: 'map element counts',
-    /** what needs it */
-    object: 'bpf/iter/map-counts.bpf.c',
-    needs: 'an iter/bpf_map program calling bpf_map_sum_elem_count (Linux 6.6+)',
     buys: 'status reads the entry count of every map from one pinned iterator',
     without: 'status counts entries by dumping each hash map (a bpftool process per map)',
   },
   'sockmap-iterator': {
     title: 'socket map iterator',
-    object: 'bpf/iter/sockhash-count.bpf.c, bpf/iter/sockhash-queued.bpf.c',
-    needs: 'iter/sockmap programs (Linux 5.10+, refused on some hardened machines)',
     buys: 'status counts tracked sockets from a pinned iterator; disable releases every socket that has read what was moved to it, so the sk_msg program and its maps leave the kernel at once',
     without:
       "status counts tracked sockets by dumping sock_pair_map; disable cannot tell which sockets hold unread data and leaves them all tracked: the sk_msg program and its maps stay in the kernel, unpinned, until the node's tracked connections close",
   },
   'reuseport-assign': {
     title: 'handing a connection to a reuseport listener',
-    object: 'bpf/headers/inbound.h (bpf_sk_assign)',
-    needs: 'bpf_sk_assign taking an SO_REUSEPORT listener (Linux 6.6+); proxies such as Envoy listen with it',
     /** no load can show it: only a packet handed over does, so the datapath finds out per connection */
     perConnection: 'found out per connection by the datapath: status counts those sent by rewriting (inboundRewritten)',
     buys: 'tc hands a connection from elsewhere to the inbound sidecar untouched, as TPROXY would',

@@ -63,7 +63,7 @@ export function checkProbes(p: ProbeResults): Check[] {
   const checks: Check[] = [
     p.datapath === undefined
       ? pass('datapath-load', 'datapath loads', 'every program of the datapath passed this kernel\'s verifier (loaded, attached nowhere, removed)')
-      : {id: 'datapath-load', title: 'datapath loads', status: 'fail', required: true, detail: p.datapath, remedy: 'the kernel lacks a feature the datapath needs: see the verifier log above, or upgrade the node'},
+      : {id: 'datapath-load', title: 'datapath loads', status: 'fail', required: true, detail: p.datapath, remedy: 'the kernel lacks a feature the datapath needs (the line above names the program it refused): upgrade the node'},
     p.netnsCookie === undefined
       ? pass('netns-cookie', 'network namespace cookies', 'SO_NETNS_COOKIE answers')
       : {id: 'netns-cookie', title: 'network namespace cookies', status: 'fail', required: true, detail: p.netnsCookie, remedy: `upgrade the node to Linux ${MIN_KERNEL.text} or newer`},
