@@ -30,6 +30,22 @@ export function toolPath(tool: string): string {
   return process.env[`MERBRIDGE_${tool.toUpperCase()}`] ?? tool
 }
 
+let pdeathsig: boolean | undefined
+
+/**
+ * The program and arguments to spawn: under `setpriv --pdeathsig KILL` where there is one, so a
+ * child dies with the CLI even when the CLI is killed by SIGKILL (a bpftool left running would go
+ * on pinning and attaching after the enable that started it is gone, with nothing to undo it).
+ */
+function spawnArgs(tool: string, args: readonly string[]): [string, string[]] {
+  const file = toolPath(tool)
+  pdeathsig ??= onPath('setpriv')
+  if (!pdeathsig) return [file, [...args]]
+  // setpriv would say "failed to execute" with exit 127: the missing tool is named as ever
+  if (!existsSync(file) && !onPath(file)) throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
+  return ['setpriv', ['--pdeathsig', 'KILL', '--', file, ...args]]
+}
+
 export interface RunResult {
   stdout: string
   stderr: string
@@ -53,7 +69,7 @@ export async function run(
     env: opts.env,
     stdin: opts.input === undefined ? 'ignore' : undefined,
   }
-  const result = await execa(toolPath(tool), args, options)
+  const result = await execa(...spawnArgs(tool, args), options)
   const stdout = String(result.stdout ?? '')
   const stderr = String(result.stderr ?? '')
   if (result.failed && result.exitCode === undefined) {
@@ -86,7 +102,7 @@ function permissionHint(stderr: string): string | undefined {
  * Throws as run() does on a missing tool or a non-zero exit.
  */
 export async function runStreaming(tool: string, args: readonly string[], onStdout: (chunk: string) => void, opts: {timeoutMs?: number} = {}): Promise<void> {
-  const child = execa(toolPath(tool), args, {timeout: opts.timeoutMs ?? 120_000, reject: false, buffer: {stdout: false, stderr: true}, stdin: 'ignore'})
+  const child = execa(...spawnArgs(tool, args), {timeout: opts.timeoutMs ?? 120_000, reject: false, buffer: {stdout: false, stderr: true}, stdin: 'ignore'})
   child.stdout.setEncoding('utf8')
   // a throw in a 'data' handler would escape every caller as an uncaught exception: keep it for
   // after the exit, which says more when the tool failed (its output then is its error)

@@ -3,7 +3,7 @@
  * only, opened without blocking (a FIFO with no writer would hang the command), and bounded in
  * size (a link to /dev/zero would exhaust memory). A bad input is one line, never a hang.
  */
-import {constants} from 'node:fs'
+import {constants, statSync} from 'node:fs'
 import {open} from 'node:fs/promises'
 import {MerbridgeError} from './errors.js'
 
@@ -14,6 +14,27 @@ const KINDS: [(s: import('node:fs').Stats) => boolean, string][] = [
   [(s) => s.isBlockDevice(), 'a block device'],
   [(s) => s.isSocket(), 'a socket'],
 ]
+
+/** What kind of file this is, in words ("a FIFO"), or undefined for a regular file. */
+export function fileKind(stat: import('node:fs').Stats): string | undefined {
+  return KINDS.find(([is]) => is(stat))?.[1]
+}
+
+/**
+ * A folder a setting names (MERBRIDGE_RUN_DIR, ...) that exists and is not one: refused, or a
+ * record would be looked for in a file and an enabled node reported as never enabled.
+ */
+export function refuseNonFolder(name: string, path: string | undefined): void {
+  if (path === undefined) return
+  let stat
+  try {
+    stat = statSync(path)
+  } catch {
+    return // made when first needed
+  }
+  if (stat.isDirectory()) return
+  throw new MerbridgeError(`${name} names ${path}, which is ${fileKind(stat) ?? 'a regular file'}, not a folder`, {code: 'USAGE', exitCode: 2, suggestion: `point ${name} at a folder, or unset it for its default`})
+}
 
 function tooLarge(what: string, maxBytes: number): MerbridgeError {
   return new MerbridgeError(`${what} is larger than ${Math.round(maxBytes / 2 ** 20)} MiB`, {code: 'BAD_INPUT', exitCode: 2, suggestion: `give a smaller ${what.replace(/ .*$/, '')}`})
@@ -29,7 +50,7 @@ export async function readInputFile(path: string, what: string, maxBytes: number
   }
   try {
     const stat = await handle.stat()
-    const kind = KINDS.find(([is]) => is(stat))?.[1]
+    const kind = fileKind(stat)
     if (kind) throw new MerbridgeError(`${what} is ${kind}, not a regular file`, {code: 'BAD_INPUT', exitCode: 2, suggestion: 'give a regular file (or - for standard input where that is taken)'})
     if (stat.size > maxBytes) throw tooLarge(what, maxBytes)
     const buf = Buffer.alloc(Math.min(stat.size, maxBytes) + 1)

@@ -126,6 +126,9 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
   const state = await inst.readState()
   if (!inst.exists())
     throw notEnabled(inst)
+  // an installation enabled by an older merbridge lacks these, and shows them empty
+  const olderLack: readonly string[] = ['pod_other_ips', 'inbound_skip']
+  inst.requireMaps((names.length > 0 ? (names as DumpableMap[]) : DUMPABLE).filter((n) => !olderLack.includes(n)))
   const pods = podNames(state)
   const ep = (ip: string, port?: number): Endpoint => ({ip, ...(port === undefined ? {} : {port}), ...(pods.has(ip) ? {pod: pods.get(ip)} : {})})
   const conn = (p: Pair) => ({local: ep(p.localIp, p.localPort), remote: ep(p.remoteIp, p.remotePort), netns: p.netns.toString()})

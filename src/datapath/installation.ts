@@ -114,6 +114,17 @@ export class Installation implements MapPins {
     return existsSync(this.dir)
   }
 
+  /** One line, not bpftool's, when a map a command needs was unpinned by hand. */
+  requireMaps(names: readonly MapName[]): void {
+    const missing = names.filter((n) => !existsSync(this.map(n)))
+    if (missing.length === 0) return
+    throw new MerbridgeError(`the installation in ${this.dir} is incomplete: map ${missing.join(', ')} is not pinned`, {
+      code: 'INCOMPLETE',
+      exitCode: 4,
+      suggestion: 'merbridge status shows what else is wrong; merbridge disable, then merbridge enable, rebuilds the installation',
+    })
+  }
+
   /** Names pinned now, e.g. to tell a complete installation from a half one. */
   async pinned(): Promise<{progs: string[]; maps: string[]}> {
     const list = async (d: string) => (existsSync(d) ? (await readdir(d)).sort() : [])

@@ -102,6 +102,7 @@ export interface SyncOnceResult extends Pick<InstallState['pods'], 'source' | 'm
  */
 export async function syncOnce(inst: Installation, opts: {podsFile?: string; kube: KubeOptions; node: string; allowEmpty?: boolean}): Promise<SyncOnceResult> {
   const state = await inst.requireState()
+  inst.requireMaps(['local_pod_ips', 'netns_pod_ips'])
   const helpers = inst.requireHelpers()
   const loaded = await loadPods(opts.podsFile, opts.node, opts.kube)
   return withInstallationLock(inst, 'sync', async () => {

@@ -83,6 +83,9 @@ export async function loadKube(opts: KubeOptions, env = process.env): Promise<Ku
   }
   const cluster = kc.getCurrentCluster()
   if (!cluster) throw kubeError(`${source} has no current cluster`, 'set a current context, or give --context')
+  // the client refuses it anyway, in words about TLS that send a user to the certificates
+  if (/^http:/i.test(cluster.server) && !cluster.skipTLSVerify)
+    throw kubeError(`the Kubernetes API at ${cluster.server} (${source}) is plain HTTP: merbridge reads pods over HTTPS only`, "give the API server's https:// address in the kubeconfig")
   return {kc, source, server: cluster.server}
 }
 

@@ -1,6 +1,7 @@
 import {Command, Errors} from '@oclif/core'
 import {featuresTurnedOff} from '../bpf/optional.js'
 import {MerbridgeError} from '../errors.js'
+import {refuseNonFolder} from '../input.js'
 import {c} from './theme.js'
 
 /**
@@ -14,6 +15,7 @@ export abstract class BaseCommand extends Command {
   override async init(): Promise<void> {
     await super.init()
     refuseBlankSettings(process.env)
+    for (const name of FOLDER_VARIABLES) refuseNonFolder(name, process.env[name])
     refuseBlankArguments(this.argv)
     featuresTurnedOff()
   }
@@ -42,6 +44,8 @@ export abstract class BaseCommand extends Command {
 
 /** Environment variables that name a path, an address or a folder: set but blank is a mistake. */
 export const SETTING_VARIABLES = ['MERBRIDGE_BPFFS', 'MERBRIDGE_CGROUP', 'MERBRIDGE_HOST_PROC', 'MERBRIDGE_RUN_DIR', 'MERBRIDGE_CACHE_DIR', 'MERBRIDGE_METRICS_ADDR', 'MERBRIDGE_LOCK_WAIT_MS'] as const
+
+const FOLDER_VARIABLES = ['MERBRIDGE_RUN_DIR', 'MERBRIDGE_CACHE_DIR', 'MERBRIDGE_HOST_PROC'] as const
 
 export function refuseBlankSettings(env: NodeJS.ProcessEnv): void {
   const blank = SETTING_VARIABLES.find((v) => env[v]?.trim() === '')

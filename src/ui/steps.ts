@@ -17,9 +17,9 @@ export async function runWithProgress<C, S extends ProgressStep<C>>(steps: S[], 
   const list = new Listr(
     steps.map((step) => ({
       title: step.title,
-      skip: () => step.skip?.(ctx) ?? false,
+      // once interrupted, the steps not begun show as skipped: the error names the one under way
+      skip: () => (opts.signal?.aborted ? 'interrupted' : (step.skip?.(ctx) ?? false)),
       task: async () => {
-        if (opts.signal?.aborted) throw new StepsInterrupted()
         opts.onStart?.(step)
         await step.run(ctx)
       },

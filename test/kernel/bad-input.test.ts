@@ -2,7 +2,7 @@
 // what merbridge answers (docs/bad-input.md lists them, from these tests). Every refusal is one
 // line, exit 2, and leaves the node as it was.
 import assert from 'node:assert/strict'
-import {existsSync, mkdirSync, mkdtempSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {type AddressInfo, createServer} from 'node:net'
 import {dirname, join} from 'node:path'
@@ -37,6 +37,18 @@ describe('blank settings', {skip: buildSkipReason()}, () => {
   it('refuses every path variable set but empty or blank, never taking it for the default', async () => {
     for (const name of SETTING_VARIABLES)
       for (const value of ['', '  ']) await refused(['enable', '--bpffs', install.bpffs, '--pods-file', '/dev/null'], {[name]: value}, `${name} is set but empty`)
+  })
+
+  it('refuses a records, cache or /proc folder that is a file, rather than report the node never enabled', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'mb-file-')), 'run')
+    writeFileSync(file, '')
+    try {
+      for (const name of ['MERBRIDGE_RUN_DIR', 'MERBRIDGE_CACHE_DIR', 'MERBRIDGE_HOST_PROC'])
+        await refused(['status', '--bpffs', install.bpffs], {[name]: file}, `${name} names ${file}, which is a regular file, not a folder`)
+      await refused(['status', '--bpffs', install.bpffs], {MERBRIDGE_RUN_DIR: '/dev/null'}, 'MERBRIDGE_RUN_DIR names /dev/null, which is a character device, not a folder')
+    } finally {
+      rmSync(dirname(file), {recursive: true, force: true})
+    }
   })
 
   it('refuses an empty or blank flag value, inline or apart', async () => {
@@ -151,6 +163,23 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
     }
   })
 
+  it('says in one line that a map pin removed by hand leaves the installation incomplete', async () => {
+    const inst = mine.installation()
+    const aside = `${mine.bpffs}-aside`
+    renameSync(inst.map('netns_pod_ips'), aside)
+    try {
+      for (const args of [['sync', '--pods-file', lab.writePodList()], ['dump-maps'], ['dump-maps', 'netns_pod_ips']]) {
+        const r = await cli([...args, '--bpffs', mine.bpffs], mine.env)
+        assert.equal(r.code, 4, `${args.join(' ')}: ${r.stdout}${r.stderr}`)
+        assert.deepEqual(r.stderr.split('\n').filter((l) => l.startsWith('Error:')), [`Error: the installation in ${mine.bpffs} is incomplete: map netns_pod_ips is not pinned`], args.join(' '))
+      }
+      assert.equal((await cli(['dump-maps', 'counters', '--bpffs', mine.bpffs], mine.env)).code, 0, 'the maps still pinned are read')
+    } finally {
+      renameSync(aside, inst.map('netns_pod_ips'))
+    }
+    assert.equal(await registered(), 2)
+  })
+
   it("disable finds a program whose pin was removed, by the id enable recorded, and says disabled only when it is", async () => {
     const inst = mine.installation()
     const id = (await bpftool.progShowPinned(inst.prog('mb_connect4')))?.id
@@ -186,6 +215,12 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
     } finally {
       silent.close()
     }
+    // plain HTTP: said as such, not as a certificate problem
+    const http = join(lab.tmp, 'http.kubeconfig')
+    writeFileSync(http, `apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: "http://127.0.0.1:${port}"}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n`)
+    const h = await cli(['sync', '--bpffs', mine.bpffs, '--kubeconfig', http], mine.env)
+    assert.equal(h.code, 1, h.stdout + h.stderr)
+    assert.deepEqual(h.stderr.split('\n').filter((l) => l.startsWith('Error:')), [`Error: the Kubernetes API at http://127.0.0.1:${port} (${http} (--kubeconfig)) is plain HTTP: merbridge reads pods over HTTPS only`])
     assert.equal(await registered(), 2, 'every pod still registered')
   })
 

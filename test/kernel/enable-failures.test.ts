@@ -1,7 +1,7 @@
 // enable is transactional: a failure at any step leaves the node as it was, a killed enable is
 // cleaned by disable, and a user without privileges gets one clear line.
 import assert from 'node:assert/strict'
-import {chmodSync, existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
@@ -59,10 +59,19 @@ exec ${real} "$@"
  * A bpftool that says when enable reached the attach step (the file `mark` appears) and holds it
  * there until `${mark}.go` exists: an enable caught in the middle, for as long as a test needs.
  */
+/** Whether a process lives (a zombie awaiting its reaper counts as gone). */
+function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return false
+  }
+}
+
 function heldTool(dir: string): {tool: string; mark: string} {
   const mark = join(dir, 'attaching')
   const tool = join(dir, 'held-bpftool')
-  writeFileSync(tool, `#!/bin/sh\ncase "$*" in *"cgroup attach"*) touch "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`)
+  writeFileSync(tool, `#!/bin/sh\ncase "$*" in *"cgroup attach"*) echo $$ > "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`)
   chmodSync(tool, 0o755)
   return {tool, mark}
 }
@@ -161,6 +170,9 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
         assert.equal(r.exitCode, signal === 'SIGINT' ? 130 : 143, r.stdout + r.stderr)
         const lines = r.stderr.split('\n').filter((l) => l.startsWith('Error:'))
         assert.deepEqual(lines, [`Error: enable was interrupted by ${signal} during "Attach to the cgroup"; everything it had done was undone`])
+        // the progress names no other step as the one that failed
+        assert.doesNotMatch(r.stdout + r.stderr, /FAILED/)
+        assert.match(r.stdout, /Record the installation \[SKIPPED: interrupted\]/)
         await assertNothingLeft(install.installation())
       } finally {
         writeFileSync(`${mark}.go`, '')
@@ -169,6 +181,29 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
       }
     })
   }
+
+  it('takes its tools with it when killed by SIGKILL: nothing goes on attaching after it', async () => {
+    const install = uniqueInstall()
+    const dir = mkdtempSync(join(tmp, 'sigkill-'))
+    const {tool, mark} = heldTool(dir)
+    const child = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {reject: false, env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'}})
+    try {
+      await eventually('enable to reach the attach step', () => existsSync(mark) && readFileSync(mark, 'utf8').trim() !== '')
+      const held = Number(readFileSync(mark, 'utf8'))
+      child.kill('SIGKILL')
+      await child
+      await eventually('the bpftool enable started to be gone with it', () => !alive(held))
+      // had it lived, it would attach now, with no enable left to undo it: disable cleans what enable left
+      writeFileSync(`${mark}.go`, '')
+      const d = await cli(['disable', '--bpffs', install.bpffs], install.env)
+      assert.equal(d.code, 0, d.stdout + d.stderr)
+      await assertNothingLeft(install.installation())
+    } finally {
+      writeFileSync(`${mark}.go`, '')
+      await cli(['disable', '--bpffs', install.bpffs], install.env)
+      install.cleanup()
+    }
+  })
 
   it('lets one command change an installation at a time: a second enable waits, then names the first', async () => {
     const install = uniqueInstall()
