@@ -2,10 +2,14 @@
 /* tc-inbound: attach or detach the pinned mb_tc_inbound program on the ingress and egress of every
  * interface but lo in each network namespace named on the command line, one line per namespace:
  *
- *   tc-inbound attach PROG_PIN [--skip=IF,IF] NS...   ok IF[+|-] ... ("+": the clsact qdisc was created here; "-": taken off, skipped)
+ *   tc-inbound attach PROG_PIN [--replace=ID,ID] [--skip=IF,IF] NS...
+ *                                                     ok IF[+|-] ... ("+": the clsact qdisc was created here; "-": taken off, skipped)
  *   tc-inbound check PROG_ID [--skip=IF,IF] NS...     ok IF ...      (the interfaces without that program in our slot)
  *   tc-inbound detach PROG_ID NS...                   ok IF ...      (the interfaces it was detached from)
  *   or "error: why" for a namespace it could not do. An emptied qdisc is left to the caller.
+ *   attach replaces in our slot only the program it attaches and those --replace names: another
+ *   program there ("error: IF: held by program ID") may be another installation's, and the caller
+ *   decides (a pod's inbound capture belongs to one installation).
  *   --skip names interfaces of the namespace after it that Istio never captures on
  *   (excludeInterfaces): attach takes ours off them and never puts it on, check leaves them out.
  *
@@ -61,6 +65,18 @@ static int listed(const char *list, const char *name)
 	return 0;
 }
 
+/* What attach may replace in our slot, and the program it found there otherwise. */
+static const char *replaceable;
+static __u32 attaching_id, held_by;
+
+static int may_replace(__u32 id)
+{
+	char text[16];
+
+	snprintf(text, sizeof(text), "%u", id);
+	return id == attaching_id || listed(replaceable, text);
+}
+
 typedef int (*hook_fn)(struct bpf_tc_hook *hook, const char *name, void *arg, char *note);
 
 /* Call fn on the ingress and egress hooks of every interface but lo in the namespace at path, and skipped_fn
@@ -71,6 +87,7 @@ static void each_interface(const char *path, const char *skip, hook_fn fn, hook_
 	struct if_nameindex *ifs;
 	char out[4096] = "ok";
 
+	held_by = 0;
 	if (enter(path) != 0 || !(ifs = if_nameindex())) {
 		printf("error: %s\n", strerror(errno));
 		return;
@@ -93,6 +110,11 @@ static void each_interface(const char *path, const char *skip, hook_fn fn, hook_
 			if (!note[0])
 				strcpy(note, said);
 		}
+		if (rc == -EBUSY && held_by) {
+			printf("error: %s: held by program %u\n", i->if_name, held_by);
+			if_freenameindex(ifs);
+			return;
+		}
 		if (rc < 0) {
 			printf("error: %s: %s\n", i->if_name, strerror(-rc));
 			if_freenameindex(ifs);
@@ -109,6 +131,7 @@ static void each_interface(const char *path, const char *skip, hook_fn fn, hook_
 static int attach_one(struct bpf_tc_hook *hook, const char *name, void *arg, char *note)
 {
 	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY, .prog_fd = *(int *)arg, .flags = BPF_TC_F_REPLACE);
+	LIBBPF_OPTS(bpf_tc_opts, slot, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
 	int err = bpf_tc_hook_create(hook);
 
 	(void)name;
@@ -116,6 +139,10 @@ static int attach_one(struct bpf_tc_hook *hook, const char *name, void *arg, cha
 		return err;
 	if (!err)
 		strcpy(note, "+");
+	else if (bpf_tc_query(hook, &slot) == 0 && !may_replace(slot.prog_id)) {
+		held_by = slot.prog_id;
+		return -EBUSY;
+	}
 	err = bpf_tc_attach(hook, &opts);
 	return err ? err : 1;
 }
@@ -177,11 +204,19 @@ int main(int argc, char **argv)
 {
 	libbpf_set_print(NULL);
 	if (argc >= 3 && strcmp(argv[1], "attach") == 0) {
+		struct bpf_prog_info info = {};
+		__u32 len = sizeof(info);
 		int prog = bpf_obj_get(argv[2]);
 
-		if (prog < 0) {
+		if (prog < 0 || bpf_obj_get_info_by_fd(prog, &info, &len) != 0) {
 			fprintf(stderr, "tc-inbound: %s: %s\n", argv[2], strerror(errno));
 			return 2;
+		}
+		attaching_id = info.id;
+		if (argc >= 4 && strncmp(argv[3], "--replace=", 10) == 0) {
+			replaceable = argv[3] + 10;
+			argv++; /* consumed: the namespaces start at argv[3] again */
+			argc--;
 		}
 		each_namespace(argc, argv, attach_one, take_off, &prog);
 		return 0;
@@ -192,6 +227,6 @@ int main(int argc, char **argv)
 		each_namespace(argc, argv, strcmp(argv[1], "check") == 0 ? missing_one : detach_one, NULL, &id);
 		return 0;
 	}
-	fprintf(stderr, "usage: tc-inbound attach PROG_PIN [--skip=IF,IF] NS... | check PROG_ID [--skip=IF,IF] NS... | detach PROG_ID NS...\n");
+	fprintf(stderr, "usage: tc-inbound attach PROG_PIN [--replace=ID,ID] [--skip=IF,IF] NS... | check PROG_ID [--skip=IF,IF] NS... | detach PROG_ID NS...\n");
 	return 2;
 }

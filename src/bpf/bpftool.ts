@@ -299,6 +299,14 @@ export class Bpftool {
     return r.exitCode === 0 ? parseProgInfo(parseJson(r.stdout, 'prog show')) : undefined
   }
 
+  /** Where a loaded program is pinned (none: held only by what it is attached to, or gone). */
+  async progPins(id: number): Promise<string[]> {
+    const r = await this.run(['-f', 'prog', 'show', 'id', String(id), '-j'], {allowFailure: true})
+    if (r.exitCode !== 0) return []
+    const pinned = record(parseJson(r.stdout, 'prog show'), 'prog show').pinned
+    return pinned === undefined ? [] : list(pinned, 'prog show').filter((p): p is string => typeof p === 'string')
+  }
+
   /** A pinned map, or undefined when nothing is pinned there. */
   async mapShowPinned(pin: string): Promise<MapInfo | undefined> {
     const stdout = await this.showPinned('map', pin)

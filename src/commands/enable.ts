@@ -9,7 +9,7 @@ import {parseListenAddress} from '../datapath/listen-address.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {runWithProgress} from '../ui/steps.js'
 import {allowEmptyFlag, bpffsFlag, hostProcFlag, metricsAddrFlag, podSourceFlags, recheckFlag, useHostProc} from '../ui/flags.js'
-import {watchInForeground} from '../ui/foreground.js'
+import {serveEarly, watchInForeground} from '../ui/foreground.js'
 import {c} from '../ui/theme.js'
 
 export interface EnableResult {
@@ -73,12 +73,17 @@ export default class Enable extends BaseCommand {
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
     let ctx: EnableContext
+    // liveness from the first second: a first enable on a big node takes a while
+    const early = flags.watch && flags['metrics-addr'] !== undefined ? await serveEarly(flags['metrics-addr'], (l) => (this.jsonEnabled() ? undefined : this.log(l))) : undefined
     try {
       const silent = this.jsonEnabled()
       ctx = await enable(
         {mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, maxConnections: flags['max-connections'], kube, allowEmpty: flags['allow-empty']},
         {runSteps: (steps, c, hooks) => runWithProgress(steps, c, {silent, ...hooks}), signal: interrupt.signal},
       )
+    } catch (error) {
+      early?.server.close()
+      throw error
     } finally {
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)
@@ -88,7 +93,7 @@ export default class Enable extends BaseCommand {
     this.log(summary(result))
     if (flags.watch) {
       if (this.jsonEnabled()) process.stdout.write(JSON.stringify(result) + '\n')
-      const metrics = flags['metrics-addr'] === undefined ? undefined : {addr: flags['metrics-addr'], version: this.config.version}
+      const metrics = flags['metrics-addr'] === undefined ? undefined : {addr: flags['metrics-addr'], version: this.config.version, early}
       await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh, recheckMs: flags.recheck * 1000}, metrics)
       return undefined
     }

@@ -224,7 +224,7 @@ export const ENABLE_STEPS: EnableStep[] = [
         else if (p.target === 'sock_pair_map') await bpftool.progAttachToMap(ctx.inst.prog(p.name), p.attachType, ctx.inst.map('sock_pair_map'))
         else {
           const applied = required(ctx.applied, 'the applied pods')
-          const tc = await attachInbound(objects.tcInbound, ctx.inst.prog(p.name), applied.sync.registered)
+          const tc = await attachInbound(objects.tcInbound, ctx.inst.prog(p.name), applied.sync.registered, ctx.inst.dir)
           if (tc.failed.size > 0) throw new MerbridgeError(`cannot attach inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`, {code: 'TC_ATTACH'})
         }
         ctx.attached.push(p.name)

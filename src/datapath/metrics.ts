@@ -2,7 +2,7 @@
  * What a node service exposes while it watches: Prometheus metrics (the datapath's counters, map
  * fill, pods, syncs, watch lag, build), /healthz (the process answers) and /readyz (the datapath is
  * attached and configured, and the first sync is done). Kernel figures are read once per scrape,
- * through status's own reading (one bpftool process).
+ * through status's own reading, shared by the requests that arrive while it runs.
  */
 import {createServer, type IncomingMessage, type Server, type ServerResponse} from 'node:http'
 import {Counter, Gauge, Histogram, Registry} from 'prom-client'
@@ -109,10 +109,18 @@ export class NodeMetrics {
     for (const [code, n] of byCode) this.skipped.set({reason: code}, n)
   }
 
-  /** Read the kernel's side afresh (a scrape or a readiness probe). */
+  private reading?: Promise<StatusReport>
+
+  /**
+   * Read the kernel's side afresh (a scrape or a readiness probe). One reading at a time: a
+   * request arriving while one is under way shares it, so a burst of scrapes (any pod can reach
+   * the port) costs about one reading, never a bpftool process per request.
+   */
   async refresh(): Promise<StatusReport> {
-    this.report = await inspect(this.inst)
-    return this.report
+    this.reading ??= inspect(this.inst)
+      .then((report) => (this.report = report))
+      .finally(() => (this.reading = undefined))
+    return this.reading
   }
 
   /** Ready: the first sync is done and the datapath is attached with its settings active. */
@@ -124,10 +132,20 @@ export class NodeMetrics {
   }
 }
 
+/**
+ * What the endpoint serves: before `metrics` is set (an enable under way, which can take minutes
+ * on a big node), /healthz answers and the others say what is happening, so a liveness probe never
+ * kills a first enable that is still working.
+ */
+export class MetricsEndpoint {
+  metrics?: NodeMetrics
+  pending = 'enable is under way'
+}
+
 /** Serve /metrics, /healthz and /readyz until `signal` fires; fails at once if the address is taken. */
-export async function serveMetrics(addr: string, metrics: NodeMetrics, signal: AbortSignal): Promise<Server> {
+export async function serveMetrics(addr: string, endpoint: MetricsEndpoint, signal: AbortSignal): Promise<Server> {
   const {host, port} = parseListenAddress(addr)
-  const server = createServer((req, res) => void answer(req, res, metrics))
+  const server = createServer((req, res) => void answer(req, res, endpoint))
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error) => reject(new MerbridgeError(`cannot serve metrics on ${addr}: ${describeError(error).message}`, {code: 'METRICS_ADDR', exitCode: 2, suggestion: 'choose a free address with --metrics-addr'})))
     server.listen({host, port}, resolve)
@@ -136,7 +154,8 @@ export async function serveMetrics(addr: string, metrics: NodeMetrics, signal: A
   return server
 }
 
-async function answer(req: IncomingMessage, res: ServerResponse, metrics: NodeMetrics): Promise<void> {
+async function answer(req: IncomingMessage, res: ServerResponse, endpoint: MetricsEndpoint): Promise<void> {
+  const metrics = endpoint.metrics
   const path = (req.url ?? '/').split('?')[0]
   const send = (status: number, type: string, body: string) => {
     res.writeHead(status, {'content-type': type})
@@ -145,6 +164,8 @@ async function answer(req: IncomingMessage, res: ServerResponse, metrics: NodeMe
   try {
     if (req.method !== 'GET' && req.method !== 'HEAD') send(405, 'text/plain', 'GET only\n')
     else if (path === '/healthz') send(200, 'text/plain', 'ok\n')
+    else if (!metrics && (path === '/readyz' || path === '/metrics')) send(503, 'text/plain', `${endpoint.pending}\n`)
+    else if (!metrics) send(404, 'text/plain', 'merbridge serves /metrics, /healthz and /readyz\n')
     else if (path === '/readyz') {
       const r = await metrics.readiness()
       send(r.ready ? 200 : 503, 'text/plain', `${r.why}\n`)

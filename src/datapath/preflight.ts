@@ -1,5 +1,5 @@
 import {existsSync, statSync} from 'node:fs'
-import {resolve} from 'node:path'
+import {join, resolve} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
 import {clangTargetsBpf, clangVersion} from '../bpf/clang.js'
 import {missingFeatures} from '../bpf/features.js'
@@ -101,6 +101,11 @@ export function checkCgroup(mounts: Mount[], given?: string): Check & {path?: st
     const mount = mountOf(mounts, path)
     if (!existsSync(path) || !statSync(path).isDirectory())
       return {id: 'cgroup', title, status: 'fail', required: true, detail: existsSync(path) ? `${path} is a file, not a cgroup folder` : `${path} does not exist`, remedy: found.path ? `use --cgroup ${found.path}, this host's cgroup v2 mount` : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup'}
+    // a hybrid host's cgroup root given whole (the DaemonSet mounts the host's /sys/fs/cgroup):
+    // its v2 hierarchy is the `unified` mount inside it
+    const unified = join(path, 'unified')
+    if (mount?.fstype !== 'cgroup2' && mounts.some((m) => m.target === unified && m.fstype === 'cgroup2'))
+      return {...pass('cgroup', title, `${unified} (the cgroup v2 mount of the hybrid host's cgroup root ${path})`), path: unified}
     if (mount?.fstype !== 'cgroup2')
       return {id: 'cgroup', title, status: 'fail', required: true, detail: `${path} is not on a cgroup v2 mount (it is ${mount?.fstype ?? 'unknown'})`, remedy: found.path ? `use --cgroup ${found.path}, this host's cgroup v2 mount` : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup'}
     return {...pass('cgroup', title, `${path} (given; ${found.layout} host)`), path}

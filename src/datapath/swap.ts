@@ -74,7 +74,7 @@ export async function swapPrograms(inst: Installation, cgroup: string, tcHelper:
         await bpftool.progAttachToMap(staged, spec.attachType, inst.map('sock_pair_map'))
       } else {
         done.push({spec})
-        const tc = await attachInbound(tcHelper, staged, podNamespaces)
+        const tc = await attachInbound(tcHelper, staged, podNamespaces, inst.dir)
         if (tc.failed.size > 0) throw new MerbridgeError(`cannot replace inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`, {code: 'TC_ATTACH'})
       }
     }
@@ -102,7 +102,7 @@ async function putBack(inst: Installation, cgroup: string, tcHelper: string, pod
       } else if (spec.target === 'sock_pair_map') {
         await bpftool.progAttachToMap(inst.prog(spec.name), spec.attachType, inst.map('sock_pair_map'))
       } else {
-        await attachInbound(tcHelper, inst.prog(spec.name), podNamespaces)
+        await attachInbound(tcHelper, inst.prog(spec.name), podNamespaces, inst.dir)
       }
     } catch {
       // best effort: `status` reports what is not attached, and the next enable repairs it

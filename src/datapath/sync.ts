@@ -242,7 +242,7 @@ export async function syncPods(inst: Installation, objects: Helpers, selection: 
   }
   // after the maps: the program acts on the pods it finds in local_pod_ips
   if (opts.attachInbound && plan.attach.length > 0) {
-    const tc = await attachInbound(objects.tcInbound, inst.prog('mb_tc_inbound'), plan.attach)
+    const tc = await attachInbound(objects.tcInbound, inst.prog('mb_tc_inbound'), plan.attach, inst.dir)
     for (const a of plan.attach) {
       const why = tc.failed.get(a.path)
       if (why !== undefined) result.nodeWarnings.push(`${a.id}: inbound capture not attached: ${why}`)

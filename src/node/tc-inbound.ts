@@ -2,6 +2,8 @@
  * mb_tc_inbound on the ingress of pod interfaces, through the tc-inbound helper (Node.js cannot
  * enter another network namespace): attached when a pod is registered, detached by disable.
  */
+import {sep} from 'node:path'
+import {bpftool} from '../bpf/bpftool.js'
 import {run} from '../exec.js'
 
 export interface TcResult {
@@ -47,10 +49,45 @@ async function dropEmptyQdiscs(path: string, ifaces: string[]): Promise<void> {
 /** The helper's namespace arguments: each path, after the interfaces it skips there. */
 const targetArgs = (targets: readonly InboundTarget[]) => targets.flatMap((t) => [...(t.skip.length > 0 ? [`--skip=${t.skip.join(',')}`] : []), t.path])
 
-/** Attach on every interface of each namespace but its skipped ones, and take ours off those. */
-export async function attachInbound(helper: string, progPin: string, targets: readonly InboundTarget[]): Promise<TcResult> {
+const HELD = /held by program (\d+)$/
+
+/**
+ * Attach on every interface of each namespace but its skipped ones, and take ours off those. A
+ * program of another installation in our slot stays (one installation captures a pod's inbound
+ * traffic; the namespace fails, naming it); one pinned nowhere, or only in `ownDir` (this
+ * installation's, or what a killed run of it left), is replaced.
+ */
+export async function attachInbound(helper: string, progPin: string, targets: readonly InboundTarget[], ownDir: string): Promise<TcResult> {
+  const first = await attachOnce(helper, progPin, targets, [])
+  const held = new Map<string, number>()
+  for (const [path, why] of first.failed) {
+    const id = HELD.exec(why)?.[1]
+    if (id !== undefined) held.set(path, Number(id))
+  }
+  if (held.size === 0) return first
+  const owners = new Map<number, string[]>()
+  for (const id of new Set(held.values())) owners.set(id, await bpftool.progPins(id))
+  const ours = (id: number) => (owners.get(id) ?? []).every((pin) => pin.startsWith(ownDir + sep))
+  const again = targets.filter((t) => ours(held.get(t.path) ?? -1))
+  const second = await attachOnce(helper, progPin, again, [...owners.keys()].filter(ours))
+  for (const t of again) {
+    first.failed.delete(t.path)
+    const done = second.done.get(t.path)
+    const why = second.failed.get(t.path)
+    if (done !== undefined) first.done.set(t.path, done)
+    if (why !== undefined) first.failed.set(t.path, why)
+  }
+  for (const [path, id] of held) {
+    const pins = owners.get(id) ?? []
+    if (!ours(id)) first.failed.set(path, `held by another merbridge installation (program ${id}, pinned at ${pins[0] ?? '?'})`)
+  }
+  return first
+}
+
+async function attachOnce(helper: string, progPin: string, targets: readonly InboundTarget[], replace: number[]): Promise<TcResult> {
   if (targets.length === 0) return {done: new Map(), failed: new Map()}
-  const {done, failed, removed} = parse(targets.map((t) => t.path), (await run(helper, ['attach', progPin, ...targetArgs(targets)])).stdout)
+  const args = ['attach', progPin, ...(replace.length > 0 ? [`--replace=${replace.join(',')}`] : []), ...targetArgs(targets)]
+  const {done, failed, removed} = parse(targets.map((t) => t.path), (await run(helper, args)).stdout)
   for (const [path, ifaces] of removed) await dropEmptyQdiscs(path, ifaces)
   return {done, failed}
 }

@@ -1,5 +1,6 @@
 import type {Installation} from '../datapath/installation.js'
 import type {Server} from 'node:http'
+import type {MetricsEndpoint} from '../datapath/metrics.js'
 import {runWatch, type WatchOptions} from '../datapath/watch-loop.js'
 import {c} from './theme.js'
 
@@ -14,6 +15,24 @@ export function abortOnSignals(): {signal: AbortSignal; dispose: () => void} {
   return {signal: controller.signal, dispose: () => (process.off('SIGINT', stop), process.off('SIGTERM', stop))}
 }
 
+/** An endpoint served from before enable's first step: /healthz at once, the rest once watching. */
+export interface EarlyEndpoint {
+  server: Server
+  endpoint: MetricsEndpoint
+}
+
+/**
+ * Serve /healthz (and /readyz and /metrics saying "enable is under way") while enable runs; with
+ * a failed enable, the caller closes it.
+ */
+export async function serveEarly(addr: string, log: (line: string) => void): Promise<EarlyEndpoint> {
+  const {MetricsEndpoint, serveMetrics} = await import('../datapath/metrics.js')
+  const endpoint = new MetricsEndpoint()
+  const server = await serveMetrics(addr, endpoint, new AbortController().signal)
+  log(`serving /healthz on ${addr} (/readyz and /metrics once enabled)`)
+  return {server, endpoint}
+}
+
 /**
  * Run the watch loop in the foreground: a line per change for people, a JSON object per line with
  * --json; with `metrics`, serve /metrics, /healthz and /readyz on its address while it runs.
@@ -23,7 +42,7 @@ export async function watchInForeground(
   out: {log: (line: string) => void; json: boolean},
   inst: Installation,
   opts: Omit<WatchOptions, 'signal' | 'log' | 'onSynced'>,
-  metrics?: {addr: string; version: string},
+  metrics?: {addr: string; version: string; early?: EarlyEndpoint},
 ): Promise<void> {
   const {signal, dispose} = abortOnSignals()
   const log = (line: string, event?: Record<string, unknown>) =>
@@ -34,11 +53,18 @@ export async function watchInForeground(
     if (metrics) {
       const state = await inst.requireState()
       // loaded only here: prom-client costs every other command's start-up about 200 ms
-      const {NodeMetrics, serveMetrics} = await import('../datapath/metrics.js')
+      const {MetricsEndpoint, NodeMetrics, serveMetrics} = await import('../datapath/metrics.js')
       const node = new NodeMetrics(inst, {version: metrics.version, objectHash: state.objectHash, mesh: state.mesh})
-      server = await serveMetrics(metrics.addr, node, signal)
+      if (metrics.early) {
+        server = metrics.early.server
+        metrics.early.endpoint.metrics = node
+      } else {
+        const endpoint = new MetricsEndpoint()
+        endpoint.metrics = node
+        server = await serveMetrics(metrics.addr, endpoint, signal)
+        log(`serving /metrics, /healthz and /readyz on ${metrics.addr}`, {event: 'metrics', addr: metrics.addr})
+      }
       onSynced = (s) => node.onSynced(s)
-      log(`serving /metrics, /healthz and /readyz on ${metrics.addr}`, {event: 'metrics', addr: metrics.addr})
     }
     await runWatch(inst, {...opts, signal, log, onSynced})
   } finally {

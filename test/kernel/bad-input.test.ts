@@ -270,6 +270,35 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
     }
   })
 
+  it("leaves a pod's inbound capture to the installation that holds it: another never replaces or removes it", async () => {
+    const other = uniqueInstall()
+    const sibling = `${lab.cgroup}-other`
+    mkdirSync(sibling)
+    const healthy = async (what: string) => {
+      const st = await cli(['status', '--bpffs', mine.bpffs], mine.env)
+      assert.equal(st.code, 0, `${what}: ${st.stdout}${st.stderr}`)
+    }
+    const held = new RegExp(`held by another merbridge installation \\(program \\d+, pinned at ${mine.bpffs}/progs/mb_tc_inbound\\)`)
+    try {
+      const e = await cli(['enable', '--cgroup', sibling, '--bpffs', other.bpffs, '--pods-file', lab.writePodList()], other.env)
+      assert.equal(e.code, 1, e.stdout + e.stderr)
+      assert.match(e.stderr, held)
+      assert.ok(!existsSync(other.bpffs), 'the refused enable undid itself')
+      await healthy('after a refused enable')
+      const e2 = await cli(['enable', '--cgroup', sibling, '--bpffs', other.bpffs, '--pods-file', lab.writePodList('elsewhere')], other.env)
+      assert.equal(e2.code, 0, e2.stdout + e2.stderr)
+      const s2 = await cli(['sync', '--bpffs', other.bpffs, '--pods-file', lab.writePodList()], other.env)
+      assert.match(s2.stdout + s2.stderr, held)
+      await healthy('after a sync of the other')
+      assert.equal((await cli(['disable', '--bpffs', other.bpffs], other.env)).code, 0)
+      await healthy("after the other's disable")
+    } finally {
+      await cli(['disable', '--bpffs', other.bpffs], other.env)
+      rmdirSync(sibling)
+      other.cleanup()
+    }
+  })
+
   it('unregisters them all when told the node has no pods now', async () => {
     const r = await sync(['--node', 'typo', '--pods-file', lab.writePodList(), '--allow-empty'])
     assert.equal(r.code, 0, r.stdout + r.stderr)

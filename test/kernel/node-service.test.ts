@@ -2,7 +2,7 @@
 // its readiness before and after the first sync, SIGTERM leaving the datapath attached, and
 // enable --host-proc finding pods from inside a container-like mount and PID namespace.
 import assert from 'node:assert/strict'
-import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
 import {createServer} from 'node:net'
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -150,6 +150,52 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       await watch
       // the pod added above: back to the lab's own
       api.delete('lab', 'late')
+    }
+  })
+
+  it('answers /healthz from the first second of a slow enable --watch, and a burst of scrapes costs about one reading', async () => {
+    // a bpftool that logs every run, and holds enable at its attach step until told to go
+    const dir = mkdtempSync(join(tmp, 'early-'))
+    const runs = join(dir, 'runs')
+    const mark = join(dir, 'attaching')
+    const tool = join(dir, 'bpftool')
+    writeFileSync(tool, `#!/bin/sh\necho "$*" >> "${runs}"\ncase "$*" in *"cgroup attach"*) touch "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`)
+    chmodSync(tool, 0o755)
+    const count = () => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter(Boolean).length : 0)
+    const mine = uniqueInstall()
+    const cgroup = `${lab.cgroup}-early`
+    mkdirSync(cgroup)
+    const port = await freePort()
+    const get = async (path: string) => {
+      const r = await fetch(`http://127.0.0.1:${port}${path}`)
+      return {status: r.status, text: await r.text()}
+    }
+    // a node name with no pods: the lab's pods belong to the suite's own installation
+    const service = execa(process.execPath, [BIN, 'enable', '--watch', '--metrics-addr', `127.0.0.1:${port}`, '--cgroup', cgroup, '--bpffs', mine.bpffs, '--kubeconfig', kubeconfig, '--node', 'early-node'], {env: {...mine.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+    try {
+      await eventually('enable to reach its attach step', () => existsSync(mark))
+      assert.equal((await get('/healthz')).status, 200, 'alive while enable works')
+      assert.deepEqual(await get('/readyz'), {status: 503, text: 'enable is under way\n'})
+      writeFileSync(`${mark}.go`, '')
+      await eventually('/readyz says ready', async () => (await get('/readyz')).status === 200)
+
+      const before = count()
+      assert.equal((await get('/metrics')).status, 200)
+      const one = count() - before
+      assert.ok(one > 0, 'a scrape reads the kernel')
+      const burst = count()
+      const answers = await Promise.all(Array.from({length: 200}, (_, i) => get(i % 2 ? '/metrics' : '/readyz')))
+      assert.deepEqual(new Set(answers.map((a) => a.status)), new Set([200]))
+      const cost = count() - burst
+      // shared readings: a few at most while the burst arrives (one each would be 200 readings)
+      assert.ok(cost <= 20 * one, `200 concurrent scrapes ran bpftool ${cost} times; one scrape runs it ${one} times`)
+    } finally {
+      writeFileSync(`${mark}.go`, '')
+      service.kill('SIGTERM')
+      await service
+      await cli(['disable', '--bpffs', mine.bpffs], mine.env)
+      rmdirSync(cgroup)
+      mine.cleanup()
     }
   })
 

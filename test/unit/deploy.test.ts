@@ -98,6 +98,10 @@ describe('deploy manifests', () => {
     assert.equal(String(c.ports![0]!.containerPort), port)
     assert.equal(c.livenessProbe!.httpGet!.path, '/healthz')
     assert.equal(c.readinessProbe!.httpGet!.path, '/readyz')
+    // a slow first enable is given its time: /healthz answers while it works, and startup allows minutes
+    assert.equal(c.startupProbe!.httpGet!.path, '/healthz')
+    assert.ok(c.startupProbe!.periodSeconds! * c.startupProbe!.failureThreshold! >= 300)
+    assert.deepEqual(pod.nodeSelector, {'kubernetes.io/os': 'linux'})
     // every mount has its volume, and the host paths the CLI is told about are mounted
     const volumes = new Set(pod.volumes!.map((v) => v.name))
     for (const m of c.volumeMounts!) assert.ok(volumes.has(m.name), m.name)
@@ -107,6 +111,14 @@ describe('deploy manifests', () => {
     const un = manifest('uninstall.yaml')[0] as unknown as k8s.V1DaemonSet
     const script = un.spec!.template.spec!.containers[0]!.args![0]!
     checkInvocation(script.split('&&')[0]!.trim().split(/\s+/).slice(1), 'the uninstall DaemonSet')
+    // disable detaches from the cgroup enable recorded: the uninstall sees the host's tree at that path
+    const unMounts = un.spec!.template.spec!.containers[0]!.volumeMounts!
+    const cgroupMount = c.volumeMounts!.find((m) => m.mountPath === c.args!.find((a) => a.startsWith('--cgroup='))!.slice('--cgroup='.length))!
+    const unCgroup = unMounts.find((m) => m.mountPath === cgroupMount.mountPath)
+    assert.ok(unCgroup, 'the uninstall mounts the cgroup where enable ran')
+    const hostPathOf = (d: k8s.V1DaemonSet, name: string) => d.spec!.template.spec!.volumes!.find((v) => v.name === name)!.hostPath!.path
+    assert.equal(hostPathOf(un, unCgroup.name), hostPathOf(ds, cgroupMount.name))
+    assert.deepEqual(un.spec!.template.spec!.nodeSelector, {'kubernetes.io/os': 'linux'})
   })
 
   it('grants nothing but get, list and watch on pods', () => {

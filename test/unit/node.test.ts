@@ -98,6 +98,13 @@ describe('mount table', () => {
     assert.equal(file.detail, '/etc/hostname is a file, not a cgroup folder')
   })
 
+  it("takes a hybrid host's cgroup root, given whole, for the cgroup v2 mount inside it", () => {
+    const c = checkCgroup(parseMounts(HYBRID.replaceAll('/sys/fs/cgroup', '/tmp')), '/tmp')
+    assert.equal(c.status, 'pass', c.detail)
+    assert.equal(c.path, '/tmp/unified')
+    assert.match(c.detail, /hybrid host's cgroup root \/tmp/)
+  })
+
   it('warns when bpffs is not mounted (enable mounts it) and fails elsewhere', () => {
     assert.equal(checkBpffs(parseMounts(HYBRID), '/sys/fs/bpf/merbridge').status, 'pass')
     const unmounted = checkBpffs(parseMounts(UNIFIED), '/sys/fs/bpf/merbridge')
