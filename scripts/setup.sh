@@ -15,6 +15,9 @@ packages=(
   # the kernel matrix (npm run test:kernels): Debian's kernel booted in QEMU from an initramfs of
   # busybox and the modules it needs (kmod's depmod indexes them; the guest's modprobe loads more)
   qemu-system-x86 busybox-static cpio kmod
+  # the image (scripts/image.sh) and the DaemonSet run in a real container runtime: podman with
+  # crun, its base made from Debian's packages by mmdebstrap (no registry is needed)
+  podman crun mmdebstrap uidmap
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -25,6 +28,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   # Services are not started by the lab's packages: the lab runs its own nginx and haproxy in pods.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# crun refuses to start containers on a hybrid cgroup host whose v2 hierarchy holds a controller
+# ("cgroups in hybrid mode not supported, drop all controllers from cgroupv2"). Where v2 holds
+# one that no v2 cgroup uses and v1 lacks (hugetlb on some of these machines), it is mounted in
+# v1 beside the others, as systemd's hybrid layout has it.
+unified=/sys/fs/cgroup/unified
+if [ -f "$unified/cgroup.controllers" ] && [ -z "$(cat "$unified/cgroup.subtree_control")" ]; then
+  for controller in $(cat "$unified/cgroup.controllers"); do
+    [ -e "/sys/fs/cgroup/$controller" ] && continue
+    echo "setup: mounting the $controller cgroup controller in v1 (for crun on this hybrid host)"
+    mkdir "/sys/fs/cgroup/$controller"
+    mount -t cgroup -o "$controller" "$controller" "/sys/fs/cgroup/$controller"
+  done
 fi
 npm ci --no-audit --no-fund
 npm run build

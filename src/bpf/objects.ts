@@ -1,8 +1,9 @@
 import {createHash} from 'node:crypto'
-import {existsSync} from 'node:fs'
-import {mkdir, readdir, readFile, rename, rm} from 'node:fs/promises'
+import {existsSync, readFileSync} from 'node:fs'
+import {cp, mkdir, readdir, readFile, rename, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
-import {BPF_SOURCE_DIR, cacheDir} from '../paths.js'
+import {MerbridgeError} from '../errors.js'
+import {BPF_SOURCE_DIR, cacheDir, PACKAGE_ROOT} from '../paths.js'
 import {BPF_CFLAGS, clangIdentity, compileBpf, compileHost, HOST_CFLAGS, multiarchInclude} from './clang.js'
 
 /** The host programs sync needs beside the datapath: enable keeps a copy with the installation. */
@@ -48,16 +49,56 @@ function defines(opts: BuildOptions): string[] {
   return opts.maxConnections === undefined || opts.maxConnections === DEFAULT_MAX_CONNECTIONS ? [] : [`-DMB_MAX_CONNS=${opts.maxConnections}`]
 }
 
-/** A hash of everything that goes into the objects. */
-export async function sourceHash(opts: BuildOptions = {}, compiler?: string): Promise<string> {
+/** A hash of what goes into the objects but the compiler. */
+async function inputsHash(opts: BuildOptions): Promise<string> {
   const h = createHash('sha256')
-  h.update(compiler ?? clangIdentity())
   h.update(JSON.stringify([BPF_CFLAGS, HOST_CFLAGS, multiarchInclude(), ...defines(opts)]))
   for (const file of await sourceFiles()) {
     h.update(file.slice(BPF_SOURCE_DIR.length))
     h.update(await readFile(file))
   }
-  return h.digest('hex').slice(0, 16)
+  return h.digest('hex')
+}
+
+/**
+ * Objects built into the package (the image ships them, and no compiler): one folder per build,
+ * named by its hash, and an index from the hash of their inputs (all but the compiler) to it.
+ */
+export const SHIPPED_DIR = join(PACKAGE_ROOT, 'prebuilt')
+const shippedIndex = () => join(SHIPPED_DIR, 'index.json')
+
+function shippedHash(inputs: string): string | undefined {
+  try {
+    const hash = (JSON.parse(readFileSync(shippedIndex(), 'utf8')) as Record<string, unknown>)[inputs]
+    return typeof hash === 'string' && /^[0-9a-f]{16}$/.test(hash) ? hash : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** The hash of the shipped build of these options' inputs, when the package has it. */
+export async function shippedObjects(opts: BuildOptions = {}): Promise<string | undefined> {
+  const hash = shippedHash(await inputsHash(opts))
+  return hash !== undefined && existsSync(join(SHIPPED_DIR, hash)) ? hash : undefined
+}
+
+/**
+ * A hash of everything that goes into the objects, the compiler too. Without a compiler, that of
+ * the shipped build of the same inputs, if there is one: then enable needs no compiler.
+ */
+export async function sourceHash(opts: BuildOptions = {}, compiler?: string): Promise<string> {
+  const inputs = await inputsHash(opts)
+  let identity = compiler
+  if (identity === undefined) {
+    try {
+      identity = clangIdentity()
+    } catch (error) {
+      const shipped = shippedHash(inputs)
+      if (shipped !== undefined) return shipped
+      throw error
+    }
+  }
+  return createHash('sha256').update(identity).update(inputs).digest('hex').slice(0, 16)
 }
 
 /**
@@ -66,11 +107,13 @@ export async function sourceHash(opts: BuildOptions = {}, compiler?: string): Pr
  */
 export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}): Promise<BuiltObjects> {
   const hash = await sourceHash(opts)
-  const dir = join(cacheDir(), hash)
+  const cached = join(cacheDir(), hash)
+  const dir = !opts.rebuild && !existsSync(cached) && existsSync(join(SHIPPED_DIR, hash)) ? join(SHIPPED_DIR, hash) : cached
   const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound), sockhashQueued: join(dir, HELPER_FILES.sockhashQueued), counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')}}
   const outputs = [result.datapath, result.netnsCookie, result.tcInbound, result.sockhashQueued, result.counters.maps, result.counters.sockhash]
   if (!opts.rebuild && outputs.every((f) => existsSync(f))) return {...result, compiled: false}
 
+  if (dir !== cached) throw new MerbridgeError(`the shipped bpf objects in ${dir} are incomplete`, {code: 'SHIPPED_OBJECTS', suggestion: 'rebuild the image, or install clang so enable builds them'})
   const tmp = `${dir}.tmp-${process.pid}`
   await rm(tmp, {recursive: true, force: true})
   await mkdir(tmp, {recursive: true})
@@ -87,4 +130,18 @@ export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}
     throw error
   }
   return {...result, compiled: true}
+}
+
+/**
+ * Put the objects of the default build into the package (SHIPPED_DIR), for an image that keeps
+ * no compiler: `node dist/bpf/build-objects.js --ship` in the image's build stage.
+ */
+export async function shipObjects(): Promise<{hash: string; dir: string}> {
+  const built = await buildObjects()
+  const dir = join(SHIPPED_DIR, built.hash)
+  await rm(SHIPPED_DIR, {recursive: true, force: true})
+  await mkdir(SHIPPED_DIR, {recursive: true})
+  await cp(built.dir, dir, {recursive: true})
+  await writeFile(shippedIndex(), JSON.stringify({[await inputsHash({})]: built.hash}, null, 2) + '\n')
+  return {hash: built.hash, dir}
 }

@@ -3,7 +3,7 @@ import {join, resolve} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
 import {clangTargetsBpf, clangVersion} from '../bpf/clang.js'
 import {missingFeatures} from '../bpf/features.js'
-import {buildObjects} from '../bpf/objects.js'
+import {buildObjects, shippedObjects} from '../bpf/objects.js'
 import {OPTIONAL_FEATURE_NAMES, OPTIONAL_FEATURES} from '../bpf/optional.js'
 import {probeLoads, type ProbeResults} from './probes.js'
 import {Installation} from './installation.js'
@@ -177,6 +177,17 @@ async function toolCheck(id: string, title: string, probe: () => Promise<string>
   }
 }
 
+/** clang, unless the package ships the objects of the default build (the image keeps no compiler). */
+async function compilerCheck(): Promise<Check> {
+  const check = await toolCheck('clang', 'clang', async () => {
+    const version = await clangVersion()
+    if (!(await clangTargetsBpf())) throw new Error(`clang ${version} cannot target bpf (install the llvm build with the BPF backend)`)
+    return `clang ${version}, targets bpf`
+  })
+  const shipped = check.status === 'pass' ? undefined : await shippedObjects()
+  return shipped === undefined ? check : pass('clang', 'clang', `not needed: the package ships the objects (${shipped}); another --max-connections needs clang`)
+}
+
 export interface PreflightOptions {
   cgroup?: string
   bpffs?: string
@@ -206,13 +217,7 @@ export async function runPreflight(opts: PreflightOptions = {}): Promise<Preflig
     cgroup,
     checkBpffs(mounts, installation.dir),
   ]
-  checks.push(
-    await toolCheck('clang', 'clang', async () => {
-      const version = await clangVersion()
-      if (!(await clangTargetsBpf())) throw new Error(`clang ${version} cannot target bpf (install the llvm build with the BPF backend)`)
-      return `clang ${version}, targets bpf`
-    }),
-  )
+  checks.push(await compilerCheck())
   const bpftoolCheck = await toolCheck('bpftool', 'bpftool', async () => `bpftool ${await bpftool.version()}`)
   checks.push(bpftoolCheck)
   if (bpftoolCheck.status === 'pass' && privileges.missing.length === 0) {
