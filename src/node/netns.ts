@@ -1,5 +1,6 @@
 import {hostProc} from '../paths.js'
 import {existsSync, readdirSync, readFileSync, readlinkSync, statSync} from 'node:fs'
+import {readPodFile} from './pod-files.js'
 import {isIP} from 'node:net'
 import {join} from 'node:path'
 import {ipToSlot, slotToIp} from '../bpf/ip.js'
@@ -168,21 +169,29 @@ export function parseResolvConf(text: string): string[] {
   return out
 }
 
+/** A resolv.conf larger than this is not one a resolver would read: taken as unreadable. */
+const MAX_RESOLV_CONF = 64 * 1024
+
 /**
  * The resolvers a namespace's processes use, as istio-init would read them from its own
- * /etc/resolv.conf: through the root of a process in it (a container's view), else the file
- * `ip netns exec` would bind for a named one. Undefined when none can be read.
+ * /etc/resolv.conf: through the root of each process in it (a container's view), else the file
+ * `ip netns exec` would bind for a named one. Every process's view counts (a process of the pod
+ * that mounted another file over its own must not narrow what is captured): the union of what
+ * they name. A file that cannot be read safely (pod-files.ts) is left out, costing only this pod.
+ * Undefined when none can be read.
  */
 export function namespaceResolvers(c: NetnsCandidate): {servers: string[]; from: string} | undefined {
-  const files = [...c.pids.map((pid) => `${hostProc()}/${pid}/root/etc/resolv.conf`), ...(c.name ? [join('/etc/netns', c.name, 'resolv.conf')] : [])]
-  for (const file of files) {
-    let text: string
-    try {
-      text = readFileSync(file, 'utf8')
-    } catch {
-      continue // gone, or that container has no resolv.conf (a sandbox's pause)
-    }
-    return {servers: parseResolvConf(text.slice(0, 64 * 1024)), from: file}
+  const files: [root: string, path: string][] = [...c.pids.map((pid): [string, string] => [`${hostProc()}/${pid}/root`, '/etc/resolv.conf']), ...(c.name ? [['/', join('/etc/netns', c.name, 'resolv.conf')] as [string, string]] : [])]
+  const servers: string[] = []
+  const read: string[] = []
+  for (const [root, path] of files) {
+    // a process gone, or a container with no resolv.conf (a sandbox's pause), or a hostile file
+    const text = readPodFile(root, path, MAX_RESOLV_CONF)
+    if (text === undefined) continue
+    for (const s of parseResolvConf(text)) if (!servers.includes(s)) servers.push(s)
+    read.push(join(root, path))
   }
-  return undefined
+  const [first, ...more] = read
+  if (first === undefined) return undefined
+  return {servers, from: more.length === 0 ? first : `${first} and ${more.length} more`}
 }

@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict'
-import {readFileSync} from 'node:fs'
+import {execFileSync} from 'node:child_process'
+import {mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
 import {describe, it} from 'node:test'
 import {CAPTURE_ALL} from '../../src/bpf/layout.js'
 import {podRulesWithDns} from '../../src/datapath/sync.js'
@@ -8,6 +11,7 @@ import {parseFlags} from '../../src/kube/istio-init.js'
 import {type MeshedPod, type PodJson, parsePodList, selectMeshedPods} from '../../src/kube/pods.js'
 import {afterRound} from '../../src/kube/watch.js'
 import {namespaceResolvers, normalIp, parseIfInet6, parseResolvConf} from '../../src/node/netns.js'
+import {readPodFile, resolveInRoot} from '../../src/node/pod-files.js'
 import {printable} from '../../src/text.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 
@@ -531,5 +535,39 @@ describe('watch loop decisions', () => {
     const short = afterRound(fresh, {kind: 'ended', lastedMs: 20}, backoff)
     assert.deepEqual(short, {state: {needList: false, delayMs: 1000}, waitMs: 500})
     assert.equal(short.report, undefined, 'a closed stream is not an error')
+  })
+})
+
+describe("a pod's files, read as the pod sees them", () => {
+  it('resolves links inside the root, never out of it, and reads only bounded regular files', () => {
+    const root = mkdtempSync(join(tmpdir(), 'mb-root-'))
+    try {
+      mkdirSync(join(root, 'etc'))
+      mkdirSync(join(root, 'run', 'resolve'), {recursive: true})
+      writeFileSync(join(root, 'run', 'resolve', 'stub.conf'), 'nameserver 10.96.0.10\n')
+      // an absolute link, as systemd-resolved makes: inside the root, not the node's /run
+      symlinkSync('/run/resolve/stub.conf', join(root, 'etc', 'resolv.conf'))
+      assert.equal(resolveInRoot(root, '/etc/resolv.conf'), join(root, 'run', 'resolve', 'stub.conf'))
+      assert.equal(readPodFile(root, '/etc/resolv.conf', 1024), 'nameserver 10.96.0.10\n')
+      // .. and links climbing out stay at the root
+      symlinkSync('../../../../../run/resolve/stub.conf', join(root, 'etc', 'up'))
+      assert.equal(resolveInRoot(root, '/etc/up'), join(root, 'run', 'resolve', 'stub.conf'))
+      symlinkSync('/etc/hostname', join(root, 'etc', 'node-file'))
+      assert.equal(readPodFile(root, '/etc/node-file', 1024), undefined, "the node's /etc/hostname is not the pod's")
+      // a loop, a FIFO, a device, a folder, a file too large: unreadable, at once
+      symlinkSync('/etc/loop', join(root, 'etc', 'loop'))
+      assert.equal(readPodFile(root, '/etc/loop', 1024), undefined)
+      execFileSync('mkfifo', [join(root, 'etc', 'fifo')])
+      assert.equal(readPodFile(root, '/etc/fifo', 1024), undefined)
+      symlinkSync('/dev/zero', join(root, 'etc', 'zero'))
+      mkdirSync(join(root, 'dev'))
+      assert.equal(readPodFile(root, '/etc/zero', 1024), undefined, 'no /dev/zero in this root')
+      assert.equal(readPodFile('/', '/dev/zero', 1024), undefined, 'a device is not read')
+      assert.equal(readPodFile(root, '/etc', 1024), undefined)
+      writeFileSync(join(root, 'etc', 'big'), 'x'.repeat(2048))
+      assert.equal(readPodFile(root, '/etc/big', 1024), undefined)
+    } finally {
+      rmSync(root, {recursive: true, force: true})
+    }
   })
 })
