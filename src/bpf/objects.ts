@@ -3,6 +3,7 @@ import {existsSync, readFileSync} from 'node:fs'
 import {cp, mkdir, readdir, readFile, rename, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {MerbridgeError} from '../errors.js'
+import {requireTrustedDir} from '../trust.js'
 import {BPF_SOURCE_DIR, cacheDir, PACKAGE_ROOT} from '../paths.js'
 import {BPF_CFLAGS, clangIdentity, compileBpf, compileHost, HOST_CFLAGS, multiarchInclude} from './clang.js'
 
@@ -107,6 +108,9 @@ export async function sourceHash(opts: BuildOptions = {}, compiler?: string): Pr
  */
 export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}): Promise<BuiltObjects> {
   const hash = await sourceHash(opts)
+  // what is in them runs as root (the helpers) or in the kernel
+  requireTrustedDir(cacheDir(), 'the object cache')
+  requireTrustedDir(SHIPPED_DIR, 'the shipped objects')
   const cached = join(cacheDir(), hash)
   const dir = !opts.rebuild && !existsSync(cached) && existsSync(join(SHIPPED_DIR, hash)) ? join(SHIPPED_DIR, hash) : cached
   const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound), sockhashQueued: join(dir, HELPER_FILES.sockhashQueued), counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')}}

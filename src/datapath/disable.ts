@@ -6,6 +6,7 @@ import {bpftool} from '../bpf/bpftool.js'
 import {buildObjects, HELPER_FILES, type Helpers} from '../bpf/objects.js'
 import {readMaps} from '../bpf/maps.js'
 import {decodeQueuedRecords, type Queued} from '../bpf/layout.js'
+import {requireTrustedDir} from '../trust.js'
 import {MerbridgeError} from '../errors.js'
 import {loadFailure} from './probes.js'
 import {turnedOff, type Unavailable} from '../bpf/optional.js'
@@ -72,8 +73,12 @@ function inInitialCgroupNamespace(): boolean {
 
 /** A helper enable kept with the installation (no compiler needed), else the cached build's, if either is there. */
 function keptOrCached(inst: Installation, objectHash: string | undefined, helper: keyof Helpers): string | undefined {
-  const candidates = [inst.keptHelpers()?.[helper], objectHash ? join(cacheDir(), objectHash, HELPER_FILES[helper]) : undefined]
-  return candidates.find((f): f is string => f !== undefined && existsSync(f))
+  const kept = inst.keptHelpers()?.[helper]
+  if (kept !== undefined && existsSync(kept)) return kept
+  if (objectHash === undefined) return undefined
+  requireTrustedDir(cacheDir(), 'the object cache')
+  const cached = join(cacheDir(), objectHash, HELPER_FILES[helper])
+  return existsSync(cached) ? cached : undefined
 }
 
 /**

@@ -173,7 +173,8 @@ export const ENABLE_STEPS: EnableStep[] = [
     skip: (ctx) => (ctx.mode === 'resync' ? 'already loaded, objects unchanged' : ctx.swap ? 'loaded beside the running datapath, on its maps' : false),
     async run(ctx) {
       if (!isBpffs(readMounts(), BPFFS_MOUNT) && ctx.inst.dir.startsWith(BPFFS_MOUNT + '/')) {
-        await run('mount', ['-t', 'bpf', 'bpf', BPFFS_MOUNT])
+        // root's only: bpffs defaults to 1777, where any user may pin (and squat names)
+        await run('mount', ['-t', 'bpf', '-o', 'mode=0700', 'bpf', BPFFS_MOUNT])
         ctx.mountedBpffs = true
       }
       // a folder that was there before is left there by disable (only what merbridge made goes)

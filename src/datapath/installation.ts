@@ -2,6 +2,7 @@ import {existsSync, lstatSync} from 'node:fs'
 import {copyFile, mkdir, readFile, readdir, rename, rm, rmdir, unlink, writeFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 import {MerbridgeError} from '../errors.js'
+import {requireTrustedDir} from '../trust.js'
 import {isBpffs, readMounts} from '../node/mounts.js'
 import {DEFAULT_BPFFS_DIR, runDir} from '../paths.js'
 import {MAP_NAMES, type MapName, type MapPins, PROGRAMS} from '../bpf/programs.js'
@@ -98,6 +99,7 @@ export class Installation implements MapPins {
 
   /** The helpers enable kept, or undefined when they are gone (an older enable, or /run cleaned). */
   keptHelpers(): Helpers | undefined {
+    requireTrustedDir(this.records, 'the records folder')
     const kept = {netnsCookie: join(this.helperDir, HELPER_FILES.netnsCookie), tcInbound: join(this.helperDir, HELPER_FILES.tcInbound), sockhashQueued: join(this.helperDir, HELPER_FILES.sockhashQueued)}
     // an older enable kept no sockhashQueued: disable then goes without it
     return existsSync(kept.netnsCookie) && existsSync(kept.tcInbound) ? kept : undefined
@@ -197,6 +199,8 @@ export class Installation implements MapPins {
   }
 
   async readState(): Promise<InstallState | undefined> {
+    // the record names programs to detach and a cgroup: written by root alone
+    requireTrustedDir(this.records, 'the records folder')
     try {
       return JSON.parse(await readFile(this.stateFile, 'utf8')) as InstallState
     } catch {

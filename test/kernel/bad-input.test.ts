@@ -2,7 +2,7 @@
 // what merbridge answers (docs/bad-input.md lists them, from these tests). Every refusal is one
 // line, exit 2, and leaves the node as it was.
 import assert from 'node:assert/strict'
-import {existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {type AddressInfo, createServer} from 'node:net'
 import {dirname, join} from 'node:path'
@@ -294,6 +294,27 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
       await healthy("after the other's disable")
     } finally {
       await cli(['disable', '--bpffs', other.bpffs], other.env)
+      rmdirSync(sibling)
+      other.cleanup()
+    }
+  })
+
+  it('refuses an object cache or records folder others could write: what is in them runs as root', async () => {
+    const open = mkdtempSync(join(tmpdir(), 'mb-open-'))
+    chmodSync(open, 0o777)
+    const other = uniqueInstall()
+    const sibling = `${lab.cgroup}-open`
+    mkdirSync(sibling)
+    try {
+      const e = await cli(['enable', '--cgroup', sibling, '--bpffs', other.bpffs, '--pods-file', lab.writePodList('elsewhere')], {...other.env, MERBRIDGE_CACHE_DIR: open})
+      assert.equal(e.code, 1, e.stdout + e.stderr)
+      assert.deepEqual(e.stderr.split('\n').filter((l) => l.startsWith('Error:')), [`Error: enable failed at "Build the datapath": the object cache ${open} is not safe to run from as root: ${open} is writable by every user`])
+      assert.ok(!existsSync(other.bpffs), 'nothing loaded')
+      const st = await cli(['status', '--bpffs', mine.bpffs], {MERBRIDGE_RUN_DIR: open})
+      assert.equal(st.code, 1, st.stdout + st.stderr)
+      assert.match(st.stderr, new RegExp(`^Error: the records folder ${open} is not safe to run from as root: ${open} is writable by every user$`, 'm'))
+    } finally {
+      rmSync(open, {recursive: true, force: true})
       rmdirSync(sibling)
       other.cleanup()
     }

@@ -8,7 +8,7 @@
 // What the test changes from the manifest, for the node's safety: the cgroup volume is the lab's
 // cgroup (never the node's root), the pin folder and the record folder are the test's own.
 import assert from 'node:assert/strict'
-import {mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
@@ -87,7 +87,8 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
   const ds = daemonSet('merbridge.yaml')
   const un = daemonSet('uninstall.yaml')
   const metricsPort = ds.spec!.template.spec!.containers[0]!.ports![0]!.containerPort
-  let started: Record<'ds' | 'un', string[]>
+  let started: Record<'ds' | 'un' | 'slow', string[]>
+  const hold = join(tmp, 'hold')
 
   const podman = (args: string[]) => execa('podman', args, {reject: false, stdin: 'ignore'})
   const get = async (path: string) => {
@@ -102,8 +103,9 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     const r = await podman(['logs', name])
     return `${r.stdout}\n${r.stderr}`.slice(-3000)
   }
-  const start = async (which: 'ds' | 'un') => {
-    await podman(['rm', '-f', names[which]])
+  const start = async (which: 'ds' | 'un' | 'slow') => {
+    const name = names[which === 'slow' ? 'ds' : which]
+    await podman(['rm', '-f', name])
     const r = await podman(started[which])
     assert.equal(r.exitCode, 0, r.stderr)
   }
@@ -154,7 +156,11 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
       extraMounts: [`${sa}:/var/run/secrets/kubernetes.io/serviceaccount:ro`],
     }
     mkdirSync(runDir)
-    started = {ds: podmanArgs(ds, names.ds, common), un: podmanArgs(un, names.un, common)}
+    // a first enable held at its attach step for as long as a test needs (a big node's first enable)
+    mkdirSync(hold)
+    writeFileSync(join(hold, 'bpftool'), '#!/bin/sh\ncase "$*" in *"cgroup attach"*) touch /hold/attaching; while [ ! -e /hold/go ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n', {mode: 0o755})
+    const slow = {...common, env: {...common.env, MERBRIDGE_BPFTOOL: '/hold/bpftool'}, extraMounts: [...common.extraMounts, `${hold}:/hold:rw`]}
+    started = {ds: podmanArgs(ds, names.ds, common), un: podmanArgs(un, names.un, common), slow: podmanArgs(ds, names.ds, slow)}
   })
 
   after(async () => {
@@ -205,7 +211,7 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     await requestsPassBothSidecars(2)
   })
 
-  it('uninstalls from its own container: no program, pin, filter or record left; then installs cleanly again', async () => {
+  it('uninstalls from its own container: no program, pin, filter or record left; then a slow first enable installs cleanly again', async () => {
     await start('un')
     await awaiting('the uninstall to finish', names.un, async () => (await podman(['exec', names.un, 'test', '-e', '/tmp/done'])).exitCode === 0)
     assert.match(await logs(names.un), /merbridge is disabled/)
@@ -217,7 +223,17 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
       assert.doesNotMatch(filters.stdout, /mb_tc_inbound/, `pod ${p}`)
     }
     await podman(['rm', '-f', '-t', '0', names.un])
-    await start('ds')
+    // the new install's first enable is slow: the probes see it alive all along, and not ready
+    await start('slow')
+    await awaiting('the first enable to reach its attach step', names.ds, () => Promise.resolve(existsSync(join(hold, 'attaching'))))
+    const probes = ds.spec!.template.spec!.containers[0]!
+    for (let i = 0; i < 10; i++) {
+      assert.equal((await get(probes.startupProbe!.httpGet!.path!)).status, 200, 'the startup probe passes while enable works')
+      assert.equal((await get(probes.livenessProbe!.httpGet!.path!)).status, 200, 'the liveness probe passes while enable works')
+      assert.equal((await get(probes.readinessProbe!.httpGet!.path!)).status, 503, 'not ready before enable finished')
+      await new Promise((resolve) => setTimeout(resolve, 300))
+    }
+    writeFileSync(join(hold, 'go'), '')
     await ready()
     assert.equal((await status()).verdict, 'healthy')
     await requestsPassBothSidecars(2)

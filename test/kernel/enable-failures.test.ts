@@ -393,6 +393,21 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     }
   })
 
+  it('mounts bpffs where it is missing, for root only', async () => {
+    const install = uniqueInstall()
+    try {
+      // a mount namespace of its own without bpffs: the mount enable makes lives there only
+      const run = (cmd: string) => `"${process.execPath}" "${BIN}" ${cmd} --bpffs "${install.bpffs}"`
+      const script = `umount /sys/fs/bpf 2>/dev/null; mountpoint -q /sys/fs/bpf && exit 9; ${run(`enable --cgroup "${lab.cgroup}" --pods-file "${podsFile}"`)} >&2 && stat -c %a /sys/fs/bpf; ${run('disable')} >&2`
+      const r = await execa('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], {env: {...install.env, NO_COLOR: '1'}, reject: false})
+      assert.equal(r.exitCode, 0, r.stdout + r.stderr)
+      assert.equal(r.stdout.trim(), '700', r.stderr)
+      await assertNothingLeft(install.installation())
+    } finally {
+      install.cleanup()
+    }
+  })
+
   it('cleans a half-enabled node, left by an enable killed while attaching', async () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'kill-'))
