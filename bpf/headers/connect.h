@@ -255,7 +255,7 @@ static __always_inline void keep_source(struct bpf_sock_addr *ctx, const struct 
 }
 
 /* Store the original destination, then set where the connect goes instead (`to`, the port in
- * network order). Returns 0 to leave the connect alone. */
+ * network order). Returns 0 to leave the connect alone, -1 to refuse it. */
 static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_settings *cfg, const struct mb_caller *c,
 				 enum mb_action action, const union mb_ip *dst, __be16 dport, union mb_ip *to, __be16 *port)
 {
@@ -285,9 +285,11 @@ static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_sett
 	default:
 		return 0;
 	}
-	/* without the original destination the sidecar could not forward: leave it */
+	/* without the original destination the sidecar could not forward it, and going direct would
+	 * skip the sidecar: the storage is charged to the socket's option memory, which an app can fill
+	 * first on purpose. Refused (fail closed), and counted. */
 	if (!remember_origin(ctx, dst, dport, flags))
-		return 0;
+		return -1;
 	if (c->proxy && c->self) {
 		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 		struct mb_process *known = bpf_map_lookup_elem(&process_ip, &tgid);
@@ -336,6 +338,7 @@ static __always_inline void unspecified_to_local(union mb_ip *dst, const union m
 
 /* The whole decision for a connect (or, `datagram`, a sendmsg) to dst from a socket bound to src
  * (zeros when unbound): 1 when it is to go to `to`:`port` instead. */
+/* 1: send it to `to`:`port`; 0: leave it alone; -1: refuse it (the hook returns 0: EPERM). */
 static __always_inline int intercept(struct bpf_sock_addr *ctx, union mb_ip *dst, const union mb_ip *src,
 				     union mb_ip *to, __be16 *port, int datagram)
 {
@@ -344,6 +347,7 @@ static __always_inline int intercept(struct bpf_sock_addr *ctx, union mb_ip *dst
 	__be16 dport = (__be16)ctx->user_port;
 	int udp = ctx->protocol == MB_IPPROTO_UDP;
 	enum mb_action action;
+	int applied;
 
 	if (ctx->protocol != MB_IPPROTO_TCP && !udp)
 		return 0;
@@ -356,8 +360,9 @@ static __always_inline int intercept(struct bpf_sock_addr *ctx, union mb_ip *dst
 	unspecified_to_local(dst, src);
 	identify(ctx, cfg, &c);
 	action = decide(ctx, cfg, &c, dst, bpf_ntohs(dport), src, udp);
-	if (!apply(ctx, cfg, &c, action, dst, dport, to, port))
-		return 0;
+	applied = apply(ctx, cfg, &c, action, dst, dport, to, port);
+	if (applied <= 0)
+		return applied;
 	/* bpf_bind exists in connect hooks only: `datagram` is a constant in each program */
 	if (!datagram && (action == MB_TO_OUTBOUND || action == MB_TO_OWN_INBOUND))
 		keep_source(ctx, &c, dst, src);
@@ -378,14 +383,16 @@ static __always_inline int intercept4(struct bpf_sock_addr *ctx, int datagram)
 {
 	union mb_ip dst, src, to;
 	__be16 port;
+	int verdict;
 
 	ip_from_v4(&dst, ctx->user_ip4);
 	ip_from_v4(&src, ctx->sk ? ctx->sk->src_ip4 : 0);
-	if (intercept(ctx, &dst, &src, &to, &port, datagram)) {
+	verdict = intercept(ctx, &dst, &src, &to, &port, datagram);
+	if (verdict > 0) {
 		ctx->user_ip4 = to.u32[3];
 		ctx->user_port = port;
 	}
-	return 1;
+	return verdict >= 0;
 }
 
 /* AF_INET6 sockets: native IPv6 destinations, decided as ip6tables' copy of the rules would,
@@ -396,15 +403,17 @@ static __always_inline int intercept6(struct bpf_sock_addr *ctx, int datagram)
 	union mb_ip dst, src, to;
 	struct bpf_sock *sk = ctx->sk;
 	__be16 port;
+	int verdict;
 
 	ip_from_v6(&dst, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
 	if (sk)
 		ip_from_v6(&src, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
 	else
 		ip_from_v6(&src, 0, 0, 0, 0);
-	if (intercept(ctx, &dst, &src, &to, &port, datagram))
+	verdict = intercept(ctx, &dst, &src, &to, &port, datagram);
+	if (verdict > 0)
 		set_user_ip6(ctx, &to, port);
-	return 1;
+	return verdict >= 0;
 }
 
 SEC("cgroup/connect4")

@@ -244,6 +244,9 @@ export function diagnose(o: Observed): StatusReport {
   const overShare = (snap.counters?.socketOverShare ?? 0) + (snap.counters?.originOverShare ?? 0)
   if (overShare > 0)
     report.hints.push(`${overShare} socket(s) or original destination(s) were refused because their pod was over its share of a busy connection map (counters below): enable --max-connections with a larger capacity gives every pod more`)
+  const lost = snap.counters?.originLost ?? 0
+  if (lost > 0)
+    report.hints.push(`${lost} connect(s) or datagram(s) were refused (EPERM): their socket had no room left to store the original destination (its option memory full, which an app can do on purpose), and going direct would skip the sidecar`)
   const unregistered = state?.pods.unregistered.length ?? 0
   if (unregistered > 0) report.hints.push(`${unregistered} meshed pod(s) were not found on this node at the last sync`)
 

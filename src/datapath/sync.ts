@@ -1,12 +1,12 @@
 import {existsSync} from 'node:fs'
 import {bpftool} from '../bpf/bpftool.js'
 import {ipToSlot} from '../bpf/ip.js'
-import {encodeIface, encodePodId, encodePodRules, encodeU32, encodeU64, MAX_DNS, MAX_PODS, podShare, type PodRules} from '../bpf/layout.js'
+import {decodePodId, encodeIface, encodePodId, encodePodRules, encodeU32, encodeU64, MAX_DNS, MAX_PODS, podShare, type PodRules} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import {readMaps} from '../bpf/maps.js'
 import type {MeshedPod, PodSelection} from '../kube/pods.js'
 import type {Helpers} from '../bpf/objects.js'
-import {interfaceIndexes, listNetnsCandidates, namespaceResolvers, namespacesByIp, type NetnsCandidate, netnsCookies, normalIp} from '../node/netns.js'
+import {interfaceIndexes, listNetnsCandidates, namespaceHolders, namespaceResolvers, type NetnsCandidate, netnsCookies, normalIp} from '../node/netns.js'
 import {attachInbound, type InboundTarget} from '../node/tc-inbound.js'
 import type {Installation, PodRecord} from './installation.js'
 
@@ -185,6 +185,38 @@ export function planSync(found: FoundPod[], current: PodMapsView, known: boolean
   return plan
 }
 
+/** Each registered address (canonical), and the cookie of the namespace it is registered to. */
+function registeredCookies(view: PodMapsView): Map<string, bigint> {
+  const out = new Map<string, bigint>()
+  for (const [cookie, id] of view.netns) {
+    const pod = decodePodId(Buffer.from(id, 'hex'))
+    out.set(normalIp(pod.ip), cookie)
+    if (pod.ip6) out.set(normalIp(pod.ip6), cookie)
+  }
+  return out
+}
+
+/**
+ * The namespace a pod is, among those holding its address. More than one is a claim, made on
+ * purpose or not: a registration never moves away from a namespace that still holds the address
+ * (an address put on another namespace's loopback must not take the pod's identity, its inbound
+ * guard and its DNS capture); a pod not registered yet goes to the oldest namespace (the lowest
+ * cookie: cookies only grow), which held the address first unless a claim was made before the
+ * pod existed. Either way the node is warned, naming the others.
+ */
+export function pickNamespace(pod: MeshedPod, holders: readonly NetnsCandidate[], cookies: ReadonlyMap<string, bigint>, registered: bigint | undefined): {ns?: NetnsCandidate; warning?: string} {
+  if (holders.length <= 1) return {ns: holders[0]}
+  const withCookie = holders.flatMap((h) => {
+    const cookie = cookies.get(h.path)
+    return cookie === undefined ? [] : [{h, cookie}]
+  })
+  const kept = (withCookie.find((w) => w.cookie === registered) ?? withCookie.sort((a, b) => (a.cookie < b.cookie ? -1 : 1))[0])?.h
+  if (!kept) return {ns: holders[0]}
+  const others = holders.filter((h) => h !== kept).map((h) => h.path)
+  const why = cookies.get(kept.path) === registered ? 'where it is registered' : 'the oldest of them'
+  return {ns: kept, warning: `${pod.namespace}/${pod.name}: its address ${pod.ip} is also held by ${others.length} other network namespace(s) (${others.slice(0, 3).join(', ')}): kept in ${kept.path}, ${why}`}
+}
+
 /**
  * Make local_pod_ips and netns_pod_ips match the selected pods, writing only what changed, in
  * one bpftool process. Pod identity is registered by finding each pod's network namespace on the
@@ -193,11 +225,17 @@ export function planSync(found: FoundPod[], current: PodMapsView, known: boolean
  */
 export async function syncPods(inst: Installation, objects: Helpers, selection: PodSelection, opts: {known?: PodMapsView; attachInbound: boolean; capacity: number}): Promise<SyncResult> {
   checkCapacity(selection)
-  const byIp = namespacesByIp(await listNetnsCandidates())
-  const located = selection.meshed.map((pod) => ({pod, ns: byIp.get(normalIp(pod.ip))}))
-  const cookies = await netnsCookies(objects.netnsCookie, located.flatMap((f) => (f.ns ? [f.ns.path] : [])))
+  const holders = namespaceHolders(await listNetnsCandidates())
+  const held = selection.meshed.map((pod) => ({pod, holders: holders.get(normalIp(pod.ip)) ?? []}))
+  const cookies = await netnsCookies(objects.netnsCookie, [...new Set(held.flatMap((h) => h.holders.map((c) => c.path)))])
   const current = opts.known ?? (await readView(inst))
   const nodeWarnings: string[] = []
+  const registeredAt = registeredCookies(current)
+  const located = held.map(({pod, holders: hs}) => {
+    const {ns, warning} = pickNamespace(pod, hs, cookies, registeredAt.get(normalIp(pod.ip)))
+    if (warning) nodeWarnings.push(warning)
+    return {pod, ns}
+  })
   const found: FoundPod[] = []
   for (const {pod, ns} of located) {
     const {rules, warning} = podRulesWithDns(pod, ns)

@@ -145,6 +145,24 @@ export function namespacesByIp(candidates: NetnsCandidate[]): Map<string, NetnsC
   return out
 }
 
+/**
+ * For each IP (canonical), every namespace that has it as a local address. A pod's address held
+ * by more than one is a claim: any process able to make a network namespace can put another
+ * pod's address on its own loopback.
+ */
+export function namespaceHolders(candidates: NetnsCandidate[]): Map<string, NetnsCandidate[]> {
+  const out = new Map<string, NetnsCandidate[]>()
+  for (const c of candidates)
+    for (const ip of c.addresses) {
+      if (ip.startsWith('127.')) continue
+      const key = normalIp(ip)
+      const list = out.get(key) ?? []
+      if (!list.includes(c)) list.push(c)
+      out.set(key, list)
+    }
+  return out
+}
+
 /** One spelling per address (IPv6 is written many ways), as keys of namespacesByIp. */
 export function normalIp(ip: string): string {
   return slotToIp(ipToSlot(ip))

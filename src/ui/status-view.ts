@@ -12,7 +12,7 @@ const COUNTER_LABELS: Record<CounterName, string> = {
   redirectMiss: 'messages left on TCP (peer not tracked)',
   getsockoptAnswered: 'SO_ORIGINAL_DST answers',
   sockhashFull: 'sockets left on TCP (sock_pair_map full)',
-  originLost: 'original destinations that could not be stored',
+  originLost: 'connections refused: no room for their original destination (fail closed)',
   connOwnInbound: "sidecar connections to their own pod sent to its inbound sidecar",
   inboundAssigned: 'packets from elsewhere handed to an inbound sidecar',
   inboundNoListener: 'packets dropped: no inbound sidecar listening (fail closed)',

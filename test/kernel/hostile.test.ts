@@ -90,6 +90,32 @@ while select.select([rx], [], [], max(0, deadline - time.time()))[0]:
 print('no answer', flush=True)
 `
 
+// An app that fills its socket's option memory (TCP_MD5SIG keys, as an unprivileged user may)
+// before connect(): the socket storage for the original destination cannot be had.
+const FILL_PY = `
+import errno, socket, struct, sys
+s = socket.socket()
+keys = 0
+while True:
+    addr = struct.pack('=H', socket.AF_INET) + struct.pack('!H', 0) + socket.inet_aton('10.%d.%d.%d' % (keys >> 16 & 255, keys >> 8 & 255, keys & 255))
+    md5 = addr.ljust(128, b'\\0') + struct.pack('=BBHI', 0, 0, 80, 0) + b'k' * 80
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, 14, md5)
+    except OSError as e:
+        if e.errno != errno.ENOMEM:
+            raise
+        break
+    keys += 1
+print('keys', keys, flush=True)
+s.settimeout(10)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    s.sendall(b'GET /whoami HTTP/1.0\\r\\n\\r\\n')
+    print('response: ' + s.recv(100).split(b'\\r\\n')[0].decode(), flush=True)
+except OSError as e:
+    print('refused: ' + errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+`
+
 describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
@@ -105,6 +131,7 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
     writeFileSync(join(lab.tmp, 'server.py'), SERVER_PY)
     writeFileSync(join(lab.tmp, 'client.py'), CLIENT_PY)
     writeFileSync(join(lab.tmp, 'fragment.py'), FRAGMENT_PY)
+    writeFileSync(join(lab.tmp, 'fill.py'), FILL_PY)
     const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
     assert.equal(r.code, 0, r.stderr + r.stdout)
   })
@@ -133,6 +160,43 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
     } finally {
       await agent.stop()
     }
+  })
+
+  it("keeps a pod's registration when another namespace puts the pod's address on its own loopback", async () => {
+    const registeredAt = async () => new Map((await readMaps.netnsPods(inst)).map((n) => [n.ip, n.netns]))
+    const before = await registeredAt()
+    assert.equal(before.size, 2)
+    try {
+      for (const p of ['a', 'b']) {
+        const r = await lab.exec('x', 'ip', ['addr', 'add', `${lab.pod(p).ip}/32`, 'dev', 'lo'])
+        assert.equal(r.code, 0, r.stderr)
+      }
+      const r = await cli(['sync', '--bpffs', install.bpffs, '--pods-file', lab.writePodList()], install.env)
+      assert.equal(r.code, 0, r.stdout + r.stderr)
+      assert.deepEqual(await registeredAt(), before, 'every pod still registered to its own namespace')
+      for (const p of ['a', 'b']) assert.match(r.stdout + r.stderr, new RegExp(`lab/${p}: its address ${lab.pod(p).ip.replaceAll('.', '\\.')} is also held by 1 other network namespace\\(s\\) .*: kept in .*, where it is registered`))
+      // and the pods' traffic still passes their sidecars
+      const ok = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
+      assert.equal(ok.status, 200, ok.error)
+    } finally {
+      for (const p of ['a', 'b']) await lab.exec('x', 'ip', ['addr', 'del', `${lab.pod(p).ip}/32`, 'dev', 'lo'])
+    }
+  })
+
+  it('refuses a connect whose socket has no room for its original destination, rather than let it skip the sidecar', async () => {
+    const counters0 = await readMaps.counters(inst)
+    const sessions0 = await lab.sidecarSessions('a')
+    const r = await lab.exec('a', 'setpriv', ['--reuid', '1000', '--regid', '1000', '--clear-groups', SYSTEM_PYTHON, join(lab.tmp, 'fill.py'), lab.pod('b').ip, String(APP_PORT)])
+    assert.equal(r.code, 0, r.stderr)
+    assert.match(r.stdout, /^keys [1-9]\d*$/m, 'the app filled its socket option memory')
+    assert.match(r.stdout, /^refused: EPERM$/m, `the connect went somewhere: ${r.stdout}`)
+    assert.equal((await readMaps.counters(inst)).originLost, counters0.originLost + 1)
+    assert.equal((await lab.sidecarSessions('a')).outbound, sessions0.outbound, 'nothing reached the sidecar either')
+    const st = await cli(['status', '--bpffs', install.bpffs], install.env)
+    assert.match(st.stdout, /1 connect\(s\) or datagram\(s\) were refused \(EPERM\)/)
+    // an ordinary request from the same pod still passes its sidecar
+    const ok = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
+    assert.equal(ok.status, 200, ok.error)
   })
 
   it("never hands a connection's bytes to a socket in another namespace with the same 4-tuple", async () => {

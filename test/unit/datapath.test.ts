@@ -8,7 +8,7 @@ import type {InstallState} from '../../src/datapath/installation.js'
 import {Errors} from '@oclif/core'
 import {CAPTURE_ALL, encodeIface} from '../../src/bpf/layout.js'
 import {DropWatch} from '../../src/datapath/watch-loop.js'
-import {otherAddresses, type PodMapsView, planSync} from '../../src/datapath/sync.js'
+import {otherAddresses, pickNamespace, type PodMapsView, planSync} from '../../src/datapath/sync.js'
 import type {MeshedPod} from '../../src/kube/pods.js'
 import {usageError} from '../../src/ui/base-command.js'
 import {renderStatus} from '../../src/ui/status-view.js'
@@ -222,5 +222,29 @@ describe("sync --watch's look at the guard's drops", () => {
     assert.equal(w.observe(14, 50_000), 1)
     assert.equal(w.observe(15, 51_000), undefined)
     assert.equal(w.observe(16, 52_000), 2)
+  })
+})
+
+describe('a pod address held by more than one network namespace', () => {
+  const pod: MeshedPod = {namespace: 'lab', name: 'b', ip: '10.0.0.2', dnsCapture: false, dnsToAny: false, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []}
+  const ns = (path: string) => ({inode: 1, path, addresses: [pod.ip], linkLocal: [], pids: []})
+  const [own, claim] = [ns('/proc/10/ns/net'), ns('/proc/99/ns/net')]
+  const cookies = new Map([[own.path, 5n], [claim.path, 9n]])
+
+  it('takes the only holder without a word', () => {
+    assert.deepEqual(pickNamespace(pod, [own], cookies, undefined), {ns: own})
+    assert.deepEqual(pickNamespace(pod, [], cookies, undefined), {ns: undefined})
+  })
+
+  it('keeps the namespace the pod is registered to, whichever is older, and says who else holds the address', () => {
+    const kept = pickNamespace(pod, [claim, own], new Map([[own.path, 9n], [claim.path, 5n]]), 9n)
+    assert.equal(kept.ns, own)
+    assert.equal(kept.warning, 'lab/b: its address 10.0.0.2 is also held by 1 other network namespace(s) (/proc/99/ns/net): kept in /proc/10/ns/net, where it is registered')
+  })
+
+  it('registers a new pod in the oldest holder (the lowest cookie), with a warning', () => {
+    const picked = pickNamespace(pod, [claim, own], cookies, undefined)
+    assert.equal(picked.ns, own)
+    assert.match(picked.warning ?? '', /kept in \/proc\/10\/ns\/net, the oldest of them$/)
   })
 })
