@@ -120,15 +120,16 @@ export async function runStreaming(tool: string, args: readonly string[], onStdo
   })
   const result = await child
   const stderr = result.stderr
+  // bpftool -j reports its error on stdout, as {"error":"..."}: the tool failed by itself, even
+  // when our kill (after the handler refused that output) got to it before its exit
+  const fromJson = /^\s*\{"error":\s*"(.*)"\}/.exec(head)?.[1]
   // killed by us: what the handler threw is the story (unless the tool had failed by itself)
-  if (failure !== undefined && (result.exitCode === undefined || result.exitCode === 0)) throw failure
-  if (result.failed && result.exitCode === undefined) {
+  if (failure !== undefined && fromJson === undefined && (result.exitCode === undefined || result.exitCode === 0)) throw failure
+  if (result.failed && result.exitCode === undefined && fromJson === undefined) {
     if (String(result.message).includes('ENOENT')) throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
     throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message), stderr)
   }
-  if (result.exitCode !== 0) {
-    // bpftool -j reports its error on stdout, as {"error":"..."}
-    const fromJson = /^\s*\{"error":\s*"(.*)"\}/.exec(head)?.[1]
+  if (result.exitCode !== 0 || fromJson !== undefined) {
     const said = lastLine(stderr) || (fromJson ?? `exit code ${result.exitCode}`)
     throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, said, stderr || head, permissionHint(stderr || head))
   }
