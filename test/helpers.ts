@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict'
 import {execa} from 'execa'
 import {randomBytes} from 'node:crypto'
 import {existsSync, mkdtempSync, rmSync} from 'node:fs'
@@ -6,6 +7,7 @@ import {join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {Installation} from '../src/datapath/installation.js'
 import type {DumpableMap, MapDump, RowsOf} from '../src/datapath/dump.js'
+import {APP_PORT, type Lab} from '../src/lab/lab.js'
 import {POLL_DEADLINE_MS} from '../src/lab/process.js'
 import {onPath} from '../src/exec.js'
 import {findCgroup2, isBpffs, readMounts} from '../src/node/mounts.js'
@@ -109,4 +111,16 @@ export function rowsOf<K extends DumpableMap>(maps: MapDump[], name: K): RowsOf[
   const m = maps.find((x) => x.map === name)
   if (!m) throw new Error(`no ${name} in the dump: ${maps.map((x) => x.map).join(', ')}`)
   return m.rows as RowsOf[K][]
+}
+
+/** n requests a -> b through both sidecars: each adds a session to a's outbound and b's inbound listener. */
+export async function requestsPassBothSidecars(lab: Lab, n: number): Promise<void> {
+  const [a0, b0] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
+  for (let i = 0; i < n; i++) {
+    const r = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
+    assert.equal(r.status, 200, r.error)
+  }
+  const [a1, b1] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
+  assert.ok(a1.outbound >= a0.outbound + n, `a's outbound sidecar: ${a0.outbound} -> ${a1.outbound}`)
+  assert.ok(b1.inbound >= b0.inbound + n, `b's inbound sidecar: ${b0.inbound} -> ${b1.inbound}`)
 }

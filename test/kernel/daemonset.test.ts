@@ -20,7 +20,7 @@ import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
 import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
-import {eventually, kernelSkipReason, parseJson, ROOT, suiteTimeout, uniqueInstall} from '../helpers.js'
+import {eventually, kernelSkipReason, parseJson, ROOT, suiteTimeout, uniqueInstall, requestsPassBothSidecars} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'podman', 'mmdebstrap'])
 const IMAGE = 'localhost/merbridge:test'
@@ -123,18 +123,6 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     return parseJson<StatusReport>(r.stdout)
   }
 
-  /** a -> b through both sidecars: each request adds a session to a's outbound and b's inbound listener. */
-  async function requestsPassBothSidecars(n: number): Promise<void> {
-    const [a0, b0] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
-    for (let i = 0; i < n; i++) {
-      const r = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
-      assert.equal(r.status, 200, r.error)
-    }
-    const [a1, b1] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
-    assert.ok(a1.outbound >= a0.outbound + n, `a's outbound sidecar: ${a0.outbound} -> ${a1.outbound}`)
-    assert.ok(b1.inbound >= b0.inbound + n, `b's inbound sidecar: ${b0.inbound} -> ${b1.inbound}`)
-  }
-
   before(async () => {
     const image = await execa('bash', [join(ROOT, 'scripts', 'image.sh'), IMAGE.replace('localhost/', '')], {reject: false})
     assert.equal(image.exitCode, 0, `${image.stdout.slice(-2000)}\n${image.stderr.slice(-2000)}`)
@@ -180,7 +168,7 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     const s = await status()
     assert.equal(s.verdict, 'healthy', s.problems.join('; '))
     assert.equal(s.pods?.meshed.length, 2, JSON.stringify(s.pods))
-    await requestsPassBothSidecars(3)
+    await requestsPassBothSidecars(lab, 3)
     const metrics = await get('/metrics')
     assert.equal(metrics.status, 200)
     assert.match(metrics.text, /^merbridge_datapath_healthy 1$/m)
@@ -194,7 +182,7 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     assert.equal(again.exitCode, 0, again.stderr)
     await ready()
     assert.doesNotMatch(await logs(names.ds), /LOCKED|another merbridge command/)
-    await requestsPassBothSidecars(2)
+    await requestsPassBothSidecars(lab, 2)
   })
 
   it('stops on SIGTERM and leaves the datapath attached: a stream through it completes', async () => {
@@ -208,7 +196,7 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     const got = await stream.release()
     assert.equal(got.code, 0, JSON.stringify(got))
     assert.ok((await bpftool.cgroupShow(lab.cgroup)).length > 0, 'programs still attached')
-    await requestsPassBothSidecars(2)
+    await requestsPassBothSidecars(lab, 2)
   })
 
   it('uninstalls from its own container: no program, pin, filter or record left; then a slow first enable installs cleanly again', async () => {
@@ -236,6 +224,6 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     writeFileSync(join(hold, 'go'), '')
     await ready()
     assert.equal((await status()).verdict, 'healthy')
-    await requestsPassBothSidecars(2)
+    await requestsPassBothSidecars(lab, 2)
   })
 })

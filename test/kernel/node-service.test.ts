@@ -13,7 +13,7 @@ import {PROFILES} from '../../src/mesh/profiles.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
 import type {EnableResult} from '../../src/commands/enable.js'
 import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
-import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout, requestsPassBothSidecars} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'unshare'])
 
@@ -78,18 +78,6 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
     rmSync(tmp, {recursive: true, force: true})
   })
 
-  /** a -> b through both sidecars: each request adds a session to a's outbound and b's inbound listener. */
-  async function requestsPassBothSidecars(n: number): Promise<void> {
-    const [a0, b0] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
-    for (let i = 0; i < n; i++) {
-      const r = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
-      assert.equal(r.status, 200, r.error)
-    }
-    const [a1, b1] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
-    assert.ok(a1.outbound >= a0.outbound + n, `a's outbound sidecar: ${a0.outbound} -> ${a1.outbound}`)
-    assert.ok(b1.inbound >= b0.inbound + n, `b's inbound sidecar: ${b0.inbound} -> ${b1.inbound}`)
-  }
-
   it('serves health at once, readiness after the first sync, and metrics that follow the traffic; SIGTERM leaves the datapath attached', async () => {
     const port = await freePort()
     const base = `http://127.0.0.1:${port}`
@@ -119,7 +107,7 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       assert.ok((m0.get('merbridge_map_max_entries{map="sock_pair_map"}') ?? 0) > 0)
       assert.ok((m0.get('merbridge_map_memory_bytes{map="pair_original_dst"}') ?? 0) > 0)
 
-      await requestsPassBothSidecars(3)
+      await requestsPassBothSidecars(lab, 3)
       const m1 = parseExposition((await get('/metrics')).text)
       const outbound = 'merbridge_datapath_conn_outbound_total'
       assert.ok((m1.get(outbound) ?? 0) >= (m0.get(outbound) ?? 0) + 3, `${outbound}: ${m0.get(outbound)} -> ${m1.get(outbound)}`)
@@ -141,7 +129,7 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       await stream.flowingPast(stream.bytes, 'after SIGTERM')
       const got = await stream.release()
       assert.equal(got.code, 0, JSON.stringify(got))
-      await requestsPassBothSidecars(3)
+      await requestsPassBothSidecars(lab, 3)
       const status = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
       assert.equal(status.verdict, 'healthy', status.problems.join('; '))
     } finally {
@@ -227,6 +215,6 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
     const seeing = await inContainer(['--host-proc', hostProc])
     assert.deepEqual(seeing.meshed.map((p) => p.name).sort(), ['a', 'b'])
     // and the datapath still carries a -> b through both sidecars
-    await requestsPassBothSidecars(2)
+    await requestsPassBothSidecars(lab, 2)
   })
 })
