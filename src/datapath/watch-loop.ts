@@ -12,6 +12,7 @@ import {type PodEvent, watchNodePods} from '../kube/watch.js'
 import type {MeshProfile} from '../mesh/profiles.js'
 import {readMaps} from '../bpf/maps.js'
 import {connectionCapacity, type Installation} from './installation.js'
+import {withInstallationLock} from './lock.js'
 import {type AppliedPods, applyPods, describePod, podsRecord, savePodsRecord} from './pods-sync.js'
 
 export interface WatchOptions {
@@ -58,8 +59,12 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
         // a re-check forgets what the last sync left, so the maps are read back and compared
         const rechecking = event.type === 'RECHECK' || event.type === 'UNCOVERED'
         const known = rechecking ? undefined : applied?.sync.view
-        applied = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true, capacity})
-        await savePodsRecord(inst, podsRecord(source, applied))
+        // one command changes an installation at a time: an enable or sync under way finishes first
+        applied = await withInstallationLock(inst, 'sync --watch', async () => {
+          const done = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true, capacity})
+          await savePodsRecord(inst, podsRecord(source, done))
+          return done
+        })
         const ms = Math.round(performance.now() - started)
         opts.onSynced?.({cause: event.type, ms, lagMs: performance.now() - arrived, applied})
         if (event.type === 'RELISTED')

@@ -12,6 +12,7 @@ import {readMaps} from '../../src/bpf/maps.js'
 import {APP_PORT, Lab, NODE as NODE_NS} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {EnableResult} from '../../src/commands/enable.js'
+import {lockName} from '../../src/datapath/lock.js'
 import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout} from '../helpers.js'
 import {FakeApiServer, makePod} from '../support/fake-apiserver.js'
 
@@ -102,6 +103,24 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
     assert.equal(await remote('a', 'd'), '127.0.0.6', "through d's inbound sidecar")
     await until('the addition logged', () => watchLog.includes('"event":"added","pod":"lab/d"'))
     t.diagnostic(`pod added -> registered in ${ms} ms`)
+  })
+
+  it('watches: waits for the installation\'s lock before it changes the maps', async () => {
+    // another command holding the installation (a lock the kernel releases with its holder)
+    const holder = execa(process.execPath, ['-e', `require('node:net').createServer().listen({path: ${JSON.stringify(lockName(install.bpffs))}}, () => console.log('held'))`], {reject: false})
+    try {
+      await once(holder.stdout, 'data')
+      api.delete('lab', 'd')
+      // held open: the watch has the change and must not write while the lock is taken
+      await new Promise((resolve) => setTimeout(resolve, 2000))
+      assert.ok((await registered()).has(lab.pod('d').ip), 'the watch wrote the maps while another command held the installation')
+    } finally {
+      holder.kill('SIGKILL')
+      await holder
+    }
+    await until('d released once the lock is free', async () => !(await registered()).has(lab.pod('d').ip))
+    api.add(makePod('d', lab.pod('d').ip, NODE))
+    await until('d registered again', async () => (await registered()).has(lab.pod('d').ip))
   })
 
   it('watches: a deleted pod is released', async () => {
