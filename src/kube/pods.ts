@@ -11,7 +11,7 @@ import {goBool, istioInitSettings} from './istio-init.js'
 /** The parts of a Kubernetes Pod that merbridge reads. */
 export interface PodJson {
   // as found in a pods file: entries may be null and YAML may give numbers where the API has strings
-  metadata?: {name?: string; namespace?: string; annotations?: Record<string, unknown>}
+  metadata?: {name?: string; namespace?: string; annotations?: Record<string, unknown>; deletionTimestamp?: unknown}
   spec?: {
     nodeName?: string
     hostNetwork?: boolean
@@ -49,7 +49,7 @@ export interface MeshedPod {
 }
 
 /** Why a pod is skipped, as a short code (a metric label: few values, whatever the pods hold). */
-export type SkipCode = 'no-sidecar' | 'gateway' | 'intercepts-nothing' | 'tproxy' | 'unknown-mode' | 'other-ports' | 'user-namespace' | 'host-network' | 'finished' | 'no-ip' | 'shared-ip'
+export type SkipCode = 'no-sidecar' | 'gateway' | 'intercepts-nothing' | 'tproxy' | 'unknown-mode' | 'other-ports' | 'user-namespace' | 'host-network' | 'finished' | 'no-ip' | 'shared-ip' | 'reused-ip'
 
 export interface PodSelection {
   meshed: MeshedPod[]
@@ -186,6 +186,15 @@ function badIPs(pod: PodJson): string[] {
 export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: MeshProfile): PodSelection {
   const out: PodSelection = {meshed: [], skipped: [], otherNodes: 0}
   const byIp = new Map<string, MeshedPod>()
+  // a terminating pod's address may already be a new pod's: the new one, meshed or not, owns it
+  const live = new Map<string, string>()
+  for (const item of pods) {
+    const pod = item as PodJson | null
+    if (!pod || typeof pod !== 'object' || pod.spec?.nodeName !== node || pod.metadata?.deletionTimestamp || pod.spec.hostNetwork) continue
+    if (pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') continue
+    const id = `${typeof pod.metadata?.namespace === 'string' ? printable(pod.metadata.namespace, 253) : 'default'}/${typeof pod.metadata?.name === 'string' ? printable(pod.metadata.name, 253) : '(unnamed)'}`
+    for (const ip of [podIPv4(pod), podIPv6(pod)]) if (ip !== undefined) live.set(ip, id)
+  }
   for (const item of pods) {
     if (!item || typeof item !== 'object') continue
     const pod = item as PodJson
@@ -244,6 +253,11 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const bad = [...new Set(badIPs(pod))]
     if (!ip) {
       skip(bad.length > 0 ? `has no valid IP address (status gives ${bad.slice(0, 2).join(', ')})` : 'has no IP address yet', 'no-ip')
+      continue
+    }
+    const successor = pod.metadata?.deletionTimestamp ? live.get(ip) : undefined
+    if (successor !== undefined) {
+      skip(`terminating, and its IP ${ip} is now ${successor}'s`, 'reused-ip')
       continue
     }
     const owner = byIp.get(ip)

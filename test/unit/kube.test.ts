@@ -111,6 +111,20 @@ describe('pod selection', () => {
     assert.deepEqual(warnings.mixed, ['ns/mixed: status lists addresses that are not IPs ("not-an-ip"); registered as 10.9.0.7'])
   })
 
+  it("gives a terminating pod's address to the pod that has it now, meshed or not, whichever is listed first", () => {
+    const leaving = pod('leaving', {metadata: {name: 'leaving', namespace: 'ns', deletionTimestamp: '2026-12-06T10:00:00Z', annotations: {'sidecar.istio.io/status': '{}'}}, status: {podIP: '10.9.0.1'}})
+    const arrived = pod('arrived', {status: {podIP: '10.9.0.1'}})
+    const plain = pod('plain', {spec: {nodeName: 'node1', containers: [{name: 'app'}]}, status: {podIP: '10.9.0.2'}})
+    const leavingToo = pod('leaving-too', {metadata: {name: 'leaving-too', namespace: 'ns', deletionTimestamp: '2026-12-06T10:00:00Z', annotations: {'sidecar.istio.io/status': '{}'}}, status: {podIP: '10.9.0.2'}})
+    const s = selectMeshedPods([leaving, arrived, leavingToo, plain], 'node1', istio)
+    assert.deepEqual(s.meshed.map((p) => p.name), ['arrived'])
+    const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
+    assert.equal(reasons.leaving, "terminating, and its IP 10.9.0.1 is now ns/arrived's")
+    assert.equal(reasons['leaving-too'], "terminating, and its IP 10.9.0.2 is now ns/plain's")
+    // terminating with its address still its own: still captured until it is gone
+    assert.deepEqual(selectMeshedPods([leaving], 'node1', istio).meshed.map((p) => p.name), ['leaving'])
+  })
+
   it('takes an IPv4-mapped address for the IPv4 address it is, and refuses addresses no pod can have, naming the pod', () => {
     const plain = pod('plain', {status: {podIP: '10.99.0.2'}})
     const mapped = pod('mapped', {status: {podIP: '::ffff:10.99.0.2'}})
