@@ -17,7 +17,7 @@ packages=(
   qemu-system-x86 busybox-static cpio kmod
   # the image (scripts/image.sh) and the DaemonSet run in a real container runtime: podman with
   # crun, its base made from Debian's packages by mmdebstrap (no registry is needed)
-  podman crun mmdebstrap uidmap
+  podman crun mmdebstrap uidmap fuse-overlayfs slirp4netns
 )
 missing=()
 for p in "${packages[@]}"; do
