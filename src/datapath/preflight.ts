@@ -7,13 +7,14 @@ import {buildObjects, shippedObjects} from '../bpf/objects.js'
 import {OPTIONAL_FEATURE_NAMES, OPTIONAL_FEATURES} from '../bpf/optional.js'
 import {probeLoads, type ProbeResults} from './probes.js'
 import {Installation} from './installation.js'
+import {programsOf} from './disable.js'
 import {PROGRAMS} from '../bpf/programs.js'
 import {describeError} from '../errors.js'
 import {BPFFS_MOUNT} from '../paths.js'
 import {currentPrivileges, type CapName} from '../node/caps.js'
 import {hasBtf, kernelAtLeast, type KernelVersion, MIN_KERNEL, runningKernel} from '../node/kernel.js'
 import {findCgroup2, isBpffs, type Mount, mountOf, readMounts} from '../node/mounts.js'
-import {listNetnsCandidates, namespacesByIp, normalIp} from '../node/netns.js'
+import {listNetnsCandidates, namespaceHolders, netnsCookies, normalIp} from '../node/netns.js'
 import {missingInbound} from '../node/tc-inbound.js'
 
 export type CheckStatus = 'pass' | 'warn' | 'fail'
@@ -252,13 +253,9 @@ async function probeChecks(before: Check[]): Promise<Check[]> {
   }
 }
 
+/** This installation's programs, a staged replacement's among them (both run while one takes over). */
 async function ourProgramIds(installation: Installation): Promise<Set<number>> {
-  const ids = new Set<number>()
-  for (const p of PROGRAMS) {
-    const info = await bpftool.progShowPinned(installation.prog(p.name)).catch(() => undefined)
-    if (info) ids.add(info.id)
-  }
-  return ids
+  return new Set((await programsOf(installation, await installation.readState().catch(() => undefined), {staged: true})).keys())
 }
 
 async function foreignCheck(cgroup: string, installation: Installation): Promise<Check> {
@@ -286,13 +283,16 @@ async function inboundCheck(installation: Installation): Promise<Check> {
     const prog = await bpftool.progShowPinned(installation.prog('mb_tc_inbound'))
     const state = await installation.readState()
     if (!prog || !state) return checkInbound([], 0, [])
-    const byIp = namespacesByIp(await listNetnsCandidates())
-    // pods gone since the last sync have nothing to capture
-    const found = state.pods.meshed.flatMap((p) => {
-      const ns = p.netns === undefined ? undefined : byIp.get(normalIp(p.ip))
+    const helpers = installation.requireHelpers()
+    const holders = namespaceHolders(await listNetnsCandidates())
+    const held = state.pods.meshed.map((p) => ({p, holders: p.netns === undefined ? [] : (holders.get(normalIp(p.ip)) ?? [])}))
+    const cookies = await netnsCookies(helpers.netnsCookie, [...new Set(held.flatMap((h) => h.holders.map((c) => c.path)))])
+    // the namespace each pod is registered to (not another holding its address); pods gone since the last sync have nothing to capture
+    const found = held.flatMap(({p, holders: hs}) => {
+      const ns = hs.find((h) => cookies.get(h.path)?.toString() === p.netns)
       return ns ? [{pod: `${p.namespace}/${p.name}`, target: {path: ns.path, skip: p.noInboundCapture ?? []}}] : []
     })
-    const tc = await missingInbound(installation.requireHelpers().tcInbound, prog.id, found.map((f) => f.target))
+    const tc = await missingInbound(helpers.tcInbound, prog.id, found.map((f) => f.target))
     const gaps = found.flatMap((f) => {
       const missing = tc.done.get(f.target.path) ?? []
       return missing.length > 0 ? [{pod: f.pod, interfaces: missing}] : []

@@ -138,13 +138,6 @@ export async function interfaceIndexes(path: string, names: readonly string[]): 
   return out
 }
 
-/** For each IP (in canonical form: normalIp), the namespace that has it as a local address (pod IPs are unique on a node). */
-export function namespacesByIp(candidates: NetnsCandidate[]): Map<string, NetnsCandidate> {
-  const out = new Map<string, NetnsCandidate>()
-  for (const c of candidates) for (const ip of c.addresses) if (!ip.startsWith('127.')) out.set(normalIp(ip), c)
-  return out
-}
-
 /**
  * For each IP (canonical), every namespace that has it as a local address. A pod's address held
  * by more than one is a claim: any process able to make a network namespace can put another
@@ -163,7 +156,7 @@ export function namespaceHolders(candidates: NetnsCandidate[]): Map<string, Netn
   return out
 }
 
-/** One spelling per address (IPv6 is written many ways), as keys of namespacesByIp. */
+/** One spelling per address (IPv6 is written many ways), as keys of namespaceHolders. */
 export function normalIp(ip: string): string {
   return slotToIp(ipToSlot(ip))
 }

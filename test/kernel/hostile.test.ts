@@ -10,7 +10,8 @@ import {readMaps} from '../../src/bpf/maps.js'
 import {APP_PORT, Lab, NODE, NODE_IP, REMOTE} from '../../src/lab/lab.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, eventually, kernelSkipReason, uniqueInstall, suiteTimeout} from '../helpers.js'
+import type {PreflightResult} from '../../src/datapath/preflight.js'
+import {cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'], [SYSTEM_PYTHON])
 
@@ -178,6 +179,11 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
       // and the pods' traffic still passes their sidecars
       const ok = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
       assert.equal(ok.status, 200, ok.error)
+      // doctor looks for inbound capture where each pod is registered, not in the claimant's namespace
+      const d = await cli(['doctor', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--json'], install.env)
+      const inbound = parseJson<PreflightResult>(d.stdout).checks.find((c) => c.id === 'inbound')
+      assert.equal(inbound?.status, 'pass', d.stdout)
+      assert.match(inbound.detail, /the 2 registered pod\(s\)/)
     } finally {
       for (const p of ['a', 'b']) await lab.exec('x', 'ip', ['addr', 'del', `${lab.pod(p).ip}/32`, 'dev', 'lo'])
     }
