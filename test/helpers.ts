@@ -114,6 +114,37 @@ export function rowsOf<K extends DumpableMap>(maps: MapDump[], name: K): RowsOf[
 }
 
 /** n requests a -> b through both sidecars: each adds a session to a's outbound and b's inbound listener. */
+/**
+ * Requests from pod `from` to `url` (an app answering /whoami), a new connection each, for as long
+ * as `op` runs and three at least: the peer the app saw for each (127.0.0.6 is the inbound
+ * sidecar's upstream; `failed: ...` a request that failed) and how many connections `from`'s
+ * outbound sidecar took meanwhile.
+ */
+export async function requestsDuring(lab: Lab, from: string, url: string, op: () => Promise<void>): Promise<{peers: string[]; outbound: number}> {
+  const peers: string[] = []
+  const before = (await lab.sidecarSessions(from)).outbound
+  const run = {going: true}
+  const load = (async () => {
+    while (run.going || peers.length < 3) {
+      const r = await lab.get(from, url)
+      peers.push(r.status === 200 && r.body ? (JSON.parse(r.body) as {remoteAddress: string}).remoteAddress : `failed: ${r.error ?? String(r.status)}`)
+    }
+  })()
+  try {
+    await op()
+  } finally {
+    run.going = false
+    await load
+  }
+  return {peers, outbound: (await lab.sidecarSessions(from)).outbound - before}
+}
+
+/** What requestsDuring saw: every request passed both sidecars, none failed. */
+export function assertAllThroughSidecars(r: {peers: string[]; outbound: number}): void {
+  assert.deepEqual([...new Set(r.peers)], ['127.0.0.6'], r.peers.join(', '))
+  assert.ok(r.outbound >= r.peers.length, `the outbound sidecar took ${r.outbound} of ${r.peers.length} requests`)
+}
+
 export async function requestsPassBothSidecars(lab: Lab, n: number): Promise<void> {
   const [a0, b0] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
   for (let i = 0; i < n; i++) {

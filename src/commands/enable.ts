@@ -28,10 +28,12 @@ export interface EnableResult {
   repaired?: string
   /**
    * how a replace went: 'in place' (the new programs took the old ones' places on the same maps,
-   * never nothing attached) or 'anew' (removed, then loaded: a broken installation, or maps whose
-   * layout changed, with why)
+   * never nothing attached), 'new maps' (the maps' layout changed: the new programs ran beside the
+   * old ones on maps of their own until the old ones were drained and detached; why, and the old
+   * sockhash's sockets released or left), or 'anew' (removed, then loaded: a broken installation,
+   * with why)
    */
-  replaced?: {how: 'in place' | 'anew'; why?: string}
+  replaced?: {how: 'in place' | 'new maps' | 'anew'; why?: string; released?: number; unreleased?: number}
 }
 
 export default class Enable extends BaseCommand {
@@ -114,8 +116,21 @@ function toResult(ctx: EnableContext): EnableResult {
     compiled: required(ctx.objects, 'the built objects').compiled,
     pods: podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')),
     ...(ctx.repaired ? {repaired: ctx.repaired} : {}),
-    ...(ctx.mode === 'replace' ? {replaced: ctx.swap ? {how: 'in place' as const} : {how: 'anew' as const, why: ctx.repaired ?? ctx.swapFallback ?? 'the previous installation was incomplete'}} : {}),
+    ...(ctx.mode === 'replace' ? {replaced: replaced(ctx)} : {}),
   }
+}
+
+function replaced(ctx: EnableContext): NonNullable<EnableResult['replaced']> {
+  if (ctx.swap === 'shared') return {how: 'in place'}
+  if (ctx.swap === 'new maps') return {how: 'new maps', why: ctx.notShared ?? '', released: ctx.retired?.released ?? 0, unreleased: ctx.retired?.unreleased ?? 0}
+  return {how: 'anew', why: ctx.repaired ?? ctx.notShared ?? 'the previous installation was incomplete'}
+}
+
+function replacedLine(r: NonNullable<EnableResult['replaced']>): string {
+  if (r.how === 'in place') return 'in place, on the same maps (nothing was detached before its successor ran)'
+  if (r.how === 'anew') return `anew (${r.why ?? ''}): connections made meanwhile went direct`
+  const left = r.unreleased ? `; ${r.unreleased} socket(s) still reading what was moved to them stay on the old maps until they close` : ''
+  return `on new maps (${r.why ?? ''}): the new programs ran beside the old ones until those were drained and detached, so every connection was captured${left}`
 }
 
 function summary(r: EnableResult): string {
@@ -126,7 +141,7 @@ function summary(r: EnableResult): string {
     `  pins     ${r.bpffs}`,
     `  mesh     ${r.mesh}`,
     ...(r.repaired ? [`  repaired ${r.repaired}`] : []),
-    ...(r.replaced ? [`  replaced ${r.replaced.how === 'in place' ? 'in place, on the same maps (nothing was detached before its successor ran)' : `anew (${r.replaced.why ?? ''}): connections made meanwhile went direct`}`] : []),
+    ...(r.replaced ? [`  replaced ${replacedLine(r.replaced)}`] : []),
     `  pods     ${r.pods.meshed.length} meshed and registered, ${r.pods.unregistered.length} meshed but not found on this node, ${r.pods.skipped.length} skipped (from ${r.pods.source})`,
   ]
   for (const p of r.pods.unregistered) lines.push(c.yellow(`  ! ${p.namespace}/${p.name} (${p.ip}): no network namespace with this IP on the node; its sidecar is used once it listens`))

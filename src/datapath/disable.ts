@@ -14,7 +14,7 @@ import {run} from '../exec.js'
 import {listNetnsCandidates} from '../node/netns.js'
 import {detachInbound} from '../node/tc-inbound.js'
 import {BPFFS_MOUNT, cacheDir} from '../paths.js'
-import {Installation} from './installation.js'
+import {type InstallState, Installation} from './installation.js'
 import {PROGRAMS} from '../bpf/programs.js'
 import {writeSettings} from './settings.js'
 
@@ -130,6 +130,90 @@ function attachArg(kernelAttachType: string, progName: string): string {
 }
 
 /**
+ * Our programs, by id: those pinned in the installation (with `staged`, a replacement's too: a
+ * swap interrupted midway may have attached some), and those its record names that the kernel
+ * still has under that name (a program whose pin is gone stays attached, found by its id; a name
+ * alone could be another installation's).
+ */
+export async function programsOf(inst: Installation, state: InstallState | undefined, opts: {staged: boolean}): Promise<Map<number, string>> {
+  const progIds = new Map<number, string>()
+  for (const p of PROGRAMS) {
+    for (const pin of [inst.prog(p.name), ...(opts.staged ? [inst.stagedProg(p.name)] : [])]) {
+      const info = await bpftool.progShowPinned(pin)
+      if (info) progIds.set(info.id, p.name)
+    }
+  }
+  for (const [name, id] of Object.entries(state?.programIds ?? {})) {
+    if (progIds.has(id)) continue
+    const info = await bpftool.progShowId(id)
+    if (info && info.name !== '' && name.startsWith(info.name)) progIds.set(id, name)
+  }
+  return progIds
+}
+
+export type Stopped = Pick<DisableResult, 'released' | 'unreleased' | 'unavailable' | 'detached'>
+
+/**
+ * Take an installation's programs out of the datapath, pins and record left: stop rewriting and
+ * moving payload (established connections continue over TCP), release the tracked sockets once
+ * they read what was moved to them, take inbound capture off the pods (unless a successor already
+ * took its place: `tc: false`), detach from the cgroups, connect hooks first, and from the sockhash.
+ */
+export async function stopPrograms(
+  inst: Installation,
+  progIds: Map<number, string>,
+  root: string | undefined,
+  opts: {drainMs?: number; objectHash?: string; staged: boolean; tc?: boolean},
+): Promise<Stopped> {
+  const result: Stopped = {released: 0, unreleased: 0, unavailable: {}, detached: []}
+  // 1. Stop rewriting new connects and moving payload; what was moved is read before anything goes.
+  // quiet: sk_msg moves nothing more (draining now, or never configured)
+  let quiet = false
+  if (existsSync(inst.map('settings'))) {
+    const s = await readMaps.settings(inst).catch(() => undefined)
+    if (s?.outboundPort && !s.draining) {
+      await writeSettings(inst, {...s, draining: true})
+      // even a hurried disable lets a redirect decided before the flag land before any socket is deleted
+      await sleep(Math.max(opts.drainMs ?? DRAIN_MS, MIN_SETTLE_MS))
+    }
+    quiet = s !== undefined
+  }
+  // sockets leave the sockhash one by one, each once its queue is read (sk_msg redirects no more)
+  if (quiet && existsSync(inst.map('sock_pair_map'))) {
+    const {without, ...counts} = await releaseSockets(inst, keptOrCached(inst, opts.objectHash, 'sockhashQueued'), opts.drainMs === 0 ? 0 : RELEASE_MS)
+    Object.assign(result, counts)
+    if (without !== undefined) result.unavailable['sockmap-iterator'] = without
+  }
+
+  // 2. Inbound capture off in every pod namespace (draining already made it let everything pass).
+  const tcIds = opts.tc === false ? [] : [...progIds].filter(([, name]) => name === 'mb_tc_inbound').map(([id]) => id)
+  if (tcIds.length > 0) {
+    const paths = (await listNetnsCandidates()).map((c) => c.path)
+    for (const tcId of tcIds) {
+      const tc = await detachInbound(keptOrCached(inst, opts.objectHash, 'tcInbound') ?? (await buildObjects()).tcInbound, tcId, paths)
+      for (const [path, ifaces] of tc.done) for (const dev of ifaces) result.detached.push({cgroup: `netns ${path} dev ${dev}`, program: 'mb_tc_inbound', id: tcId})
+    }
+  }
+
+  // 3. Detach, connect4 first so no connection is rewritten without getsockopt to answer it.
+  const attachments = await findAttachments(progIds, root)
+  const order = (name: string) => -PROGRAMS.findIndex((p) => p.name === name)
+  attachments.sort((a, b) => order(a.name) - order(b.name))
+  for (const a of attachments) {
+    await bpftool.cgroupDetach(a.cgroup, attachArg(a.attachType, a.name), a.id)
+    result.detached.push({cgroup: a.cgroup, program: a.name, id: a.id})
+  }
+  const msg = PROGRAMS.find((p) => p.target === 'sock_pair_map')
+  for (const pin of msg ? [inst.prog(msg.name), ...(opts.staged ? [inst.stagedProg(msg.name)] : [])] : []) {
+    if (!msg || !existsSync(pin) || !existsSync(inst.map('sock_pair_map'))) continue
+    const id = (await bpftool.progShowPinned(pin))?.id
+    if (id !== undefined && (await bpftool.progDetachFromMap(pin, msg.attachType, inst.map('sock_pair_map'))))
+      result.detached.push({cgroup: 'sock_pair_map', program: msg.name, id})
+  }
+  return result
+}
+
+/**
  * Remove everything of one installation, also a half one: stop rewriting first (so established
  * connections continue over TCP), detach every attachment of our programs wherever it is,
  * unpin, and verify nothing is left. Idempotent.
@@ -151,68 +235,10 @@ export async function disable(inst: Installation, opts: {drainMs?: number; keepF
   // gone from view: deleted (its programs went with it), or hidden by a cgroup namespace
   if (state?.cgroup !== undefined && root === undefined && !inInitialCgroupNamespace()) throw invisible('which this process cannot see from its cgroup namespace')
   const result: DisableResult = {bpffs: inst.dir, wasEnabled: false, released: 0, unreleased: 0, unavailable: {}, detached: [], unpinned: []}
-  const progIds = new Map<number, string>()
-  // the running programs, and a replacement's (a swap interrupted midway may have attached some)
-  for (const p of PROGRAMS) {
-    for (const pin of [inst.prog(p.name), inst.stagedProg(p.name)]) {
-      const info = await bpftool.progShowPinned(pin)
-      if (info) progIds.set(info.id, p.name)
-    }
-  }
-  // the ones enable recorded, where the kernel still has them under the same name: a program whose
-  // pin is gone stays attached, and is found by its id (a name alone could be another installation's)
-  for (const [name, id] of Object.entries(state?.programIds ?? {})) {
-    if (progIds.has(id)) continue
-    const info = await bpftool.progShowId(id)
-    if (info && info.name !== '' && name.startsWith(info.name)) progIds.set(id, name)
-  }
+  const progIds = await programsOf(inst, state, {staged: true})
   const pinned = inst.exists() ? await inst.pinned() : {progs: [], maps: []}
   result.wasEnabled = progIds.size > 0 || state !== undefined || pinned.progs.length + pinned.maps.length > 0
-
-  // 1. Stop rewriting new connects and moving payload; what was moved is read before anything goes.
-  // quiet: sk_msg moves nothing more (draining now, or never configured)
-  let quiet = false
-  if (existsSync(inst.map('settings'))) {
-    const s = await readMaps.settings(inst).catch(() => undefined)
-    if (s?.outboundPort && !s.draining) {
-      await writeSettings(inst, {...s, draining: true})
-      // even a hurried disable lets a redirect decided before the flag land before any socket is deleted
-      await sleep(Math.max(opts.drainMs ?? DRAIN_MS, MIN_SETTLE_MS))
-    }
-    quiet = s !== undefined
-  }
-  // sockets leave the sockhash one by one, each once its queue is read (sk_msg redirects no more)
-  if (quiet && existsSync(inst.map('sock_pair_map'))) {
-    const {without, ...counts} = await releaseSockets(inst, keptOrCached(inst, state?.objectHash, 'sockhashQueued'), opts.drainMs === 0 ? 0 : RELEASE_MS)
-    Object.assign(result, counts)
-    if (without !== undefined) result.unavailable['sockmap-iterator'] = without
-  }
-
-  // 2. Inbound capture off in every pod namespace (draining already made it let everything pass).
-  const tcIds = [...progIds].filter(([, name]) => name === 'mb_tc_inbound').map(([id]) => id)
-  if (tcIds.length > 0) {
-    const paths = (await listNetnsCandidates()).map((c) => c.path)
-    for (const tcId of tcIds) {
-      const tc = await detachInbound(keptOrCached(inst, state?.objectHash, 'tcInbound') ?? (await buildObjects()).tcInbound, tcId, paths)
-      for (const [path, ifaces] of tc.done) for (const dev of ifaces) result.detached.push({cgroup: `netns ${path} dev ${dev}`, program: 'mb_tc_inbound', id: tcId})
-    }
-  }
-
-  // 3. Detach, connect4 first so no connection is rewritten without getsockopt to answer it.
-  const attachments = await findAttachments(progIds, root)
-  const order = (name: string) => -PROGRAMS.findIndex((p) => p.name === name)
-  attachments.sort((a, b) => order(a.name) - order(b.name))
-  for (const a of attachments) {
-    await bpftool.cgroupDetach(a.cgroup, attachArg(a.attachType, a.name), a.id)
-    result.detached.push({cgroup: a.cgroup, program: a.name, id: a.id})
-  }
-  const msg = PROGRAMS.find((p) => p.target === 'sock_pair_map')
-  for (const pin of msg ? [inst.prog(msg.name), inst.stagedProg(msg.name)] : []) {
-    if (!msg || !existsSync(pin) || !existsSync(inst.map('sock_pair_map'))) continue
-    const id = (await bpftool.progShowPinned(pin))?.id
-    if (id !== undefined && (await bpftool.progDetachFromMap(pin, msg.attachType, inst.map('sock_pair_map'))))
-      result.detached.push({cgroup: 'sock_pair_map', program: msg.name, id})
-  }
+  Object.assign(result, await stopPrograms(inst, progIds, root, {drainMs: opts.drainMs, objectHash: state?.objectHash, staged: true}))
 
   // 4. Unpin: removing the pins frees programs and maps once nothing else holds them.
   const keepFolder = opts.keepFolder ?? state?.keepFolder === true

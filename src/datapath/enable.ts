@@ -25,7 +25,8 @@ import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
 import {type AppliedPods, applyPods, podsRecord, refuseEmptying} from './pods-sync.js'
 import {checkCapacity} from './sync.js'
-import {stageReplacement, swapPrograms} from './swap.js'
+import {stageReplacement, swapOnNewMaps, swapPrograms} from './swap.js'
+import type {Stopped} from './disable.js'
 import {selectMeshedPods} from '../kube/pods.js'
 
 export interface EnableOptions {
@@ -62,10 +63,14 @@ export interface EnableContext {
   loaded?: LoadedPods
   applied?: AppliedPods
   attached: string[]
-  /** a replacement staged beside the running datapath, sharing its maps, to swap in at attach */
-  swap?: boolean
-  /** why a replacement could not be staged (the maps' layout changed): then disable and load anew */
-  swapFallback?: string
+  /** a replacement staged beside the running datapath, on its maps or on maps of its own, to swap in at attach */
+  swap?: 'shared' | 'new maps'
+  /** why the maps could not be shared (their layout changed), or why nothing could be staged (then disable and load anew) */
+  notShared?: string
+  /** what retiring the previous datapath did, when the replacement ran on maps of its own */
+  retired?: Stopped
+  /** the replacement on maps of its own ran whole beside the old datapath: it is not taken back */
+  committed?: boolean
   /** capacity of the connection maps this enable builds */
   maxConnections: number
 }
@@ -121,6 +126,11 @@ export const ENABLE_STEPS: EnableStep[] = [
             ctx.repaired = broken
           }
         }
+        // a replacement killed midway may have attached programs pinned only there: disable finds them
+        if (existsSync(ctx.inst.stagingDir)) {
+          ctx.mode = 'replace'
+          ctx.repaired ??= `a replacement was interrupted (its pins are in ${ctx.inst.stagingDir})`
+        }
       } else if (ctx.inst.exists()) {
         const pinned = await ctx.inst.pinned()
         // a half installation (enable killed midway): cleaned before loading anew; an empty folder
@@ -158,19 +168,20 @@ export const ENABLE_STEPS: EnableStep[] = [
       // a working installation is replaced in place; a broken or half one is removed first
       if (!ctx.repaired && (await ctx.inst.readState())) {
         const staged = await stageReplacement(ctx.inst, required(ctx.objects, 'the built objects').datapath)
-        ctx.swap = staged.staged
-        if (!staged.staged) ctx.swapFallback = staged.why
+        if (staged.staged) ctx.swap = staged.staged
+        if (staged.staged !== 'shared') ctx.notShared = staged.why
       }
       if (!ctx.swap) await disable(ctx.inst)
     },
     async undo(ctx) {
-      if (ctx.swap) await ctx.inst.removeStaging()
+      // once the new programs ran beside the old ones, both stay pinned for disable to find
+      if (ctx.swap && !ctx.committed) await ctx.inst.removeStaging()
     },
   },
   {
     id: 'load',
     title: 'Load and pin programs and maps',
-    skip: (ctx) => (ctx.mode === 'resync' ? 'already loaded, objects unchanged' : ctx.swap ? 'loaded beside the running datapath, on its maps' : false),
+    skip: (ctx) => (ctx.mode === 'resync' ? 'already loaded, objects unchanged' : ctx.swap ? `loaded beside the running datapath, on ${ctx.swap === 'shared' ? 'its maps' : 'maps of its own'}` : false),
     async run(ctx) {
       if (!isBpffs(readMounts(), BPFFS_MOUNT) && ctx.inst.dir.startsWith(BPFFS_MOUNT + '/')) {
         // root's only: bpffs defaults to 1777, where any user may pin (and squat names)
@@ -197,7 +208,7 @@ export const ENABLE_STEPS: EnableStep[] = [
       if (ctx.hostNetns === undefined)
         throw new MerbridgeError('cannot read the network namespace cookie of this node', {code: 'NETNS_COOKIE', suggestion: `needs Linux ${MIN_KERNEL.text} or newer: ${MIN_KERNEL.why}`})
       const m = ctx.mesh
-      await writeSettings(ctx.inst, {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, inboundRewrite: turnedOff('reuseport-assign') !== undefined, hostNetns: ctx.hostNetns, dnsPort: m.dnsPort})
+      await writeSettings(target(ctx), {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, inboundRewrite: turnedOff('reuseport-assign') !== undefined, hostNetns: ctx.hostNetns, dnsPort: m.dnsPort})
     },
   },
   {
@@ -206,7 +217,14 @@ export const ENABLE_STEPS: EnableStep[] = [
     async run(ctx) {
       ctx.loaded = required(ctx.loaded, 'the pods read')
       // a fresh or replaced datapath gets inbound capture in the attach step, after getsockopt
-      ctx.applied = await applyPods(ctx.inst, required(ctx.objects, 'the built objects'), ctx.loaded.pods, {node: ctx.node, mesh: ctx.mesh, attachInbound: ctx.mode === 'resync', capacity: ctx.maxConnections})
+      // maps of its own are filled before anything is attached, each pod kept in the namespace it is registered to
+      ctx.applied = await applyPods(target(ctx), required(ctx.objects, 'the built objects'), ctx.loaded.pods, {
+        node: ctx.node,
+        mesh: ctx.mesh,
+        attachInbound: ctx.mode === 'resync',
+        capacity: ctx.maxConnections,
+        ...(ctx.swap === 'new maps' ? {registeredIn: ctx.inst} : {}),
+      })
     },
   },
   {
@@ -215,6 +233,13 @@ export const ENABLE_STEPS: EnableStep[] = [
     skip: (ctx) => (ctx.mode === 'resync' ? 'already attached' : false),
     async run(ctx) {
       const objects = required(ctx.objects, 'the built objects')
+      if (ctx.swap === 'new maps') {
+        ctx.retired = await swapOnNewMaps(ctx.inst, required(ctx.cgroup, 'the cgroup'), objects.tcInbound, required(ctx.applied, 'the applied pods').sync.registered, () => {
+          ctx.committed = true
+        })
+        ctx.attached.push(...PROGRAMS.map((p) => p.name))
+        return
+      }
       if (ctx.swap) {
         await swapPrograms(ctx.inst, required(ctx.cgroup, 'the cgroup'), objects.tcInbound, required(ctx.applied, 'the applied pods').sync.registered)
         ctx.attached.push(...PROGRAMS.map((p) => p.name))
@@ -272,6 +297,11 @@ export const ENABLE_STEPS: EnableStep[] = [
     },
   },
 ]
+
+/** Where configure and pods write: the running maps, or the replacement's own when it has them. */
+function target(ctx: EnableContext): Installation {
+  return ctx.swap === 'new maps' ? ctx.inst.staged() : ctx.inst
+}
 
 /** Take back the steps that ran, last first. Returns the problems met on the way (never throws). */
 async function rollback(done: EnableStep[], ctx: EnableContext): Promise<string[]> {

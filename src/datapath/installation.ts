@@ -60,6 +60,15 @@ export class Installation implements MapPins {
     return join(this.mapDir, name)
   }
 
+  /**
+   * The replacement staged beside this installation, seen as an installation of its own: its
+   * programs and, when the maps' layout changed, its own maps, to configure and fill before it
+   * takes this one's place. Same record.
+   */
+  staged(): Installation {
+    return new StagedInstallation(this.dir, this.records)
+  }
+
   /** Pinned iterators that print entry counts (see bpf/iter): all maps, and the sockhash's sockets. */
   get counterPins(): {maps: string; sockhash: string} {
     return {maps: join(this.dir, 'counts', 'maps'), sockhash: join(this.dir, 'counts', 'sock_pair_map')}
@@ -225,6 +234,16 @@ export class Installation implements MapPins {
   async removeState(): Promise<void> {
     await rm(this.helperDir, {recursive: true, force: true})
     await rm(this.stateFile, {force: true})
+  }
+}
+
+class StagedInstallation extends Installation {
+  override get progDir(): string {
+    return join(this.stagingDir, 'progs')
+  }
+
+  override get mapDir(): string {
+    return join(this.stagingDir, 'maps')
   }
 }
 

@@ -1,7 +1,7 @@
 import {existsSync} from 'node:fs'
 import {bpftool} from '../bpf/bpftool.js'
 import {ipToSlot} from '../bpf/ip.js'
-import {decodePodId, encodeIface, encodePodId, encodePodRules, encodeU32, encodeU64, MAX_DNS, MAX_PODS, podShare, type PodRules} from '../bpf/layout.js'
+import {decodePodId, encodeIface, encodePodId, encodePodRules, encodeU32, encodeU64, MAX_DNS, MAX_PODS, podShare, type PodId, type PodRules} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import {readMaps} from '../bpf/maps.js'
 import type {MeshedPod, PodSelection} from '../kube/pods.js'
@@ -186,14 +186,24 @@ export function planSync(found: FoundPod[], current: PodMapsView, known: boolean
 }
 
 /** Each registered address (canonical), and the cookie of the namespace it is registered to. */
-function registeredCookies(view: PodMapsView): Map<string, bigint> {
+function registeredCookies(registrations: Iterable<{netns: bigint} & PodId>): Map<string, bigint> {
   const out = new Map<string, bigint>()
-  for (const [cookie, id] of view.netns) {
-    const pod = decodePodId(Buffer.from(id, 'hex'))
-    out.set(normalIp(pod.ip), cookie)
-    if (pod.ip6) out.set(normalIp(pod.ip6), cookie)
+  for (const pod of registrations) {
+    out.set(normalIp(pod.ip), pod.netns)
+    if (pod.ip6) out.set(normalIp(pod.ip6), pod.netns)
   }
   return out
+}
+
+/**
+ * Where pods are registered in another installation's maps (the one a replacement on maps of its
+ * own takes over from), read only where its pod map has today's layout: an older version's maps
+ * keep no stickiness, and each pod goes to the oldest namespace holding its address.
+ */
+async function registeredElsewhere(inst: Installation): Promise<Map<string, bigint>> {
+  const info = await bpftool.mapShowPinned(inst.map('netns_pod_ips')).catch(() => undefined)
+  if (info?.bytes_key !== 8 || info.bytes_value !== encodePodId({ip: '0.0.0.0'}).length) return new Map()
+  return registeredCookies(await readMaps.netnsPods(inst))
 }
 
 /**
@@ -223,14 +233,21 @@ export function pickNamespace(pod: MeshedPod, holders: readonly NetnsCandidate[]
  * node (the one holding its IP) and reading that namespace's cookie. `known` (what the previous
  * sync of this process left) saves reading the maps back.
  */
-export async function syncPods(inst: Installation, objects: Helpers, selection: PodSelection, opts: {known?: PodMapsView; attachInbound: boolean; capacity: number}): Promise<SyncResult> {
+export async function syncPods(
+  inst: Installation,
+  objects: Helpers,
+  selection: PodSelection,
+  opts: {known?: PodMapsView; attachInbound: boolean; capacity: number; /** where pods are registered now, when not in `inst` (a replacement's own maps) */ registeredIn?: Installation},
+): Promise<SyncResult> {
   checkCapacity(selection)
   const holders = namespaceHolders(await listNetnsCandidates())
   const held = selection.meshed.map((pod) => ({pod, holders: holders.get(normalIp(pod.ip)) ?? []}))
   const cookies = await netnsCookies(objects.netnsCookie, [...new Set(held.flatMap((h) => h.holders.map((c) => c.path)))])
   const current = opts.known ?? (await readView(inst))
   const nodeWarnings: string[] = []
-  const registeredAt = registeredCookies(current)
+  const registeredAt = opts.registeredIn
+    ? await registeredElsewhere(opts.registeredIn)
+    : registeredCookies([...current.netns].map(([netns, id]) => ({netns, ...decodePodId(Buffer.from(id, 'hex'))})))
   const located = held.map(({pod, holders: hs}) => {
     const {ns, warning} = pickNamespace(pod, hs, cookies, registeredAt.get(normalIp(pod.ip)))
     if (warning) nodeWarnings.push(warning)

@@ -21,7 +21,7 @@ import type {EnableResult} from '../../src/commands/enable.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
 import type {MapDump} from '../../src/datapath/dump.js'
 import type {StatusReport} from '../../src/datapath/inspect.js'
-import {BIN, cli, eventually, kernelSkipReason, parseJson, ROOT, rowsOf, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {assertAllThroughSidecars, BIN, cli, eventually, kernelSkipReason, parseJson, requestsDuring, ROOT, rowsOf, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])
 // written out, not taken from PROGRAMS: a program that is not loaded or attached must fail these
@@ -390,34 +390,54 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
     const before = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
     const mapId = async () => (await bpftool.mapShowPinned(inst.map('sock_pair_map')))?.id
     const sockhash = await mapId()
-    const seen: string[] = []
+    let seen = {peers: [] as string[], outbound: 0}
     await streamThrough('the replacement', async () => {
-      // requests through both sidecars for as long as the replacement runs
-      const run = {replacing: true}
-      const load = (async () => {
-        while (run.replacing || seen.length < 3) {
-          const r = await lab.get('a', url('b'))
-          seen.push(r.status === 200 && r.body ? (JSON.parse(r.body) as {remoteAddress: string}).remoteAddress : `failed: ${r.error ?? String(r.status)}`)
-        }
-      })()
-      try {
+      seen = await requestsDuring(lab, 'a', url('b'), async () => {
         // --rebuild stands in for changed sources: the installation is replaced, not resynced
         const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
         assert.equal(r.code, 0, r.stderr + r.stdout)
         assert.equal(parseJson<EnableResult>(r.stdout).mode, 'replace')
         assert.deepEqual(parseJson<EnableResult>(r.stdout).replaced, {how: 'in place'})
-      } finally {
-        run.replacing = false
-        await load
-      }
+      })
     })
-    // every request passed b's inbound sidecar (its upstream comes from 127.0.0.6); none failed
-    assert.deepEqual([...new Set(seen)], ['127.0.0.6'], seen.join(', '))
+    assertAllThroughSidecars(seen)
     assert.equal(await mapId(), sockhash, 'the maps were kept: the new programs took the old ones\' places on them')
     assert.ok(!existsSync(join(install.bpffs, 'next')), 'no staged pins left')
     const after = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
     assert.equal(after.length, ALL_PROGRAMS.length)
     for (const id of after) assert.ok(id !== undefined && !before.includes(id), `program ${id} is new (before: ${before.join(', ')})`)
+    assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
+  })
+
+  it('replaces across a change of the maps\' layout on new maps, under load: every new connection passes both sidecars, a stream keeps its bytes', async () => {
+    const mapId = async () => (await bpftool.mapShowPinned(inst.map('sock_pair_map')))?.id
+    const capacity = async () => (await bpftool.mapShowPinned(inst.map('pair_original_dst')))?.max_entries
+    const ready = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList()], install.env)
+    assert.equal(ready.code, 0, ready.stderr)
+    const before = await capacity()
+    // another capacity changes the connection maps' definitions, as a new version's structs would
+    for (const size of [70_000, before ?? 65_535]) {
+      const sockhash = await mapId()
+      let seen = {peers: [] as string[], outbound: 0}
+      await streamThrough(`the replacement on maps of ${size} entries`, async () => {
+        seen = await requestsDuring(lab, 'a', url('b'), async () => {
+          const r = await cli(['enable', '--max-connections', String(size), '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+          assert.equal(r.code, 0, r.stderr + r.stdout)
+          const replaced = parseJson<EnableResult>(r.stdout).replaced
+          assert.equal(replaced?.how, 'new maps', JSON.stringify(replaced))
+          assert.match(replaced.why ?? '', /max_entries \d+ -> \d+/)
+        })
+      })
+      assertAllThroughSidecars(seen)
+      assert.notEqual(await mapId(), sockhash, 'new maps')
+      assert.equal(await capacity(), size)
+      assert.ok(!existsSync(join(install.bpffs, 'next')), 'no staged pins left')
+      const status = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
+      assert.equal(status.verdict, 'healthy', status.problems.join('; '))
+      // only this installation's programs: the previous ones are detached
+      const attached = (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout) as {id: number}[]).map((p) => p.id).sort()
+      assert.deepEqual(attached, status.programs.filter((p) => p.name !== 'mb_msg_redirect' && p.name !== 'mb_tc_inbound').map((p) => p.id).sort())
+    }
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
   })
 

@@ -263,7 +263,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
       const ids = async () => parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => `${p.name} ${p.id ?? '?'} ${String(p.attached)}`)
       const before = await ids()
       // the staged connect6 cannot be attached: connect4..recvmsg6 were swapped already, and go back
-      const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: 'next/progs/mb_connect6', MB_FAIL_COUNTER: join(dir, 'count')}
+      const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: `connect6 pinned ${install.bpffs}/next/progs/mb_connect6`, MB_FAIL_COUNTER: join(dir, 'count')}
       const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], env)
       assert.equal(r.code, 1, r.stdout + r.stderr)
       assert.match(r.stderr, /enable failed at "Attach to the cgroup"/)
@@ -271,6 +271,59 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
       assert.ok(!existsSync(join(install.bpffs, 'next')), 'the staged programs are gone')
       const status = await cli(['status', '--bpffs', install.bpffs], install.env)
       assert.equal(status.code, 0, status.stdout)
+    } finally {
+      await cli(['disable', '--bpffs', install.bpffs], install.env)
+      install.cleanup()
+    }
+  })
+
+  it('takes a replacement on new maps off again when it fails midway, and keeps the old datapath running', async () => {
+    const install = uniqueInstall()
+    const dir = mkdtempSync(join(tmp, 'swap-new-'))
+    const attached = async () => (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout) as {id: number}[]).map((p) => p.id).sort()
+    try {
+      const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
+      assert.equal(first.code, 0, first.stderr)
+      const before = await attached()
+      // another capacity: maps of its own; its connect6 cannot be attached, after the others were
+      const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: `connect6 pinned ${install.bpffs}/next/progs/mb_connect6`, MB_FAIL_COUNTER: join(dir, 'count')}
+      const r = await cli(['enable', '--max-connections', '70000', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], env)
+      assert.equal(r.code, 1, r.stdout + r.stderr)
+      assert.match(r.stderr, /enable failed at "Attach to the cgroup"/)
+      assert.deepEqual(await attached(), before, 'only the old programs, all attached')
+      assert.ok(!existsSync(join(install.bpffs, 'next')), 'the staged programs and maps are gone')
+      const status = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
+      assert.equal(status.verdict, 'healthy', status.problems.join('; '))
+      assert.equal(status.maps.find((m) => m.name === 'pair_original_dst')?.capacity, 65535)
+    } finally {
+      await cli(['disable', '--bpffs', install.bpffs], install.env)
+      install.cleanup()
+    }
+  })
+
+  it('repairs a replacement on new maps killed with both datapaths attached, and disable then leaves nothing', async () => {
+    const install = uniqueInstall()
+    const dir = mkdtempSync(join(tmp, 'swap-killed-'))
+    const attached = async () => (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout || '[]') as unknown[]).length
+    try {
+      const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
+      assert.equal(first.code, 0, first.stderr)
+      const one = await attached()
+      // killed right after the new connect4 is attached: the old and the new programs both run
+      const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: `connect4 pinned ${install.bpffs}/next/progs/mb_connect4`, MB_FAIL_AFTER: '1', MB_FAIL_KILL: '1', MB_FAIL_COUNTER: join(dir, 'count')}
+      const killed = await cli(['enable', '--max-connections', '70000', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], env)
+      assert.notEqual(killed.code, 0)
+      assert.equal(await attached(), 2 * one, `both datapaths attached (the case under test): ${killed.stdout} ${killed.stderr}`)
+      const r = await cli(['enable', '--max-connections', '70000', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile, '--json'], install.env)
+      assert.equal(r.code, 0, r.stderr + r.stdout)
+      assert.match(parseJson<EnableResult>(r.stdout).repaired ?? '', /a replacement was interrupted/)
+      assert.equal(await attached(), one, 'one datapath')
+      const status = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
+      assert.equal(status.verdict, 'healthy', status.problems.join('; '))
+      const d = await cli(['disable', '--bpffs', install.bpffs], install.env)
+      assert.equal(d.code, 0, d.stderr)
+      assert.equal(await attached(), 0)
+      await assertNothingLeft(install.installation())
     } finally {
       await cli(['disable', '--bpffs', install.bpffs], install.env)
       install.cleanup()
@@ -362,7 +415,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     }
   })
 
-  it('sizes the connection maps with --max-connections, keeps the size on the next enable, and replaces them anew for a new size', async () => {
+  it('sizes the connection maps with --max-connections, keeps the size on the next enable, and replaces them on new maps for a new size', async () => {
     const install = uniqueInstall()
     const capacity = (report: StatusReport, map: string) => report.maps.find((m) => m.name === map)
     const status = async () => parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
@@ -381,7 +434,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
 
       const smaller = parseJson<EnableResult>((await cli([...base, '--max-connections', '65535'], install.env)).stdout)
       assert.equal(smaller.mode, 'replace')
-      assert.equal(smaller.replaced?.how, 'anew', 'maps of another size cannot be shared')
+      assert.equal(smaller.replaced?.how, 'new maps', 'maps of another size cannot be shared')
       const after = await status()
       assert.equal(capacity(after, 'sock_pair_map')?.capacity, 65535)
       assert.ok((capacity(after, 'pair_original_dst')?.memoryBytes ?? 0) < (capacity(big, 'pair_original_dst')?.memoryBytes ?? 0), 'half the entries, less memory')
