@@ -46,7 +46,7 @@ enum mb_action {
 	MB_LEAVE = 0,
 	MB_TO_OUTBOUND,      /* 127.0.0.1:outbound port: the pod's own sidecar, outbound */
 	MB_TO_OWN_INBOUND,   /* 127.0.0.1:inbound port: the pod's own sidecar, inbound */
-	MB_TO_PEER_INBOUND,  /* same address, inbound port: another local pod's sidecar */
+	MB_TO_PEER_INBOUND,  /* same address, inbound port: a local pod not registered yet */
 	MB_TO_DNS,           /* 127.0.0.1:DNS port: the pod's proxy answers DNS */
 };
 
@@ -156,8 +156,11 @@ static __always_inline int tcp_refused(const union mb_ip *dst)
  *   D: -p tcp|udp --dport 53 -d <resolv.conf servers>            to the DNS port
  *   -d 127.0.0.1 (its ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR)          RETURN
  *   the pod's exclude ranges, include ports and ranges (tcp)      to the outbound listener
- * A proxy's TCP connect to another meshed pod on this node goes to that pod's inbound listener,
- * which that pod's PREROUTING would have done on arrival.
+ * A proxy's TCP connect to another meshed pod on this node leaves as it is, as under Istio: that
+ * pod's own capture (mb_tc_inbound at its interfaces, its PREROUTING) hands it over on arrival, so
+ * the wire carries the app's port, which port-based NetworkPolicies match. Only a pod listed but
+ * not registered yet has no capture of its own: there the connect goes to its inbound listener
+ * from here (fail closed).
  */
 static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const struct mb_settings *cfg,
 					     const struct mb_caller *c, const union mb_ip *dst, __u16 dport,
@@ -193,7 +196,7 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
 		if (!c->self || dport == cfg->inbound_port)
 			return MB_LEAVE;
 		peer = bpf_map_lookup_elem(&local_pod_ips, (void *)dst);
-		return peer && inbound_captured(peer, dport) ? MB_TO_PEER_INBOUND : MB_LEAVE;
+		return peer && !peer->netns && inbound_captured(peer, dport) ? MB_TO_PEER_INBOUND : MB_LEAVE;
 	}
 	if (c->pod) {
 		if (!group_captured(c->pod, c->gid))
@@ -290,18 +293,6 @@ static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_sett
 	 * first on purpose. Refused (fail closed), and counted. */
 	if (!remember_origin(ctx, dst, dport, flags))
 		return -1;
-	if (c->proxy && c->self) {
-		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-		struct mb_process *known = bpf_map_lookup_elem(&process_ip, &tgid);
-
-		/* written only when it changes: an LRU update takes a lock and a fresh element on every
-		 * connect of a busy sidecar, where the lookup alone keeps the entry recent */
-		if (!known || known->netns != c->netns || !ip_equal(&known->pod_ip, &c->self->ip)) {
-			struct mb_process proc = {.pod_ip = c->self->ip, .netns = c->netns};
-
-			bpf_map_update_elem(&process_ip, &tgid, &proc, BPF_ANY);
-		}
-	}
 	count(action == MB_TO_OUTBOUND	   ? MB_CNT_CONN_OUTBOUND
 	      : action == MB_TO_OWN_INBOUND ? MB_CNT_CONN_OWN_INBOUND
 	      : action == MB_TO_DNS	   ? MB_CNT_DNS_REDIRECTED
@@ -336,6 +327,21 @@ static __always_inline void unspecified_to_local(union mb_ip *dst, const union m
 	}
 }
 
+/* Which pod a registered pod's proxy serves, by process, at each of its connects (rewritten or
+ * not): written only when it changes, as an LRU update takes a lock and a fresh element on every
+ * connect of a busy sidecar, where the lookup alone keeps the entry recent. */
+static __always_inline void note_process(const struct mb_caller *c)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct mb_process *known = bpf_map_lookup_elem(&process_ip, &tgid);
+
+	if (!known || known->netns != c->netns || !ip_equal(&known->pod_ip, &c->self->ip)) {
+		struct mb_process proc = {.pod_ip = c->self->ip, .netns = c->netns};
+
+		bpf_map_update_elem(&process_ip, &tgid, &proc, BPF_ANY);
+	}
+}
+
 /* The whole decision for a connect (or, `datagram`, a sendmsg) to dst from a socket bound to src
  * (zeros when unbound): 1 when it is to go to `to`:`port` instead. */
 /* 1: send it to `to`:`port`; 0: leave it alone; -1: refuse it (the hook returns 0: EPERM). */
@@ -360,6 +366,8 @@ static __always_inline int intercept(struct bpf_sock_addr *ctx, union mb_ip *dst
 	unspecified_to_local(dst, src);
 	identify(ctx, cfg, &c);
 	action = decide(ctx, cfg, &c, dst, bpf_ntohs(dport), src, udp);
+	if (!udp && c.proxy && c.self)
+		note_process(&c);
 	applied = apply(ctx, cfg, &c, action, dst, dport, to, port);
 	if (applied <= 0)
 		return applied;

@@ -49,7 +49,7 @@
 /* Indexes of the per-CPU counters array. */
 enum mb_counter {
 	MB_CNT_CONN_OUTBOUND = 0,     /* connects sent to the local sidecar's outbound port */
-	MB_CNT_CONN_INBOUND,          /* sidecar connects sent to a local pod's inbound port */
+	MB_CNT_CONN_INBOUND,          /* sidecar connects sent to the inbound port of a local pod not registered yet */
 	MB_CNT_CONN_UNREGISTERED,     /* of the outbound ones, from pods not registered yet */
 	MB_CNT_MSG_REDIRECTED,        /* sendmsg calls moved socket to socket */
 	MB_CNT_BYTES_REDIRECTED,      /* bytes of those */

@@ -220,3 +220,20 @@ static __always_inline __u64 owner_netns(const union mb_ip *ip, void *ctx)
 	pod = bpf_map_lookup_elem(&local_pod_ips, (void *)ip);
 	return pod ? pod->netns : 0;
 }
+
+/* A connection's original destination where tc rewrote its port: from inbound_nat, or from the
+ * replaced datapath's map (inbound_nat_prev), adopted into ours on first use. */
+static __always_inline struct mb_origin *nat_find(const struct mb_pair *key)
+{
+	struct mb_origin *o = bpf_map_lookup_elem(&inbound_nat, key);
+	__u32 zero = 0;
+	void *prev;
+
+	if (o)
+		return o;
+	prev = bpf_map_lookup_elem(&inbound_nat_prev, &zero);
+	o = prev ? bpf_map_lookup_elem(prev, key) : NULL;
+	if (o)
+		bpf_map_update_elem(&inbound_nat, key, o, BPF_NOEXIST);
+	return o;
+}

@@ -302,7 +302,7 @@ static __always_inline int nat_in(struct __sk_buff *skb, const struct mb_setting
 	struct mb_pair key;
 
 	nat_key(&key, t, tuple_size, 0);
-	o = bpf_map_lookup_elem(&inbound_nat, &key);
+	o = nat_find(&key);
 	if (!o || o->port != tcp->dest)
 		return 0;
 	return rewrite_port(skb, tcp_off, offsetof(struct tcphdr, dest), tcp->dest, bpf_htons(cfg->inbound_port)) ? -1 : 1;
@@ -343,7 +343,7 @@ static __always_inline int nat_out(struct __sk_buff *skb)
 	if (find_tcp(skb, &t, &tuple_size, &src, &tcp, &nh, &tcp_off) != MB_L4_TCP || tcp.source != bpf_htons(cfg->inbound_port))
 		return TC_ACT_OK;
 	nat_key(&key, &t, tuple_size, 1);
-	o = bpf_map_lookup_elem(&inbound_nat, &key);
+	o = nat_find(&key);
 	if (!o)
 		return TC_ACT_OK;
 	return rewrite_port(skb, tcp_off, offsetof(struct tcphdr, source), tcp.source, o->port) ? TC_ACT_SHOT : TC_ACT_OK;

@@ -71,6 +71,24 @@ struct {
 	__uint(max_entries, MB_MAX_CONNS);
 } inbound_nat SEC(".maps");
 
+/* The inbound_nat of the datapath this one replaced on maps of its own (another capacity, another
+ * version), linked by enable where its entries have the same form: a connection rewritten before
+ * keeps its original destination, adopted into inbound_nat at its next packet (nat_find). Kept
+ * until the next replacement. Any LRU map of these key and value sizes fits the slot. */
+struct nat_inner {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct mb_pair);
+	__type(value, struct mb_origin);
+	__uint(max_entries, 1);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, 1);
+	__array(values, struct nat_inner);
+} inbound_nat_prev SEC(".maps");
+
 /* Sockets whose peer is on this node, by their own view; sk_msg redirects to the swapped key.
  * 8-byte values so user space can read socket cookies back. */
 struct {

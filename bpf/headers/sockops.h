@@ -68,6 +68,23 @@ static __always_inline __u32 share_of_pod(void)
 	return share ? *share : 0;
 }
 
+/* An accepted socket of a connection tc sent to the inbound listener by rewriting its port is
+ * keyed as its client sees it, at the port the client called: the peer's key for sk_msg, and the
+ * one the client's socket looks up. */
+static __always_inline void as_called(struct mb_pair *key)
+{
+	const struct mb_settings *cfg = active_settings();
+	struct mb_origin *o;
+	struct mb_pair nat;
+
+	if (!cfg || key->local_port != bpf_htons(cfg->inbound_port))
+		return;
+	pair_from_ips(&nat, 0, &key->local_ip, 0, &key->remote_ip, key->remote_port);
+	o = nat_find(&nat);
+	if (o)
+		key->local_port = o->port;
+}
+
 static __always_inline void on_established(struct bpf_sock_ops *skops, int active)
 {
 	struct mb_usage *node = NULL, *pod = NULL;
@@ -80,6 +97,8 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, int activ
 	pair_from_sockops(&key, skops);
 	if (active && skops->sk)
 		o = bpf_sk_storage_get(&origin_store, skops->sk, 0, 0);
+	else
+		as_called(&key);
 	track = active_settings() && peer_is_local(&key, skops);
 	if (!o && !track)
 		return;

@@ -54,7 +54,7 @@ static __always_inline struct mb_origin *origin_of(struct bpf_sockopt *ctx, cons
 		return o;
 	/* sent to the inbound listener by rewriting its port (inbound.h): the pod's view, no local port */
 	pair_from_ips(&key, 0, local, 0, remote, rport);
-	o = bpf_map_lookup_elem(&inbound_nat, &key);
+	o = nat_find(&key);
 	return o ? o : handed_over(ctx, local, lport, scratch);
 }
 

@@ -364,6 +364,11 @@ export class Bpftool {
     await this.run(['cgroup', 'detach', cgroup, attachType, 'id', String(progId)])
   }
 
+  /** Put the map pinned at innerPin in slot 0 of the map-in-map pinned at outerPin. */
+  async mapSetInner(outerPin: string, innerPin: string): Promise<void> {
+    await this.run(['map', 'update', 'pinned', outerPin, 'key', '0', '0', '0', '0', 'value', 'pinned', innerPin])
+  }
+
   async progAttachToMap(progPin: string, attachType: string, mapPin: string): Promise<void> {
     await this.run(['prog', 'attach', 'pinned', progPin, attachType, 'pinned', mapPin])
   }

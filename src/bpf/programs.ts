@@ -50,6 +50,7 @@ export const MAP_NAMES = [
   'pod_other_ips',
   'inbound_skip',
   'inbound_nat',
+  'inbound_nat_prev',
 ] as const
 export type MapName = (typeof MAP_NAMES)[number]
 

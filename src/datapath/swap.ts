@@ -139,6 +139,7 @@ const RETIRE_DRAIN_MS = 3000
 export async function swapOnNewMaps(inst: Installation, cgroup: string, tcHelper: string, podNamespaces: readonly InboundTarget[], onCommitted: () => void): Promise<Stopped> {
   const next = inst.staged()
   const old = await programsOf(inst, await inst.readState(), {staged: false})
+  await linkNat(inst, next)
   const done: ProgramSpec[] = []
   try {
     for (const spec of PROGRAMS) {
@@ -170,6 +171,19 @@ export async function swapOnNewMaps(inst: Installation, cgroup: string, tcHelper
   await rm(inst.counterPins.sockhash, {force: true})
   await inst.removeStaging()
   return stopped
+}
+
+/**
+ * Connections the old tc rewrote inbound keep their original destination only in its inbound_nat:
+ * linked into the new datapath's inbound_nat_prev, where the new programs find (and adopt) each at
+ * its next packet. Where the old map is missing or its entries have another form, there is nothing
+ * to carry: those connections are reset, as after a disable.
+ */
+async function linkNat(inst: Installation, next: Installation): Promise<void> {
+  const [old, now] = [await bpftool.mapShowPinned(inst.map('inbound_nat')), await bpftool.mapShowPinned(next.map('inbound_nat'))]
+  if (!old || !now) return
+  if (old.type !== now.type || old.bytes_key !== now.bytes_key || old.bytes_value !== now.bytes_value) return
+  await bpftool.mapSetInner(next.map('inbound_nat_prev'), inst.map('inbound_nat'))
 }
 
 /** Undo part of swapOnNewMaps: tc back to the old program, the new cgroup programs detached. Never throws. */
