@@ -9,3 +9,17 @@ export function printable(text: string, max = 40): string {
   if (text.length <= max) return escaped(text)
   return `${escaped(text.slice(0, max))}... (${text.length} characters)`
 }
+
+/** A duration in seconds as people read it: 45s, 3m 20s, 2h 5m, 3d 4h. */
+export function duration(seconds: number): string {
+  const s = Math.max(0, Math.floor(seconds))
+  if (s < 60) return `${s}s`
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`
+  if (s < 86_400) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`
+  return `${Math.floor(s / 86_400)}d ${Math.floor((s % 86_400) / 3600)}h`
+}
+
+/** Seconds from an ISO time to `now`. */
+export function secondsSince(iso: string, now = Date.now()): number {
+  return Math.max(0, (now - Date.parse(iso)) / 1000)
+}

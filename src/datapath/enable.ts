@@ -23,7 +23,7 @@ import {withInstallationLock, withNodeLock} from './lock.js'
 import {inspect} from './inspect.js'
 import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
-import {type AppliedPods, applyPods, podsRecord, refuseEmptying} from './pods-sync.js'
+import {type AppliedPods, applyPods, keepSince, podsRecord, refuseEmptying} from './pods-sync.js'
 import {checkCapacity} from './sync.js'
 import {stageReplacement, swapOnNewMaps, swapPrograms} from './swap.js'
 import type {Stopped} from './disable.js'
@@ -278,7 +278,7 @@ export const ENABLE_STEPS: EnableStep[] = [
         enabledAt: ctx.mode === 'resync' && previous ? previous.enabledAt : new Date().toISOString(),
         mountedBpffs: ctx.mountedBpffs || (ctx.mode === 'resync' && previous?.mountedBpffs === true),
         hostNetns: (ctx.hostNetns ?? BigInt(previous?.hostNetns ?? 0)).toString(),
-        pods: podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')),
+        pods: keepSince(podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')), previous?.pods),
       }
       await ctx.inst.keepHelpers(required(ctx.objects, 'the built objects'))
       // optional: without them status counts entries by dumping the maps

@@ -7,6 +7,7 @@ import {describeError} from '../errors.js'
 import {type InstallState, Installation} from './installation.js'
 import {MAP_NAMES, type MapName, PROGRAMS} from '../bpf/programs.js'
 import {OPTIONAL_FEATURES, type OptionalFeature} from '../bpf/optional.js'
+import {duration, secondsSince} from '../text.js'
 
 export interface ProgramStatus {
   name: string
@@ -247,8 +248,11 @@ export function diagnose(o: Observed): StatusReport {
   const lost = snap.counters?.originLost ?? 0
   if (lost > 0)
     report.hints.push(`${lost} connect(s) or datagram(s) were refused (EPERM): their socket had no room left to store the original destination (its option memory full, which an app can do on purpose), and going direct would skip the sidecar`)
-  const unregistered = state?.pods.unregistered.length ?? 0
-  if (unregistered > 0) report.hints.push(`${unregistered} meshed pod(s) were not found on this node at the last sync`)
+  const unregistered = state?.pods.unregistered ?? []
+  if (unregistered.length > 0) {
+    const oldest = unregistered.flatMap((p) => (p.since ? [{p, since: p.since}] : [])).sort((a, b) => Date.parse(a.since) - Date.parse(b.since))[0]
+    report.hints.push(`${unregistered.length} meshed pod(s) were not found on this node at the last sync${oldest ? ` (the longest, ${oldest.p.namespace}/${oldest.p.name}, for ${duration(secondsSince(oldest.since))})` : ''}: their inbound is not captured, and their outbound only once their sidecar listens`)
+  }
 
   report.verdict = report.problems.length > 0 ? 'unhealthy' : 'healthy'
   if (report.problems.length > 0) report.hints.unshift('merbridge disable, then merbridge enable, rebuilds the installation')

@@ -261,6 +261,8 @@ export interface PodRecord {
   netns?: string
   /** interfaces its inbound capture stays off (excludeInterfaces), when any */
   noInboundCapture?: string[]
+  /** a meshed pod not registered: when a sync first found it so (older records have none) */
+  since?: string
 }
 
 export interface SkippedPod {

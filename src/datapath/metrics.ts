@@ -12,6 +12,10 @@ import {inspect, type StatusReport} from './inspect.js'
 import type {Installation} from './installation.js'
 import {parseListenAddress} from './listen-address.js'
 import type {SyncReport} from './watch-loop.js'
+import {duration, secondsSince} from '../text.js'
+
+/** How long a meshed pod may stay unregistered before /readyz says so (its sandbox has just started). */
+const UNREGISTERED_GRACE_MS = 60_000
 
 /** connOutbound -> conn_outbound */
 const snake = (name: string) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
@@ -84,6 +88,16 @@ export class NodeMetrics {
         this.set(report()?.verdict === 'healthy' ? 1 : 0)
       },
     })
+    new Gauge({
+      name: 'merbridge_pod_unregistered_seconds',
+      help: 'How long each meshed pod of this node has not been registered (its namespace not found): its inbound is not captured, its outbound only once its sidecar listens',
+      labelNames: ['namespace', 'pod'],
+      registers,
+      collect() {
+        this.reset()
+        for (const p of report()?.pods?.unregistered ?? []) if (p.since) this.set({namespace: p.namespace, pod: p.name}, secondsSince(p.since))
+      },
+    })
     this.pods = new Gauge({name: 'merbridge_pods', help: "This node's meshed pods at the last sync: registered in the maps, or meshed but not found on the node yet", labelNames: ['state'], registers})
     this.skipped = new Gauge({name: 'merbridge_pods_skipped', help: "This node's pods left alone at the last sync, by reason", labelNames: ['reason'], registers})
     this.syncDuration = new Histogram({name: 'merbridge_sync_duration_seconds', help: 'Time to make the maps match the pods, per sync', labelNames: ['cause'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers})
@@ -97,8 +111,10 @@ export class NodeMetrics {
     if (['ADDED', 'MODIFIED', 'DELETED'].includes(sync.cause)) this.watchLag.observe(sync.lagMs / 1000)
     if (sync.error !== undefined || !sync.applied) {
       this.syncErrors.inc()
+      this.lastSyncError = sync.error ?? 'the sync did not finish'
       return
     }
+    this.lastSyncError = undefined
     this.synced = true
     this.pods.reset()
     this.pods.set({state: 'registered'}, sync.applied.sync.meshed.length)
@@ -110,6 +126,7 @@ export class NodeMetrics {
   }
 
   private reading?: Promise<StatusReport>
+  private lastSyncError?: string
 
   /**
    * Read the kernel's side afresh (a scrape or a readiness probe). One reading at a time: a
@@ -123,11 +140,19 @@ export class NodeMetrics {
     return this.reading
   }
 
-  /** Ready: the first sync is done and the datapath is attached with its settings active. */
+  /**
+   * Ready: the first sync is done, the last one did not fail, the datapath is attached with its
+   * settings active, and no meshed pod has gone unregistered past a short grace (a pod's namespace
+   * is found at the sync after its sandbox starts).
+   */
   async readiness(): Promise<{ready: boolean; why: string}> {
     if (!this.synced) return {ready: false, why: 'the first sync of the pods has not finished'}
+    if (this.lastSyncError !== undefined) return {ready: false, why: `the last sync failed: ${this.lastSyncError}`}
     const r = await this.refresh()
     if (r.verdict !== 'healthy') return {ready: false, why: r.broken ?? r.problems[0] ?? `the datapath is ${r.verdict}`}
+    const late = (r.pods?.unregistered ?? []).filter((p) => p.since !== undefined && secondsSince(p.since) * 1000 > UNREGISTERED_GRACE_MS)
+    if (late.length > 0)
+      return {ready: false, why: `${late.length} meshed pod(s) not registered: ${late.slice(0, 5).map((p) => `${p.namespace}/${p.name} (${p.ip}) for ${duration(secondsSince(p.since ?? ''))}`).join(', ')}: their traffic is not captured`}
     return {ready: true, why: 'the datapath is attached and the pods are synced'}
   }
 }

@@ -5,7 +5,7 @@ import type {MeshProfile} from '../mesh/profiles.js'
 import type {KubeOptions} from '../kube/client.js'
 import {loadPods} from '../kube/source.js'
 import {meshProfile} from '../mesh/profiles.js'
-import {connectionCapacity, type InstallState, type Installation} from './installation.js'
+import {connectionCapacity, type InstallState, type Installation, type PodRecord} from './installation.js'
 import {withInstallationLock} from './lock.js'
 import {MerbridgeError} from '../errors.js'
 import {hostname} from 'node:os'
@@ -57,20 +57,31 @@ export function refuseEmptying(selection: PodSelection, node: string, guard: Emp
 
 /** What the installation's record says about the pods of a sync. */
 export function podsRecord(source: string, applied: AppliedPods): InstallState['pods'] {
+  const syncedAt = new Date().toISOString()
   return {
     source,
-    syncedAt: new Date().toISOString(),
+    syncedAt,
     meshed: applied.sync.meshed,
-    unregistered: applied.sync.unregistered,
+    unregistered: applied.sync.unregistered.map((p) => ({...p, since: syncedAt})),
     skipped: applied.selection.skipped,
     warnings: [...applied.selection.meshed.flatMap((p) => p.warnings), ...applied.sync.nodeWarnings],
   }
 }
 
+/**
+ * A pod still not registered keeps the time a sync first found it so: how long its traffic has
+ * gone uncaptured (status, /readyz and the metrics say it).
+ */
+export function keepSince(pods: InstallState['pods'], previous: InstallState['pods'] | undefined): InstallState['pods'] {
+  const key = (p: PodRecord) => `${p.namespace}/${p.name} ${p.ip}`
+  const since = new Map((previous?.unregistered ?? []).flatMap((p) => (p.since ? [[key(p), p.since] as const] : [])))
+  return {...pods, unregistered: pods.unregistered.map((p) => ({...p, since: since.get(key(p)) ?? p.since ?? pods.syncedAt}))}
+}
+
 /** Update the pods part of an existing record (sync and the watch loop; enable writes it whole). */
 export async function savePodsRecord(inst: Installation, pods: InstallState['pods']): Promise<void> {
   const state = await inst.readState()
-  if (state) await inst.writeState({...state, pods})
+  if (state) await inst.writeState({...state, pods: keepSince(pods, state.pods)})
 }
 
 /** One line saying what a pod's change did, for the watch log. */
@@ -109,7 +120,7 @@ export async function syncOnce(inst: Installation, opts: {podsFile?: string; kub
     const registered = (await inst.readState())?.pods.meshed.length ?? 0
     const guard = {registered, source: loaded.source, allowEmpty: opts.allowEmpty === true}
     const applied = await applyPods(inst, helpers, loaded.pods, {node: opts.node, mesh: meshProfile(state.mesh), attachInbound: true, capacity: connectionCapacity(state), guard})
-    const pods = podsRecord(loaded.source, applied)
+    const pods = keepSince(podsRecord(loaded.source, applied), (await inst.readState())?.pods)
     await savePodsRecord(inst, pods)
     return {...pods, written: applied.sync.written, deleted: applied.sync.deleted}
   })

@@ -2,10 +2,11 @@ import {COUNTERS, type CounterName} from '../bpf/layout.js'
 import type {StatusReport} from '../datapath/inspect.js'
 import {renderTable} from './table.js'
 import {c, mark} from './theme.js'
+import {duration, secondsSince} from '../text.js'
 
 const COUNTER_LABELS: Record<CounterName, string> = {
   connOutbound: 'connections sent to the outbound sidecar',
-  connInbound: 'sidecar connections sent to a local inbound sidecar',
+  connInbound: 'sidecar connections sent to the inbound sidecar of a pod not registered yet',
   connUnregistered: '  of the outbound ones, from unregistered pods',
   msgRedirected: 'messages moved socket to socket',
   bytesRedirected: 'bytes moved socket to socket',
@@ -61,7 +62,8 @@ export function renderStatus(r: StatusReport): string {
   if (r.pods) {
     out.push(`${c.bold('pods')} (last sync ${r.pods.syncedAt} from ${r.pods.source}): ${r.pods.meshed.length} meshed and registered, ${r.pods.unregistered.length} meshed but not found on the node, ${r.pods.skipped.length} skipped`)
     for (const p of r.pods.meshed) out.push(`  ${mark.pass} ${p.namespace}/${p.name} ${p.ip}`)
-    for (const p of r.pods.unregistered) out.push(`  ${mark.warn} ${p.namespace}/${p.name} ${p.ip}: network namespace not found on this node`)
+    for (const p of r.pods.unregistered)
+      out.push(`  ${mark.warn} ${p.namespace}/${p.name} ${p.ip}: network namespace not found on this node${p.since ? ` for ${duration(secondsSince(p.since))} (since ${p.since})` : ''}: inbound not captured, outbound only once its sidecar listens`)
     for (const p of r.pods.skipped) out.push(`  ${c.dim(`- ${p.namespace}/${p.name}: ${p.reason}`)}`)
     for (const w of r.pods.warnings) out.push(`  ${mark.warn} ${w}`)
   }

@@ -141,6 +141,48 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
     }
   })
 
+  it('reports a meshed pod that stays unregistered, and for how long: status, /readyz and the metrics', async () => {
+    const port = await freePort()
+    const get = async (path: string) => {
+      const r = await fetch(`http://127.0.0.1:${port}${path}`)
+      return {status: r.status, text: await r.text()}
+    }
+    // a meshed pod of this node whose network namespace no sync finds (its address is nowhere)
+    const ghost = {...(JSON.parse(lab.podList()) as {items: FakePod[]}).items[0]!}
+    ghost.metadata = {...ghost.metadata, name: 'ghost', annotations: {...ghost.metadata.annotations}}
+    ghost.status = {...ghost.status, podIP: '10.77.9.8', podIPs: [{ip: '10.77.9.8'}]}
+    api.add(ghost)
+    let watch: ResultPromise | undefined
+    try {
+      const s = await cli(['sync', '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname()], install.env)
+      assert.equal(s.code, 0, s.stderr)
+      // as a record five minutes old would say: the time a sync first found it stays with it
+      const inst = install.installation()
+      const state = await inst.readState()
+      assert.ok(state)
+      const since = new Date(Date.now() - 300_000).toISOString()
+      assert.deepEqual(state.pods.unregistered.map((p) => p.name), ['ghost'])
+      await inst.writeState({...state, pods: {...state.pods, unregistered: state.pods.unregistered.map((p) => ({...p, since}))}})
+      const again = await cli(['sync', '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname()], install.env)
+      assert.equal(again.code, 0, again.stderr)
+      const text = await cli(['status', '--bpffs', install.bpffs], install.env)
+      assert.match(text.stdout, /lab\/ghost 10\.77\.9\.8: network namespace not found on this node for 5m \d+s/)
+      assert.equal(parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).pods?.unregistered[0]?.since, since)
+
+      watch = execa(process.execPath, [BIN, 'sync', '--watch', '--metrics-addr', `127.0.0.1:${port}`, '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname()], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+      await eventually('/readyz names the pod', async () => (await get('/readyz').catch(() => ({status: 0, text: ''}))).text.startsWith('1 meshed pod(s) not registered: lab/ghost (10.77.9.8) for 5m'))
+      assert.equal((await get('/readyz')).status, 503)
+      const seconds = parseExposition((await get('/metrics')).text).get('merbridge_pod_unregistered_seconds{namespace="lab",pod="ghost"}') ?? 0
+      assert.ok(seconds >= 300, `merbridge_pod_unregistered_seconds: ${seconds}`)
+      api.delete('lab', 'ghost')
+      await eventually('/readyz says ready once the pod is gone', async () => (await get('/readyz')).status === 200)
+    } finally {
+      watch?.kill('SIGKILL')
+      await watch
+      api.delete('lab', 'ghost')
+    }
+  })
+
   it('answers /healthz from the first second of a slow enable --watch, and a burst of scrapes costs about one reading', async () => {
     // a bpftool that logs every run, and holds enable at its attach step until told to go
     const dir = mkdtempSync(join(tmp, 'early-'))

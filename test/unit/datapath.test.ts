@@ -106,7 +106,7 @@ describe('status diagnosis', () => {
       `other programs are attached to ${CGROUP}: 999 cil_sock4_connect (cgroup_inet4_connect); they may conflict`,
       'the programs were built from older sources: run merbridge enable to replace them',
       'run counts and times are off: sysctl -w kernel.bpf_stats_enabled=1 turns them on',
-      '1 meshed pod(s) were not found on this node at the last sync',
+      '1 meshed pod(s) were not found on this node at the last sync: their inbound is not captured, and their outbound only once their sidecar listens',
     ])
   })
 })
