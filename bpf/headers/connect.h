@@ -5,22 +5,29 @@
  * reverse NAT would. */
 #pragma once
 #include "helpers.h"
+#include "kernel.h"
 
 /* Is the pod's sidecar listening on its outbound port in the caller's netns? Asked afresh on
  * every connect of an unregistered pod: an answer is never cached, so an app that started
- * before its sidecar is intercepted as soon as the sidecar listens. */
+ * before its sidecar is intercepted as soon as the sidecar listens. Only a listener of the mesh's
+ * proxy user counts: ztunnel's in-pod listener (Istio's ambient mode) and an app's own are on
+ * that port too, and sending their pod's connects there would loop or break them. */
 static __always_inline int sidecar_listening(struct bpf_sock_addr *ctx, const struct mb_settings *cfg)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
+	struct sock *s;
+	int proxy;
 
 	t.ipv4.daddr = bpf_htonl(0x7f000001);
 	t.ipv4.dport = bpf_htons(cfg->outbound_port);
 	sk = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
+	s = (struct sock *)bpf_skc_to_tcp_sock(sk);
+	proxy = s && s->sk_uid.val == cfg->sidecar_uid;
 	bpf_sk_release(sk);
-	return 1;
+	return proxy;
 }
 
 static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const union mb_ip *dst, __be16 dport, __u16 flags)

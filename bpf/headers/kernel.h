@@ -16,4 +16,7 @@ struct sock_common {
 
 struct sock {
 	struct sock_common __sk_common;
+	struct {
+		__u32 val;
+	} sk_uid; /* kuid_t: the socket's owner, from the process that made it */
 } __attribute__((preserve_access_index));

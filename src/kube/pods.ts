@@ -11,7 +11,7 @@ import {goBool, istioInitSettings} from './istio-init.js'
 /** The parts of a Kubernetes Pod that merbridge reads. */
 export interface PodJson {
   // as found in a pods file: entries may be null and YAML may give numbers where the API has strings
-  metadata?: {name?: string; namespace?: string; annotations?: Record<string, unknown>; deletionTimestamp?: unknown}
+  metadata?: {name?: string; namespace?: string; annotations?: Record<string, unknown>; labels?: Record<string, unknown>; deletionTimestamp?: unknown}
   spec?: {
     nodeName?: string
     hostNetwork?: boolean
@@ -49,7 +49,7 @@ export interface MeshedPod {
 }
 
 /** Why a pod is skipped, as a short code (a metric label: few values, whatever the pods hold). */
-export type SkipCode = 'no-sidecar' | 'gateway' | 'intercepts-nothing' | 'tproxy' | 'unknown-mode' | 'other-ports' | 'user-namespace' | 'host-network' | 'finished' | 'no-ip' | 'shared-ip' | 'reused-ip'
+export type SkipCode = 'no-sidecar' | 'ambient' | 'gateway' | 'intercepts-nothing' | 'tproxy' | 'unknown-mode' | 'other-ports' | 'user-namespace' | 'host-network' | 'finished' | 'no-ip' | 'shared-ip' | 'reused-ip'
 
 export interface PodSelection {
   meshed: MeshedPod[]
@@ -104,6 +104,18 @@ function initContainer(pod: PodJson, mesh: MeshProfile): ContainerJson | undefin
 }
 
 /** Why a pod with a proxy is still not a sidecar pod for the datapath, if it is not. */
+/**
+ * Why a pod is Istio's ambient mode's, not a sidecar's: its traffic goes to ztunnel, whose in-pod
+ * listener is on 15001 too, so capturing it would loop or break it. Istio's CNI marks the pods it
+ * enrolled (ambient.istio.io/redirection: enabled); a pod labelled for ambient with no sidecar is
+ * one too. A pod with a sidecar and only the label keeps its sidecar, as ztunnel leaves it alone.
+ */
+function ambientMode(pod: PodJson, hasSidecar: boolean): string | undefined {
+  if (pod.metadata?.annotations?.['ambient.istio.io/redirection'] === 'enabled') return 'enrolled in ambient mode (ambient.istio.io/redirection: enabled): ztunnel captures it, not a sidecar'
+  if (!hasSidecar && pod.metadata?.labels?.['istio.io/dataplane-mode'] === 'ambient') return 'an ambient pod (istio.io/dataplane-mode=ambient): ztunnel captures it, not a sidecar'
+  return undefined
+}
+
 function notASidecar(mode: unknown, proxy: ContainerJson): {reason: string; code: SkipCode} | undefined {
   // a gateway runs the proxy as a router: no interception, whatever its annotations
   if (Array.isArray(proxy.args) && proxy.args.includes('router')) return {reason: 'a gateway (the proxy runs as a router): no interception', code: 'gateway'}
@@ -209,6 +221,11 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     const skip = (reason: string, code: SkipCode) => out.skipped.push({namespace, name, reason, code, ...(anyIp ? {ip: anyIp} : {})})
     const proxies = proxyContainers(pod, mesh)
     const proxy = proxies[0]
+    const ambient = ambientMode(pod, proxy !== undefined)
+    if (ambient) {
+      skip(ambient, 'ambient')
+      continue
+    }
     if (!proxy) {
       skip(`no injected ${mesh.sidecarContainer} sidecar`, 'no-sidecar')
       continue

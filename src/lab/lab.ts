@@ -5,9 +5,9 @@
  * removed by destroy(), which is safe to call at any point.
  */
 import {randomBytes} from 'node:crypto'
-import {chmodSync, existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
 import {hostname, tmpdir} from 'node:os'
-import {join} from 'node:path'
+import {dirname, join} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import type {MeshProfile} from '../mesh/profiles.js'
 import {run} from '../exec.js'
@@ -332,8 +332,13 @@ export class Lab {
   async startSidecar(podName: string, opts: {threads?: number; maxconn?: number; extra?: string} = {}): Promise<LabProcess> {
     const cfg = join(this.tmp, `haproxy-${podName}.cfg`)
     const proxy = this.pod(podName).proxy
-    writeFileSync(cfg, haproxyConfig(this.mesh, {uid: proxy?.uid, gid: proxy?.gid, statsSocket: this.statsSocket(podName), threads: opts.threads ?? 1, maxconn: opts.maxconn, extra: opts.extra}))
-    const p = this.spawn(podName, `sidecar in ${podName}`, 'haproxy', ['-db', '-f', cfg])
+    const id = {uid: proxy?.uid ?? this.mesh.sidecarUid, gid: proxy?.gid ?? this.mesh.sidecarGid}
+    // its own folder for the stats socket, which it makes as the proxy's user
+    mkdirSync(dirname(this.statsSocket(podName)), {recursive: true})
+    chownSync(dirname(this.statsSocket(podName)), id.uid, id.gid)
+    writeFileSync(cfg, haproxyConfig(this.mesh, {statsSocket: this.statsSocket(podName), threads: opts.threads ?? 1, maxconn: opts.maxconn, extra: opts.extra}))
+    // as the proxy's user from the start, as istio-proxy runs: its listeners are that user's sockets
+    const p = this.spawn(podName, `sidecar in ${podName}`, 'setpriv', ['--reuid', String(id.uid), '--regid', String(id.gid), '--clear-groups', 'haproxy', '-db', '-f', cfg])
     await this.waitListening(podName, this.mesh.outboundPort)
     await this.waitListening(podName, this.mesh.inboundPort)
     if (this.dualStack && !this.pod(podName).noDualStack) {
@@ -343,7 +348,6 @@ export class Lab {
       writeFileSync(log, '')
       chmodSync(log, 0o666) // written by the proxy's user
       this.sidecar6Logs.set(podName, log)
-      const id = {uid: proxy?.uid ?? this.mesh.sidecarUid, gid: proxy?.gid ?? this.mesh.sidecarGid}
       const p6 = this.spawn(podName, `IPv6 sidecar in ${podName}`, 'setpriv', ['--reuid', String(id.uid), '--regid', String(id.gid), '--clear-groups', SYSTEM_PYTHON, ...sidecar6Args(this.mesh, script, log)])
       await p6.waitFor(/listening/)
     }
@@ -368,7 +372,7 @@ export class Lab {
   }
 
   private statsSocket(podName: string): string {
-    return join(this.tmp, `haproxy-${podName}.sock`)
+    return join(this.tmp, `haproxy-${podName}`, 'stats.sock')
   }
 
   private dnsScript(): string {

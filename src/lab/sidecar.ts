@@ -10,12 +10,10 @@
  */
 import type {MeshProfile} from '../mesh/profiles.js'
 
-export function haproxyConfig(mesh: MeshProfile, opts: {uid?: number; gid?: number; statsSocket?: string; threads?: number; maxconn?: number; extra?: string} = {}): string {
+export function haproxyConfig(mesh: MeshProfile, opts: {statsSocket?: string; threads?: number; maxconn?: number; extra?: string} = {}): string {
   // the stats socket counts sessions as they are accepted: proof that a connection passed, with no wait for a log line
   return `global
-${opts.threads ? `  nbthread ${opts.threads}\n` : ''}  uid ${opts.uid ?? mesh.sidecarUid}
-  gid ${opts.gid ?? mesh.sidecarGid}
-  maxconn ${opts.maxconn ?? 4096}${opts.statsSocket ? `
+${opts.threads ? `  nbthread ${opts.threads}\n` : ''}  maxconn ${opts.maxconn ?? 4096}${opts.statsSocket ? `
   stats socket ${opts.statsSocket} mode 600 level user` : ''}
   log stdout format raw local0
 defaults

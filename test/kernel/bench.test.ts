@@ -60,9 +60,10 @@ describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
     assert.equal(s.connections, 2000)
     assert.equal(s.held, 2000, context)
     assert.equal(s.failed, 0, context)
-    // each connection: the app's socket and the outbound sidecar's two, the inbound sidecar's two and the app's; the app's and the outbound sidecar's connects are rewritten
+    // each connection: the app's socket and the outbound sidecar's two, the inbound sidecar's two and the app's; the app's connect is
+    // rewritten (the outbound sidecar's goes to the destination as it is, whose capture hands it over)
     assert.ok(s.entries.sockets >= 6 * 2000, context)
-    assert.ok(s.entries.origins >= 2 * 2000, context)
+    assert.ok(s.entries.origins >= 2000, context)
     assert.ok((s.counters.msgRedirected ?? 0) >= 2000, context)
     for (const k of ['sockhashFull', 'socketOverShare', 'originLost', 'originOverShare'] as const) assert.equal(s.counters[k], 0, `${k}: ${context}`)
     assert.ok(s.memoryBytes.sockPairMap > 0 && s.memoryBytes.pairOriginalDst > 0, context)

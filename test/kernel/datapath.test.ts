@@ -326,6 +326,15 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
     const mb = mark('b')
     assert.equal((await whoami('d', 'b')).remoteAddress, '127.0.0.6')
     assert.equal((await logSince('b', mb))[0]?.client.split(':')[0], lab.pod('d').ip, "straight from d's app, no sidecar of d on the way")
+    // a listener on 15001 that is not the proxy user's (an app's, ztunnel's in an ambient pod) is no sidecar
+    const squatter = await lab.startApp('d', 15001)
+    try {
+      const ms = mark('b')
+      assert.equal((await whoami('d', 'b')).remoteAddress, '127.0.0.6', "b's inbound sidecar, not d's root-owned listener, answered")
+      assert.equal((await logSince('b', ms))[0]?.client.split(':')[0], lab.pod('d').ip, 'still straight from d')
+    } finally {
+      await squatter.stop()
+    }
     sidecars.set('d', await lab.startSidecar('d'))
     // ...and the same app's next connection goes to the sidecar, with no "not in mesh" remembered
     const r = await lab.get('d', url('b'))

@@ -94,6 +94,17 @@ describe('pod selection', () => {
     assert.match(reasons.pending!, /no IP address yet/)
   })
 
+  it("leaves Istio's ambient pods to ztunnel, and says so", () => {
+    const enrolled = pod('enrolled', {metadata: {annotations: {'ambient.istio.io/redirection': 'enabled'}}})
+    const labelled = pod('labelled', {metadata: {annotations: {}, labels: {'istio.io/dataplane-mode': 'ambient'}}, spec: {containers: [{name: 'app'}]}})
+    // a sidecar wins over the label: ztunnel leaves such a pod alone
+    const sidecarToo = pod('sidecar-too', {metadata: {annotations: {'sidecar.istio.io/status': '{}'}, labels: {'istio.io/dataplane-mode': 'ambient'}}})
+    const s = selectMeshedPods([enrolled, labelled, sidecarToo], 'node1', istio)
+    assert.deepEqual(s.meshed.map((p) => p.name), ['sidecar-too'])
+    assert.deepEqual(s.skipped.map((p) => [p.name, p.code]), [['enrolled', 'ambient'], ['labelled', 'ambient']])
+    assert.match(s.skipped[0]!.reason, /ztunnel captures it/)
+  })
+
   it('warns per pod about shared IPs, two proxies and addresses that are not IPs', () => {
     const first = pod('first', {status: {podIP: '10.9.0.1'}})
     const twin = pod('twin', {status: {podIP: '10.9.0.1'}})
