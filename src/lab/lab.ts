@@ -15,7 +15,7 @@ import {findCgroup2, readMounts} from '../node/mounts.js'
 import {PACKAGE_ROOT} from '../paths.js'
 import {LabProcess, POLL_DEADLINE_MS} from './process.js'
 import {connect} from 'node:net'
-import {haproxyConfig, parseFrontendSessions, parseSessionTotals} from './sidecar.js'
+import {HAPROXY_MAXCONN, haproxyConfig, parseFrontendSessions, parseSessionTotals} from './sidecar.js'
 import {parseSidecar6Log, SIDECAR6_PY, type Sidecar6Line, sidecar6Args, SYSTEM_PYTHON} from './sidecar6.js'
 import {defaultCaptureOptions, type IstioCaptureOptions, istioNatRules} from './istio-iptables.js'
 import {DNS_PY, type DnsFamily, type DnsMode, type DnsResult} from './dns.js'
@@ -337,8 +337,11 @@ export class Lab {
     mkdirSync(dirname(this.statsSocket(podName)), {recursive: true})
     chownSync(dirname(this.statsSocket(podName)), id.uid, id.gid)
     writeFileSync(cfg, haproxyConfig(this.mesh, {statsSocket: this.statsSocket(podName), threads: opts.threads ?? 1, maxconn: opts.maxconn, extra: opts.extra}))
-    // as the proxy's user from the start, as istio-proxy runs: its listeners are that user's sockets
-    const p = this.spawn(podName, `sidecar in ${podName}`, 'setpriv', ['--reuid', String(id.uid), '--regid', String(id.gid), '--clear-groups', 'haproxy', '-db', '-f', cfg])
+    // as the proxy's user from the start, as istio-proxy runs: its listeners are that user's sockets.
+    // Unprivileged, it cannot raise its descriptor limit past the hard one (4096 on a fresh boot):
+    // set for it first, two per connection and some
+    const fds = 2 * (opts.maxconn ?? HAPROXY_MAXCONN) + 1024
+    const p = this.spawn(podName, `sidecar in ${podName}`, 'prlimit', [`--nofile=${fds}:${fds}`, 'setpriv', '--reuid', String(id.uid), '--regid', String(id.gid), '--clear-groups', 'haproxy', '-db', '-f', cfg])
     await this.waitListening(podName, this.mesh.outboundPort)
     await this.waitListening(podName, this.mesh.inboundPort)
     if (this.dualStack && !this.pod(podName).noDualStack) {
