@@ -57,8 +57,8 @@ export interface StatusReport {
   broken?: string
 }
 
-/** Maps a dump cannot count: arrays are fixed, and socket storage has no keys to walk (the kernel refuses). */
-const UNCOUNTABLE_TYPES = new Set(['array', 'percpu_array', 'sk_storage'])
+/** Maps a dump cannot count: arrays are fixed (of maps too: a slot is not a use), and socket storage has no keys to walk (the kernel refuses). */
+const UNCOUNTABLE_TYPES = new Set(['array', 'percpu_array', 'array_of_maps', 'sk_storage'])
 const NEAR_FULL = 0.9
 
 function statsEnabled(): boolean {
@@ -217,7 +217,7 @@ export function diagnose(o: Observed): StatusReport {
     const info = snap.maps.get(name)
     const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries === 0 ? undefined : info?.max_entries, entries: o.entries[name], memoryBytes: info?.bytes_memlock}
     // an LRU map full is one doing its work: it forgets the oldest entry
-    if (m.entries !== undefined && m.capacity && m.entries >= m.capacity * NEAR_FULL && info?.type !== 'lru_hash') report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
+    if (m.entries !== undefined && m.capacity && m.entries >= m.capacity * NEAR_FULL && info?.type !== 'lru_hash' && !UNCOUNTABLE_TYPES.has(info?.type ?? '')) report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
     if (!info) report.problems.push(`map ${name} is not pinned`)
     report.maps.push(m)
   }
