@@ -39,6 +39,11 @@
 #define MB_CHARGE_SOCKET      (1u << 0)
 #define MB_CHARGE_ORIGIN      (1u << 1)
 
+/* mb_sock_state.has_peer: whether sk_msg may move this socket's data to its peer */
+#define MB_PEER_NONE     0 /* no: no peer key, or some of its data already took TCP */
+#define MB_PEER_UNSEEN   1 /* yes, if nothing went over TCP before its first message */
+#define MB_PEER_MOVING   2 /* yes: its data so far was all moved */
+
 /* struct mb_origin.flags: why a connection was rewritten */
 #define MB_ORIGIN_OUTBOUND    (1u << 0)  /* app -> its sidecar's outbound port */
 #define MB_ORIGIN_INBOUND     (1u << 1)  /* sidecar -> another local pod's inbound port */
@@ -53,7 +58,7 @@ enum mb_counter {
 	MB_CNT_CONN_UNREGISTERED,     /* of the outbound ones, from pods not registered yet */
 	MB_CNT_MSG_REDIRECTED,        /* sendmsg calls moved socket to socket */
 	MB_CNT_BYTES_REDIRECTED,      /* bytes of those */
-	MB_CNT_REDIRECT_MISS,         /* sendmsg on a tracked socket whose peer is not tracked */
+	MB_CNT_REDIRECT_MISS,         /* tracked sockets left on TCP: peer not tracked at a send, or TCP used first */
 	MB_CNT_GETSOCKOPT_ANSWERED,   /* SO_ORIGINAL_DST answered from pair_original_dst */
 	MB_CNT_SOCKHASH_FULL,         /* sockets left on TCP because sock_pair_map refused them */
 	MB_CNT_ORIGIN_LOST,           /* rewrites whose original destination could not be stored */

@@ -20,3 +20,9 @@ struct sock {
 		__u32 val;
 	} sk_uid; /* kuid_t: the socket's owner, from the process that made it */
 } __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u32 snd_nxt;    /* next sequence number to send */
+	__u32 write_seq;  /* past the last byte the app handed to TCP */
+	__u64 bytes_sent; /* data bytes transmitted, retransmissions included */
+} __attribute__((preserve_access_index));

@@ -137,7 +137,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, int activ
 		if (charged & MB_CHARGE_SOCKET) {
 			/* the peer's own key: its namespace, and our remote as its local (as sk_msg would) */
 			pair_from_ips(&st->peer, owner_netns(&key.remote_ip, skops), &key.remote_ip, key.remote_port, &key.local_ip, key.local_port);
-			st->has_peer = 1;
+			st->has_peer = MB_PEER_UNSEEN;
 		}
 	}
 	/* ask for state changes: the entries go, and are given back, when the connection closes */

@@ -80,7 +80,7 @@ struct mb_pod_id {
  * at establishment instead of for every message (the addresses, the peer's namespace). */
 struct mb_sock_state {
 	__u32 charged;  /* MB_CHARGE_* */
-	__u32 has_peer; /* peer is set */
+	__u32 has_peer; /* MB_PEER_*: peer is set, and sk_msg may move data to it */
 	struct mb_pair peer;
 };
 

@@ -146,7 +146,7 @@ export class ScaleRun {
       entries: {sockets: counts.sock_pair_map ?? Number.NaN, origins: counts.pair_original_dst ?? Number.NaN},
       counters,
       memoryBytes: {sockPairMap: sockets.bytes_memlock ?? Number.NaN, pairOriginalDst: origins.bytes_memlock ?? Number.NaN},
-      // redirectMiss is left out: a first message may race its peer's registration and take TCP, through the same sidecars
+      // redirectMiss is left out: a first message may race its peer's tracking and keep its socket on TCP, through the same sidecars
       allRedirected: held === connections && counters.sockhashFull + counters.originLost + counters.socketOverShare + counters.originOverShare === 0,
     }
   }

@@ -55,7 +55,7 @@ export function scaleLines(s: ScaleReport): string[] {
   return [
     `${s.held.toLocaleString('en-US')} of ${s.connections.toLocaleString('en-US')} connections held through both sidecars (${s.pods} client pods, ${s.pods} server pods), ${s.failed} failed, opened and echoed in ${s.openSeconds.toFixed(1)} s`,
     `enable --max-connections ${s.maxConnections}: ${s.entries.sockets.toLocaleString('en-US')} sockets in sock_pair_map, ${s.entries.origins.toLocaleString('en-US')} entries in pair_original_dst; kernel memory ${mb(s.memoryBytes.sockPairMap)} and ${mb(s.memoryBytes.pairOriginalDst)}`,
-    `refused while opening: ${refused.map((k) => `${k} ${s.counters[k] ?? 0}`).join(', ')}; messages redirected ${(s.counters.msgRedirected ?? 0).toLocaleString('en-US')}, left on TCP (peer not yet tracked) ${s.counters.redirectMiss ?? 0}`,
+    `refused while opening: ${refused.map((k) => `${k} ${s.counters[k] ?? 0}`).join(', ')}; messages redirected ${(s.counters.msgRedirected ?? 0).toLocaleString('en-US')}, sockets kept on TCP (data took TCP first) ${s.counters.redirectMiss ?? 0}`,
     s.allRedirected ? 'every connection redirected: none left on TCP for want of an entry' : 'NOT every connection was held and redirected',
   ]
 }

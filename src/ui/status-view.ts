@@ -10,7 +10,7 @@ const COUNTER_LABELS: Record<CounterName, string> = {
   connUnregistered: '  of the outbound ones, from unregistered pods',
   msgRedirected: 'messages moved socket to socket',
   bytesRedirected: 'bytes moved socket to socket',
-  redirectMiss: 'messages left on TCP (peer not tracked)',
+  redirectMiss: 'sockets kept on TCP (data took TCP before its peer was tracked)',
   getsockoptAnswered: 'SO_ORIGINAL_DST answers',
   sockhashFull: 'sockets left on TCP (sock_pair_map full)',
   originLost: 'connections refused: no room for their original destination (fail closed)',
