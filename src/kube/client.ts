@@ -53,24 +53,36 @@ function kubeError(message: string, suggestion: string, code = 'KUBE_CONFIG'): M
 
 export async function loadKube(opts: KubeOptions, env = process.env): Promise<KubeTarget> {
   const {KubeConfig} = await import('@kubernetes/client-node')
-  const kc = new KubeConfig()
+  let kc = new KubeConfig()
   let source: string
   const fromFile = async (file: string, origin: string) => {
     if (!existsSync(file)) throw kubeError(`kubeconfig ${file} (${origin}) does not exist`, 'give an existing file with --kubeconfig')
     // checked as a bounded regular file first: the client would read a FIFO or /dev/zero for ever
     const text = await readInputFile(file, `kubeconfig ${file}`, MAX_KUBECONFIG_BYTES)
+    const one = new KubeConfig()
     try {
-      kc.loadFromString(text)
-      kc.makePathsAbsolute(dirname(resolve(file)))
+      one.loadFromString(text)
+      one.makePathsAbsolute(dirname(resolve(file)))
     } catch (error) {
       throw kubeError(`kubeconfig ${file} does not parse: ${(error as Error).message.split('\n')[0]}`, 'check the file with `kubectl config view --kubeconfig FILE`')
     }
-    return `${file} (${origin})`
+    return one
   }
-  if (opts.kubeconfig) source = await fromFile(opts.kubeconfig, '--kubeconfig')
-  else if (env.KUBECONFIG) source = await fromFile(env.KUBECONFIG.split(':').find((f) => f && existsSync(f)) ?? env.KUBECONFIG, 'KUBECONFIG')
-  else if (existsSync(join(env.HOME ?? homedir(), '.kube', 'config'))) source = await fromFile(join(env.HOME ?? homedir(), '.kube', 'config'), '~/.kube/config')
-  else if (env.KUBERNETES_SERVICE_HOST && existsSync(SA_TOKEN)) {
+  const home = join(env.HOME ?? homedir(), '.kube', 'config')
+  if (opts.kubeconfig) {
+    kc = await fromFile(opts.kubeconfig, '--kubeconfig')
+    source = `${opts.kubeconfig} (--kubeconfig)`
+  } else if (env.KUBECONFIG) {
+    // as kubectl reads it: every file that exists, merged, the first to name a thing winning
+    const files = [...new Set(env.KUBECONFIG.split(':').filter(Boolean))]
+    const present = files.filter((f) => existsSync(f))
+    if (present.length === 0) throw kubeError(`none of the kubeconfig files in KUBECONFIG exists (${files.join(', ')})`, 'set KUBECONFIG to existing files, or give --kubeconfig')
+    kc = mergeKubeconfigs(await Promise.all(present.map((f) => fromFile(f, 'KUBECONFIG'))), KubeConfig)
+    source = `${present.join(':')} (KUBECONFIG)`
+  } else if (existsSync(home)) {
+    kc = await fromFile(home, '~/.kube/config')
+    source = `${home} (~/.kube/config)`
+  } else if (env.KUBERNETES_SERVICE_HOST && existsSync(SA_TOKEN)) {
     kc.loadFromCluster()
     source = 'the in-cluster service account'
   } else
@@ -87,6 +99,26 @@ export async function loadKube(opts: KubeOptions, env = process.env): Promise<Ku
   if (/^http:/i.test(cluster.server) && !cluster.skipTLSVerify)
     throw kubeError(`the Kubernetes API at ${cluster.server} (${source}) is plain HTTP: merbridge reads pods over HTTPS only`, "give the API server's https:// address in the kubeconfig")
   return {kc, source, server: cluster.server}
+}
+
+/**
+ * Kubeconfig files merged as kubectl merges KUBECONFIG's: a cluster, user or context takes its
+ * value from the first file that names it, the current context from the first file that sets one.
+ */
+export function mergeKubeconfigs(configs: KubeConfig[], Kc: new () => KubeConfig): KubeConfig {
+  const pick = <T extends {name: string}>(lists: T[][]) => {
+    const seen = new Map<string, T>()
+    for (const item of lists.flat()) if (!seen.has(item.name)) seen.set(item.name, item)
+    return [...seen.values()]
+  }
+  const merged = new Kc()
+  merged.loadFromOptions({
+    clusters: pick(configs.map((c) => c.clusters)),
+    users: pick(configs.map((c) => c.users)),
+    contexts: pick(configs.map((c) => c.contexts)),
+    currentContext: configs.map((c) => c.currentContext).find(Boolean) ?? '',
+  })
+  return merged
 }
 
 /** One line for any failure to talk to the API: unreachable, TLS, refused credentials, bad answers. */

@@ -38,6 +38,27 @@ describe('kubeconfig resolution', {skip}, () => {
     await assert.rejects(loadKube({}, {HOME: join(dir, 'nowhere')}), /no Kubernetes credentials: no --kubeconfig, KUBECONFIG, ~\/.kube\/config or in-cluster service account/)
   })
 
+  it('merges every file KUBECONFIG names, as kubectl does', async () => {
+    mkdirSync(join(dir, 'team'), {recursive: true})
+    const first = join(dir, 'first.yaml')
+    const second = join(dir, 'team', 'second.yaml')
+    // the first file sets no current context; the second names a cluster and a context the first has too
+    writeFileSync(first, 'apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster: {server: "https://prod.example:1"}\nusers:\n- name: alice\n  user: {token: a}\ncontexts:\n- name: prod\n  context: {cluster: prod, user: alice}\n')
+    writeFileSync(
+      second,
+      'apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster: {server: "https://shadowed.example:9"}\n- name: dev\n  cluster: {server: "https://dev.example:2", certificate-authority: ca.crt}\nusers:\n- name: bob\n  user: {token: b}\ncontexts:\n- name: dev\n  context: {cluster: dev, user: bob}\n- name: prod\n  context: {cluster: dev, user: bob}\ncurrent-context: dev\n',
+    )
+    const env = {HOME: join(dir, 'nowhere'), KUBECONFIG: [join(dir, 'missing.yaml'), first, second].join(':')}
+    const dev = await loadKube({}, env)
+    assert.equal(dev.server, 'https://dev.example:2') // the current context, from the only file that sets one
+    assert.equal(dev.kc.getCurrentCluster()?.caFile, join(dir, 'team', 'ca.crt')) // relative to its own file
+    assert.equal(dev.source, `${first}:${second} (KUBECONFIG)`)
+    const prod = await loadKube({context: 'prod'}, env)
+    assert.equal(prod.server, 'https://prod.example:1') // context and cluster from the first file that names them
+    assert.equal(prod.kc.getCurrentUser()?.token, 'a')
+    await assert.rejects(loadKube({}, {KUBECONFIG: join(dir, 'missing.yaml')}), /none of the kubeconfig files in KUBECONFIG exists/)
+  })
+
   it('says which file does not parse, and which context is missing', async () => {
     writeFileSync(join(dir, 'bad.yaml'), 'clusters: [unclosed\n')
     await assert.rejects(loadKube({kubeconfig: join(dir, 'bad.yaml')}, {}), /kubeconfig .*bad.yaml does not parse/)
