@@ -17,7 +17,7 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
  * the layouts against the kernel's own dump; and the quick part of the equivalence matrix (IPv4
  * and IPv6, inbound from outside the cgroup).
  */
-const SELECTION = ['test/kernel/datapath.test.ts', 'test/kernel/fallbacks.test.ts', 'test/kernel/layout.test.ts', 'test/kernel/equivalence.test.ts']
+const SELECTION = ['test/kernel/datapath.test.ts', 'test/kernel/fallbacks.test.ts', 'test/kernel/layout.test.ts', 'test/kernel/ordering.test.ts', 'test/kernel/equivalence.test.ts']
 /** A whole run inside the VM, boot included: it runs several times slower than the host. */
 const VM_DEADLINE_MS = 60 * 60_000
 const MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'overlay']

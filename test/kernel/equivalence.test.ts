@@ -18,7 +18,7 @@ const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-re
 
 const ip = (i: number) => `${SUBNET}.${i + 2}`
 // pod order fixes the addresses: a .2, b .3, c .4, e .5, i .6, g .7, n .8, l .9 (s: fd77::a only), r .11, m .12, k .13, v .14,
-// o .15, x .16, h .17, p .18, q .19
+// o .15, x .16, h .17, p .18, q .19, z .20
 // a excludes outbound port 8081 and c's address, and its proxy captures DNS; b excludes inbound
 // port 8082; i sends to its sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
@@ -61,11 +61,17 @@ const PODS: LabPodSpec[] = [
   // q answers every SYN with a SYN cookie (net.ipv4.tcp_syncookies=2 in its namespace), as any
   // listener does while a SYN flood fills its queue: the handshake's last ACK finds no socket
   {name: 'q', meshed: true},
+  // z is enrolled in Istio's ambient mode, as Istio's CNI marks it: no sidecar, and in every column
+  // ztunnel's in-pod listeners on 15001 and 15006 (the lab's proxy, as uid 1600, not the mesh's
+  // proxy user) and its redirection rules (modelled by istio-iptables' for that uid). merbridge
+  // must leave it to them, and not take ztunnel's listener for a sidecar
+  {name: 'z', meshed: false, proxy: {uid: 1600, gid: 1600}, annotations: {'ambient.istio.io/redirection': 'enabled'}},
 ]
-const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k', 'v', 'o', 'x', 'h', 'p', 'q']
-const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080], ['v', 8080], ['o', 8080], ['h', 8080], ['p', 8080], ['p', 8081], ['p', 8082], ['q', 8080]]
+const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k', 'v', 'o', 'x', 'h', 'p', 'q', 'z']
+const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080], ['v', 8080], ['o', 8080], ['h', 8080], ['p', 8080], ['p', 8081], ['p', 8082], ['q', 8080], ['z', 8080]]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
+const ZTUNNEL = {uid: 1600, gid: 1600}
 const R_PROXY = {uid: 0, gid: 1337}
 const GROUP_2000 = {uid: 3000, gid: 2000}
 const GROUP_2001 = {uid: 3000, gid: 2001}
@@ -263,6 +269,13 @@ const CASES: Case[] = [
   {name: 'loopback CIDR 127.0.0.1/8: app -> own pod IP', from: 'h', to: 'h'},
   {name: 'loopback CIDR 127.0.0.1/8: its sidecar -> 127.1.2.3', from: 'h', to: '127.1.2.3', as: PROXY},
   {name: 'loopback CIDR 127.0.0.1/8: its sidecar -> own pod IP', from: 'h', to: 'h', as: PROXY},
+  {name: 'ambient pod: app -> meshed pod', from: 'z', to: 'b'},
+  {name: 'ambient pod: app -> unmeshed pod', from: 'z', to: 'c'},
+  {name: 'ambient pod: ztunnel -> meshed pod', from: 'z', to: 'b', as: ZTUNNEL},
+  {name: 'ambient pod: app -> own pod IP', from: 'z', to: 'z'},
+  {name: 'meshed pod -> ambient pod', from: 'a', to: 'z'},
+  {name: 'remote node -> ambient pod', from: REMOTE, to: 'z'},
+  {name: 'IPv6: ambient pod: app -> meshed pod', from: 'z', to: 'b', v6: true},
 ]
 
 /**
@@ -289,6 +302,7 @@ const QUICK = [
   'remote node -> meshed pod, Multipath TCP',
   'remote node -> meshed pod, TCP Fast Open',
   'SYN cookies: remote node -> meshed pod',
+  'ambient pod: app -> meshed pod',
 ]
 const SELECTED = process.env.MERBRIDGE_MATRIX === 'quick' ? CASES.filter((c) => QUICK.includes(c.name)) : CASES
 if (process.env.MERBRIDGE_MATRIX === 'quick' && SELECTED.length !== QUICK.length) throw new Error(`QUICK names a case the matrix lacks: ${QUICK.filter((n) => !CASES.some((c) => c.name === n)).join(', ')}`)
@@ -403,6 +417,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
     await lab.addRemote()
     await lab.startRemoteDns()
     for (const p of SIDECARS) sidecars.set(p, await lab.startSidecar(p))
+    await lab.installIstioIptables('z') // ztunnel's in-pod redirection, in every column
     // b's proxy listens too, though its pod does not capture DNS: a query it answers is a wrong capture
     for (const p of DNS_PROXY_PODS) {
       await lab.startDnsProxy(p)
