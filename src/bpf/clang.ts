@@ -50,6 +50,6 @@ export async function compileBpf(source: string, output: string, extra: readonly
   await run('clang', [...BPF_CFLAGS, ...extra, `-I${multiarchInclude()}`, '-c', source, '-o', output], {timeoutMs: COMPILE_TIMEOUT_MS})
 }
 
-export async function compileHost(source: string, output: string, libs: readonly string[] = []): Promise<void> {
-  await run('clang', [...HOST_CFLAGS, source, '-o', output, ...libs.map((l) => `-l${l}`)], {timeoutMs: COMPILE_TIMEOUT_MS})
+export async function compileHost(source: string, output: string, libs: readonly string[] = [], flags: readonly string[] = []): Promise<void> {
+  await run('clang', [...HOST_CFLAGS, ...flags, source, '-o', output, ...libs.map((l) => `-l${l}`)], {timeoutMs: COMPILE_TIMEOUT_MS})
 }

@@ -14,9 +14,11 @@ export interface Helpers {
   tcInbound: string
   /** iterator disable reads to release each socket of sock_pair_map once it has read what was moved to it */
   sockhashQueued: string
+  /** the chained CNI plugin, copied into the host's CNI folder in CNI mode */
+  cniPlugin: string
 }
 
-export const HELPER_FILES = {netnsCookie: 'netns-cookie', tcInbound: 'tc-inbound', sockhashQueued: 'sockhash-queued.bpf.o'} as const
+export const HELPER_FILES = {netnsCookie: 'netns-cookie', tcInbound: 'tc-inbound', sockhashQueued: 'sockhash-queued.bpf.o', cniPlugin: 'merbridge-cni'} as const
 
 export interface BuiltObjects extends Helpers {
   /** Hash of sources, flags and compiler: names the cache entry and tells status if objects are stale. */
@@ -113,8 +115,8 @@ export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}
   requireTrustedDir(SHIPPED_DIR, 'the shipped objects')
   const cached = join(cacheDir(), hash)
   const dir = !opts.rebuild && !existsSync(cached) && existsSync(join(SHIPPED_DIR, hash)) ? join(SHIPPED_DIR, hash) : cached
-  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound), sockhashQueued: join(dir, HELPER_FILES.sockhashQueued), counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')}}
-  const outputs = [result.datapath, result.netnsCookie, result.tcInbound, result.sockhashQueued, result.counters.maps, result.counters.sockhash]
+  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound), cniPlugin: join(dir, HELPER_FILES.cniPlugin), sockhashQueued: join(dir, HELPER_FILES.sockhashQueued), counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')}}
+  const outputs = [result.datapath, result.netnsCookie, result.tcInbound, result.cniPlugin, result.sockhashQueued, result.counters.maps, result.counters.sockhash]
   if (!opts.rebuild && outputs.every((f) => existsSync(f))) return {...result, compiled: false}
 
   if (dir !== cached) throw new MerbridgeError(`the shipped bpf objects in ${dir} are incomplete`, {code: 'SHIPPED_OBJECTS', suggestion: 'rebuild the image, or install clang so enable builds them'})
@@ -127,6 +129,8 @@ export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}
     await compileBpf(join(BPF_SOURCE_DIR, 'iter', 'sockhash-queued.bpf.c'), join(tmp, HELPER_FILES.sockhashQueued))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, HELPER_FILES.netnsCookie))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'tc-inbound.c'), join(tmp, HELPER_FILES.tcInbound), ['bpf'])
+    // copied into the host's CNI folder from the image: it must not depend on the image's libc
+    await compileHost(join(BPF_SOURCE_DIR, 'tools', 'merbridge-cni.c'), join(tmp, HELPER_FILES.cniPlugin), [], ['-static'])
     await rm(dir, {recursive: true, force: true})
     await rename(tmp, dir)
   } catch (error) {

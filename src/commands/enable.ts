@@ -56,6 +56,7 @@ export default class Enable extends BaseCommand {
     watch: Flags.boolean({description: 'after enabling, keep the maps matching the pods until stopped (what a node service runs)'}),
     recheck: recheckFlag,
     'metrics-addr': metricsAddrFlag,
+    'cni-socket': Flags.string({description: 'with --watch: answer merbridge-cni, the chained CNI plugin, on this unix socket (CNI mode: pods are registered before their first container starts)'}),
     'max-connections': Flags.integer({description: 'entries of the connection maps (sock_pair_map, pair_original_dst): about six per proxied connection; default: what the installation has, else 65535', min: 1024, max: 4_194_304}),
     rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),
     'allow-empty': allowEmptyFlag,
@@ -67,6 +68,8 @@ export default class Enable extends BaseCommand {
     if (flags.watch && flags['pods-file']) this.error('--watch follows the Kubernetes API; it cannot watch --pods-file', {exit: 2})
     if (flags['metrics-addr'] !== undefined && !flags.watch) this.error('--metrics-addr serves metrics while watching: add --watch', {exit: 2})
     if (flags['metrics-addr'] !== undefined) parseListenAddress(flags['metrics-addr'])
+    if (flags['cni-socket'] !== undefined && !flags.watch) this.error('--cni-socket answers the CNI plugin while watching: add --watch', {exit: 2})
+    if (flags['cni-socket'] !== undefined && !flags['cni-socket'].startsWith('/')) this.error(`--cni-socket ${flags['cni-socket']} is not an absolute path: give one such as /run/merbridge/cni.sock`, {exit: 2})
     requirePrivileges('enable')
     const kube = {kubeconfig: flags.kubeconfig, context: flags.context}
     // Ctrl-C or a service manager's SIGTERM: finish the step under way, undo everything, say so
@@ -96,7 +99,7 @@ export default class Enable extends BaseCommand {
     if (flags.watch) {
       if (this.jsonEnabled()) process.stdout.write(JSON.stringify(result) + '\n')
       const metrics = flags['metrics-addr'] === undefined ? undefined : {addr: flags['metrics-addr'], version: this.config.version, early}
-      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh, recheckMs: flags.recheck * 1000}, metrics)
+      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh, recheckMs: flags.recheck * 1000, cniSocket: flags['cni-socket']}, metrics)
       return undefined
     }
     return result

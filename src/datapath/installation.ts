@@ -109,8 +109,8 @@ export class Installation implements MapPins {
   /** The helpers enable kept, or undefined when they are gone (an older enable, or /run cleaned). */
   keptHelpers(): Helpers | undefined {
     requireTrustedDir(this.records, 'the records folder')
-    const kept = {netnsCookie: join(this.helperDir, HELPER_FILES.netnsCookie), tcInbound: join(this.helperDir, HELPER_FILES.tcInbound), sockhashQueued: join(this.helperDir, HELPER_FILES.sockhashQueued)}
-    // an older enable kept no sockhashQueued: disable then goes without it
+    const kept = {netnsCookie: join(this.helperDir, HELPER_FILES.netnsCookie), tcInbound: join(this.helperDir, HELPER_FILES.tcInbound), sockhashQueued: join(this.helperDir, HELPER_FILES.sockhashQueued), cniPlugin: join(this.helperDir, HELPER_FILES.cniPlugin)}
+    // an older enable kept no sockhashQueued (disable then goes without it) and no cniPlugin
     return existsSync(kept.netnsCookie) && existsSync(kept.tcInbound) ? kept : undefined
   }
 

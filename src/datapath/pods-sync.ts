@@ -24,7 +24,7 @@ export async function applyPods(
   inst: Installation,
   objects: Helpers,
   pods: PodJson[],
-  opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean; capacity: number; guard?: EmptyGuard; registeredIn?: Installation},
+  opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean; capacity: number; guard?: EmptyGuard; registeredIn?: Installation; pinned?: ReadonlyMap<string, string>},
 ): Promise<AppliedPods> {
   const selection = selectMeshedPods(pods, opts.node, opts.mesh)
   if (opts.guard) refuseEmptying(selection, opts.node, opts.guard)

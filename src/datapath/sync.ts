@@ -1,4 +1,4 @@
-import {existsSync} from 'node:fs'
+import {existsSync, statSync} from 'node:fs'
 import {bpftool} from '../bpf/bpftool.js'
 import {ipToSlot} from '../bpf/ip.js'
 import {decodePodId, encodeIface, encodePodId, encodePodRules, encodeU32, encodeU64, MAX_DNS, MAX_PODS, podShare, type PodId, type PodRules} from '../bpf/layout.js'
@@ -206,6 +206,18 @@ async function registeredElsewhere(inst: Installation): Promise<Map<string, bigi
   return registeredCookies(await readMaps.netnsPods(inst))
 }
 
+/** The namespace at a path the runtime named, as the scan found it (none if it is gone). */
+function namespaceAt(path: string, candidates: readonly NetnsCandidate[]): NetnsCandidate[] {
+  let inode: number
+  try {
+    inode = statSync(path).ino
+  } catch {
+    return []
+  }
+  const known = candidates.find((c) => c.inode === inode)
+  return [known ? {...known, path} : {inode, path, addresses: [], linkLocal: [], pids: []}]
+}
+
 /**
  * The namespace a pod is, among those holding its address. More than one is a claim, made on
  * purpose or not: a registration never moves away from a namespace that still holds the address
@@ -237,11 +249,23 @@ export async function syncPods(
   inst: Installation,
   objects: Helpers,
   selection: PodSelection,
-  opts: {known?: PodMapsView; attachInbound: boolean; capacity: number; /** where pods are registered now, when not in `inst` (a replacement's own maps) */ registeredIn?: Installation},
+  opts: {
+    known?: PodMapsView
+    attachInbound: boolean
+    capacity: number
+    /** where pods are registered now, when not in `inst` (a replacement's own maps) */
+    registeredIn?: Installation
+    /** namespace/name -> the network namespace the runtime named for it (CNI mode): no address decides */
+    pinned?: ReadonlyMap<string, string>
+  },
 ): Promise<SyncResult> {
   checkCapacity(selection)
-  const holders = namespaceHolders(await listNetnsCandidates())
-  const held = selection.meshed.map((pod) => ({pod, holders: holders.get(normalIp(pod.ip)) ?? []}))
+  const candidates = await listNetnsCandidates()
+  const holders = namespaceHolders(candidates)
+  const held = selection.meshed.map((pod) => {
+    const path = opts.pinned?.get(`${pod.namespace}/${pod.name}`)
+    return {pod, holders: path === undefined ? (holders.get(normalIp(pod.ip)) ?? []) : namespaceAt(path, candidates)}
+  })
   const cookies = await netnsCookies(objects.netnsCookie, [...new Set(held.flatMap((h) => h.holders.map((c) => c.path)))])
   const current = opts.known ?? (await readView(inst))
   const nodeWarnings: string[] = []

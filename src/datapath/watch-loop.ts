@@ -14,6 +14,8 @@ import {readMaps} from '../bpf/maps.js'
 import {connectionCapacity, type Installation} from './installation.js'
 import {withInstallationLock} from './lock.js'
 import {type AppliedPods, applyPods, describePod, podsRecord, savePodsRecord} from './pods-sync.js'
+import {type CniAnswer, type CniRequest, CNI_ERRORS, cniArgs, cniError, parseCniConfig, passThrough, resultAddresses, serveCni} from './cni.js'
+import {selectMeshedPods} from '../kube/pods.js'
 
 export interface WatchOptions {
   kube: KubeOptions
@@ -28,10 +30,20 @@ export interface WatchOptions {
   uncoveredMs?: number
   /** after every sync (metrics): what caused it, how long it took, how long since the change arrived */
   onSynced?: (sync: SyncReport) => void
+  /** serve merbridge-cni's calls on this unix socket (CNI mode) */
+  cniSocket?: string
+  /** how long an ADD waits for the watch to bring a pod it does not know yet (default 10 s) */
+  cniPodWaitMs?: number
+}
+
+/** A pod the runtime set up through merbridge-cni: its namespace, and the addresses the CNI result gave it. */
+interface PinnedPod {
+  netns: string
+  ips: string[]
 }
 
 export interface SyncReport {
-  cause: 'RELISTED' | 'ADDED' | 'MODIFIED' | 'DELETED' | 'RETRY' | 'RECHECK' | 'UNCOVERED'
+  cause: 'RELISTED' | 'ADDED' | 'MODIFIED' | 'DELETED' | 'RETRY' | 'RECHECK' | 'UNCOVERED' | 'CNI'
   ms: number
   /** from the change arriving to the maps matching it (waiting behind earlier changes included) */
   lagMs: number
@@ -48,11 +60,15 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   let latest: PodJson[] = first.pods
   let applied: AppliedPods | undefined
   let queue = Promise.resolve()
+  /** by namespace/name: pods whose namespace the runtime named (CNI mode); no scan or address decides it */
+  const pinned = new Map<string, PinnedPod>()
 
-  const apply = (pods: PodJson[], event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'} | {type: 'UNCOVERED'; drops: number}) => {
+  const apply = (pods: PodJson[], event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'} | {type: 'UNCOVERED'; drops: number} | {type: 'CNI'}) => {
     const arrived = performance.now()
     return (queue = queue.then(async () => {
       latest = pods
+      // the API learns a pod's addresses only after its sandbox is up: until then, the runtime's
+      pods = pods.map((p) => withAddresses(p, pinned.get(podKey(p))?.ips))
       const started = performance.now()
       try {
         const before = applied
@@ -61,7 +77,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
         const known = rechecking ? undefined : applied?.sync.view
         // one command changes an installation at a time: an enable or sync under way finishes first
         applied = await withInstallationLock(inst, 'sync --watch', async () => {
-          const done = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true, capacity})
+          const done = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true, capacity, pinned: new Map([...pinned].map(([k, v]) => [k, v.netns]))})
           await savePodsRecord(inst, podsRecord(source, done))
           return done
         })
@@ -100,6 +116,60 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   }
 
   await apply(first.pods, {type: 'RELISTED', count: first.pods.length})
+
+  /** The pod a CNI call is about, as the watch knows it, waiting a while for one it does not know yet. */
+  const findPod = async (namespace: string | undefined, name: string): Promise<PodJson | undefined> => {
+    const deadline = performance.now() + (opts.cniPodWaitMs ?? 10_000)
+    for (;;) {
+      // podman names no namespace: a name unique on this node is enough
+      const found = latest.filter((p) => p.spec?.nodeName === opts.node && p.metadata?.name === name && (namespace === undefined || (p.metadata.namespace ?? 'default') === namespace))
+      if (found.length === 1 || performance.now() > deadline || opts.signal.aborted) return found.length === 1 ? found[0] : undefined
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  const onCni = async (req: CniRequest): Promise<CniAnswer> => {
+    let config
+    try {
+      config = parseCniConfig(req.config)
+    } catch (error) {
+      return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: the network configuration does not parse', (error as Error).message)
+    }
+    const args = cniArgs(req.args)
+    const name = args.get('K8S_POD_NAME')
+    const namespace = args.get('K8S_POD_NAMESPACE')
+    if (req.command === 'DEL') {
+      // the sandbox goes: its namespace is no pod's any more
+      const keys = [...pinned].filter(([k, v]) => v.netns === req.netns || (name !== undefined && k === `${namespace ?? 'default'}/${name}`)).map(([k]) => k)
+      for (const k of keys) pinned.delete(k)
+      if (keys.length > 0) await apply(latest, {type: 'CNI'})
+      return {code: 0, stdout: ''}
+    }
+    if (!name) return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: CNI_ARGS names no pod (K8S_POD_NAME)', req.args, config.cniVersion)
+    const pod = await findPod(namespace, name)
+    if (!pod) return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${namespace ?? '?'}/${name} of node ${opts.node} is not known to the agent yet`, 'the watch has not seen it: the runtime retries', config.cniVersion)
+    const key = podKey(pod)
+    const ips = resultAddresses(config)
+    const selection = selectMeshedPods([withAddresses(pod, ips)], opts.node, opts.mesh)
+    if (selection.meshed.length === 0) return passThrough(config) // not meshed, or skipped: nothing to capture
+    if (req.command === 'CHECK') {
+      const ok = pinned.get(key)?.netns === req.netns && applied?.sync.meshed.some((p) => `${p.namespace}/${p.name}` === key)
+      return ok ? {code: 0, stdout: ''} : cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${key} is not registered in ${req.netns}`, '', config.cniVersion)
+    }
+    if (!req.netns) return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: the call names no network namespace (CNI_NETNS)', '', config.cniVersion)
+    pinned.set(key, {netns: req.netns, ips})
+    await apply(latest, {type: 'CNI'})
+    const registered = applied?.sync.meshed.some((p) => `${p.namespace}/${p.name}` === key)
+    const tcFailed = applied?.sync.nodeWarnings.find((w) => w.startsWith(`${key}: inbound capture not attached`))
+    if (registered && !tcFailed) {
+      opts.log(`cni: ${key} registered in ${req.netns} before its first container`, {event: 'cni-add', pod: key, netns: req.netns})
+      return passThrough(config)
+    }
+    pinned.delete(key)
+    await apply(latest, {type: 'CNI'})
+    return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${key} could not be registered`, tcFailed ?? 'the last sync failed: see the agent log', config.cniVersion)
+  }
+  const cniServer = opts.cniSocket ? await serveCni(opts.cniSocket, onCni) : undefined
+  if (cniServer) opts.log(`serving CNI calls on ${opts.cniSocket}`, {event: 'cni-serving', socket: opts.cniSocket})
   const retry = setInterval(() => {
     if (applied && applied.sync.unregistered.length > 0) void apply(latest, {type: 'RETRY'})
   }, opts.retryMs ?? 1000)
@@ -117,6 +187,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
       {pods: first.pods, resourceVersion: first.resourceVersion ?? ''},
     )
   } finally {
+    cniServer?.close()
     clearInterval(retry)
     clearInterval(recheck)
     clearInterval(uncovered)
@@ -180,4 +251,14 @@ function watchUncovered(inst: Installation, everyMs: number, maxGapMs: number, o
       )
       .finally(() => (reading = false))
   }, everyMs)
+}
+
+function podKey(p: PodJson): string {
+  return `${p.metadata?.namespace ?? 'default'}/${p.metadata?.name ?? ''}`
+}
+
+/** The pod with these addresses where the API has none yet. */
+function withAddresses(p: PodJson, ips: string[] | undefined): PodJson {
+  if (!ips || ips.length === 0 || p.status?.podIP) return p
+  return {...p, status: {...p.status, podIP: ips[0], podIPs: ips.map((ip) => ({ip}))}}
 }

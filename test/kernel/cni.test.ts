@@ -1,0 +1,114 @@
+// CNI mode: merbridge-cni, run as a container runtime runs a chained plugin (environment, the
+// network configuration on stdin, the previous plugins' result in it), hands the pod to
+// `enable --watch --cni-socket`, which registers it in the namespace the runtime named, with the
+// addresses the runtime's result gave, before any of its containers runs. The API knows no address
+// of the pod yet (kubelet writes it only once the sandbox is up), so nothing but the call can
+// register it.
+import assert from 'node:assert/strict'
+import {mkdtempSync, rmSync} from 'node:fs'
+import {hostname, tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {after, before, describe, it} from 'node:test'
+import {execa, type ResultPromise} from 'execa'
+import {readMaps} from '../../src/bpf/maps.js'
+import {APP_PORT, Lab, NODE} from '../../src/lab/lab.js'
+import {PROFILES} from '../../src/mesh/profiles.js'
+import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
+import {BIN, cli, eventually, kernelSkipReason, uniqueInstall, suiteTimeout, requestsPassBothSidecars} from '../helpers.js'
+
+const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'])
+
+describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
+  const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
+  const install = uniqueInstall()
+  const inst = install.installation()
+  const api = new FakeApiServer()
+  const tmp = mkdtempSync(join(tmpdir(), 'mb-cni-'))
+  const socket = join(tmp, 'run', 'cni.sock')
+  let agent: ResultPromise | undefined
+  let agentOut = ''
+  let plugin = ''
+
+  /** One call of the plugin, as the runtime makes it. */
+  const call = async (command: string, pod: string, opts: {socket?: string; ip?: string; namespace?: string} = {}) => {
+    const prevResult = {cniVersion: '1.0.0', interfaces: [{name: 'eth0', sandbox: `/run/netns/${lab.pod(pod).netns}`}], ips: [{address: `${opts.ip ?? lab.pod(pod).ip}/24`, interface: 0}]}
+    const config = {cniVersion: '1.0.0', name: 'lab', type: 'merbridge-cni', socket: opts.socket ?? socket, prevResult}
+    const started = performance.now()
+    const r = await execa(plugin, [], {
+      input: JSON.stringify(config),
+      reject: false,
+      env: {CNI_COMMAND: command, CNI_CONTAINERID: `sandbox-${pod}`, CNI_NETNS: `/run/netns/${lab.pod(pod).netns}`, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni', CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${opts.namespace ?? 'lab'};K8S_POD_NAME=${pod}`},
+    })
+    return {code: r.exitCode, out: String(r.stdout), ms: performance.now() - started, prevResult}
+  }
+  const registered = async () => new Set((await readMaps.netnsPods(inst)).map((p) => p.ip))
+
+  before(async () => {
+    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'c', meshed: false}])
+    for (const p of ['a', 'b']) await lab.startSidecar(p)
+    await lab.startApp('b')
+    await lab.startApp('c')
+    await api.start()
+    for (const pod of (JSON.parse(lab.podList()) as {items: FakePod[]}).items) {
+      // b and c are being set up: the API has no address for them yet
+      if (pod.metadata.name !== 'a') pod.status = {phase: 'Pending'}
+      api.add(pod)
+    }
+    const kubeconfig = api.writeKubeconfig(join(tmp, 'kubeconfig'))
+    agent = execa(process.execPath, [BIN, 'enable', '--watch', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname(), '--cni-socket', socket], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+    agent.stdout?.on('data', (d: Buffer) => (agentOut += d.toString()))
+    agent.stderr?.on('data', (d: Buffer) => (agentOut += d.toString()))
+    await eventually('the agent serves CNI calls', () => agentOut.includes('serving CNI calls'))
+    plugin = inst.requireHelpers().cniPlugin
+  })
+
+  after(async () => {
+    agent?.kill('SIGTERM')
+    await agent
+    await cli(['disable', '--bpffs', install.bpffs], install.env)
+    await api.stop()
+    await lab.destroy()
+    install.cleanup()
+    rmSync(tmp, {recursive: true, force: true})
+  })
+
+  it('answers VERSION by itself, and fails ADD while no agent listens: the pod does not start uncaptured', async () => {
+    const v = await execa(plugin, [], {env: {CNI_COMMAND: 'VERSION'}, input: '{"cniVersion":"1.0.0"}'})
+    assert.deepEqual(JSON.parse(String(v.stdout)).supportedVersions, ['0.3.0', '0.3.1', '0.4.0', '1.0.0'])
+    const down = await call('ADD', 'b', {socket: join(tmp, 'nobody.sock')})
+    assert.equal(down.code, 1)
+    const error = JSON.parse(down.out) as {code: number; msg: string}
+    assert.equal(error.code, 11)
+    assert.match(error.msg, /agent is not running/)
+    // DEL may always succeed: there is nothing to release where nothing was registered
+    assert.equal((await call('DEL', 'b', {socket: join(tmp, 'nobody.sock')})).code, 0)
+  })
+
+  it('registers a meshed pod in the namespace the runtime named, before its first container, and DEL releases it', async () => {
+    assert.ok(!(await registered()).has(lab.pod('b').ip), 'b is not registered before the call: the API has no address for it')
+    const add = await call('ADD', 'b')
+    assert.equal(add.code, 0, add.out)
+    assert.deepEqual(JSON.parse(add.out), add.prevResult) // the previous result, passed on
+    assert.ok((await registered()).has(lab.pod('b').ip), 'b is registered when ADD returns')
+    // inbound capture is in place: a's request passes both sidecars, and so does one from the node
+    await requestsPassBothSidecars(lab, 2)
+    const before = await lab.sidecarSessions('b')
+    assert.equal((await lab.get(NODE, `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)).status, 200)
+    assert.ok((await lab.sidecarSessions('b')).inbound > before.inbound, "the node's request passed b's inbound sidecar")
+    assert.equal((await call('CHECK', 'b')).code, 0)
+    console.log(`ADD of a meshed pod: ${add.ms.toFixed(1)} ms`)
+
+    assert.equal((await call('DEL', 'b')).code, 0)
+    assert.ok(!(await registered()).has(lab.pod('b').ip), 'DEL released b')
+    assert.equal(JSON.parse((await call('CHECK', 'b')).out).code, 11)
+  })
+
+  it('passes an unmeshed pod through, and refuses a pod the API does not know', async () => {
+    const c = await call('ADD', 'c')
+    assert.equal(c.code, 0, c.out)
+    assert.ok(!(await registered()).has(lab.pod('c').ip))
+    const unknown = await call('ADD', 'b', {namespace: 'elsewhere'})
+    assert.equal(unknown.code, 1)
+    assert.match((JSON.parse(unknown.out) as {msg: string}).msg, /not known to the agent yet/)
+  })
+})
