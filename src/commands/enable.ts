@@ -1,3 +1,4 @@
+import {existsSync, statSync} from 'node:fs'
 import {Flags} from '@oclif/core'
 import {enable, type EnableContext} from '../datapath/enable.js'
 import type {InstallState} from '../datapath/installation.js'
@@ -57,6 +58,8 @@ export default class Enable extends BaseCommand {
     recheck: recheckFlag,
     'metrics-addr': metricsAddrFlag,
     'cni-socket': Flags.string({description: 'with --watch: answer merbridge-cni, the chained CNI plugin, on this unix socket (CNI mode: pods are registered before their first container starts)'}),
+    'cni-conf-dir': Flags.string({description: "with --cni-socket: put merbridge-cni at the end of the runtime's network configuration in this folder (/etc/cni/net.d), and back whenever it is rewritten; disable takes it out"}),
+    'cni-bin-dir': Flags.string({description: 'with --cni-conf-dir: the CNI plugin binaries folder to copy merbridge-cni into (/opt/cni/bin)'}),
     'max-connections': Flags.integer({description: 'entries of the connection maps (sock_pair_map, pair_original_dst): about six per proxied connection; default: what the installation has, else 65535', min: 1024, max: 4_194_304}),
     rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),
     'allow-empty': allowEmptyFlag,
@@ -70,6 +73,12 @@ export default class Enable extends BaseCommand {
     if (flags['metrics-addr'] !== undefined) parseListenAddress(flags['metrics-addr'])
     if (flags['cni-socket'] !== undefined && !flags.watch) this.error('--cni-socket answers the CNI plugin while watching: add --watch', {exit: 2})
     if (flags['cni-socket'] !== undefined && !flags['cni-socket'].startsWith('/')) this.error(`--cni-socket ${flags['cni-socket']} is not an absolute path: give one such as /run/merbridge/cni.sock`, {exit: 2})
+    if ((flags['cni-conf-dir'] === undefined) !== (flags['cni-bin-dir'] === undefined)) this.error('--cni-conf-dir and --cni-bin-dir go together: give both, or neither', {exit: 2})
+    if (flags['cni-conf-dir'] !== undefined && flags['cni-socket'] === undefined) this.error('--cni-conf-dir installs the plugin for the agent: add --cni-socket (and --watch)', {exit: 2})
+    for (const f of ['cni-conf-dir', 'cni-bin-dir'] as const) {
+      const dir = flags[f]
+      if (dir !== undefined && !(existsSync(dir) && statSync(dir).isDirectory())) this.error(`--${f} ${dir} is not a folder: give the node's CNI folder`, {exit: 2})
+    }
     requirePrivileges('enable')
     const kube = {kubeconfig: flags.kubeconfig, context: flags.context}
     // Ctrl-C or a service manager's SIGTERM: finish the step under way, undo everything, say so
@@ -99,7 +108,7 @@ export default class Enable extends BaseCommand {
     if (flags.watch) {
       if (this.jsonEnabled()) process.stdout.write(JSON.stringify(result) + '\n')
       const metrics = flags['metrics-addr'] === undefined ? undefined : {addr: flags['metrics-addr'], version: this.config.version, early}
-      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh, recheckMs: flags.recheck * 1000, cniSocket: flags['cni-socket']}, metrics)
+      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh, recheckMs: flags.recheck * 1000, cniSocket: flags['cni-socket'], ...(flags['cni-conf-dir'] && flags['cni-bin-dir'] ? {cniInstall: {confDir: flags['cni-conf-dir'], binDir: flags['cni-bin-dir']}} : {})}, metrics)
       return undefined
     }
     return result

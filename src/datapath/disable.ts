@@ -12,6 +12,7 @@ import {loadFailure} from './probes.js'
 import {turnedOff, type Unavailable} from '../bpf/optional.js'
 import {run} from '../exec.js'
 import {listNetnsCandidates} from '../node/netns.js'
+import {uninstallCni} from '../node/cni-config.js'
 import {detachInbound} from '../node/tc-inbound.js'
 import {BPFFS_MOUNT, cacheDir} from '../paths.js'
 import {type InstallState, Installation} from './installation.js'
@@ -42,6 +43,8 @@ export interface DisableResult {
   unreleased: number
   /** optional kernel features this disable went without, and why (bpf/optional.ts) */
   unavailable: Unavailable
+  /** the node's CNI configuration files merbridge-cni was taken out of: put back whole, or only our entry removed */
+  cniConfig?: {restored: string[]; edited: string[]}
   /** where each program was detached from: a cgroup path, sock_pair_map for the sk_msg program, or a pod interface ("netns PATH dev IF") for mb_tc_inbound */
   detached: {cgroup: string; program: string; id: number}[]
   unpinned: string[]
@@ -238,6 +241,8 @@ export async function disable(inst: Installation, opts: {drainMs?: number; keepF
   const progIds = await programsOf(inst, state, {staged: true})
   const pinned = inst.exists() ? await inst.pinned() : {progs: [], maps: []}
   result.wasEnabled = progIds.size > 0 || state !== undefined || pinned.progs.length + pinned.maps.length > 0
+  // first: pods set up from now on must not wait for an agent whose datapath is going
+  if (state?.cni) result.cniConfig = uninstallCni(state.cni)
   Object.assign(result, await stopPrograms(inst, progIds, root, {drainMs: opts.drainMs, objectHash: state?.objectHash, staged: true}))
 
   // 4. Unpin: removing the pins frees programs and maps once nothing else holds them.

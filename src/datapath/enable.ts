@@ -290,7 +290,9 @@ export const ENABLE_STEPS: EnableStep[] = [
         if (info) programIds[p.name] = info.id
       }
       const keepFolder = ctx.keepFolder ?? previous?.keepFolder
-      await ctx.inst.writeState({...state, cgroupId: statSync(state.cgroup).ino, programIds, ...(keepFolder ? {keepFolder} : {}), ...(Object.keys(unavailable).length > 0 ? {unavailable} : {})})
+      // the CNI configuration stays installed across enables: only disable takes it out
+      const cni = previous?.cni
+      await ctx.inst.writeState({...state, cgroupId: statSync(state.cgroup).ino, programIds, ...(keepFolder ? {keepFolder} : {}), ...(Object.keys(unavailable).length > 0 ? {unavailable} : {}), ...(cni ? {cni} : {})})
     },
     async undo(ctx) {
       if (ctx.mode !== 'resync' && !ctx.swap) await ctx.inst.removeState()

@@ -297,6 +297,8 @@ export interface InstallState {
   /** each program's id when enable recorded it: disable finds an attachment by it even when its pin is gone */
   programIds?: Record<string, number>
   pods: {source: string; syncedAt: string; meshed: PodRecord[]; unregistered: PodRecord[]; skipped: SkippedPod[]; warnings: string[]}
+  /** where the watch put merbridge-cni into the node's CNI configuration: disable takes it out */
+  cni?: {confDir: string; binDir: string}
 }
 
 /** Entries of each connection map (sock_pair_map, pair_original_dst) of an installation. */

@@ -16,6 +16,8 @@ import {withInstallationLock} from './lock.js'
 import {type AppliedPods, applyPods, describePod, podsRecord, savePodsRecord} from './pods-sync.js'
 import {type CniAnswer, type CniRequest, CNI_ERRORS, cniArgs, cniError, parseCniConfig, passThrough, resultAddresses, serveCni} from './cni.js'
 import {selectMeshedPods} from '../kube/pods.js'
+import {type CniPaths, installCni} from '../node/cni-config.js'
+import {watch, type FSWatcher} from 'node:fs'
 
 export interface WatchOptions {
   kube: KubeOptions
@@ -32,6 +34,8 @@ export interface WatchOptions {
   onSynced?: (sync: SyncReport) => void
   /** serve merbridge-cni's calls on this unix socket (CNI mode) */
   cniSocket?: string
+  /** with cniSocket: put merbridge-cni into the node's CNI configuration, and back whenever it goes */
+  cniInstall?: CniPaths
   /** how long an ADD waits for the watch to bring a pod it does not know yet (default 10 s) */
   cniPodWaitMs?: number
 }
@@ -170,6 +174,33 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   }
   const cniServer = opts.cniSocket ? await serveCni(opts.cniSocket, onCni) : undefined
   if (cniServer) opts.log(`serving CNI calls on ${opts.cniSocket}`, {event: 'cni-serving', socket: opts.cniSocket})
+  let confWatcher: FSWatcher | undefined
+  if (opts.cniInstall && opts.cniSocket) {
+    const paths = opts.cniInstall
+    const socket = opts.cniSocket
+    // only once the socket answers: a pod set up before would fail its ADD (and be retried)
+    const put = (why: string) => {
+      try {
+        const r = installCni(paths, objects.cniPlugin, socket)
+        if (r.changed) opts.log(`${why}: merbridge-cni is the last plugin of ${r.file}`, {event: 'cni-installed', file: r.file})
+      } catch (error) {
+        opts.log(`could not put merbridge-cni into ${paths.confDir}: ${describeError(error).message}`, {event: 'cni-error', message: describeError(error).message})
+      }
+    }
+    await (queue = queue.then(() =>
+      withInstallationLock(inst, 'cni install', async () => {
+        const state = await inst.readState()
+        if (state) await inst.writeState({...state, cni: paths})
+      }),
+    ))
+    put('installed')
+    // a node CNI that rewrites its configuration (an upgrade, a restart) drops our entry: put it back
+    let timer: NodeJS.Timeout | undefined
+    confWatcher = watch(paths.confDir, () => {
+      clearTimeout(timer)
+      timer = setTimeout(() => put('the CNI configuration changed'), 200)
+    })
+  }
   const retry = setInterval(() => {
     if (applied && applied.sync.unregistered.length > 0) void apply(latest, {type: 'RETRY'})
   }, opts.retryMs ?? 1000)
@@ -187,6 +218,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
       {pods: first.pods, resourceVersion: first.resourceVersion ?? ''},
     )
   } finally {
+    confWatcher?.close()
     cniServer?.close()
     clearInterval(retry)
     clearInterval(recheck)

@@ -5,7 +5,7 @@
 // of the pod yet (kubelet writes it only once the sandbox is up), so nothing but the call can
 // register it.
 import assert from 'node:assert/strict'
-import {mkdtempSync, rmSync} from 'node:fs'
+import {existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
@@ -25,6 +25,12 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
   const api = new FakeApiServer()
   const tmp = mkdtempSync(join(tmpdir(), 'mb-cni-'))
   const socket = join(tmp, 'run', 'cni.sock')
+  // the node's CNI folders, with a configuration as podman writes it
+  const confDir = join(tmp, 'net.d')
+  const binDir = join(tmp, 'bin')
+  const conflist = join(confDir, '87-podman-bridge.conflist')
+  const ORIGINAL = '{\n\t"cniVersion": "0.4.0",\n\t"name": "podman",\n\t"plugins": [\n\t\t{"type": "bridge", "bridge": "cni-podman0"},\n\t\t{"type": "portmap", "capabilities": {"portMappings": true}}\n\t]\n}\n'
+  const pluginTypes = () => (JSON.parse(readFileSync(conflist, 'utf8')) as {plugins: {type: string}[]}).plugins.map((p) => p.type)
   let agent: ResultPromise | undefined
   let agentOut = ''
   let plugin = ''
@@ -39,7 +45,7 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
       reject: false,
       env: {CNI_COMMAND: command, CNI_CONTAINERID: `sandbox-${pod}`, CNI_NETNS: `/run/netns/${lab.pod(pod).netns}`, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni', CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${opts.namespace ?? 'lab'};K8S_POD_NAME=${pod}`},
     })
-    return {code: r.exitCode, out: String(r.stdout), ms: performance.now() - started, prevResult}
+    return {code: r.exitCode, out: r.stdout, ms: performance.now() - started, prevResult}
   }
   const registered = async () => new Set((await readMaps.netnsPods(inst)).map((p) => p.ip))
 
@@ -55,11 +61,16 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
       api.add(pod)
     }
     const kubeconfig = api.writeKubeconfig(join(tmp, 'kubeconfig'))
-    agent = execa(process.execPath, [BIN, 'enable', '--watch', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname(), '--cni-socket', socket], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+    mkdirSync(confDir)
+    mkdirSync(binDir)
+    writeFileSync(conflist, ORIGINAL)
+    agent = execa(process.execPath, [BIN, 'enable', '--watch', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname(), '--cni-socket', socket, '--cni-conf-dir', confDir, '--cni-bin-dir', binDir], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
     agent.stdout?.on('data', (d: Buffer) => (agentOut += d.toString()))
     agent.stderr?.on('data', (d: Buffer) => (agentOut += d.toString()))
     await eventually('the agent serves CNI calls', () => agentOut.includes('serving CNI calls'))
-    plugin = inst.requireHelpers().cniPlugin
+    // the runtime runs the copy in its binaries folder
+    plugin = join(binDir, 'merbridge-cni')
+    await eventually('merbridge-cni is in the CNI configuration', () => existsSync(plugin) && pluginTypes().at(-1) === 'merbridge-cni')
   })
 
   after(async () => {
@@ -74,7 +85,7 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
 
   it('answers VERSION by itself, and fails ADD while no agent listens: the pod does not start uncaptured', async () => {
     const v = await execa(plugin, [], {env: {CNI_COMMAND: 'VERSION'}, input: '{"cniVersion":"1.0.0"}'})
-    assert.deepEqual(JSON.parse(String(v.stdout)).supportedVersions, ['0.3.0', '0.3.1', '0.4.0', '1.0.0'])
+    assert.deepEqual((JSON.parse(v.stdout) as {supportedVersions: string[]}).supportedVersions, ['0.3.0', '0.3.1', '0.4.0', '1.0.0'])
     const down = await call('ADD', 'b', {socket: join(tmp, 'nobody.sock')})
     assert.equal(down.code, 1)
     const error = JSON.parse(down.out) as {code: number; msg: string}
@@ -100,7 +111,15 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
 
     assert.equal((await call('DEL', 'b')).code, 0)
     assert.ok(!(await registered()).has(lab.pod('b').ip), 'DEL released b')
-    assert.equal(JSON.parse((await call('CHECK', 'b')).out).code, 11)
+    assert.equal((JSON.parse((await call('CHECK', 'b')).out) as {code: number}).code, 11)
+  })
+
+  it("comes back into the configuration when the node's CNI rewrites it", async () => {
+    writeFileSync(conflist, ORIGINAL.replace('cni-podman0', 'cni-podman1'))
+    await eventually('merbridge-cni is back in the rewritten configuration', () => pluginTypes().join(',') === 'bridge,portmap,merbridge-cni')
+    assert.match(readFileSync(conflist, 'utf8'), /cni-podman1/)
+    writeFileSync(conflist, ORIGINAL) // as it was
+    await eventually('merbridge-cni is back again', () => pluginTypes().at(-1) === 'merbridge-cni')
   })
 
   it('passes an unmeshed pod through, and refuses a pod the API does not know', async () => {
@@ -110,5 +129,16 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
     const unknown = await call('ADD', 'b', {namespace: 'elsewhere'})
     assert.equal(unknown.code, 1)
     assert.match((JSON.parse(unknown.out) as {msg: string}).msg, /not known to the agent yet/)
+  })
+  it('leaves the configuration byte for byte as it was, and no plugin, after disable', async () => {
+    agent?.kill('SIGTERM')
+    await agent
+    agent = undefined
+    // the agent stopped: the entry stays (a pod set up now waits for the agent, fail closed)
+    assert.equal(pluginTypes().at(-1), 'merbridge-cni')
+    const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
+    assert.equal(d.code, 0, d.stderr)
+    assert.equal(readFileSync(conflist, 'utf8'), ORIGINAL)
+    assert.ok(!existsSync(plugin), 'the plugin is gone from the binaries folder')
   })
 })
