@@ -8,6 +8,10 @@ import {existsSync, lstatSync, mkdirSync, rmSync} from 'node:fs'
 import {createConnection, createServer, type Server, type Socket} from 'node:net'
 import {dirname} from 'node:path'
 import {MerbridgeError} from '../errors.js'
+import {type PodJson, selectMeshedPods} from '../kube/pods.js'
+import type {MeshProfile} from '../mesh/profiles.js'
+import type {CniPod} from './installation.js'
+import {type AppliedPods, podKey, withAddresses} from './pods-sync.js'
 
 export interface CniRequest {
   command: 'ADD' | 'DEL' | 'CHECK'
@@ -137,4 +141,67 @@ async function answer(sock: Socket, handle: (req: CniRequest) => Promise<CniAnsw
     reply = cniError(CNI_ERRORS.invalidConfig, 'merbridge could not read the call', (error as Error).message)
   }
   sock.end(`${reply.code}\n${reply.stdout}`)
+}
+
+/** What a CNI call needs of the watch loop that serves it. */
+export interface CniAgent {
+  node: string
+  mesh: MeshProfile
+  /** by namespace/name: pods whose namespace the runtime named; every sync keeps them there */
+  pinned: Map<string, CniPod>
+  /** the pod as the watch knows it, waiting a while for one it does not know yet */
+  findPod: (namespace: string | undefined, name: string) => Promise<PodJson | undefined>
+  /** a sync of the maps with the pinned pods as they are when it starts */
+  sync: () => Promise<void>
+  applied: () => AppliedPods | undefined
+  log: (line: string, event?: Record<string, unknown>) => void
+}
+
+const registeredNow = (agent: CniAgent, key: string) => agent.applied()?.sync.meshed.some((p) => `${p.namespace}/${p.name}` === key) === true
+
+/**
+ * One call of merbridge-cni. ADD answers with the previous result once the pod is registered in
+ * the runtime's namespace and its inbound capture attached, or fails (the runtime retries, the pod
+ * does not start); DEL forgets the pod's namespace; CHECK says whether it is still registered
+ * there. Pods that are not meshed pass through.
+ */
+export async function handleCni(req: CniRequest, agent: CniAgent): Promise<CniAnswer> {
+  let config: CniConfig
+  try {
+    config = parseCniConfig(req.config)
+  } catch (error) {
+    return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: the network configuration does not parse', (error as Error).message)
+  }
+  const args = cniArgs(req.args)
+  const name = args.get('K8S_POD_NAME')
+  const namespace = args.get('K8S_POD_NAMESPACE')
+  if (req.command === 'DEL') {
+    // the sandbox goes: its namespace is no pod's any more
+    const keys = [...agent.pinned].filter(([k, v]) => v.netns === req.netns || (name !== undefined && k === `${namespace ?? 'default'}/${name}`)).map(([k]) => k)
+    for (const k of keys) agent.pinned.delete(k)
+    if (keys.length > 0) await agent.sync()
+    return {code: 0, stdout: ''}
+  }
+  if (!name) return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: CNI_ARGS names no pod (K8S_POD_NAME)', req.args, config.cniVersion)
+  const pod = await agent.findPod(namespace, name)
+  if (!pod) return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${namespace ?? '?'}/${name} of node ${agent.node} is not known to the agent yet`, 'the watch has not seen it: the runtime retries', config.cniVersion)
+  const key = podKey(pod)
+  const ips = resultAddresses(config)
+  // not meshed, or skipped: nothing to capture
+  if (selectMeshedPods([withAddresses(pod, ips)], agent.node, agent.mesh).meshed.length === 0) return passThrough(config)
+  if (req.command === 'CHECK') {
+    if (agent.pinned.get(key)?.netns === req.netns && registeredNow(agent, key)) return {code: 0, stdout: ''}
+    return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${key} is not registered in ${req.netns}`, '', config.cniVersion)
+  }
+  if (!req.netns) return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: the call names no network namespace (CNI_NETNS)', '', config.cniVersion)
+  agent.pinned.set(key, {netns: req.netns, ips})
+  await agent.sync()
+  const tcFailed = agent.applied()?.sync.nodeWarnings.find((w) => w.startsWith(`${key}: inbound capture not attached`))
+  if (registeredNow(agent, key) && !tcFailed) {
+    agent.log(`cni: ${key} registered in ${req.netns} before its first container`, {event: 'cni-add', pod: key, netns: req.netns})
+    return passThrough(config)
+  }
+  agent.pinned.delete(key)
+  await agent.sync()
+  return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${key} could not be registered`, tcFailed ?? 'the last sync failed: see the agent log', config.cniVersion)
 }

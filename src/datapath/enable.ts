@@ -23,7 +23,7 @@ import {withInstallationLock, withNodeLock} from './lock.js'
 import {inspect} from './inspect.js'
 import {writeSettings} from './settings.js'
 import {attachInbound} from '../node/tc-inbound.js'
-import {type AppliedPods, applyPods, keepSince, podsRecord, refuseEmptying} from './pods-sync.js'
+import {type AppliedPods, applyPods, keepSince, liveCniPods, podsRecord, refuseEmptying} from './pods-sync.js'
 import {checkCapacity} from './sync.js'
 import {stageReplacement, swapOnNewMaps, swapPrograms} from './swap.js'
 import type {Stopped} from './disable.js'
@@ -224,6 +224,7 @@ export const ENABLE_STEPS: EnableStep[] = [
         attachInbound: ctx.mode === 'resync',
         capacity: ctx.maxConnections,
         ...(ctx.swap === 'new maps' ? {registeredIn: ctx.inst} : {}),
+        cniPods: liveCniPods(await ctx.inst.readState()),
       })
     },
   },
@@ -292,7 +293,16 @@ export const ENABLE_STEPS: EnableStep[] = [
       const keepFolder = ctx.keepFolder ?? previous?.keepFolder
       // the CNI configuration stays installed across enables: only disable takes it out
       const cni = previous?.cni
-      await ctx.inst.writeState({...state, cgroupId: statSync(state.cgroup).ino, programIds, ...(keepFolder ? {keepFolder} : {}), ...(Object.keys(unavailable).length > 0 ? {unavailable} : {}), ...(cni ? {cni} : {})})
+      const cniPods = liveCniPods(previous)
+      await ctx.inst.writeState({
+        ...state,
+        cgroupId: statSync(state.cgroup).ino,
+        programIds,
+        ...(keepFolder ? {keepFolder} : {}),
+        ...(Object.keys(unavailable).length > 0 ? {unavailable} : {}),
+        ...(cni ? {cni} : {}),
+        ...(Object.keys(cniPods).length > 0 ? {cniPods} : {}),
+      })
     },
     async undo(ctx) {
       if (ctx.mode !== 'resync' && !ctx.swap) await ctx.inst.removeState()

@@ -299,6 +299,14 @@ export interface InstallState {
   pods: {source: string; syncedAt: string; meshed: PodRecord[]; unregistered: PodRecord[]; skipped: SkippedPod[]; warnings: string[]}
   /** where the watch put merbridge-cni into the node's CNI configuration: disable takes it out */
   cni?: {confDir: string; binDir: string}
+  /** pods the runtime set up through merbridge-cni, by namespace/name: kept in that namespace by every sync */
+  cniPods?: Record<string, CniPod>
+}
+
+/** A pod's network namespace as the runtime named it, and the addresses its CNI result gave. */
+export interface CniPod {
+  netns: string
+  ips: string[]
 }
 
 /** Entries of each connection map (sock_pair_map, pair_original_dst) of an installation. */

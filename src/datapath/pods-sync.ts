@@ -5,10 +5,11 @@ import type {MeshProfile} from '../mesh/profiles.js'
 import type {KubeOptions} from '../kube/client.js'
 import {loadPods} from '../kube/source.js'
 import {meshProfile} from '../mesh/profiles.js'
-import {connectionCapacity, type InstallState, type Installation, type PodRecord} from './installation.js'
+import {type CniPod, connectionCapacity, type InstallState, type Installation, type PodRecord} from './installation.js'
 import {withInstallationLock} from './lock.js'
 import {MerbridgeError} from '../errors.js'
 import {hostname} from 'node:os'
+import {existsSync} from 'node:fs'
 import {type PodMapsView, type SyncResult, syncPods} from './sync.js'
 
 export interface AppliedPods {
@@ -24,11 +25,32 @@ export async function applyPods(
   inst: Installation,
   objects: Helpers,
   pods: PodJson[],
-  opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean; capacity: number; guard?: EmptyGuard; registeredIn?: Installation; pinned?: ReadonlyMap<string, string>},
+  opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean; capacity: number; guard?: EmptyGuard; registeredIn?: Installation; cniPods?: Readonly<Record<string, CniPod>>},
 ): Promise<AppliedPods> {
-  const selection = selectMeshedPods(pods, opts.node, opts.mesh)
+  const cni = opts.cniPods ?? {}
+  // the API learns a pod's addresses only after its sandbox is up: until then, the runtime's
+  const selection = selectMeshedPods(
+    pods.map((p) => withAddresses(p, cni[podKey(p)]?.ips)),
+    opts.node,
+    opts.mesh,
+  )
   if (opts.guard) refuseEmptying(selection, opts.node, opts.guard)
-  return {selection, sync: await syncPods(inst, objects, selection, opts)}
+  return {selection, sync: await syncPods(inst, objects, selection, {...opts, pinned: new Map(Object.entries(cni).map(([k, v]) => [k, v.netns]))})}
+}
+
+export function podKey(p: PodJson): string {
+  return `${p.metadata?.namespace ?? 'default'}/${p.metadata?.name ?? ''}`
+}
+
+/** The pod with these addresses where the API has none yet. */
+export function withAddresses(p: PodJson, ips: string[] | undefined): PodJson {
+  if (!ips || ips.length === 0 || p.status?.podIP) return p
+  return {...p, status: {...p.status, podIP: ips[0], podIPs: ips.map((ip) => ({ip}))}}
+}
+
+/** The record's CNI registrations whose namespace is still there (a sandbox gone without DEL is forgotten). */
+export function liveCniPods(state: Pick<InstallState, 'cniPods'> | undefined): Record<string, CniPod> {
+  return Object.fromEntries(Object.entries(state?.cniPods ?? {}).filter(([, v]) => existsSync(v.netns)))
 }
 
 /** What a sync from a list must know to refuse one that would unregister every pod by mistake. */
@@ -79,9 +101,9 @@ export function keepSince(pods: InstallState['pods'], previous: InstallState['po
 }
 
 /** Update the pods part of an existing record (sync and the watch loop; enable writes it whole). */
-export async function savePodsRecord(inst: Installation, pods: InstallState['pods']): Promise<void> {
+export async function savePodsRecord(inst: Installation, pods: InstallState['pods'], cniPods?: Record<string, CniPod>): Promise<void> {
   const state = await inst.readState()
-  if (state) await inst.writeState({...state, pods: keepSince(pods, state.pods)})
+  if (state) await inst.writeState({...state, pods: keepSince(pods, state.pods), ...(cniPods ? {cniPods} : {})})
 }
 
 /** One line saying what a pod's change did, for the watch log. */
@@ -119,7 +141,7 @@ export async function syncOnce(inst: Installation, opts: {podsFile?: string; kub
   return withInstallationLock(inst, 'sync', async () => {
     const registered = (await inst.readState())?.pods.meshed.length ?? 0
     const guard = {registered, source: loaded.source, allowEmpty: opts.allowEmpty === true}
-    const applied = await applyPods(inst, helpers, loaded.pods, {node: opts.node, mesh: meshProfile(state.mesh), attachInbound: true, capacity: connectionCapacity(state), guard})
+    const applied = await applyPods(inst, helpers, loaded.pods, {node: opts.node, mesh: meshProfile(state.mesh), attachInbound: true, capacity: connectionCapacity(state), guard, cniPods: liveCniPods(await inst.readState())})
     const pods = keepSince(podsRecord(loaded.source, applied), (await inst.readState())?.pods)
     await savePodsRecord(inst, pods)
     return {...pods, written: applied.sync.written, deleted: applied.sync.deleted}

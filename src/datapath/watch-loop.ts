@@ -13,9 +13,8 @@ import type {MeshProfile} from '../mesh/profiles.js'
 import {readMaps} from '../bpf/maps.js'
 import {connectionCapacity, type Installation} from './installation.js'
 import {withInstallationLock} from './lock.js'
-import {type AppliedPods, applyPods, describePod, podsRecord, savePodsRecord} from './pods-sync.js'
-import {type CniAnswer, type CniRequest, CNI_ERRORS, cniArgs, cniError, parseCniConfig, passThrough, resultAddresses, serveCni} from './cni.js'
-import {selectMeshedPods} from '../kube/pods.js'
+import {type AppliedPods, applyPods, describePod, liveCniPods, podsRecord, savePodsRecord} from './pods-sync.js'
+import {type CniAgent, handleCni, serveCni} from './cni.js'
 import {type CniPaths, installCni} from '../node/cni-config.js'
 import {watch, type FSWatcher} from 'node:fs'
 
@@ -40,11 +39,6 @@ export interface WatchOptions {
   cniPodWaitMs?: number
 }
 
-/** A pod the runtime set up through merbridge-cni: its namespace, and the addresses the CNI result gave it. */
-interface PinnedPod {
-  netns: string
-  ips: string[]
-}
 
 export interface SyncReport {
   cause: 'RELISTED' | 'ADDED' | 'MODIFIED' | 'DELETED' | 'RETRY' | 'RECHECK' | 'UNCOVERED' | 'CNI'
@@ -65,14 +59,15 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   let applied: AppliedPods | undefined
   let queue = Promise.resolve()
   /** by namespace/name: pods whose namespace the runtime named (CNI mode); no scan or address decides it */
-  const pinned = new Map<string, PinnedPod>()
+  const pinned = new Map(Object.entries(liveCniPods(await inst.readState())))
 
-  const apply = (pods: PodJson[], event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'} | {type: 'UNCOVERED'; drops: number} | {type: 'CNI'}) => {
+  const apply = (given: PodJson[] | 'latest', event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'} | {type: 'UNCOVERED'; drops: number} | {type: 'CNI'; started: () => void}) => {
     const arrived = performance.now()
     return (queue = queue.then(async () => {
+      if (event.type === 'CNI') event.started()
+      // a CNI call applies the pods as the watch knows them when its turn comes
+      const pods = given === 'latest' ? latest : given
       latest = pods
-      // the API learns a pod's addresses only after its sandbox is up: until then, the runtime's
-      pods = pods.map((p) => withAddresses(p, pinned.get(podKey(p))?.ips))
       const started = performance.now()
       try {
         const before = applied
@@ -81,8 +76,9 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
         const known = rechecking ? undefined : applied?.sync.view
         // one command changes an installation at a time: an enable or sync under way finishes first
         applied = await withInstallationLock(inst, 'sync --watch', async () => {
-          const done = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true, capacity, pinned: new Map([...pinned].map(([k, v]) => [k, v.netns]))})
-          await savePodsRecord(inst, podsRecord(source, done))
+          const cniPods = Object.fromEntries(pinned)
+          const done = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true, capacity, cniPods})
+          await savePodsRecord(inst, podsRecord(source, done), cniPods)
           return done
         })
         const ms = Math.round(performance.now() - started)
@@ -131,50 +127,21 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
       await new Promise((r) => setTimeout(r, 100))
     }
   }
-  const onCni = async (req: CniRequest): Promise<CniAnswer> => {
-    let config
-    try {
-      config = parseCniConfig(req.config)
-    } catch (error) {
-      return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: the network configuration does not parse', (error as Error).message)
-    }
-    const args = cniArgs(req.args)
-    const name = args.get('K8S_POD_NAME')
-    const namespace = args.get('K8S_POD_NAMESPACE')
-    if (req.command === 'DEL') {
-      // the sandbox goes: its namespace is no pod's any more
-      const keys = [...pinned].filter(([k, v]) => v.netns === req.netns || (name !== undefined && k === `${namespace ?? 'default'}/${name}`)).map(([k]) => k)
-      for (const k of keys) pinned.delete(k)
-      if (keys.length > 0) await apply(latest, {type: 'CNI'})
-      return {code: 0, stdout: ''}
-    }
-    if (!name) return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: CNI_ARGS names no pod (K8S_POD_NAME)', req.args, config.cniVersion)
-    const pod = await findPod(namespace, name)
-    if (!pod) return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${namespace ?? '?'}/${name} of node ${opts.node} is not known to the agent yet`, 'the watch has not seen it: the runtime retries', config.cniVersion)
-    const key = podKey(pod)
-    const ips = resultAddresses(config)
-    const selection = selectMeshedPods([withAddresses(pod, ips)], opts.node, opts.mesh)
-    if (selection.meshed.length === 0) return passThrough(config) // not meshed, or skipped: nothing to capture
-    if (req.command === 'CHECK') {
-      const ok = pinned.get(key)?.netns === req.netns && applied?.sync.meshed.some((p) => `${p.namespace}/${p.name}` === key)
-      return ok ? {code: 0, stdout: ''} : cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${key} is not registered in ${req.netns}`, '', config.cniVersion)
-    }
-    if (!req.netns) return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: the call names no network namespace (CNI_NETNS)', '', config.cniVersion)
-    pinned.set(key, {netns: req.netns, ips})
-    await apply(latest, {type: 'CNI'})
-    const registered = applied?.sync.meshed.some((p) => `${p.namespace}/${p.name}` === key)
-    const tcFailed = applied?.sync.nodeWarnings.find((w) => w.startsWith(`${key}: inbound capture not attached`))
-    if (registered && !tcFailed) {
-      opts.log(`cni: ${key} registered in ${req.netns} before its first container`, {event: 'cni-add', pod: key, netns: req.netns})
-      return passThrough(config)
-    }
-    pinned.delete(key)
-    await apply(latest, {type: 'CNI'})
-    return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${key} could not be registered`, tcFailed ?? 'the last sync failed: see the agent log', config.cniVersion)
-  }
-  const cniServer = opts.cniSocket ? await serveCni(opts.cniSocket, onCni) : undefined
+  // calls that arrive together (a node starting many pods) share one sync: a call joins the sync
+  // queued and not started yet, which reads the pinned pods when it starts
+  let pendingCni: Promise<void> | undefined
+  const cniSync = (): Promise<void> =>
+    (pendingCni ??= apply('latest', {
+      type: 'CNI',
+      started: () => {
+        pendingCni = undefined
+      },
+    }))
+  const agent: CniAgent = {node: opts.node, mesh: opts.mesh, pinned, findPod, sync: cniSync, applied: () => applied, log: opts.log}
+  const cniServer = opts.cniSocket ? await serveCni(opts.cniSocket, (req) => handleCni(req, agent)) : undefined
   if (cniServer) opts.log(`serving CNI calls on ${opts.cniSocket}`, {event: 'cni-serving', socket: opts.cniSocket})
   let confWatcher: FSWatcher | undefined
+  let confTimer: NodeJS.Timeout | undefined
   if (opts.cniInstall && opts.cniSocket) {
     const paths = opts.cniInstall
     const socket = opts.cniSocket
@@ -187,18 +154,18 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
         opts.log(`could not put merbridge-cni into ${paths.confDir}: ${describeError(error).message}`, {event: 'cni-error', message: describeError(error).message})
       }
     }
+    // recorded first: disable takes out what the record names, also after a crash right after the install
     await (queue = queue.then(() =>
       withInstallationLock(inst, 'cni install', async () => {
         const state = await inst.readState()
         if (state) await inst.writeState({...state, cni: paths})
-      }),
+      }).catch((error: unknown) => opts.log(`could not record the CNI install: ${describeError(error).message}`, {event: 'cni-error', message: describeError(error).message})),
     ))
     put('installed')
     // a node CNI that rewrites its configuration (an upgrade, a restart) drops our entry: put it back
-    let timer: NodeJS.Timeout | undefined
     confWatcher = watch(paths.confDir, () => {
-      clearTimeout(timer)
-      timer = setTimeout(() => put('the CNI configuration changed'), 200)
+      clearTimeout(confTimer)
+      confTimer = setTimeout(() => put('the CNI configuration changed'), 200)
     })
   }
   const retry = setInterval(() => {
@@ -219,6 +186,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
     )
   } finally {
     confWatcher?.close()
+    clearTimeout(confTimer)
     cniServer?.close()
     clearInterval(retry)
     clearInterval(recheck)
@@ -283,14 +251,4 @@ function watchUncovered(inst: Installation, everyMs: number, maxGapMs: number, o
       )
       .finally(() => (reading = false))
   }, everyMs)
-}
-
-function podKey(p: PodJson): string {
-  return `${p.metadata?.namespace ?? 'default'}/${p.metadata?.name ?? ''}`
-}
-
-/** The pod with these addresses where the API has none yet. */
-function withAddresses(p: PodJson, ips: string[] | undefined): PodJson {
-  if (!ips || ips.length === 0 || p.status?.podIP) return p
-  return {...p, status: {...p.status, podIP: ips[0], podIPs: ips.map((ip) => ({ip}))}}
 }

@@ -17,6 +17,8 @@ import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
 import {BIN, cli, eventually, kernelSkipReason, uniqueInstall, suiteTimeout, requestsPassBothSidecars} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'])
+/** pods a node starts at once */
+const BATCH = ['p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8']
 
 describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
@@ -47,10 +49,18 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
     })
     return {code: r.exitCode, out: r.stdout, ms: performance.now() - started, prevResult}
   }
+  let kubeconfigFile = ''
+  const startAgent = async () => {
+    agentOut = ''
+    agent = execa(process.execPath, [BIN, 'enable', '--watch', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--kubeconfig', kubeconfigFile, '--node', hostname(), '--cni-socket', socket, '--cni-conf-dir', confDir, '--cni-bin-dir', binDir], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+    agent.stdout?.on('data', (d: Buffer) => (agentOut += d.toString()))
+    agent.stderr?.on('data', (d: Buffer) => (agentOut += d.toString()))
+    await eventually('the agent serves CNI calls', () => agentOut.includes('serving CNI calls'))
+  }
   const registered = async () => new Set((await readMaps.netnsPods(inst)).map((p) => p.ip))
 
   before(async () => {
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'c', meshed: false}])
+    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'c', meshed: false}, ...BATCH.map((name) => ({name, meshed: true}))])
     for (const p of ['a', 'b']) await lab.startSidecar(p)
     await lab.startApp('b')
     await lab.startApp('c')
@@ -64,10 +74,8 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
     mkdirSync(confDir)
     mkdirSync(binDir)
     writeFileSync(conflist, ORIGINAL)
-    agent = execa(process.execPath, [BIN, 'enable', '--watch', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname(), '--cni-socket', socket, '--cni-conf-dir', confDir, '--cni-bin-dir', binDir], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
-    agent.stdout?.on('data', (d: Buffer) => (agentOut += d.toString()))
-    agent.stderr?.on('data', (d: Buffer) => (agentOut += d.toString()))
-    await eventually('the agent serves CNI calls', () => agentOut.includes('serving CNI calls'))
+    kubeconfigFile = kubeconfig
+    await startAgent()
     // the runtime runs the copy in its binaries folder
     plugin = join(binDir, 'merbridge-cni')
     await eventually('merbridge-cni is in the CNI configuration', () => existsSync(plugin) && pluginTypes().at(-1) === 'merbridge-cni')
@@ -109,9 +117,27 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
     assert.equal((await call('CHECK', 'b')).code, 0)
     console.log(`ADD of a meshed pod: ${add.ms.toFixed(1)} ms`)
 
+    // an agent restart keeps it where the runtime put it, though the API still has no address for it
+    agent?.kill('SIGTERM')
+    await agent
+    await startAgent()
+    assert.ok((await registered()).has(lab.pod('b').ip), 'b is still registered after the agent restarted')
+    await requestsPassBothSidecars(lab, 1)
+    assert.equal((await call('CHECK', 'b')).code, 0)
+
     assert.equal((await call('DEL', 'b')).code, 0)
     assert.ok(!(await registered()).has(lab.pod('b').ip), 'DEL released b')
     assert.equal((JSON.parse((await call('CHECK', 'b')).out) as {code: number}).code, 11)
+  })
+
+  it('registers pods started at once, each before its ADD returns', async () => {
+    const adds = await Promise.all(BATCH.map((p) => call('ADD', p)))
+    for (const [i, r] of adds.entries()) assert.equal(r.code, 0, `${BATCH[i]}: ${r.out}`)
+    const now = await registered()
+    assert.deepEqual(BATCH.filter((p) => !now.has(lab.pod(p).ip)), [])
+    const ms = adds.map((r) => r.ms).sort((x, y) => x - y)
+    console.log(`${BATCH.length} ADDs at once: fastest ${ms[0]?.toFixed(1)} ms, slowest ${ms.at(-1)?.toFixed(1)} ms`)
+    for (const r of await Promise.all(BATCH.map((p) => call('DEL', p)))) assert.equal(r.code, 0)
   })
 
   it("comes back into the configuration when the node's CNI rewrites it", async () => {
