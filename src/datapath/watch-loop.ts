@@ -35,10 +35,11 @@ export interface WatchOptions {
   cniSocket?: string
   /** with cniSocket: put merbridge-cni into the node's CNI configuration, and back whenever it goes */
   cniInstall?: CniPaths
-  /** how long an ADD waits for the watch to bring a pod it does not know yet (default 10 s) */
-  cniPodWaitMs?: number
 }
 
+
+/** How long a CNI ADD waits for the watch to bring a pod it does not know yet. */
+const CNI_POD_WAIT_MS = 10_000
 
 export interface SyncReport {
   cause: 'RELISTED' | 'ADDED' | 'MODIFIED' | 'DELETED' | 'RETRY' | 'RECHECK' | 'UNCOVERED' | 'CNI'
@@ -119,7 +120,7 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
 
   /** The pod a CNI call is about, as the watch knows it, waiting a while for one it does not know yet. */
   const findPod = async (namespace: string | undefined, name: string): Promise<PodJson | undefined> => {
-    const deadline = performance.now() + (opts.cniPodWaitMs ?? 10_000)
+    const deadline = performance.now() + CNI_POD_WAIT_MS
     for (;;) {
       // podman names no namespace: a name unique on this node is enough
       const found = latest.filter((p) => p.spec?.nodeName === opts.node && p.metadata?.name === name && (namespace === undefined || (p.metadata.namespace ?? 'default') === namespace))
