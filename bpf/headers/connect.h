@@ -215,12 +215,13 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
 		return outbound_captured(c->pod, dst, dport) ? MB_TO_OUTBOUND : MB_LEAVE;
 	}
 	/* Registered but without rules (the pod list lost it): capture, as the default rules would.
-	 * Not registered (yet): only where a sidecar listens, never in the node's own netns. */
+	 * Not registered (yet): only where a sidecar listens, never in the node's own netns, and
+	 * never in CNI mode, where every meshed pod is registered before its first container. */
 	if (on_lo)
 		return MB_LEAVE;
 	if (c->self)
 		return MB_TO_OUTBOUND;
-	if (c->netns == cfg->host_netns || !sidecar_listening(ctx, cfg))
+	if (c->netns == cfg->host_netns || (cfg->flags & MB_SETTINGS_CNI) || !sidecar_listening(ctx, cfg))
 		return MB_LEAVE;
 	return MB_TO_OUTBOUND;
 }

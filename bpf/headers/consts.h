@@ -34,6 +34,9 @@
 #define MB_SETTINGS_INBOUND_REWRITE (1u << 1) /* tc rewrites ports for every connection it hands over, as
                                                * it does where the kernel cannot hand one to a listener
                                                * (MERBRIDGE_WITHOUT=reuseport-assign: the tests' switch) */
+#define MB_SETTINGS_CNI       (1u << 2)  /* CNI mode: the runtime registers every meshed pod before it
+                                          * starts, so a namespace not registered is no pod's: no
+                                          * guess from what listens in it */
 
 /* struct mb_charge bits: what a socket holds entries of, so they are given back when it closes */
 #define MB_CHARGE_SOCKET      (1u << 0)

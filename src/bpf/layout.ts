@@ -21,6 +21,7 @@ export const POD_NO_IPV6 = 1 << 5
 export const POD_GROUPS_ONLY = 1 << 6
 export const SETTINGS_DRAINING = 1 << 0
 export const SETTINGS_INBOUND_REWRITE = 1 << 1
+export const SETTINGS_CNI = 1 << 2
 export const ORIGIN_OUTBOUND = 1 << 0
 export const ORIGIN_INBOUND = 1 << 1
 export const ORIGIN_UNREGISTERED = 1 << 2
@@ -389,6 +390,8 @@ export interface Settings {
   draining: boolean
   /** tc rewrites ports for every connection it hands over (MERBRIDGE_WITHOUT=reuseport-assign) */
   inboundRewrite: boolean
+  /** CNI mode: no capture for a namespace that is not registered (no sidecar guess) */
+  cni: boolean
   hostNetns: bigint
   /** the proxy's DNS listener, 0 for none */
   dnsPort: number
@@ -400,7 +403,7 @@ export function encodeSettings(s: Settings): Buffer {
   b.writeUInt32LE(s.sidecarGid, F.settings.sidecar_gid)
   b.writeUInt16LE(s.outboundPort, F.settings.outbound_port)
   b.writeUInt16LE(s.inboundPort, F.settings.inbound_port)
-  b.writeUInt32LE((s.draining ? SETTINGS_DRAINING : 0) | (s.inboundRewrite ? SETTINGS_INBOUND_REWRITE : 0), F.settings.flags)
+  b.writeUInt32LE((s.draining ? SETTINGS_DRAINING : 0) | (s.inboundRewrite ? SETTINGS_INBOUND_REWRITE : 0) | (s.cni ? SETTINGS_CNI : 0), F.settings.flags)
   b.writeBigUInt64LE(s.hostNetns, F.settings.host_netns)
   b.writeUInt16LE(s.dnsPort, F.settings.dns_port)
   return b
@@ -414,6 +417,7 @@ export function decodeSettings(b: Buffer): Settings {
     inboundPort: b.readUInt16LE(F.settings.inbound_port),
     draining: (b.readUInt32LE(F.settings.flags) & SETTINGS_DRAINING) !== 0,
     inboundRewrite: (b.readUInt32LE(F.settings.flags) & SETTINGS_INBOUND_REWRITE) !== 0,
+    cni: (b.readUInt32LE(F.settings.flags) & SETTINGS_CNI) !== 0,
     hostNetns: b.readBigUInt64LE(F.settings.host_netns),
     dnsPort: b.readUInt16LE(F.settings.dns_port),
   }

@@ -92,7 +92,7 @@ export default class Enable extends BaseCommand {
     try {
       const silent = this.jsonEnabled()
       ctx = await enable(
-        {mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, maxConnections: flags['max-connections'], kube, allowEmpty: flags['allow-empty']},
+        {mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, maxConnections: flags['max-connections'], kube, allowEmpty: flags['allow-empty'], cni: flags['cni-socket'] !== undefined},
         {runSteps: (steps, c, hooks) => runWithProgress(steps, c, {silent, ...hooks}), signal: interrupt.signal},
       )
     } catch (error) {

@@ -41,6 +41,8 @@ export interface EnableOptions {
   kube?: KubeOptions
   /** take a pods list that names none of this node's pods even where pods are registered */
   allowEmpty?: boolean
+  /** CNI mode: merbridge-cni registers every meshed pod before it starts; no sidecar guess for others */
+  cni?: boolean
 }
 
 export interface EnableContext {
@@ -201,14 +203,14 @@ export const ENABLE_STEPS: EnableStep[] = [
   {
     id: 'configure',
     title: 'Configure the mesh profile',
-    skip: (ctx) => (ctx.mode === 'resync' ? 'already configured' : false),
+    // also on resync: CNI mode may have been turned on or off
     async run(ctx) {
       const cookies = await netnsCookies(required(ctx.objects, 'the built objects').netnsCookie, ['/proc/self/ns/net'])
       ctx.hostNetns = cookies.get('/proc/self/ns/net')
       if (ctx.hostNetns === undefined)
         throw new MerbridgeError('cannot read the network namespace cookie of this node', {code: 'NETNS_COOKIE', suggestion: `needs Linux ${MIN_KERNEL.text} or newer: ${MIN_KERNEL.why}`})
       const m = ctx.mesh
-      await writeSettings(target(ctx), {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, inboundRewrite: turnedOff('reuseport-assign') !== undefined, hostNetns: ctx.hostNetns, dnsPort: m.dnsPort})
+      await writeSettings(target(ctx), {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, inboundRewrite: turnedOff('reuseport-assign') !== undefined, cni: ctx.opts.cni === true, hostNetns: ctx.hostNetns, dnsPort: m.dnsPort})
     },
   },
   {

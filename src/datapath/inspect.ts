@@ -40,6 +40,8 @@ export interface StatusReport {
   mesh?: string
   node?: string
   enabledAt?: string
+  /** CNI mode: pods are registered by the runtime's call to merbridge-cni, and a namespace that is not registered is no pod's */
+  cni?: boolean
   statsEnabled: boolean
   programs: ProgramStatus[]
   maps: MapStatus[]
@@ -223,6 +225,7 @@ export function diagnose(o: Observed): StatusReport {
   }
   report.counters = snap.counters
   const active = snap.settings
+  if (active?.outboundPort) report.cni = active.cni
   if (o.pins.maps.includes('settings')) {
     if (!active?.outboundPort) report.problems.push('settings are not configured: nothing is intercepted (an enable was interrupted)')
     else if (active.draining) report.problems.push('the datapath is draining: nothing is intercepted (a disable was interrupted)')
@@ -251,7 +254,7 @@ export function diagnose(o: Observed): StatusReport {
   const unregistered = state?.pods.unregistered ?? []
   if (unregistered.length > 0) {
     const oldest = unregistered.flatMap((p) => (p.since ? [{p, since: p.since}] : [])).sort((a, b) => Date.parse(a.since) - Date.parse(b.since))[0]
-    report.hints.push(`${unregistered.length} meshed pod(s) were not found on this node at the last sync${oldest ? ` (the longest, ${oldest.p.namespace}/${oldest.p.name}, for ${duration(secondsSince(oldest.since))})` : ''}: their inbound is not captured, and their outbound only once their sidecar listens`)
+    report.hints.push(`${unregistered.length} meshed pod(s) were not found on this node at the last sync${oldest ? ` (the longest, ${oldest.p.namespace}/${oldest.p.name}, for ${duration(secondsSince(oldest.since))})` : ''}: their inbound is not captured, and their outbound ${report.cni ? 'neither (CNI mode guesses no pod from a listening sidecar)' : 'only once their sidecar listens'}`)
   }
 
   report.verdict = report.problems.length > 0 ? 'unhealthy' : 'healthy'

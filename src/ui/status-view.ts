@@ -33,7 +33,7 @@ export function renderStatus(r: StatusReport): string {
   const out: string[] = []
   out.push(`${c.bold('installation')}  ${r.bpffs}`)
   out.push(`${c.bold('cgroup')}        ${r.cgroup ?? '?'}`)
-  out.push(`${c.bold('mesh')}          ${r.mesh ?? '?'}   ${c.bold('node')} ${r.node ?? '?'}   ${c.bold('enabled')} ${r.enabledAt ?? '?'}`)
+  out.push(`${c.bold('mesh')}          ${r.mesh ?? '?'}   ${c.bold('node')} ${r.node ?? '?'}   ${c.bold('enabled')} ${r.enabledAt ?? '?'}${r.cni ? `   ${c.bold('CNI mode')}` : ''}`)
   out.push('')
   out.push(
     renderTable(

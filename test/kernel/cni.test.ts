@@ -13,8 +13,9 @@ import {execa, type ResultPromise} from 'execa'
 import {readMaps} from '../../src/bpf/maps.js'
 import {APP_PORT, Lab, NODE} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
+import type {StatusReport} from '../../src/datapath/inspect.js'
 import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
-import {BIN, cli, eventually, kernelSkipReason, uniqueInstall, suiteTimeout, requestsPassBothSidecars} from '../helpers.js'
+import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout, requestsPassBothSidecars} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'])
 /** pods a node starts at once */
@@ -101,6 +102,16 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
     assert.match(error.msg, /agent is not running/)
     // DEL may always succeed: there is nothing to release where nothing was registered
     assert.equal((await call('DEL', 'b', {socket: join(tmp, 'nobody.sock')})).code, 0)
+  })
+
+  it('guesses no pod: a namespace not registered is not captured for the sidecar listening in it', async () => {
+    const status = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
+    assert.equal(status.cni, true, 'status says CNI mode')
+    const before = await lab.sidecarSessions('b')
+    assert.equal((await lab.get('b', `http://${lab.pod('c').ip}:${APP_PORT}/whoami`)).status, 200)
+    // without CNI mode the connect would go to b's outbound sidecar, found listening as the proxy's user
+    assert.equal((await lab.sidecarSessions('b')).outbound, before.outbound, "b's request went out as it is")
+    assert.equal((await readMaps.counters(inst)).connUnregistered, 0)
   })
 
   it('registers a meshed pod in the namespace the runtime named, before its first container, and DEL releases it', async () => {

@@ -77,7 +77,7 @@ describe('struct layouts', {skip}, () => {
       ownerGroups: {only: true, gids: [202, 4000]},
       loopback: {ip: '127.0.0.1', prefix: 8},
     }
-    const settings = {sidecarUid: 1337, sidecarGid: 1338, outboundPort: 15001, inboundPort: 15006, draining: false, inboundRewrite: true, hostNetns: 3n, dnsPort: 15053}
+    const settings = {sidecarUid: 1337, sidecarGid: 1338, outboundPort: 15001, inboundPort: 15006, draining: false, inboundRewrite: true, cni: false, hostNetns: 3n, dnsPort: 15053}
     await bpftool.batch([
       bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot('10.77.0.2'), encodePodRules(rules)),
       bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(4101n), encodePodId({ip: '10.77.0.2', ip6: 'fd77::2'})),

@@ -39,6 +39,9 @@ import {
   POD_OUT_ALL_CIDRS,
   POD_OUT_LOOPBACK,
   POD_NO_IPV6,
+  SETTINGS_CNI,
+  SETTINGS_DRAINING,
+  SETTINGS_INBOUND_REWRITE,
   POD_GROUPS_ONLY,
 } from '../../src/bpf/layout.js'
 import {checkFeatures, checkForeignPrograms, checkInbound} from '../../src/datapath/preflight.js'
@@ -138,7 +141,7 @@ describe('codecs', () => {
     assert.equal(loopback.readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_OUT_LOOPBACK, POD_OUT_LOOPBACK, 'a loopback include range is flagged')
     assert.throws(() => encodePodRules({...rules, dns: {all: false, servers: ['1.1.1.1', '1.1.1.2', '1.1.1.3', '1.1.1.4', '1.1.1.5']}}), /at most 4 resolvers/)
     assert.deepEqual(decodeProcess(encodeProcess({podIp: '10.77.0.2', netns: 9n})), {podIp: '10.77.0.2', netns: 9n})
-    const settings = {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: true, inboundRewrite: true, hostNetns: 1n, dnsPort: 15053}
+    const settings = {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: true, inboundRewrite: true, cni: true, hostNetns: 1n, dnsPort: 15053}
     assert.deepEqual(decodeSettings(encodeSettings(settings)), settings)
   })
 
@@ -182,7 +185,7 @@ describe('bpftool dump scanning', () => {
 })
 
 describe('constants', () => {
-  it('mirror consts.h: capacities, pod flags and origin flags', () => {
+  it('mirror consts.h: capacities, pod, origin and settings flags', () => {
     const text = readFileSync(join(ROOT, 'bpf/headers/consts.h'), 'utf8')
     const define = (name: string) => {
       const m = new RegExp(`^#define ${name}\\s+\\(?(\\d+)u?(?: << (\\d+))?\\)?`, 'm').exec(text)
@@ -207,6 +210,9 @@ describe('constants', () => {
       MB_ORIGIN_UNREGISTERED: ORIGIN_UNREGISTERED,
       MB_ORIGIN_OWN_POD: ORIGIN_OWN_POD,
       MB_ORIGIN_DNS: ORIGIN_DNS,
+      MB_SETTINGS_DRAINING: SETTINGS_DRAINING,
+      MB_SETTINGS_INBOUND_REWRITE: SETTINGS_INBOUND_REWRITE,
+      MB_SETTINGS_CNI: SETTINGS_CNI,
     }
     for (const [name, value] of Object.entries(expected)) assert.equal(define(name), value, name)
     // the counters enum, in order

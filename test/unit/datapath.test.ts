@@ -36,7 +36,7 @@ function observed(change: (o: Observed & {snap: Snapshot}) => void = () => undef
     bpffs: STATE.bpffs,
     state: structuredClone(STATE),
     pins: {progs: PROGRAMS.map((p) => p.name), maps: [...MAP_NAMES]},
-    snap: {progs, maps, attachments, settings: {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: false, inboundRewrite: true, hostNetns: 3n, dnsPort: 15053}},
+    snap: {progs, maps, attachments, settings: {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: false, inboundRewrite: true, cni: false, hostNetns: 3n, dnsPort: 15053}},
     entries: {local_pod_ips: 1, sock_pair_map: 10},
     sourceHash: 'abc',
     statsEnabled: true,
