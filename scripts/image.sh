@@ -4,6 +4,7 @@
 # is built on it (BASE). With a registry, `podman build -f Containerfile .` alone does it.
 #
 #   scripts/image.sh [TAG]        TAG defaults to merbridge:<package version>
+#   scripts/image.sh --base       only the base, whose name it prints (the CNI tests' pods run on it)
 #
 # The base is made once and kept (localhost/merbridge-base:bookworm-node20); the image build
 # reuses podman's layer cache, so a second run rebuilds only what changed.
@@ -28,6 +29,10 @@ if ! podman image exists "$base"; then
     --customize-hook="ln -s ../lib/node_modules/npm/bin/npx-cli.js \"\$1/usr/bin/npx\"" \
     bookworm "$work/rootfs.tar" http://deb.debian.org/debian
   podman import --change 'CMD ["node"]' "$work/rootfs.tar" "$base" >/dev/null
+fi
+if [ "$tag" = --base ]; then
+  echo "$base"
+  exit 0
 fi
 
 # chroot isolation: the RUN steps need no OCI runtime (crun refuses hybrid cgroup hosts whose v2

@@ -16,8 +16,9 @@ packages=(
   # busybox and the modules it needs (kmod's depmod indexes them; the guest's modprobe loads more)
   qemu-system-x86 busybox-static cpio kmod
   # the image (scripts/image.sh) and the DaemonSet run in a real container runtime: podman with
-  # crun, its base made from Debian's packages by mmdebstrap (no registry is needed)
-  podman crun mmdebstrap uidmap fuse-overlayfs slirp4netns
+  # crun, its base made from Debian's packages by mmdebstrap (no registry is needed); CNI mode's
+  # tests: the reference plugins (bridge, host-local) and catatonit, the pods' infra process
+  podman crun mmdebstrap uidmap fuse-overlayfs slirp4netns containernetworking-plugins catatonit
 )
 missing=()
 for p in "${packages[@]}"; do
