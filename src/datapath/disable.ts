@@ -191,7 +191,7 @@ export async function stopPrograms(
   // 2. Inbound capture off in every pod namespace (draining already made it let everything pass).
   const tcIds = opts.tc === false ? [] : [...progIds].filter(([, name]) => name === 'mb_tc_inbound').map(([id]) => id)
   if (tcIds.length > 0) {
-    const paths = (await listNetnsCandidates()).map((c) => c.path)
+    const paths = (await listNetnsCandidates({addresses: false})).map((c) => c.path)
     for (const tcId of tcIds) {
       const tc = await detachInbound(keptOrCached(inst, opts.objectHash, 'tcInbound') ?? (await buildObjects()).tcInbound, tcId, paths)
       for (const [path, ifaces] of tc.done) for (const dev of ifaces) result.detached.push({cgroup: `netns ${path} dev ${dev}`, program: 'mb_tc_inbound', id: tcId})

@@ -284,7 +284,7 @@ async function inboundCheck(installation: Installation): Promise<Check> {
     const state = await installation.readState()
     if (!prog || !state) return checkInbound([], 0, [])
     const helpers = installation.requireHelpers()
-    const holders = namespaceHolders(await listNetnsCandidates())
+    const holders = namespaceHolders(await listNetnsCandidates({helper: helpers.netnsCookie}))
     const held = state.pods.meshed.map((p) => ({p, holders: p.netns === undefined ? [] : (holders.get(normalIp(p.ip)) ?? [])}))
     const cookies = await netnsCookies(helpers.netnsCookie, [...new Set(held.flatMap((h) => h.holders.map((c) => c.path)))])
     // the namespace each pod is registered to (not another holding its address); pods gone since the last sync have nothing to capture

@@ -260,7 +260,7 @@ export async function syncPods(
   },
 ): Promise<SyncResult> {
   checkCapacity(selection)
-  const candidates = await listNetnsCandidates()
+  const candidates = await listNetnsCandidates({helper: objects.netnsCookie})
   const holders = namespaceHolders(candidates)
   const held = selection.meshed.map((pod) => {
     const path = opts.pinned?.get(`${pod.namespace}/${pod.name}`)

@@ -59,10 +59,13 @@ function netnsInode(path: string): number | undefined {
 /**
  * Every network namespace on the node other than our own, with its local addresses: one
  * process per namespace (from /proc), and the named ones under /run/netns that no process holds.
+ * `helper`: the netns-cookie helper, which reads the latter's addresses; `addresses: false` when
+ * only the namespaces are wanted.
  */
-export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
+export async function listNetnsCandidates(opts: {helper?: string; addresses?: boolean} = {}): Promise<NetnsCandidate[]> {
   const own = netnsInode('/proc/self/ns/net')
   const byInode = new Map<number, NetnsCandidate>()
+  const unheld: NetnsCandidate[] = []
   const proc = hostProc()
   for (const entry of readdirSync(proc)) {
     if (!/^\d+$/.test(entry)) continue
@@ -102,17 +105,40 @@ export async function listNetnsCandidates(): Promise<NetnsCandidate[]> {
         }
         continue
       }
-      const r = await run('ip', ['-netns', name, '-o', 'addr', 'show'], {allowFailure: true})
-      const addresses = [
-        ...[...r.stdout.matchAll(/inet (\d+\.\d+\.\d+\.\d+)\//g)].map(([, ip = '']) => ip),
-        ...[...r.stdout.matchAll(/inet6 ([0-9a-f:]+)\/\d+ scope global/g)].map(([, ip = '']) => slotToIp(ipToSlot(ip))),
-      ]
-      const linkLocal = [...r.stdout.matchAll(/inet6 ([0-9a-f:]+)\/\d+ scope link/g)].map(([, ip = '']) => slotToIp(ipToSlot(ip)))
-      byInode.set(inode, {inode, path, addresses, linkLocal, pids: [], name})
+      const candidate: NetnsCandidate = {inode, path, addresses: [], linkLocal: [], pids: [], name}
+      byInode.set(inode, candidate)
+      unheld.push(candidate)
     }
   }
+  if (opts.addresses !== false) await readUnheldAddresses(unheld, opts.helper)
   return [...byInode.values()]
 }
+
+/**
+ * The addresses of named namespaces no process is in: all in one run of the netns-cookie helper
+ * (a node starting many pods has as many such sandboxes), else one `ip -n` each (a helper kept by
+ * an older enable prints no addresses).
+ */
+async function readUnheldAddresses(unheld: NetnsCandidate[], helper: string | undefined): Promise<void> {
+  if (unheld.length === 0) return
+  const lines = helper ? (await run(helper, ['--addresses', ...unheld.map((c) => c.path)], {allowFailure: true})).stdout.split('\n') : []
+  for (const [i, c] of unheld.entries()) {
+    const listed = /^\d+ addrs(.*)$/.exec(lines[i] ?? '')?.[1]
+    if (listed !== undefined) {
+      const words = listed.split(' ').filter(Boolean)
+      c.addresses = words.filter((w) => !w.startsWith('~')).map((ip) => slotToIp(ipToSlot(ip)))
+      c.linkLocal = words.filter((w) => w.startsWith('~')).map((ip) => slotToIp(ipToSlot(ip.slice(1))))
+      continue
+    }
+    const r = await run('ip', ['-netns', c.name ?? '', '-o', 'addr', 'show'], {allowFailure: true})
+    c.addresses = [
+      ...[...r.stdout.matchAll(/inet (\d+\.\d+\.\d+\.\d+)\//g)].map(([, ip = '']) => ip),
+      ...[...r.stdout.matchAll(/inet6 ([0-9a-f:]+)\/\d+ scope global/g)].map(([, ip = '']) => slotToIp(ipToSlot(ip))),
+    ]
+    c.linkLocal = [...r.stdout.matchAll(/inet6 ([0-9a-f:]+)\/\d+ scope link/g)].map(([, ip = '']) => slotToIp(ipToSlot(ip)))
+  }
+}
+
 
 /** The kernel's netns cookies of the given namespace paths, read by the netns-cookie helper. */
 export async function netnsCookies(helper: string, paths: string[]): Promise<Map<string, bigint>> {

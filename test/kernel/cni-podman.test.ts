@@ -28,6 +28,8 @@ const mesh = PROFILES.istio!
 const APP_PORT = 8080
 /** pods a node starts at once */
 const MANY = 50
+/** pods started one at a time on each network, for what merbridge-cni adds to a pod's start */
+const ONE_BY_ONE = 5
 
 describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
   const id = randomBytes(3).toString('hex')
@@ -42,7 +44,11 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
   const binDir = join(tmp, 'bin')
   const conflist = join(confDir, `10-${network}.conflist`)
   // as a node's CNI writes it: bridge and host-local, before merbridge-cni is added
-  const ORIGINAL = `${JSON.stringify({cniVersion: '0.4.0', name: network, plugins: [{type: 'bridge', bridge, isGateway: true, ipMasq: false, hairpinMode: true, ipam: {type: 'host-local', routes: [{dst: '0.0.0.0/0'}], ranges: [[{subnet: `${subnet}.0/24`, gateway: `${subnet}.1`}]]}}]}, null, 2)}\n`
+  const bridgeNetwork = (name: string, dev: string, prefix: string) =>
+    `${JSON.stringify({cniVersion: '0.4.0', name, plugins: [{type: 'bridge', bridge: dev, isGateway: true, ipMasq: false, hairpinMode: true, ipam: {type: 'host-local', routes: [{dst: '0.0.0.0/0'}], ranges: [[{subnet: `${prefix}.0/24`, gateway: `${prefix}.1`}]]}}]}, null, 2)}\n`
+  const ORIGINAL = bridgeNetwork(network, bridge, subnet)
+  // the same without merbridge-cni (the agent changes only the folder's first file): what a pod's start costs without it
+  const plain = {network: `${network}-plain`, bridge: `mbd${id}`, subnet: subnet.replace('10.79.', '10.80.')}
   const cgroupRoot = findCgroup2(readMounts()).path ?? '/sys/fs/cgroup'
   const cgroupName = `merbridge-cnip-${id}`
   const cgroup = join(cgroupRoot, cgroupName)
@@ -53,7 +59,7 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
   let agentOut = ''
 
   const podman = (args: string[]) => execa('podman', args, {env: {CONTAINERS_CONF: join(tmp, 'containers.conf')}, reject: false})
-  const createPod = (n: string) => podman(['pod', 'create', '--name', podName(n), '--network', network, '--cgroup-parent', `/${cgroupName}`, '--label', `merbridge-test=${id}`])
+  const createPod = (n: string, net = network) => podman(['pod', 'create', '--name', podName(n), '--network', net, '--cgroup-parent', `/${cgroupName}`, '--label', `merbridge-test=${id}`])
   /** Where the runtime put the pod: its namespace (a name under /run/netns) and address. */
   const sandbox = async (n: string) => {
     const infra = (await podman(['pod', 'inspect', podName(n), '--format', '{{.InfraContainerID}}'])).stdout.trim()
@@ -87,6 +93,7 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     mkdirSync(confDir)
     mkdirSync(binDir)
     writeFileSync(conflist, ORIGINAL)
+    writeFileSync(join(confDir, `20-${plain.network}.conflist`), bridgeNetwork(plain.network, plain.bridge, plain.subnet))
     // podman's own limits are below what it asks crun for by default (see daemonset.test.ts)
     writeFileSync(
       join(tmp, 'containers.conf'),
@@ -94,7 +101,7 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     )
     mkdirSync(join(cgroup, 'sidecars'), {recursive: true})
     await api.start()
-    for (const [n, meshed] of [['web', true], ['server', false], ['shop', true], ...Array.from({length: MANY}, (_, i) => [`p${i}`, true] as const)] as const) {
+    for (const [n, meshed] of [['web', true], ['server', false], ['shop', true], ...Array.from({length: MANY}, (_, i) => [`p${i}`, true] as const), ...Array.from({length: ONE_BY_ONE}, (_, i) => [`q${i}`, true] as const)] as const) {
       // being set up: the API has no address for it yet
       api.add({...makePod(podName(n), '', hostname(), meshed), status: {phase: 'Pending'}})
     }
@@ -114,8 +121,10 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     await cli(['disable', '--bpffs', install.bpffs], install.env)
     await api.stop()
     // what the bridge plugin and host-local made for this network
-    await execa('ip', ['link', 'del', bridge], {reject: false})
-    rmSync(join('/var/lib/cni/networks', network), {recursive: true, force: true})
+    for (const [dev, net] of [[bridge, network], [plain.bridge, plain.network]] as const) {
+      await execa('ip', ['link', 'del', dev], {reject: false})
+      rmSync(join('/var/lib/cni/networks', net), {recursive: true, force: true})
+    }
     // podman made the pods' cgroups under ours in every hierarchy
     for (const h of readdirSync('/sys/fs/cgroup')) removeTree(join('/sys/fs/cgroup', h, cgroupName))
     removeTree(cgroup)
@@ -217,6 +226,28 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     assert.equal(rm.exitCode, 0, rm.stderr)
     const left = await registered()
     assert.deepEqual(ips.filter((ip) => left.has(ip)), [], 'podman rm released every pod')
+  })
+
+  it('adds to one pod start about what its ADD takes', async () => {
+    const withIt: number[] = []
+    const without: number[] = []
+    const startMs = async (n: string, net: string) => {
+      assert.equal((await createPod(n, net)).exitCode, 0)
+      const t = performance.now()
+      const r = await podman(['pod', 'start', podName(n)])
+      assert.equal(r.exitCode, 0, r.stderr)
+      return performance.now() - t
+    }
+    const before = addTimes().length
+    for (let i = 0; i < ONE_BY_ONE; i++) {
+      withIt.push(await startMs(`q${i}`, network))
+      without.push(await startMs(`r${i}`, plain.network))
+    }
+    assert.equal(addTimes().length - before, ONE_BY_ONE, 'every pod of the first network was registered by its ADD')
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+    const adds = addTimes().slice(before)
+    console.log(`podman pod start, one at a time (median of ${ONE_BY_ONE}): ${median(withIt).toFixed(0)} ms with merbridge-cni, ${median(without).toFixed(0)} ms without; ADD as the agent served it ${median(adds).toFixed(1)} ms`)
+    await podman(['pod', 'rm', '-f', ...[...withIt.keys()].flatMap((i) => [podName(`q${i}`), podName(`r${i}`)])])
   })
 
   it('leaves the configuration byte for byte as it was after disable', async () => {
