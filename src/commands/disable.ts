@@ -42,6 +42,14 @@ export default class Disable extends BaseCommand {
             `! ${result.unreleased} socket(s) had not read what merbridge moved to them: left as they are (their connections go on over TCP once it is read); the kernel frees the last of merbridge's programs and maps when they close`,
           ),
         )
+      const cni = result.cniConfig
+      if (cni?.unreachable !== undefined)
+        this.log(
+          c.yellow(
+            `! merbridge-cni was put into the CNI configuration in ${cni.unreachable}, which this process does not see: take it out where enable ran (the DaemonSet: deploy/uninstall.yaml), or no pod starts on this node`,
+          ),
+        )
+      else if (cni && cni.restored.length + cni.edited.length > 0) this.log(`merbridge-cni taken out of ${[...cni.restored, ...cni.edited].join(', ')}`)
     }
     return result
   }

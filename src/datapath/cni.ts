@@ -6,8 +6,9 @@
  */
 import {existsSync, lstatSync, mkdirSync, rmSync} from 'node:fs'
 import {createConnection, createServer, type Server, type Socket} from 'node:net'
-import {dirname} from 'node:path'
+import {dirname, join} from 'node:path'
 import {MerbridgeError} from '../errors.js'
+import {hostProc} from '../paths.js'
 import {type PodJson, selectMeshedPods} from '../kube/pods.js'
 import type {MeshProfile} from '../mesh/profiles.js'
 import type {CniPod} from './installation.js'
@@ -165,8 +166,10 @@ const registeredNow = (agent: CniAgent, key: string) => agent.applied()?.sync.me
  * does not start); DEL forgets the pod's namespace; CHECK says whether it is still registered
  * there. Pods that are not meshed pass through.
  */
-export async function handleCni(req: CniRequest, agent: CniAgent): Promise<CniAnswer> {
+export async function handleCni(call: CniRequest, agent: CniAgent): Promise<CniAnswer> {
   const started = performance.now()
+  // a runtime that names the sandbox by a process (/proc/PID/ns/net) names the node's /proc
+  const req = call.netns.startsWith('/proc/') ? {...call, netns: join(hostProc(), call.netns.slice('/proc/'.length))} : call
   let config: CniConfig
   try {
     config = parseCniConfig(req.config)
@@ -195,6 +198,8 @@ export async function handleCni(req: CniRequest, agent: CniAgent): Promise<CniAn
     return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${key} is not registered in ${req.netns}`, '', config.cniVersion)
   }
   if (!req.netns) return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: the call names no network namespace (CNI_NETNS)', '', config.cniVersion)
+  if (!existsSync(req.netns))
+    return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: the agent cannot see ${req.netns}, the namespace of pod ${key}`, "in a container it needs the node's /var/run/netns mounted (deploy/merbridge.yaml)", config.cniVersion)
   agent.pinned.set(key, {netns: req.netns, ips})
   await agent.sync()
   const tcFailed = agent.applied()?.sync.nodeWarnings.find((w) => w.startsWith(`${key}: inbound capture not attached`))

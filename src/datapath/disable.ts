@@ -44,7 +44,7 @@ export interface DisableResult {
   /** optional kernel features this disable went without, and why (bpf/optional.ts) */
   unavailable: Unavailable
   /** the node's CNI configuration files merbridge-cni was taken out of: put back whole, or only our entry removed */
-  cniConfig?: {restored: string[]; edited: string[]}
+  cniConfig?: {restored: string[]; edited: string[]; unreachable?: string}
   /** where each program was detached from: a cgroup path, sock_pair_map for the sk_msg program, or a pod interface ("netns PATH dev IF") for mb_tc_inbound */
   detached: {cgroup: string; program: string; id: number}[]
   unpinned: string[]
@@ -242,7 +242,8 @@ export async function disable(inst: Installation, opts: {drainMs?: number; keepF
   const pinned = inst.exists() ? await inst.pinned() : {progs: [], maps: []}
   result.wasEnabled = progIds.size > 0 || state !== undefined || pinned.progs.length + pinned.maps.length > 0
   // first: pods set up from now on must not wait for an agent whose datapath is going
-  if (state?.cni) result.cniConfig = uninstallCni(state.cni)
+  // a folder this process does not see (enabled from a container, disabled from the node): said, not guessed at
+  if (state?.cni) result.cniConfig = existsSync(state.cni.confDir) ? uninstallCni(state.cni) : {restored: [], edited: [], unreachable: state.cni.confDir}
   Object.assign(result, await stopPrograms(inst, progIds, root, {drainMs: opts.drainMs, objectHash: state?.objectHash, staged: true}))
 
   // 4. Unpin: removing the pins frees programs and maps once nothing else holds them.

@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict'
 import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {hostname, tmpdir} from 'node:os'
-import {join} from 'node:path'
+import {basename, join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import * as k8s from '@kubernetes/client-node'
 import {execa} from 'execa'
@@ -89,6 +89,21 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
   const metricsPort = ds.spec!.template.spec!.containers[0]!.ports![0]!.containerPort
   let started: Record<'ds' | 'un' | 'slow', string[]>
   const hold = join(tmp, 'hold')
+  // the node's CNI folders, the test's own, with a configuration as podman writes it
+  const cniConf = join(tmp, 'net.d')
+  const cniBin = join(tmp, 'cni-bin')
+  const conflist = join(cniConf, '87-podman-bridge.conflist')
+  const CONFLIST = '{\n  "cniVersion": "0.4.0",\n  "name": "podman",\n  "plugins": [{"type": "bridge", "bridge": "cni-podman0"}]\n}\n'
+  /** merbridge-cni's call as the node's runtime makes it, the agent in the container answering */
+  const cniAdd = (pod: string) => {
+    const prevResult = {cniVersion: '1.0.0', interfaces: [{name: 'eth0'}], ips: [{address: `${lab.pod(pod).ip}/24`, interface: 0}]}
+    return execa(join(cniBin, 'merbridge-cni'), [], {
+      reject: false,
+      // the socket where the test's run folder is (the manifest's /run/merbridge)
+      input: JSON.stringify({cniVersion: '1.0.0', name: 'podman', type: 'merbridge-cni', socket: join(runDir, 'cni.sock'), prevResult}),
+      env: {CNI_COMMAND: 'ADD', CNI_CONTAINERID: `sandbox-${pod}`, CNI_NETNS: `/var/run/netns/${lab.pod(pod).netns}`, CNI_IFNAME: 'eth0', CNI_PATH: cniBin, CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=${pod}`},
+    })
+  }
 
   const podman = (args: string[]) => execa('podman', args, {reject: false, stdin: 'ignore'})
   const get = async (path: string) => {
@@ -126,11 +141,19 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
   before(async () => {
     const image = await execa('bash', [join(ROOT, 'scripts', 'image.sh'), IMAGE.replace('localhost/', '')], {reject: false})
     assert.equal(image.exitCode, 0, `${image.stdout.slice(-2000)}\n${image.stderr.slice(-2000)}`)
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}])
-    for (const p of ['a', 'b']) await lab.startSidecar(p)
+    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'c', meshed: true}])
+    for (const p of ['a', 'b', 'c']) await lab.startSidecar(p)
     await lab.startApp('b')
+    await lab.startApp('c')
     const url = await api.start()
-    for (const pod of (JSON.parse(lab.podList()) as {items: FakePod[]}).items) api.add(pod)
+    for (const pod of (JSON.parse(lab.podList()) as {items: FakePod[]}).items) {
+      // c is being set up: the API has no address for it, only the runtime's CNI call registers it
+      if (pod.metadata.name === 'c') pod.status = {phase: 'Pending'}
+      api.add(pod)
+    }
+    mkdirSync(cniConf)
+    mkdirSync(cniBin)
+    writeFileSync(conflist, CONFLIST)
     // the service account a kubelet mounts, and the service's address it sets
     mkdirSync(sa, {recursive: true})
     writeFileSync(join(sa, 'token'), api.token)
@@ -138,7 +161,7 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     writeFileSync(join(sa, 'namespace'), 'merbridge-system')
     const port = new URL(url).port
     const common = {
-      hostPaths: {'/sys/fs/cgroup': lab.cgroup, '/run/merbridge': runDir},
+      hostPaths: {'/sys/fs/cgroup': lab.cgroup, '/run/merbridge': runDir, '/etc/cni/net.d': cniConf, '/opt/cni/bin': cniBin},
       env: {KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: port},
       replace: [['/sys/fs/bpf/merbridge', install.bpffs]] as [string, string][],
       extraMounts: [`${sa}:/var/run/secrets/kubernetes.io/serviceaccount:ro`],
@@ -174,6 +197,21 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     assert.match(metrics.text, /^merbridge_datapath_healthy 1$/m)
   })
 
+  it("puts merbridge-cni into the node's CNI configuration, and registers a pod the runtime sets up", async () => {
+    await awaiting('merbridge-cni in the configuration', names.ds, () => Promise.resolve(existsSync(join(cniBin, 'merbridge-cni')) && readFileSync(conflist, 'utf8').includes('merbridge-cni')))
+    const plugins = (JSON.parse(readFileSync(conflist, 'utf8')) as {plugins: {type: string; socket?: string}[]}).plugins
+    assert.deepEqual(plugins.map((p) => p.type), ['bridge', 'merbridge-cni'])
+    assert.equal(plugins[1]?.socket, '/run/merbridge/cni.sock', 'the socket at the path the manifest mounts from the node')
+    assert.equal((await status()).cni, true, 'CNI mode')
+    const add = await cniAdd('c')
+    assert.equal(add.exitCode, 0, `${add.stdout}\n${await logs(names.ds)}`)
+    assert.ok((await status()).pods?.meshed.some((p) => p.name === 'c'), 'c registered in the namespace the runtime named')
+    const before = await lab.sidecarSessions('c')
+    assert.equal((await lab.get('a', `http://${lab.pod('c').ip}:${APP_PORT}/whoami`)).status, 200)
+    const after = await lab.sidecarSessions('c')
+    assert.ok(after.inbound > before.inbound, "a's request passed c's inbound sidecar")
+  })
+
   it('is killed with SIGKILL and started again: it resumes, never locked out', async () => {
     const kill = await podman(['kill', '--signal', 'KILL', names.ds])
     assert.equal(kill.exitCode, 0, kill.stderr)
@@ -206,6 +244,9 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     assert.deepEqual(await bpftool.cgroupShow(lab.cgroup), [], 'nothing attached to the cgroup')
     assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => install.bpffs.endsWith(n)), [], 'no pins')
     assert.deepEqual(readdirSync(runDir).filter((n) => !n.startsWith('.')), [], 'no record')
+    assert.equal(readFileSync(conflist, 'utf8'), CONFLIST, 'the CNI configuration as it was')
+    assert.deepEqual(readdirSync(cniConf), [basename(conflist)], 'no backup left beside it')
+    assert.ok(!existsSync(join(cniBin, 'merbridge-cni')), 'no plugin')
     for (const p of ['a', 'b']) {
       const filters = await execa('ip', ['netns', 'exec', lab.pod(p).netns, 'tc', 'filter', 'show', 'dev', 'eth0', 'ingress'], {reject: false})
       assert.doesNotMatch(filters.stdout, /mb_tc_inbound/, `pod ${p}`)
