@@ -3,7 +3,7 @@
 // beyond reading pods; the systemd unit and the Containerfile point at what exists.
 import assert from 'node:assert/strict'
 import {existsSync, readFileSync} from 'node:fs'
-import {join} from 'node:path'
+import {dirname, join} from 'node:path'
 import {describe, it} from 'node:test'
 import * as k8s from '@kubernetes/client-node'
 import {loadAll} from 'js-yaml'
@@ -118,6 +118,21 @@ describe('deploy manifests', () => {
     assert.ok(unCgroup, 'the uninstall mounts the cgroup where enable ran')
     const hostPathOf = (d: k8s.V1DaemonSet, name: string) => d.spec!.template.spec!.volumes!.find((v) => v.name === name)!.hostPath!.path
     assert.equal(hostPathOf(un, unCgroup.name), hostPathOf(ds, cgroupMount.name))
+    // CNI mode: the folders merbridge-cni goes into, mounted for the uninstall at the same paths
+    // from the same host paths; the socket at a path the node's runtime sees as the agent does
+    const argOf = (flag: string) => c.args!.find((a) => a.startsWith(`--${flag}=`))?.slice(flag.length + 3)
+    for (const flag of ['cni-conf-dir', 'cni-bin-dir']) {
+      const m = c.volumeMounts!.find((v) => v.mountPath === argOf(flag))
+      assert.ok(m, `--${flag} is mounted`)
+      const unM = unMounts.find((v) => v.mountPath === m.mountPath)
+      assert.ok(unM, `the uninstall mounts --${flag} where enable ran`)
+      assert.equal(hostPathOf(un, unM.name), hostPathOf(ds, m.name))
+    }
+    const socketDir = dirname(argOf('cni-socket') ?? '')
+    const socketMount = c.volumeMounts!.find((v) => v.mountPath === socketDir)
+    assert.ok(socketMount, 'the socket folder is mounted')
+    assert.equal(hostPathOf(ds, socketMount.name), socketDir, 'at the path the node sees')
+    assert.ok(c.volumeMounts!.some((v) => v.mountPath === '/var/run/netns' && v.mountPropagation === 'HostToContainer'), "the runtime's sandboxes, as they are made")
     assert.deepEqual(un.spec!.template.spec!.nodeSelector, {'kubernetes.io/os': 'linux'})
   })
 
