@@ -29,6 +29,13 @@ module.exports = {
       from: {path: '^src/[^/]+\\.ts$'},
       to: {path: '^src/[^/]+/'},
     },
+    {
+      name: 'programs-through-exec',
+      comment: 'nothing runs another program except through src/exec.ts (no shell, a timeout, errors that name the tool)',
+      severity: 'error',
+      from: {path: '^src/', pathNot: '^src/exec\\.ts$'},
+      to: {path: '^(node:)?child_process$|(^|/)node_modules/execa/'},
+    },
     {name: 'no-circular', severity: 'error', from: {path: '^src/'}, to: {circular: true}},
     {name: 'no-test-code-in-src', severity: 'error', from: {path: '^src/'}, to: {path: '^test/'}},
   ],

@@ -1,4 +1,5 @@
 import {execa, ExecaError, type Options} from 'execa'
+import {type ChildProcess, spawn} from 'node:child_process'
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
 import {ToolFailedError, ToolNotFoundError} from './errors.js'
@@ -133,4 +134,14 @@ export async function runStreaming(tool: string, args: readonly string[], onStdo
     const said = lastLine(stderr) || (fromJson ?? `exit code ${result.exitCode}`)
     throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, said, stderr || head, permissionHint(stderr || head))
   }
+}
+
+export type {ChildProcess}
+
+/**
+ * A program that runs until its caller stops it (the lab's sidecars, apps and clients): no shell,
+ * no timeout, stdout and stderr piped to the caller, which owns it and stops it by pid.
+ */
+export function startProcess(command: string, args: readonly string[]): ChildProcess {
+  return spawn(command, [...args], {stdio: ['ignore', 'pipe', 'pipe']})
 }

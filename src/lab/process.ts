@@ -1,5 +1,5 @@
-import {type ChildProcess, spawn} from 'node:child_process'
 import {once} from 'node:events'
+import {type ChildProcess, startProcess} from '../exec.js'
 
 /**
  * How long the lab waits for something that should happen "soon" (a listener, a log line, a map
@@ -16,7 +16,7 @@ export class LabProcess {
   readonly exited: Promise<number | null>
 
   constructor(readonly label: string, command: string, args: string[]) {
-    this.child = spawn(command, args, {stdio: ['ignore', 'pipe', 'pipe']})
+    this.child = startProcess(command, args)
     this.child.stdout?.on('data', (d: Buffer) => (this.stdout += d.toString()))
     this.child.stderr?.on('data', (d: Buffer) => (this.stderr += d.toString()))
     this.exited = once(this.child, 'exit').then(([code]) => code as number | null).catch(() => null)
