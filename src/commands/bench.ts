@@ -1,8 +1,8 @@
 import {Flags} from '@oclif/core'
 import {accessSync, constants, statSync} from 'node:fs'
-import {cpus, hostname, release} from 'node:os'
-import {Bench, type BenchReport, type Mode, type Sample, type Scenario, SCENARIOS, summarize} from '../lab/bench.js'
-import {ENTRIES_PER_CONNECTION, SCALE_PODS, type ScaleReport, ScaleRun} from '../lab/scale.js'
+import {type BenchReport, type Scenario, SCENARIOS} from '../lab/bench.js'
+import {runBench} from '../lab/bench-run.js'
+import {ENTRIES_PER_CONNECTION, SCALE_PODS} from '../lab/scale.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {renderBench, renderBenchMarkdown} from '../ui/bench-view.js'
@@ -14,7 +14,29 @@ const SCALE = 'scale'
 
 export default class BenchCommand extends BaseCommand {
   static override summary = 'Measure merbridge against iptables interception on this machine'
-  static override description = `Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and measures each scenario in three modes, switched within every round: direct (no interception), iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is checked to do what it says before it is measured. Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio, with the lowest and highest round. A round in which other processes took more than 10% of the machine is left out and named; fewer than 2 quiet rounds make a scenario unreliable, and a target is judged only over 5 or more. Every shape of --sidecar-threads gets its own lab and report. Scenarios: ${SCENARIO_NAMES.join(', ')}; and, when named, ${SCALE}: --scale-connections connections through both sidecars held open at once by ${SCALE_PODS} client pods, merbridge enabled with ${ENTRIES_PER_CONNECTION} map entries per connection, reporting whether every one was redirected and what the maps cost. --baseline-up and --baseline-down add a fourth mode to every round, another datapath brought up and down by the user's commands (such as the original Merbridge programs), with ebpf/baseline ratios. --sidecars-mode adds the sidecars without interception, the client calling its sidecar's fixed listener (which forwards to the server's): a mode's CPU beyond it is what its interception costs (below zero where its data path saves more), and its figures against iptables are all that removing interception alone could give.`
+  static override description = [
+    'Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and',
+    'measures each scenario in three modes, switched within every round: direct (no interception),',
+    "iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is",
+    'checked to do what it says before it is measured.',
+    '',
+    "Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio,",
+    'with the lowest and highest round. A round in which other processes took more than 10% of the',
+    'machine is left out and named; fewer than 2 quiet rounds make a scenario unreliable. Every shape',
+    'of --sidecar-threads gets its own lab and report.',
+    '',
+    `Scenarios: ${SCENARIO_NAMES.join(', ')}; and, when named, ${SCALE}: --scale-connections connections`,
+    `through both sidecars held open at once by ${SCALE_PODS} client pods, merbridge enabled with`,
+    `${ENTRIES_PER_CONNECTION} map entries per connection, reporting whether every one was redirected and what`,
+    'the maps cost.',
+    '',
+    '--baseline-up and --baseline-down add a fourth mode to every round, another datapath brought up',
+    'and down by your commands (such as the original Merbridge programs), with ebpf/baseline ratios.',
+    "--sidecars-mode adds the sidecars without interception, the client calling its sidecar's fixed",
+    "listener (which forwards to the server's): a mode's CPU beyond it is what its interception costs",
+    '(below zero where its data path saves more), and its figures against iptables are all that',
+    'removing interception alone could give.',
+  ].join('\n')
 
   static override examples = [
     {command: '<%= config.bin %> bench', description: 'Three rounds of 10 s per mode and scenario'},
@@ -48,67 +70,24 @@ export default class BenchCommand extends BaseCommand {
     for (const cmd of baseline ? [baseline.up, baseline.down] : []) if (!isExecutable(cmd)) this.error(`${cmd} is not an executable file: --baseline-up and --baseline-down take the paths of the commands`, {exit: 2})
     requirePrivileges('bench')
 
-    const samples: Sample[] = []
-    let bench: {teardown(): Promise<void>} | undefined
-    let scale: ScaleReport | undefined
+    let current: {teardown(): Promise<void>} | undefined
     let stopping = false
     const onSignal = () => {
       if (stopping) return // a second Ctrl-C while tearing down
       stopping = true
-      void (bench?.teardown() ?? Promise.resolve()).finally(() => process.exit(130))
+      void (current?.teardown() ?? Promise.resolve()).finally(() => process.exit(130))
     }
     // `on`, not `once`: still registered when execa's signal-exit handler runs, so it does not
     // re-raise the signal and end the process before the clean-up
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
+    let report: BenchReport
     try {
-      // one lab per sidecar shape, each measured in full
-      for (const threads of scenarios.length > 0 ? shapes.map(Number) : []) {
-        const current = new Bench(threads, baseline, flags['sidecars-mode'])
-        bench = current
-        const steps: {title: string; run: () => Promise<void>}[] = [{title: `Build the lab (client: wrk, server: nginx, haproxy sidecars with ${threads} thread(s))`, run: () => current.setup()}]
-        for (let round = 1; round <= flags.rounds; round++) {
-          // rotate the order of modes so that drift on a shared machine does not favour one
-          const modes = current.modes
-          const order: Mode[] = modes.map((_, i) => modes[(i + round - 1) % modes.length] ?? 'direct')
-          for (const mode of order) {
-            steps.push({
-              title: `${threads} thread(s), round ${round}/${flags.rounds}: ${mode}`,
-              run: async () => {
-                await current.setMode(mode)
-                await current.verifyMode(mode)
-                for (const s of scenarios) samples.push(await current.measure(round, mode, s, flags.duration))
-              },
-            })
-          }
-        }
-        try {
-          await runWithProgress(steps, undefined, {silent: this.jsonEnabled()})
-        } finally {
-          await current.teardown()
-        }
-      }
-      if (named.includes(SCALE)) {
-        const current = new ScaleRun(flags['scale-connections'])
-        bench = current
-        await runWithProgress(
-          [{title: `Hold ${flags['scale-connections'].toLocaleString('en-US')} connections through the sidecars (${SCALE})`, run: async () => void (scale = await current.run())}],
-          undefined,
-          {silent: this.jsonEnabled()},
-        ).finally(() => current.teardown())
-      }
+      const plan = {scenarios, shapes: shapes.map(Number), rounds: flags.rounds, durationSec: flags.duration, baseline, sidecarsMode: flags['sidecars-mode'], ...(named.includes(SCALE) ? {scaleConnections: flags['scale-connections']} : {})}
+      report = await runBench(plan, {runSteps: (steps) => runWithProgress(steps, undefined, {silent: this.jsonEnabled()}), current: (lab) => (current = lab)})
     } finally {
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)
-    }
-    const report: BenchReport = {
-      ...(baseline ? {baseline: baseline.name} : {}),
-      rounds: flags.rounds,
-      durationSec: flags.duration,
-      machine: {kernel: release(), cpus: cpus().length, node: hostname()},
-      samples,
-      shapes: scenarios.length > 0 ? shapes.map(Number).map((threads) => ({sidecarThreads: threads, summary: summarize(samples.filter((x) => x.sidecarThreads === threads), scenarios)})) : [],
-      ...(scale ? {scale} : {}),
     }
     this.log('')
     this.log(flags.markdown ? renderBenchMarkdown(report) : renderBench(report))

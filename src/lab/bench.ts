@@ -67,8 +67,6 @@ export interface Sample extends WrkResult {
 
 /** A round with other CPU use above this share of the machine is left out of the ratios. */
 export const QUIET_OTHER_CPU_PCT = 10
-/** A ratio counts as meeting its target only as the median of at least this many quiet rounds. */
-export const ROUNDS_FOR_TARGETS = 5
 
 /** A median of per-round ebpf/iptables ratios, with the lowest and highest round. */
 export interface Ratio {
@@ -78,20 +76,6 @@ export interface Ratio {
 }
 
 export type RatioName = 'requestsPerSec' | 'p50' | 'p99' | 'addedCpu' | 'baselineRequestsPerSec' | 'baselineP50'
-
-/** What the project aims for, per scenario (ebpf/iptables). */
-export const TARGETS: Partial<Record<Scenario, Partial<Record<RatioName, {atLeast?: number; atMost?: number}>>>> = {
-  keepalive: {requestsPerSec: {atLeast: 1.7}, p99: {atMost: 0.6}},
-  'one-connection': {p50: {atMost: 0.75}},
-  'new-connection': {requestsPerSec: {atLeast: 1.2}, addedCpu: {atMost: 0.45}},
-}
-
-/** Ahead of the baseline by 5% (ebpf/baseline), judged only when a baseline was measured. */
-export const BASELINE_TARGETS: Partial<Record<Scenario, Partial<Record<RatioName, {atLeast?: number; atMost?: number}>>>> = {
-  keepalive: {baselineRequestsPerSec: {atLeast: 1.05}},
-  'one-connection': {baselineP50: {atMost: 0.95}},
-  'new-connection': {baselineRequestsPerSec: {atLeast: 1.05}},
-}
 
 interface ModeFigures {
   requestsPerSec: number
@@ -121,8 +105,6 @@ export interface ScenarioSummary {
    * interception costs). Medians of quiet rounds, with their spread.
    */
   sidecars?: {requestsPerSec: Ratio; addedCpu: Ratio; cpuBeyondUs: {iptables: Ratio; ebpf: Ratio; baseline?: Ratio}}
-  /** each target of this scenario: met, missed, or not judged (fewer than ROUNDS_FOR_TARGETS quiet rounds) */
-  targets: {ratio: RatioName; target: string; verdict: 'met' | 'missed' | 'not judged'}[]
 }
 
 export interface ShapeReport {
@@ -352,7 +334,7 @@ export function machineBusyUs(stat = readFileSync('/proc/stat', 'utf8')): number
 }
 const CLOCK_TICKS = 100 // USER_HZ on Linux
 
-/** Ratios, quiet rounds and targets per scenario, for the samples of one sidecar shape. */
+/** Ratios and quiet rounds per scenario, for the samples of one sidecar shape. */
 export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quietOtherCpuPct?: number} = {}): ScenarioSummary[] {
   const quietPct = opts.quietOtherCpuPct ?? QUIET_OTHER_CPU_PCT
   return scenarios.map((scenario) => {
@@ -392,14 +374,6 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
       addedCpu: overRounds([SIDECARS, 'iptables', 'direct'], added),
       cpuBeyondUs: {iptables: beyondSidecars('iptables'), ebpf: beyondSidecars('ebpf'), ...(modes.baseline ? {baseline: beyondSidecars(BASELINE)} : {})},
     }
-    const goals = {...TARGETS[scenario], ...(modes.baseline ? BASELINE_TARGETS[scenario] : {})}
-    const targets = Object.entries(goals).map(([name, t]) => {
-      const ratio = name as RatioName
-      const value = ratios[ratio].median
-      const ok = t.atLeast !== undefined ? value >= t.atLeast : value <= (t.atMost ?? Number.POSITIVE_INFINITY)
-      const verdict: 'met' | 'missed' | 'not judged' = quietRounds.length < ROUNDS_FOR_TARGETS || !Number.isFinite(value) ? 'not judged' : ok ? 'met' : 'missed'
-      return {ratio, target: t.atLeast !== undefined ? `>= ${t.atLeast}` : `<= ${t.atMost}`, verdict}
-    })
     return {
       scenario,
       title: SCENARIOS[scenario].title,
@@ -409,7 +383,6 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
       reliable: quietRounds.length >= 2,
       ratios,
       ...(sidecars ? {sidecars} : {}),
-      targets,
     }
   })
 }

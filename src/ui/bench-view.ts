@@ -1,4 +1,4 @@
-import {BASELINE, type BenchReport, MODES, QUIET_OTHER_CPU_PCT, type Ratio, ROUNDS_FOR_TARGETS, type ScenarioSummary, type ShapeReport, SIDECARS} from '../lab/bench.js'
+import {BASELINE, type BenchReport, MODES, QUIET_OTHER_CPU_PCT, type Ratio, type ScenarioSummary, type ShapeReport, SIDECARS} from '../lab/bench.js'
 import type {ScaleReport} from '../lab/scale.js'
 import {renderTable} from './table.js'
 import {c} from './theme.js'
@@ -37,8 +37,6 @@ function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
   }
   if (s.leftOut.length > 0) lines.push(`left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}%`)
   if (!s.reliable) lines.push(`not reliable: fewer than 2 quiet rounds`)
-  const judged = s.targets.map((t) => `${t.ratio} ${t.target}: ${t.verdict}`)
-  if (judged.length > 0) lines.push(`targets (${ROUNDS_FOR_TARGETS}+ quiet rounds to judge): ${judged.join(', ')}`)
   return lines
 }
 

@@ -29,7 +29,6 @@ describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
         if (s.quietRounds.length === 1) assert.ok(Number.isFinite(s.ratios.requestsPerSec.median) && s.ratios.requestsPerSec.low === s.ratios.requestsPerSec.high)
         else assert.ok(s.leftOut.length === 1 && s.leftOut[0]!.otherCpuPct > 10, JSON.stringify(s.leftOut))
         assert.equal(s.reliable, false, 'one round is never reliable')
-        assert.ok(s.targets.length > 0 && s.targets.every((t) => t.verdict === 'not judged'), JSON.stringify(s.targets))
       }
     }
     assert.equal(report.samples.length, 2 * 9)
@@ -83,7 +82,6 @@ describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
     assert.ok(s?.modes.baseline && s.modes.baseline.requestsPerSec > 0 && s.modes.baseline.errors === 0, JSON.stringify(s?.modes))
     if (s.quietRounds.length === 1) assert.ok(Number.isFinite(s.ratios.baselineRequestsPerSec.median) && Number.isFinite(s.ratios.baselineP50.median), JSON.stringify(s.ratios))
     else assert.ok(s.leftOut.length === 1 && s.leftOut[0]!.otherCpuPct > 10, JSON.stringify(s.leftOut))
-    assert.ok(s.targets.some((t) => t.ratio === 'baselineRequestsPerSec'), JSON.stringify(s.targets))
     assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
   })
 
