@@ -4,7 +4,7 @@
  * and ebpf (merbridge on the lab's cgroup). Each mode is checked to do what it says before it is
  * measured.
  */
-import {readFileSync, writeFileSync} from 'node:fs'
+import {mkdirSync, readFileSync, writeFileSync} from 'node:fs'
 import {cpus} from 'node:os'
 import {join} from 'node:path'
 import {randomBytes} from 'node:crypto'
@@ -16,7 +16,7 @@ import {MerbridgeError} from '../errors.js'
 import {meshProfile} from '../mesh/profiles.js'
 import {requireTools, run} from '../exec.js'
 import {redirectCounters} from './istio-iptables.js'
-import {APP_PORT, Lab} from './lab.js'
+import {APP_PORT, Lab, NODE, NODE_IP} from './lab.js'
 import type {ScaleReport} from './scale.js'
 import {median, parseWrk, type WrkResult} from './wrk.js'
 
@@ -46,12 +46,20 @@ export interface Baseline {
   down: string
 }
 
-export const SCENARIOS = {
+/**
+ * What wrk does in each scenario. The `outside` ones are traffic the mesh does not own: a process
+ * of the node to an unmeshed pod, both under the cgroup merbridge is attached to, as on a node
+ * where it is attached at the root. There merbridge should cost nothing: their ratios are ebpf
+ * against direct (merbridge enabled against not), where the others' are ebpf against iptables.
+ */
+export type Scenario = 'keepalive' | 'one-connection' | 'new-connection' | 'outside-keepalive' | 'outside-new-connection'
+export const SCENARIOS: Record<Scenario, {title: string; args: readonly string[]; outside?: true}> = {
   keepalive: {title: 'keep-alive, 16 connections', args: ['-t2', '-c16']},
   'one-connection': {title: 'one connection, request/response', args: ['-t1', '-c1']},
   'new-connection': {title: 'new connection per request, 16 concurrent', args: ['-t2', '-c16', '-H', 'Connection: close']},
-} as const
-export type Scenario = keyof typeof SCENARIOS
+  'outside-keepalive': {title: 'outside the mesh: the node to an unmeshed pod, keep-alive, 16 connections', args: ['-t2', '-c16'], outside: true},
+  'outside-new-connection': {title: 'outside the mesh: the node to an unmeshed pod, new connection per request, 16 concurrent', args: ['-t2', '-c16', '-H', 'Connection: close'], outside: true},
+}
 
 export interface Sample extends WrkResult {
   round: number
@@ -75,7 +83,7 @@ export interface Ratio {
   high: number
 }
 
-export type RatioName = 'requestsPerSec' | 'p50' | 'p99' | 'addedCpu' | 'baselineRequestsPerSec' | 'baselineP50'
+export type RatioName = 'requestsPerSec' | 'p50' | 'p99' | 'addedCpu' | 'cpuPerRequest' | 'baselineRequestsPerSec' | 'baselineP50'
 
 interface ModeFigures {
   requestsPerSec: number
@@ -96,7 +104,9 @@ export interface ScenarioSummary {
   leftOut: {round: number; otherCpuPct: number}[]
   /** fewer than 2 quiet rounds: the ratios say little */
   reliable: boolean
-  /** medians over quiet rounds of each round's ebpf/iptables ratio (ebpf/baseline for baseline*), with their spread */
+  /** outside the mesh: the ratios are ebpf/direct (merbridge enabled against not) */
+  outside: boolean
+  /** medians over quiet rounds of each round's ebpf/iptables ratio (ebpf/direct outside the mesh, ebpf/baseline for baseline*), with their spread */
   ratios: Record<RatioName, Ratio>
   /**
    * With the sidecars mode: the sidecars on plain TCP against iptables (requests/s, CPU added over
@@ -125,6 +135,8 @@ export interface BenchReport {
 }
 
 const SERVER_PORT = APP_PORT
+/** the unmeshed pod of the outside scenarios */
+const PLAIN = 'plain'
 const WHOAMI_PORT = APP_PORT + 1
 /** the sidecars mode's fixed listeners: outbound in the client's sidecar, inbound in the server's */
 const FIXED_OUTBOUND_PORT = 15101
@@ -192,10 +204,12 @@ export class Bench {
 
   async setup(): Promise<void> {
     requireTools(['haproxy', 'nginx', 'wrk', 'iptables-restore', 'ip', 'ss'], 'the bench', 'bash scripts/setup.sh installs them (apt-get install haproxy nginx wrk iptables iproute2)')
-    await this.lab.create([{name: 'client', meshed: true}, {name: 'server', meshed: true}])
-    for (const p of ['client', 'server']) {
+    await this.lab.create([{name: 'client', meshed: true}, {name: 'server', meshed: true}, {name: PLAIN, meshed: false}])
+    for (const ns of this.namespaces()) {
       // without reuse, a connection per request measures TIME_WAIT port search, not the datapath
-      await run('ip', ['netns', 'exec', this.lab.pod(p).netns, 'sysctl', '-q', '-w', 'net.ipv4.tcp_tw_reuse=1'])
+      await run('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv4.tcp_tw_reuse=1'])
+    }
+    for (const p of ['client', 'server']) {
       // the sidecars mode's routes are there in every mode: all modes run the same sidecar configuration
       await this.lab.startSidecar(p, {threads: this.sidecarThreads, extra: fixedRoutes(this.lab.pod('server').ip)})
     }
@@ -205,15 +219,28 @@ export class Bench {
     await this.lab.waitListening('server', SERVER_PORT)
     // the whoami app answers the mode checks on another port
     await this.lab.startApp('server', WHOAMI_PORT)
+    // the unmeshed pod the node calls in the outside scenarios: the same server, no sidecar
+    const plainDir = join(this.lab.tmp, PLAIN)
+    mkdirSync(plainDir)
+    writeFileSync(join(plainDir, 'nginx.conf'), nginxConfig(plainDir))
+    this.lab.spawn(PLAIN, 'nginx', 'nginx', ['-c', join(plainDir, 'nginx.conf'), '-e', join(plainDir, 'nginx-error.log')])
+    await this.lab.waitListening(PLAIN, SERVER_PORT)
+    await this.lab.startApp(PLAIN, WHOAMI_PORT)
     this.podsFile = this.lab.writePodList()
+  }
+
+  /** The network namespaces wrk's connections start or end in: the pods' and the node's. */
+  private namespaces(): string[] {
+    return [...['client', 'server', PLAIN].map((p) => this.lab.pod(p).netns), this.lab.bridgeNs]
   }
 
   get url(): string {
     return `http://${this.lab.pod('server').ip}:${SERVER_PORT}/`
   }
 
-  /** Where the client sends its requests in a mode: the sidecars mode calls its sidecar's fixed listener. */
-  urlOf(mode: Mode): string {
+  /** Where the client sends its requests in a mode: the sidecars mode calls its sidecar's fixed listener; the node calls the unmeshed pod. */
+  urlOf(mode: Mode, scenario?: Scenario): string {
+    if (scenario && SCENARIOS[scenario].outside) return `http://${this.lab.pod(PLAIN).ip}:${SERVER_PORT}/`
     return mode === SIDECARS ? `http://127.0.0.1:${FIXED_OUTBOUND_PORT}/` : this.url
   }
 
@@ -240,8 +267,8 @@ export class Bench {
    * its own share of the ephemeral ports instead.
    */
   private async freshPorts(mode: Mode): Promise<void> {
-    for (const p of ['client', 'server']) {
-      const ns = ['netns', 'exec', this.lab.pod(p).netns]
+    for (const netns of this.namespaces()) {
+      const ns = ['netns', 'exec', netns]
       await run('ip', [...ns, 'ss', '-K', '-t', 'state', 'time-wait'], {allowFailure: true})
       const left = (await run('ip', [...ns, 'ss', '-H', '-t', 'state', 'time-wait'])).stdout.trim()
       const size = Math.floor((65000 - 1024 + 1) / ALL_MODES.length)
@@ -263,6 +290,10 @@ export class Bench {
    */
   async verifyMode(mode: Mode): Promise<void> {
     if (mode === 'ebpf' && !this.inst.exists()) throw new MerbridgeError('mode ebpf: merbridge is not enabled on the lab; refusing to report numbers')
+    // outside the mesh in every mode: the unmeshed pod sees the node itself
+    const outside = await this.lab.get(NODE, `http://${this.lab.pod(PLAIN).ip}:${WHOAMI_PORT}/whoami`)
+    const from = outside.body ? (JSON.parse(outside.body) as {remoteAddress?: string}).remoteAddress : undefined
+    if (from !== NODE_IP) throw new MerbridgeError(`mode ${mode}: the node's request to the unmeshed pod came from ${from ?? outside.error ?? 'nowhere'}, not the node; refusing to report numbers`)
     if (mode === SIDECARS) return this.verifySidecarsMode()
     const beforeCounters = mode === 'ebpf' ? await readMaps.counters(this.inst) : undefined
     const r = await this.lab.exec('client', 'wrk', ['-t1', '-c1', '-d1s', '-H', 'Connection: close', this.url])
@@ -304,7 +335,8 @@ export class Bench {
 
   async measure(round: number, mode: Mode, scenario: Scenario, durationSec: number): Promise<Sample> {
     const [cpu0, busy0, t0] = [this.cpuUsageUs(), machineBusyUs(), performance.now()]
-    const r = await this.lab.exec('client', 'wrk', [...SCENARIOS[scenario].args, `-d${durationSec}s`, '--latency', this.urlOf(mode)], {timeoutMs: (durationSec + 30) * 1000})
+    const from = SCENARIOS[scenario].outside ? NODE : 'client'
+    const r = await this.lab.exec(from, 'wrk', [...SCENARIOS[scenario].args, `-d${durationSec}s`, '--latency', this.urlOf(mode, scenario)], {timeoutMs: (durationSec + 30) * 1000})
     const cpu = this.cpuUsageUs() - cpu0
     const wallUs = (performance.now() - t0) * 1000
     const otherUs = Math.max(0, machineBusyUs() - busy0 - cpu)
@@ -357,15 +389,18 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
         .filter(Number.isFinite)
       return values.length ? {median: median(values), low: Math.min(...values), high: Math.max(...values)} : {median: Number.NaN, low: Number.NaN, high: Number.NaN}
     }
-    const perRound = (f: (e: Sample, i: Sample, d: Sample) => number, against: Mode = 'iptables') => overRounds(['ebpf', against, 'direct'], f)
+    // outside the mesh: merbridge enabled against not (direct); else against Istio's rules
+    const outside = SCENARIOS[scenario].outside === true
+    const perRound = (f: (e: Sample, i: Sample, d: Sample) => number, against: Mode = outside ? 'direct' : 'iptables') => overRounds(['ebpf', against, 'direct'], f)
     const added = (m: Sample, i: Sample, d: Sample) => (m.cpuPerRequestUs - d.cpuPerRequestUs) / (i.cpuPerRequestUs - d.cpuPerRequestUs)
     const beyondSidecars = (m: Mode) => overRounds([m, SIDECARS], (x, sc) => x.cpuPerRequestUs - sc.cpuPerRequestUs)
     const ratios: Record<RatioName, Ratio> = {
       requestsPerSec: perRound((e, i) => e.requestsPerSec / i.requestsPerSec),
       p50: perRound((e, i) => e.p50 / i.p50),
       p99: perRound((e, i) => e.p99 / i.p99),
-      // CPU added over direct, ebpf against iptables
-      addedCpu: perRound(added),
+      // CPU added over direct, ebpf against iptables (nothing is added outside the mesh: see cpuPerRequest)
+      addedCpu: outside ? {median: Number.NaN, low: Number.NaN, high: Number.NaN} : perRound(added),
+      cpuPerRequest: perRound((e, i) => e.cpuPerRequestUs / i.cpuPerRequestUs),
       baselineRequestsPerSec: perRound((e, b) => e.requestsPerSec / b.requestsPerSec, BASELINE),
       baselineP50: perRound((e, b) => e.p50 / b.p50, BASELINE),
     }
@@ -377,6 +412,7 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
     return {
       scenario,
       title: SCENARIOS[scenario].title,
+      outside,
       modes,
       quietRounds,
       leftOut: rounds.filter((r) => !quietRounds.includes(r)).map((r) => ({round: r, otherCpuPct: busiest(r)})),

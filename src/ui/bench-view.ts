@@ -23,8 +23,11 @@ const HEAD = ['mode', 'requests/s', 'p50 µs', 'p90 µs', 'p99 µs', 'CPU µs/re
 const ratio = (r: Ratio) => (Number.isFinite(r.median) ? `${x2(r.median)} (${x2(r.low)}-${x2(r.high)})` : '-')
 
 function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
+  const head = `median of ${s.quietRounds.length} quiet round(s) (lowest-highest round): requests/s ${ratio(s.ratios.requestsPerSec)}, p50 ${ratio(s.ratios.p50)}, p99 ${ratio(s.ratios.p99)}`
   const lines = [
-    `ebpf/iptables, median of ${s.quietRounds.length} quiet round(s) (lowest-highest round): requests/s ${ratio(s.ratios.requestsPerSec)}, p50 ${ratio(s.ratios.p50)}, p99 ${ratio(s.ratios.p99)}, CPU added over direct ${ratio(s.ratios.addedCpu)}`,
+    s.outside
+      ? `ebpf/direct (merbridge enabled against not, for traffic it should leave alone), ${head}, CPU per request ${ratio(s.ratios.cpuPerRequest)}`
+      : `ebpf/iptables, ${head}, CPU added over direct ${ratio(s.ratios.addedCpu)}`,
   ]
   if (s.modes.baseline) lines.push(`ebpf/${baselineName}: requests/s ${ratio(s.ratios.baselineRequestsPerSec)}, p50 ${ratio(s.ratios.baselineP50)}`)
   if (s.sidecars) {

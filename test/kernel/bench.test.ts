@@ -31,7 +31,10 @@ describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
         assert.equal(s.reliable, false, 'one round is never reliable')
       }
     }
-    assert.equal(report.samples.length, 2 * 9)
+    assert.equal(report.samples.length, 2 * MODES.length * Object.keys(SCENARIOS).length)
+    // outside the mesh, merbridge enabled is compared with not enabled
+    const outside = report.shapes[0]!.summary.filter((s) => s.outside).map((s) => s.scenario)
+    assert.deepEqual(outside, ['outside-keepalive', 'outside-new-connection'])
     for (const x of report.samples) assert.ok(x.otherCpuPct >= 0 && x.otherCpuPct <= 100, `other CPU ${x.otherCpuPct}`)
     assert.equal((await execa('ip', ['netns', 'list'])).stdout, netns)
     assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])

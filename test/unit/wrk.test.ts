@@ -54,6 +54,16 @@ describe('bench summary', () => {
     assert.equal(k!.reliable, true)
   })
 
+  it('compares traffic outside the mesh with merbridge not enabled (direct), not with iptables', () => {
+    const out = (round: number, mode: Sample['mode'], rps: number, cpu: number): Sample => ({...s(round, mode, rps, cpu), scenario: 'outside-keepalive'})
+    const [o] = summarize([out(1, 'direct', 100, 10), out(1, 'iptables', 50, 40), out(1, 'ebpf', 99, 10.1)], ['outside-keepalive'])
+    assert.equal(o!.outside, true)
+    assert.equal(o!.ratios.requestsPerSec.median, 0.99)
+    assert.ok(Math.abs(o!.ratios.cpuPerRequest.median - 1.01) < 1e-9)
+    assert.ok(Number.isNaN(o!.ratios.addedCpu.median), 'no CPU added over direct to speak of')
+    assert.match(renderBenchSummary(o!), /ebpf\/direct \(merbridge enabled against not/)
+  })
+
   it('leaves out rounds where other processes were busy, and says when too few are left', () => {
     const busy = three.map((x) => (x.round === 1 && x.mode === 'iptables' ? {...x, otherCpuPct: 35} : x.round === 2 ? {...x, otherCpuPct: 12} : x))
     const [k] = summarize(busy, ['keepalive'])
