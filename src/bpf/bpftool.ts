@@ -307,6 +307,18 @@ export class Bpftool {
     return pinned === undefined ? [] : list(pinned, 'prog show').filter((p): p is string => typeof p === 'string')
   }
 
+  /** Every loaded program pinned under a folder, with its run counts (one bpftool process). */
+  async progsPinnedUnder(dir: string): Promise<ProgInfo[]> {
+    const {stdout} = await this.run(['-f', 'prog', 'show', '-j'])
+    const under = (p: unknown) => typeof p === 'string' && p.startsWith(dir.endsWith('/') ? dir : `${dir}/`)
+    return list(parseJson(stdout, 'prog show'), 'prog show')
+      .filter((v) => {
+        const pinned = record(v, 'prog show').pinned
+        return pinned !== undefined && list(pinned, 'prog show').some(under)
+      })
+      .map((v) => parseProgInfo(v))
+  }
+
   /** A pinned map, or undefined when nothing is pinned there. */
   async mapShowPinned(pin: string): Promise<MapInfo | undefined> {
     const stdout = await this.showPinned('map', pin)

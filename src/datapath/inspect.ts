@@ -63,7 +63,8 @@ export interface StatusReport {
 const UNCOUNTABLE_TYPES = new Set(['array', 'percpu_array', 'array_of_maps', 'sk_storage'])
 const NEAR_FULL = 0.9
 
-function statsEnabled(): boolean {
+/** Whether the kernel counts programs' runs and time (kernel.bpf_stats_enabled). */
+export function statsEnabled(): boolean {
   try {
     return readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim() === '1'
   } catch {

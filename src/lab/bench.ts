@@ -11,7 +11,9 @@ import {randomBytes} from 'node:crypto'
 import {disable} from '../datapath/disable.js'
 import {enable} from '../datapath/enable.js'
 import {Installation} from '../datapath/installation.js'
+import {bpftool} from '../bpf/bpftool.js'
 import {readMaps} from '../bpf/maps.js'
+import {statsEnabled} from '../datapath/inspect.js'
 import {MerbridgeError} from '../errors.js'
 import {meshProfile} from '../mesh/profiles.js'
 import {requireTools, run} from '../exec.js'
@@ -71,6 +73,22 @@ export interface Sample extends WrkResult {
   cpuPerRequestUs: number
   /** CPU other processes used while this was measured, as a share of the machine (kernel interrupt work left out) */
   otherCpuPct: number
+  /** with kernel.bpf_stats_enabled=1, in the ebpf and baseline modes: the datapath's programs' runs and time during the run, by program name */
+  programs?: ProgramRuns[]
+}
+
+export interface ProgramRuns {
+  name: string
+  runs: number
+  ns: number
+}
+
+/** A program's cost per request: medians over quiet rounds. */
+export interface ProgramCost {
+  name: string
+  runsPerRequest: number
+  nsPerRun: number
+  usPerRequest: number
 }
 
 /** A round with other CPU use above this share of the machine is left out of the ratios. */
@@ -115,6 +133,8 @@ export interface ScenarioSummary {
    * interception costs). Medians of quiet rounds, with their spread.
    */
   sidecars?: {requestsPerSec: Ratio; addedCpu: Ratio; cpuBeyondUs: {iptables: Ratio; ebpf: Ratio; baseline?: Ratio}}
+  /** with kernel.bpf_stats_enabled=1: each datapath's programs per request */
+  programs?: {ebpf: ProgramCost[]; baseline?: ProgramCost[]}
 }
 
 export interface ShapeReport {
@@ -333,7 +353,15 @@ export class Bench {
     return Number(m?.[1] ?? Number.NaN)
   }
 
+  /** The programs of the datapath a mode runs, with their run counts (kernel.bpf_stats_enabled=1). */
+  private async programRuns(mode: Mode): Promise<ProgramRuns[] | undefined> {
+    const dir = mode === 'ebpf' ? this.inst.dir : mode === BASELINE ? this.baselineDir : undefined
+    if (dir === undefined || !statsEnabled()) return undefined
+    return (await bpftool.progsPinnedUnder(dir)).map((p) => ({name: p.name, runs: p.run_cnt ?? 0, ns: p.run_time_ns ?? 0}))
+  }
+
   async measure(round: number, mode: Mode, scenario: Scenario, durationSec: number): Promise<Sample> {
+    const runs0 = await this.programRuns(mode)
     const [cpu0, busy0, t0] = [this.cpuUsageUs(), machineBusyUs(), performance.now()]
     const from = SCENARIOS[scenario].outside ? NODE : 'client'
     const r = await this.lab.exec(from, 'wrk', [...SCENARIOS[scenario].args, `-d${durationSec}s`, '--latency', this.urlOf(mode, scenario)], {timeoutMs: (durationSec + 30) * 1000})
@@ -341,7 +369,18 @@ export class Bench {
     const wallUs = (performance.now() - t0) * 1000
     const otherUs = Math.max(0, machineBusyUs() - busy0 - cpu)
     const res = parseWrk(r.stdout)
-    return {...res, round, mode, scenario, sidecarThreads: this.sidecarThreads, cpuPerRequestUs: res.requests > 0 ? cpu / res.requests : Number.NaN, otherCpuPct: (100 * otherUs) / (wallUs * cpus().length)}
+    const runs1 = await this.programRuns(mode)
+    const programs = runs0 && runs1 ? programDeltas(runs0, runs1) : undefined
+    return {
+      ...res,
+      round,
+      mode,
+      scenario,
+      sidecarThreads: this.sidecarThreads,
+      cpuPerRequestUs: res.requests > 0 ? cpu / res.requests : Number.NaN,
+      otherCpuPct: (100 * otherUs) / (wallUs * cpus().length),
+      ...(programs ? {programs} : {}),
+    }
   }
 
   async teardown(): Promise<void> {
@@ -365,6 +404,25 @@ export function machineBusyUs(stat = readFileSync('/proc/stat', 'utf8')): number
   return ((user + nice + system) * 1e6) / CLOCK_TICKS
 }
 const CLOCK_TICKS = 100 // USER_HZ on Linux
+
+/** What each program (by name) ran between two readings of the same datapath's programs. */
+export function programDeltas(before: ProgramRuns[], after: ProgramRuns[]): ProgramRuns[] {
+  const sum = (list: ProgramRuns[], name: string, k: 'runs' | 'ns') => list.filter((p) => p.name === name).reduce((a, p) => a + p[k], 0)
+  return [...new Set(after.map((p) => p.name))].sort().map((name) => ({name, runs: sum(after, name, 'runs') - sum(before, name, 'runs'), ns: sum(after, name, 'ns') - sum(before, name, 'ns')}))
+}
+
+/** Each program's runs per request and time per run, medians over the samples given. */
+export function programCosts(samples: Sample[]): ProgramCost[] | undefined {
+  const withRuns = samples.filter((s) => s.programs && s.requests > 0)
+  if (withRuns.length === 0) return undefined
+  const names = [...new Set(withRuns.flatMap((s) => s.programs?.map((p) => p.name) ?? []))].sort()
+  return names.map((name) => {
+    const of = withRuns.map((s) => ({p: s.programs?.find((x) => x.name === name), requests: s.requests}))
+    const runsPerRequest = median(of.map(({p, requests}) => (p?.runs ?? 0) / requests))
+    const nsPerRun = median(of.filter(({p}) => (p?.runs ?? 0) > 0).map(({p}) => (p?.ns ?? 0) / (p?.runs ?? 1)))
+    return {name, runsPerRequest, nsPerRun, usPerRequest: median(of.map(({p, requests}) => (p?.ns ?? 0) / requests / 1000))}
+  })
+}
 
 /** Ratios and quiet rounds per scenario, for the samples of one sidecar shape. */
 export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quietOtherCpuPct?: number} = {}): ScenarioSummary[] {
@@ -419,6 +477,13 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
       reliable: quietRounds.length >= 2,
       ratios,
       ...(sidecars ? {sidecars} : {}),
+      ...programsOf(samples.filter((s) => s.scenario === scenario && quietRounds.includes(s.round))),
     }
   })
+}
+
+function programsOf(samples: Sample[]): Pick<ScenarioSummary, 'programs'> {
+  const ebpf = programCosts(samples.filter((s) => s.mode === 'ebpf'))
+  const baseline = programCosts(samples.filter((s) => s.mode === BASELINE))
+  return ebpf ? {programs: {ebpf, ...(baseline ? {baseline} : {})}} : {}
 }

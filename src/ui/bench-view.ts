@@ -38,6 +38,11 @@ function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
       `${SIDECARS}/iptables, all that removing interception alone gives: requests/s ${ratio(s.sidecars.requestsPerSec)}, CPU added over direct ${ratio(s.sidecars.addedCpu)}`,
     )
   }
+  for (const [mode, costs] of [['ebpf', s.programs?.ebpf], [baselineName, s.programs?.baseline]] as const)
+    if (costs)
+      lines.push(
+        `programs per request in ${mode} (kernel.bpf_stats_enabled=1; runs x ns per run = µs): ${costs.map((p) => `${p.name} ${p.runsPerRequest.toFixed(1)} x ${f0(p.nsPerRun)} = ${p.usPerRequest.toFixed(2)}`).join(', ')}; all ${costs.reduce((a, p) => a + p.usPerRequest, 0).toFixed(1)} µs`,
+      )
   if (s.leftOut.length > 0) lines.push(`left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}%`)
   if (!s.reliable) lines.push(`not reliable: fewer than 2 quiet rounds`)
   return lines

@@ -265,6 +265,10 @@ describe('bpftool wrapper', () => {
     assert.deepEqual(await playing(tree).tool.cgroupTree(), [{cgroup: '/sys/fs/cgroup/unified/x', programs: [{id: 41, attach_type: 'cgroup_inet4_connect', attach_flags: 'multi', name: 'mb_connect4'}]}])
     const counters = '[{"key":["0x00","0x00","0x00","0x00"],"values":[{"cpu":0,"value":["0x02","0x00"]},{"cpu":1,"value":["0x03","0x00"]}]}]'
     assert.equal((await playing(counters).tool.mapDump('/m'))[0]?.values?.length, 2)
+    // -f: every program with where it is pinned; only those under the folder are kept
+    const all = playing('[{"id":41,"type":"sock_ops","name":"mb_sockops","run_time_ns":9000,"run_cnt":30,"pinned":["/sys/fs/bpf/x/progs/mb_sockops"]},{"id":42,"type":"sock_ops","name":"other","pinned":["/sys/fs/bpf/xy/p"]},{"id":43,"type":"xdp","name":"loose"}]')
+    assert.deepEqual(await all.tool.progsPinnedUnder('/sys/fs/bpf/x'), [{id: 41, type: 'sock_ops', name: 'mb_sockops', loaded_at: undefined, run_cnt: 30, run_time_ns: 9000, map_ids: undefined}])
+    assert.deepEqual(all.calls, [['-f', 'prog', 'show', '-j']])
   })
 
   it('says a missing pin is missing, and fails on any other error', async () => {

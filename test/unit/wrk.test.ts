@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
-import {machineBusyUs, summarize, type Sample} from '../../src/lab/bench.js'
+import {machineBusyUs, programDeltas, summarize, type Sample} from '../../src/lab/bench.js'
 import {median, parseWrk} from '../../src/lab/wrk.js'
 import {renderBenchSummary} from '../../src/ui/bench-view.js'
 
@@ -62,6 +62,17 @@ describe('bench summary', () => {
     assert.ok(Math.abs(o!.ratios.cpuPerRequest.median - 1.01) < 1e-9)
     assert.ok(Number.isNaN(o!.ratios.addedCpu.median), 'no CPU added over direct to speak of')
     assert.match(renderBenchSummary(o!), /ebpf\/direct \(merbridge enabled against not/)
+  })
+
+  it("counts each datapath's programs per request when the kernel counts their runs", () => {
+    const before = [{name: 'mb_sockops', runs: 100, ns: 10_000}, {name: 'mb_connect4', runs: 5, ns: 5000}]
+    const after = [{name: 'mb_sockops', runs: 1100, ns: 260_000}, {name: 'mb_connect4', runs: 35, ns: 41_000}]
+    assert.deepEqual(programDeltas(before, after), [{name: 'mb_connect4', runs: 30, ns: 36_000}, {name: 'mb_sockops', runs: 1000, ns: 250_000}])
+    const withRuns = three.map((x) => (x.mode === 'ebpf' ? {...x, requests: 10, programs: programDeltas(before, after)} : x))
+    const [k] = summarize(withRuns, ['keepalive'])
+    assert.deepEqual(k!.programs?.ebpf, [{name: 'mb_connect4', runsPerRequest: 3, nsPerRun: 1200, usPerRequest: 3.6}, {name: 'mb_sockops', runsPerRequest: 100, nsPerRun: 250, usPerRequest: 25}])
+    assert.match(renderBenchSummary(k!), /programs per request in ebpf .*mb_sockops 100\.0 x 250 = 25\.00; all 28\.6 µs/)
+    assert.equal(summarize(three, ['keepalive'])[0]!.programs, undefined, 'none without the counts')
   })
 
   it('leaves out rounds where other processes were busy, and says when too few are left', () => {
