@@ -3,9 +3,12 @@
 import {spawnSync} from 'node:child_process'
 import {readdirSync} from 'node:fs'
 
-const files = ['test/unit', 'test/kernel'].flatMap((dir) =>
+// the datapath's decisions packet by packet (BPF_PROG_RUN, under a second) run first
+const FIRST = ['test/kernel/tc-decisions.test.ts']
+const listed = ['test/unit', 'test/kernel'].flatMap((dir) =>
   readdirSync(dir).filter((f) => f.endsWith('.test.ts')).sort().map((f) => `${dir}/${f}`),
 )
+const files = [...FIRST, ...listed.filter((f) => !FIRST.includes(f))]
 const only = process.argv.slice(2)
 const selected = only.length > 0 ? files.filter((f) => only.some((o) => f.includes(o))) : files
 // with no file named, node --test would run every script it can find, helpers included
