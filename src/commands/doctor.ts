@@ -1,5 +1,5 @@
 import {Flags} from '@oclif/core'
-import {runPreflight, type PreflightResult} from '../datapath/preflight.js'
+import {runPreflight, type PreflightResult} from '../datapath/doctor.js'
 import {BaseCommand} from '../ui/base-command.js'
 import {bpffsFlag} from '../ui/flags.js'
 import {checksVerdict, renderChecks} from '../ui/checks.js'

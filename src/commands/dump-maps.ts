@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import {isIP} from 'node:net'
-import {DUMPABLE, dumpMaps, type MapDump} from '../datapath/dump.js'
+import {DUMPABLE, dumpMaps, type MapDump} from '../datapath/dump-maps.js'
 import {Installation} from '../datapath/installation.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'

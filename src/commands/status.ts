@@ -1,4 +1,4 @@
-import {inspect, type StatusReport} from '../datapath/inspect.js'
+import {inspect, type StatusReport} from '../datapath/status.js'
 import {Installation} from '../datapath/installation.js'
 import {requirePrivileges} from '../node/caps.js'
 import {BaseCommand} from '../ui/base-command.js'

@@ -12,7 +12,7 @@ import {hostProc} from '../paths.js'
 import {type PodJson, selectMeshedPods} from '../kube/pods.js'
 import type {MeshProfile} from '../mesh/profiles.js'
 import type {CniPod} from './installation.js'
-import {type AppliedPods, podKey, withAddresses} from './pods-sync.js'
+import {type AppliedPods, podKey, withAddresses} from './sync.js'
 
 export interface CniRequest {
   command: 'ADD' | 'DEL' | 'CHECK'

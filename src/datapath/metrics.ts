@@ -8,9 +8,9 @@ import {createServer, type IncomingMessage, type Server, type ServerResponse} fr
 import {Counter, Gauge, Histogram, Registry} from 'prom-client'
 import {COUNTERS} from '../bpf/layout.js'
 import {describeError, MerbridgeError} from '../errors.js'
-import {inspect, type StatusReport} from './inspect.js'
+import {inspect, type StatusReport} from './status.js'
 import type {Installation} from './installation.js'
-import {parseListenAddress} from './listen-address.js'
+import {parseListenAddress} from '../listen-address.js'
 import type {SyncReport} from './watch-loop.js'
 import {duration, secondsSince} from '../text.js'
 

@@ -5,9 +5,9 @@
  */
 import {randomBytes} from 'node:crypto'
 import {disable} from '../datapath/disable.js'
-import {dumpMaps, type MapDump} from '../datapath/dump.js'
+import {dumpMaps, type MapDump} from '../datapath/dump-maps.js'
 import {enable} from '../datapath/enable.js'
-import {inspect, type StatusReport} from '../datapath/inspect.js'
+import {inspect, type StatusReport} from '../datapath/status.js'
 import {Installation} from '../datapath/installation.js'
 import {MerbridgeError} from '../errors.js'
 import {meshProfile} from '../mesh/profiles.js'

@@ -1,4 +1,4 @@
-import type {Check} from '../datapath/preflight.js'
+import type {Check} from '../datapath/doctor.js'
 import {c, mark} from './theme.js'
 
 /** The checks, then the optional kernel features apart (what each buys, or what going without costs). */

@@ -1,4 +1,4 @@
-import type {Endpoint, MapDump} from '../datapath/dump.js'
+import type {Endpoint, MapDump} from '../datapath/dump-maps.js'
 import {renderTable} from './table.js'
 import {c} from './theme.js'
 

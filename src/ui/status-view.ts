@@ -1,5 +1,5 @@
 import {COUNTERS, type CounterName} from '../bpf/layout.js'
-import type {StatusReport} from '../datapath/inspect.js'
+import type {StatusReport} from '../datapath/status.js'
 import {renderTable} from './table.js'
 import {c, mark} from './theme.js'
 import {duration, secondsSince} from '../text.js'

@@ -13,7 +13,7 @@ import {execa, type ResultPromise} from 'execa'
 import {readMaps} from '../../src/bpf/maps.js'
 import {APP_PORT, Lab, NODE} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import type {StatusReport} from '../../src/datapath/inspect.js'
+import type {StatusReport} from '../../src/datapath/status.js'
 import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
 import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout, requestsPassBothSidecars} from '../helpers.js'
 

@@ -18,7 +18,7 @@ import {loadAll} from 'js-yaml'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import type {StatusReport} from '../../src/datapath/inspect.js'
+import type {StatusReport} from '../../src/datapath/status.js'
 import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
 import {eventually, kernelSkipReason, parseJson, ROOT, suiteTimeout, uniqueInstall, requestsPassBothSidecars} from '../helpers.js'
 

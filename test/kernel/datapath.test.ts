@@ -19,8 +19,8 @@ import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {EnableResult} from '../../src/commands/enable.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
-import type {MapDump} from '../../src/datapath/dump.js'
-import type {StatusReport} from '../../src/datapath/inspect.js'
+import type {MapDump} from '../../src/datapath/dump-maps.js'
+import type {StatusReport} from '../../src/datapath/status.js'
 import {assertAllThroughSidecars, BIN, cli, eventually, kernelSkipReason, parseJson, requestsDuring, ROOT, rowsOf, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])

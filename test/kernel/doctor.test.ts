@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
 import {release} from 'node:os'
 import {findCgroup2, readMounts} from '../../src/node/mounts.js'
-import type {PreflightResult} from '../../src/datapath/preflight.js'
+import type {PreflightResult} from '../../src/datapath/doctor.js'
 import {buildSkipReason, cli, kernelSkipReason, parseJson} from '../helpers.js'
 
 const skip = kernelSkipReason()

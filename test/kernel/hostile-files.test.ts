@@ -8,7 +8,7 @@ import {after, before, describe, it} from 'node:test'
 import {execa, type ResultPromise} from 'execa'
 import {Lab, REMOTE_IP} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import type {MapDump} from '../../src/datapath/dump.js'
+import type {MapDump} from '../../src/datapath/dump-maps.js'
 import {BIN, kernelSkipReason, parseJson, suiteTimeout, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'unshare', 'mkfifo'])

@@ -10,7 +10,7 @@ import {readMaps} from '../../src/bpf/maps.js'
 import {APP_PORT, Lab, NODE, NODE_IP, REMOTE} from '../../src/lab/lab.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import type {PreflightResult} from '../../src/datapath/preflight.js'
+import type {PreflightResult} from '../../src/datapath/doctor.js'
 import {cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'], [SYSTEM_PYTHON])

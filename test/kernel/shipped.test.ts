@@ -8,7 +8,7 @@ import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import type {StatusReport} from '../../src/datapath/inspect.js'
+import type {StatusReport} from '../../src/datapath/status.js'
 import {kernelSkipReason, parseJson, ROOT, suiteTimeout, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'])

@@ -10,7 +10,7 @@ import {execa, execaSync} from 'execa'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {EnableResult} from '../../src/commands/enable.js'
-import type {StatusReport} from '../../src/datapath/inspect.js'
+import type {StatusReport} from '../../src/datapath/status.js'
 import {assertAllThroughSidecars, cli, kernelSkipReason, parseJson, requestsDuring, ROOT, skipOrFail, suiteTimeout, uniqueInstall} from '../helpers.js'
 
 /** The version of 2026-11-26: its maps lack several of today's (inbound_nat, pod_other_ips, ...). */

@@ -44,7 +44,7 @@ import {
   SETTINGS_INBOUND_REWRITE,
   POD_GROUPS_ONLY,
 } from '../../src/bpf/layout.js'
-import {checkFeatures, checkForeignPrograms, checkInbound} from '../../src/datapath/preflight.js'
+import {checkFeatures, checkForeignPrograms, checkInbound} from '../../src/datapath/doctor.js'
 import {ROOT} from '../helpers.js'
 
 const probe = JSON.parse(readFileSync(join(ROOT, 'test', 'fixtures', 'bpftool-probe-6.18.json'), 'utf8')) as Required<FeatureProbe>

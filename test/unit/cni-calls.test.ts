@@ -6,7 +6,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, afterEach, describe, it} from 'node:test'
 import {type CniAgent, type CniRequest, handleCni} from '../../src/datapath/cni.js'
-import type {AppliedPods} from '../../src/datapath/pods-sync.js'
+import type {AppliedPods} from '../../src/datapath/sync.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import {makePod} from '../support/fake-apiserver.js'
 

@@ -4,7 +4,7 @@ import {missingCaps, parseCapEff} from '../../src/node/caps.js'
 import {kernelAtLeast, parseKernelRelease} from '../../src/node/kernel.js'
 import {findCgroup2, isBpffs, mountOf, parseMounts} from '../../src/node/mounts.js'
 import {parseFibTrieLocal} from '../../src/node/netns.js'
-import {checkBpffs, checkBtf, checkCgroup, checkKernel, checkPrivileges, checkProbes} from '../../src/datapath/preflight.js'
+import {checkBpffs, checkBtf, checkCgroup, checkKernel, checkPrivileges, checkProbes} from '../../src/datapath/doctor.js'
 
 const HYBRID = `tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
 cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0

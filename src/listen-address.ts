@@ -1,7 +1,7 @@
 // Kept apart from metrics.ts: commands check --metrics-addr before anything starts, and loading
 // prom-client (about 200 ms) belongs only to a watch that serves metrics.
 import {isIP} from 'node:net'
-import {MerbridgeError} from '../errors.js'
+import {MerbridgeError} from './errors.js'
 
 /** HOST:PORT, [v6]:PORT or :PORT (all addresses), checked before anything starts. */
 export function parseListenAddress(value: string): {host?: string; port: number} {
