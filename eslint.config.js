@@ -15,7 +15,14 @@ export default tseslint.config(
       // `(x) => void use(x)` and `() => list.push(x)` callbacks are an idiom here, not a confusion
       '@typescript-eslint/no-confusing-void-expression': ['error', {ignoreArrowShorthand: true}],
       // node:test's describe/it return promises the runner itself awaits
-      '@typescript-eslint/no-floating-promises': ['error', {allowForKnownSafeCalls: [{from: 'package', package: 'node:test', name: ['describe', 'it', 'test', 'before', 'after', 'beforeEach', 'afterEach']}]}],
+      '@typescript-eslint/no-floating-promises': [
+        'error',
+        {
+          allowForKnownSafeCalls: [
+            {from: 'package', package: 'node:test', name: ['describe', 'it', 'test', 'before', 'after', 'beforeEach', 'afterEach']},
+          ],
+        },
+      ],
     },
   },
   {

@@ -56,7 +56,8 @@ try {
   console.log('list + apply (API list, pod selection, netns scan, one bpftool batch), median of 5 (ms):')
   let added = 0
   for (const n of [110, 1000]) {
-    for (; added < n; added++) api.add(makePod(`pod-${added}`, ip(added), node, true, {'traffic.sidecar.istio.io/excludeOutboundPorts': '22'}))
+    for (; added < n; added++)
+      api.add(makePod(`pod-${added}`, ip(added), node, true, {'traffic.sidecar.istio.io/excludeOutboundPorts': '22'}))
     const times: number[] = []
     for (let i = 0; i < 5; i++) {
       const s = performance.now()
@@ -69,7 +70,18 @@ try {
 
   // watch: event sent by the server -> maps updated, as the watch loop logs it
   await inst.keepHelpers(objects)
-  await inst.writeState({version: 1, bpffs: inst.dir, cgroup: '-', mesh: 'istio', node, objectHash: objects.hash, enabledAt: new Date().toISOString(), mountedBpffs: false, hostNetns: '0', pods: {source: '', syncedAt: '', meshed: [], unregistered: [], skipped: [], warnings: []}})
+  await inst.writeState({
+    version: 1,
+    bpffs: inst.dir,
+    cgroup: '-',
+    mesh: 'istio',
+    node,
+    objectHash: objects.hash,
+    enabledAt: new Date().toISOString(),
+    mountedBpffs: false,
+    hostNetns: '0',
+    pods: {source: '', syncedAt: '', meshed: [], unregistered: [], skipped: [], warnings: []},
+  })
   const controller = new AbortController()
   const sent = new Map<string, number>()
   const latencies: number[] = []
@@ -99,34 +111,56 @@ try {
   await watching
   latencies.sort((a, b) => a - b)
   const p = (q: number) => (latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN).toFixed(0)
-  console.log(`watch event -> maps updated with ${added} pods on the node, 50 events: p50 ${p(0.5)} ms, p99 ${p(0.99)} ms (target p99 <= 200)`)
+  console.log(
+    `watch event -> maps updated with ${added} pods on the node, 50 events: p50 ${p(0.5)} ms, p99 ${p(0.99)} ms (target p99 <= 200)`,
+  )
 
   // inspection: dump-maps of a full pair_original_dst against bpftool's own dump; status on a lab
   const cli = (args: string[]) => {
     const t = performance.now()
-    const r = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, 'bin/run.js', ...args, '--bpffs', inst.dir], {encoding: 'utf8', env: {...process.env, MERBRIDGE_RUN_DIR: runDir}, maxBuffer: 1 << 30})
+    const r = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, 'bin/run.js', ...args, '--bpffs', inst.dir], {
+      encoding: 'utf8',
+      env: {...process.env, MERBRIDGE_RUN_DIR: runDir},
+      maxBuffer: 1 << 30,
+    })
     const ms = performance.now() - t
     if (r.status !== 0 && !args.includes('status')) throw new Error(`${args.join(' ')}: ${r.stderr}`)
     return {ms, rssMb: Number(r.stderr.trim().split('\n').at(-1)) / 1024, bytes: r.stdout.length}
   }
   const lines: string[] = []
   for (let i = 0; i < 65_535; i++) {
-    const pair = {netns: 0n, localIp: ip(i % 1000), localPort: 10_000 + (i % 50_000), remoteIp: ip(1000 + Math.floor(i / 1000)), remotePort: 15006}
-    lines.push(bpftool.mapUpdateLine(inst.map('pair_original_dst'), encodePair(pair), encodeOrigin({ip: ip(i % 1000), port: 8080, flags: 2, pid: 1})))
+    const pair = {
+      netns: 0n,
+      localIp: ip(i % 1000),
+      localPort: 10_000 + (i % 50_000),
+      remoteIp: ip(1000 + Math.floor(i / 1000)),
+      remotePort: 15006,
+    }
+    lines.push(
+      bpftool.mapUpdateLine(
+        inst.map('pair_original_dst'),
+        encodePair(pair),
+        encodeOrigin({ip: ip(i % 1000), port: 8080, flags: 2, pid: 1}),
+      ),
+    )
   }
   await bpftool.batch(lines)
-  const bpftoolDump = median(Array.from({length: 3}, () => {
-    const t = performance.now()
-    const r = spawnSync('bpftool', ['map', 'dump', 'pinned', inst.map('pair_original_dst'), '-j'], {maxBuffer: 1 << 30})
-    if (r.status !== 0) throw new Error(`bpftool map dump: ${String(r.stderr)}`)
-    return performance.now() - t
-  }))
+  const bpftoolDump = median(
+    Array.from({length: 3}, () => {
+      const t = performance.now()
+      const r = spawnSync('bpftool', ['map', 'dump', 'pinned', inst.map('pair_original_dst'), '-j'], {maxBuffer: 1 << 30})
+      if (r.status !== 0) throw new Error(`bpftool map dump: ${String(r.stderr)}`)
+      return performance.now() - t
+    }),
+  )
   console.log(`bpftool map dump -j of pair_original_dst with 65,535 entries, median of 3: ${bpftoolDump.toFixed(0)} ms`)
   for (const mode of [['--json'], []]) {
     const runs = Array.from({length: 3}, () => cli(['dump-maps', 'pair_original_dst', ...mode]))
     const ms = median(runs.map((r) => r.ms))
     const rss = Math.max(...runs.map((r) => r.rssMb))
-    console.log(`dump-maps pair_original_dst ${mode.join(' ') || '(tables)'}, median of 3: ${ms.toFixed(0)} ms = x${(ms / bpftoolDump).toFixed(2)} bpftool's dump (target <= x2), peak RSS ${rss.toFixed(0)} MB, ${((runs[0]?.bytes ?? 0) / 1e6).toFixed(1)} MB printed`)
+    console.log(
+      `dump-maps pair_original_dst ${mode.join(' ') || '(tables)'}, median of 3: ${ms.toFixed(0)} ms = x${(ms / bpftoolDump).toFixed(2)} bpftool's dump (target <= x2), peak RSS ${rss.toFixed(0)} MB, ${((runs[0]?.bytes ?? 0) / 1e6).toFixed(1)} MB printed`,
+    )
   }
   await statusWithConnections()
 } finally {
@@ -154,26 +188,49 @@ async function statusWithConnections(): Promise<void> {
     for (let i = 0; i < 999; i++) list.items.push(makePod(`idle-${i}`, `10.201.${Math.floor(i / 250)}.${(i % 250) + 2}`, hostname()))
     const podsFile = join(runDir, 'status-pods.json')
     writeFileSync(podsFile, JSON.stringify(list))
-    const e = spawnSync(process.execPath, ['bin/run.js', 'enable', '--cgroup', lab.cgroup, '--bpffs', bpffs, '--pods-file', podsFile], {encoding: 'utf8', env})
+    const e = spawnSync(process.execPath, ['bin/run.js', 'enable', '--cgroup', lab.cgroup, '--bpffs', bpffs, '--pods-file', podsFile], {
+      encoding: 'utf8',
+      env,
+    })
     if (e.status !== 0) throw new Error(`enable: ${e.stderr}`)
     // several processes: a process may hold fewer descriptors than the sockets asked for
-    const holders = Array.from({length: 4}, (_, i) => lab.spawn('a', `connection holder ${i}`, 'setpriv', ['--reuid', String(mesh.sidecarUid), '--regid', String(mesh.sidecarGid), '--clear-groups', '/usr/bin/python3', '-c', HOLDER, String(CONNECTIONS / 4)]))
+    const holders = Array.from({length: 4}, (_, i) =>
+      lab.spawn('a', `connection holder ${i}`, 'setpriv', [
+        '--reuid',
+        String(mesh.sidecarUid),
+        '--regid',
+        String(mesh.sidecarGid),
+        '--clear-groups',
+        '/usr/bin/python3',
+        '-c',
+        HOLDER,
+        String(CONNECTIONS / 4),
+      ]),
+    )
     for (const h of holders) await h.waitFor(/^holding \d+/m, 'the connections held', 120_000)
     const status = () => {
       const t = performance.now()
-      const r = spawnSync(process.execPath, ['bin/run.js', 'status', '--json', '--bpffs', bpffs], {encoding: 'utf8', env, maxBuffer: 1 << 30})
+      const r = spawnSync(process.execPath, ['bin/run.js', 'status', '--json', '--bpffs', bpffs], {
+        encoding: 'utf8',
+        env,
+        maxBuffer: 1 << 30,
+      })
       return {ms: performance.now() - t, report: JSON.parse(r.stdout) as {verdict: string; maps: {name: string; entries?: number}[]}}
     }
     const first = status()
     const entries = (name: string) => first.report.maps.find((m) => m.name === name)?.entries
     const times = Array.from({length: 7}, () => status().ms)
     const version = spawnSync(process.execPath, ['bin/run.js', '--version'], {encoding: 'utf8'})
-    const startup = median(Array.from({length: 5}, () => {
-      const t = performance.now()
-      spawnSync(process.execPath, ['bin/run.js', '--version'], {encoding: 'utf8'})
-      return performance.now() - t
-    }))
-    console.log(`status --json with ${entries('local_pod_ips')} pods registered and ${entries('sock_pair_map')} sockets in sock_pair_map (verdict ${first.report.verdict}), median of 7: ${median(times).toFixed(0)} ms (target <= 300); \`merbridge --version\` (${version.stdout.trim()}) alone: ${startup.toFixed(0)} ms`)
+    const startup = median(
+      Array.from({length: 5}, () => {
+        const t = performance.now()
+        spawnSync(process.execPath, ['bin/run.js', '--version'], {encoding: 'utf8'})
+        return performance.now() - t
+      }),
+    )
+    console.log(
+      `status --json with ${entries('local_pod_ips')} pods registered and ${entries('sock_pair_map')} sockets in sock_pair_map (verdict ${first.report.verdict}), median of 7: ${median(times).toFixed(0)} ms (target <= 300); \`merbridge --version\` (${version.stdout.trim()}) alone: ${startup.toFixed(0)} ms`,
+    )
     for (const h of holders) await h.stop()
   } finally {
     spawnSync(process.execPath, ['bin/run.js', 'disable', '--bpffs', bpffs], {env})

@@ -25,8 +25,14 @@ function bareCli() {
   mkdirSync(join(dir, 'commands'))
   mkdirSync(join(dir, 'bin'))
   symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'))
-  writeFileSync(join(dir, 'package.json'), JSON.stringify({name: 'bare', version: '1.0.0', type: 'module', oclif: {bin: 'bare', commands: './commands'}}))
-  writeFileSync(join(dir, 'commands', 'hello.js'), "import {Command} from '@oclif/core'\nexport default class Hello extends Command { async run() { this.log('hi') } }\n")
+  writeFileSync(
+    join(dir, 'package.json'),
+    JSON.stringify({name: 'bare', version: '1.0.0', type: 'module', oclif: {bin: 'bare', commands: './commands'}}),
+  )
+  writeFileSync(
+    join(dir, 'commands', 'hello.js'),
+    "import {Command} from '@oclif/core'\nexport default class Hello extends Command { async run() { this.log('hi') } }\n",
+  )
   writeFileSync(join(dir, 'bin', 'run.js'), "import {execute} from '@oclif/core'\nawait execute({dir: import.meta.url})\n")
   spawnSync(process.execPath, [join(root, 'node_modules', 'oclif', 'bin', 'run.js'), 'manifest'], {cwd: dir})
   return dir
@@ -42,7 +48,8 @@ try {
   ]
   console.log(`start-up wall times, ${runs} runs each (ms)`)
   console.log('command'.padEnd(28) + 'median'.padStart(9) + 'min'.padStart(9) + 'max'.padStart(9))
-  for (const [name, t] of rows) console.log(name.padEnd(28) + t.median.toFixed(1).padStart(9) + t.min.toFixed(1).padStart(9) + t.max.toFixed(1).padStart(9))
+  for (const [name, t] of rows)
+    console.log(name.padEnd(28) + t.median.toFixed(1).padStart(9) + t.min.toFixed(1).padStart(9) + t.max.toFixed(1).padStart(9))
   const over = rows[1][1].median - rows[0][1].median
   console.log(`merbridge --version over a bare oclif CLI: ${over.toFixed(1)} ms (target: within 50 ms)`)
 } finally {

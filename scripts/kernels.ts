@@ -17,7 +17,13 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
  * the layouts against the kernel's own dump; and the quick part of the equivalence matrix (IPv4
  * and IPv6, inbound from outside the cgroup).
  */
-const SELECTION = ['test/kernel/datapath.test.ts', 'test/kernel/fallbacks.test.ts', 'test/kernel/layout.test.ts', 'test/kernel/ordering.test.ts', 'test/kernel/equivalence.test.ts']
+const SELECTION = [
+  'test/kernel/datapath.test.ts',
+  'test/kernel/fallbacks.test.ts',
+  'test/kernel/layout.test.ts',
+  'test/kernel/ordering.test.ts',
+  'test/kernel/equivalence.test.ts',
+]
 /** A whole run inside the VM, boot included: it runs several times slower than the host. */
 const VM_DEADLINE_MS = 60 * 60_000
 const MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'overlay']
@@ -34,7 +40,10 @@ interface Row {
 
 function sh(cmd: string, args: string[], opts: {cwd?: string; input?: string} = {}): string {
   const r = spawnSync(cmd, args, {cwd: opts.cwd, input: opts.input, encoding: 'utf8', maxBuffer: 64 * 2 ** 20})
-  if (r.status !== 0) throw new Error(`${cmd} ${args.slice(0, 3).join(' ')} failed (${r.status ?? r.signal}): ${(r.stderr || r.stdout || '').trim().split('\n').slice(-3).join(' | ')}`)
+  if (r.status !== 0)
+    throw new Error(
+      `${cmd} ${args.slice(0, 3).join(' ')} failed (${r.status ?? r.signal}): ${(r.stderr || r.stdout || '').trim().split('\n').slice(-3).join(' | ')}`,
+    )
   return r.stdout
 }
 
@@ -67,7 +76,11 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const)
   })
 
 /** A child's exit code and everything it printed, shown as it comes when `show`. */
-function collect(command: string, args: string[], opts: {env?: NodeJS.ProcessEnv; deadlineMs?: number; show: boolean}): Promise<{code: number | null; output: string}> {
+function collect(
+  command: string,
+  args: string[],
+  opts: {env?: NodeJS.ProcessEnv; deadlineMs?: number; show: boolean},
+): Promise<{code: number | null; output: string}> {
   return new Promise((done) => {
     const chunks: string[] = []
     const child = spawn(command, args, {cwd: ROOT, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe']})
@@ -186,7 +199,13 @@ async function runVm(tests: string[], showConsole: boolean, exec?: string): Prom
   }
 }
 
-async function bootAndTest(kernel: {release: string; vmlinuz: string; modules: string}, work: string, tests: string[], showConsole: boolean, exec?: string): Promise<Row> {
+async function bootAndTest(
+  kernel: {release: string; vmlinuz: string; modules: string},
+  work: string,
+  tests: string[],
+  showConsole: boolean,
+  exec?: string,
+): Promise<Row> {
   const outDir = join(work, 'out')
   mkdirSync(outDir)
   // --exec: a script of the developer's runs instead of the tests (its output is the test log)
@@ -218,7 +237,10 @@ async function bootAndTest(kernel: {release: string; vmlinuz: string; modules: s
   const log = existsSync(join(outDir, 'test.log')) ? readFileSync(join(outDir, 'test.log'), 'utf8') : ''
   const rc = existsSync(join(outDir, 'rc')) ? Number(readFileSync(join(outDir, 'rc'), 'utf8').trim()) : null
   console.log(log)
-  if (rc !== 0) console.log(`${failures(log)}\nkernels: the VM's console, last lines (qemu exit ${vm.code}):\n${vm.output.split('\n').slice(-40).join('\n')}`)
+  if (rc !== 0)
+    console.log(
+      `${failures(log)}\nkernels: the VM's console, last lines (qemu exit ${vm.code}):\n${vm.output.split('\n').slice(-40).join('\n')}`,
+    )
   return row(kernel.release, `vm, ${minutes} min`, log, rc, rc === null ? 'the VM ended before its tests did' : undefined)
 }
 
@@ -236,7 +258,10 @@ async function main(): Promise<void> {
   if (only !== 'vm') rows.push(await runHost(tests))
   if (only !== 'host') rows.push(await runVm(tests, argv.includes('--console'), flag('--exec')))
   console.log('')
-  for (const r of rows) console.log(`kernel ${r.kernel} (${r.where}): ${r.passed} passed, ${r.failed} failed, ${r.skipped} skipped${r.note ? ` (${r.note})` : ''}`)
+  for (const r of rows)
+    console.log(
+      `kernel ${r.kernel} (${r.where}): ${r.passed} passed, ${r.failed} failed, ${r.skipped} skipped${r.note ? ` (${r.note})` : ''}`,
+    )
   const total = (k: 'passed' | 'failed' | 'skipped') => rows.reduce((n, r) => n + r[k], 0)
   console.log(`kernels: ${total('passed')} passed, ${total('failed')} failed, ${total('skipped')} skipped`)
   process.exitCode = rows.every((r) => r.ok) ? 0 : 1

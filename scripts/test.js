@@ -6,7 +6,10 @@ import {readdirSync} from 'node:fs'
 // the datapath's decisions packet by packet (BPF_PROG_RUN, under a second) run first
 const FIRST = ['test/kernel/tc-decisions.test.ts']
 const listed = ['test/unit', 'test/kernel'].flatMap((dir) =>
-  readdirSync(dir).filter((f) => f.endsWith('.test.ts')).sort().map((f) => `${dir}/${f}`),
+  readdirSync(dir)
+    .filter((f) => f.endsWith('.test.ts'))
+    .sort()
+    .map((f) => `${dir}/${f}`),
 )
 const files = [...FIRST, ...listed.filter((f) => !FIRST.includes(f))]
 const only = process.argv.slice(2)
@@ -16,5 +19,7 @@ if (selected.length === 0) {
   console.error(`no test file matches ${only.join(', ')}: give part of a path under test/unit or test/kernel`)
   process.exit(2)
 }
-const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-concurrency=1', ...selected], {stdio: 'inherit'})
+const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-concurrency=1', ...selected], {
+  stdio: 'inherit',
+})
 process.exit(r.status ?? 1)

@@ -36,6 +36,10 @@ export function describeError(err: unknown): {message: string; suggestion?: stri
 
 /** A value an earlier step must have produced: a bug in merbridge, said plainly, if it did not. */
 export function required<T>(value: T | undefined, what: string): T {
-  if (value === undefined) throw new MerbridgeError(`internal error: ${what} is missing`, {code: 'INTERNAL', suggestion: 'please report this with the command you ran'})
+  if (value === undefined)
+    throw new MerbridgeError(`internal error: ${what} is missing`, {
+      code: 'INTERNAL',
+      suggestion: 'please report this with the command you ran',
+    })
   return value
 }

@@ -77,7 +77,11 @@ export async function run(
     const cause = result instanceof ExecaError ? result : undefined
     if ((cause?.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || String(result.message).includes('ENOENT'))
       throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
-    throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message), stderr)
+    throw new ToolFailedError(
+      `${tool} ${args.slice(0, 3).join(' ')}`,
+      result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message),
+      stderr,
+    )
   }
   const exitCode = result.exitCode ?? 1
   if (exitCode !== 0 && !opts.allowFailure) {
@@ -88,7 +92,10 @@ export async function run(
 }
 
 function lastLine(text: string): string {
-  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean)
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
   return lines.at(-1) ?? ''
 }
 
@@ -102,8 +109,18 @@ function permissionHint(stderr: string): string | undefined {
  * Like run(), for output too large to hold: stdout is handed over chunk by chunk as it arrives.
  * Throws as run() does on a missing tool or a non-zero exit.
  */
-export async function runStreaming(tool: string, args: readonly string[], onStdout: (chunk: string) => void, opts: {timeoutMs?: number} = {}): Promise<void> {
-  const child = execa(...spawnArgs(tool, args), {timeout: opts.timeoutMs ?? 120_000, reject: false, buffer: {stdout: false, stderr: true}, stdin: 'ignore'})
+export async function runStreaming(
+  tool: string,
+  args: readonly string[],
+  onStdout: (chunk: string) => void,
+  opts: {timeoutMs?: number} = {},
+): Promise<void> {
+  const child = execa(...spawnArgs(tool, args), {
+    timeout: opts.timeoutMs ?? 120_000,
+    reject: false,
+    buffer: {stdout: false, stderr: true},
+    stdin: 'ignore',
+  })
   child.stdout.setEncoding('utf8')
   // a throw in a 'data' handler would escape every caller as an uncaught exception: keep it for
   // after the exit, which says more when the tool failed (its output then is its error)
@@ -128,7 +145,11 @@ export async function runStreaming(tool: string, args: readonly string[], onStdo
   if (failure !== undefined && fromJson === undefined && (result.exitCode === undefined || result.exitCode === 0)) throw failure
   if (result.failed && result.exitCode === undefined && fromJson === undefined) {
     if (String(result.message).includes('ENOENT')) throw new ToolNotFoundError(tool, INSTALL_HINTS[tool] ?? `install ${tool}`)
-    throw new ToolFailedError(`${tool} ${args.slice(0, 3).join(' ')}`, result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message), stderr)
+    throw new ToolFailedError(
+      `${tool} ${args.slice(0, 3).join(' ')}`,
+      result.timedOut ? 'timed out' : String(result.shortMessage ?? result.message),
+      stderr,
+    )
   }
   if (result.exitCode !== 0 || fromJson !== undefined) {
     const said = lastLine(stderr) || (fromJson ?? `exit code ${result.exitCode}`)

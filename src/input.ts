@@ -33,11 +33,19 @@ export function refuseNonFolder(name: string, path: string | undefined): void {
     return // made when first needed
   }
   if (stat.isDirectory()) return
-  throw new MerbridgeError(`${name} names ${path}, which is ${fileKind(stat) ?? 'a regular file'}, not a folder`, {code: 'USAGE', exitCode: 2, suggestion: `point ${name} at a folder, or unset it for its default`})
+  throw new MerbridgeError(`${name} names ${path}, which is ${fileKind(stat) ?? 'a regular file'}, not a folder`, {
+    code: 'USAGE',
+    exitCode: 2,
+    suggestion: `point ${name} at a folder, or unset it for its default`,
+  })
 }
 
 function tooLarge(what: string, maxBytes: number): MerbridgeError {
-  return new MerbridgeError(`${what} is larger than ${Math.round(maxBytes / 2 ** 20)} MiB`, {code: 'BAD_INPUT', exitCode: 2, suggestion: `give a smaller ${what.replace(/ .*$/, '')}`})
+  return new MerbridgeError(`${what} is larger than ${Math.round(maxBytes / 2 ** 20)} MiB`, {
+    code: 'BAD_INPUT',
+    exitCode: 2,
+    suggestion: `give a smaller ${what.replace(/ .*$/, '')}`,
+  })
 }
 
 /** A regular file's text, at most maxBytes of it; what names it in messages ("the pods file X"). */
@@ -46,12 +54,21 @@ export async function readInputFile(path: string, what: string, maxBytes: number
   try {
     handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY)
   } catch (error) {
-    throw new MerbridgeError(`cannot read ${what}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {code: 'BAD_INPUT', exitCode: 2, suggestion: 'give an existing, readable file'})
+    throw new MerbridgeError(`cannot read ${what}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {
+      code: 'BAD_INPUT',
+      exitCode: 2,
+      suggestion: 'give an existing, readable file',
+    })
   }
   try {
     const stat = await handle.stat()
     const kind = fileKind(stat)
-    if (kind) throw new MerbridgeError(`${what} is ${kind}, not a regular file`, {code: 'BAD_INPUT', exitCode: 2, suggestion: 'give a regular file (or - for standard input where that is taken)'})
+    if (kind)
+      throw new MerbridgeError(`${what} is ${kind}, not a regular file`, {
+        code: 'BAD_INPUT',
+        exitCode: 2,
+        suggestion: 'give a regular file (or - for standard input where that is taken)',
+      })
     if (stat.size > maxBytes) throw tooLarge(what, maxBytes)
     const buf = Buffer.alloc(Math.min(stat.size, maxBytes) + 1)
     const {bytesRead} = await handle.read(buf, 0, buf.length, 0)
@@ -68,7 +85,7 @@ export async function readInputStream(stream: NodeJS.ReadableStream, what: strin
   const chunks: Buffer[] = []
   let size = 0
   for await (const chunk of stream) {
-    const b = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk)
+    const b = typeof chunk === 'string' ? Buffer.from(chunk) : chunk
     size += b.length
     if (size > maxBytes) throw tooLarge(what, maxBytes)
     chunks.push(b)

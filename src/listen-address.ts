@@ -8,7 +8,17 @@ export function parseListenAddress(value: string): {host?: string; port: number}
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(value)
   const host = m?.[1] ?? m?.[2]
   const port = Number(m?.[3])
-  const bad = !m || port < 1 || port > 65535 || (m[1] !== undefined && isIP(m[1]) !== 6) || (host !== undefined && host !== '' && m[1] === undefined && !isIP(host) && !/^[A-Za-z0-9.-]+$/.test(host))
-  if (bad) throw new MerbridgeError(`--metrics-addr ${JSON.stringify(value)} is not HOST:PORT`, {code: 'USAGE', exitCode: 2, suggestion: 'e.g. --metrics-addr 127.0.0.1:9473, [::1]:9473 or :9473 (every address)'})
+  const bad =
+    !m ||
+    port < 1 ||
+    port > 65535 ||
+    (m[1] !== undefined && isIP(m[1]) !== 6) ||
+    (host !== undefined && host !== '' && m[1] === undefined && !isIP(host) && !/^[A-Za-z0-9.-]+$/.test(host))
+  if (bad)
+    throw new MerbridgeError(`--metrics-addr ${JSON.stringify(value)} is not HOST:PORT`, {
+      code: 'USAGE',
+      exitCode: 2,
+      suggestion: 'e.g. --metrics-addr 127.0.0.1:9473, [::1]:9473 or :9473 (every address)',
+    })
   return {...(host ? {host} : {}), port}
 }

@@ -55,7 +55,12 @@ function kernelGap(tools: string[], files: string[]): string | undefined {
 }
 
 /** A pin folder and a state folder no other test or installation uses. */
-export function uniqueInstall(): {bpffs: string; env: Record<string, string>; installation: (bpffs?: string) => Installation; cleanup: () => void} {
+export function uniqueInstall(): {
+  bpffs: string
+  env: Record<string, string>
+  installation: (bpffs?: string) => Installation
+  cleanup: () => void
+} {
   const id = randomBytes(4).toString('hex')
   const runDir = mkdtempSync(join(tmpdir(), 'mb-run-'))
   const bpffs = `/sys/fs/bpf/merbridge-test-${id}`
@@ -69,7 +74,12 @@ export function uniqueInstall(): {bpffs: string; env: Record<string, string>; in
 }
 
 export async function cli(args: string[], env: Record<string, string> = {}, input?: string) {
-  const r = await execa(process.execPath, [BIN, ...args], {env: {...env, NO_COLOR: '1'}, reject: false, input, stdin: input === undefined ? 'ignore' : undefined})
+  const r = await execa(process.execPath, [BIN, ...args], {
+    env: {...env, NO_COLOR: '1'},
+    reject: false,
+    input,
+    stdin: input === undefined ? 'ignore' : undefined,
+  })
   return {code: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr}
 }
 
@@ -97,10 +107,16 @@ export async function ensureBpffs(): Promise<() => Promise<void>> {
  * for an assertion); fail after a deadline generous enough for a loaded machine, saying what was
  * awaited and, from `context`, what was seen.
  */
-export async function eventually(what: string, cond: () => boolean | Promise<boolean>, context: () => string = () => '', deadlineMs = POLL_DEADLINE_MS): Promise<number> {
+export async function eventually(
+  what: string,
+  cond: () => boolean | Promise<boolean>,
+  context: () => string = () => '',
+  deadlineMs = POLL_DEADLINE_MS,
+): Promise<number> {
   const t0 = Date.now()
   while (!(await cond())) {
-    if (Date.now() - t0 > deadlineMs) throw new Error(`gave up waiting for ${what} after ${deadlineMs / 1000} s${context() ? `; ${context()}` : ''}`)
+    if (Date.now() - t0 > deadlineMs)
+      throw new Error(`gave up waiting for ${what} after ${deadlineMs / 1000} s${context() ? `; ${context()}` : ''}`)
     await new Promise((r) => setTimeout(r, 20))
   }
   return Date.now() - t0
@@ -120,14 +136,23 @@ export function rowsOf<K extends DumpableMap>(maps: MapDump[], name: K): RowsOf[
  * sidecar's upstream; `failed: ...` a request that failed) and how many connections `from`'s
  * outbound sidecar took meanwhile.
  */
-export async function requestsDuring(lab: Lab, from: string, url: string, op: () => Promise<void>): Promise<{peers: string[]; outbound: number}> {
+export async function requestsDuring(
+  lab: Lab,
+  from: string,
+  url: string,
+  op: () => Promise<void>,
+): Promise<{peers: string[]; outbound: number}> {
   const peers: string[] = []
   const before = (await lab.sidecarSessions(from)).outbound
   const run = {going: true}
   const load = (async () => {
     while (run.going || peers.length < 3) {
       const r = await lab.get(from, url)
-      peers.push(r.status === 200 && r.body ? (JSON.parse(r.body) as {remoteAddress: string}).remoteAddress : `failed: ${r.error ?? String(r.status)}`)
+      peers.push(
+        r.status === 200 && r.body
+          ? (JSON.parse(r.body) as {remoteAddress: string}).remoteAddress
+          : `failed: ${r.error ?? String(r.status)}`,
+      )
     }
   })()
   try {

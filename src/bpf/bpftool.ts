@@ -40,7 +40,11 @@ export interface RawMapEntry {
 
 /** bpftool's output is not what this wrapper knows: fail loudly rather than act on a misreading. */
 function drift(what: string, detail: string, text = ''): ToolFailedError {
-  return new ToolFailedError(`bpftool ${what}`, `printed ${detail}: this bpftool's output is not what merbridge understands`, text.slice(0, 200))
+  return new ToolFailedError(
+    `bpftool ${what}`,
+    `printed ${detail}: this bpftool's output is not what merbridge understands`,
+    text.slice(0, 200),
+  )
 }
 
 function parseJson(text: string, what: string): unknown {
@@ -54,7 +58,8 @@ function parseJson(text: string, what: string): unknown {
 type Json = Record<string, unknown>
 
 function record(v: unknown, what: string): Json {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw drift(what, `${Array.isArray(v) ? 'a list' : typeof v} where an object was expected`, JSON.stringify(v))
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw drift(what, `${Array.isArray(v) ? 'a list' : typeof v} where an object was expected`, JSON.stringify(v))
   return v as Json
 }
 
@@ -65,7 +70,8 @@ function list(v: unknown, what: string): unknown[] {
 
 function field<T extends 'number' | 'string'>(o: Json, key: string, type: T, what: string): T extends 'number' ? number : string {
   const v = o[key]
-  if (typeof v !== type) throw drift(what, `an object whose "${key}" is ${v === undefined ? 'missing' : typeof v}, not a ${type}`, JSON.stringify(o))
+  if (typeof v !== type)
+    throw drift(what, `an object whose "${key}" is ${v === undefined ? 'missing' : typeof v}, not a ${type}`, JSON.stringify(o))
   return v as T extends 'number' ? number : string
 }
 
@@ -107,13 +113,19 @@ export function parseMapInfo(v: unknown, what = 'map show'): MapInfo {
 export function parseAttachments(v: unknown, what = 'cgroup show'): CgroupAttachment[] {
   return list(v, what).map((item) => {
     const o = record(item, what)
-    return {id: field(o, 'id', 'number', what), attach_type: field(o, 'attach_type', 'string', what), attach_flags: typeof o.attach_flags === 'string' ? o.attach_flags : '', name: typeof o.name === 'string' ? o.name : ''}
+    return {
+      id: field(o, 'id', 'number', what),
+      attach_type: field(o, 'attach_type', 'string', what),
+      attach_flags: typeof o.attach_flags === 'string' ? o.attach_flags : '',
+      name: typeof o.name === 'string' ? o.name : '',
+    }
   })
 }
 
 function hexArray(v: unknown, what: string): string[] {
   const a = list(v, what)
-  if (!a.every((h) => typeof h === 'string' && /^0x[0-9a-f]{2}$/i.test(h))) throw drift(what, 'bytes that are not "0x.." strings', JSON.stringify(v))
+  if (!a.every((h) => typeof h === 'string' && /^0x[0-9a-f]{2}$/i.test(h)))
+    throw drift(what, 'bytes that are not "0x.." strings', JSON.stringify(v))
   return a as string[]
 }
 
@@ -121,10 +133,13 @@ function hexArray(v: unknown, what: string): string[] {
 export function parseDump(v: unknown, what = 'map dump'): RawMapEntry[] {
   return list(v, what).map((item) => {
     const o = record(item, what)
-    const values = o.values === undefined ? undefined : list(o.values, what).map((x) => {
-      const cpu = record(x, what)
-      return {cpu: field(cpu, 'cpu', 'number', what), value: hexArray(cpu.value, what)}
-    })
+    const values =
+      o.values === undefined
+        ? undefined
+        : list(o.values, what).map((x) => {
+            const cpu = record(x, what)
+            return {cpu: field(cpu, 'cpu', 'number', what), value: hexArray(cpu.value, what)}
+          })
     return {key: hexArray(o.key, what), value: o.value === undefined ? undefined : hexArray(o.value, what), values, formatted: o.formatted}
   })
 }
@@ -145,7 +160,8 @@ function hexList(list: string): Buffer {
     const at = i * 7
     const hi = hexDigit(list.charCodeAt(at + 3))
     const lo = hexDigit(list.charCodeAt(at + 4))
-    if (hi < 0 || lo < 0 || list.charCodeAt(at) !== 34 || list.charCodeAt(at + 5) !== 34) throw drift('map dump', 'a byte that is not "0x.."', list.slice(at, at + 7))
+    if (hi < 0 || lo < 0 || list.charCodeAt(at) !== 34 || list.charCodeAt(at + 5) !== 34)
+      throw drift('map dump', 'a byte that is not "0x.."', list.slice(at, at + 7))
     out[i] = (hi << 4) | lo
   }
   if (n * 7 - 1 !== list.length) throw drift('map dump', 'a byte list of an unexpected shape', list.slice(0, 40))
@@ -215,7 +231,6 @@ export class DumpScanner {
   }
 }
 
-
 export function hexBytes(buf: Uint8Array): string[] {
   return Array.from(buf, (b) => b.toString(16).padStart(2, '0'))
 }
@@ -269,12 +284,29 @@ export class Bpftool {
    * that each definition matches, so a layout that changed fails here, before anything runs.
    */
   async loadAllReusing(object: string, progDir: string, mapDir: string, reuse: [name: string, pin: string][]): Promise<void> {
-    await this.run(['prog', 'loadall', object, progDir, ...reuse.flatMap(([name, pin]) => ['map', 'name', name, 'pinned', pin]), 'pinmaps', mapDir], {timeoutMs: 120_000})
+    await this.run(
+      ['prog', 'loadall', object, progDir, ...reuse.flatMap(([name, pin]) => ['map', 'name', name, 'pinned', pin]), 'pinmaps', mapDir],
+      {timeoutMs: 120_000},
+    )
   }
 
   /** A pinned map of its own (doctor's probe loads use a throwaway sockhash). */
   async mapCreate(pin: string, type: string, keySize: number, valueSize: number, entries: number, name: string): Promise<void> {
-    await this.run(['map', 'create', pin, 'type', type, 'key', String(keySize), 'value', String(valueSize), 'entries', String(entries), 'name', name])
+    await this.run([
+      'map',
+      'create',
+      pin,
+      'type',
+      type,
+      'key',
+      String(keySize),
+      'value',
+      String(valueSize),
+      'entries',
+      String(entries),
+      'name',
+      name,
+    ])
   }
 
   /** Load an iterator program and pin its link (for a map iterator, over the map pinned at `mapPin`). */
@@ -396,17 +428,28 @@ export class Bpftool {
    * caller asks one by one.
    */
   async batchJson(commands: string[][]): Promise<unknown[]> {
-    const r = await this.run(['-j', 'batch', 'file', '-'], {input: commands.map((c) => c.map(batchArg).join(' ')).join('\n') + '\n', allowFailure: true})
+    const r = await this.run(['-j', 'batch', 'file', '-'], {
+      input: commands.map((c) => c.map(batchArg).join(' ')).join('\n') + '\n',
+      allowFailure: true,
+    })
     const entries = list(parseJson(r.stdout, 'batch'), 'batch').map((e) => record(e, 'batch'))
     // bpftool 7.1 ends a batch holding `cgroup show` with this error after every command has
     // answered (an errno left set); with all the answers there, the batch did its work
     const last = entries.at(-1)
-    const endOfFileComplaint = entries.length === commands.length + 1 && last?.command === undefined && String(last?.error).startsWith('reading batch file failed')
+    const endOfFileComplaint =
+      entries.length === commands.length + 1 && last?.command === undefined && String(last?.error).startsWith('reading batch file failed')
     if (endOfFileComplaint) entries.pop()
     const out = entries.map((e) => e.output)
     // a command that failed answers {"error": ...}, and bpftool stops there
-    const failed = out.findIndex((o) => typeof o === 'object' && o !== null && !Array.isArray(o) && Object.keys(o).length === 1 && 'error' in o)
-    if (failed >= 0) throw new ToolFailedError(`bpftool ${(commands[failed] ?? []).slice(0, 2).join(' ')}`, String((out[failed] as {error: unknown}).error), '')
+    const failed = out.findIndex(
+      (o) => typeof o === 'object' && o !== null && !Array.isArray(o) && Object.keys(o).length === 1 && 'error' in o,
+    )
+    if (failed >= 0)
+      throw new ToolFailedError(
+        `bpftool ${(commands[failed] ?? []).slice(0, 2).join(' ')}`,
+        String((out[failed] as {error: unknown}).error),
+        '',
+      )
     if (r.exitCode !== 0 && !endOfFileComplaint) throw new ToolFailedError('bpftool batch', `exit code ${r.exitCode}`, r.stderr)
     if (out.length !== commands.length) throw drift('batch', `${out.length} answers to ${commands.length} commands`)
     return out

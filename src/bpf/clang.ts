@@ -10,7 +10,12 @@ import {INSTALL_HINTS, run, toolPath} from '../exec.js'
  */
 export function clangIdentity(): string {
   const tool = toolPath('clang')
-  const candidates = isAbsolute(tool) ? [tool] : (process.env.PATH ?? '').split(delimiter).filter(Boolean).map((d) => join(d, tool))
+  const candidates = isAbsolute(tool)
+    ? [tool]
+    : (process.env.PATH ?? '')
+        .split(delimiter)
+        .filter(Boolean)
+        .map((d) => join(d, tool))
   for (const c of candidates) {
     try {
       const real = realpathSync(c)
@@ -36,7 +41,12 @@ export async function clangTargetsBpf(): Promise<boolean> {
 
 /** Debian/Ubuntu keep asm/ headers in a per-architecture folder that BPF builds must be told about. */
 export function multiarchInclude(arch = process.arch): string {
-  const triple: Record<string, string> = {x64: 'x86_64-linux-gnu', arm64: 'aarch64-linux-gnu', s390x: 's390x-linux-gnu', ppc64: 'powerpc64le-linux-gnu'}
+  const triple: Record<string, string> = {
+    x64: 'x86_64-linux-gnu',
+    arm64: 'aarch64-linux-gnu',
+    s390x: 's390x-linux-gnu',
+    ppc64: 'powerpc64le-linux-gnu',
+  }
   return `/usr/include/${triple[arch] ?? `${arch}-linux-gnu`}`
 }
 
@@ -50,6 +60,11 @@ export async function compileBpf(source: string, output: string, extra: readonly
   await run('clang', [...BPF_CFLAGS, ...extra, `-I${multiarchInclude()}`, '-c', source, '-o', output], {timeoutMs: COMPILE_TIMEOUT_MS})
 }
 
-export async function compileHost(source: string, output: string, libs: readonly string[] = [], flags: readonly string[] = []): Promise<void> {
+export async function compileHost(
+  source: string,
+  output: string,
+  libs: readonly string[] = [],
+  flags: readonly string[] = [],
+): Promise<void> {
   await run('clang', [...HOST_CFLAGS, ...flags, source, '-o', output, ...libs.map((l) => `-l${l}`)], {timeoutMs: COMPILE_TIMEOUT_MS})
 }

@@ -3,12 +3,28 @@ export const REQUIRED_PROG_TYPES = ['sock_ops', 'sk_msg', 'cgroup_sock_addr', 'c
 export const REQUIRED_MAP_TYPES = ['sockhash', 'sk_storage', 'lru_hash', 'percpu_array'] as const
 /** program type -> helpers its program calls */
 export const REQUIRED_HELPERS: Record<string, string[]> = {
-  cgroup_sock_addr: ['bpf_get_netns_cookie', 'bpf_sk_lookup_tcp', 'bpf_sk_release', 'bpf_sk_storage_get', 'bpf_sk_storage_delete', 'bpf_get_current_uid_gid', 'bpf_bind'],
+  cgroup_sock_addr: [
+    'bpf_get_netns_cookie',
+    'bpf_sk_lookup_tcp',
+    'bpf_sk_release',
+    'bpf_sk_storage_get',
+    'bpf_sk_storage_delete',
+    'bpf_get_current_uid_gid',
+    'bpf_bind',
+  ],
   sock_ops: ['bpf_sock_hash_update', 'bpf_get_netns_cookie', 'bpf_sk_storage_get', 'bpf_sock_ops_cb_flags_set'],
   sk_msg: ['bpf_msg_redirect_hash', 'bpf_get_netns_cookie'],
   cgroup_sockopt: ['bpf_get_netns_cookie', 'bpf_get_current_uid_gid'],
   // inbound capture (tc ingress)
-  sched_cls: ['bpf_skc_lookup_tcp', 'bpf_sk_lookup_tcp', 'bpf_sk_release', 'bpf_sk_assign', 'bpf_skb_load_bytes_relative', 'bpf_fib_lookup', 'bpf_tcp_check_syncookie'],
+  sched_cls: [
+    'bpf_skc_lookup_tcp',
+    'bpf_sk_lookup_tcp',
+    'bpf_sk_release',
+    'bpf_sk_assign',
+    'bpf_skb_load_bytes_relative',
+    'bpf_fib_lookup',
+    'bpf_tcp_check_syncookie',
+  ],
   // its backstop (cgroup ingress)
   cgroup_skb: ['bpf_skb_load_bytes_relative', 'bpf_sk_lookup_tcp', 'bpf_sk_release', 'bpf_skc_to_tcp_sock'],
 }

@@ -18,7 +18,13 @@ export function ipToSlot(ip: string): Buffer {
   let t = ip.includes('::') ? words(tail) : []
   // an embedded IPv4 tail (::ffff:1.2.3.4) counts as two words
   const expand = (list: string[]) =>
-    list.flatMap((w) => (isIPv4(w) ? [(Number(w.split('.')[0]) << 8) | Number(w.split('.')[1]), (Number(w.split('.')[2]) << 8) | Number(w.split('.')[3])].map((n) => n.toString(16)) : [w]))
+    list.flatMap((w) =>
+      isIPv4(w)
+        ? [(Number(w.split('.')[0]) << 8) | Number(w.split('.')[1]), (Number(w.split('.')[2]) << 8) | Number(w.split('.')[3])].map((n) =>
+            n.toString(16),
+          )
+        : [w],
+    )
   h = expand(h)
   t = expand(t)
   const all = [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t]
@@ -37,8 +43,11 @@ export function slotToIp(slot: Uint8Array): string {
   for (let i = 0; i < 16; i += 2) words.push((((slot[i] ?? 0) << 8) | (slot[i + 1] ?? 0)).toString(16))
   // compress the longest run of zero words, as RFC 5952 asks
   let best = {start: -1, len: 0}
-  for (let i = 0; i < 8; ) {
-    if (words[i] !== '0') { i++; continue }
+  for (let i = 0; i < 8;) {
+    if (words[i] !== '0') {
+      i++
+      continue
+    }
     let j = i
     while (j < 8 && words[j] === '0') j++
     if (j - i > best.len && j - i > 1) best = {start: i, len: j - i}

@@ -89,7 +89,20 @@ export const LAYOUT = {
   },
   mb_process: {size: 24, fields: {pod_ip: 0, netns: 16}},
   mb_pod_id: {size: 32, fields: {ip: 0, ip6: 16}},
-  mb_settings: {size: 32, fields: {sidecar_uid: 0, sidecar_gid: 4, outbound_port: 8, inbound_port: 10, flags: 12, host_netns: 16, dns_port: 24, pad: 26, pad2: 28}},
+  mb_settings: {
+    size: 32,
+    fields: {
+      sidecar_uid: 0,
+      sidecar_gid: 4,
+      outbound_port: 8,
+      inbound_port: 10,
+      flags: 12,
+      host_netns: 16,
+      dns_port: 24,
+      pad: 26,
+      pad2: 28,
+    },
+  },
   mb_usage: {size: 16, fields: {sockets: 0, origins: 8}},
   mb_iface: {size: 16, fields: {netns: 0, ifindex: 8, pad: 12}},
 } as const
@@ -151,7 +164,10 @@ export function decodeQueuedRecords(b: Buffer): Queued[] {
   const out: Queued[] = []
   for (let off = 0; off < b.length; off += size) {
     const r = b.subarray(off, off + size)
-    out.push({key: Buffer.from(r.subarray(LAYOUT.mb_queued.fields.key, LAYOUT.mb_queued.fields.key + LAYOUT.mb_pair.size)), queued: r.readUInt32LE(LAYOUT.mb_queued.fields.queued)})
+    out.push({
+      key: Buffer.from(r.subarray(LAYOUT.mb_queued.fields.key, LAYOUT.mb_queued.fields.key + LAYOUT.mb_pair.size)),
+      queued: r.readUInt32LE(LAYOUT.mb_queued.fields.queued),
+    })
   }
   return out
 }
@@ -174,7 +190,12 @@ export function encodeOrigin(o: Origin): Buffer {
 }
 
 export function decodeOrigin(b: Buffer): Origin {
-  return {ip: ipAt(b, F.origin.ip), port: b.readUInt16BE(F.origin.port), flags: b.readUInt16LE(F.origin.flags), pid: b.readUInt32LE(F.origin.pid)}
+  return {
+    ip: ipAt(b, F.origin.ip),
+    port: b.readUInt16BE(F.origin.port),
+    flags: b.readUInt16LE(F.origin.flags),
+    pid: b.readUInt32LE(F.origin.pid),
+  }
 }
 
 export function originFlagNames(flags: number): string[] {
@@ -319,12 +340,24 @@ export function decodePodRules(b: Buffer): PodRules {
     proxyUid: b.readUInt32LE(F.pod.proxy_uid),
     proxyGid: b.readUInt32LE(F.pod.proxy_gid),
     ...(flags & POD_DNS_CAPTURE
-      ? {dns: {all: (flags & POD_DNS_ALL) !== 0, servers: Array.from({length: Math.min(b.readUInt8(F.pod.n_dns), MAX_DNS)}, (_, i) => ipAt(b, F.pod.dns + 16 * i))}}
+      ? {
+          dns: {
+            all: (flags & POD_DNS_ALL) !== 0,
+            servers: Array.from({length: Math.min(b.readUInt8(F.pod.n_dns), MAX_DNS)}, (_, i) => ipAt(b, F.pod.dns + 16 * i)),
+          },
+        }
       : {}),
     ...(b.readBigUInt64LE(F.pod.netns) !== 0n ? {netns: b.readBigUInt64LE(F.pod.netns)} : {}),
     ...(flags & POD_NO_IPV6 ? {noIpv6: true} : {}),
     ...(b.readUInt8(F.pod.n_owner_groups) > 0 || flags & POD_GROUPS_ONLY
-      ? {ownerGroups: {only: (flags & POD_GROUPS_ONLY) !== 0, gids: Array.from({length: Math.min(b.readUInt8(F.pod.n_owner_groups), MAX_GROUPS)}, (_, i) => b.readUInt32LE(F.pod.owner_groups + 4 * i))}}
+      ? {
+          ownerGroups: {
+            only: (flags & POD_GROUPS_ONLY) !== 0,
+            gids: Array.from({length: Math.min(b.readUInt8(F.pod.n_owner_groups), MAX_GROUPS)}, (_, i) =>
+              b.readUInt32LE(F.pod.owner_groups + 4 * i),
+            ),
+          },
+        }
       : {}),
     ...(b.readUInt8(F.pod.loopback + F.cidr.prefix) > 0 ? {loopback: readCidr(b, F.pod.loopback)} : {}),
   }
@@ -403,7 +436,10 @@ export function encodeSettings(s: Settings): Buffer {
   b.writeUInt32LE(s.sidecarGid, F.settings.sidecar_gid)
   b.writeUInt16LE(s.outboundPort, F.settings.outbound_port)
   b.writeUInt16LE(s.inboundPort, F.settings.inbound_port)
-  b.writeUInt32LE((s.draining ? SETTINGS_DRAINING : 0) | (s.inboundRewrite ? SETTINGS_INBOUND_REWRITE : 0) | (s.cni ? SETTINGS_CNI : 0), F.settings.flags)
+  b.writeUInt32LE(
+    (s.draining ? SETTINGS_DRAINING : 0) | (s.inboundRewrite ? SETTINGS_INBOUND_REWRITE : 0) | (s.cni ? SETTINGS_CNI : 0),
+    F.settings.flags,
+  )
   b.writeBigUInt64LE(s.hostNetns, F.settings.host_netns)
   b.writeUInt16LE(s.dnsPort, F.settings.dns_port)
   return b

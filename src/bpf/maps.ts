@@ -61,7 +61,10 @@ export const readMaps = {
 
   /** Sockets: their own view of the connection, and the socket cookie user space reads back. */
   async sockets(inst: MapPins): Promise<{pair: Pair; cookie?: bigint}[]> {
-    return (await dump(inst, 'sock_pair_map')).map((e) => ({pair: decodePair(e.key), cookie: e.value?.length === 8 ? e.value.readBigUInt64LE(0) : undefined}))
+    return (await dump(inst, 'sock_pair_map')).map((e) => ({
+      pair: decodePair(e.key),
+      cookie: e.value?.length === 8 ? e.value.readBigUInt64LE(0) : undefined,
+    }))
   },
 
   async processes(inst: MapPins): Promise<{pid: number; entry: ProcessEntry}[]> {
@@ -128,7 +131,12 @@ export async function readEntryCounts(pins: {maps: string; sockhash: string}): P
     for (const line of maps.split('\n')) {
       if (line === '') continue
       const m = /^(\d+) (-?\d+)$/.exec(line)
-      if (!m) throw new ToolFailedError(`reading ${pins.maps}`, `a line that is not "<map id> <entries>": ${JSON.stringify(line.slice(0, 80))}`, '')
+      if (!m)
+        throw new ToolFailedError(
+          `reading ${pins.maps}`,
+          `a line that is not "<map id> <entries>": ${JSON.stringify(line.slice(0, 80))}`,
+          '',
+        )
       out.byId.set(Number(m[1]), Number(m[2]))
     }
   }

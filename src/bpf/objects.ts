@@ -18,7 +18,12 @@ export interface Helpers {
   cniPlugin: string
 }
 
-export const HELPER_FILES = {netnsCookie: 'netns-cookie', tcInbound: 'tc-inbound', sockhashQueued: 'sockhash-queued.bpf.o', cniPlugin: 'merbridge-cni'} as const
+export const HELPER_FILES = {
+  netnsCookie: 'netns-cookie',
+  tcInbound: 'tc-inbound',
+  sockhashQueued: 'sockhash-queued.bpf.o',
+  cniPlugin: 'merbridge-cni',
+} as const
 
 export interface BuiltObjects extends Helpers {
   /** Hash of sources, flags and compiler: names the cache entry and tells status if objects are stale. */
@@ -49,7 +54,9 @@ export interface BuildOptions {
 export const DEFAULT_MAX_CONNECTIONS = 65_535
 
 function defines(opts: BuildOptions): string[] {
-  return opts.maxConnections === undefined || opts.maxConnections === DEFAULT_MAX_CONNECTIONS ? [] : [`-DMB_MAX_CONNS=${opts.maxConnections}`]
+  return opts.maxConnections === undefined || opts.maxConnections === DEFAULT_MAX_CONNECTIONS
+    ? []
+    : [`-DMB_MAX_CONNS=${opts.maxConnections}`]
 }
 
 /** A hash of what goes into the objects but the compiler. */
@@ -115,17 +122,39 @@ export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}
   requireTrustedDir(SHIPPED_DIR, 'the shipped objects')
   const cached = join(cacheDir(), hash)
   const dir = !opts.rebuild && !existsSync(cached) && existsSync(join(SHIPPED_DIR, hash)) ? join(SHIPPED_DIR, hash) : cached
-  const result = {hash, dir, datapath: join(dir, 'merbridge.bpf.o'), netnsCookie: join(dir, HELPER_FILES.netnsCookie), tcInbound: join(dir, HELPER_FILES.tcInbound), cniPlugin: join(dir, HELPER_FILES.cniPlugin), sockhashQueued: join(dir, HELPER_FILES.sockhashQueued), counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')}}
-  const outputs = [result.datapath, result.netnsCookie, result.tcInbound, result.cniPlugin, result.sockhashQueued, result.counters.maps, result.counters.sockhash]
+  const result = {
+    hash,
+    dir,
+    datapath: join(dir, 'merbridge.bpf.o'),
+    netnsCookie: join(dir, HELPER_FILES.netnsCookie),
+    tcInbound: join(dir, HELPER_FILES.tcInbound),
+    cniPlugin: join(dir, HELPER_FILES.cniPlugin),
+    sockhashQueued: join(dir, HELPER_FILES.sockhashQueued),
+    counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')},
+  }
+  const outputs = [
+    result.datapath,
+    result.netnsCookie,
+    result.tcInbound,
+    result.cniPlugin,
+    result.sockhashQueued,
+    result.counters.maps,
+    result.counters.sockhash,
+  ]
   if (!opts.rebuild && outputs.every((f) => existsSync(f))) return {...result, compiled: false}
 
-  if (dir !== cached) throw new MerbridgeError(`the shipped bpf objects in ${dir} are incomplete`, {code: 'SHIPPED_OBJECTS', suggestion: 'rebuild the image, or install clang so enable builds them'})
+  if (dir !== cached)
+    throw new MerbridgeError(`the shipped bpf objects in ${dir} are incomplete`, {
+      code: 'SHIPPED_OBJECTS',
+      suggestion: 'rebuild the image, or install clang so enable builds them',
+    })
   const tmp = `${dir}.tmp-${process.pid}`
   await rm(tmp, {recursive: true, force: true})
   await mkdir(tmp, {recursive: true})
   try {
     await compileBpf(join(BPF_SOURCE_DIR, 'merbridge.bpf.c'), join(tmp, 'merbridge.bpf.o'), defines(opts))
-    for (const name of ['map-counts', 'sockhash-count']) await compileBpf(join(BPF_SOURCE_DIR, 'iter', `${name}.bpf.c`), join(tmp, `${name}.bpf.o`))
+    for (const name of ['map-counts', 'sockhash-count'])
+      await compileBpf(join(BPF_SOURCE_DIR, 'iter', `${name}.bpf.c`), join(tmp, `${name}.bpf.o`))
     await compileBpf(join(BPF_SOURCE_DIR, 'iter', 'sockhash-queued.bpf.c'), join(tmp, HELPER_FILES.sockhashQueued))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, HELPER_FILES.netnsCookie))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'tc-inbound.c'), join(tmp, HELPER_FILES.tcInbound), ['bpf'])

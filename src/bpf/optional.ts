@@ -37,7 +37,10 @@ export const WITHOUT_VARIABLE = 'MERBRIDGE_WITHOUT'
 
 /** The features MERBRIDGE_WITHOUT turns off; an unknown name is refused, so a typo is never silent. */
 export function featuresTurnedOff(value = process.env[WITHOUT_VARIABLE]): Set<OptionalFeature> {
-  const names = (value ?? '').split(',').map((n) => n.trim()).filter((n) => n !== '')
+  const names = (value ?? '')
+    .split(',')
+    .map((n) => n.trim())
+    .filter((n) => n !== '')
   const unknown = names.filter((n) => !(n in OPTIONAL_FEATURES))
   if (unknown.length > 0)
     throw new MerbridgeError(`${WITHOUT_VARIABLE} names unknown feature(s): ${unknown.join(', ')}`, {

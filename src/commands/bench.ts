@@ -40,34 +40,64 @@ export default class BenchCommand extends BaseCommand {
 
   static override examples = [
     {command: '<%= config.bin %> bench', description: 'Three rounds of 10 s per mode and scenario'},
-    {command: '<%= config.bin %> bench --rounds 1 --duration 2 --scenarios keepalive --markdown', description: 'A quick look, as a Markdown table'},
+    {
+      command: '<%= config.bin %> bench --rounds 1 --duration 2 --scenarios keepalive --markdown',
+      description: 'A quick look, as a Markdown table',
+    },
     {command: '<%= config.bin %> bench --scenarios scale', description: '20,000 proxied connections held at once'},
-    {command: '<%= config.bin %> bench --scenarios new-connection --sidecars-mode', description: 'What interception itself costs, beside the sidecars'},
+    {
+      command: '<%= config.bin %> bench --scenarios new-connection --sidecars-mode',
+      description: 'What interception itself costs, beside the sidecars',
+    },
   ]
 
   static override flags = {
     rounds: Flags.integer({description: 'rounds; every round runs every mode once', default: 3, min: 1}),
     duration: Flags.integer({description: 'seconds per mode and scenario', default: 10, min: 1}),
     scenarios: Flags.string({description: `comma-separated: ${[...SCENARIO_NAMES, SCALE].join(', ')}`, default: SCENARIO_NAMES.join(',')}),
-    'scale-connections': Flags.integer({description: `connections the ${SCALE} scenario holds open at once`, default: 20_000, min: SCALE_PODS, max: 40_000}),
-    'sidecar-threads': Flags.string({description: "comma-separated worker thread counts of the sidecars, one lab each (a user's Envoy runs 2 by default)", default: '1,2'}),
+    'scale-connections': Flags.integer({
+      description: `connections the ${SCALE} scenario holds open at once`,
+      default: 20_000,
+      min: SCALE_PODS,
+      max: 40_000,
+    }),
+    'sidecar-threads': Flags.string({
+      description: "comma-separated worker thread counts of the sidecars, one lab each (a user's Envoy runs 2 by default)",
+      default: '1,2',
+    }),
     markdown: Flags.boolean({description: 'print the result as Markdown tables'}),
-    'baseline-up': Flags.string({description: 'a fourth mode, another datapath: the command that loads it, run as CMD CGROUP BPFFS_DIR POD_IP...', dependsOn: ['baseline-down']}),
+    'baseline-up': Flags.string({
+      description: 'a fourth mode, another datapath: the command that loads it, run as CMD CGROUP BPFFS_DIR POD_IP...',
+      dependsOn: ['baseline-down'],
+    }),
     'baseline-down': Flags.string({description: 'the command that removes it, run as CMD CGROUP BPFFS_DIR', dependsOn: ['baseline-up']}),
     'baseline-name': Flags.string({description: 'what to call the fourth mode in the report', default: 'baseline'}),
-    'sidecars-mode': Flags.boolean({description: "add a mode with the sidecars but no interception (the client calls its sidecar's fixed listener): what each mode's interception costs, and all that removing interception alone could give"}),
+    'sidecars-mode': Flags.boolean({
+      description:
+        "add a mode with the sidecars but no interception (the client calls its sidecar's fixed listener): what each mode's interception costs, and all that removing interception alone could give",
+    }),
   }
 
   async run(): Promise<BenchReport> {
     const {flags} = await this.parse(BenchCommand)
-    const named = flags.scenarios.split(',').map((s) => s.trim()).filter(Boolean)
+    const named = flags.scenarios
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)
     const unknown = named.filter((s) => s !== SCALE && !SCENARIO_NAMES.includes(s as Scenario))
-    if (unknown.length > 0) this.error(`unknown scenario ${unknown.join(', ')} (known: ${[...SCENARIO_NAMES, SCALE].join(', ')})`, {exit: 2})
+    if (unknown.length > 0)
+      this.error(`unknown scenario ${unknown.join(', ')} (known: ${[...SCENARIO_NAMES, SCALE].join(', ')})`, {exit: 2})
     const scenarios = named.filter((s): s is Scenario => s !== SCALE)
     const shapes = flags['sidecar-threads'].split(',').map((t) => t.trim())
-    if (shapes.length === 0 || shapes.some((t) => !/^[1-9]\d{0,2}$/.test(t))) this.error(`--sidecar-threads ${flags['sidecar-threads']}: give thread counts such as 1,2`, {exit: 2})
-    const baseline = flags['baseline-up'] && flags['baseline-down'] ? {name: flags['baseline-name'], up: flags['baseline-up'], down: flags['baseline-down']} : undefined
-    for (const cmd of baseline ? [baseline.up, baseline.down] : []) if (!isExecutable(cmd)) this.error(`${cmd} is not an executable file: --baseline-up and --baseline-down take the paths of the commands`, {exit: 2})
+    if (shapes.length === 0 || shapes.some((t) => !/^[1-9]\d{0,2}$/.test(t)))
+      this.error(`--sidecar-threads ${flags['sidecar-threads']}: give thread counts such as 1,2`, {exit: 2})
+    const baseline =
+      flags['baseline-up'] && flags['baseline-down']
+        ? {name: flags['baseline-name'], up: flags['baseline-up'], down: flags['baseline-down']}
+        : undefined
+    for (const cmd of baseline ? [baseline.up, baseline.down] : [])
+      if (!isExecutable(cmd))
+        this.error(`${cmd} is not an executable file: --baseline-up and --baseline-down take the paths of the commands`, {exit: 2})
     requirePrivileges('bench')
 
     let current: {teardown(): Promise<void>} | undefined
@@ -83,8 +113,19 @@ export default class BenchCommand extends BaseCommand {
     process.on('SIGTERM', onSignal)
     let report: BenchReport
     try {
-      const plan = {scenarios, shapes: shapes.map(Number), rounds: flags.rounds, durationSec: flags.duration, baseline, sidecarsMode: flags['sidecars-mode'], ...(named.includes(SCALE) ? {scaleConnections: flags['scale-connections']} : {})}
-      report = await runBench(plan, {runSteps: (steps) => runWithProgress(steps, undefined, {silent: this.jsonEnabled()}), current: (lab) => (current = lab)})
+      const plan = {
+        scenarios,
+        shapes: shapes.map(Number),
+        rounds: flags.rounds,
+        durationSec: flags.duration,
+        baseline,
+        sidecarsMode: flags['sidecars-mode'],
+        ...(named.includes(SCALE) ? {scaleConnections: flags['scale-connections']} : {}),
+      }
+      report = await runBench(plan, {
+        runSteps: (steps) => runWithProgress(steps, undefined, {silent: this.jsonEnabled()}),
+        current: (lab) => (current = lab),
+      })
     } finally {
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)

@@ -49,7 +49,8 @@ export default class Disable extends BaseCommand {
             `! merbridge-cni was put into the CNI configuration in ${cni.unreachable}, which this process does not see: take it out where enable ran (the DaemonSet: deploy/uninstall.yaml), or no pod starts on this node`,
           ),
         )
-      else if (cni && cni.restored.length + cni.edited.length > 0) this.log(`merbridge-cni taken out of ${[...cni.restored, ...cni.edited].join(', ')}`)
+      else if (cni && cni.restored.length + cni.edited.length > 0)
+        this.log(`merbridge-cni taken out of ${[...cni.restored, ...cni.edited].join(', ')}`)
     }
     return result
   }

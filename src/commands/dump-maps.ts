@@ -36,7 +36,12 @@ export default class DumpMaps extends BaseCommand {
     useHostProc(flags['host-proc'])
     if (flags.ip && !isIP(flags.ip)) this.error(`--ip ${flags.ip} is not an IP address`, {exit: 2})
     requirePrivileges('dump-maps')
-    const maps = await dumpMaps(new Installation(flags.bpffs), argv as string[], {pod: flags.pod, ip: flags.ip, port: flags.port}, flags.limit)
+    const maps = await dumpMaps(
+      new Installation(flags.bpffs),
+      argv as string[],
+      {pod: flags.pod, ip: flags.ip, port: flags.port},
+      flags.limit,
+    )
     if (this.jsonEnabled()) {
       // row by row: one string of a full 65,535-entry map would be tens of megabytes
       await writeJson(maps)

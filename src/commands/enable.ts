@@ -38,14 +38,17 @@ export interface EnableResult {
 }
 
 export default class Enable extends BaseCommand {
-  static override summary = 'Load the eBPF datapath, attach it to the cgroup v2 root and load this node\'s pods'
+  static override summary = "Load the eBPF datapath, attach it to the cgroup v2 root and load this node's pods"
   static override description = `Checks the node, compiles the programs in bpf/ (cached by a hash of sources and flags), loads and pins them under one bpffs folder, attaches them to the cgroup v2 root, and fills the maps with the meshed pods of this node. If any step fails, everything done so far is undone. Enabling an enabled node reloads its pods, or replaces the programs when their sources changed.`
 
   static override examples = [
     {command: '<%= config.bin %> enable', description: 'Enable with the pods the Kubernetes API reports for this node'},
     {command: '<%= config.bin %> enable --watch', description: 'Enable, then keep the pods in sync until stopped'},
     {command: 'kubectl get pods -A -o json | <%= config.bin %> enable --pods-file -', description: 'Enable with the pods kubectl reports'},
-    {command: '<%= config.bin %> enable --cgroup /sys/fs/cgroup/unified --pods-file pods.json --json', description: 'Choose the cgroup; print the result as data'},
+    {
+      command: '<%= config.bin %> enable --cgroup /sys/fs/cgroup/unified --pods-file pods.json --json',
+      description: 'Choose the cgroup; print the result as data',
+    },
   ]
 
   static override flags = {
@@ -57,10 +60,23 @@ export default class Enable extends BaseCommand {
     watch: Flags.boolean({description: 'after enabling, keep the maps matching the pods until stopped (what a node service runs)'}),
     recheck: recheckFlag,
     'metrics-addr': metricsAddrFlag,
-    'cni-socket': Flags.string({description: 'with --watch: answer merbridge-cni, the chained CNI plugin, on this unix socket (CNI mode: pods are registered before their first container starts)'}),
-    'cni-conf-dir': Flags.string({description: "with --cni-socket: put merbridge-cni at the end of the runtime's network configuration in this folder (/etc/cni/net.d), and back whenever it is rewritten; disable takes it out"}),
-    'cni-bin-dir': Flags.string({description: 'with --cni-conf-dir: the CNI plugin binaries folder to copy merbridge-cni into (/opt/cni/bin)'}),
-    'max-connections': Flags.integer({description: 'entries of the connection maps (sock_pair_map, pair_original_dst): about six per proxied connection; default: what the installation has, else 65535', min: 1024, max: 4_194_304}),
+    'cni-socket': Flags.string({
+      description:
+        'with --watch: answer merbridge-cni, the chained CNI plugin, on this unix socket (CNI mode: pods are registered before their first container starts)',
+    }),
+    'cni-conf-dir': Flags.string({
+      description:
+        "with --cni-socket: put merbridge-cni at the end of the runtime's network configuration in this folder (/etc/cni/net.d), and back whenever it is rewritten; disable takes it out",
+    }),
+    'cni-bin-dir': Flags.string({
+      description: 'with --cni-conf-dir: the CNI plugin binaries folder to copy merbridge-cni into (/opt/cni/bin)',
+    }),
+    'max-connections': Flags.integer({
+      description:
+        'entries of the connection maps (sock_pair_map, pair_original_dst): about six per proxied connection; default: what the installation has, else 65535',
+      min: 1024,
+      max: 4_194_304,
+    }),
     rebuild: Flags.boolean({description: 'compile the programs even if the cache holds them'}),
     'allow-empty': allowEmptyFlag,
   }
@@ -69,15 +85,21 @@ export default class Enable extends BaseCommand {
     const {flags} = await this.parse(Enable)
     useHostProc(flags['host-proc'])
     if (flags.watch && flags['pods-file']) this.error('--watch follows the Kubernetes API; it cannot watch --pods-file', {exit: 2})
-    if (flags['metrics-addr'] !== undefined && !flags.watch) this.error('--metrics-addr serves metrics while watching: add --watch', {exit: 2})
+    if (flags['metrics-addr'] !== undefined && !flags.watch)
+      this.error('--metrics-addr serves metrics while watching: add --watch', {exit: 2})
     if (flags['metrics-addr'] !== undefined) parseListenAddress(flags['metrics-addr'])
-    if (flags['cni-socket'] !== undefined && !flags.watch) this.error('--cni-socket answers the CNI plugin while watching: add --watch', {exit: 2})
-    if (flags['cni-socket'] !== undefined && !flags['cni-socket'].startsWith('/')) this.error(`--cni-socket ${flags['cni-socket']} is not an absolute path: give one such as /run/merbridge/cni.sock`, {exit: 2})
-    if ((flags['cni-conf-dir'] === undefined) !== (flags['cni-bin-dir'] === undefined)) this.error('--cni-conf-dir and --cni-bin-dir go together: give both, or neither', {exit: 2})
-    if (flags['cni-conf-dir'] !== undefined && flags['cni-socket'] === undefined) this.error('--cni-conf-dir installs the plugin for the agent: add --cni-socket (and --watch)', {exit: 2})
+    if (flags['cni-socket'] !== undefined && !flags.watch)
+      this.error('--cni-socket answers the CNI plugin while watching: add --watch', {exit: 2})
+    if (flags['cni-socket'] !== undefined && !flags['cni-socket'].startsWith('/'))
+      this.error(`--cni-socket ${flags['cni-socket']} is not an absolute path: give one such as /run/merbridge/cni.sock`, {exit: 2})
+    if ((flags['cni-conf-dir'] === undefined) !== (flags['cni-bin-dir'] === undefined))
+      this.error('--cni-conf-dir and --cni-bin-dir go together: give both, or neither', {exit: 2})
+    if (flags['cni-conf-dir'] !== undefined && flags['cni-socket'] === undefined)
+      this.error('--cni-conf-dir installs the plugin for the agent: add --cni-socket (and --watch)', {exit: 2})
     for (const f of ['cni-conf-dir', 'cni-bin-dir'] as const) {
       const dir = flags[f]
-      if (dir !== undefined && !(existsSync(dir) && statSync(dir).isDirectory())) this.error(`--${f} ${dir} is not a folder: give the node's CNI folder`, {exit: 2})
+      if (dir !== undefined && !(existsSync(dir) && statSync(dir).isDirectory()))
+        this.error(`--${f} ${dir} is not a folder: give the node's CNI folder`, {exit: 2})
     }
     requirePrivileges('enable')
     const kube = {kubeconfig: flags.kubeconfig, context: flags.context}
@@ -88,11 +110,25 @@ export default class Enable extends BaseCommand {
     process.on('SIGTERM', onSignal)
     let ctx: EnableContext
     // liveness from the first second: a first enable on a big node takes a while
-    const early = flags.watch && flags['metrics-addr'] !== undefined ? await serveEarly(flags['metrics-addr'], (l) => (this.jsonEnabled() ? undefined : this.log(l))) : undefined
+    const early =
+      flags.watch && flags['metrics-addr'] !== undefined
+        ? await serveEarly(flags['metrics-addr'], (l) => (this.jsonEnabled() ? undefined : this.log(l)))
+        : undefined
     try {
       const silent = this.jsonEnabled()
       ctx = await enable(
-        {mesh: flags.mesh, cgroup: flags.cgroup, bpffs: flags.bpffs, podsFile: flags['pods-file'], node: flags.node, rebuild: flags.rebuild, maxConnections: flags['max-connections'], kube, allowEmpty: flags['allow-empty'], cni: flags['cni-socket'] !== undefined},
+        {
+          mesh: flags.mesh,
+          cgroup: flags.cgroup,
+          bpffs: flags.bpffs,
+          podsFile: flags['pods-file'],
+          node: flags.node,
+          rebuild: flags.rebuild,
+          maxConnections: flags['max-connections'],
+          kube,
+          allowEmpty: flags['allow-empty'],
+          cni: flags['cni-socket'] !== undefined,
+        },
         {runSteps: (steps, c, hooks) => runWithProgress(steps, c, {silent, ...hooks}), signal: interrupt.signal},
       )
     } catch (error) {
@@ -108,7 +144,21 @@ export default class Enable extends BaseCommand {
     if (flags.watch) {
       if (this.jsonEnabled()) process.stdout.write(JSON.stringify(result) + '\n')
       const metrics = flags['metrics-addr'] === undefined ? undefined : {addr: flags['metrics-addr'], version: this.config.version, early}
-      await watchInForeground({log: (l) => this.log(l), json: this.jsonEnabled()}, ctx.inst, {kube, node: ctx.node, mesh: ctx.mesh, recheckMs: flags.recheck * 1000, cniSocket: flags['cni-socket'], ...(flags['cni-conf-dir'] && flags['cni-bin-dir'] ? {cniInstall: {confDir: flags['cni-conf-dir'], binDir: flags['cni-bin-dir']}} : {})}, metrics)
+      await watchInForeground(
+        {log: (l) => this.log(l), json: this.jsonEnabled()},
+        ctx.inst,
+        {
+          kube,
+          node: ctx.node,
+          mesh: ctx.mesh,
+          recheckMs: flags.recheck * 1000,
+          cniSocket: flags['cni-socket'],
+          ...(flags['cni-conf-dir'] && flags['cni-bin-dir']
+            ? {cniInstall: {confDir: flags['cni-conf-dir'], binDir: flags['cni-bin-dir']}}
+            : {}),
+        },
+        metrics,
+      )
       return undefined
     }
     return result
@@ -134,7 +184,8 @@ function toResult(ctx: EnableContext): EnableResult {
 
 function replaced(ctx: EnableContext): NonNullable<EnableResult['replaced']> {
   if (ctx.swap === 'shared') return {how: 'in place'}
-  if (ctx.swap === 'new maps') return {how: 'new maps', why: ctx.notShared ?? '', released: ctx.retired?.released ?? 0, unreleased: ctx.retired?.unreleased ?? 0}
+  if (ctx.swap === 'new maps')
+    return {how: 'new maps', why: ctx.notShared ?? '', released: ctx.retired?.released ?? 0, unreleased: ctx.retired?.unreleased ?? 0}
   return {how: 'anew', why: ctx.repaired ?? ctx.notShared ?? 'the previous installation was incomplete'}
 }
 
@@ -146,7 +197,11 @@ function replacedLine(r: NonNullable<EnableResult['replaced']>): string {
 }
 
 function summary(r: EnableResult): string {
-  const head = {fresh: 'merbridge is enabled', resync: 'merbridge was already enabled; pods reloaded', replace: 'merbridge is enabled (programs replaced)'}[r.mode]
+  const head = {
+    fresh: 'merbridge is enabled',
+    resync: 'merbridge was already enabled; pods reloaded',
+    replace: 'merbridge is enabled (programs replaced)',
+  }[r.mode]
   const lines = [
     c.green(`✔ ${head}`) + ` on node ${c.bold(r.node)}`,
     `  cgroup   ${r.cgroup}`,
@@ -156,7 +211,12 @@ function summary(r: EnableResult): string {
     ...(r.replaced ? [`  replaced ${replacedLine(r.replaced)}`] : []),
     `  pods     ${r.pods.meshed.length} meshed and registered, ${r.pods.unregistered.length} meshed but not found on this node, ${r.pods.skipped.length} skipped (from ${r.pods.source})`,
   ]
-  for (const p of r.pods.unregistered) lines.push(c.yellow(`  ! ${p.namespace}/${p.name} (${p.ip}): no network namespace with this IP on the node; its sidecar is used once it listens`))
+  for (const p of r.pods.unregistered)
+    lines.push(
+      c.yellow(
+        `  ! ${p.namespace}/${p.name} (${p.ip}): no network namespace with this IP on the node; its sidecar is used once it listens`,
+      ),
+    )
   for (const w of r.pods.warnings) lines.push(c.yellow(`  ! ${w}`))
   return lines.join('\n')
 }

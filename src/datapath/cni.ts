@@ -44,7 +44,14 @@ export function parseCniRequest(text: string): CniRequest {
   }
   const command = field('command')
   if (command !== 'ADD' && command !== 'DEL' && command !== 'CHECK') throw new Error(`unknown CNI_COMMAND ${JSON.stringify(command)}`)
-  return {command, containerId: field('containerId'), netns: field('netns'), ifname: field('ifname'), args: field('args'), config: field('config')}
+  return {
+    command,
+    containerId: field('containerId'),
+    netns: field('netns'),
+    ifname: field('ifname'),
+    args: field('args'),
+    config: field('config'),
+  }
 }
 
 /** CNI_ARGS as a map (K8S_POD_NAMESPACE, K8S_POD_NAME, ...). */
@@ -88,8 +95,18 @@ export function passThrough(config: CniConfig): CniAnswer {
  */
 export async function serveCni(path: string, handle: (req: CniRequest) => Promise<CniAnswer>): Promise<Server> {
   if (existsSync(path)) {
-    if (!lstatSync(path).isSocket()) throw new MerbridgeError(`--cni-socket ${path} exists and is not a socket`, {code: 'BAD_INPUT', exitCode: 2, suggestion: 'give a path under /run for the socket'})
-    if (await answers(path)) throw new MerbridgeError(`another agent already serves CNI calls at ${path}`, {code: 'CNI_SOCKET_BUSY', exitCode: 2, suggestion: 'stop it, or give another --cni-socket'})
+    if (!lstatSync(path).isSocket())
+      throw new MerbridgeError(`--cni-socket ${path} exists and is not a socket`, {
+        code: 'BAD_INPUT',
+        exitCode: 2,
+        suggestion: 'give a path under /run for the socket',
+      })
+    if (await answers(path))
+      throw new MerbridgeError(`another agent already serves CNI calls at ${path}`, {
+        code: 'CNI_SOCKET_BUSY',
+        exitCode: 2,
+        suggestion: 'stop it, or give another --cni-socket',
+      })
     rmSync(path)
   }
   mkdirSync(dirname(path), {recursive: true, mode: 0o700})
@@ -158,7 +175,8 @@ export interface CniAgent {
   log: (line: string, event?: Record<string, unknown>) => void
 }
 
-const registeredNow = (agent: CniAgent, key: string) => agent.applied()?.sync.meshed.some((p) => `${p.namespace}/${p.name}` === key) === true
+const registeredNow = (agent: CniAgent, key: string) =>
+  agent.applied()?.sync.meshed.some((p) => `${p.namespace}/${p.name}` === key) === true
 
 /**
  * One call of merbridge-cni. ADD answers with the previous result once the pod is registered in
@@ -181,14 +199,22 @@ export async function handleCni(call: CniRequest, agent: CniAgent): Promise<CniA
   const namespace = args.get('K8S_POD_NAMESPACE')
   if (req.command === 'DEL') {
     // the sandbox goes: its namespace is no pod's any more
-    const keys = [...agent.pinned].filter(([k, v]) => v.netns === req.netns || (name !== undefined && k === `${namespace ?? 'default'}/${name}`)).map(([k]) => k)
+    const keys = [...agent.pinned]
+      .filter(([k, v]) => v.netns === req.netns || (name !== undefined && k === `${namespace ?? 'default'}/${name}`))
+      .map(([k]) => k)
     for (const k of keys) agent.pinned.delete(k)
     if (keys.length > 0) await agent.sync()
     return {code: 0, stdout: ''}
   }
   if (!name) return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: CNI_ARGS names no pod (K8S_POD_NAME)', req.args, config.cniVersion)
   const pod = await agent.findPod(namespace, name)
-  if (!pod) return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${namespace ?? '?'}/${name} of node ${agent.node} is not known to the agent yet`, 'the watch has not seen it: the runtime retries', config.cniVersion)
+  if (!pod)
+    return cniError(
+      CNI_ERRORS.tryAgainLater,
+      `merbridge-cni: pod ${namespace ?? '?'}/${name} of node ${agent.node} is not known to the agent yet`,
+      'the watch has not seen it: the runtime retries',
+      config.cniVersion,
+    )
   const key = podKey(pod)
   const ips = resultAddresses(config)
   // not meshed, or skipped: nothing to capture
@@ -197,19 +223,35 @@ export async function handleCni(call: CniRequest, agent: CniAgent): Promise<CniA
     if (agent.pinned.get(key)?.netns === req.netns && registeredNow(agent, key)) return {code: 0, stdout: ''}
     return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${key} is not registered in ${req.netns}`, '', config.cniVersion)
   }
-  if (!req.netns) return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: the call names no network namespace (CNI_NETNS)', '', config.cniVersion)
+  if (!req.netns)
+    return cniError(CNI_ERRORS.invalidConfig, 'merbridge-cni: the call names no network namespace (CNI_NETNS)', '', config.cniVersion)
   if (!existsSync(req.netns))
-    return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: the agent cannot see ${req.netns}, the namespace of pod ${key}`, "in a container it needs the node's /var/run/netns mounted (deploy/merbridge.yaml)", config.cniVersion)
+    return cniError(
+      CNI_ERRORS.tryAgainLater,
+      `merbridge-cni: the agent cannot see ${req.netns}, the namespace of pod ${key}`,
+      "in a container it needs the node's /var/run/netns mounted (deploy/merbridge.yaml)",
+      config.cniVersion,
+    )
   agent.pinned.set(key, {netns: req.netns, ips})
   await agent.sync()
   const tcFailed = agent.applied()?.sync.nodeWarnings.find((w) => w.startsWith(`${key}: inbound capture not attached`))
   if (registeredNow(agent, key) && !tcFailed) {
     // what the pod's start waits for here: the plugin's own start adds about a millisecond
     const ms = Math.round((performance.now() - started) * 10) / 10
-    agent.log(`cni: ${key} registered in ${req.netns} before its first container (${ms} ms)`, {event: 'cni-add', pod: key, netns: req.netns, ms})
+    agent.log(`cni: ${key} registered in ${req.netns} before its first container (${ms} ms)`, {
+      event: 'cni-add',
+      pod: key,
+      netns: req.netns,
+      ms,
+    })
     return passThrough(config)
   }
   agent.pinned.delete(key)
   await agent.sync()
-  return cniError(CNI_ERRORS.tryAgainLater, `merbridge-cni: pod ${key} could not be registered`, tcFailed ?? 'the last sync failed: see the agent log', config.cniVersion)
+  return cniError(
+    CNI_ERRORS.tryAgainLater,
+    `merbridge-cni: pod ${key} could not be registered`,
+    tcFailed ?? 'the last sync failed: see the agent log',
+    config.cniVersion,
+  )
 }

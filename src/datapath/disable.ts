@@ -51,7 +51,10 @@ export interface DisableResult {
 }
 
 /** Where each of our programs (by id) is attached, found from the kernel rather than from records. */
-async function findAttachments(progIds: Map<number, string>, root?: string): Promise<{cgroup: string; attachType: string; id: number; name: string}[]> {
+async function findAttachments(
+  progIds: Map<number, string>,
+  root?: string,
+): Promise<{cgroup: string; attachType: string; id: number; name: string}[]> {
   const out: {cgroup: string; attachType: string; id: number; name: string}[] = []
   if (progIds.size === 0) return out
   // from the cgroup enable attached to: `bpftool cgroup tree` alone walks only what this process's
@@ -90,7 +93,11 @@ function keptOrCached(inst: Installation, objectHash: string | undefined, helper
  * kernel feature) no socket can be told apart: all stay tracked, counted from a dump, and the
  * returned reason says why.
  */
-async function releaseSockets(inst: Installation, iterator: string | undefined, waitMs: number): Promise<{released: number; unreleased: number; without?: string}> {
+async function releaseSockets(
+  inst: Installation,
+  iterator: string | undefined,
+  waitMs: number,
+): Promise<{released: number; unreleased: number; without?: string}> {
   const pin = inst.queuedPin
   let released = 0
   let holding: Queued[]
@@ -138,7 +145,11 @@ function attachArg(kernelAttachType: string, progName: string): string {
  * still has under that name (a program whose pin is gone stays attached, found by its id; a name
  * alone could be another installation's).
  */
-export async function programsOf(inst: Installation, state: InstallState | undefined, opts: {staged: boolean}): Promise<Map<number, string>> {
+export async function programsOf(
+  inst: Installation,
+  state: InstallState | undefined,
+  opts: {staged: boolean},
+): Promise<Map<number, string>> {
   const progIds = new Map<number, string>()
   for (const p of PROGRAMS) {
     for (const pin of [inst.prog(p.name), ...(opts.staged ? [inst.stagedProg(p.name)] : [])]) {
@@ -183,7 +194,11 @@ export async function stopPrograms(
   }
   // sockets leave the sockhash one by one, each once its queue is read (sk_msg redirects no more)
   if (quiet && existsSync(inst.map('sock_pair_map'))) {
-    const {without, ...counts} = await releaseSockets(inst, keptOrCached(inst, opts.objectHash, 'sockhashQueued'), opts.drainMs === 0 ? 0 : RELEASE_MS)
+    const {without, ...counts} = await releaseSockets(
+      inst,
+      keptOrCached(inst, opts.objectHash, 'sockhashQueued'),
+      opts.drainMs === 0 ? 0 : RELEASE_MS,
+    )
     Object.assign(result, counts)
     if (without !== undefined) result.unavailable['sockmap-iterator'] = without
   }
@@ -194,7 +209,8 @@ export async function stopPrograms(
     const paths = (await listNetnsCandidates({addresses: false})).map((c) => c.path)
     for (const tcId of tcIds) {
       const tc = await detachInbound(keptOrCached(inst, opts.objectHash, 'tcInbound') ?? (await buildObjects()).tcInbound, tcId, paths)
-      for (const [path, ifaces] of tc.done) for (const dev of ifaces) result.detached.push({cgroup: `netns ${path} dev ${dev}`, program: 'mb_tc_inbound', id: tcId})
+      for (const [path, ifaces] of tc.done)
+        for (const dev of ifaces) result.detached.push({cgroup: `netns ${path} dev ${dev}`, program: 'mb_tc_inbound', id: tcId})
     }
   }
 
@@ -232,18 +248,30 @@ export async function disable(inst: Installation, opts: {drainMs?: number; keepF
   const invisible = (why: string) =>
     new MerbridgeError(`merbridge was enabled on cgroup ${state?.cgroup ?? '?'}, ${why}`, {
       code: 'CGROUP_NOT_VISIBLE',
-      suggestion: "run disable where the host's cgroups are visible: on the host, or in a container that shares the host's cgroup namespace and mounts its cgroup2",
+      suggestion:
+        "run disable where the host's cgroups are visible: on the host, or in a container that shares the host's cgroup namespace and mounts its cgroup2",
     })
-  if (root !== undefined && state?.cgroupId !== undefined && statSync(root).ino !== state.cgroupId) throw invisible(`and this process sees another cgroup there (id ${statSync(root).ino}, not ${state.cgroupId})`)
+  if (root !== undefined && state?.cgroupId !== undefined && statSync(root).ino !== state.cgroupId)
+    throw invisible(`and this process sees another cgroup there (id ${statSync(root).ino}, not ${state.cgroupId})`)
   // gone from view: deleted (its programs went with it), or hidden by a cgroup namespace
-  if (state?.cgroup !== undefined && root === undefined && !inInitialCgroupNamespace()) throw invisible('which this process cannot see from its cgroup namespace')
-  const result: DisableResult = {bpffs: inst.dir, wasEnabled: false, released: 0, unreleased: 0, unavailable: {}, detached: [], unpinned: []}
+  if (state?.cgroup !== undefined && root === undefined && !inInitialCgroupNamespace())
+    throw invisible('which this process cannot see from its cgroup namespace')
+  const result: DisableResult = {
+    bpffs: inst.dir,
+    wasEnabled: false,
+    released: 0,
+    unreleased: 0,
+    unavailable: {},
+    detached: [],
+    unpinned: [],
+  }
   const progIds = await programsOf(inst, state, {staged: true})
   const pinned = inst.exists() ? await inst.pinned() : {progs: [], maps: []}
   result.wasEnabled = progIds.size > 0 || state !== undefined || pinned.progs.length + pinned.maps.length > 0
   // first: pods set up from now on must not wait for an agent whose datapath is going
   // a folder this process does not see (enabled from a container, disabled from the node): said, not guessed at
-  if (state?.cni) result.cniConfig = existsSync(state.cni.confDir) ? uninstallCni(state.cni) : {restored: [], edited: [], unreachable: state.cni.confDir}
+  if (state?.cni)
+    result.cniConfig = existsSync(state.cni.confDir) ? uninstallCni(state.cni) : {restored: [], edited: [], unreachable: state.cni.confDir}
   Object.assign(result, await stopPrograms(inst, progIds, root, {drainMs: opts.drainMs, objectHash: state?.objectHash, staged: true}))
 
   // 4. Unpin: removing the pins frees programs and maps once nothing else holds them.

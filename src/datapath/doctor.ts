@@ -53,9 +53,24 @@ export function checkPrivileges(uid: number, missing: CapName[]): Check {
 /** The release, for information: what the kernel can do is decided by the feature checks (a distribution kernel may have backports). */
 export function checkKernel(v: KernelVersion | undefined): Check {
   const title = 'kernel version'
-  if (!v) return {id: 'kernel', title, status: 'warn', required: false, detail: 'could not read the kernel release; judged by its features below', remedy: 'check `uname -r`'}
+  if (!v)
+    return {
+      id: 'kernel',
+      title,
+      status: 'warn',
+      required: false,
+      detail: 'could not read the kernel release; judged by its features below',
+      remedy: 'check `uname -r`',
+    }
   if (!kernelAtLeast(v, MIN_KERNEL.major, MIN_KERNEL.minor))
-    return {id: 'kernel', title, status: 'warn', required: false, detail: `${v.raw} is older than ${MIN_KERNEL.text}, the oldest release with every feature the datapath uses; judged by its features below`, remedy: `if a feature check fails, upgrade the node to Linux ${MIN_KERNEL.text} or newer`}
+    return {
+      id: 'kernel',
+      title,
+      status: 'warn',
+      required: false,
+      detail: `${v.raw} is older than ${MIN_KERNEL.text}, the oldest release with every feature the datapath uses; judged by its features below`,
+      remedy: `if a feature check fails, upgrade the node to Linux ${MIN_KERNEL.text} or newer`,
+    }
   return pass('kernel', title, v.raw, false)
 }
 
@@ -63,11 +78,29 @@ export function checkKernel(v: KernelVersion | undefined): Check {
 export function checkProbes(p: ProbeResults): Check[] {
   const checks: Check[] = [
     p.datapath === undefined
-      ? pass('datapath-load', 'datapath loads', 'every program of the datapath passed this kernel\'s verifier (loaded, attached nowhere, removed)')
-      : {id: 'datapath-load', title: 'datapath loads', status: 'fail', required: true, detail: p.datapath, remedy: 'the kernel lacks a feature the datapath needs (the line above names the program it refused): upgrade the node'},
+      ? pass(
+          'datapath-load',
+          'datapath loads',
+          "every program of the datapath passed this kernel's verifier (loaded, attached nowhere, removed)",
+        )
+      : {
+          id: 'datapath-load',
+          title: 'datapath loads',
+          status: 'fail',
+          required: true,
+          detail: p.datapath,
+          remedy: 'the kernel lacks a feature the datapath needs (the line above names the program it refused): upgrade the node',
+        },
     p.netnsCookie === undefined
       ? pass('netns-cookie', 'network namespace cookies', 'SO_NETNS_COOKIE answers')
-      : {id: 'netns-cookie', title: 'network namespace cookies', status: 'fail', required: true, detail: p.netnsCookie, remedy: `upgrade the node to Linux ${MIN_KERNEL.text} or newer`},
+      : {
+          id: 'netns-cookie',
+          title: 'network namespace cookies',
+          status: 'fail',
+          required: true,
+          detail: p.netnsCookie,
+          remedy: `upgrade the node to Linux ${MIN_KERNEL.text} or newer`,
+        },
   ]
   for (const feature of OPTIONAL_FEATURE_NAMES) {
     const f = OPTIONAL_FEATURES[feature]
@@ -75,7 +108,15 @@ export function checkProbes(p: ProbeResults): Check[] {
     checks.push(
       why === undefined
         ? {...pass(feature, f.title, 'perConnection' in f ? f.perConnection : f.buys, false), optional: true}
-        : {id: feature, title: f.title, status: 'warn', required: false, optional: true, detail: `unavailable (${why})`, remedy: `merbridge works without it: ${f.without}`},
+        : {
+            id: feature,
+            title: f.title,
+            status: 'warn',
+            required: false,
+            optional: true,
+            detail: `unavailable (${why})`,
+            remedy: `merbridge works without it: ${f.without}`,
+          },
     )
   }
   return checks
@@ -101,36 +142,87 @@ export function checkCgroup(mounts: Mount[], given?: string): Check & {path?: st
     const path = resolve(given)
     const mount = mountOf(mounts, path)
     if (!existsSync(path) || !statSync(path).isDirectory())
-      return {id: 'cgroup', title, status: 'fail', required: true, detail: existsSync(path) ? `${path} is a file, not a cgroup folder` : `${path} does not exist`, remedy: found.path ? `use --cgroup ${found.path}, this host's cgroup v2 mount` : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup'}
+      return {
+        id: 'cgroup',
+        title,
+        status: 'fail',
+        required: true,
+        detail: existsSync(path) ? `${path} is a file, not a cgroup folder` : `${path} does not exist`,
+        remedy: found.path
+          ? `use --cgroup ${found.path}, this host's cgroup v2 mount`
+          : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup',
+      }
     // a hybrid host's cgroup root given whole (the DaemonSet mounts the host's /sys/fs/cgroup):
     // its v2 hierarchy is the `unified` mount inside it
     const unified = join(path, 'unified')
     if (mount?.fstype !== 'cgroup2' && mounts.some((m) => m.target === unified && m.fstype === 'cgroup2'))
       return {...pass('cgroup', title, `${unified} (the cgroup v2 mount of the hybrid host's cgroup root ${path})`), path: unified}
     if (mount?.fstype !== 'cgroup2')
-      return {id: 'cgroup', title, status: 'fail', required: true, detail: `${path} is not on a cgroup v2 mount (it is ${mount?.fstype ?? 'unknown'})`, remedy: found.path ? `use --cgroup ${found.path}, this host's cgroup v2 mount` : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup'}
+      return {
+        id: 'cgroup',
+        title,
+        status: 'fail',
+        required: true,
+        detail: `${path} is not on a cgroup v2 mount (it is ${mount?.fstype ?? 'unknown'})`,
+        remedy: found.path
+          ? `use --cgroup ${found.path}, this host's cgroup v2 mount`
+          : 'mount cgroup v2: mount -t cgroup2 none /sys/fs/cgroup',
+      }
     return {...pass('cgroup', title, `${path} (given; ${found.layout} host)`), path}
   }
   if (found.path) return {...pass('cgroup', title, `${found.path} (${found.layout} host)`), path: found.path}
   const detail = found.layout === 'legacy' ? 'only cgroup v1 is mounted (a v1-only host)' : 'no cgroup filesystem is mounted'
-  return {id: 'cgroup', title, status: 'fail', required: true, detail, remedy: 'mount cgroup v2 (mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified), or boot with systemd.unified_cgroup_hierarchy=1'}
+  return {
+    id: 'cgroup',
+    title,
+    status: 'fail',
+    required: true,
+    detail,
+    remedy:
+      'mount cgroup v2 (mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified), or boot with systemd.unified_cgroup_hierarchy=1',
+  }
 }
 
 export function checkBpffs(mounts: Mount[], dir: string): Check {
   const title = 'bpf filesystem'
   if (isBpffs(mounts, dir)) return pass('bpffs', title, `${mountOf(mounts, dir)?.target} is mounted`)
   if (dir.startsWith(BPFFS_MOUNT + '/') || dir === BPFFS_MOUNT)
-    return {id: 'bpffs', title, status: 'warn', required: true, detail: `${BPFFS_MOUNT} is not mounted; enable will mount it`, remedy: `mount -t bpf bpf ${BPFFS_MOUNT}`}
-  return {id: 'bpffs', title, status: 'fail', required: true, detail: `${dir} is not on a bpf filesystem`, remedy: `choose a folder below ${BPFFS_MOUNT} (--bpffs), or mount -t bpf bpf ${BPFFS_MOUNT}`}
+    return {
+      id: 'bpffs',
+      title,
+      status: 'warn',
+      required: true,
+      detail: `${BPFFS_MOUNT} is not mounted; enable will mount it`,
+      remedy: `mount -t bpf bpf ${BPFFS_MOUNT}`,
+    }
+  return {
+    id: 'bpffs',
+    title,
+    status: 'fail',
+    required: true,
+    detail: `${dir} is not on a bpf filesystem`,
+    remedy: `choose a folder below ${BPFFS_MOUNT} (--bpffs), or mount -t bpf bpf ${BPFFS_MOUNT}`,
+  }
 }
 
 export function checkFeatures(probe: unknown): Check {
   const {missing, checked} = missingFeatures(probe)
   if (missing.length === 0) return pass('features', 'kernel BPF features', `${checked} program types, map types and helpers available`)
-  return {id: 'features', title: 'kernel BPF features', status: 'fail', required: true, detail: `missing: ${missing.join(', ')}`, remedy: 'upgrade the node to Linux 5.15 or newer with CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF and CONFIG_BPF_STREAM_PARSER'}
+  return {
+    id: 'features',
+    title: 'kernel BPF features',
+    status: 'fail',
+    required: true,
+    detail: `missing: ${missing.join(', ')}`,
+    remedy: 'upgrade the node to Linux 5.15 or newer with CONFIG_BPF_SYSCALL, CONFIG_CGROUP_BPF and CONFIG_BPF_STREAM_PARSER',
+  }
 }
 
-interface Attached {id: number; name: string; attach_type: string}
+interface Attached {
+  id: number
+  name: string
+  attach_type: string
+}
 
 /** Whether one cgroup path is the other or below it. */
 const within = (path: string, root: string) => path === root || path.startsWith(root.endsWith('/') ? root : `${root}/`)
@@ -141,9 +233,17 @@ const within = (path: string, root: string) => path === root || path.startsWith(
  * below it, so two datapaths there would both rewrite every connect of the pods below, and each
  * one's disable would leave the other's half working. `tree` is every cgroup with programs.
  */
-export function checkForeignPrograms(cgroup: string, attached: Attached[], ours: Set<number>, tree: {cgroup: string; programs: Attached[]}[] = []): Check {
+export function checkForeignPrograms(
+  cgroup: string,
+  attached: Attached[],
+  ours: Set<number>,
+  tree: {cgroup: string; programs: Attached[]}[] = [],
+): Check {
   const foreign = attached.filter((a) => !ours.has(a.id))
-  const twins = [{cgroup, programs: foreign}, ...tree.filter((t) => t.cgroup !== cgroup && (within(t.cgroup, cgroup) || within(cgroup, t.cgroup)))]
+  const twins = [
+    {cgroup, programs: foreign},
+    ...tree.filter((t) => t.cgroup !== cgroup && (within(t.cgroup, cgroup) || within(cgroup, t.cgroup))),
+  ]
     .map((t) => ({cgroup: t.cgroup, twin: t.programs.filter((a) => a.name.startsWith('mb_') && !ours.has(a.id))}))
     .filter((t) => t.twin.length > 0)
   const first = twins[0]
@@ -153,7 +253,10 @@ export function checkForeignPrograms(cgroup: string, attached: Attached[], ours:
       title: 'other programs on the cgroup',
       status: 'fail',
       required: true,
-      detail: `another merbridge installation is attached to ${first.cgroup}${first.cgroup === cgroup ? '' : within(first.cgroup, cgroup) ? `, below ${cgroup}` : `, above ${cgroup}`} (${first.twin.map((a) => `${a.name} id ${a.id}`).slice(0, 3).join(', ')}${first.twin.length > 3 ? ', ...' : ''})`,
+      detail: `another merbridge installation is attached to ${first.cgroup}${first.cgroup === cgroup ? '' : within(first.cgroup, cgroup) ? `, below ${cgroup}` : `, above ${cgroup}`} (${first.twin
+        .map((a) => `${a.name} id ${a.id}`)
+        .slice(0, 3)
+        .join(', ')}${first.twin.length > 3 ? ', ...' : ''})`,
       remedy: 'use the --bpffs of that installation, or remove it first with merbridge disable --bpffs <its folder>',
     }
   if (foreign.length === 0) return pass('foreign-programs', 'other programs on the cgroup', `none on ${cgroup}`, false)
@@ -163,7 +266,8 @@ export function checkForeignPrograms(cgroup: string, attached: Attached[], ours:
     status: 'warn',
     required: false,
     detail: foreign.map((a) => `${a.id} ${a.name || '(no name)'} (${a.attach_type})`).join(', '),
-    remedy: 'another mesh accelerator or a CNI socket load balancer may conflict with merbridge; check what owns them with `bpftool prog show id ID`',
+    remedy:
+      'another mesh accelerator or a CNI socket load balancer may conflict with merbridge; check what owns them with `bpftool prog show id ID`',
   }
 }
 
@@ -186,7 +290,9 @@ async function compilerCheck(): Promise<Check> {
     return `clang ${version}, targets bpf`
   })
   const shipped = check.status === 'pass' ? undefined : await shippedObjects()
-  return shipped === undefined ? check : pass('clang', 'clang', `not needed: the package ships the objects (${shipped}); another --max-connections needs clang`)
+  return shipped === undefined
+    ? check
+    : pass('clang', 'clang', `not needed: the package ships the objects (${shipped}); another --max-connections needs clang`)
 }
 
 export interface PreflightOptions {
@@ -226,7 +332,14 @@ export async function runPreflight(opts: PreflightOptions = {}): Promise<Preflig
     if (opts.probeLoads) checks.push(...(await probeChecks(checks)))
     if (cgroup.path) checks.push(await foreignCheck(cgroup.path, installation))
   } else {
-    checks.push({id: 'features', title: 'kernel BPF features', status: 'fail', required: true, detail: 'not probed: needs bpftool and root', remedy: 'fix the checks above, then run merbridge doctor again'})
+    checks.push({
+      id: 'features',
+      title: 'kernel BPF features',
+      status: 'fail',
+      required: true,
+      detail: 'not probed: needs bpftool and root',
+      remedy: 'fix the checks above, then run merbridge doctor again',
+    })
   }
   const enabled = await enabledCheck(installation)
   checks.push(enabled.check)
@@ -238,13 +351,30 @@ async function featureCheck(): Promise<Check> {
   try {
     return checkFeatures(await bpftool.featureProbe())
   } catch (error) {
-    return {id: 'features', title: 'kernel BPF features', status: 'fail', required: true, detail: describeError(error).message, remedy: 'run `bpftool feature probe kernel` to see why'}
+    return {
+      id: 'features',
+      title: 'kernel BPF features',
+      status: 'fail',
+      required: true,
+      detail: describeError(error).message,
+      remedy: 'run `bpftool feature probe kernel` to see why',
+    }
   }
 }
 
 async function probeChecks(before: Check[]): Promise<Check[]> {
   const blocker = before.find((c) => c.required && c.status === 'fail' && ['clang', 'bpffs'].includes(c.id))
-  if (blocker) return [{id: 'datapath-load', title: 'datapath loads', status: 'fail', required: true, detail: `not probed: ${blocker.title} failed`, remedy: 'fix the checks above, then run merbridge doctor again'}]
+  if (blocker)
+    return [
+      {
+        id: 'datapath-load',
+        title: 'datapath loads',
+        status: 'fail',
+        required: true,
+        detail: `not probed: ${blocker.title} failed`,
+        remedy: 'fix the checks above, then run merbridge doctor again',
+      },
+    ]
   try {
     return checkProbes(await probeLoads(await buildObjects()))
   } catch (error) {
@@ -262,7 +392,13 @@ async function foreignCheck(cgroup: string, installation: Installation): Promise
   try {
     return checkForeignPrograms(cgroup, await bpftool.cgroupShow(cgroup), await ourProgramIds(installation), await bpftool.cgroupTree())
   } catch (error) {
-    return {id: 'foreign-programs', title: 'other programs on the cgroup', status: 'warn', required: false, detail: describeError(error).message}
+    return {
+      id: 'foreign-programs',
+      title: 'other programs on the cgroup',
+      status: 'warn',
+      required: false,
+      detail: describeError(error).message,
+    }
   }
 }
 
@@ -272,9 +408,23 @@ export function checkInbound(gaps: {pod: string; interfaces: string[]}[], checke
   const title = 'inbound capture on the pods'
   if (gaps.length > 0) {
     const list = gaps.slice(0, 5).map((g) => `${g.pod} (${g.interfaces.join(', ')})`)
-    return {id, title, status: 'fail', required: true, detail: `not attached on ${gaps.length} of ${checked} registered pod(s): ${list.join('; ')}${gaps.length > 5 ? '; ...' : ''}`, remedy: 'run merbridge sync (or merbridge enable) to attach it again'}
+    return {
+      id,
+      title,
+      status: 'fail',
+      required: true,
+      detail: `not attached on ${gaps.length} of ${checked} registered pod(s): ${list.join('; ')}${gaps.length > 5 ? '; ...' : ''}`,
+      remedy: 'run merbridge sync (or merbridge enable) to attach it again',
+    }
   }
-  if (unreadable.length > 0) return {id, title, status: 'warn', required: false, detail: `${checked - unreadable.length} of ${checked} pod(s) checked; cannot read ${unreadable.slice(0, 3).join(', ')}${unreadable.length > 3 ? ', ...' : ''}`}
+  if (unreadable.length > 0)
+    return {
+      id,
+      title,
+      status: 'warn',
+      required: false,
+      detail: `${checked - unreadable.length} of ${checked} pod(s) checked; cannot read ${unreadable.slice(0, 3).join(', ')}${unreadable.length > 3 ? ', ...' : ''}`,
+    }
   return pass(id, title, `on every interface of the ${checked} registered pod(s) found on this node`)
 }
 
@@ -292,12 +442,20 @@ async function inboundCheck(installation: Installation): Promise<Check> {
       const ns = hs.find((h) => cookies.get(h.path)?.toString() === p.netns)
       return ns ? [{pod: `${p.namespace}/${p.name}`, target: {path: ns.path, skip: p.noInboundCapture ?? []}}] : []
     })
-    const tc = await missingInbound(helpers.tcInbound, prog.id, found.map((f) => f.target))
+    const tc = await missingInbound(
+      helpers.tcInbound,
+      prog.id,
+      found.map((f) => f.target),
+    )
     const gaps = found.flatMap((f) => {
       const missing = tc.done.get(f.target.path) ?? []
       return missing.length > 0 ? [{pod: f.pod, interfaces: missing}] : []
     })
-    return checkInbound(gaps, found.length, found.filter((f) => tc.failed.has(f.target.path)).map((f) => f.pod))
+    return checkInbound(
+      gaps,
+      found.length,
+      found.filter((f) => tc.failed.has(f.target.path)).map((f) => f.pod),
+    )
   } catch (error) {
     return {id: 'inbound', title: 'inbound capture on the pods', status: 'warn', required: false, detail: describeError(error).message}
   }
@@ -308,8 +466,21 @@ async function enabledCheck(installation: Installation): Promise<{check: Check; 
   const pins = installation.exists() ? await installation.pinned() : {progs: [], maps: []}
   const title = 'merbridge on this node'
   if (state && pins.progs.length === PROGRAMS.length)
-    return {enabled: true, check: pass('enabled', title, `enabled since ${state.enabledAt} on ${state.cgroup} (${installation.dir})`, false)}
+    return {
+      enabled: true,
+      check: pass('enabled', title, `enabled since ${state.enabledAt} on ${state.cgroup} (${installation.dir})`, false),
+    }
   if (pins.progs.length + pins.maps.length > 0 || state)
-    return {enabled: false, check: {id: 'enabled', title, status: 'warn', required: false, detail: `a partial installation is left in ${installation.dir}`, remedy: 'run merbridge disable to clean it'}}
+    return {
+      enabled: false,
+      check: {
+        id: 'enabled',
+        title,
+        status: 'warn',
+        required: false,
+        detail: `a partial installation is left in ${installation.dir}`,
+        remedy: 'run merbridge disable to clean it',
+      },
+    }
   return {enabled: false, check: pass('enabled', title, 'not enabled', false)}
 }

@@ -7,7 +7,18 @@ import {MerbridgeError} from '../errors.js'
 import {type InstallState, type Installation, notEnabled} from './installation.js'
 
 /** The maps dump-maps decodes, in the order it shows them. */
-export const DUMPABLE = ['sock_pair_map', 'pair_original_dst', 'pod_usage', 'process_ip', 'local_pod_ips', 'netns_pod_ips', 'pod_other_ips', 'inbound_skip', 'settings', 'counters'] as const
+export const DUMPABLE = [
+  'sock_pair_map',
+  'pair_original_dst',
+  'pod_usage',
+  'process_ip',
+  'local_pod_ips',
+  'netns_pod_ips',
+  'pod_other_ips',
+  'inbound_skip',
+  'settings',
+  'counters',
+] as const
 export type DumpableMap = (typeof DUMPABLE)[number]
 
 export interface Endpoint {
@@ -124,13 +135,16 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
   if (unknown.length > 0)
     throw new MerbridgeError(`unknown map ${unknown.join(', ')}`, {code: 'UNKNOWN_MAP', suggestion: `valid maps: ${DUMPABLE.join(', ')}`})
   const state = await inst.readState()
-  if (!inst.exists())
-    throw notEnabled(inst)
+  if (!inst.exists()) throw notEnabled(inst)
   // an installation enabled by an older merbridge lacks these, and shows them empty
   const olderLack: readonly string[] = ['pod_other_ips', 'inbound_skip']
   inst.requireMaps((names.length > 0 ? (names as DumpableMap[]) : DUMPABLE).filter((n) => !olderLack.includes(n)))
   const pods = podNames(state)
-  const ep = (ip: string, port?: number): Endpoint => ({ip, ...(port === undefined ? {} : {port}), ...(pods.has(ip) ? {pod: pods.get(ip)} : {})})
+  const ep = (ip: string, port?: number): Endpoint => ({
+    ip,
+    ...(port === undefined ? {} : {port}),
+    ...(pods.has(ip) ? {pod: pods.get(ip)} : {}),
+  })
   const conn = (p: Pair) => ({local: ep(p.localIp, p.localPort), remote: ep(p.remoteIp, p.remotePort), netns: p.netns.toString()})
   const matches = (...eps: Endpoint[]) =>
     (!filter.ip || eps.some((e) => e.ip === filter.ip)) &&
@@ -141,27 +155,55 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
   const readers: {[K in DumpableMap]: () => Promise<{rows: RowsOf[K][]; eps: Endpoint[][]}>} = {
     async sock_pair_map() {
       const entries = await readMaps.sockets(inst)
-      return {rows: entries.map((e) => ({...conn(e.pair), cookie: e.cookie?.toString()})), eps: entries.map((e) => [ep(e.pair.localIp, e.pair.localPort), ep(e.pair.remoteIp, e.pair.remotePort)])}
+      return {
+        rows: entries.map((e) => ({...conn(e.pair), cookie: e.cookie?.toString()})),
+        eps: entries.map((e) => [ep(e.pair.localIp, e.pair.localPort), ep(e.pair.remoteIp, e.pair.remotePort)]),
+      }
     },
     async pair_original_dst() {
       const entries = await readMaps.originals(inst)
       return {
-        rows: entries.map((e) => ({connection: conn(e.pair), originalDst: ep(e.origin.ip, e.origin.port), pid: e.origin.pid, process: processName(e.origin.pid), flags: originFlagNames(e.origin.flags)})),
-        eps: entries.map((e) => [ep(e.pair.localIp, e.pair.localPort), ep(e.pair.remoteIp, e.pair.remotePort), ep(e.origin.ip, e.origin.port)]),
+        rows: entries.map((e) => ({
+          connection: conn(e.pair),
+          originalDst: ep(e.origin.ip, e.origin.port),
+          pid: e.origin.pid,
+          process: processName(e.origin.pid),
+          flags: originFlagNames(e.origin.flags),
+        })),
+        eps: entries.map((e) => [
+          ep(e.pair.localIp, e.pair.localPort),
+          ep(e.pair.remoteIp, e.pair.remotePort),
+          ep(e.origin.ip, e.origin.port),
+        ]),
       }
     },
     async pod_usage() {
       // the busiest first: the question this map answers is who holds the entries
-      const entries = (await readMaps.podUsage(inst)).sort((a, b) => b.usage.sockets + b.usage.origins - (a.usage.sockets + a.usage.origins))
+      const entries = (await readMaps.podUsage(inst)).sort(
+        (a, b) => b.usage.sockets + b.usage.origins - (a.usage.sockets + a.usage.origins),
+      )
       const owners = entries.map((e) => byNetns.get(e.netns.toString()))
       return {
-        rows: entries.map((e, i) => ({netns: e.netns.toString(), ...(owners[i] ? {pod: `${owners[i].namespace}/${owners[i].name}`} : {}), ...e.usage})),
+        rows: entries.map((e, i) => ({
+          netns: e.netns.toString(),
+          ...(owners[i] ? {pod: `${owners[i].namespace}/${owners[i].name}`} : {}),
+          ...e.usage,
+        })),
         eps: owners.map((m) => (m ? [ep(m.ip)] : [])),
       }
     },
     async process_ip() {
       const entries = await readMaps.processes(inst)
-      return {rows: entries.map((e) => ({pid: e.pid, process: processName(e.pid), podIp: e.entry.podIp, pod: pods.get(e.entry.podIp), netns: e.entry.netns.toString()})), eps: entries.map((e) => [ep(e.entry.podIp)])}
+      return {
+        rows: entries.map((e) => ({
+          pid: e.pid,
+          process: processName(e.pid),
+          podIp: e.entry.podIp,
+          pod: pods.get(e.entry.podIp),
+          netns: e.entry.netns.toString(),
+        })),
+        eps: entries.map((e) => [ep(e.entry.podIp)]),
+      }
     },
     async local_pod_ips() {
       const entries = await readMaps.localPods(inst)
@@ -169,18 +211,31 @@ export async function dumpMaps(inst: Installation, names: readonly string[], fil
     },
     async netns_pod_ips() {
       const entries = await readMaps.netnsPods(inst)
-      return {rows: entries.map((e) => ({netns: e.netns.toString(), ip: e.ip, ...(e.ip6 ? {ip6: e.ip6} : {}), pod: pods.get(e.ip)})), eps: entries.map((e) => [ep(e.ip)])}
+      return {
+        rows: entries.map((e) => ({netns: e.netns.toString(), ip: e.ip, ...(e.ip6 ? {ip6: e.ip6} : {}), pod: pods.get(e.ip)})),
+        eps: entries.map((e) => [ep(e.ip)]),
+      }
     },
     async pod_other_ips() {
       // an installation enabled by an older merbridge has none
       const entries = existsSync(inst.map('pod_other_ips')) ? await readMaps.otherIps(inst) : []
-      return {rows: entries.map((e) => ({ip: e.ip, ...(e.owner ? {owner: e.owner, pod: pods.get(e.owner)} : {})})), eps: entries.map((e) => [ep(e.ip), ...(e.owner ? [ep(e.owner)] : [])])}
+      return {
+        rows: entries.map((e) => ({ip: e.ip, ...(e.owner ? {owner: e.owner, pod: pods.get(e.owner)} : {})})),
+        eps: entries.map((e) => [ep(e.ip), ...(e.owner ? [ep(e.owner)] : [])]),
+      }
     },
     async inbound_skip() {
       // an installation enabled by an older merbridge has none
       const entries = existsSync(inst.map('inbound_skip')) ? await readMaps.inboundSkips(inst) : []
       const owners = entries.map((e) => byNetns.get(e.netns.toString()))
-      return {rows: entries.map((e, i) => ({netns: e.netns.toString(), ifindex: e.ifindex, ...(owners[i] ? {pod: `${owners[i].namespace}/${owners[i].name}`} : {})})), eps: owners.map((m) => (m ? [ep(m.ip)] : []))}
+      return {
+        rows: entries.map((e, i) => ({
+          netns: e.netns.toString(),
+          ifindex: e.ifindex,
+          ...(owners[i] ? {pod: `${owners[i].namespace}/${owners[i].name}`} : {}),
+        })),
+        eps: owners.map((m) => (m ? [ep(m.ip)] : [])),
+      }
     },
     async settings() {
       const s = await readMaps.settings(inst)

@@ -106,7 +106,11 @@ export const ENABLE_STEPS: EnableStep[] = [
     async run(ctx) {
       ctx.preflight = await runPreflight({cgroup: ctx.opts.cgroup, bpffs: ctx.opts.bpffs})
       const first = ctx.preflight.checks.find((c) => c.required && c.status === 'fail')
-      if (first) throw new MerbridgeError(`${first.title}: ${first.detail}`, {code: 'PREFLIGHT_FAILED', suggestion: first.remedy ?? 'run merbridge doctor for details'})
+      if (first)
+        throw new MerbridgeError(`${first.title}: ${first.detail}`, {
+          code: 'PREFLIGHT_FAILED',
+          suggestion: first.remedy ?? 'run merbridge doctor for details',
+        })
       // another tool's pins in that folder would be overwritten, then removed by a rollback
       await ctx.inst.checkOurs()
       ctx.cgroup = ctx.preflight.cgroup
@@ -183,7 +187,12 @@ export const ENABLE_STEPS: EnableStep[] = [
   {
     id: 'load',
     title: 'Load and pin programs and maps',
-    skip: (ctx) => (ctx.mode === 'resync' ? 'already loaded, objects unchanged' : ctx.swap ? `loaded beside the running datapath, on ${ctx.swap === 'shared' ? 'its maps' : 'maps of its own'}` : false),
+    skip: (ctx) =>
+      ctx.mode === 'resync'
+        ? 'already loaded, objects unchanged'
+        : ctx.swap
+          ? `loaded beside the running datapath, on ${ctx.swap === 'shared' ? 'its maps' : 'maps of its own'}`
+          : false,
     async run(ctx) {
       if (!isBpffs(readMounts(), BPFFS_MOUNT) && ctx.inst.dir.startsWith(BPFFS_MOUNT + '/')) {
         // root's only: bpffs defaults to 1777, where any user may pin (and squat names)
@@ -208,9 +217,22 @@ export const ENABLE_STEPS: EnableStep[] = [
       const cookies = await netnsCookies(required(ctx.objects, 'the built objects').netnsCookie, ['/proc/self/ns/net'])
       ctx.hostNetns = cookies.get('/proc/self/ns/net')
       if (ctx.hostNetns === undefined)
-        throw new MerbridgeError('cannot read the network namespace cookie of this node', {code: 'NETNS_COOKIE', suggestion: `needs Linux ${MIN_KERNEL.text} or newer: ${MIN_KERNEL.why}`})
+        throw new MerbridgeError('cannot read the network namespace cookie of this node', {
+          code: 'NETNS_COOKIE',
+          suggestion: `needs Linux ${MIN_KERNEL.text} or newer: ${MIN_KERNEL.why}`,
+        })
       const m = ctx.mesh
-      await writeSettings(target(ctx), {sidecarUid: m.sidecarUid, sidecarGid: m.sidecarGid, outboundPort: m.outboundPort, inboundPort: m.inboundPort, draining: false, inboundRewrite: turnedOff('reuseport-assign') !== undefined, cni: ctx.opts.cni === true, hostNetns: ctx.hostNetns, dnsPort: m.dnsPort})
+      await writeSettings(target(ctx), {
+        sidecarUid: m.sidecarUid,
+        sidecarGid: m.sidecarGid,
+        outboundPort: m.outboundPort,
+        inboundPort: m.inboundPort,
+        draining: false,
+        inboundRewrite: turnedOff('reuseport-assign') !== undefined,
+        cni: ctx.opts.cni === true,
+        hostNetns: ctx.hostNetns,
+        dnsPort: m.dnsPort,
+      })
     },
   },
   {
@@ -237,24 +259,40 @@ export const ENABLE_STEPS: EnableStep[] = [
     async run(ctx) {
       const objects = required(ctx.objects, 'the built objects')
       if (ctx.swap === 'new maps') {
-        ctx.retired = await swapOnNewMaps(ctx.inst, required(ctx.cgroup, 'the cgroup'), objects.tcInbound, required(ctx.applied, 'the applied pods').sync.registered, () => {
-          ctx.committed = true
-        })
+        ctx.retired = await swapOnNewMaps(
+          ctx.inst,
+          required(ctx.cgroup, 'the cgroup'),
+          objects.tcInbound,
+          required(ctx.applied, 'the applied pods').sync.registered,
+          () => {
+            ctx.committed = true
+          },
+        )
         ctx.attached.push(...PROGRAMS.map((p) => p.name))
         return
       }
       if (ctx.swap) {
-        await swapPrograms(ctx.inst, required(ctx.cgroup, 'the cgroup'), objects.tcInbound, required(ctx.applied, 'the applied pods').sync.registered)
+        await swapPrograms(
+          ctx.inst,
+          required(ctx.cgroup, 'the cgroup'),
+          objects.tcInbound,
+          required(ctx.applied, 'the applied pods').sync.registered,
+        )
         ctx.attached.push(...PROGRAMS.map((p) => p.name))
         return
       }
       for (const p of PROGRAMS) {
         if (p.target === 'cgroup') await bpftool.cgroupAttach(required(ctx.cgroup, 'the cgroup'), p.attachType, ctx.inst.prog(p.name))
-        else if (p.target === 'sock_pair_map') await bpftool.progAttachToMap(ctx.inst.prog(p.name), p.attachType, ctx.inst.map('sock_pair_map'))
+        else if (p.target === 'sock_pair_map')
+          await bpftool.progAttachToMap(ctx.inst.prog(p.name), p.attachType, ctx.inst.map('sock_pair_map'))
         else {
           const applied = required(ctx.applied, 'the applied pods')
           const tc = await attachInbound(objects.tcInbound, ctx.inst.prog(p.name), applied.sync.registered, ctx.inst.dir)
-          if (tc.failed.size > 0) throw new MerbridgeError(`cannot attach inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`, {code: 'TC_ATTACH'})
+          if (tc.failed.size > 0)
+            throw new MerbridgeError(
+              `cannot attach inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`,
+              {code: 'TC_ATTACH'},
+            )
         }
         ctx.attached.push(p.name)
       }
@@ -286,7 +324,10 @@ export const ENABLE_STEPS: EnableStep[] = [
       await ctx.inst.keepHelpers(required(ctx.objects, 'the built objects'))
       // optional: without them status counts entries by dumping the maps
       const rewrite = turnedOff('reuseport-assign')
-      const unavailable = {...(await pinCounters(ctx.inst, required(ctx.objects, 'the built objects'))), ...(rewrite ? {'reuseport-assign': rewrite} : {})}
+      const unavailable = {
+        ...(await pinCounters(ctx.inst, required(ctx.objects, 'the built objects'))),
+        ...(rewrite ? {'reuseport-assign': rewrite} : {}),
+      }
       const programIds: Record<string, number> = {}
       for (const p of PROGRAMS) {
         const info = await bpftool.progShowPinned(ctx.inst.prog(p.name))
@@ -337,7 +378,11 @@ async function rollback(done: EnableStep[], ctx: EnableContext): Promise<string[
  * `onStart` before each step it runs, skips what `skip` says, and throws at the first failure,
  * or at the first step boundary once `signal` fired.
  */
-export type StepRunner = (steps: EnableStep[], ctx: EnableContext, hooks: {onStart: (step: EnableStep) => void; signal?: AbortSignal}) => Promise<void>
+export type StepRunner = (
+  steps: EnableStep[],
+  ctx: EnableContext,
+  hooks: {onStart: (step: EnableStep) => void; signal?: AbortSignal},
+) => Promise<void>
 
 const plainSteps: StepRunner = async (steps, ctx, {onStart, signal}) => {
   for (const step of steps) {
@@ -357,25 +402,30 @@ export async function enable(opts: EnableOptions, run: {runSteps?: StepRunner; s
   const ctx = newEnableContext(opts)
   const started: EnableStep[] = []
   // the installation's lock first: a second enable of it is told who holds it
-  await withInstallationLock(ctx.inst, 'enable', () => withNodeLock('enable', async () => {
-    try {
-      await (run.runSteps ?? plainSteps)(ENABLE_STEPS, ctx, {onStart: (step) => started.push(step), signal: run.signal})
-    } catch (error) {
-      const step = started.at(-1) ?? required(ENABLE_STEPS[0], 'the first step')
-      const problems = await rollback(started, ctx)
-      if (run.signal?.aborted) throw interrupted(String(run.signal.reason), step, problems)
-      throw enableFailure(step, error, problems)
-    }
-  }))
+  await withInstallationLock(ctx.inst, 'enable', () =>
+    withNodeLock('enable', async () => {
+      try {
+        await (run.runSteps ?? plainSteps)(ENABLE_STEPS, ctx, {onStart: (step) => started.push(step), signal: run.signal})
+      } catch (error) {
+        const step = started.at(-1) ?? required(ENABLE_STEPS[0], 'the first step')
+        const problems = await rollback(started, ctx)
+        if (run.signal?.aborted) throw interrupted(String(run.signal.reason), step, problems)
+        throw enableFailure(step, error, problems)
+      }
+    }),
+  )
   return ctx
 }
 
 function interrupted(signal: string, step: EnableStep, problems: string[]): MerbridgeError {
-  return new MerbridgeError(`enable was interrupted by ${signal} during "${step.title}"; everything it had done was undone${problems.length > 0 ? ' except what follows' : ''}`, {
-    code: 'INTERRUPTED',
-    exitCode: signal === 'SIGINT' ? 130 : 143,
-    suggestion: problems.length > 0 ? `rollback was incomplete (${problems.join('; ')}); run merbridge disable` : undefined,
-  })
+  return new MerbridgeError(
+    `enable was interrupted by ${signal} during "${step.title}"; everything it had done was undone${problems.length > 0 ? ' except what follows' : ''}`,
+    {
+      code: 'INTERRUPTED',
+      exitCode: signal === 'SIGINT' ? 130 : 143,
+      suggestion: problems.length > 0 ? `rollback was incomplete (${problems.join('; ')}); run merbridge disable` : undefined,
+    },
+  )
 }
 
 function enableFailure(step: EnableStep, error: unknown, problems: string[]): MerbridgeError {

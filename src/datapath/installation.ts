@@ -9,7 +9,6 @@ import {MAP_NAMES, type MapName, type MapPins, PROGRAMS} from '../bpf/programs.j
 import {DEFAULT_MAX_CONNECTIONS, HELPER_FILES, type Helpers} from '../bpf/objects.js'
 import type {Unavailable} from '../bpf/optional.js'
 
-
 function isSymlink(path: string): boolean {
   try {
     return lstatSync(path).isSymbolicLink()
@@ -23,16 +22,37 @@ export class Installation implements MapPins {
   readonly dir: string
 
   /** `records` is where the record and kept helpers go: the run folder (MERBRIDGE_RUN_DIR) unless given. */
-  constructor(dir = process.env.MERBRIDGE_BPFFS ?? DEFAULT_BPFFS_DIR, private readonly records = runDir()) {
+  constructor(
+    dir = process.env.MERBRIDGE_BPFFS ?? DEFAULT_BPFFS_DIR,
+    private readonly records = runDir(),
+  ) {
     // an empty value would resolve to the working directory
-    if (dir.trim() === '') throw new MerbridgeError('the bpffs folder is empty (--bpffs or MERBRIDGE_BPFFS)', {code: 'BAD_BPFFS', exitCode: 2, suggestion: `give a folder on a bpf filesystem, e.g. ${DEFAULT_BPFFS_DIR}, or unset MERBRIDGE_BPFFS`})
+    if (dir.trim() === '')
+      throw new MerbridgeError('the bpffs folder is empty (--bpffs or MERBRIDGE_BPFFS)', {
+        code: 'BAD_BPFFS',
+        exitCode: 2,
+        suggestion: `give a folder on a bpf filesystem, e.g. ${DEFAULT_BPFFS_DIR}, or unset MERBRIDGE_BPFFS`,
+      })
     this.dir = resolve(dir)
     // one line instead of the kernel's ENAMETOOLONG or ENOTDIR from deep inside a command
     if (this.dir.length > 1024 || this.dir.split('/').some((part) => Buffer.byteLength(part) > 255))
-      throw new MerbridgeError(`the bpffs folder (${this.dir.length} characters) is too long`, {code: 'BAD_BPFFS', exitCode: 2, suggestion: `give a shorter folder, e.g. ${DEFAULT_BPFFS_DIR}`})
-    if (isSymlink(this.dir)) throw new MerbridgeError(`the bpffs folder ${this.dir} is a symbolic link`, {code: 'BAD_BPFFS', exitCode: 2, suggestion: 'give the folder itself: pins are never made through a link'})
+      throw new MerbridgeError(`the bpffs folder (${this.dir.length} characters) is too long`, {
+        code: 'BAD_BPFFS',
+        exitCode: 2,
+        suggestion: `give a shorter folder, e.g. ${DEFAULT_BPFFS_DIR}`,
+      })
+    if (isSymlink(this.dir))
+      throw new MerbridgeError(`the bpffs folder ${this.dir} is a symbolic link`, {
+        code: 'BAD_BPFFS',
+        exitCode: 2,
+        suggestion: 'give the folder itself: pins are never made through a link',
+      })
     // bpftool batch lines carry pin paths: blanks are quoted there, these cannot be
-    if (/["'\\\n\r]/.test(this.dir)) throw new MerbridgeError(`the bpffs folder ${JSON.stringify(this.dir)} has a quote, backslash or line break, which bpftool's batch mode cannot read`, {code: 'BAD_BPFFS', exitCode: 2, suggestion: `give a folder name without them, e.g. ${DEFAULT_BPFFS_DIR}`})
+    if (/["'\\\n\r]/.test(this.dir))
+      throw new MerbridgeError(
+        `the bpffs folder ${JSON.stringify(this.dir)} has a quote, backslash or line break, which bpftool's batch mode cannot read`,
+        {code: 'BAD_BPFFS', exitCode: 2, suggestion: `give a folder name without them, e.g. ${DEFAULT_BPFFS_DIR}`},
+      )
   }
 
   get progDir(): string {
@@ -109,7 +129,12 @@ export class Installation implements MapPins {
   /** The helpers enable kept, or undefined when they are gone (an older enable, or /run cleaned). */
   keptHelpers(): Helpers | undefined {
     requireTrustedDir(this.records, 'the records folder')
-    const kept = {netnsCookie: join(this.helperDir, HELPER_FILES.netnsCookie), tcInbound: join(this.helperDir, HELPER_FILES.tcInbound), sockhashQueued: join(this.helperDir, HELPER_FILES.sockhashQueued), cniPlugin: join(this.helperDir, HELPER_FILES.cniPlugin)}
+    const kept = {
+      netnsCookie: join(this.helperDir, HELPER_FILES.netnsCookie),
+      tcInbound: join(this.helperDir, HELPER_FILES.tcInbound),
+      sockhashQueued: join(this.helperDir, HELPER_FILES.sockhashQueued),
+      cniPlugin: join(this.helperDir, HELPER_FILES.cniPlugin),
+    }
     // an older enable kept no sockhashQueued (disable then goes without it) and no cniPlugin
     return existsSync(kept.netnsCookie) && existsSync(kept.tcInbound) ? kept : undefined
   }
@@ -117,7 +142,12 @@ export class Installation implements MapPins {
   /** The helpers for sync and the watch: enable's copy, else one line saying how to get it back. */
   requireHelpers(): Helpers {
     const kept = this.keptHelpers()
-    if (!kept) throw new MerbridgeError(`the helper programs enable keeps in ${this.helperDir} are missing`, {code: 'NOT_ENABLED', exitCode: 3, suggestion: 'run merbridge enable again (it keeps the running datapath and restores them)'})
+    if (!kept)
+      throw new MerbridgeError(`the helper programs enable keeps in ${this.helperDir} are missing`, {
+        code: 'NOT_ENABLED',
+        exitCode: 3,
+        suggestion: 'run merbridge enable again (it keeps the running datapath and restores them)',
+      })
     return kept
   }
 
@@ -150,8 +180,15 @@ export class Installation implements MapPins {
   async checkOurs(): Promise<void> {
     if (!this.exists()) return
     if (!isBpffs(readMounts(), this.dir))
-      throw new MerbridgeError(`${this.dir} is not on a bpf filesystem: it is not a merbridge installation, and merbridge leaves it alone`, {code: 'NOT_OURS', exitCode: 2, suggestion: 'give --bpffs the folder merbridge enable used (default /sys/fs/bpf/merbridge)'})
-    const known: Record<string, readonly string[]> = {progs: PROGRAMS.map((p) => p.name), maps: MAP_NAMES, counts: ['maps', 'sock_pair_map', 'queued']}
+      throw new MerbridgeError(
+        `${this.dir} is not on a bpf filesystem: it is not a merbridge installation, and merbridge leaves it alone`,
+        {code: 'NOT_OURS', exitCode: 2, suggestion: 'give --bpffs the folder merbridge enable used (default /sys/fs/bpf/merbridge)'},
+      )
+    const known: Record<string, readonly string[]> = {
+      progs: PROGRAMS.map((p) => p.name),
+      maps: MAP_NAMES,
+      counts: ['maps', 'sock_pair_map', 'queued'],
+    }
     const foreign: string[] = []
     const look = async (dir: string, prefix: string) => {
       for (const entry of await readdir(dir)) {
@@ -163,11 +200,14 @@ export class Installation implements MapPins {
     }
     await look(this.dir, '')
     if (foreign.length > 0)
-      throw new MerbridgeError(`${this.dir} holds ${foreign.length} pin(s) merbridge did not make (${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', ...' : ''}): nothing was changed`, {
-        code: 'NOT_OURS',
-        exitCode: 2,
-        suggestion: 'give merbridge a folder of its own (--bpffs)',
-      })
+      throw new MerbridgeError(
+        `${this.dir} holds ${foreign.length} pin(s) merbridge did not make (${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', ...' : ''}): nothing was changed`,
+        {
+          code: 'NOT_OURS',
+          exitCode: 2,
+          suggestion: 'give merbridge a folder of its own (--bpffs)',
+        },
+      )
   }
 
   /** Remove the installation's pins one by one, then its folders: never anything else (checkOurs first). */
@@ -248,7 +288,11 @@ class StagedInstallation extends Installation {
 }
 
 export function notEnabled(inst: Installation): MerbridgeError {
-  return new MerbridgeError(`merbridge is not enabled with ${inst.dir}`, {code: 'NOT_ENABLED', exitCode: 3, suggestion: 'merbridge enable first (or give --bpffs the folder it used)'})
+  return new MerbridgeError(`merbridge is not enabled with ${inst.dir}`, {
+    code: 'NOT_ENABLED',
+    exitCode: 3,
+    suggestion: 'merbridge enable first (or give --bpffs the folder it used)',
+  })
 }
 
 export interface PodRecord {

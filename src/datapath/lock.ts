@@ -70,7 +70,10 @@ export async function withLock<T>(key: string, note: string, what: string, subje
 
 export async function withInstallationLock<T>(inst: Installation, what: string, fn: () => Promise<T>): Promise<T> {
   await mkdir(runDir(), {recursive: true}).catch((error: unknown) => {
-    throw new MerbridgeError(`cannot keep merbridge's records in ${runDir()}: ${(error as Error).message}`, {code: 'RUN_DIR', suggestion: 'MERBRIDGE_RUN_DIR names another folder'})
+    throw new MerbridgeError(`cannot keep merbridge's records in ${runDir()}: ${(error as Error).message}`, {
+      code: 'RUN_DIR',
+      suggestion: 'MERBRIDGE_RUN_DIR names another folder',
+    })
   })
   // by the pin folder: the record's folder may differ between two commands on one installation
   return withLock(inst.dir, `${inst.stateFile}.lock`, what, inst.dir, fn)

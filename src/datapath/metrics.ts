@@ -35,7 +35,12 @@ export class NodeMetrics {
     build: {version: string; objectHash: string; mesh: string},
   ) {
     const registers = [this.registry]
-    new Gauge({name: 'merbridge_build_info', help: 'The running merbridge: version, the hash of the programs it enabled, and the mesh', labelNames: ['version', 'object_hash', 'mesh'], registers}).set({version: build.version, object_hash: build.objectHash, mesh: build.mesh}, 1)
+    new Gauge({
+      name: 'merbridge_build_info',
+      help: 'The running merbridge: version, the hash of the programs it enabled, and the mesh',
+      labelNames: ['version', 'object_hash', 'mesh'],
+      registers,
+    }).set({version: build.version, object_hash: build.objectHash, mesh: build.mesh}, 1)
     // collect() runs with the metric as `this`: the last reading is reached through this closure
     const report = () => this.report
     for (const name of COUNTERS) {
@@ -95,14 +100,40 @@ export class NodeMetrics {
       registers,
       collect() {
         this.reset()
-        for (const p of report()?.pods?.unregistered ?? []) if (p.since) this.set({namespace: p.namespace, pod: p.name}, secondsSince(p.since))
+        for (const p of report()?.pods?.unregistered ?? [])
+          if (p.since) this.set({namespace: p.namespace, pod: p.name}, secondsSince(p.since))
       },
     })
-    this.pods = new Gauge({name: 'merbridge_pods', help: "This node's meshed pods at the last sync: registered in the maps, or meshed but not found on the node yet", labelNames: ['state'], registers})
-    this.skipped = new Gauge({name: 'merbridge_pods_skipped', help: "This node's pods left alone at the last sync, by reason", labelNames: ['reason'], registers})
-    this.syncDuration = new Histogram({name: 'merbridge_sync_duration_seconds', help: 'Time to make the maps match the pods, per sync', labelNames: ['cause'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers})
-    this.syncErrors = new Counter({name: 'merbridge_sync_errors_total', help: 'Syncs that failed (retried with the next change, re-check or retry)', registers})
-    this.watchLag = new Histogram({name: 'merbridge_watch_lag_seconds', help: 'From a pod change arriving from the API to the maps matching it', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers})
+    this.pods = new Gauge({
+      name: 'merbridge_pods',
+      help: "This node's meshed pods at the last sync: registered in the maps, or meshed but not found on the node yet",
+      labelNames: ['state'],
+      registers,
+    })
+    this.skipped = new Gauge({
+      name: 'merbridge_pods_skipped',
+      help: "This node's pods left alone at the last sync, by reason",
+      labelNames: ['reason'],
+      registers,
+    })
+    this.syncDuration = new Histogram({
+      name: 'merbridge_sync_duration_seconds',
+      help: 'Time to make the maps match the pods, per sync',
+      labelNames: ['cause'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    })
+    this.syncErrors = new Counter({
+      name: 'merbridge_sync_errors_total',
+      help: 'Syncs that failed (retried with the next change, re-check or retry)',
+      registers,
+    })
+    this.watchLag = new Histogram({
+      name: 'merbridge_watch_lag_seconds',
+      help: 'From a pod change arriving from the API to the maps matching it',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    })
   }
 
   /** The watch loop's report of each sync. */
@@ -152,7 +183,13 @@ export class NodeMetrics {
     if (r.verdict !== 'healthy') return {ready: false, why: r.broken ?? r.problems[0] ?? `the datapath is ${r.verdict}`}
     const late = (r.pods?.unregistered ?? []).filter((p) => p.since !== undefined && secondsSince(p.since) * 1000 > UNREGISTERED_GRACE_MS)
     if (late.length > 0)
-      return {ready: false, why: `${late.length} meshed pod(s) not registered: ${late.slice(0, 5).map((p) => `${p.namespace}/${p.name} (${p.ip}) for ${duration(secondsSince(p.since ?? ''))}`).join(', ')}: their traffic is not captured`}
+      return {
+        ready: false,
+        why: `${late.length} meshed pod(s) not registered: ${late
+          .slice(0, 5)
+          .map((p) => `${p.namespace}/${p.name} (${p.ip}) for ${duration(secondsSince(p.since ?? ''))}`)
+          .join(', ')}: their traffic is not captured`,
+      }
     return {ready: true, why: 'the datapath is attached and the pods are synced'}
   }
 }
@@ -172,7 +209,15 @@ export async function serveMetrics(addr: string, endpoint: MetricsEndpoint, sign
   const {host, port} = parseListenAddress(addr)
   const server = createServer((req, res) => void answer(req, res, endpoint))
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (error) => reject(new MerbridgeError(`cannot serve metrics on ${addr}: ${describeError(error).message}`, {code: 'METRICS_ADDR', exitCode: 2, suggestion: 'choose a free address with --metrics-addr'})))
+    server.once('error', (error) =>
+      reject(
+        new MerbridgeError(`cannot serve metrics on ${addr}: ${describeError(error).message}`, {
+          code: 'METRICS_ADDR',
+          exitCode: 2,
+          suggestion: 'choose a free address with --metrics-addr',
+        }),
+      ),
+    )
     server.listen({host, port}, resolve)
   })
   signal.addEventListener('abort', () => server.close(), {once: true})

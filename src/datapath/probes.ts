@@ -40,7 +40,10 @@ async function attempt(work: () => Promise<unknown>): Promise<string | undefined
 }
 
 export async function probeLoads(objects: BuiltObjects): Promise<ProbeResults> {
-  if (!isBpffs(readMounts(), BPFFS_MOUNT)) throw new MerbridgeError(`not probed: ${BPFFS_MOUNT} is not mounted`, {suggestion: `mount -t bpf bpf ${BPFFS_MOUNT} (enable mounts it), then run merbridge doctor again`})
+  if (!isBpffs(readMounts(), BPFFS_MOUNT))
+    throw new MerbridgeError(`not probed: ${BPFFS_MOUNT} is not mounted`, {
+      suggestion: `mount -t bpf bpf ${BPFFS_MOUNT} (enable mounts it), then run merbridge doctor again`,
+    })
   // bpffs refuses names with a dot
   const dir = join(BPFFS_MOUNT, `merbridge-probe-${process.pid}-${randomBytes(4).toString('hex')}`)
   await mkdir(dir)

@@ -1,5 +1,14 @@
 import {existsSync, readFileSync} from 'node:fs'
-import {bpftool, type CgroupAttachment, type MapInfo, parseAttachments, parseDump, parseMapInfo, parseProgInfo, type ProgInfo} from '../bpf/bpftool.js'
+import {
+  bpftool,
+  type CgroupAttachment,
+  type MapInfo,
+  parseAttachments,
+  parseDump,
+  parseMapInfo,
+  parseProgInfo,
+  type ProgInfo,
+} from '../bpf/bpftool.js'
 import type {CounterName, Settings} from '../bpf/layout.js'
 import {readEntryCounts, readMaps, settingsOf, sumCounters} from '../bpf/maps.js'
 import {sourceHash} from '../bpf/objects.js'
@@ -195,14 +204,22 @@ export function diagnose(o: Observed): StatusReport {
     pods: state?.pods,
     problems: [],
     hints: [],
-    unavailable: Object.entries(state?.unavailable ?? {}).map(([feature, why]) => ({feature: feature as OptionalFeature, why, cost: OPTIONAL_FEATURES[feature as OptionalFeature].without})),
+    unavailable: Object.entries(state?.unavailable ?? {}).map(([feature, why]) => ({
+      feature: feature as OptionalFeature,
+      why,
+      cost: OPTIONAL_FEATURES[feature as OptionalFeature].without,
+    })),
   }
   if (!snap) return report
 
   const attached = new Set(snap.attachments.map((a) => a.id))
   for (const spec of PROGRAMS) {
     const info = snap.progs.get(spec.name)
-    const attachPoint = {cgroup: `${state?.cgroup ?? '?'} (${spec.attachType})`, sock_pair_map: 'sock_pair_map (msg_verdict)', pods: `tc ingress of the ${state?.pods.meshed.length ?? 0} registered pod(s)`}[spec.target]
+    const attachPoint = {
+      cgroup: `${state?.cgroup ?? '?'} (${spec.attachType})`,
+      sock_pair_map: 'sock_pair_map (msg_verdict)',
+      pods: `tc ingress of the ${state?.pods.meshed.length ?? 0} registered pod(s)`,
+    }[spec.target]
     const p: ProgramStatus = {name: spec.name, attachPoint}
     if (info) {
       p.id = info.id
@@ -214,13 +231,28 @@ export function diagnose(o: Observed): StatusReport {
     }
     report.programs.push(p)
     if (!info) report.problems.push(`program ${spec.name} is not pinned`)
-    else if (p.attached === false) report.problems.push(`program ${spec.name} is pinned but not attached to ${state?.cgroup ?? 'the cgroup'}`)
+    else if (p.attached === false)
+      report.problems.push(`program ${spec.name} is pinned but not attached to ${state?.cgroup ?? 'the cgroup'}`)
   }
   for (const name of MAP_NAMES) {
     const info = snap.maps.get(name)
-    const m: MapStatus = {name, id: info?.id, type: info?.type, capacity: info?.max_entries === 0 ? undefined : info?.max_entries, entries: o.entries[name], memoryBytes: info?.bytes_memlock}
+    const m: MapStatus = {
+      name,
+      id: info?.id,
+      type: info?.type,
+      capacity: info?.max_entries === 0 ? undefined : info?.max_entries,
+      entries: o.entries[name],
+      memoryBytes: info?.bytes_memlock,
+    }
     // an LRU map full is one doing its work: it forgets the oldest entry
-    if (m.entries !== undefined && m.capacity && m.entries >= m.capacity * NEAR_FULL && info?.type !== 'lru_hash' && !UNCOUNTABLE_TYPES.has(info?.type ?? '')) report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
+    if (
+      m.entries !== undefined &&
+      m.capacity &&
+      m.entries >= m.capacity * NEAR_FULL &&
+      info?.type !== 'lru_hash' &&
+      !UNCOUNTABLE_TYPES.has(info?.type ?? '')
+    )
+      report.problems.push(`map ${name} is ${Math.round((100 * m.entries) / m.capacity)}% full (${m.entries}/${m.capacity})`)
     if (!info) report.problems.push(`map ${name} is not pinned`)
     report.maps.push(m)
   }
@@ -235,27 +267,42 @@ export function diagnose(o: Observed): StatusReport {
   report.broken = report.problems.find((p) => !p.includes('% full ('))
 
   if (!state) report.problems.push(`pins in ${o.bpffs} but no record of an enable (an enable was interrupted)`)
-  if (state && o.pins.progs.length === 0) report.problems.push(`recorded as enabled on ${state.cgroup}, but nothing is pinned in ${o.bpffs} (stale record)`)
+  if (state && o.pins.progs.length === 0)
+    report.problems.push(`recorded as enabled on ${state.cgroup}, but nothing is pinned in ${o.bpffs} (stale record)`)
   const foreign = snap.attachments.filter((a) => !report.programs.some((p) => p.id === a.id))
-  if (foreign.length > 0) report.hints.push(`other programs are attached to ${state?.cgroup ?? 'the cgroup'}: ${foreign.map((f) => `${f.id} ${f.name} (${f.attach_type})`).join(', ')}; they may conflict`)
+  if (foreign.length > 0)
+    report.hints.push(
+      `other programs are attached to ${state?.cgroup ?? 'the cgroup'}: ${foreign.map((f) => `${f.id} ${f.name} (${f.attach_type})`).join(', ')}; they may conflict`,
+    )
   const hash = o.sourceHash
   if (hash instanceof Error) report.hints.push(`cannot tell whether the programs are current: ${describeError(hash).message}`)
-  else if (state && hash !== state.objectHash) report.hints.push('the programs were built from older sources: run merbridge enable to replace them')
+  else if (state && hash !== state.objectHash)
+    report.hints.push('the programs were built from older sources: run merbridge enable to replace them')
   for (const u of report.unavailable) report.hints.push(`without ${OPTIONAL_FEATURES[u.feature].title} (${u.why}): ${u.cost}`)
   const rewritten = snap.counters?.inboundRewritten ?? 0
   if (rewritten > 0 && !report.unavailable.some((u) => u.feature === 'reuseport-assign'))
-    report.hints.push(`${rewritten} connection(s) from elsewhere were sent to an inbound sidecar by rewriting their port: this kernel cannot hand them to a reuseport listener (before Linux 6.6); ${OPTIONAL_FEATURES['reuseport-assign'].without}`)
+    report.hints.push(
+      `${rewritten} connection(s) from elsewhere were sent to an inbound sidecar by rewriting their port: this kernel cannot hand them to a reuseport listener (before Linux 6.6); ${OPTIONAL_FEATURES['reuseport-assign'].without}`,
+    )
   if (!report.statsEnabled) report.hints.push('run counts and times are off: sysctl -w kernel.bpf_stats_enabled=1 turns them on')
   const overShare = (snap.counters?.socketOverShare ?? 0) + (snap.counters?.originOverShare ?? 0)
   if (overShare > 0)
-    report.hints.push(`${overShare} socket(s) or original destination(s) were refused because their pod was over its share of a busy connection map (counters below): enable --max-connections with a larger capacity gives every pod more`)
+    report.hints.push(
+      `${overShare} socket(s) or original destination(s) were refused because their pod was over its share of a busy connection map (counters below): enable --max-connections with a larger capacity gives every pod more`,
+    )
   const lost = snap.counters?.originLost ?? 0
   if (lost > 0)
-    report.hints.push(`${lost} connect(s) or datagram(s) were refused (EPERM): their socket had no room left to store the original destination (its option memory full, which an app can do on purpose), and going direct would skip the sidecar`)
+    report.hints.push(
+      `${lost} connect(s) or datagram(s) were refused (EPERM): their socket had no room left to store the original destination (its option memory full, which an app can do on purpose), and going direct would skip the sidecar`,
+    )
   const unregistered = state?.pods.unregistered ?? []
   if (unregistered.length > 0) {
-    const oldest = unregistered.flatMap((p) => (p.since ? [{p, since: p.since}] : [])).sort((a, b) => Date.parse(a.since) - Date.parse(b.since))[0]
-    report.hints.push(`${unregistered.length} meshed pod(s) were not found on this node at the last sync${oldest ? ` (the longest, ${oldest.p.namespace}/${oldest.p.name}, for ${duration(secondsSince(oldest.since))})` : ''}: their inbound is not captured, and their outbound ${report.cni ? 'neither (CNI mode guesses no pod from a listening sidecar)' : 'only once their sidecar listens'}`)
+    const oldest = unregistered
+      .flatMap((p) => (p.since ? [{p, since: p.since}] : []))
+      .sort((a, b) => Date.parse(a.since) - Date.parse(b.since))[0]
+    report.hints.push(
+      `${unregistered.length} meshed pod(s) were not found on this node at the last sync${oldest ? ` (the longest, ${oldest.p.namespace}/${oldest.p.name}, for ${duration(secondsSince(oldest.since))})` : ''}: their inbound is not captured, and their outbound ${report.cni ? 'neither (CNI mode guesses no pod from a listening sidecar)' : 'only once their sidecar listens'}`,
+    )
   }
 
   report.verdict = report.problems.length > 0 ? 'unhealthy' : 'healthy'

@@ -46,11 +46,21 @@ export async function stageReplacement(inst: Installation, object: string): Prom
     const changed: string[] = []
     for (const m of MAP_NAMES) {
       const [now, next] = [await bpftool.mapShowPinned(inst.map(m)), await bpftool.mapShowPinned(join(inst.stagingDir, 'maps', m))]
-      for (const k of ['type', 'bytes_key', 'bytes_value', 'max_entries'] as const) if (now?.[k] !== next?.[k]) changed.push(`${m} ${k} ${String(now?.[k])} -> ${String(next?.[k])}`)
+      for (const k of ['type', 'bytes_key', 'bytes_value', 'max_entries'] as const)
+        if (now?.[k] !== next?.[k]) changed.push(`${m} ${k} ${String(now?.[k])} -> ${String(next?.[k])}`)
     }
-    if (changed.length > 0) return {staged: 'new maps', why: `the maps change (${changed.slice(0, 3).join(', ')}${changed.length > 3 ? ', ...' : ''}): they cannot be shared`}
+    if (changed.length > 0)
+      return {
+        staged: 'new maps',
+        why: `the maps change (${changed.slice(0, 3).join(', ')}${changed.length > 3 ? ', ...' : ''}): they cannot be shared`,
+      }
     await fresh()
-    await bpftool.loadAllReusing(object, join(inst.stagingDir, 'progs'), join(inst.stagingDir, 'maps'), MAP_NAMES.map((m) => [m, inst.map(m)]))
+    await bpftool.loadAllReusing(
+      object,
+      join(inst.stagingDir, 'progs'),
+      join(inst.stagingDir, 'maps'),
+      MAP_NAMES.map((m) => [m, inst.map(m)]),
+    )
     return {staged: 'shared'}
   } catch (error) {
     await inst.removeStaging()
@@ -68,7 +78,12 @@ interface Swapped {
  * Put each staged program in its running twin's place, then move the pins. On a failure the
  * programs already swapped are put back, so the old datapath stays whole, and the error is thrown.
  */
-export async function swapPrograms(inst: Installation, cgroup: string, tcHelper: string, podNamespaces: readonly InboundTarget[]): Promise<void> {
+export async function swapPrograms(
+  inst: Installation,
+  cgroup: string,
+  tcHelper: string,
+  podNamespaces: readonly InboundTarget[],
+): Promise<void> {
   const done: Swapped[] = []
   try {
     for (const spec of PROGRAMS) {
@@ -84,7 +99,11 @@ export async function swapPrograms(inst: Installation, cgroup: string, tcHelper:
       } else {
         done.push({spec})
         const tc = await attachInbound(tcHelper, staged, podNamespaces, inst.dir)
-        if (tc.failed.size > 0) throw new MerbridgeError(`cannot replace inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`, {code: 'TC_ATTACH'})
+        if (tc.failed.size > 0)
+          throw new MerbridgeError(
+            `cannot replace inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`,
+            {code: 'TC_ATTACH'},
+          )
       }
     }
   } catch (error) {
@@ -101,7 +120,13 @@ export async function swapPrograms(inst: Installation, cgroup: string, tcHelper:
 }
 
 /** Undo part of a swap: the old program back where the new one went, last first. Never throws. */
-async function putBack(inst: Installation, cgroup: string, tcHelper: string, podNamespaces: readonly InboundTarget[], done: Swapped[]): Promise<void> {
+async function putBack(
+  inst: Installation,
+  cgroup: string,
+  tcHelper: string,
+  podNamespaces: readonly InboundTarget[],
+  done: Swapped[],
+): Promise<void> {
   for (const {spec, oldId} of [...done].reverse()) {
     try {
       if (spec.target === 'cgroup') {
@@ -136,7 +161,13 @@ const RETIRE_DRAIN_MS = 3000
  * the old datapath is drained takes the new programs off again; after `onCommitted` nothing is
  * taken back. Either way the failure is thrown. Returns what retiring the old datapath did.
  */
-export async function swapOnNewMaps(inst: Installation, cgroup: string, tcHelper: string, podNamespaces: readonly InboundTarget[], onCommitted: () => void): Promise<Stopped> {
+export async function swapOnNewMaps(
+  inst: Installation,
+  cgroup: string,
+  tcHelper: string,
+  podNamespaces: readonly InboundTarget[],
+  onCommitted: () => void,
+): Promise<Stopped> {
   const next = inst.staged()
   const old = await programsOf(inst, await inst.readState(), {staged: false})
   await linkNat(inst, next)
@@ -145,10 +176,15 @@ export async function swapOnNewMaps(inst: Installation, cgroup: string, tcHelper
     for (const spec of PROGRAMS) {
       done.push(spec)
       if (spec.target === 'cgroup') await bpftool.cgroupAttach(cgroup, spec.attachType, next.prog(spec.name))
-      else if (spec.target === 'sock_pair_map') await bpftool.progAttachToMap(next.prog(spec.name), spec.attachType, next.map('sock_pair_map'))
+      else if (spec.target === 'sock_pair_map')
+        await bpftool.progAttachToMap(next.prog(spec.name), spec.attachType, next.map('sock_pair_map'))
       else {
         const tc = await attachInbound(tcHelper, next.prog(spec.name), podNamespaces, inst.dir)
-        if (tc.failed.size > 0) throw new MerbridgeError(`cannot replace inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`, {code: 'TC_ATTACH'})
+        if (tc.failed.size > 0)
+          throw new MerbridgeError(
+            `cannot replace inbound capture in ${tc.failed.size} pod namespace(s): ${[...tc.failed.values()][0] ?? ''}`,
+            {code: 'TC_ATTACH'},
+          )
       }
     }
   } catch (error) {
@@ -158,10 +194,18 @@ export async function swapOnNewMaps(inst: Installation, cgroup: string, tcHelper
   onCommitted()
   let stopped: Stopped
   try {
-    stopped = await stopPrograms(inst, old, cgroup, {drainMs: RETIRE_DRAIN_MS, objectHash: (await inst.readState())?.objectHash, staged: false, tc: false})
+    stopped = await stopPrograms(inst, old, cgroup, {
+      drainMs: RETIRE_DRAIN_MS,
+      objectHash: (await inst.readState())?.objectHash,
+      staged: false,
+      tc: false,
+    })
   } catch (error) {
     // both stay pinned (the old in place, the new under next/), so disable finds every one
-    throw new MerbridgeError(`the new programs run, but the previous ones could not all be detached: ${describeError(error).message}`, {code: 'SWAP_INCOMPLETE', suggestion: 'run merbridge disable, then merbridge enable'})
+    throw new MerbridgeError(`the new programs run, but the previous ones could not all be detached: ${describeError(error).message}`, {
+      code: 'SWAP_INCOMPLETE',
+      suggestion: 'run merbridge disable, then merbridge enable',
+    })
   }
   // the new pins take the old ones' places (a rename on bpffs replaces a pin at once)
   for (const sub of ['progs', 'maps'] as const) {
@@ -187,7 +231,14 @@ async function linkNat(inst: Installation, next: Installation): Promise<void> {
 }
 
 /** Undo part of swapOnNewMaps: tc back to the old program, the new cgroup programs detached. Never throws. */
-async function takeOff(inst: Installation, next: Installation, cgroup: string, tcHelper: string, podNamespaces: readonly InboundTarget[], done: ProgramSpec[]): Promise<void> {
+async function takeOff(
+  inst: Installation,
+  next: Installation,
+  cgroup: string,
+  tcHelper: string,
+  podNamespaces: readonly InboundTarget[],
+  done: ProgramSpec[],
+): Promise<void> {
   for (const spec of [...done].reverse()) {
     try {
       if (spec.target === 'cgroup') {

@@ -1,12 +1,32 @@
 import {existsSync, statSync} from 'node:fs'
 import {bpftool} from '../bpf/bpftool.js'
 import {ipToSlot} from '../bpf/ip.js'
-import {decodePodId, encodeIface, encodePodId, encodePodRules, encodeU32, encodeU64, MAX_DNS, MAX_PODS, podShare, type PodId, type PodRules} from '../bpf/layout.js'
+import {
+  decodePodId,
+  encodeIface,
+  encodePodId,
+  encodePodRules,
+  encodeU32,
+  encodeU64,
+  MAX_DNS,
+  MAX_PODS,
+  podShare,
+  type PodId,
+  type PodRules,
+} from '../bpf/layout.js'
 import {MerbridgeError} from '../errors.js'
 import {readMaps} from '../bpf/maps.js'
 import type {MeshedPod, PodSelection} from '../kube/pods.js'
 import type {Helpers} from '../bpf/objects.js'
-import {interfaceIndexes, listNetnsCandidates, namespaceHolders, namespaceResolvers, type NetnsCandidate, netnsCookies, normalIp} from '../node/netns.js'
+import {
+  interfaceIndexes,
+  listNetnsCandidates,
+  namespaceHolders,
+  namespaceResolvers,
+  type NetnsCandidate,
+  netnsCookies,
+  normalIp,
+} from '../node/netns.js'
 import {attachInbound, type InboundTarget} from '../node/tc-inbound.js'
 import type {Installation, PodRecord} from './installation.js'
 
@@ -43,17 +63,30 @@ export interface SyncResult {
  * cannot be read (or do not fit), port 53 to any address is captured instead: never less than
  * Istio would.
  */
-export function podRulesWithDns(pod: MeshedPod, ns: NetnsCandidate | undefined, resolvers = namespaceResolvers): {rules: PodRules; warning?: string} {
+export function podRulesWithDns(
+  pod: MeshedPod,
+  ns: NetnsCandidate | undefined,
+  resolvers = namespaceResolvers,
+): {rules: PodRules; warning?: string} {
   if (!pod.dnsCapture) return {rules: pod.rules}
   if (pod.dnsToAny) return {rules: {...pod.rules, dns: {all: true, servers: []}}}
   const id = `${pod.namespace}/${pod.name}`
   // not on the node yet: its rules serve only as a destination's, where DNS plays no part
   if (!ns) return {rules: {...pod.rules, dns: {all: true, servers: []}}}
   const found = resolvers(ns)
-  if (!found) return {rules: {...pod.rules, dns: {all: true, servers: []}}, warning: `${id}: DNS capture: its resolv.conf cannot be read; capturing port 53 to any address (fail closed)`}
+  if (!found)
+    return {
+      rules: {...pod.rules, dns: {all: true, servers: []}},
+      warning: `${id}: DNS capture: its resolv.conf cannot be read; capturing port 53 to any address (fail closed)`,
+    }
   // istio-init turns DNS capture off when resolv.conf names no server
-  if (found.servers.length === 0) return {rules: pod.rules, warning: `${id}: DNS capture: ${found.from} names no nameserver, so Istio captures no DNS either`}
-  if (found.servers.length > MAX_DNS) return {rules: {...pod.rules, dns: {all: true, servers: []}}, warning: `${id}: DNS capture: ${found.servers.length} nameservers, the datapath holds ${MAX_DNS}; capturing port 53 to any address (fail closed)`}
+  if (found.servers.length === 0)
+    return {rules: pod.rules, warning: `${id}: DNS capture: ${found.from} names no nameserver, so Istio captures no DNS either`}
+  if (found.servers.length > MAX_DNS)
+    return {
+      rules: {...pod.rules, dns: {all: true, servers: []}},
+      warning: `${id}: DNS capture: ${found.servers.length} nameservers, the datapath holds ${MAX_DNS}; capturing port 53 to any address (fail closed)`,
+    }
   return {rules: {...pod.rules, dns: {all: false, servers: found.servers}}}
 }
 
@@ -63,7 +96,9 @@ export function podRulesWithDns(pod: MeshedPod, ns: NetnsCandidate | undefined, 
  */
 export function otherAddresses(pod: MeshedPod, ns: Pick<NetnsCandidate, 'addresses' | 'linkLocal'>): string[] {
   const own = new Set([pod.ip, pod.ip6].filter((a): a is string => a !== undefined).map(normalIp))
-  return [...new Set([...ns.addresses, ...ns.linkLocal].map(normalIp))].filter((a) => !own.has(a) && !a.startsWith('127.') && a !== '::1' && !(pod.rules.noIpv6 && a.includes(':')))
+  return [...new Set([...ns.addresses, ...ns.linkLocal].map(normalIp))].filter(
+    (a) => !own.has(a) && !a.startsWith('127.') && a !== '::1' && !(pod.rules.noIpv6 && a.includes(':')),
+  )
 }
 
 /**
@@ -73,10 +108,13 @@ export function otherAddresses(pod: MeshedPod, ns: Pick<NetnsCandidate, 'address
 export function checkCapacity(selection: PodSelection): void {
   const addresses = selection.meshed.reduce((n, p) => n + (p.ip6 ? 2 : 1), 0)
   if (addresses > MAX_PODS)
-    throw new MerbridgeError(`${selection.meshed.length} meshed pods on this node (${addresses} addresses); the datapath holds ${MAX_PODS} addresses`, {
-      code: 'TOO_MANY_PODS',
-      suggestion: "check the node's pod limit and the pods list (--node, --pods-file); nothing was changed",
-    })
+    throw new MerbridgeError(
+      `${selection.meshed.length} meshed pods on this node (${addresses} addresses); the datapath holds ${MAX_PODS} addresses`,
+      {
+        code: 'TOO_MANY_PODS',
+        suggestion: "check the node's pod limit and the pods list (--node, --pods-file); nothing was changed",
+      },
+    )
 }
 
 async function readView(inst: Installation): Promise<PodMapsView> {
@@ -135,7 +173,16 @@ export interface SyncPlan {
 export function planSync(found: FoundPod[], current: PodMapsView, known: boolean): SyncPlan {
   const plan: SyncPlan = {
     view: {rules: new Map(), netns: new Map(), others: new Map(), skips: new Set()},
-    ...{ruleWrites: [], netnsWrites: [], ruleDeletes: [], netnsDeletes: [], otherWrites: [], otherDeletes: [], skipWrites: [], skipDeletes: []},
+    ...{
+      ruleWrites: [],
+      netnsWrites: [],
+      ruleDeletes: [],
+      netnsDeletes: [],
+      otherWrites: [],
+      otherDeletes: [],
+      skipWrites: [],
+      skipDeletes: [],
+    },
     ...{shared: [], unheld: [], meshed: [], unregistered: [], registered: [], attach: []},
   }
   const owners = new Map<string, {ip: string; id: string}[]>()
@@ -145,7 +192,13 @@ export function planSync(found: FoundPod[], current: PodMapsView, known: boolean
       plan.view.rules.set(ip, rules.toString('hex'))
       if (current.rules.get(ip) !== plan.view.rules.get(ip)) plan.ruleWrites.push([ip, rules])
     }
-    const record: PodRecord = {namespace: pod.namespace, name: pod.name, ip: pod.ip, ...(pod.ip6 ? {ip6: pod.ip6} : {}), ...(pod.noInboundCapture.length > 0 ? {noInboundCapture: pod.noInboundCapture} : {})}
+    const record: PodRecord = {
+      namespace: pod.namespace,
+      name: pod.name,
+      ip: pod.ip,
+      ...(pod.ip6 ? {ip6: pod.ip6} : {}),
+      ...(pod.noInboundCapture.length > 0 ? {noInboundCapture: pod.noInboundCapture} : {}),
+    }
     if (cookie === undefined) {
       plan.unregistered.push(record)
       continue
@@ -226,7 +279,12 @@ function namespaceAt(path: string, candidates: readonly NetnsCandidate[]): Netns
  * cookie: cookies only grow), which held the address first unless a claim was made before the
  * pod existed. Either way the node is warned, naming the others.
  */
-export function pickNamespace(pod: MeshedPod, holders: readonly NetnsCandidate[], cookies: ReadonlyMap<string, bigint>, registered: bigint | undefined): {ns?: NetnsCandidate; warning?: string} {
+export function pickNamespace(
+  pod: MeshedPod,
+  holders: readonly NetnsCandidate[],
+  cookies: ReadonlyMap<string, bigint>,
+  registered: bigint | undefined,
+): {ns?: NetnsCandidate; warning?: string} {
   if (holders.length <= 1) return {ns: holders[0]}
   const withCookie = holders.flatMap((h) => {
     const cookie = cookies.get(h.path)
@@ -236,7 +294,10 @@ export function pickNamespace(pod: MeshedPod, holders: readonly NetnsCandidate[]
   if (!kept) return {ns: holders[0]}
   const others = holders.filter((h) => h !== kept).map((h) => h.path)
   const why = cookies.get(kept.path) === registered ? 'where it is registered' : 'the oldest of them'
-  return {ns: kept, warning: `${pod.namespace}/${pod.name}: its address ${pod.ip} is also held by ${others.length} other network namespace(s) (${others.slice(0, 3).join(', ')}): kept in ${kept.path}, ${why}`}
+  return {
+    ns: kept,
+    warning: `${pod.namespace}/${pod.name}: its address ${pod.ip} is also held by ${others.length} other network namespace(s) (${others.slice(0, 3).join(', ')}): kept in ${kept.path}, ${why}`,
+  }
 }
 
 /**
@@ -283,9 +344,19 @@ export async function syncPods(
     if (warning) nodeWarnings.push(warning)
     const cookie = ns ? cookies.get(ns.path) : undefined
     // the interfaces it excludes, for the cgroup's guard (tc stays off them itself, by name)
-    const skipIndexes = ns && cookie !== undefined && pod.noInboundCapture.length > 0 ? [...(await interfaceIndexes(ns.path, pod.noInboundCapture)).values()] : []
+    const skipIndexes =
+      ns && cookie !== undefined && pod.noInboundCapture.length > 0
+        ? [...(await interfaceIndexes(ns.path, pod.noInboundCapture)).values()]
+        : []
     // with its namespace: only that namespace's sockets may key connections on the pod's addresses
-    found.push({pod, nsPath: ns?.path, cookie, rules: encodePodRules({...rules, ...(cookie === undefined ? {} : {netns: cookie})}), otherIps: ns ? otherAddresses(pod, ns) : [], skipIndexes})
+    found.push({
+      pod,
+      nsPath: ns?.path,
+      cookie,
+      rules: encodePodRules({...rules, ...(cookie === undefined ? {} : {netns: cookie})}),
+      otherIps: ns ? otherAddresses(pod, ns) : [],
+      skipIndexes,
+    })
   }
   const plan = planSync(found, current, opts.known !== undefined)
   // every meshed pod counts, found or not: its share is kept for it either way
@@ -293,9 +364,14 @@ export async function syncPods(
   const lines = [
     // before a namespace is registered: the guard acts on registered ones
     ...(existsSync(inst.map('inbound_skip'))
-      ? [...plan.skipWrites.map((key) => bpftool.mapUpdateLine(inst.map('inbound_skip'), key, encodeU32(1))), ...plan.skipDeletes.map((key) => bpftool.mapDeleteLine(inst.map('inbound_skip'), key))]
+      ? [
+          ...plan.skipWrites.map((key) => bpftool.mapUpdateLine(inst.map('inbound_skip'), key, encodeU32(1))),
+          ...plan.skipDeletes.map((key) => bpftool.mapDeleteLine(inst.map('inbound_skip'), key)),
+        ]
       : []),
-    ...(plan.view.share === current.share || !existsSync(inst.map('pod_share')) ? [] : [bpftool.mapUpdateLine(inst.map('pod_share'), encodeU32(0), encodeU32(plan.view.share))]),
+    ...(plan.view.share === current.share || !existsSync(inst.map('pod_share'))
+      ? []
+      : [bpftool.mapUpdateLine(inst.map('pod_share'), encodeU32(0), encodeU32(plan.view.share))]),
     ...plan.ruleWrites.map(([ip, rules]) => bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(ip), rules)),
     ...plan.netnsWrites.map(([cookie, id]) => bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(cookie), id)),
     ...plan.ruleDeletes.map((ip) => bpftool.mapDeleteLine(inst.map('local_pod_ips'), ipToSlot(ip))),
@@ -303,7 +379,9 @@ export async function syncPods(
     // an installation enabled by an older merbridge has no such map until enable replaces it
     ...(existsSync(inst.map('pod_other_ips'))
       ? [
-          ...plan.otherWrites.map(([ip, owner]) => bpftool.mapUpdateLine(inst.map('pod_other_ips'), ipToSlot(ip), owner ? ipToSlot(owner) : Buffer.alloc(16))),
+          ...plan.otherWrites.map(([ip, owner]) =>
+            bpftool.mapUpdateLine(inst.map('pod_other_ips'), ipToSlot(ip), owner ? ipToSlot(owner) : Buffer.alloc(16)),
+          ),
           ...plan.otherDeletes.map((ip) => bpftool.mapDeleteLine(inst.map('pod_other_ips'), ipToSlot(ip))),
         ]
       : []),
@@ -317,7 +395,14 @@ export async function syncPods(
     view: plan.view,
     registered: plan.registered,
     // an address pods of separate networks share is captured under the rules of the pod it arrives at: nothing to warn of
-    nodeWarnings: [...nodeWarnings, ...(plan.unheld.length > 0 ? [`${plan.unheld.length} other addresses of pods (${plan.unheld.slice(0, 3).join(', ')}${plan.unheld.length > 3 ? ', ...' : ''}) do not fit pod_other_ips (${MAX_PODS}): a proxy's connection to one of its own pod's goes to the app directly`] : [])],
+    nodeWarnings: [
+      ...nodeWarnings,
+      ...(plan.unheld.length > 0
+        ? [
+            `${plan.unheld.length} other addresses of pods (${plan.unheld.slice(0, 3).join(', ')}${plan.unheld.length > 3 ? ', ...' : ''}) do not fit pod_other_ips (${MAX_PODS}): a proxy's connection to one of its own pod's goes to the app directly`,
+          ]
+        : []),
+    ],
   }
   // after the maps: the program acts on the pods it finds in local_pod_ips
   if (opts.attachInbound && plan.attach.length > 0) {

@@ -25,7 +25,16 @@ export async function applyPods(
   inst: Installation,
   objects: Helpers,
   pods: PodJson[],
-  opts: {node: string; mesh: MeshProfile; known?: PodMapsView; attachInbound: boolean; capacity: number; guard?: EmptyGuard; registeredIn?: Installation; cniPods?: Readonly<Record<string, CniPod>>},
+  opts: {
+    node: string
+    mesh: MeshProfile
+    known?: PodMapsView
+    attachInbound: boolean
+    capacity: number
+    guard?: EmptyGuard
+    registeredIn?: Installation
+    cniPods?: Readonly<Record<string, CniPod>>
+  },
 ): Promise<AppliedPods> {
   const cni = opts.cniPods ?? {}
   // the API learns a pod's addresses only after its sandbox is up: until then, the runtime's
@@ -35,7 +44,10 @@ export async function applyPods(
     opts.mesh,
   )
   if (opts.guard) refuseEmptying(selection, opts.node, opts.guard)
-  return {selection, sync: await syncPods(inst, objects, selection, {...opts, pinned: new Map(Object.entries(cni).map(([k, v]) => [k, v.netns]))})}
+  return {
+    selection,
+    sync: await syncPods(inst, objects, selection, {...opts, pinned: new Map(Object.entries(cni).map(([k, v]) => [k, v.netns]))}),
+  }
 }
 
 export function podKey(p: PodJson): string {
@@ -70,11 +82,14 @@ export interface EmptyGuard {
 export function refuseEmptying(selection: PodSelection, node: string, guard: EmptyGuard): void {
   const onNode = selection.meshed.length + selection.skipped.length
   if (onNode > 0 || guard.registered === 0 || guard.allowEmpty) return
-  throw new MerbridgeError(`${guard.source} names no pod of node ${JSON.stringify(node)} (${selection.otherNodes} on other nodes): syncing would unregister all ${guard.registered} registered pod(s)`, {
-    code: 'EMPTY_SYNC',
-    exitCode: 2,
-    suggestion: `check --node (this host is ${JSON.stringify(hostname())}) and the pods list; if this node really has no pods now, add --allow-empty`,
-  })
+  throw new MerbridgeError(
+    `${guard.source} names no pod of node ${JSON.stringify(node)} (${selection.otherNodes} on other nodes): syncing would unregister all ${guard.registered} registered pod(s)`,
+    {
+      code: 'EMPTY_SYNC',
+      exitCode: 2,
+      suggestion: `check --node (this host is ${JSON.stringify(hostname())}) and the pods list; if this node really has no pods now, add --allow-empty`,
+    },
+  )
 }
 
 /** What the installation's record says about the pods of a sync. */
@@ -133,7 +148,10 @@ export interface SyncOnceResult extends Pick<InstallState['pods'], 'source' | 'm
  * match and update the record. A failure before the batch is written leaves maps and record as
  * they were.
  */
-export async function syncOnce(inst: Installation, opts: {podsFile?: string; kube: KubeOptions; node: string; allowEmpty?: boolean}): Promise<SyncOnceResult> {
+export async function syncOnce(
+  inst: Installation,
+  opts: {podsFile?: string; kube: KubeOptions; node: string; allowEmpty?: boolean},
+): Promise<SyncOnceResult> {
   const state = await inst.requireState()
   inst.requireMaps(['local_pod_ips', 'netns_pod_ips'])
   const helpers = inst.requireHelpers()
@@ -141,7 +159,14 @@ export async function syncOnce(inst: Installation, opts: {podsFile?: string; kub
   return withInstallationLock(inst, 'sync', async () => {
     const registered = (await inst.readState())?.pods.meshed.length ?? 0
     const guard = {registered, source: loaded.source, allowEmpty: opts.allowEmpty === true}
-    const applied = await applyPods(inst, helpers, loaded.pods, {node: opts.node, mesh: meshProfile(state.mesh), attachInbound: true, capacity: connectionCapacity(state), guard, cniPods: liveCniPods(await inst.readState())})
+    const applied = await applyPods(inst, helpers, loaded.pods, {
+      node: opts.node,
+      mesh: meshProfile(state.mesh),
+      attachInbound: true,
+      capacity: connectionCapacity(state),
+      guard,
+      cniPods: liveCniPods(await inst.readState()),
+    })
     const pods = keepSince(podsRecord(loaded.source, applied), (await inst.readState())?.pods)
     await savePodsRecord(inst, pods)
     return {...pods, written: applied.sync.written, deleted: applied.sync.deleted}

@@ -37,7 +37,6 @@ export interface WatchOptions {
   cniInstall?: CniPaths
 }
 
-
 /** How long a CNI ADD waits for the watch to bring a pod it does not know yet. */
 const CNI_POD_WAIT_MS = 10_000
 
@@ -62,7 +61,10 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
   /** by namespace/name: pods whose namespace the runtime named (CNI mode); no scan or address decides it */
   const pinned = new Map(Object.entries(liveCniPods(await inst.readState())))
 
-  const apply = (given: PodJson[] | 'latest', event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'} | {type: 'UNCOVERED'; drops: number} | {type: 'CNI'; started: () => void}) => {
+  const apply = (
+    given: PodJson[] | 'latest',
+    event: PodEvent | {type: 'RETRY'} | {type: 'RECHECK'} | {type: 'UNCOVERED'; drops: number} | {type: 'CNI'; started: () => void},
+  ) => {
     const arrived = performance.now()
     return (queue = queue.then(async () => {
       if (event.type === 'CNI') event.started()
@@ -78,19 +80,36 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
         // one command changes an installation at a time: an enable or sync under way finishes first
         applied = await withInstallationLock(inst, 'sync --watch', async () => {
           const cniPods = Object.fromEntries(pinned)
-          const done = await applyPods(inst, objects, pods, {node: opts.node, mesh: opts.mesh, known, attachInbound: true, capacity, cniPods})
+          const done = await applyPods(inst, objects, pods, {
+            node: opts.node,
+            mesh: opts.mesh,
+            known,
+            attachInbound: true,
+            capacity,
+            cniPods,
+          })
           await savePodsRecord(inst, podsRecord(source, done), cniPods)
           return done
         })
         const ms = Math.round(performance.now() - started)
         opts.onSynced?.({cause: event.type, ms, lagMs: performance.now() - arrived, applied})
         if (event.type === 'RELISTED')
-          opts.log(`listed ${event.count} pod(s): ${applied.sync.meshed.length} meshed and registered, ${applied.sync.unregistered.length} not found yet, ${applied.selection.skipped.length} skipped (${ms} ms)`, {event: 'listed', pods: event.count, ms})
+          opts.log(
+            `listed ${event.count} pod(s): ${applied.sync.meshed.length} meshed and registered, ${applied.sync.unregistered.length} not found yet, ${applied.selection.skipped.length} skipped (${ms} ms)`,
+            {event: 'listed', pods: event.count, ms},
+          )
         else if (event.type === 'UNCOVERED')
-          opts.log(`${event.drops} SYN(s) to meshed pods came in where inbound capture is not attached (held, fail closed): re-checked the pods' interfaces (${ms} ms)`, {event: 'uncovered', drops: event.drops, ms})
+          opts.log(
+            `${event.drops} SYN(s) to meshed pods came in where inbound capture is not attached (held, fail closed): re-checked the pods' interfaces (${ms} ms)`,
+            {event: 'uncovered', drops: event.drops, ms},
+          )
         else if (event.type === 'RECHECK') {
           const {written, deleted} = applied.sync
-          if (written + deleted > 0) opts.log(`re-check: the maps had drifted from the pods; rewrote ${written} entr${written === 1 ? 'y' : 'ies'} and removed ${deleted} (${ms} ms)`, {event: 'repaired', written, deleted, ms})
+          if (written + deleted > 0)
+            opts.log(
+              `re-check: the maps had drifted from the pods; rewrote ${written} entr${written === 1 ? 'y' : 'ies'} and removed ${deleted} (${ms} ms)`,
+              {event: 'repaired', written, deleted, ms},
+            )
         }
         // the pod an ADDED, MODIFIED or DELETED event is about
         let own: string | undefined
@@ -111,7 +130,12 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
       } catch (error) {
         applied = undefined // the maps may be half written: read them back next time
         opts.log(`could not apply the pods: ${describeError(error).message}`, {event: 'error', message: describeError(error).message})
-        opts.onSynced?.({cause: event.type, ms: performance.now() - started, lagMs: performance.now() - arrived, error: describeError(error).message})
+        opts.onSynced?.({
+          cause: event.type,
+          ms: performance.now() - started,
+          lagMs: performance.now() - arrived,
+          error: describeError(error).message,
+        })
       }
     }))
   }
@@ -123,7 +147,12 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
     const deadline = performance.now() + CNI_POD_WAIT_MS
     for (;;) {
       // podman names no namespace: a name unique on this node is enough
-      const found = latest.filter((p) => p.spec?.nodeName === opts.node && p.metadata?.name === name && (namespace === undefined || (p.metadata.namespace ?? 'default') === namespace))
+      const found = latest.filter(
+        (p) =>
+          p.spec?.nodeName === opts.node &&
+          p.metadata?.name === name &&
+          (namespace === undefined || (p.metadata.namespace ?? 'default') === namespace),
+      )
       if (found.length === 1 || performance.now() > deadline || opts.signal.aborted) return found.length === 1 ? found[0] : undefined
       await new Promise((r) => setTimeout(r, 100))
     }
@@ -152,7 +181,10 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
         const r = installCni(paths, objects.cniPlugin, socket)
         if (r.changed) opts.log(`${why}: merbridge-cni is the last plugin of ${r.file}`, {event: 'cni-installed', file: r.file})
       } catch (error) {
-        opts.log(`could not put merbridge-cni into ${paths.confDir}: ${describeError(error).message}`, {event: 'cni-error', message: describeError(error).message})
+        opts.log(`could not put merbridge-cni into ${paths.confDir}: ${describeError(error).message}`, {
+          event: 'cni-error',
+          message: describeError(error).message,
+        })
       }
     }
     // recorded first: disable takes out what the record names, also after a crash right after the install
@@ -160,7 +192,12 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
       withInstallationLock(inst, 'cni install', async () => {
         const state = await inst.readState()
         if (state) await inst.writeState({...state, cni: paths})
-      }).catch((error: unknown) => opts.log(`could not record the CNI install: ${describeError(error).message}`, {event: 'cni-error', message: describeError(error).message})),
+      }).catch((error: unknown) =>
+        opts.log(`could not record the CNI install: ${describeError(error).message}`, {
+          event: 'cni-error',
+          message: describeError(error).message,
+        }),
+      ),
     ))
     put('installed')
     // a node CNI that rewrites its configuration (an upgrade, a restart) drops our entry: put it back
@@ -173,14 +210,20 @@ export async function runWatch(inst: Installation, opts: WatchOptions): Promise<
     if (applied && applied.sync.unregistered.length > 0) void apply(latest, {type: 'RETRY'})
   }, opts.retryMs ?? 1000)
   const recheck = setInterval(() => void apply(latest, {type: 'RECHECK'}), opts.recheckMs ?? 30_000)
-  const uncovered = watchUncovered(inst, opts.uncoveredMs ?? 2000, opts.recheckMs ?? 30_000, (drops) => void apply(latest, {type: 'UNCOVERED', drops}))
+  const uncovered = watchUncovered(
+    inst,
+    opts.uncoveredMs ?? 2000,
+    opts.recheckMs ?? 30_000,
+    (drops) => void apply(latest, {type: 'UNCOVERED', drops}),
+  )
   try {
     await watchNodePods(
       required(first.target, 'the Kubernetes API target'),
       opts.node,
       {
         onPods: (pods, event) => apply(pods, event),
-        onError: (message, retryInMs) => opts.log(`watch: ${message}${retryInMs ? `; retrying in ${retryInMs} ms` : ''}`, {event: 'watch-error', message}),
+        onError: (message, retryInMs) =>
+          opts.log(`watch: ${message}${retryInMs ? `; retrying in ${retryInMs} ms` : ''}`, {event: 'watch-error', message}),
       },
       opts.signal,
       {pods: first.pods, resourceVersion: first.resourceVersion ?? ''},

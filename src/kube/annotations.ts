@@ -18,7 +18,10 @@ export const ANNOTATIONS = {
 } as const
 
 function entries(value: string): string[] {
-  return value.split(',').map((s) => s.trim()).filter(Boolean)
+  return value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
 }
 
 function parsePort(text: string): number | undefined {
@@ -41,7 +44,14 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
   const warn = (key: string, msg: string) => warnings.push(`${key}: ${msg}`)
 
   /** A list as far as it can be honoured: `whole` is false when an entry was bad or did not fit. */
-  const list = <T>(key: string, parse: (e: string) => T | undefined, what: string, limit: number, include: boolean, known: (v: T) => boolean = () => false): {items: T[]; whole: boolean} | undefined => {
+  const list = <T>(
+    key: string,
+    parse: (e: string) => T | undefined,
+    what: string,
+    limit: number,
+    include: boolean,
+    known: (v: T) => boolean = () => false,
+  ): {items: T[]; whole: boolean} | undefined => {
     const raw = annotations[key]
     if (raw === undefined) return undefined
     const items: T[] = []
@@ -62,15 +72,23 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
       items.push(v)
     }
     const consequence = include ? 'capturing all of it instead (fail closed)' : 'ignored, so more is captured'
-    if (badCount > 0) warn(key, `${badCount} entr${badCount === 1 ? 'y is' : 'ies are'} not ${what} (${bad.map((b) => `'${printable(b)}'`).join(', ')}${badCount > 3 ? ', ...' : ''}); ${consequence}`)
+    if (badCount > 0)
+      warn(
+        key,
+        `${badCount} entr${badCount === 1 ? 'y is' : 'ies are'} not ${what} (${bad.map((b) => `'${printable(b)}'`).join(', ')}${badCount > 3 ? ', ...' : ''}); ${consequence}`,
+      )
     const fits = items.length <= limit
     if (!fits) {
-      warn(key, `${items.length} entries, the datapath holds ${limit}; ${include ? consequence : 'the rest are ignored, so more is captured'}`)
+      warn(
+        key,
+        `${items.length} entries, the datapath holds ${limit}; ${include ? consequence : 'the rest are ignored, so more is captured'}`,
+      )
       items.length = limit
     }
     return {items, whole: badCount === 0 && fits}
   }
-  const ports = (key: string, limit: number, include = false, known?: (p: number) => boolean) => list(key, parsePort, 'a port (1-65535)', limit, include, known)
+  const ports = (key: string, limit: number, include = false, known?: (p: number) => boolean) =>
+    list(key, parsePort, 'a port (1-65535)', limit, include, known)
   const cidrs = (key: string, include = false) => list(key, parseCidr, 'a CIDR', MAX_CIDRS, include)
 
   // includeOutboundIPRanges: absent or '*' = all; '' = none; one that cannot be honoured whole = all.
@@ -80,13 +98,13 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
   // an included port is captured whatever its address: one left out could escape
   const includedOutPorts = ports(ANNOTATIONS.includeOutboundPorts, MAX_PORTS, true)
   const outAllCidrs = starRanges || includedRanges?.whole === false || includedOutPorts?.whole === false
-  const outIncludeCidrs = outAllCidrs ? [] : includedRanges?.items ?? []
+  const outIncludeCidrs = outAllCidrs ? [] : (includedRanges?.items ?? [])
 
   const includeIn = annotations[ANNOTATIONS.includeInboundPorts]
   const starIn = includeIn === undefined || entries(includeIn).includes('*')
   const includedIn = starIn ? undefined : ports(ANNOTATIONS.includeInboundPorts, MAX_PORTS, true)
   const inAllPorts = starIn || includedIn?.whole === false
-  const inIncludePorts = inAllPorts ? [] : includedIn?.items ?? []
+  const inIncludePorts = inAllPorts ? [] : (includedIn?.items ?? [])
 
   // The mesh's own ports and the status port are never captured inbound.
   const reserved = [...mesh.reservedInboundPorts]
@@ -98,7 +116,9 @@ export function rulesFromAnnotations(annotations: Record<string, string>, mesh: 
   }
   // istio-iptables reads the excluded ports only with '*': a listed port is captured even where
   // the pod also excludes it; only the tunnel port returns first either way
-  const userInExclude = inAllPorts ? (ports(ANNOTATIONS.excludeInboundPorts, MAX_PORTS - reserved.length, false, (p) => reserved.includes(p))?.items ?? []) : []
+  const userInExclude = inAllPorts
+    ? (ports(ANNOTATIONS.excludeInboundPorts, MAX_PORTS - reserved.length, false, (p) => reserved.includes(p))?.items ?? [])
+    : []
   const inExcludePorts = inAllPorts ? [...reserved, ...userInExclude] : [mesh.tunnelPort]
 
   return {
@@ -136,13 +156,26 @@ export function interfacesFromAnnotations(annotations: Record<string, string>): 
     const all = entries(raw)
     const bad = all.filter((e) => !INTERFACE_NAME.test(e))
     // istio-init would refuse such a pod; merbridge keeps its capture on anything not named well
-    if (bad.length > 0) warnings.push(`${key}: ${bad.length} entr${bad.length === 1 ? 'y is' : 'ies are'} not an interface name (${bad.slice(0, 3).map((b) => `'${printable(b, 40)}'`).join(', ')}${bad.length > 3 ? ', ...' : ''}); ignored, so more is captured`)
+    if (bad.length > 0)
+      warnings.push(
+        `${key}: ${bad.length} entr${bad.length === 1 ? 'y is' : 'ies are'} not an interface name (${bad
+          .slice(0, 3)
+          .map((b) => `'${printable(b, 40)}'`)
+          .join(', ')}${bad.length > 3 ? ', ...' : ''}); ignored, so more is captured`,
+      )
     return [...new Set(all.filter((e) => INTERFACE_NAME.test(e)))]
   }
   const excluded = names(ANNOTATIONS.excludeInterfaces)
-  const virtualKey = annotations[ANNOTATIONS.rerouteVirtualInterfaces] !== undefined ? ANNOTATIONS.rerouteVirtualInterfaces : ANNOTATIONS.kubevirtInterfaces
+  const virtualKey =
+    annotations[ANNOTATIONS.rerouteVirtualInterfaces] !== undefined ? ANNOTATIONS.rerouteVirtualInterfaces : ANNOTATIONS.kubevirtInterfaces
   const virtual = names(virtualKey)
-  if (excluded.length > 0) warnings.push(`${ANNOTATIONS.excludeInterfaces}: inbound on ${excluded.join(', ')} is left alone, as Istio does; outbound connections routed through ${excluded.length === 1 ? 'it' : 'them'} still go to the sidecar (merbridge decides at connect(), before the route is known)`)
-  if (virtual.length > 0) warnings.push(`${virtualKey}: TCP the virtual machine sends through ${virtual.join(', ')} is captured only by istio-init's rules, which send it to the outbound listener; merbridge does not see forwarded traffic, and sends only its connections to the pod's own address through the inbound listener`)
+  if (excluded.length > 0)
+    warnings.push(
+      `${ANNOTATIONS.excludeInterfaces}: inbound on ${excluded.join(', ')} is left alone, as Istio does; outbound connections routed through ${excluded.length === 1 ? 'it' : 'them'} still go to the sidecar (merbridge decides at connect(), before the route is known)`,
+    )
+  if (virtual.length > 0)
+    warnings.push(
+      `${virtualKey}: TCP the virtual machine sends through ${virtual.join(', ')} is captured only by istio-init's rules, which send it to the outbound listener; merbridge does not see forwarded traffic, and sends only its connections to the pod's own address through the inbound listener`,
+    )
   return {noInboundCapture: excluded, warnings}
 }

@@ -38,7 +38,17 @@ export async function withApiTimeout<T>(request: Promise<T>, target: KubeTarget,
   let timer: NodeJS.Timeout | undefined
   const ms = apiTimeoutMs()
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(kubeError(`the Kubernetes API at ${target.server} did not answer ${what} within ${ms / 1000} s`, 'check that the server address in the kubeconfig is the API server and that it is up', 'KUBE_TIMEOUT')), ms)
+    timer = setTimeout(
+      () =>
+        reject(
+          kubeError(
+            `the Kubernetes API at ${target.server} did not answer ${what} within ${ms / 1000} s`,
+            'check that the server address in the kubeconfig is the API server and that it is up',
+            'KUBE_TIMEOUT',
+          ),
+        ),
+      ms,
+    )
   })
   try {
     return await Promise.race([request, late])
@@ -64,7 +74,10 @@ export async function loadKube(opts: KubeOptions, env = process.env): Promise<Ku
       one.loadFromString(text)
       one.makePathsAbsolute(dirname(resolve(file)))
     } catch (error) {
-      throw kubeError(`kubeconfig ${file} does not parse: ${(error as Error).message.split('\n')[0]}`, 'check the file with `kubectl config view --kubeconfig FILE`')
+      throw kubeError(
+        `kubeconfig ${file} does not parse: ${(error as Error).message.split('\n')[0]}`,
+        'check the file with `kubectl config view --kubeconfig FILE`',
+      )
     }
     return one
   }
@@ -76,7 +89,11 @@ export async function loadKube(opts: KubeOptions, env = process.env): Promise<Ku
     // as kubectl reads it: every file that exists, merged, the first to name a thing winning
     const files = [...new Set(env.KUBECONFIG.split(':').filter(Boolean))]
     const present = files.filter((f) => existsSync(f))
-    if (present.length === 0) throw kubeError(`none of the kubeconfig files in KUBECONFIG exists (${files.join(', ')})`, 'set KUBECONFIG to existing files, or give --kubeconfig')
+    if (present.length === 0)
+      throw kubeError(
+        `none of the kubeconfig files in KUBECONFIG exists (${files.join(', ')})`,
+        'set KUBECONFIG to existing files, or give --kubeconfig',
+      )
     kc = mergeKubeconfigs(await Promise.all(present.map((f) => fromFile(f, 'KUBECONFIG'))), KubeConfig)
     source = `${present.join(':')} (KUBECONFIG)`
   } else if (existsSync(home)) {
@@ -86,18 +103,25 @@ export async function loadKube(opts: KubeOptions, env = process.env): Promise<Ku
     kc.loadFromCluster()
     source = 'the in-cluster service account'
   } else
-    throw kubeError('no Kubernetes credentials: no --kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster service account', 'give --kubeconfig FILE, or --pods-file with the output of `kubectl get pods -A -o json`')
+    throw kubeError(
+      'no Kubernetes credentials: no --kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster service account',
+      'give --kubeconfig FILE, or --pods-file with the output of `kubectl get pods -A -o json`',
+    )
 
   if (opts.context) {
     const names = kc.getContexts().map((c) => c.name)
-    if (!names.includes(opts.context)) throw kubeError(`context ${opts.context} is not in ${source}`, `known contexts: ${names.join(', ') || 'none'}`)
+    if (!names.includes(opts.context))
+      throw kubeError(`context ${opts.context} is not in ${source}`, `known contexts: ${names.join(', ') || 'none'}`)
     kc.setCurrentContext(opts.context)
   }
   const cluster = kc.getCurrentCluster()
   if (!cluster) throw kubeError(`${source} has no current cluster`, 'set a current context, or give --context')
   // the client refuses it anyway, in words about TLS that send a user to the certificates
   if (/^http:/i.test(cluster.server) && !cluster.skipTLSVerify)
-    throw kubeError(`the Kubernetes API at ${cluster.server} (${source}) is plain HTTP: merbridge reads pods over HTTPS only`, "give the API server's https:// address in the kubeconfig")
+    throw kubeError(
+      `the Kubernetes API at ${cluster.server} (${source}) is plain HTTP: merbridge reads pods over HTTPS only`,
+      "give the API server's https:// address in the kubeconfig",
+    )
   return {kc, source, server: cluster.server}
 }
 
@@ -129,14 +153,30 @@ export function apiError(error: unknown, target: KubeTarget): MerbridgeError {
   const code = e.cause?.code ?? (typeof e.code === 'string' ? e.code : '')
   const where = `the Kubernetes API at ${target.server}`
   if (status === 401)
-    return kubeError(`${where} refused the credentials of ${target.source} (401 Unauthorized)`, 'refresh the token or certificate in the kubeconfig', 'KUBE_UNAUTHORIZED')
+    return kubeError(
+      `${where} refused the credentials of ${target.source} (401 Unauthorized)`,
+      'refresh the token or certificate in the kubeconfig',
+      'KUBE_UNAUTHORIZED',
+    )
   if (status === 403)
-    return kubeError(`${where} does not allow listing pods to ${target.source} (403 Forbidden)`, 'grant get/list/watch on pods (a ClusterRole) to this identity', 'KUBE_FORBIDDEN')
+    return kubeError(
+      `${where} does not allow listing pods to ${target.source} (403 Forbidden)`,
+      'grant get/list/watch on pods (a ClusterRole) to this identity',
+      'KUBE_FORBIDDEN',
+    )
   if (status) return kubeError(`${where} answered ${status}: ${(e.message ?? '').split('\n')[0]}`, 'check the API server', 'KUBE_API')
   if (/CERT|SSL|TLS|certificate|self.signed|altname/i.test(`${code} ${e.message}`))
-    return kubeError(`TLS failure talking to ${where}: ${(e.message ?? code).split('\n')[0]}`, 'check certificate-authority-data in the kubeconfig', 'KUBE_TLS')
+    return kubeError(
+      `TLS failure talking to ${where}: ${(e.message ?? code).split('\n')[0]}`,
+      'check certificate-authority-data in the kubeconfig',
+      'KUBE_TLS',
+    )
   if (/ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|ECONNRESET|EAI_AGAIN|socket hang up|network/i.test(`${code} ${e.message}`))
-    return kubeError(`cannot reach ${where}: ${(e.message ?? code).split('\n')[0]}`, 'check the server address in the kubeconfig and the network', 'KUBE_UNREACHABLE')
+    return kubeError(
+      `cannot reach ${where}: ${(e.message ?? code).split('\n')[0]}`,
+      'check the server address in the kubeconfig and the network',
+      'KUBE_UNREACHABLE',
+    )
   return kubeError(`talking to ${where} failed: ${(e.message ?? String(error)).split('\n')[0]}`, 'check the API server', 'KUBE_API')
 }
 

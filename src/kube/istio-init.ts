@@ -29,8 +29,36 @@ const VALUE_FLAGS: Record<string, string> = {
   t: 'inbound-tproxy-mark',
   r: 'inbound-tproxy-route-table',
 }
-const LONG_VALUE = new Set([...Object.values(VALUE_FLAGS), 'iptables-probe-port', 'probe-timeout', 'network-namespace', 'force-iptables-binary', 'log_output_level', 'log_target', 'log_caller', 'log_stacktrace_level', 'log_rotate'])
-const BOOLEAN = new Set(['n', 'dry-run', 'skip-rule-apply', 'run-validation', 'redirect-dns', 'drop-invalid', 'dual-stack', 'capture-all-dns', 'cni-mode', 'reconcile', 'cleanup-only', 'force-apply', 'native-nftables', 'log_as_json', 'help', 'h'])
+const LONG_VALUE = new Set([
+  ...Object.values(VALUE_FLAGS),
+  'iptables-probe-port',
+  'probe-timeout',
+  'network-namespace',
+  'force-iptables-binary',
+  'log_output_level',
+  'log_target',
+  'log_caller',
+  'log_stacktrace_level',
+  'log_rotate',
+])
+const BOOLEAN = new Set([
+  'n',
+  'dry-run',
+  'skip-rule-apply',
+  'run-validation',
+  'redirect-dns',
+  'drop-invalid',
+  'dual-stack',
+  'capture-all-dns',
+  'cni-mode',
+  'reconcile',
+  'cleanup-only',
+  'force-apply',
+  'native-nftables',
+  'log_as_json',
+  'help',
+  'h',
+])
 
 /** Where each setting lands: the annotation merbridge reads it from (or the interception mode's). */
 const AS_ANNOTATION: Record<string, string> = {
@@ -92,19 +120,43 @@ function groupList(text: string): {gids: number[]; bad: string[]} {
  * group is captured. An exclude list (read only with '*') loses what it cannot honour: more is
  * captured, never less.
  */
-export function ownerGroupRules(include: string | undefined, exclude: string | undefined): {ownerGroups?: {only: boolean; gids: number[]}; warnings: string[]} {
-  const shown = (bad: string[]) => `${bad.slice(0, 3).map((b) => `'${printable(b, 40)}'`).join(', ')}${bad.length > 3 ? ', ...' : ''}`
+export function ownerGroupRules(
+  include: string | undefined,
+  exclude: string | undefined,
+): {ownerGroups?: {only: boolean; gids: number[]}; warnings: string[]} {
+  const shown = (bad: string[]) =>
+    `${bad
+      .slice(0, 3)
+      .map((b) => `'${printable(b, 40)}'`)
+      .join(', ')}${bad.length > 3 ? ', ...' : ''}`
   if (include !== undefined && include !== '*') {
     const {gids, bad} = groupList(include)
-    if (bad.length > 0) return {warnings: [`${OWNER_GROUPS}: ${shown(bad)} ${bad.length === 1 ? 'is not a group id' : 'are not group ids'} (a name is looked up in istio-init's image, which merbridge cannot read); every group's outbound is captured instead (fail closed)`]}
-    if (gids.length > MAX_GROUPS) return {warnings: [`${OWNER_GROUPS}: ${gids.length} groups, the datapath holds ${MAX_GROUPS}; every group's outbound is captured instead (fail closed)`]}
+    if (bad.length > 0)
+      return {
+        warnings: [
+          `${OWNER_GROUPS}: ${shown(bad)} ${bad.length === 1 ? 'is not a group id' : 'are not group ids'} (a name is looked up in istio-init's image, which merbridge cannot read); every group's outbound is captured instead (fail closed)`,
+        ],
+      }
+    if (gids.length > MAX_GROUPS)
+      return {
+        warnings: [
+          `${OWNER_GROUPS}: ${gids.length} groups, the datapath holds ${MAX_GROUPS}; every group's outbound is captured instead (fail closed)`,
+        ],
+      }
     return {ownerGroups: {only: true, gids}, warnings: []}
   }
   if (exclude === undefined) return {warnings: []}
   const {gids, bad} = groupList(exclude)
-  const warnings = bad.length > 0 ? [`${OWNER_GROUPS_EXCLUDE}: ${shown(bad)} ${bad.length === 1 ? 'is not a group id' : 'are not group ids'} (a name is looked up in istio-init's image, which merbridge cannot read); ignored, so more is captured`] : []
+  const warnings =
+    bad.length > 0
+      ? [
+          `${OWNER_GROUPS_EXCLUDE}: ${shown(bad)} ${bad.length === 1 ? 'is not a group id' : 'are not group ids'} (a name is looked up in istio-init's image, which merbridge cannot read); ignored, so more is captured`,
+        ]
+      : []
   if (gids.length > MAX_GROUPS) {
-    warnings.push(`${OWNER_GROUPS_EXCLUDE}: ${gids.length} groups, the datapath holds ${MAX_GROUPS}; the rest are ignored, so more is captured`)
+    warnings.push(
+      `${OWNER_GROUPS_EXCLUDE}: ${gids.length} groups, the datapath holds ${MAX_GROUPS}; the rest are ignored, so more is captured`,
+    )
     gids.length = MAX_GROUPS
   }
   return {...(gids.length > 0 ? {ownerGroups: {only: false, gids}} : {}), warnings}
@@ -118,7 +170,12 @@ export function ownerGroupRules(include: string | undefined, exclude: string | u
 export function loopbackRule(text: string | undefined): {loopback?: Cidr; warnings: string[]} {
   if (text === undefined) return {warnings: []}
   const c = text.includes('/') ? parseCidr(text) : undefined
-  if (!c || text !== text.trim() || !c.ip.startsWith('127.') || c.prefix < 8) return {warnings: [`${LOOPBACK_CIDR}: '${printable(text, 40)}' is not an IPv4 loopback range of 8 to 32 bits (istio-init refuses it); 127.0.0.1/32 is used`]}
+  if (!c || text !== text.trim() || !c.ip.startsWith('127.') || c.prefix < 8)
+    return {
+      warnings: [
+        `${LOOPBACK_CIDR}: '${printable(text, 40)}' is not an IPv4 loopback range of 8 to 32 bits (istio-init refuses it); 127.0.0.1/32 is used`,
+      ],
+    }
   return c.ip === '127.0.0.1' && c.prefix === 32 ? {warnings: []} : {loopback: c, warnings: []}
 }
 
@@ -139,7 +196,8 @@ export function parseFlags(argv: readonly string[]): Map<string, string> | strin
     const [, dashes, rawName = '', inline] = m
     // pflag: -u1337 is -u 1337
     const first = rawName.slice(0, 1)
-    const [name, attached] = dashes === '-' && rawName.length > 1 && VALUE_FLAGS[first] !== undefined ? [first, rawName.slice(1)] : [rawName, undefined]
+    const [name, attached] =
+      dashes === '-' && rawName.length > 1 && VALUE_FLAGS[first] !== undefined ? [first, rawName.slice(1)] : [rawName, undefined]
     const long = dashes === '-' ? VALUE_FLAGS[name] : name
     if (long !== undefined && LONG_VALUE.has(long)) {
       const value = inline ?? attached ?? argv[++i]
@@ -156,7 +214,10 @@ export function parseFlags(argv: readonly string[]): Map<string, string> | strin
 
 /** An id list as istio-iptables takes it: the first, and whether there were more. */
 function firstId(text: string): {id?: number; more: boolean} {
-  const parts = text.split(',').map((s) => s.trim()).filter(Boolean)
+  const parts = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
   const first = parts[0]
   const id = first !== undefined && /^\d+$/.test(first) && Number(first) < 2 ** 32 ? Number(first) : undefined
   return {id, more: parts.length > 1}
@@ -167,9 +228,13 @@ function firstId(text: string): {id?: number; more: boolean} {
  * annotations are its settings, as Istio's CNI reads them). Flags first, else the environment
  * istio-iptables reads them from; a setting given neither way is left to the annotations.
  */
-export function istioInitSettings(container: {command?: unknown; args?: unknown; env?: unknown} | undefined, defaults: {uid: number}): IstioInitSettings | {error: string} | undefined {
+export function istioInitSettings(
+  container: {command?: unknown; args?: unknown; env?: unknown} | undefined,
+  defaults: {uid: number},
+): IstioInitSettings | {error: string} | undefined {
   if (!container) return undefined
-  const strings = (v: unknown) => (Array.isArray(v) ? v : []).map((s) => (typeof s === 'string' || typeof s === 'number' ? String(s) : '\u0000'))
+  const strings = (v: unknown) =>
+    (Array.isArray(v) ? v : []).map((s) => (typeof s === 'string' || typeof s === 'number' ? String(s) : '\u0000'))
   const argv = [...strings(container.command), ...strings(container.args)]
   if (argv.includes('\u0000')) return {error: 'its command line holds something other than text'}
   const flags = parseFlags(argv)
@@ -193,10 +258,17 @@ export function istioInitSettings(container: {command?: unknown; args?: unknown;
   const uidText = setting('proxy-uid') ?? String(defaults.uid)
   const gidText = setting('proxy-gid') ?? uidText
   const [uid, gid] = [firstId(uidText), firstId(gidText)]
-  if (uid.id === undefined || gid.id === undefined) return {error: `the proxy's ids '${printable(uidText, 20)}' / '${printable(gidText, 20)}' are not numbers`}
+  if (uid.id === undefined || gid.id === undefined)
+    return {error: `the proxy's ids '${printable(uidText, 20)}' / '${printable(gidText, 20)}' are not numbers`}
   // the datapath knows one of each: a process with another listed id is captured (more, not less)
-  if (uid.more || gid.more) warnings.push(`istio-init lists several proxy ids (-u ${printable(uidText, 40)}, -g ${printable(gidText, 40)}); only ${uid.id}/${gid.id} are the proxy's`)
-  for (const name of unread) warnings.push(`${name} comes from elsewhere (valueFrom), which merbridge does not read; ${name === OWNER_GROUPS ? "every group's outbound is" : 'more is'} captured as without it`)
+  if (uid.more || gid.more)
+    warnings.push(
+      `istio-init lists several proxy ids (-u ${printable(uidText, 40)}, -g ${printable(gidText, 40)}); only ${uid.id}/${gid.id} are the proxy's`,
+    )
+  for (const name of unread)
+    warnings.push(
+      `${name} comes from elsewhere (valueFrom), which merbridge does not read; ${name === OWNER_GROUPS ? "every group's outbound is" : 'more is'} captured as without it`,
+    )
   const groups = unread.includes(OWNER_GROUPS) ? {warnings: []} : ownerGroupRules(env.get(OWNER_GROUPS), env.get(OWNER_GROUPS_EXCLUDE))
   const loopback = loopbackRule(env.get(LOOPBACK_CIDR))
   warnings.push(...groups.warnings, ...loopback.warnings)

@@ -11,7 +11,13 @@ import {goBool, istioInitSettings} from './istio-init.js'
 /** The parts of a Kubernetes Pod that merbridge reads. */
 export interface PodJson {
   // as found in a pods file: entries may be null and YAML may give numbers where the API has strings
-  metadata?: {name?: string; namespace?: string; annotations?: Record<string, unknown>; labels?: Record<string, unknown>; deletionTimestamp?: unknown}
+  metadata?: {
+    name?: string
+    namespace?: string
+    annotations?: Record<string, unknown>
+    labels?: Record<string, unknown>
+    deletionTimestamp?: unknown
+  }
   spec?: {
     nodeName?: string
     hostNetwork?: boolean
@@ -49,7 +55,20 @@ export interface MeshedPod {
 }
 
 /** Why a pod is skipped, as a short code (a metric label: few values, whatever the pods hold). */
-export type SkipCode = 'no-sidecar' | 'ambient' | 'gateway' | 'intercepts-nothing' | 'tproxy' | 'unknown-mode' | 'other-ports' | 'user-namespace' | 'host-network' | 'finished' | 'no-ip' | 'shared-ip' | 'reused-ip'
+export type SkipCode =
+  | 'no-sidecar'
+  | 'ambient'
+  | 'gateway'
+  | 'intercepts-nothing'
+  | 'tproxy'
+  | 'unknown-mode'
+  | 'other-ports'
+  | 'user-namespace'
+  | 'host-network'
+  | 'finished'
+  | 'no-ip'
+  | 'shared-ip'
+  | 'reused-ip'
 
 export interface PodSelection {
   meshed: MeshedPod[]
@@ -82,8 +101,14 @@ export async function parsePodList(text: string, source: string): Promise<PodJso
   if (obj.kind === 'Pod') return [obj as PodJson]
   if (!Array.isArray(obj.items)) throw new MerbridgeError(`${source} is not a Kubernetes PodList (no "items" array)`, BAD_PODS)
   // an item that is no pod is a damaged file, never "no pods": a sync would unregister them all
-  const junk = (obj.items as unknown[]).findIndex((item) => item === null || typeof item !== 'object' || Array.isArray(item) || typeof (item as PodJson).metadata?.name !== 'string')
-  if (junk >= 0) throw new MerbridgeError(`${source}: item ${junk} of "items" is not a pod (${printable(JSON.stringify((obj.items as unknown[])[junk]), 60)})`, BAD_PODS)
+  const junk = (obj.items as unknown[]).findIndex(
+    (item) => item === null || typeof item !== 'object' || Array.isArray(item) || typeof (item as PodJson).metadata?.name !== 'string',
+  )
+  if (junk >= 0)
+    throw new MerbridgeError(
+      `${source}: item ${junk} of "items" is not a pod (${printable(JSON.stringify((obj.items as unknown[])[junk]), 60)})`,
+      BAD_PODS,
+    )
   return obj.items as PodJson[]
 }
 
@@ -111,14 +136,17 @@ function initContainer(pod: PodJson, mesh: MeshProfile): ContainerJson | undefin
  * one too. A pod with a sidecar and only the label keeps its sidecar, as ztunnel leaves it alone.
  */
 function ambientMode(pod: PodJson, hasSidecar: boolean): string | undefined {
-  if (pod.metadata?.annotations?.['ambient.istio.io/redirection'] === 'enabled') return 'enrolled in ambient mode (ambient.istio.io/redirection: enabled): ztunnel captures it, not a sidecar'
-  if (!hasSidecar && pod.metadata?.labels?.['istio.io/dataplane-mode'] === 'ambient') return 'an ambient pod (istio.io/dataplane-mode=ambient): ztunnel captures it, not a sidecar'
+  if (pod.metadata?.annotations?.['ambient.istio.io/redirection'] === 'enabled')
+    return 'enrolled in ambient mode (ambient.istio.io/redirection: enabled): ztunnel captures it, not a sidecar'
+  if (!hasSidecar && pod.metadata?.labels?.['istio.io/dataplane-mode'] === 'ambient')
+    return 'an ambient pod (istio.io/dataplane-mode=ambient): ztunnel captures it, not a sidecar'
   return undefined
 }
 
 function notASidecar(mode: unknown, proxy: ContainerJson): {reason: string; code: SkipCode} | undefined {
   // a gateway runs the proxy as a router: no interception, whatever its annotations
-  if (Array.isArray(proxy.args) && proxy.args.includes('router')) return {reason: 'a gateway (the proxy runs as a router): no interception', code: 'gateway'}
+  if (Array.isArray(proxy.args) && proxy.args.includes('router'))
+    return {reason: 'a gateway (the proxy runs as a router): no interception', code: 'gateway'}
   if (mode === undefined || mode === 'REDIRECT') return undefined
   if (mode === 'NONE') return {reason: 'interceptionMode NONE: the proxy intercepts nothing', code: 'intercepts-nothing'}
   if (mode === 'TPROXY') return {reason: 'interceptionMode TPROXY is not supported by merbridge: left to istio-init', code: 'tproxy'}
@@ -138,7 +166,9 @@ const PROXY_CONFIG_ANNOTATION = 'proxy.istio.io/config'
  */
 function proxySwitch(pod: PodJson, proxy: ContainerJson, key: string, what: string): {on: boolean; warning?: string} {
   const env = Array.isArray(proxy.env) ? (proxy.env as unknown[]) : []
-  const fromEnv = env.find((e): e is {name: string; value?: unknown} => !!e && typeof e === 'object' && (e as {name?: unknown}).name === key)
+  const fromEnv = env.find(
+    (e): e is {name: string; value?: unknown} => !!e && typeof e === 'object' && (e as {name?: unknown}).name === key,
+  )
   const raw = pod.metadata?.annotations?.[PROXY_CONFIG_ANNOTATION]
   if (typeof raw === 'string' && raw.includes(key)) {
     try {
@@ -146,7 +176,10 @@ function proxySwitch(pod: PodJson, proxy: ContainerJson, key: string, what: stri
       const v = goBool(doc?.proxyMetadata?.[key])
       if (v !== undefined) return {on: v}
     } catch {
-      return {on: goBool(fromEnv?.value) ?? false, warning: `${PROXY_CONFIG_ANNOTATION} is not valid YAML; ${what} taken from the proxy's ${key} alone`}
+      return {
+        on: goBool(fromEnv?.value) ?? false,
+        warning: `${PROXY_CONFIG_ANNOTATION} is not valid YAML; ${what} taken from the proxy's ${key} alone`,
+      }
     }
   }
   return {on: goBool(fromEnv?.value) ?? false}
@@ -169,7 +202,9 @@ function proxyId(v: unknown, fallback: number): number {
  */
 function statusIPs(pod: PodJson): unknown[] {
   const podIPs = Array.isArray(pod.status?.podIPs) ? pod.status.podIPs : []
-  const given = [pod.status?.podIP, ...podIPs.map((p) => (p && typeof p === 'object' ? p.ip : p))].filter((ip) => ip !== undefined && ip !== '')
+  const given = [pod.status?.podIP, ...podIPs.map((p) => (p && typeof p === 'object' ? p.ip : p))].filter(
+    (ip) => ip !== undefined && ip !== '',
+  )
   return [...new Set(given.map((ip) => (typeof ip === 'string' ? (canonicalIp(ip) ?? ip) : ip)))]
 }
 
@@ -248,13 +283,19 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     // the datapath sends to the mesh profile's listeners; a mesh configured with others would see
     // every connection of the pod refused, where istio-init's own rules still capture it
     if (told && (told.ports.outbound !== String(mesh.outboundPort) || told.ports.inbound !== String(mesh.inboundPort))) {
-      skip(`istio-init sends to ports ${printable(told.ports.outbound, 8)}/${printable(told.ports.inbound, 8)} (the mesh config's), merbridge to ${mesh.outboundPort}/${mesh.inboundPort}: left to istio-init`, 'other-ports')
+      skip(
+        `istio-init sends to ports ${printable(told.ports.outbound, 8)}/${printable(told.ports.inbound, 8)} (the mesh config's), merbridge to ${mesh.outboundPort}/${mesh.inboundPort}: left to istio-init`,
+        'other-ports',
+      )
       continue
     }
     // the datapath compares the caller's uid as the node sees it: in a user namespace the proxy's
     // 1337 is another id, so its own connects would be sent back to itself
     if (pod.spec.hostUsers === false) {
-      skip('runs in a user namespace (hostUsers: false): merbridge cannot recognise its proxy by uid yet; left to istio-init', 'user-namespace')
+      skip(
+        'runs in a user namespace (hostUsers: false): merbridge cannot recognise its proxy by uid yet; left to istio-init',
+        'user-namespace',
+      )
       continue
     }
     if (pod.spec.hostNetwork) {
@@ -285,13 +326,17 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
       continue
     }
     // Istio's CNI excludes outbound 15020 when the pod names no excluded outbound port
-    const cniDefaults: Record<string, string> = init === undefined && podAnnotations[ANNOTATIONS.excludeOutboundPorts] === undefined ? {[ANNOTATIONS.excludeOutboundPorts]: String(CNI_EXCLUDED_OUTBOUND_PORT)} : {}
+    const cniDefaults: Record<string, string> =
+      init === undefined && podAnnotations[ANNOTATIONS.excludeOutboundPorts] === undefined
+        ? {[ANNOTATIONS.excludeOutboundPorts]: String(CNI_EXCLUDED_OUTBOUND_PORT)}
+        : {}
     const annotations: Record<string, string> = {...podAnnotations, ...cniDefaults, ...told?.annotations}
     const {rules, warnings} = rulesFromAnnotations(annotations, mesh)
     const interfaces = interfacesFromAnnotations(annotations)
     warnings.push(...interfaces.warnings, ...(told?.warnings ?? []))
     // its annotations never capture less than any arguments the injector could have written
-    if (initError !== undefined) warnings.push(`${mesh.initContainer}'s arguments cannot be read (${initError}); its annotations are used instead`)
+    if (initError !== undefined)
+      warnings.push(`${mesh.initContainer}'s arguments cannot be read (${initError}); its annotations are used instead`)
     const proxyUid = told?.proxyUid ?? proxyId(proxy.securityContext?.runAsUser, mesh.sidecarUid)
     const proxyGid = told?.proxyGid ?? proxyId(proxy.securityContext?.runAsGroup, mesh.sidecarGid)
     const dns = proxySwitch(pod, proxy, DNS_CAPTURE_KEY, 'DNS capture')
@@ -307,8 +352,26 @@ export function selectMeshedPods(pods: readonly unknown[], node: string, mesh: M
     // only to resolv.conf's servers unless told otherwise. Unread arguments: any address (fail closed)
     const dnsToAny = dnsOn && (told ? told.captureAllDns : true)
     if (bad.length > 0) warnings.push(`status lists addresses that are not IPs (${bad.slice(0, 2).join(', ')}); registered as ${ip}`)
-    if (proxies.length > 1) warnings.push(`has ${proxies.length} ${mesh.sidecarContainer} containers; the first one's user, group and DNS setting are used`)
-    const meshedPod: MeshedPod = {namespace, name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: dnsOn, dnsToAny, rules: {...rules, proxyUid, proxyGid, ...(noIpv6 ? {noIpv6} : {}), ...(told?.ownerGroups ? {ownerGroups: told.ownerGroups} : {}), ...(told?.loopback ? {loopback: told.loopback} : {})}, noInboundCapture: interfaces.noInboundCapture, warnings: warnings.map((w) => `${namespace}/${name}: ${w}`)}
+    if (proxies.length > 1)
+      warnings.push(`has ${proxies.length} ${mesh.sidecarContainer} containers; the first one's user, group and DNS setting are used`)
+    const meshedPod: MeshedPod = {
+      namespace,
+      name,
+      ip,
+      ...(ip6 ? {ip6} : {}),
+      dnsCapture: dnsOn,
+      dnsToAny,
+      rules: {
+        ...rules,
+        proxyUid,
+        proxyGid,
+        ...(noIpv6 ? {noIpv6} : {}),
+        ...(told?.ownerGroups ? {ownerGroups: told.ownerGroups} : {}),
+        ...(told?.loopback ? {loopback: told.loopback} : {}),
+      },
+      noInboundCapture: interfaces.noInboundCapture,
+      warnings: warnings.map((w) => `${namespace}/${name}: ${w}`),
+    }
     out.meshed.push(meshedPod)
     byIp.set(ip, meshedPod)
   }

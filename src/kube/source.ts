@@ -17,7 +17,10 @@ export interface LoadedPods {
 export async function loadPods(podsFile: string | undefined, node: string, kube: KubeOptions = {}): Promise<LoadedPods> {
   if (podsFile) {
     const source = podsFile === '-' ? 'standard input' : podsFile
-    const text = podsFile === '-' ? await readInputStream(process.stdin, 'the pods list on standard input', MAX_PODS_FILE_BYTES) : await readInputFile(podsFile, `the pods file ${podsFile}`, MAX_PODS_FILE_BYTES)
+    const text =
+      podsFile === '-'
+        ? await readInputStream(process.stdin, 'the pods list on standard input', MAX_PODS_FILE_BYTES)
+        : await readInputFile(podsFile, `the pods file ${podsFile}`, MAX_PODS_FILE_BYTES)
     return {pods: await parsePodList(text, source), source}
   }
   const target = await loadKube(kube)

@@ -40,15 +40,29 @@ export interface Backoff {
  * (up to maxMs); a stream the server closed is watched again at once if it lasted a second or
  * more (its timeout), else after a wait, as a failure would be.
  */
-export function afterRound(state: WatchState, outcome: RoundOutcome, backoff: Backoff): {state: WatchState; waitMs: number; report?: {message: string; retryInMs: number}} {
+export function afterRound(
+  state: WatchState,
+  outcome: RoundOutcome,
+  backoff: Backoff,
+): {state: WatchState; waitMs: number; report?: {message: string; retryInMs: number}} {
   const doubled = Math.min(state.delayMs * 2, backoff.maxMs)
   switch (outcome.kind) {
     case 'gone':
-      return {state: {needList: true, delayMs: state.delayMs}, waitMs: 0, report: {message: 'the watch fell behind (410 Gone); listing again', retryInMs: 0}}
+      return {
+        state: {needList: true, delayMs: state.delayMs},
+        waitMs: 0,
+        report: {message: 'the watch fell behind (410 Gone); listing again', retryInMs: 0},
+      }
     case 'failed':
-      return {state: {needList: state.needList, delayMs: doubled}, waitMs: state.delayMs, report: {message: outcome.message, retryInMs: state.delayMs}}
+      return {
+        state: {needList: state.needList, delayMs: doubled},
+        waitMs: state.delayMs,
+        report: {message: outcome.message, retryInMs: state.delayMs},
+      }
     case 'ended':
-      return outcome.lastedMs < 1000 ? {state: {needList: false, delayMs: doubled}, waitMs: state.delayMs} : {state: {needList: false, delayMs: backoff.initialMs}, waitMs: 0}
+      return outcome.lastedMs < 1000
+        ? {state: {needList: false, delayMs: doubled}, waitMs: state.delayMs}
+        : {state: {needList: false, delayMs: backoff.initialMs}, waitMs: 0}
   }
 }
 
@@ -85,7 +99,10 @@ export async function watchNodePods(
     } catch (error) {
       // the signal may have fired while the stream was open
       if (isAborted(signal)) break
-      outcome = error instanceof Gone || (error as {statusCode?: number}).statusCode === 410 ? {kind: 'gone'} : {kind: 'failed', message: apiError(error, target).message}
+      outcome =
+        error instanceof Gone || (error as {statusCode?: number}).statusCode === 410
+          ? {kind: 'gone'}
+          : {kind: 'failed', message: apiError(error, target).message}
     }
     const next = afterRound(state, outcome, backoff)
     if (next.report) hooks.onError(next.report.message, next.report.retryInMs)
@@ -138,11 +155,19 @@ class PodStream {
     this.signal.addEventListener('abort', stop, {once: true})
     try {
       this.watch
-        .watch('/api/v1/pods', {fieldSelector, resourceVersion: this.cursor.resourceVersion, allowWatchBookmarks: true}, (type: string, obj: PodJson & {code?: number}) => this.onEvent(type, obj), (err: unknown) => this.finish(err ?? undefined))
-        .then((c) => {
-          this.controller = c
-          if (this.signal.aborted) c.abort()
-        }, (err: unknown) => this.finish(err))
+        .watch(
+          '/api/v1/pods',
+          {fieldSelector, resourceVersion: this.cursor.resourceVersion, allowWatchBookmarks: true},
+          (type: string, obj: PodJson & {code?: number}) => this.onEvent(type, obj),
+          (err: unknown) => this.finish(err ?? undefined),
+        )
+        .then(
+          (c) => {
+            this.controller = c
+            if (this.signal.aborted) c.abort()
+          },
+          (err: unknown) => this.finish(err),
+        )
       await ended
     } finally {
       this.signal.removeEventListener('abort', stop)

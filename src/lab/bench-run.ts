@@ -37,7 +37,9 @@ export async function runBench(plan: BenchPlan, hooks: BenchHooks): Promise<Benc
   for (const threads of plan.scenarios.length > 0 ? plan.shapes : []) {
     const lab = new Bench(threads, plan.baseline, plan.sidecarsMode)
     hooks.current(lab)
-    const steps: BenchStep[] = [{title: `Build the lab (client: wrk, server: nginx, haproxy sidecars with ${threads} thread(s))`, run: () => lab.setup()}]
+    const steps: BenchStep[] = [
+      {title: `Build the lab (client: wrk, server: nginx, haproxy sidecars with ${threads} thread(s))`, run: () => lab.setup()},
+    ]
     for (let round = 1; round <= plan.rounds; round++) {
       const modes = lab.modes
       const order: Mode[] = modes.map((_, i) => modes[(i + round - 1) % modes.length] ?? 'direct')
@@ -64,7 +66,12 @@ export async function runBench(plan: BenchPlan, hooks: BenchHooks): Promise<Benc
     const lab = new ScaleRun(connections)
     hooks.current(lab)
     try {
-      await hooks.runSteps([{title: `Hold ${connections.toLocaleString('en-US')} connections through the sidecars (scale)`, run: async () => void (scale = await lab.run())}])
+      await hooks.runSteps([
+        {
+          title: `Hold ${connections.toLocaleString('en-US')} connections through the sidecars (scale)`,
+          run: async () => void (scale = await lab.run()),
+        },
+      ])
     } finally {
       await lab.teardown()
       hooks.current(undefined)
@@ -76,7 +83,16 @@ export async function runBench(plan: BenchPlan, hooks: BenchHooks): Promise<Benc
     durationSec: plan.durationSec,
     machine: {kernel: release(), cpus: cpus().length, node: hostname()},
     samples,
-    shapes: plan.scenarios.length > 0 ? plan.shapes.map((threads) => ({sidecarThreads: threads, summary: summarize(samples.filter((x) => x.sidecarThreads === threads), plan.scenarios)})) : [],
+    shapes:
+      plan.scenarios.length > 0
+        ? plan.shapes.map((threads) => ({
+            sidecarThreads: threads,
+            summary: summarize(
+              samples.filter((x) => x.sidecarThreads === threads),
+              plan.scenarios,
+            ),
+          }))
+        : [],
     ...(scale ? {scale} : {}),
   }
 }

@@ -59,8 +59,16 @@ export const SCENARIOS: Record<Scenario, {title: string; args: readonly string[]
   keepalive: {title: 'keep-alive, 16 connections', args: ['-t2', '-c16']},
   'one-connection': {title: 'one connection, request/response', args: ['-t1', '-c1']},
   'new-connection': {title: 'new connection per request, 16 concurrent', args: ['-t2', '-c16', '-H', 'Connection: close']},
-  'outside-keepalive': {title: 'outside the mesh: the node to an unmeshed pod, keep-alive, 16 connections', args: ['-t2', '-c16'], outside: true},
-  'outside-new-connection': {title: 'outside the mesh: the node to an unmeshed pod, new connection per request, 16 concurrent', args: ['-t2', '-c16', '-H', 'Connection: close'], outside: true},
+  'outside-keepalive': {
+    title: 'outside the mesh: the node to an unmeshed pod, keep-alive, 16 connections',
+    args: ['-t2', '-c16'],
+    outside: true,
+  },
+  'outside-new-connection': {
+    title: 'outside the mesh: the node to an unmeshed pod, new connection per request, 16 concurrent',
+    args: ['-t2', '-c16', '-H', 'Connection: close'],
+    outside: true,
+  },
 }
 
 export interface Sample extends WrkResult {
@@ -219,12 +227,23 @@ export class Bench {
 
   /** The modes each round measures: the sidecars mode and the baseline's too when asked for. */
   get modes(): Mode[] {
-    return ALL_MODES.filter((m) => (MODES as readonly Mode[]).includes(m) || (m === SIDECARS && this.sidecarsMode) || (m === BASELINE && this.baseline !== undefined))
+    return ALL_MODES.filter(
+      (m) =>
+        (MODES as readonly Mode[]).includes(m) || (m === SIDECARS && this.sidecarsMode) || (m === BASELINE && this.baseline !== undefined),
+    )
   }
 
   async setup(): Promise<void> {
-    requireTools(['haproxy', 'nginx', 'wrk', 'iptables-restore', 'ip', 'ss'], 'the bench', 'bash scripts/setup.sh installs them (apt-get install haproxy nginx wrk iptables iproute2)')
-    await this.lab.create([{name: 'client', meshed: true}, {name: 'server', meshed: true}, {name: PLAIN, meshed: false}])
+    requireTools(
+      ['haproxy', 'nginx', 'wrk', 'iptables-restore', 'ip', 'ss'],
+      'the bench',
+      'bash scripts/setup.sh installs them (apt-get install haproxy nginx wrk iptables iproute2)',
+    )
+    await this.lab.create([
+      {name: 'client', meshed: true},
+      {name: 'server', meshed: true},
+      {name: PLAIN, meshed: false},
+    ])
     for (const ns of this.namespaces()) {
       // without reuse, a connection per request measures TIME_WAIT port search, not the datapath
       await run('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv4.tcp_tw_reuse=1'])
@@ -309,25 +328,34 @@ export class Bench {
    * (or, for direct, not), and by the mechanism that should have carried it.
    */
   async verifyMode(mode: Mode): Promise<void> {
-    if (mode === 'ebpf' && !this.inst.exists()) throw new MerbridgeError('mode ebpf: merbridge is not enabled on the lab; refusing to report numbers')
+    if (mode === 'ebpf' && !this.inst.exists())
+      throw new MerbridgeError('mode ebpf: merbridge is not enabled on the lab; refusing to report numbers')
     // outside the mesh in every mode: the unmeshed pod sees the node itself
     const outside = await this.lab.get(NODE, `http://${this.lab.pod(PLAIN).ip}:${WHOAMI_PORT}/whoami`)
     const from = outside.body ? (JSON.parse(outside.body) as {remoteAddress?: string}).remoteAddress : undefined
-    if (from !== NODE_IP) throw new MerbridgeError(`mode ${mode}: the node's request to the unmeshed pod came from ${from ?? outside.error ?? 'nowhere'}, not the node; refusing to report numbers`)
+    if (from !== NODE_IP)
+      throw new MerbridgeError(
+        `mode ${mode}: the node's request to the unmeshed pod came from ${from ?? outside.error ?? 'nowhere'}, not the node; refusing to report numbers`,
+      )
     if (mode === SIDECARS) return this.verifySidecarsMode()
     const beforeCounters = mode === 'ebpf' ? await readMaps.counters(this.inst) : undefined
     const r = await this.lab.exec('client', 'wrk', ['-t1', '-c1', '-d1s', '-H', 'Connection: close', this.url])
     const res = parseWrk(r.stdout)
     // the server app sees 127.0.0.6 exactly when a request came through its inbound sidecar
     const seen = await this.lab.get('client', `http://${this.lab.pod('server').ip}:${WHOAMI_PORT}/whoami`)
-    if (seen.status !== 200 || !seen.body) throw new MerbridgeError(`mode ${mode}: the check request failed (${seen.error ?? String(seen.status)})`)
+    if (seen.status !== 200 || !seen.body)
+      throw new MerbridgeError(`mode ${mode}: the check request failed (${seen.error ?? String(seen.status)})`)
     const passedSidecar = (JSON.parse(seen.body) as {remoteAddress?: string}).remoteAddress === '127.0.0.6'
-    if (res.requests === 0 || res.errors > 0) throw new MerbridgeError(`mode ${mode}: requests failed (${res.errors} errors of ${res.requests})`)
-    if (mode === 'direct' && passedSidecar) throw new MerbridgeError('mode direct: requests went through the sidecar; refusing to report numbers')
-    if (mode !== 'direct' && !passedSidecar) throw new MerbridgeError(`mode ${mode}: requests did not pass the server's sidecar; refusing to report numbers`)
+    if (res.requests === 0 || res.errors > 0)
+      throw new MerbridgeError(`mode ${mode}: requests failed (${res.errors} errors of ${res.requests})`)
+    if (mode === 'direct' && passedSidecar)
+      throw new MerbridgeError('mode direct: requests went through the sidecar; refusing to report numbers')
+    if (mode !== 'direct' && !passedSidecar)
+      throw new MerbridgeError(`mode ${mode}: requests did not pass the server's sidecar; refusing to report numbers`)
     if (mode === 'iptables') {
       const redirects = redirectCounters(await this.lab.iptablesSave('client')).ISTIO_REDIRECT ?? 0
-      if (redirects === 0) throw new MerbridgeError("mode iptables: the client's outbound REDIRECT rule caught nothing; refusing to report numbers")
+      if (redirects === 0)
+        throw new MerbridgeError("mode iptables: the client's outbound REDIRECT rule caught nothing; refusing to report numbers")
     }
     if (mode === 'ebpf') {
       const after = await readMaps.counters(this.inst)
@@ -339,13 +367,22 @@ export class Bench {
   /** The sidecars mode: requests pass both sidecars' fixed routes, and nothing intercepts (whoami sees the client pod itself). */
   private async verifySidecarsMode(): Promise<void> {
     const before = await this.lab.frontendSessions('server')
-    const res = parseWrk((await this.lab.exec('client', 'wrk', ['-t1', '-c1', '-d1s', '-H', 'Connection: close', this.urlOf(SIDECARS)])).stdout)
-    if (res.requests === 0 || res.errors > 0) throw new MerbridgeError(`mode ${SIDECARS}: requests failed (${res.errors} errors of ${res.requests})`)
+    const res = parseWrk(
+      (await this.lab.exec('client', 'wrk', ['-t1', '-c1', '-d1s', '-H', 'Connection: close', this.urlOf(SIDECARS)])).stdout,
+    )
+    if (res.requests === 0 || res.errors > 0)
+      throw new MerbridgeError(`mode ${SIDECARS}: requests failed (${res.errors} errors of ${res.requests})`)
     const passed = ((await this.lab.frontendSessions('server')).fixed_inbound ?? 0) - (before.fixed_inbound ?? 0)
-    if (passed < res.requests) throw new MerbridgeError(`mode ${SIDECARS}: ${passed} of ${res.requests} requests passed the server's sidecar; refusing to report numbers`)
+    if (passed < res.requests)
+      throw new MerbridgeError(
+        `mode ${SIDECARS}: ${passed} of ${res.requests} requests passed the server's sidecar; refusing to report numbers`,
+      )
     const seen = await this.lab.get('client', `http://${this.lab.pod('server').ip}:${WHOAMI_PORT}/whoami`)
     const via = seen.body ? (JSON.parse(seen.body) as {remoteAddress?: string}).remoteAddress : undefined
-    if (via !== this.lab.pod('client').ip) throw new MerbridgeError(`mode ${SIDECARS}: a request to the server was intercepted (the server saw ${via ?? seen.error ?? 'nothing'}); refusing to report numbers`)
+    if (via !== this.lab.pod('client').ip)
+      throw new MerbridgeError(
+        `mode ${SIDECARS}: a request to the server was intercepted (the server saw ${via ?? seen.error ?? 'nothing'}); refusing to report numbers`,
+      )
   }
 
   cpuUsageUs(): number {
@@ -364,7 +401,12 @@ export class Bench {
     const runs0 = await this.programRuns(mode)
     const [cpu0, busy0, t0] = [this.cpuUsageUs(), machineBusyUs(), performance.now()]
     const from = SCENARIOS[scenario].outside ? NODE : 'client'
-    const r = await this.lab.exec(from, 'wrk', [...SCENARIOS[scenario].args, `-d${durationSec}s`, '--latency', this.urlOf(mode, scenario)], {timeoutMs: (durationSec + 30) * 1000})
+    const r = await this.lab.exec(
+      from,
+      'wrk',
+      [...SCENARIOS[scenario].args, `-d${durationSec}s`, '--latency', this.urlOf(mode, scenario)],
+      {timeoutMs: (durationSec + 30) * 1000},
+    )
     const cpu = this.cpuUsageUs() - cpu0
     const wallUs = (performance.now() - t0) * 1000
     const otherUs = Math.max(0, machineBusyUs() - busy0 - cpu)
@@ -408,7 +450,11 @@ const CLOCK_TICKS = 100 // USER_HZ on Linux
 /** What each program (by name) ran between two readings of the same datapath's programs. */
 export function programDeltas(before: ProgramRuns[], after: ProgramRuns[]): ProgramRuns[] {
   const sum = (list: ProgramRuns[], name: string, k: 'runs' | 'ns') => list.filter((p) => p.name === name).reduce((a, p) => a + p[k], 0)
-  return [...new Set(after.map((p) => p.name))].sort().map((name) => ({name, runs: sum(after, name, 'runs') - sum(before, name, 'runs'), ns: sum(after, name, 'ns') - sum(before, name, 'ns')}))
+  return [...new Set(after.map((p) => p.name))].sort().map((name) => ({
+    name,
+    runs: sum(after, name, 'runs') - sum(before, name, 'runs'),
+    ns: sum(after, name, 'ns') - sum(before, name, 'ns'),
+  }))
 }
 
 /** Each program's runs per request and time per run, medians over the samples given. */
@@ -432,7 +478,17 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
     const med = (mode: Mode, k: keyof WrkResult | 'cpuPerRequestUs') => median(of(mode).map((s) => s[k]))
     const measured = ALL_MODES.filter((m) => (MODES as readonly Mode[]).includes(m) || samples.some((s) => s.mode === m))
     const modes = Object.fromEntries(
-      measured.map((m) => [m, {requestsPerSec: med(m, 'requestsPerSec'), p50: med(m, 'p50'), p90: med(m, 'p90'), p99: med(m, 'p99'), cpuPerRequestUs: med(m, 'cpuPerRequestUs'), errors: of(m).reduce((a, s) => a + s.errors, 0)}]),
+      measured.map((m) => [
+        m,
+        {
+          requestsPerSec: med(m, 'requestsPerSec'),
+          p50: med(m, 'p50'),
+          p90: med(m, 'p90'),
+          p99: med(m, 'p99'),
+          cpuPerRequestUs: med(m, 'cpuPerRequestUs'),
+          errors: of(m).reduce((a, s) => a + s.errors, 0),
+        },
+      ]),
     ) as ScenarioSummary['modes']
     const rounds = [...new Set(samples.map((s) => s.round))].sort((a, b) => a - b)
     const busiest = (r: number) => Math.max(...samples.filter((s) => s.round === r && s.scenario === scenario).map((s) => s.otherCpuPct))
@@ -445,11 +501,14 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
           return picked.every((x) => x !== undefined) ? f(...picked) : Number.NaN
         })
         .filter(Number.isFinite)
-      return values.length ? {median: median(values), low: Math.min(...values), high: Math.max(...values)} : {median: Number.NaN, low: Number.NaN, high: Number.NaN}
+      return values.length
+        ? {median: median(values), low: Math.min(...values), high: Math.max(...values)}
+        : {median: Number.NaN, low: Number.NaN, high: Number.NaN}
     }
     // outside the mesh: merbridge enabled against not (direct); else against Istio's rules
     const outside = SCENARIOS[scenario].outside === true
-    const perRound = (f: (e: Sample, i: Sample, d: Sample) => number, against: Mode = outside ? 'direct' : 'iptables') => overRounds(['ebpf', against, 'direct'], f)
+    const perRound = (f: (e: Sample, i: Sample, d: Sample) => number, against: Mode = outside ? 'direct' : 'iptables') =>
+      overRounds(['ebpf', against, 'direct'], f)
     const added = (m: Sample, i: Sample, d: Sample) => (m.cpuPerRequestUs - d.cpuPerRequestUs) / (i.cpuPerRequestUs - d.cpuPerRequestUs)
     const beyondSidecars = (m: Mode) => overRounds([m, SIDECARS], (x, sc) => x.cpuPerRequestUs - sc.cpuPerRequestUs)
     const ratios: Record<RatioName, Ratio> = {
@@ -465,7 +524,11 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
     const sidecars = modes.sidecars && {
       requestsPerSec: overRounds([SIDECARS, 'iptables'], (sc, i) => sc.requestsPerSec / i.requestsPerSec),
       addedCpu: overRounds([SIDECARS, 'iptables', 'direct'], added),
-      cpuBeyondUs: {iptables: beyondSidecars('iptables'), ebpf: beyondSidecars('ebpf'), ...(modes.baseline ? {baseline: beyondSidecars(BASELINE)} : {})},
+      cpuBeyondUs: {
+        iptables: beyondSidecars('iptables'),
+        ebpf: beyondSidecars('ebpf'),
+        ...(modes.baseline ? {baseline: beyondSidecars(BASELINE)} : {}),
+      },
     }
     return {
       scenario,

@@ -50,7 +50,11 @@ const BODY = 10 * 1024 * 1024
 
 export function newDemo(): DemoContext {
   const lab = new Lab(meshProfile('istio'))
-  return {lab, inst: new Installation(`/sys/fs/bpf/merbridge-demo-${randomBytes(3).toString('hex')}`), facts: {cleanedUp: false, claims: []}}
+  return {
+    lab,
+    inst: new Installation(`/sys/fs/bpf/merbridge-demo-${randomBytes(3).toString('hex')}`),
+    facts: {cleanedUp: false, claims: []},
+  }
 }
 
 async function whoami(lab: Lab): Promise<string> {
@@ -70,7 +74,10 @@ export const DEMO_STEPS = [
     title: 'Build a lab: two pods with sidecars (haproxy as uid 1337) and an HTTP app',
     async run(ctx: DemoContext) {
       requireTools(['haproxy', 'ip', 'ss'], 'the demo', 'apt-get install haproxy iproute2')
-      await ctx.lab.create([{name: 'client', meshed: true}, {name: 'server', meshed: true}])
+      await ctx.lab.create([
+        {name: 'client', meshed: true},
+        {name: 'server', meshed: true},
+      ])
       for (const p of ['client', 'server']) await ctx.lab.startSidecar(p)
       await ctx.lab.startApp('server')
     },
@@ -130,11 +137,22 @@ export function demoClaims(f: DemoFacts, server: string): Claim[] {
   const a = f.accelerated
   const missing = (what: string) => `${what}: not shown${f.failure ? ` (${f.failure.step} failed)` : ''}`
   return [
-    d ? {shown: d.remoteAddress !== '127.0.0.6', text: `without merbridge the server app saw the client's own address (${d.remoteAddress}): no sidecar was involved`} : {shown: false, text: missing('the direct path')},
+    d
+      ? {
+          shown: d.remoteAddress !== '127.0.0.6',
+          text: `without merbridge the server app saw the client's own address (${d.remoteAddress}): no sidecar was involved`,
+        }
+      : {shown: false, text: missing('the direct path')},
     ...(a
       ? [
-          {shown: a.remoteAddress === '127.0.0.6', text: `with merbridge the server app saw ${a.remoteAddress}: the request came through the server's inbound sidecar`},
-          {shown: a.outboundSidecarSaw === target, text: `the client's outbound sidecar was asked for ${a.outboundSidecarSaw ?? 'nothing'} (getsockopt SO_ORIGINAL_DST answered by eBPF)`},
+          {
+            shown: a.remoteAddress === '127.0.0.6',
+            text: `with merbridge the server app saw ${a.remoteAddress}: the request came through the server's inbound sidecar`,
+          },
+          {
+            shown: a.outboundSidecarSaw === target,
+            text: `the client's outbound sidecar was asked for ${a.outboundSidecarSaw ?? 'nothing'} (getsockopt SO_ORIGINAL_DST answered by eBPF)`,
+          },
           {shown: a.inboundSidecarSaw === target, text: `the server's inbound sidecar was asked for ${a.inboundSidecarSaw ?? 'nothing'}`},
           {
             shown: a.bodyIntact && d !== undefined && a.packets * 10 < d.packets,
@@ -143,7 +161,10 @@ export function demoClaims(f: DemoFacts, server: string): Claim[] {
         ]
       : [{shown: false, text: missing('requests through both sidecars with merbridge')}]),
     f.status && f.liveSockets !== undefined
-      ? {shown: f.status.verdict === 'healthy' && f.liveSockets >= 4, text: `during a stream, status said ${f.status.verdict} and sock_pair_map held ${f.liveSockets} sockets (the stream's four legs at least)`}
+      ? {
+          shown: f.status.verdict === 'healthy' && f.liveSockets >= 4,
+          text: `during a stream, status said ${f.status.verdict} and sock_pair_map held ${f.liveSockets} sockets (the stream's four legs at least)`,
+        }
       : {shown: false, text: missing('status and maps during a stream')},
     {shown: f.cleanedUp, text: f.cleanedUp ? 'merbridge was disabled and the lab removed' : 'the lab could not be removed completely'},
   ]

@@ -36,7 +36,14 @@ function serve(port: number, gateDir: string | undefined): void {
     const url = new URL(req.url ?? '/', 'http://app')
     if (url.pathname === '/whoami') {
       res.setHeader('content-type', 'application/json')
-      res.end(JSON.stringify({remoteAddress: req.socket.remoteAddress?.replace(/^::ffff:/, ''), remotePort: req.socket.remotePort, localAddress: req.socket.localAddress?.replace(/^::ffff:/, ''), localPort: req.socket.localPort}))
+      res.end(
+        JSON.stringify({
+          remoteAddress: req.socket.remoteAddress?.replace(/^::ffff:/, ''),
+          remotePort: req.socket.remotePort,
+          localAddress: req.socket.localAddress?.replace(/^::ffff:/, ''),
+          localPort: req.socket.localPort,
+        }),
+      )
       return
     }
     if (url.pathname === '/bytes') {

@@ -77,14 +77,23 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
           '-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT',
         ]
       : o.inboundPorts.length > 0
-        ? ['-A PREROUTING -p tcp -j ISTIO_INBOUND', ...o.inboundPorts.map((p) => `-A ISTIO_INBOUND -p tcp --dport ${p} -j ISTIO_IN_REDIRECT`)]
+        ? [
+            '-A PREROUTING -p tcp -j ISTIO_INBOUND',
+            ...o.inboundPorts.map((p) => `-A ISTIO_INBOUND -p tcp --dport ${p} -j ISTIO_IN_REDIRECT`),
+          ]
         : []
   const owner = (kind: 'uid' | 'gid', id: number) => [
     // the uid rule spares port 53 when DNS is captured; Istio's gid rule does not
     redirectDns && kind === 'uid'
       ? `-A ISTIO_OUTPUT -o lo ! -d ${localhost} -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner ${id} -j ISTIO_IN_REDIRECT`
       : `-A ISTIO_OUTPUT -o lo ! -d ${localhost} -p tcp ! --dport 15008 -m owner --${kind}-owner ${id} -j ISTIO_IN_REDIRECT`,
-    ...(keepLoopback ? [] : [redirectDns ? `-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --${kind}-owner ${id} -j RETURN` : `-A ISTIO_OUTPUT -o lo -m owner ! --${kind}-owner ${id} -j RETURN`]),
+    ...(keepLoopback
+      ? []
+      : [
+          redirectDns
+            ? `-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --${kind}-owner ${id} -j RETURN`
+            : `-A ISTIO_OUTPUT -o lo -m owner ! --${kind}-owner ${id} -j RETURN`,
+        ]),
     `-A ISTIO_OUTPUT -m owner --${kind}-owner ${id} -j RETURN`,
   ]
   // istio-iptables splits on commas and drops empty entries; with '*' only the excluded groups return
@@ -94,9 +103,16 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
     : o.ownerGroups.include === '*'
       ? groups(o.ownerGroups.exclude).map((g) => `-A ISTIO_OUTPUT -m owner --gid-owner ${g} -j RETURN`)
       : [['-A ISTIO_OUTPUT', ...groups(o.ownerGroups.include).map((g) => `-m owner ! --gid-owner ${g}`), '-j RETURN'].join(' ')]
-  const excludedPorts = o.excludeOutboundPorts.flatMap((p) => [`-A ISTIO_OUTPUT -p tcp --dport ${p} -j RETURN`, `-A ISTIO_OUTPUT -p udp --dport ${p} -j RETURN`])
+  const excludedPorts = o.excludeOutboundPorts.flatMap((p) => [
+    `-A ISTIO_OUTPUT -p tcp --dport ${p} -j RETURN`,
+    `-A ISTIO_OUTPUT -p udp --dport ${p} -j RETURN`,
+  ])
   const dns = captureAll
-    ? ['-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS', `-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -j REDIRECT --to-ports ${dnsPort}`, `-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j REDIRECT --to-port ${dnsPort}`]
+    ? [
+        '-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS',
+        `-A ISTIO_OUTPUT_DNS -p tcp --dport 53 -j REDIRECT --to-ports ${dnsPort}`,
+        `-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j REDIRECT --to-port ${dnsPort}`,
+      ]
     : servers.length > 0
       ? [
           '-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS',
@@ -108,7 +124,9 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
   const ranges = [
     ...ofFamily(o.excludeOutboundCidrs).map((c) => `-A ISTIO_OUTPUT -d ${c} -j RETURN`),
     ...o.includeOutboundPorts.map((p) => `-A ISTIO_OUTPUT -p tcp --dport ${p} -j ISTIO_REDIRECT`),
-    ...(o.outboundCidrs === '*' ? ['-A ISTIO_OUTPUT -j ISTIO_REDIRECT'] : ofFamily(included).map((c) => `-A ISTIO_OUTPUT -d ${c} -j ISTIO_REDIRECT`)),
+    ...(o.outboundCidrs === '*'
+      ? ['-A ISTIO_OUTPUT -j ISTIO_REDIRECT']
+      : ofFamily(included).map((c) => `-A ISTIO_OUTPUT -d ${c} -j ISTIO_REDIRECT`)),
   ]
   const excludedNics = (o.excludeInterfaces ?? []).flatMap((i) => [`-A PREROUTING -i ${i} -j RETURN`, `-A OUTPUT -o ${i} -j RETURN`])
   const virtual = o.virtualInterfaces ?? []
@@ -157,10 +175,17 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
         ...o.proxyUids.flatMap((id) => zones('uid', id)),
         ...o.proxyGids.flatMap((id) => zones('gid', id)),
         ...(captureAll
-          ? ['-A PREROUTING -j ISTIO_INBOUND', '-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j CT --zone 2', '-A ISTIO_INBOUND -p udp --sport 53 -j CT --zone 1']
+          ? [
+              '-A PREROUTING -j ISTIO_INBOUND',
+              '-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j CT --zone 2',
+              '-A ISTIO_INBOUND -p udp --sport 53 -j CT --zone 1',
+            ]
           : [
               ...(servers.length > 0 ? ['-A PREROUTING -j ISTIO_INBOUND'] : []),
-              ...servers.flatMap((s) => [`-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d ${s}${hostMask} -j CT --zone 2`, `-A ISTIO_INBOUND -p udp --sport 53 -s ${s}${hostMask} -j CT --zone 1`]),
+              ...servers.flatMap((s) => [
+                `-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d ${s}${hostMask} -j CT --zone 2`,
+                `-A ISTIO_INBOUND -p udp --sport 53 -s ${s}${hostMask} -j CT --zone 1`,
+              ]),
             ]),
         'COMMIT',
       ]
@@ -171,6 +196,7 @@ export function istioNatRules(mesh: MeshProfile, o: IstioCaptureOptions = defaul
 /** Packet counts of each chain's REDIRECT rules, from `iptables-save -c -t nat` text. */
 export function redirectCounters(saveText: string): Record<string, number> {
   const out: Record<string, number> = {}
-  for (const [, packets, chain = ''] of saveText.matchAll(/^\[(\d+):\d+\] -A (\S+) .*-j REDIRECT/gm)) out[chain] = (out[chain] ?? 0) + Number(packets)
+  for (const [, packets, chain = ''] of saveText.matchAll(/^\[(\d+):\d+\] -A (\S+) .*-j REDIRECT/gm))
+    out[chain] = (out[chain] ?? 0) + Number(packets)
   return out
 }

@@ -109,7 +109,6 @@ export class Lab {
     this.bridgeNs = `${this.id}-br`
   }
 
-
   /** Build the bridge and the pods. */
   async create(specs: LabPodSpec[]): Promise<void> {
     this.created = true
@@ -158,7 +157,13 @@ export class Lab {
     const n = this.pods.size + 2
     if (spec.ipv6Only && !this.dualStack) throw new Error('an IPv6-only pod needs a dual-stack lab')
     const ip6 = this.dualStack ? `${SUBNET6}${n}` : undefined
-    const pod: LabPod = {...spec, netns: `${this.id}-${spec.name}`, ip: spec.ipv6Only && ip6 ? ip6 : this.nextIp(), ...(ip6 ? {ip6} : {}), cgroup: join(this.cgroup, spec.name)}
+    const pod: LabPod = {
+      ...spec,
+      netns: `${this.id}-${spec.name}`,
+      ip: spec.ipv6Only && ip6 ? ip6 : this.nextIp(),
+      ...(ip6 ? {ip6} : {}),
+      cgroup: join(this.cgroup, spec.name),
+    }
     this.pods.set(spec.name, pod)
     mkdirSync(pod.cgroup)
     await run('ip', ['netns', 'add', pod.netns])
@@ -180,7 +185,11 @@ export class Lab {
   }
 
   /** An unmeshed lab pod of its own (namespace, cgroup) to be wired to pod `to`; K numbers its link. */
-  private async addPeerNamespace(spec: Omit<LabPodSpec, 'meshed'>, to: string, ip: (k: number) => string): Promise<{k: number; peer: LabPod; pod: LabPod}> {
+  private async addPeerNamespace(
+    spec: Omit<LabPodSpec, 'meshed'>,
+    to: string,
+    ip: (k: number) => string,
+  ): Promise<{k: number; peer: LabPod; pod: LabPod}> {
     const k = this.pods.size + 2
     const peer = this.pod(to)
     const pod: LabPod = {...spec, meshed: false, netns: `${this.id}-${spec.name}`, ip: ip(k), cgroup: join(this.cgroup, spec.name)}
@@ -219,9 +228,19 @@ export class Lab {
     await run('ip', ['-n', peer.netns, 'tuntap', 'add', 'dev', dev, 'mode', 'tun'])
     const script = join(this.tmp, 'tun-relay.py')
     if (!existsSync(script)) writeFileSync(script, TUN_RELAY_PY)
-    const relay = this.spawn(spec.name, `tun relay ${spec.name} <-> ${to}`, SYSTEM_PYTHON, [script, 'tun0', `/run/netns/${peer.netns}`, dev])
+    const relay = this.spawn(spec.name, `tun relay ${spec.name} <-> ${to}`, SYSTEM_PYTHON, [
+      script,
+      'tun0',
+      `/run/netns/${peer.netns}`,
+      dev,
+    ])
     await relay.waitFor(/relaying/)
-    for (const [ns, link] of [[pod.netns, 'tun0'], [pod.netns, 'lo'], [peer.netns, dev]] as const) await run('ip', ['-n', ns, 'link', 'set', link, 'up'])
+    for (const [ns, link] of [
+      [pod.netns, 'tun0'],
+      [pod.netns, 'lo'],
+      [peer.netns, dev],
+    ] as const)
+      await run('ip', ['-n', ns, 'link', 'set', link, 'up'])
     await run('ip', ['-n', pod.netns, 'addr', 'add', `${pod.ip}/32`, 'dev', 'tun0'])
     await run('ip', ['-n', pod.netns, 'route', 'add', `${peer.ip}/32`, 'dev', 'tun0', 'src', pod.ip])
     await run('ip', ['-n', peer.netns, 'route', 'add', `${pod.ip}/32`, 'dev', dev])
@@ -280,7 +299,12 @@ export class Lab {
   }
 
   /** Run a command to completion inside a pod (in its cgroup and namespace); returns its output. */
-  async exec(podName: string, command: string, args: string[], opts: {cgroupName?: string; timeoutMs?: number} = {}): Promise<{code: number | null; stdout: string; stderr: string}> {
+  async exec(
+    podName: string,
+    command: string,
+    args: string[],
+    opts: {cgroupName?: string; timeoutMs?: number} = {},
+  ): Promise<{code: number | null; stdout: string; stderr: string}> {
     const p = this.spawn(podName, `${command} in ${podName}`, command, args, opts.cgroupName)
     const timer = setTimeout(() => void p.stop(), opts.timeoutMs ?? 60_000)
     const code = await p.exited
@@ -310,11 +334,19 @@ export class Lab {
   }
 
   /** GET a URL from a pod's app container (its cgroup, unless told otherwise). */
-  async get(podName: string, url: string, cgroupName?: string, as?: {uid: number; gid: number}, waitMs?: number): Promise<{status?: number; bytes?: number; sha256?: string; body?: string; error?: string}> {
+  async get(
+    podName: string,
+    url: string,
+    cgroupName?: string,
+    as?: {uid: number; gid: number},
+    waitMs?: number,
+  ): Promise<{status?: number; bytes?: number; sha256?: string; body?: string; error?: string}> {
     // `as`: the client runs with that user and group (a sidecar's identity, say); `waitMs`: how
     // long its connection may be held before it is accepted (SYNs dropped meanwhile)
     const get = [this.appScript(), 'get', url, ...(waitMs === undefined ? [] : [String(waitMs)])]
-    const [command, args] = as ? ['setpriv', ['--reuid', String(as.uid), '--regid', String(as.gid), '--clear-groups', process.execPath, ...get]] : [process.execPath, get]
+    const [command, args] = as
+      ? ['setpriv', ['--reuid', String(as.uid), '--regid', String(as.gid), '--clear-groups', process.execPath, ...get]]
+      : [process.execPath, get]
     const r = await this.exec(podName, command, args, {cgroupName, ...(waitMs === undefined ? {} : {timeoutMs: waitMs + 30_000})})
     const line = r.stdout.trim().split('\n').at(-1) ?? ''
     try {
@@ -336,12 +368,32 @@ export class Lab {
     // its own folder for the stats socket, which it makes as the proxy's user
     mkdirSync(dirname(this.statsSocket(podName)), {recursive: true})
     chownSync(dirname(this.statsSocket(podName)), id.uid, id.gid)
-    writeFileSync(cfg, haproxyConfig(this.mesh, {statsSocket: this.statsSocket(podName), threads: opts.threads ?? 1, maxconn: opts.maxconn, extra: opts.extra}))
+    writeFileSync(
+      cfg,
+      haproxyConfig(this.mesh, {
+        statsSocket: this.statsSocket(podName),
+        threads: opts.threads ?? 1,
+        maxconn: opts.maxconn,
+        extra: opts.extra,
+      }),
+    )
     // as the proxy's user from the start, as istio-proxy runs: its listeners are that user's sockets.
     // Unprivileged, it cannot raise its descriptor limit past the hard one (4096 on a fresh boot):
     // set for it first, two per connection and some
     const fds = 2 * (opts.maxconn ?? HAPROXY_MAXCONN) + 1024
-    const p = this.spawn(podName, `sidecar in ${podName}`, 'prlimit', [`--nofile=${fds}:${fds}`, 'setpriv', '--reuid', String(id.uid), '--regid', String(id.gid), '--clear-groups', 'haproxy', '-db', '-f', cfg])
+    const p = this.spawn(podName, `sidecar in ${podName}`, 'prlimit', [
+      `--nofile=${fds}:${fds}`,
+      'setpriv',
+      '--reuid',
+      String(id.uid),
+      '--regid',
+      String(id.gid),
+      '--clear-groups',
+      'haproxy',
+      '-db',
+      '-f',
+      cfg,
+    ])
     await this.waitListening(podName, this.mesh.outboundPort)
     await this.waitListening(podName, this.mesh.inboundPort)
     if (this.dualStack && !this.pod(podName).noDualStack) {
@@ -351,7 +403,15 @@ export class Lab {
       writeFileSync(log, '')
       chmodSync(log, 0o666) // written by the proxy's user
       this.sidecar6Logs.set(podName, log)
-      const p6 = this.spawn(podName, `IPv6 sidecar in ${podName}`, 'setpriv', ['--reuid', String(id.uid), '--regid', String(id.gid), '--clear-groups', SYSTEM_PYTHON, ...sidecar6Args(this.mesh, script, log)])
+      const p6 = this.spawn(podName, `IPv6 sidecar in ${podName}`, 'setpriv', [
+        '--reuid',
+        String(id.uid),
+        '--regid',
+        String(id.gid),
+        '--clear-groups',
+        SYSTEM_PYTHON,
+        ...sidecar6Args(this.mesh, script, log),
+      ])
       await p6.waitFor(/listening/)
     }
     return p
@@ -365,7 +425,9 @@ export class Lab {
 
   /** What the lab's long-running processes wrote to stderr (the end of it), to explain a failure. */
   stderrTails(): string[] {
-    return this.processes.filter((p) => p.stderr.trim() !== '').map((p) => `${p.label}${p.running ? '' : ' (exited)'}: ${p.stderr.trim().slice(-400)}`)
+    return this.processes
+      .filter((p) => p.stderr.trim() !== '')
+      .map((p) => `${p.label}${p.running ? '' : ' (exited)'}: ${p.stderr.trim().slice(-400)}`)
   }
 
   /** What a pod's IPv6 sidecar accepted so far (empty outside a dual-stack lab). */
@@ -386,9 +448,20 @@ export class Lab {
 
   /** The cluster's DNS on the remote node (the pods' resolver), and another DNS server beside it. */
   async startRemoteDns(): Promise<void> {
-    const resolver = this.spawn(REMOTE, 'resolver on the remote node', SYSTEM_PYTHON, [this.dnsScript(), 'serve', DNS_ANSWERS.resolver, `${REMOTE_IP}:53`, ...(this.dualStack ? [`[${REMOTE_IP6}]:53`] : [])])
+    const resolver = this.spawn(REMOTE, 'resolver on the remote node', SYSTEM_PYTHON, [
+      this.dnsScript(),
+      'serve',
+      DNS_ANSWERS.resolver,
+      `${REMOTE_IP}:53`,
+      ...(this.dualStack ? [`[${REMOTE_IP6}]:53`] : []),
+    ])
     await resolver.waitFor(/listening/)
-    const other = this.spawn(REMOTE, 'other DNS server on the remote node', SYSTEM_PYTHON, [this.dnsScript(), 'serve', DNS_ANSWERS.other, `${REMOTE_IP_OTHER}:53`])
+    const other = this.spawn(REMOTE, 'other DNS server on the remote node', SYSTEM_PYTHON, [
+      this.dnsScript(),
+      'serve',
+      DNS_ANSWERS.other,
+      `${REMOTE_IP_OTHER}:53`,
+    ])
     await other.waitFor(/listening/)
   }
 
@@ -396,13 +469,29 @@ export class Lab {
   async startDnsProxy(podName: string): Promise<void> {
     const proxy = this.pod(podName).proxy ?? {uid: this.mesh.sidecarUid, gid: this.mesh.sidecarGid}
     const listen = [`127.0.0.1:${this.mesh.dnsPort}`, ...(this.dualStack ? [`[::1]:${this.mesh.dnsPort}`] : [])]
-    const p = this.spawn(podName, `DNS proxy in ${podName}`, 'setpriv', ['--reuid', String(proxy.uid), '--regid', String(proxy.gid), '--clear-groups', SYSTEM_PYTHON, this.dnsScript(), 'serve', DNS_ANSWERS.proxy(podName), ...listen])
+    const p = this.spawn(podName, `DNS proxy in ${podName}`, 'setpriv', [
+      '--reuid',
+      String(proxy.uid),
+      '--regid',
+      String(proxy.gid),
+      '--clear-groups',
+      SYSTEM_PYTHON,
+      this.dnsScript(),
+      'serve',
+      DNS_ANSWERS.proxy(podName),
+      ...listen,
+    ])
     await p.waitFor(/listening/)
   }
 
   /** A DNS server run by a pod's app (as root, in its cgroup) on the pod's IPv4 address. */
   async startAppDns(podName: string): Promise<void> {
-    const p = this.spawn(podName, `DNS server app in ${podName}`, SYSTEM_PYTHON, [this.dnsScript(), 'serve', DNS_ANSWERS.app(podName), `${this.pod(podName).ip}:53`])
+    const p = this.spawn(podName, `DNS server app in ${podName}`, SYSTEM_PYTHON, [
+      this.dnsScript(),
+      'serve',
+      DNS_ANSWERS.app(podName),
+      `${this.pod(podName).ip}:53`,
+    ])
     await p.waitFor(/listening/)
   }
 
@@ -410,12 +499,21 @@ export class Lab {
    * A GET from a pod (or the remote node) over a connection opened as `mode` says (RAW_GET_PY):
    * what netfilter's `-p tcp` still matches.
    */
-  async rawGet(podName: string, mode: RawGetMode, host: string, port: number, path: string, opts: {bind?: string; as?: {uid: number; gid: number}} = {}): Promise<{status?: number; body?: string; error?: string}> {
+  async rawGet(
+    podName: string,
+    mode: RawGetMode,
+    host: string,
+    port: number,
+    path: string,
+    opts: {bind?: string; as?: {uid: number; gid: number}} = {},
+  ): Promise<{status?: number; body?: string; error?: string}> {
     const script = join(this.tmp, 'raw-get.py')
     if (!existsSync(script)) writeFileSync(script, RAW_GET_PY)
     // `bind`: the socket is bound to that address (port 0) before it connects
     const get = [SYSTEM_PYTHON, script, mode, host, String(port), path, ...(opts.bind ? [opts.bind] : [])]
-    const [command, ...args] = opts.as ? ['setpriv', '--reuid', String(opts.as.uid), '--regid', String(opts.as.gid), '--clear-groups', ...get] : get
+    const [command, ...args] = opts.as
+      ? ['setpriv', '--reuid', String(opts.as.uid), '--regid', String(opts.as.gid), '--clear-groups', ...get]
+      : get
     const r = await this.exec(podName, command ?? SYSTEM_PYTHON, args)
     const line = r.stdout.trim().split('\n').at(-1) ?? ''
     try {
@@ -465,7 +563,8 @@ export class Lab {
   async sidecarSessions(podName: string): Promise<{outbound: number; inbound: number}> {
     const csv = await this.statsCommand(podName, 'show stat')
     const totals = parseSessionTotals(csv)
-    if (!Number.isFinite(totals.outbound) || !Number.isFinite(totals.inbound)) throw new Error(`no session totals from ${podName}'s sidecar: ${csv.slice(0, 200)}`)
+    if (!Number.isFinite(totals.outbound) || !Number.isFinite(totals.inbound))
+      throw new Error(`no session totals from ${podName}'s sidecar: ${csv.slice(0, 200)}`)
     // the IPv6 half logs each connection as it accepts it
     for (const l of this.sidecar6Lines(podName)) totals[l.direction]++
     return totals
@@ -485,7 +584,9 @@ export class Lab {
   async linkLocal(podName: string): Promise<string> {
     const deadline = Date.now() + POLL_DEADLINE_MS
     for (;;) {
-      const r = await run('ip', ['-n', this.pod(podName).netns, '-6', '-o', 'addr', 'show', 'dev', 'eth0', 'scope', 'link'], {allowFailure: true})
+      const r = await run('ip', ['-n', this.pod(podName).netns, '-6', '-o', 'addr', 'show', 'dev', 'eth0', 'scope', 'link'], {
+        allowFailure: true,
+      })
       const m = /inet6 (fe80:[0-9a-f:]+)\/64 scope link(?! tentative)/.exec(r.stdout)
       if (m?.[1]) return m[1]
       if (Date.now() > deadline) throw new Error(`${podName} has no usable link-local address: ${r.stdout.trim()}`)
@@ -497,7 +598,10 @@ export class Lab {
   podList(node = hostname()): string {
     const items = [...this.pods.values()].map((p) => {
       // the proxy's metadata, which the injector gives istio-init too
-      const env = [...(p.dnsCapture ? [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}] : []), ...(this.dualStack && !p.noDualStack ? [{name: 'ISTIO_DUAL_STACK', value: 'true'}] : [])]
+      const env = [
+        ...(p.dnsCapture ? [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}] : []),
+        ...(this.dualStack && !p.noDualStack ? [{name: 'ISTIO_DUAL_STACK', value: 'true'}] : []),
+      ]
       const proxy = {
         name: this.mesh.sidecarContainer,
         ...(p.gateway ? {args: ['proxy', 'router']} : {}),
@@ -505,11 +609,28 @@ export class Lab {
         ...(env.length > 0 ? {env} : {}),
       }
       const initEnv = [...env, ...Object.entries(p.istioInit?.env ?? {}).map(([name, value]) => ({name, value}))]
-      const init = p.meshed && p.istioInit ? [{name: this.mesh.initContainer, args: istioInitArgs(this.mesh, captureOptions(this.mesh, p)), ...(initEnv.length > 0 ? {env: initEnv} : {})}] : []
+      const init =
+        p.meshed && p.istioInit
+          ? [
+              {
+                name: this.mesh.initContainer,
+                args: istioInitArgs(this.mesh, captureOptions(this.mesh, p)),
+                ...(initEnv.length > 0 ? {env: initEnv} : {}),
+              },
+            ]
+          : []
       return {
         kind: 'Pod',
-        metadata: {name: p.name, namespace: 'lab', annotations: {...(p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}), ...p.annotations}},
-        spec: {nodeName: node, ...(init.length > 0 ? {initContainers: init} : {}), containers: [{name: 'app'}, ...(p.meshed ? [proxy] : [])]},
+        metadata: {
+          name: p.name,
+          namespace: 'lab',
+          annotations: {...(p.meshed ? {[this.mesh.injectedAnnotation]: '{"containers":["istio-proxy"]}'} : {}), ...p.annotations},
+        },
+        spec: {
+          nodeName: node,
+          ...(init.length > 0 ? {initContainers: init} : {}),
+          containers: [{name: 'app'}, ...(p.meshed ? [proxy] : [])],
+        },
         status: {phase: 'Running', podIP: p.ip, podIPs: [{ip: p.ip}, ...(p.ip6 && p.ip6 !== p.ip ? [{ip: p.ip6}] : [])]},
       }
     })
@@ -527,7 +648,8 @@ export class Lab {
     const pod = this.pod(podName)
     const options = captureOptions(this.mesh, pod, this.resolvers)
     await run('ip', ['netns', 'exec', pod.netns, 'iptables-restore', '--noflush'], {input: istioNatRules(this.mesh, options)})
-    if (this.dualStack && !pod.noDualStack) await run('ip', ['netns', 'exec', pod.netns, 'ip6tables-restore', '--noflush'], {input: istioNatRules(this.mesh, options, 6)})
+    if (this.dualStack && !pod.noDualStack)
+      await run('ip', ['netns', 'exec', pod.netns, 'ip6tables-restore', '--noflush'], {input: istioNatRules(this.mesh, options, 6)})
   }
 
   /**
@@ -537,10 +659,15 @@ export class Lab {
    */
   async admitOnly(podName: string, port: number): Promise<() => Promise<void>> {
     const pod = this.pod(podName)
-    const inBridge = (cmd: string, args: string[], allowFailure = false) => run('ip', ['netns', 'exec', this.bridgeNs, cmd, ...args], {allowFailure})
+    const inBridge = (cmd: string, args: string[], allowFailure = false) =>
+      run('ip', ['netns', 'exec', this.bridgeNs, cmd, ...args], {allowFailure})
     // a kernel with br_netfilter as a module (Debian's) has no bridge sysctls until it is loaded
-    if ((await inBridge('sysctl', ['-n', 'net.bridge.bridge-nf-call-iptables'], true)).exitCode !== 0) await run('modprobe', ['br_netfilter'])
-    const families = [{tool: 'iptables', ip: pod.ip, sysctl: 'net.bridge.bridge-nf-call-iptables'}, ...(pod.ip6 ? [{tool: 'ip6tables', ip: pod.ip6, sysctl: 'net.bridge.bridge-nf-call-ip6tables'}] : [])]
+    if ((await inBridge('sysctl', ['-n', 'net.bridge.bridge-nf-call-iptables'], true)).exitCode !== 0)
+      await run('modprobe', ['br_netfilter'])
+    const families = [
+      {tool: 'iptables', ip: pod.ip, sysctl: 'net.bridge.bridge-nf-call-iptables'},
+      ...(pod.ip6 ? [{tool: 'ip6tables', ip: pod.ip6, sysctl: 'net.bridge.bridge-nf-call-ip6tables'}] : []),
+    ]
     const chain = `LAB-POLICY-${podName}`
     for (const f of families) {
       await inBridge('sysctl', ['-q', '-w', `${f.sysctl}=1`])
@@ -617,7 +744,9 @@ async function removeCgroup(path: string): Promise<void> {
       return
     } catch (err) {
       if (Date.now() > deadline) {
-        const procs = existsSync(join(path, 'cgroup.procs')) ? readFileSync(join(path, 'cgroup.procs'), 'utf8').trim().split('\n').join(', ') : ''
+        const procs = existsSync(join(path, 'cgroup.procs'))
+          ? readFileSync(join(path, 'cgroup.procs'), 'utf8').trim().split('\n').join(', ')
+          : ''
         throw new Error(`cannot remove cgroup ${path} (${(err as Error).message}; processes: ${procs || 'none'})`, {cause: err})
       }
       await sleep(20)
@@ -696,7 +825,10 @@ except OSError as e:
 
 /** A stream from the lab app that flows until released; see openStream. */
 export class HeldStream {
-  constructor(readonly process: LabProcess, private readonly gateFile: string) {}
+  constructor(
+    readonly process: LabProcess,
+    private readonly gateFile: string,
+  ) {}
 
   /** Bytes received so far, from the client's progress lines. */
   get bytes(): number {
@@ -727,12 +859,15 @@ export class HeldStream {
   }
 }
 
-
 /** What istio-init would be told for this pod: the injector's reading of its annotations and spec. */
 export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: string[] = []): IstioCaptureOptions {
   const a = {...pod.istioInit?.meshDefaults, ...pod.annotations}
   const initEnv = pod.istioInit?.env ?? {}
-  const list = (key: string) => (a[key] ?? '').split(',').map((s) => s.trim()).filter(Boolean)
+  const list = (key: string) =>
+    (a[key] ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)
   const ports = (key: string) => list(key).map(Number)
   const base = defaultCaptureOptions(mesh)
   const included = a['traffic.sidecar.istio.io/includeOutboundIPRanges']
@@ -746,11 +881,16 @@ export function captureOptions(mesh: MeshProfile, pod: LabPodSpec, resolvers: st
     outboundCidrs: included === undefined || included.includes('*') ? '*' : list('traffic.sidecar.istio.io/includeOutboundIPRanges'),
     excludeOutboundCidrs: list('traffic.sidecar.istio.io/excludeOutboundIPRanges'),
     // Istio's CNI excludes the status port outbound when the pod names no port
-    excludeOutboundPorts: a['traffic.sidecar.istio.io/excludeOutboundPorts'] === undefined && !pod.istioInit ? [15020] : ports('traffic.sidecar.istio.io/excludeOutboundPorts'),
+    excludeOutboundPorts:
+      a['traffic.sidecar.istio.io/excludeOutboundPorts'] === undefined && !pod.istioInit
+        ? [15020]
+        : ports('traffic.sidecar.istio.io/excludeOutboundPorts'),
     includeOutboundPorts: ports('traffic.sidecar.istio.io/includeOutboundPorts'),
     // Istio's CNI captures DNS to any address; istio-init to resolv.conf's servers
     ...(pod.dnsCapture ? {dnsServers: resolvers, captureAllDns: !pod.istioInit} : {}),
-    ...(a['traffic.sidecar.istio.io/excludeInterfaces'] === undefined ? {} : {excludeInterfaces: list('traffic.sidecar.istio.io/excludeInterfaces')}),
+    ...(a['traffic.sidecar.istio.io/excludeInterfaces'] === undefined
+      ? {}
+      : {excludeInterfaces: list('traffic.sidecar.istio.io/excludeInterfaces')}),
     ...(a['istio.io/reroute-virtual-interfaces'] === undefined ? {} : {virtualInterfaces: list('istio.io/reroute-virtual-interfaces')}),
     // istio-iptables' environment-only settings, from istio-init's environment
     ...(initEnv.ISTIO_OUTBOUND_OWNER_GROUPS === undefined && initEnv.ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE === undefined

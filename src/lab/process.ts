@@ -15,11 +15,17 @@ export class LabProcess {
   stderr = ''
   readonly exited: Promise<number | null>
 
-  constructor(readonly label: string, command: string, args: string[]) {
+  constructor(
+    readonly label: string,
+    command: string,
+    args: string[],
+  ) {
     this.child = startProcess(command, args)
     this.child.stdout?.on('data', (d: Buffer) => (this.stdout += d.toString()))
     this.child.stderr?.on('data', (d: Buffer) => (this.stderr += d.toString()))
-    this.exited = once(this.child, 'exit').then(([code]) => code as number | null).catch(() => null)
+    this.exited = once(this.child, 'exit')
+      .then(([code]) => code as number | null)
+      .catch(() => null)
   }
 
   get pid(): number | undefined {
@@ -45,7 +51,10 @@ export class LabProcess {
     const done = typeof until === 'function' ? until : () => until.test(this.stdout + this.stderr)
     while (!done()) {
       if (!this.running) throw new Error(`${this.label} exited before ${what}: ${this.stderr.trim() || this.stdout.trim().slice(-500)}`)
-      if (Date.now() > deadline) throw new Error(`${this.label}: no ${what} within ${timeoutMs / 1000} s; it printed: ${(this.stdout + this.stderr).trim().slice(-500)}`)
+      if (Date.now() > deadline)
+        throw new Error(
+          `${this.label}: no ${what} within ${timeoutMs / 1000} s; it printed: ${(this.stdout + this.stderr).trim().slice(-500)}`,
+        )
       await new Promise((r) => setTimeout(r, 20))
     }
   }

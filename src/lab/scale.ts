@@ -90,7 +90,16 @@ print("held %d failed %d seconds %.3f" % (len(held), failed, time.monotonic() - 
 time.sleep(3600)
 `
 
-const COUNTED: CounterName[] = ['connOutbound', 'connInbound', 'msgRedirected', 'redirectMiss', 'sockhashFull', 'originLost', 'socketOverShare', 'originOverShare']
+const COUNTED: CounterName[] = [
+  'connOutbound',
+  'connInbound',
+  'msgRedirected',
+  'redirectMiss',
+  'sockhashFull',
+  'originLost',
+  'socketOverShare',
+  'originOverShare',
+]
 
 /** One scale run: its lab and installation, torn down by teardown() (also from a signal handler). */
 export class ScaleRun {
@@ -98,7 +107,10 @@ export class ScaleRun {
   readonly inst = new Installation(`/sys/fs/bpf/merbridge-bench-${randomBytes(3).toString('hex')}`)
   private clients: LabProcess[] = []
 
-  constructor(readonly connections: number, readonly sidecarThreads = 1) {}
+  constructor(
+    readonly connections: number,
+    readonly sidecarThreads = 1,
+  ) {}
 
   get maxConnections(): number {
     return Math.max(65_535, ENTRIES_PER_CONNECTION * this.connections)
@@ -113,13 +125,16 @@ export class ScaleRun {
       await run('ip', ['netns', 'exec', lab.pod(name).netns, 'sysctl', '-q', '-w', 'net.core.somaxconn=4096'])
       await lab.startSidecar(name, {threads: this.sidecarThreads, maxconn: perPod + 100})
     }
-    for (let i = 0; i < SCALE_PODS; i++) await lab.spawn(`server${i}`, `echo server ${i}`, SYSTEM_PYTHON, ['-c', ECHO, String(APP_PORT)]).waitFor(/listening/)
+    for (let i = 0; i < SCALE_PODS; i++)
+      await lab.spawn(`server${i}`, `echo server ${i}`, SYSTEM_PYTHON, ['-c', ECHO, String(APP_PORT)]).waitFor(/listening/)
     await enable({cgroup: lab.cgroup, bpffs: inst.dir, podsFile: lab.writePodList(), maxConnections: this.maxConnections})
     const before = await readMaps.counters(inst)
     const t0 = performance.now()
     for (let i = 0; i < SCALE_PODS; i++) {
       const n = Math.max(0, Math.min(perPod, connections - i * perPod))
-      this.clients.push(lab.spawn(`client${i}`, `client ${i}`, SYSTEM_PYTHON, ['-c', CLIENT, lab.pod(`server${i}`).ip, String(APP_PORT), String(n)]))
+      this.clients.push(
+        lab.spawn(`client${i}`, `client ${i}`, SYSTEM_PYTHON, ['-c', CLIENT, lab.pod(`server${i}`).ip, String(APP_PORT), String(n)]),
+      )
     }
     const results = await Promise.all(
       this.clients.map(async (c) => {
@@ -133,7 +148,13 @@ export class ScaleRun {
     const origins = await bpftool.mapShowPinned(inst.map('pair_original_dst'))
     const sockets = await bpftool.mapShowPinned(inst.map('sock_pair_map'))
     if (origins === undefined || sockets === undefined) throw new MerbridgeError('scale: the connection maps are not pinned')
-    const counts = await countEntries(inst, new Map([['pair_original_dst', origins], ['sock_pair_map', sockets]]))
+    const counts = await countEntries(
+      inst,
+      new Map([
+        ['pair_original_dst', origins],
+        ['sock_pair_map', sockets],
+      ]),
+    )
     const counters = Object.fromEntries(COUNTED.map((k) => [k, after[k] - before[k]])) as Record<CounterName, number>
     const held = results.reduce((a, r) => a + r.held, 0)
     return {
@@ -147,7 +168,8 @@ export class ScaleRun {
       counters,
       memoryBytes: {sockPairMap: sockets.bytes_memlock ?? Number.NaN, pairOriginalDst: origins.bytes_memlock ?? Number.NaN},
       // redirectMiss is left out: a first message may race its peer's tracking and keep its socket on TCP, through the same sidecars
-      allRedirected: held === connections && counters.sockhashFull + counters.originLost + counters.socketOverShare + counters.originOverShare === 0,
+      allRedirected:
+        held === connections && counters.sockhashFull + counters.originLost + counters.socketOverShare + counters.originOverShare === 0,
     }
   }
 

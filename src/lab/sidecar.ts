@@ -13,11 +13,18 @@ import type {MeshProfile} from '../mesh/profiles.js'
 /** haproxy's connections when the lab names none. */
 export const HAPROXY_MAXCONN = 4096
 
-export function haproxyConfig(mesh: MeshProfile, opts: {statsSocket?: string; threads?: number; maxconn?: number; extra?: string} = {}): string {
+export function haproxyConfig(
+  mesh: MeshProfile,
+  opts: {statsSocket?: string; threads?: number; maxconn?: number; extra?: string} = {},
+): string {
   // the stats socket counts sessions as they are accepted: proof that a connection passed, with no wait for a log line
   return `global
-${opts.threads ? `  nbthread ${opts.threads}\n` : ''}  maxconn ${opts.maxconn ?? HAPROXY_MAXCONN}${opts.statsSocket ? `
-  stats socket ${opts.statsSocket} mode 600 level user` : ''}
+${opts.threads ? `  nbthread ${opts.threads}\n` : ''}  maxconn ${opts.maxconn ?? HAPROXY_MAXCONN}${
+    opts.statsSocket
+      ? `
+  stats socket ${opts.statsSocket} mode 600 level user`
+      : ''
+  }
   log stdout format raw local0
 defaults
   mode tcp

@@ -21,7 +21,11 @@ export interface CniPaths {
 
 /** The configuration the runtime uses: the first .conflist, .conf or .json of the folder by name, as libcni picks. */
 export function runtimeConfig(confDir: string): string | undefined {
-  const names = existsSync(confDir) ? readdirSync(confDir).filter((n) => /\.(conflist|conf|json)$/.test(n) && !n.startsWith('.')).sort() : []
+  const names = existsSync(confDir)
+    ? readdirSync(confDir)
+        .filter((n) => /\.(conflist|conf|json)$/.test(n) && !n.startsWith('.'))
+        .sort()
+    : []
   const first = names[0]
   return first === undefined ? undefined : join(confDir, first)
 }
@@ -38,10 +42,16 @@ function parse(text: string, file: string): Conflist & {plugins: Record<string, 
   try {
     c = JSON.parse(text) as Conflist
   } catch (error) {
-    throw new MerbridgeError(`${file} is not valid JSON (${(error as Error).message}): merbridge-cni is not added to it`, {code: 'CNI_CONFIG', suggestion: 'fix the network configuration, or let its CNI rewrite it'})
+    throw new MerbridgeError(`${file} is not valid JSON (${(error as Error).message}): merbridge-cni is not added to it`, {
+      code: 'CNI_CONFIG',
+      suggestion: 'fix the network configuration, or let its CNI rewrite it',
+    })
   }
   if (!Array.isArray(c.plugins))
-    throw new MerbridgeError(`${file} has no "plugins" list (a single-plugin configuration): merbridge-cni chains only into a conflist`, {code: 'CNI_CONFIG', suggestion: 'configure the network as a .conflist'})
+    throw new MerbridgeError(`${file} has no "plugins" list (a single-plugin configuration): merbridge-cni chains only into a conflist`, {
+      code: 'CNI_CONFIG',
+      suggestion: 'configure the network as a .conflist',
+    })
   return c as Conflist & {plugins: Record<string, unknown>[]}
 }
 
@@ -82,7 +92,11 @@ const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
  */
 export function installCni(paths: CniPaths, plugin: string, socket: string): {file: string; changed: boolean} {
   const file = runtimeConfig(paths.confDir)
-  if (!file) throw new MerbridgeError(`no network configuration in ${paths.confDir}: merbridge-cni chains after the node's CNI`, {code: 'CNI_CONFIG', suggestion: 'install the node network (its CNI writes the configuration), or give --cni-conf-dir'})
+  if (!file)
+    throw new MerbridgeError(`no network configuration in ${paths.confDir}: merbridge-cni chains after the node's CNI`, {
+      code: 'CNI_CONFIG',
+      suggestion: 'install the node network (its CNI writes the configuration), or give --cni-conf-dir',
+    })
   const target = join(paths.binDir, CNI_PLUGIN_TYPE)
   if (!existsSync(target) || sha(readFileSync(target)) !== sha(readFileSync(plugin))) {
     const tmp = `${target}.merbridge-tmp`
@@ -104,7 +118,9 @@ export function installCni(paths: CniPaths, plugin: string, socket: string): {fi
  */
 export function uninstallCni(paths: CniPaths): {restored: string[]; edited: string[]} {
   const out = {restored: [] as string[], edited: [] as string[]}
-  const names = existsSync(paths.confDir) ? readdirSync(paths.confDir).filter((n) => /\.(conflist|conf|json)$/.test(n) && !n.startsWith('.')) : []
+  const names = existsSync(paths.confDir)
+    ? readdirSync(paths.confDir).filter((n) => /\.(conflist|conf|json)$/.test(n) && !n.startsWith('.'))
+    : []
   for (const name of names) {
     const file = join(paths.confDir, name)
     const text = readFileSync(file, 'utf8')

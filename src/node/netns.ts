@@ -12,7 +12,8 @@ import {run} from '../exec.js'
  */
 export function parseIfInet6(text: string, scope: '00' | '20' = '00'): string[] {
   const out: string[] = []
-  for (const [, hex = '', found = ''] of text.matchAll(/^([0-9a-f]{32}) \S+ \S+ ([0-9a-f]{2}) /gm)) if (found === scope) out.push(slotToIp(Buffer.from(hex, 'hex')))
+  for (const [, hex = '', found = ''] of text.matchAll(/^([0-9a-f]{32}) \S+ \S+ ([0-9a-f]{2}) /gm))
+    if (found === scope) out.push(slotToIp(Buffer.from(hex, 'hex')))
   return out
 }
 
@@ -139,7 +140,6 @@ async function readUnheldAddresses(unheld: NetnsCandidate[], helper: string | un
   }
 }
 
-
 /** The kernel's netns cookies of the given namespace paths, read by the netns-cookie helper. */
 export async function netnsCookies(helper: string, paths: string[]): Promise<Map<string, bigint>> {
   const out = new Map<string, bigint>()
@@ -160,7 +160,8 @@ export async function netnsCookies(helper: string, paths: string[]): Promise<Map
 export async function interfaceIndexes(path: string, names: readonly string[]): Promise<Map<string, number>> {
   const r = await run('nsenter', [`--net=${path}`, 'ip', '-o', 'link', 'show'], {allowFailure: true})
   const out = new Map<string, number>()
-  for (const [, index = '', name = ''] of r.stdout.matchAll(/^(\d+): ([^:@\s]+)[@:]/gm)) if (names.includes(name)) out.set(name, Number(index))
+  for (const [, index = '', name = ''] of r.stdout.matchAll(/^(\d+): ([^:@\s]+)[@:]/gm))
+    if (names.includes(name)) out.set(name, Number(index))
   return out
 }
 
@@ -218,7 +219,10 @@ const MAX_RESOLV_CONF = 64 * 1024
  * Undefined when none can be read.
  */
 export function namespaceResolvers(c: NetnsCandidate): {servers: string[]; from: string} | undefined {
-  const files: [root: string, path: string][] = [...c.pids.map((pid): [string, string] => [`${hostProc()}/${pid}/root`, '/etc/resolv.conf']), ...(c.name ? [['/', join('/etc/netns', c.name, 'resolv.conf')] as [string, string]] : [])]
+  const files: [root: string, path: string][] = [
+    ...c.pids.map((pid): [string, string] => [`${hostProc()}/${pid}/root`, '/etc/resolv.conf']),
+    ...(c.name ? [['/', join('/etc/netns', c.name, 'resolv.conf')] as [string, string]] : []),
+  ]
   const servers: string[] = []
   const read: string[] = []
   for (const [root, path] of files) {

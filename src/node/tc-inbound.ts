@@ -29,7 +29,10 @@ function parse(paths: string[], stdout: string): TcResult & {removed: Map<string
       return
     }
     const words = line.split(/\s+/).slice(1)
-    out.done.set(p, words.filter((w) => !w.endsWith('-')).map((w) => w.replace(/\+$/, '')))
+    out.done.set(
+      p,
+      words.filter((w) => !w.endsWith('-')).map((w) => w.replace(/\+$/, '')),
+    )
     const removed = words.filter((w) => w.endsWith('-')).map((w) => w.slice(0, -1))
     if (removed.length > 0) out.removed.set(p, removed)
   })
@@ -40,14 +43,18 @@ function parse(paths: string[], stdout: string): TcResult & {removed: Map<string
 async function dropEmptyQdiscs(path: string, ifaces: string[]): Promise<void> {
   for (const dev of ifaces) {
     const filters = await Promise.all(
-      ['ingress', 'egress'].map(async (dir) => (await run('nsenter', [`--net=${path}`, 'tc', '-j', 'filter', 'show', 'dev', dev, dir], {allowFailure: true})).stdout.trim()),
+      ['ingress', 'egress'].map(async (dir) =>
+        (await run('nsenter', [`--net=${path}`, 'tc', '-j', 'filter', 'show', 'dev', dev, dir], {allowFailure: true})).stdout.trim(),
+      ),
     )
-    if (filters.every((f) => f === '' || f === '[]')) await run('nsenter', [`--net=${path}`, 'tc', 'qdisc', 'del', 'dev', dev, 'clsact'], {allowFailure: true})
+    if (filters.every((f) => f === '' || f === '[]'))
+      await run('nsenter', [`--net=${path}`, 'tc', 'qdisc', 'del', 'dev', dev, 'clsact'], {allowFailure: true})
   }
 }
 
 /** The helper's namespace arguments: each path, after the interfaces it skips there. */
-const targetArgs = (targets: readonly InboundTarget[]) => targets.flatMap((t) => [...(t.skip.length > 0 ? [`--skip=${t.skip.join(',')}`] : []), t.path])
+const targetArgs = (targets: readonly InboundTarget[]) =>
+  targets.flatMap((t) => [...(t.skip.length > 0 ? [`--skip=${t.skip.join(',')}`] : []), t.path])
 
 const HELD = /held by program (\d+)$/
 
@@ -87,7 +94,10 @@ export async function attachInbound(helper: string, progPin: string, targets: re
 async function attachOnce(helper: string, progPin: string, targets: readonly InboundTarget[], replace: number[]): Promise<TcResult> {
   if (targets.length === 0) return {done: new Map(), failed: new Map()}
   const args = ['attach', progPin, ...(replace.length > 0 ? [`--replace=${replace.join(',')}`] : []), ...targetArgs(targets)]
-  const {done, failed, removed} = parse(targets.map((t) => t.path), (await run(helper, args)).stdout)
+  const {done, failed, removed} = parse(
+    targets.map((t) => t.path),
+    (await run(helper, args)).stdout,
+  )
   for (const [path, ifaces] of removed) await dropEmptyQdiscs(path, ifaces)
   return {done, failed}
 }
@@ -109,6 +119,9 @@ export async function detachInbound(helper: string, progId: number, paths: strin
  */
 export async function missingInbound(helper: string, progId: number, targets: readonly InboundTarget[]): Promise<TcResult> {
   if (targets.length === 0) return {done: new Map(), failed: new Map()}
-  const {done, failed} = parse(targets.map((t) => t.path), (await run(helper, ['check', String(progId), ...targetArgs(targets)])).stdout)
+  const {done, failed} = parse(
+    targets.map((t) => t.path),
+    (await run(helper, ['check', String(progId), ...targetArgs(targets)])).stdout,
+  )
   return {done, failed}
 }

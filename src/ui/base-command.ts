@@ -43,13 +43,26 @@ export abstract class BaseCommand extends Command {
 }
 
 /** Environment variables that name a path, an address or a folder: set but blank is a mistake. */
-export const SETTING_VARIABLES = ['MERBRIDGE_BPFFS', 'MERBRIDGE_CGROUP', 'MERBRIDGE_HOST_PROC', 'MERBRIDGE_RUN_DIR', 'MERBRIDGE_CACHE_DIR', 'MERBRIDGE_METRICS_ADDR', 'MERBRIDGE_LOCK_WAIT_MS'] as const
+export const SETTING_VARIABLES = [
+  'MERBRIDGE_BPFFS',
+  'MERBRIDGE_CGROUP',
+  'MERBRIDGE_HOST_PROC',
+  'MERBRIDGE_RUN_DIR',
+  'MERBRIDGE_CACHE_DIR',
+  'MERBRIDGE_METRICS_ADDR',
+  'MERBRIDGE_LOCK_WAIT_MS',
+] as const
 
 const FOLDER_VARIABLES = ['MERBRIDGE_RUN_DIR', 'MERBRIDGE_CACHE_DIR', 'MERBRIDGE_HOST_PROC'] as const
 
 export function refuseBlankSettings(env: NodeJS.ProcessEnv): void {
   const blank = SETTING_VARIABLES.find((v) => env[v]?.trim() === '')
-  if (blank) throw new MerbridgeError(`${blank} is set but empty`, {code: 'USAGE', exitCode: 2, suggestion: `give ${blank} a value, or unset it for its default`})
+  if (blank)
+    throw new MerbridgeError(`${blank} is set but empty`, {
+      code: 'USAGE',
+      exitCode: 2,
+      suggestion: `give ${blank} a value, or unset it for its default`,
+    })
 }
 
 /** An empty or blank value on the command line (`--cgroup ""`, `--bpffs=`) is never taken for the default. */
@@ -59,7 +72,11 @@ export function refuseBlankArguments(argv: readonly string[]): void {
     const prev = i > 0 ? argv[i - 1] : undefined
     const flag = inline ? inline[1] : prev?.startsWith('--') && !prev.includes('=') ? prev : undefined
     if ((inline ? (inline[2] ?? '') : arg).trim() !== '') return
-    throw new MerbridgeError(flag ? `${flag} is empty` : 'an argument is empty', {code: 'USAGE', exitCode: 2, suggestion: flag ? `give ${flag} a value, or leave it out for its default` : 'leave the empty argument out'})
+    throw new MerbridgeError(flag ? `${flag} is empty` : 'an argument is empty', {
+      code: 'USAGE',
+      exitCode: 2,
+      suggestion: flag ? `give ${flag} a value, or leave it out for its default` : 'leave the empty argument out',
+    })
   })
 }
 

@@ -1,4 +1,13 @@
-import {BASELINE, type BenchReport, MODES, QUIET_OTHER_CPU_PCT, type Ratio, type ScenarioSummary, type ShapeReport, SIDECARS} from '../lab/bench.js'
+import {
+  BASELINE,
+  type BenchReport,
+  MODES,
+  QUIET_OTHER_CPU_PCT,
+  type Ratio,
+  type ScenarioSummary,
+  type ShapeReport,
+  SIDECARS,
+} from '../lab/bench.js'
 import type {ScaleReport} from '../lab/scale.js'
 import {renderTable} from './table.js'
 import {c} from './theme.js'
@@ -29,21 +38,32 @@ function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
       ? `ebpf/direct (merbridge enabled against not, for traffic it should leave alone), ${head}, CPU per request ${ratio(s.ratios.cpuPerRequest)}`
       : `ebpf/iptables, ${head}, CPU added over direct ${ratio(s.ratios.addedCpu)}`,
   ]
-  if (s.modes.baseline) lines.push(`ebpf/${baselineName}: requests/s ${ratio(s.ratios.baselineRequestsPerSec)}, p50 ${ratio(s.ratios.baselineP50)}`)
+  if (s.modes.baseline)
+    lines.push(`ebpf/${baselineName}: requests/s ${ratio(s.ratios.baselineRequestsPerSec)}, p50 ${ratio(s.ratios.baselineP50)}`)
   if (s.sidecars) {
     const us = (r: Ratio) => (Number.isFinite(r.median) ? `${sign(r.median)} (${sign(r.low)} to ${sign(r.high)})` : '-')
-    const beyond = [['iptables', s.sidecars.cpuBeyondUs.iptables], ['ebpf', s.sidecars.cpuBeyondUs.ebpf], ...(s.sidecars.cpuBeyondUs.baseline ? [[baselineName, s.sidecars.cpuBeyondUs.baseline] as const] : [])] as const
+    const beyond = [
+      ['iptables', s.sidecars.cpuBeyondUs.iptables],
+      ['ebpf', s.sidecars.cpuBeyondUs.ebpf],
+      ...(s.sidecars.cpuBeyondUs.baseline ? [[baselineName, s.sidecars.cpuBeyondUs.baseline] as const] : []),
+    ] as const
     lines.push(
       `CPU µs per request beyond the ${SIDECARS} mode (the same sidecars on plain TCP, nothing intercepted): ${beyond.map(([m, r]) => `${m} ${us(r)}`).join(', ')}`,
       `${SIDECARS}/iptables, all that removing interception alone gives: requests/s ${ratio(s.sidecars.requestsPerSec)}, CPU added over direct ${ratio(s.sidecars.addedCpu)}`,
     )
   }
-  for (const [mode, costs] of [['ebpf', s.programs?.ebpf], [baselineName, s.programs?.baseline]] as const)
+  for (const [mode, costs] of [
+    ['ebpf', s.programs?.ebpf],
+    [baselineName, s.programs?.baseline],
+  ] as const)
     if (costs)
       lines.push(
         `programs per request in ${mode} (kernel.bpf_stats_enabled=1; runs x ns per run = µs): ${costs.map((p) => `${p.name} ${p.runsPerRequest.toFixed(1)} x ${f0(p.nsPerRun)} = ${p.usPerRequest.toFixed(2)}`).join(', ')}; all ${costs.reduce((a, p) => a + p.usPerRequest, 0).toFixed(1)} µs`,
       )
-  if (s.leftOut.length > 0) lines.push(`left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}%`)
+  if (s.leftOut.length > 0)
+    lines.push(
+      `left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}%`,
+    )
   if (!s.reliable) lines.push(`not reliable: fewer than 2 quiet rounds`)
   return lines
 }
@@ -73,12 +93,19 @@ export function renderBench(r: BenchReport): string {
     out.push('', c.bold(c.cyan(shapeTitle(shape))))
     for (const s of shape.summary) out.push('', renderBenchSummary(s, r.baseline))
   }
-  if (r.scale) out.push('', c.bold(c.cyan('scale')), ...scaleLines(r.scale).map((l, i, all) => (i === all.length - 1 ? (r.scale?.allRedirected ? c.green(l) : c.red(l)) : l)))
+  if (r.scale)
+    out.push(
+      '',
+      c.bold(c.cyan('scale')),
+      ...scaleLines(r.scale).map((l, i, all) => (i === all.length - 1 ? (r.scale?.allRedirected ? c.green(l) : c.red(l)) : l)),
+    )
   return out.join('\n')
 }
 
 export function renderBenchMarkdown(r: BenchReport): string {
-  const out = [`${r.shapes.length > 0 ? `Rounds: ${r.rounds}, ${r.durationSec} s per mode and scenario; medians over rounds. ` : ''}Linux ${r.machine.kernel}, ${r.machine.cpus} CPUs.`]
+  const out = [
+    `${r.shapes.length > 0 ? `Rounds: ${r.rounds}, ${r.durationSec} s per mode and scenario; medians over rounds. ` : ''}Linux ${r.machine.kernel}, ${r.machine.cpus} CPUs.`,
+  ]
   for (const shape of r.shapes) {
     out.push('', `## ${shapeTitle(shape)}`)
     for (const s of shape.summary) {

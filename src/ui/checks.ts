@@ -17,7 +17,8 @@ export function renderChecks(checks: Check[]): string {
 export function checksVerdict(checks: Check[]): string {
   const failed = checks.filter((k) => k.required && k.status === 'fail')
   const warned = checks.filter((k) => k.status === 'warn')
-  if (failed.length > 0) return c.red(`This node cannot run merbridge: ${failed.length} required check${failed.length > 1 ? 's' : ''} failed.`)
+  if (failed.length > 0)
+    return c.red(`This node cannot run merbridge: ${failed.length} required check${failed.length > 1 ? 's' : ''} failed.`)
   if (warned.length > 0) return c.yellow(`This node can run merbridge (${warned.length} warning${warned.length > 1 ? 's' : ''}).`)
   return c.green('This node can run merbridge.')
 }

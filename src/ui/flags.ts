@@ -6,7 +6,7 @@ import {DEFAULT_BPFFS_DIR} from '../paths.js'
 
 /** The installation's pin folder, on every command that works on one. */
 export const bpffsFlag = Flags.string({
-  description: "bpffs folder of the installation (or MERBRIDGE_BPFFS; an empty one is refused)",
+  description: 'bpffs folder of the installation (or MERBRIDGE_BPFFS; an empty one is refused)',
   // read here rather than with oclif's env option, which takes an empty value for no value: an
   // empty MERBRIDGE_BPFFS is an error (Installation says so), never the default
   default: () => Promise.resolve(process.env.MERBRIDGE_BPFFS ?? DEFAULT_BPFFS_DIR),
@@ -14,14 +14,19 @@ export const bpffsFlag = Flags.string({
 
 /** Flags of every command that reads this node's pods. */
 export const podSourceFlags = {
-  'pods-file': Flags.string({description: 'PodList JSON as `kubectl get pods -A -o json` prints it; - for standard input (default: the Kubernetes API)'}),
+  'pods-file': Flags.string({
+    description: 'PodList JSON as `kubectl get pods -A -o json` prints it; - for standard input (default: the Kubernetes API)',
+  }),
   kubeconfig: Flags.string({description: 'kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the in-cluster service account)'}),
   context: Flags.string({description: 'kubeconfig context to use'}),
   node: Flags.string({description: "this node's Kubernetes name (default: the hostname)"}),
 }
 
 /** The one way to sync a list that names none of this node's pods while pods are registered. */
-export const allowEmptyFlag = Flags.boolean({description: "sync even when the pods list names none of this node's pods and pods are registered (it unregisters them all: their traffic then skips their sidecars)"})
+export const allowEmptyFlag = Flags.boolean({
+  description:
+    "sync even when the pods list names none of this node's pods and pods are registered (it unregisters them all: their traffic then skips their sidecars)",
+})
 
 /** How often a watch reads the maps back and repairs what drifted (anything else may write them). */
 export const recheckFlag = Flags.integer({
@@ -32,7 +37,8 @@ export const recheckFlag = Flags.integer({
 
 /** Where a watching node service serves Prometheus metrics and its health. */
 export const metricsAddrFlag = Flags.string({
-  description: 'with --watch: serve Prometheus metrics on /metrics, and /healthz and /readyz, at HOST:PORT (e.g. 127.0.0.1:9473, or :9473 for every address)',
+  description:
+    'with --watch: serve Prometheus metrics on /metrics, and /healthz and /readyz, at HOST:PORT (e.g. 127.0.0.1:9473, or :9473 for every address)',
   env: 'MERBRIDGE_METRICS_ADDR',
 })
 
@@ -53,6 +59,11 @@ export function useHostProc(dir: string | undefined): void {
   } catch {
     // missing: said below
   }
-  if (!isProc) throw new MerbridgeError(`--host-proc ${dir} is not a proc filesystem`, {code: 'USAGE', exitCode: 2, suggestion: "give the folder where the host's /proc is mounted, e.g. /host/proc"})
+  if (!isProc)
+    throw new MerbridgeError(`--host-proc ${dir} is not a proc filesystem`, {
+      code: 'USAGE',
+      exitCode: 2,
+      suggestion: "give the folder where the host's /proc is mounted, e.g. /host/proc",
+    })
   process.env.MERBRIDGE_HOST_PROC = resolve(dir)
 }

@@ -46,7 +46,9 @@ export async function watchInForeground(
 ): Promise<void> {
   const {signal, dispose} = abortOnSignals()
   const log = (line: string, event?: Record<string, unknown>) =>
-    out.json ? process.stdout.write(JSON.stringify({time: new Date().toISOString(), ...event}) + '\n') : out.log(`${c.dim(new Date().toISOString())} ${line}`)
+    out.json
+      ? process.stdout.write(JSON.stringify({time: new Date().toISOString(), ...event}) + '\n')
+      : out.log(`${c.dim(new Date().toISOString())} ${line}`)
   let server: Server | undefined
   try {
     let onSynced: WatchOptions['onSynced']

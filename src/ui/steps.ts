@@ -12,7 +12,11 @@ class StepsInterrupted extends Error {
   }
 }
 
-export async function runWithProgress<C, S extends ProgressStep<C>>(steps: S[], ctx: C, opts: {silent: boolean; onStart?: (step: S) => void; signal?: AbortSignal}): Promise<void> {
+export async function runWithProgress<C, S extends ProgressStep<C>>(
+  steps: S[],
+  ctx: C,
+  opts: {silent: boolean; onStart?: (step: S) => void; signal?: AbortSignal},
+): Promise<void> {
   const {Listr} = await import('listr2')
   const list = new Listr(
     steps.map((step) => ({

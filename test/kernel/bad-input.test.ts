@@ -2,7 +2,18 @@
 // what merbridge answers (docs/bad-input.md lists them, from these tests). Every refusal is one
 // line, exit 2, and leaves the node as it was.
 import assert from 'node:assert/strict'
-import {chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {type AddressInfo, createServer} from 'node:net'
 import {dirname, join} from 'node:path'
@@ -36,7 +47,8 @@ async function refused(args: string[], env: Record<string, string>, message: str
 describe('blank settings', {skip: buildSkipReason()}, () => {
   it('refuses every path variable set but empty or blank, never taking it for the default', async () => {
     for (const name of SETTING_VARIABLES)
-      for (const value of ['', '  ']) await refused(['enable', '--bpffs', install.bpffs, '--pods-file', '/dev/null'], {[name]: value}, `${name} is set but empty`)
+      for (const value of ['', '  '])
+        await refused(['enable', '--bpffs', install.bpffs, '--pods-file', '/dev/null'], {[name]: value}, `${name} is set but empty`)
   })
 
   it('refuses a records, cache or /proc folder that is a file, rather than report the node never enabled', async () => {
@@ -45,7 +57,11 @@ describe('blank settings', {skip: buildSkipReason()}, () => {
     try {
       for (const name of ['MERBRIDGE_RUN_DIR', 'MERBRIDGE_CACHE_DIR', 'MERBRIDGE_HOST_PROC'])
         await refused(['status', '--bpffs', install.bpffs], {[name]: file}, `${name} names ${file}, which is a regular file, not a folder`)
-      await refused(['status', '--bpffs', install.bpffs], {MERBRIDGE_RUN_DIR: '/dev/null'}, 'MERBRIDGE_RUN_DIR names /dev/null, which is a character device, not a folder')
+      await refused(
+        ['status', '--bpffs', install.bpffs],
+        {MERBRIDGE_RUN_DIR: '/dev/null'},
+        'MERBRIDGE_RUN_DIR names /dev/null, which is a character device, not a folder',
+      )
     } finally {
       rmSync(dirname(file), {recursive: true, force: true})
     }
@@ -94,19 +110,28 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
   })
 
   it('enables with two meshed pods', async () => {
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}])
+    await lab.create([
+      {name: 'a', meshed: true},
+      {name: 'b', meshed: true},
+    ])
     const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', mine.bpffs, '--pods-file', lab.writePodList()], mine.env)
     assert.equal(r.code, 0, r.stdout + r.stderr)
     assert.equal(await registered(), 2)
   })
 
-  it('refuses a --node that names none of the list\'s pods, and keeps every pod registered', async () => {
+  it("refuses a --node that names none of the list's pods, and keeps every pod registered", async () => {
     const r = await sync(['--node', 'typo', '--pods-file', lab.writePodList()])
     assert.equal(r.code, 2, r.stdout + r.stderr)
-    assert.match(r.stderr, /^Error: .* names no pod of node "typo" \(2 on other nodes\): syncing would unregister all 2 registered pod\(s\)$/m)
+    assert.match(
+      r.stderr,
+      /^Error: .* names no pod of node "typo" \(2 on other nodes\): syncing would unregister all 2 registered pod\(s\)$/m,
+    )
     assert.match(r.stderr, /add --allow-empty/)
     assert.equal(await registered(), 2)
-    const e = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', mine.bpffs, '--node', 'typo', '--pods-file', lab.writePodList()], mine.env)
+    const e = await cli(
+      ['enable', '--cgroup', lab.cgroup, '--bpffs', mine.bpffs, '--node', 'typo', '--pods-file', lab.writePodList()],
+      mine.env,
+    )
     assert.notEqual(e.code, 0, 'enable over the installation refuses it too')
     assert.match(e.stderr, /names no pod of node "typo"/)
     assert.equal(await registered(), 2)
@@ -135,9 +160,19 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
       assert.equal(r.code, 0, `lock note ${JSON.stringify(left)}: ${r.stdout}${r.stderr}`)
     }
     // a holder killed while it holds the lock: the kernel releases it with the process
-    const held = execa(process.execPath, ['-e', `const s = require('node:net').createServer(); s.listen({path: ${JSON.stringify(lockName(mine.bpffs))}}, () => console.log('held'))`], {reject: false})
+    const held = execa(
+      process.execPath,
+      [
+        '-e',
+        `const s = require('node:net').createServer(); s.listen({path: ${JSON.stringify(lockName(mine.bpffs))}}, () => console.log('held'))`,
+      ],
+      {reject: false},
+    )
     await new Promise<void>((resolve) => held.stdout.once('data', () => resolve()))
-    const waits = await cli(['sync', '--bpffs', mine.bpffs, '--pods-file', lab.writePodList()], {...mine.env, MERBRIDGE_LOCK_WAIT_MS: '300'})
+    const waits = await cli(['sync', '--bpffs', mine.bpffs, '--pods-file', lab.writePodList()], {
+      ...mine.env,
+      MERBRIDGE_LOCK_WAIT_MS: '300',
+    })
     assert.equal(waits.code, 1, 'held: the second command waits, then says so')
     assert.match(waits.stderr, /another merbridge command \(pid .*\) is changing/)
     held.kill('SIGKILL')
@@ -155,7 +190,10 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
       const script = `echo $$ > ${nsRoot}/cgroup.procs && exec unshare --cgroup --mount --propagation private sh -c 'umount -l ${mount} && mount -t cgroup2 none ${mount} && exec "${process.execPath}" "${BIN}" disable --bpffs "${mine.bpffs}"'`
       const r = await execa('sh', ['-c', script], {reject: false, env: {...mine.env, NO_COLOR: '1'}})
       assert.equal(r.exitCode, 1, r.stdout + r.stderr)
-      assert.match(r.stderr, new RegExp(`^Error: merbridge was enabled on cgroup ${lab.cgroup}, which this process cannot see from its cgroup namespace$`, 'm'))
+      assert.match(
+        r.stderr,
+        new RegExp(`^Error: merbridge was enabled on cgroup ${lab.cgroup}, which this process cannot see from its cgroup namespace$`, 'm'),
+      )
       assert.equal((await bpftool.cgroupShow(lab.cgroup)).length, ALL_CGROUP_PROGRAMS, 'every program still attached')
       assert.equal((await cli(['status', '--bpffs', mine.bpffs], mine.env)).code, 0, 'still enabled and healthy')
     } finally {
@@ -171,7 +209,11 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
       for (const args of [['sync', '--pods-file', lab.writePodList()], ['dump-maps'], ['dump-maps', 'netns_pod_ips']]) {
         const r = await cli([...args, '--bpffs', mine.bpffs], mine.env)
         assert.equal(r.code, 4, `${args.join(' ')}: ${r.stdout}${r.stderr}`)
-        assert.deepEqual(r.stderr.split('\n').filter((l) => l.startsWith('Error:')), [`Error: the installation in ${mine.bpffs} is incomplete: map netns_pod_ips is not pinned`], args.join(' '))
+        assert.deepEqual(
+          r.stderr.split('\n').filter((l) => l.startsWith('Error:')),
+          [`Error: the installation in ${mine.bpffs} is incomplete: map netns_pod_ips is not pinned`],
+          args.join(' '),
+        )
       }
       assert.equal((await cli(['dump-maps', 'counters', '--bpffs', mine.bpffs], mine.env)).code, 0, 'the maps still pinned are read')
     } finally {
@@ -180,14 +222,17 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
     assert.equal(await registered(), 2)
   })
 
-  it("disable finds a program whose pin was removed, by the id enable recorded, and says disabled only when it is", async () => {
+  it('disable finds a program whose pin was removed, by the id enable recorded, and says disabled only when it is', async () => {
     const inst = mine.installation()
     const id = (await bpftool.progShowPinned(inst.prog('mb_connect4')))?.id
     assert.ok(id !== undefined)
     rmSync(inst.prog('mb_connect4'))
     const r = await cli(['disable', '--bpffs', mine.bpffs, '--json'], mine.env)
     assert.equal(r.code, 0, r.stdout + r.stderr)
-    assert.ok(parseJson<DisableResult>(r.stdout).detached.some((d) => d.program === 'mb_connect4' && d.id === id), r.stdout)
+    assert.ok(
+      parseJson<DisableResult>(r.stdout).detached.some((d) => d.program === 'mb_connect4' && d.id === id),
+      r.stdout,
+    )
     assert.deepEqual(await bpftool.cgroupShow(lab.cgroup), [], 'nothing left attached to the cgroup')
     const again = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', mine.bpffs, '--pods-file', lab.writePodList()], mine.env)
     assert.equal(again.code, 0, `enable on the cgroup again: ${again.stdout}${again.stderr}`)
@@ -207,20 +252,34 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
     const port = (silent.address() as AddressInfo).port
     const kubeconfig = join(lab.tmp, 'silent.kubeconfig')
-    writeFileSync(kubeconfig, `apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: "https://127.0.0.1:${port}", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n`)
+    writeFileSync(
+      kubeconfig,
+      `apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: "https://127.0.0.1:${port}", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n`,
+    )
     try {
       const r = await cli(['sync', '--bpffs', mine.bpffs, '--kubeconfig', kubeconfig], {...mine.env, MERBRIDGE_API_TIMEOUT_MS: '2000'})
       assert.equal(r.code, 1, r.stdout + r.stderr)
-      assert.match(r.stderr, new RegExp(`^Error: the Kubernetes API at https://127.0.0.1:${port} did not answer the list of pods within 2 s$`, 'm'))
+      assert.match(
+        r.stderr,
+        new RegExp(`^Error: the Kubernetes API at https://127.0.0.1:${port} did not answer the list of pods within 2 s$`, 'm'),
+      )
     } finally {
       silent.close()
     }
     // plain HTTP: said as such, not as a certificate problem
     const http = join(lab.tmp, 'http.kubeconfig')
-    writeFileSync(http, `apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: "http://127.0.0.1:${port}"}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n`)
+    writeFileSync(
+      http,
+      `apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: "http://127.0.0.1:${port}"}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n`,
+    )
     const h = await cli(['sync', '--bpffs', mine.bpffs, '--kubeconfig', http], mine.env)
     assert.equal(h.code, 1, h.stdout + h.stderr)
-    assert.deepEqual(h.stderr.split('\n').filter((l) => l.startsWith('Error:')), [`Error: the Kubernetes API at http://127.0.0.1:${port} (${http} (--kubeconfig)) is plain HTTP: merbridge reads pods over HTTPS only`])
+    assert.deepEqual(
+      h.stderr.split('\n').filter((l) => l.startsWith('Error:')),
+      [
+        `Error: the Kubernetes API at http://127.0.0.1:${port} (${http} (--kubeconfig)) is plain HTTP: merbridge reads pods over HTTPS only`,
+      ],
+    )
     assert.equal(await registered(), 2, 'every pod still registered')
   })
 
@@ -229,7 +288,10 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
     mkdirSync(child)
     const others = [uniqueInstall(), uniqueInstall()]
     try {
-      const nested = await cli(['enable', '--cgroup', child, '--bpffs', others[0]!.bpffs, '--pods-file', lab.writePodList()], others[0]!.env)
+      const nested = await cli(
+        ['enable', '--cgroup', child, '--bpffs', others[0]!.bpffs, '--pods-file', lab.writePodList()],
+        others[0]!.env,
+      )
       assert.equal(nested.code, 1, nested.stdout + nested.stderr)
       assert.match(nested.stderr, new RegExp(`another merbridge installation is attached to ${lab.cgroup}, above ${child}`))
       assert.ok(!existsSync(others[0]!.bpffs), 'nothing loaded')
@@ -237,7 +299,11 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
       const freeCgroup = `${lab.cgroup.replace(/\/[^/]+$/, '')}/${lab.cgroup.split('/').at(-1)}-free`
       mkdirSync(freeCgroup)
       try {
-        const both = await Promise.all(others.map((o) => cli(['enable', '--cgroup', freeCgroup, '--bpffs', o.bpffs, '--pods-file', lab.writePodList('elsewhere')], o.env)))
+        const both = await Promise.all(
+          others.map((o) =>
+            cli(['enable', '--cgroup', freeCgroup, '--bpffs', o.bpffs, '--pods-file', lab.writePodList('elsewhere')], o.env),
+          ),
+        )
         assert.deepEqual(both.map((r) => r.code).sort(), [0, 1], both.map((r) => r.stderr).join('\n'))
         assert.match(both.find((r) => r.code === 1)?.stderr ?? '', /another merbridge installation is attached to/)
       } finally {
@@ -306,13 +372,24 @@ describe('pods lists that would unregister every pod', {skip: labSkip, timeout: 
     const sibling = `${lab.cgroup}-open`
     mkdirSync(sibling)
     try {
-      const e = await cli(['enable', '--cgroup', sibling, '--bpffs', other.bpffs, '--pods-file', lab.writePodList('elsewhere')], {...other.env, MERBRIDGE_CACHE_DIR: open})
+      const e = await cli(['enable', '--cgroup', sibling, '--bpffs', other.bpffs, '--pods-file', lab.writePodList('elsewhere')], {
+        ...other.env,
+        MERBRIDGE_CACHE_DIR: open,
+      })
       assert.equal(e.code, 1, e.stdout + e.stderr)
-      assert.deepEqual(e.stderr.split('\n').filter((l) => l.startsWith('Error:')), [`Error: enable failed at "Build the datapath": the object cache ${open} is not safe to run from as root: ${open} is writable by every user`])
+      assert.deepEqual(
+        e.stderr.split('\n').filter((l) => l.startsWith('Error:')),
+        [
+          `Error: enable failed at "Build the datapath": the object cache ${open} is not safe to run from as root: ${open} is writable by every user`,
+        ],
+      )
       assert.ok(!existsSync(other.bpffs), 'nothing loaded')
       const st = await cli(['status', '--bpffs', mine.bpffs], {MERBRIDGE_RUN_DIR: open})
       assert.equal(st.code, 1, st.stdout + st.stderr)
-      assert.match(st.stderr, new RegExp(`^Error: the records folder ${open} is not safe to run from as root: ${open} is writable by every user$`, 'm'))
+      assert.match(
+        st.stderr,
+        new RegExp(`^Error: the records folder ${open} is not safe to run from as root: ${open} is writable by every user$`, 'm'),
+      )
     } finally {
       rmSync(open, {recursive: true, force: true})
       rmdirSync(sibling)

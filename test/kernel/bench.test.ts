@@ -15,7 +15,11 @@ describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
     const r = await cli(['bench', '--rounds', '1', '--duration', '1', '--json'])
     assert.equal(r.code, 0, r.stderr.slice(-2000))
     const report = parseJson<BenchReport>(r.stdout)
-    assert.deepEqual(report.shapes.map((s) => s.sidecarThreads), [1, 2], 'both sidecar shapes by default')
+    assert.deepEqual(
+      report.shapes.map((s) => s.sidecarThreads),
+      [1, 2],
+      'both sidecar shapes by default',
+    )
     for (const shape of report.shapes) {
       assert.equal(shape.summary.length, Object.keys(SCENARIOS).length)
       for (const s of shape.summary) {
@@ -26,7 +30,8 @@ describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
           assert.equal(s.modes[m].errors, 0, `${s.scenario} ${m} errors`)
         }
         // the one round is either quiet, and gives ratios, or left out with the CPU others took
-        if (s.quietRounds.length === 1) assert.ok(Number.isFinite(s.ratios.requestsPerSec.median) && s.ratios.requestsPerSec.low === s.ratios.requestsPerSec.high)
+        if (s.quietRounds.length === 1)
+          assert.ok(Number.isFinite(s.ratios.requestsPerSec.median) && s.ratios.requestsPerSec.low === s.ratios.requestsPerSec.high)
         else assert.ok(s.leftOut.length === 1 && s.leftOut[0]!.otherCpuPct > 10, JSON.stringify(s.leftOut))
         assert.equal(s.reliable, false, 'one round is never reliable')
       }
@@ -37,7 +42,10 @@ describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
     assert.deepEqual(outside, ['outside-keepalive', 'outside-new-connection'])
     for (const x of report.samples) assert.ok(x.otherCpuPct >= 0 && x.otherCpuPct <= 100, `other CPU ${x.otherCpuPct}`)
     assert.equal((await execa('ip', ['netns', 'list'])).stdout, netns)
-    assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
+    assert.deepEqual(
+      readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')),
+      [],
+    )
   })
 
   it('prints Markdown tables on request', async () => {
@@ -50,7 +58,7 @@ describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
     assert.match(r.stdout, /not reliable: fewer than 2 quiet rounds/)
   })
 
-  it('holds the scale scenario\'s connections through both sidecars, all redirected, and leaves nothing', async () => {
+  it("holds the scale scenario's connections through both sidecars, all redirected, and leaves nothing", async () => {
     const netns = (await execa('ip', ['netns', 'list'])).stdout
     const r = await cli(['bench', '--scenarios', 'scale', '--scale-connections', '2000', '--json'])
     assert.equal(r.code, 0, r.stderr.slice(-2000))
@@ -67,29 +75,69 @@ describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
     assert.ok(s.entries.sockets >= 6 * 2000, context)
     assert.ok(s.entries.origins >= 2000, context)
     assert.ok((s.counters.msgRedirected ?? 0) >= 2000, context)
-    for (const k of ['sockhashFull', 'socketOverShare', 'originLost', 'originOverShare'] as const) assert.equal(s.counters[k], 0, `${k}: ${context}`)
+    for (const k of ['sockhashFull', 'socketOverShare', 'originLost', 'originOverShare'] as const)
+      assert.equal(s.counters[k], 0, `${k}: ${context}`)
     assert.ok(s.memoryBytes.sockPairMap > 0 && s.memoryBytes.pairOriginalDst > 0, context)
     assert.equal(s.allRedirected, true, context)
     assert.equal((await execa('ip', ['netns', 'list'])).stdout, netns)
-    assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
+    assert.deepEqual(
+      readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')),
+      [],
+    )
   })
 
   it('measures a baseline as a fourth mode, with ebpf/baseline ratios, and leaves nothing', async () => {
     const support = join(ROOT, 'test', 'support')
-    const r = await cli(['bench', '--rounds', '1', '--duration', '1', '--scenarios', 'keepalive', '--sidecar-threads', '1', '--baseline-up', join(support, 'baseline-up.mjs'), '--baseline-down', join(support, 'baseline-down.mjs'), '--baseline-name', 'itself', '--json'])
+    const r = await cli([
+      'bench',
+      '--rounds',
+      '1',
+      '--duration',
+      '1',
+      '--scenarios',
+      'keepalive',
+      '--sidecar-threads',
+      '1',
+      '--baseline-up',
+      join(support, 'baseline-up.mjs'),
+      '--baseline-down',
+      join(support, 'baseline-down.mjs'),
+      '--baseline-name',
+      'itself',
+      '--json',
+    ])
     assert.equal(r.code, 0, r.stderr.slice(-2000))
     const report = parseJson<BenchReport>(r.stdout)
     assert.equal(report.baseline, 'itself')
     assert.deepEqual(report.samples.map((s) => s.mode).sort(), ['baseline', 'direct', 'ebpf', 'iptables'])
     const [s] = report.shapes[0]!.summary
     assert.ok(s?.modes.baseline && s.modes.baseline.requestsPerSec > 0 && s.modes.baseline.errors === 0, JSON.stringify(s?.modes))
-    if (s.quietRounds.length === 1) assert.ok(Number.isFinite(s.ratios.baselineRequestsPerSec.median) && Number.isFinite(s.ratios.baselineP50.median), JSON.stringify(s.ratios))
+    if (s.quietRounds.length === 1)
+      assert.ok(
+        Number.isFinite(s.ratios.baselineRequestsPerSec.median) && Number.isFinite(s.ratios.baselineP50.median),
+        JSON.stringify(s.ratios),
+      )
     else assert.ok(s.leftOut.length === 1 && s.leftOut[0]!.otherCpuPct > 10, JSON.stringify(s.leftOut))
-    assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
+    assert.deepEqual(
+      readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')),
+      [],
+    )
   })
 
   it('measures the sidecars without interception on request, and splits off what interception costs', async () => {
-    const r = await cli(['bench', '--rounds', '1', '--duration', '1', '--scenarios', 'new-connection', '--sidecar-threads', '1', '--sidecars-mode', '--json'])
+    const r = await cli([
+      'bench',
+      '--rounds',
+      '1',
+      '--duration',
+      '1',
+      '--scenarios',
+      'new-connection',
+      '--sidecar-threads',
+      '1',
+      '--sidecars-mode',
+      '--json',
+    ])
     assert.equal(r.code, 0, r.stderr.slice(-2000))
     const report = parseJson<BenchReport>(r.stdout)
     assert.deepEqual(report.samples.map((s) => s.mode).sort(), ['direct', 'ebpf', 'iptables', 'sidecars'])
@@ -98,9 +146,14 @@ describe('merbridge bench', {skip, timeout: suiteTimeout(180_000)}, () => {
     assert.ok(sc && sc.requestsPerSec > 0 && sc.cpuPerRequestUs > 0 && sc.errors === 0, JSON.stringify(s?.modes))
     const split = s.sidecars
     assert.ok(split, 'the sidecars part of the summary')
-    if (s.quietRounds.length === 1) for (const r of [split.requestsPerSec, split.addedCpu, split.cpuBeyondUs.iptables, split.cpuBeyondUs.ebpf]) assert.ok(Number.isFinite(r.median), JSON.stringify(split))
+    if (s.quietRounds.length === 1)
+      for (const r of [split.requestsPerSec, split.addedCpu, split.cpuBeyondUs.iptables, split.cpuBeyondUs.ebpf])
+        assert.ok(Number.isFinite(r.median), JSON.stringify(split))
     else assert.ok(s.leftOut.length === 1 && s.leftOut[0]!.otherCpuPct > 10, JSON.stringify(s.leftOut))
-    assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')), [])
+    assert.deepEqual(
+      readdirSync('/sys/fs/bpf').filter((n) => n.startsWith('merbridge-bench')),
+      [],
+    )
   })
 
   it('refuses a baseline command that is not an executable file, in one line', async () => {
@@ -148,7 +201,10 @@ describe('bench mode checks', {skip, timeout: suiteTimeout(120_000)}, () => {
 
   it('refuses the sidecars mode when something intercepts', async () => {
     await bench.setMode('iptables')
-    await assert.rejects(bench.verifyMode('sidecars'), /mode sidecars: a request to the server was intercepted \(the server saw 127\.0\.0\.6\); refusing to report numbers/)
+    await assert.rejects(
+      bench.verifyMode('sidecars'),
+      /mode sidecars: a request to the server was intercepted \(the server saw 127\.0\.0\.6\); refusing to report numbers/,
+    )
   })
 
   it('refuses ebpf when merbridge is not redirecting', async () => {

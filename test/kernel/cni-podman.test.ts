@@ -59,31 +59,86 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
   let agentOut = ''
 
   const podman = (args: string[]) => execa('podman', args, {env: {CONTAINERS_CONF: join(tmp, 'containers.conf')}, reject: false})
-  const createPod = (n: string, net = network) => podman(['pod', 'create', '--name', podName(n), '--network', net, '--cgroup-parent', `/${cgroupName}`, '--label', `merbridge-test=${id}`])
+  const createPod = (n: string, net = network) =>
+    podman([
+      'pod',
+      'create',
+      '--name',
+      podName(n),
+      '--network',
+      net,
+      '--cgroup-parent',
+      `/${cgroupName}`,
+      '--label',
+      `merbridge-test=${id}`,
+    ])
   /** Where the runtime put the pod: its namespace (a name under /run/netns) and address. */
   const sandbox = async (n: string) => {
     const infra = (await podman(['pod', 'inspect', podName(n), '--format', '{{.InfraContainerID}}'])).stdout.trim()
-    const [c] = JSON.parse((await podman(['inspect', infra])).stdout) as {NetworkSettings: {SandboxKey: string; Networks: Record<string, {IPAddress: string}>}}[]
+    const [c] = JSON.parse((await podman(['inspect', infra])).stdout) as {
+      NetworkSettings: {SandboxKey: string; Networks: Record<string, {IPAddress: string}>}
+    }[]
     return {netns: c!.NetworkSettings.SandboxKey.replace('/run/netns/', ''), ip: c!.NetworkSettings.Networks[network]!.IPAddress}
   }
   const registered = async () => new Set((await readMaps.netnsPods(inst)).map((p) => p.ip))
   /** A process of the test's in a pod's namespace, in the cgroup merbridge is attached to. */
   const spawnIn = (netns: string, label: string, command: string, args: string[]) => {
-    const p = new LabProcess(label, 'sh', ['-c', 'echo $$ > "$0" && exec "$@"', join(cgroup, 'sidecars', 'cgroup.procs'), 'ip', 'netns', 'exec', netns, command, ...args])
+    const p = new LabProcess(label, 'sh', [
+      '-c',
+      'echo $$ > "$0" && exec "$@"',
+      join(cgroup, 'sidecars', 'cgroup.procs'),
+      'ip',
+      'netns',
+      'exec',
+      netns,
+      command,
+      ...args,
+    ])
     processes.push(p)
     return p
   }
-  const listening = async (netns: string, port: number) => (await execa('ip', ['netns', 'exec', netns, 'ss', '-Htln', `sport = :${port}`])).stdout.trim() !== ''
+  const listening = async (netns: string, port: number) =>
+    (await execa('ip', ['netns', 'exec', netns, 'ss', '-Htln', `sport = :${port}`])).stdout.trim() !== ''
   const startSidecar = async (n: string, netns: string) => {
     const cfg = join(tmp, `haproxy-${n}.cfg`)
     writeFileSync(cfg, haproxyConfig(mesh, {maxconn: 256}))
-    const p = spawnIn(netns, `sidecar of ${n}`, 'prlimit', ['--nofile=2048:2048', 'setpriv', '--reuid', String(mesh.sidecarUid), '--regid', String(mesh.sidecarGid), '--clear-groups', 'haproxy', '-db', '-f', cfg])
-    await eventually(`the sidecar of ${n} listens`, async () => (await listening(netns, mesh.outboundPort)) && (await listening(netns, mesh.inboundPort)), () => p.stderr)
+    const p = spawnIn(netns, `sidecar of ${n}`, 'prlimit', [
+      '--nofile=2048:2048',
+      'setpriv',
+      '--reuid',
+      String(mesh.sidecarUid),
+      '--regid',
+      String(mesh.sidecarGid),
+      '--clear-groups',
+      'haproxy',
+      '-db',
+      '-f',
+      cfg,
+    ])
+    await eventually(
+      `the sidecar of ${n} listens`,
+      async () => (await listening(netns, mesh.outboundPort)) && (await listening(netns, mesh.inboundPort)),
+      () => p.stderr,
+    )
     return p
   }
   /** The lab's app in a container of the pod, the package mounted read-only. */
-  const appContainer = (n: string, args: string[], detach = false) => ['run', ...(detach ? ['-d'] : []), '--pod', podName(n), '--name', podName(`${n}-app`), '--volume', `${ROOT}:/mb:ro`, image, 'node', '/mb/dist/lab/http-app.js', ...args]
-  const addTimes = () => [...agentOut.matchAll(/cni: \S+ registered in \S+ before its first container \(([\d.]+) ms\)/g)].map((m) => Number(m[1]))
+  const appContainer = (n: string, args: string[], detach = false) => [
+    'run',
+    ...(detach ? ['-d'] : []),
+    '--pod',
+    podName(n),
+    '--name',
+    podName(`${n}-app`),
+    '--volume',
+    `${ROOT}:/mb:ro`,
+    image,
+    'node',
+    '/mb/dist/lab/http-app.js',
+    ...args,
+  ]
+  const addTimes = () =>
+    [...agentOut.matchAll(/cni: \S+ registered in \S+ before its first container \(([\d.]+) ms\)/g)].map((m) => Number(m[1]))
 
   before(async () => {
     const base = await execa('bash', [join(ROOT, 'scripts', 'image.sh'), '--base'], {reject: false})
@@ -101,15 +156,47 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     )
     mkdirSync(join(cgroup, 'sidecars'), {recursive: true})
     await api.start()
-    for (const [n, meshed] of [['web', true], ['server', false], ['shop', true], ...Array.from({length: MANY}, (_, i) => [`p${i}`, true] as const), ...Array.from({length: ONE_BY_ONE}, (_, i) => [`q${i}`, true] as const)] as const) {
+    for (const [n, meshed] of [
+      ['web', true],
+      ['server', false],
+      ['shop', true],
+      ...Array.from({length: MANY}, (_, i) => [`p${i}`, true] as const),
+      ...Array.from({length: ONE_BY_ONE}, (_, i) => [`q${i}`, true] as const),
+    ] as const) {
       // being set up: the API has no address for it yet
       api.add({...makePod(podName(n), '', hostname(), meshed), status: {phase: 'Pending'}})
     }
     const kubeconfig = api.writeKubeconfig(join(tmp, 'kubeconfig'))
-    agent = execa(process.execPath, [BIN, 'enable', '--watch', '--cgroup', cgroup, '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname(), '--cni-socket', join(tmp, 'cni.sock'), '--cni-conf-dir', confDir, '--cni-bin-dir', binDir], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+    agent = execa(
+      process.execPath,
+      [
+        BIN,
+        'enable',
+        '--watch',
+        '--cgroup',
+        cgroup,
+        '--bpffs',
+        install.bpffs,
+        '--kubeconfig',
+        kubeconfig,
+        '--node',
+        hostname(),
+        '--cni-socket',
+        join(tmp, 'cni.sock'),
+        '--cni-conf-dir',
+        confDir,
+        '--cni-bin-dir',
+        binDir,
+      ],
+      {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+    )
     agent.stdout?.on('data', (d: Buffer) => (agentOut += d.toString()))
     agent.stderr?.on('data', (d: Buffer) => (agentOut += d.toString()))
-    await eventually('merbridge-cni is the last plugin of the configuration', () => existsSync(join(binDir, 'merbridge-cni')) && readFileSync(conflist, 'utf8').includes('merbridge-cni'), () => agentOut.slice(-2000))
+    await eventually(
+      'merbridge-cni is the last plugin of the configuration',
+      () => existsSync(join(binDir, 'merbridge-cni')) && readFileSync(conflist, 'utf8').includes('merbridge-cni'),
+      () => agentOut.slice(-2000),
+    )
   })
 
   after(async () => {
@@ -121,7 +208,10 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     await cli(['disable', '--bpffs', install.bpffs], install.env)
     await api.stop()
     // what the bridge plugin and host-local made for this network
-    for (const [dev, net] of [[bridge, network], [plain.bridge, plain.network]] as const) {
+    for (const [dev, net] of [
+      [bridge, network],
+      [plain.bridge, plain.network],
+    ] as const) {
       await execa('ip', ['link', 'del', dev], {reject: false})
       rmSync(join('/var/lib/cni/networks', net), {recursive: true, force: true})
     }
@@ -151,7 +241,9 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     const answer = JSON.parse(run.stdout.trim().split('\n').at(-1)!) as {status: number; body: string}
     assert.equal(answer.status, 200)
     assert.equal((JSON.parse(answer.body) as {remoteAddress: string}).remoteAddress, web.ip, 'it left with the pod address')
-    const passed = parseSidecarLog(sidecar.stdout).filter((l) => l.backend === 'outbound_passthrough' && l.originalDst === `${server.ip}:${APP_PORT}`)
+    const passed = parseSidecarLog(sidecar.stdout).filter(
+      (l) => l.backend === 'outbound_passthrough' && l.originalDst === `${server.ip}:${APP_PORT}`,
+    )
     assert.equal(passed.length, 1, `the request passed the outbound sidecar: ${sidecar.stdout}`)
   })
 
@@ -200,8 +292,31 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     // a pod the API does not know: the agent cannot tell its rules
     const out = join(tmp, 'ghost')
     mkdirSync(out)
-    await podman(['pod', 'create', '--name', podName('ghost'), '--network', network, '--cgroup-parent', `/${cgroupName}`, '--label', `merbridge-test=${id}`])
-    await podman(['create', '--pod', podName('ghost'), '--name', podName('ghost-app'), '--volume', `${out}:/out`, image, 'node', '-e', "require('fs').writeFileSync('/out/ran', '')"])
+    await podman([
+      'pod',
+      'create',
+      '--name',
+      podName('ghost'),
+      '--network',
+      network,
+      '--cgroup-parent',
+      `/${cgroupName}`,
+      '--label',
+      `merbridge-test=${id}`,
+    ])
+    await podman([
+      'create',
+      '--pod',
+      podName('ghost'),
+      '--name',
+      podName('ghost-app'),
+      '--volume',
+      `${out}:/out`,
+      image,
+      'node',
+      '-e',
+      "require('fs').writeFileSync('/out/ran', '')",
+    ])
     const start = await podman(['pod', 'start', podName('ghost')])
     assert.notEqual(start.exitCode, 0)
     assert.match(start.stderr, /merbridge-cni: pod .*ghost.* is not known to the agent yet/)
@@ -216,16 +331,28 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     for (const [i, s] of starts.entries()) assert.equal(s.exitCode, 0, `${names[i]}: ${s.stderr}`)
     const ips = await Promise.all(names.map(async (n) => (await sandbox(n)).ip))
     const now = await registered()
-    assert.deepEqual(ips.filter((ip) => !now.has(ip)), [], 'every pod is registered')
-    const ms = addTimes().slice(before).sort((a, b) => a - b)
+    assert.deepEqual(
+      ips.filter((ip) => !now.has(ip)),
+      [],
+      'every pod is registered',
+    )
+    const ms = addTimes()
+      .slice(before)
+      .sort((a, b) => a - b)
     assert.equal(ms.length, MANY)
     const at = (q: number) => ms[Math.min(ms.length - 1, Math.ceil(q * ms.length) - 1)]
-    console.log(`ADD of ${MANY} pods started at once, as the agent served it: p50 ${at(0.5)} ms, p99 ${at(0.99)} ms, slowest ${ms.at(-1)} ms`)
+    console.log(
+      `ADD of ${MANY} pods started at once, as the agent served it: p50 ${at(0.5)} ms, p99 ${at(0.99)} ms, slowest ${ms.at(-1)} ms`,
+    )
 
     const rm = await podman(['pod', 'rm', '-f', ...names.map(podName)])
     assert.equal(rm.exitCode, 0, rm.stderr)
     const left = await registered()
-    assert.deepEqual(ips.filter((ip) => left.has(ip)), [], 'podman rm released every pod')
+    assert.deepEqual(
+      ips.filter((ip) => left.has(ip)),
+      [],
+      'podman rm released every pod',
+    )
   })
 
   it('adds to one pod start about what its ADD takes', async () => {
@@ -246,7 +373,9 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     assert.equal(addTimes().length - before, ONE_BY_ONE, 'every pod of the first network was registered by its ADD')
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
     const adds = addTimes().slice(before)
-    console.log(`podman pod start, one at a time (median of ${ONE_BY_ONE}): ${median(withIt).toFixed(0)} ms with merbridge-cni, ${median(without).toFixed(0)} ms without; ADD as the agent served it ${median(adds).toFixed(1)} ms`)
+    console.log(
+      `podman pod start, one at a time (median of ${ONE_BY_ONE}): ${median(withIt).toFixed(0)} ms with merbridge-cni, ${median(without).toFixed(0)} ms without; ADD as the agent served it ${median(adds).toFixed(1)} ms`,
+    )
     await podman(['pod', 'rm', '-f', ...[...withIt.keys()].flatMap((i) => [podName(`q${i}`), podName(`r${i}`)])])
   })
 

@@ -32,7 +32,8 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
   const confDir = join(tmp, 'net.d')
   const binDir = join(tmp, 'bin')
   const conflist = join(confDir, '87-podman-bridge.conflist')
-  const ORIGINAL = '{\n\t"cniVersion": "0.4.0",\n\t"name": "podman",\n\t"plugins": [\n\t\t{"type": "bridge", "bridge": "cni-podman0"},\n\t\t{"type": "portmap", "capabilities": {"portMappings": true}}\n\t]\n}\n'
+  const ORIGINAL =
+    '{\n\t"cniVersion": "0.4.0",\n\t"name": "podman",\n\t"plugins": [\n\t\t{"type": "bridge", "bridge": "cni-podman0"},\n\t\t{"type": "portmap", "capabilities": {"portMappings": true}}\n\t]\n}\n'
   const pluginTypes = () => (JSON.parse(readFileSync(conflist, 'utf8')) as {plugins: {type: string}[]}).plugins.map((p) => p.type)
   let agent: ResultPromise | undefined
   let agentOut = ''
@@ -40,20 +41,53 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
 
   /** One call of the plugin, as the runtime makes it. */
   const call = async (command: string, pod: string, opts: {socket?: string; ip?: string; namespace?: string} = {}) => {
-    const prevResult = {cniVersion: '1.0.0', interfaces: [{name: 'eth0', sandbox: `/run/netns/${lab.pod(pod).netns}`}], ips: [{address: `${opts.ip ?? lab.pod(pod).ip}/24`, interface: 0}]}
+    const prevResult = {
+      cniVersion: '1.0.0',
+      interfaces: [{name: 'eth0', sandbox: `/run/netns/${lab.pod(pod).netns}`}],
+      ips: [{address: `${opts.ip ?? lab.pod(pod).ip}/24`, interface: 0}],
+    }
     const config = {cniVersion: '1.0.0', name: 'lab', type: 'merbridge-cni', socket: opts.socket ?? socket, prevResult}
     const started = performance.now()
     const r = await execa(plugin, [], {
       input: JSON.stringify(config),
       reject: false,
-      env: {CNI_COMMAND: command, CNI_CONTAINERID: `sandbox-${pod}`, CNI_NETNS: `/run/netns/${lab.pod(pod).netns}`, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni', CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${opts.namespace ?? 'lab'};K8S_POD_NAME=${pod}`},
+      env: {
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: `sandbox-${pod}`,
+        CNI_NETNS: `/run/netns/${lab.pod(pod).netns}`,
+        CNI_IFNAME: 'eth0',
+        CNI_PATH: '/usr/lib/cni',
+        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${opts.namespace ?? 'lab'};K8S_POD_NAME=${pod}`,
+      },
     })
     return {code: r.exitCode, out: r.stdout, ms: performance.now() - started, prevResult}
   }
   let kubeconfigFile = ''
   const startAgent = async () => {
     agentOut = ''
-    agent = execa(process.execPath, [BIN, 'enable', '--watch', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--kubeconfig', kubeconfigFile, '--node', hostname(), '--cni-socket', socket, '--cni-conf-dir', confDir, '--cni-bin-dir', binDir], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+    agent = execa(
+      process.execPath,
+      [
+        BIN,
+        'enable',
+        '--watch',
+        '--cgroup',
+        lab.cgroup,
+        '--bpffs',
+        install.bpffs,
+        '--kubeconfig',
+        kubeconfigFile,
+        '--node',
+        hostname(),
+        '--cni-socket',
+        socket,
+        '--cni-conf-dir',
+        confDir,
+        '--cni-bin-dir',
+        binDir,
+      ],
+      {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+    )
     agent.stdout?.on('data', (d: Buffer) => (agentOut += d.toString()))
     agent.stderr?.on('data', (d: Buffer) => (agentOut += d.toString()))
     await eventually('the agent serves CNI calls', () => agentOut.includes('serving CNI calls'))
@@ -61,7 +95,12 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
   const registered = async () => new Set((await readMaps.netnsPods(inst)).map((p) => p.ip))
 
   before(async () => {
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'c', meshed: false}, ...BATCH.map((name) => ({name, meshed: true}))])
+    await lab.create([
+      {name: 'a', meshed: true},
+      {name: 'b', meshed: true},
+      {name: 'c', meshed: false},
+      ...BATCH.map((name) => ({name, meshed: true})),
+    ])
     for (const p of ['a', 'b']) await lab.startSidecar(p)
     await lab.startApp('b')
     await lab.startApp('c')
@@ -145,7 +184,10 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
     const adds = await Promise.all(BATCH.map((p) => call('ADD', p)))
     for (const [i, r] of adds.entries()) assert.equal(r.code, 0, `${BATCH[i]}: ${r.out}`)
     const now = await registered()
-    assert.deepEqual(BATCH.filter((p) => !now.has(lab.pod(p).ip)), [])
+    assert.deepEqual(
+      BATCH.filter((p) => !now.has(lab.pod(p).ip)),
+      [],
+    )
     const ms = adds.map((r) => r.ms).sort((x, y) => x - y)
     console.log(`${BATCH.length} ADDs at once: fastest ${ms[0]?.toFixed(1)} ms, slowest ${ms.at(-1)?.toFixed(1)} ms`)
     for (const r of await Promise.all(BATCH.map((p) => call('DEL', p)))) assert.equal(r.code, 0)
@@ -153,7 +195,10 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
 
   it("comes back into the configuration when the node's CNI rewrites it", async () => {
     writeFileSync(conflist, ORIGINAL.replace('cni-podman0', 'cni-podman1'))
-    await eventually('merbridge-cni is back in the rewritten configuration', () => pluginTypes().join(',') === 'bridge,portmap,merbridge-cni')
+    await eventually(
+      'merbridge-cni is back in the rewritten configuration',
+      () => pluginTypes().join(',') === 'bridge,portmap,merbridge-cni',
+    )
     assert.match(readFileSync(conflist, 'utf8'), /cni-podman1/)
     writeFileSync(conflist, ORIGINAL) // as it was
     await eventually('merbridge-cni is back again', () => pluginTypes().at(-1) === 'merbridge-cni')

@@ -44,7 +44,11 @@ function ulimits(): string[] {
 }
 
 /** The podman run of a pod's first container, as a kubelet would start it on this node. */
-function podmanArgs(ds: k8s.V1DaemonSet, name: string, opts: {hostPaths: Record<string, string>; env: Record<string, string>; replace: [string, string][]; extraMounts: string[]}): string[] {
+function podmanArgs(
+  ds: k8s.V1DaemonSet,
+  name: string,
+  opts: {hostPaths: Record<string, string>; env: Record<string, string>; replace: [string, string][]; extraMounts: string[]},
+): string[] {
   const pod = ds.spec!.template.spec!
   const c = pod.containers[0]!
   const sc = c.securityContext
@@ -60,7 +64,8 @@ function podmanArgs(ds: k8s.V1DaemonSet, name: string, opts: {hostPaths: Record<
   for (const m of c.volumeMounts ?? []) {
     const host = volumes.get(m.name)!
     const source = opts.hostPaths[host] ?? host
-    if (!opts.hostPaths[host] && (pod.volumes ?? []).find((v) => v.name === m.name)?.hostPath?.type === 'DirectoryOrCreate') mkdirSync(source, {recursive: true})
+    if (!opts.hostPaths[host] && (pod.volumes ?? []).find((v) => v.name === m.name)?.hostPath?.type === 'DirectoryOrCreate')
+      mkdirSync(source, {recursive: true})
     const flags = [m.readOnly ? 'ro' : 'rw', ...(m.mountPropagation === 'HostToContainer' ? ['rslave'] : [])]
     args.push('--volume', `${source}:${m.mountPath}:${flags.join(',')}`)
   }
@@ -70,7 +75,11 @@ function podmanArgs(ds: k8s.V1DaemonSet, name: string, opts: {hostPaths: Record<
   Object.assign(env, opts.env)
   for (const [k, v] of Object.entries(env)) args.push('--env', `${k}=${v}`)
   // $(VAR) in args, as the kubelet expands them; then the test's own pin folder
-  const expand = (s: string) => opts.replace.reduce((t, [from, to]) => t.replaceAll(from, to), s.replace(/\$\((\w+)\)/g, (_, v: string) => env[v] ?? ''))
+  const expand = (s: string) =>
+    opts.replace.reduce(
+      (t, [from, to]) => t.replaceAll(from, to),
+      s.replace(/\$\((\w+)\)/g, (_, v: string) => env[v] ?? ''),
+    )
   args.push('--entrypoint', c.command![0]!, IMAGE, ...c.command!.slice(1).map(expand), ...(c.args ?? []).map(expand))
   return args
 }
@@ -101,7 +110,14 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
       reject: false,
       // the socket where the test's run folder is (the manifest's /run/merbridge)
       input: JSON.stringify({cniVersion: '1.0.0', name: 'podman', type: 'merbridge-cni', socket: join(runDir, 'cni.sock'), prevResult}),
-      env: {CNI_COMMAND: 'ADD', CNI_CONTAINERID: `sandbox-${pod}`, CNI_NETNS: `/var/run/netns/${lab.pod(pod).netns}`, CNI_IFNAME: 'eth0', CNI_PATH: cniBin, CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=${pod}`},
+      env: {
+        CNI_COMMAND: 'ADD',
+        CNI_CONTAINERID: `sandbox-${pod}`,
+        CNI_NETNS: `/var/run/netns/${lab.pod(pod).netns}`,
+        CNI_IFNAME: 'eth0',
+        CNI_PATH: cniBin,
+        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=${pod}`,
+      },
     })
   }
 
@@ -141,7 +157,11 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
   before(async () => {
     const image = await execa('bash', [join(ROOT, 'scripts', 'image.sh'), IMAGE.replace('localhost/', '')], {reject: false})
     assert.equal(image.exitCode, 0, `${image.stdout.slice(-2000)}\n${image.stderr.slice(-2000)}`)
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'c', meshed: true}])
+    await lab.create([
+      {name: 'a', meshed: true},
+      {name: 'b', meshed: true},
+      {name: 'c', meshed: true},
+    ])
     for (const p of ['a', 'b', 'c']) await lab.startSidecar(p)
     await lab.startApp('b')
     await lab.startApp('c')
@@ -169,15 +189,26 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
     mkdirSync(runDir)
     // a first enable held at its attach step for as long as a test needs (a big node's first enable)
     mkdirSync(hold)
-    writeFileSync(join(hold, 'bpftool'), '#!/bin/sh\ncase "$*" in *"cgroup attach"*) touch /hold/attaching; while [ ! -e /hold/go ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n', {mode: 0o755})
-    const slow = {...common, env: {...common.env, MERBRIDGE_BPFTOOL: '/hold/bpftool'}, extraMounts: [...common.extraMounts, `${hold}:/hold:rw`]}
+    writeFileSync(
+      join(hold, 'bpftool'),
+      '#!/bin/sh\ncase "$*" in *"cgroup attach"*) touch /hold/attaching; while [ ! -e /hold/go ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n',
+      {mode: 0o755},
+    )
+    const slow = {
+      ...common,
+      env: {...common.env, MERBRIDGE_BPFTOOL: '/hold/bpftool'},
+      extraMounts: [...common.extraMounts, `${hold}:/hold:rw`],
+    }
     started = {ds: podmanArgs(ds, names.ds, common), un: podmanArgs(un, names.un, common), slow: podmanArgs(ds, names.ds, slow)}
   })
 
   after(async () => {
     for (const n of Object.values(names)) await podman(['rm', '-f', '-t', '0', n])
     // whatever a failed test left: disabled from the host, with the record the containers kept
-    await execa(process.execPath, [join(ROOT, 'bin', 'run.js'), 'disable', '--bpffs', install.bpffs], {reject: false, env: {MERBRIDGE_RUN_DIR: runDir}})
+    await execa(process.execPath, [join(ROOT, 'bin', 'run.js'), 'disable', '--bpffs', install.bpffs], {
+      reject: false,
+      env: {MERBRIDGE_RUN_DIR: runDir},
+    })
     await api.stop()
     await lab.destroy()
     install.cleanup()
@@ -198,14 +229,22 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
   })
 
   it("puts merbridge-cni into the node's CNI configuration, and registers a pod the runtime sets up", async () => {
-    await awaiting('merbridge-cni in the configuration', names.ds, () => Promise.resolve(existsSync(join(cniBin, 'merbridge-cni')) && readFileSync(conflist, 'utf8').includes('merbridge-cni')))
+    await awaiting('merbridge-cni in the configuration', names.ds, () =>
+      Promise.resolve(existsSync(join(cniBin, 'merbridge-cni')) && readFileSync(conflist, 'utf8').includes('merbridge-cni')),
+    )
     const plugins = (JSON.parse(readFileSync(conflist, 'utf8')) as {plugins: {type: string; socket?: string}[]}).plugins
-    assert.deepEqual(plugins.map((p) => p.type), ['bridge', 'merbridge-cni'])
+    assert.deepEqual(
+      plugins.map((p) => p.type),
+      ['bridge', 'merbridge-cni'],
+    )
     assert.equal(plugins[1]?.socket, '/run/merbridge/cni.sock', 'the socket at the path the manifest mounts from the node')
     assert.equal((await status()).cni, true, 'CNI mode')
     const add = await cniAdd('c')
     assert.equal(add.exitCode, 0, `${add.stdout}\n${await logs(names.ds)}`)
-    assert.ok((await status()).pods?.meshed.some((p) => p.name === 'c'), 'c registered in the namespace the runtime named')
+    assert.ok(
+      (await status()).pods?.meshed.some((p) => p.name === 'c'),
+      'c registered in the namespace the runtime named',
+    )
     const before = await lab.sidecarSessions('c')
     assert.equal((await lab.get('a', `http://${lab.pod('c').ip}:${APP_PORT}/whoami`)).status, 200)
     const after = await lab.sidecarSessions('c')
@@ -239,16 +278,30 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
 
   it('uninstalls from its own container: no program, pin, filter or record left; then a slow first enable installs cleanly again', async () => {
     await start('un')
-    await awaiting('the uninstall to finish', names.un, async () => (await podman(['exec', names.un, 'test', '-e', '/tmp/done'])).exitCode === 0)
+    await awaiting(
+      'the uninstall to finish',
+      names.un,
+      async () => (await podman(['exec', names.un, 'test', '-e', '/tmp/done'])).exitCode === 0,
+    )
     assert.match(await logs(names.un), /merbridge is disabled/)
     assert.deepEqual(await bpftool.cgroupShow(lab.cgroup), [], 'nothing attached to the cgroup')
-    assert.deepEqual(readdirSync('/sys/fs/bpf').filter((n) => install.bpffs.endsWith(n)), [], 'no pins')
-    assert.deepEqual(readdirSync(runDir).filter((n) => !n.startsWith('.')), [], 'no record')
+    assert.deepEqual(
+      readdirSync('/sys/fs/bpf').filter((n) => install.bpffs.endsWith(n)),
+      [],
+      'no pins',
+    )
+    assert.deepEqual(
+      readdirSync(runDir).filter((n) => !n.startsWith('.')),
+      [],
+      'no record',
+    )
     assert.equal(readFileSync(conflist, 'utf8'), CONFLIST, 'the CNI configuration as it was')
     assert.deepEqual(readdirSync(cniConf), [basename(conflist)], 'no backup left beside it')
     assert.ok(!existsSync(join(cniBin, 'merbridge-cni')), 'no plugin')
     for (const p of ['a', 'b']) {
-      const filters = await execa('ip', ['netns', 'exec', lab.pod(p).netns, 'tc', 'filter', 'show', 'dev', 'eth0', 'ingress'], {reject: false})
+      const filters = await execa('ip', ['netns', 'exec', lab.pod(p).netns, 'tc', 'filter', 'show', 'dev', 'eth0', 'ingress'], {
+        reject: false,
+      })
       assert.doesNotMatch(filters.stdout, /mb_tc_inbound/, `pod ${p}`)
     }
     await podman(['rm', '-f', '-t', '0', names.un])

@@ -21,11 +21,37 @@ import type {EnableResult} from '../../src/commands/enable.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
 import type {MapDump} from '../../src/datapath/dump-maps.js'
 import type {StatusReport} from '../../src/datapath/status.js'
-import {assertAllThroughSidecars, BIN, cli, eventually, kernelSkipReason, parseJson, requestsDuring, ROOT, rowsOf, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {
+  assertAllThroughSidecars,
+  BIN,
+  cli,
+  eventually,
+  kernelSkipReason,
+  parseJson,
+  requestsDuring,
+  ROOT,
+  rowsOf,
+  uniqueInstall,
+  suiteTimeout,
+} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])
 // written out, not taken from PROGRAMS: a program that is not loaded or attached must fail these
-const ALL_PROGRAMS = ['mb_connect4', 'mb_connect6', 'mb_getpeername4', 'mb_getpeername6', 'mb_getsockopt', 'mb_inbound_guard', 'mb_msg_redirect', 'mb_recvmsg4', 'mb_recvmsg6', 'mb_sendmsg4', 'mb_sendmsg6', 'mb_sockops', 'mb_tc_inbound']
+const ALL_PROGRAMS = [
+  'mb_connect4',
+  'mb_connect6',
+  'mb_getpeername4',
+  'mb_getpeername6',
+  'mb_getsockopt',
+  'mb_inbound_guard',
+  'mb_msg_redirect',
+  'mb_recvmsg4',
+  'mb_recvmsg6',
+  'mb_sendmsg4',
+  'mb_sendmsg6',
+  'mb_sockops',
+  'mb_tc_inbound',
+]
 
 describe('datapath on the kernel', {skip, timeout: suiteTimeout(240_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
@@ -62,7 +88,12 @@ describe('datapath on the kernel', {skip, timeout: suiteTimeout(240_000)}, () =>
 
   before(async () => {
     // a, b: meshed with sidecars; c: no sidecar; d: a pod merbridge was not told about
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'c', meshed: false}, {name: 'd', meshed: false}])
+    await lab.create([
+      {name: 'a', meshed: true},
+      {name: 'b', meshed: true},
+      {name: 'c', meshed: false},
+      {name: 'd', meshed: false},
+    ])
     for (const p of ['a', 'b']) sidecars.set(p, await lab.startSidecar(p))
     for (const p of ['b', 'c']) await lab.startApp(p)
   })
@@ -118,7 +149,10 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
   })
 
   it('enables on the test cgroup and registers both meshed pods', async () => {
-    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    const r = await cli(
+      ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+      install.env,
+    )
     assert.equal(r.code, 0, r.stderr + r.stdout)
     const out = parseJson<EnableResult>(r.stdout)
     assert.equal(out.cgroup, lab.cgroup)
@@ -140,7 +174,10 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
   })
 
   it('is safe to enable again: reports it and reloads the pods', async () => {
-    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    const r = await cli(
+      ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+      install.env,
+    )
     assert.equal(r.code, 0, r.stderr)
     assert.equal(parseJson<EnableResult>(r.stdout).mode, 'resync')
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
@@ -159,13 +196,22 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
       await stream.flowingPast(0, 'before reading the maps')
       // the stream is held open: every socket of its four legs is in the map now
       const sockets = await readMaps.sockets(inst)
-      const has = (local: string, remote: string) => sockets.some((s) => `${s.pair.localIp}:${s.pair.localPort}` === local && s.pair.remoteIp === remote.split(':')[0] && (remote.includes(':') ? String(s.pair.remotePort) === remote.split(':')[1] : true))
+      const has = (local: string, remote: string) =>
+        sockets.some(
+          (s) =>
+            `${s.pair.localIp}:${s.pair.localPort}` === local &&
+            s.pair.remoteIp === remote.split(':')[0] &&
+            (remote.includes(':') ? String(s.pair.remotePort) === remote.split(':')[1] : true),
+        )
       // the app's connection keeps the pod's address as its source, as REDIRECT would leave it
       assert.ok(has(`127.0.0.1:15001`, lab.pod('a').ip), 'the outbound sidecar end of the app connection')
       // a's sidecar calls b:8080 and b's capture hands it over: b's end is keyed at the port called
       // (where tc rewrote it to 15006 too), so each end finds the other
       assert.ok(has(`${lab.pod('b').ip}:${APP_PORT}`, lab.pod('a').ip), "pod b's inbound sidecar end")
-      assert.ok(sockets.some((s) => s.pair.localIp === lab.pod('a').ip && s.pair.remoteIp === lab.pod('b').ip && s.pair.remotePort === APP_PORT), "pod a's sidecar end")
+      assert.ok(
+        sockets.some((s) => s.pair.localIp === lab.pod('a').ip && s.pair.remoteIp === lab.pod('b').ip && s.pair.remotePort === APP_PORT),
+        "pod a's sidecar end",
+      )
       const originals = await readMaps.originals(inst)
       assert.ok(originals.some((o) => o.origin.ip === lab.pod('b').ip && o.origin.port === APP_PORT))
     } finally {
@@ -205,18 +251,36 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
       assert.ok(loop, `no loopback leg to 15001 in ${JSON.stringify(sockets)}`)
       assert.match(loop.netns, /^[1-9]\d*$/, 'loopback legs carry the netns cookie')
       const orig = rowsOf(maps, 'pair_original_dst').filter((x) => x.originalDst.ip === b && x.originalDst.port === APP_PORT)
-      assert.ok(orig.some((x) => x.flags.includes('outbound') && x.process === 'node'), JSON.stringify(orig))
+      assert.ok(
+        orig.some((x) => x.flags.includes('outbound') && x.process === 'node'),
+        JSON.stringify(orig),
+      )
       // a's sidecar connected to b:8080 itself: b's capture, not a rewrite at a, took it to b's sidecar
       assert.ok(!orig.some((x) => x.flags.includes('inbound')), JSON.stringify(orig))
       assert.ok(rowsOf(maps, 'process_ip').some((x) => x.process === 'haproxy' && x.pod === 'lab/a' && x.podIp === a))
       const localPods = rowsOf(maps, 'local_pod_ips')
       assert.deepEqual(localPods.map((x) => x.pod).sort(), ['lab/a', 'lab/b'])
       assert.equal(localPods[0]!.rules.outboundCidrs, '*')
-      assert.deepEqual(rowsOf(maps, 'netns_pod_ips').map((x) => x.pod).sort(), ['lab/a', 'lab/b'])
+      assert.deepEqual(
+        rowsOf(maps, 'netns_pod_ips')
+          .map((x) => x.pod)
+          .sort(),
+        ['lab/a', 'lab/b'],
+      )
       assert.equal(rowsOf(maps, 'settings')[0]!.outboundPort, 15001)
 
-      const only = parseJson<{maps: MapDump[]}>((await cli(['dump-maps', 'pair_original_dst', 'sock_pair_map', '--pod', 'a', '--limit', '1', '--json', '--bpffs', install.bpffs], install.env)).stdout).maps
-      assert.deepEqual(only.map((m) => m.map), ['pair_original_dst', 'sock_pair_map'])
+      const only = parseJson<{maps: MapDump[]}>(
+        (
+          await cli(
+            ['dump-maps', 'pair_original_dst', 'sock_pair_map', '--pod', 'a', '--limit', '1', '--json', '--bpffs', install.bpffs],
+            install.env,
+          )
+        ).stdout,
+      ).maps
+      assert.deepEqual(
+        only.map((m) => m.map),
+        ['pair_original_dst', 'sock_pair_map'],
+      )
       // one row of pod a from each map; sock_pair_map has more of a's, so the limit did cut
       for (const m of only) {
         assert.equal(m.rows.length, 1, `${m.map}: ${JSON.stringify(m.rows)}`)
@@ -229,7 +293,11 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
 
       // a reader that has gone before the output (`| head`): a quiet exit 0, with or without --json
       for (const args of [['--json'], []]) {
-        const child = execa(process.execPath, [BIN, 'dump-maps', '--bpffs', install.bpffs, ...args], {env: install.env, reject: false, stdin: 'ignore'})
+        const child = execa(process.execPath, [BIN, 'dump-maps', '--bpffs', install.bpffs, ...args], {
+          env: install.env,
+          reject: false,
+          stdin: 'ignore',
+        })
         child.stdout.destroy()
         const r = await child
         assert.equal(r.exitCode, 0, `dump-maps ${args.join(' ')} into a closed pipe: ${r.stderr}`)
@@ -283,7 +351,11 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
       // pinned iterators, and where this kernel lacks one, from a dump of each map it would count
       const without = new Set(report.unavailable.map((u) => u.feature))
       const dumps = report.maps
-        .filter((m) => (m.name === 'sock_pair_map' ? without.has('sockmap-iterator') : without.has('map-element-count') && !['array', 'percpu_array', 'array_of_maps', 'sk_storage'].includes(m.type ?? '')))
+        .filter((m) =>
+          m.name === 'sock_pair_map'
+            ? without.has('sockmap-iterator')
+            : without.has('map-element-count') && !['array', 'percpu_array', 'array_of_maps', 'sk_storage'].includes(m.type ?? ''),
+        )
         .map((m) => `map dump pinned ${install.installation().map(m.name)} -j`)
       assert.deepEqual(readFileSync(calls, 'utf8').trim().split('\n').sort(), ['-j batch file -', ...dumps].sort())
       // the same counts as a dump of each map (read again if a connection of an earlier test was
@@ -311,7 +383,10 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
     assert.equal((await whoami('a', 'c')).remoteAddress, lab.pod('a').ip)
     assert.equal((await logSince('a', mc))[0]?.originalDst, `${lab.pod('c').ip}:${APP_PORT}`)
     // c's own process and a node process: b's PREROUTING would send them to its sidecar; so does merbridge
-    for (const [from, source] of [['c', lab.pod('c').ip], [NODE, NODE_IP]] as const) {
+    for (const [from, source] of [
+      ['c', lab.pod('c').ip],
+      [NODE, NODE_IP],
+    ] as const) {
       const mb = mark('b')
       assert.equal((await whoami(from, 'b')).remoteAddress, '127.0.0.6', `${from} -> b passes b's inbound sidecar`)
       const inbound = (await logSince('b', mb))[0]!
@@ -364,12 +439,20 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
 
     // iptables-legacy reads its table with getsockopt: a result far larger than a page
     const ns = lab.pod('a').netns
-    const rules = Array.from({length: 150}, (_, i) => `-A INPUT -p tcp --dport ${20000 + i} -m comment --comment "merbridge-large-getsockopt-check-${i}" -j ACCEPT`)
+    const rules = Array.from(
+      {length: 150},
+      (_, i) => `-A INPUT -p tcp --dport ${20000 + i} -m comment --comment "merbridge-large-getsockopt-check-${i}" -j ACCEPT`,
+    )
     await execa('ip', ['netns', 'exec', ns, 'iptables-legacy-restore'], {input: `*filter\n${rules.join('\n')}\nCOMMIT\n`})
     try {
       const inside = await lab.exec('a', 'iptables-legacy-save', ['-t', 'filter'])
       const outside = await execa('ip', ['netns', 'exec', ns, 'iptables-legacy-save', '-t', 'filter'])
-      const strip = (s: string) => s.trim().split('\n').filter((l) => !l.startsWith('#')).join('\n')
+      const strip = (s: string) =>
+        s
+          .trim()
+          .split('\n')
+          .filter((l) => !l.startsWith('#'))
+          .join('\n')
       assert.equal((inside.stdout.match(/merbridge-large-getsockopt-check/g) ?? []).length, 150)
       assert.equal(strip(inside.stdout), strip(outside.stdout))
     } finally {
@@ -401,29 +484,36 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
   })
 
   it('replaces changed programs in place, under load: no request fails or skips a sidecar, a stream keeps its bytes', async () => {
-    const before = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
+    const before = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map(
+      (p) => p.id,
+    )
     const mapId = async () => (await bpftool.mapShowPinned(inst.map('sock_pair_map')))?.id
     const sockhash = await mapId()
     let seen = {peers: [] as string[], outbound: 0}
     await streamThrough('the replacement', async () => {
       seen = await requestsDuring(lab, 'a', url('b'), async () => {
         // --rebuild stands in for changed sources: the installation is replaced, not resynced
-        const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+        const r = await cli(
+          ['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+          install.env,
+        )
         assert.equal(r.code, 0, r.stderr + r.stdout)
         assert.equal(parseJson<EnableResult>(r.stdout).mode, 'replace')
         assert.deepEqual(parseJson<EnableResult>(r.stdout).replaced, {how: 'in place'})
       })
     })
     assertAllThroughSidecars(seen)
-    assert.equal(await mapId(), sockhash, 'the maps were kept: the new programs took the old ones\' places on them')
+    assert.equal(await mapId(), sockhash, "the maps were kept: the new programs took the old ones' places on them")
     assert.ok(!existsSync(join(install.bpffs, 'next')), 'no staged pins left')
-    const after = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => p.id)
+    const after = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map(
+      (p) => p.id,
+    )
     assert.equal(after.length, ALL_PROGRAMS.length)
     for (const id of after) assert.ok(id !== undefined && !before.includes(id), `program ${id} is new (before: ${before.join(', ')})`)
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
   })
 
-  it('replaces across a change of the maps\' layout on new maps, under load: every new connection passes both sidecars, a stream keeps its bytes', async () => {
+  it("replaces across a change of the maps' layout on new maps, under load: every new connection passes both sidecars, a stream keeps its bytes", async () => {
     const mapId = async () => (await bpftool.mapShowPinned(inst.map('sock_pair_map')))?.id
     const capacity = async () => (await bpftool.mapShowPinned(inst.map('pair_original_dst')))?.max_entries
     const ready = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList()], install.env)
@@ -435,7 +525,21 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
       let seen = {peers: [] as string[], outbound: 0}
       await streamThrough(`the replacement on maps of ${size} entries`, async () => {
         seen = await requestsDuring(lab, 'a', url('b'), async () => {
-          const r = await cli(['enable', '--max-connections', String(size), '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+          const r = await cli(
+            [
+              'enable',
+              '--max-connections',
+              String(size),
+              '--cgroup',
+              lab.cgroup,
+              '--bpffs',
+              install.bpffs,
+              '--pods-file',
+              lab.writePodList(),
+              '--json',
+            ],
+            install.env,
+          )
           assert.equal(r.code, 0, r.stderr + r.stdout)
           const replaced = parseJson<EnableResult>(r.stdout).replaced
           assert.equal(replaced?.how, 'new maps', JSON.stringify(replaced))
@@ -449,14 +553,24 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
       const status = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
       assert.equal(status.verdict, 'healthy', status.problems.join('; '))
       // only this installation's programs: the previous ones are detached
-      const attached = (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout) as {id: number}[]).map((p) => p.id).sort()
-      assert.deepEqual(attached, status.programs.filter((p) => p.name !== 'mb_msg_redirect' && p.name !== 'mb_tc_inbound').map((p) => p.id).sort())
+      const attached = (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout) as {id: number}[])
+        .map((p) => p.id)
+        .sort()
+      assert.deepEqual(
+        attached,
+        status.programs
+          .filter((p) => p.name !== 'mb_msg_redirect' && p.name !== 'mb_tc_inbound')
+          .map((p) => p.id)
+          .sort(),
+      )
     }
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
   })
 
   it('status says which program is not attached, with a distinct exit code', async () => {
-    const id = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.find((p) => p.name === 'mb_connect4')?.id
+    const id = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.find(
+      (p) => p.name === 'mb_connect4',
+    )?.id
     assert.ok(id, 'mb_connect4 has an id')
     await execa('bpftool', ['cgroup', 'detach', lab.cgroup, 'connect4', 'id', String(id)])
     try {
@@ -471,7 +585,10 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
 
   it('repairs, on the next enable, a node left draining by a killed disable or with a program detached', async () => {
     const enable = async () => {
-      const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+      const r = await cli(
+        ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+        install.env,
+      )
       assert.equal(r.code, 0, r.stderr)
       return parseJson<EnableResult>(r.stdout)
     }
@@ -488,58 +605,91 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
     assert.match(drained.repaired ?? '', /draining/)
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
 
-    const id = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.find((p) => p.name === 'mb_connect4')?.id
+    const id = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.find(
+      (p) => p.name === 'mb_connect4',
+    )?.id
     await execa('bpftool', ['cgroup', 'detach', lab.cgroup, 'connect4', 'id', String(id)])
     const detached = await enable()
     assert.equal(detached.mode, 'replace')
     assert.match(detached.repaired ?? '', /mb_connect4 is pinned but not attached/)
     assert.equal((await cli(['status', '--bpffs', install.bpffs], install.env)).code, 0)
-    assert.equal(parseJson<EnableResult>((await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)).stdout).mode, 'resync', 'a healthy node is only resynced')
+    assert.equal(
+      parseJson<EnableResult>(
+        (await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env))
+          .stdout,
+      ).mode,
+      'resync',
+      'a healthy node is only resynced',
+    )
   })
 
   it('keeps a long stream whole across disable, then restores the direct path and leaves nothing', async () => {
     /** Which of these programs the kernel still holds (freed an RCU grace period after the last reference goes). */
     const loadedOf = async (ids: number[]) =>
-      (await Promise.all(ids.map((id) => execa('bpftool', ['prog', 'show', 'id', String(id)], {reject: false})))).filter((x) => x.exitCode === 0).map((x) => / name (\w+)/.exec(x.stdout)?.[1])
+      (await Promise.all(ids.map((id) => execa('bpftool', ['prog', 'show', 'id', String(id)], {reject: false}))))
+        .filter((x) => x.exitCode === 0)
+        .map((x) => / name (\w+)/.exec(x.stdout)?.[1])
     const disableNow = async () => {
       const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
       assert.equal(d.code, 0, d.stderr)
       return parseJson<DisableResult>(d.stdout)
     }
     // without the socket map iterator (bpf/optional.ts) no socket can be told apart: fallbacks.test.ts forces that path on every kernel
-    const withoutIterator = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).unavailable.some((u) => u.feature === 'sockmap-iterator')
+    const withoutIterator = parseJson<StatusReport>(
+      (await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout,
+    ).unavailable.some((u) => u.feature === 'sockmap-iterator')
     let kept: number[] = []
     // to c (no sidecar): a stream that no inbound port rewriting carries, which ends with tc where
     // a kernel rewrites ports (docs/datapath.md); its legs through a's sidecar are tracked
-    await streamThrough('disable', async () => {
-      const r = await disableNow()
-      const detached = r.detached
-      assert.deepEqual([...new Set(detached.map((x) => x.program))].sort(), ALL_PROGRAMS)
-      // inbound capture came off both registered pods' interfaces
-      assert.deepEqual(detached.filter((x) => x.program === 'mb_tc_inbound').map((x) => x.cgroup.endsWith(' dev eth0')), [true, true])
-      const ids = [...new Set(detached.map((x) => x.id))]
-      const counts = JSON.stringify({released: r.released, unreleased: r.unreleased, unavailable: r.unavailable})
-      if (withoutIterator) {
-        // every tracked socket stays, the stream's legs among them, and holds the sk_msg program
-        assert.ok(r.released === 0 && r.unreleased >= 2 && r.unavailable['sockmap-iterator'], counts)
-        await eventually('every program but the sk_msg one freed while the stream flows', async () => (await loadedOf(ids)).join() === 'mb_msg_redirect')
-        kept = ids
-        return
-      }
-      // the stream's sockets left the sockhash (its legs: app, sidecar), so while it flows on over
-      // TCP nothing of merbridge stays in the kernel: unpinning alone would leave their psocks
-      // holding the sk_msg program, and it the maps, for as long as the connection lived
-      assert.ok(r.released >= 2 && r.unreleased === 0, counts)
-      await eventually('every program of the installation freed while the stream flows', async () => (await loadedOf(ids)).length === 0)
-    }, 'c')
+    await streamThrough(
+      'disable',
+      async () => {
+        const r = await disableNow()
+        const detached = r.detached
+        assert.deepEqual([...new Set(detached.map((x) => x.program))].sort(), ALL_PROGRAMS)
+        // inbound capture came off both registered pods' interfaces
+        assert.deepEqual(
+          detached.filter((x) => x.program === 'mb_tc_inbound').map((x) => x.cgroup.endsWith(' dev eth0')),
+          [true, true],
+        )
+        const ids = [...new Set(detached.map((x) => x.id))]
+        const counts = JSON.stringify({released: r.released, unreleased: r.unreleased, unavailable: r.unavailable})
+        if (withoutIterator) {
+          // every tracked socket stays, the stream's legs among them, and holds the sk_msg program
+          assert.ok(r.released === 0 && r.unreleased >= 2 && r.unavailable['sockmap-iterator'], counts)
+          await eventually(
+            'every program but the sk_msg one freed while the stream flows',
+            async () => (await loadedOf(ids)).join() === 'mb_msg_redirect',
+          )
+          kept = ids
+          return
+        }
+        // the stream's sockets left the sockhash (its legs: app, sidecar), so while it flows on over
+        // TCP nothing of merbridge stays in the kernel: unpinning alone would leave their psocks
+        // holding the sk_msg program, and it the maps, for as long as the connection lived
+        assert.ok(r.released >= 2 && r.unreleased === 0, counts)
+        await eventually('every program of the installation freed while the stream flows', async () => (await loadedOf(ids)).length === 0)
+      },
+      'c',
+    )
     await eventually('the sk_msg program freed once the tracked connections closed', async () => (await loadedOf(kept)).length === 0)
 
     // a reader that stops reading with 8 MiB moved to its socket: deleting that socket from the
     // sockhash would drop the data with its psock, so disable leaves it there, and says so
-    const e = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    const e = await cli(
+      ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+      install.env,
+    )
     assert.equal(e.code, 0, e.stderr)
     const gate = join(lab.tmp, 'stalled-reader-go')
-    const stalled = lab.spawn('a', 'stalled reader', 'python3', ['-c', STALLED_READER, lab.pod('c').ip, String(APP_PORT), String(EIGHT_MIB), gate])
+    const stalled = lab.spawn('a', 'stalled reader', 'python3', [
+      '-c',
+      STALLED_READER,
+      lab.pod('c').ip,
+      String(APP_PORT),
+      String(EIGHT_MIB),
+      gate,
+    ])
     await stalled.waitFor(/^waiting/m, 'the stalled reader connected')
     const r = await disableNow()
     if (withoutIterator) assert.ok(r.unreleased >= 1, JSON.stringify({released: r.released, unreleased: r.unreleased}))

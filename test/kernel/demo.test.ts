@@ -37,7 +37,8 @@ describe('merbridge demo', {skip, timeout: suiteTimeout(300_000)}, () => {
     assert.equal(facts.failure, undefined)
     assert.equal(facts.benchSkipped, undefined)
     assert.equal(facts.bench!.scenario, 'keepalive')
-    for (const m of ['direct', 'iptables', 'ebpf'] as const) assert.ok(facts.bench!.modes[m].requestsPerSec > 0 && facts.bench!.modes[m].errors === 0, m)
+    for (const m of ['direct', 'iptables', 'ebpf'] as const)
+      assert.ok(facts.bench!.modes[m].requestsPerSec > 0 && facts.bench!.modes[m].errors === 0, m)
     assert.ok(Number.isFinite(facts.bench!.ratios.requestsPerSec.median))
     assert.equal(await leftovers(), before)
   })
@@ -61,7 +62,10 @@ describe('merbridge demo', {skip, timeout: suiteTimeout(300_000)}, () => {
     const facts = parseJson<DemoFacts>(r.stdout)
     assert.match(facts.failure!.step, /Enable merbridge/)
     assert.ok(facts.claims[0]!.shown, 'the direct path was shown before the failure')
-    assert.deepEqual(facts.claims.filter((claim) => !claim.shown).map((claim) => claim.text.includes('not shown')), [true, true])
+    assert.deepEqual(
+      facts.claims.filter((claim) => !claim.shown).map((claim) => claim.text.includes('not shown')),
+      [true, true],
+    )
     assert.equal(facts.cleanedUp, true)
     assert.equal(facts.benchSkipped, 'the demo did not complete')
     assert.equal(await leftovers(), before)

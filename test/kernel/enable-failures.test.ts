@@ -71,7 +71,10 @@ function alive(pid: number): boolean {
 function heldTool(dir: string): {tool: string; mark: string} {
   const mark = join(dir, 'attaching')
   const tool = join(dir, 'held-bpftool')
-  writeFileSync(tool, `#!/bin/sh\ncase "$*" in *"cgroup attach"*) echo $$ > "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`)
+  writeFileSync(
+    tool,
+    `#!/bin/sh\ncase "$*" in *"cgroup attach"*) echo $$ > "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`,
+  )
   chmodSync(tool, 0o755)
   return {tool, mark}
 }
@@ -95,20 +98,58 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     assert.ok(!existsSync(inst.dir), `pins left in ${inst.dir}`)
     assert.ok(!existsSync(inst.stateFile), 'state file left')
     const tree = JSON.parse((await execa('bpftool', ['cgroup', 'tree', '-j'])).stdout) as {cgroup: string}[]
-    assert.deepEqual(tree.filter((t) => t.cgroup.startsWith(lab.cgroup)), [], 'programs left attached')
+    assert.deepEqual(
+      tree.filter((t) => t.cgroup.startsWith(lab.cgroup)),
+      [],
+      'programs left attached',
+    )
   }
 
-  const failures: {step: string; title: string; env?: (dir: string) => Record<string, string>; flags?: Record<string, string>; prepare?: (inst: Installation) => () => void}[] = [
+  const failures: {
+    step: string
+    title: string
+    env?: (dir: string) => Record<string, string>
+    flags?: Record<string, string>
+    prepare?: (inst: Installation) => () => void
+  }[] = [
     {step: 'preflight', title: 'Check the node', flags: {'--cgroup': '/proc'}},
-    {step: 'build', title: 'Build the datapath', env: (d) => ({MERBRIDGE_CLANG: faultyTool(d, 'clang'), MERBRIDGE_CACHE_DIR: join(d, 'cache'), MB_FAIL_MATCH: '-target bpf'})},
-    {step: 'load', title: 'Load and pin programs and maps', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'prog loadall', MB_FAIL_AFTER: '1'})},
-    {step: 'configure', title: 'Configure the mesh profile', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file'})},
+    {
+      step: 'build',
+      title: 'Build the datapath',
+      env: (d) => ({MERBRIDGE_CLANG: faultyTool(d, 'clang'), MERBRIDGE_CACHE_DIR: join(d, 'cache'), MB_FAIL_MATCH: '-target bpf'}),
+    },
+    {
+      step: 'load',
+      title: 'Load and pin programs and maps',
+      env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'prog loadall', MB_FAIL_AFTER: '1'}),
+    },
+    {
+      step: 'configure',
+      title: 'Configure the mesh profile',
+      env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file'}),
+    },
     {step: 'read-pods (bad file)', title: 'Read the pods of this node', flags: {'--pods-file': join(tmp, 'bad-pods.json')}},
-    {step: 'read-pods (more pods than the maps hold)', title: 'Read the pods of this node', flags: {'--pods-file': join(tmp, 'many-pods.json')}},
-    {step: 'pods (map writes)', title: 'Register the pods of this node', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_NTH: '2'})},
-    {step: 'attach', title: 'Attach to the cgroup', env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'connect4 pinned', MB_FAIL_AFTER: '1'})},
+    {
+      step: 'read-pods (more pods than the maps hold)',
+      title: 'Read the pods of this node',
+      flags: {'--pods-file': join(tmp, 'many-pods.json')},
+    },
+    {
+      step: 'pods (map writes)',
+      title: 'Register the pods of this node',
+      env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_NTH: '2'}),
+    },
+    {
+      step: 'attach',
+      title: 'Attach to the cgroup',
+      env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'connect4 pinned', MB_FAIL_AFTER: '1'}),
+    },
     // the record's place is taken by a folder: everything before it succeeds, the record cannot be written
-    {step: 'record', title: 'Record the installation', prepare: (inst) => (mkdirSync(inst.stateFile, {recursive: true}), () => rmdirSync(inst.stateFile))},
+    {
+      step: 'record',
+      title: 'Record the installation',
+      prepare: (inst) => (mkdirSync(inst.stateFile, {recursive: true}), () => rmdirSync(inst.stateFile)),
+    },
   ]
 
   for (const f of failures) {
@@ -138,10 +179,30 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
   it('says so in one line and changes nothing when run without privileges', async () => {
     const install = uniqueInstall()
     try {
-      const r = await execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', '--inh-caps=-all', process.execPath, BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
-        reject: false,
-        env: {...install.env, HOME: '/nonexistent', NO_COLOR: '1'},
-      })
+      const r = await execa(
+        'setpriv',
+        [
+          '--reuid',
+          '65534',
+          '--regid',
+          '65534',
+          '--clear-groups',
+          '--inh-caps=-all',
+          process.execPath,
+          BIN,
+          'enable',
+          '--cgroup',
+          lab.cgroup,
+          '--bpffs',
+          install.bpffs,
+          '--pods-file',
+          podsFile,
+        ],
+        {
+          reject: false,
+          env: {...install.env, HOME: '/nonexistent', NO_COLOR: '1'},
+        },
+      )
       assert.equal(r.exitCode, 1, r.stdout + r.stderr)
       const lines = r.stderr.split('\n').filter(Boolean)
       assert.match(lines[0]!, /^Error: merbridge enable needs root: uid 65534 lacks CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF$/)
@@ -169,7 +230,9 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
         const r = await child
         assert.equal(r.exitCode, signal === 'SIGINT' ? 130 : 143, r.stdout + r.stderr)
         const lines = r.stderr.split('\n').filter((l) => l.startsWith('Error:'))
-        assert.deepEqual(lines, [`Error: enable was interrupted by ${signal} during "Attach to the cgroup"; everything it had done was undone`])
+        assert.deepEqual(lines, [
+          `Error: enable was interrupted by ${signal} during "Attach to the cgroup"; everything it had done was undone`,
+        ])
         // the progress names no other step as the one that failed
         assert.doesNotMatch(r.stdout + r.stderr, /FAILED/)
         assert.match(r.stdout, /Record the installation \[SKIPPED: interrupted\]/)
@@ -186,7 +249,10 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'sigkill-'))
     const {tool, mark} = heldTool(dir)
-    const child = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {reject: false, env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'}})
+    const child = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
+      reject: false,
+      env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'},
+    })
     try {
       await eventually('enable to reach the attach step', () => existsSync(mark) && readFileSync(mark, 'utf8').trim() !== '')
       const held = Number(readFileSync(mark, 'utf8'))
@@ -209,13 +275,22 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'lock-'))
     const {tool, mark} = heldTool(dir)
-    const first = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {reject: false, env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'}})
+    const first = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
+      reject: false,
+      env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'},
+    })
     try {
       await eventually('the first enable to reach the attach step', () => existsSync(mark))
       // the first holds the installation: the second waits its 300 ms, then fails without touching anything
-      const second = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {...install.env, MERBRIDGE_LOCK_WAIT_MS: '300'})
+      const second = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
+        ...install.env,
+        MERBRIDGE_LOCK_WAIT_MS: '300',
+      })
       assert.equal(second.code, 1, second.stdout + second.stderr)
-      assert.deepEqual(second.stderr.split('\n').filter((l) => l.startsWith('Error:')), [`Error: another merbridge command (pid ${first.pid}) is changing ${install.bpffs}; enable did not start`])
+      assert.deepEqual(
+        second.stderr.split('\n').filter((l) => l.startsWith('Error:')),
+        [`Error: another merbridge command (pid ${first.pid}) is changing ${install.bpffs}; enable did not start`],
+      )
       const disable = await cli(['disable', '--bpffs', install.bpffs], {...install.env, MERBRIDGE_LOCK_WAIT_MS: '300'})
       assert.equal(disable.code, 1, 'disable waits its turn too')
       writeFileSync(`${mark}.go`, '')
@@ -237,11 +312,17 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     try {
       const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
       assert.equal(first.code, 0, first.stderr)
-      const ids = async () => parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => `${p.name} ${p.id ?? '?'} ${String(p.attached)}`)
+      const ids = async () =>
+        parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map(
+          (p) => `${p.name} ${p.id ?? '?'} ${String(p.attached)}`,
+        )
       const before = await ids()
       writeFileSync(join(tmp, 'bad-pods.json'), '{"items": [')
       // --rebuild asks for a replacement: nothing of the old datapath may go before the new one can be made
-      const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', join(tmp, 'bad-pods.json')], install.env)
+      const r = await cli(
+        ['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', join(tmp, 'bad-pods.json')],
+        install.env,
+      )
       assert.equal(r.code, 1, r.stdout + r.stderr)
       assert.deepEqual(r.stderr.split('\n').filter((l) => l.startsWith('Error:')).length, 1, r.stderr)
       assert.match(r.stderr, /enable failed at "Read the pods of this node"/)
@@ -260,10 +341,18 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     try {
       const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
       assert.equal(first.code, 0, first.stderr)
-      const ids = async () => parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map((p) => `${p.name} ${p.id ?? '?'} ${String(p.attached)}`)
+      const ids = async () =>
+        parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map(
+          (p) => `${p.name} ${p.id ?? '?'} ${String(p.attached)}`,
+        )
       const before = await ids()
       // the staged connect6 cannot be attached: connect4..recvmsg6 were swapped already, and go back
-      const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: `connect6 pinned ${install.bpffs}/next/progs/mb_connect6`, MB_FAIL_COUNTER: join(dir, 'count')}
+      const env = {
+        ...install.env,
+        MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'),
+        MB_FAIL_MATCH: `connect6 pinned ${install.bpffs}/next/progs/mb_connect6`,
+        MB_FAIL_COUNTER: join(dir, 'count'),
+      }
       const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], env)
       assert.equal(r.code, 1, r.stdout + r.stderr)
       assert.match(r.stderr, /enable failed at "Attach to the cgroup"/)
@@ -280,14 +369,23 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
   it('takes a replacement on new maps off again when it fails midway, and keeps the old datapath running', async () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'swap-new-'))
-    const attached = async () => (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout) as {id: number}[]).map((p) => p.id).sort()
+    const attached = async () =>
+      (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout) as {id: number}[]).map((p) => p.id).sort()
     try {
       const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
       assert.equal(first.code, 0, first.stderr)
       const before = await attached()
       // another capacity: maps of its own; its connect6 cannot be attached, after the others were
-      const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: `connect6 pinned ${install.bpffs}/next/progs/mb_connect6`, MB_FAIL_COUNTER: join(dir, 'count')}
-      const r = await cli(['enable', '--max-connections', '70000', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], env)
+      const env = {
+        ...install.env,
+        MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'),
+        MB_FAIL_MATCH: `connect6 pinned ${install.bpffs}/next/progs/mb_connect6`,
+        MB_FAIL_COUNTER: join(dir, 'count'),
+      }
+      const r = await cli(
+        ['enable', '--max-connections', '70000', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile],
+        env,
+      )
       assert.equal(r.code, 1, r.stdout + r.stderr)
       assert.match(r.stderr, /enable failed at "Attach to the cgroup"/)
       assert.deepEqual(await attached(), before, 'only the old programs, all attached')
@@ -304,17 +402,31 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
   it('repairs a replacement on new maps killed with both datapaths attached, and disable then leaves nothing', async () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'swap-killed-'))
-    const attached = async () => (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout || '[]') as unknown[]).length
+    const attached = async () =>
+      (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout || '[]') as unknown[]).length
     try {
       const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
       assert.equal(first.code, 0, first.stderr)
       const one = await attached()
       // killed right after the new connect4 is attached: the old and the new programs both run
-      const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: `connect4 pinned ${install.bpffs}/next/progs/mb_connect4`, MB_FAIL_AFTER: '1', MB_FAIL_KILL: '1', MB_FAIL_COUNTER: join(dir, 'count')}
-      const killed = await cli(['enable', '--max-connections', '70000', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], env)
+      const env = {
+        ...install.env,
+        MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'),
+        MB_FAIL_MATCH: `connect4 pinned ${install.bpffs}/next/progs/mb_connect4`,
+        MB_FAIL_AFTER: '1',
+        MB_FAIL_KILL: '1',
+        MB_FAIL_COUNTER: join(dir, 'count'),
+      }
+      const killed = await cli(
+        ['enable', '--max-connections', '70000', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile],
+        env,
+      )
       assert.notEqual(killed.code, 0)
       assert.equal(await attached(), 2 * one, `both datapaths attached (the case under test): ${killed.stdout} ${killed.stderr}`)
-      const r = await cli(['enable', '--max-connections', '70000', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile, '--json'], install.env)
+      const r = await cli(
+        ['enable', '--max-connections', '70000', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile, '--json'],
+        install.env,
+      )
       assert.equal(r.code, 0, r.stderr + r.stdout)
       assert.match(parseJson<EnableResult>(r.stdout).repaired ?? '', /a replacement was interrupted/)
       assert.equal(await attached(), one, 'one datapath')
@@ -337,7 +449,12 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
       const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
       assert.equal(first.code, 0, first.stderr)
       // loading on the old maps fails, as it does when a new version changed their layout
-      const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: 'map name local_pod_ips pinned', MB_FAIL_COUNTER: join(dir, 'count')}
+      const env = {
+        ...install.env,
+        MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'),
+        MB_FAIL_MATCH: 'map name local_pod_ips pinned',
+        MB_FAIL_COUNTER: join(dir, 'count'),
+      }
       const r = await cli(['enable', '--rebuild', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile, '--json'], env)
       assert.equal(r.code, 0, r.stderr)
       const out = parseJson<EnableResult>(r.stdout)
@@ -381,7 +498,15 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     const inst = install.installation(bpffs)
     const podIps = async () => (await readMaps.localPods(inst)).map((p) => p.ip)
     // a sync from a list without pod a, killed once its map batch has run: maps changed, record not
-    const killedSync = () => cli(['sync', '--bpffs', bpffs, '--pods-file', emptyList, '--allow-empty'], {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_AFTER: '1', MB_FAIL_KILL: '1', MB_FAIL_COUNTER: join(dir, `count-${Date.now()}`)})
+    const killedSync = () =>
+      cli(['sync', '--bpffs', bpffs, '--pods-file', emptyList, '--allow-empty'], {
+        ...install.env,
+        MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'),
+        MB_FAIL_MATCH: 'batch file',
+        MB_FAIL_AFTER: '1',
+        MB_FAIL_KILL: '1',
+        MB_FAIL_COUNTER: join(dir, `count-${Date.now()}`),
+      })
     // neither clang nor the build cache: sync uses what enable kept
     const noCompiler = {...install.env, MERBRIDGE_CLANG: join(dir, 'no-clang'), MERBRIDGE_CACHE_DIR: join(dir, 'no-cache')}
     try {
@@ -391,7 +516,11 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
 
       assert.notEqual((await killedSync()).code, 0)
       assert.deepEqual(await podIps(), [], 'the killed sync removed pod a from the maps (the case under test)')
-      assert.deepEqual((await inst.readState())?.pods.meshed.map((p) => p.name), ['a'], 'and left the record as it was')
+      assert.deepEqual(
+        (await inst.readState())?.pods.meshed.map((p) => p.name),
+        ['a'],
+        'and left the record as it was',
+      )
 
       const s = await cli(['sync', '--bpffs', bpffs, '--pods-file', podsFile, '--json'], noCompiler)
       assert.equal(s.code, 0, s.stderr)
@@ -437,9 +566,16 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
       assert.equal(smaller.replaced?.how, 'new maps', 'maps of another size cannot be shared')
       const after = await status()
       assert.equal(capacity(after, 'sock_pair_map')?.capacity, 65535)
-      assert.ok((capacity(after, 'pair_original_dst')?.memoryBytes ?? 0) < (capacity(big, 'pair_original_dst')?.memoryBytes ?? 0), 'half the entries, less memory')
+      assert.ok(
+        (capacity(after, 'pair_original_dst')?.memoryBytes ?? 0) < (capacity(big, 'pair_original_dst')?.memoryBytes ?? 0),
+        'half the entries, less memory',
+      )
       assert.equal(after.verdict, 'healthy', after.problems.join('; '))
-      assert.deepEqual(after.hints.filter((h) => h.includes('older sources')), [], 'the recorded size is not mistaken for stale sources')
+      assert.deepEqual(
+        after.hints.filter((h) => h.includes('older sources')),
+        [],
+        'the recorded size is not mistaken for stale sources',
+      )
     } finally {
       await cli(['disable', '--bpffs', install.bpffs], install.env)
       install.cleanup()
@@ -452,7 +588,10 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
       // a mount namespace of its own without bpffs: the mount enable makes lives there only
       const run = (cmd: string) => `"${process.execPath}" "${BIN}" ${cmd} --bpffs "${install.bpffs}"`
       const script = `umount /sys/fs/bpf 2>/dev/null; mountpoint -q /sys/fs/bpf && exit 9; ${run(`enable --cgroup "${lab.cgroup}" --pods-file "${podsFile}"`)} >&2 && stat -c %a /sys/fs/bpf; ${run('disable')} >&2`
-      const r = await execa('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], {env: {...install.env, NO_COLOR: '1'}, reject: false})
+      const r = await execa('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], {
+        env: {...install.env, NO_COLOR: '1'},
+        reject: false,
+      })
       assert.equal(r.exitCode, 0, r.stdout + r.stderr)
       // the kernel keeps bpffs's sticky bit: no one but root may enter it
       assert.equal(Number.parseInt(r.stdout.trim(), 8) & 0o077, 0, `mode ${r.stdout.trim()}: ${r.stderr}`)
@@ -465,14 +604,23 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
   it('cleans a half-enabled node, left by an enable killed while attaching', async () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'kill-'))
-    const env = {...install.env, MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'), MB_FAIL_MATCH: 'sock_ops pinned', MB_FAIL_KILL: '1', MB_FAIL_COUNTER: join(dir, 'count')}
+    const env = {
+      ...install.env,
+      MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'),
+      MB_FAIL_MATCH: 'sock_ops pinned',
+      MB_FAIL_KILL: '1',
+      MB_FAIL_COUNTER: join(dir, 'count'),
+    }
     try {
       const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], env)
       assert.notEqual(r.code, 0)
       const inst = install.installation()
       assert.ok(existsSync(inst.dir), 'the killed enable left pins (the case under test)')
       const tree = JSON.parse((await execa('bpftool', ['cgroup', 'tree', '-j'])).stdout) as {cgroup: string; programs: unknown[]}[]
-      assert.ok(tree.some((t) => t.cgroup === lab.cgroup && t.programs.length > 0), 'and attachments')
+      assert.ok(
+        tree.some((t) => t.cgroup === lab.cgroup && t.programs.length > 0),
+        'and attachments',
+      )
 
       const doctor = await cli(['doctor', '--bpffs', install.bpffs, '--cgroup', lab.cgroup, '--json'], install.env)
       const enabled = parseJson<PreflightResult>(doctor.stdout).checks.find((c) => c.id === 'enabled')

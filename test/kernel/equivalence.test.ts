@@ -7,7 +7,21 @@ import assert from 'node:assert/strict'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import type {DnsFamily, DnsMode} from '../../src/lab/dns.js'
-import {APP_PORT, DNS_ANSWERS, Lab, type LabPodSpec, type RawGetMode, NODE, NODE_IP, NODE_IP6, REMOTE, REMOTE_IP, REMOTE_IP6, REMOTE_IP_OTHER, SUBNET} from '../../src/lab/lab.js'
+import {
+  APP_PORT,
+  DNS_ANSWERS,
+  Lab,
+  type LabPodSpec,
+  type RawGetMode,
+  NODE,
+  NODE_IP,
+  NODE_IP6,
+  REMOTE,
+  REMOTE_IP,
+  REMOTE_IP6,
+  REMOTE_IP_OTHER,
+  SUBNET,
+} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
@@ -22,7 +36,16 @@ const ip = (i: number) => `${SUBNET}.${i + 2}`
 // a excludes outbound port 8081 and c's address, and its proxy captures DNS; b excludes inbound
 // port 8082; i sends to its sidecar only b's address and port 8081, and never c's address
 const PODS: LabPodSpec[] = [
-  {name: 'a', meshed: true, dnsCapture: true, istioInit: {}, annotations: {'traffic.sidecar.istio.io/excludeOutboundPorts': '8081', 'traffic.sidecar.istio.io/excludeOutboundIPRanges': `${ip(2)}/32`}},
+  {
+    name: 'a',
+    meshed: true,
+    dnsCapture: true,
+    istioInit: {},
+    annotations: {
+      'traffic.sidecar.istio.io/excludeOutboundPorts': '8081',
+      'traffic.sidecar.istio.io/excludeOutboundIPRanges': `${ip(2)}/32`,
+    },
+  },
   {name: 'b', meshed: true, annotations: {'traffic.sidecar.istio.io/excludeInboundPorts': '8082'}},
   {name: 'c', meshed: false},
   {name: 'e', meshed: true, proxy: {uid: 1500, gid: 1500}},
@@ -54,10 +77,19 @@ const PODS: LabPodSpec[] = [
   // 2001's (and captures DNS), h leaves 127/8 alone as localhost and includes 127.1.2.3 as l does
   {name: 'o', meshed: true, istioInit: {env: {ISTIO_OUTBOUND_OWNER_GROUPS: '2000'}}},
   {name: 'x', meshed: true, dnsCapture: true, istioInit: {env: {ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE: '2001'}}},
-  {name: 'h', meshed: true, istioInit: {env: {ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: '127.0.0.1/8'}}, annotations: {'traffic.sidecar.istio.io/includeOutboundIPRanges': '127.1.2.3/32'}},
+  {
+    name: 'h',
+    meshed: true,
+    istioInit: {env: {ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: '127.0.0.1/8'}},
+    annotations: {'traffic.sidecar.istio.io/includeOutboundIPRanges': '127.1.2.3/32'},
+  },
   // p lists the inbound ports it captures, and excludes one of them too (Istio reads the
   // exclusions only with '*')
-  {name: 'p', meshed: true, annotations: {'traffic.sidecar.istio.io/includeInboundPorts': '8080,8081', 'traffic.sidecar.istio.io/excludeInboundPorts': '8081'}},
+  {
+    name: 'p',
+    meshed: true,
+    annotations: {'traffic.sidecar.istio.io/includeInboundPorts': '8080,8081', 'traffic.sidecar.istio.io/excludeInboundPorts': '8081'},
+  },
   // q answers every SYN with a SYN cookie (net.ipv4.tcp_syncookies=2 in its namespace), as any
   // listener does while a SYN flood fills its queue: the handshake's last ACK finds no socket
   {name: 'q', meshed: true},
@@ -68,7 +100,27 @@ const PODS: LabPodSpec[] = [
   {name: 'z', meshed: false, proxy: {uid: 1600, gid: 1600}, annotations: {'ambient.istio.io/redirection': 'enabled'}},
 ]
 const SIDECARS = ['a', 'b', 'e', 'i', 'l', 's', 'r', 'm', 'k', 'v', 'o', 'x', 'h', 'p', 'q', 'z']
-const APPS: [string, number][] = [['a', 8080], ['a', 8081], ['b', 8080], ['b', 8081], ['b', 8082], ['c', 8080], ['c', 8081], ['e', 8080], ['l', 8080], ['s', 8080], ['r', 8080], ['v', 8080], ['o', 8080], ['h', 8080], ['p', 8080], ['p', 8081], ['p', 8082], ['q', 8080], ['z', 8080]]
+const APPS: [string, number][] = [
+  ['a', 8080],
+  ['a', 8081],
+  ['b', 8080],
+  ['b', 8081],
+  ['b', 8082],
+  ['c', 8080],
+  ['c', 8081],
+  ['e', 8080],
+  ['l', 8080],
+  ['s', 8080],
+  ['r', 8080],
+  ['v', 8080],
+  ['o', 8080],
+  ['h', 8080],
+  ['p', 8080],
+  ['p', 8081],
+  ['p', 8082],
+  ['q', 8080],
+  ['z', 8080],
+]
 const PROXY = {uid: 1337, gid: 1337}
 const E_PROXY = {uid: 1500, gid: 1500}
 const ZTUNNEL = {uid: 1600, gid: 1600}
@@ -110,7 +162,14 @@ const CASES: Case[] = [
   {name: 'app -> other meshed pod, port excluded inbound by the destination', from: 'a', to: 'b', port: 8082},
   // what the wire carries between pods of one node: the app's port, as Istio's REDIRECT in the destination leaves it
   {name: 'app -> other meshed pod, a NetworkPolicy admitting only that port', from: 'a', to: 'b', policy: true},
-  {name: 'app -> other meshed pod, a port the NetworkPolicy does not admit', from: 'a', to: 'b', port: 8082, policy: true, istioBreaks: "the policy drops the sidecar's SYN on the bridge"},
+  {
+    name: 'app -> other meshed pod, a port the NetworkPolicy does not admit',
+    from: 'a',
+    to: 'b',
+    port: 8082,
+    policy: true,
+    istioBreaks: "the policy drops the sidecar's SYN on the bridge",
+  },
   {name: 'app -> other meshed pod, a NetworkPolicy admitting only that port, IPv6', from: 'a', to: 'b', v6: true, policy: true},
   {name: 'app -> unmeshed pod', from: 'b', to: 'c'},
   {name: 'app -> unmeshed pod in a range excluded outbound', from: 'a', to: 'c'},
@@ -202,27 +261,65 @@ const CASES: Case[] = [
   {name: 'DNS capture on: app, AF_INET6 -> ::ffff:resolver, UDP', from: 'a', to: REMOTE_IP, dns: {mode: 'udp-connect', family: 'mapped'}},
   {name: 'DNS capture on: app -> IPv6 resolver, UDP sendto', from: 'a', to: REMOTE_IP6, dns: {mode: 'udp-sendto', family: '6'}},
   {name: 'DNS capture on: app -> IPv6 resolver, TCP', from: 'a', to: REMOTE_IP6, dns: {mode: 'tcp', family: '6'}},
-  {name: 'DNS capture on: app -> DNS server not in resolv.conf, UDP', from: 'a', to: REMOTE_IP_OTHER, dns: {mode: 'udp-connect', family: '4'}},
+  {
+    name: 'DNS capture on: app -> DNS server not in resolv.conf, UDP',
+    from: 'a',
+    to: REMOTE_IP_OTHER,
+    dns: {mode: 'udp-connect', family: '4'},
+  },
   {name: 'DNS capture on: app -> DNS server not in resolv.conf, TCP', from: 'a', to: REMOTE_IP_OTHER, dns: {mode: 'tcp', family: '4'}},
   {name: 'DNS capture on: sidecar -> resolver, UDP', from: 'a', to: REMOTE_IP, as: PROXY, dns: {mode: 'udp-connect', family: '4'}},
   {name: 'DNS capture on: sidecar -> resolver, TCP', from: 'a', to: REMOTE_IP, as: PROXY, dns: {mode: 'tcp', family: '4'}},
-  {name: 'DNS capture on: process in the proxy group only -> resolver, UDP', from: 'a', to: REMOTE_IP, as: {uid: 0, gid: 1337}, dns: {mode: 'udp-sendto', family: '4'}},
+  {
+    name: 'DNS capture on: process in the proxy group only -> resolver, UDP',
+    from: 'a',
+    to: REMOTE_IP,
+    as: {uid: 0, gid: 1337},
+    dns: {mode: 'udp-sendto', family: '4'},
+  },
   {name: "DNS capture by Istio's CNI: app -> resolver, UDP", from: 'k', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
-  {name: "DNS capture by Istio's CNI: app -> DNS server not in resolv.conf, UDP", from: 'k', to: REMOTE_IP_OTHER, dns: {mode: 'udp-sendto', family: '4'}},
-  {name: "DNS capture by Istio's CNI: app -> DNS server not in resolv.conf, TCP", from: 'k', to: REMOTE_IP_OTHER, dns: {mode: 'tcp', family: '4'}},
+  {
+    name: "DNS capture by Istio's CNI: app -> DNS server not in resolv.conf, UDP",
+    from: 'k',
+    to: REMOTE_IP_OTHER,
+    dns: {mode: 'udp-sendto', family: '4'},
+  },
+  {
+    name: "DNS capture by Istio's CNI: app -> DNS server not in resolv.conf, TCP",
+    from: 'k',
+    to: REMOTE_IP_OTHER,
+    dns: {mode: 'tcp', family: '4'},
+  },
   {name: "DNS capture by Istio's CNI: app -> own pod IP, UDP", from: 'k', to: ip(11), dns: {mode: 'udp-connect', family: '4'}},
-  {name: "DNS capture by Istio's CNI: app -> IPv6 DNS server not in resolv.conf, UDP", from: 'k', to: 'fd78::3', dns: {mode: 'udp-connect', family: '6'}},
+  {
+    name: "DNS capture by Istio's CNI: app -> IPv6 DNS server not in resolv.conf, UDP",
+    from: 'k',
+    to: 'fd78::3',
+    dns: {mode: 'udp-connect', family: '6'},
+  },
   {name: "DNS capture by Istio's CNI: app -> 127.0.0.1, UDP", from: 'k', to: '127.0.0.1', dns: {mode: 'udp-connect', family: '4'}},
   {name: "DNS capture by Istio's CNI: app -> 127.0.0.1, TCP", from: 'k', to: '127.0.0.1', dns: {mode: 'tcp', family: '4'}},
   {name: "DNS capture by Istio's CNI: app -> 0.0.0.0, UDP", from: 'k', to: '0.0.0.0', dns: {mode: 'udp-connect', family: '4'}},
   {name: "DNS capture by Istio's CNI: app -> ::, UDP sendto", from: 'k', to: '::', dns: {mode: 'udp-sendto', family: '6'}},
-  {name: "DNS capture by Istio's CNI: sidecar -> DNS server not in resolv.conf, UDP", from: 'k', to: REMOTE_IP_OTHER, as: PROXY, dns: {mode: 'udp-connect', family: '4'}},
+  {
+    name: "DNS capture by Istio's CNI: sidecar -> DNS server not in resolv.conf, UDP",
+    from: 'k',
+    to: REMOTE_IP_OTHER,
+    as: PROXY,
+    dns: {mode: 'udp-connect', family: '4'},
+  },
   {name: 'DNS capture off: app -> resolver, UDP', from: 'b', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
   {name: 'DNS capture off: app -> resolver, TCP', from: 'b', to: REMOTE_IP, dns: {mode: 'tcp', family: '4'}},
   {name: 'DNS capture on: app -> own pod IP, UDP', from: 'a', to: ip(0), dns: {mode: 'udp-connect', family: '4'}},
   {name: 'DNS capture on: app -> own pod IP, TCP', from: 'a', to: ip(0), dns: {mode: 'tcp', family: '4'}},
   {name: 'DNS capture on: sidecar -> own pod IP, TCP', from: 'a', to: ip(0), as: PROXY, dns: {mode: 'tcp', family: '4'}},
-  {name: 'DNS capture on: process in the proxy group only -> own pod IP, TCP', from: 'a', to: ip(0), as: {uid: 0, gid: 1337}, dns: {mode: 'tcp', family: '4'}},
+  {
+    name: 'DNS capture on: process in the proxy group only -> own pod IP, TCP',
+    from: 'a',
+    to: ip(0),
+    as: {uid: 0, gid: 1337},
+    dns: {mode: 'tcp', family: '4'},
+  },
   {name: 'DNS capture off: sidecar -> own pod IP, TCP', from: 'b', to: ip(1), as: PROXY, dns: {mode: 'tcp', family: '4'}},
   {name: 'loopback include range: app -> 127.1.2.3 (in its ranges)', from: 'l', to: '127.1.2.3'},
   {name: 'loopback include range: app -> 127.0.0.1', from: 'l', to: '127.0.0.1'},
@@ -247,13 +344,45 @@ const CASES: Case[] = [
   // on the pods' link: Istio's ip6tables capture it, and the sidecar cannot reach an address
   // without its scope (both sidecars fail alike)
   {name: 'unmeshed pod -> meshed pod at its IPv6 link-local address', from: 'c', to: 'b', v6: true, linkLocal: true, raw: 'plain'},
-  {name: 'unmeshed pod -> pod without ISTIO_DUAL_STACK at its IPv6 link-local address', from: 'c', to: 'v', v6: true, linkLocal: true, raw: 'plain'},
+  {
+    name: 'unmeshed pod -> pod without ISTIO_DUAL_STACK at its IPv6 link-local address',
+    from: 'c',
+    to: 'v',
+    v6: true,
+    linkLocal: true,
+    raw: 'plain',
+  },
   // a connect to a link-local address binds the socket to the scope's interface, so REDIRECT's
   // ::1 cannot be routed: Istio's rules leave such a connection hanging
-  {name: 'app -> other meshed pod at its IPv6 link-local address', from: 'a', to: 'b', v6: true, linkLocal: true, raw: 'plain', istioBreaks: 'REDIRECT to ::1 on a socket bound to eth0'},
-  {name: 'sidecar -> other meshed pod at its IPv6 link-local address', from: 'a', to: 'b', as: PROXY, v6: true, linkLocal: true, raw: 'plain'},
+  {
+    name: 'app -> other meshed pod at its IPv6 link-local address',
+    from: 'a',
+    to: 'b',
+    v6: true,
+    linkLocal: true,
+    raw: 'plain',
+    istioBreaks: 'REDIRECT to ::1 on a socket bound to eth0',
+  },
+  {
+    name: 'sidecar -> other meshed pod at its IPv6 link-local address',
+    from: 'a',
+    to: 'b',
+    as: PROXY,
+    v6: true,
+    linkLocal: true,
+    raw: 'plain',
+  },
   {name: 'app -> own IPv6 link-local address', from: 'a', to: 'a', v6: true, linkLocal: true, raw: 'plain'},
-  {name: 'sidecar -> own IPv6 link-local address', from: 'a', to: 'a', as: PROXY, v6: true, linkLocal: true, raw: 'plain', istioBreaks: 'REDIRECT to ::1 on a socket bound to eth0'},
+  {
+    name: 'sidecar -> own IPv6 link-local address',
+    from: 'a',
+    to: 'a',
+    as: PROXY,
+    v6: true,
+    linkLocal: true,
+    raw: 'plain',
+    istioBreaks: 'REDIRECT to ::1 on a socket bound to eth0',
+  },
   {name: 'owner groups 2000 only: app in group 2000 -> other meshed pod', from: 'o', to: 'b', as: GROUP_2000},
   {name: 'owner groups 2000 only: app in another group -> other meshed pod', from: 'o', to: 'b'},
   {name: 'owner groups 2000 only: app in another group -> other meshed pod, IPv6', from: 'o', to: 'b', v6: true},
@@ -261,10 +390,33 @@ const CASES: Case[] = [
   {name: 'owner group 2001 excluded: app in it -> other meshed pod', from: 'x', to: 'b', as: GROUP_2001},
   {name: 'owner group 2001 excluded: app in it, AF_INET6 -> ::ffff:other meshed pod', from: 'x', to: 'b', as: GROUP_2001, mapped: true},
   {name: 'owner group 2001 excluded: app in another group -> other meshed pod', from: 'x', to: 'b'},
-  {name: 'owner group 2001 excluded: app in it -> resolver, UDP connected', from: 'x', to: REMOTE_IP, as: GROUP_2001, dns: {mode: 'udp-connect', family: '4'}},
-  {name: 'owner group 2001 excluded: app in it -> resolver, UDP sendto', from: 'x', to: REMOTE_IP, as: GROUP_2001, dns: {mode: 'udp-sendto', family: '4'}},
-  {name: 'owner group 2001 excluded: app in it -> resolver, TCP', from: 'x', to: REMOTE_IP, as: GROUP_2001, dns: {mode: 'tcp', family: '4'}},
-  {name: 'owner group 2001 excluded: app in another group -> resolver, UDP', from: 'x', to: REMOTE_IP, dns: {mode: 'udp-connect', family: '4'}},
+  {
+    name: 'owner group 2001 excluded: app in it -> resolver, UDP connected',
+    from: 'x',
+    to: REMOTE_IP,
+    as: GROUP_2001,
+    dns: {mode: 'udp-connect', family: '4'},
+  },
+  {
+    name: 'owner group 2001 excluded: app in it -> resolver, UDP sendto',
+    from: 'x',
+    to: REMOTE_IP,
+    as: GROUP_2001,
+    dns: {mode: 'udp-sendto', family: '4'},
+  },
+  {
+    name: 'owner group 2001 excluded: app in it -> resolver, TCP',
+    from: 'x',
+    to: REMOTE_IP,
+    as: GROUP_2001,
+    dns: {mode: 'tcp', family: '4'},
+  },
+  {
+    name: 'owner group 2001 excluded: app in another group -> resolver, UDP',
+    from: 'x',
+    to: REMOTE_IP,
+    dns: {mode: 'udp-connect', family: '4'},
+  },
   {name: 'loopback CIDR 127.0.0.1/8: app -> 127.1.2.3 (in its ranges)', from: 'h', to: '127.1.2.3'},
   {name: 'loopback CIDR 127.0.0.1/8: app -> own pod IP', from: 'h', to: 'h'},
   {name: 'loopback CIDR 127.0.0.1/8: its sidecar -> 127.1.2.3', from: 'h', to: '127.1.2.3', as: PROXY},
@@ -305,7 +457,8 @@ const QUICK = [
   'ambient pod: app -> meshed pod',
 ]
 const SELECTED = process.env.MERBRIDGE_MATRIX === 'quick' ? CASES.filter((c) => QUICK.includes(c.name)) : CASES
-if (process.env.MERBRIDGE_MATRIX === 'quick' && SELECTED.length !== QUICK.length) throw new Error(`QUICK names a case the matrix lacks: ${QUICK.filter((n) => !CASES.some((c) => c.name === n)).join(', ')}`)
+if (process.env.MERBRIDGE_MATRIX === 'quick' && SELECTED.length !== QUICK.length)
+  throw new Error(`QUICK names a case the matrix lacks: ${QUICK.filter((n) => !CASES.some((c) => c.name === n)).join(', ')}`)
 
 const CONFIGS = ['iptables', 'merbridge', 'both'] as const
 type Config = (typeof CONFIGS)[number]
@@ -352,7 +505,11 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
     if (c.dns) {
       const r = await lab.dnsQuery(c.from, c.dns.mode, c.dns.family, c.to, c.as)
       if (r.error) return `query failed: ${r.error}`
-      return [`answered by ${answeredBy(r.answer)}`, ...(r.from ? [`reply from ${named(r.from)}`] : []), ...(r.peer ? [`peer name ${who(r.peer)}`] : [])].join(', ')
+      return [
+        `answered by ${answeredBy(r.answer)}`,
+        ...(r.from ? [`reply from ${named(r.from)}`] : []),
+        ...(r.peer ? [`peer name ${who(r.peer)}`] : []),
+      ].join(', ')
     }
     const port = c.port ?? APP_PORT
     // an address as written (a pod is named by a letter)
@@ -360,8 +517,13 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
     const host = c.linkLocal ? `${await lab.linkLocal(c.to)}%eth0` : literal ? c.to : c.v6 ? lab.pod(c.to).ip6! : lab.pod(c.to).ip
     const url = `http://${c.mapped ? `[::ffff:${host}]` : c.v6 ? `[${host}]` : host}:${port}/whoami`
     const bind = c.bind ? (c.v6 ? lab.pod(c.from).ip6 : lab.pod(c.from).ip) : undefined
-    const r = c.raw || bind ? await lab.rawGet(c.from, c.raw ?? 'plain', host, port, '/whoami', {bind, as: c.as}) : await lab.get(c.from, url, undefined, c.as)
-    return r.status === 200 && r.body ? `app saw ${who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress)}` : `failed: ${r.error ?? String(r.status)}`
+    const r =
+      c.raw || bind
+        ? await lab.rawGet(c.from, c.raw ?? 'plain', host, port, '/whoami', {bind, as: c.as})
+        : await lab.get(c.from, url, undefined, c.as)
+    return r.status === 200 && r.body
+      ? `app saw ${who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress)}`
+      : `failed: ${r.error ?? String(r.status)}`
   }
 
   /** One connection of a case, as the sidecars and the client saw it. */
@@ -382,13 +544,24 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
         const proc = sidecars.get(p)!
         // whom the sidecar saw as its client (the source address REDIRECT leaves), and what it was told
         const lines = () => [
-          ...parseSidecarLog(proc.stdout.slice(marks.get(p))).filter((l) => l.backend === `${dir}_passthrough`).map((l) => `from ${host(l.client)}, told ${named(l.originalDst)}`),
-          ...lab.sidecar6Lines(p).slice(marks6.get(p)).filter((l) => l.direction === dir).map((l) => `from ${host(l.client)}, told ${l.originalDst ? named(l.originalDst) : `nothing (${l.error ?? ''})`}`),
+          ...parseSidecarLog(proc.stdout.slice(marks.get(p)))
+            .filter((l) => l.backend === `${dir}_passthrough`)
+            .map((l) => `from ${host(l.client)}, told ${named(l.originalDst)}`),
+          ...lab
+            .sidecar6Lines(p)
+            .slice(marks6.get(p))
+            .filter((l) => l.direction === dir)
+            .map((l) => `from ${host(l.client)}, told ${l.originalDst ? named(l.originalDst) : `nothing (${l.error ?? ''})`}`),
         ]
-        await proc.waitFor(() => lines().length >= n, `${n} ${dir} log line(s) from ${p}'s sidecar`).catch(async (error: unknown) => {
-          // a session accepted and never logged: its sockets, and whether the sidecar dropped log lines
-          throw new Error(`${String(error)}\nsockets in ${p}:\n${await lab.sockets(p)}\nlog lines ${p}'s sidecar dropped: ${await lab.droppedLogs(p).catch(() => Number.NaN)}`, {cause: error})
-        })
+        await proc
+          .waitFor(() => lines().length >= n, `${n} ${dir} log line(s) from ${p}'s sidecar`)
+          .catch(async (error: unknown) => {
+            // a session accepted and never logged: its sockets, and whether the sidecar dropped log lines
+            throw new Error(
+              `${String(error)}\nsockets in ${p}:\n${await lab.sockets(p)}\nlog lines ${p}'s sidecar dropped: ${await lab.droppedLogs(p).catch(() => Number.NaN)}`,
+              {cause: error},
+            )
+          })
         passed.push(`${p} ${dir} (${lines().join('; ')})`)
       }
     }
@@ -402,7 +575,9 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
       matrix.set(c.name, row)
     }
   }
-  const meshedWithRules = PODS.filter((p) => p.meshed && !p.gateway && p.annotations?.['sidecar.istio.io/interceptionMode'] !== 'NONE').map((p) => p.name)
+  const meshedWithRules = PODS.filter((p) => p.meshed && !p.gateway && p.annotations?.['sidecar.istio.io/interceptionMode'] !== 'NONE').map(
+    (p) => p.name,
+  )
   const iptables = async (on: boolean) => {
     for (const p of meshedWithRules) {
       await lab.removeIstioIptables(p)
@@ -438,16 +613,28 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
     await fill('iptables')
     // the lab itself works: without these, three identical columns would prove nothing
     const cell = (name: string) => matrix.get(name)?.iptables ?? ''
-    assert.equal(cell('app -> other meshed pod'), 'a outbound (from a, told b:8080) + b inbound (from a, told b:8080); app saw 127.0.0.6 (inbound sidecar)')
+    assert.equal(
+      cell('app -> other meshed pod'),
+      'a outbound (from a, told b:8080) + b inbound (from a, told b:8080); app saw 127.0.0.6 (inbound sidecar)',
+    )
     assert.equal(cell('remote node -> meshed pod'), 'b inbound (from remote, told b:8080); app saw 127.0.0.6 (inbound sidecar)')
     assert.equal(cell('app -> other meshed pod, port excluded inbound by the destination'), 'a outbound (from a, told b:8082); app saw a')
-    assert.equal(cell('DNS capture on: app -> resolver, UDP connected (glibc)'), "no sidecar; answered by a's DNS proxy, reply from remote:53, peer name remote")
-    assert.equal(cell('DNS capture off: app -> resolver, UDP'), 'no sidecar; answered by the resolver, reply from remote:53, peer name remote')
+    assert.equal(
+      cell('DNS capture on: app -> resolver, UDP connected (glibc)'),
+      "no sidecar; answered by a's DNS proxy, reply from remote:53, peer name remote",
+    )
+    assert.equal(
+      cell('DNS capture off: app -> resolver, UDP'),
+      'no sidecar; answered by the resolver, reply from remote:53, peer name remote',
+    )
   })
 
   it('fills it under merbridge alone, with no iptables rules in the pods', async () => {
     await iptables(false)
-    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    const r = await cli(
+      ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+      install.env,
+    )
     assert.equal(r.code, 0, r.stderr + r.stdout)
     await fill('merbridge')
   })
@@ -468,8 +655,13 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
       // a connection Istio's rules break: a failure in every column, the app never reached
       const failed = (cell?: string) => /; failed: [^;]*$/.test(cell ?? '')
       const ok = c.istioBreaks ? CONFIGS.every((k) => failed(row[k])) : same
-      lines.push(`${c.name.padEnd(width)} | ${row.iptables ?? '?'} | ${same ? 'same' : (row.merbridge ?? '?')} | ${same ? 'same' : (row.both ?? '?')}`)
-      if (!ok) differences.push(`${c.name}${c.istioBreaks ? ` (Istio's rules break it: ${c.istioBreaks}; every column must fail)` : ''}:\n  iptables:  ${row.iptables}\n  merbridge: ${row.merbridge}\n  both:      ${row.both}`)
+      lines.push(
+        `${c.name.padEnd(width)} | ${row.iptables ?? '?'} | ${same ? 'same' : (row.merbridge ?? '?')} | ${same ? 'same' : (row.both ?? '?')}`,
+      )
+      if (!ok)
+        differences.push(
+          `${c.name}${c.istioBreaks ? ` (Istio's rules break it: ${c.istioBreaks}; every column must fail)` : ''}:\n  iptables:  ${row.iptables}\n  merbridge: ${row.merbridge}\n  both:      ${row.both}`,
+        )
     }
     for (const l of lines) t.diagnostic(l)
     t.diagnostic(`${SELECTED.length} cases x ${CONFIGS.length} configurations = ${SELECTED.length * CONFIGS.length} cells`)

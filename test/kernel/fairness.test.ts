@@ -53,12 +53,30 @@ describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_
   let sink: LabProcess | undefined
 
   before(async () => {
-    await lab.create([{name: 'greedy', meshed: true}, {name: 'victim', meshed: true}, {name: 'sink', meshed: false}])
+    await lab.create([
+      {name: 'greedy', meshed: true},
+      {name: 'victim', meshed: true},
+      {name: 'sink', meshed: false},
+    ])
     for (const p of ['greedy', 'victim']) await lab.startSidecar(p)
     await lab.startApp('sink')
     sink = lab.spawn('sink', 'connection sink', 'python3', ['-c', SINK, String(SINK_PORT)])
     await sink.waitFor(/listening/)
-    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--max-connections', String(CAPACITY), '--json'], install.env)
+    const r = await cli(
+      [
+        'enable',
+        '--cgroup',
+        lab.cgroup,
+        '--bpffs',
+        install.bpffs,
+        '--pods-file',
+        lab.writePodList(),
+        '--max-connections',
+        String(CAPACITY),
+        '--json',
+      ],
+      install.env,
+    )
     assert.equal(r.code, 0, r.stderr)
   })
 
@@ -95,7 +113,13 @@ describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_
   it("keeps a greedy pod from taking another pod's entries, and takes every entry back at close", async () => {
     const shared = sharedConnections(CAPACITY)
     const before = await readMaps.counters(inst)
-    greedy = lab.spawn('greedy', 'greedy client', 'python3', ['-c', GREEDY, lab.pod('sink').ip, String(SINK_PORT), String(GREEDY_CONNECTIONS)])
+    greedy = lab.spawn('greedy', 'greedy client', 'python3', [
+      '-c',
+      GREEDY,
+      lab.pod('sink').ip,
+      String(SINK_PORT),
+      String(GREEDY_CONNECTIONS),
+    ])
     await greedy.waitFor(/^holding \d+/m, `${GREEDY_CONNECTIONS} connections held`, 120_000)
     // every connect has returned: its sockets were established, and charged or refused
     const held = await usage()
@@ -116,7 +140,8 @@ describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_
     const counters = await readMaps.counters(inst)
     const ctx2 = JSON.stringify({during, counters})
     assert.ok(during.victim.origins >= 1 && during.victim.sockets >= 2, ctx2)
-    for (const refused of ['socketOverShare', 'originOverShare', 'sockhashFull', 'originLost'] as const) assert.equal(counters[refused], afterGreedy[refused], `${refused} rose while only the victim connected: ${ctx2}`)
+    for (const refused of ['socketOverShare', 'originOverShare', 'sockhashFull', 'originLost'] as const)
+      assert.equal(counters[refused], afterGreedy[refused], `${refused} rose while only the victim connected: ${ctx2}`)
     assert.ok(counters.msgRedirected > afterGreedy.msgRedirected, ctx2)
     const got = await stream.release()
     assert.equal(got.code, 0, JSON.stringify(got))
@@ -133,7 +158,13 @@ describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_
       'every entry given back, and every original destination deleted, once the connections closed',
       async () => {
         last = {...(await usage()), originalDsts: (await readMaps.originals(inst)).length}
-        return last.node.sockets === 0 && last.node.origins === 0 && last.greedy.sockets === 0 && last.victim.sockets === 0 && last.originalDsts === 0
+        return (
+          last.node.sockets === 0 &&
+          last.node.origins === 0 &&
+          last.greedy.sockets === 0 &&
+          last.victim.sockets === 0 &&
+          last.originalDsts === 0
+        )
       },
       () => JSON.stringify(last),
     )

@@ -18,7 +18,17 @@ import {APP_PORT, Lab, NODE, NODE_IP} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {assertAllThroughSidecars, cli, eventually, kernelSkipReason, parseJson, requestsDuring, rowsOf, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {
+  assertAllThroughSidecars,
+  cli,
+  eventually,
+  kernelSkipReason,
+  parseJson,
+  requestsDuring,
+  rowsOf,
+  uniqueInstall,
+  suiteTimeout,
+} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3'])
 const WITHOUT = {MERBRIDGE_WITHOUT: OPTIONAL_FEATURE_NAMES.join(',')}
@@ -33,7 +43,11 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
   const status = async () => parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], env)).stdout)
 
   before(async () => {
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'c', meshed: false}])
+    await lab.create([
+      {name: 'a', meshed: true},
+      {name: 'b', meshed: true},
+      {name: 'c', meshed: false},
+    ])
     for (const p of ['a', 'b']) sidecars.set(p, await lab.startSidecar(p))
     for (const p of ['b', 'c']) await lab.startApp(p)
   })
@@ -45,7 +59,10 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
   })
 
   it('refuses an unknown feature name in one line, before anything is touched', async () => {
-    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList()], {...install.env, MERBRIDGE_WITHOUT: 'sockmap-iterators'})
+    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList()], {
+      ...install.env,
+      MERBRIDGE_WITHOUT: 'sockmap-iterators',
+    })
     assert.equal(r.code, 2, r.stdout + r.stderr)
     assert.match(r.stderr, /MERBRIDGE_WITHOUT names unknown feature\(s\): sockmap-iterators/)
     assert.ok(!existsSync(install.bpffs), 'nothing pinned')
@@ -71,13 +88,19 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
     assert.equal(r.code, 0, r.stdout + r.stderr)
     const got = await lab.get('a', url('b'))
     assert.equal((JSON.parse(got.body ?? '{}') as {remoteAddress?: string}).remoteAddress, '127.0.0.6', 'through both sidecars')
-    assert.deepEqual((await inst.readState())?.unavailable, Object.fromEntries(OPTIONAL_FEATURE_NAMES.map((f) => [f, 'turned off by MERBRIDGE_WITHOUT'])))
+    assert.deepEqual(
+      (await inst.readState())?.unavailable,
+      Object.fromEntries(OPTIONAL_FEATURE_NAMES.map((f) => [f, 'turned off by MERBRIDGE_WITHOUT'])),
+    )
     assert.ok(!existsSync(inst.counterPins.maps) && !existsSync(inst.counterPins.sockhash), 'no counting iterator pinned')
   })
 
   it('sends connections from elsewhere to the inbound sidecar by rewriting their port, and the client sees the port it called', async () => {
     const before = (await status()).counters?.inboundRewritten ?? 0
-    for (const [from, source] of [['c', lab.pod('c').ip], [NODE, NODE_IP]] as const) {
+    for (const [from, source] of [
+      ['c', lab.pod('c').ip],
+      [NODE, NODE_IP],
+    ] as const) {
       const mark = sidecars.get('b')!.stdout.length
       const r = await lab.get(from, url('b'))
       assert.equal(r.status, 200, `${from} -> b: ${r.error ?? ''}`)
@@ -108,7 +131,10 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
       assert.ok(sockets >= 4, `the stream's legs are counted: ${sockets}`)
       const text = await cli(['status', '--bpffs', install.bpffs], env)
       assert.equal(text.code, 0, text.stdout)
-      assert.match(text.stdout, /without socket map iterator \(turned off by MERBRIDGE_WITHOUT\): status counts tracked sockets by dumping sock_pair_map/)
+      assert.match(
+        text.stdout,
+        /without socket map iterator \(turned off by MERBRIDGE_WITHOUT\): status counts tracked sockets by dumping sock_pair_map/,
+      )
       assert.match(text.stdout, /without map element counts \(turned off by MERBRIDGE_WITHOUT\)/)
 
       const dump = await cli(['dump-maps', 'sock_pair_map', '--bpffs', install.bpffs, '--json'], env)
@@ -130,7 +156,21 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
     let replaced: EnableResult['replaced']
     const seen = await requestsDuring(lab, 'a', url('b'), async () => {
       // another capacity: maps of their own, the old rewriting state linked for the new programs
-      const r = await cli(['enable', '--max-connections', '70000', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], env)
+      const r = await cli(
+        [
+          'enable',
+          '--max-connections',
+          '70000',
+          '--cgroup',
+          lab.cgroup,
+          '--bpffs',
+          install.bpffs,
+          '--pods-file',
+          lab.writePodList(),
+          '--json',
+        ],
+        env,
+      )
       assert.equal(r.code, 0, r.stderr + r.stdout)
       replaced = parseJson<EnableResult>(r.stdout).replaced
     })
@@ -157,7 +197,10 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
     assert.ok(result.released === 0 && result.unreleased >= 2, JSON.stringify(result))
     assert.equal(result.unavailable['sockmap-iterator'], 'turned off by MERBRIDGE_WITHOUT')
     assert.ok(!existsSync(install.bpffs), 'no pins')
-    const loaded = async () => (await Promise.all(progIds.map((id) => execa('bpftool', ['prog', 'show', 'id', String(id)], {reject: false})))).filter((x) => x.exitCode === 0).length
+    const loaded = async () =>
+      (await Promise.all(progIds.map((id) => execa('bpftool', ['prog', 'show', 'id', String(id)], {reject: false})))).filter(
+        (x) => x.exitCode === 0,
+      ).length
     // the tracked sockets hold the sk_msg program (and it the maps) while they are open
     await eventually('every program but the sk_msg one freed', async () => (await loaded()) === 1)
     assert.ok(stream.process.running, 'the stream goes on over TCP')
@@ -178,7 +221,10 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
       const r = await cli(['disable', '--bpffs', install.bpffs], env)
       assert.equal(r.code, 0, r.stderr)
       assert.match(r.stdout, /✔ merbridge is disabled/)
-      assert.match(r.stdout, /! without the socket map iterator \(turned off by MERBRIDGE_WITHOUT\) no socket could be released: \d+ tracked socket\(s\) go on over TCP/)
+      assert.match(
+        r.stdout,
+        /! without the socket map iterator \(turned off by MERBRIDGE_WITHOUT\) no socket could be released: \d+ tracked socket\(s\) go on over TCP/,
+      )
     } finally {
       await stream.release()
     }

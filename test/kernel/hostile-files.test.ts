@@ -38,11 +38,32 @@ describe("a pod's files turned against the agent", {skip, timeout: suiteTimeout(
   async function hostileProcess(setup: string): Promise<void> {
     hostile?.kill('SIGKILL')
     await hostile
-    hostile = execa('ip', ['netns', 'exec', lab.pod('h').netns, 'unshare', '--mount', '--propagation', 'private', 'sh', '-c', `${setup} && echo ready && exec sleep 600`], {reject: false})
+    hostile = execa(
+      'ip',
+      [
+        'netns',
+        'exec',
+        lab.pod('h').netns,
+        'unshare',
+        '--mount',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        `${setup} && echo ready && exec sleep 600`,
+      ],
+      {reject: false},
+    )
     await once(hostile.stdout!, 'data')
   }
 
-  const merbridge = (args: string[]) => execa(process.execPath, [BIN, ...args, '--bpffs', install.bpffs], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore', timeout: DEADLINE_MS})
+  const merbridge = (args: string[]) =>
+    execa(process.execPath, [BIN, ...args, '--bpffs', install.bpffs], {
+      env: {...install.env, NO_COLOR: '1'},
+      reject: false,
+      stdin: 'ignore',
+      timeout: DEADLINE_MS,
+    })
 
   async function dnsRule(): Promise<unknown> {
     const r = await merbridge(['dump-maps', 'local_pod_ips', '--json'])

@@ -125,7 +125,11 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
 
   before(async () => {
     // x: an unmeshed pod that has NET_ADMIN in its own namespace, as any root container may
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'x', meshed: false}])
+    await lab.create([
+      {name: 'a', meshed: true},
+      {name: 'b', meshed: true},
+      {name: 'x', meshed: false},
+    ])
     await lab.addRemote()
     for (const p of ['a', 'b']) await lab.startSidecar(p)
     await lab.startApp('b')
@@ -133,7 +137,10 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
     writeFileSync(join(lab.tmp, 'client.py'), CLIENT_PY)
     writeFileSync(join(lab.tmp, 'fragment.py'), FRAGMENT_PY)
     writeFileSync(join(lab.tmp, 'fill.py'), FILL_PY)
-    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    const r = await cli(
+      ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+      install.env,
+    )
     assert.equal(r.code, 0, r.stderr + r.stdout)
   })
 
@@ -146,7 +153,12 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
   // first: the impostor below answers ARP for the addresses it takes
   it('drops a SYN in fragments for a captured port, which tc cannot hand over (fail closed), and lets one for an excluded port through as Istio does', async () => {
     const fragmentedSyn = async (port: number, waitSeconds: number) => {
-      const r = await lab.exec(NODE, SYSTEM_PYTHON, [join(lab.tmp, 'fragment.py'), NODE_IP, lab.pod('b').ip, String(port), String(waitSeconds)], {timeoutMs: (waitSeconds + 30) * 1000})
+      const r = await lab.exec(
+        NODE,
+        SYSTEM_PYTHON,
+        [join(lab.tmp, 'fragment.py'), NODE_IP, lab.pod('b').ip, String(port), String(waitSeconds)],
+        {timeoutMs: (waitSeconds + 30) * 1000},
+      )
       assert.equal(r.code, 0, r.stderr)
       return r.stdout.trim().split('\n').at(-1)
     }
@@ -175,7 +187,13 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
       const r = await cli(['sync', '--bpffs', install.bpffs, '--pods-file', lab.writePodList()], install.env)
       assert.equal(r.code, 0, r.stdout + r.stderr)
       assert.deepEqual(await registeredAt(), before, 'every pod still registered to its own namespace')
-      for (const p of ['a', 'b']) assert.match(r.stdout + r.stderr, new RegExp(`lab/${p}: its address ${lab.pod(p).ip.replaceAll('.', '\\.')} is also held by 1 other network namespace\\(s\\) .*: kept in .*, where it is registered`))
+      for (const p of ['a', 'b'])
+        assert.match(
+          r.stdout + r.stderr,
+          new RegExp(
+            `lab/${p}: its address ${lab.pod(p).ip.replaceAll('.', '\\.')} is also held by 1 other network namespace\\(s\\) .*: kept in .*, where it is registered`,
+          ),
+        )
       // and the pods' traffic still passes their sidecars
       const ok = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
       assert.equal(ok.status, 200, ok.error)
@@ -192,7 +210,17 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
   it('refuses a connect whose socket has no room for its original destination, rather than let it skip the sidecar', async () => {
     const counters0 = await readMaps.counters(inst)
     const sessions0 = await lab.sidecarSessions('a')
-    const r = await lab.exec('a', 'setpriv', ['--reuid', '1000', '--regid', '1000', '--clear-groups', SYSTEM_PYTHON, join(lab.tmp, 'fill.py'), lab.pod('b').ip, String(APP_PORT)])
+    const r = await lab.exec('a', 'setpriv', [
+      '--reuid',
+      '1000',
+      '--regid',
+      '1000',
+      '--clear-groups',
+      SYSTEM_PYTHON,
+      join(lab.tmp, 'fill.py'),
+      lab.pod('b').ip,
+      String(APP_PORT),
+    ])
     assert.equal(r.code, 0, r.stderr)
     assert.match(r.stdout, /^keys [1-9]\d*$/m, 'the app filled its socket option memory')
     assert.match(r.stdout, /^refused: EPERM$/m, `the connect went somewhere: ${r.stdout}`)
@@ -216,7 +244,13 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
     // that cgroup, so only the end that would receive a's bytes is tracked
     const server = lab.spawn('x', "impostor's server", SYSTEM_PYTHON, [join(lab.tmp, 'server.py'), b, String(PROFILES.istio!.inboundPort)])
     await server.waitFor(/listening/)
-    const holder = lab.spawn('x', "impostor's client", SYSTEM_PYTHON, [join(lab.tmp, 'client.py'), a, String(SPORT), b, String(PROFILES.istio!.inboundPort), 'hold'], REMOTE)
+    const holder = lab.spawn(
+      'x',
+      "impostor's client",
+      SYSTEM_PYTHON,
+      [join(lab.tmp, 'client.py'), a, String(SPORT), b, String(PROFILES.istio!.inboundPort), 'hold'],
+      REMOTE,
+    )
     await holder.waitFor(/connected/)
     await server.waitFor(/accepted/)
 
@@ -224,11 +258,23 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
     // the same 4-tuple as the impostor's
     const proxy = PROFILES.istio!
     const before = (await readMaps.counters(inst)).msgRedirected
-    const r = await lab.exec('a', 'setpriv', ['--reuid', String(proxy.sidecarUid), '--regid', String(proxy.sidecarGid), '--clear-groups', SYSTEM_PYTHON, join(lab.tmp, 'client.py'), a, String(SPORT), b, String(APP_PORT), 'once'])
+    const r = await lab.exec('a', 'setpriv', [
+      '--reuid',
+      String(proxy.sidecarUid),
+      '--regid',
+      String(proxy.sidecarGid),
+      '--clear-groups',
+      SYSTEM_PYTHON,
+      join(lab.tmp, 'client.py'),
+      a,
+      String(SPORT),
+      b,
+      String(APP_PORT),
+      'once',
+    ])
     assert.doesNotMatch(server.stdout, /got \d+ bytes/, "the impostor received a's bytes")
     assert.match(r.stdout, /response: HTTP\/1\.[01] 200/, `a's request reached b's sidecar and app: ${r.stdout}${r.stderr}`)
     // and went socket to socket: the impostor did not cost the real connection its acceleration
     assert.ok((await readMaps.counters(inst)).msgRedirected > before, 'messages of the real connection were redirected')
   })
-
 })

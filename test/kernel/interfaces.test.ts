@@ -44,11 +44,15 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     const mark = sidecars.get('plain')!.stdout.length
     const r = await lab.get('plain', `http://${secondAddress('plain')}:${APP_PORT}/whoami`, undefined, as)
     assert.equal(r.status, 200, `plain -> ${secondAddress('plain')}: ${r.error ?? ''}`)
-    return {seen: (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress, log: parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend)}
+    return {
+      seen: (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress,
+      log: parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend),
+    }
   }
   /** The pod's own address on side0, the link to x-POD (addLinkedPod: .1 of x-POD's /24). */
   const secondAddress = (pod: string) => lab.pod(`x-${pod}`).ip.replace(/\.2$/, '.1')
-  const tcFilters = async (pod: string, dev: string) => (await execa('tc', ['-n', lab.pod(pod).netns, '-j', 'filter', 'show', 'dev', dev, 'ingress'])).stdout
+  const tcFilters = async (pod: string, dev: string) =>
+    (await execa('tc', ['-n', lab.pod(pod).netns, '-j', 'filter', 'show', 'dev', dev, 'ingress'])).stdout
   /**
    * A request from `from` to plain, over an interface of plain's that tc is not on: its SYN is
    * dropped (fail closed) rather than given to the app around the sidecar; once sync attaches tc
@@ -72,14 +76,24 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     const pending = lab.get(from, `http://${lab.pod('plain').ip}:${APP_PORT}/whoami`, undefined, undefined, HELD_MS)
     let answered: Awaited<typeof pending> | undefined
     void pending.then((r) => (answered = r))
-    await eventually('the SYN dropped where tc is not', async () => answered !== undefined || (await readMaps.counters(inst)).inboundUncovered > before)
+    await eventually(
+      'the SYN dropped where tc is not',
+      async () => answered !== undefined || (await readMaps.counters(inst)).inboundUncovered > before,
+    )
     assert.equal(answered, undefined, `answered before any sync: ${JSON.stringify(answered)}`)
     const s = await cli(['sync', '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
     assert.equal(s.code, 0, s.stderr + s.stdout)
     const r = await pending
     assert.equal(r.status, 200, `${from} -> plain: ${r.error ?? ''}`)
-    assert.equal((JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress, '127.0.0.6', 'the retransmitted SYN went through the inbound sidecar')
-    assert.deepEqual(parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend), ['inbound_passthrough'])
+    assert.equal(
+      (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress,
+      '127.0.0.6',
+      'the retransmitted SYN went through the inbound sidecar',
+    )
+    assert.deepEqual(
+      parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend),
+      ['inbound_passthrough'],
+    )
   }
   /** What Istio's rules do, in each mode where they are installed. */
   const asIstio = async () => {
@@ -90,10 +104,13 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     // pod's own address then passes its inbound listener
     const vm = await overSide0('vm')
     assert.equal(vm.seen, '127.0.0.6')
-    assert.deepEqual(vm.log.map((l) => [l.backend, l.originalDst]), [
-      ['outbound_passthrough', `${lab.pod('vm').ip}:${APP_PORT}`],
-      ['inbound_passthrough', `${lab.pod('vm').ip}:${APP_PORT}`],
-    ])
+    assert.deepEqual(
+      vm.log.map((l) => [l.backend, l.originalDst]),
+      [
+        ['outbound_passthrough', `${lab.pod('vm').ip}:${APP_PORT}`],
+        ['inbound_passthrough', `${lab.pod('vm').ip}:${APP_PORT}`],
+      ],
+    )
     await capturedAsAnyOther()
   }
   /**
@@ -104,23 +121,43 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
   const capturedAsAnyOther = async () => {
     const plain = await overSide0('plain')
     assert.equal(plain.seen, '127.0.0.6', 'any other interface: through the inbound sidecar')
-    assert.deepEqual(plain.log.map((l) => l.backend), ['inbound_passthrough'])
+    assert.deepEqual(
+      plain.log.map((l) => l.backend),
+      ['inbound_passthrough'],
+    )
     // the sidecar is told the address it was called at
     const second = await overSide0('plain', secondAddress('plain'))
     assert.equal(second.seen, '127.0.0.6', "the pod's second address: through the inbound sidecar")
-    assert.deepEqual(second.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${secondAddress('plain')}:${APP_PORT}`]])
+    assert.deepEqual(
+      second.log.map((l) => [l.backend, l.originalDst]),
+      [['inbound_passthrough', `${secondAddress('plain')}:${APP_PORT}`]],
+    )
     assert.deepEqual(await toOwnSecond(), {seen: secondAddress('plain'), log: []}, 'the app calling its own address: direct')
-    assert.deepEqual(await toOwnSecond({uid: 1337, gid: 1337}), {seen: '127.0.0.6', log: ['inbound_passthrough']}, 'the proxy calling its own pod: through its inbound listener')
+    assert.deepEqual(
+      await toOwnSecond({uid: 1337, gid: 1337}),
+      {seen: '127.0.0.6', log: ['inbound_passthrough']},
+      'the proxy calling its own pod: through its inbound listener',
+    )
     // an address two pods share: whichever it is, every port is captured there (merbridge cannot
     // tell their rules apart by it; Istio's PREROUTING captures every port of plain anyway)
     const shared = await overSide0('plain', SHARED)
     assert.equal(shared.seen, '127.0.0.6', 'a shared address: through the inbound sidecar')
-    assert.deepEqual(shared.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${SHARED}:${APP_PORT}`]])
+    assert.deepEqual(
+      shared.log.map((l) => [l.backend, l.originalDst]),
+      [['inbound_passthrough', `${SHARED}:${APP_PORT}`]],
+    )
     // but under the rules of the pod it arrives at: a port plain excludes goes straight to its app
-    assert.deepEqual(await overSide0('plain', SHARED, EXCLUDED_PORT), {seen: lab.pod('x-plain').ip, log: []}, 'a shared address, an excluded port: direct')
+    assert.deepEqual(
+      await overSide0('plain', SHARED, EXCLUDED_PORT),
+      {seen: lab.pod('x-plain').ip, log: []},
+      'a shared address, an excluded port: direct',
+    )
     const tunnel = await overSide0('tunnel')
     assert.equal(tunnel.seen, '127.0.0.6', 'an interface without Ethernet headers: through the inbound sidecar')
-    assert.deepEqual(tunnel.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${lab.pod('tunnel').ip}:${APP_PORT}`]])
+    assert.deepEqual(
+      tunnel.log.map((l) => [l.backend, l.originalDst]),
+      [['inbound_passthrough', `${lab.pod('tunnel').ip}:${APP_PORT}`]],
+    )
   }
 
   before(async () => {
@@ -156,13 +193,19 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
   })
 
   it('merbridge alone keeps its inbound capture off an excluded interface, sends a virtual machine through the inbound sidecar, and says what it leaves to istio-init', async () => {
-    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    const r = await cli(
+      ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+      install.env,
+    )
     assert.equal(r.code, 0, r.stderr + r.stdout)
     const out = parseJson<EnableResult>(r.stdout)
     assert.deepEqual(out.pods.meshed.map((p) => p.name).sort(), ['excluded', 'plain', 'tunnel', 'vm'])
     const warnings = out.pods.warnings.join('\n')
     assert.match(warnings, /lab\/excluded: traffic.sidecar.istio.io\/excludeInterfaces: inbound on side0 is left alone/)
-    assert.match(warnings, /lab\/vm: istio.io\/reroute-virtual-interfaces: TCP the virtual machine sends through side0 is captured only by istio-init's rules/)
+    assert.match(
+      warnings,
+      /lab\/vm: istio.io\/reroute-virtual-interfaces: TCP the virtual machine sends through side0 is captured only by istio-init's rules/,
+    )
     // tc's filter on every interface but the excluded one
     for (const p of PODS) assert.match(await tcFilters(p, 'eth0'), /"kind":"bpf"/, `${p} eth0`)
     for (const p of ['plain', 'vm', 'tunnel']) assert.match(await tcFilters(p, 'side0'), /"kind":"bpf"/, `${p} side0`)
@@ -171,21 +214,38 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     const excluded = await overSide0('excluded')
     assert.equal(excluded.seen, lab.pod('x-excluded').ip, 'excludeInterfaces: straight to the app, as under Istio')
     // the pods' other addresses, as the node found them in their namespaces: tc finds the pod by them
-    const dumped = parseJson<{maps: MapDump[]}>((await cli(['dump-maps', 'pod_other_ips', '--bpffs', install.bpffs, '--json'], install.env)).stdout).maps
+    const dumped = parseJson<{maps: MapDump[]}>(
+      (await cli(['dump-maps', 'pod_other_ips', '--bpffs', install.bpffs, '--json'], install.env)).stdout,
+    ).maps
     const others = (dumped[0]?.rows ?? []) as {ip: string; owner?: string; pod?: string}[]
-    assert.deepEqual(others.find((o) => o.ip === secondAddress('plain')), {ip: secondAddress('plain'), owner: lab.pod('plain').ip, pod: 'lab/plain'})
-    assert.deepEqual(others.find((o) => o.ip === SHARED), {ip: SHARED}, 'a shared address has no owner')
+    assert.deepEqual(
+      others.find((o) => o.ip === secondAddress('plain')),
+      {ip: secondAddress('plain'), owner: lab.pod('plain').ip, pod: 'lab/plain'},
+    )
+    assert.deepEqual(
+      others.find((o) => o.ip === SHARED),
+      {ip: SHARED},
+      'a shared address has no owner',
+    )
     // the excluded interface, by index in its pod's namespace: the cgroup's guard leaves it alone too
-    const skips = parseJson<{maps: MapDump[]}>((await cli(['dump-maps', 'inbound_skip', '--bpffs', install.bpffs, '--json'], install.env)).stdout).maps[0]?.rows
+    const skips = parseJson<{maps: MapDump[]}>(
+      (await cli(['dump-maps', 'inbound_skip', '--bpffs', install.bpffs, '--json'], install.env)).stdout,
+    ).maps[0]?.rows
     const side0 = Number(/^(\d+):/.exec((await execa('ip', ['-n', lab.pod('excluded').netns, '-o', 'link', 'show', 'side0'])).stdout)?.[1])
-    assert.deepEqual(skips?.map((s) => [(s as {pod?: string}).pod, (s as {ifindex: number}).ifindex]), [['lab/excluded', side0]])
+    assert.deepEqual(
+      skips?.map((s) => [(s as {pod?: string}).pod, (s as {ifindex: number}).ifindex]),
+      [['lab/excluded', side0]],
+    )
     // captured under the rules of the pod it arrives at, as Istio's: nothing to warn of
     assert.doesNotMatch(warnings, /all have the address/)
     await capturedAsAnyOther()
     // fail closed: not the outbound listener Istio's rule picks, but never around the sidecar
     const vm = await overSide0('vm')
     assert.equal(vm.seen, '127.0.0.6')
-    assert.deepEqual(vm.log.map((l) => l.backend), ['inbound_passthrough'])
+    assert.deepEqual(
+      vm.log.map((l) => l.backend),
+      ['inbound_passthrough'],
+    )
   })
 
   it('captures an address the pod gained since it was registered, before any sync', async () => {
@@ -193,12 +253,17 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     await execa('ip', ['-n', lab.pod('plain').netns, 'addr', 'add', `${added}/32`, 'dev', 'side0'])
     await execa('ip', ['-n', lab.pod('x-plain').netns, 'route', 'add', `${added}/32`, 'via', secondAddress('plain')])
     try {
-      const dumped = parseJson<{maps: MapDump[]}>((await cli(['dump-maps', 'pod_other_ips', '--bpffs', install.bpffs, '--json'], install.env)).stdout).maps
+      const dumped = parseJson<{maps: MapDump[]}>(
+        (await cli(['dump-maps', 'pod_other_ips', '--bpffs', install.bpffs, '--json'], install.env)).stdout,
+      ).maps
       assert.ok(!(dumped[0]?.rows ?? []).some((o) => (o as {ip: string}).ip === added), 'not registered yet')
       // registered by the next sync; until then under the rules of the pod whose namespace has it
       const r = await overSide0('plain', added)
       assert.equal(r.seen, '127.0.0.6', 'an address not registered yet: through the inbound sidecar')
-      assert.deepEqual(r.log.map((l) => [l.backend, l.originalDst]), [['inbound_passthrough', `${added}:${APP_PORT}`]])
+      assert.deepEqual(
+        r.log.map((l) => [l.backend, l.originalDst]),
+        [['inbound_passthrough', `${added}:${APP_PORT}`]],
+      )
       // under the rules of the pod whose namespace has it, as Istio's: an excluded port goes direct
       assert.deepEqual(await overSide0('plain', added, EXCLUDED_PORT), {seen: lab.pod('x-plain').ip, log: []}, 'an excluded port: direct')
     } finally {
@@ -218,9 +283,26 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     // nsenter, not `tc -n`: that mounts a sysfs of the namespace's over /sys, and the pin is under /sys/fs/bpf
     const inPod = (args: string[]) => execa('nsenter', [`--net=/run/netns/${lab.pod('excluded').netns}`, 'tc', ...args])
     await inPod(['qdisc', 'add', 'dev', 'side0', 'clsact'])
-    await inPod(['filter', 'add', 'dev', 'side0', 'ingress', 'pref', String(0xc0de), 'handle', '0x4d42', 'bpf', 'direct-action', 'pinned', pin])
+    await inPod([
+      'filter',
+      'add',
+      'dev',
+      'side0',
+      'ingress',
+      'pref',
+      String(0xc0de),
+      'handle',
+      '0x4d42',
+      'bpf',
+      'direct-action',
+      'pinned',
+      pin,
+    ])
     assert.match(await tcFilters('excluded', 'side0'), /"kind":"bpf"/)
-    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    const r = await cli(
+      ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+      install.env,
+    )
     assert.equal(r.code, 0, r.stderr + r.stdout)
     assert.doesNotMatch(await tcFilters('excluded', 'side0'), /"kind":"bpf"/)
     // the qdisc that held only ours goes with it
@@ -269,8 +351,14 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     const mark = sidecars.get('plain')!.stdout.length
     const stream = lab.openStream('x-plain', `http://${lab.pod('plain').ip}:${APP_PORT}`)
     const atStart = await stream.flowingPast(0, 'under Istio')
-    assert.deepEqual(parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend), ['inbound_passthrough'])
-    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    assert.deepEqual(
+      parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend),
+      ['inbound_passthrough'],
+    )
+    const r = await cli(
+      ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+      install.env,
+    )
     assert.equal(r.code, 0, r.stderr + r.stdout)
     const atSwitch = await stream.flowingPast(atStart, 'merbridge on')
     await stream.flowingPast(atSwitch + 4 * 1024 * 1024, '4 MiB later')

@@ -6,7 +6,22 @@ import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {bpftool} from '../../src/bpf/bpftool.js'
 import {ipToSlot} from '../../src/bpf/ip.js'
-import {COUNTERS, encodeIface, encodeOrigin, encodePodId, encodePair, encodePodRules, encodeProcess, encodeSettings, encodeU32, encodeU64, LAYOUT, POD_DNS_CAPTURE, POD_GROUPS_ONLY, POD_NO_IPV6} from '../../src/bpf/layout.js'
+import {
+  COUNTERS,
+  encodeIface,
+  encodeOrigin,
+  encodePodId,
+  encodePair,
+  encodePodRules,
+  encodeProcess,
+  encodeSettings,
+  encodeU32,
+  encodeU64,
+  LAYOUT,
+  POD_DNS_CAPTURE,
+  POD_GROUPS_ONLY,
+  POD_NO_IPV6,
+} from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
 import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
 import {Installation} from '../../src/datapath/installation.js'
@@ -46,7 +61,8 @@ describe('struct layouts', {skip}, () => {
     interface Btf {
       types: {kind: string; name?: string; size?: number; members?: {name: string; bits_offset: number}[]}[]
     }
-    const btfOf = async (object: string) => (JSON.parse((await execa('bpftool', ['btf', 'dump', 'file', object, '-j'])).stdout) as Btf).types
+    const btfOf = async (object: string) =>
+      (JSON.parse((await execa('bpftool', ['btf', 'dump', 'file', object, '-j'])).stdout) as Btf).types
     // the datapath's structs, and the record the sockhash-queued iterator writes for disable
     const types = [...(await btfOf(objects.datapath)), ...(await btfOf(objects.sockhashQueued))]
     for (const [name, layout] of Object.entries(LAYOUT)) {
@@ -69,7 +85,10 @@ describe('struct layouts', {skip}, () => {
       inIncludePorts: [8080, 9090],
       inExcludePorts: [15008, 15090, 15021, 15020],
       outIncludeCidrs: [{ip: '10.0.0.0', prefix: 8}],
-      outExcludeCidrs: [{ip: '10.96.0.0', prefix: 12}, {ip: 'fd00::', prefix: 8}],
+      outExcludeCidrs: [
+        {ip: '10.96.0.0', prefix: 12},
+        {ip: 'fd00::', prefix: 8},
+      ],
       proxyUid: 1500,
       proxyGid: 1501,
       dns: {all: false, servers: ['10.96.0.10', 'fd00::a']},
@@ -77,7 +96,17 @@ describe('struct layouts', {skip}, () => {
       ownerGroups: {only: true, gids: [202, 4000]},
       loopback: {ip: '127.0.0.1', prefix: 8},
     }
-    const settings = {sidecarUid: 1337, sidecarGid: 1338, outboundPort: 15001, inboundPort: 15006, draining: false, inboundRewrite: true, cni: false, hostNetns: 3n, dnsPort: 15053}
+    const settings = {
+      sidecarUid: 1337,
+      sidecarGid: 1338,
+      outboundPort: 15001,
+      inboundPort: 15006,
+      draining: false,
+      inboundRewrite: true,
+      cni: false,
+      hostNetns: 3n,
+      dnsPort: 15053,
+    }
     await bpftool.batch([
       bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot('10.77.0.2'), encodePodRules(rules)),
       bpftool.mapUpdateLine(inst.map('netns_pod_ips'), encodeU64(4101n), encodePodId({ip: '10.77.0.2', ip6: 'fd77::2'})),
@@ -104,9 +133,17 @@ describe('struct layouts', {skip}, () => {
     assert.equal((settingsRaw?.formatted as {value: {sidecar_gid: number}}).value.sidecar_gid, 1338)
     assert.equal((settingsRaw?.formatted as {value: {dns_port: number}}).value.dns_port, 15053)
     const [podRaw] = await bpftool.mapDump(inst.map('local_pod_ips'))
-    const pod = (podRaw?.formatted as {value: {flags: number; n_dns: number; n_owner_groups: number; owner_groups: number[]; loopback: {prefix: number}}}).value
+    const pod = (
+      podRaw?.formatted as {
+        value: {flags: number; n_dns: number; n_owner_groups: number; owner_groups: number[]; loopback: {prefix: number}}
+      }
+    ).value
     assert.equal(pod.n_dns, 2)
-    assert.equal(pod.flags, POD_DNS_CAPTURE | POD_NO_IPV6 | POD_GROUPS_ONLY, 'DNS capture to the listed resolvers only, no IPv6 capture, only some groups captured')
+    assert.equal(
+      pod.flags,
+      POD_DNS_CAPTURE | POD_NO_IPV6 | POD_GROUPS_ONLY,
+      'DNS capture to the listed resolvers only, no IPv6 capture, only some groups captured',
+    )
     assert.deepEqual([pod.n_owner_groups, pod.owner_groups.slice(0, 3)], [2, [202, 4000, 0]])
     assert.equal(pod.loopback.prefix, 96 + 8, 'an IPv4 prefix over the 128-bit slot')
     const [skipRaw] = await bpftool.mapDump(inst.map('inbound_skip'))

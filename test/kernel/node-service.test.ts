@@ -33,7 +33,8 @@ export function parseExposition(text: string): Map<string, number> {
       }
       continue
     }
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9.e+-]+|NaN|\+Inf|-Inf)$/.exec(line)
+    const m =
+      /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9.e+-]+|NaN|\+Inf|-Inf)$/.exec(line)
     assert.ok(m, `not a sample: ${where}`)
     assert.ok(family(m[1]!), `a sample before its # TYPE: ${where}`)
     samples.set(`${m[1]!}${m[2] ?? ''}`.replace(/,\}$/, '}'), Number(m[3]))
@@ -59,7 +60,10 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
   let podsFile = ''
 
   before(async () => {
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}])
+    await lab.create([
+      {name: 'a', meshed: true},
+      {name: 'b', meshed: true},
+    ])
     for (const p of ['a', 'b']) await lab.startSidecar(p)
     await lab.startApp('b')
     podsFile = lab.writePodList()
@@ -88,7 +92,24 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
     api.holdLists() // the watch's first list waits: the node service is up but has not synced
     let watch: ResultPromise | undefined
     try {
-      watch = execa(process.execPath, [BIN, 'sync', '--watch', '--json', '--metrics-addr', `127.0.0.1:${port}`, '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname()], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+      watch = execa(
+        process.execPath,
+        [
+          BIN,
+          'sync',
+          '--watch',
+          '--json',
+          '--metrics-addr',
+          `127.0.0.1:${port}`,
+          '--bpffs',
+          install.bpffs,
+          '--kubeconfig',
+          kubeconfig,
+          '--node',
+          hostname(),
+        ],
+        {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+      )
       await eventually('/healthz answers', async () => (await get('/healthz').catch(() => ({status: 0}))).status === 200)
       await eventually('the first list is waiting', () => api.listsHeld > 0)
       const early = await get('/readyz')
@@ -102,7 +123,10 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       assert.equal(m0.get('merbridge_map_entries{map="local_pod_ips"}'), 2)
       assert.equal(m0.get('merbridge_pods{state="registered"}'), 2)
       assert.equal(m0.get('merbridge_datapath_healthy'), 1)
-      assert.ok([...m0.keys()].some((k) => k.startsWith('merbridge_build_info{version="')), 'build info')
+      assert.ok(
+        [...m0.keys()].some((k) => k.startsWith('merbridge_build_info{version="')),
+        'build info',
+      )
       assert.ok((m0.get('merbridge_sync_duration_seconds_count{cause="relisted"}') ?? 0) >= 1, 'the first sync is counted')
       assert.ok((m0.get('merbridge_map_max_entries{map="sock_pair_map"}') ?? 0) > 0)
       assert.ok((m0.get('merbridge_map_memory_bytes{map="pair_original_dst"}') ?? 0) > 0)
@@ -118,7 +142,10 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       c.metadata = {...c.metadata, name: 'late', annotations: {...c.metadata.annotations}}
       c.status = {...c.status, podIP: '10.77.9.9', podIPs: [{ip: '10.77.9.9'}]}
       api.add(c)
-      await eventually('the watch lag is measured', async () => (parseExposition((await get('/metrics')).text).get('merbridge_watch_lag_seconds_count') ?? 0) >= 1)
+      await eventually(
+        'the watch lag is measured',
+        async () => (parseExposition((await get('/metrics')).text).get('merbridge_watch_lag_seconds_count') ?? 0) >= 1,
+      )
 
       const stream = lab.openStream('a', `http://${lab.pod('b').ip}:${APP_PORT}`)
       await stream.flowingPast(0, 'before SIGTERM')
@@ -161,18 +188,46 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       const state = await inst.readState()
       assert.ok(state)
       const since = new Date(Date.now() - 300_000).toISOString()
-      assert.deepEqual(state.pods.unregistered.map((p) => p.name), ['ghost'])
+      assert.deepEqual(
+        state.pods.unregistered.map((p) => p.name),
+        ['ghost'],
+      )
       await inst.writeState({...state, pods: {...state.pods, unregistered: state.pods.unregistered.map((p) => ({...p, since}))}})
       const again = await cli(['sync', '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname()], install.env)
       assert.equal(again.code, 0, again.stderr)
       const text = await cli(['status', '--bpffs', install.bpffs], install.env)
       assert.match(text.stdout, /lab\/ghost 10\.77\.9\.8: network namespace not found on this node for 5m \d+s/)
-      assert.equal(parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).pods?.unregistered[0]?.since, since)
+      assert.equal(
+        parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).pods?.unregistered[0]
+          ?.since,
+        since,
+      )
 
-      watch = execa(process.execPath, [BIN, 'sync', '--watch', '--metrics-addr', `127.0.0.1:${port}`, '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname()], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
-      await eventually('/readyz names the pod', async () => (await get('/readyz').catch(() => ({status: 0, text: ''}))).text.startsWith('1 meshed pod(s) not registered: lab/ghost (10.77.9.8) for 5m'))
+      watch = execa(
+        process.execPath,
+        [
+          BIN,
+          'sync',
+          '--watch',
+          '--metrics-addr',
+          `127.0.0.1:${port}`,
+          '--bpffs',
+          install.bpffs,
+          '--kubeconfig',
+          kubeconfig,
+          '--node',
+          hostname(),
+        ],
+        {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+      )
+      await eventually('/readyz names the pod', async () =>
+        (await get('/readyz').catch(() => ({status: 0, text: ''}))).text.startsWith(
+          '1 meshed pod(s) not registered: lab/ghost (10.77.9.8) for 5m',
+        ),
+      )
       assert.equal((await get('/readyz')).status, 503)
-      const seconds = parseExposition((await get('/metrics')).text).get('merbridge_pod_unregistered_seconds{namespace="lab",pod="ghost"}') ?? 0
+      const seconds =
+        parseExposition((await get('/metrics')).text).get('merbridge_pod_unregistered_seconds{namespace="lab",pod="ghost"}') ?? 0
       assert.ok(seconds >= 300, `merbridge_pod_unregistered_seconds: ${seconds}`)
       api.delete('lab', 'ghost')
       await eventually('/readyz says ready once the pod is gone', async () => (await get('/readyz')).status === 200)
@@ -189,7 +244,10 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
     const runs = join(dir, 'runs')
     const mark = join(dir, 'attaching')
     const tool = join(dir, 'bpftool')
-    writeFileSync(tool, `#!/bin/sh\necho "$*" >> "${runs}"\ncase "$*" in *"cgroup attach"*) touch "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`)
+    writeFileSync(
+      tool,
+      `#!/bin/sh\necho "$*" >> "${runs}"\ncase "$*" in *"cgroup attach"*) touch "${mark}"; while [ ! -e "${mark}.go" ]; do sleep 0.05; done;; esac\nexec bpftool "$@"\n`,
+    )
     chmodSync(tool, 0o755)
     const count = () => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter(Boolean).length : 0)
     const mine = uniqueInstall()
@@ -201,7 +259,25 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       return {status: r.status, text: await r.text()}
     }
     // a node name with no pods: the lab's pods belong to the suite's own installation
-    const service = execa(process.execPath, [BIN, 'enable', '--watch', '--metrics-addr', `127.0.0.1:${port}`, '--cgroup', cgroup, '--bpffs', mine.bpffs, '--kubeconfig', kubeconfig, '--node', 'early-node'], {env: {...mine.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+    const service = execa(
+      process.execPath,
+      [
+        BIN,
+        'enable',
+        '--watch',
+        '--metrics-addr',
+        `127.0.0.1:${port}`,
+        '--cgroup',
+        cgroup,
+        '--bpffs',
+        mine.bpffs,
+        '--kubeconfig',
+        kubeconfig,
+        '--node',
+        'early-node',
+      ],
+      {env: {...mine.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+    )
     try {
       await eventually('enable to reach its attach step', () => existsSync(mark))
       assert.equal((await get('/healthz')).status, 200, 'alive while enable works')
@@ -235,7 +311,10 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
     assert.match(without.stderr, /--metrics-addr serves metrics while watching: add --watch/)
     const bad = await cli(['sync', '--watch', '--metrics-addr', 'nine', '--bpffs', install.bpffs, '--kubeconfig', kubeconfig], install.env)
     assert.equal(bad.code, 2)
-    assert.deepEqual(bad.stderr.split('\n').filter((l) => l.startsWith('Error:')), ['Error: --metrics-addr "nine" is not HOST:PORT'])
+    assert.deepEqual(
+      bad.stderr.split('\n').filter((l) => l.startsWith('Error:')),
+      ['Error: --metrics-addr "nine" is not HOST:PORT'],
+    )
   })
 
   it("finds the pods through --host-proc from a container's own PID namespace, and not without it", async () => {
@@ -244,10 +323,36 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
     // at another path first, as the DaemonSet mounts it at /host/proc
     const hostProc = join(tmp, 'host', 'proc')
     const script = join(tmp, 'in-container.sh')
-    writeFileSync(script, `set -e\nmkdir -p "${hostProc}"\nmount --rbind /proc "${hostProc}"\nmount -t proc proc /proc\n[ -d /run/netns ] && mount -t tmpfs none /run/netns\nexec "$@"\n`)
+    writeFileSync(
+      script,
+      `set -e\nmkdir -p "${hostProc}"\nmount --rbind /proc "${hostProc}"\nmount -t proc proc /proc\n[ -d /run/netns ] && mount -t tmpfs none /run/netns\nexec "$@"\n`,
+    )
     const inContainer = async (extra: string[]) => {
       // the DaemonSet's entrypoint, enable (here with a pods file instead of the API)
-      const r = await execa('unshare', ['--mount', '--propagation', 'private', '--pid', '--fork', 'sh', script, process.execPath, BIN, 'enable', '--json', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile, ...extra], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+      const r = await execa(
+        'unshare',
+        [
+          '--mount',
+          '--propagation',
+          'private',
+          '--pid',
+          '--fork',
+          'sh',
+          script,
+          process.execPath,
+          BIN,
+          'enable',
+          '--json',
+          '--cgroup',
+          lab.cgroup,
+          '--bpffs',
+          install.bpffs,
+          '--pods-file',
+          podsFile,
+          ...extra,
+        ],
+        {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+      )
       assert.equal(r.exitCode, 0, r.stdout + r.stderr)
       return parseJson<EnableResult>(r.stdout).pods
     }

@@ -24,18 +24,28 @@ describe('stream order', {skip, timeout: suiteTimeout(600_000)}, () => {
   const inst = install.installation()
 
   const send = async (pod: string, host: string, port: number, n: number, records: number, threads: number, how = 'connect') => {
-    const r = await lab.exec(pod, SYSTEM_PYTHON, [SCRIPT, 'send', host, String(port), String(n), String(records), String(threads), how], {timeoutMs: 300_000})
+    const r = await lab.exec(pod, SYSTEM_PYTHON, [SCRIPT, 'send', host, String(port), String(n), String(records), String(threads), how], {
+      timeoutMs: 300_000,
+    })
     assert.equal(r.code, 0, r.stderr)
     return JSON.parse(r.stdout) as Record<string, number>
   }
 
   before(async () => {
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}])
+    await lab.create([
+      {name: 'a', meshed: true},
+      {name: 'b', meshed: true},
+    ])
     for (const p of ['a', 'b']) await lab.startSidecar(p)
     await lab.spawn('b', 'numbered reader', SYSTEM_PYTHON, [SCRIPT, 'serve', '0.0.0.0', String(PORT)]).waitFor(/listening/)
     // a reader that waits a second before its first read: whatever TCP and sk_msg delivered is there by then
-    await lab.spawn('a', 'slow numbered reader', SYSTEM_PYTHON, [SCRIPT, 'serve', '127.0.0.1', String(LOCAL_PORT), '1']).waitFor(/listening/)
-    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+    await lab
+      .spawn('a', 'slow numbered reader', SYSTEM_PYTHON, [SCRIPT, 'serve', '127.0.0.1', String(LOCAL_PORT), '1'])
+      .waitFor(/listening/)
+    const r = await cli(
+      ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+      install.env,
+    )
     assert.equal(r.code, 0, r.stderr + r.stdout)
   })
 
@@ -47,7 +57,24 @@ describe('stream order', {skip, timeout: suiteTimeout(600_000)}, () => {
 
   it('keeps a connection on TCP when its first bytes went before its peer was tracked (the handshake ACK lost)', async () => {
     // a lost ACK: the server's socket exists only once the first data segment completes the handshake
-    const rule = ['INPUT', '-i', 'lo', '-p', 'tcp', '--dport', String(LOCAL_PORT), '--tcp-flags', 'ALL', 'ACK', '-m', 'length', '--length', '0:52', '-j', 'DROP']
+    const rule = [
+      'INPUT',
+      '-i',
+      'lo',
+      '-p',
+      'tcp',
+      '--dport',
+      String(LOCAL_PORT),
+      '--tcp-flags',
+      'ALL',
+      'ACK',
+      '-m',
+      'length',
+      '--length',
+      '0:52',
+      '-j',
+      'DROP',
+    ]
     assert.equal((await lab.exec('a', 'iptables', ['-w', '-A', ...rule])).code, 0)
     try {
       const before = await readMaps.counters(inst)
@@ -68,7 +95,26 @@ describe('stream order', {skip, timeout: suiteTimeout(600_000)}, () => {
 
   it('keeps a connection on TCP when its first send began during the handshake', async () => {
     // every other SYN lost: one connection at a time, each waits for its SYN to be sent again
-    const rule = ['INPUT', '-i', 'lo', '-p', 'tcp', '--dport', String(LOCAL_PORT), '--syn', '-m', 'statistic', '--mode', 'nth', '--every', '2', '--packet', '0', '-j', 'DROP']
+    const rule = [
+      'INPUT',
+      '-i',
+      'lo',
+      '-p',
+      'tcp',
+      '--dport',
+      String(LOCAL_PORT),
+      '--syn',
+      '-m',
+      'statistic',
+      '--mode',
+      'nth',
+      '--every',
+      '2',
+      '--packet',
+      '0',
+      '-j',
+      'DROP',
+    ]
     assert.equal((await lab.exec('a', 'iptables', ['-w', '-A', ...rule])).code, 0)
     try {
       assert.deepEqual(await send('a', '127.0.0.1', LOCAL_PORT, 4, 200, 1, 'waiting'), {ok: 4})

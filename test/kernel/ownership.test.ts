@@ -31,7 +31,21 @@ describe('folders merbridge did not make', {skip, timeout: suiteTimeout(120_000)
     mkdirSync(join(plain, 'maps'))
     // another tool's pin, in a folder on bpffs
     mkdirSync(foreignDir)
-    await execa('bpftool', ['map', 'create', join(foreignDir, 'other_tool_map'), 'type', 'array', 'key', '4', 'value', '4', 'entries', '1', 'name', 'other_tool_map'])
+    await execa('bpftool', [
+      'map',
+      'create',
+      join(foreignDir, 'other_tool_map'),
+      'type',
+      'array',
+      'key',
+      '4',
+      'value',
+      '4',
+      'entries',
+      '1',
+      'name',
+      'other_tool_map',
+    ])
   })
 
   after(async () => {
@@ -45,7 +59,9 @@ describe('folders merbridge did not make', {skip, timeout: suiteTimeout(120_000)
   it('disable refuses an ordinary folder and leaves it whole', async () => {
     const r = await cli(['disable', '--bpffs', plain], install.env)
     assert.equal(r.code, 2, r.stdout + r.stderr)
-    assert.deepEqual(errorLines(r.stderr), [`Error: ${plain} is not on a bpf filesystem: it is not a merbridge installation, and merbridge leaves it alone`])
+    assert.deepEqual(errorLines(r.stderr), [
+      `Error: ${plain} is not on a bpf filesystem: it is not a merbridge installation, and merbridge leaves it alone`,
+    ])
     assert.deepEqual(readdirSync(plain).sort(), ['keep.txt', 'maps'])
   })
 
@@ -57,7 +73,7 @@ describe('folders merbridge did not make', {skip, timeout: suiteTimeout(120_000)
     assert.ok(existsSync(join(foreignDir, 'other_tool_map')))
   })
 
-  it("enable refuses that folder before loading anything, and leaves the pin", async () => {
+  it('enable refuses that folder before loading anything, and leaves the pin', async () => {
     const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', foreignDir, '--pods-file', lab.writePodList()], install.env)
     assert.notEqual(r.code, 0, r.stdout + r.stderr)
     assert.match(r.stderr, /holds 1 pin\(s\) merbridge did not make/)

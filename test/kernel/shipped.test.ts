@@ -20,12 +20,14 @@ describe('shipped bpf objects', {skip, timeout: suiteTimeout(180_000)}, () => {
   const install = uniqueInstall()
   // no compiler and an empty cache: only what the package ships can be used
   const bare = {...install.env, MERBRIDGE_CLANG: join(tmp, 'no-clang'), MERBRIDGE_CACHE_DIR: join(tmp, 'cache'), NO_COLOR: '1'}
-  const run = (args: string[], env: Record<string, string>) => execa(process.execPath, [join(pkg, 'bin', 'run.js'), ...args], {env, reject: false, stdin: 'ignore'})
+  const run = (args: string[], env: Record<string, string>) =>
+    execa(process.execPath, [join(pkg, 'bin', 'run.js'), ...args], {env, reject: false, stdin: 'ignore'})
 
   before(async () => {
     await lab.create([{name: 'a', meshed: true}])
     // the package as the image holds it
-    for (const part of ['bin', 'dist', 'bpf', 'package.json', 'oclif.manifest.json']) cpSync(join(ROOT, part), join(pkg, part), {recursive: true})
+    for (const part of ['bin', 'dist', 'bpf', 'package.json', 'oclif.manifest.json'])
+      cpSync(join(ROOT, part), join(pkg, part), {recursive: true})
     symlinkSync(join(ROOT, 'node_modules'), join(pkg, 'node_modules'))
   })
 

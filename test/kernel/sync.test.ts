@@ -42,7 +42,11 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
   before(async () => {
     await api.start()
     kubeconfig = api.writeKubeconfig(join(api.dir, 'kubeconfig'))
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}, {name: 'd', meshed: true}])
+    await lab.create([
+      {name: 'a', meshed: true},
+      {name: 'b', meshed: true},
+      {name: 'd', meshed: true},
+    ])
     for (const p of ['a', 'b', 'd']) {
       await lab.startSidecar(p)
       if (p !== 'a') await lab.startApp(p)
@@ -74,7 +78,10 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
   it('fails in one line and leaves the maps as they were when the API cannot be used', async () => {
     const before = await readMaps.localPods(inst)
     const cases: [string, RegExp][] = [
-      [api.writeKubeconfig(join(api.dir, 'down'), {server: 'https://127.0.0.1:1'}), /cannot reach the Kubernetes API at https:\/\/127\.0\.0\.1:1/],
+      [
+        api.writeKubeconfig(join(api.dir, 'down'), {server: 'https://127.0.0.1:1'}),
+        /cannot reach the Kubernetes API at https:\/\/127\.0\.0\.1:1/,
+      ],
       [api.writeKubeconfig(join(api.dir, 'token'), {token: 'expired'}), /refused the credentials .*\(401 Unauthorized\)/],
       [api.writeKubeconfig(join(api.dir, 'forbidden'), {token: 'forbidden-token'}), /\(403 Forbidden\)/],
     ]
@@ -92,7 +99,10 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
   })
 
   it('watches: a pod added to the API is intercepted', async (t) => {
-    watcher = spawn(process.execPath, [BIN, 'sync', '--watch', '--json', '--recheck', '1', ...flags()], {env: {...process.env, ...install.env}, stdio: ['ignore', 'pipe', 'pipe']})
+    watcher = spawn(process.execPath, [BIN, 'sync', '--watch', '--json', '--recheck', '1', ...flags()], {
+      env: {...process.env, ...install.env},
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     watcher.stdout!.on('data', (d: Buffer) => (watchLog += d.toString()))
     watcher.stderr!.on('data', (d: Buffer) => (watchLog += d.toString()))
     await until('the first list', () => watchLog.includes('"event":"listed"'))
@@ -105,9 +115,13 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
     t.diagnostic(`pod added -> registered in ${ms} ms`)
   })
 
-  it('watches: waits for the installation\'s lock before it changes the maps', async () => {
+  it("watches: waits for the installation's lock before it changes the maps", async () => {
     // another command holding the installation (a lock the kernel releases with its holder)
-    const holder = execa(process.execPath, ['-e', `require('node:net').createServer().listen({path: ${JSON.stringify(lockName(install.bpffs))}}, () => console.log('held'))`], {reject: false})
+    const holder = execa(
+      process.execPath,
+      ['-e', `require('node:net').createServer().listen({path: ${JSON.stringify(lockName(install.bpffs))}}, () => console.log('held'))`],
+      {reject: false},
+    )
     try {
       await once(holder.stdout, 'data')
       api.delete('lab', 'd')
@@ -146,7 +160,10 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
       const now = await readMaps.localPods(inst)
       return now.some((p) => p.ip === b) && !now.some((p) => p.ip === '10.99.9.9')
     })
-    assert.deepEqual((await readMaps.localPods(inst)).find((p) => p.ip === b), entry)
+    assert.deepEqual(
+      (await readMaps.localPods(inst)).find((p) => p.ip === b),
+      entry,
+    )
     await until('the repair logged', () => watchLog.includes('"event":"repaired","written":1,"deleted":1'))
     assert.equal(await remote('a', 'b'), '127.0.0.6', "through b's inbound sidecar again")
   })
@@ -166,7 +183,9 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
     const ns = lab.pod('b').netns
     await execa('ip', ['-n', ns, 'addr', 'add', '10.66.0.9/32', 'dev', 'eth0'])
     try {
-      await until("b's new address registered", async () => (await readMaps.otherIps(inst)).some((o) => o.ip === '10.66.0.9' && o.owner === lab.pod('b').ip))
+      await until("b's new address registered", async () =>
+        (await readMaps.otherIps(inst)).some((o) => o.ip === '10.66.0.9' && o.owner === lab.pod('b').ip),
+      )
     } finally {
       await execa('ip', ['-n', ns, 'addr', 'del', '10.66.0.9/32', 'dev', 'eth0'])
     }
@@ -175,7 +194,9 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
 
   it("watches: an annotation excluding an outbound port bypasses the pod's own sidecar for that port only", async () => {
     api.modify(makePod('a', lab.pod('a').ip, NODE, true, {[EXCLUDE_OUT]: '8081'}))
-    await until("a's rules updated", async () => (await readMaps.localPods(inst)).some((p) => p.ip === lab.pod('a').ip && p.rules.outExcludePorts.includes(8081)))
+    await until("a's rules updated", async () =>
+      (await readMaps.localPods(inst)).some((p) => p.ip === lab.pod('a').ip && p.rules.outExcludePorts.includes(8081)),
+    )
     const outbound = async () => (await readMaps.counters(inst)).connOutbound
     // 8081 leaves a without its outbound sidecar (b's inbound sidecar still takes it, as under Istio)
     const before = await outbound()
@@ -216,7 +237,10 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
 
   it('watches: captures on an interface a pod gains once a connection arrives there, without waiting for the re-check', async () => {
     // a re-check too far off to be what attaches it
-    watcher = spawn(process.execPath, [BIN, 'sync', '--watch', '--json', '--recheck', '600', ...flags()], {env: {...process.env, ...install.env}, stdio: ['ignore', 'pipe', 'pipe']})
+    watcher = spawn(process.execPath, [BIN, 'sync', '--watch', '--json', '--recheck', '600', ...flags()], {
+      env: {...process.env, ...install.env},
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     watchLog = ''
     watcher.stdout!.on('data', (d: Buffer) => (watchLog += d.toString()))
     watcher.stderr!.on('data', (d: Buffer) => (watchLog += d.toString()))

@@ -27,8 +27,29 @@ const POD = '127.0.0.9' // on loopback: a test may listen there as the pod's inb
 const POD6 = 'fd98::9'
 const APP = 8080
 const EXCLUDED = 15020
-const SETTINGS: Settings = {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: false, inboundRewrite: false, cni: false, hostNetns: 1n, dnsPort: 0}
-const RULES: PodRules = {outAllCidrs: true, inAllPorts: true, outIncludePorts: [], outExcludePorts: [], inIncludePorts: [], inExcludePorts: [EXCLUDED], outIncludeCidrs: [], outExcludeCidrs: [], proxyUid: 1337, proxyGid: 1337}
+const SETTINGS: Settings = {
+  sidecarUid: 1337,
+  sidecarGid: 1337,
+  outboundPort: 15001,
+  inboundPort: 15006,
+  draining: false,
+  inboundRewrite: false,
+  cni: false,
+  hostNetns: 1n,
+  dnsPort: 0,
+}
+const RULES: PodRules = {
+  outAllCidrs: true,
+  inAllPorts: true,
+  outIncludePorts: [],
+  outExcludePorts: [],
+  inIncludePorts: [],
+  inExcludePorts: [EXCLUDED],
+  outIncludeCidrs: [],
+  outExcludeCidrs: [],
+  proxyUid: 1337,
+  proxyGid: 1337,
+}
 
 const TCP = {syn: 0x02, ack: 0x10}
 
@@ -100,7 +121,20 @@ describe("tc inbound's decisions (BPF_PROG_RUN)", {skip, timeout: suiteTimeout(1
   const run = async (packet: Buffer): Promise<{verdict: number; out: Buffer}> => {
     const file = join(tmp, `packet-${n++}`)
     writeFileSync(file, packet)
-    const r = await execa('bpftool', ['prog', 'run', 'pinned', inst.prog('mb_tc_inbound'), 'data_in', file, 'data_out', `${file}.out`, 'ctx_in', ctx, 'repeat', '1'])
+    const r = await execa('bpftool', [
+      'prog',
+      'run',
+      'pinned',
+      inst.prog('mb_tc_inbound'),
+      'data_in',
+      file,
+      'data_out',
+      `${file}.out`,
+      'ctx_in',
+      ctx,
+      'repeat',
+      '1',
+    ])
     const m = /Return value: (\d+)/.exec(r.stdout + r.stderr)
     assert.ok(m, r.stdout + r.stderr)
     return {verdict: Number(m[1]), out: readFileSync(`${file}.out`)}
@@ -115,7 +149,11 @@ describe("tc inbound's decisions (BPF_PROG_RUN)", {skip, timeout: suiteTimeout(1
     mkdirSync(inst.dir)
     await bpftool.loadAll(objects.datapath, inst.progDir, inst.mapDir)
     // struct __sk_buff as the object's BTF lays it out: arrived at and handled on interface 1
-    const types = (JSON.parse((await execa('bpftool', ['btf', 'dump', 'file', objects.datapath, '-j'])).stdout) as {types: {kind: string; name?: string; size?: number; members?: {name: string; bits_offset: number}[]}[]}).types
+    const types = (
+      JSON.parse((await execa('bpftool', ['btf', 'dump', 'file', objects.datapath, '-j'])).stdout) as {
+        types: {kind: string; name?: string; size?: number; members?: {name: string; bits_offset: number}[]}[]
+      }
+    ).types
     const skb = types.find((t) => t.kind === 'STRUCT' && t.name === '__sk_buff')
     assert.ok(skb?.size && skb.members)
     const at = (name: string) => skb.members!.find((m) => m.name === name)!.bits_offset / 8
@@ -136,7 +174,10 @@ describe("tc inbound's decisions (BPF_PROG_RUN)", {skip, timeout: suiteTimeout(1
   it('stays out of the way until the settings are written', async () => {
     assert.equal(await verdict(ipv4(POD, APP, TCP.syn)), OK)
     await writeSettings(inst, SETTINGS)
-    await bpftool.batch([bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(POD), encodePodRules(RULES)), bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(POD6), encodePodRules(RULES))])
+    await bpftool.batch([
+      bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(POD), encodePodRules(RULES)),
+      bpftool.mapUpdateLine(inst.map('local_pod_ips'), ipToSlot(POD6), encodePodRules(RULES)),
+    ])
   })
 
   it('drops a SYN to a captured port while no inbound listener is there (fail closed), and counts it', async () => {

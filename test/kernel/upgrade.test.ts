@@ -11,7 +11,17 @@ import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {EnableResult} from '../../src/commands/enable.js'
 import type {StatusReport} from '../../src/datapath/status.js'
-import {assertAllThroughSidecars, cli, kernelSkipReason, parseJson, requestsDuring, ROOT, skipOrFail, suiteTimeout, uniqueInstall} from '../helpers.js'
+import {
+  assertAllThroughSidecars,
+  cli,
+  kernelSkipReason,
+  parseJson,
+  requestsDuring,
+  ROOT,
+  skipOrFail,
+  suiteTimeout,
+  uniqueInstall,
+} from '../helpers.js'
 
 /** The version of 2026-11-26: its maps lack several of today's (inbound_nat, pod_other_ips, ...). */
 const OLD = '533222b'
@@ -27,7 +37,8 @@ describe('upgrade from an older version', {skip, timeout: suiteTimeout(900_000)}
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
   const install = uniqueInstall()
   const old = mkdtempSync(join(tmpdir(), 'mb-old-'))
-  const oldCli = (args: string[]) => execa(process.execPath, [join(old, 'bin', 'run.js'), ...args], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+  const oldCli = (args: string[]) =>
+    execa(process.execPath, [join(old, 'bin', 'run.js'), ...args], {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
   const url = () => `http://${lab.pod('b').ip}:${APP_PORT}/whoami`
 
   before(async () => {
@@ -36,7 +47,10 @@ describe('upgrade from an older version', {skip, timeout: suiteTimeout(900_000)}
     symlinkSync(join(ROOT, 'node_modules'), join(old, 'node_modules'))
     await execa(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(old, 'tsconfig.json')])
     await execa(process.execPath, [join(old, 'dist', 'bpf', 'build-objects.js')], {cwd: old})
-    await lab.create([{name: 'a', meshed: true}, {name: 'b', meshed: true}])
+    await lab.create([
+      {name: 'a', meshed: true},
+      {name: 'b', meshed: true},
+    ])
     for (const p of ['a', 'b']) await lab.startSidecar(p)
     await lab.startApp('b')
   })
@@ -49,7 +63,7 @@ describe('upgrade from an older version', {skip, timeout: suiteTimeout(900_000)}
     rmSync(old, {recursive: true, force: true})
   })
 
-  it('replaces the older datapath on new maps: no request skips a sidecar, and today\'s disable leaves nothing', async () => {
+  it("replaces the older datapath on new maps: no request skips a sidecar, and today's disable leaves nothing", async () => {
     const e = await oldCli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList()])
     assert.equal(e.exitCode, 0, e.stderr)
     const oldIds = (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout) as {id: number}[]).map((p) => p.id)
@@ -57,7 +71,10 @@ describe('upgrade from an older version', {skip, timeout: suiteTimeout(900_000)}
 
     let replaced: EnableResult['replaced']
     const seen = await requestsDuring(lab, 'a', url(), async () => {
-      const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], install.env)
+      const r = await cli(
+        ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
+        install.env,
+      )
       assert.equal(r.code, 0, r.stderr + r.stdout)
       replaced = parseJson<EnableResult>(r.stdout).replaced
     })
@@ -67,7 +84,11 @@ describe('upgrade from an older version', {skip, timeout: suiteTimeout(900_000)}
     const status = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
     assert.equal(status.verdict, 'healthy', status.problems.join('; '))
     const attached = (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout) as {id: number}[]).map((p) => p.id)
-    assert.deepEqual(attached.filter((id) => oldIds.includes(id)), [], 'the older programs are detached')
+    assert.deepEqual(
+      attached.filter((id) => oldIds.includes(id)),
+      [],
+      'the older programs are detached',
+    )
 
     const d = await cli(['disable', '--bpffs', install.bpffs], install.env)
     assert.equal(d.code, 0, d.stderr)

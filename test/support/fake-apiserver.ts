@@ -30,7 +30,23 @@ function certificates(dir: string, cn = 'kube-apiserver'): {ca: Buffer; key: Buf
   run('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', `/CN=${cn}-ca`)
   run('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', `/CN=${cn}`)
   writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n')
-  run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.crt', '-days', '1', '-extfile', 'ext.cnf')
+  run(
+    'x509',
+    '-req',
+    '-in',
+    'server.csr',
+    '-CA',
+    'ca.crt',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-out',
+    'server.crt',
+    '-days',
+    '1',
+    '-extfile',
+    'ext.cnf',
+  )
   return {ca: readFileSync(join(dir, 'ca.crt')), key: readFileSync(join(dir, 'server.key')), cert: readFileSync(join(dir, 'server.crt'))}
 }
 
@@ -109,7 +125,12 @@ export class FakeApiServer {
   compact(): void {
     this.oldestRv = this.rv + 1
     for (const w of this.watchers) {
-      w.res.end(JSON.stringify({type: 'ERROR', object: {kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'Expired', code: 410, message: 'too old resource version'}}) + '\n')
+      w.res.end(
+        JSON.stringify({
+          type: 'ERROR',
+          object: {kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'Expired', code: 410, message: 'too old resource version'},
+        }) + '\n',
+      )
     }
     this.watchers.clear()
   }
@@ -132,9 +153,18 @@ export class FakeApiServer {
       res.writeHead(code, {'content-type': 'application/json'})
       res.end(JSON.stringify({kind: 'Status', apiVersion: 'v1', status: 'Failure', reason, code, message: reason}))
     }
-    if (auth === 'Bearer forbidden-token') { status(403, 'Forbidden'); return; }
-    if (auth !== `Bearer ${this.token}`) { status(401, 'Unauthorized'); return; }
-    if (url.pathname !== '/api/v1/pods') { status(404, 'NotFound'); return; }
+    if (auth === 'Bearer forbidden-token') {
+      status(403, 'Forbidden')
+      return
+    }
+    if (auth !== `Bearer ${this.token}`) {
+      status(401, 'Unauthorized')
+      return
+    }
+    if (url.pathname !== '/api/v1/pods') {
+      status(404, 'NotFound')
+      return
+    }
     const node = /^spec\.nodeName=(.*)$/.exec(query.fieldSelector ?? '')?.[1]
     const mine = (p: FakePod) => !node || p.spec.nodeName === node
     if (query.watch === 'true') {
@@ -142,7 +172,10 @@ export class FakeApiServer {
       res.writeHead(200, {'content-type': 'application/json', 'transfer-encoding': 'chunked'})
       res.flushHeaders() // as the real API server does: the client sees the stream open at once
       if (from < this.oldestRv) {
-        res.end(JSON.stringify({type: 'ERROR', object: {kind: 'Status', code: 410, reason: 'Expired', message: 'too old resource version'}}) + '\n')
+        res.end(
+          JSON.stringify({type: 'ERROR', object: {kind: 'Status', code: 410, reason: 'Expired', message: 'too old resource version'}}) +
+            '\n',
+        )
         return
       }
       for (const e of this.events) if (e.rv > from && mine(e.pod)) res.write(JSON.stringify({type: e.type, object: e.pod}) + '\n')
@@ -153,7 +186,14 @@ export class FakeApiServer {
     }
     const list = () => {
       res.writeHead(200, {'content-type': 'application/json'})
-      res.end(JSON.stringify({kind: 'PodList', apiVersion: 'v1', metadata: {resourceVersion: String(this.rv)}, items: [...this.pods.values()].filter(mine)}))
+      res.end(
+        JSON.stringify({
+          kind: 'PodList',
+          apiVersion: 'v1',
+          metadata: {resourceVersion: String(this.rv)},
+          items: [...this.pods.values()].filter(mine),
+        }),
+      )
     }
     if (this.heldLists) this.heldLists.push(list)
     else list()

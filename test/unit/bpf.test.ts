@@ -87,7 +87,8 @@ describe('addresses', () => {
     assert.deepEqual(parseCidr('10.0.0.0/8'), {ip: '10.0.0.0', prefix: 8})
     assert.deepEqual(parseCidr('10.1.2.3'), {ip: '10.1.2.3', prefix: 32})
     assert.deepEqual(parseCidr('fd00::/64'), {ip: 'fd00::', prefix: 64})
-    for (const bad of ['10.0.0.0/33', '10.0.0/8', 'x/8', '10.0.0.0/8/1', '10.0.0.0/-1', '10.0.0.0/ 8', '']) assert.equal(parseCidr(bad), undefined, bad)
+    for (const bad of ['10.0.0.0/33', '10.0.0/8', 'x/8', '10.0.0.0/8/1', '10.0.0.0/-1', '10.0.0.0/ 8', ''])
+      assert.equal(parseCidr(bad), undefined, bad)
   })
 })
 
@@ -99,11 +100,17 @@ describe('codecs', () => {
   })
 
   it("read the sockhash-queued iterator's records: each socket's key as the kernel holds it, and its unread bytes", () => {
-    const keys = [encodePair({netns: 9n, localIp: '127.0.0.1', localPort: 15001, remoteIp: '127.0.0.1', remotePort: 40000}), encodePair({netns: 9n, localIp: '10.77.0.2', localPort: 40001, remoteIp: '10.77.0.3', remotePort: 15006})]
+    const keys = [
+      encodePair({netns: 9n, localIp: '127.0.0.1', localPort: 15001, remoteIp: '127.0.0.1', remotePort: 40000}),
+      encodePair({netns: 9n, localIp: '10.77.0.2', localPort: 40001, remoteIp: '10.77.0.3', remotePort: 15006}),
+    ]
     const file = Buffer.alloc(2 * LAYOUT.mb_queued.size)
     keys.forEach((k, i) => k.copy(file, i * LAYOUT.mb_queued.size + LAYOUT.mb_queued.fields.key))
     file.writeUInt32LE(16_773_221, LAYOUT.mb_queued.size + LAYOUT.mb_queued.fields.queued)
-    assert.deepEqual(decodeQueuedRecords(file), [{key: keys[0], queued: 0}, {key: keys[1], queued: 16_773_221}])
+    assert.deepEqual(decodeQueuedRecords(file), [
+      {key: keys[0], queued: 0},
+      {key: keys[1], queued: 16_773_221},
+    ])
     assert.deepEqual(decodeQueuedRecords(Buffer.alloc(0)), [])
     assert.throws(() => decodeQueuedRecords(file.subarray(1)), /not a whole number of 56-byte records/)
   })
@@ -120,7 +127,10 @@ describe('codecs', () => {
       outExcludePorts: [22, 3306],
       inIncludePorts: [],
       inExcludePorts: [15008, 15090, 15021, 15020],
-      outIncludeCidrs: [{ip: '10.0.0.0', prefix: 8}, {ip: 'fd00::', prefix: 64}],
+      outIncludeCidrs: [
+        {ip: '10.0.0.0', prefix: 8},
+        {ip: 'fd00::', prefix: 64},
+      ],
       outExcludeCidrs: [{ip: '10.96.0.1', prefix: 32}],
       proxyUid: 1337,
       proxyGid: 2000,
@@ -131,17 +141,45 @@ describe('codecs', () => {
     const noIpv6 = {...rules, noIpv6: true}
     assert.deepEqual(decodePodRules(encodePodRules(noIpv6)), noIpv6)
     assert.equal(encodePodRules(noIpv6).readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_NO_IPV6, POD_NO_IPV6)
-    for (const ownerGroups of [{only: true, gids: [202, 2 ** 32 - 1]}, {only: true, gids: []}, {only: false, gids: [888]}]) {
+    for (const ownerGroups of [
+      {only: true, gids: [202, 2 ** 32 - 1]},
+      {only: true, gids: []},
+      {only: false, gids: [888]},
+    ]) {
       const grouped = {...rules, ownerGroups, loopback: {ip: '127.0.0.1', prefix: 8}}
       assert.deepEqual(decodePodRules(encodePodRules(grouped)), grouped)
     }
-    assert.equal(encodePodRules({...rules, ownerGroups: {only: true, gids: []}}).readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_GROUPS_ONLY, POD_GROUPS_ONLY, 'an empty include list captures nobody: flagged, not absent')
-    assert.throws(() => encodePodRules({...rules, ownerGroups: {only: false, gids: Array.from({length: MAX_GROUPS + 1}, (_, i) => i)}}), /at most 16 owner groups/)
+    assert.equal(
+      encodePodRules({...rules, ownerGroups: {only: true, gids: []}}).readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_GROUPS_ONLY,
+      POD_GROUPS_ONLY,
+      'an empty include list captures nobody: flagged, not absent',
+    )
+    assert.throws(
+      () => encodePodRules({...rules, ownerGroups: {only: false, gids: Array.from({length: MAX_GROUPS + 1}, (_, i) => i)}}),
+      /at most 16 owner groups/,
+    )
     const loopback = encodePodRules({...rules, outIncludeCidrs: [{ip: '127.1.2.3', prefix: 32}]})
-    assert.equal(loopback.readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_OUT_LOOPBACK, POD_OUT_LOOPBACK, 'a loopback include range is flagged')
-    assert.throws(() => encodePodRules({...rules, dns: {all: false, servers: ['1.1.1.1', '1.1.1.2', '1.1.1.3', '1.1.1.4', '1.1.1.5']}}), /at most 4 resolvers/)
+    assert.equal(
+      loopback.readUInt32LE(LAYOUT.mb_pod_config.fields.flags) & POD_OUT_LOOPBACK,
+      POD_OUT_LOOPBACK,
+      'a loopback include range is flagged',
+    )
+    assert.throws(
+      () => encodePodRules({...rules, dns: {all: false, servers: ['1.1.1.1', '1.1.1.2', '1.1.1.3', '1.1.1.4', '1.1.1.5']}}),
+      /at most 4 resolvers/,
+    )
     assert.deepEqual(decodeProcess(encodeProcess({podIp: '10.77.0.2', netns: 9n})), {podIp: '10.77.0.2', netns: 9n})
-    const settings = {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: true, inboundRewrite: true, cni: true, hostNetns: 1n, dnsPort: 15053}
+    const settings = {
+      sidecarUid: 1337,
+      sidecarGid: 1337,
+      outboundPort: 15001,
+      inboundPort: 15006,
+      draining: true,
+      inboundRewrite: true,
+      cni: true,
+      hostNetns: 1n,
+      dnsPort: 15053,
+    }
     assert.deepEqual(decodeSettings(encodeSettings(settings)), settings)
   })
 
@@ -171,7 +209,11 @@ describe('bpftool dump scanning', () => {
       const out = s.end()
       assert.deepEqual(
         out.map((e) => [e.key.toString('hex'), e.value?.toString('hex')]),
-        [['0100', '0aff'], ['0200', '0b00'], ['0300', undefined]],
+        [
+          ['0100', '0aff'],
+          ['0200', '0b00'],
+          ['0300', undefined],
+        ],
         `chunks of ${size}`,
       )
     }
@@ -180,7 +222,10 @@ describe('bpftool dump scanning', () => {
   it('agrees with parsing the whole JSON', () => {
     const whole = new DumpScanner()
     whole.push(dump)
-    assert.deepEqual(whole.end().map((e) => e.key), (JSON.parse(dump) as {key: string[]}[]).map((e) => bytesFromHex(e.key)))
+    assert.deepEqual(
+      whole.end().map((e) => e.key),
+      (JSON.parse(dump) as {key: string[]}[]).map((e) => bytesFromHex(e.key)),
+    )
   })
 })
 
@@ -224,7 +269,14 @@ describe('constants', () => {
 describe('programs on the cgroup', () => {
   it("fails on another merbridge installation's programs and only warns about other tools'", () => {
     const ours = new Set([10])
-    const twin = checkForeignPrograms('/cg', [{id: 10, name: 'mb_connect4', attach_type: 'cgroup_inet4_connect'}, {id: 20, name: 'mb_connect4', attach_type: 'cgroup_inet4_connect'}], ours)
+    const twin = checkForeignPrograms(
+      '/cg',
+      [
+        {id: 10, name: 'mb_connect4', attach_type: 'cgroup_inet4_connect'},
+        {id: 20, name: 'mb_connect4', attach_type: 'cgroup_inet4_connect'},
+      ],
+      ours,
+    )
     assert.equal(twin.status, 'fail')
     assert.equal(twin.required, true)
     assert.match(twin.detail, /another merbridge installation is attached to \/cg \(mb_connect4 id 20\)/)
@@ -240,7 +292,10 @@ describe('inbound capture on the pods', () => {
     const gaps = Array.from({length: 6}, (_, i) => ({pod: `ns/p${i}`, interfaces: i === 0 ? ['eth0', 'net1'] : ['eth0']}))
     const many = checkInbound(gaps, 9, [])
     assert.deepEqual([many.status, many.required], ['fail', true])
-    assert.equal(many.detail, 'not attached on 6 of 9 registered pod(s): ns/p0 (eth0, net1); ns/p1 (eth0); ns/p2 (eth0); ns/p3 (eth0); ns/p4 (eth0); ...')
+    assert.equal(
+      many.detail,
+      'not attached on 6 of 9 registered pod(s): ns/p0 (eth0, net1); ns/p1 (eth0); ns/p2 (eth0); ns/p3 (eth0); ns/p4 (eth0); ...',
+    )
     assert.match(many.remedy ?? '', /merbridge sync/)
     assert.deepEqual([checkInbound([], 3, ['ns/a']).status, checkInbound([], 3, ['ns/a']).required], ['warn', false])
     assert.equal(checkInbound([], 3, []).status, 'pass')
@@ -259,15 +314,35 @@ describe('bpftool wrapper', () => {
   }
 
   it('reads recorded 7.x output into checked objects', async () => {
-    const prog = '{"id":41,"type":"cgroup_sock_addr","name":"mb_connect4","tag":"ab","gpl_compatible":true,"loaded_at":1764259200,"uid":0,"bytes_xlated":1200,"jited":true,"map_ids":[3,4],"btf_id":9}'
-    assert.deepEqual(await playing(prog).tool.progShowPinned('/p'), {id: 41, type: 'cgroup_sock_addr', name: 'mb_connect4', loaded_at: 1764259200, run_cnt: undefined, run_time_ns: undefined, map_ids: [3, 4]})
-    const tree = '[{"cgroup":"/sys/fs/cgroup/unified/x","programs":[{"id":41,"attach_type":"cgroup_inet4_connect","attach_flags":"multi","name":"mb_connect4"}]}]'
-    assert.deepEqual(await playing(tree).tool.cgroupTree(), [{cgroup: '/sys/fs/cgroup/unified/x', programs: [{id: 41, attach_type: 'cgroup_inet4_connect', attach_flags: 'multi', name: 'mb_connect4'}]}])
-    const counters = '[{"key":["0x00","0x00","0x00","0x00"],"values":[{"cpu":0,"value":["0x02","0x00"]},{"cpu":1,"value":["0x03","0x00"]}]}]'
+    const prog =
+      '{"id":41,"type":"cgroup_sock_addr","name":"mb_connect4","tag":"ab","gpl_compatible":true,"loaded_at":1764259200,"uid":0,"bytes_xlated":1200,"jited":true,"map_ids":[3,4],"btf_id":9}'
+    assert.deepEqual(await playing(prog).tool.progShowPinned('/p'), {
+      id: 41,
+      type: 'cgroup_sock_addr',
+      name: 'mb_connect4',
+      loaded_at: 1764259200,
+      run_cnt: undefined,
+      run_time_ns: undefined,
+      map_ids: [3, 4],
+    })
+    const tree =
+      '[{"cgroup":"/sys/fs/cgroup/unified/x","programs":[{"id":41,"attach_type":"cgroup_inet4_connect","attach_flags":"multi","name":"mb_connect4"}]}]'
+    assert.deepEqual(await playing(tree).tool.cgroupTree(), [
+      {
+        cgroup: '/sys/fs/cgroup/unified/x',
+        programs: [{id: 41, attach_type: 'cgroup_inet4_connect', attach_flags: 'multi', name: 'mb_connect4'}],
+      },
+    ])
+    const counters =
+      '[{"key":["0x00","0x00","0x00","0x00"],"values":[{"cpu":0,"value":["0x02","0x00"]},{"cpu":1,"value":["0x03","0x00"]}]}]'
     assert.equal((await playing(counters).tool.mapDump('/m'))[0]?.values?.length, 2)
     // -f: every program with where it is pinned; only those under the folder are kept
-    const all = playing('[{"id":41,"type":"sock_ops","name":"mb_sockops","run_time_ns":9000,"run_cnt":30,"pinned":["/sys/fs/bpf/x/progs/mb_sockops"]},{"id":42,"type":"sock_ops","name":"other","pinned":["/sys/fs/bpf/xy/p"]},{"id":43,"type":"xdp","name":"loose"}]')
-    assert.deepEqual(await all.tool.progsPinnedUnder('/sys/fs/bpf/x'), [{id: 41, type: 'sock_ops', name: 'mb_sockops', loaded_at: undefined, run_cnt: 30, run_time_ns: 9000, map_ids: undefined}])
+    const all = playing(
+      '[{"id":41,"type":"sock_ops","name":"mb_sockops","run_time_ns":9000,"run_cnt":30,"pinned":["/sys/fs/bpf/x/progs/mb_sockops"]},{"id":42,"type":"sock_ops","name":"other","pinned":["/sys/fs/bpf/xy/p"]},{"id":43,"type":"xdp","name":"loose"}]',
+    )
+    assert.deepEqual(await all.tool.progsPinnedUnder('/sys/fs/bpf/x'), [
+      {id: 41, type: 'sock_ops', name: 'mb_sockops', loaded_at: undefined, run_cnt: 30, run_time_ns: 9000, map_ids: undefined},
+    ])
     assert.deepEqual(all.calls, [['-f', 'prog', 'show', '-j']])
   })
 
@@ -288,18 +363,41 @@ describe('bpftool wrapper', () => {
     await assert.rejects(playing('key: 01 00  value: 0a ff').tool.mapDumpBytes('/m'), drifted) // plain text, not -j
     await assert.rejects(playing('[{"key":["0x01"],"value":["0x02"]},{"key":["0x02"],"val').tool.mapDumpBytes('/m'), drifted) // cut short
     await assert.rejects(playing('[{"key":[1],"value":[2]}]').tool.mapDumpBytes('/m'), drifted) // decimal bytes
-    await assert.rejects(playing('[{"output":{}}]').tool.batchJson([['prog', 'show'], ['map', 'show']]), drifted)
+    await assert.rejects(
+      playing('[{"output":{}}]').tool.batchJson([
+        ['prog', 'show'],
+        ['map', 'show'],
+      ]),
+      drifted,
+    )
     await assert.rejects(playing('not json').tool.featureProbe(), drifted)
   })
 
   it("takes a batch whose only error is bpftool 7.1's end-of-file complaint after a cgroup show, and no other failure", async () => {
-    const answers = '[{"command":["map","show","id","7"],"output":{"id":7,"type":"hash","name":"m","bytes_key":4,"bytes_value":4,"max_entries":8}},{"command":["cgroup","show","/cg"],"output":[]},{"error":"reading batch file failed: Invalid argument"}]'
-    const out = await playing(answers, 255).tool.batchJson([['map', 'show', 'id', '7'], ['cgroup', 'show', '/cg']])
+    const answers =
+      '[{"command":["map","show","id","7"],"output":{"id":7,"type":"hash","name":"m","bytes_key":4,"bytes_value":4,"max_entries":8}},{"command":["cgroup","show","/cg"],"output":[]},{"error":"reading batch file failed: Invalid argument"}]'
+    const out = await playing(answers, 255).tool.batchJson([
+      ['map', 'show', 'id', '7'],
+      ['cgroup', 'show', '/cg'],
+    ])
     assert.deepEqual(out[1], [])
     const stopped = '[{"command":["prog","show","pinned","/p"],"output":{"error":"bpf obj get (/p): No such file or directory"}}]'
-    await assert.rejects(playing(stopped, 255).tool.batchJson([['prog', 'show', 'pinned', '/p'], ['cgroup', 'show', '/cg']]), /bpftool prog show failed: bpf obj get \(\/p\): No such file or directory/)
-    const failedInside = '[{"command":["prog","show","pinned","/p"],"output":{"error":"bpf obj get (/p): No such file or directory"}},{"command":["cgroup","show","/cg"],"output":[]},{"error":"reading batch file failed: Invalid argument"}]'
-    await assert.rejects(playing(failedInside, 255).tool.batchJson([['prog', 'show', 'pinned', '/p'], ['cgroup', 'show', '/cg']]), /No such file/)
+    await assert.rejects(
+      playing(stopped, 255).tool.batchJson([
+        ['prog', 'show', 'pinned', '/p'],
+        ['cgroup', 'show', '/cg'],
+      ]),
+      /bpftool prog show failed: bpf obj get \(\/p\): No such file or directory/,
+    )
+    const failedInside =
+      '[{"command":["prog","show","pinned","/p"],"output":{"error":"bpf obj get (/p): No such file or directory"}},{"command":["cgroup","show","/cg"],"output":[]},{"error":"reading batch file failed: Invalid argument"}]'
+    await assert.rejects(
+      playing(failedInside, 255).tool.batchJson([
+        ['prog', 'show', 'pinned', '/p'],
+        ['cgroup', 'show', '/cg'],
+      ]),
+      /No such file/,
+    )
   })
 
   it('reads an empty map as empty', async () => {
@@ -318,13 +416,24 @@ describe('optional kernel features', () => {
   it('refuses a name it does not know, in one line with the names it does', () => {
     assert.throws(
       () => featuresTurnedOff('sockmap-iterator,sockmap-iterators'),
-      (e: unknown) => e instanceof MerbridgeError && e.exitCode === 2 && e.message === 'MERBRIDGE_WITHOUT names unknown feature(s): sockmap-iterators' && (e.suggestion ?? '').includes('map-element-count, sockmap-iterator'),
+      (e: unknown) =>
+        e instanceof MerbridgeError &&
+        e.exitCode === 2 &&
+        e.message === 'MERBRIDGE_WITHOUT names unknown feature(s): sockmap-iterators' &&
+        (e.suggestion ?? '').includes('map-element-count, sockmap-iterator'),
     )
   })
 
   it("says why a load failed in the kernel's words where libbpf quotes them", () => {
-    const stderr = "libbpf: prog 'mb_sockhash_count': BPF program load failed: Operation not permitted\nlibbpf: failed to load object 'x.bpf.o'\nError: can't load objfile x.bpf.o\n"
-    assert.equal(loadFailure(new ToolFailedError('bpftool iter pin x.bpf.o', "Error: can't load objfile x.bpf.o", stderr)), 'the kernel refused mb_sockhash_count: Operation not permitted')
-    assert.equal(loadFailure(new ToolFailedError('bpftool iter pin x.bpf.o', 'exit code 255', '')), 'bpftool iter pin x.bpf.o failed: exit code 255')
+    const stderr =
+      "libbpf: prog 'mb_sockhash_count': BPF program load failed: Operation not permitted\nlibbpf: failed to load object 'x.bpf.o'\nError: can't load objfile x.bpf.o\n"
+    assert.equal(
+      loadFailure(new ToolFailedError('bpftool iter pin x.bpf.o', "Error: can't load objfile x.bpf.o", stderr)),
+      'the kernel refused mb_sockhash_count: Operation not permitted',
+    )
+    assert.equal(
+      loadFailure(new ToolFailedError('bpftool iter pin x.bpf.o', 'exit code 255', '')),
+      'bpftool iter pin x.bpf.o failed: exit code 255',
+    )
   })
 })

@@ -38,10 +38,16 @@ function fakeAgent(): CniAgent & {syncs: number} {
     mesh: PROFILES.istio!,
     pinned: new Map(),
     syncs: 0,
-    findPod: (namespace: string | undefined, name: string) => Promise.resolve(pods.find((p) => p.metadata.name === name && namespace === 'lab')),
+    findPod: (namespace: string | undefined, name: string) =>
+      Promise.resolve(pods.find((p) => p.metadata.name === name && namespace === 'lab')),
     sync: () => {
       agent.syncs++
-      applied = {sync: {meshed: [...agent.pinned.keys()].map((k: string) => ({namespace: k.split('/')[0], name: k.split('/')[1]})), nodeWarnings: []}} as unknown as AppliedPods
+      applied = {
+        sync: {
+          meshed: [...agent.pinned.keys()].map((k: string) => ({namespace: k.split('/')[0], name: k.split('/')[1]})),
+          nodeWarnings: [],
+        },
+      } as unknown as AppliedPods
       return Promise.resolve()
     },
     applied: () => applied,
@@ -79,7 +85,11 @@ describe('merbridge-cni calls', () => {
 
   it('refuses a sandbox the agent cannot see: its container lacks the mount', async () => {
     const agent = fakeAgent()
-    const r = JSON.parse((await handleCni(call('ADD', join(root, 'netns', 'cni-9')), agent)).stdout) as {code: number; msg: string; details: string}
+    const r = JSON.parse((await handleCni(call('ADD', join(root, 'netns', 'cni-9')), agent)).stdout) as {
+      code: number
+      msg: string
+      details: string
+    }
     assert.equal(r.code, 11)
     assert.match(r.msg, /cannot see .*cni-9/)
     assert.match(r.details, /\/var\/run\/netns mounted/)

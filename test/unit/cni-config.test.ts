@@ -8,7 +8,8 @@ import {after, describe, it} from 'node:test'
 import {CNI_PLUGIN_TYPE, installCni, runtimeConfig, uninstallCni} from '../../src/node/cni-config.js'
 
 // as podman writes it: tabs, its own key order
-const PODMAN = '{\n\t"cniVersion": "0.4.0",\n\t"name": "podman",\n\t"plugins": [\n\t\t{"type": "bridge", "bridge": "cni-podman0", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]]}},\n\t\t{"type": "portmap", "capabilities": {"portMappings": true}}\n\t]\n}\n'
+const PODMAN =
+  '{\n\t"cniVersion": "0.4.0",\n\t"name": "podman",\n\t"plugins": [\n\t\t{"type": "bridge", "bridge": "cni-podman0", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]]}},\n\t\t{"type": "portmap", "capabilities": {"portMappings": true}}\n\t]\n}\n'
 const SOCKET = '/run/merbridge/cni.sock'
 
 describe('CNI configuration', () => {
@@ -62,7 +63,10 @@ describe('CNI configuration', () => {
     c.plugins.push({type: 'tuning'})
     writeFileSync(join(paths.confDir, '10-net.conflist'), JSON.stringify(c))
     assert.deepEqual(uninstallCni(paths).edited, [join(paths.confDir, '10-net.conflist')])
-    assert.deepEqual((JSON.parse(conf('10-net.conflist')) as {plugins: {type: string}[]}).plugins.map((p) => p.type), ['bridge', 'portmap', 'tuning'])
+    assert.deepEqual(
+      (JSON.parse(conf('10-net.conflist')) as {plugins: {type: string}[]}).plugins.map((p) => p.type),
+      ['bridge', 'portmap', 'tuning'],
+    )
   })
 
   it('leaves a file it cannot chain into as it is, and says why', () => {

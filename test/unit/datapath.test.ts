@@ -24,19 +24,51 @@ const STATE: InstallState = {
   enabledAt: '2026-11-27T10:00:00.000Z',
   mountedBpffs: false,
   hostNetns: '3',
-  pods: {source: 'file', syncedAt: '2026-11-27T10:00:00.000Z', meshed: [{namespace: 'lab', name: 'a', ip: '10.0.0.2', netns: '4099'}], unregistered: [], skipped: [], warnings: []},
+  pods: {
+    source: 'file',
+    syncedAt: '2026-11-27T10:00:00.000Z',
+    meshed: [{namespace: 'lab', name: 'a', ip: '10.0.0.2', netns: '4099'}],
+    unregistered: [],
+    skipped: [],
+    warnings: [],
+  },
 }
 
 /** What status sees on a healthy node; `change` edits a copy. */
 function observed(change: (o: Observed & {snap: Snapshot}) => void = () => undefined): Observed {
   const progs = new Map<string, ProgInfo>(PROGRAMS.map((p, i) => [p.name, {id: 100 + i, type: 'cgroup_sock_addr', name: p.name}]))
-  const maps = new Map<MapName, MapInfo>(MAP_NAMES.map((m, i) => [m, {id: 200 + i, type: m === 'settings' ? 'array' : 'hash', name: m, bytes_key: 4, bytes_value: 4, max_entries: 1000}]))
-  const attachments: CgroupAttachment[] = PROGRAMS.filter((p) => p.target === 'cgroup').map((p) => ({id: progs.get(p.name)!.id, attach_type: p.kernelAttachType, attach_flags: 'multi', name: p.name}))
+  const maps = new Map<MapName, MapInfo>(
+    MAP_NAMES.map((m, i) => [
+      m,
+      {id: 200 + i, type: m === 'settings' ? 'array' : 'hash', name: m, bytes_key: 4, bytes_value: 4, max_entries: 1000},
+    ]),
+  )
+  const attachments: CgroupAttachment[] = PROGRAMS.filter((p) => p.target === 'cgroup').map((p) => ({
+    id: progs.get(p.name)!.id,
+    attach_type: p.kernelAttachType,
+    attach_flags: 'multi',
+    name: p.name,
+  }))
   const o = {
     bpffs: STATE.bpffs,
     state: structuredClone(STATE),
     pins: {progs: PROGRAMS.map((p) => p.name), maps: [...MAP_NAMES]},
-    snap: {progs, maps, attachments, settings: {sidecarUid: 1337, sidecarGid: 1337, outboundPort: 15001, inboundPort: 15006, draining: false, inboundRewrite: true, cni: false, hostNetns: 3n, dnsPort: 15053}},
+    snap: {
+      progs,
+      maps,
+      attachments,
+      settings: {
+        sidecarUid: 1337,
+        sidecarGid: 1337,
+        outboundPort: 15001,
+        inboundPort: 15006,
+        draining: false,
+        inboundRewrite: true,
+        cni: false,
+        hostNetns: 3n,
+        dnsPort: 15053,
+      },
+    },
     entries: {local_pod_ips: 1, sock_pair_map: 10},
     sourceHash: 'abc',
     statsEnabled: true,
@@ -62,9 +94,21 @@ describe('status diagnosis', () => {
   })
 
   const broken: [string, (o: Observed & {snap: Snapshot}) => void, RegExp][] = [
-    ['a disable killed after it set draining', (o) => (o.snap.settings = {...o.snap.settings!, draining: true}), /the datapath is draining: nothing is intercepted \(a disable was interrupted\)/],
-    ['an enable killed before it configured the mesh', (o) => (o.snap.settings = undefined), /settings are not configured: nothing is intercepted \(an enable was interrupted\)/],
-    ['a program detached behind its back', (o) => (o.snap.attachments = o.snap.attachments.filter((a) => a.name !== 'mb_connect4')), /program mb_connect4 is pinned but not attached to \/sys\/fs\/cgroup\/unified\/node/],
+    [
+      'a disable killed after it set draining',
+      (o) => (o.snap.settings = {...o.snap.settings!, draining: true}),
+      /the datapath is draining: nothing is intercepted \(a disable was interrupted\)/,
+    ],
+    [
+      'an enable killed before it configured the mesh',
+      (o) => (o.snap.settings = undefined),
+      /settings are not configured: nothing is intercepted \(an enable was interrupted\)/,
+    ],
+    [
+      'a program detached behind its back',
+      (o) => (o.snap.attachments = o.snap.attachments.filter((a) => a.name !== 'mb_connect4')),
+      /program mb_connect4 is pinned but not attached to \/sys\/fs\/cgroup\/unified\/node/,
+    ],
     ['a program not pinned', (o) => o.snap.progs.delete('mb_getsockopt'), /program mb_getsockopt is not pinned/],
     ['a map missing', (o) => o.snap.maps.delete('sock_pair_map'), /map sock_pair_map is not pinned/],
   ]
@@ -82,7 +126,10 @@ describe('status diagnosis', () => {
     assert.equal(orphan.verdict, 'unhealthy')
     assert.match(orphan.problems.join('\n'), /pins in \/sys\/fs\/bpf\/merbridge but no record of an enable/)
     const stale = diagnose(observed((o) => (o.pins = {progs: [], maps: []})))
-    assert.match(stale.problems.join('\n'), /recorded as enabled on .*, but nothing is pinned in \/sys\/fs\/bpf\/merbridge \(stale record\)/)
+    assert.match(
+      stale.problems.join('\n'),
+      /recorded as enabled on .*, but nothing is pinned in \/sys\/fs\/bpf\/merbridge \(stale record\)/,
+    )
   })
 
   it('counts a nearly full map as a problem but not as broken', () => {
@@ -113,13 +160,36 @@ describe('status diagnosis', () => {
 
 describe('sync plan', () => {
   const rules = (n: number) => Buffer.from([n, n])
-  const pod = (name: string, ip: string, ip6?: string): MeshedPod => ({namespace: 'lab', name, ip, ...(ip6 ? {ip6} : {}), dnsCapture: false, dnsToAny: false, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []})
+  const pod = (name: string, ip: string, ip6?: string): MeshedPod => ({
+    namespace: 'lab',
+    name,
+    ip,
+    ...(ip6 ? {ip6} : {}),
+    dnsCapture: false,
+    dnsToAny: false,
+    rules: {...CAPTURE_ALL},
+    noInboundCapture: [],
+    warnings: [],
+  })
   const empty = (): PodMapsView => ({rules: new Map(), netns: new Map()})
 
   it('writes every address and namespace of a fresh node, and attaches inbound capture to each found pod', () => {
-    const plan = planSync([{pod: pod('a', '10.0.0.2', 'fd00::2'), nsPath: '/proc/10/ns/net', cookie: 4099n, rules: rules(1)}, {pod: pod('b', '10.0.0.3'), rules: rules(2)}], empty(), false)
-    assert.deepEqual(plan.ruleWrites.map(([ip]) => ip), ['10.0.0.2', 'fd00::2', '10.0.0.3'])
-    assert.deepEqual(plan.netnsWrites.map(([cookie]) => cookie), [4099n])
+    const plan = planSync(
+      [
+        {pod: pod('a', '10.0.0.2', 'fd00::2'), nsPath: '/proc/10/ns/net', cookie: 4099n, rules: rules(1)},
+        {pod: pod('b', '10.0.0.3'), rules: rules(2)},
+      ],
+      empty(),
+      false,
+    )
+    assert.deepEqual(
+      plan.ruleWrites.map(([ip]) => ip),
+      ['10.0.0.2', 'fd00::2', '10.0.0.3'],
+    )
+    assert.deepEqual(
+      plan.netnsWrites.map(([cookie]) => cookie),
+      [4099n],
+    )
     assert.deepEqual(plan.meshed, [{namespace: 'lab', name: 'a', ip: '10.0.0.2', ip6: 'fd00::2', netns: '4099'}])
     // b is not on the node (yet): still captured as a destination (fail closed), not registered
     assert.deepEqual(plan.unregistered, [{namespace: 'lab', name: 'b', ip: '10.0.0.3'}])
@@ -128,27 +198,73 @@ describe('sync plan', () => {
   })
 
   it('writes only what changed, removes what is gone, and attaches only newly registered pods when the view is known', () => {
-    const first = planSync([{pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(1)}, {pod: pod('gone', '10.0.0.9'), nsPath: '/p/g', cookie: 9n, rules: rules(9)}], empty(), false)
-    const next = planSync([{pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(1)}, {pod: pod('c', '10.0.0.4'), nsPath: '/p/c', cookie: 4n, rules: rules(4)}], first.view, true)
-    assert.deepEqual(next.ruleWrites.map(([ip]) => ip), ['10.0.0.4'])
-    assert.deepEqual(next.netnsWrites.map(([cookie]) => cookie), [4n])
+    const first = planSync(
+      [
+        {pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(1)},
+        {pod: pod('gone', '10.0.0.9'), nsPath: '/p/g', cookie: 9n, rules: rules(9)},
+      ],
+      empty(),
+      false,
+    )
+    const next = planSync(
+      [
+        {pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(1)},
+        {pod: pod('c', '10.0.0.4'), nsPath: '/p/c', cookie: 4n, rules: rules(4)},
+      ],
+      first.view,
+      true,
+    )
+    assert.deepEqual(
+      next.ruleWrites.map(([ip]) => ip),
+      ['10.0.0.4'],
+    )
+    assert.deepEqual(
+      next.netnsWrites.map(([cookie]) => cookie),
+      [4n],
+    )
     assert.deepEqual(next.ruleDeletes, ['10.0.0.9'])
     assert.deepEqual(next.netnsDeletes, [9n])
-    assert.deepEqual(next.attach.map((a) => a.id), ['lab/c'])
+    assert.deepEqual(
+      next.attach.map((a) => a.id),
+      ['lab/c'],
+    )
     // a re-check (view not known) re-attaches everyone; a changed rule is rewritten
     const recheck = planSync([{pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(7)}], next.view, false)
-    assert.deepEqual(recheck.ruleWrites.map(([ip]) => ip), ['10.0.0.2'])
-    assert.deepEqual(recheck.attach.map((a) => a.id), ['lab/a'])
+    assert.deepEqual(
+      recheck.ruleWrites.map(([ip]) => ip),
+      ['10.0.0.2'],
+    )
+    assert.deepEqual(
+      recheck.attach.map((a) => a.id),
+      ['lab/a'],
+    )
   })
 
   it("registers a pod's other addresses, marks those pods of separate networks share, and removes them when gone", () => {
     const a = {pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(1)}
     const b = {pod: pod('b', '10.0.0.3'), nsPath: '/p/b', cookie: 2n, rules: rules(2)}
-    const first = planSync([{...a, otherIps: ['192.168.1.10', '192.168.9.9']}, {...b, otherIps: ['192.168.9.9', '10.0.0.2']}], empty(), false)
+    const first = planSync(
+      [
+        {...a, otherIps: ['192.168.1.10', '192.168.9.9']},
+        {...b, otherIps: ['192.168.9.9', '10.0.0.2']},
+      ],
+      empty(),
+      false,
+    )
     // b's namespace also holds a's pod IP (overlapping networks): a's own entry decides there
-    assert.deepEqual(first.otherWrites, [['192.168.1.10', '10.0.0.2'], ['192.168.9.9', '']])
+    assert.deepEqual(first.otherWrites, [
+      ['192.168.1.10', '10.0.0.2'],
+      ['192.168.9.9', ''],
+    ])
     assert.deepEqual(first.shared, [{ip: '192.168.9.9', pods: ['lab/a', 'lab/b']}])
-    const next = planSync([{...a, otherIps: ['192.168.1.10']}, {...b, otherIps: ['192.168.9.9']}], first.view, true)
+    const next = planSync(
+      [
+        {...a, otherIps: ['192.168.1.10']},
+        {...b, otherIps: ['192.168.9.9']},
+      ],
+      first.view,
+      true,
+    )
     assert.deepEqual(next.otherWrites, [['192.168.9.9', '10.0.0.3']])
     assert.deepEqual(next.otherDeletes, [])
     const gone = planSync([a], next.view, true)
@@ -160,21 +276,44 @@ describe('sync plan', () => {
   it('keeps the interfaces registered pods exclude by namespace and index, and removes those gone', () => {
     const a = {pod: pod('a', '10.0.0.2'), nsPath: '/p/a', cookie: 1n, rules: rules(1)}
     const key = (netns: bigint, ifindex: number) => encodeIface({netns, ifindex}).toString('hex')
-    const first = planSync([{...a, skipIndexes: [3, 5]}, {pod: pod('b', '10.0.0.3'), rules: rules(2), skipIndexes: [7]}], empty(), false)
+    const first = planSync(
+      [
+        {...a, skipIndexes: [3, 5]},
+        {pod: pod('b', '10.0.0.3'), rules: rules(2), skipIndexes: [7]},
+      ],
+      empty(),
+      false,
+    )
     // b is not on the node: no namespace, nothing to skip
-    assert.deepEqual(first.skipWrites.map((k) => k.toString('hex')), [key(1n, 3), key(1n, 5)])
+    assert.deepEqual(
+      first.skipWrites.map((k) => k.toString('hex')),
+      [key(1n, 3), key(1n, 5)],
+    )
     // the interface renumbered (deleted and made again): the new index in, the old one out
     const next = planSync([{...a, skipIndexes: [3, 8]}], first.view, true)
-    assert.deepEqual(next.skipWrites.map((k) => k.toString('hex')), [key(1n, 8)])
-    assert.deepEqual(next.skipDeletes.map((k) => k.toString('hex')), [key(1n, 5)])
-    assert.deepEqual(planSync([], next.view, true).skipDeletes.map((k) => k.toString('hex')).sort(), [key(1n, 3), key(1n, 8)].sort())
+    assert.deepEqual(
+      next.skipWrites.map((k) => k.toString('hex')),
+      [key(1n, 8)],
+    )
+    assert.deepEqual(
+      next.skipDeletes.map((k) => k.toString('hex')),
+      [key(1n, 5)],
+    )
+    assert.deepEqual(
+      planSync([], next.view, true)
+        .skipDeletes.map((k) => k.toString('hex'))
+        .sort(),
+      [key(1n, 3), key(1n, 8)].sort(),
+    )
   })
 
   it("takes as a pod's other addresses all its namespace holds (link-local ones too) but its pod IPs, loopback, and IPv6 Istio leaves alone", () => {
     const addresses = ['10.0.0.2', '127.0.0.1', '192.168.1.10', 'fd00::2', 'fd00:0:0:0::2', 'fd01::7', '::1']
     const linkLocal = ['fe80::1']
     assert.deepEqual(otherAddresses(pod('a', '10.0.0.2', 'fd00::2'), {addresses, linkLocal}), ['192.168.1.10', 'fd01::7', 'fe80::1'])
-    assert.deepEqual(otherAddresses({...pod('v', '10.0.0.2'), rules: {...CAPTURE_ALL, noIpv6: true}}, {addresses, linkLocal}), ['192.168.1.10'])
+    assert.deepEqual(otherAddresses({...pod('v', '10.0.0.2'), rules: {...CAPTURE_ALL, noIpv6: true}}, {addresses, linkLocal}), [
+      '192.168.1.10',
+    ])
   })
 })
 
@@ -186,7 +325,10 @@ describe('status rendering', () => {
     const draining = renderStatus(diagnose(observed((o) => (o.snap.settings = {...o.snap.settings!, draining: true}))))
     assert.match(draining, /merbridge is enabled but unhealthy:\n {2}- the datapath is draining/)
     assert.match(draining, /→ merbridge disable, then merbridge enable, rebuilds the installation/)
-    assert.match(renderStatus(diagnose({bpffs: '/sys/fs/bpf/x', pins: {progs: [], maps: []}, entries: {}, statsEnabled: true})), /^merbridge is not enabled on this node \(no installation in \/sys\/fs\/bpf\/x\)/)
+    assert.match(
+      renderStatus(diagnose({bpffs: '/sys/fs/bpf/x', pins: {progs: [], maps: []}, entries: {}, statsEnabled: true})),
+      /^merbridge is not enabled on this node \(no installation in \/sys\/fs\/bpf\/x\)/,
+    )
   })
 })
 
@@ -226,10 +368,22 @@ describe("sync --watch's look at the guard's drops", () => {
 })
 
 describe('a pod address held by more than one network namespace', () => {
-  const pod: MeshedPod = {namespace: 'lab', name: 'b', ip: '10.0.0.2', dnsCapture: false, dnsToAny: false, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []}
+  const pod: MeshedPod = {
+    namespace: 'lab',
+    name: 'b',
+    ip: '10.0.0.2',
+    dnsCapture: false,
+    dnsToAny: false,
+    rules: {...CAPTURE_ALL},
+    noInboundCapture: [],
+    warnings: [],
+  }
   const ns = (path: string) => ({inode: 1, path, addresses: [pod.ip], linkLocal: [], pids: []})
   const [own, claim] = [ns('/proc/10/ns/net'), ns('/proc/99/ns/net')]
-  const cookies = new Map([[own.path, 5n], [claim.path, 9n]])
+  const cookies = new Map([
+    [own.path, 5n],
+    [claim.path, 9n],
+  ])
 
   it('takes the only holder without a word', () => {
     assert.deepEqual(pickNamespace(pod, [own], cookies, undefined), {ns: own})
@@ -237,9 +391,20 @@ describe('a pod address held by more than one network namespace', () => {
   })
 
   it('keeps the namespace the pod is registered to, whichever is older, and says who else holds the address', () => {
-    const kept = pickNamespace(pod, [claim, own], new Map([[own.path, 9n], [claim.path, 5n]]), 9n)
+    const kept = pickNamespace(
+      pod,
+      [claim, own],
+      new Map([
+        [own.path, 9n],
+        [claim.path, 5n],
+      ]),
+      9n,
+    )
     assert.equal(kept.ns, own)
-    assert.equal(kept.warning, 'lab/b: its address 10.0.0.2 is also held by 1 other network namespace(s) (/proc/99/ns/net): kept in /proc/10/ns/net, where it is registered')
+    assert.equal(
+      kept.warning,
+      'lab/b: its address 10.0.0.2 is also held by 1 other network namespace(s) (/proc/99/ns/net): kept in /proc/10/ns/net, where it is registered',
+    )
   })
 
   it('registers a new pod in the oldest holder (the lowest cookie), with a warning', () => {

@@ -33,11 +33,15 @@ function check(value: unknown, type: string, path: string): string[] {
   const array = /^Array<(.+)>$/.exec(type)
   if (array) return Array.isArray(value) ? value.flatMap((v, i) => check(v, array[1]!, `${path}[${i}]`)) : [`${path}: a list was expected`]
   if (type === '{ [key: string]: string; }')
-    return value && typeof value === 'object' && Object.values(value).every((v) => typeof v === 'string') ? [] : [`${path}: a map of strings was expected`]
-  if (type === 'string' || type === 'Date') return typeof value === 'string' ? [] : [`${path}: a string was expected, not ${JSON.stringify(value)}`]
+    return value && typeof value === 'object' && Object.values(value).every((v) => typeof v === 'string')
+      ? []
+      : [`${path}: a map of strings was expected`]
+  if (type === 'string' || type === 'Date')
+    return typeof value === 'string' ? [] : [`${path}: a string was expected, not ${JSON.stringify(value)}`]
   if (type === 'number') return typeof value === 'number' ? [] : [`${path}: a number was expected`]
   if (type === 'boolean') return typeof value === 'boolean' ? [] : [`${path}: true or false was expected`]
-  if (type === 'IntOrString') return typeof value === 'number' || typeof value === 'string' ? [] : [`${path}: a number or a name was expected`]
+  if (type === 'IntOrString')
+    return typeof value === 'number' || typeof value === 'string' ? [] : [`${path}: a number or a name was expected`]
   if (type === 'any' || type === 'object') return []
   const m = model(type)
   if (!m) return [`${path}: no schema for ${type}`]
@@ -50,7 +54,9 @@ function check(value: unknown, type: string, path: string): string[] {
 }
 
 const manifest = (file: string) => (loadAll(readFileSync(join(ROOT, 'deploy', file), 'utf8')) as Json[]).filter(Boolean)
-const commands = (JSON.parse(readFileSync(join(ROOT, 'oclif.manifest.json'), 'utf8')) as {commands: Record<string, {flags: Record<string, unknown>}>}).commands
+const commands = (
+  JSON.parse(readFileSync(join(ROOT, 'oclif.manifest.json'), 'utf8')) as {commands: Record<string, {flags: Record<string, unknown>}>}
+).commands
 
 /** `merbridge <command> --flag[=value] ...`: the command and every flag must be the CLI's. */
 function checkInvocation(argv: string[], where: string): void {
@@ -79,11 +85,16 @@ describe('deploy manifests', () => {
   }
 
   it('the schema check catches a misspelt field and a wrong type (it can fail)', () => {
-    const ds = structuredClone(manifest('merbridge.yaml').find((d) => d.kind === 'DaemonSet')!) as {spec: {template: {spec: Json & {containers: Json[]}}}}
+    const ds = structuredClone(manifest('merbridge.yaml').find((d) => d.kind === 'DaemonSet')!) as {
+      spec: {template: {spec: Json & {containers: Json[]}}}
+    }
     ds.spec.template.spec.hostNetwrok = true
     ds.spec.template.spec.containers[0]!.ports = 9473
     const errors = check(ds, 'V1DaemonSet', 'ds')
-    assert.deepEqual(errors, ['ds.spec.template.spec.containers[0].ports: a list was expected', 'ds.spec.template.spec.hostNetwrok: V1PodSpec has no field "hostNetwrok"'])
+    assert.deepEqual(errors, [
+      'ds.spec.template.spec.containers[0].ports: a list was expected',
+      'ds.spec.template.spec.hostNetwrok: V1PodSpec has no field "hostNetwrok"',
+    ])
   })
 
   it("runs merbridge with the CLI's own flags, selects its own pods, and probes what it serves", () => {
@@ -94,7 +105,10 @@ describe('deploy manifests', () => {
     checkInvocation(c.args!, 'the DaemonSet')
     assert.ok(c.args!.includes('--watch'))
     assert.deepEqual(ds.spec!.selector.matchLabels, ds.spec!.template.metadata!.labels)
-    const port = c.args!.find((a) => a.startsWith('--metrics-addr='))!.split(':').at(-1)
+    const port = c
+      .args!.find((a) => a.startsWith('--metrics-addr='))!
+      .split(':')
+      .at(-1)
     assert.equal(String(c.ports![0]!.containerPort), port)
     assert.equal(c.livenessProbe!.httpGet!.path, '/healthz')
     assert.equal(c.readinessProbe!.httpGet!.path, '/readyz')
@@ -106,14 +120,17 @@ describe('deploy manifests', () => {
     const volumes = new Set(pod.volumes!.map((v) => v.name))
     for (const m of c.volumeMounts!) assert.ok(volumes.has(m.name), m.name)
     const mounted = new Set(c.volumeMounts!.map((m) => m.mountPath))
-    for (const flag of ['--cgroup=', '--host-proc=']) assert.ok(mounted.has(c.args!.find((a) => a.startsWith(flag))!.slice(flag.length)), flag)
+    for (const flag of ['--cgroup=', '--host-proc='])
+      assert.ok(mounted.has(c.args!.find((a) => a.startsWith(flag))!.slice(flag.length)), flag)
     assert.equal(c.securityContext!.privileged, false)
     const un = manifest('uninstall.yaml')[0] as unknown as k8s.V1DaemonSet
     const script = un.spec!.template.spec!.containers[0]!.args![0]!
     checkInvocation(script.split('&&')[0]!.trim().split(/\s+/).slice(1), 'the uninstall DaemonSet')
     // disable detaches from the cgroup enable recorded: the uninstall sees the host's tree at that path
     const unMounts = un.spec!.template.spec!.containers[0]!.volumeMounts!
-    const cgroupMount = c.volumeMounts!.find((m) => m.mountPath === c.args!.find((a) => a.startsWith('--cgroup='))!.slice('--cgroup='.length))!
+    const cgroupMount = c.volumeMounts!.find(
+      (m) => m.mountPath === c.args!.find((a) => a.startsWith('--cgroup='))!.slice('--cgroup='.length),
+    )!
     const unCgroup = unMounts.find((m) => m.mountPath === cgroupMount.mountPath)
     assert.ok(unCgroup, 'the uninstall mounts the cgroup where enable ran')
     const hostPathOf = (d: k8s.V1DaemonSet, name: string) => d.spec!.template.spec!.volumes!.find((v) => v.name === name)!.hostPath!.path
@@ -132,21 +149,33 @@ describe('deploy manifests', () => {
     const socketMount = c.volumeMounts!.find((v) => v.mountPath === socketDir)
     assert.ok(socketMount, 'the socket folder is mounted')
     assert.equal(hostPathOf(ds, socketMount.name), socketDir, 'at the path the node sees')
-    assert.ok(c.volumeMounts!.some((v) => v.mountPath === '/var/run/netns' && v.mountPropagation === 'HostToContainer'), "the runtime's sandboxes, as they are made")
+    assert.ok(
+      c.volumeMounts!.some((v) => v.mountPath === '/var/run/netns' && v.mountPropagation === 'HostToContainer'),
+      "the runtime's sandboxes, as they are made",
+    )
     assert.deepEqual(un.spec!.template.spec!.nodeSelector, {'kubernetes.io/os': 'linux'})
   })
 
   it('grants nothing but get, list and watch on pods', () => {
     const docs = manifest('merbridge.yaml')
     const roles = docs.filter((d) => String(d.kind).endsWith('Role'))
-    assert.deepEqual(roles.map((r) => r.kind), ['ClusterRole'])
+    assert.deepEqual(
+      roles.map((r) => r.kind),
+      ['ClusterRole'],
+    )
     assert.deepEqual(roles[0]!.rules, [{apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch']}])
     const bindings = docs.filter((d) => String(d.kind).endsWith('RoleBinding')) as unknown as k8s.V1ClusterRoleBinding[]
     assert.equal(bindings.length, 1)
     assert.deepEqual(bindings[0]!.roleRef, {apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'merbridge'})
     const ds = docs.find((d) => d.kind === 'DaemonSet') as unknown as k8s.V1DaemonSet
-    assert.deepEqual(bindings[0]!.subjects, [{kind: 'ServiceAccount', name: ds.spec!.template.spec!.serviceAccountName, namespace: ds.metadata!.namespace}])
-    assert.equal((manifest('uninstall.yaml')[0] as unknown as k8s.V1DaemonSet).spec!.template.spec!.serviceAccountName, undefined, 'disable needs no API access')
+    assert.deepEqual(bindings[0]!.subjects, [
+      {kind: 'ServiceAccount', name: ds.spec!.template.spec!.serviceAccountName, namespace: ds.metadata!.namespace},
+    ])
+    assert.equal(
+      (manifest('uninstall.yaml')[0] as unknown as k8s.V1DaemonSet).spec!.template.spec!.serviceAccountName,
+      undefined,
+      'disable needs no API access',
+    )
   })
 
   it('the systemd unit runs a command and flags the CLI has', () => {
@@ -167,6 +196,10 @@ describe('deploy manifests', () => {
     // what the build runs from the sources (not from what it builds) must be in the image
     const sources = [...(scripts.build ?? '').matchAll(/node (\S+)/g)].map(([, s]) => s!).filter((s) => !s.startsWith('dist/'))
     assert.ok(sources.length > 0)
-    for (const s of sources) assert.ok(copies.flat().some((c) => s === c || s.startsWith(`${c.replace(/\/$/, '')}/`)), `${s} is not copied`)
+    for (const s of sources)
+      assert.ok(
+        copies.flat().some((c) => s === c || s.startsWith(`${c.replace(/\/$/, '')}/`)),
+        `${s} is not copied`,
+      )
   })
 })

@@ -35,7 +35,10 @@ describe('kubeconfig resolution', {skip}, () => {
     assert.equal((await loadKube({kubeconfig: flag}, env)).server, 'https://flag.example:1')
     assert.equal((await loadKube({}, env)).server, 'https://env.example:2')
     assert.equal((await loadKube({}, {HOME: join(dir, 'home')})).server, 'https://home.example:3')
-    await assert.rejects(loadKube({}, {HOME: join(dir, 'nowhere')}), /no Kubernetes credentials: no --kubeconfig, KUBECONFIG, ~\/.kube\/config or in-cluster service account/)
+    await assert.rejects(
+      loadKube({}, {HOME: join(dir, 'nowhere')}),
+      /no Kubernetes credentials: no --kubeconfig, KUBECONFIG, ~\/.kube\/config or in-cluster service account/,
+    )
   })
 
   it('merges every file KUBECONFIG names, as kubectl does', async () => {
@@ -43,7 +46,10 @@ describe('kubeconfig resolution', {skip}, () => {
     const first = join(dir, 'first.yaml')
     const second = join(dir, 'team', 'second.yaml')
     // the first file sets no current context; the second names a cluster and a context the first has too
-    writeFileSync(first, 'apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster: {server: "https://prod.example:1"}\nusers:\n- name: alice\n  user: {token: a}\ncontexts:\n- name: prod\n  context: {cluster: prod, user: alice}\n')
+    writeFileSync(
+      first,
+      'apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster: {server: "https://prod.example:1"}\nusers:\n- name: alice\n  user: {token: a}\ncontexts:\n- name: prod\n  context: {cluster: prod, user: alice}\n',
+    )
     writeFileSync(
       second,
       'apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster: {server: "https://shadowed.example:9"}\n- name: dev\n  cluster: {server: "https://dev.example:2", certificate-authority: ca.crt}\nusers:\n- name: bob\n  user: {token: b}\ncontexts:\n- name: dev\n  context: {cluster: dev, user: bob}\n- name: prod\n  context: {cluster: dev, user: bob}\ncurrent-context: dev\n',
@@ -64,7 +70,11 @@ describe('kubeconfig resolution', {skip}, () => {
     await assert.rejects(loadKube({kubeconfig: join(dir, 'bad.yaml')}, {}), /kubeconfig .*bad.yaml does not parse/)
     await assert.rejects(loadKube({kubeconfig: join(dir, 'missing.yaml')}, {}), /missing.yaml \(--kubeconfig\) does not exist/)
     const file = api.writeKubeconfig(join(dir, 'ctx.yaml'), {context: 'prod'})
-    await assert.rejects(loadKube({kubeconfig: file, context: 'staging'}, {}), (e: Error & {suggestion?: string}) => e.message.includes('context staging is not in') && (e.suggestion ?? '').includes('known contexts: prod'))
+    await assert.rejects(
+      loadKube({kubeconfig: file, context: 'staging'}, {}),
+      (e: Error & {suggestion?: string}) =>
+        e.message.includes('context staging is not in') && (e.suggestion ?? '').includes('known contexts: prod'),
+    )
     assert.equal((await loadKube({kubeconfig: file, context: 'prod'}, {})).server, api.url)
   })
 })
@@ -86,7 +96,10 @@ describe('listing and watching pods', {skip, timeout: 60_000}, () => {
   it("lists only this node's pods, with a field selector", async () => {
     const target = await loadKube({kubeconfig: api.writeKubeconfig(join(dir, 'ok.yaml'))}, {})
     const list = await listNodePods(target, 'node1')
-    assert.deepEqual(list.pods.map((p) => p.metadata?.name), ['a'])
+    assert.deepEqual(
+      list.pods.map((p) => p.metadata?.name),
+      ['a'],
+    )
     assert.equal(api.requests.at(-1)?.query.fieldSelector, 'spec.nodeName=node1')
     assert.match(list.resourceVersion, /^\d+$/)
   })
@@ -99,7 +112,10 @@ describe('listing and watching pods', {skip, timeout: 60_000}, () => {
     const other = new FakeApiServer() // a CA that did not sign this server's certificate
     const tTls = await loadKube({kubeconfig: api.writeKubeconfig(join(dir, 'wrong-ca.yaml'), {ca: other.ca})}, {})
     await other.stop()
-    await assert.rejects(listNodePods(tTls, 'node1'), /^MerbridgeError: TLS failure talking to the Kubernetes API at https:\/\/127\.0\.0\.1:\d+/)
+    await assert.rejects(
+      listNodePods(tTls, 'node1'),
+      /^MerbridgeError: TLS failure talking to the Kubernetes API at https:\/\/127\.0\.0\.1:\d+/,
+    )
     const tDown = await loadKube({kubeconfig: api.writeKubeconfig(join(dir, 'down.yaml'), {server: 'https://127.0.0.1:1'})}, {})
     await assert.rejects(listNodePods(tDown, 'node1'), /cannot reach the Kubernetes API at https:\/\/127\.0\.0\.1:1/)
   })
@@ -111,7 +127,14 @@ describe('listing and watching pods', {skip, timeout: 60_000}, () => {
     const controller = new AbortController()
     const waitFor = async (pred: () => boolean, what: string) => eventually(what, pred, () => JSON.stringify({seen, errors}))
     const names = (pods: PodJson[]) => pods.map((p) => p.metadata!.name!).sort()
-    const done = watchNodePods(target, 'node1', {onPods: (pods, event) => Promise.resolve(void seen.push({event, names: names(pods)})), onError: (m) => errors.push(m)}, controller.signal, undefined, {initialMs: 20, maxMs: 100})
+    const done = watchNodePods(
+      target,
+      'node1',
+      {onPods: (pods, event) => Promise.resolve(void seen.push({event, names: names(pods)})), onError: (m) => errors.push(m)},
+      controller.signal,
+      undefined,
+      {initialMs: 20, maxMs: 100},
+    )
 
     await waitFor(() => seen.length === 1 && api.openWatches === 1, 'listed and watching')
     assert.deepEqual(seen[0], {event: {type: 'RELISTED', count: 1}, names: ['a']})
@@ -132,7 +155,10 @@ describe('listing and watching pods', {skip, timeout: 60_000}, () => {
     api.compact()
     api.add(makePod('c', '10.1.0.4', 'node1'))
     await waitFor(() => seen.some((s) => s.event.type === 'RELISTED' && s.names.includes('c')), 'relisted after 410')
-    assert.ok(errors.some((e) => e.includes('410 Gone')), errors.join('; '))
+    assert.ok(
+      errors.some((e) => e.includes('410 Gone')),
+      errors.join('; '),
+    )
 
     controller.abort()
     await done

@@ -20,31 +20,117 @@ const RESERVED = [15008, 15090, 15021, 15020]
 
 describe('istio annotations', () => {
   const cases: {name: string; annotations: Record<string, string>; expect: Record<string, unknown>; warnings?: RegExp[]}[] = [
-    {name: 'no annotations capture everything', annotations: {}, expect: {outAllCidrs: true, inAllPorts: true, outIncludeCidrs: [], inExcludePorts: RESERVED}},
+    {
+      name: 'no annotations capture everything',
+      annotations: {},
+      expect: {outAllCidrs: true, inAllPorts: true, outIncludeCidrs: [], inExcludePorts: RESERVED},
+    },
     {name: "'*' ranges capture everything", annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '*'}, expect: {outAllCidrs: true}},
-    {name: 'empty include ranges capture nothing', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: ''}, expect: {outAllCidrs: false, outIncludeCidrs: []}},
-    {name: 'include ranges are listed', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '10.0.0.0/8, 172.16.0.0/12'}, expect: {outAllCidrs: false, outIncludeCidrs: [{ip: '10.0.0.0', prefix: 8}, {ip: '172.16.0.0', prefix: 12}]}},
-    {name: 'a bad include range captures everything (fail closed)', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '10.0.0.0/8,nonsense'}, expect: {outAllCidrs: true, outIncludeCidrs: []}, warnings: [/includeOutboundIPRanges: 1 entry is not a CIDR \('nonsense'\); capturing all of it instead \(fail closed\)/]},
-    {name: 'more include ranges than fit capture everything', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: Array.from({length: 9}, (_, i) => `10.${i}.0.0/16`).join(',')}, expect: {outAllCidrs: true, outIncludeCidrs: []}, warnings: [/9 entries, the datapath holds 8; capturing all/]},
-    {name: 'more include ports than fit capture every address', annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '10.0.0.0/8', [ANNOTATIONS.includeOutboundPorts]: Array.from({length: 17}, (_, i) => 2000 + i).join(',')}, expect: {outAllCidrs: true}, warnings: [/17 entries, the datapath holds 16; capturing all/]},
-    {name: 'a bad include inbound port captures every inbound port', annotations: {[ANNOTATIONS.includeInboundPorts]: '8080,http'}, expect: {inAllPorts: true, inIncludePorts: []}, warnings: [/includeInboundPorts: 1 entry is not a port .*fail closed/]},
-    {name: 'exclude ranges', annotations: {[ANNOTATIONS.excludeOutboundIPRanges]: '10.96.0.1/32,bad/99'}, expect: {outExcludeCidrs: [{ip: '10.96.0.1', prefix: 32}]}, warnings: [/1 entry is not a CIDR \('bad\/99'\); ignored, so more is captured/]},
-    {name: 'outbound ports', annotations: {[ANNOTATIONS.includeOutboundPorts]: '443', [ANNOTATIONS.excludeOutboundPorts]: '22,3306,0,70000,abc'}, expect: {outIncludePorts: [443], outExcludePorts: [22, 3306]}, warnings: [/excludeOutboundPorts: 3 entries are not a port \(1-65535\) \('0', '70000', 'abc'\)/]},
-    {name: 'empty include inbound ports capture no inbound', annotations: {[ANNOTATIONS.includeInboundPorts]: ''}, expect: {inAllPorts: false, inIncludePorts: []}},
-    {name: 'listed inbound ports', annotations: {[ANNOTATIONS.includeInboundPorts]: '8080, 9090'}, expect: {inAllPorts: false, inIncludePorts: [8080, 9090]}},
+    {
+      name: 'empty include ranges capture nothing',
+      annotations: {[ANNOTATIONS.includeOutboundIPRanges]: ''},
+      expect: {outAllCidrs: false, outIncludeCidrs: []},
+    },
+    {
+      name: 'include ranges are listed',
+      annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '10.0.0.0/8, 172.16.0.0/12'},
+      expect: {
+        outAllCidrs: false,
+        outIncludeCidrs: [
+          {ip: '10.0.0.0', prefix: 8},
+          {ip: '172.16.0.0', prefix: 12},
+        ],
+      },
+    },
+    {
+      name: 'a bad include range captures everything (fail closed)',
+      annotations: {[ANNOTATIONS.includeOutboundIPRanges]: '10.0.0.0/8,nonsense'},
+      expect: {outAllCidrs: true, outIncludeCidrs: []},
+      warnings: [/includeOutboundIPRanges: 1 entry is not a CIDR \('nonsense'\); capturing all of it instead \(fail closed\)/],
+    },
+    {
+      name: 'more include ranges than fit capture everything',
+      annotations: {[ANNOTATIONS.includeOutboundIPRanges]: Array.from({length: 9}, (_, i) => `10.${i}.0.0/16`).join(',')},
+      expect: {outAllCidrs: true, outIncludeCidrs: []},
+      warnings: [/9 entries, the datapath holds 8; capturing all/],
+    },
+    {
+      name: 'more include ports than fit capture every address',
+      annotations: {
+        [ANNOTATIONS.includeOutboundIPRanges]: '10.0.0.0/8',
+        [ANNOTATIONS.includeOutboundPorts]: Array.from({length: 17}, (_, i) => 2000 + i).join(','),
+      },
+      expect: {outAllCidrs: true},
+      warnings: [/17 entries, the datapath holds 16; capturing all/],
+    },
+    {
+      name: 'a bad include inbound port captures every inbound port',
+      annotations: {[ANNOTATIONS.includeInboundPorts]: '8080,http'},
+      expect: {inAllPorts: true, inIncludePorts: []},
+      warnings: [/includeInboundPorts: 1 entry is not a port .*fail closed/],
+    },
+    {
+      name: 'exclude ranges',
+      annotations: {[ANNOTATIONS.excludeOutboundIPRanges]: '10.96.0.1/32,bad/99'},
+      expect: {outExcludeCidrs: [{ip: '10.96.0.1', prefix: 32}]},
+      warnings: [/1 entry is not a CIDR \('bad\/99'\); ignored, so more is captured/],
+    },
+    {
+      name: 'outbound ports',
+      annotations: {[ANNOTATIONS.includeOutboundPorts]: '443', [ANNOTATIONS.excludeOutboundPorts]: '22,3306,0,70000,abc'},
+      expect: {outIncludePorts: [443], outExcludePorts: [22, 3306]},
+      warnings: [/excludeOutboundPorts: 3 entries are not a port \(1-65535\) \('0', '70000', 'abc'\)/],
+    },
+    {
+      name: 'empty include inbound ports capture no inbound',
+      annotations: {[ANNOTATIONS.includeInboundPorts]: ''},
+      expect: {inAllPorts: false, inIncludePorts: []},
+    },
+    {
+      name: 'listed inbound ports',
+      annotations: {[ANNOTATIONS.includeInboundPorts]: '8080, 9090'},
+      expect: {inAllPorts: false, inIncludePorts: [8080, 9090]},
+    },
     // istio-iptables reads -d only with '*': a listed port is captured though also excluded, the tunnel port never
-    {name: 'listed inbound ports ignore the excluded ones', annotations: {[ANNOTATIONS.includeInboundPorts]: '8080,15020,15008', [ANNOTATIONS.excludeInboundPorts]: '8080'}, expect: {inAllPorts: false, inIncludePorts: [8080, 15020, 15008], inExcludePorts: [15008]}},
-    {name: 'excluded inbound ports join the reserved ones', annotations: {[ANNOTATIONS.excludeInboundPorts]: '9000,15020'}, expect: {inExcludePorts: [...RESERVED, 9000]}},
+    {
+      name: 'listed inbound ports ignore the excluded ones',
+      annotations: {[ANNOTATIONS.includeInboundPorts]: '8080,15020,15008', [ANNOTATIONS.excludeInboundPorts]: '8080'},
+      expect: {inAllPorts: false, inIncludePorts: [8080, 15020, 15008], inExcludePorts: [15008]},
+    },
+    {
+      name: 'excluded inbound ports join the reserved ones',
+      annotations: {[ANNOTATIONS.excludeInboundPorts]: '9000,15020'},
+      expect: {inExcludePorts: [...RESERVED, 9000]},
+    },
     {
       // istio-init's -d lists the mesh's own ports too: they take no slot of the pod's
       name: "the mesh's own ports in the excluded inbound list take no slot",
       annotations: {[ANNOTATIONS.excludeInboundPorts]: ['15090,15021,15020', ...Array.from({length: 12}, (_, i) => 9000 + i)].join(',')},
       expect: {inExcludePorts: [...RESERVED, ...Array.from({length: 12}, (_, i) => 9000 + i)]},
     },
-    {name: 'the status port is excluded inbound', annotations: {[ANNOTATIONS.statusPort]: '15999'}, expect: {inExcludePorts: [...RESERVED, 15999]}},
-    {name: 'a bad status port is ignored', annotations: {[ANNOTATIONS.statusPort]: 'x'}, expect: {inExcludePorts: RESERVED}, warnings: [/status.sidecar.istio.io\/port: 'x' is not a port/]},
-    {name: 'too many ports are cut', annotations: {[ANNOTATIONS.excludeOutboundPorts]: Array.from({length: 20}, (_, i) => 1000 + i).join(',')}, expect: {outExcludePorts: Array.from({length: 16}, (_, i) => 1000 + i)}, warnings: [/20 entries, the datapath holds 16; the rest are ignored, so more is captured/]},
-    {name: 'too many ranges are cut', annotations: {[ANNOTATIONS.excludeOutboundIPRanges]: Array.from({length: 9}, (_, i) => `10.${i}.0.0/16`).join(',')}, expect: {outExcludeCidrs: Array.from({length: 8}, (_, i) => ({ip: `10.${i}.0.0`, prefix: 16}))}, warnings: [/9 entries, the datapath holds 8; the rest are ignored/]},
+    {
+      name: 'the status port is excluded inbound',
+      annotations: {[ANNOTATIONS.statusPort]: '15999'},
+      expect: {inExcludePorts: [...RESERVED, 15999]},
+    },
+    {
+      name: 'a bad status port is ignored',
+      annotations: {[ANNOTATIONS.statusPort]: 'x'},
+      expect: {inExcludePorts: RESERVED},
+      warnings: [/status.sidecar.istio.io\/port: 'x' is not a port/],
+    },
+    {
+      name: 'too many ports are cut',
+      annotations: {[ANNOTATIONS.excludeOutboundPorts]: Array.from({length: 20}, (_, i) => 1000 + i).join(',')},
+      expect: {outExcludePorts: Array.from({length: 16}, (_, i) => 1000 + i)},
+      warnings: [/20 entries, the datapath holds 16; the rest are ignored, so more is captured/],
+    },
+    {
+      name: 'too many ranges are cut',
+      annotations: {[ANNOTATIONS.excludeOutboundIPRanges]: Array.from({length: 9}, (_, i) => `10.${i}.0.0/16`).join(',')},
+      expect: {outExcludeCidrs: Array.from({length: 8}, (_, i) => ({ip: `10.${i}.0.0`, prefix: 16}))},
+      warnings: [/9 entries, the datapath holds 8; the rest are ignored/],
+    },
   ]
   for (const c of cases) {
     it(c.name, () => {
@@ -58,7 +144,10 @@ describe('istio annotations', () => {
 
 /** A meshed pod on node1; each gets its own address unless told one (one IP names one pod). */
 let lastHost = 0
-function pod(name: string, over: {metadata?: PodJson['metadata']; spec?: PodJson['spec']; status?: PodJson['status']} = {}): PodJson & {kind: string} {
+function pod(
+  name: string,
+  over: {metadata?: PodJson['metadata']; spec?: PodJson['spec']; status?: PodJson['status']} = {},
+): PodJson & {kind: string} {
   lastHost = (lastHost % 250) + 1
   return {
     kind: 'Pod',
@@ -82,9 +171,19 @@ describe('pod selection', () => {
       pod('elsewhere', {spec: {nodeName: 'node2', containers: [{name: 'istio-proxy'}]}}),
     ]
     const s = selectMeshedPods(pods, 'node1', istio)
-    assert.deepEqual(s.meshed.map((p) => p.name), ['meshed', 'native', 'v6only'])
+    assert.deepEqual(
+      s.meshed.map((p) => p.name),
+      ['meshed', 'native', 'v6only'],
+    )
     // an IPv6-only pod is known by its IPv6 address
-    assert.deepEqual(s.meshed.map((p) => [p.ip, p.ip6]), [[pods[0]!.status!.podIP, undefined], [pods[1]!.status!.podIP, undefined], ['fd00::1', undefined]])
+    assert.deepEqual(
+      s.meshed.map((p) => [p.ip, p.ip6]),
+      [
+        [pods[0]!.status!.podIP, undefined],
+        [pods[1]!.status!.podIP, undefined],
+        ['fd00::1', undefined],
+      ],
+    )
     assert.equal(s.otherNodes, 1)
     const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
     assert.match(reasons['plain-init']!, /no injected istio-proxy/)
@@ -96,12 +195,26 @@ describe('pod selection', () => {
 
   it("leaves Istio's ambient pods to ztunnel, and says so", () => {
     const enrolled = pod('enrolled', {metadata: {annotations: {'ambient.istio.io/redirection': 'enabled'}}})
-    const labelled = pod('labelled', {metadata: {annotations: {}, labels: {'istio.io/dataplane-mode': 'ambient'}}, spec: {containers: [{name: 'app'}]}})
+    const labelled = pod('labelled', {
+      metadata: {annotations: {}, labels: {'istio.io/dataplane-mode': 'ambient'}},
+      spec: {containers: [{name: 'app'}]},
+    })
     // a sidecar wins over the label: ztunnel leaves such a pod alone
-    const sidecarToo = pod('sidecar-too', {metadata: {annotations: {'sidecar.istio.io/status': '{}'}, labels: {'istio.io/dataplane-mode': 'ambient'}}})
+    const sidecarToo = pod('sidecar-too', {
+      metadata: {annotations: {'sidecar.istio.io/status': '{}'}, labels: {'istio.io/dataplane-mode': 'ambient'}},
+    })
     const s = selectMeshedPods([enrolled, labelled, sidecarToo], 'node1', istio)
-    assert.deepEqual(s.meshed.map((p) => p.name), ['sidecar-too'])
-    assert.deepEqual(s.skipped.map((p) => [p.name, p.code]), [['enrolled', 'ambient'], ['labelled', 'ambient']])
+    assert.deepEqual(
+      s.meshed.map((p) => p.name),
+      ['sidecar-too'],
+    )
+    assert.deepEqual(
+      s.skipped.map((p) => [p.name, p.code]),
+      [
+        ['enrolled', 'ambient'],
+        ['labelled', 'ambient'],
+      ],
+    )
     assert.match(s.skipped[0]!.reason, /ztunnel captures it/)
   })
 
@@ -112,37 +225,76 @@ describe('pod selection', () => {
     const notIp = pod('not-ip', {status: {podIP: 'not-an-ip'}})
     const mixed = pod('mixed', {status: {podIP: 'not-an-ip', podIPs: [{ip: 'not-an-ip'}, {ip: '10.9.0.7'}]}})
     const s = selectMeshedPods([first, twin, twoProxies, notIp, mixed], 'node1', istio)
-    assert.deepEqual(s.meshed.map((p) => [p.name, p.ip]), [['first', '10.9.0.1'], ['two-proxies', twoProxies.status!.podIP], ['mixed', '10.9.0.7']])
+    assert.deepEqual(
+      s.meshed.map((p) => [p.name, p.ip]),
+      [
+        ['first', '10.9.0.1'],
+        ['two-proxies', twoProxies.status!.podIP],
+        ['mixed', '10.9.0.7'],
+      ],
+    )
     const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
     assert.equal(reasons.twin, 'has the IP 10.9.0.1 of ns/first, registered first')
     assert.equal(reasons['not-ip'], 'has no valid IP address (status gives "not-an-ip")')
     const warnings = Object.fromEntries(s.meshed.map((p) => [p.name, p.warnings]))
     assert.deepEqual(warnings.first, ['ns/first: ns/twin claims the same IP 10.9.0.1 (left unregistered)'])
-    assert.deepEqual(warnings['two-proxies'], ["ns/two-proxies: has 2 istio-proxy containers; the first one's user, group and DNS setting are used"])
+    assert.deepEqual(warnings['two-proxies'], [
+      "ns/two-proxies: has 2 istio-proxy containers; the first one's user, group and DNS setting are used",
+    ])
     assert.deepEqual(warnings.mixed, ['ns/mixed: status lists addresses that are not IPs ("not-an-ip"); registered as 10.9.0.7'])
   })
 
   it("gives a terminating pod's address to the pod that has it now, meshed or not, whichever is listed first", () => {
-    const leaving = pod('leaving', {metadata: {name: 'leaving', namespace: 'ns', deletionTimestamp: '2026-12-06T10:00:00Z', annotations: {'sidecar.istio.io/status': '{}'}}, status: {podIP: '10.9.0.1'}})
+    const leaving = pod('leaving', {
+      metadata: {
+        name: 'leaving',
+        namespace: 'ns',
+        deletionTimestamp: '2026-12-06T10:00:00Z',
+        annotations: {'sidecar.istio.io/status': '{}'},
+      },
+      status: {podIP: '10.9.0.1'},
+    })
     const arrived = pod('arrived', {status: {podIP: '10.9.0.1'}})
     const plain = pod('plain', {spec: {nodeName: 'node1', containers: [{name: 'app'}]}, status: {podIP: '10.9.0.2'}})
-    const leavingToo = pod('leaving-too', {metadata: {name: 'leaving-too', namespace: 'ns', deletionTimestamp: '2026-12-06T10:00:00Z', annotations: {'sidecar.istio.io/status': '{}'}}, status: {podIP: '10.9.0.2'}})
+    const leavingToo = pod('leaving-too', {
+      metadata: {
+        name: 'leaving-too',
+        namespace: 'ns',
+        deletionTimestamp: '2026-12-06T10:00:00Z',
+        annotations: {'sidecar.istio.io/status': '{}'},
+      },
+      status: {podIP: '10.9.0.2'},
+    })
     const s = selectMeshedPods([leaving, arrived, leavingToo, plain], 'node1', istio)
-    assert.deepEqual(s.meshed.map((p) => p.name), ['arrived'])
+    assert.deepEqual(
+      s.meshed.map((p) => p.name),
+      ['arrived'],
+    )
     const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
     assert.equal(reasons.leaving, "terminating, and its IP 10.9.0.1 is now ns/arrived's")
     assert.equal(reasons['leaving-too'], "terminating, and its IP 10.9.0.2 is now ns/plain's")
     // terminating with its address still its own: still captured until it is gone
-    assert.deepEqual(selectMeshedPods([leaving], 'node1', istio).meshed.map((p) => p.name), ['leaving'])
+    assert.deepEqual(
+      selectMeshedPods([leaving], 'node1', istio).meshed.map((p) => p.name),
+      ['leaving'],
+    )
   })
 
   it('takes an IPv4-mapped address for the IPv4 address it is, and refuses addresses no pod can have, naming the pod', () => {
     const plain = pod('plain', {status: {podIP: '10.99.0.2'}})
     const mapped = pod('mapped', {status: {podIP: '::ffff:10.99.0.2'}})
     const both = pod('both', {status: {podIP: '10.99.0.3', podIPs: [{ip: '10.99.0.3'}, {ip: '::ffff:a63:3'}]}})
-    const odd = ['127.0.0.1', '0.0.0.0', '255.255.255.255', '::1', '::', '224.0.0.1', 'ff02::1', '169.254.1.1', 'fe80::1'].map((ip, i) => pod(`odd${i}`, {status: {podIP: ip}}))
+    const odd = ['127.0.0.1', '0.0.0.0', '255.255.255.255', '::1', '::', '224.0.0.1', 'ff02::1', '169.254.1.1', 'fe80::1'].map((ip, i) =>
+      pod(`odd${i}`, {status: {podIP: ip}}),
+    )
     const s = selectMeshedPods([plain, mapped, both, ...odd], 'node1', istio)
-    assert.deepEqual(s.meshed.map((p) => [p.name, p.ip, p.ip6]), [['plain', '10.99.0.2', undefined], ['both', '10.99.0.3', undefined]])
+    assert.deepEqual(
+      s.meshed.map((p) => [p.name, p.ip, p.ip6]),
+      [
+        ['plain', '10.99.0.2', undefined],
+        ['both', '10.99.0.3', undefined],
+      ],
+    )
     const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
     assert.equal(reasons.mapped, 'has the IP 10.99.0.2 of ns/plain, registered first')
     assert.equal(reasons.odd0, 'has no valid IP address (status gives "127.0.0.1": a loopback address)')
@@ -155,18 +307,30 @@ describe('pod selection', () => {
   })
 
   it('prefixes annotation warnings with the pod', () => {
-    const s = selectMeshedPods([pod('p', {metadata: {annotations: {'sidecar.istio.io/status': '{}', [ANNOTATIONS.excludeOutboundPorts]: 'x'}}})], 'node1', istio)
-    assert.match(s.meshed[0]!.warnings[0]!, /^ns\/p: traffic.sidecar.istio.io\/excludeOutboundPorts: 1 entry is not a port \(1-65535\) \('x'\)/)
+    const s = selectMeshedPods(
+      [pod('p', {metadata: {annotations: {'sidecar.istio.io/status': '{}', [ANNOTATIONS.excludeOutboundPorts]: 'x'}}})],
+      'node1',
+      istio,
+    )
+    assert.match(
+      s.meshed[0]!.warnings[0]!,
+      /^ns\/p: traffic.sidecar.istio.io\/excludeOutboundPorts: 1 entry is not a port \(1-65535\) \('x'\)/,
+    )
   })
 
-  it("keeps inbound capture off the interfaces Istio excludes, and says what it cannot match", () => {
-    const withAnnotations = (name: string, a: Record<string, string>) => pod(name, {metadata: {annotations: {'sidecar.istio.io/status': '{}', ...a}}})
+  it('keeps inbound capture off the interfaces Istio excludes, and says what it cannot match', () => {
+    const withAnnotations = (name: string, a: Record<string, string>) =>
+      pod(name, {metadata: {annotations: {'sidecar.istio.io/status': '{}', ...a}}})
     const s = selectMeshedPods(
       [
         withAnnotations('plain', {}),
         withAnnotations('excluded', {[ANNOTATIONS.excludeInterfaces]: ' net1, net2 ,net1'}),
         // the current name wins over the deprecated one, as Istio reads them
-        withAnnotations('vm', {[ANNOTATIONS.rerouteVirtualInterfaces]: 'k6t-eth0', [ANNOTATIONS.kubevirtInterfaces]: 'tap0', [ANNOTATIONS.excludeInterfaces]: 'net1'}),
+        withAnnotations('vm', {
+          [ANNOTATIONS.rerouteVirtualInterfaces]: 'k6t-eth0',
+          [ANNOTATIONS.kubevirtInterfaces]: 'tap0',
+          [ANNOTATIONS.excludeInterfaces]: 'net1',
+        }),
         withAnnotations('old-vm', {[ANNOTATIONS.kubevirtInterfaces]: 'tap0'}),
         withAnnotations('bad', {[ANNOTATIONS.excludeInterfaces]: 'net1,0bad,has space,much-too-long-name,a/b'}),
       ],
@@ -177,22 +341,40 @@ describe('pod selection', () => {
     assert.deepEqual(of('plain').noInboundCapture, [])
     assert.deepEqual(of('plain').warnings, [])
     assert.deepEqual(of('excluded').noInboundCapture, ['net1', 'net2'])
-    assert.match(of('excluded').warnings.join('\n'), /^ns\/excluded: traffic.sidecar.istio.io\/excludeInterfaces: inbound on net1, net2 is left alone, as Istio does; outbound connections routed through them still go to the sidecar/)
+    assert.match(
+      of('excluded').warnings.join('\n'),
+      /^ns\/excluded: traffic.sidecar.istio.io\/excludeInterfaces: inbound on net1, net2 is left alone, as Istio does; outbound connections routed through them still go to the sidecar/,
+    )
     assert.deepEqual(of('vm').noInboundCapture, ['net1'])
-    assert.match(of('vm').warnings.join('\n'), /istio.io\/reroute-virtual-interfaces: TCP the virtual machine sends through k6t-eth0 is captured only by istio-init's rules/)
+    assert.match(
+      of('vm').warnings.join('\n'),
+      /istio.io\/reroute-virtual-interfaces: TCP the virtual machine sends through k6t-eth0 is captured only by istio-init's rules/,
+    )
     assert.deepEqual(of('old-vm').noInboundCapture, [])
-    assert.match(of('old-vm').warnings.join('\n'), /traffic.sidecar.istio.io\/kubevirtInterfaces: TCP the virtual machine sends through tap0/)
+    assert.match(
+      of('old-vm').warnings.join('\n'),
+      /traffic.sidecar.istio.io\/kubevirtInterfaces: TCP the virtual machine sends through tap0/,
+    )
     // names Istio would refuse keep the capture on (more is captured), one warning for all of them
     assert.deepEqual(of('bad').noInboundCapture, ['net1'])
-    assert.match(of('bad').warnings[0]!, /excludeInterfaces: 4 entries are not an interface name \('0bad', 'has space', 'much-too-long-name', \.\.\.\); ignored, so more is captured/)
+    assert.match(
+      of('bad').warnings[0]!,
+      /excludeInterfaces: 4 entries are not an interface name \('0bad', 'has space', 'much-too-long-name', \.\.\.\); ignored, so more is captured/,
+    )
   })
 
   it('skips gateways and pods that intercept nothing or by TPROXY, saying why', () => {
-    const mode = (m: string) => pod(`mode-${m}`, {metadata: {annotations: {'sidecar.istio.io/status': '{}', 'sidecar.istio.io/interceptionMode': m}}})
-    const gateway = pod('gateway', {spec: {nodeName: 'node1', containers: [{name: 'istio-proxy', args: ['proxy', 'router', '--domain', 'x']}]}})
+    const mode = (m: string) =>
+      pod(`mode-${m}`, {metadata: {annotations: {'sidecar.istio.io/status': '{}', 'sidecar.istio.io/interceptionMode': m}}})
+    const gateway = pod('gateway', {
+      spec: {nodeName: 'node1', containers: [{name: 'istio-proxy', args: ['proxy', 'router', '--domain', 'x']}]},
+    })
     const userns = pod('userns', {spec: {nodeName: 'node1', hostUsers: false, containers: [{name: 'istio-proxy'}]}})
     const s = selectMeshedPods([gateway, mode('NONE'), mode('TPROXY'), mode('REDIRECT'), mode('bogus'), userns], 'node1', istio)
-    assert.deepEqual(s.meshed.map((p) => p.name), ['mode-REDIRECT'])
+    assert.deepEqual(
+      s.meshed.map((p) => p.name),
+      ['mode-REDIRECT'],
+    )
     const reasons = Object.fromEntries(s.skipped.map((p) => [p.name, p.reason]))
     assert.match(reasons.gateway!, /a gateway \(the proxy runs as a router\)/)
     assert.match(reasons['mode-NONE']!, /interceptionMode NONE/)
@@ -222,7 +404,16 @@ describe('pod selection', () => {
   })
 
   it("reads DNS capture from the proxy's ISTIO_META_DNS_CAPTURE or the pod's proxy config, as Istio parses booleans", () => {
-    const env = (name: string, value: string) => pod(name, {spec: {nodeName: 'node1', containers: [{name: 'app', env: [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}]}, {name: 'istio-proxy', env: [{name: 'ISTIO_META_DNS_CAPTURE', value}]}]}})
+    const env = (name: string, value: string) =>
+      pod(name, {
+        spec: {
+          nodeName: 'node1',
+          containers: [
+            {name: 'app', env: [{name: 'ISTIO_META_DNS_CAPTURE', value: 'true'}]},
+            {name: 'istio-proxy', env: [{name: 'ISTIO_META_DNS_CAPTURE', value}]},
+          ],
+        },
+      })
     const config = (name: string, text: string, value = 'false') => {
       const p = env(name, value)
       p.metadata!.annotations!['proxy.istio.io/config'] = text
@@ -244,10 +435,22 @@ describe('pod selection', () => {
     )
     const on = Object.fromEntries(s.meshed.map((p) => [p.name, p.dnsCapture]))
     // the app container's env is not the proxy's
-    assert.deepEqual(on, {on: true, 'on-go-style': true, off: false, nonsense: false, none: false, annotation: true, 'annotation-off': false, broken: true})
+    assert.deepEqual(on, {
+      on: true,
+      'on-go-style': true,
+      off: false,
+      nonsense: false,
+      none: false,
+      annotation: true,
+      'annotation-off': false,
+      broken: true,
+    })
     const broken = s.meshed.find((p) => p.name === 'broken')!
     assert.equal(broken.warnings.length, 1)
-    assert.match(broken.warnings[0]!, /^ns\/broken: proxy.istio.io\/config is not valid YAML; DNS capture taken from the proxy's ISTIO_META_DNS_CAPTURE alone/)
+    assert.match(
+      broken.warnings[0]!,
+      /^ns\/broken: proxy.istio.io\/config is not valid YAML; DNS capture taken from the proxy's ISTIO_META_DNS_CAPTURE alone/,
+    )
   })
 
   it('accepts a PodList or a single Pod, as JSON or YAML, and rejects anything else in one line', async () => {
@@ -262,7 +465,10 @@ items:
   status: {phase: Running, podIP: 10.0.0.9}
 `
     const fromYaml = await parsePodList(yaml, 'pods.yaml')
-    assert.deepEqual(selectMeshedPods(fromYaml, 'node1', istio).meshed.map((p) => p.ip), ['10.0.0.9'])
+    assert.deepEqual(
+      selectMeshedPods(fromYaml, 'node1', istio).meshed.map((p) => p.ip),
+      ['10.0.0.9'],
+    )
     await assert.rejects(parsePodList('{"items":', 'pods.json'), /pods.json is not valid JSON/)
     await assert.rejects(parsePodList('items: [unclosed', 'pods.yaml'), /pods.yaml is not valid JSON or YAML/)
     await assert.rejects(parsePodList('{"kind":"Service"}', 'pods.json'), /not a Kubernetes PodList/)
@@ -272,20 +478,67 @@ items:
   it('survives malformed items', () => {
     // malformed on purpose: what a broken pods file can hold
     const s = selectMeshedPods([null, 5, {spec: null}, pod('ok')], 'node1', istio)
-    assert.deepEqual(s.meshed.map((p) => p.name), ['ok'])
+    assert.deepEqual(
+      s.meshed.map((p) => p.name),
+      ['ok'],
+    )
   })
 })
 
 describe('istio-init arguments', () => {
   // as the injector writes them without Istio's CNI
-  const ARGS = ['istio-iptables', '-p', '15001', '-z', '15006', '-u', '1337', '-m', 'REDIRECT', '-i', '10.0.0.0/8', '-x', '', '-b', '*', '-d', '15090,15021,15020', '--log_output_level=default:info']
+  const ARGS = [
+    'istio-iptables',
+    '-p',
+    '15001',
+    '-z',
+    '15006',
+    '-u',
+    '1337',
+    '-m',
+    'REDIRECT',
+    '-i',
+    '10.0.0.0/8',
+    '-x',
+    '',
+    '-b',
+    '*',
+    '-d',
+    '15090,15021,15020',
+    '--log_output_level=default:info',
+  ]
   const withInit = (name: string, init: object, annotations: Record<string, string> = {}, proxy: object = {}) =>
-    pod(name, {metadata: {annotations: {'sidecar.istio.io/status': '{}', ...annotations}}, spec: {nodeName: 'node1', initContainers: [init], containers: [{name: 'app'}, {name: 'istio-proxy', ...proxy}]}})
+    pod(name, {
+      metadata: {annotations: {'sidecar.istio.io/status': '{}', ...annotations}},
+      spec: {nodeName: 'node1', initContainers: [init], containers: [{name: 'app'}, {name: 'istio-proxy', ...proxy}]},
+    })
 
   it("reads istio-iptables' flags as pflag does, and refuses what is not its grammar", () => {
-    const flags = parseFlags(['/usr/local/bin/istio-iptables', '-p', '15001', '-u1500', '--proxy-gid=7', '--istio-service-cidr', '*', '-x', '', '--run-validation', '--skip-rule-apply', '-n'])
+    const flags = parseFlags([
+      '/usr/local/bin/istio-iptables',
+      '-p',
+      '15001',
+      '-u1500',
+      '--proxy-gid=7',
+      '--istio-service-cidr',
+      '*',
+      '-x',
+      '',
+      '--run-validation',
+      '--skip-rule-apply',
+      '-n',
+    ])
     assert.ok(flags instanceof Map)
-    assert.deepEqual(Object.fromEntries(flags), {'envoy-port': '15001', 'proxy-uid': '1500', 'proxy-gid': '7', 'istio-service-cidr': '*', 'istio-service-exclude-cidr': '', 'run-validation': 'true', 'skip-rule-apply': 'true', n: 'true'})
+    assert.deepEqual(Object.fromEntries(flags), {
+      'envoy-port': '15001',
+      'proxy-uid': '1500',
+      'proxy-gid': '7',
+      'istio-service-cidr': '*',
+      'istio-service-exclude-cidr': '',
+      'run-validation': 'true',
+      'skip-rule-apply': 'true',
+      n: 'true',
+    })
     assert.deepEqual(parseFlags(['/usr/local/bin/pilot-agent', 'istio-iptables', '-u', '7']), new Map([['proxy-uid', '7']]))
     assert.equal(parseFlags(['istio-iptables', '-u', '7', 'istio-iptables']), "unexpected argument 'istio-iptables'")
     assert.equal(parseFlags(['istio-iptables', '--bogus', 'x']), 'unknown flag --bogus')
@@ -307,22 +560,35 @@ describe('istio-init arguments', () => {
         withInit('mesh-tproxy', {name: 'istio-init', args: ARGS.map((a) => (a === 'REDIRECT' ? 'TPROXY' : a))}),
         // a mesh config with other listener ports: merbridge would send every connection where nothing listens
         withInit('other-outbound', {name: 'istio-init', args: ARGS.map((a) => (a === '15001' ? '15002' : a))}),
-        withInit('other-inbound', {name: 'istio-init', args: ['istio-iptables', '-i', '*'], env: [{name: 'INBOUND_CAPTURE_PORT', value: '15016'}]}),
+        withInit('other-inbound', {
+          name: 'istio-init',
+          args: ['istio-iptables', '-i', '*'],
+          env: [{name: 'INBOUND_CAPTURE_PORT', value: '15016'}],
+        }),
         withInit('bad', {name: 'istio-init', args: [...ARGS, '--what', 'x']}, {[ANNOTATIONS.includeOutboundIPRanges]: '10.1.0.0/16'}),
       ],
       'node1',
       istio,
     )
     const of = (name: string) => s.meshed.find((p) => p.name === name)!
-    assert.deepEqual([of('global-range').rules.outAllCidrs, of('global-range').rules.outIncludeCidrs, of('global-range').rules.outExcludePorts], [false, [{ip: '10.0.0.0', prefix: 8}], [22]])
+    assert.deepEqual(
+      [of('global-range').rules.outAllCidrs, of('global-range').rules.outIncludeCidrs, of('global-range').rules.outExcludePorts],
+      [false, [{ip: '10.0.0.0', prefix: 8}], [22]],
+    )
     assert.deepEqual([of('changed').rules.outAllCidrs, of('changed').rules.outIncludeCidrs], [false, [{ip: '10.0.0.0', prefix: 8}]])
     assert.deepEqual(of('env').rules.outExcludePorts, [3306])
     assert.equal(of('cni').rules.outAllCidrs, true)
     assert.equal(s.skipped.find((p) => p.name === 'mesh-tproxy')?.code, 'tproxy')
-    assert.equal(s.skipped.find((p) => p.name === 'other-outbound')?.reason, "istio-init sends to ports 15002/15006 (the mesh config's), merbridge to 15001/15006: left to istio-init")
+    assert.equal(
+      s.skipped.find((p) => p.name === 'other-outbound')?.reason,
+      "istio-init sends to ports 15002/15006 (the mesh config's), merbridge to 15001/15006: left to istio-init",
+    )
     assert.equal(s.skipped.find((p) => p.name === 'other-inbound')?.code, 'other-ports')
     assert.deepEqual(of('bad').rules.outIncludeCidrs, [{ip: '10.1.0.0', prefix: 16}])
-    assert.match(of('bad').warnings.join('\n'), /ns\/bad: istio-init's arguments cannot be read \(unknown flag --what\); its annotations are used instead/)
+    assert.match(
+      of('bad').warnings.join('\n'),
+      /ns\/bad: istio-init's arguments cannot be read \(unknown flag --what\); its annotations are used instead/,
+    )
     for (const name of ['global-range', 'changed', 'env', 'cni']) assert.deepEqual(of(name).warnings, [], name)
   })
 
@@ -344,7 +610,14 @@ describe('istio-init arguments', () => {
       istio,
     )
     const dns = Object.fromEntries(s.meshed.map((p) => [p.name, [p.dnsCapture, p.dnsToAny]]))
-    assert.deepEqual(dns, {cni: [true, true], init: [true, false], 'init-all': [true, true], 'init-off': [false, false], 'init-flag': [true, false], 'init-bad': [true, true]})
+    assert.deepEqual(dns, {
+      cni: [true, true],
+      init: [true, false],
+      'init-all': [true, true],
+      'init-off': [false, false],
+      'init-flag': [true, false],
+      'init-bad': [true, true],
+    })
   })
 
   it("excludes outbound port 15020 where Istio's CNI does: a pod that names no excluded outbound port", () => {
@@ -364,7 +637,10 @@ describe('istio-init arguments', () => {
   it('captures native IPv6 only where Istio writes ip6tables rules: an IPv6-only pod, or ISTIO_DUAL_STACK with an IPv6 address', () => {
     const dual = {podIP: '10.0.0.9', podIPs: [{ip: '10.0.0.9'}, {ip: 'fd00::9'}]}
     const withStatus = (name: string, status: object, proxy: object = {}, init?: object) =>
-      pod(name, {status: {phase: 'Running', ...status}, spec: {nodeName: 'node1', ...(init ? {initContainers: [init]} : {}), containers: [{name: 'app'}, {name: 'istio-proxy', ...proxy}]}})
+      pod(name, {
+        status: {phase: 'Running', ...status},
+        spec: {nodeName: 'node1', ...(init ? {initContainers: [init]} : {}), containers: [{name: 'app'}, {name: 'istio-proxy', ...proxy}]},
+      })
     const on = {env: [{name: 'ISTIO_DUAL_STACK', value: 'true'}]}
     const s = selectMeshedPods(
       [
@@ -373,13 +649,23 @@ describe('istio-init arguments', () => {
         withStatus('v6only', {podIP: 'fd00::11', podIPs: [{ip: 'fd00::11'}]}),
         withStatus('v4only', {podIP: '10.0.0.12', podIPs: [{ip: '10.0.0.12'}]}, on),
         // istio-init's own environment is what it read
-        withStatus('init-off', {podIP: '10.0.0.13', podIPs: [{ip: '10.0.0.13'}, {ip: 'fd00::13'}]}, on, {name: 'istio-init', args: ['istio-iptables', '-i', '*'], env: [{name: 'ISTIO_DUAL_STACK', value: 'false'}]}),
+        withStatus('init-off', {podIP: '10.0.0.13', podIPs: [{ip: '10.0.0.13'}, {ip: 'fd00::13'}]}, on, {
+          name: 'istio-init',
+          args: ['istio-iptables', '-i', '*'],
+          env: [{name: 'ISTIO_DUAL_STACK', value: 'false'}],
+        }),
       ],
       'node1',
       istio,
     )
     const v6 = Object.fromEntries(s.meshed.map((p) => [p.name, [p.ip6 ?? null, p.rules.noIpv6 ?? false]]))
-    assert.deepEqual(v6, {dual: ['fd00::9', false], 'dual-off': [null, true], v6only: [null, false], v4only: [null, true], 'init-off': [null, true]})
+    assert.deepEqual(v6, {
+      dual: ['fd00::9', false],
+      'dual-off': [null, true],
+      v6only: [null, false],
+      v4only: [null, true],
+      'init-off': [null, true],
+    })
   })
 
   it("reads istio-iptables' environment-only settings: owner groups and the loopback range, failing closed", () => {
@@ -395,13 +681,21 @@ describe('istio-init arguments', () => {
         // a name is looked up in istio-init's image: every group captured
         withInit('named', env(['ISTIO_OUTBOUND_OWNER_GROUPS', 'java,202'])),
         withInit('too-many', env(['ISTIO_OUTBOUND_OWNER_GROUPS', Array.from({length: 17}, (_, i) => i + 1).join(',')])),
-        withInit('from-elsewhere', {name: 'istio-init', args: ARGS, env: [{name: 'ISTIO_OUTBOUND_OWNER_GROUPS', valueFrom: {configMapKeyRef: {name: 'x', key: 'y'}}}]}),
+        withInit('from-elsewhere', {
+          name: 'istio-init',
+          args: ARGS,
+          env: [{name: 'ISTIO_OUTBOUND_OWNER_GROUPS', valueFrom: {configMapKeyRef: {name: 'x', key: 'y'}}}],
+        }),
         withInit('loopback', env(['ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR', '127.0.0.1/8'])),
         withInit('loopback-default', env(['ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR', '127.0.0.1/32'])),
         withInit('loopback-bad', env(['ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR', '10.0.0.0/8'])),
         withInit('loopback-wide', env(['ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR', '127.0.0.0/7'])),
         // Istio's CNI fills them from its own environment, not the pod's: annotations are not read for them
-        withInit('cni', {name: 'istio-validation', args: ARGS}, {ISTIO_OUTBOUND_OWNER_GROUPS: '5', ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: '127.0.0.0/8'}),
+        withInit(
+          'cni',
+          {name: 'istio-validation', args: ARGS},
+          {ISTIO_OUTBOUND_OWNER_GROUPS: '5', ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: '127.0.0.0/8'},
+        ),
       ],
       'node1',
       istio,
@@ -422,13 +716,23 @@ describe('istio-init arguments', () => {
       'loopback-wide': [null, null],
       cni: [null, null],
     })
-    assert.match(of('except').warnings.join('\n'), /ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE: 'ftp' is not a group id .*; ignored, so more is captured/)
-    assert.match(of('named').warnings.join('\n'), /ISTIO_OUTBOUND_OWNER_GROUPS: 'java' is not a group id .*every group's outbound is captured instead \(fail closed\)/)
+    assert.match(
+      of('except').warnings.join('\n'),
+      /ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE: 'ftp' is not a group id .*; ignored, so more is captured/,
+    )
+    assert.match(
+      of('named').warnings.join('\n'),
+      /ISTIO_OUTBOUND_OWNER_GROUPS: 'java' is not a group id .*every group's outbound is captured instead \(fail closed\)/,
+    )
     assert.match(of('too-many').warnings.join('\n'), /17 groups, the datapath holds 16; every group's outbound is captured instead/)
     assert.match(of('from-elsewhere').warnings.join('\n'), /ISTIO_OUTBOUND_OWNER_GROUPS comes from elsewhere \(valueFrom\)/)
-    assert.match(of('loopback-bad').warnings.join('\n'), /ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: '10.0.0.0\/8' is not an IPv4 loopback range .*127.0.0.1\/32 is used/)
+    assert.match(
+      of('loopback-bad').warnings.join('\n'),
+      /ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: '10.0.0.0\/8' is not an IPv4 loopback range .*127.0.0.1\/32 is used/,
+    )
     assert.match(of('loopback-wide').warnings.join('\n'), /LOOPBACK_CIDR: '127.0.0.0\/7'/)
-    for (const name of ['only', 'nobody', 'include-wins', 'loopback', 'loopback-default', 'cni']) assert.deepEqual(of(name).warnings, [], name)
+    for (const name of ['only', 'nobody', 'include-wins', 'loopback', 'loopback-default', 'cni'])
+      assert.deepEqual(of(name).warnings, [], name)
   })
 
   it("takes the proxy's ids from -u and -g as istio-iptables does: -g defaults to -u, and the first of a list", () => {
@@ -447,39 +751,68 @@ describe('istio-init arguments', () => {
     )
     const ids = Object.fromEntries(s.meshed.map((p) => [p.name, [p.rules.proxyUid, p.rules.proxyGid]]))
     assert.deepEqual(ids, {root: [1337, 1337], 'uid-only': [1500, 1500], both: [1500, 1600], none: [1337, 1337], lists: [1500, 1600]})
-    assert.match(s.meshed.find((p) => p.name === 'lists')!.warnings.join('\n'), /istio-init lists several proxy ids \(-u 1500,1501, -g 1600\); only 1500\/1600 are the proxy's/)
+    assert.match(
+      s.meshed.find((p) => p.name === 'lists')!.warnings.join('\n'),
+      /istio-init lists several proxy ids \(-u 1500,1501, -g 1600\); only 1500\/1600 are the proxy's/,
+    )
   })
 })
 
 describe("a pod's resolvers", () => {
-  const meshed = (dnsCapture: boolean, dnsToAny = false): MeshedPod => ({namespace: 'ns', name: 'p', ip: '10.0.0.1', dnsCapture, dnsToAny, rules: {...CAPTURE_ALL}, noInboundCapture: [], warnings: []})
+  const meshed = (dnsCapture: boolean, dnsToAny = false): MeshedPod => ({
+    namespace: 'ns',
+    name: 'p',
+    ip: '10.0.0.1',
+    dnsCapture,
+    dnsToAny,
+    rules: {...CAPTURE_ALL},
+    noInboundCapture: [],
+    warnings: [],
+  })
 
   it("captures DNS to any address where Istio's CNI set the pod up, reading no resolv.conf", () => {
     const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], linkLocal: [], pids: [1]}
-    assert.deepEqual(podRulesWithDns(meshed(true, true), ns, () => assert.fail('resolv.conf read')), {rules: {...CAPTURE_ALL, dns: {all: true, servers: []}}})
+    assert.deepEqual(
+      podRulesWithDns(meshed(true, true), ns, () => assert.fail('resolv.conf read')),
+      {rules: {...CAPTURE_ALL, dns: {all: true, servers: []}}},
+    )
   })
 
   it('reads nameservers as a resolver does: addresses only, a zone index dropped, each once', () => {
-    assert.deepEqual(parseResolvConf('# comment\nsearch ns.svc.cluster.local\nnameserver 10.96.0.10\nnameserver  fe80::1%eth0\nnameserver bogus\nnameserver 10.96.0.10\noptions ndots:5\n'), ['10.96.0.10', 'fe80::1'])
+    assert.deepEqual(
+      parseResolvConf(
+        '# comment\nsearch ns.svc.cluster.local\nnameserver 10.96.0.10\nnameserver  fe80::1%eth0\nnameserver bogus\nnameserver 10.96.0.10\noptions ndots:5\n',
+      ),
+      ['10.96.0.10', 'fe80::1'],
+    )
   })
 
   it("captures DNS to the resolvers of the pod's resolv.conf", () => {
     const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], linkLocal: [], pids: [1]}
-    assert.deepEqual(podRulesWithDns(meshed(true), ns, () => ({servers: ['10.96.0.10', 'fd00::a'], from: '/proc/1/root/etc/resolv.conf'})), {rules: {...CAPTURE_ALL, dns: {all: false, servers: ['10.96.0.10', 'fd00::a']}}})
+    assert.deepEqual(
+      podRulesWithDns(meshed(true), ns, () => ({servers: ['10.96.0.10', 'fd00::a'], from: '/proc/1/root/etc/resolv.conf'})),
+      {rules: {...CAPTURE_ALL, dns: {all: false, servers: ['10.96.0.10', 'fd00::a']}}},
+    )
   })
 
   it('fails closed when the resolvers are unknown or too many, and follows Istio when there are none', () => {
     const ns = {inode: 1, path: '/proc/1/ns/net', addresses: [], linkLocal: [], pids: []}
     const unreadable = podRulesWithDns(meshed(true), ns, () => undefined)
     assert.deepEqual(unreadable.rules.dns, {all: true, servers: []})
-    assert.match(unreadable.warning ?? '', /^ns\/p: DNS capture: its resolv.conf cannot be read; capturing port 53 to any address \(fail closed\)/)
+    assert.match(
+      unreadable.warning ?? '',
+      /^ns\/p: DNS capture: its resolv.conf cannot be read; capturing port 53 to any address \(fail closed\)/,
+    )
     const many = podRulesWithDns(meshed(true), ns, () => ({servers: ['1.1.1.1', '1.1.1.2', '1.1.1.3', '1.1.1.4', '1.1.1.5'], from: 'f'}))
     assert.deepEqual(many.rules.dns, {all: true, servers: []})
     assert.match(many.warning ?? '', /5 nameservers, the datapath holds 4/)
     const none = podRulesWithDns(meshed(true), ns, () => ({servers: [], from: 'f'}))
     assert.equal(none.rules.dns, undefined)
     assert.match(none.warning ?? '', /names no nameserver, so Istio captures no DNS either/)
-    assert.deepEqual(podRulesWithDns(meshed(false), ns, () => undefined), {rules: CAPTURE_ALL})
+    assert.deepEqual(
+      podRulesWithDns(meshed(false), ns, () => undefined),
+      {rules: CAPTURE_ALL},
+    )
   })
 
   it("reads resolv.conf through the root of one of the namespace's processes", () => {
@@ -494,7 +827,10 @@ describe('hostile input', () => {
   it('costs one bounded warning for 10,000 ports and a 256 KiB annotation, whatever they hold', () => {
     const many = Array.from({length: 10_000}, (_, i) => String(1 + (i % 60_000))).join(',')
     const huge = `\u001b[2J\u001b[31m${'x'.repeat(256 * 1024)}`
-    const {rules, warnings} = rulesFromAnnotations({[ANNOTATIONS.excludeOutboundPorts]: many, [ANNOTATIONS.statusPort]: huge, [ANNOTATIONS.excludeInboundPorts]: `${huge},${huge}`}, istio)
+    const {rules, warnings} = rulesFromAnnotations(
+      {[ANNOTATIONS.excludeOutboundPorts]: many, [ANNOTATIONS.statusPort]: huge, [ANNOTATIONS.excludeInboundPorts]: `${huge},${huge}`},
+      istio,
+    )
     assert.equal(rules.outExcludePorts.length, 16)
     assert.equal(warnings.length, 3, warnings.join('\n'))
     for (const w of warnings) {
@@ -523,7 +859,8 @@ describe('printable', () => {
 
 describe('namespace addresses', () => {
   it('reads global IPv6 addresses from if_inet6, leaving out loopback and link-local ones, and link-local ones apart', () => {
-    const text = 'fd770000000000000000000000000009 02 40 00 80     eth0\nfe80000000000000b4d2fffffe0c0d0e 02 40 20 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n'
+    const text =
+      'fd770000000000000000000000000009 02 40 00 80     eth0\nfe80000000000000b4d2fffffe0c0d0e 02 40 20 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n'
     assert.deepEqual(parseIfInet6(text), ['fd77::9'])
     assert.deepEqual(parseIfInet6(text, '20'), ['fe80::b4d2:ffff:fe0c:d0e'])
     assert.equal(normalIp('fd77:0:0::0009'), 'fd77::9')
@@ -537,7 +874,11 @@ describe('watch loop decisions', () => {
 
   it('lists again at once after 410 Gone, and says so', () => {
     const next = afterRound(fresh, {kind: 'gone'}, backoff)
-    assert.deepEqual(next, {state: {needList: true, delayMs: 500}, waitMs: 0, report: {message: 'the watch fell behind (410 Gone); listing again', retryInMs: 0}})
+    assert.deepEqual(next, {
+      state: {needList: true, delayMs: 500},
+      waitMs: 0,
+      report: {message: 'the watch fell behind (410 Gone); listing again', retryInMs: 0},
+    })
   })
 
   it('backs off on failures, doubling up to the maximum, and keeps a pending list pending', () => {

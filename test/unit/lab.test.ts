@@ -30,7 +30,12 @@ describe('istio iptables baseline', () => {
     }
     return out
   }
-  const options = (o: Partial<IstioCaptureOptions>): IstioCaptureOptions => ({...defaultCaptureOptions(PROFILES.istio!), inboundPorts: [], excludeInboundPorts: [], ...o})
+  const options = (o: Partial<IstioCaptureOptions>): IstioCaptureOptions => ({
+    ...defaultCaptureOptions(PROFILES.istio!),
+    inboundPorts: [],
+    excludeInboundPorts: [],
+    ...o,
+  })
 
   // Istio's own testdata (tools/istio-iptables/pkg/capture/testdata/*.golden at istio/istio
   // 86c9f01, 2026-08): the rules its istio-iptables writes for an option set, transcribed for the
@@ -118,13 +123,21 @@ describe('istio iptables baseline', () => {
       v4: `${HEAD}\n-A OUTPUT -j ISTIO_OUTPUT\n${OWNER_3_4_1_2_DNS('127.0.0.1/32', '127.0.0.6')
         .split('\n')
         .filter((l) => !l.includes('! --uid-owner') && !l.includes('! --gid-owner'))
-        .join('\n')}\n${DNS_JUMP('127.0.0.53/32')}\n-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n-A ISTIO_OUTPUT -d 127.1.2.3/32 -j ISTIO_REDIRECT\n${RAW_3_4_1_2('127.0.0.53/32')}`,
+        .join(
+          '\n',
+        )}\n${DNS_JUMP('127.0.0.53/32')}\n-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n-A ISTIO_OUTPUT -d 127.1.2.3/32 -j ISTIO_REDIRECT\n${RAW_3_4_1_2('127.0.0.53/32')}`,
     },
     {
       // Istio's CNI plugin (cni/pkg/plugin/testdata/dns.txt.golden): DNS capture means port 53 to
       // any address, and its default excluded outbound port is the status port
       name: 'CNI dns.txt',
-      options: {...defaultCaptureOptions(PROFILES.istio!), excludeInboundPorts: [15020, 15021, 15090], excludeOutboundPorts: [15020], dnsServers: [], captureAllDns: true},
+      options: {
+        ...defaultCaptureOptions(PROFILES.istio!),
+        excludeInboundPorts: [15020, 15021, 15090],
+        excludeOutboundPorts: [15020],
+        dnsServers: [],
+        captureAllDns: true,
+      },
       v4: `${HEAD}
 -A PREROUTING -p tcp -j ISTIO_INBOUND
 -A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
@@ -205,7 +218,14 @@ describe('istio iptables baseline', () => {
   }
 
   it("writes an istio-init container's arguments that read back as the same settings", () => {
-    const o = {...defaultCaptureOptions(PROFILES.istio!), proxyUids: [1500], proxyGids: [1501], outboundCidrs: ['10.0.0.0/8'], excludeOutboundPorts: [22], excludeInterfaces: ['net1']}
+    const o = {
+      ...defaultCaptureOptions(PROFILES.istio!),
+      proxyUids: [1500],
+      proxyGids: [1501],
+      outboundCidrs: ['10.0.0.0/8'],
+      excludeOutboundPorts: [22],
+      excludeInterfaces: ['net1'],
+    }
     const told = istioInitSettings({args: istioInitArgs(PROFILES.istio!, o)}, {uid: 1337})
     assert.ok(told && !('error' in told))
     assert.deepEqual(told.annotations, {
@@ -232,7 +252,11 @@ describe('istio iptables baseline', () => {
 
   it("writes istio-iptables' inbound rules for every port but the excluded ones", () => {
     const rules = istioNatRules(PROFILES.istio!, {...defaultCaptureOptions(PROFILES.istio!), excludeInboundPorts: [15090]})
-    assert.deepEqual(chains(rules).get('nat ISTIO_INBOUND'), ['-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN', '-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN', '-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT'])
+    assert.deepEqual(chains(rules).get('nat ISTIO_INBOUND'), [
+      '-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN',
+      '-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN',
+      '-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT',
+    ])
   })
 
   it('turns DNS capture off when resolv.conf names no server, as istio-iptables does', () => {
@@ -253,11 +277,14 @@ COMMIT`
 describe('sidecar log', () => {
   it('parses the connections the sidecar forwarded', () => {
     const lines = parseSidecarLog('conn 127.0.0.1:5000 dst=10.0.0.3:8080 via=outbound_passthrough server=10.0.0.3:8080 bytes=90\nnoise\n')
-    assert.deepEqual(lines, [{client: '127.0.0.1:5000', originalDst: '10.0.0.3:8080', backend: 'outbound_passthrough', server: '10.0.0.3:8080'}])
+    assert.deepEqual(lines, [
+      {client: '127.0.0.1:5000', originalDst: '10.0.0.3:8080', backend: 'outbound_passthrough', server: '10.0.0.3:8080'},
+    ])
   })
 
   it("reads each frontend's accepted sessions from haproxy's show stat", () => {
-    const csv = '# pxname,svname,qcur,qmax,scur,smax,slim,stot\noutbound,FRONTEND,,,0,1,4096,7\ninbound,FRONTEND,,,0,2,4096,3\ninbound_passthrough,original,0,0,0,1,,3\n'
+    const csv =
+      '# pxname,svname,qcur,qmax,scur,smax,slim,stot\noutbound,FRONTEND,,,0,1,4096,7\ninbound,FRONTEND,,,0,2,4096,3\ninbound_passthrough,original,0,0,0,1,,3\n'
     assert.deepEqual(parseSessionTotals(csv), {outbound: 7, inbound: 3})
     assert.ok(Number.isNaN(parseSessionTotals('# pxname,svname,stot\n').outbound))
   })

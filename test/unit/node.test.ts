@@ -28,7 +28,10 @@ describe('kernel release', () => {
     const old = checkKernel(parseKernelRelease('5.14.21'))
     assert.equal(old.status, 'warn')
     assert.equal(old.required, false)
-    assert.equal(old.detail, '5.14.21 is older than 5.15, the oldest release with every feature the datapath uses; judged by its features below')
+    assert.equal(
+      old.detail,
+      '5.14.21 is older than 5.15, the oldest release with every feature the datapath uses; judged by its features below',
+    )
     assert.equal(checkKernel(parseKernelRelease('4.19.0')).required, false)
     assert.equal(checkKernel(parseKernelRelease('5.15.0')).status, 'pass')
     assert.equal(checkKernel(parseKernelRelease('6.18.44')).status, 'pass')
@@ -39,16 +42,32 @@ describe('kernel release', () => {
 
   it('judges the kernel by its probe loads: the datapath and cookies are required, optional features a warning with their cost', () => {
     const good = checkProbes({unavailable: {}})
-    assert.deepEqual(good.map((c) => [c.id, c.status, c.required, c.optional === true]), [
-      ['datapath-load', 'pass', true, false],
-      ['netns-cookie', 'pass', true, false],
-      ['map-element-count', 'pass', false, true],
-      ['sockmap-iterator', 'pass', false, true],
-      ['reuseport-assign', 'pass', false, true],
-    ])
+    assert.deepEqual(
+      good.map((c) => [c.id, c.status, c.required, c.optional === true]),
+      [
+        ['datapath-load', 'pass', true, false],
+        ['netns-cookie', 'pass', true, false],
+        ['map-element-count', 'pass', false, true],
+        ['sockmap-iterator', 'pass', false, true],
+        ['reuseport-assign', 'pass', false, true],
+      ],
+    )
     assert.match(good[4]?.detail ?? '', /^found out per connection by the datapath/)
-    const bad = checkProbes({datapath: 'the kernel refused mb_sockops: Invalid argument', netnsCookie: 'the kernel does not answer SO_NETNS_COOKIE (Linux 5.14+)', unavailable: {'map-element-count': 'the kernel refused mb_map_counts: Invalid argument'}})
-    assert.deepEqual(bad.map((c) => [c.id, c.status]), [['datapath-load', 'fail'], ['netns-cookie', 'fail'], ['map-element-count', 'warn'], ['sockmap-iterator', 'pass'], ['reuseport-assign', 'pass']])
+    const bad = checkProbes({
+      datapath: 'the kernel refused mb_sockops: Invalid argument',
+      netnsCookie: 'the kernel does not answer SO_NETNS_COOKIE (Linux 5.14+)',
+      unavailable: {'map-element-count': 'the kernel refused mb_map_counts: Invalid argument'},
+    })
+    assert.deepEqual(
+      bad.map((c) => [c.id, c.status]),
+      [
+        ['datapath-load', 'fail'],
+        ['netns-cookie', 'fail'],
+        ['map-element-count', 'warn'],
+        ['sockmap-iterator', 'pass'],
+        ['reuseport-assign', 'pass'],
+      ],
+    )
     assert.equal(bad[0]?.detail, 'the kernel refused mb_sockops: Invalid argument')
     assert.match(bad[2]?.remedy ?? '', /^merbridge works without it: status counts entries by dumping each hash map/)
   })

@@ -39,8 +39,31 @@ describe('wrk report', () => {
 })
 
 describe('bench summary', () => {
-  const s = (round: number, mode: Sample['mode'], rps: number, cpu: number, otherCpuPct = 1): Sample => ({round, mode, scenario: 'keepalive', sidecarThreads: 1, requests: rps, requestsPerSec: rps, p50: 1e6 / rps, p90: 0, p99: 2e6 / rps, errors: 0, cpuPerRequestUs: cpu, otherCpuPct})
-  const three = [s(1, 'direct', 100, 10), s(1, 'iptables', 40, 40), s(1, 'ebpf', 80, 20), s(2, 'direct', 100, 10), s(2, 'iptables', 50, 50), s(2, 'ebpf', 50, 30), s(3, 'direct', 90, 10), s(3, 'iptables', 40, 30), s(3, 'ebpf', 60, 20)]
+  const s = (round: number, mode: Sample['mode'], rps: number, cpu: number, otherCpuPct = 1): Sample => ({
+    round,
+    mode,
+    scenario: 'keepalive',
+    sidecarThreads: 1,
+    requests: rps,
+    requestsPerSec: rps,
+    p50: 1e6 / rps,
+    p90: 0,
+    p99: 2e6 / rps,
+    errors: 0,
+    cpuPerRequestUs: cpu,
+    otherCpuPct,
+  })
+  const three = [
+    s(1, 'direct', 100, 10),
+    s(1, 'iptables', 40, 40),
+    s(1, 'ebpf', 80, 20),
+    s(2, 'direct', 100, 10),
+    s(2, 'iptables', 50, 50),
+    s(2, 'ebpf', 50, 30),
+    s(3, 'direct', 90, 10),
+    s(3, 'iptables', 40, 30),
+    s(3, 'ebpf', 60, 20),
+  ]
 
   it('reports medians per mode and medians of per-round ratios, with their spread', () => {
     const [k] = summarize(three, ['keepalive'])
@@ -55,7 +78,10 @@ describe('bench summary', () => {
   })
 
   it('compares traffic outside the mesh with merbridge not enabled (direct), not with iptables', () => {
-    const out = (round: number, mode: Sample['mode'], rps: number, cpu: number): Sample => ({...s(round, mode, rps, cpu), scenario: 'outside-keepalive'})
+    const out = (round: number, mode: Sample['mode'], rps: number, cpu: number): Sample => ({
+      ...s(round, mode, rps, cpu),
+      scenario: 'outside-keepalive',
+    })
     const [o] = summarize([out(1, 'direct', 100, 10), out(1, 'iptables', 50, 40), out(1, 'ebpf', 99, 10.1)], ['outside-keepalive'])
     assert.equal(o!.outside, true)
     assert.equal(o!.ratios.requestsPerSec.median, 0.99)
@@ -65,26 +91,43 @@ describe('bench summary', () => {
   })
 
   it("counts each datapath's programs per request when the kernel counts their runs", () => {
-    const before = [{name: 'mb_sockops', runs: 100, ns: 10_000}, {name: 'mb_connect4', runs: 5, ns: 5000}]
-    const after = [{name: 'mb_sockops', runs: 1100, ns: 260_000}, {name: 'mb_connect4', runs: 35, ns: 41_000}]
-    assert.deepEqual(programDeltas(before, after), [{name: 'mb_connect4', runs: 30, ns: 36_000}, {name: 'mb_sockops', runs: 1000, ns: 250_000}])
+    const before = [
+      {name: 'mb_sockops', runs: 100, ns: 10_000},
+      {name: 'mb_connect4', runs: 5, ns: 5000},
+    ]
+    const after = [
+      {name: 'mb_sockops', runs: 1100, ns: 260_000},
+      {name: 'mb_connect4', runs: 35, ns: 41_000},
+    ]
+    assert.deepEqual(programDeltas(before, after), [
+      {name: 'mb_connect4', runs: 30, ns: 36_000},
+      {name: 'mb_sockops', runs: 1000, ns: 250_000},
+    ])
     const withRuns = three.map((x) => (x.mode === 'ebpf' ? {...x, requests: 10, programs: programDeltas(before, after)} : x))
     const [k] = summarize(withRuns, ['keepalive'])
-    assert.deepEqual(k!.programs?.ebpf, [{name: 'mb_connect4', runsPerRequest: 3, nsPerRun: 1200, usPerRequest: 3.6}, {name: 'mb_sockops', runsPerRequest: 100, nsPerRun: 250, usPerRequest: 25}])
+    assert.deepEqual(k!.programs?.ebpf, [
+      {name: 'mb_connect4', runsPerRequest: 3, nsPerRun: 1200, usPerRequest: 3.6},
+      {name: 'mb_sockops', runsPerRequest: 100, nsPerRun: 250, usPerRequest: 25},
+    ])
     assert.match(renderBenchSummary(k!), /programs per request in ebpf .*mb_sockops 100\.0 x 250 = 25\.00; all 28\.6 µs/)
     assert.equal(summarize(three, ['keepalive'])[0]!.programs, undefined, 'none without the counts')
   })
 
   it('leaves out rounds where other processes were busy, and says when too few are left', () => {
-    const busy = three.map((x) => (x.round === 1 && x.mode === 'iptables' ? {...x, otherCpuPct: 35} : x.round === 2 ? {...x, otherCpuPct: 12} : x))
+    const busy = three.map((x) =>
+      x.round === 1 && x.mode === 'iptables' ? {...x, otherCpuPct: 35} : x.round === 2 ? {...x, otherCpuPct: 12} : x,
+    )
     const [k] = summarize(busy, ['keepalive'])
     assert.deepEqual(k!.quietRounds, [3])
-    assert.deepEqual(k!.leftOut, [{round: 1, otherCpuPct: 35}, {round: 2, otherCpuPct: 12}])
+    assert.deepEqual(k!.leftOut, [
+      {round: 1, otherCpuPct: 35},
+      {round: 2, otherCpuPct: 12},
+    ])
     assert.deepEqual(k!.ratios.requestsPerSec, {median: 1.5, low: 1.5, high: 1.5}, 'round 3 alone')
     assert.equal(k!.reliable, false)
   })
 
-  it('splits each mode\'s CPU into sidecars and interception when the sidecars mode was measured', () => {
+  it("splits each mode's CPU into sidecars and interception when the sidecars mode was measured", () => {
     const withSidecars = [...three, s(1, 'sidecars', 60, 30), s(2, 'sidecars', 60, 40), s(3, 'sidecars', 50, 25)]
     const [k] = summarize(withSidecars, ['keepalive'])
     assert.equal(k!.modes.sidecars?.requestsPerSec, 60)
@@ -102,8 +145,14 @@ describe('bench summary', () => {
     assert.deepEqual(plain!.ratios, k!.ratios)
     const text = renderBenchSummary(k!)
     assert.match(text, /│ sidecars +│ 60 +│/)
-    assert.match(text, /CPU µs per request beyond the sidecars mode \(the same sidecars on plain TCP, nothing intercepted\): iptables \+10\.0 \(\+5\.0 to \+10\.0\), ebpf -10\.0 \(-10\.0 to -5\.0\)/)
-    assert.match(text, /sidecars\/iptables, all that removing interception alone gives: requests\/s x1\.25 \(x1\.20-x1\.50\), CPU added over direct x0\.75/)
+    assert.match(
+      text,
+      /CPU µs per request beyond the sidecars mode \(the same sidecars on plain TCP, nothing intercepted\): iptables \+10\.0 \(\+5\.0 to \+10\.0\), ebpf -10\.0 \(-10\.0 to -5\.0\)/,
+    )
+    assert.match(
+      text,
+      /sidecars\/iptables, all that removing interception alone gives: requests\/s x1\.25 \(x1\.20-x1\.50\), CPU added over direct x0\.75/,
+    )
     assert.doesNotMatch(renderBenchSummary(plain!), /sidecars/)
   })
 
