@@ -77,6 +77,8 @@ enum mb_counter {
 	                               * tc is not, or in fragments (fail closed) */
 	MB_CNT_INBOUND_REWRITTEN,     /* connections from elsewhere sent to the inbound listener by rewriting their
 	                               * port (the kernel refused to hand them to a reuseport listener: before 6.6) */
+	MB_CNT_INBOUND_REOPENED,      /* SYNs reopening a 4-tuple still in TIME_WAIT, sent to the inbound listener
+	                               * by rewriting their port */
 	MB_CNT__COUNT,
 };
 

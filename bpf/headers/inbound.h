@@ -320,7 +320,6 @@ static __always_inline int nat_start(struct __sk_buff *skb, const struct mb_sett
 		return -1;
 	if (rewrite_port(skb, tcp_off, offsetof(struct tcphdr, dest), tcp->dest, bpf_htons(cfg->inbound_port)))
 		return -1;
-	count(MB_CNT_INBOUND_REWRITTEN, 1);
 	return 0;
 }
 
@@ -361,7 +360,7 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	union mb_ip dst = {};
 	__u32 tuple_size = 0;
 	enum mb_l4 l4;
-	int unregistered = 0;
+	int unregistered = 0, reopen = 0;
 	__u16 dport;
 	__u32 tcp_off = 0;
 	long err;
@@ -404,9 +403,13 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	if (sk) {
 		/* a retransmitted SYN of a handshake under way keeps its request socket; a SYN that
 		 * would reopen a TIME_WAIT tuple is a new connection (the kernel would give it to the
-		 * app's own listener) */
+		 * app's own listener). Handed to the inbound listener, its request would collide with
+		 * the TIME_WAIT socket in the kernel's table and be dropped, on every retransmission
+		 * until the TIME_WAIT ends (a client reusing ports after the server closed first):
+		 * it is sent there by rewriting its port, to a tuple of its own. */
 		int handshaking = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT;
 
+		reopen = sk->state == BPF_TCP_TIME_WAIT;
 		bpf_sk_release(sk);
 		if (handshaking)
 			return TC_ACT_OK;
@@ -430,15 +433,17 @@ int mb_tc_inbound(struct __sk_buff *skb)
 	}
 	if (sk->state != BPF_TCP_LISTEN)
 		err = -1;
-	else if (cfg->flags & MB_SETTINGS_INBOUND_REWRITE)
+	else if ((cfg->flags & MB_SETTINGS_INBOUND_REWRITE) || reopen)
 		err = -MB_ESOCKTNOSUPPORT;
 	else
 		err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	/* a reuseport listener before Linux 6.6: sent there by rewriting its port, as REDIRECT would */
-	if (err == -MB_ESOCKTNOSUPPORT)
+	if (err == -MB_ESOCKTNOSUPPORT) {
 		err = nat_start(skb, cfg, &t, tuple_size, tcp_off, &tcp, &dst);
-	else if (!err)
+		if (!err)
+			count(reopen ? MB_CNT_INBOUND_REOPENED : MB_CNT_INBOUND_REWRITTEN, 1);
+	} else if (!err)
 		count(MB_CNT_INBOUND_ASSIGNED, 1);
 	if (err) {
 		count(MB_CNT_INBOUND_NO_LISTENER, 1);

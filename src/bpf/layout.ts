@@ -49,6 +49,7 @@ export const COUNTERS = [
   'originOverShare',
   'inboundUncovered',
   'inboundRewritten',
+  'inboundReopened',
 ] as const
 export type CounterName = (typeof COUNTERS)[number]
 

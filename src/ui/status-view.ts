@@ -24,6 +24,7 @@ const COUNTER_LABELS: Record<CounterName, string> = {
   originOverShare: 'original destinations refused: their pod was over its share of a busy pair_original_dst',
   inboundRewritten:
     'connections from elsewhere sent to an inbound sidecar by rewriting their port (the kernel cannot hand them to its listener)',
+  inboundReopened: 'SYNs reopening a connection still in TIME_WAIT, sent to an inbound sidecar by rewriting their port',
   inboundUncovered:
     "SYNs to a captured port dropped at an app's listener: they came in where inbound capture is not attached (merbridge sync attaches it), or in fragments (fail closed)",
 }

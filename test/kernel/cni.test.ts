@@ -155,10 +155,26 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
 
   it('registers a meshed pod in the namespace the runtime named, before its first container, and DEL releases it', async () => {
     assert.ok(!(await registered()).has(lab.pod('b').ip), 'b is not registered before the call: the API has no address for it')
-    const add = await call('ADD', 'b')
-    assert.equal(add.code, 0, add.out)
-    assert.deepEqual(JSON.parse(add.out), add.prevResult) // the previous result, passed on
-    assert.ok((await registered()).has(lab.pod('b').ip), 'b is registered when ADD returns')
+    // a claim: b's address on the loopback of a namespace older than b's, which an address scan
+    // would take for b's (the oldest holder); the runtime's namespace is b's whatever holds it
+    const claim = (op: 'add' | 'del') =>
+      execa('ip', ['-n', lab.pod('a').netns, 'addr', op, `${lab.pod('b').ip}/32`, 'dev', 'lo'], {reject: op === 'add'})
+    await claim('add')
+    let add: Awaited<ReturnType<typeof call>>
+    try {
+      add = await call('ADD', 'b')
+      assert.equal(add.code, 0, add.out)
+      assert.deepEqual(JSON.parse(add.out), add.prevResult) // the previous result, passed on
+      const cookies = new Map((await readMaps.netnsPods(inst)).map((p) => [p.ip, p.netns]))
+      assert.ok(cookies.has(lab.pod('b').ip), 'b is registered when ADD returns')
+      assert.notEqual(
+        cookies.get(lab.pod('b').ip),
+        cookies.get(lab.pod('a').ip),
+        "b is registered in its own namespace, not in the claimer's",
+      )
+    } finally {
+      await claim('del')
+    }
     // inbound capture is in place: a's request passes both sidecars, and so does one from the node
     await requestsPassBothSidecars(lab, 2)
     const before = await lab.sidecarSessions('b')

@@ -6,7 +6,7 @@
 // used here unless a test opens a listener on loopback.
 import assert from 'node:assert/strict'
 import {mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
-import {createServer, type Server} from 'node:net'
+import {connect, createServer, type Server} from 'node:net'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
@@ -18,7 +18,7 @@ import {readMaps} from '../../src/bpf/maps.js'
 import {buildObjects} from '../../src/bpf/objects.js'
 import {Installation} from '../../src/datapath/installation.js'
 import {writeSettings} from '../../src/datapath/settings.js'
-import {ensureBpffs, kernelSkipReason, suiteTimeout, uniqueInstall} from '../helpers.js'
+import {ensureBpffs, eventually, kernelSkipReason, suiteTimeout, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang'])
 const OK = 0
@@ -61,9 +61,9 @@ function checksum(b: Buffer): number {
   return ~sum & 0xffff
 }
 
-function tcpHeader(dport: number, flags: number): Buffer {
+function tcpHeader(dport: number, flags: number, sport = 40_000): Buffer {
   const t = Buffer.alloc(20)
-  t.writeUInt16BE(40_000, 0)
+  t.writeUInt16BE(sport, 0)
   t.writeUInt16BE(dport, 2)
   t.writeUInt32BE(1, 4)
   t[12] = 5 << 4
@@ -75,7 +75,7 @@ function tcpHeader(dport: number, flags: number): Buffer {
 const ethernet = (type: number) => Buffer.concat([Buffer.alloc(6, 2), Buffer.alloc(6, 4), Buffer.from([type >> 8, type & 0xff])])
 
 /** An IPv4 packet with a TCP header; `fragment`: the more-fragments bit set. */
-function ipv4(dst: string, dport: number, flags: number, opts: {fragment?: boolean} = {}): Buffer {
+function ipv4(dst: string, dport: number, flags: number, opts: {fragment?: boolean; src?: string; sport?: number} = {}): Buffer {
   const h = Buffer.alloc(20)
   h[0] = 0x45
   h.writeUInt16BE(40, 2)
@@ -83,10 +83,10 @@ function ipv4(dst: string, dport: number, flags: number, opts: {fragment?: boole
   h.writeUInt16BE(opts.fragment ? 0x2000 : 0, 6)
   h[8] = 64
   h[9] = 6
-  Buffer.from([10, 99, 0, 1]).copy(h, 12)
+  Buffer.from((opts.src ?? '10.99.0.1').split('.').map(Number)).copy(h, 12)
   Buffer.from(dst.split('.').map(Number)).copy(h, 16)
   h.writeUInt16BE(checksum(h), 10)
-  return Buffer.concat([ethernet(0x0800), h, tcpHeader(dport, flags)])
+  return Buffer.concat([ethernet(0x0800), h, tcpHeader(dport, flags, opts.sport)])
 }
 
 /** An IPv6 packet whose TCP header comes after the extension headers named (0 hop-by-hop, 60 destination options, 44 fragment). */
@@ -220,6 +220,33 @@ describe("tc inbound's decisions (BPF_PROG_RUN)", {skip, timeout: suiteTimeout(1
     } finally {
       await writeSettings(inst, SETTINGS)
       await new Promise((resolve) => server.close(resolve))
+    }
+  })
+
+  it('sends a SYN that reopens a connection still in TIME_WAIT by rewriting its port', async () => {
+    // the server closes first, so its end of the connection stays in TIME_WAIT; a client that
+    // reuses the port sends a SYN on the same four addresses. Handed to the listener, its request
+    // would collide with that socket in the kernel's table and be dropped until the TIME_WAIT ends
+    const app: Server = createServer((c) => c.end())
+    const listener: Server = createServer()
+    await new Promise<void>((resolve) => app.listen(APP, POD, resolve))
+    await new Promise<void>((resolve) => listener.listen(SETTINGS.inboundPort, POD, resolve))
+    try {
+      const client = connect({host: POD, port: APP, localAddress: '127.0.0.1'})
+      const port = await new Promise<number>((resolve) => client.on('connect', () => resolve(client.localPort ?? 0)))
+      await new Promise((resolve) => client.on('end', resolve))
+      client.end()
+      await eventually('the server end in TIME_WAIT', async () =>
+        (await execa('ss', ['-Htn', 'state', 'time-wait', 'src', `${POD}:${APP}`])).stdout.includes(`127.0.0.1:${port}`),
+      )
+      const before = (await readMaps.counters(inst)).inboundReopened
+      const {verdict: v, out} = await run(ipv4(POD, APP, TCP.syn, {src: '127.0.0.1', sport: port}))
+      assert.equal(v, OK)
+      assert.equal(out.readUInt16BE(14 + 20 + 2), SETTINGS.inboundPort)
+      assert.equal((await readMaps.counters(inst)).inboundReopened, before + 1)
+    } finally {
+      await new Promise((resolve) => app.close(resolve))
+      await new Promise((resolve) => listener.close(resolve))
     }
   })
 
