@@ -14,29 +14,37 @@ const SCALE = 'scale'
 
 export default class BenchCommand extends BaseCommand {
   static override summary = 'Measure merbridge against iptables interception on this machine'
+  // one line a paragraph: oclif wraps them to the terminal's width
   static override description = [
-    'Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and',
-    'measures each scenario in three modes, switched within every round: direct (no interception),',
-    "iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is",
-    'checked to do what it says before it is measured.',
-    '',
-    "Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio,",
-    'with the lowest and highest round. A round in which other processes took more than 10% of the',
-    'machine is left out and named; fewer than 2 quiet rounds make a scenario unreliable. Every shape',
-    'of --sidecar-threads gets its own lab and report.',
-    '',
-    `Scenarios: ${SCENARIO_NAMES.join(', ')}; and, when named, ${SCALE}: --scale-connections connections`,
-    `through both sidecars held open at once by ${SCALE_PODS} client pods, merbridge enabled with`,
-    `${ENTRIES_PER_CONNECTION} map entries per connection, reporting whether every one was redirected and what`,
-    'the maps cost.',
-    '',
-    '--baseline-up and --baseline-down add a fourth mode to every round, another datapath brought up',
-    'and down by your commands (such as the original Merbridge programs), with ebpf/baseline ratios.',
-    "--sidecars-mode adds the sidecars without interception, the client calling its sidecar's fixed",
-    "listener (which forwards to the server's): a mode's CPU beyond it is what its interception costs",
-    '(below zero where its data path saves more), and its figures against iptables are all that',
-    'removing interception alone could give.',
-  ].join('\n')
+    [
+      'Builds a lab (a client pod with wrk, a server pod with nginx, haproxy sidecars as uid 1337) and',
+      'measures each scenario in three modes, switched within every round: direct (no interception),',
+      "iptables (Istio's rules inside the pods) and ebpf (merbridge on the lab's cgroup). Each mode is",
+      'checked to do what it says before it is measured.',
+    ],
+    [
+      "Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio,",
+      'with the lowest and highest round. A round in which other processes and the hypervisor (steal)',
+      'took more than 10% of the machine is left out and named; fewer than 2 quiet rounds make a',
+      'scenario unreliable. Every shape of --sidecar-threads gets its own lab and report.',
+    ],
+    [
+      `Scenarios: ${SCENARIO_NAMES.join(', ')}; and, when named, ${SCALE}: --scale-connections connections`,
+      `through both sidecars held open at once by ${SCALE_PODS} client pods, merbridge enabled with`,
+      `${ENTRIES_PER_CONNECTION} map entries per connection, reporting whether every one was redirected and what`,
+      'the maps cost.',
+    ],
+    [
+      '--baseline-up and --baseline-down add a fourth mode to every round, another datapath brought up',
+      'and down by your commands (such as the original Merbridge programs), with ebpf/baseline ratios.',
+      "--sidecars-mode adds the sidecars without interception, the client calling its sidecar's fixed",
+      "listener (which forwards to the server's): a mode's CPU beyond it is what its interception costs",
+      '(below zero where its data path saves more), and its figures against iptables are all that',
+      'removing interception alone could give.',
+    ],
+  ]
+    .map((paragraph) => paragraph.join(' '))
+    .join('\n\n')
 
   static override examples = [
     {command: '<%= config.bin %> bench', description: 'Three rounds of 10 s per mode and scenario'},

@@ -62,7 +62,7 @@ function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
       )
   if (s.leftOut.length > 0)
     lines.push(
-      `left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}%`,
+      `left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine, the hypervisor ${l.stealPct.toFixed(0)}%)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}% of both together`,
     )
   if (!s.reliable) lines.push(`not reliable: fewer than 2 quiet rounds`)
   return lines

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
-import {machineBusyUs, programDeltas, summarize, type Sample} from '../../src/lab/bench.js'
+import {machineTimesUs, programDeltas, summarize, type Sample} from '../../src/lab/bench.js'
 import {median, parseWrk} from '../../src/lab/wrk.js'
 import {renderBenchSummary} from '../../src/ui/bench-view.js'
 
@@ -52,6 +52,7 @@ describe('bench summary', () => {
     errors: 0,
     cpuPerRequestUs: cpu,
     otherCpuPct,
+    stealPct: 0,
   })
   const three = [
     s(1, 'direct', 100, 10),
@@ -113,16 +114,23 @@ describe('bench summary', () => {
     assert.equal(summarize(three, ['keepalive'])[0]!.programs, undefined, 'none without the counts')
   })
 
-  it('leaves out rounds where other processes were busy, and says when too few are left', () => {
+  it('leaves out rounds where other processes or the hypervisor were busy, and says when too few are left', () => {
     const busy = three.map((x) =>
-      x.round === 1 && x.mode === 'iptables' ? {...x, otherCpuPct: 35} : x.round === 2 ? {...x, otherCpuPct: 12} : x,
+      x.round === 1 && x.mode === 'iptables'
+        ? {...x, otherCpuPct: 35}
+        : x.round === 2
+          ? {...x, otherCpuPct: 6, stealPct: 6}
+          : x.round === 3
+            ? {...x, otherCpuPct: 4, stealPct: 5}
+            : x,
     )
     const [k] = summarize(busy, ['keepalive'])
-    assert.deepEqual(k!.quietRounds, [3])
+    assert.deepEqual(k!.quietRounds, [3], 'round 2: 6% + 6% of steal is over 10%; round 3: 9%')
     assert.deepEqual(k!.leftOut, [
-      {round: 1, otherCpuPct: 35},
-      {round: 2, otherCpuPct: 12},
+      {round: 1, otherCpuPct: 35, stealPct: 0},
+      {round: 2, otherCpuPct: 6, stealPct: 6},
     ])
+    assert.match(renderBenchSummary(k!), /round 2 \(other processes took 6% of the machine, the hypervisor 6%\)/)
     assert.deepEqual(k!.ratios.requestsPerSec, {median: 1.5, low: 1.5, high: 1.5}, 'round 3 alone')
     assert.equal(k!.reliable, false)
   })
@@ -156,8 +164,8 @@ describe('bench summary', () => {
     assert.doesNotMatch(renderBenchSummary(plain!), /sidecars/)
   })
 
-  it("reads the machine's busy time from /proc/stat, leaving interrupt work out", () => {
-    // user nice system idle iowait irq softirq: ticks of 1/100 s
-    assert.equal(machineBusyUs('cpu  100 20 30 5000 7 11 13 0 0 0\ncpu0 50 10 15 2500 3 5 6 0 0 0\n'), 1.5e6)
+  it("reads the machine's busy and stolen time from /proc/stat, leaving interrupt work out", () => {
+    // user nice system idle iowait irq softirq steal guest guest_nice: ticks of 1/100 s
+    assert.deepEqual(machineTimesUs('cpu  100 20 30 5000 7 11 13 40 0 0\ncpu0 50 10 15 2500 3 5 6 20 0 0\n'), {busyUs: 1.5e6, stealUs: 4e5})
   })
 })
