@@ -10,8 +10,9 @@ packages=(
   clang llvm libbpf-dev linux-libc-dev libc6-dev bpftool
   # node plumbing: ip/ss, nsenter/setpriv/mount, iptables baseline (nft and legacy), sysctl
   iproute2 iptables nftables util-linux mount procps
-  # the lab: haproxy sidecars, nginx server, wrk client (demo, bench), python3 (getsockopt probe), openssl (test API server)
-  haproxy nginx wrk python3 openssl ca-certificates
+  # the lab: haproxy sidecars, nginx server, wrk client (demo, bench), python3 (the lab's programs
+  # in its pods, src/lab/py), openssl (test API server); flake8 lints that Python (npm run lint)
+  haproxy nginx wrk python3 openssl ca-certificates flake8
   # the kernel matrix (npm run test:kernels): Debian's kernel booted in QEMU from an initramfs of
   # busybox and the modules it needs (kmod's depmod indexes them; the guest's modprobe loads more)
   qemu-system-x86 busybox-static cpio kmod

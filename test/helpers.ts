@@ -143,11 +143,11 @@ export async function requestsDuring(
   op: () => Promise<void>,
 ): Promise<{peers: string[]; outbound: number}> {
   const peers: string[] = []
-  const before = (await lab.sidecarSessions(from)).outbound
+  const before = (await lab.sidecars.sessions(from)).outbound
   const run = {going: true}
   const load = (async () => {
     while (run.going || peers.length < 3) {
-      const r = await lab.get(from, url)
+      const r = await lab.clients.get(from, url)
       peers.push(
         r.status === 200 && r.body
           ? (JSON.parse(r.body) as {remoteAddress: string}).remoteAddress
@@ -161,7 +161,7 @@ export async function requestsDuring(
     run.going = false
     await load
   }
-  return {peers, outbound: (await lab.sidecarSessions(from)).outbound - before}
+  return {peers, outbound: (await lab.sidecars.sessions(from)).outbound - before}
 }
 
 /** What requestsDuring saw: every request passed both sidecars, none failed. */
@@ -171,12 +171,12 @@ export function assertAllThroughSidecars(r: {peers: string[]; outbound: number})
 }
 
 export async function requestsPassBothSidecars(lab: Lab, n: number): Promise<void> {
-  const [a0, b0] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
+  const [a0, b0] = [await lab.sidecars.sessions('a'), await lab.sidecars.sessions('b')]
   for (let i = 0; i < n; i++) {
-    const r = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
+    const r = await lab.clients.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
     assert.equal(r.status, 200, r.error)
   }
-  const [a1, b1] = [await lab.sidecarSessions('a'), await lab.sidecarSessions('b')]
+  const [a1, b1] = [await lab.sidecars.sessions('a'), await lab.sidecars.sessions('b')]
   assert.ok(a1.outbound >= a0.outbound + n, `a's outbound sidecar: ${a0.outbound} -> ${a1.outbound}`)
   assert.ok(b1.inbound >= b0.inbound + n, `b's inbound sidecar: ${b0.inbound} -> ${b1.inbound}`)
 }

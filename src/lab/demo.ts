@@ -58,14 +58,14 @@ export function newDemo(): DemoContext {
 }
 
 async function whoami(lab: Lab): Promise<string> {
-  const r = await lab.get('client', `http://${lab.pod('server').ip}:${APP_PORT}/whoami`)
+  const r = await lab.clients.get('client', `http://${lab.pod('server').ip}:${APP_PORT}/whoami`)
   if (r.status !== 200 || r.body === undefined) throw new MerbridgeError(`the demo request failed: ${r.error ?? String(r.status)}`)
   return (JSON.parse(r.body) as {remoteAddress: string}).remoteAddress
 }
 
 async function bodyPackets(lab: Lab): Promise<{packets: number; intact: boolean}> {
   const before = await lab.packets('server')
-  const r = await lab.get('client', `http://${lab.pod('server').ip}:${APP_PORT}/bytes?n=${BODY}`)
+  const r = await lab.clients.get('client', `http://${lab.pod('server').ip}:${APP_PORT}/bytes?n=${BODY}`)
   return {packets: (await lab.packets('server')) - before, intact: r.bytes === BODY && r.sha256 === patternSha256(BODY)}
 }
 
@@ -78,8 +78,8 @@ export const DEMO_STEPS = [
         {name: 'client', meshed: true},
         {name: 'server', meshed: true},
       ])
-      for (const p of ['client', 'server']) await ctx.lab.startSidecar(p)
-      await ctx.lab.startApp('server')
+      for (const p of ['client', 'server']) await ctx.lab.sidecars.start(p)
+      await ctx.lab.clients.startApp('server')
     },
   },
   {
@@ -117,7 +117,7 @@ export const DEMO_STEPS = [
   {
     title: 'Read the status and the maps during a stream',
     async run(ctx: DemoContext) {
-      const stream = ctx.lab.openStream('client', `http://${ctx.lab.pod('server').ip}:${APP_PORT}`)
+      const stream = ctx.lab.clients.openStream('client', `http://${ctx.lab.pod('server').ip}:${APP_PORT}`)
       try {
         await stream.flowingPast(0, 'before reading the maps')
         ctx.facts.maps = await dumpMaps(ctx.inst, ['sock_pair_map', 'pair_original_dst', 'local_pod_ips'], {}, 8)

@@ -6,108 +6,18 @@
  * and prints the answer, the address the reply came from and the socket's peer name.
  */
 
-/** python3: `serve ANSWER HOST:PORT...` (UDP and TCP on each), `query MODE FAMILY SERVER PORT`. */
-export const DNS_PY = `
-import json, socket, struct, sys, threading
+import type {LabPods} from './pods.js'
+import {REMOTE, REMOTE_IP, REMOTE_IP_OTHER, REMOTE_IP6} from './pods.js'
+import {labScript} from './scripts.js'
+import {SYSTEM_PYTHON} from './sidecar6.js'
 
-def answer_for(query, answer_ip):
-    qid = query[:2]
-    i = 12
-    while query[i] != 0:
-        i += 1 + query[i]
-    question = query[12:i + 5]
-    header = qid + struct.pack('!HHHHH', 0x8180, 1, 1, 0, 0)
-    record = struct.pack('!HHHIH', 0xc00c, 1, 1, 5, 4) + socket.inet_aton(answer_ip)
-    return header + question + record
-
-def bound(family, kind, host, port):
-    s = socket.socket(family, kind)
-    if family == socket.AF_INET6:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((host, port))
-    return s
-
-def serve_udp(s, answer_ip):
-    while True:
-        q, addr = s.recvfrom(512)
-        s.sendto(answer_for(q, answer_ip), addr)
-
-def serve_tcp(s, answer_ip):
-    s.listen(64)
-    while True:
-        try:
-            c, _ = s.accept()
-        except OSError:
-            continue
-        try:
-            n = struct.unpack('!H', recv_all(c, 2))[0]
-            r = answer_for(recv_all(c, n), answer_ip)
-            c.sendall(struct.pack('!H', len(r)) + r)
-        except OSError:
-            pass
-        c.close()
-
-def recv_all(s, n):
-    data = b''
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise OSError('short read')
-        data += chunk
-    return data
-
-def query_packet():
-    name = b''.join(bytes([len(p)]) + p for p in b'lab.example'.split(b'.')) + b'\\0'
-    return struct.pack('!HHHHHH', 0x4d42, 0x0100, 1, 0, 0, 0) + name + struct.pack('!HH', 1, 1)
-
-def parse_answer(r):
-    return socket.inet_ntoa(r[-4:]) if len(r) >= 16 and r[7] == 1 else 'no answer'
-
-def query(mode, family, server, port):
-    fam = socket.AF_INET if family == '4' else socket.AF_INET6
-    target = '::ffff:' + server if family == 'mapped' else server
-    out = {}
-    if mode == 'tcp':
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect((target, port))
-        q = query_packet()
-        s.sendall(struct.pack('!H', len(q)) + q)
-        n = struct.unpack('!H', recv_all(s, 2))[0]
-        out['answer'] = parse_answer(recv_all(s, n))
-        out['peer'] = s.getpeername()[0]
-    else:
-        s = socket.socket(fam, socket.SOCK_DGRAM)
-        s.settimeout(5)
-        if mode == 'udp-connect':
-            s.connect((target, port))
-            s.send(query_packet())
-            out['peer'] = s.getpeername()[0]
-        else:
-            s.sendto(query_packet(), (target, port))
-        r, addr = s.recvfrom(512)
-        out['answer'] = parse_answer(r)
-        out['from'] = '%s:%d' % (addr[0], addr[1])
-    print(json.dumps(out), flush=True)
-
-if sys.argv[1] == 'serve':
-    answer_ip = sys.argv[2]
-    for hp in sys.argv[3:]:
-        host, port = hp.rsplit(':', 1)
-        host = host.strip('[]')
-        fam = socket.AF_INET6 if ':' in host else socket.AF_INET
-        # bound here, before 'listening' is printed: a port in use fails the start
-        for kind, fn in ((socket.SOCK_DGRAM, serve_udp), (socket.SOCK_STREAM, serve_tcp)):
-            threading.Thread(target=fn, args=(bound(fam, kind, host, int(port)), answer_ip), daemon=True).start()
-    print('listening', flush=True)
-    threading.Event().wait()
-else:
-    try:
-        query(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
-    except OSError as e:
-        print(json.dumps({'error': e.strerror or str(e)}), flush=True)
-`
+/** What the lab's DNS servers answer: who answered, in the A record. */
+export const DNS_ANSWERS = {
+  resolver: '203.0.113.53',
+  other: '203.0.113.54',
+  proxy: (podName: string) => `198.51.100.${podName.charCodeAt(0)}`,
+  app: (podName: string) => `192.0.2.${podName.charCodeAt(0)}`,
+}
 
 /** How the client asks: glibc's way (connected UDP), an unconnected UDP sendto(), or TCP. */
 export type DnsMode = 'udp-connect' | 'udp-sendto' | 'tcp'
@@ -122,4 +32,75 @@ export interface DnsResult {
   /** getpeername() of a connected socket */
   peer?: string
   error?: string
+}
+
+/** The lab's DNS servers and queries (py/dns.py). */
+export class LabDns {
+  constructor(private readonly lab: LabPods) {}
+
+  private script(): string {
+    return labScript(this.lab.tmp, 'dns.py')
+  }
+
+  /** The cluster's DNS on the remote node (the pods' resolver), and another DNS server beside it. */
+  async startRemote(): Promise<void> {
+    const resolver = this.lab.spawn(REMOTE, 'resolver on the remote node', SYSTEM_PYTHON, [
+      this.script(),
+      'serve',
+      DNS_ANSWERS.resolver,
+      `${REMOTE_IP}:53`,
+      ...(this.lab.dualStack ? [`[${REMOTE_IP6}]:53`] : []),
+    ])
+    await resolver.waitFor(/listening/)
+    const other = this.lab.spawn(REMOTE, 'other DNS server on the remote node', SYSTEM_PYTHON, [
+      this.script(),
+      'serve',
+      DNS_ANSWERS.other,
+      `${REMOTE_IP_OTHER}:53`,
+    ])
+    await other.waitFor(/listening/)
+  }
+
+  /** A pod's DNS proxy (Istio's agent) on localhost's DNS port, run as the pod's proxy user. */
+  async startProxy(podName: string): Promise<void> {
+    const proxy = this.lab.pod(podName).proxy ?? {uid: this.lab.mesh.sidecarUid, gid: this.lab.mesh.sidecarGid}
+    const listen = [`127.0.0.1:${this.lab.mesh.dnsPort}`, ...(this.lab.dualStack ? [`[::1]:${this.lab.mesh.dnsPort}`] : [])]
+    const p = this.lab.spawn(podName, `DNS proxy in ${podName}`, 'setpriv', [
+      '--reuid',
+      String(proxy.uid),
+      '--regid',
+      String(proxy.gid),
+      '--clear-groups',
+      SYSTEM_PYTHON,
+      this.script(),
+      'serve',
+      DNS_ANSWERS.proxy(podName),
+      ...listen,
+    ])
+    await p.waitFor(/listening/)
+  }
+
+  /** A DNS server run by a pod's app (as root, in its cgroup) on the pod's IPv4 address. */
+  async startApp(podName: string): Promise<void> {
+    const p = this.lab.spawn(podName, `DNS server app in ${podName}`, SYSTEM_PYTHON, [
+      this.script(),
+      'serve',
+      DNS_ANSWERS.app(podName),
+      `${this.lab.pod(podName).ip}:53`,
+    ])
+    await p.waitFor(/listening/)
+  }
+
+  /** One DNS query from a pod (its cgroup), as `as` if given: what came back and from where. */
+  async query(podName: string, mode: DnsMode, family: DnsFamily, server: string, as?: {uid: number; gid: number}): Promise<DnsResult> {
+    const query = [SYSTEM_PYTHON, this.script(), 'query', mode, family, server, '53']
+    const [command, ...args] = as ? ['setpriv', '--reuid', String(as.uid), '--regid', String(as.gid), '--clear-groups', ...query] : query
+    const r = await this.lab.exec(podName, command ?? SYSTEM_PYTHON, args)
+    const line = r.stdout.trim().split('\n').at(-1) ?? ''
+    try {
+      return JSON.parse(line) as DnsResult
+    } catch {
+      return {error: `no answer: ${r.stderr.trim() || line}`}
+    }
+  }
 }

@@ -18,6 +18,7 @@ import {run} from '../exec.js'
 import {APP_PORT, Lab} from './lab.js'
 import type {LabProcess} from './process.js'
 import {SYSTEM_PYTHON} from './sidecar6.js'
+import {labScript} from './scripts.js'
 
 /** Client pods (and as many server pods): a process may hold at most 20,000 descriptors here, and a sidecar holds two per connection. */
 export const SCALE_PODS = 4
@@ -44,51 +45,6 @@ export interface ScaleReport {
   /** every connection held, all redirected: nothing left on TCP, no original destination refused */
   allRedirected: boolean
 }
-
-/** Echoes what it reads; holds every connection. */
-const ECHO = `
-import asyncio, resource, sys
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-async def serve(r, w):
-    while data := await r.read(4096):
-        w.write(data)
-        await w.drain()
-async def main():
-    srv = await asyncio.start_server(serve, "0.0.0.0", int(sys.argv[1]), backlog=4096)
-    print("listening", flush=True)
-    await srv.serve_forever()
-asyncio.run(main())
-`
-
-/** Opens N connections to HOST:PORT, echoes a message on each, holds them; prints what it got. */
-const CLIENT = `
-import resource, socket, sys, time
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-held, failed, t0 = [], 0, time.monotonic()
-for i in range(n):
-    msg = b"%08d" % i
-    try:
-        s = socket.create_connection((host, port), timeout=10)
-        s.sendall(msg)
-        got = b""
-        while len(got) < len(msg):
-            chunk = s.recv(len(msg) - len(got))
-            if not chunk:
-                break
-            got += chunk
-        if got == msg:
-            held.append(s)
-        else:
-            failed += 1
-            s.close()
-    except OSError:
-        failed += 1
-print("held %d failed %d seconds %.3f" % (len(held), failed, time.monotonic() - t0), flush=True)
-time.sleep(3600)
-`
 
 const COUNTED: CounterName[] = [
   'connOutbound',
@@ -123,17 +79,24 @@ export class ScaleRun {
     await lab.create(names.map((name) => ({name, meshed: true})))
     for (const name of names) {
       await run('ip', ['netns', 'exec', lab.pod(name).netns, 'sysctl', '-q', '-w', 'net.core.somaxconn=4096'])
-      await lab.startSidecar(name, {threads: this.sidecarThreads, maxconn: perPod + 100})
+      await lab.sidecars.start(name, {threads: this.sidecarThreads, maxconn: perPod + 100})
     }
     for (let i = 0; i < SCALE_PODS; i++)
-      await lab.spawn(`server${i}`, `echo server ${i}`, SYSTEM_PYTHON, ['-c', ECHO, String(APP_PORT)]).waitFor(/listening/)
+      await lab
+        .spawn(`server${i}`, `echo server ${i}`, SYSTEM_PYTHON, [labScript(lab.tmp, 'scale_echo.py'), String(APP_PORT)])
+        .waitFor(/listening/)
     await enable({cgroup: lab.cgroup, bpffs: inst.dir, podsFile: lab.writePodList(), maxConnections: this.maxConnections})
     const before = await readMaps.counters(inst)
     const t0 = performance.now()
     for (let i = 0; i < SCALE_PODS; i++) {
       const n = Math.max(0, Math.min(perPod, connections - i * perPod))
       this.clients.push(
-        lab.spawn(`client${i}`, `client ${i}`, SYSTEM_PYTHON, ['-c', CLIENT, lab.pod(`server${i}`).ip, String(APP_PORT), String(n)]),
+        lab.spawn(`client${i}`, `client ${i}`, SYSTEM_PYTHON, [
+          labScript(lab.tmp, 'scale_client.py'),
+          lab.pod(`server${i}`).ip,
+          String(APP_PORT),
+          String(n),
+        ]),
       )
     }
     const results = await Promise.all(

@@ -101,9 +101,9 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
       {name: 'c', meshed: false},
       ...BATCH.map((name) => ({name, meshed: true})),
     ])
-    for (const p of ['a', 'b']) await lab.startSidecar(p)
-    await lab.startApp('b')
-    await lab.startApp('c')
+    for (const p of ['a', 'b']) await lab.sidecars.start(p)
+    await lab.clients.startApp('b')
+    await lab.clients.startApp('c')
     await api.start()
     for (const pod of (JSON.parse(lab.podList()) as {items: FakePod[]}).items) {
       // b and c are being set up: the API has no address for them yet
@@ -146,10 +146,10 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
   it('guesses no pod: a namespace not registered is not captured for the sidecar listening in it', async () => {
     const status = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
     assert.equal(status.cni, true, 'status says CNI mode')
-    const before = await lab.sidecarSessions('b')
-    assert.equal((await lab.get('b', `http://${lab.pod('c').ip}:${APP_PORT}/whoami`)).status, 200)
+    const before = await lab.sidecars.sessions('b')
+    assert.equal((await lab.clients.get('b', `http://${lab.pod('c').ip}:${APP_PORT}/whoami`)).status, 200)
     // without CNI mode the connect would go to b's outbound sidecar, found listening as the proxy's user
-    assert.equal((await lab.sidecarSessions('b')).outbound, before.outbound, "b's request went out as it is")
+    assert.equal((await lab.sidecars.sessions('b')).outbound, before.outbound, "b's request went out as it is")
     assert.equal((await readMaps.counters(inst)).connUnregistered, 0)
   })
 
@@ -177,9 +177,9 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
     }
     // inbound capture is in place: a's request passes both sidecars, and so does one from the node
     await requestsPassBothSidecars(lab, 2)
-    const before = await lab.sidecarSessions('b')
-    assert.equal((await lab.get(NODE, `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)).status, 200)
-    assert.ok((await lab.sidecarSessions('b')).inbound > before.inbound, "the node's request passed b's inbound sidecar")
+    const before = await lab.sidecars.sessions('b')
+    assert.equal((await lab.clients.get(NODE, `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)).status, 200)
+    assert.ok((await lab.sidecars.sessions('b')).inbound > before.inbound, "the node's request passed b's inbound sidecar")
     assert.equal((await call('CHECK', 'b')).code, 0)
     console.log(`ADD of a meshed pod: ${add.ms.toFixed(1)} ms`)
 

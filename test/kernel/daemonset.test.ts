@@ -162,9 +162,9 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
       {name: 'b', meshed: true},
       {name: 'c', meshed: true},
     ])
-    for (const p of ['a', 'b', 'c']) await lab.startSidecar(p)
-    await lab.startApp('b')
-    await lab.startApp('c')
+    for (const p of ['a', 'b', 'c']) await lab.sidecars.start(p)
+    await lab.clients.startApp('b')
+    await lab.clients.startApp('c')
     const url = await api.start()
     for (const pod of (JSON.parse(lab.podList()) as {items: FakePod[]}).items) {
       // c is being set up: the API has no address for it, only the runtime's CNI call registers it
@@ -245,9 +245,9 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
       (await status()).pods?.meshed.some((p) => p.name === 'c'),
       'c registered in the namespace the runtime named',
     )
-    const before = await lab.sidecarSessions('c')
-    assert.equal((await lab.get('a', `http://${lab.pod('c').ip}:${APP_PORT}/whoami`)).status, 200)
-    const after = await lab.sidecarSessions('c')
+    const before = await lab.sidecars.sessions('c')
+    assert.equal((await lab.clients.get('a', `http://${lab.pod('c').ip}:${APP_PORT}/whoami`)).status, 200)
+    const after = await lab.sidecars.sessions('c')
     assert.ok(after.inbound > before.inbound, "a's request passed c's inbound sidecar")
   })
 
@@ -263,7 +263,7 @@ describe('the DaemonSet in a container', {skip, timeout: suiteTimeout(900_000)},
   })
 
   it('stops on SIGTERM and leaves the datapath attached: a stream through it completes', async () => {
-    const stream = lab.openStream('a', `http://${lab.pod('b').ip}:${APP_PORT}`)
+    const stream = lab.clients.openStream('a', `http://${lab.pod('b').ip}:${APP_PORT}`)
     await stream.flowingPast(0, 'before SIGTERM')
     const stop = await podman(['stop', '--time', String(ds.spec!.template.spec!.terminationGracePeriodSeconds ?? 30), names.ds])
     assert.equal(stop.exitCode, 0, stop.stderr)

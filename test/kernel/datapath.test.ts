@@ -60,7 +60,7 @@ describe('datapath on the kernel', {skip, timeout: suiteTimeout(240_000)}, () =>
   const sidecars = new Map<string, LabProcess>()
   const url = (pod: string, path = '/whoami') => `http://${lab.pod(pod).ip}:${APP_PORT}${path}`
   const whoami = async (from: string, to: string, cgroup?: string) => {
-    const r = await lab.get(from, url(to), cgroup)
+    const r = await lab.clients.get(from, url(to), cgroup)
     assert.equal(r.status, 200, `request ${from} -> ${to}: ${r.error ?? ''}`)
     return JSON.parse(r.body!) as {remoteAddress: string}
   }
@@ -73,7 +73,7 @@ describe('datapath on the kernel', {skip, timeout: suiteTimeout(240_000)}, () =>
   const mark = (pod: string) => sidecars.get(pod)!.stdout.length
   /** A stream from a to b held open through `op`: still open when it ends, still flowing after, intact. */
   const streamThrough = async (what: string, op: () => Promise<void>, to = 'b') => {
-    const stream = lab.openStream('a', url(to, ''))
+    const stream = lab.clients.openStream('a', url(to, ''))
     const atStart = await stream.flowingPast(0, `before ${what}`)
     await op()
     // the connection cannot end before release: running means it was open through the whole operation
@@ -94,8 +94,8 @@ describe('datapath on the kernel', {skip, timeout: suiteTimeout(240_000)}, () =>
       {name: 'c', meshed: false},
       {name: 'd', meshed: false},
     ])
-    for (const p of ['a', 'b']) sidecars.set(p, await lab.startSidecar(p))
-    for (const p of ['b', 'c']) await lab.startApp(p)
+    for (const p of ['a', 'b']) sidecars.set(p, await lab.sidecars.start(p))
+    for (const p of ['b', 'c']) await lab.clients.startApp(p)
   })
 
   after(async () => {
@@ -136,7 +136,7 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
   /** Packets through pod b's interface while a 10 MiB body goes from b's app to a's. */
   const tenMiB = async () => {
     const before = await lab.packets('b')
-    const r = await lab.get('a', url('b', `/bytes?n=${TEN_MIB}`))
+    const r = await lab.clients.get('a', url('b', `/bytes?n=${TEN_MIB}`))
     assert.equal(r.bytes, TEN_MIB)
     assert.equal(r.sha256, patternSha256(TEN_MIB))
     return (await lab.packets('b')) - before
@@ -191,7 +191,7 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
   })
 
   it('holds the connection sockets in sock_pair_map during traffic', async () => {
-    const stream = lab.openStream('a', url('b', ''))
+    const stream = lab.clients.openStream('a', url('b', ''))
     try {
       await stream.flowingPast(0, 'before reading the maps')
       // the stream is held open: every socket of its four legs is in the map now
@@ -233,7 +233,7 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
   })
 
   it('dump-maps shows the live connections with their addresses, original destinations and pods', async () => {
-    const stream = lab.openStream('a', url('b', ''))
+    const stream = lab.clients.openStream('a', url('b', ''))
     try {
       const [a, b] = [lab.pod('a').ip, lab.pod('b').ip]
       await stream.flowingPast(0, 'before dumping the maps')
@@ -336,7 +336,7 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
   })
 
   it('status reads a healthy node with one bpftool process, and counts entries as bpftool sees them', async () => {
-    const stream = lab.openStream('a', url('b', ''))
+    const stream = lab.clients.openStream('a', url('b', ''))
     const tmp = mkdtempSync(join(tmpdir(), 'mb-status-'))
     const calls = join(tmp, 'calls')
     const counting = join(tmp, 'counting-bpftool')
@@ -402,7 +402,7 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
     assert.equal((await whoami('d', 'b')).remoteAddress, '127.0.0.6')
     assert.equal((await logSince('b', mb))[0]?.client.split(':')[0], lab.pod('d').ip, "straight from d's app, no sidecar of d on the way")
     // a listener on 15001 that is not the proxy user's (an app's, ztunnel's in an ambient pod) is no sidecar
-    const squatter = await lab.startApp('d', 15001)
+    const squatter = await lab.clients.startApp('d', 15001)
     try {
       const ms = mark('b')
       assert.equal((await whoami('d', 'b')).remoteAddress, '127.0.0.6', "b's inbound sidecar, not d's root-owned listener, answered")
@@ -410,18 +410,18 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
     } finally {
       await squatter.stop()
     }
-    sidecars.set('d', await lab.startSidecar('d'))
+    sidecars.set('d', await lab.sidecars.start('d'))
     // ...and the same app's next connection goes to the sidecar, with no "not in mesh" remembered
-    const r = await lab.get('d', url('b'))
+    const r = await lab.clients.get('d', url('b'))
     assert.equal(r.status, 200)
     assert.equal((await logSince('d', 0))[0]?.originalDst, `${lab.pod('b').ip}:${APP_PORT}`)
   })
 
   it("refuses a registered pod's app while its sidecar is down, like iptables, and recovers", async () => {
     await sidecars.get('a')!.stop()
-    const refused = await lab.get('a', url('b'))
+    const refused = await lab.clients.get('a', url('b'))
     assert.equal(refused.error, 'ECONNREFUSED')
-    sidecars.set('a', await lab.startSidecar('a'))
+    sidecars.set('a', await lab.sidecars.start('a'))
     assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
   })
 
@@ -461,16 +461,16 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
   })
 
   it("takes over the local hops from Istio's iptables rules, and every request still passes both sidecars", async () => {
-    for (const p of ['a', 'b']) await lab.installIstioIptables(p)
+    for (const p of ['a', 'b']) await lab.iptables.install(p)
     try {
       const [ma, mb] = [mark('a'), mark('b')]
       for (let i = 0; i < 3; i++) assert.equal((await whoami('a', 'b')).remoteAddress, '127.0.0.6')
       assert.equal((await logSince('a', ma, 3)).length, 3)
       assert.ok((await logSince('b', mb, 3)).every((l) => l.originalDst === `${lab.pod('b').ip}:${APP_PORT}`))
       // the rule is there (undefined would mean it is not) and caught nothing: eBPF took the hop first
-      for (const p of ['a', 'b']) assert.equal(redirectCounters(await lab.iptablesSave(p)).ISTIO_REDIRECT, 0, `outbound REDIRECT in ${p}`)
+      for (const p of ['a', 'b']) assert.equal(redirectCounters(await lab.iptables.save(p)).ISTIO_REDIRECT, 0, `outbound REDIRECT in ${p}`)
     } finally {
-      for (const p of ['a', 'b']) await lab.removeIstioIptables(p)
+      for (const p of ['a', 'b']) await lab.iptables.remove(p)
     }
   })
 

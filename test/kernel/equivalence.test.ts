@@ -503,7 +503,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
   /** What the client of a case got: the app's view of an HTTP request, or of a DNS reply. */
   const ask = async (c: Case): Promise<string> => {
     if (c.dns) {
-      const r = await lab.dnsQuery(c.from, c.dns.mode, c.dns.family, c.to, c.as)
+      const r = await lab.dns.query(c.from, c.dns.mode, c.dns.family, c.to, c.as)
       if (r.error) return `query failed: ${r.error}`
       return [
         `answered by ${answeredBy(r.answer)}`,
@@ -519,8 +519,8 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
     const bind = c.bind ? (c.v6 ? lab.pod(c.from).ip6 : lab.pod(c.from).ip) : undefined
     const r =
       c.raw || bind
-        ? await lab.rawGet(c.from, c.raw ?? 'plain', host, port, '/whoami', {bind, as: c.as})
-        : await lab.get(c.from, url, undefined, c.as)
+        ? await lab.clients.rawGet(c.from, c.raw ?? 'plain', host, port, '/whoami', {bind, as: c.as})
+        : await lab.clients.get(c.from, url, undefined, c.as)
     return r.status === 200 && r.body
       ? `app saw ${who((JSON.parse(r.body) as {remoteAddress: string}).remoteAddress)}`
       : `failed: ${r.error ?? String(r.status)}`
@@ -529,13 +529,13 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
   /** One connection of a case, as the sidecars and the client saw it. */
   const observe = async (c: Case): Promise<string> => {
     const marks = new Map(SIDECARS.map((p) => [p, sidecars.get(p)!.stdout.length]))
-    const marks6 = new Map(SIDECARS.map((p) => [p, lab.sidecar6Lines(p).length]))
-    const before = new Map(await Promise.all(SIDECARS.map(async (p) => [p, await lab.sidecarSessions(p)] as const)))
-    const lift = c.policy ? await lab.admitOnly(c.to, APP_PORT) : undefined
+    const marks6 = new Map(SIDECARS.map((p) => [p, lab.sidecars.sidecar6Lines(p).length]))
+    const before = new Map(await Promise.all(SIDECARS.map(async (p) => [p, await lab.sidecars.sessions(p)] as const)))
+    const lift = c.policy ? await lab.iptables.admitOnly(c.to, APP_PORT) : undefined
     const seen = await ask(c).finally(() => lift?.())
     const passed: string[] = []
     for (const p of SIDECARS) {
-      const now = await lab.sidecarSessions(p)
+      const now = await lab.sidecars.sessions(p)
       const was = before.get(p)!
       for (const dir of ['outbound', 'inbound'] as const) {
         const n = now[dir] - was[dir]
@@ -547,7 +547,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
           ...parseSidecarLog(proc.stdout.slice(marks.get(p)))
             .filter((l) => l.backend === `${dir}_passthrough`)
             .map((l) => `from ${host(l.client)}, told ${named(l.originalDst)}`),
-          ...lab
+          ...lab.sidecars
             .sidecar6Lines(p)
             .slice(marks6.get(p))
             .filter((l) => l.direction === dir)
@@ -558,7 +558,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
           .catch(async (error: unknown) => {
             // a session accepted and never logged: its sockets, and whether the sidecar dropped log lines
             throw new Error(
-              `${String(error)}\nsockets in ${p}:\n${await lab.sockets(p)}\nlog lines ${p}'s sidecar dropped: ${await lab.droppedLogs(p).catch(() => Number.NaN)}`,
+              `${String(error)}\nsockets in ${p}:\n${await lab.sockets(p)}\nlog lines ${p}'s sidecar dropped: ${await lab.sidecars.droppedLogs(p).catch(() => Number.NaN)}`,
               {cause: error},
             )
           })
@@ -580,8 +580,8 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
   )
   const iptables = async (on: boolean) => {
     for (const p of meshedWithRules) {
-      await lab.removeIstioIptables(p)
-      if (on) await lab.installIstioIptables(p)
+      await lab.iptables.remove(p)
+      if (on) await lab.iptables.install(p)
     }
   }
 
@@ -589,16 +589,16 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
     lab.useRemoteResolver()
     await lab.create(PODS)
     await execa('ip', ['netns', 'exec', lab.pod('q').netns, 'sysctl', '-q', '-w', 'net.ipv4.tcp_syncookies=2'])
-    await lab.addRemote()
-    await lab.startRemoteDns()
-    for (const p of SIDECARS) sidecars.set(p, await lab.startSidecar(p))
-    await lab.installIstioIptables('z') // ztunnel's in-pod redirection, in every column
+    await lab.links.addRemote()
+    await lab.dns.startRemote()
+    for (const p of SIDECARS) sidecars.set(p, await lab.sidecars.start(p))
+    await lab.iptables.install('z') // ztunnel's in-pod redirection, in every column
     // b's proxy listens too, though its pod does not capture DNS: a query it answers is a wrong capture
     for (const p of DNS_PROXY_PODS) {
-      await lab.startDnsProxy(p)
-      await lab.startAppDns(p)
+      await lab.dns.startProxy(p)
+      await lab.dns.startApp(p)
     }
-    for (const [p, port] of APPS) await lab.startApp(p, port)
+    for (const [p, port] of APPS) await lab.clients.startApp(p, port)
     for (const p of ['a', 'b', 'c', 'v']) linkLocals.set(await lab.linkLocal(p), p)
   })
 

@@ -58,8 +58,8 @@ describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_
       {name: 'victim', meshed: true},
       {name: 'sink', meshed: false},
     ])
-    for (const p of ['greedy', 'victim']) await lab.startSidecar(p)
-    await lab.startApp('sink')
+    for (const p of ['greedy', 'victim']) await lab.sidecars.start(p)
+    await lab.clients.startApp('sink')
     sink = lab.spawn('sink', 'connection sink', 'python3', ['-c', SINK, String(SINK_PORT)])
     await sink.waitFor(/listening/)
     const r = await cli(
@@ -134,7 +134,7 @@ describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_
 
     // the victim's connection through its sidecar is still whole: original destination stored,
     // sockets tracked, payload moved socket to socket
-    const stream = lab.openStream('victim', `http://${lab.pod('sink').ip}:${APP_PORT}`)
+    const stream = lab.clients.openStream('victim', `http://${lab.pod('sink').ip}:${APP_PORT}`)
     const flowing = await stream.flowingPast(1024 * 1024, "the victim's stream")
     const during = await usage()
     const counters = await readMaps.counters(inst)

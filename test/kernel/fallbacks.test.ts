@@ -48,8 +48,8 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
       {name: 'b', meshed: true},
       {name: 'c', meshed: false},
     ])
-    for (const p of ['a', 'b']) sidecars.set(p, await lab.startSidecar(p))
-    for (const p of ['b', 'c']) await lab.startApp(p)
+    for (const p of ['a', 'b']) sidecars.set(p, await lab.sidecars.start(p))
+    for (const p of ['b', 'c']) await lab.clients.startApp(p)
   })
 
   after(async () => {
@@ -86,7 +86,7 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
   it('enables, intercepts, and records what it goes without', async () => {
     const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'], env)
     assert.equal(r.code, 0, r.stdout + r.stderr)
-    const got = await lab.get('a', url('b'))
+    const got = await lab.clients.get('a', url('b'))
     assert.equal((JSON.parse(got.body ?? '{}') as {remoteAddress?: string}).remoteAddress, '127.0.0.6', 'through both sidecars')
     assert.deepEqual(
       (await inst.readState())?.unavailable,
@@ -102,7 +102,7 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
       [NODE, NODE_IP],
     ] as const) {
       const mark = sidecars.get('b')!.stdout.length
-      const r = await lab.get(from, url('b'))
+      const r = await lab.clients.get(from, url('b'))
       assert.equal(r.status, 200, `${from} -> b: ${r.error ?? ''}`)
       const seen = JSON.parse(r.body ?? '{}') as {remoteAddress?: string; localPort?: number}
       assert.equal(seen.remoteAddress, '127.0.0.6', `${from} -> b passes b's inbound sidecar`)
@@ -117,7 +117,7 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
   })
 
   it('status is healthy, counts entries by dumping, says what it goes without, and never dumps socket storage', async () => {
-    const stream = lab.openStream('a', url('b', ''))
+    const stream = lab.clients.openStream('a', url('b', ''))
     try {
       await stream.flowingPast(0, 'before status')
       const report = await status()
@@ -149,7 +149,7 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
   })
 
   it('keeps a stream whose port tc rewrites through a replacement on new maps, and every request meanwhile passes both sidecars', async () => {
-    const stream = lab.openStream('a', url('b', ''))
+    const stream = lab.clients.openStream('a', url('b', ''))
     const atStart = await stream.flowingPast(0, 'before the replacement')
     const before = await status()
     assert.ok((before.counters?.inboundRewritten ?? 0) > 0, 'the stream was handed over by rewriting (the case under test)')
@@ -188,7 +188,7 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
 
   it('disable keeps a stream whole, says how many sockets it could not release, and the kernel frees the rest when they close', async () => {
     // to c (no sidecar): no inbound port rewriting carries it, which disable would end (docs/datapath.md)
-    const stream = lab.openStream('a', url('c', ''))
+    const stream = lab.clients.openStream('a', url('c', ''))
     const atStart = await stream.flowingPast(0, 'before disable')
     const progIds = (await status()).programs.flatMap((p) => (p.id === undefined ? [] : [p.id]))
     const r = await cli(['disable', '--bpffs', install.bpffs, '--json'], env)
@@ -215,7 +215,7 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
   it('says in text what disable could not release', async () => {
     const e = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList()], env)
     assert.equal(e.code, 0, e.stderr)
-    const stream = lab.openStream('a', url('c', ''))
+    const stream = lab.clients.openStream('a', url('c', ''))
     try {
       await stream.flowingPast(0, 'before disable')
       const r = await cli(['disable', '--bpffs', install.bpffs], env)

@@ -3,7 +3,7 @@
 // ports a real connection between those pods then uses. The real connection must still reach the
 // destination's sidecar, and the impostor must never receive its bytes.
 import assert from 'node:assert/strict'
-import {writeFileSync} from 'node:fs'
+import {copyFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {readMaps} from '../../src/bpf/maps.js'
@@ -11,111 +11,9 @@ import {APP_PORT, Lab, NODE, NODE_IP, REMOTE} from '../../src/lab/lab.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {PreflightResult} from '../../src/datapath/doctor.js'
-import {cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {cli, eventually, kernelSkipReason, parseJson, ROOT, uniqueInstall, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'], [SYSTEM_PYTHON])
-
-// the impostor's server: accepts on HOST:PORT and reports every byte it is sent
-const SERVER_PY = `
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(8)
-print('listening', flush=True)
-while True:
-    c, peer = s.accept()
-    print('accepted %s:%d' % peer, flush=True)
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
-        print('got %d bytes' % len(d), flush=True)
-`
-// a client from a fixed source address and port: HTTP/1.0 GET, prints the status line or the error
-const CLIENT_PY = `
-import socket, sys
-src, sport, dst, dport, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5] == 'hold'
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.settimeout(10)
-s.bind((src, sport))
-s.connect((dst, dport))
-print('connected', flush=True)
-if hold:
-    sys.stdin.read()
-else:
-    try:
-        s.sendall(b'GET /whoami HTTP/1.0\\r\\nHost: lab\\r\\n\\r\\n')
-        data = b''
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
-        print('response: ' + data.split(b'\\r\\n')[0].decode(), flush=True)
-    except OSError as e:
-        print('error: %s' % (e.strerror or e), flush=True)
-`
-
-// a first fragment of a TCP SYN to DST:PORT (only the ports and sequence number fit), from SRC
-/** A TCP SYN from src to dst:port in two IPv4 fragments (8 bytes of TCP header, then the rest), then
- * up to WAIT seconds for the SYN-ACK: prints "answered" or "no answer". */
-const FRAGMENT_PY = `
-import os, select, socket, struct, sys, time
-src, dst, port, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-sport, seq = 40000 + os.getpid() % 20000, 12345
-def csum(b):
-    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return ~s & 0xffff
-tcp = struct.pack('!HHIIBBHHH', sport, port, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
-pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack('!BBH', 0, 6, len(tcp))
-tcp = tcp[:16] + struct.pack('!H', csum(pseudo + tcp)) + tcp[18:]
-def fragment(payload, offset8, more):
-    return struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(payload), 0x4d42, (0x2000 if more else 0) | offset8, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst)) + payload
-rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-tx.sendto(fragment(tcp[:8], 0, True), (dst, 0))
-tx.sendto(fragment(tcp[8:], 1, False), (dst, 0))
-print('sent', flush=True)
-deadline = time.time() + wait
-while select.select([rx], [], [], max(0, deadline - time.time()))[0]:
-    pkt, (addr, _) = rx.recvfrom(65535)
-    ihl = (pkt[0] & 0xf) * 4
-    sp, dp, _, ack, _, flags = struct.unpack('!HHIIBB', pkt[ihl:ihl + 14])
-    if addr == dst and (sp, dp, ack) == (port, sport, seq + 1) and flags & 0x12 == 0x12:
-        print('answered', flush=True)
-        sys.exit(0)
-print('no answer', flush=True)
-`
-
-// An app that fills its socket's option memory (TCP_MD5SIG keys, as an unprivileged user may)
-// before connect(): the socket storage for the original destination cannot be had.
-const FILL_PY = `
-import errno, socket, struct, sys
-s = socket.socket()
-keys = 0
-while True:
-    addr = struct.pack('=H', socket.AF_INET) + struct.pack('!H', 0) + socket.inet_aton('10.%d.%d.%d' % (keys >> 16 & 255, keys >> 8 & 255, keys & 255))
-    md5 = addr.ljust(128, b'\\0') + struct.pack('=BBHI', 0, 0, 80, 0) + b'k' * 80
-    try:
-        s.setsockopt(socket.IPPROTO_TCP, 14, md5)
-    except OSError as e:
-        if e.errno != errno.ENOMEM:
-            raise
-        break
-    keys += 1
-print('keys', keys, flush=True)
-s.settimeout(10)
-try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    s.sendall(b'GET /whoami HTTP/1.0\\r\\n\\r\\n')
-    print('response: ' + s.recv(100).split(b'\\r\\n')[0].decode(), flush=True)
-except OSError as e:
-    print('refused: ' + errno.errorcode.get(e.errno, str(e.errno)), flush=True)
-`
 
 describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
@@ -130,13 +28,17 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
       {name: 'b', meshed: true},
       {name: 'x', meshed: false},
     ])
-    await lab.addRemote()
-    for (const p of ['a', 'b']) await lab.startSidecar(p)
-    await lab.startApp('b')
-    writeFileSync(join(lab.tmp, 'server.py'), SERVER_PY)
-    writeFileSync(join(lab.tmp, 'client.py'), CLIENT_PY)
-    writeFileSync(join(lab.tmp, 'fragment.py'), FRAGMENT_PY)
-    writeFileSync(join(lab.tmp, 'fill.py'), FILL_PY)
+    await lab.links.addRemote()
+    for (const p of ['a', 'b']) await lab.sidecars.start(p)
+    await lab.clients.startApp('b')
+    // copied where the pods' users can read them
+    for (const [fixture, name] of [
+      ['hostile_server.py', 'server.py'],
+      ['hostile_client.py', 'client.py'],
+      ['fragment.py', 'fragment.py'],
+      ['fill_options.py', 'fill.py'],
+    ] as const)
+      copyFileSync(join(ROOT, 'test', 'fixtures', fixture), join(lab.tmp, name))
     const r = await cli(
       ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
       install.env,
@@ -167,7 +69,7 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
     await fragmentedSyn(APP_PORT, 0)
     await eventually('the reassembled SYN dropped', async () => (await readMaps.counters(inst)).inboundUncovered > before)
     // 15020 (the agent's, excluded inbound): netfilter reassembles it and Istio's rules let it in
-    const agent = await lab.startApp('b', 15020)
+    const agent = await lab.clients.startApp('b', 15020)
     try {
       assert.equal(await fragmentedSyn(15020, 60), 'answered')
     } finally {
@@ -195,7 +97,7 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
           ),
         )
       // and the pods' traffic still passes their sidecars
-      const ok = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
+      const ok = await lab.clients.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
       assert.equal(ok.status, 200, ok.error)
       // doctor looks for inbound capture where each pod is registered, not in the claimant's namespace
       const d = await cli(['doctor', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--json'], install.env)
@@ -209,7 +111,7 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
 
   it('refuses a connect whose socket has no room for its original destination, rather than let it skip the sidecar', async () => {
     const counters0 = await readMaps.counters(inst)
-    const sessions0 = await lab.sidecarSessions('a')
+    const sessions0 = await lab.sidecars.sessions('a')
     const r = await lab.exec('a', 'setpriv', [
       '--reuid',
       '1000',
@@ -225,11 +127,11 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
     assert.match(r.stdout, /^keys [1-9]\d*$/m, 'the app filled its socket option memory')
     assert.match(r.stdout, /^refused: EPERM$/m, `the connect went somewhere: ${r.stdout}`)
     assert.equal((await readMaps.counters(inst)).originLost, counters0.originLost + 1)
-    assert.equal((await lab.sidecarSessions('a')).outbound, sessions0.outbound, 'nothing reached the sidecar either')
+    assert.equal((await lab.sidecars.sessions('a')).outbound, sessions0.outbound, 'nothing reached the sidecar either')
     const st = await cli(['status', '--bpffs', install.bpffs], install.env)
     assert.match(st.stdout, /1 connect\(s\) or datagram\(s\) were refused \(EPERM\)/)
     // an ordinary request from the same pod still passes its sidecar
-    const ok = await lab.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
+    const ok = await lab.clients.get('a', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`)
     assert.equal(ok.status, 200, ok.error)
   })
 

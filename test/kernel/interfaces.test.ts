@@ -33,7 +33,7 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
   /** A request from the namespace on the pod's side0 to the pod's own address: who the app saw, what its sidecar logged. */
   const overSide0 = async (pod: (typeof PODS)[number], address = lab.pod(pod).ip, port = APP_PORT) => {
     const mark = sidecars.get(pod)!.stdout.length
-    const r = await lab.get(`x-${pod}`, `http://${address}:${port}/whoami`)
+    const r = await lab.clients.get(`x-${pod}`, `http://${address}:${port}/whoami`)
     assert.equal(r.status, 200, `x-${pod} -> ${pod}: ${r.error ?? ''}`)
     const seen = (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress
     // a request that passed the sidecar was logged before the app answered it (logasap)
@@ -42,7 +42,7 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
   /** A request from inside 'plain' (its app, or as its proxy) to its own second address: who the app saw, what its sidecar logged. */
   const toOwnSecond = async (as?: {uid: number; gid: number}) => {
     const mark = sidecars.get('plain')!.stdout.length
-    const r = await lab.get('plain', `http://${secondAddress('plain')}:${APP_PORT}/whoami`, undefined, as)
+    const r = await lab.clients.get('plain', `http://${secondAddress('plain')}:${APP_PORT}/whoami`, undefined, as)
     assert.equal(r.status, 200, `plain -> ${secondAddress('plain')}: ${r.error ?? ''}`)
     return {
       seen: (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress,
@@ -61,11 +61,11 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
    * are off meanwhile.
    */
   const heldUntilSync = async (from: string) => {
-    await lab.removeIstioIptables('plain')
+    await lab.iptables.remove('plain')
     try {
       await heldUntilSyncAlone(from)
     } finally {
-      await lab.installIstioIptables('plain')
+      await lab.iptables.install('plain')
     }
   }
   const heldUntilSyncAlone = async (from: string) => {
@@ -73,7 +73,7 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     const before = (await readMaps.counters(inst)).inboundUncovered
     const mark = sidecars.get('plain')!.stdout.length
     // held for as long as its SYN retransmissions go on: the sync may come late on a slow machine
-    const pending = lab.get(from, `http://${lab.pod('plain').ip}:${APP_PORT}/whoami`, undefined, undefined, HELD_MS)
+    const pending = lab.clients.get(from, `http://${lab.pod('plain').ip}:${APP_PORT}/whoami`, undefined, undefined, HELD_MS)
     let answered: Awaited<typeof pending> | undefined
     void pending.then((r) => (answered = r))
     await eventually(
@@ -168,12 +168,12 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
       {name: 'tunnel', meshed: true},
     ])
     for (const p of PODS) {
-      if (p === 'tunnel') await lab.addTunnelPod({name: `x-${p}`}, p, 'side0')
-      else await lab.addLinkedPod({name: `x-${p}`}, p, 'side0')
-      sidecars.set(p, await lab.startSidecar(p))
-      await lab.startApp(p)
+      if (p === 'tunnel') await lab.links.addTunnelPod({name: `x-${p}`}, p, 'side0')
+      else await lab.links.addLinkedPod({name: `x-${p}`}, p, 'side0')
+      sidecars.set(p, await lab.sidecars.start(p))
+      await lab.clients.startApp(p)
     }
-    await lab.startApp('plain', EXCLUDED_PORT)
+    await lab.clients.startApp('plain', EXCLUDED_PORT)
     // an address plain and vm both have on their second networks, which are apart: x-plain
     // reaches plain's
     for (const p of ['plain', 'vm']) await execa('ip', ['-n', lab.pod(p).netns, 'addr', 'add', `${SHARED}/32`, 'dev', 'side0'])
@@ -187,9 +187,9 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
   })
 
   it("under Istio's rules: nothing captured from an excluded interface, a virtual machine's connections sent outbound", async () => {
-    for (const p of PODS) await lab.installIstioIptables(p)
+    for (const p of PODS) await lab.iptables.install(p)
     await asIstio()
-    for (const p of PODS) await lab.removeIstioIptables(p)
+    for (const p of PODS) await lab.iptables.remove(p)
   })
 
   it('merbridge alone keeps its inbound capture off an excluded interface, sends a virtual machine through the inbound sidecar, and says what it leaves to istio-init', async () => {
@@ -273,7 +273,7 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
   })
 
   it("with Istio's rules still installed, every connection goes as Istio alone sends it", async () => {
-    for (const p of PODS) await lab.installIstioIptables(p)
+    for (const p of PODS) await lab.iptables.install(p)
     await asIstio()
   })
 
@@ -332,7 +332,7 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
   })
 
   it('keeps a connection over an interface the pod gained since it was registered from its app until sync captures there', async () => {
-    await lab.addLinkedPod({name: 'y-plain'}, 'plain', 'side1')
+    await lab.links.addLinkedPod({name: 'y-plain'}, 'plain', 'side1')
     assert.doesNotMatch(await tcFilters('plain', 'side1'), /"kind":"bpf"/, 'not attached before a sync')
     await heldUntilSync('y-plain')
     assert.match(await tcFilters('plain', 'side1'), /"kind":"bpf"/)
@@ -346,10 +346,10 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     // go with the table.)
     const d = await cli(['disable', '--bpffs', install.bpffs, '--json'], install.env)
     assert.equal(d.code, 0, d.stderr + d.stdout)
-    await lab.removeIstioIptables('plain')
-    await lab.installIstioIptables('plain')
+    await lab.iptables.remove('plain')
+    await lab.iptables.install('plain')
     const mark = sidecars.get('plain')!.stdout.length
-    const stream = lab.openStream('x-plain', `http://${lab.pod('plain').ip}:${APP_PORT}`)
+    const stream = lab.clients.openStream('x-plain', `http://${lab.pod('plain').ip}:${APP_PORT}`)
     const atStart = await stream.flowingPast(0, 'under Istio')
     assert.deepEqual(
       parseSidecarLog(sidecars.get('plain')!.stdout.slice(mark)).map((l) => l.backend),
@@ -365,7 +365,7 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     const got = await stream.release()
     assert.equal(got.code, 0, JSON.stringify(got))
     assert.equal(got.sha256, patternSha256(got.bytes!))
-    for (const p of PODS) await lab.removeIstioIptables(p)
+    for (const p of PODS) await lab.iptables.remove(p)
     // and a new connection is merbridge's
     assert.equal((await overSide0('plain')).seen, '127.0.0.6')
   })

@@ -64,8 +64,8 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       {name: 'a', meshed: true},
       {name: 'b', meshed: true},
     ])
-    for (const p of ['a', 'b']) await lab.startSidecar(p)
-    await lab.startApp('b')
+    for (const p of ['a', 'b']) await lab.sidecars.start(p)
+    await lab.clients.startApp('b')
     podsFile = lab.writePodList()
     await api.start()
     for (const pod of (JSON.parse(lab.podList()) as {items: FakePod[]}).items) api.add(pod)
@@ -147,7 +147,7 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
         async () => (parseExposition((await get('/metrics')).text).get('merbridge_watch_lag_seconds_count') ?? 0) >= 1,
       )
 
-      const stream = lab.openStream('a', `http://${lab.pod('b').ip}:${APP_PORT}`)
+      const stream = lab.clients.openStream('a', `http://${lab.pod('b').ip}:${APP_PORT}`)
       await stream.flowingPast(0, 'before SIGTERM')
       watch.kill('SIGTERM')
       const ended = await watch

@@ -36,7 +36,7 @@ describe('stream order', {skip, timeout: suiteTimeout(600_000)}, () => {
       {name: 'a', meshed: true},
       {name: 'b', meshed: true},
     ])
-    for (const p of ['a', 'b']) await lab.startSidecar(p)
+    for (const p of ['a', 'b']) await lab.sidecars.start(p)
     await lab.spawn('b', 'numbered reader', SYSTEM_PYTHON, [SCRIPT, 'serve', '0.0.0.0', String(PORT)]).waitFor(/listening/)
     // a reader that waits a second before its first read: whatever TCP and sk_msg delivered is there by then
     await lab

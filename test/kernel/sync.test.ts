@@ -30,7 +30,7 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
   let watchLog = ''
   const flags = () => ['--kubeconfig', kubeconfig, '--node', NODE, '--bpffs', install.bpffs]
   const remote = async (from: string, to: string, port = APP_PORT) => {
-    const r = await lab.get(from, `http://${lab.pod(to).ip}:${port}/whoami`)
+    const r = await lab.clients.get(from, `http://${lab.pod(to).ip}:${port}/whoami`)
     assert.equal(r.status, 200, r.error)
     return (JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress
   }
@@ -48,11 +48,11 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
       {name: 'd', meshed: true},
     ])
     for (const p of ['a', 'b', 'd']) {
-      await lab.startSidecar(p)
-      if (p !== 'a') await lab.startApp(p)
+      await lab.sidecars.start(p)
+      if (p !== 'a') await lab.clients.startApp(p)
     }
     // b also serves on a second port, for the annotation that excludes it
-    await lab.startApp('b', 8081)
+    await lab.clients.startApp('b', 8081)
     api.add(makePod('a', lab.pod('a').ip, NODE))
     api.add(makePod('b', lab.pod('b').ip, NODE))
     api.add(makePod('elsewhere', '10.99.0.9', 'another-node'))
@@ -246,10 +246,10 @@ describe('pods kept in sync from the Kubernetes API', {skip, timeout: suiteTimeo
     watcher.stderr!.on('data', (d: Buffer) => (watchLog += d.toString()))
     try {
       await until('the first list', () => watchLog.includes('"event":"listed"'))
-      await lab.addLinkedPod({name: 'y-b'}, 'b', 'side1')
+      await lab.links.addLinkedPod({name: 'y-b'}, 'b', 'side1')
       // the guard holds its SYNs (the app never sees it directly); the watch attaches tc there,
       // and the client's next retransmission goes through b's inbound sidecar
-      const r = await lab.get('y-b', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`, undefined, undefined, 100_000)
+      const r = await lab.clients.get('y-b', `http://${lab.pod('b').ip}:${APP_PORT}/whoami`, undefined, undefined, 100_000)
       assert.equal(r.status, 200, r.error)
       assert.equal((JSON.parse(r.body!) as {remoteAddress: string}).remoteAddress, '127.0.0.6')
       await until('the re-check logged', () => /"event":"uncovered","drops":[1-9]/.test(watchLog))

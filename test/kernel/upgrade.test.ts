@@ -51,8 +51,8 @@ describe('upgrade from an older version', {skip, timeout: suiteTimeout(900_000)}
       {name: 'a', meshed: true},
       {name: 'b', meshed: true},
     ])
-    for (const p of ['a', 'b']) await lab.startSidecar(p)
-    await lab.startApp('b')
+    for (const p of ['a', 'b']) await lab.sidecars.start(p)
+    await lab.clients.startApp('b')
   })
 
   after(async () => {
