@@ -238,15 +238,17 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
       baselineRequestsPerSec: perRound((e, b) => e.requestsPerSec / b.requestsPerSec, BASELINE),
       baselineP50: perRound((e, b) => e.p50 / b.p50, BASELINE),
     }
-    const sidecars = modes.sidecars && {
-      requestsPerSec: overRounds([SIDECARS, 'iptables'], (sc, i) => sc.requestsPerSec / i.requestsPerSec),
-      addedCpu: overRounds([SIDECARS, 'iptables', 'direct'], added),
-      cpuBeyondUs: {
-        iptables: beyondSidecars('iptables'),
-        ebpf: beyondSidecars('ebpf'),
-        ...(modes.baseline ? {baseline: beyondSidecars(BASELINE)} : {}),
-      },
-    }
+    // outside the mesh no sidecar is in the way: the split says nothing there
+    const sidecars = !outside &&
+      modes.sidecars && {
+        requestsPerSec: overRounds([SIDECARS, 'iptables'], (sc, i) => sc.requestsPerSec / i.requestsPerSec),
+        addedCpu: overRounds([SIDECARS, 'iptables', 'direct'], added),
+        cpuBeyondUs: {
+          iptables: beyondSidecars('iptables'),
+          ebpf: beyondSidecars('ebpf'),
+          ...(modes.baseline ? {baseline: beyondSidecars(BASELINE)} : {}),
+        },
+      }
     return {
       scenario,
       title: SCENARIOS[scenario].title,

@@ -151,6 +151,13 @@ describe('bench summary', () => {
     assert.equal(plain!.modes.sidecars, undefined)
     assert.equal(plain!.sidecars, undefined)
     assert.deepEqual(plain!.ratios, k!.ratios)
+    // outside the mesh no sidecar carries the request: no split, though the mode was measured
+    const [outside] = summarize(
+      withSidecars.map((x) => ({...x, scenario: 'outside-keepalive' as const})),
+      ['outside-keepalive'],
+    )
+    assert.ok(outside!.modes.sidecars, 'the mode is still reported')
+    assert.equal(outside!.sidecars, undefined)
     const text = renderBenchSummary(k!)
     assert.match(text, /│ sidecars +│ 60 +│/)
     assert.match(
