@@ -237,3 +237,13 @@ static __always_inline struct mb_origin *nat_find(const struct mb_pair *key)
 		bpf_map_update_elem(&inbound_nat, key, o, BPF_NOEXIST);
 	return o;
 }
+
+/* Write an address into an IPv6 context: the verifier allows only 4-byte stores into user_ip6. */
+static __always_inline void set_user_ip6(struct bpf_sock_addr *ctx, const union mb_ip *ip, __be16 port)
+{
+	ctx->user_ip6[0] = ip->u32[0];
+	ctx->user_ip6[1] = ip->u32[1];
+	ctx->user_ip6[2] = ip->u32[2];
+	ctx->user_ip6[3] = ip->u32[3];
+	ctx->user_port = port;
+}

@@ -1,6 +1,5 @@
-/* sockops.h: track established connections between local sockets, and their original destinations. */
-#pragma once
-#include "helpers.h"
+/* sockops.c: track established connections between local sockets, and their original destinations. */
+#include "headers/helpers.h"
 
 /* The socket's own key: its namespace and its view of the 4-tuple. */
 static __always_inline void pair_from_sockops(struct mb_pair *p, struct bpf_sock_ops *skops)

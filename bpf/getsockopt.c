@@ -1,8 +1,7 @@
-/* sockopt.h: answer getsockopt(SOL_IP, SO_ORIGINAL_DST) and getsockopt(SOL_IPV6,
+/* getsockopt.c: answer getsockopt(SOL_IP, SO_ORIGINAL_DST) and getsockopt(SOL_IPV6,
  * IP6T_SO_ORIGINAL_DST) as netfilter would for intercepted connections. Runs after the kernel's
  * handler; anything else passes through untouched. */
-#pragma once
-#include "helpers.h"
+#include "headers/helpers.h"
 
 /*
  * A connection mb_tc_inbound handed to the inbound listener was not rewritten: like TPROXY, the
@@ -52,7 +51,7 @@ static __always_inline struct mb_origin *origin_of(struct bpf_sockopt *ctx, cons
 	o = bpf_map_lookup_elem(&pair_original_dst, &key);
 	if (o)
 		return o;
-	/* sent to the inbound listener by rewriting its port (inbound.h): the pod's view, no local port */
+	/* sent to the inbound listener by rewriting its port (tc_inbound.c): the pod's view, no local port */
 	pair_from_ips(&key, 0, local, 0, remote, rport);
 	o = nat_find(&key);
 	return o ? o : handed_over(ctx, local, lport, scratch);

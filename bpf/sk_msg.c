@@ -1,7 +1,6 @@
-/* msg.h: sk_msg verdict that moves payload socket to socket, skipping the TCP/IP stack. */
-#pragma once
-#include "helpers.h"
-#include "kernel.h"
+/* sk_msg.c: sk_msg verdict that moves payload socket to socket, skipping the TCP/IP stack. */
+#include "headers/helpers.h"
+#include "headers/kernel.h"
 
 /* Whether a socket handed data to TCP before sk_msg saw it: data in its SYN (Fast Open), or a send
  * that began before the socket was tracked and waited inside for the handshake to end. */

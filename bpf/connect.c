@@ -1,11 +1,9 @@
-/* connect.h: cgroup/connect4|6 and sendmsg4|6, where interception is decided at connect() (or
- * sendto()) time: the job of Istio's nat OUTPUT chain, rule for rule (docs/datapath.md lists
+/* connect.c: cgroup/connect4|6 and cgroup/sendmsg4|6, where interception is decided at connect()
+ * (or sendto()) time: the job of Istio's nat OUTPUT chain, rule for rule (docs/datapath.md lists
  * them), plus sending a sidecar's connection to another local pod straight to that pod's inbound
- * listener; recvmsg4|6 and getpeername4|6 undo the rewrite where the app looks, as conntrack's
- * reverse NAT would. */
-#pragma once
-#include "helpers.h"
-#include "kernel.h"
+ * listener. getpeername.c undoes the rewrite where the app looks. */
+#include "headers/helpers.h"
+#include "headers/kernel.h"
 
 /* Is the pod's sidecar listening on its outbound port in the caller's netns? Asked afresh on
  * every connect of an unregistered pod: an answer is never cached, so an app that started
@@ -385,16 +383,6 @@ static __always_inline int intercept(struct bpf_sock_addr *ctx, union mb_ip *dst
 	return 1;
 }
 
-/* Write an address into an IPv6 context: the verifier allows only 4-byte stores into user_ip6. */
-static __always_inline void set_user_ip6(struct bpf_sock_addr *ctx, const union mb_ip *ip, __be16 port)
-{
-	ctx->user_ip6[0] = ip->u32[0];
-	ctx->user_ip6[1] = ip->u32[1];
-	ctx->user_ip6[2] = ip->u32[2];
-	ctx->user_ip6[3] = ip->u32[3];
-	ctx->user_port = port;
-}
-
 static __always_inline int intercept4(struct bpf_sock_addr *ctx, int datagram)
 {
 	union mb_ip dst, src, to;
@@ -456,91 +444,4 @@ SEC("cgroup/sendmsg6")
 int mb_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return intercept6(ctx, 1);
-}
-
-/*
- * Where netfilter's reverse NAT would make a socket's peer look like the original destination:
- * a reply from the proxy's DNS port (recvmsg) and getpeername() of a rewritten socket. `from` is
- * the address the kernel reports; on success `orig`/`oport` replace it. Settings are read even
- * while draining: sockets rewritten before keep their story until they close.
- */
-static __always_inline int original_peer(struct bpf_sock_addr *ctx, const union mb_ip *from, int reply,
-					 union mb_ip *orig, __be16 *oport)
-{
-	struct mb_settings *cfg;
-	struct mb_origin *o;
-	union mb_ip localhost;
-	__u32 key = 0;
-	__u16 port = bpf_ntohs((__be16)ctx->user_port), to_port;
-
-	if (!ctx->sk)
-		return 0;
-	cfg = bpf_map_lookup_elem(&settings, &key);
-	o = bpf_sk_storage_get(&origin_store, ctx->sk, 0, 0);
-	if (!cfg || !o)
-		return 0;
-	if (reply && !(o->flags & MB_ORIGIN_DNS))
-		return 0;
-	/* only the address merbridge put there: a UDP socket also talks to others */
-	to_port = o->flags & MB_ORIGIN_DNS ? cfg->dns_port : o->flags & MB_ORIGIN_OUTBOUND ? cfg->outbound_port : cfg->inbound_port;
-	ip_localhost(&localhost, from);
-	if (port != to_port)
-		return 0;
-	/* a UDP socket (DNS) may be connected again or send elsewhere: only the agent's address counts */
-	if ((o->flags & MB_ORIGIN_DNS) && !ip_equal(from, &localhost))
-		return 0;
-	*orig = o->ip;
-	*oport = o->port;
-	if (reply)
-		count(MB_CNT_DNS_REPLY_RESTORED, 1);
-	return 1;
-}
-
-static __always_inline int restore4(struct bpf_sock_addr *ctx, int reply)
-{
-	union mb_ip from, orig;
-	__be16 oport;
-
-	ip_from_v4(&from, ctx->user_ip4);
-	if (original_peer(ctx, &from, reply, &orig, &oport) && ip_is_v4(&orig)) {
-		ctx->user_ip4 = orig.u32[3];
-		ctx->user_port = oport;
-	}
-	return 1;
-}
-
-static __always_inline int restore6(struct bpf_sock_addr *ctx, int reply)
-{
-	union mb_ip from, orig;
-	__be16 oport;
-
-	ip_from_v6(&from, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
-	if (original_peer(ctx, &from, reply, &orig, &oport))
-		set_user_ip6(ctx, &orig, oport);
-	return 1;
-}
-
-/* glibc drops a DNS reply whose source is not the server it asked: show the resolver's address */
-SEC("cgroup/recvmsg4")
-int mb_recvmsg4(struct bpf_sock_addr *ctx)
-{
-	return restore4(ctx, 1);
-}
-
-SEC("cgroup/recvmsg6")
-int mb_recvmsg6(struct bpf_sock_addr *ctx)
-{
-	return restore6(ctx, 1);
-}
-
-SEC("cgroup/getpeername4")
-int mb_getpeername4(struct bpf_sock_addr *ctx)
-{
-	return restore4(ctx, 0);
-}
-
-SEC("cgroup/getpeername6")
-int mb_getpeername6(struct bpf_sock_addr *ctx)
-{
-	return restore6(ctx, 0);
 }
