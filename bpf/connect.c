@@ -49,10 +49,10 @@ static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const unio
 /* What to do with a connect() or a datagram. */
 enum mb_action {
 	MB_LEAVE = 0,
-	MB_TO_OUTBOUND,      /* 127.0.0.1:outbound port: the pod's own sidecar, outbound */
-	MB_TO_OWN_INBOUND,   /* 127.0.0.1:inbound port: the pod's own sidecar, inbound */
-	MB_TO_PEER_INBOUND,  /* same address, inbound port: a local pod not registered yet */
-	MB_TO_DNS,           /* 127.0.0.1:DNS port: the pod's proxy answers DNS */
+	MB_TO_OUTBOUND,     /* 127.0.0.1:outbound port: the pod's own sidecar, outbound */
+	MB_TO_OWN_INBOUND,  /* 127.0.0.1:inbound port: the pod's own sidecar, inbound */
+	MB_TO_PEER_INBOUND, /* same address, inbound port: a local pod not registered yet */
+	MB_TO_DNS,          /* 127.0.0.1:DNS port: the pod's proxy answers DNS */
 };
 
 /* Who is connecting: gathered once per connect() from the netns and the current task. */
@@ -60,9 +60,9 @@ struct mb_caller {
 	const struct mb_pod_id *self; /* the calling pod's IPs; NULL while its netns is not registered */
 	struct mb_pod_config *pod;    /* its rules (NULL with self, or when the pod list lost it) */
 	__u64 netns;
-	int proxy_uid;                /* runs as the pod's proxy user (--uid-owner) */
-	int proxy;                    /* ... or its group (--gid-owner) */
-	__u32 gid;                    /* its group, for the pod's owner-group rule */
+	int proxy_uid; /* runs as the pod's proxy user (--uid-owner) */
+	int proxy;     /* ... or its group (--gid-owner) */
+	__u32 gid;     /* its group, for the pod's owner-group rule */
 };
 
 static __always_inline void identify(void *ctx, const struct mb_settings *cfg, struct mb_caller *c)
@@ -116,8 +116,7 @@ static __always_inline int inbound_source(const union mb_ip *src)
 }
 
 /* Istio's ISTIO_OUTPUT_DNS: port 53 to one of the pod's resolvers (any address when they are unknown) */
-static __always_inline int dns_captured(const struct mb_settings *cfg, const struct mb_pod_config *pod,
-					const union mb_ip *dst, __u16 dport)
+static __always_inline int dns_captured(const struct mb_settings *cfg, const struct mb_pod_config *pod, const union mb_ip *dst, __u16 dport)
 {
 	int i;
 
@@ -167,9 +166,8 @@ static __always_inline int tcp_refused(const union mb_ip *dst)
  * not registered yet has no capture of its own: there the connect goes to its inbound listener
  * from here (fail closed).
  */
-static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const struct mb_settings *cfg,
-					     const struct mb_caller *c, const union mb_ip *dst, __u16 dport,
-					     const union mb_ip *src, int udp)
+static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const struct mb_settings *cfg, const struct mb_caller *c,
+                                             const union mb_ip *dst, __u16 dport, const union mb_ip *src, int udp)
 {
 	struct mb_pod_config *peer;
 	int to_localhost, dns53, on_lo;
@@ -186,7 +184,8 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
 	if (on_lo && inbound_source(src))
 		return MB_LEAVE;
 	if (udp) /* only ever sent to the DNS port, and never the proxy's own queries */
-		return c->pod && !c->proxy && group_captured(c->pod, c->gid) && dns_captured(cfg, c->pod, dst, dport) ? MB_TO_DNS : MB_LEAVE;
+		return c->pod && !c->proxy && group_captured(c->pod, c->gid) && dns_captured(cfg, c->pod, dst, dport) ? MB_TO_DNS
+		                                                                                                      : MB_LEAVE;
 	if (on_lo) {
 		dns53 = c->pod && (c->pod->flags & MB_POD_DNS_CAPTURE) && dport == MB_DNS_SERVER_PORT;
 		/* c->self: only a registered pod's proxy (an unmeshed process may share the uid) */
@@ -232,7 +231,7 @@ static __always_inline enum mb_action decide(struct bpf_sock_addr *ctx, const st
  * bound, loopback destinations and unregistered pods keep what the kernel picks.
  */
 static __always_inline void keep_source(struct bpf_sock_addr *ctx, const struct mb_caller *c, const union mb_ip *dst,
-					const union mb_ip *src)
+                                        const union mb_ip *src)
 {
 	if (!c->self || !(ip_is_zero(src) || (ip_is_v4(src) && !src->u32[3])) || ip_is_loopback(dst))
 		return;
@@ -265,8 +264,8 @@ static __always_inline void keep_source(struct bpf_sock_addr *ctx, const struct 
 
 /* Store the original destination, then set where the connect goes instead (`to`, the port in
  * network order). Returns 0 to leave the connect alone, -1 to refuse it. */
-static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_settings *cfg, const struct mb_caller *c,
-				 enum mb_action action, const union mb_ip *dst, __be16 dport, union mb_ip *to, __be16 *port)
+static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_settings *cfg, const struct mb_caller *c, enum mb_action action,
+                                 const union mb_ip *dst, __be16 dport, union mb_ip *to, __be16 *port)
 {
 	__u16 flags;
 
@@ -299,10 +298,10 @@ static __always_inline int apply(struct bpf_sock_addr *ctx, const struct mb_sett
 	 * first on purpose. Refused (fail closed), and counted. */
 	if (!remember_origin(ctx, dst, dport, flags))
 		return -1;
-	count(action == MB_TO_OUTBOUND	   ? MB_CNT_CONN_OUTBOUND
+	count(action == MB_TO_OUTBOUND      ? MB_CNT_CONN_OUTBOUND
 	      : action == MB_TO_OWN_INBOUND ? MB_CNT_CONN_OWN_INBOUND
-	      : action == MB_TO_DNS	   ? MB_CNT_DNS_REDIRECTED
-					   : MB_CNT_CONN_INBOUND,
+	      : action == MB_TO_DNS         ? MB_CNT_DNS_REDIRECTED
+	                                    : MB_CNT_CONN_INBOUND,
 	      1);
 	if (flags & MB_ORIGIN_UNREGISTERED)
 		count(MB_CNT_CONN_UNREGISTERED, 1);
@@ -351,8 +350,8 @@ static __always_inline void note_process(const struct mb_caller *c)
 /* The whole decision for a connect (or, `datagram`, a sendmsg) to dst from a socket bound to src
  * (zeros when unbound): 1 when it is to go to `to`:`port` instead. */
 /* 1: send it to `to`:`port`; 0: leave it alone; -1: refuse it (the hook returns 0: EPERM). */
-static __always_inline int intercept(struct bpf_sock_addr *ctx, union mb_ip *dst, const union mb_ip *src,
-				     union mb_ip *to, __be16 *port, int datagram)
+static __always_inline int intercept(struct bpf_sock_addr *ctx, union mb_ip *dst, const union mb_ip *src, union mb_ip *to, __be16 *port,
+                                     int datagram)
 {
 	const struct mb_settings *cfg;
 	struct mb_caller c;

@@ -8,8 +8,7 @@
  * the address the kernel reports; on success `orig`/`oport` replace it. Settings are read even
  * while draining: sockets rewritten before keep their story until they close.
  */
-static __always_inline int original_peer(struct bpf_sock_addr *ctx, const union mb_ip *from, int reply,
-					 union mb_ip *orig, __be16 *oport)
+static __always_inline int original_peer(struct bpf_sock_addr *ctx, const union mb_ip *from, int reply, union mb_ip *orig, __be16 *oport)
 {
 	struct mb_settings *cfg;
 	struct mb_origin *o;

@@ -9,8 +9,7 @@
  * no answer, for a registered pod's proxy asking about a port its pod captures inbound (the only
  * sockets mb_tc_inbound hands over), so nothing else changes.
  */
-static __always_inline struct mb_origin *handed_over(struct bpf_sockopt *ctx, const union mb_ip *self, __u16 port,
-						     struct mb_origin *out)
+static __always_inline struct mb_origin *handed_over(struct bpf_sockopt *ctx, const union mb_ip *self, __u16 port, struct mb_origin *out)
 {
 	const struct mb_settings *cfg = active_settings();
 	struct mb_pod_config *pod;
@@ -41,7 +40,7 @@ static __always_inline struct mb_origin *handed_over(struct bpf_sockopt *ctx, co
 /* The original destination of an accepted socket (its remote end is the connecting end of the
  * key), from pair_original_dst or as handed over by tc; NULL when merbridge has no answer. */
 static __always_inline struct mb_origin *origin_of(struct bpf_sockopt *ctx, const union mb_ip *local, __u16 lport,
-						   const union mb_ip *remote, __be16 rport, struct mb_origin *scratch)
+                                                   const union mb_ip *remote, __be16 rport, struct mb_origin *scratch)
 {
 	struct mb_origin *o;
 	struct mb_pair key;

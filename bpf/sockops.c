@@ -8,8 +8,7 @@ static __always_inline void pair_from_sockops(struct mb_pair *p, struct bpf_sock
 
 	MB_CTX_ADDRESSES(skops, &l, &r);
 	/* local_port is host order; remote_port is network order in the upper 16 bits */
-	pair_from_ips(p, bpf_get_netns_cookie(skops), &l, bpf_htons((__u16)skops->local_port), &r,
-		      (__be16)(skops->remote_port >> 16));
+	pair_from_ips(p, bpf_get_netns_cookie(skops), &l, bpf_htons((__u16)skops->local_port), &r, (__be16)(skops->remote_port >> 16));
 }
 
 /* Both ends on this node and in the mesh: a loopback leg inside a registered pod, or two pods,
@@ -129,13 +128,14 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, int activ
 	st = bpf_sk_storage_get(&sock_charges, skops->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
 		/* nothing would give them back at close: count them out now (sk_msg works the peer out itself) */
-		charge(node, pod, 1, -(__s64)!!(charged & MB_CHARGE_ORIGIN));
-		charge(node, pod, 0, -(__s64)!!(charged & MB_CHARGE_SOCKET));
+		charge(node, pod, 1, -(__s64) !!(charged & MB_CHARGE_ORIGIN));
+		charge(node, pod, 0, -(__s64) !!(charged & MB_CHARGE_SOCKET));
 	} else {
 		st->charged |= charged;
 		if (charged & MB_CHARGE_SOCKET) {
 			/* the peer's own key: its namespace, and our remote as its local (as sk_msg would) */
-			pair_from_ips(&st->peer, owner_netns(&key.remote_ip, skops), &key.remote_ip, key.remote_port, &key.local_ip, key.local_port);
+			pair_from_ips(&st->peer, owner_netns(&key.remote_ip, skops), &key.remote_ip, key.remote_port, &key.local_ip,
+			              key.local_port);
 			st->has_peer = MB_PEER_UNSEEN;
 		}
 	}

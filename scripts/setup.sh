@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 packages=(
-  # build and load the datapath
-  clang llvm libbpf-dev linux-libc-dev libc6-dev bpftool
+  # build and load the datapath; clang-format checks bpf/'s layout (npm run lint)
+  clang llvm libbpf-dev linux-libc-dev libc6-dev bpftool clang-format
   # node plumbing: ip/ss, nsenter/setpriv/mount, iptables baseline (nft and legacy), sysctl
   iproute2 iptables nftables util-linux mount procps
   # the lab: haproxy sidecars, nginx server, wrk client (demo, bench), python3 (the lab's programs

@@ -1,6 +1,8 @@
 /* consts.h: numbers the datapath shares with user space (src/bpf/layout.ts mirrors them). */
 #pragma once
 
+/* A table: its columns (values, comments) are the point. */
+/* clang-format off */
 /* Map capacities. */
 #define MB_MAX_PODS          4096   /* pods on one node (kubelet's default maximum is 110) */
 #ifndef MB_MAX_CONNS   /* enable --max-connections builds with -DMB_MAX_CONNS=N */
@@ -105,3 +107,4 @@ enum mb_counter {
 #define MB_SO_ORIGINAL_DST 80
 #define MB_TCP_CLOSE        7
 #define MB_LOOPBACK_IFINDEX 1  /* lo, the first device of every network namespace */
+/* clang-format on */

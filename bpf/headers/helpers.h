@@ -35,8 +35,7 @@ static __always_inline void ip_from_v4(union mb_ip *ip, __be32 v4)
 
 static __always_inline int ip_equal(const union mb_ip *a, const union mb_ip *b)
 {
-	return a->u32[0] == b->u32[0] && a->u32[1] == b->u32[1] &&
-	       a->u32[2] == b->u32[2] && a->u32[3] == b->u32[3];
+	return a->u32[0] == b->u32[0] && a->u32[1] == b->u32[1] && a->u32[2] == b->u32[2] && a->u32[3] == b->u32[3];
 }
 
 static __always_inline int is_loopback4(__be32 v4)
@@ -98,8 +97,7 @@ static __always_inline int cidr_listed(const struct mb_cidr *cidrs, __u8 n, cons
 }
 
 /* Istio's outbound order: excluded ports, excluded CIDRs, included ports, included CIDRs. */
-static __always_inline int outbound_captured(const struct mb_pod_config *pod,
-					     const union mb_ip *dst, __u16 port)
+static __always_inline int outbound_captured(const struct mb_pod_config *pod, const union mb_ip *dst, __u16 port)
 {
 	if (port_listed(pod->out_exclude_ports, pod->n_out_exclude_ports, port))
 		return 0;
@@ -180,22 +178,22 @@ static __always_inline void ip_localhost(union mb_ip *ip, const union mb_ip *lik
  * AF_INET and v4-mapped AF_INET6 sockets (they hold the mapped addresses), IPv6 ones otherwise.
  * Every field is read up front: the verifier refuses a context pointer chosen by a branch.
  */
-#define MB_CTX_ADDRESSES(ctx, local, remote)                                                        \
-	do {                                                                                        \
-		__u32 l4_ = (ctx)->local_ip4, r4_ = (ctx)->remote_ip4;                               \
-		__u32 l6_[4] = {(ctx)->local_ip6[0], (ctx)->local_ip6[1], (ctx)->local_ip6[2], (ctx)->local_ip6[3]}; \
-		__u32 r6_[4] = {(ctx)->remote_ip6[0], (ctx)->remote_ip6[1], (ctx)->remote_ip6[2], (ctx)->remote_ip6[3]}; \
-		if (talks_ipv4((ctx)->family, r6_)) {                                               \
-			ip_from_v4(local, l4_);                                                     \
-			ip_from_v4(remote, r4_);                                                    \
-		} else {                                                                            \
-			ip_from_v6(local, l6_[0], l6_[1], l6_[2], l6_[3]);                          \
-			ip_from_v6(remote, r6_[0], r6_[1], r6_[2], r6_[3]);                         \
-		}                                                                                   \
+#define MB_CTX_ADDRESSES(ctx, local, remote)                                                                                               \
+	do {                                                                                                                               \
+		__u32 l4_ = (ctx)->local_ip4, r4_ = (ctx)->remote_ip4;                                                                     \
+		__u32 l6_[4] = {(ctx)->local_ip6[0], (ctx)->local_ip6[1], (ctx)->local_ip6[2], (ctx)->local_ip6[3]};                       \
+		__u32 r6_[4] = {(ctx)->remote_ip6[0], (ctx)->remote_ip6[1], (ctx)->remote_ip6[2], (ctx)->remote_ip6[3]};                   \
+		if (talks_ipv4((ctx)->family, r6_)) {                                                                                      \
+			ip_from_v4(local, l4_);                                                                                            \
+			ip_from_v4(remote, r4_);                                                                                           \
+		} else {                                                                                                                   \
+			ip_from_v6(local, l6_[0], l6_[1], l6_[2], l6_[3]);                                                                 \
+			ip_from_v6(remote, r6_[0], r6_[1], r6_[2], r6_[3]);                                                                \
+		}                                                                                                                          \
 	} while (0)
 
-static __always_inline void pair_from_ips(struct mb_pair *p, __u64 netns, const union mb_ip *local, __be16 lport,
-					  const union mb_ip *remote, __be16 rport)
+static __always_inline void pair_from_ips(struct mb_pair *p, __u64 netns, const union mb_ip *local, __be16 lport, const union mb_ip *remote,
+                                          __be16 rport)
 {
 	p->netns = netns;
 	p->local_ip = *local;

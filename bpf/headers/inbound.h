@@ -25,9 +25,10 @@ static __always_inline long load_net(struct __sk_buff *skb, __u32 off, void *to,
 /* Where a packet's TCP header is, or why it cannot be told. */
 enum mb_l4 {
 	MB_L4_TCP = 0,
-	MB_L4_OTHER,     /* not TCP, or not IP: none of inbound capture's business */
-	MB_L4_UNKNOWN,   /* TCP as far as can be told, but no header to read: a fragment, or a chain
-	                  * of extension headers longer than walked */
+	MB_L4_OTHER, /* not TCP, or not IP: none of inbound capture's business */
+	/* TCP as far as can be told, but no header to read: a fragment, or a chain of extension
+	 * headers longer than walked */
+	MB_L4_UNKNOWN,
 };
 
 /* The network header as read, for bpf_tcp_check_syncookie (which reads only its addresses). */
@@ -41,8 +42,8 @@ union mb_nethdr {
  * carrying hop-by-hop or destination options cannot slip past the sidecar. Fragments never reach
  * netfilter's nat table unassembled; here they cannot be judged, so they are UNKNOWN.
  */
-static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 *tuple_size,
-					   union mb_ip *dst, struct tcphdr *tcp, union mb_nethdr *nh_copy, __u32 *tcp_off)
+static __always_inline enum mb_l4 find_tcp(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 *tuple_size, union mb_ip *dst,
+                                           struct tcphdr *tcp, union mb_nethdr *nh_copy, __u32 *tcp_off)
 {
 	/* offsets from the network header, and the protocol the device gave the packet: an interface
 	 * without an Ethernet header (a tun, a WireGuard or IP-in-IP tunnel) is read as well as a
@@ -174,7 +175,7 @@ static __always_inline int netns_captures(struct bpf_sock *sk, __u16 port)
  * and port REDIRECT chose, and its ACKs are no cookie of the tuple they carry.
  */
 static __always_inline int cookie_ack(struct __sk_buff *skb, const struct mb_settings *cfg, const struct mb_pod_config *pod,
-				      struct bpf_sock_tuple *t, __u32 tuple_size, union mb_nethdr *nh, struct tcphdr *tcp)
+                                      struct bpf_sock_tuple *t, __u32 tuple_size, union mb_nethdr *nh, struct tcphdr *tcp)
 {
 	struct bpf_sock *sk;
 	long err = -1;
@@ -296,8 +297,8 @@ static __always_inline void nat_key(struct mb_pair *key, const struct bpf_sock_t
 
 /* A packet of a connection sent to the inbound listener by rewriting: its port rewritten (1), or
  * not one of them (0). One that cannot be rewritten is dropped by the caller (fail closed). */
-static __always_inline int nat_in(struct __sk_buff *skb, const struct mb_settings *cfg, const struct bpf_sock_tuple *t,
-				  __u32 tuple_size, __u32 tcp_off, const struct tcphdr *tcp)
+static __always_inline int nat_in(struct __sk_buff *skb, const struct mb_settings *cfg, const struct bpf_sock_tuple *t, __u32 tuple_size,
+                                  __u32 tcp_off, const struct tcphdr *tcp)
 {
 	struct mb_origin *o;
 	struct mb_pair key;
@@ -310,8 +311,8 @@ static __always_inline int nat_in(struct __sk_buff *skb, const struct mb_setting
 }
 
 /* A new connection to the inbound listener by rewriting: remember where it was going, rewrite. */
-static __always_inline int nat_start(struct __sk_buff *skb, const struct mb_settings *cfg, const struct bpf_sock_tuple *t,
-				     __u32 tuple_size, __u32 tcp_off, const struct tcphdr *tcp, const union mb_ip *dst)
+static __always_inline int nat_start(struct __sk_buff *skb, const struct mb_settings *cfg, const struct bpf_sock_tuple *t, __u32 tuple_size,
+                                     __u32 tcp_off, const struct tcphdr *tcp, const union mb_ip *dst)
 {
 	struct mb_origin o = {.ip = *dst, .port = tcp->dest, .flags = MB_ORIGIN_INBOUND};
 	struct mb_pair key;

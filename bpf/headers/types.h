@@ -5,6 +5,8 @@
 #include <linux/types.h>
 #include "consts.h"
 
+/* A table: its columns (values, comments) are the point. */
+/* clang-format off */
 /* An address in a 16-byte slot: IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d), network order. */
 union mb_ip {
 	__u8 u8[16];
@@ -140,3 +142,4 @@ struct mb_queued {
 	__u32 queued;         /* bytes not read yet; 1 when only the queue's shape tells there are some */
 	__u32 pad;
 };
+/* clang-format on */

@@ -155,7 +155,10 @@ int main(void)
 		if (strcmp(command, "DEL") == 0)
 			return 0;
 		snprintf(why, sizeof(why), "%s: %s", path, strerror(errno));
-		return fail(11, "the merbridge agent is not running on this node (merbridge enable --watch --cni-socket): the pod is not started uncaptured", why);
+		return fail(11,
+		            "the merbridge agent is not running on this node (merbridge enable --watch --cni-socket): the pod is not "
+		            "started uncaptured",
+		            why);
 	}
 	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	for (size_t sent = 0; sent < at; sent += (size_t)r) {
@@ -169,7 +172,8 @@ int main(void)
 	answer[got] = 0;
 	body = strchr(answer, '\n');
 	if (r < 0 || !body)
-		return strcmp(command, "DEL") == 0 ? 0 : fail(11, "the merbridge agent did not answer", r < 0 ? strerror(errno) : "no answer");
+		return strcmp(command, "DEL") == 0 ? 0
+		                                   : fail(11, "the merbridge agent did not answer", r < 0 ? strerror(errno) : "no answer");
 	code = atoi(answer);
 	fwrite(body + 1, 1, got - (size_t)(body + 1 - answer), stdout);
 	return code;

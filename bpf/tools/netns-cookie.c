@@ -61,8 +61,7 @@ int main(int argc, char **argv)
 		int ns = open(argv[i], O_RDONLY | O_CLOEXEC);
 		int s = -1;
 
-		if (ns < 0 || setns(ns, CLONE_NEWNET) != 0 ||
-		    (s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0 ||
+		if (ns < 0 || setns(ns, CLONE_NEWNET) != 0 || (s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0 ||
 		    getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0) {
 			printf("error: %s\n", strerror(errno));
 			failed = 1;

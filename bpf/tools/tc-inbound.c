@@ -28,7 +28,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
-#define MB_TC_HANDLE 0x4d42 /* "MB" */
+#define MB_TC_HANDLE   0x4d42 /* "MB" */
 #define MB_TC_PRIORITY 0xc0de
 
 static int enter(const char *path)
@@ -130,7 +130,8 @@ static void each_interface(const char *path, const char *skip, hook_fn fn, hook_
 /* Our filter on this hook (the clsact qdisc too, if missing: then "+" in the note). */
 static int attach_one(struct bpf_tc_hook *hook, const char *name, void *arg, char *note)
 {
-	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY, .prog_fd = *(int *)arg, .flags = BPF_TC_F_REPLACE);
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY, .prog_fd = *(int *)arg,
+	            .flags = BPF_TC_F_REPLACE);
 	LIBBPF_OPTS(bpf_tc_opts, slot, .handle = MB_TC_HANDLE, .priority = MB_TC_PRIORITY);
 	int err = bpf_tc_hook_create(hook);
 
@@ -227,6 +228,7 @@ int main(int argc, char **argv)
 		each_namespace(argc, argv, strcmp(argv[1], "check") == 0 ? missing_one : detach_one, NULL, &id);
 		return 0;
 	}
-	fprintf(stderr, "usage: tc-inbound attach PROG_PIN [--replace=ID,ID] [--skip=IF,IF] NS... | check PROG_ID [--skip=IF,IF] NS... | detach PROG_ID NS...\n");
+	fprintf(stderr, "usage: tc-inbound attach PROG_PIN [--replace=ID,ID] [--skip=IF,IF] NS... | check PROG_ID [--skip=IF,IF] NS... | "
+	                "detach PROG_ID NS...\n");
 	return 2;
 }
