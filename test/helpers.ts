@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import {execa} from 'execa'
+import {execa, type Result, type ResultPromise} from 'execa'
 import {randomBytes} from 'node:crypto'
 import {existsSync, mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
@@ -81,6 +81,24 @@ export async function cli(args: string[], env: Record<string, string> = {}, inpu
     stdin: input === undefined ? 'ignore' : undefined,
   })
   return {code: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr}
+}
+
+/** A CLI command left running (`enable --watch`, `sync --watch`), its stdout and stderr collected as they come. */
+export class RunningCli {
+  output = ''
+  readonly process: ResultPromise
+
+  constructor(args: string[], env: Record<string, string> = {}) {
+    this.process = execa(process.execPath, [BIN, ...args], {env: {...env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'})
+    this.process.stdout?.on('data', (d: Buffer) => (this.output += d.toString()))
+    this.process.stderr?.on('data', (d: Buffer) => (this.output += d.toString()))
+  }
+
+  /** SIGTERM, as systemd or the kubelet stops it, and its end. */
+  async stop(): Promise<Result> {
+    this.process.kill('SIGTERM')
+    return await this.process
+  }
 }
 
 /** The CLI's --json answer, as the type the command returns (the test then asserts its contents). */

@@ -14,14 +14,14 @@ import {get} from 'node:http'
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
-import {execa, type ResultPromise} from 'execa'
+import {execa} from 'execa'
 import {readMaps} from '../../src/bpf/maps.js'
 import {LabProcess} from '../../src/lab/process.js'
 import {haproxyConfig, parseSidecarLog} from '../../src/lab/sidecar.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import {findCgroup2, readMounts} from '../../src/node/mounts.js'
 import {FakeApiServer, makePod} from '../support/fake-apiserver.js'
-import {BIN, cli, eventually, kernelSkipReason, ROOT, suiteTimeout, uniqueInstall} from '../helpers.js'
+import {cli, eventually, RunningCli, kernelSkipReason, ROOT, suiteTimeout, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'podman', 'catatonit', 'mmdebstrap'])
 const mesh = PROFILES.istio!
@@ -55,8 +55,7 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
   const podName = (n: string) => `mb${id}-${n}`
   const processes: LabProcess[] = []
   let image = ''
-  let agent: ResultPromise | undefined
-  let agentOut = ''
+  let agent: RunningCli | undefined
 
   const podman = (args: string[]) => execa('podman', args, {env: {CONTAINERS_CONF: join(tmp, 'containers.conf')}, reject: false})
   const createPod = (n: string, net = network) =>
@@ -138,7 +137,7 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     ...args,
   ]
   const addTimes = () =>
-    [...agentOut.matchAll(/cni: \S+ registered in \S+ before its first container \(([\d.]+) ms\)/g)].map((m) => Number(m[1]))
+    [...(agent?.output ?? '').matchAll(/cni: \S+ registered in \S+ before its first container \(([\d.]+) ms\)/g)].map((m) => Number(m[1]))
 
   before(async () => {
     const base = await execa('bash', [join(ROOT, 'scripts', 'image.sh'), '--base'], {reject: false})
@@ -167,10 +166,8 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
       api.add({...makePod(podName(n), '', hostname(), meshed), status: {phase: 'Pending'}})
     }
     const kubeconfig = api.writeKubeconfig(join(tmp, 'kubeconfig'))
-    agent = execa(
-      process.execPath,
+    agent = new RunningCli(
       [
-        BIN,
         'enable',
         '--watch',
         '--cgroup',
@@ -188,14 +185,13 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
         '--cni-bin-dir',
         binDir,
       ],
-      {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+      install.env,
     )
-    agent.stdout?.on('data', (d: Buffer) => (agentOut += d.toString()))
-    agent.stderr?.on('data', (d: Buffer) => (agentOut += d.toString()))
+    const started = agent
     await eventually(
       'merbridge-cni is the last plugin of the configuration',
       () => existsSync(join(binDir, 'merbridge-cni')) && readFileSync(conflist, 'utf8').includes('merbridge-cni'),
-      () => agentOut.slice(-2000),
+      () => started.output.slice(-2000),
     )
   })
 
@@ -203,8 +199,7 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
     const pods = (await podman(['pod', 'ls', '-q', '--filter', `label=merbridge-test=${id}`])).stdout.split('\n').filter(Boolean)
     if (pods.length > 0) await podman(['pod', 'rm', '-f', ...pods])
     for (const p of processes) await p.stop()
-    agent?.kill('SIGTERM')
-    await agent
+    await agent?.stop()
     await cli(['disable', '--bpffs', install.bpffs], install.env)
     await api.stop()
     // what the bridge plugin and host-local made for this network
@@ -380,8 +375,7 @@ describe('CNI mode with podman', {skip, timeout: suiteTimeout(900_000)}, () => {
   })
 
   it('leaves the configuration byte for byte as it was after disable', async () => {
-    agent?.kill('SIGTERM')
-    await agent
+    await agent?.stop()
     agent = undefined
     const d = await cli(['disable', '--bpffs', install.bpffs], install.env)
     assert.equal(d.code, 0, d.stderr)

@@ -9,13 +9,22 @@ import {existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync}
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
-import {execa, type ResultPromise} from 'execa'
+import {execa} from 'execa'
 import {readMaps} from '../../src/bpf/maps.js'
 import {APP_PORT, Lab, NODE} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {StatusReport} from '../../src/datapath/status.js'
 import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
-import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout, requestsPassBothSidecars} from '../helpers.js'
+import {
+  cli,
+  eventually,
+  RunningCli,
+  kernelSkipReason,
+  parseJson,
+  uniqueInstall,
+  suiteTimeout,
+  requestsPassBothSidecars,
+} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'])
 /** pods a node starts at once */
@@ -35,8 +44,7 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
   const ORIGINAL =
     '{\n\t"cniVersion": "0.4.0",\n\t"name": "podman",\n\t"plugins": [\n\t\t{"type": "bridge", "bridge": "cni-podman0"},\n\t\t{"type": "portmap", "capabilities": {"portMappings": true}}\n\t]\n}\n'
   const pluginTypes = () => (JSON.parse(readFileSync(conflist, 'utf8')) as {plugins: {type: string}[]}).plugins.map((p) => p.type)
-  let agent: ResultPromise | undefined
-  let agentOut = ''
+  let agent: RunningCli | undefined
   let plugin = ''
 
   /** One call of the plugin, as the runtime makes it. */
@@ -64,11 +72,8 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
   }
   let kubeconfigFile = ''
   const startAgent = async () => {
-    agentOut = ''
-    agent = execa(
-      process.execPath,
+    agent = new RunningCli(
       [
-        BIN,
         'enable',
         '--watch',
         '--cgroup',
@@ -86,11 +91,10 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
         '--cni-bin-dir',
         binDir,
       ],
-      {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+      install.env,
     )
-    agent.stdout?.on('data', (d: Buffer) => (agentOut += d.toString()))
-    agent.stderr?.on('data', (d: Buffer) => (agentOut += d.toString()))
-    await eventually('the agent serves CNI calls', () => agentOut.includes('serving CNI calls'))
+    const started = agent
+    await eventually('the agent serves CNI calls', () => started.output.includes('serving CNI calls'))
   }
   const registered = async () => new Set((await readMaps.netnsPods(inst)).map((p) => p.ip))
 
@@ -122,8 +126,7 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
   })
 
   after(async () => {
-    agent?.kill('SIGTERM')
-    await agent
+    await agent?.stop()
     await cli(['disable', '--bpffs', install.bpffs], install.env)
     await api.stop()
     await lab.destroy()
@@ -184,8 +187,7 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
     console.log(`ADD of a meshed pod: ${add.ms.toFixed(1)} ms`)
 
     // an agent restart keeps it where the runtime put it, though the API still has no address for it
-    agent?.kill('SIGTERM')
-    await agent
+    await agent?.stop()
     await startAgent()
     assert.ok((await registered()).has(lab.pod('b').ip), 'b is still registered after the agent restarted')
     await requestsPassBothSidecars(lab, 1)
@@ -229,8 +231,7 @@ describe('CNI mode', {skip, timeout: suiteTimeout(300_000)}, () => {
     assert.match((JSON.parse(unknown.out) as {msg: string}).msg, /not known to the agent yet/)
   })
   it('leaves the configuration byte for byte as it was, and no plugin, after disable', async () => {
-    agent?.kill('SIGTERM')
-    await agent
+    await agent?.stop()
     agent = undefined
     // the agent stopped: the entry stays (a pod set up now waits for the agent, fail closed)
     assert.equal(pluginTypes().at(-1), 'merbridge-cni')
