@@ -23,10 +23,11 @@ export default class BenchCommand extends BaseCommand {
       'checked to do what it says before it is measured.',
     ],
     [
-      "Figures are medians over rounds; ratios are medians of each quiet round's ebpf/iptables ratio,",
-      'with the lowest and highest round. A round in which other processes and the hypervisor (steal)',
-      'took more than 10% of the machine is left out and named; fewer than 2 quiet rounds make a',
-      'scenario unreliable. Every shape of --sidecar-threads gets its own lab and report.',
+      "Figures are medians over rounds; ratios are medians of each round's ebpf/iptables ratio, with",
+      'the lowest and highest round. A ratio leaves out a round where a sample it compares ran while',
+      'other processes and the hypervisor (steal) took more than 10% of the machine; such rounds are',
+      'named, and fewer than 2 rounds make a scenario unreliable. Every shape of --sidecar-threads gets',
+      'its own lab and report.',
     ],
     [
       `Scenarios: ${SCENARIO_NAMES.join(', ')}; and, when named, ${SCALE}: --scale-connections connections`,

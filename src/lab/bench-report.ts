@@ -89,11 +89,12 @@ export interface ProgramCost {
 /** A round in which other processes and the hypervisor's steal took more than this share of the machine is left out of the ratios. */
 export const QUIET_OTHER_CPU_PCT = 10
 
-/** A median of per-round ebpf/iptables ratios, with the lowest and highest round. */
+/** A median of per-round ebpf/iptables ratios, with the lowest and highest round and how many rounds it is of. */
 export interface Ratio {
   median: number
   low: number
   high: number
+  rounds: number
 }
 
 export type RatioName = 'requestsPerSec' | 'p50' | 'p99' | 'addedCpu' | 'cpuPerRequest' | 'baselineRequestsPerSec' | 'baselineP50'
@@ -113,13 +114,13 @@ export interface ScenarioSummary {
   modes: Record<(typeof MODES)[number], ModeFigures> & {sidecars?: ModeFigures; baseline?: ModeFigures}
   /** rounds whose samples all had other CPU use and steal together at or under QUIET_OTHER_CPU_PCT */
   quietRounds: number[]
-  /** rounds left out, with the other CPU use and steal of their busiest sample */
+  /** the other rounds, with the other CPU use and steal of their busiest sample: a ratio leaves a round out where a sample it compares was that busy */
   leftOut: {round: number; otherCpuPct: number; stealPct: number}[]
-  /** fewer than 2 quiet rounds: the ratios say little */
+  /** requests/s against the reference from fewer than 2 rounds: the ratios say little */
   reliable: boolean
   /** outside the mesh: the ratios are ebpf/direct (merbridge enabled against not) */
   outside: boolean
-  /** medians over quiet rounds of each round's ebpf/iptables ratio (ebpf/direct outside the mesh, ebpf/baseline for baseline*), with their spread */
+  /** medians of each round's ebpf/iptables ratio (ebpf/direct outside the mesh, ebpf/baseline for baseline*) over the rounds where the samples compared were quiet, with their spread */
   ratios: Record<RatioName, Ratio>
   /**
    * With the sidecars mode: the sidecars on plain TCP against iptables (requests/s, CPU added over
@@ -185,6 +186,8 @@ export function programCosts(samples: Sample[]): ProgramCost[] | undefined {
   })
 }
 
+const NO_RATIO: Ratio = {median: Number.NaN, low: Number.NaN, high: Number.NaN, rounds: 0}
+
 /** Ratios and quiet rounds per scenario, for the samples of one sidecar shape. */
 export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quietOtherCpuPct?: number} = {}): ScenarioSummary[] {
   const quietPct = opts.quietOtherCpuPct ?? QUIET_OTHER_CPU_PCT
@@ -210,17 +213,16 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
     const busiest = (r: number) =>
       samples.filter((s) => s.round === r && s.scenario === scenario).reduce((a, s) => (noise(s) > noise(a) ? s : a))
     const quietRounds = rounds.filter((r) => noise(busiest(r)) <= quietPct)
-    // f of each quiet round's samples of the modes named; a round missing one of them counts as none
+    // f of each round's samples of the modes named, where those samples were all quiet: a burst of
+    // steal during another mode's run says nothing about this ratio. A round missing one counts as none.
     const overRounds = (names: Mode[], f: (...x: Sample[]) => number): Ratio => {
-      const values = quietRounds
+      const values = rounds
         .map((r) => {
           const picked = names.map((m) => samples.find((s) => s.round === r && s.scenario === scenario && s.mode === m))
-          return picked.every((x) => x !== undefined) ? f(...picked) : Number.NaN
+          return picked.every((x) => x !== undefined && noise(x) <= quietPct) ? f(...(picked as Sample[])) : Number.NaN
         })
         .filter(Number.isFinite)
-      return values.length
-        ? {median: median(values), low: Math.min(...values), high: Math.max(...values)}
-        : {median: Number.NaN, low: Number.NaN, high: Number.NaN}
+      return values.length ? {median: median(values), low: Math.min(...values), high: Math.max(...values), rounds: values.length} : NO_RATIO
     }
     // outside the mesh: merbridge enabled against not (direct); else against Istio's rules
     const outside = SCENARIOS[scenario].outside === true
@@ -233,7 +235,7 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
       p50: perRound((e, i) => e.p50 / i.p50),
       p99: perRound((e, i) => e.p99 / i.p99),
       // CPU added over direct, ebpf against iptables (nothing is added outside the mesh: see cpuPerRequest)
-      addedCpu: outside ? {median: Number.NaN, low: Number.NaN, high: Number.NaN} : perRound(added),
+      addedCpu: outside ? NO_RATIO : perRound(added),
       cpuPerRequest: perRound((e, i) => e.cpuPerRequestUs / i.cpuPerRequestUs),
       baselineRequestsPerSec: perRound((e, b) => e.requestsPerSec / b.requestsPerSec, BASELINE),
       baselineP50: perRound((e, b) => e.p50 / b.p50, BASELINE),
@@ -258,10 +260,10 @@ export function summarize(samples: Sample[], scenarios: Scenario[], opts: {quiet
       leftOut: rounds
         .filter((r) => !quietRounds.includes(r))
         .map((r) => ({round: r, otherCpuPct: busiest(r).otherCpuPct, stealPct: busiest(r).stealPct})),
-      reliable: quietRounds.length >= 2,
+      reliable: ratios.requestsPerSec.rounds >= 2,
       ratios,
       ...(sidecars ? {sidecars} : {}),
-      ...programsOf(samples.filter((s) => s.scenario === scenario && quietRounds.includes(s.round))),
+      ...programsOf(samples.filter((s) => s.scenario === scenario && noise(s) <= quietPct)),
     }
   })
 }

@@ -32,14 +32,16 @@ const HEAD = ['mode', 'requests/s', 'p50 µs', 'p90 µs', 'p99 µs', 'CPU µs/re
 const ratio = (r: Ratio) => (Number.isFinite(r.median) ? `${x2(r.median)} (${x2(r.low)}-${x2(r.high)})` : '-')
 
 function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
-  const head = `median of ${s.quietRounds.length} quiet round(s) (lowest-highest round): requests/s ${ratio(s.ratios.requestsPerSec)}, p50 ${ratio(s.ratios.p50)}, p99 ${ratio(s.ratios.p99)}`
+  const head = `median of ${s.ratios.requestsPerSec.rounds} round(s) whose samples compared were quiet (lowest-highest round): requests/s ${ratio(s.ratios.requestsPerSec)}, p50 ${ratio(s.ratios.p50)}, p99 ${ratio(s.ratios.p99)}`
   const lines = [
     s.outside
       ? `ebpf/direct (merbridge enabled against not, for traffic it should leave alone), ${head}, CPU per request ${ratio(s.ratios.cpuPerRequest)}`
       : `ebpf/iptables, ${head}, CPU added over direct ${ratio(s.ratios.addedCpu)}`,
   ]
   if (s.modes.baseline)
-    lines.push(`ebpf/${baselineName}: requests/s ${ratio(s.ratios.baselineRequestsPerSec)}, p50 ${ratio(s.ratios.baselineP50)}`)
+    lines.push(
+      `ebpf/${baselineName}, ${s.ratios.baselineRequestsPerSec.rounds} round(s): requests/s ${ratio(s.ratios.baselineRequestsPerSec)}, p50 ${ratio(s.ratios.baselineP50)}`,
+    )
   if (s.sidecars) {
     const us = (r: Ratio) => (Number.isFinite(r.median) ? `${sign(r.median)} (${sign(r.low)} to ${sign(r.high)})` : '-')
     const beyond = [
@@ -49,7 +51,7 @@ function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
     ] as const
     lines.push(
       `CPU µs per request beyond the ${SIDECARS} mode (the same sidecars on plain TCP, nothing intercepted): ${beyond.map(([m, r]) => `${m} ${us(r)}`).join(', ')}`,
-      `${SIDECARS}/iptables, all that removing interception alone gives: requests/s ${ratio(s.sidecars.requestsPerSec)}, CPU added over direct ${ratio(s.sidecars.addedCpu)}`,
+      `${SIDECARS}/iptables, all that removing interception alone gives (${s.sidecars.requestsPerSec.rounds} round(s)): requests/s ${ratio(s.sidecars.requestsPerSec)}, CPU added over direct ${ratio(s.sidecars.addedCpu)}`,
     )
   }
   for (const [mode, costs] of [
@@ -62,7 +64,7 @@ function ratioLines(s: ScenarioSummary, baselineName = BASELINE): string[] {
       )
   if (s.leftOut.length > 0)
     lines.push(
-      `left out: ${s.leftOut.map((l) => `round ${l.round} (other processes took ${l.otherCpuPct.toFixed(0)}% of the machine, the hypervisor ${l.stealPct.toFixed(0)}%)`).join(', ')}; a quiet round stays at or under ${QUIET_OTHER_CPU_PCT}% of both together`,
+      `noisy: ${s.leftOut.map((l) => `round ${l.round} (other processes took up to ${l.otherCpuPct.toFixed(0)}% of the machine, the hypervisor ${l.stealPct.toFixed(0)}%)`).join(', ')}; a ratio takes a round only where the samples it compares stayed at or under ${QUIET_OTHER_CPU_PCT}% of both together`,
     )
   if (!s.reliable) lines.push(`not reliable: fewer than 2 quiet rounds`)
   return lines

@@ -71,7 +71,7 @@ describe('bench summary', () => {
     assert.equal(k!.modes.ebpf.requestsPerSec, 60)
     assert.equal(k!.modes.iptables.requestsPerSec, 40)
     // per-round ratios 2, 1, 1.5 -> median 1.5, spread 1-2
-    assert.deepEqual(k!.ratios.requestsPerSec, {median: 1.5, low: 1, high: 2})
+    assert.deepEqual(k!.ratios.requestsPerSec, {median: 1.5, low: 1, high: 2, rounds: 3})
     // added CPU per round: (20-10)/(40-10)=0.333, (30-10)/(50-10)=0.5, (20-10)/(30-10)=0.5 -> 0.5
     assert.equal(k!.ratios.addedCpu.median, 0.5)
     assert.deepEqual(k!.quietRounds, [1, 2, 3])
@@ -130,9 +130,24 @@ describe('bench summary', () => {
       {round: 1, otherCpuPct: 35, stealPct: 0},
       {round: 2, otherCpuPct: 6, stealPct: 6},
     ])
-    assert.match(renderBenchSummary(k!), /round 2 \(other processes took 6% of the machine, the hypervisor 6%\)/)
-    assert.deepEqual(k!.ratios.requestsPerSec, {median: 1.5, low: 1.5, high: 1.5}, 'round 3 alone')
+    assert.match(renderBenchSummary(k!), /noisy: round 1 .*round 2 \(other processes took up to 6% of the machine, the hypervisor 6%\)/)
+    assert.deepEqual(k!.ratios.requestsPerSec, {median: 1.5, low: 1.5, high: 1.5, rounds: 1}, 'round 3 alone')
     assert.equal(k!.reliable, false)
+  })
+
+  it('keeps a round for a ratio whose samples were quiet, though another mode of that round was not', () => {
+    // steal during round 1's sidecars run and round 2's ebpf run
+    const withSidecars = [...three, s(1, 'sidecars', 60, 30), s(2, 'sidecars', 60, 40), s(3, 'sidecars', 50, 25)].map((x) =>
+      (x.round === 1 && x.mode === 'sidecars') || (x.round === 2 && x.mode === 'ebpf') ? {...x, stealPct: 30} : x,
+    )
+    const [k] = summarize(withSidecars, ['keepalive'])
+    assert.deepEqual(k!.quietRounds, [3])
+    assert.equal(k!.ratios.requestsPerSec.rounds, 2, 'ebpf/iptables: rounds 1 and 3')
+    const split = k!.sidecars
+    assert.ok(split, 'the sidecars part')
+    assert.equal(split.requestsPerSec.rounds, 2, 'sidecars/iptables: rounds 2 and 3')
+    assert.equal(split.cpuBeyondUs.ebpf.rounds, 1, 'ebpf beyond the sidecars: round 3 only')
+    assert.equal(k!.reliable, true)
   })
 
   it("splits each mode's CPU into sidecars and interception when the sidecars mode was measured", () => {
@@ -142,9 +157,12 @@ describe('bench summary', () => {
     // ebpf beyond the sidecars: 20-30, 30-40, 20-25 -> -10 (-10 to -5); iptables: 10, 10, 5 -> 10
     const split = k!.sidecars
     assert.ok(split, 'the sidecars part')
-    assert.deepEqual(split.cpuBeyondUs, {iptables: {median: 10, low: 5, high: 10}, ebpf: {median: -10, low: -10, high: -5}})
+    assert.deepEqual(split.cpuBeyondUs, {
+      iptables: {median: 10, low: 5, high: 10, rounds: 3},
+      ebpf: {median: -10, low: -10, high: -5, rounds: 3},
+    })
     // the sidecars against iptables: 60/40, 60/50, 50/40 -> 1.25; (30-10)/(40-10), (40-10)/(50-10), (25-10)/(30-10) -> 0.75
-    assert.deepEqual(split.requestsPerSec, {median: 1.25, low: 1.2, high: 1.5})
+    assert.deepEqual(split.requestsPerSec, {median: 1.25, low: 1.2, high: 1.5, rounds: 3})
     assert.equal(split.addedCpu.median, 0.75)
     // without the mode there is no such part, and the other ratios stay as they were
     const [plain] = summarize(three, ['keepalive'])
@@ -166,7 +184,7 @@ describe('bench summary', () => {
     )
     assert.match(
       text,
-      /sidecars\/iptables, all that removing interception alone gives: requests\/s x1\.25 \(x1\.20-x1\.50\), CPU added over direct x0\.75/,
+      /sidecars\/iptables, all that removing interception alone gives \(3 round\(s\)\): requests\/s x1\.25 \(x1\.20-x1\.50\), CPU added over direct x0\.75/,
     )
     assert.doesNotMatch(renderBenchSummary(plain!), /sidecars/)
   })
