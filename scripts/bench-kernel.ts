@@ -27,20 +27,6 @@ process.env.MERBRIDGE_RUN_DIR = runDir
 const inst = new Installation(`/sys/fs/bpf/merbridge-benchsync-${process.pid}`)
 const api = new FakeApiServer()
 /** Holds N loopback connections open until killed (runs as the sidecar's user: nothing redirected). */
-const HOLDER = `
-import resource, socket, sys, time
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-n = int(sys.argv[1])
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4096)
-held = []
-for i in range(n):
-    c = socket.create_connection(srv.getsockname())
-    s, _ = srv.accept()
-    held += [c, s]
-print("holding", n, flush=True)
-time.sleep(3600)
-`
 const ip = (i: number) => `10.200.${Math.floor(i / 250)}.${(i % 250) + 2}`
 
 try {
@@ -176,6 +162,7 @@ try {
  */
 async function statusWithConnections(): Promise<void> {
   const {Lab} = await import('../src/lab/lab.js')
+  const {labScript} = await import('../src/lab/scripts.js')
   const {hostname} = await import('node:os')
   const {writeFileSync} = await import('node:fs')
   const lab = new Lab(mesh)
@@ -202,8 +189,7 @@ async function statusWithConnections(): Promise<void> {
         String(mesh.sidecarGid),
         '--clear-groups',
         '/usr/bin/python3',
-        '-c',
-        HOLDER,
+        labScript(lab.tmp, 'hold_loopback.py'),
         String(CONNECTIONS / 4),
       ]),
     )

@@ -3,7 +3,7 @@ import {join} from 'node:path'
 import {PACKAGE_ROOT} from '../paths.js'
 
 /** The lab's Python programs, in src/lab/py (linted there by `npm run lint`). */
-export type LabScript = 'dns.py' | 'raw_get.py' | 'scale_client.py' | 'scale_echo.py' | 'sidecar6.py' | 'tun_relay.py'
+export type LabScript = 'dns.py' | 'hold_loopback.py' | 'raw_get.py' | 'scale_client.py' | 'scale_echo.py' | 'sidecar6.py' | 'tun_relay.py'
 
 export const LAB_SCRIPT_DIR = join(PACKAGE_ROOT, 'src', 'lab', 'py')
 

@@ -106,32 +106,6 @@ describe('datapath on the kernel', {skip, timeout: suiteTimeout(240_000)}, () =>
 
   const TEN_MIB = 10 * 1024 * 1024
   const EIGHT_MIB = 8 * 1024 * 1024
-  /** GET /bytes, then no reading until the gate file exists; then the rest, checked byte by byte against the pattern */
-  const STALLED_READER = `
-import json, os, socket, sys, time
-host, port, n, gate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-s = socket.create_connection((host, port))
-s.sendall(b'GET /bytes?n=%d HTTP/1.1\\r\\nHost: b\\r\\nConnection: close\\r\\n\\r\\n' % n)
-head = b''
-while b'\\r\\n\\r\\n' not in head:
-    head += s.recv(1)
-print('waiting', flush=True)
-while not os.path.exists(gate):
-    time.sleep(0.05)
-s.settimeout(60)
-got, bad = 0, -1
-while got < n:
-    d = s.recv(1 << 20)
-    if not d:
-        break
-    if bad < 0:
-        for i, b in enumerate(d):
-            if b != (got + i) % 251:
-                bad = got + i
-                break
-    got += len(d)
-print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
-`
   let directPackets = 0
   /** Packets through pod b's interface while a 10 MiB body goes from b's app to a's. */
   const tenMiB = async () => {
@@ -683,8 +657,7 @@ print(json.dumps({'bytes': got, 'firstBad': bad}), flush=True)
     assert.equal(e.code, 0, e.stderr)
     const gate = join(lab.tmp, 'stalled-reader-go')
     const stalled = lab.spawn('a', 'stalled reader', 'python3', [
-      '-c',
-      STALLED_READER,
+      join(ROOT, 'test', 'fixtures', 'stalled_reader.py'),
       lab.pod('c').ip,
       String(APP_PORT),
       String(EIGHT_MIB),

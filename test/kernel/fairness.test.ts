@@ -14,7 +14,7 @@ import {patternSha256} from '../../src/lab/http-app.js'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, eventually, kernelSkipReason, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {cli, eventually, kernelSkipReason, ROOT, uniqueInstall, suiteTimeout} from '../helpers.js'
 import {makePod} from '../support/fake-apiserver.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3'])
@@ -22,28 +22,6 @@ const CAPACITY = 1024
 const SINK_PORT = 9000
 /** More connections than pair_original_dst holds: without shares, the greedy pod takes every entry. */
 const GREEDY_CONNECTIONS = 1100
-
-/** Accepts and holds every connection. */
-const SINK = `
-import resource, socket, sys
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[1]))); srv.listen(4096)
-print("listening", flush=True)
-held = []
-while True:
-    held.append(srv.accept()[0])
-`
-/** Opens N connections to HOST:PORT one after another and holds them. */
-const GREEDY = `
-import resource, socket, sys, time
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-held = [socket.create_connection((sys.argv[1], int(sys.argv[2]))) for _ in range(int(sys.argv[3]))]
-print("holding", len(held), flush=True)
-time.sleep(3600)
-`
 
 describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_000)}, () => {
   const lab = skip ? (undefined as unknown as Lab) : new Lab(PROFILES.istio!)
@@ -60,7 +38,7 @@ describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_
     ])
     for (const p of ['greedy', 'victim']) await lab.sidecars.start(p)
     await lab.clients.startApp('sink')
-    sink = lab.spawn('sink', 'connection sink', 'python3', ['-c', SINK, String(SINK_PORT)])
+    sink = lab.spawn('sink', 'connection sink', 'python3', [join(ROOT, 'test', 'fixtures', 'sink.py'), String(SINK_PORT)])
     await sink.waitFor(/listening/)
     const r = await cli(
       [
@@ -114,8 +92,7 @@ describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_
     const shared = sharedConnections(CAPACITY)
     const before = await readMaps.counters(inst)
     greedy = lab.spawn('greedy', 'greedy client', 'python3', [
-      '-c',
-      GREEDY,
+      join(ROOT, 'test', 'fixtures', 'greedy.py'),
       lab.pod('sink').ip,
       String(SINK_PORT),
       String(GREEDY_CONNECTIONS),
