@@ -6,6 +6,7 @@
 #define MB_ITER_H
 
 #include <linux/types.h>
+#include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
 struct seq_file;
@@ -18,7 +19,14 @@ struct bpf_iter_meta {
 } __attribute__((preserve_access_index));
 
 struct bpf_map {
+	enum bpf_map_type map_type;
 	__u32 id;
+} __attribute__((preserve_access_index));
+
+/* the context of iter/bpf_map programs: one map of the node at a time */
+struct bpf_iter__bpf_map {
+	struct bpf_iter_meta *meta;
+	struct bpf_map *map;
 } __attribute__((preserve_access_index));
 
 /* the context of iter/sockmap programs: one socket of the map at a time */

@@ -3,11 +3,6 @@
  * kernel keeps for hash maps (6.6+). Pinned by enable beside the installation; status reads it. */
 #include "iter.h"
 
-struct bpf_iter__bpf_map {
-	struct bpf_iter_meta *meta;
-	struct bpf_map *map;
-} __attribute__((preserve_access_index));
-
 extern __s64 bpf_map_sum_elem_count(const struct bpf_map *map) __ksym;
 
 char LICENSE[] SEC("license") = "GPL";

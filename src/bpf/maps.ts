@@ -113,8 +113,8 @@ export function settingsOf(entries: RawMapEntry[]): Settings | undefined {
 export interface EntryCounts {
   /** entries of every hash map on the node, by map id (the kernel's own count); absent without map element counts */
   byId?: Map<number, number>
-  /** sockets in sock_pair_map; absent without the socket map iterator */
-  sockets?: number
+  /** sockets in every sockhash on the node, by map id (the kernel's own count); absent without socket map sizes */
+  socketsById?: Map<number, number>
 }
 
 /**
@@ -123,26 +123,20 @@ export interface EntryCounts {
  * feature, bpf/optional.ts); output that does not parse fails loudly.
  */
 export async function readEntryCounts(pins: {maps: string; sockhash: string}): Promise<EntryCounts> {
-  const read = (pin: string) => (existsSync(pin) ? readFile(pin, 'utf8') : undefined)
-  const [maps, sockets] = await Promise.all([read(pins.maps), read(pins.sockhash)])
-  const out: EntryCounts = {}
-  if (maps !== undefined) {
-    out.byId = new Map<number, number>()
-    for (const line of maps.split('\n')) {
-      if (line === '') continue
-      const m = /^(\d+) (-?\d+)$/.exec(line)
-      if (!m)
-        throw new ToolFailedError(
-          `reading ${pins.maps}`,
-          `a line that is not "<map id> <entries>": ${JSON.stringify(line.slice(0, 80))}`,
-          '',
-        )
-      out.byId.set(Number(m[1]), Number(m[2]))
-    }
-  }
-  if (sockets !== undefined) {
-    if (!/^\.*$/.test(sockets)) throw new ToolFailedError(`reading ${pins.sockhash}`, 'output that is not one dot per socket', '')
-    out.sockets = sockets.length
+  const read = async (pin: string) => (existsSync(pin) ? countsById(pin, await readFile(pin, 'utf8')) : undefined)
+  const [byId, socketsById] = await Promise.all([read(pins.maps), read(pins.sockhash)])
+  return {...(byId && {byId}), ...(socketsById && {socketsById})}
+}
+
+/** An iterator's "<map id> <entries>" lines. */
+function countsById(pin: string, text: string): Map<number, number> {
+  const out = new Map<number, number>()
+  for (const line of text.split('\n')) {
+    if (line === '') continue
+    const m = /^(\d+) (-?\d+)$/.exec(line)
+    if (!m)
+      throw new ToolFailedError(`reading ${pin}`, `a line that is not "<map id> <entries>": ${JSON.stringify(line.slice(0, 80))}`, '')
+    out.set(Number(m[1]), Number(m[2]))
   }
   return out
 }

@@ -130,7 +130,7 @@ export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}
     tcInbound: join(dir, HELPER_FILES.tcInbound),
     cniPlugin: join(dir, HELPER_FILES.cniPlugin),
     sockhashQueued: join(dir, HELPER_FILES.sockhashQueued),
-    counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-count.bpf.o')},
+    counters: {maps: join(dir, 'map-counts.bpf.o'), sockhash: join(dir, 'sockhash-size.bpf.o')},
   }
   const outputs = [
     result.datapath,
@@ -153,7 +153,7 @@ export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}
   await mkdir(tmp, {recursive: true})
   try {
     await compileBpf(join(BPF_SOURCE_DIR, 'merbridge.bpf.c'), join(tmp, 'merbridge.bpf.o'), defines(opts))
-    for (const name of ['map-counts', 'sockhash-count'])
+    for (const name of ['map-counts', 'sockhash-size'])
       await compileBpf(join(BPF_SOURCE_DIR, 'iter', `${name}.bpf.c`), join(tmp, `${name}.bpf.o`))
     await compileBpf(join(BPF_SOURCE_DIR, 'iter', 'sockhash-queued.bpf.c'), join(tmp, HELPER_FILES.sockhashQueued))
     await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, HELPER_FILES.netnsCookie))

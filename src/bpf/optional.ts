@@ -11,11 +11,16 @@ export const OPTIONAL_FEATURES = {
     buys: 'status reads the entry count of every map from one pinned iterator',
     without: 'status counts entries by dumping each hash map (a bpftool process per map)',
   },
+  'sockhash-size': {
+    title: 'socket map size',
+    buys: "status reads how many sockets are tracked from a pinned iterator (the kernel's own count in sock_pair_map)",
+    without: 'status counts tracked sockets by dumping sock_pair_map (a bpftool process whose time grows with the connections)',
+  },
   'sockmap-iterator': {
     title: 'socket map iterator',
-    buys: 'status counts tracked sockets from a pinned iterator; disable releases every socket that has read what was moved to it, so the sk_msg program and its maps leave the kernel at once',
+    buys: 'disable releases every socket that has read what was moved to it, so the sk_msg program and its maps leave the kernel at once',
     without:
-      "status counts tracked sockets by dumping sock_pair_map; disable cannot tell which sockets hold unread data and leaves them all tracked: the sk_msg program and its maps stay in the kernel, unpinned, until the node's tracked connections close",
+      "disable cannot tell which sockets hold unread data and leaves them all tracked: the sk_msg program and its maps stay in the kernel, unpinned, until the node's tracked connections close",
   },
   'reuseport-assign': {
     title: 'handing a connection to a reuseport listener',

@@ -17,7 +17,7 @@ import {BPFFS_MOUNT} from '../paths.js'
 import {disable} from './disable.js'
 import {type InstallState, Installation} from './installation.js'
 import {PROGRAMS} from '../bpf/programs.js'
-import {pinCounters} from './counts.js'
+import {pinIterators} from './counts.js'
 import {turnedOff} from '../bpf/optional.js'
 import {withInstallationLock, withNodeLock} from './lock.js'
 import {inspect} from './status.js'
@@ -322,10 +322,10 @@ export const ENABLE_STEPS: EnableStep[] = [
         pods: keepSince(podsRecord(required(ctx.podsSource, 'the pods source'), required(ctx.applied, 'the applied pods')), previous?.pods),
       }
       await ctx.inst.keepHelpers(required(ctx.objects, 'the built objects'))
-      // optional: without them status counts entries by dumping the maps
+      // optional: without them status counts entries by dumping the maps, and disable keeps sockets
       const rewrite = turnedOff('reuseport-assign')
       const unavailable = {
-        ...(await pinCounters(ctx.inst, required(ctx.objects, 'the built objects'))),
+        ...(await pinIterators(ctx.inst, required(ctx.objects, 'the built objects'))),
         ...(rewrite ? {'reuseport-assign': rewrite} : {}),
       }
       const programIds: Record<string, number> = {}

@@ -89,9 +89,9 @@ export class Installation implements MapPins {
     return new StagedInstallation(this.dir, this.records)
   }
 
-  /** Pinned iterators that print entry counts (see bpf/iter): all maps, and the sockhash's sockets. */
+  /** Pinned iterators that print entry counts (see bpf/iter): hash maps', and sockhashes' sockets. */
   get counterPins(): {maps: string; sockhash: string} {
-    return {maps: join(this.dir, 'counts', 'maps'), sockhash: join(this.dir, 'counts', 'sock_pair_map')}
+    return {maps: join(this.dir, 'counts', 'maps'), sockhash: join(this.dir, 'counts', 'sockhashes')}
   }
 
   /** Where disable pins, for as long as it releases the sockets, the iterator of what each has not read. */
@@ -187,7 +187,8 @@ export class Installation implements MapPins {
     const known: Record<string, readonly string[]> = {
       progs: PROGRAMS.map((p) => p.name),
       maps: MAP_NAMES,
-      counts: ['maps', 'sock_pair_map', 'queued'],
+      // sock_pair_map: an earlier version's socket counter, removed by the next enable
+      counts: ['maps', 'sockhashes', 'sock_pair_map', 'queued'],
     }
     const foreign: string[] = []
     const look = async (dir: string, prefix: string) => {

@@ -57,9 +57,9 @@ export async function probeLoads(objects: BuiltObjects): Promise<ProbeResults> {
     const sockhash = join(dir, 'sockhash')
     const loads: Partial<Record<OptionalFeature, () => Promise<unknown>>> = {
       'map-element-count': () => bpftool.iterPin(objects.counters.maps, join(dir, 'counts')),
+      'sockhash-size': () => bpftool.iterPin(objects.counters.sockhash, join(dir, 'sockets')),
       'sockmap-iterator': async () => {
         await bpftool.mapCreate(sockhash, 'sockhash', 4, 8, 1, 'mb_probe')
-        await bpftool.iterPin(objects.counters.sockhash, join(dir, 'sockets'), sockhash)
         await bpftool.iterPin(objects.sockhashQueued, join(dir, 'queued'), sockhash)
       },
     }

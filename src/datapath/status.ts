@@ -151,7 +151,8 @@ export async function countEntries(inst: Installation, maps: Map<MapName, MapInf
   await Promise.all(
     [...maps].map(async ([name, info]) => {
       if (UNCOUNTABLE_TYPES.has(info.type)) return
-      out[name] = (name === 'sock_pair_map' ? iterated.sockets : iterated.byId?.get(info.id)) ?? (await bpftool.mapCount(inst.map(name)))
+      out[name] =
+        (info.type === 'sockhash' ? iterated.socketsById : iterated.byId)?.get(info.id) ?? (await bpftool.mapCount(inst.map(name)))
     }),
   )
   return out

@@ -13,7 +13,7 @@
  * that rewrote it, until the old one is drained and detached (swapOnNewMaps).
  */
 import {existsSync} from 'node:fs'
-import {mkdir, readdir, rename, rm, unlink} from 'node:fs/promises'
+import {mkdir, readdir, rename, unlink} from 'node:fs/promises'
 import {join} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
 import {describeError, MerbridgeError} from '../errors.js'
@@ -211,8 +211,6 @@ export async function swapOnNewMaps(
   for (const sub of ['progs', 'maps'] as const) {
     for (const pin of await readdir(join(inst.stagingDir, sub))) await rename(join(inst.stagingDir, sub, pin), join(inst.dir, sub, pin))
   }
-  // the sockhash's counter is bound to the old map: pinned again on the new one
-  await rm(inst.counterPins.sockhash, {force: true})
   await inst.removeStaging()
   return stopped
 }

@@ -326,8 +326,8 @@ describe('datapath on the kernel', {skip, timeout: suiteTimeout(240_000)}, () =>
       const without = new Set(report.unavailable.map((u) => u.feature))
       const dumps = report.maps
         .filter((m) =>
-          m.name === 'sock_pair_map'
-            ? without.has('sockmap-iterator')
+          m.type === 'sockhash'
+            ? without.has('sockhash-size')
             : without.has('map-element-count') && !['array', 'percpu_array', 'array_of_maps', 'sk_storage'].includes(m.type ?? ''),
         )
         .map((m) => `map dump pinned ${install.installation().map(m.name)} -j`)

@@ -420,7 +420,7 @@ describe('optional kernel features', () => {
         e instanceof MerbridgeError &&
         e.exitCode === 2 &&
         e.message === 'MERBRIDGE_WITHOUT names unknown feature(s): sockmap-iterators' &&
-        (e.suggestion ?? '').includes('map-element-count, sockmap-iterator'),
+        (e.suggestion ?? '').includes('map-element-count, sockhash-size, sockmap-iterator'),
     )
   })
 

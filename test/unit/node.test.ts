@@ -48,11 +48,12 @@ describe('kernel release', () => {
         ['datapath-load', 'pass', true, false],
         ['netns-cookie', 'pass', true, false],
         ['map-element-count', 'pass', false, true],
+        ['sockhash-size', 'pass', false, true],
         ['sockmap-iterator', 'pass', false, true],
         ['reuseport-assign', 'pass', false, true],
       ],
     )
-    assert.match(good[4]?.detail ?? '', /^found out per connection by the datapath/)
+    assert.match(good[5]?.detail ?? '', /^found out per connection by the datapath/)
     const bad = checkProbes({
       datapath: 'the kernel refused mb_sockops: Invalid argument',
       netnsCookie: 'the kernel does not answer SO_NETNS_COOKIE (Linux 5.14+)',
@@ -64,6 +65,7 @@ describe('kernel release', () => {
         ['datapath-load', 'fail'],
         ['netns-cookie', 'fail'],
         ['map-element-count', 'warn'],
+        ['sockhash-size', 'pass'],
         ['sockmap-iterator', 'pass'],
         ['reuseport-assign', 'pass'],
       ],
