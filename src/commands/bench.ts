@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core'
 import {accessSync, constants, statSync} from 'node:fs'
-import {type BenchReport, type Scenario, SCENARIOS} from '../lab/bench.js'
+import {type BenchReport, type Scenario, SCENARIOS} from '../lab/bench-report.js'
 import {runBench} from '../lab/bench-run.js'
 import {ENTRIES_PER_CONNECTION, SCALE_PODS} from '../lab/scale.js'
 import {requirePrivileges} from '../node/caps.js'

@@ -5,7 +5,8 @@
  * lab under way on a signal (`current`).
  */
 import {cpus, hostname, release} from 'node:os'
-import {type Baseline, Bench, type BenchReport, type Mode, type Sample, type Scenario, summarize} from './bench.js'
+import {Bench} from './bench.js'
+import {type Baseline, type BenchReport, type Mode, type Sample, type Scenario, summarize} from './bench-report.js'
 import {type ScaleReport, ScaleRun} from './scale.js'
 
 export interface BenchPlan {

@@ -35,8 +35,6 @@ import {
   programDeltas,
 } from './bench-report.js'
 
-export * from './bench-report.js'
-
 const SERVER_PORT = APP_PORT
 /** the unmeshed pod of the outside scenarios */
 const PLAIN = 'plain'

@@ -7,7 +7,7 @@ import {
   type ScenarioSummary,
   type ShapeReport,
   SIDECARS,
-} from '../lab/bench.js'
+} from '../lab/bench-report.js'
 import type {ScaleReport} from '../lab/scale.js'
 import {renderTable} from './table.js'
 import {c} from './theme.js'

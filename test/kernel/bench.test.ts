@@ -4,7 +4,8 @@ import {readdirSync} from 'node:fs'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
-import {Bench, type BenchReport, MODES, SCENARIOS} from '../../src/lab/bench.js'
+import {Bench} from '../../src/lab/bench.js'
+import {type BenchReport, MODES, SCENARIOS} from '../../src/lab/bench-report.js'
 import {cli, kernelSkipReason, parseJson, ROOT, suiteTimeout} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'nginx', 'wrk'])

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
-import {machineTimesUs, programDeltas, summarize, type Sample} from '../../src/lab/bench.js'
+import {machineTimesUs, programDeltas, summarize, type Sample} from '../../src/lab/bench-report.js'
 import {median, parseWrk} from '../../src/lab/wrk.js'
 import {renderBenchSummary} from '../../src/ui/bench-view.js'
 
