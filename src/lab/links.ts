@@ -5,8 +5,7 @@
 import {mkdirSync} from 'node:fs'
 import {join} from 'node:path'
 import {run} from '../exec.js'
-import {findCgroup2, readMounts} from '../node/mounts.js'
-import {type LabPod, type LabPodSpec, type LabPods, REMOTE, REMOTE_IP, REMOTE_IP_OTHER, REMOTE_IP6, SUBNET} from './pods.js'
+import {type LabPod, type LabPodSpec, type LabPods, REMOTE_IP, REMOTE_IP_OTHER, REMOTE_IP6, SUBNET} from './pods.js'
 import {labScript} from './scripts.js'
 import {SYSTEM_PYTHON} from './sidecar6.js'
 
@@ -82,12 +81,7 @@ export class LabLinks {
    * run in a cgroup outside the one merbridge is attached to, as another node's would.
    */
   async addRemote(): Promise<void> {
-    const cg = findCgroup2(readMounts()).path
-    if (!cg) throw new Error('no cgroup v2 mount on this machine')
-    this.lab.remoteCgroup = join(cg, `merbridge-lab-${this.lab.id}-remote`)
-    mkdirSync(this.lab.remoteCgroup)
-    const ns = `${this.lab.id}-${REMOTE}`
-    await run('ip', ['netns', 'add', ns])
+    const ns = await this.lab.addRemoteNode()
     await run('ip', ['link', 'add', 'vremote', 'netns', this.lab.bridgeNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns])
     await run('ip', ['-n', this.lab.bridgeNs, 'addr', 'add', '10.78.0.1/24', 'dev', 'vremote'])
     await run('ip', ['-n', this.lab.bridgeNs, 'link', 'set', 'vremote', 'up'])

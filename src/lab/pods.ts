@@ -9,7 +9,7 @@
 import {randomBytes} from 'node:crypto'
 import {existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
-import {join} from 'node:path'
+import {dirname, join} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import type {MeshProfile} from '../mesh/profiles.js'
 import {run} from '../exec.js'
@@ -74,8 +74,8 @@ export class LabPods {
   readonly cgroup: string
   readonly bridgeNs: string
   private created = false
-  /** the remote node's cgroup, outside the lab's (links.addRemote) */
-  remoteCgroup: string | undefined
+  /** the remote node's cgroup, outside the lab's (addRemoteNode) */
+  private remoteCgroup: string | undefined
   /** the nameservers every pod's resolv.conf names (set before create) */
   resolvers: string[] = []
   /** /etc/netns, if the lab made it (ip netns exec binds /etc/netns/NAME/resolv.conf) */
@@ -172,6 +172,15 @@ export class LabPods {
     const p = this.pods.get(name)
     if (!p) throw new Error(`no lab pod ${name}`)
     return p
+  }
+
+  /** Make the remote node's cgroup, beside the lab's, and its namespace (links.addRemote wires it): returns the namespace. */
+  async addRemoteNode(): Promise<string> {
+    this.remoteCgroup = join(dirname(this.cgroup), `merbridge-lab-${this.id}-remote`)
+    mkdirSync(this.remoteCgroup)
+    const ns = `${this.id}-${REMOTE}`
+    await run('ip', ['netns', 'add', ns])
+    return ns
   }
 
   /**
