@@ -32,13 +32,8 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
     for (const p of ['a', 'b']) await lab.sidecars.start(p)
     await lab.clients.startApp('b')
     // copied where the pods' users can read them
-    for (const [fixture, name] of [
-      ['hostile_server.py', 'server.py'],
-      ['hostile_client.py', 'client.py'],
-      ['fragment.py', 'fragment.py'],
-      ['fill_options.py', 'fill.py'],
-    ] as const)
-      copyFileSync(join(ROOT, 'test', 'fixtures', fixture), join(lab.tmp, name))
+    for (const name of ['hostile_server.py', 'hostile_client.py', 'fragment.py', 'fill_options.py'])
+      copyFileSync(join(ROOT, 'test', 'fixtures', name), join(lab.tmp, name))
     const r = await cli(
       ['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList(), '--json'],
       install.env,
@@ -119,7 +114,7 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
       '1000',
       '--clear-groups',
       SYSTEM_PYTHON,
-      join(lab.tmp, 'fill.py'),
+      join(lab.tmp, 'fill_options.py'),
       lab.pod('b').ip,
       String(APP_PORT),
     ])
@@ -144,13 +139,17 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
     }
     // the impostor's end in the attached cgroup takes b's key first; its client sits outside
     // that cgroup, so only the end that would receive a's bytes is tracked
-    const server = lab.spawn('x', "impostor's server", SYSTEM_PYTHON, [join(lab.tmp, 'server.py'), b, String(PROFILES.istio!.inboundPort)])
+    const server = lab.spawn('x', "impostor's server", SYSTEM_PYTHON, [
+      join(lab.tmp, 'hostile_server.py'),
+      b,
+      String(PROFILES.istio!.inboundPort),
+    ])
     await server.waitFor(/listening/)
     const holder = lab.spawn(
       'x',
       "impostor's client",
       SYSTEM_PYTHON,
-      [join(lab.tmp, 'client.py'), a, String(SPORT), b, String(PROFILES.istio!.inboundPort), 'hold'],
+      [join(lab.tmp, 'hostile_client.py'), a, String(SPORT), b, String(PROFILES.istio!.inboundPort), 'hold'],
       REMOTE,
     )
     await holder.waitFor(/connected/)
@@ -167,7 +166,7 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
       String(proxy.sidecarGid),
       '--clear-groups',
       SYSTEM_PYTHON,
-      join(lab.tmp, 'client.py'),
+      join(lab.tmp, 'hostile_client.py'),
       a,
       String(SPORT),
       b,
