@@ -99,6 +99,12 @@ export class RunningCli {
     this.process.kill('SIGTERM')
     return await this.process
   }
+
+  /** SIGKILL, for a test's clean-up: its end, whatever it was. */
+  async kill(): Promise<void> {
+    this.process.kill('SIGKILL')
+    await this.process
+  }
 }
 
 /** The CLI's --json answer, as the type the command returns (the test then asserts its contents). */

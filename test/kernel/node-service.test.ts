@@ -7,13 +7,23 @@ import {createServer} from 'node:net'
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
-import {execa, type ResultPromise} from 'execa'
+import {execa} from 'execa'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {StatusReport} from '../../src/datapath/status.js'
 import type {EnableResult} from '../../src/commands/enable.js'
 import {FakeApiServer, type FakePod} from '../support/fake-apiserver.js'
-import {BIN, cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout, requestsPassBothSidecars} from '../helpers.js'
+import {
+  BIN,
+  cli,
+  eventually,
+  kernelSkipReason,
+  parseJson,
+  RunningCli,
+  uniqueInstall,
+  suiteTimeout,
+  requestsPassBothSidecars,
+} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'unshare'])
 
@@ -90,12 +100,10 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       return {status: r.status, text: await r.text(), type: r.headers.get('content-type') ?? ''}
     }
     api.holdLists() // the watch's first list waits: the node service is up but has not synced
-    let watch: ResultPromise | undefined
+    let watch: RunningCli | undefined
     try {
-      watch = execa(
-        process.execPath,
+      watch = new RunningCli(
         [
-          BIN,
           'sync',
           '--watch',
           '--json',
@@ -108,7 +116,7 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
           '--node',
           hostname(),
         ],
-        {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+        install.env,
       )
       await eventually('/healthz answers', async () => (await get('/healthz').catch(() => ({status: 0}))).status === 200)
       await eventually('the first list is waiting', () => api.listsHeld > 0)
@@ -149,9 +157,8 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
 
       const stream = lab.clients.openStream('a', `http://${lab.pod('b').ip}:${APP_PORT}`)
       await stream.flowingPast(0, 'before SIGTERM')
-      watch.kill('SIGTERM')
-      const ended = await watch
-      assert.equal(ended.exitCode, 0, String(ended.stderr))
+      const ended = await watch.stop()
+      assert.equal(ended.exitCode, 0, watch.output)
       watch = undefined
       await stream.flowingPast(stream.bytes, 'after SIGTERM')
       const got = await stream.release()
@@ -161,8 +168,7 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       assert.equal(status.verdict, 'healthy', status.problems.join('; '))
     } finally {
       api.releaseLists()
-      watch?.kill('SIGKILL')
-      await watch
+      await watch?.kill()
       // the pod added above: back to the lab's own
       api.delete('lab', 'late')
     }
@@ -179,7 +185,7 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
     ghost.metadata = {...ghost.metadata, name: 'ghost', annotations: {...ghost.metadata.annotations}}
     ghost.status = {...ghost.status, podIP: '10.77.9.8', podIPs: [{ip: '10.77.9.8'}]}
     api.add(ghost)
-    let watch: ResultPromise | undefined
+    let watch: RunningCli | undefined
     try {
       const s = await cli(['sync', '--bpffs', install.bpffs, '--kubeconfig', kubeconfig, '--node', hostname()], install.env)
       assert.equal(s.code, 0, s.stderr)
@@ -203,10 +209,8 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
         since,
       )
 
-      watch = execa(
-        process.execPath,
+      watch = new RunningCli(
         [
-          BIN,
           'sync',
           '--watch',
           '--metrics-addr',
@@ -218,7 +222,7 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
           '--node',
           hostname(),
         ],
-        {env: {...install.env, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+        install.env,
       )
       await eventually('/readyz names the pod', async () =>
         (await get('/readyz').catch(() => ({status: 0, text: ''}))).text.startsWith(
@@ -232,8 +236,7 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       api.delete('lab', 'ghost')
       await eventually('/readyz says ready once the pod is gone', async () => (await get('/readyz')).status === 200)
     } finally {
-      watch?.kill('SIGKILL')
-      await watch
+      await watch?.kill()
       api.delete('lab', 'ghost')
     }
   })
@@ -259,10 +262,8 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       return {status: r.status, text: await r.text()}
     }
     // a node name with no pods: the lab's pods belong to the suite's own installation
-    const service = execa(
-      process.execPath,
+    const service = new RunningCli(
       [
-        BIN,
         'enable',
         '--watch',
         '--metrics-addr',
@@ -276,7 +277,7 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
         '--node',
         'early-node',
       ],
-      {env: {...mine.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'}, reject: false, stdin: 'ignore'},
+      {...mine.env, MERBRIDGE_BPFTOOL: tool},
     )
     try {
       await eventually('enable to reach its attach step', () => existsSync(mark))
@@ -297,8 +298,7 @@ describe('node service', {skip, timeout: suiteTimeout(300_000)}, () => {
       assert.ok(cost <= 20 * one, `200 concurrent scrapes ran bpftool ${cost} times; one scrape runs it ${one} times`)
     } finally {
       writeFileSync(`${mark}.go`, '')
-      service.kill('SIGTERM')
-      await service
+      await service.stop()
       await cli(['disable', '--bpffs', mine.bpffs], mine.env)
       rmdirSync(cgroup)
       mine.cleanup()
