@@ -8,6 +8,7 @@ import {describeError, MerbridgeError, ToolFailedError} from '../errors.js'
 import {isBpffs, readMounts} from '../node/mounts.js'
 import {netnsCookies} from '../node/netns.js'
 import {BPFFS_MOUNT} from '../paths.js'
+import {LAYOUT} from '../bpf/layout.js'
 
 /**
  * What this kernel can do, found by doing it: the built objects are loaded into a throwaway pin
@@ -59,7 +60,8 @@ export async function probeLoads(objects: BuiltObjects): Promise<ProbeResults> {
       'map-element-count': () => bpftool.iterPin(objects.counters.maps, join(dir, 'counts')),
       'sockhash-size': () => bpftool.iterPin(objects.counters.sockhash, join(dir, 'sockets')),
       'sockmap-iterator': async () => {
-        await bpftool.mapCreate(sockhash, 'sockhash', 4, 8, 1, 'mb_probe')
+        // keyed as sock_pair_map: attaching refuses an iterator that reads more of a key than the map has
+        await bpftool.mapCreate(sockhash, 'sockhash', LAYOUT.mb_pair.size, 8, 1, 'mb_probe')
         await bpftool.iterPin(objects.sockhashQueued, join(dir, 'queued'), sockhash)
       },
     }

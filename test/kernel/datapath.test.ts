@@ -21,6 +21,7 @@ import type {EnableResult} from '../../src/commands/enable.js'
 import type {DisableResult} from '../../src/datapath/disable.js'
 import type {MapDump} from '../../src/datapath/dump-maps.js'
 import type {StatusReport} from '../../src/datapath/status.js'
+import type {PreflightResult} from '../../src/datapath/doctor.js'
 import {
   assertAllThroughSidecars,
   BIN,
@@ -133,6 +134,16 @@ describe('datapath on the kernel', {skip, timeout: suiteTimeout(240_000)}, () =>
     assert.deepEqual(out.pods.meshed.map((p: {name: string}) => p.name).sort(), ['a', 'b'])
     assert.deepEqual(out.pods.skipped.map((p: {name: string}) => p.name).sort(), ['c', 'd'])
     assert.equal((await readMaps.netnsPods(inst)).length, 2)
+    // doctor's probe (throwaway maps) and enable's loads (the installation's) agree on what this kernel goes without
+    const doctor = parseJson<PreflightResult>((await cli(['doctor', '--json'], install.env)).stdout)
+    const status = parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout)
+    assert.deepEqual(
+      doctor.checks
+        .filter((c) => c.optional && c.status !== 'pass')
+        .map((c) => c.id)
+        .sort(),
+      status.unavailable.map((u) => u.feature).sort(),
+    )
   })
 
   it('sends the first request through both sidecars with the right original destination', async () => {
