@@ -219,7 +219,8 @@ async function statusWithConnections(): Promise<void> {
     )
     for (const h of holders) await h.stop()
   } finally {
-    spawnSync(process.execPath, ['bin/run.js', 'disable', '--bpffs', bpffs], {env})
+    const d = spawnSync(process.execPath, ['bin/run.js', 'disable', '--bpffs', bpffs], {env, encoding: 'utf8'})
+    if (d.status !== 0) console.error(`disable of ${bpffs} failed, remove it by hand: ${d.stderr}`)
     await lab.destroy()
   }
 }
