@@ -24,11 +24,13 @@ export interface ProbeResults {
   unavailable: Partial<Record<OptionalFeature, string>>
 }
 
-/** Why a load failed, in the kernel's words where libbpf quotes them. */
+/** Why a load failed, in the kernel's words where libbpf quotes them, or the kernel function it lacks. */
 export function loadFailure(error: unknown): string {
   const stderr = error instanceof ToolFailedError ? error.stderr : ''
   const kernel = /prog '([^']+)': BPF program load failed: ([^\n]+)/.exec(stderr)
-  return kernel ? `the kernel refused ${kernel[1]}: ${kernel[2]}` : describeError(error).message
+  if (kernel) return `the kernel refused ${kernel[1]}: ${kernel[2]}`
+  const missing = /extern \((?:func )?ksym\) '([^']+)': not found in kernel/.exec(stderr)
+  return missing ? `the kernel lacks ${missing[1]}` : describeError(error).message
 }
 
 async function attempt(work: () => Promise<unknown>): Promise<string | undefined> {

@@ -431,6 +431,13 @@ describe('optional kernel features', () => {
       loadFailure(new ToolFailedError('bpftool iter pin x.bpf.o', "Error: can't load objfile x.bpf.o", stderr)),
       'the kernel refused mb_sockhash_count: Operation not permitted',
     )
+    // as Debian 12's 6.1 answers map-counts.bpf.o (bpf_map_sum_elem_count is 6.6+)
+    const noKfunc =
+      "libbpf: extern (func ksym) 'bpf_map_sum_elem_count': not found in kernel or module BTFs\nlibbpf: failed to load object 'x.bpf.o'\nError: can't load objfile x.bpf.o\n"
+    assert.equal(
+      loadFailure(new ToolFailedError('bpftool iter pin x.bpf.o', "Error: can't load objfile x.bpf.o", noKfunc)),
+      'the kernel lacks bpf_map_sum_elem_count',
+    )
     assert.equal(
       loadFailure(new ToolFailedError('bpftool iter pin x.bpf.o', 'exit code 255', '')),
       'bpftool iter pin x.bpf.o failed: exit code 255',
