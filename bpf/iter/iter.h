@@ -37,4 +37,13 @@ struct bpf_iter__sockmap {
 	struct sock *sk;
 } __attribute__((preserve_access_index));
 
+/* The line both iter/bpf_map counters print, "<map id> <count>": status parses one format. */
+static __always_inline void mb_print_count(struct bpf_iter_meta *meta, __u32 map_id, __s64 count)
+{
+	static const char fmt[] = "%u %lld\n";
+	__u64 args[2] = {map_id, count};
+
+	bpf_seq_printf(meta->seq, fmt, sizeof(fmt), args, sizeof(args));
+}
+
 #endif

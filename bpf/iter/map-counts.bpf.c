@@ -10,14 +10,9 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("iter/bpf_map")
 int mb_map_counts(struct bpf_iter__bpf_map *ctx)
 {
-	static const char fmt[] = "%u %lld\n";
 	struct bpf_map *map = ctx->map;
-	__u64 args[2];
 
-	if (!map)
-		return 0;
-	args[0] = map->id;
-	args[1] = bpf_map_sum_elem_count(map);
-	bpf_seq_printf(ctx->meta->seq, fmt, sizeof(fmt), args, sizeof(args));
+	if (map)
+		mb_print_count(ctx->meta, map->id, bpf_map_sum_elem_count(map));
 	return 0;
 }

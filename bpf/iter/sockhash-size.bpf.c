@@ -21,9 +21,7 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("iter/bpf_map")
 int mb_sockhash_size(struct bpf_iter__bpf_map *ctx)
 {
-	static const char fmt[] = "%u %d\n";
 	struct bpf_map *map = ctx->map;
-	__u64 args[2];
 	int sockets;
 
 	/* a kernel whose sockhash does not begin with its map prints nothing: status dumps instead */
@@ -31,8 +29,6 @@ int mb_sockhash_size(struct bpf_iter__bpf_map *ctx)
 		return 0;
 	if (bpf_core_read(&sockets, sizeof(sockets), &((struct bpf_shtab *)map)->count.counter))
 		return 0;
-	args[0] = map->id;
-	args[1] = sockets;
-	bpf_seq_printf(ctx->meta->seq, fmt, sizeof(fmt), args, sizeof(args));
+	mb_print_count(ctx->meta, map->id, sockets);
 	return 0;
 }
