@@ -1,6 +1,6 @@
 import {existsSync} from 'node:fs'
 import {mkdir, rm} from 'node:fs/promises'
-import {dirname, join} from 'node:path'
+import {dirname} from 'node:path'
 import {bpftool} from '../bpf/bpftool.js'
 import type {BuiltObjects} from '../bpf/objects.js'
 import {turnedOff, type Unavailable} from '../bpf/optional.js'
@@ -16,8 +16,8 @@ import {loadFailure} from './probes.js'
 export async function pinIterators(inst: Installation, objects: Pick<BuiltObjects, 'counters' | 'sockhashQueued'>): Promise<Unavailable> {
   const pins = inst.counterPins
   const unavailable: Unavailable = {}
-  // an earlier version's socket counter there holds the sock_pair_map it was pinned for
-  await rm(join(dirname(pins.sockhash), 'sock_pair_map'), {force: true})
+  // an earlier version's socket counter holds the sock_pair_map it was pinned for
+  await rm(inst.legacyCounterPin, {force: true})
   const tries = [
     {feature: 'map-element-count', pin: pins.maps, object: objects.counters.maps, map: undefined, keep: true},
     {feature: 'sockhash-size', pin: pins.sockhash, object: objects.counters.sockhash, map: undefined, keep: true},

@@ -1,6 +1,6 @@
 import {existsSync, lstatSync} from 'node:fs'
 import {copyFile, mkdir, readFile, readdir, rename, rm, rmdir, unlink, writeFile} from 'node:fs/promises'
-import {join, resolve} from 'node:path'
+import {basename, join, resolve} from 'node:path'
 import {MerbridgeError} from '../errors.js'
 import {requireTrustedDir} from '../trust.js'
 import {isBpffs, readMounts} from '../node/mounts.js'
@@ -92,6 +92,11 @@ export class Installation implements MapPins {
   /** Pinned iterators that print entry counts (see bpf/iter): hash maps', and sockhashes' sockets. */
   get counterPins(): {maps: string; sockhash: string} {
     return {maps: join(this.dir, 'counts', 'maps'), sockhash: join(this.dir, 'counts', 'sockhashes')}
+  }
+
+  /** An earlier version's socket counter, an iterator bound to sock_pair_map: the next enable removes it. */
+  get legacyCounterPin(): string {
+    return join(this.dir, 'counts', 'sock_pair_map')
   }
 
   /** Where disable pins, for as long as it releases the sockets, the iterator of what each has not read. */
@@ -187,8 +192,7 @@ export class Installation implements MapPins {
     const known: Record<string, readonly string[]> = {
       progs: PROGRAMS.map((p) => p.name),
       maps: MAP_NAMES,
-      // sock_pair_map: an earlier version's socket counter, removed by the next enable
-      counts: ['maps', 'sockhashes', 'sock_pair_map', 'queued'],
+      counts: [this.counterPins.maps, this.counterPins.sockhash, this.legacyCounterPin, this.queuedPin].map((pin) => basename(pin)),
     }
     const foreign: string[] = []
     const look = async (dir: string, prefix: string) => {

@@ -6,6 +6,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
+import {buildObjects} from '../../src/bpf/objects.js'
 import {Lab} from '../../src/lab/lab.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import {cli, ensureBpffs, kernelSkipReason, uniqueInstall, suiteTimeout} from '../helpers.js'
@@ -80,6 +81,34 @@ describe('folders merbridge did not make', {skip, timeout: suiteTimeout(120_000)
     assert.deepEqual(readdirSync(foreignDir), ['other_tool_map'])
     const tree = JSON.parse((await execa('bpftool', ['cgroup', 'tree', '-j'])).stdout) as {cgroup: string}[]
     assert.ok(!tree.some((t) => t.cgroup === lab.cgroup), 'nothing attached')
+  })
+
+  it("an earlier version's socket counter is merbridge's: the next enable removes it, and so does disable", async (t) => {
+    // that version pinned an iterator at counts/sock_pair_map; any pinned iterator stands in for it
+    const legacy = join(install.bpffs, 'counts', 'sock_pair_map')
+    const plant = async () => {
+      const objects = await buildObjects()
+      return execa('bpftool', ['iter', 'pin', objects.counters.sockhash, legacy], {reject: false})
+    }
+    const enable = () => cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList()], install.env)
+    try {
+      const first = await enable()
+      assert.equal(first.code, 0, first.stdout + first.stderr)
+      const planted = await plant()
+      if (planted.exitCode !== 0) {
+        t.skip(`this kernel loads no iter/bpf_map program: ${planted.stderr.trim()}`)
+        return
+      }
+      const again = await enable()
+      assert.equal(again.code, 0, again.stdout + again.stderr)
+      assert.ok(!existsSync(legacy), 'enable removed the earlier counter')
+      assert.equal((await plant()).exitCode, 0)
+      const d = await cli(['disable', '--bpffs', install.bpffs], install.env)
+      assert.equal(d.code, 0, d.stdout + d.stderr)
+      assert.ok(!existsSync(install.bpffs), 'disable removed every pin, the earlier counter too')
+    } finally {
+      await cli(['disable', '--bpffs', install.bpffs], install.env)
+    }
   })
 
   it('an empty MERBRIDGE_BPFFS is an error, not the default or the working directory', async () => {
