@@ -94,6 +94,17 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     rmSync(tmp, {recursive: true, force: true})
   })
 
+  /** An enable held at its attach step by a wrapper of bpftool, until `release()`. */
+  function heldEnable(name: string) {
+    const install = uniqueInstall()
+    const {tool, mark} = heldTool(mkdtempSync(join(tmp, `${name}-`)))
+    const child = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
+      reject: false,
+      env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'},
+    })
+    return {install, child, mark, release: () => writeFileSync(`${mark}.go`, '')}
+  }
+
   async function assertNothingLeft(inst: Installation): Promise<void> {
     assert.ok(!existsSync(inst.dir), `pins left in ${inst.dir}`)
     assert.ok(!existsSync(inst.stateFile), 'state file left')
@@ -216,17 +227,11 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
 
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     it(`undoes everything and says so when ${signal} arrives during enable`, async () => {
-      const install = uniqueInstall()
-      const dir = mkdtempSync(join(tmp, 'signal-'))
-      const {tool, mark} = heldTool(dir)
-      const child = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
-        reject: false,
-        env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'},
-      })
+      const {install, child, mark, release} = heldEnable('signal')
       try {
         await eventually('enable to reach the attach step', () => existsSync(mark))
         child.kill(signal)
-        writeFileSync(`${mark}.go`, '')
+        release()
         const r = await child
         assert.equal(r.exitCode, signal === 'SIGINT' ? 130 : 143, r.stdout + r.stderr)
         const lines = r.stderr.split('\n').filter((l) => l.startsWith('Error:'))
@@ -238,7 +243,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
         assert.match(r.stdout, /Record the installation \[SKIPPED: interrupted\]/)
         await assertNothingLeft(install.installation())
       } finally {
-        writeFileSync(`${mark}.go`, '')
+        release()
         await child
         install.cleanup()
       }
@@ -246,13 +251,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
   }
 
   it('takes its tools with it when killed by SIGKILL: nothing goes on attaching after it', async () => {
-    const install = uniqueInstall()
-    const dir = mkdtempSync(join(tmp, 'sigkill-'))
-    const {tool, mark} = heldTool(dir)
-    const child = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
-      reject: false,
-      env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'},
-    })
+    const {install, child, mark, release} = heldEnable('sigkill')
     try {
       await eventually('enable to reach the attach step', () => existsSync(mark) && readFileSync(mark, 'utf8').trim() !== '')
       const held = Number(readFileSync(mark, 'utf8'))
@@ -260,25 +259,19 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
       await child
       await eventually('the bpftool enable started to be gone with it', () => !alive(held))
       // had it lived, it would attach now, with no enable left to undo it: disable cleans what enable left
-      writeFileSync(`${mark}.go`, '')
+      release()
       const d = await cli(['disable', '--bpffs', install.bpffs], install.env)
       assert.equal(d.code, 0, d.stdout + d.stderr)
       await assertNothingLeft(install.installation())
     } finally {
-      writeFileSync(`${mark}.go`, '')
+      release()
       await cli(['disable', '--bpffs', install.bpffs], install.env)
       install.cleanup()
     }
   })
 
   it('lets one command change an installation at a time: a second enable waits, then names the first', async () => {
-    const install = uniqueInstall()
-    const dir = mkdtempSync(join(tmp, 'lock-'))
-    const {tool, mark} = heldTool(dir)
-    const first = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
-      reject: false,
-      env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'},
-    })
+    const {install, child: first, mark, release} = heldEnable('lock')
     try {
       await eventually('the first enable to reach the attach step', () => existsSync(mark))
       // the first holds the installation: the second waits its 300 ms, then fails without touching anything
@@ -293,14 +286,14 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
       )
       const disable = await cli(['disable', '--bpffs', install.bpffs], {...install.env, MERBRIDGE_LOCK_WAIT_MS: '300'})
       assert.equal(disable.code, 1, 'disable waits its turn too')
-      writeFileSync(`${mark}.go`, '')
+      release()
       const r = await first
       assert.equal(r.exitCode, 0, r.stdout + r.stderr)
       // released: the next command runs
       assert.equal((await cli(['disable', '--bpffs', install.bpffs], install.env)).code, 0)
       await assertNothingLeft(install.installation())
     } finally {
-      writeFileSync(`${mark}.go`, '')
+      release()
       await first
       await cli(['disable', '--bpffs', install.bpffs], install.env)
       install.cleanup()
