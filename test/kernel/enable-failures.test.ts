@@ -94,6 +94,18 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     rmSync(tmp, {recursive: true, force: true})
   })
 
+  /** A first installation, which the test then tries to replace. */
+  async function enabled(install: ReturnType<typeof uniqueInstall>): Promise<void> {
+    const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+  }
+
+  /** Each program as status sees it: name, id and whether it is attached. */
+  async function programIds(install: ReturnType<typeof uniqueInstall>): Promise<string[]> {
+    const r = await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)
+    return parseJson<StatusReport>(r.stdout).programs.map((p) => `${p.name} ${p.id ?? '?'} ${String(p.attached)}`)
+  }
+
   /** An enable held at its attach step by a wrapper of bpftool, until `release()`. */
   function heldEnable(name: string) {
     const install = uniqueInstall()
@@ -303,12 +315,8 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
   it('keeps the running datapath when a replacement cannot read its pods, and says why in one line', async () => {
     const install = uniqueInstall()
     try {
-      const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
-      assert.equal(first.code, 0, first.stderr)
-      const ids = async () =>
-        parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map(
-          (p) => `${p.name} ${p.id ?? '?'} ${String(p.attached)}`,
-        )
+      await enabled(install)
+      const ids = () => programIds(install)
       const before = await ids()
       writeFileSync(join(tmp, 'bad-pods.json'), '{"items": [')
       // --rebuild asks for a replacement: nothing of the old datapath may go before the new one can be made
@@ -332,12 +340,8 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'swap-'))
     try {
-      const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
-      assert.equal(first.code, 0, first.stderr)
-      const ids = async () =>
-        parseJson<StatusReport>((await cli(['status', '--bpffs', install.bpffs, '--json'], install.env)).stdout).programs.map(
-          (p) => `${p.name} ${p.id ?? '?'} ${String(p.attached)}`,
-        )
+      await enabled(install)
+      const ids = () => programIds(install)
       const before = await ids()
       // the staged connect6 cannot be attached: connect4..recvmsg6 were swapped already, and go back
       const env = {
@@ -365,8 +369,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     const attached = async () =>
       (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout) as {id: number}[]).map((p) => p.id).sort()
     try {
-      const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
-      assert.equal(first.code, 0, first.stderr)
+      await enabled(install)
       const before = await attached()
       // another capacity: maps of its own; its connect6 cannot be attached, after the others were
       const env = {
@@ -398,8 +401,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     const attached = async () =>
       (JSON.parse((await execa('bpftool', ['cgroup', 'show', lab.cgroup, '-j'])).stdout || '[]') as unknown[]).length
     try {
-      const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
-      assert.equal(first.code, 0, first.stderr)
+      await enabled(install)
       const one = await attached()
       // killed right after the new connect4 is attached: the old and the new programs both run
       const env = {
@@ -439,8 +441,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     const install = uniqueInstall()
     const dir = mkdtempSync(join(tmp, 'anew-'))
     try {
-      const first = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], install.env)
-      assert.equal(first.code, 0, first.stderr)
+      await enabled(install)
       // loading on the old maps fails, as it does when a new version changed their layout
       const env = {
         ...install.env,
