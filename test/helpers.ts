@@ -73,6 +73,13 @@ export function uniqueInstall(): {
   }
 }
 
+/** A suite's end: disable its installation, remove its lab and its run folder (also after a failure). */
+export async function removeLab(lab: Lab, install: ReturnType<typeof uniqueInstall>): Promise<void> {
+  await cli(['disable', '--bpffs', install.bpffs], install.env)
+  await lab.destroy()
+  install.cleanup()
+}
+
 export async function cli(args: string[], env: Record<string, string> = {}, input?: string) {
   const r = await execa(process.execPath, [BIN, ...args], {
     env: {...env, NO_COLOR: '1'},

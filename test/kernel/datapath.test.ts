@@ -34,6 +34,7 @@ import {
   rowsOf,
   uniqueInstall,
   suiteTimeout,
+  removeLab,
 } from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3', 'iptables-legacy'])
@@ -99,11 +100,7 @@ describe('datapath on the kernel', {skip, timeout: suiteTimeout(240_000)}, () =>
     for (const p of ['b', 'c']) await lab.clients.startApp(p)
   })
 
-  after(async () => {
-    await cli(['disable', '--bpffs', install.bpffs], install.env)
-    await lab.destroy()
-    install.cleanup()
-  })
+  after(() => removeLab(lab, install))
 
   const TEN_MIB = 10 * 1024 * 1024
   const EIGHT_MIB = 8 * 1024 * 1024

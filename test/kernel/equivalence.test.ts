@@ -26,7 +26,7 @@ import type {LabProcess} from '../../src/lab/process.js'
 import {parseSidecarLog} from '../../src/lab/sidecar.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, kernelSkipReason, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {cli, kernelSkipReason, uniqueInstall, suiteTimeout, removeLab} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables-restore', 'ip6tables-restore', 'setpriv'], [SYSTEM_PYTHON])
 
@@ -602,11 +602,7 @@ describe('interception equivalence with Istio iptables', {skip, timeout: suiteTi
     for (const p of ['a', 'b', 'c', 'v']) linkLocals.set(await lab.linkLocal(p), p)
   })
 
-  after(async () => {
-    await cli(['disable', '--bpffs', install.bpffs], install.env)
-    await lab.destroy()
-    install.cleanup()
-  })
+  after(() => removeLab(lab, install))
 
   it("fills the matrix under Istio's iptables rules", async () => {
     await iptables(true)

@@ -14,7 +14,7 @@ import {patternSha256} from '../../src/lab/http-app.js'
 import {APP_PORT, Lab} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {cli, eventually, kernelSkipReason, ROOT, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {cli, eventually, kernelSkipReason, ROOT, uniqueInstall, suiteTimeout, removeLab} from '../helpers.js'
 import {makePod} from '../support/fake-apiserver.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3'])
@@ -60,9 +60,7 @@ describe('fair shares of the connection maps', {skip, timeout: suiteTimeout(300_
 
   after(async () => {
     await greedy?.stop()
-    await cli(['disable', '--bpffs', install.bpffs], install.env)
-    await lab.destroy()
-    install.cleanup()
+    await removeLab(lab, install)
   })
 
   const usage = async () => {

@@ -28,6 +28,7 @@ import {
   rowsOf,
   uniqueInstall,
   suiteTimeout,
+  removeLab,
 } from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'python3'])
@@ -52,11 +53,7 @@ describe('without the optional kernel features', {skip, timeout: suiteTimeout(24
     for (const p of ['b', 'c']) await lab.clients.startApp(p)
   })
 
-  after(async () => {
-    await cli(['disable', '--bpffs', install.bpffs], install.env)
-    await lab.destroy()
-    install.cleanup()
-  })
+  after(() => removeLab(lab, install))
 
   it('refuses an unknown feature name in one line, before anything is touched', async () => {
     const r = await cli(['enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', lab.writePodList()], {

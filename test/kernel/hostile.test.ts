@@ -11,7 +11,7 @@ import {APP_PORT, Lab, NODE, NODE_IP, REMOTE} from '../../src/lab/lab.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
 import type {PreflightResult} from '../../src/datapath/doctor.js'
-import {cli, eventually, kernelSkipReason, parseJson, ROOT, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {cli, eventually, kernelSkipReason, parseJson, ROOT, uniqueInstall, suiteTimeout, removeLab} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy'], [SYSTEM_PYTHON])
 
@@ -41,11 +41,7 @@ describe('hostile packets and sockets', {skip, timeout: suiteTimeout(240_000)}, 
     assert.equal(r.code, 0, r.stderr + r.stdout)
   })
 
-  after(async () => {
-    await cli(['disable', '--bpffs', install.bpffs], install.env)
-    await lab.destroy()
-    install.cleanup()
-  })
+  after(() => removeLab(lab, install))
 
   // first: the impostor below answers ARP for the addresses it takes
   it('drops a SYN in fragments for a captured port, which tc cannot hand over (fail closed), and lets one for an excluded port through as Istio does', async () => {

@@ -15,7 +15,7 @@ import type {EnableResult} from '../../src/commands/enable.js'
 import type {PreflightResult} from '../../src/datapath/doctor.js'
 import type {MapDump} from '../../src/datapath/dump-maps.js'
 import {readMaps} from '../../src/bpf/maps.js'
-import {cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {cli, eventually, kernelSkipReason, parseJson, uniqueInstall, suiteTimeout, removeLab} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables'])
 
@@ -180,11 +180,7 @@ describe('excluded and virtual machine interfaces', {skip, timeout: suiteTimeout
     await execa('ip', ['-n', lab.pod('x-plain').netns, 'route', 'add', `${SHARED}/32`, 'via', secondAddress('plain')])
   })
 
-  after(async () => {
-    await cli(['disable', '--bpffs', install.bpffs], install.env)
-    await lab.destroy()
-    install.cleanup()
-  })
+  after(() => removeLab(lab, install))
 
   it("under Istio's rules: nothing captured from an excluded interface, a virtual machine's connections sent outbound", async () => {
     for (const p of PODS) await lab.iptables.install(p)

@@ -11,7 +11,7 @@ import {Lab, NODE} from '../../src/lab/lab.js'
 import type {LabProcess} from '../../src/lab/process.js'
 import {SYSTEM_PYTHON} from '../../src/lab/sidecar6.js'
 import {PROFILES} from '../../src/mesh/profiles.js'
-import {ROOT, cli, kernelSkipReason, uniqueInstall, suiteTimeout} from '../helpers.js'
+import {ROOT, cli, kernelSkipReason, uniqueInstall, suiteTimeout, removeLab} from '../helpers.js'
 
 const skip = kernelSkipReason(['bpftool', 'clang', 'ip', 'haproxy', 'iptables'], [SYSTEM_PYTHON])
 const SCRIPT = join(ROOT, 'test', 'fixtures', 'numbered.py')
@@ -49,11 +49,7 @@ describe('stream order', {skip, timeout: suiteTimeout(600_000)}, () => {
     assert.equal(r.code, 0, r.stderr + r.stdout)
   })
 
-  after(async () => {
-    await cli(['disable', '--bpffs', install.bpffs], install.env)
-    await lab.destroy()
-    install.cleanup()
-  })
+  after(() => removeLab(lab, install))
 
   it('keeps a connection on TCP when its first bytes went before its peer was tracked (the handshake ACK lost)', async () => {
     // a lost ACK: the server's socket exists only once the first data segment completes the handshake
