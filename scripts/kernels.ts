@@ -24,7 +24,11 @@ const SELECTION = [
   'test/kernel/ordering.test.ts',
   'test/kernel/equivalence.test.ts',
 ]
-/** A whole run inside the VM, boot included: it runs several times slower than the host. */
+/**
+ * A whole run inside the VM, boot included: it runs several times slower than the host. One VM at
+ * a time: with two side by side on a 2-CPU machine (one keeps about 1.5 CPUs busy), each with half
+ * the selection, the datapath suite ran two to three times slower and past its own deadline.
+ */
 const VM_DEADLINE_MS = 60 * 60_000
 const MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'overlay']
 
