@@ -151,11 +151,13 @@ export async function programsOf(
   opts: {staged: boolean},
 ): Promise<Map<number, string>> {
   const progIds = new Map<number, string>()
-  for (const p of PROGRAMS) {
-    for (const pin of [inst.prog(p.name), ...(opts.staged ? [inst.stagedProg(p.name)] : [])]) {
-      const info = await bpftool.progShowPinned(pin)
-      if (info) progIds.set(info.id, p.name)
-    }
+  const pins = PROGRAMS.flatMap((p) =>
+    [inst.prog(p.name), ...(opts.staged ? [inst.stagedProg(p.name)] : [])].map((pin) => ({pin, name: p.name})),
+  )
+  const infos = await bpftool.progsShowPinned(pins.map((p) => p.pin))
+  for (const [i, {name}] of pins.entries()) {
+    const info = infos[i]
+    if (info) progIds.set(info.id, name)
   }
   for (const [name, id] of Object.entries(state?.programIds ?? {})) {
     if (progIds.has(id)) continue

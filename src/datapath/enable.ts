@@ -329,8 +329,9 @@ export const ENABLE_STEPS: EnableStep[] = [
         ...(rewrite ? {'reuseport-assign': rewrite} : {}),
       }
       const programIds: Record<string, number> = {}
-      for (const p of PROGRAMS) {
-        const info = await bpftool.progShowPinned(ctx.inst.prog(p.name))
+      const infos = await bpftool.progsShowPinned(PROGRAMS.map((p) => ctx.inst.prog(p.name)))
+      for (const [i, p] of PROGRAMS.entries()) {
+        const info = infos[i]
         if (info) programIds[p.name] = info.id
       }
       const keepFolder = ctx.keepFolder ?? previous?.keepFolder

@@ -85,11 +85,13 @@ export async function swapPrograms(
   podNamespaces: readonly InboundTarget[],
 ): Promise<void> {
   const done: Swapped[] = []
+  // the old pins stay until every attach point runs the new programs
+  const old = await bpftool.progsShowPinned(PROGRAMS.map((p) => inst.prog(p.name)))
   try {
-    for (const spec of PROGRAMS) {
+    for (const [i, spec] of PROGRAMS.entries()) {
       const staged = inst.stagedProg(spec.name)
       if (spec.target === 'cgroup') {
-        const oldId = (await bpftool.progShowPinned(inst.prog(spec.name)))?.id
+        const oldId = old[i]?.id
         await bpftool.cgroupAttach(cgroup, spec.attachType, staged)
         done.push({spec, ...(oldId === undefined ? {} : {oldId})})
         if (oldId !== undefined) await bpftool.cgroupDetach(cgroup, spec.attachType, oldId)

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import {mkdirSync, rmSync} from 'node:fs'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
-import {bpftool} from '../../src/bpf/bpftool.js'
+import {Bpftool, bpftool} from '../../src/bpf/bpftool.js'
 import {ipToSlot} from '../../src/bpf/ip.js'
 import {
   COUNTERS,
@@ -23,6 +23,7 @@ import {
   POD_NO_IPV6,
 } from '../../src/bpf/layout.js'
 import {readMaps} from '../../src/bpf/maps.js'
+import {run, runStreaming} from '../../src/exec.js'
 import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
 import {Installation} from '../../src/datapath/installation.js'
 import {MAP_NAMES, PROGRAMS} from '../../src/bpf/programs.js'
@@ -154,5 +155,29 @@ describe('struct layouts', {skip}, () => {
     const counters = await readMaps.counters(inst)
     assert.equal(counters.connOutbound, 0)
     assert.deepEqual(Object.keys(counters), [...COUNTERS])
+  })
+
+  it('shows pinned programs in one bpftool process, as one by one would, and falls back to one by one', async () => {
+    const calls: string[][] = []
+    const counted = new Bpftool({run: (tool, args, opts) => (calls.push([...args]), run(tool, args, opts)), runStreaming})
+    const pins = [...PROGRAMS.map((p) => inst.prog(p.name)), inst.stagedProg('mb_connect4')]
+    const oneByOne = await Promise.all(pins.map((p) => bpftool.progShowPinned(p)))
+    assert.equal(oneByOne.at(-1), undefined, 'no staged pin')
+    assert.deepEqual(await counted.progsShowPinned(pins), oneByOne)
+    assert.deepEqual(
+      calls.map((c) => c.slice(0, 2)),
+      [['-j', 'batch']],
+    )
+    // a map's pin among them: the batch stops there, and one by one fails naming it
+    calls.length = 0
+    await assert.rejects(counted.progsShowPinned([inst.prog('mb_connect4'), inst.map('settings')]), /bpftool prog show/)
+    assert.deepEqual(
+      calls.map((c) => c.slice(0, 2)),
+      [
+        ['-j', 'batch'],
+        ['prog', 'show'],
+        ['prog', 'show'],
+      ],
+    )
   })
 })
