@@ -151,15 +151,22 @@ export async function buildObjects(opts: {rebuild?: boolean} & BuildOptions = {}
   const tmp = `${dir}.tmp-${process.pid}`
   await rm(tmp, {recursive: true, force: true})
   await mkdir(tmp, {recursive: true})
+  // only the datapath takes the build's defines: another capacity reuses the default build's rest
+  // (same sources and compiler), which an emulated node takes a minute to compile
+  const base = defines(opts).length > 0 && !opts.rebuild ? join(cacheDir(), await sourceHash()) : undefined
+  const build = async (file: string, compile: (output: string) => Promise<void>) => {
+    if (base !== undefined && existsSync(join(base, file))) await cp(join(base, file), join(tmp, file))
+    else await compile(join(tmp, file))
+  }
   try {
     await compileBpf(join(BPF_SOURCE_DIR, 'merbridge.bpf.c'), join(tmp, 'merbridge.bpf.o'), defines(opts))
     for (const name of ['map-counts', 'sockhash-size'])
-      await compileBpf(join(BPF_SOURCE_DIR, 'iter', `${name}.bpf.c`), join(tmp, `${name}.bpf.o`))
-    await compileBpf(join(BPF_SOURCE_DIR, 'iter', 'sockhash-queued.bpf.c'), join(tmp, HELPER_FILES.sockhashQueued))
-    await compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), join(tmp, HELPER_FILES.netnsCookie))
-    await compileHost(join(BPF_SOURCE_DIR, 'tools', 'tc-inbound.c'), join(tmp, HELPER_FILES.tcInbound), ['bpf'])
+      await build(`${name}.bpf.o`, (out) => compileBpf(join(BPF_SOURCE_DIR, 'iter', `${name}.bpf.c`), out))
+    await build(HELPER_FILES.sockhashQueued, (out) => compileBpf(join(BPF_SOURCE_DIR, 'iter', 'sockhash-queued.bpf.c'), out))
+    await build(HELPER_FILES.netnsCookie, (out) => compileHost(join(BPF_SOURCE_DIR, 'tools', 'netns-cookie.c'), out))
+    await build(HELPER_FILES.tcInbound, (out) => compileHost(join(BPF_SOURCE_DIR, 'tools', 'tc-inbound.c'), out, ['bpf']))
     // copied into the host's CNI folder from the image: it must not depend on the image's libc
-    await compileHost(join(BPF_SOURCE_DIR, 'tools', 'merbridge-cni.c'), join(tmp, HELPER_FILES.cniPlugin), [], ['-static'])
+    await build(HELPER_FILES.cniPlugin, (out) => compileHost(join(BPF_SOURCE_DIR, 'tools', 'merbridge-cni.c'), out, [], ['-static']))
     await rm(dir, {recursive: true, force: true})
     await rename(tmp, dir)
   } catch (error) {

@@ -324,13 +324,20 @@ export async function runPreflight(opts: PreflightOptions = {}): Promise<Preflig
     cgroup,
     checkBpffs(mounts, installation.dir),
   ]
-  checks.push(await compilerCheck())
-  const bpftoolCheck = await toolCheck('bpftool', 'bpftool', async () => `bpftool ${await bpftool.version()}`)
-  checks.push(bpftoolCheck)
+  // the probes are processes that wait on nothing of each other's: run side by side (enable pays
+  // for them every time, seconds on an emulated node)
+  const [compiler, bpftoolCheck] = await Promise.all([
+    compilerCheck(),
+    toolCheck('bpftool', 'bpftool', async () => `bpftool ${await bpftool.version()}`),
+  ])
+  checks.push(compiler, bpftoolCheck)
   if (bpftoolCheck.status === 'pass' && privileges.missing.length === 0) {
-    checks.push(await featureCheck())
-    if (opts.probeLoads) checks.push(...(await probeChecks(checks)))
-    if (cgroup.path) checks.push(await foreignCheck(cgroup.path, installation))
+    const [features, probes, foreign] = await Promise.all([
+      featureCheck(),
+      opts.probeLoads ? probeChecks(checks) : [],
+      cgroup.path ? foreignCheck(cgroup.path, installation) : undefined,
+    ])
+    checks.push(features, ...probes, ...(foreign ? [foreign] : []))
   } else {
     checks.push({
       id: 'features',
