@@ -1,9 +1,10 @@
 // Kernel benchmarks (root): list + apply of 110 and 1,000 pods from an HTTPS API server, the time
 // from a watch event to the maps being updated, `status` wall time, and `dump-maps` of a map
-// holding 65,535 entries (time and peak resident memory), with where status's CPU time goes.
+// holding 65,535 entries (time and peak resident memory), with where status's CPU time goes; then
+// an enable that changes nothing and a disable, with the bpftool processes each starts.
 // Figures only; nothing here is a test, and the targets are in docs/benchmarks.md.
 import {spawnSync} from 'node:child_process'
-import {mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
+import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {bpftool} from '../src/bpf/bpftool.js'
@@ -168,16 +169,25 @@ async function statusWithConnections(): Promise<void> {
   const bpffs = `/sys/fs/bpf/merbridge-benchstatus-${process.pid}`
   const env = {...process.env, MERBRIDGE_RUN_DIR: runDir}
   const CONNECTIONS = 10_000
+  // bpftool, with a line per process it starts
+  const bpftoolLog = join(runDir, 'bpftool.log')
+  const countingBpftool = join(runDir, 'bpftool')
+  writeFileSync(countingBpftool, `#!/bin/sh\necho >> ${bpftoolLog}\nexec bpftool "$@"\n`, {mode: 0o755})
+  const counted = {...env, MERBRIDGE_BPFTOOL: countingBpftool}
+  const bpftoolRuns = () => {
+    const n = existsSync(bpftoolLog) ? readFileSync(bpftoolLog, 'utf8').length : 0
+    rmSync(bpftoolLog, {force: true})
+    return n
+  }
+  const enableArgs: string[] = []
   try {
     await lab.create([{name: 'a', meshed: true}])
     const list = JSON.parse(lab.podList()) as {items: unknown[]}
     for (let i = 0; i < 999; i++) list.items.push(makePod(`idle-${i}`, `10.201.${Math.floor(i / 250)}.${(i % 250) + 2}`, hostname()))
     const podsFile = join(runDir, 'status-pods.json')
     writeFileSync(podsFile, JSON.stringify(list))
-    const e = spawnSync(process.execPath, ['bin/run.js', 'enable', '--cgroup', lab.cgroup, '--bpffs', bpffs, '--pods-file', podsFile], {
-      encoding: 'utf8',
-      env,
-    })
+    enableArgs.push('bin/run.js', 'enable', '--cgroup', lab.cgroup, '--bpffs', bpffs, '--pods-file', podsFile)
+    const e = spawnSync(process.execPath, enableArgs, {encoding: 'utf8', env})
     if (e.status !== 0) throw new Error(`enable: ${e.stderr}`)
     // several processes: a process may hold fewer descriptors than the sockets asked for
     const holders = Array.from({length: 4}, (_, i) =>
@@ -223,10 +233,27 @@ async function statusWithConnections(): Promise<void> {
       `status --json with ${entries('local_pod_ips')} pods registered and ${entries('sock_pair_map')} sockets in sock_pair_map (verdict ${first.report.verdict}), median of 7: ${median(times).toFixed(0)} ms; \`merbridge --version\` (${version.stdout.trim()}) alone: ${startup.toFixed(0)} ms; status takes ${(median(times) - startup).toFixed(0)} ms more`,
     )
     for (const h of holders) await h.stop()
+    enableAgain()
   } finally {
-    const d = spawnSync(process.execPath, ['bin/run.js', 'disable', '--bpffs', bpffs], {env, encoding: 'utf8'})
+    const t = performance.now()
+    const d = spawnSync(process.execPath, ['bin/run.js', 'disable', '--bpffs', bpffs], {env: counted, encoding: 'utf8'})
     if (d.status !== 0) console.error(`disable of ${bpffs} failed, remove it by hand: ${d.stderr}`)
+    else console.log(`disable of that node: ${(performance.now() - t).toFixed(0)} ms, ${bpftoolRuns()} bpftool processes`)
     await lab.destroy()
+  }
+
+  /** enable run again with what is enabled: what a node's systemd unit or DaemonSet restart pays */
+  function enableAgain(): void {
+    bpftoolRuns()
+    const times = Array.from({length: 3}, () => {
+      const t = performance.now()
+      const r = spawnSync(process.execPath, enableArgs, {encoding: 'utf8', env: counted})
+      if (r.status !== 0) throw new Error(`enable again: ${r.stderr}`)
+      return performance.now() - t
+    })
+    console.log(
+      `enable again on that node (nothing to change), median of 3: ${median(times).toFixed(0)} ms, ${bpftoolRuns() / 3} bpftool processes each`,
+    )
   }
 }
 

@@ -386,6 +386,22 @@ export class Bpftool {
     return parseDump(parseJson(stdout || '[]', 'map dump'))
   }
 
+  /**
+   * Several small maps' keys and values as bytes, from one bpftool process (its JSON parsed whole,
+   * which costs more than another process for a map of a thousand entries or more). A batch stops at a failure: then one by one, which
+   * says which.
+   */
+  async mapsDumpBytes(pins: readonly string[]): Promise<{key: Buffer; value?: Buffer}[][]> {
+    const batch = pins.length > 1 ? await this.batchJson(pins.map((p) => ['map', 'dump', 'pinned', p])).catch(() => undefined) : undefined
+    if (batch)
+      return batch.map((out) =>
+        parseDump(out ?? []).map((e) => ({key: bytesFromHex(e.key), value: e.value === undefined ? undefined : bytesFromHex(e.value)})),
+      )
+    const out: {key: Buffer; value?: Buffer}[][] = []
+    for (const pin of pins) out.push(await this.mapDumpBytes(pin))
+    return out
+  }
+
   async mapCount(pin: string): Promise<number> {
     return (await this.mapDumpBytes(pin)).length
   }
@@ -422,6 +438,26 @@ export class Bpftool {
 
   async cgroupDetach(cgroup: string, attachType: string, progId: number): Promise<void> {
     await this.run(['cgroup', 'detach', cgroup, attachType, 'id', String(progId)])
+  }
+
+  /**
+   * Detach programs from cgroups in the order given, from one bpftool process. A batch stops at a
+   * failure: then those still attached are detached one by one, so the failure names its own (a
+   * cgroup removed meanwhile took its attachments with it).
+   */
+  async cgroupDetachAll(items: readonly {cgroup: string; attachType: string; id: number}[]): Promise<void> {
+    const commands = items.map((a) => ['cgroup', 'detach', a.cgroup, a.attachType, 'id', String(a.id)])
+    if (items.length > 1 && (await this.batchJson(commands).then(() => true, () => false))) return
+    const attached = new Map<string, Set<number>>()
+    for (const a of items) {
+      if (items.length > 1) {
+        if (!existsSync(a.cgroup)) continue
+        let ids = attached.get(a.cgroup)
+        if (!ids) attached.set(a.cgroup, (ids = new Set((await this.cgroupShow(a.cgroup)).map((p) => p.id))))
+        if (!ids.has(a.id)) continue
+      }
+      await this.cgroupDetach(a.cgroup, a.attachType, a.id)
+    }
   }
 
   /** Put the map pinned at innerPin in slot 0 of the map-in-map pinned at outerPin. */

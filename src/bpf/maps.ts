@@ -32,27 +32,66 @@ export function rawKey(e: RawMapEntry): Buffer {
 const dump = (inst: MapPins, name: Parameters<MapPins['map']>[0]) => bpftool.mapDumpBytes(inst.map(name))
 const EMPTY = Buffer.alloc(0)
 
+type Entries = {key: Buffer; value?: Buffer}[]
+
+// the pod maps' decoders: read alone or together (readMaps.podMaps)
+const localPods = (es: Entries) => es.map((e) => ({ip: slotToIp(e.key), rules: decodePodRules(e.value ?? EMPTY)}))
+const netnsPods = (es: Entries) => es.map((e) => ({netns: e.key.readBigUInt64LE(0), ...decodePodId(e.value ?? EMPTY)}))
+const otherIps = (es: Entries) =>
+  es.map((e) => {
+    const owner = e.value?.some((b) => b !== 0) ? slotToIp(e.value) : undefined
+    return {ip: slotToIp(e.key), ...(owner === undefined ? {} : {owner})}
+  })
+const inboundSkips = (es: Entries) => es.map((e) => decodeIface(e.key))
+const podShare = (es: Entries) => es[0]?.value?.readUInt32LE(0)
+
 /** Readers of each map, decoded through the codecs of layout.ts. */
 export const readMaps = {
   async localPods(inst: MapPins): Promise<{ip: string; rules: PodRules}[]> {
-    return (await dump(inst, 'local_pod_ips')).map((e) => ({ip: slotToIp(e.key), rules: decodePodRules(e.value ?? EMPTY)}))
+    return localPods(await dump(inst, 'local_pod_ips'))
   },
 
   async netnsPods(inst: MapPins): Promise<({netns: bigint} & PodId)[]> {
-    return (await dump(inst, 'netns_pod_ips')).map((e) => ({netns: e.key.readBigUInt64LE(0), ...decodePodId(e.value ?? EMPTY)}))
+    return netnsPods(await dump(inst, 'netns_pod_ips'))
   },
 
   /** Other addresses of registered pods' namespaces and whose they are (no owner: pods of separate networks share it). */
   async otherIps(inst: MapPins): Promise<{ip: string; owner?: string}[]> {
-    return (await dump(inst, 'pod_other_ips')).map((e) => {
-      const owner = e.value?.some((b) => b !== 0) ? slotToIp(e.value) : undefined
-      return {ip: slotToIp(e.key), ...(owner === undefined ? {} : {owner})}
-    })
+    return otherIps(await dump(inst, 'pod_other_ips'))
   },
 
   /** The interfaces registered pods exclude from inbound capture, by namespace cookie and index. */
   async inboundSkips(inst: MapPins): Promise<Iface[]> {
-    return (await dump(inst, 'inbound_skip')).map((e) => decodeIface(e.key))
+    return inboundSkips(await dump(inst, 'inbound_skip'))
+  },
+
+  /**
+   * Every pod map, from two bpftool processes side by side: local_pod_ips streamed (its rules make
+   * it the large one), the small ones in one batch. The maps an older installation lacks
+   * (pod_other_ips, inbound_skip, pod_share) are undefined.
+   */
+  async podMaps(inst: MapPins): Promise<{
+    localPods: {ip: string; rules: PodRules}[]
+    netnsPods: ({netns: bigint} & PodId)[]
+    otherIps?: {ip: string; owner?: string}[]
+    inboundSkips?: Iface[]
+    podShare?: number
+  }> {
+    const optional = (['pod_other_ips', 'inbound_skip', 'pod_share'] as const).filter((m) => existsSync(inst.map(m)))
+    const small = ['netns_pod_ips', ...optional] as const
+    const [local, read] = await Promise.all([dump(inst, 'local_pod_ips'), bpftool.mapsDumpBytes(small.map((n) => inst.map(n)))])
+    const dumps = new Map(small.map((n, i) => [n, read[i]]))
+    const of = <T>(name: (typeof small)[number], decode: (es: Entries) => T) => {
+      const es = dumps.get(name)
+      return es === undefined ? undefined : decode(es)
+    }
+    return {
+      localPods: localPods(local),
+      netnsPods: of('netns_pod_ips', netnsPods) ?? [],
+      otherIps: of('pod_other_ips', otherIps),
+      inboundSkips: of('inbound_skip', inboundSkips),
+      podShare: of('pod_share', podShare),
+    }
   },
 
   async originals(inst: MapPins): Promise<{pair: Pair; origin: Origin}[]> {
@@ -83,8 +122,7 @@ export const readMaps = {
 
   /** The entries of each connection map a pod may always hold. */
   async podShare(inst: MapPins): Promise<number | undefined> {
-    const [e] = await dump(inst, 'pod_share')
-    return e?.value?.readUInt32LE(0)
+    return podShare(await dump(inst, 'pod_share'))
   },
 
   /** Per-CPU counters summed over CPUs. */

@@ -220,10 +220,8 @@ export async function stopPrograms(
   const attachments = await findAttachments(progIds, root)
   const order = (name: string) => -PROGRAMS.findIndex((p) => p.name === name)
   attachments.sort((a, b) => order(a.name) - order(b.name))
-  for (const a of attachments) {
-    await bpftool.cgroupDetach(a.cgroup, attachArg(a.attachType, a.name), a.id)
-    result.detached.push({cgroup: a.cgroup, program: a.name, id: a.id})
-  }
+  await bpftool.cgroupDetachAll(attachments.map((a) => ({cgroup: a.cgroup, attachType: attachArg(a.attachType, a.name), id: a.id})))
+  for (const a of attachments) result.detached.push({cgroup: a.cgroup, program: a.name, id: a.id})
   const msg = PROGRAMS.find((p) => p.target === 'sock_pair_map')
   for (const pin of msg ? [inst.prog(msg.name), ...(opts.staged ? [inst.stagedProg(msg.name)] : [])] : []) {
     if (!msg || !existsSync(pin) || !existsSync(inst.map('sock_pair_map'))) continue

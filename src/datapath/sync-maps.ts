@@ -118,16 +118,15 @@ export function checkCapacity(selection: PodSelection): void {
 }
 
 async function readView(inst: Installation): Promise<PodMapsView> {
-  const rules = new Map<string, string>()
-  for (const p of await readMaps.localPods(inst)) rules.set(p.ip, encodePodRules(p.rules).toString('hex'))
-  const netns = new Map<bigint, string>()
-  for (const n of await readMaps.netnsPods(inst)) netns.set(n.netns, encodePodId(n).toString('hex'))
-  const others = new Map<string, string>()
-  if (existsSync(inst.map('pod_other_ips'))) for (const o of await readMaps.otherIps(inst)) others.set(o.ip, o.owner ?? '')
-  // an installation enabled by an older merbridge has no shares until enable replaces it
-  const skips = new Set<string>()
-  if (existsSync(inst.map('inbound_skip'))) for (const s of await readMaps.inboundSkips(inst)) skips.add(encodeIface(s).toString('hex'))
-  return {rules, netns, others, skips, share: existsSync(inst.map('pod_share')) ? await readMaps.podShare(inst) : undefined}
+  const maps = await readMaps.podMaps(inst)
+  return {
+    rules: new Map(maps.localPods.map((p) => [p.ip, encodePodRules(p.rules).toString('hex')])),
+    netns: new Map(maps.netnsPods.map((n) => [n.netns, encodePodId(n).toString('hex')])),
+    others: new Map(maps.otherIps?.map((o) => [o.ip, o.owner ?? ''])),
+    // an installation enabled by an older merbridge has no shares until enable replaces it
+    skips: new Set(maps.inboundSkips?.map((s) => encodeIface(s).toString('hex'))),
+    share: maps.podShare,
+  }
 }
 
 /** One meshed pod as the node found it: its namespace (if found), that namespace's cookie, its encoded rules. */

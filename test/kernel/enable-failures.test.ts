@@ -31,14 +31,19 @@ function manyPods(n: number): string {
 
 /**
  * A stand-in for a tool that runs the real one but fails the Nth call whose arguments contain
- * MB_FAIL_MATCH (after running it when MB_FAIL_AFTER=1), or kills its caller with MB_FAIL_KILL=1.
+ * MB_FAIL_MATCH and do not match the glob MB_FAIL_UNLESS (after running it when MB_FAIL_AFTER=1),
+ * or kills its caller with MB_FAIL_KILL=1.
  */
+/** bpftool's batches that only read (JSON out): a fault in a map write batch passes them by */
+const WRITES_ONLY = '-j *'
+
 function faultyTool(dir: string, real: string): string {
   const path = join(dir, `faulty-${real}`)
   writeFileSync(
     path,
     `#!/bin/sh
 case "$*" in
+  $MB_FAIL_UNLESS) ;;
   *"$MB_FAIL_MATCH"*)
     n=$(cat "$MB_FAIL_COUNTER" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$MB_FAIL_COUNTER"
     if [ "$n" = "\${MB_FAIL_NTH:-1}" ]; then
@@ -149,7 +154,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     {
       step: 'configure',
       title: 'Configure the mesh profile',
-      env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file'}),
+      env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_UNLESS: WRITES_ONLY}),
     },
     {step: 'read-pods (bad file)', title: 'Read the pods of this node', flags: {'--pods-file': join(tmp, 'bad-pods.json')}},
     {
@@ -160,7 +165,12 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     {
       step: 'pods (map writes)',
       title: 'Register the pods of this node',
-      env: (d) => ({MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'), MB_FAIL_MATCH: 'batch file', MB_FAIL_NTH: '2'}),
+      env: (d) => ({
+        MERBRIDGE_BPFTOOL: faultyTool(d, 'bpftool'),
+        MB_FAIL_MATCH: 'batch file',
+        MB_FAIL_UNLESS: WRITES_ONLY,
+        MB_FAIL_NTH: '2',
+      }),
     },
     {
       step: 'attach',
@@ -497,6 +507,7 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
         ...install.env,
         MERBRIDGE_BPFTOOL: faultyTool(dir, 'bpftool'),
         MB_FAIL_MATCH: 'batch file',
+        MB_FAIL_UNLESS: WRITES_ONLY,
         MB_FAIL_AFTER: '1',
         MB_FAIL_KILL: '1',
         MB_FAIL_COUNTER: join(dir, `count-${Date.now()}`),

@@ -1,7 +1,8 @@
 // The C structs and their TypeScript mirrors agree: offsets against the object's BTF, values
 // written through bpftool into real kernel maps and read back through the codecs.
 import assert from 'node:assert/strict'
-import {mkdirSync, rmSync} from 'node:fs'
+import {mkdirSync, rmdirSync, rmSync} from 'node:fs'
+import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {execa} from 'execa'
 import {Bpftool, bpftool} from '../../src/bpf/bpftool.js'
@@ -27,6 +28,7 @@ import {run, runStreaming} from '../../src/exec.js'
 import {buildObjects, type BuiltObjects} from '../../src/bpf/objects.js'
 import {Installation} from '../../src/datapath/installation.js'
 import {MAP_NAMES, PROGRAMS} from '../../src/bpf/programs.js'
+import {findCgroup2, readMounts} from '../../src/node/mounts.js'
 import {ensureBpffs, kernelSkipReason, uniqueInstall} from '../helpers.js'
 
 const skip = kernelSkipReason()
@@ -179,5 +181,93 @@ describe('struct layouts', {skip}, () => {
         ['prog', 'show'],
       ],
     )
+  })
+
+  it('reads the pod maps in one bpftool process, as one by one would, and falls back to one by one', async () => {
+    const calls: string[][] = []
+    const counted = new Bpftool({
+      run: (tool, args, opts) => (calls.push([...args]), run(tool, args, opts)),
+      runStreaming: (tool, args, onChunk, opts) => (calls.push([...args]), runStreaming(tool, args, onChunk, opts)),
+    })
+    const pins = (['local_pod_ips', 'netns_pod_ips', 'pod_other_ips', 'inbound_skip', 'pod_share'] as const).map((m) => inst.map(m))
+    const oneByOne = await Promise.all(pins.map((p) => bpftool.mapDumpBytes(p)))
+    assert.ok(oneByOne[0]?.length && oneByOne[1]?.length && oneByOne[3]?.length, 'pods written by the test above')
+    assert.deepEqual(await counted.mapsDumpBytes(pins), oneByOne)
+    assert.deepEqual(
+      calls.map((c) => c.slice(0, 2)),
+      [['-j', 'batch']],
+    )
+    const pods = await readMaps.podMaps(inst)
+    assert.deepEqual(pods, {
+      localPods: await readMaps.localPods(inst),
+      netnsPods: await readMaps.netnsPods(inst),
+      otherIps: await readMaps.otherIps(inst),
+      inboundSkips: await readMaps.inboundSkips(inst),
+      podShare: await readMaps.podShare(inst),
+    })
+    // a pin gone among them: the batch stops there, and one by one fails naming the dump
+    calls.length = 0
+    await assert.rejects(counted.mapsDumpBytes([pins[0] ?? '', `${inst.mapDir}/gone`]), /map dump/)
+    assert.deepEqual(
+      calls.map((c) => c.slice(0, 2)),
+      [
+        ['-j', 'batch'],
+        ['map', 'dump'],
+        ['map', 'dump'],
+      ],
+    )
+  })
+
+  it('detaches from cgroups in one bpftool process, in order, and one by one what a failed batch left', async () => {
+    const {path: root} = findCgroup2(readMounts())
+    assert.ok(root, 'a cgroup v2 hierarchy')
+    const cgroup = join(root, `merbridge-test-detach-${process.pid}`)
+    mkdirSync(cgroup)
+    try {
+      const calls: string[][] = []
+      const counted = new Bpftool({run: (tool, args, opts) => (calls.push([...args]), run(tool, args, opts)), runStreaming})
+      const attach = async () => {
+        const items = []
+        for (const [name, type] of [
+          ['mb_connect4', 'connect4'],
+          ['mb_connect6', 'connect6'],
+          ['mb_getsockopt', 'getsockopt'],
+        ] as const) {
+          await bpftool.cgroupAttach(cgroup, type, inst.prog(name))
+          const id = (await bpftool.progShowPinned(inst.prog(name)))?.id
+          assert.ok(id !== undefined)
+          items.push({cgroup, attachType: type, id})
+        }
+        return items
+      }
+      const items = await attach()
+      await counted.cgroupDetachAll(items)
+      assert.deepEqual(await bpftool.cgroupShow(cgroup), [])
+      assert.deepEqual(
+        calls.map((c) => c.slice(0, 2)),
+        [['-j', 'batch']],
+      )
+      // the first already detached: the batch stops at it, and the rest still go
+      const again = await attach()
+      await bpftool.cgroupDetach(cgroup, 'connect4', again[0]?.id ?? -1)
+      calls.length = 0
+      await counted.cgroupDetachAll(again)
+      assert.deepEqual(await bpftool.cgroupShow(cgroup), [])
+      assert.deepEqual(
+        calls.map((c) => c.slice(0, 2)),
+        [
+          ['-j', 'batch'],
+          ['cgroup', 'show'],
+          ['cgroup', 'detach'],
+          ['cgroup', 'detach'],
+        ],
+      )
+    } finally {
+      for (const a of await bpftool.cgroupShow(cgroup).catch(() => []))
+        await bpftool
+          .cgroupDetach(cgroup, PROGRAMS.find((p) => p.name === a.name)?.attachType ?? a.attach_type, a.id)
+          .catch(() => undefined)
+      rmdirSync(cgroup)
+    }
   })
 })
