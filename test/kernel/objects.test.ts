@@ -53,4 +53,15 @@ describe('object cache', {skip, timeout: suiteTimeout(300_000)}, () => {
     await buildObjects({maxConnections: 70_000, rebuild: true})
     assert.equal(compiled().length, 7)
   })
+
+  it('compiles what the default build lacks: all without one, one file where one is missing', async () => {
+    process.env.MERBRIDGE_CACHE_DIR = join(tmp, 'cache-without-default')
+    await buildObjects({maxConnections: 70_000})
+    assert.equal(compiled().length, 7, 'no default build to take the iterators and helpers from')
+    const base = await buildObjects()
+    assert.equal(compiled().length, 7)
+    rmSync(join(base.dir, HELPER_FILES.tcInbound))
+    await buildObjects({maxConnections: 80_000})
+    assert.deepEqual(compiled(), ['merbridge.bpf.c', 'tc-inbound.c'])
+  })
 })
