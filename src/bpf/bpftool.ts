@@ -387,9 +387,9 @@ export class Bpftool {
   }
 
   /**
-   * Several small maps' keys and values as bytes, from one bpftool process (its JSON parsed whole,
-   * which costs more than another process for a map of a thousand entries or more). A batch stops at a failure: then one by one, which
-   * says which.
+   * Several small maps' keys and values as bytes, from one bpftool process. Its JSON is parsed
+   * whole, which costs more than another process for a map of a thousand pods' rules. A batch
+   * stops at a failure: then one by one, which says which.
    */
   async mapsDumpBytes(pins: readonly string[]): Promise<{key: Buffer; value?: Buffer}[][]> {
     const batch = pins.length > 1 ? await this.batchJson(pins.map((p) => ['map', 'dump', 'pinned', p])).catch(() => undefined) : undefined
