@@ -118,6 +118,8 @@ describe('enable failures', {skip, timeout: suiteTimeout(180_000)}, () => {
     const child = execa(process.execPath, [BIN, 'enable', '--cgroup', lab.cgroup, '--bpffs', install.bpffs, '--pods-file', podsFile], {
       reject: false,
       env: {...install.env, MERBRIDGE_BPFTOOL: tool, NO_COLOR: '1'},
+      // execa's kill would follow SIGTERM with SIGKILL after 5 s: an undo takes longer on a slow node
+      forceKillAfterDelay: false,
     })
     return {install, child, mark, release: () => writeFileSync(`${mark}.go`, '')}
   }
