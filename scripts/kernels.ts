@@ -15,7 +15,8 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
  * What each kernel runs: enable, the datapath (first request through both sidecars, payload socket
  * to socket, getsockopt), status, dump-maps, sync and disable; the optional features forced off;
  * the layouts against the kernel's own dump; and the quick part of the equivalence matrix (IPv4
- * and IPv6, inbound from outside the cgroup).
+ * and IPv6, inbound from outside the cgroup; under Istio's rules and under merbridge).
+ * MERBRIDGE_MATRIX=quick also leaves out what `npm test` proves here and emulation makes slowest.
  */
 const SELECTION = [
   'test/kernel/datapath.test.ts',

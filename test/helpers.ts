@@ -18,6 +18,12 @@ import {findCgroup2, isBpffs, readMounts} from '../src/node/mounts.js'
  */
 export const TIME_SCALE = Math.max(1, Number(process.env.MERBRIDGE_TEST_TIME_SCALE) || 1)
 
+/**
+ * The kernel matrix's run (MERBRIDGE_MATRIX=quick, scripts/kernels.ts): suites leave out what
+ * `npm test` already proves on this machine and costs most under emulation.
+ */
+export const MATRIX_QUICK = process.env.MERBRIDGE_MATRIX === 'quick'
+
 /** A suite's time limit on this machine, scaled for a slower one. */
 export const suiteTimeout = (ms: number) => ms * TIME_SCALE
 
